@@ -1,0 +1,252 @@
+//! The asset manifest: everything a packager needs to know about a title's
+//! mezzanine, written once by the origin at ingest.
+
+use serde::{Deserialize, Serialize};
+
+use crate::index::TrackIndex;
+use crate::Error;
+
+/// The manifest format version this crate writes and reads.
+pub const MANIFEST_VERSION: u32 = 1;
+
+/// Largest manifest accepted from the network (a 4-hour title has about
+/// 7,200 fragments per track; a few tracks fit comfortably).
+pub const MAX_MANIFEST_BYTES: usize = 16 * 1024 * 1024;
+
+/// A title's mezzanine, described for packaging.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AssetManifest {
+    /// Always [`MANIFEST_VERSION`].
+    pub version: u32,
+    /// The asset id; also the URL path segment after `/vod/`.
+    pub asset: String,
+    /// Duration of the longest track, in seconds.
+    pub duration: f64,
+    /// Video renditions first, highest first, then audio tracks.
+    pub tracks: Vec<Track>,
+}
+
+/// Video or audio.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrackKind {
+    /// A video rendition (one rung of the ladder).
+    Video,
+    /// An audio track.
+    Audio,
+}
+
+/// One mezzanine file: a video rendition or an audio track.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Track {
+    /// Short id used in URLs and as the DASH Representation id, such as `v0` or `a0`.
+    pub id: String,
+    /// Video or audio.
+    pub kind: TrackKind,
+    /// The mezzanine file name, relative to the asset's directory.
+    pub file: String,
+    /// RFC 6381 codec string, derived from the bitstream.
+    pub codec: String,
+    /// Peak bits per second over any one fragment.
+    pub bandwidth: u64,
+    /// Mean bits per second over the whole track.
+    pub average_bandwidth: u64,
+    /// Video only.
+    #[serde(default)]
+    pub width: u32,
+    /// Video only.
+    #[serde(default)]
+    pub height: u32,
+    /// Video only: frames per second.
+    #[serde(default)]
+    pub frame_rate: f64,
+    /// Audio only.
+    #[serde(default)]
+    pub sample_rate: u32,
+    /// Audio only.
+    #[serde(default)]
+    pub channels: u16,
+    /// ISO 639 language, `und` when unknown.
+    pub language: String,
+    /// Ticks per second of `start` and `duration` below.
+    pub timescale: u32,
+    /// The init segment: `ftyp` and `moov`.
+    pub init: ByteRange,
+    /// Fragments in order; segment number `n` (from 1) is `fragments[n - 1]`.
+    pub fragments: Vec<Fragment>,
+}
+
+/// A byte range in a mezzanine file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ByteRange {
+    /// First byte.
+    pub offset: u64,
+    /// Number of bytes.
+    pub length: u64,
+}
+
+impl ByteRange {
+    /// The HTTP `Range` header value for this range.
+    pub fn http_range(&self) -> String {
+        format!(
+            "bytes={}-{}",
+            self.offset,
+            self.offset + self.length.saturating_sub(1)
+        )
+    }
+}
+
+/// One `moof` + `mdat` pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fragment {
+    /// Where it lies in the mezzanine file.
+    pub range: ByteRange,
+    /// Decode time of its first sample, in the track's timescale.
+    pub start: u64,
+    /// Its duration, in the track's timescale.
+    pub duration: u64,
+}
+
+impl Track {
+    /// Builds a track entry from a file's index.
+    pub fn from_index(id: &str, file: &str, index: &TrackIndex) -> Track {
+        let ts = f64::from(index.init.timescale);
+        let total_bytes: u64 = index.fragments.iter().map(|f| f.range.length).sum();
+        let total_ticks: u64 = index.fragments.iter().map(|f| f.duration).sum();
+        let total_secs = total_ticks as f64 / ts;
+        let peak = index
+            .fragments
+            .iter()
+            .map(|f| (f.range.length as f64 * 8.0) / (f.duration as f64 / ts))
+            .fold(0.0f64, f64::max);
+        let average = if total_secs > 0.0 {
+            total_bytes as f64 * 8.0 / total_secs
+        } else {
+            0.0
+        };
+        let frame_rate = if index.init.kind == TrackKind::Video && total_secs > 0.0 {
+            (index.samples as f64 / total_secs * 1000.0).round() / 1000.0
+        } else {
+            0.0
+        };
+        Track {
+            id: id.to_string(),
+            kind: index.init.kind,
+            file: file.to_string(),
+            codec: index.init.codec.clone(),
+            bandwidth: peak.ceil() as u64,
+            average_bandwidth: average.ceil() as u64,
+            width: index.init.width,
+            height: index.init.height,
+            frame_rate,
+            sample_rate: index.init.sample_rate,
+            channels: index.init.channels,
+            language: index.init.language.clone(),
+            timescale: index.init.timescale,
+            init: index.init_range,
+            fragments: index.fragments.clone(),
+        }
+    }
+
+    /// Duration in seconds.
+    pub fn duration(&self) -> f64 {
+        let ticks: u64 = self.fragments.iter().map(|f| f.duration).sum();
+        ticks as f64 / f64::from(self.timescale)
+    }
+
+    /// The fragment that is segment `number` (counting from 1).
+    pub fn segment(&self, number: u64) -> Option<&Fragment> {
+        let i = usize::try_from(number.checked_sub(1)?).ok()?;
+        self.fragments.get(i)
+    }
+}
+
+impl AssetManifest {
+    /// Builds a manifest; video tracks are sorted highest first.
+    pub fn new(asset: &str, mut tracks: Vec<Track>) -> AssetManifest {
+        tracks.sort_by(|a, b| {
+            (a.kind == TrackKind::Audio)
+                .cmp(&(b.kind == TrackKind::Audio))
+                .then(b.height.cmp(&a.height))
+                .then(a.id.cmp(&b.id))
+        });
+        let duration = tracks.iter().map(Track::duration).fold(0.0, f64::max);
+        AssetManifest {
+            version: MANIFEST_VERSION,
+            asset: asset.to_string(),
+            duration,
+            tracks,
+        }
+    }
+
+    /// Reads a manifest from JSON bytes, checking what the packager relies on.
+    pub fn from_json(bytes: &[u8]) -> Result<AssetManifest, Error> {
+        if bytes.len() > MAX_MANIFEST_BYTES {
+            return Err(Error::Malformed("manifest too large"));
+        }
+        let m: AssetManifest =
+            serde_json::from_slice(bytes).map_err(|e| Error::Manifest(e.to_string()))?;
+        m.validate()?;
+        Ok(m)
+    }
+
+    /// Serialises the manifest.
+    pub fn to_json(&self) -> Vec<u8> {
+        // Serialising plain structs of numbers and strings cannot fail.
+        serde_json::to_vec_pretty(self).unwrap_or_default()
+    }
+
+    /// Checks the invariants that packaging relies on.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.version != MANIFEST_VERSION {
+            return Err(Error::Manifest(format!(
+                "unsupported manifest version {}",
+                self.version
+            )));
+        }
+        if !is_safe_id(&self.asset) {
+            return Err(Error::Manifest("bad asset id".into()));
+        }
+        if !self.tracks.iter().any(|t| t.kind == TrackKind::Video) {
+            return Err(Error::Manifest("no video track".into()));
+        }
+        for (i, t) in self.tracks.iter().enumerate() {
+            if !is_safe_id(&t.id) || !is_safe_id(t.file.trim_end_matches(".mp4")) {
+                return Err(Error::Manifest(format!("track {i}: bad id or file")));
+            }
+            if self.tracks[..i].iter().any(|o| o.id == t.id) {
+                return Err(Error::Manifest(format!("track {i}: duplicate id")));
+            }
+            if t.timescale == 0 || t.fragments.is_empty() || t.init.length == 0 {
+                return Err(Error::Manifest(format!("track {}: empty", t.id)));
+            }
+            if t.fragments.iter().any(|f| f.duration == 0 || f.range.length == 0) {
+                return Err(Error::Manifest(format!("track {}: empty fragment", t.id)));
+            }
+        }
+        Ok(())
+    }
+
+    /// The track with this id.
+    pub fn track(&self, id: &str) -> Option<&Track> {
+        self.tracks.iter().find(|t| t.id == id)
+    }
+
+    /// Video renditions, highest first.
+    pub fn videos(&self) -> impl Iterator<Item = &Track> {
+        self.tracks.iter().filter(|t| t.kind == TrackKind::Video)
+    }
+
+    /// Audio tracks.
+    pub fn audios(&self) -> impl Iterator<Item = &Track> {
+        self.tracks.iter().filter(|t| t.kind == TrackKind::Audio)
+    }
+}
+
+/// Ids that may stand in a URL path and a file name: `[A-Za-z0-9_-]`, 1 to 64 long.
+pub fn is_safe_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
