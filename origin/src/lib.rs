@@ -1,1 +1,3 @@
-//! placeholder
+//! The origin: upload, transcode, catalog and mezzanine serving.
+
+pub mod transcode;
