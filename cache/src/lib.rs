@@ -1,1 +1,337 @@
-//! placeholder
+//! The tiered object cache shared by edge and shield: moka in RAM in front of
+//! foyer on disk. A restart keeps the disk tier.
+//!
+//! Objects are whole HTTP responses (status, the headers worth keeping, body).
+//! Freshness is decided by the caller's policy; the cache stores what it is
+//! given with the expiry the caller computed, and never returns an expired
+//! object as fresh.
+
+#![warn(unreachable_pub)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use foyer::{
+    BlockEngineConfig, DeviceBuilder, FsDeviceBuilder, HybridCache, HybridCacheBuilder,
+    HybridCachePolicy, RecoverMode,
+};
+
+/// One cached response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachedObject {
+    /// HTTP status.
+    pub status: u16,
+    /// Headers to replay, lower-case names.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: Bytes,
+    /// When it was stored, in Unix seconds.
+    pub stored_at: u64,
+    /// Until when it is fresh, in Unix seconds.
+    pub fresh_until: u64,
+}
+
+/// Which tier answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    /// RAM (moka).
+    Memory,
+    /// Disk (foyer).
+    Disk,
+}
+
+impl Tier {
+    /// The word used in `Cache-Status` `detail=` and in metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Memory => "memory",
+            Tier::Disk => "disk",
+        }
+    }
+}
+
+/// Sizes and places of the two tiers.
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    /// Bytes of RAM for the moka tier.
+    pub memory_bytes: u64,
+    /// Directory of the foyer disk tier; `None` for RAM only.
+    pub disk_dir: Option<PathBuf>,
+    /// Bytes of disk.
+    pub disk_bytes: u64,
+    /// Largest object kept; larger ones pass through uncached.
+    pub max_object_bytes: u64,
+}
+
+/// Why the cache could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CacheError {
+    /// The disk tier could not be created or recovered.
+    #[error("disk cache at {dir}: {reason}")]
+    Disk {
+        /// The configured directory.
+        dir: String,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// The two-tier cache.
+#[derive(Clone)]
+pub struct TieredCache {
+    memory: moka::future::Cache<String, Arc<CachedObject>>,
+    disk: Option<HybridCache<String, Bytes>>,
+    max_object_bytes: u64,
+}
+
+/// Block size of the disk engine; also the hard ceiling on one object.
+const DISK_BLOCK_BYTES: usize = 16 * 1024 * 1024;
+
+impl TieredCache {
+    /// Opens the cache, recovering the disk tier if it exists.
+    pub async fn open(cfg: &CacheConfig) -> Result<TieredCache, CacheError> {
+        let memory = moka::future::Cache::builder()
+            .max_capacity(cfg.memory_bytes)
+            .weigher(|k: &String, v: &Arc<CachedObject>| {
+                let w = k.len() + v.body.len() + 256;
+                u32::try_from(w).unwrap_or(u32::MAX)
+            })
+            .build();
+        let disk = match &cfg.disk_dir {
+            None => None,
+            Some(dir) => Some(open_disk(dir, cfg.disk_bytes).await.map_err(|e| {
+                CacheError::Disk {
+                    dir: dir.display().to_string(),
+                    reason: e.to_string(),
+                }
+            })?),
+        };
+        Ok(TieredCache {
+            memory,
+            disk,
+            max_object_bytes: cfg
+                .max_object_bytes
+                .min(DISK_BLOCK_BYTES as u64 - 64 * 1024),
+        })
+    }
+
+    /// Looks a key up in RAM, then on disk; a disk hit is promoted to RAM.
+    /// Returns stale objects too: the caller checks `fresh_until`.
+    pub async fn get(&self, key: &str) -> Option<(Arc<CachedObject>, Tier)> {
+        if let Some(obj) = self.memory.get(key).await {
+            return Some((obj, Tier::Memory));
+        }
+        let disk = self.disk.as_ref()?;
+        let entry = match disk.get(key).await {
+            Ok(Some(e)) => e,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::warn!(error = %e, "disk cache read failed");
+                return None;
+            }
+        };
+        let obj = match decode(entry.value().clone()) {
+            Some(o) => Arc::new(o),
+            None => {
+                tracing::warn!(key, "dropping undecodable disk cache entry");
+                disk.remove(key);
+                return None;
+            }
+        };
+        self.memory.insert(key.to_string(), obj.clone()).await;
+        Some((obj, Tier::Disk))
+    }
+
+    /// Stores an object in both tiers. Objects over the size limit are not
+    /// stored; the return value says whether it was.
+    pub async fn put(&self, key: &str, obj: CachedObject) -> bool {
+        if obj.body.len() as u64 > self.max_object_bytes {
+            return false;
+        }
+        let obj = Arc::new(obj);
+        if let Some(disk) = &self.disk {
+            disk.insert(key.to_string(), encode(&obj));
+        }
+        self.memory.insert(key.to_string(), obj).await;
+        true
+    }
+
+    /// Removes one key from both tiers.
+    pub async fn remove(&self, key: &str) {
+        self.memory.invalidate(key).await;
+        if let Some(disk) = &self.disk {
+            disk.remove(key);
+        }
+    }
+
+    /// Approximate bytes in RAM.
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory.weighted_size()
+    }
+
+    /// Objects in RAM.
+    pub fn memory_entries(&self) -> u64 {
+        self.memory.entry_count()
+    }
+
+    /// Flushes the disk tier; call before the process exits.
+    pub async fn close(&self) {
+        self.memory.run_pending_tasks().await;
+        if let Some(disk) = &self.disk {
+            if let Err(e) = disk.close().await {
+                tracing::warn!(error = %e, "closing disk cache");
+            }
+        }
+    }
+}
+
+async fn open_disk(dir: &std::path::Path, bytes: u64) -> anyhow::Result<HybridCache<String, Bytes>> {
+    std::fs::create_dir_all(dir)?;
+    let capacity = usize::try_from(bytes)
+        .unwrap_or(usize::MAX)
+        .max(4 * DISK_BLOCK_BYTES);
+    let device = FsDeviceBuilder::new(dir).with_capacity(capacity).build()?;
+    let cache = HybridCacheBuilder::new()
+        .with_name("cascade")
+        // Write through, so that what is in RAM survives a restart on disk.
+        .with_policy(HybridCachePolicy::WriteOnInsertion)
+        // moka is the RAM tier; foyer's own memory tier only buffers.
+        .memory(8 * 1024 * 1024)
+        .with_weighter(|k: &String, v: &Bytes| k.len() + v.len())
+        .storage()
+        .with_engine_config(BlockEngineConfig::new(device).with_block_size(DISK_BLOCK_BYTES))
+        .with_recover_mode(RecoverMode::Quiet)
+        .build()
+        .await?;
+    Ok(cache)
+}
+
+/// Disk format, version 1: magic, status, times, header count, then
+/// length-prefixed header names and values, then the body.
+const MAGIC: u32 = 0xCA5C_0001;
+
+fn encode(obj: &CachedObject) -> Bytes {
+    let header_bytes: usize = obj
+        .headers
+        .iter()
+        .map(|(k, v)| 8 + k.len() + v.len())
+        .sum();
+    let mut b = BytesMut::with_capacity(32 + header_bytes + obj.body.len());
+    b.put_u32(MAGIC);
+    b.put_u16(obj.status);
+    b.put_u64(obj.stored_at);
+    b.put_u64(obj.fresh_until);
+    b.put_u32(obj.headers.len() as u32);
+    for (k, v) in &obj.headers {
+        b.put_u32(k.len() as u32);
+        b.put_slice(k.as_bytes());
+        b.put_u32(v.len() as u32);
+        b.put_slice(v.as_bytes());
+    }
+    b.put_slice(&obj.body);
+    b.freeze()
+}
+
+fn decode(mut b: Bytes) -> Option<CachedObject> {
+    if b.remaining() < 26 || b.get_u32() != MAGIC {
+        return None;
+    }
+    let status = b.get_u16();
+    let stored_at = b.get_u64();
+    let fresh_until = b.get_u64();
+    let count = b.get_u32() as usize;
+    // Each header needs at least 8 bytes: check before allocating.
+    if count > b.remaining() / 8 {
+        return None;
+    }
+    let mut headers = Vec::with_capacity(count);
+    for _ in 0..count {
+        let k = take_string(&mut b)?;
+        let v = take_string(&mut b)?;
+        headers.push((k, v));
+    }
+    Some(CachedObject {
+        status,
+        headers,
+        body: b,
+        stored_at,
+        fresh_until,
+    })
+}
+
+fn take_string(b: &mut Bytes) -> Option<String> {
+    if b.remaining() < 4 {
+        return None;
+    }
+    let n = b.get_u32() as usize;
+    if n > b.remaining() {
+        return None;
+    }
+    String::from_utf8(b.split_to(n).to_vec()).ok()
+}
+
+/// A default for tests and `cascade dev`: 256 MiB RAM, no disk.
+pub fn memory_only(bytes: u64) -> CacheConfig {
+    CacheConfig {
+        memory_bytes: bytes,
+        disk_dir: None,
+        disk_bytes: 0,
+        max_object_bytes: 8 * 1024 * 1024,
+    }
+}
+
+/// How long to wait for the disk tier when shutting down.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obj(body: &'static [u8]) -> CachedObject {
+        CachedObject {
+            status: 200,
+            headers: vec![("content-type".into(), "video/mp4".into())],
+            body: Bytes::from_static(body),
+            stored_at: 10,
+            fresh_until: 20,
+        }
+    }
+
+    #[test]
+    fn codec_round_trip_and_rejects_garbage() {
+        let o = obj(b"hello");
+        assert_eq!(decode(encode(&o)), Some(o));
+        assert_eq!(decode(Bytes::from_static(b"short")), None);
+        let mut bad = encode(&obj(b"x")).to_vec();
+        bad[22..26].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert_eq!(decode(Bytes::from(bad)), None);
+    }
+
+    #[tokio::test]
+    async fn disk_tier_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = CacheConfig {
+            memory_bytes: 1 << 20,
+            disk_dir: Some(dir.path().to_path_buf()),
+            disk_bytes: 64 << 20,
+            max_object_bytes: 1 << 20,
+        };
+        let cache = TieredCache::open(&cfg).await.unwrap();
+        assert!(cache.put("k", obj(b"segment bytes")).await);
+        assert_eq!(cache.get("k").await.unwrap().1, Tier::Memory);
+        cache.close().await;
+        drop(cache);
+
+        let cache = TieredCache::open(&cfg).await.unwrap();
+        let (o, tier) = cache.get("k").await.expect("recovered from disk");
+        assert_eq!(tier, Tier::Disk);
+        assert_eq!(&o.body[..], b"segment bytes");
+        // Promoted to RAM on the way.
+        assert_eq!(cache.get("k").await.unwrap().1, Tier::Memory);
+        cache.remove("k").await;
+        assert!(cache.get("k").await.is_none());
+    }
+}
