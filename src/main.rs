@@ -1,1 +1,324 @@
-fn main() {}
+//! `cascade`: one binary, a subcommand per role, `dev` for the whole stack
+//! in one process, and operator commands.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use cascade_control::ControlConfig;
+use cascade_edge::EdgeConfig;
+use cascade_origin::OriginConfig;
+use cascade_serve::config::load_file;
+use cascade_shield::ShieldConfig;
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+#[derive(Parser)]
+#[command(name = "cascade", version, about = "Cascade: a video CDN and streaming platform")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Origin, shield, edge and control in one process on 127.0.0.1, zero config.
+    Dev(DevArgs),
+    /// Run the origin role.
+    Origin(RoleArgs),
+    /// Run a shield.
+    Shield(RoleArgs),
+    /// Run an edge.
+    Edge(RoleArgs),
+    /// Run control.
+    Control(RoleArgs),
+    /// Upload a media file to an origin and follow its transcode.
+    Ingest(IngestArgs),
+}
+
+#[derive(clap::Args)]
+struct DevArgs {
+    /// Data directory (database, media, caches).
+    #[arg(long, default_value = "data")]
+    data: PathBuf,
+    /// Edge HTTP port.
+    #[arg(long, default_value_t = 8080)]
+    edge_port: u16,
+    /// Shield port.
+    #[arg(long, default_value_t = 8081)]
+    shield_port: u16,
+    /// Origin port.
+    #[arg(long, default_value_t = 8082)]
+    origin_port: u16,
+    /// Control port.
+    #[arg(long, default_value_t = 8083)]
+    control_port: u16,
+    /// Do not create the sample titles on first start.
+    #[arg(long)]
+    no_samples: bool,
+}
+
+#[derive(clap::Args)]
+struct RoleArgs {
+    /// TOML config file; `CASCADE_{ROLE}_{KEY}` variables override its keys.
+    #[arg(long)]
+    config: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct IngestArgs {
+    /// The media file.
+    file: PathBuf,
+    /// Title shown in the catalog (default: the file name).
+    #[arg(long)]
+    title: Option<String>,
+    /// Origin base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8082", env = "CASCADE_ORIGIN_URL")]
+    origin: String,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let text_logs = matches!(cli.command, Command::Dev(_) | Command::Ingest(_));
+    if !matches!(cli.command, Command::Ingest(_)) {
+        cascade_serve::init_logging(text_logs);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = runtime.block_on(run(cli)) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Dev(args) => dev(args).await,
+        Command::Origin(a) => {
+            let cfg: OriginConfig = load_file("origin", &a.config)?;
+            let origin = cascade_origin::start(&cfg).await?;
+            wait_for_signal().await;
+            origin.shutdown().await;
+            Ok(())
+        }
+        Command::Shield(a) => {
+            let cfg: ShieldConfig = load_file("shield", &a.config)?;
+            let shield = cascade_shield::start(&cfg).await?;
+            wait_for_signal().await;
+            shield.shutdown().await;
+            Ok(())
+        }
+        Command::Edge(a) => {
+            let cfg: EdgeConfig = load_file("edge", &a.config)?;
+            let edge = cascade_edge::start(&cfg).await?;
+            wait_for_signal().await;
+            edge.shutdown().await;
+            Ok(())
+        }
+        Command::Control(a) => {
+            let cfg: ControlConfig = load_file("control", &a.config)?;
+            let control = cascade_control::start(&cfg).await?;
+            wait_for_signal().await;
+            control.shutdown().await;
+            Ok(())
+        }
+        Command::Ingest(a) => ingest(a).await,
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn dev(args: DevArgs) -> anyhow::Result<()> {
+    let data = args
+        .data
+        .to_str()
+        .context("--data must be a UTF-8 path")?
+        .trim_end_matches('/')
+        .to_string();
+    std::fs::create_dir_all(&data).with_context(|| format!("creating {data}"))?;
+    let host = "127.0.0.1";
+    let url = |port: u16| format!("http://{host}:{port}");
+
+    let origin = cascade_origin::start(&OriginConfig {
+        listen: format!("{host}:{}", args.origin_port),
+        data_dir: data.clone(),
+        public_edge_url: url(args.edge_port),
+        ..OriginConfig::default()
+    })
+    .await
+    .context("starting the origin")?;
+    let shield = cascade_shield::start(&ShieldConfig {
+        listen: format!("{host}:{}", args.shield_port),
+        origins: vec![url(origin.addr.port())],
+        cache_dir: format!("{data}/cache/shield"),
+        cache_disk_mib: 1024,
+        ..ShieldConfig::default()
+    })
+    .await
+    .context("starting the shield")?;
+    let edge = cascade_edge::start(&EdgeConfig {
+        listen: format!("{host}:{}", args.edge_port),
+        shields: vec![url(shield.addr.port())],
+        origin: url(origin.addr.port()),
+        cache_dir: format!("{data}/cache/edge"),
+        cache_disk_mib: 1024,
+        ..EdgeConfig::default()
+    })
+    .await
+    .context("starting the edge")?;
+    let node = |name: &str, role: &str, port: u16| cascade_control::Node {
+        name: name.into(),
+        role: role.into(),
+        url: url(port),
+    };
+    let control = cascade_control::start(&ControlConfig {
+        listen: format!("{host}:{}", args.control_port),
+        nodes: vec![
+            node("edge-1", "edge", edge.addr.port()),
+            node("shield-1", "shield", shield.addr.port()),
+            node("origin-1", "origin", origin.addr.port()),
+        ],
+    })
+    .await
+    .context("starting control")?;
+
+    let samples = if args.no_samples {
+        Vec::new()
+    } else {
+        origin.ensure_samples().await?
+    };
+    let page = url(edge.addr.port());
+    println!();
+    println!("Cascade is running.");
+    println!("  web page   {page}/");
+    println!("  edge       {page}    shield {}    origin {}    control {}", url(shield.addr.port()), url(origin.addr.port()), url(control.addr.port()));
+    if samples.is_empty() {
+        println!("  catalog    {page}/api/v1/assets");
+    } else {
+        println!("  two sample titles are transcoding now (progress: {page}/api/v1/assets); they will play at:");
+        for id in &samples {
+            println!("    HLS  {page}/vod/{id}/master.m3u8");
+            println!("    DASH {page}/vod/{id}/manifest.mpd");
+        }
+    }
+    println!("  upload     cascade ingest FILE --origin {}", url(origin.addr.port()));
+    println!("Press Ctrl-C to stop.");
+    wait_for_signal().await;
+    println!("Stopping…");
+    edge.shutdown().await;
+    shield.shutdown().await;
+    control.shutdown().await;
+    origin.shutdown().await;
+    Ok(())
+}
+
+async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
+    let path: &Path = &args.file;
+    let file = tokio::fs::File::open(path)
+        .await
+        .with_context(|| format!("opening {}", path.display()))?;
+    let size = file.metadata().await?.len();
+    if size == 0 {
+        bail!("{} is empty", path.display());
+    }
+    let title = args.title.clone().unwrap_or_else(|| {
+        path.file_stem()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_else(|| "Untitled".into())
+    });
+    let origin = args.origin.trim_end_matches('/').to_string();
+    let client = reqwest::Client::builder().no_proxy().build()?;
+
+    let bar = ProgressBar::new(size);
+    bar.set_style(
+        ProgressStyle::with_template("upload    [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let counted = {
+        let bar = bar.clone();
+        futures::StreamExt::inspect(tokio_util::io::ReaderStream::new(file), move |c| {
+            if let Ok(c) = c {
+                bar.inc(c.len() as u64);
+            }
+        })
+    };
+    let resp = client
+        .post(format!("{origin}/api/v1/uploads"))
+        .query(&[("title", title.as_str())])
+        .header("content-length", size)
+        .header("content-type", "application/octet-stream")
+        .body(reqwest::Body::wrap_stream(counted))
+        .send()
+        .await
+        .with_context(|| format!("uploading to {origin}"))?;
+    bar.finish();
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await.context("reading the origin's answer")?;
+    if !status.is_success() {
+        bail!(
+            "the origin refused the upload ({status}): {}",
+            body["message"].as_str().unwrap_or("no reason given")
+        );
+    }
+    let job = body["job"].as_str().context("the origin's answer has no job id")?.to_string();
+    let asset = body["asset"].as_str().context("the origin's answer has no asset id")?.to_string();
+
+    let bar = ProgressBar::new(1000);
+    bar.set_style(
+        ProgressStyle::with_template("transcode [{bar:40}] {percent}% {elapsed} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    loop {
+        let j: serde_json::Value = client
+            .get(format!("{origin}/api/v1/jobs/{job}"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let progress = j["progress"].as_f64().unwrap_or(0.0);
+        bar.set_position((progress * 1000.0) as u64);
+        match j["state"].as_str() {
+            Some("done") => {
+                bar.finish_with_message("done");
+                break;
+            }
+            Some("failed") => {
+                bar.abandon_with_message("failed");
+                bail!("transcode failed: {}", j["error"].as_str().unwrap_or("no reason given"));
+            }
+            Some(s) => bar.set_message(s.to_string()),
+            None => bail!("the origin answered without a job state"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let a: serde_json::Value = client
+        .get(format!("{origin}/api/v1/assets/{asset}"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    println!("{title} is playable (asset {asset}):");
+    println!("  HLS  {}", a["playback"]["hls"].as_str().unwrap_or("?"));
+    println!("  DASH {}", a["playback"]["dash"].as_str().unwrap_or("?"));
+    Ok(())
+}

@@ -8,6 +8,9 @@
 
 #![warn(unreachable_pub)]
 
+mod policy;
+pub use policy::{freshness, Freshness};
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;

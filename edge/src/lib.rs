@@ -1,1 +1,407 @@
-//! placeholder
+//! The edge: the viewer-facing tier. One request pipeline, whatever the
+//! protocol:
+//!
+//! ```text
+//! route ─┬─ /vod/…  → cache ─ hit → answer
+//!        │                 └ miss → asset manifest ─ mezzanine range ─ package → store → answer
+//!        ├─ /api/…  → origin, uncached
+//!        └─ /…      → origin, cached per Cache-Control (the web page)
+//! ```
+//!
+//! Upstream for media is each configured shield in turn, then the origin.
+//! Tokens and geo-fencing join the pipeline before the cache step.
+
+#![warn(unreachable_pub)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use cascade_cache::{CacheConfig, CachedObject, TieredCache};
+use cascade_packager::{is_safe_id, package, AssetManifest, Output};
+use cascade_serve::config::{check_addr, check_url, Validate};
+use cascade_serve::{
+    add_cors, cors_preflight, serve, set_cache_status, unix_now, CacheOutcome, CachingFetcher,
+    Handler, ListenerConfig, Metrics, Request, Response, ServerHandle, Upstream, UpstreamError,
+    UpstreamResponse,
+};
+use http::{HeaderValue, Method, StatusCode};
+use serde::Deserialize;
+
+/// The edge's config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EdgeConfig {
+    /// Address to listen on.
+    pub listen: String,
+    /// Shield base URLs, tried in order.
+    pub shields: Vec<String>,
+    /// Origin base URL: the web page and API, and media when every shield fails.
+    pub origin: String,
+    /// Whether media may be fetched from the origin directly when no shield answers.
+    pub origin_fallback: bool,
+    /// RAM cache size in MiB.
+    pub cache_memory_mib: u64,
+    /// Disk cache directory; empty for RAM only.
+    pub cache_dir: String,
+    /// Disk cache size in MiB.
+    pub cache_disk_mib: u64,
+    /// Seconds to wait for an upstream.
+    pub upstream_timeout_secs: u64,
+    /// Seconds playlists and MPDs stay fresh in the cache.
+    pub manifest_ttl_secs: u64,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        EdgeConfig {
+            listen: "127.0.0.1:8080".into(),
+            shields: vec!["http://127.0.0.1:8081".into()],
+            origin: "http://127.0.0.1:8082".into(),
+            origin_fallback: true,
+            cache_memory_mib: 512,
+            cache_dir: "data/cache/edge".into(),
+            cache_disk_mib: 4096,
+            upstream_timeout_secs: 30,
+            manifest_ttl_secs: 300,
+        }
+    }
+}
+
+impl Validate for EdgeConfig {
+    fn validate(&self, errors: &mut Vec<String>) {
+        check_addr("listen", &self.listen, errors);
+        check_url("origin", &self.origin, errors);
+        for (i, s) in self.shields.iter().enumerate() {
+            check_url(&format!("shields[{i}]"), s, errors);
+        }
+        if self.shields.is_empty() && !self.origin_fallback {
+            errors.push("shields: empty, and origin_fallback is off: media has no upstream".into());
+        }
+        if self.cache_memory_mib == 0 {
+            errors.push("cache_memory_mib: must be at least 1".into());
+        }
+        if self.upstream_timeout_secs == 0 {
+            errors.push("upstream_timeout_secs: must be at least 1".into());
+        }
+    }
+}
+
+/// A running edge.
+pub struct Edge {
+    /// Where it listens.
+    pub addr: std::net::SocketAddr,
+    /// Its metrics.
+    pub metrics: Arc<Metrics>,
+    server: ServerHandle,
+    cache: TieredCache,
+}
+
+impl Edge {
+    /// Stops the edge and flushes its disk cache.
+    pub async fn shutdown(self) {
+        self.server.shutdown().await;
+        self.cache.close().await;
+    }
+}
+
+/// Largest mezzanine range or API answer fetched.
+const MAX_UPSTREAM_BYTES: usize = 15 << 20;
+/// Packaged media never changes for a published title.
+const MEDIA_TTL: u64 = 365 * 24 * 3600;
+/// Parsed asset manifests kept in RAM.
+const MANIFEST_ENTRIES: u64 = 10_000;
+
+struct EdgeHandler {
+    cache: TieredCache,
+    media_upstreams: Vec<Upstream>,
+    origin: Upstream,
+    page: CachingFetcher,
+    manifests: moka::future::Cache<String, Arc<AssetManifest>>,
+    manifest_ttl: u64,
+}
+
+#[async_trait::async_trait]
+impl Handler for EdgeHandler {
+    async fn handle(&self, req: Request) -> Response {
+        let path = req.uri.path();
+        if path.starts_with("/vod/") {
+            return self.vod(&req).await;
+        }
+        if path.starts_with("/api/") {
+            return self.api(&req).await;
+        }
+        if req.method != Method::GET && req.method != Method::HEAD {
+            return Response::error(StatusCode::METHOD_NOT_ALLOWED, "method", "GET or HEAD only");
+        }
+        let pq = req.uri.path_and_query().map_or(path, |p| p.as_str());
+        self.page.get(pq, None, &req.request_id).await
+    }
+}
+
+impl EdgeHandler {
+    async fn vod(&self, req: &Request) -> Response {
+        if req.method == Method::OPTIONS {
+            return cors_preflight();
+        }
+        let mut resp = self.vod_inner(req).await;
+        add_cors(&mut resp.headers);
+        resp
+    }
+
+    async fn vod_inner(&self, req: &Request) -> Response {
+        if req.method != Method::GET && req.method != Method::HEAD {
+            return Response::error(StatusCode::METHOD_NOT_ALLOWED, "method", "GET or HEAD only");
+        }
+        let path = req.uri.path();
+        let Some((asset, rest)) = path["/vod/".len()..].split_once('/') else {
+            return not_found();
+        };
+        let output = match (is_safe_id(asset), Output::parse(rest)) {
+            (true, Some(o)) => o,
+            _ => return not_found(),
+        };
+        // The key is the path alone: never the token or other query parameters.
+        let key = format!("/vod/{asset}/{rest}");
+        let now = unix_now();
+        if let Some((obj, tier)) = self.cache.get(&key).await {
+            if obj.fresh_until > now {
+                return from_cache(&obj, CacheOutcome::Hit(tier.as_str()));
+            }
+        }
+
+        let manifest = match self.manifest(asset, &req.request_id).await {
+            Ok(m) => m,
+            Err(r) => return r,
+        };
+        let mut upstream_status = None;
+        let source_bytes = match output.source(&manifest) {
+            Err(_) => return not_found(),
+            Ok(None) => Bytes::new(),
+            Ok(Some(src)) => {
+                let mezz = format!("/mezz/{asset}/{}", src.file);
+                let range = src.range.http_range();
+                match self.fetch_media(&mezz, Some(&range), &req.request_id).await {
+                    Ok(r) if r.status == StatusCode::PARTIAL_CONTENT => {
+                        upstream_status = header_str(&r, "cache-status");
+                        r.body
+                    }
+                    Ok(r) => return upstream_failure(r.status),
+                    Err(r) => return r,
+                }
+            }
+        };
+        let body = match package(&manifest, &output, &source_bytes) {
+            Ok(b) => Bytes::from(b),
+            Err(e) => {
+                tracing::error!(request_id = %req.request_id, error = %e, path, "packaging failed");
+                return Response::error(StatusCode::BAD_GATEWAY, "packaging", "the mezzanine could not be packaged");
+            }
+        };
+        let ttl = if output.is_manifest() { self.manifest_ttl } else { MEDIA_TTL };
+        let cache_control = if output.is_manifest() {
+            format!("public, max-age={}", self.manifest_ttl.min(60))
+        } else {
+            "public, max-age=31536000, immutable".to_string()
+        };
+        let obj = CachedObject {
+            status: 200,
+            headers: vec![
+                ("content-type".into(), output.content_type(Some(&manifest)).into()),
+                ("cache-control".into(), cache_control),
+                ("surrogate-key".into(), format!("asset-{asset}")),
+            ],
+            body,
+            stored_at: now,
+            fresh_until: now + ttl,
+        };
+        let stored = self.cache.put(&key, obj.clone()).await;
+        let mut r = from_cache(&obj, CacheOutcome::Miss { stored });
+        set_cache_status(
+            &mut r.headers,
+            upstream_status.as_deref(),
+            &CacheOutcome::Miss { stored }.entry("cascade-edge"),
+        );
+        r
+    }
+
+    /// The parsed asset manifest, from RAM or fetched through the shields.
+    async fn manifest(&self, asset: &str, request_id: &str) -> Result<Arc<AssetManifest>, Response> {
+        if let Some(m) = self.manifests.get(asset).await {
+            return Ok(m);
+        }
+        let path = format!("/mezz/{asset}/manifest.json");
+        let r = self.fetch_media(&path, None, request_id).await?;
+        if r.status == StatusCode::NOT_FOUND {
+            return Err(not_found());
+        }
+        if r.status != StatusCode::OK {
+            return Err(upstream_failure(r.status));
+        }
+        let m = AssetManifest::from_json(&r.body).map_err(|e| {
+            tracing::error!(request_id, asset, error = %e, "bad asset manifest");
+            Response::error(StatusCode::BAD_GATEWAY, "bad_manifest", "the asset manifest is unreadable")
+        })?;
+        if m.asset != asset {
+            return Err(Response::error(StatusCode::BAD_GATEWAY, "bad_manifest", "the asset manifest names another asset"));
+        }
+        let m = Arc::new(m);
+        self.manifests.insert(asset.to_string(), m.clone()).await;
+        Ok(m)
+    }
+
+    /// Fetches from each shield in turn, then the origin.
+    async fn fetch_media(
+        &self,
+        path: &str,
+        range: Option<&str>,
+        request_id: &str,
+    ) -> Result<UpstreamResponse, Response> {
+        let mut last: Option<UpstreamError> = None;
+        let mut last_answer = None;
+        for up in &self.media_upstreams {
+            match up.get(path, range, request_id).await {
+                Ok(r) if r.status.is_server_error() => {
+                    tracing::warn!(upstream = up.base(), status = r.status.as_u16(), request_id, "upstream error, trying next");
+                    last_answer = Some(r);
+                }
+                Ok(r) => return Ok(r),
+                Err(e) if e.retryable() => {
+                    tracing::warn!(upstream = up.base(), error = %e, request_id, "upstream unreachable, trying next");
+                    last = Some(e);
+                }
+                Err(e) => {
+                    last = Some(e);
+                    break;
+                }
+            }
+        }
+        if let Some(r) = last_answer {
+            return Ok(r);
+        }
+        let (status, code) = match last {
+            Some(UpstreamError::Timeout(_)) => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
+            _ => (StatusCode::BAD_GATEWAY, "upstream_unreachable"),
+        };
+        Err(Response::error(status, code, "no upstream could answer"))
+    }
+
+    /// `/api/…`: passed to the origin, never cached.
+    async fn api(&self, req: &Request) -> Response {
+        let pq = req.uri.path_and_query().map_or("/", |p| p.as_str());
+        let mut headers = Vec::new();
+        for name in ["content-type", "authorization", "accept"] {
+            if let Some(v) = req.headers.get(name).and_then(|v| v.to_str().ok()) {
+                headers.push((name, v));
+            }
+        }
+        let body = (!req.body.is_empty()).then(|| req.body.clone());
+        let mut r = match self
+            .origin
+            .send(req.method.clone(), pq, &headers, body, &req.request_id)
+            .await
+        {
+            Ok(up) => {
+                let mut r = Response {
+                    status: up.status,
+                    headers: http::HeaderMap::new(),
+                    body: up.body,
+                };
+                for name in ["content-type", "cache-control", "location", "retry-after"] {
+                    if let Some(v) = up.headers.get(name) {
+                        r.headers.insert(name, v.clone());
+                    }
+                }
+                r
+            }
+            Err(e) => {
+                tracing::warn!(request_id = %req.request_id, error = %e, "origin unreachable for API");
+                Response::error(StatusCode::BAD_GATEWAY, "origin_unreachable", "the origin did not answer")
+            }
+        };
+        set_cache_status(&mut r.headers, None, &CacheOutcome::Bypass.entry("cascade-edge"));
+        r
+    }
+}
+
+fn header_str(r: &UpstreamResponse, name: &str) -> Option<String> {
+    r.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+}
+
+fn not_found() -> Response {
+    Response::error(StatusCode::NOT_FOUND, "not_found", "no such title or file")
+}
+
+fn upstream_failure(status: StatusCode) -> Response {
+    if status == StatusCode::NOT_FOUND {
+        return not_found();
+    }
+    Response::error(StatusCode::BAD_GATEWAY, "upstream_status", &format!("upstream answered {status}"))
+}
+
+fn from_cache(obj: &CachedObject, outcome: CacheOutcome) -> Response {
+    let mut headers = http::HeaderMap::with_capacity(obj.headers.len() + 2);
+    for (k, v) in &obj.headers {
+        if let (Ok(k), Ok(v)) = (http::HeaderName::try_from(k.as_str()), HeaderValue::from_str(v)) {
+            headers.insert(k, v);
+        }
+    }
+    set_cache_status(&mut headers, None, &outcome.entry("cascade-edge"));
+    Response {
+        status: StatusCode::from_u16(obj.status).unwrap_or(StatusCode::OK),
+        headers,
+        body: obj.body.clone(),
+    }
+}
+
+/// Starts an edge on `cfg.listen`.
+pub async fn start(cfg: &EdgeConfig) -> anyhow::Result<Edge> {
+    let cache = TieredCache::open(&CacheConfig {
+        memory_bytes: cfg.cache_memory_mib << 20,
+        disk_dir: (!cfg.cache_dir.is_empty()).then(|| PathBuf::from(&cfg.cache_dir)),
+        disk_bytes: cfg.cache_disk_mib << 20,
+        max_object_bytes: MAX_UPSTREAM_BYTES as u64,
+    })
+    .await?;
+    let timeout = Duration::from_secs(cfg.upstream_timeout_secs);
+    let origin = Upstream::new(&cfg.origin, timeout, MAX_UPSTREAM_BYTES);
+    let mut media_upstreams: Vec<Upstream> = cfg
+        .shields
+        .iter()
+        .map(|s| Upstream::new(s, timeout, MAX_UPSTREAM_BYTES))
+        .collect();
+    if cfg.origin_fallback {
+        media_upstreams.push(origin.clone());
+    }
+    let handler = EdgeHandler {
+        cache: cache.clone(),
+        media_upstreams,
+        page: CachingFetcher {
+            cache: cache.clone(),
+            upstreams: vec![origin.clone()],
+            name: "cascade-edge",
+        },
+        origin,
+        manifests: moka::future::Cache::builder()
+            .max_capacity(MANIFEST_ENTRIES)
+            .time_to_live(Duration::from_secs(cfg.manifest_ttl_secs.max(1)))
+            .build(),
+        manifest_ttl: cfg.manifest_ttl_secs,
+    };
+    let metrics = Arc::new(Metrics::new("edge"));
+    let listener = tokio::net::TcpListener::bind(&cfg.listen).await?;
+    let server = serve(
+        listener,
+        Arc::new(handler),
+        metrics.clone(),
+        ListenerConfig::new("cascade-edge"),
+    )?;
+    tracing::info!(addr = %server.addr, "edge listening");
+    Ok(Edge {
+        addr: server.addr,
+        metrics,
+        server,
+        cache,
+    })
+}

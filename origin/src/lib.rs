@@ -1,3 +1,202 @@
 //! The origin: upload, transcode, catalog and mezzanine serving.
+//!
+//! Uploads are streamed to disk, probed, and queued; one worker transcodes
+//! them into CMAF mezzanine with an asset manifest; published titles are
+//! served to shields as byte ranges under `/mezz/`.
 
+#![warn(unreachable_pub)]
+
+mod api;
+pub mod config;
+mod db;
+mod jobs;
+mod store;
 pub mod transcode;
+mod web;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use cascade_serve::Metrics;
+use object_store::ObjectStore;
+use prometheus::{IntCounter, IntCounterVec, Opts};
+use sqlx::SqlitePool;
+use tokio::sync::Notify;
+
+pub use api::{app, parse_range};
+pub use config::OriginConfig;
+
+/// Shared state of a running origin.
+pub struct State {
+    cfg: OriginConfig,
+    db: SqlitePool,
+    store: Arc<dyn ObjectStore>,
+    jobs_notify: Notify,
+    metrics: Metrics,
+    metrics_jobs: IntCounterVec,
+    http_requests: IntCounterVec,
+    mezz_bytes: IntCounter,
+    mezz_repeat_bytes: IntCounter,
+    served: Mutex<HashMap<String, Vec<(u64, u64)>>>,
+}
+
+/// Objects whose served ranges are tracked; past this the record restarts.
+const SERVED_TRACKED_OBJECTS: usize = 10_000;
+
+impl State {
+    /// Counts mezzanine bytes served, and the bytes of them served before:
+    /// with shields in front, a byte should leave the origin once.
+    fn account_mezzanine(&self, key: &str, start: u64, end: u64) {
+        self.mezz_bytes.inc_by(end - start);
+        let Ok(mut served) = self.served.lock() else {
+            return;
+        };
+        if served.len() >= SERVED_TRACKED_OBJECTS && !served.contains_key(key) {
+            served.clear();
+        }
+        let ranges = served.entry(key.to_string()).or_default();
+        let overlap: u64 = ranges
+            .iter()
+            .map(|&(a, b)| b.min(end).saturating_sub(a.max(start)))
+            .sum();
+        self.mezz_repeat_bytes.inc_by(overlap);
+        ranges.push((start, end));
+        ranges.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+        for &(a, b) in ranges.iter() {
+            match merged.last_mut() {
+                Some(last) if a <= last.1 => last.1 = last.1.max(b),
+                _ => merged.push((a, b)),
+            }
+        }
+        *ranges = merged;
+    }
+}
+
+/// A running origin.
+pub struct Origin {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    state: Arc<State>,
+    stop: Arc<AtomicBool>,
+    server: tokio::task::JoinHandle<()>,
+    worker: tokio::task::JoinHandle<()>,
+    shutdown: tokio::sync::watch::Sender<bool>,
+}
+
+impl Origin {
+    /// Mezzanine bytes served so far, and how many of them were repeats.
+    pub fn mezzanine_bytes(&self) -> (u64, u64) {
+        (self.state.mezz_bytes.get(), self.state.mezz_repeat_bytes.get())
+    }
+
+    /// Queues the two sample titles once per data directory.
+    pub async fn ensure_samples(&self) -> anyhow::Result<Vec<String>> {
+        ensure_samples(&self.state).await
+    }
+
+    /// Stops serving and lets the worker stop; an interrupted job resumes on
+    /// the next start.
+    pub async fn shutdown(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.state.jobs_notify.notify_one();
+        let _ = self.shutdown.send(true);
+        let _ = self.server.await;
+        let _ = self.worker.await;
+        self.state.db.close().await;
+    }
+}
+
+/// Starts an origin: database, store, worker and HTTP listener.
+pub async fn start(cfg: &OriginConfig) -> anyhow::Result<Origin> {
+    transcode::init();
+    std::fs::create_dir_all(&cfg.data_dir)?;
+    let db = db::open(&cfg.database_url()).await?;
+    let store = store::open_local(&cfg.media_dir())?;
+    let metrics = Metrics::new("origin");
+    let metrics_jobs = IntCounterVec::new(
+        Opts::new("origin_jobs_total", "Transcode jobs ended, by outcome"),
+        &["outcome"],
+    )?;
+    let http_requests = IntCounterVec::new(
+        Opts::new("origin_http_requests_total", "Requests answered by the origin"),
+        &["status"],
+    )?;
+    let mezz_bytes = IntCounter::new(
+        "origin_mezzanine_bytes_total",
+        "Mezzanine bytes served to shields and edges",
+    )?;
+    let mezz_repeat_bytes = IntCounter::new(
+        "origin_mezzanine_repeat_bytes_total",
+        "Mezzanine bytes served that had been served before",
+    )?;
+    metrics.registry().register(Box::new(metrics_jobs.clone()))?;
+    metrics.registry().register(Box::new(http_requests.clone()))?;
+    metrics.registry().register(Box::new(mezz_bytes.clone()))?;
+    metrics.registry().register(Box::new(mezz_repeat_bytes.clone()))?;
+    let state = Arc::new(State {
+        cfg: cfg.clone(),
+        db,
+        store,
+        jobs_notify: Notify::new(),
+        metrics,
+        metrics_jobs,
+        http_requests,
+        mezz_bytes,
+        mezz_repeat_bytes,
+        served: Mutex::new(HashMap::new()),
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let worker = tokio::spawn(jobs::run(state.clone(), stop.clone()));
+    let listener = tokio::net::TcpListener::bind(&cfg.listen).await?;
+    let addr = listener.local_addr()?;
+    let (tx, mut rx) = tokio::sync::watch::channel(false);
+    let router = app(state.clone());
+    let server = tokio::spawn(async move {
+        let graceful = axum::serve(listener, router).with_graceful_shutdown(async move {
+            let _ = rx.changed().await;
+        });
+        if let Err(e) = graceful.await {
+            tracing::error!(error = %e, "origin listener");
+        }
+    });
+    tracing::info!(%addr, "origin listening");
+    Ok(Origin {
+        addr,
+        state,
+        stop,
+        server,
+        worker,
+        shutdown: tx,
+    })
+}
+
+/// The sample titles: FFmpeg test sources with a moving picture and a tone.
+const SAMPLES: [(&str, &str); 2] = [
+    (
+        "Sample: test pattern 1080p",
+        "testsrc2=s=1920x1080:r=30:d=30[out0];sine=f=440:beep_factor=4:sample_rate=48000:d=30[out1]",
+    ),
+    (
+        "Sample: colour bars 720p",
+        "testsrc=s=1280x720:r=30:d=30[out0];sine=f=660:sample_rate=48000:d=30[out1]",
+    ),
+];
+
+async fn ensure_samples(state: &Arc<State>) -> anyhow::Result<Vec<String>> {
+    if db::setting(&state.db, "samples").await?.is_some() {
+        return Ok(Vec::new());
+    }
+    let mut ids = Vec::new();
+    for (title, graph) in SAMPLES {
+        let asset = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+        let job = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+        db::create_asset_and_job(&state.db, &asset, &job, title, "lavfi", graph).await?;
+        ids.push(asset);
+    }
+    db::set_setting(&state.db, "samples", &ids.join(",")).await?;
+    state.jobs_notify.notify_one();
+    Ok(ids)
+}

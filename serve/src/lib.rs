@@ -1,1 +1,243 @@
-//! placeholder
+//! What the proxy tiers share: the HTTP listener (Pingora's HTTP/1.1 and
+//! HTTP/2 sessions driven by our own accept loop), the request and response
+//! types the pipeline works on, the upstream client, `Cache-Status`,
+//! request ids, metrics and logs.
+//!
+//! A listener turns a request into a [`Request`], calls the role's
+//! [`Handler`] and writes the [`Response`] back; it holds no policy. The
+//! HTTP/3 listener will do the same with the same handler.
+
+#![warn(unreachable_pub)]
+
+pub mod config;
+mod listener;
+mod metrics;
+mod proxy;
+mod upstream;
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+
+pub use listener::{serve, ListenerConfig, ServerHandle};
+pub use metrics::{init_logging, Metrics};
+pub use proxy::{cache_key, unix_now, CachingFetcher};
+pub use upstream::{Upstream, UpstreamError, UpstreamResponse};
+
+/// The header that carries a request id across tiers.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// A request as the pipeline sees it, whatever the protocol.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// Method.
+    pub method: Method,
+    /// Path and query, as received.
+    pub uri: Uri,
+    /// Request headers.
+    pub headers: HeaderMap,
+    /// The body, already read within the listener's limit.
+    pub body: Bytes,
+    /// The peer's address.
+    pub client: Option<SocketAddr>,
+    /// A request id: the caller's when it sent a well-formed one, else new.
+    pub request_id: String,
+    /// `http/1.1`, `h2` (later `h3`).
+    pub protocol: &'static str,
+}
+
+/// A response as the pipeline makes it.
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// Status.
+    pub status: StatusCode,
+    /// Headers; the listener adds `content-length` and `x-request-id`.
+    pub headers: HeaderMap,
+    /// The body.
+    pub body: Bytes,
+}
+
+impl Response {
+    /// A response with a body and content type.
+    pub fn new(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Self {
+        let mut headers = HeaderMap::new();
+        headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        Response {
+            status,
+            headers,
+            body: body.into(),
+        }
+    }
+
+    /// A small JSON error body: `{"error": code, "message": text}`.
+    pub fn error(status: StatusCode, code: &str, message: &str) -> Self {
+        let body = format!(
+            "{{\"error\":{},\"message\":{}}}\n",
+            json_string(code),
+            json_string(message)
+        );
+        Response::new(status, "application/json", body)
+    }
+
+    /// Sets a header, ignoring values that are not valid header text.
+    pub fn header(mut self, name: &'static str, value: &str) -> Self {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            self.headers.insert(HeaderName::from_static(name), v);
+        }
+        self
+    }
+}
+
+/// Minimal JSON string escaping for error bodies.
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The pipeline of one role.
+#[async_trait::async_trait]
+pub trait Handler: Send + Sync + 'static {
+    /// Answers one request.
+    async fn handle(&self, req: Request) -> Response;
+}
+
+/// What a cache did with a request, for `Cache-Status` (RFC 9211).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheOutcome {
+    /// Served from cache; the detail names the tier.
+    Hit(&'static str),
+    /// Fetched; `stored` says whether the response was cached.
+    Miss {
+        /// Whether the fetched response went into the cache.
+        stored: bool,
+    },
+    /// Stale content served because the upstream failed.
+    StaleOnError,
+    /// Not cacheable by rule (API calls, errors).
+    Bypass,
+}
+
+impl CacheOutcome {
+    /// This cache's `Cache-Status` entry.
+    pub fn entry(&self, cache: &str) -> String {
+        match self {
+            CacheOutcome::Hit(detail) => format!("{cache}; hit; detail={detail}"),
+            CacheOutcome::Miss { stored: true } => format!("{cache}; fwd=miss; stored"),
+            CacheOutcome::Miss { stored: false } => format!("{cache}; fwd=miss"),
+            CacheOutcome::StaleOnError => format!("{cache}; hit; fwd=stale"),
+            CacheOutcome::Bypass => format!("{cache}; fwd=bypass"),
+        }
+    }
+
+    /// The label used in metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            CacheOutcome::Hit(_) => "hit",
+            CacheOutcome::Miss { .. } => "miss",
+            CacheOutcome::StaleOnError => "stale",
+            CacheOutcome::Bypass => "bypass",
+        }
+    }
+}
+
+/// Sets `Cache-Status` to the upstream's entries (if any) followed by ours.
+pub fn set_cache_status(headers: &mut HeaderMap, upstream: Option<&str>, ours: &str) {
+    let value = match upstream {
+        Some(up) if !up.is_empty() => format!("{up}, {ours}"),
+        _ => ours.to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(HeaderName::from_static("cache-status"), v);
+    }
+}
+
+/// Whether a caller's request id may be reused: short and plain.
+pub fn valid_request_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Adds the CORS headers that let players on other sites read media.
+pub fn add_cors(headers: &mut HeaderMap) {
+    headers.insert(
+        HeaderName::from_static("access-control-allow-origin"),
+        HeaderValue::from_static("*"),
+    );
+    headers.insert(
+        HeaderName::from_static("access-control-expose-headers"),
+        HeaderValue::from_static("cache-status, content-length, content-range, x-request-id"),
+    );
+}
+
+/// The answer to a CORS preflight for media.
+pub fn cors_preflight() -> Response {
+    let mut r = Response::new(StatusCode::NO_CONTENT, "text/plain", Bytes::new());
+    add_cors(&mut r.headers);
+    r.headers.insert(
+        HeaderName::from_static("access-control-allow-methods"),
+        HeaderValue::from_static("GET, HEAD, OPTIONS"),
+    );
+    r.headers.insert(
+        HeaderName::from_static("access-control-allow-headers"),
+        HeaderValue::from_static("range, cmcd-request, cmcd-object, cmcd-session, cmcd-status"),
+    );
+    r.headers.insert(
+        HeaderName::from_static("access-control-max-age"),
+        HeaderValue::from_static("86400"),
+    );
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_status_entries() {
+        assert_eq!(
+            CacheOutcome::Hit("memory").entry("cascade-edge"),
+            "cascade-edge; hit; detail=memory"
+        );
+        let mut h = HeaderMap::new();
+        set_cache_status(
+            &mut h,
+            Some("cascade-shield; fwd=miss; stored"),
+            "cascade-edge; fwd=miss; stored",
+        );
+        assert_eq!(
+            h["cache-status"],
+            "cascade-shield; fwd=miss; stored, cascade-edge; fwd=miss; stored"
+        );
+    }
+
+    #[test]
+    fn request_ids() {
+        assert!(valid_request_id("abc-123"));
+        assert!(!valid_request_id(""));
+        assert!(!valid_request_id("a b"));
+        assert!(!valid_request_id(&"a".repeat(65)));
+    }
+
+    #[test]
+    fn error_bodies_escape() {
+        let r = Response::error(StatusCode::NOT_FOUND, "not_found", "no \"x\"\n");
+        assert_eq!(
+            &r.body[..],
+            b"{\"error\":\"not_found\",\"message\":\"no \\\"x\\\"\\u000a\"}\n"
+        );
+    }
+}

@@ -1,0 +1,73 @@
+//! Cache policy: what to store and for how long, from `Cache-Control`.
+//! Pure: the caller passes the header and gets a decision.
+
+/// What `Cache-Control` allows a shared cache to do with a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Freshness {
+    /// Seconds the response is fresh; `None` when it must not be stored.
+    pub ttl: Option<u64>,
+    /// Seconds past expiry it may be served while the upstream fails.
+    pub stale_if_error: u64,
+}
+
+/// Reads `Cache-Control` as a shared cache: `no-store` and `private` forbid
+/// storing; `s-maxage` wins over `max-age`; `no-cache` stores with no
+/// freshness. With no directive, `default_ttl` applies.
+pub fn freshness(cache_control: Option<&str>, default_ttl: Option<u64>) -> Freshness {
+    let mut ttl = None;
+    let mut s_maxage = None;
+    let mut stale_if_error = 0;
+    let mut forbid = false;
+    let mut no_cache = false;
+    let Some(cc) = cache_control else {
+        return Freshness {
+            ttl: default_ttl,
+            stale_if_error,
+        };
+    };
+    for directive in cc.split(',') {
+        let directive = directive.trim().to_ascii_lowercase();
+        let (name, value) = match directive.split_once('=') {
+            Some((n, v)) => (n.trim().to_string(), Some(v.trim().trim_matches('"').to_string())),
+            None => (directive.clone(), None),
+        };
+        let secs = value.as_deref().and_then(|v| v.parse::<u64>().ok());
+        match name.as_str() {
+            "no-store" | "private" => forbid = true,
+            "no-cache" => no_cache = true,
+            "max-age" => ttl = secs.or(ttl),
+            "s-maxage" => s_maxage = secs,
+            "stale-if-error" => stale_if_error = secs.unwrap_or(0),
+            _ => {}
+        }
+    }
+    let ttl = if forbid {
+        None
+    } else if no_cache {
+        Some(0)
+    } else {
+        s_maxage.or(ttl).or(default_ttl)
+    };
+    Freshness {
+        ttl,
+        stale_if_error,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn directives() {
+        assert_eq!(freshness(Some("public, max-age=60"), None).ttl, Some(60));
+        assert_eq!(freshness(Some("max-age=60, s-maxage=10"), None).ttl, Some(10));
+        assert_eq!(freshness(Some("no-store, max-age=60"), None).ttl, None);
+        assert_eq!(freshness(Some("private"), Some(5)).ttl, None);
+        assert_eq!(freshness(Some("no-cache"), None).ttl, Some(0));
+        assert_eq!(freshness(None, Some(7)).ttl, Some(7));
+        assert_eq!(freshness(Some("max-age=x"), None).ttl, None);
+        let f = freshness(Some("max-age=1, stale-if-error=300"), None);
+        assert_eq!((f.ttl, f.stale_if_error), (Some(1), 300));
+    }
+}

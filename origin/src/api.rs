@@ -1,0 +1,386 @@
+//! The origin's HTTP surface: uploads, jobs, the catalog, mezzanine with
+//! byte ranges, and the web page.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State as AxState};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures::StreamExt;
+use object_store::{GetOptions, GetRange};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::io::AsyncWriteExt;
+
+use crate::db;
+use crate::store;
+use crate::transcode::{self, Source};
+use crate::State;
+
+/// Builds the router; tests call it in-process.
+pub fn app(state: Arc<State>) -> Router {
+    Router::new()
+        .route(
+            "/api/v1/uploads",
+            post(upload).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/api/v1/jobs/{id}", get(job))
+        .route("/api/v1/assets", get(list_assets))
+        .route("/api/v1/assets/{id}", get(asset))
+        .route("/mezz/{asset}/{file}", get(mezzanine))
+        .route("/", get(crate::web::index))
+        .route("/static/{file}", get(crate::web::asset_file))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such path") })
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+/// A JSON error body, the same shape as the proxy tiers'.
+pub(crate) fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    (status, Json(json!({ "error": code, "message": message }))).into_response()
+}
+
+/// Request id in and out, access log, request metrics.
+async fn observe(AxState(state): AxState<Arc<State>>, mut req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let id = req
+        .headers()
+        .get(cascade_serve::REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| cascade_serve::valid_request_id(v))
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        req.headers_mut().insert(cascade_serve::REQUEST_ID, v);
+    }
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let mut resp = next.run(req).await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert(cascade_serve::REQUEST_ID, v);
+    }
+    let status = resp.status().as_u16();
+    let elapsed = started.elapsed();
+    state.http_requests.with_label_values(&[&status.to_string()]).inc();
+    tracing::info!(
+        target: "access",
+        role = "cascade-origin",
+        request_id = %id,
+        method = %method,
+        path,
+        status,
+        ms = elapsed.as_secs_f64() * 1000.0,
+    );
+    resp
+}
+
+async fn metrics(AxState(state): AxState<Arc<State>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+struct UploadQuery {
+    title: Option<String>,
+}
+
+/// `POST /api/v1/uploads?title=T`: the body is the media file. It is
+/// streamed to disk within the size limit, probed, and queued; a file FFmpeg
+/// cannot read is answered 422 and recorded as a failed job.
+async fn upload(
+    AxState(state): AxState<Arc<State>>,
+    Query(q): Query<UploadQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let limit = state.cfg.max_upload_mib << 20;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", &format!("uploads are limited to {} MiB", state.cfg.max_upload_mib));
+    }
+    let title = q.title.unwrap_or_default();
+    let title = title.trim();
+    if title.chars().count() > 200 || title.chars().any(char::is_control) {
+        return error(StatusCode::BAD_REQUEST, "bad_title", "title must be at most 200 printable characters");
+    }
+    let asset = new_id();
+    let job = new_id();
+    let title = if title.is_empty() { format!("Untitled {asset}") } else { title.to_string() };
+
+    let dir = std::path::Path::new(&state.cfg.data_dir).join("incoming");
+    if let Err(e) = tokio::fs::create_dir_all(&dir).await {
+        tracing::error!(error = %e, "creating upload dir");
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "storage", "cannot store uploads");
+    }
+    let path = dir.join(format!("{job}.upload"));
+    match receive(body, &path, limit).await {
+        Ok(0) => {
+            let _ = tokio::fs::remove_file(&path).await;
+            return error(StatusCode::BAD_REQUEST, "empty", "the upload is empty");
+        }
+        Ok(_) => {}
+        Err(ReceiveError::TooLarge) => {
+            let _ = tokio::fs::remove_file(&path).await;
+            return error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", &format!("uploads are limited to {} MiB", state.cfg.max_upload_mib));
+        }
+        Err(ReceiveError::Io(e)) => {
+            let _ = tokio::fs::remove_file(&path).await;
+            tracing::warn!(error = %e, "upload broke off");
+            return error(StatusCode::BAD_REQUEST, "incomplete", "the upload did not complete");
+        }
+    }
+    let source = path.to_string_lossy().to_string();
+    if let Err(e) = db::create_asset_and_job(&state.db, &asset, &job, &title, "file", &source).await {
+        tracing::error!(error = %e, "recording an upload");
+        let _ = tokio::fs::remove_file(&path).await;
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "database", "cannot record the upload");
+    }
+    let probe_path = path.clone();
+    let probe = tokio::task::spawn_blocking(move || transcode::probe(&Source::File(probe_path))).await;
+    match probe {
+        Ok(Ok(p)) => {
+            state.jobs_notify.notify_one();
+            (
+                StatusCode::ACCEPTED,
+                Json(json!({
+                    "asset": asset, "job": job, "status": "queued",
+                    "source": { "width": p.width, "height": p.height, "duration": p.duration, "audio": p.has_audio },
+                })),
+            )
+                .into_response()
+        }
+        other => {
+            let reason = match other {
+                Ok(Err(e)) => e.to_string(),
+                _ => "the probe crashed".to_string(),
+            };
+            // Claim the job first so the worker never picks it up.
+            let _ = db::fail(&state.db, &job, &asset, &reason).await;
+            state.metrics_jobs.with_label_values(&["failed"]).inc();
+            let _ = tokio::fs::remove_file(&path).await;
+            (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Json(json!({ "error": "unreadable_media", "message": reason, "asset": asset, "job": job, "status": "failed" })),
+            )
+                .into_response()
+        }
+    }
+}
+
+enum ReceiveError {
+    TooLarge,
+    Io(String),
+}
+
+async fn receive(body: Body, path: &std::path::Path, limit: u64) -> Result<u64, ReceiveError> {
+    let mut file = tokio::fs::File::create(path)
+        .await
+        .map_err(|e| ReceiveError::Io(e.to_string()))?;
+    let mut stream = body.into_data_stream();
+    let mut total = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ReceiveError::Io(e.to_string()))?;
+        total += chunk.len() as u64;
+        if total > limit {
+            return Err(ReceiveError::TooLarge);
+        }
+        file.write_all(&chunk).await.map_err(|e| ReceiveError::Io(e.to_string()))?;
+    }
+    file.flush().await.map_err(|e| ReceiveError::Io(e.to_string()))?;
+    Ok(total)
+}
+
+fn new_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_string()
+}
+
+async fn job(AxState(state): AxState<Arc<State>>, Path(id): Path<String>) -> Response {
+    match db::get_job(&state.db, &id).await {
+        Ok(Some(j)) => Json(j).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, "not_found", "no such job"),
+        Err(e) => db_error(e),
+    }
+}
+
+fn db_error(e: sqlx::Error) -> Response {
+    tracing::error!(error = %e, "database");
+    error(StatusCode::INTERNAL_SERVER_ERROR, "database", "database error")
+}
+
+fn asset_json(state: &State, a: &db::Asset, job: Option<&db::Job>) -> serde_json::Value {
+    let edge = state.cfg.public_edge_url.trim_end_matches('/');
+    json!({
+        "id": a.id, "title": a.title, "status": a.status, "duration": a.duration,
+        "error": a.error, "created_at": a.created_at,
+        "hls": format!("/vod/{}/master.m3u8", a.id),
+        "dash": format!("/vod/{}/manifest.mpd", a.id),
+        "playback": {
+            "hls": format!("{edge}/vod/{}/master.m3u8", a.id),
+            "dash": format!("{edge}/vod/{}/manifest.mpd", a.id),
+        },
+        "job": job,
+    })
+}
+
+async fn list_assets(AxState(state): AxState<Arc<State>>) -> Response {
+    match db::list_assets(&state.db).await {
+        Ok(list) => {
+            let items: Vec<_> = list.iter().map(|a| asset_json(&state, a, None)).collect();
+            (
+                [(header::CACHE_CONTROL, "no-store")],
+                Json(json!({ "assets": items })),
+            )
+                .into_response()
+        }
+        Err(e) => db_error(e),
+    }
+}
+
+async fn asset(AxState(state): AxState<Arc<State>>, Path(id): Path<String>) -> Response {
+    let a = match db::get_asset(&state.db, &id).await {
+        Ok(Some(a)) => a,
+        Ok(None) => return error(StatusCode::NOT_FOUND, "not_found", "no such asset"),
+        Err(e) => return db_error(e),
+    };
+    let job = db::job_of_asset(&state.db, &id).await.ok().flatten();
+    ([(header::CACHE_CONTROL, "no-store")], Json(asset_json(&state, &a, job.as_ref()))).into_response()
+}
+
+/// `GET /mezz/{asset}/{file}`: mezzanine files and the asset manifest, with
+/// single byte ranges. Media is immutable once published.
+async fn mezzanine(
+    AxState(state): AxState<Arc<State>>,
+    method: Method,
+    Path((asset, file)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let stem = file.strip_suffix(".mp4").or_else(|| file.strip_suffix(".json"));
+    if !cascade_packager::is_safe_id(&asset) || !stem.is_some_and(cascade_packager::is_safe_id) {
+        return error(StatusCode::NOT_FOUND, "not_found", "no such file");
+    }
+    // Only published assets: the manifest is written last.
+    match db::get_asset(&state.db, &asset).await {
+        Ok(Some(a)) if a.status == "ready" => {}
+        Ok(_) => return error(StatusCode::NOT_FOUND, "not_found", "no such asset"),
+        Err(e) => return db_error(e),
+    }
+    let path = store::object_path(&asset, &file);
+    let meta = match state.store.head(&path).await {
+        Ok(m) => m,
+        Err(object_store::Error::NotFound { .. }) => {
+            return error(StatusCode::NOT_FOUND, "not_found", "no such file")
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "reading mezzanine");
+            return error(StatusCode::INTERNAL_SERVER_ERROR, "storage", "storage error");
+        }
+    };
+    let size = meta.size;
+    let range = match headers.get(header::RANGE).map(|v| v.to_str().map(|s| parse_range(s, size))) {
+        None => None,
+        Some(Ok(Ok(r))) => Some(r),
+        _ => {
+            return (
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                [(header::CONTENT_RANGE, format!("bytes */{size}"))],
+                Json(json!({"error": "bad_range", "message": "one satisfiable byte range is supported"})),
+            )
+                .into_response()
+        }
+    };
+    let (start, end) = range.unwrap_or((0, size));
+    let is_manifest = file == "manifest.json";
+    let mut builder = Response::builder()
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::CONTENT_LENGTH, end - start)
+        .header("surrogate-key", format!("asset-{asset}"))
+        .header(
+            header::CONTENT_TYPE,
+            if is_manifest { "application/json" } else { "video/mp4" },
+        )
+        .header(
+            header::CACHE_CONTROL,
+            if is_manifest { "public, max-age=60" } else { "public, max-age=31536000, immutable" },
+        );
+    builder = if range.is_some() {
+        builder
+            .status(StatusCode::PARTIAL_CONTENT)
+            .header(header::CONTENT_RANGE, format!("bytes {start}-{}/{size}", end - 1))
+    } else {
+        builder.status(StatusCode::OK)
+    };
+    if method == Method::HEAD {
+        return builder.body(Body::empty()).unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
+    }
+    let opts = GetOptions {
+        range: Some(GetRange::Bounded(start..end)),
+        ..Default::default()
+    };
+    let got = match state.store.get_opts(&path, opts).await {
+        Ok(g) => g,
+        Err(e) => {
+            tracing::error!(error = %e, "reading mezzanine");
+            return error(StatusCode::INTERNAL_SERVER_ERROR, "storage", "storage error");
+        }
+    };
+    if !is_manifest {
+        state.account_mezzanine(&format!("{asset}/{file}"), start, end);
+    }
+    builder
+        .body(Body::from_stream(got.into_stream()))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// Parses a single `bytes=` range against a size; returns `[start, end)`.
+pub fn parse_range(value: &str, size: u64) -> Result<(u64, u64), ()> {
+    let spec = value.trim().strip_prefix("bytes=").ok_or(())?;
+    if spec.contains(',') || size == 0 {
+        return Err(());
+    }
+    let (a, b) = spec.split_once('-').ok_or(())?;
+    let (a, b) = (a.trim(), b.trim());
+    let (start, end) = if a.is_empty() {
+        let n: u64 = b.parse().map_err(|_| ())?;
+        if n == 0 {
+            return Err(());
+        }
+        (size.saturating_sub(n), size)
+    } else {
+        let start: u64 = a.parse().map_err(|_| ())?;
+        let end = if b.is_empty() { size } else { b.parse::<u64>().map_err(|_| ())?.saturating_add(1).min(size) };
+        (start, end)
+    };
+    if start >= end || start >= size {
+        return Err(());
+    }
+    Ok((start, end))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_range;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("bytes=0-9", 100), Ok((0, 10)));
+        assert_eq!(parse_range("bytes=90-", 100), Ok((90, 100)));
+        assert_eq!(parse_range("bytes=-10", 100), Ok((90, 100)));
+        assert_eq!(parse_range("bytes=95-200", 100), Ok((95, 100)));
+        for bad in ["bytes=100-", "bytes=5-1", "bytes=0-1,3-4", "items=0-1", "bytes=a-b", "bytes=-0"] {
+            assert!(parse_range(bad, 100).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! The transcode worker: takes queued jobs one at a time, transcodes,
+//! indexes, stores the mezzanine and publishes the asset manifest last, so a
+//! published title never points at missing files.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cascade_packager::{AssetManifest, Track};
+
+use crate::db::{self, Job};
+use crate::store;
+use crate::transcode::{self, Source, Spec};
+use crate::State;
+
+/// Jobs that fail this many times (a crash each time, say) are given up.
+const MAX_ATTEMPTS: i64 = 3;
+
+/// Runs the worker until `stop` is set.
+pub(crate) async fn run(state: Arc<State>, stop: Arc<AtomicBool>) {
+    match db::requeue_interrupted(&state.db).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(jobs = n, "resuming jobs interrupted by a restart"),
+        Err(e) => tracing::error!(error = %e, "requeueing interrupted jobs"),
+    }
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let job = match db::claim_next(&state.db).await {
+            Ok(Some(job)) => job,
+            Ok(None) => {
+                // Woken by a new upload, or poll now and then.
+                let _ = tokio::time::timeout(Duration::from_secs(2), state.jobs_notify.notified()).await;
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "claiming a job");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        run_one(&state, &job, &stop).await;
+    }
+}
+
+async fn run_one(state: &Arc<State>, job: &Job, stop: &Arc<AtomicBool>) {
+    tracing::info!(job = %job.id, asset = %job.asset, attempt = job.attempts, "transcode starts");
+    let work = PathBuf::from(&state.cfg.data_dir).join("work").join(&job.id);
+    let result = if job.attempts > MAX_ATTEMPTS {
+        Err(format!("gave up after {MAX_ATTEMPTS} attempts"))
+    } else {
+        transcode_and_publish(state, job, &work, stop).await
+    };
+    let _ = tokio::fs::remove_dir_all(&work).await;
+    match result {
+        Ok(()) => {
+            state.metrics_jobs.with_label_values(&["done"]).inc();
+            if job.source_kind == "file" {
+                let _ = tokio::fs::remove_file(&job.source).await;
+            }
+        }
+        Err(reason) if stop.load(std::sync::atomic::Ordering::Relaxed) => {
+            // Shutting down: leave it running; the next start requeues it.
+            tracing::info!(job = %job.id, reason, "transcode interrupted by shutdown");
+        }
+        Err(reason) => {
+            tracing::warn!(job = %job.id, reason, "transcode failed");
+            state.metrics_jobs.with_label_values(&["failed"]).inc();
+            store::delete_asset(&state.store, &job.asset).await;
+            if let Err(e) = db::fail(&state.db, &job.id, &job.asset, &reason).await {
+                tracing::error!(error = %e, "recording a failed job");
+            }
+            if job.source_kind == "file" {
+                let _ = tokio::fs::remove_file(&job.source).await;
+            }
+        }
+    }
+}
+
+async fn transcode_and_publish(
+    state: &Arc<State>,
+    job: &Job,
+    work: &std::path::Path,
+    stop: &Arc<AtomicBool>,
+) -> Result<(), String> {
+    let _ = tokio::fs::remove_dir_all(work).await;
+    tokio::fs::create_dir_all(work).await.map_err(|e| format!("work dir: {e}"))?;
+    let source = match job.source_kind.as_str() {
+        "lavfi" => Source::Lavfi(job.source.clone()),
+        _ => Source::File(job.source.clone().into()),
+    };
+    let spec = Spec {
+        source,
+        out_dir: work.to_path_buf(),
+        ladder: state.cfg.ladder.clone(),
+        preset: state.cfg.preset.clone(),
+        segment_secs: state.cfg.segment_secs,
+    };
+    let started = Instant::now();
+    let pool = state.db.clone();
+    let job_id = job.id.clone();
+    let stop2 = stop.clone();
+    let handle = tokio::runtime::Handle::current();
+    let outcome = tokio::task::spawn_blocking(move || {
+        let mut last = Instant::now();
+        let mut progress = |p: f64| {
+            if last.elapsed() >= Duration::from_millis(500) {
+                last = Instant::now();
+                let _ = handle.block_on(db::set_progress(&pool, &job_id, p));
+            }
+        };
+        transcode::transcode(&spec, &mut progress, &stop2)
+    })
+    .await
+    .map_err(|e| format!("transcoder crashed: {e}"))?
+    .map_err(|e| e.to_string())?;
+    let wall = started.elapsed().as_secs_f64();
+
+    // Index each file, then store it; the manifest goes last.
+    let mut tracks = Vec::new();
+    for w in &outcome.files {
+        let path = work.join(&w.file);
+        let index = tokio::task::spawn_blocking(move || store::index_file(&path))
+            .await
+            .map_err(|e| format!("indexer crashed: {e}"))?
+            .map_err(|e| format!("indexing {}: {e}", w.file))?;
+        tracks.push(Track::from_index(&w.track, &w.file, &index));
+        store::upload_file(&state.store, &work.join(&w.file), &store::object_path(&job.asset, &w.file))
+            .await
+            .map_err(|e| format!("storing {}: {e}", w.file))?;
+    }
+    let manifest = AssetManifest::new(&job.asset, tracks);
+    manifest.validate().map_err(|e| e.to_string())?;
+    state
+        .store
+        .put(&store::object_path(&job.asset, "manifest.json"), manifest.to_json().into())
+        .await
+        .map_err(|e| format!("storing manifest: {e}"))?;
+    db::finish(&state.db, job, manifest.duration, outcome.media_secs, wall)
+        .await
+        .map_err(|e| format!("publishing: {e}"))?;
+    tracing::info!(
+        job = %job.id,
+        asset = %job.asset,
+        media_secs = outcome.media_secs,
+        wall_secs = wall,
+        speed = outcome.media_secs / wall.max(1e-9),
+        "transcode done"
+    );
+    Ok(())
+}

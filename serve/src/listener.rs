@@ -1,0 +1,292 @@
+//! The HTTP/1.1 and HTTP/2 (h2c) listener: our accept loop hands each TCP
+//! connection to Pingora's HTTP sessions, which handle framing, keep-alive
+//! and HTTP/2. We own the accept loop rather than Pingora's `Server` so that
+//! several roles share one process (`cascade dev`), tests bind ephemeral
+//! ports, and shutdown is a watch channel we control.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderValue, Method, StatusCode};
+use pingora_core::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream, ServerApp};
+use pingora_core::protocols::http::ServerSession;
+use pingora_core::protocols::l4::stream::Stream as L4Stream;
+use pingora_core::server::ShutdownWatch;
+use pingora_http::ResponseHeader;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinHandle;
+
+use crate::metrics::Metrics;
+use crate::{valid_request_id, Handler, Request, Response, REQUEST_ID};
+
+/// Limits of one listener.
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    /// The cache name used in `Cache-Status` and logs, such as `cascade-edge`.
+    pub role: &'static str,
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+    /// Most connections open at once; more wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Idle keep-alive time, in seconds.
+    pub keepalive_secs: u64,
+}
+
+impl ListenerConfig {
+    /// Defaults for a role.
+    pub fn new(role: &'static str) -> Self {
+        ListenerConfig {
+            role,
+            max_body_bytes: 1024 * 1024,
+            max_connections: 10_000,
+            keepalive_secs: 60,
+        }
+    }
+}
+
+/// A running listener.
+pub struct ServerHandle {
+    /// The bound address.
+    pub addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl ServerHandle {
+    /// Stops accepting, lets open requests finish, and waits for the accept loop.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.task.await;
+    }
+}
+
+struct App {
+    handler: Arc<dyn Handler>,
+    metrics: Arc<Metrics>,
+    cfg: ListenerConfig,
+    options: HttpServerOptions,
+}
+
+/// Serves `handler` on `listener` until shut down.
+pub fn serve(
+    listener: TcpListener,
+    handler: Arc<dyn Handler>,
+    metrics: Arc<Metrics>,
+    cfg: ListenerConfig,
+) -> std::io::Result<ServerHandle> {
+    let addr = listener.local_addr()?;
+    let (tx, rx) = watch::channel(false);
+    let mut options = HttpServerOptions::default();
+    options.h2c = true;
+    let app = Arc::new(App {
+        handler,
+        metrics,
+        cfg: cfg.clone(),
+        options,
+    });
+    let permits = Arc::new(Semaphore::new(cfg.max_connections));
+    let mut stop = rx.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let permit = tokio::select! {
+                p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                _ = stop.changed() => break,
+            };
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = stop.changed() => break,
+            };
+            let (tcp, _) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let app = app.clone();
+            let shutdown = rx.clone();
+            tokio::spawn(async move {
+                let stream: pingora_core::protocols::Stream = Box::new(L4Stream::from(tcp));
+                app.process_new(stream, &shutdown).await;
+                drop(permit);
+            });
+        }
+    });
+    Ok(ServerHandle {
+        addr,
+        shutdown: tx,
+        task,
+    })
+}
+
+#[async_trait::async_trait]
+impl HttpServerApp for App {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        match session.read_request().await {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => {
+                tracing::debug!(error = %e, "reading request");
+                return None;
+            }
+        }
+        if *shutdown.borrow() {
+            session.set_keepalive(None);
+        } else {
+            session.set_keepalive(Some(self.cfg.keepalive_secs));
+        }
+        let started = Instant::now();
+        let req_header = session.req_header();
+        let method = req_header.method.clone();
+        let uri = req_header.uri.clone();
+        let headers = req_header.headers.clone();
+        let protocol = if session.is_http2() { "h2" } else { "http/1.1" };
+        let client = session.client_addr().and_then(|a| a.as_inet()).copied();
+        let request_id = headers
+            .get(REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| valid_request_id(v))
+            .map(str::to_string)
+            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+
+        let response = match read_body(&mut session, self.cfg.max_body_bytes).await {
+            Err(BodyError::TooLarge) => Response::error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "request body over the limit",
+            ),
+            Err(BodyError::Io) => return None,
+            Ok(body) => {
+                let req = Request {
+                    method: method.clone(),
+                    uri: uri.clone(),
+                    headers,
+                    body,
+                    client,
+                    request_id: request_id.clone(),
+                    protocol,
+                };
+                match uri.path() {
+                    "/healthz" => Response::new(StatusCode::OK, "text/plain", "ok\n"),
+                    "/metrics" => Response::new(
+                        StatusCode::OK,
+                        "text/plain; version=0.0.4",
+                        self.metrics.render(),
+                    ),
+                    _ => self.handler.handle(req).await,
+                }
+            }
+        };
+
+        let status = response.status;
+        let cache = response
+            .headers
+            .get("cache-status")
+            .and_then(|v| v.to_str().ok())
+            .map(cache_label)
+            .unwrap_or("none");
+        let body_len = response.body.len();
+        let ok = write_response(&mut session, response, &method, &request_id).await;
+        let elapsed = started.elapsed();
+        self.metrics.observe(status.as_u16(), cache, protocol, body_len, elapsed);
+        // The path only: query strings carry tokens, which never reach logs.
+        tracing::info!(
+            target: "access",
+            role = self.cfg.role,
+            request_id = %request_id,
+            method = %method,
+            path = uri.path(),
+            status = status.as_u16(),
+            bytes = body_len,
+            ms = elapsed.as_secs_f64() * 1000.0,
+            cache,
+            protocol,
+            client = ?client,
+        );
+        if !ok {
+            return None;
+        }
+        let settings = pingora_core::apps::HttpPersistentSettings::for_session(&session);
+        match session.finish().await {
+            Ok(Some(s)) => Some(ReusedHttpStream::from_reusable_stream(s, settings)),
+            _ => None,
+        }
+    }
+
+    fn server_options(&self) -> Option<&HttpServerOptions> {
+        Some(&self.options)
+    }
+}
+
+/// The outcome word of this tier's `Cache-Status` entry (the last one).
+fn cache_label(v: &str) -> &'static str {
+    let last = v.rsplit(',').next().unwrap_or("");
+    if last.contains("fwd=stale") {
+        "stale"
+    } else if last.contains("; hit") {
+        "hit"
+    } else if last.contains("fwd=bypass") {
+        "bypass"
+    } else if last.contains("fwd=") {
+        "miss"
+    } else {
+        "none"
+    }
+}
+
+enum BodyError {
+    TooLarge,
+    Io,
+}
+
+async fn read_body(session: &mut ServerSession, limit: usize) -> Result<Bytes, BodyError> {
+    let mut buf = BytesMut::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if buf.len() + chunk.len() > limit {
+                    return Err(BodyError::TooLarge);
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(buf.freeze()),
+            Err(_) => return Err(BodyError::Io),
+        }
+    }
+}
+
+async fn write_response(
+    session: &mut ServerSession,
+    response: Response,
+    method: &Method,
+    request_id: &str,
+) -> bool {
+    let mut header = match ResponseHeader::build(response.status, Some(response.headers.len() + 2))
+    {
+        Ok(h) => h,
+        Err(_) => return false,
+    };
+    for (name, value) in response.headers.iter() {
+        let _ = header.append_header(name.clone(), value.clone());
+    }
+    let _ = header.insert_header(http::header::CONTENT_LENGTH, response.body.len());
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        let _ = header.insert_header(REQUEST_ID, v);
+    }
+    if session.write_response_header(Box::new(header)).await.is_err() {
+        return false;
+    }
+    if method == Method::HEAD || response.body.is_empty() {
+        return session.finish_body().await.is_ok();
+    }
+    session.write_response_body(response.body, true).await.is_ok()
+}

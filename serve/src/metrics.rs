@@ -1,0 +1,115 @@
+//! Prometheus metrics and structured logs.
+
+use std::time::Duration;
+
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+
+/// The metrics of one role. Each role has its own registry, so that roles
+/// sharing a process (`cascade dev`) still report apart.
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    bytes: IntCounterVec,
+    duration: HistogramVec,
+}
+
+impl Metrics {
+    /// Creates the listener metrics for `role` (`edge`, `shield`, …).
+    pub fn new(role: &str) -> Metrics {
+        let registry = Registry::new_custom(Some("cascade".into()), None)
+            .unwrap_or_default();
+        let requests = IntCounterVec::new(
+            Opts::new("requests_total", "Requests answered")
+                .const_label("role", role),
+            &["status", "cache", "protocol"],
+        )
+        .expect("static metric definition");
+        let bytes = IntCounterVec::new(
+            Opts::new("response_body_bytes_total", "Response body bytes sent")
+                .const_label("role", role),
+            &["cache"],
+        )
+        .expect("static metric definition");
+        let duration = HistogramVec::new(
+            HistogramOpts::new("request_duration_seconds", "Time to answer a request")
+                .const_label("role", role)
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                ]),
+            &["cache"],
+        )
+        .expect("static metric definition");
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(bytes.clone()),
+            Box::new(duration.clone()),
+        ] {
+            let _ = registry.register(c);
+        }
+        Metrics {
+            registry,
+            requests,
+            bytes,
+            duration,
+        }
+    }
+
+    /// The registry, for role-specific metrics.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    pub(crate) fn observe(
+        &self,
+        status: u16,
+        cache: &str,
+        protocol: &str,
+        bytes: usize,
+        elapsed: Duration,
+    ) {
+        let status = status.to_string();
+        self.requests
+            .with_label_values(&[status.as_str(), cache, protocol])
+            .inc();
+        self.bytes.with_label_values(&[cache]).inc_by(bytes as u64);
+        self.duration
+            .with_label_values(&[cache])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Requests answered with this cache outcome (`hit`, `miss`, …), all statuses.
+    pub fn requests_with_cache(&self, cache: &str) -> u64 {
+        let mut total = 0;
+        for mf in self.registry.gather() {
+            if !mf.name().ends_with("requests_total") {
+                continue;
+            }
+            for m in mf.get_metric() {
+                if m.get_label().iter().any(|l| l.name() == "cache" && l.value() == cache) {
+                    total += m.get_counter().get_value() as u64;
+                }
+            }
+        }
+        total
+    }
+
+    /// Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// Sets up `tracing`: JSON lines by default, plain text when `text` is set.
+/// `RUST_LOG` filters as usual (default `info`).
+pub fn init_logging(text: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = if text {
+        builder.try_init()
+    } else {
+        builder.json().flatten_event(true).try_init()
+    };
+}

@@ -1,0 +1,137 @@
+//! The client a tier uses to fetch from the next tier.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use http::{HeaderMap, StatusCode};
+
+use crate::REQUEST_ID;
+
+/// One upstream base URL with a pooled client.
+#[derive(Clone, Debug)]
+pub struct Upstream {
+    client: reqwest::Client,
+    base: String,
+    max_body_bytes: usize,
+}
+
+/// A fetched response, body read whole.
+#[derive(Debug, Clone)]
+pub struct UpstreamResponse {
+    /// Status.
+    pub status: StatusCode,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// Body.
+    pub body: Bytes,
+}
+
+/// Why a fetch failed. Says whether trying another upstream may help.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UpstreamError {
+    /// Could not connect or the connection broke: another upstream may work.
+    #[error("upstream {0} unreachable: {1}")]
+    Connect(String, String),
+    /// No answer in time: another upstream may work.
+    #[error("upstream {0} timed out")]
+    Timeout(String),
+    /// The body was over the limit.
+    #[error("upstream body over {0} bytes")]
+    TooLarge(usize),
+}
+
+impl UpstreamError {
+    /// Whether another upstream may succeed where this one failed.
+    pub fn retryable(&self) -> bool {
+        matches!(self, UpstreamError::Connect(..) | UpstreamError::Timeout(_))
+    }
+}
+
+impl Upstream {
+    /// A client for `base` (such as `http://127.0.0.1:8081`).
+    pub fn new(base: &str, timeout: Duration, max_body_bytes: usize) -> Upstream {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(timeout)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .no_proxy()
+            .build()
+            .unwrap_or_default();
+        Upstream {
+            client,
+            base: base.trim_end_matches('/').to_string(),
+            max_body_bytes,
+        }
+    }
+
+    /// The base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Sends a request and reads the whole body within the limit.
+    pub async fn send(
+        &self,
+        method: http::Method,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+        body: Option<Bytes>,
+        request_id: &str,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        let url = format!("{}{}", self.base, path_and_query);
+        let mut req = self
+            .client
+            .request(method, &url)
+            .header(REQUEST_ID, request_id);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        if let Some(b) = body {
+            req = req.body(b);
+        }
+        let resp = req.send().await.map_err(|e| self.classify(e))?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        if let Some(len) = resp.content_length() {
+            if len as usize > self.max_body_bytes {
+                return Err(UpstreamError::TooLarge(self.max_body_bytes));
+            }
+        }
+        let mut body = BytesMut::new();
+        let mut stream = resp.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| self.classify(e))?;
+            if body.len() + chunk.len() > self.max_body_bytes {
+                return Err(UpstreamError::TooLarge(self.max_body_bytes));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(UpstreamResponse {
+            status,
+            headers,
+            body: body.freeze(),
+        })
+    }
+
+    /// A GET, with an optional `Range`.
+    pub async fn get(
+        &self,
+        path: &str,
+        range: Option<&str>,
+        request_id: &str,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        let headers: Vec<(&str, &str)> = range.map(|r| ("range", r)).into_iter().collect();
+        self.send(http::Method::GET, path, &headers, None, request_id)
+            .await
+    }
+
+    fn classify(&self, e: reqwest::Error) -> UpstreamError {
+        if e.is_timeout() {
+            UpstreamError::Timeout(self.base.clone())
+        } else {
+            UpstreamError::Connect(self.base.clone(), e.to_string())
+        }
+    }
+}
