@@ -233,7 +233,12 @@ pub fn transcode(
     cancel: &AtomicBool,
 ) -> Result<Outcome, TranscodeError> {
     let mut ictx = open_input(&spec.source)?;
-    let total_secs = (ictx.duration() > 0).then(|| ictx.duration() as f64 / 1_000_000.0);
+    let total_secs = (ictx.duration() > 0)
+        .then(|| ictx.duration() as f64 / 1_000_000.0)
+        .or_else(|| match &spec.source {
+            Source::Lavfi(graph) => lavfi_duration(graph),
+            Source::File(_) => None,
+        });
 
     let vstream = ictx
         .streams()
@@ -420,6 +425,18 @@ pub fn transcode(
     progress(1.0);
     let media_secs = last_secs + 1.0 / fps;
     Ok(Outcome { files, media_secs })
+}
+
+/// A filter graph source has no container duration; its `d=` options say
+/// how long it runs, which is enough for a progress bar.
+fn lavfi_duration(graph: &str) -> Option<f64> {
+    graph
+        .split([':', '=', ';', '['])
+        .collect::<Vec<_>>()
+        .windows(2)
+        .filter(|w| w[0] == "d" || w[0] == "duration")
+        .filter_map(|w| w[1].parse::<f64>().ok())
+        .fold(None, |acc: Option<f64>, d| Some(acc.map_or(d, |a| a.max(d))))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -712,6 +729,12 @@ fn finish_audio(out: &mut AudioOut) -> Result<(), TranscodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lavfi_durations() {
+        assert_eq!(lavfi_duration("testsrc2=s=320x180:d=4[out0];sine=f=440:d=6[out1]"), Some(6.0));
+        assert_eq!(lavfi_duration("testsrc2=s=320x180"), None);
+    }
 
     #[test]
     fn ladder_is_capped_at_source() {

@@ -1,0 +1,135 @@
+//! A whole stack (origin, shield, edge) on ephemeral ports, for full-stack tests.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use cascade_edge::{Edge, EdgeConfig};
+use cascade_origin::transcode::Rung;
+use cascade_origin::{Origin, OriginConfig};
+use cascade_shield::{Shield, ShieldConfig};
+use serde_json::Value;
+
+pub struct Stack {
+    pub origin: Origin,
+    pub shield: Shield,
+    pub edge: Edge,
+    pub origin_url: String,
+    pub edge_url: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl Stack {
+    pub async fn start() -> Stack {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().to_str().expect("utf-8 temp path").to_string();
+        let origin = cascade_origin::start(&OriginConfig {
+            listen: "127.0.0.1:0".into(),
+            data_dir: format!("{data}/origin"),
+            preset: "ultrafast".into(),
+            ladder: vec![Rung { height: 180, kbps: 300 }, Rung { height: 120, kbps: 150 }],
+            ..OriginConfig::default()
+        })
+        .await
+        .expect("origin starts");
+        let origin_url = format!("http://{}", origin.addr);
+        let shield = cascade_shield::start(&ShieldConfig {
+            listen: "127.0.0.1:0".into(),
+            origins: vec![origin_url.clone()],
+            cache_dir: format!("{data}/shield-cache"),
+            cache_memory_mib: 64,
+            cache_disk_mib: 256,
+            ..ShieldConfig::default()
+        })
+        .await
+        .expect("shield starts");
+        let edge = cascade_edge::start(&EdgeConfig {
+            listen: "127.0.0.1:0".into(),
+            shields: vec![format!("http://{}", shield.addr)],
+            origin: origin_url.clone(),
+            // Media must come through the shield in these tests.
+            origin_fallback: false,
+            cache_dir: format!("{data}/edge-cache"),
+            cache_memory_mib: 64,
+            cache_disk_mib: 256,
+            ..EdgeConfig::default()
+        })
+        .await
+        .expect("edge starts");
+        let edge_url = format!("http://{}", edge.addr);
+        Stack { origin, shield, edge, origin_url, edge_url, dir }
+    }
+
+    pub async fn shutdown(self) {
+        self.edge.shutdown().await;
+        self.shield.shutdown().await;
+        self.origin.shutdown().await;
+    }
+}
+
+/// Makes a small H.264/AAC clip with the FFmpeg CLI, an independent encoder.
+pub fn make_clip(dir: &Path, secs: u32) -> PathBuf {
+    let out = dir.join(format!("clip-{secs}s.mp4"));
+    let status = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
+        .arg(format!("testsrc2=s=320x180:r=25:d={secs}"))
+        .args(["-f", "lavfi", "-i"])
+        .arg(format!("sine=f=440:sample_rate=44100:d={secs}"))
+        .args(["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest"])
+        .arg(&out)
+        .status()
+        .expect("the ffmpeg CLI is installed (make test installs it)");
+    assert!(status.success(), "ffmpeg could not make the test clip");
+    out
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().expect("client")
+}
+
+/// Uploads a file; returns the status and the JSON answer.
+pub async fn upload(origin_url: &str, path: &Path, title: &str) -> (u16, Value) {
+    let body = tokio::fs::read(path).await.expect("read clip");
+    let r = client()
+        .post(format!("{origin_url}/api/v1/uploads"))
+        .query(&[("title", title)])
+        .body(body)
+        .send()
+        .await
+        .expect("upload request");
+    let status = r.status().as_u16();
+    (status, r.json().await.expect("JSON answer"))
+}
+
+/// Polls a job until it ends or the deadline passes.
+pub async fn wait_job(origin_url: &str, job: &str, within: Duration) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let j: Value = client()
+            .get(format!("{origin_url}/api/v1/jobs/{job}"))
+            .send()
+            .await
+            .expect("job request")
+            .json()
+            .await
+            .expect("job JSON");
+        match j["state"].as_str() {
+            Some("done") | Some("failed") => return j,
+            _ if Instant::now() > deadline => panic!("job {job} did not end in {within:?}: {j}"),
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// Uploads a clip and waits until it is playable; returns the asset id.
+pub async fn ingest_clip(stack: &Stack, secs: u32) -> String {
+    let clip = make_clip(stack.dir.path(), secs);
+    let (status, answer) = upload(&stack.origin_url, &clip, "Tiny clip").await;
+    assert_eq!(status, 202, "{answer}");
+    let job = answer["job"].as_str().expect("job id");
+    let done = wait_job(&stack.origin_url, job, Duration::from_secs(120)).await;
+    assert_eq!(done["state"], "done", "{done}");
+    answer["asset"].as_str().expect("asset id").to_string()
+}

@@ -1,0 +1,141 @@
+//! Full stack: upload → transcode → origin → shield → edge → an independent
+//! player (the FFmpeg CLI).
+
+mod common;
+
+use std::process::Command;
+
+use common::{client, make_clip, upload, wait_job, Stack};
+
+/// Decodes every stream of a URL to the end; returns FFmpeg's complaints.
+fn ffmpeg_decode(url: &str) -> Result<(), String> {
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-i", url, "-map", "0", "-f", "null", "-"])
+        .output()
+        .expect("the ffmpeg CLI is installed");
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    if out.status.success() && stderr.trim().is_empty() {
+        Ok(())
+    } else {
+        Err(format!("ffmpeg failed on {url}: {stderr}"))
+    }
+}
+
+/// Every URL a player of this title would fetch, from the playlists themselves.
+async fn title_urls(edge: &str, asset: &str) -> Vec<String> {
+    let base = format!("{edge}/vod/{asset}");
+    let mut urls = vec![format!("{base}/master.m3u8"), format!("{base}/manifest.mpd")];
+    let master = client().get(&urls[0]).send().await.unwrap().text().await.unwrap();
+    let mut playlists: Vec<String> = master
+        .lines()
+        .filter(|l| l.ends_with(".m3u8") && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect();
+    for line in master.lines().filter(|l| l.starts_with("#EXT-X-MEDIA")) {
+        let uri = line.split("URI=\"").nth(1).and_then(|r| r.split('"').next()).unwrap();
+        playlists.push(uri.to_string());
+    }
+    assert!(playlists.len() >= 3, "two video rungs and audio: {master}");
+    for p in playlists {
+        let url = format!("{base}/{p}");
+        let text = client().get(&url).send().await.unwrap().text().await.unwrap();
+        urls.push(url);
+        for line in text.lines() {
+            if let Some(map) = line.strip_prefix("#EXT-X-MAP:URI=\"") {
+                urls.push(format!("{base}/{}", map.trim_end_matches('"')));
+            } else if !line.starts_with('#') && !line.is_empty() {
+                urls.push(format!("{base}/{line}"));
+            }
+        }
+    }
+    urls
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upload_to_playback_through_every_tier() {
+    let stack = Stack::start().await;
+    let asset = common::ingest_clip(&stack, 4).await;
+    let hls = format!("{}/vod/{asset}/master.m3u8", stack.edge_url);
+    let dash = format!("{}/vod/{asset}/manifest.mpd", stack.edge_url);
+
+    // First pass: the FFmpeg CLI plays everything (every rendition of HLS and DASH).
+    let urls = title_urls(&stack.edge_url, &asset).await;
+    let decode_all = |urls: &[String]| {
+        let mut targets = vec![hls.clone(), dash.clone()];
+        targets.extend(urls.iter().filter(|u| u.ends_with(".m3u8")).cloned());
+        for t in targets {
+            ffmpeg_decode(&t).unwrap();
+        }
+    };
+    tokio::task::block_in_place(|| decode_all(&urls));
+    let (served_first, repeats) = stack.origin.mezzanine_bytes();
+    assert!(served_first > 0, "the origin served the mezzanine");
+    assert_eq!(repeats, 0, "the origin served some mezzanine bytes twice");
+
+    // Second pass: every URL is an edge hit, and the origin serves nothing more.
+    let misses_before = stack.edge.metrics.requests_with_cache("miss");
+    for url in &urls {
+        let r = client().get(url).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{url}");
+        let cs = r.headers()["cache-status"].to_str().unwrap().to_string();
+        assert!(cs.starts_with("cascade-edge; hit"), "{url}: {cs}");
+        assert_eq!(r.headers()["access-control-allow-origin"], "*");
+    }
+    tokio::task::block_in_place(|| decode_all(&urls));
+    assert_eq!(stack.edge.metrics.requests_with_cache("miss"), misses_before, "second pass had edge misses");
+    assert_eq!(stack.origin.mezzanine_bytes(), (served_first, 0), "origin served mezzanine again");
+
+    // HLS and DASH share segment URLs: one cached copy for both.
+    let mpd = client().get(&dash).send().await.unwrap().text().await.unwrap();
+    assert!(mpd.contains("media=\"$RepresentationID$/$Number$.m4s\""));
+    assert!(urls.iter().any(|u| u.ends_with("/v0/1.m4s")));
+
+    // Unknown titles and segments are 404s, not crashes.
+    for bad in ["/vod/nope/master.m3u8", &format!("/vod/{asset}/v0/999.m4s"), &format!("/vod/{asset}/v9.m3u8"), "/vod/../etc/passwd"] {
+        let r = client().get(format!("{}{bad}", stack.edge_url)).send().await.unwrap();
+        assert_eq!(r.status(), 404, "{bad}");
+    }
+    // Health and metrics on every role.
+    for base in [&stack.edge_url, &format!("http://{}", stack.shield.addr), &stack.origin_url] {
+        assert_eq!(client().get(format!("{base}/healthz")).send().await.unwrap().status(), 200);
+        let m = client().get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+        assert!(m.contains("cascade_"), "{base}/metrics: {m}");
+    }
+    stack.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_text_file_is_a_failed_job_and_the_origin_keeps_serving() {
+    let stack = Stack::start().await;
+    let fake = stack.dir.path().join("not-a-video.mp4");
+    std::fs::write(&fake, "this is a text file, not a video\n".repeat(100)).unwrap();
+    let (status, answer) = upload(&stack.origin_url, &fake, "Fake").await;
+    assert_eq!(status, 422, "{answer}");
+    assert_eq!(answer["status"], "failed");
+    let reason = answer["message"].as_str().unwrap();
+    assert!(reason.contains("Invalid data"), "FFmpeg's reason is passed on: {reason}");
+    let job = wait_job(&stack.origin_url, answer["job"].as_str().unwrap(), std::time::Duration::from_secs(5)).await;
+    assert_eq!(job["state"], "failed");
+    assert_eq!(job["error"], reason);
+
+    // Never half-published: the asset is failed and its media does not exist.
+    let asset = answer["asset"].as_str().unwrap();
+    let a: serde_json::Value = client().get(format!("{}/api/v1/assets/{asset}", stack.origin_url)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(a["status"], "failed");
+    let r = client().get(format!("{}/vod/{asset}/master.m3u8", stack.edge_url)).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+
+    // An empty upload is refused outright.
+    let empty = stack.dir.path().join("empty.mp4");
+    std::fs::write(&empty, b"").unwrap();
+    assert_eq!(upload(&stack.origin_url, &empty, "Empty").await.0, 400);
+
+    // The origin still serves, and still transcodes a real file.
+    assert_eq!(client().get(format!("{}/healthz", stack.origin_url)).send().await.unwrap().status(), 200);
+    let clip = make_clip(stack.dir.path(), 2);
+    let (status, answer) = upload(&stack.origin_url, &clip, "Real").await;
+    assert_eq!(status, 202, "{answer}");
+    let job = wait_job(&stack.origin_url, answer["job"].as_str().unwrap(), std::time::Duration::from_secs(120)).await;
+    assert_eq!(job["state"], "done", "{job}");
+    stack.shutdown().await;
+}
