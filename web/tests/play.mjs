@@ -1,0 +1,59 @@
+// Plays a title on the edge's web page in headless Chromium, first with
+// hls.js, then with dash.js, and fails unless each reaches 3 s of media time
+// with no player error.
+//
+//   node web/tests/play.mjs http://127.0.0.1:8080 ASSET_ID [screenshot.png]
+import { chromium } from 'playwright-core';
+
+const [base, asset, screenshot] = process.argv.slice(2);
+if (!base || !asset) {
+  console.error('usage: play.mjs EDGE_URL ASSET_ID [SCREENSHOT]');
+  process.exit(2);
+}
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  args: [
+    '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-quic',
+    '--no-first-run', '--disable-component-update', '--disable-sync',
+    '--autoplay-policy=no-user-gesture-required',
+  ],
+});
+let failed = false;
+try {
+  const page = await browser.newPage();
+  const pageErrors = [];
+  page.on('pageerror', e => pageErrors.push(String(e)));
+  await page.goto(base + '/', { waitUntil: 'load' });
+  const item = `li.title[data-id="${asset}"][data-status="ready"]`;
+  await page.waitForSelector(item, { timeout: 30000 });
+  for (const proto of ['hls', 'dash']) {
+    await page.check(`input[name=proto][value=${proto}]`);
+    await page.click(item);
+    await page.waitForFunction(
+      p => window.cascade.state.proto === p &&
+        (window.cascade.video.currentTime >= 3 || window.cascade.state.error),
+      proto, { timeout: 45000, polling: 100 });
+    const r = await page.evaluate(() => ({
+      t: window.cascade.video.currentTime,
+      err: window.cascade.state.error,
+    }));
+    if (r.err || r.t < 3) {
+      console.error(`${proto}: failed at ${r.t} s: ${r.err}`);
+      failed = true;
+    } else {
+      console.log(`${proto}: played ${r.t.toFixed(2)} s of media with no error`);
+    }
+  }
+  if (screenshot) await page.screenshot({ path: screenshot });
+  if (pageErrors.length) {
+    console.error('page errors: ' + pageErrors.join('; '));
+    failed = true;
+  }
+} catch (e) {
+  console.error(String(e));
+  failed = true;
+} finally {
+  await browser.close();
+}
+process.exit(failed ? 1 : 0);
