@@ -8,7 +8,10 @@ fn main() {
     let out = std::env::var("OUT_DIR").expect("cargo sets OUT_DIR");
     let libs = [
         ("hls.min.js", "../web/node_modules/hls.js/dist/hls.min.js"),
-        ("dash.all.min.js", "../web/node_modules/dashjs/dist/modern/umd/dash.all.min.js"),
+        (
+            "dash.all.min.js",
+            "../web/node_modules/dashjs/dist/modern/umd/dash.all.min.js",
+        ),
     ];
     for (name, src) in libs {
         println!("cargo:rerun-if-changed={src}");

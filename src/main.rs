@@ -14,7 +14,11 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Parser)]
-#[command(name = "cascade", version, about = "Cascade: a video CDN and streaming platform")]
+#[command(
+    name = "cascade",
+    version,
+    about = "Cascade: a video CDN and streaming platform"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -73,7 +77,11 @@ struct IngestArgs {
     #[arg(long)]
     title: Option<String>,
     /// Origin base URL.
-    #[arg(long, default_value = "http://127.0.0.1:8082", env = "CASCADE_ORIGIN_URL")]
+    #[arg(
+        long,
+        default_value = "http://127.0.0.1:8082",
+        env = "CASCADE_ORIGIN_URL"
+    )]
     origin: String,
 }
 
@@ -83,7 +91,10 @@ fn main() {
     if !matches!(cli.command, Command::Ingest(_)) {
         cascade_serve::init_logging(text_logs);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -209,7 +220,12 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     println!();
     println!("Cascade is running.");
     println!("  web page   {page}/");
-    println!("  edge       {page}    shield {}    origin {}    control {}", url(shield.addr.port()), url(origin.addr.port()), url(control.addr.port()));
+    println!(
+        "  edge       {page}    shield {}    origin {}    control {}",
+        url(shield.addr.port()),
+        url(origin.addr.port()),
+        url(control.addr.port())
+    );
     if samples.is_empty() {
         println!("  catalog    {page}/api/v1/assets");
     } else {
@@ -219,7 +235,10 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
             println!("    DASH {page}/vod/{id}/manifest.mpd");
         }
     }
-    println!("  upload     cascade ingest FILE --origin {}", url(origin.addr.port()));
+    println!(
+        "  upload     cascade ingest FILE --origin {}",
+        url(origin.addr.port())
+    );
     println!("Press Ctrl-C to stop.");
     wait_for_signal().await;
     println!("Stopping…");
@@ -279,8 +298,14 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
             body["message"].as_str().unwrap_or("no reason given")
         );
     }
-    let job = body["job"].as_str().context("the origin's answer has no job id")?.to_string();
-    let asset = body["asset"].as_str().context("the origin's answer has no asset id")?.to_string();
+    let job = body["job"]
+        .as_str()
+        .context("the origin's answer has no job id")?
+        .to_string();
+    let asset = body["asset"]
+        .as_str()
+        .context("the origin's answer has no asset id")?
+        .to_string();
 
     let bar = ProgressBar::new(1000);
     bar.set_style(
@@ -304,7 +329,10 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
             }
             Some("failed") => {
                 bar.abandon_with_message("failed");
-                bail!("transcode failed: {}", j["error"].as_str().unwrap_or("no reason given"));
+                bail!(
+                    "transcode failed: {}",
+                    j["error"].as_str().unwrap_or("no reason given")
+                );
             }
             Some(s) => bar.set_message(s.to_string()),
             None => bail!("the origin answered without a job state"),

@@ -2,6 +2,8 @@
 //! playwright-core plays a title with hls.js and with dash.js. Needs
 //! `make web` (npm packages) and Chromium, which `make test` installs.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::process::Command;
@@ -28,8 +30,14 @@ async fn the_page_plays_hls_and_dash_in_chromium() {
     });
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "browser playback failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("hls: played") && stdout.contains("dash: played"), "{stdout}");
+    assert!(
+        out.status.success(),
+        "browser playback failed:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains("hls: played") && stdout.contains("dash: played"),
+        "{stdout}"
+    );
     if let Ok(dir) = std::env::var("CASCADE_SCREENSHOT_DIR") {
         let _ = std::fs::copy(&shot, format!("{dir}/page.png"));
     }

@@ -1,6 +1,8 @@
 //! Full stack: upload → transcode → origin → shield → edge → an independent
 //! player (the FFmpeg CLI).
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::process::Command;
@@ -24,21 +26,42 @@ fn ffmpeg_decode(url: &str) -> Result<(), String> {
 /// Every URL a player of this title would fetch, from the playlists themselves.
 async fn title_urls(edge: &str, asset: &str) -> Vec<String> {
     let base = format!("{edge}/vod/{asset}");
-    let mut urls = vec![format!("{base}/master.m3u8"), format!("{base}/manifest.mpd")];
-    let master = client().get(&urls[0]).send().await.unwrap().text().await.unwrap();
+    let mut urls = vec![
+        format!("{base}/master.m3u8"),
+        format!("{base}/manifest.mpd"),
+    ];
+    let master = client()
+        .get(&urls[0])
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let mut playlists: Vec<String> = master
         .lines()
         .filter(|l| l.ends_with(".m3u8") && !l.starts_with('#'))
         .map(str::to_string)
         .collect();
     for line in master.lines().filter(|l| l.starts_with("#EXT-X-MEDIA")) {
-        let uri = line.split("URI=\"").nth(1).and_then(|r| r.split('"').next()).unwrap();
+        let uri = line
+            .split("URI=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap();
         playlists.push(uri.to_string());
     }
     assert!(playlists.len() >= 3, "two video rungs and audio: {master}");
     for p in playlists {
         let url = format!("{base}/{p}");
-        let text = client().get(&url).send().await.unwrap().text().await.unwrap();
+        let text = client()
+            .get(&url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         urls.push(url);
         for line in text.lines() {
             if let Some(map) = line.strip_prefix("#EXT-X-MAP:URI=\"") {
@@ -82,23 +105,66 @@ async fn upload_to_playback_through_every_tier() {
         assert_eq!(r.headers()["access-control-allow-origin"], "*");
     }
     tokio::task::block_in_place(|| decode_all(&urls));
-    assert_eq!(stack.edge.metrics.requests_with_cache("miss"), misses_before, "second pass had edge misses");
-    assert_eq!(stack.origin.mezzanine_bytes(), (served_first, 0), "origin served mezzanine again");
+    assert_eq!(
+        stack.edge.metrics.requests_with_cache("miss"),
+        misses_before,
+        "second pass had edge misses"
+    );
+    assert_eq!(
+        stack.origin.mezzanine_bytes(),
+        (served_first, 0),
+        "origin served mezzanine again"
+    );
 
     // HLS and DASH share segment URLs: one cached copy for both.
-    let mpd = client().get(&dash).send().await.unwrap().text().await.unwrap();
+    let mpd = client()
+        .get(&dash)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(mpd.contains("media=\"$RepresentationID$/$Number$.m4s\""));
     assert!(urls.iter().any(|u| u.ends_with("/v0/1.m4s")));
 
     // Unknown titles and segments are 404s, not crashes.
-    for bad in ["/vod/nope/master.m3u8", &format!("/vod/{asset}/v0/999.m4s"), &format!("/vod/{asset}/v9.m3u8"), "/vod/../etc/passwd"] {
-        let r = client().get(format!("{}{bad}", stack.edge_url)).send().await.unwrap();
+    for bad in [
+        "/vod/nope/master.m3u8",
+        &format!("/vod/{asset}/v0/999.m4s"),
+        &format!("/vod/{asset}/v9.m3u8"),
+        "/vod/../etc/passwd",
+    ] {
+        let r = client()
+            .get(format!("{}{bad}", stack.edge_url))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 404, "{bad}");
     }
     // Health and metrics on every role.
-    for base in [&stack.edge_url, &format!("http://{}", stack.shield.addr), &stack.origin_url] {
-        assert_eq!(client().get(format!("{base}/healthz")).send().await.unwrap().status(), 200);
-        let m = client().get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    for base in [
+        &stack.edge_url,
+        &format!("http://{}", stack.shield.addr),
+        &stack.origin_url,
+    ] {
+        assert_eq!(
+            client()
+                .get(format!("{base}/healthz"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+        let m = client()
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         assert!(m.contains("cascade_"), "{base}/metrics: {m}");
     }
     stack.shutdown().await;
@@ -113,16 +179,35 @@ async fn a_text_file_is_a_failed_job_and_the_origin_keeps_serving() {
     assert_eq!(status, 422, "{answer}");
     assert_eq!(answer["status"], "failed");
     let reason = answer["message"].as_str().unwrap();
-    assert!(reason.contains("Invalid data"), "FFmpeg's reason is passed on: {reason}");
-    let job = wait_job(&stack.origin_url, answer["job"].as_str().unwrap(), std::time::Duration::from_secs(5)).await;
+    assert!(
+        reason.contains("Invalid data"),
+        "FFmpeg's reason is passed on: {reason}"
+    );
+    let job = wait_job(
+        &stack.origin_url,
+        answer["job"].as_str().unwrap(),
+        std::time::Duration::from_secs(5),
+    )
+    .await;
     assert_eq!(job["state"], "failed");
     assert_eq!(job["error"], reason);
 
     // Never half-published: the asset is failed and its media does not exist.
     let asset = answer["asset"].as_str().unwrap();
-    let a: serde_json::Value = client().get(format!("{}/api/v1/assets/{asset}", stack.origin_url)).send().await.unwrap().json().await.unwrap();
+    let a: serde_json::Value = client()
+        .get(format!("{}/api/v1/assets/{asset}", stack.origin_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(a["status"], "failed");
-    let r = client().get(format!("{}/vod/{asset}/master.m3u8", stack.edge_url)).send().await.unwrap();
+    let r = client()
+        .get(format!("{}/vod/{asset}/master.m3u8", stack.edge_url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
 
     // An empty upload is refused outright.
@@ -131,11 +216,103 @@ async fn a_text_file_is_a_failed_job_and_the_origin_keeps_serving() {
     assert_eq!(upload(&stack.origin_url, &empty, "Empty").await.0, 400);
 
     // The origin still serves, and still transcodes a real file.
-    assert_eq!(client().get(format!("{}/healthz", stack.origin_url)).send().await.unwrap().status(), 200);
+    assert_eq!(
+        client()
+            .get(format!("{}/healthz", stack.origin_url))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     let clip = make_clip(stack.dir.path(), 2);
     let (status, answer) = upload(&stack.origin_url, &clip, "Real").await;
     assert_eq!(status, 202, "{answer}");
-    let job = wait_job(&stack.origin_url, answer["job"].as_str().unwrap(), std::time::Duration::from_secs(120)).await;
+    let job = wait_job(
+        &stack.origin_url,
+        answer["job"].as_str().unwrap(),
+        std::time::Duration::from_secs(120),
+    )
+    .await;
     assert_eq!(job["state"], "done", "{job}");
     stack.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ingest_command_follows_the_job_and_prints_urls() {
+    let stack = Stack::start().await;
+    let clip = make_clip(stack.dir.path(), 2);
+    let bin = env!("CARGO_BIN_EXE_cascade");
+    let out = tokio::task::block_in_place(|| {
+        Command::new(bin)
+            .args([
+                "ingest",
+                clip.to_str().unwrap(),
+                "--title",
+                "From the CLI",
+                "--origin",
+                &stack.origin_url,
+            ])
+            .output()
+            .unwrap()
+    });
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("From the CLI is playable"), "{stdout}");
+    let hls = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("HLS  "))
+        .expect("an HLS URL");
+    assert!(hls.ends_with("/master.m3u8"), "{hls}");
+
+    // Bad input to the CLI: a clear error and a failing exit code.
+    let out = tokio::task::block_in_place(|| {
+        Command::new(bin)
+            .args(["ingest", "/no/such/file.mp4", "--origin", &stack.origin_url])
+            .output()
+            .unwrap()
+    });
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("opening /no/such/file.mp4"));
+    let text = stack.dir.path().join("notes.mp4");
+    std::fs::write(&text, "not a video").unwrap();
+    let out = tokio::task::block_in_place(|| {
+        Command::new(bin)
+            .args([
+                "ingest",
+                text.to_str().unwrap(),
+                "--origin",
+                &stack.origin_url,
+            ])
+            .output()
+            .unwrap()
+    });
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refused the upload") && err.contains("Invalid data"),
+        "{err}"
+    );
+    stack.shutdown().await;
+}
+
+#[test]
+fn a_bad_role_config_lists_every_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("edge.toml");
+    std::fs::write(&cfg, "listen = \"nowhere\"\ncache_memory_mib = 0\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_cascade"))
+        .args(["edge", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("2 error(s)") && err.contains("listen:") && err.contains("cache_memory_mib:"),
+        "{err}"
+    );
 }

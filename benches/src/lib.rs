@@ -1,1 +1,1 @@
-//! Benchmarks live in benches/benches.
+//! Benchmarks live in `benches/`; see `benches/README.md`.

@@ -105,12 +105,16 @@ impl TieredCache {
             .build();
         let disk = match &cfg.disk_dir {
             None => None,
-            Some(dir) => Some(open_disk(dir, cfg.disk_bytes).await.map_err(|e| {
-                CacheError::Disk {
-                    dir: dir.display().to_string(),
-                    reason: e.to_string(),
-                }
-            })?),
+            Some(dir) => {
+                Some(
+                    open_disk(dir, cfg.disk_bytes)
+                        .await
+                        .map_err(|e| CacheError::Disk {
+                            dir: dir.display().to_string(),
+                            reason: e.to_string(),
+                        })?,
+                )
+            }
         };
         Ok(TieredCache {
             memory,
@@ -191,7 +195,10 @@ impl TieredCache {
     }
 }
 
-async fn open_disk(dir: &std::path::Path, bytes: u64) -> anyhow::Result<HybridCache<String, Bytes>> {
+async fn open_disk(
+    dir: &std::path::Path,
+    bytes: u64,
+) -> anyhow::Result<HybridCache<String, Bytes>> {
     std::fs::create_dir_all(dir)?;
     let capacity = usize::try_from(bytes)
         .unwrap_or(usize::MAX)
@@ -217,11 +224,7 @@ async fn open_disk(dir: &std::path::Path, bytes: u64) -> anyhow::Result<HybridCa
 const MAGIC: u32 = 0xCA5C_0001;
 
 fn encode(obj: &CachedObject) -> Bytes {
-    let header_bytes: usize = obj
-        .headers
-        .iter()
-        .map(|(k, v)| 8 + k.len() + v.len())
-        .sum();
+    let header_bytes: usize = obj.headers.iter().map(|(k, v)| 8 + k.len() + v.len()).sum();
     let mut b = BytesMut::with_capacity(32 + header_bytes + obj.body.len());
     b.put_u32(MAGIC);
     b.put_u16(obj.status);

@@ -28,7 +28,10 @@ pub fn freshness(cache_control: Option<&str>, default_ttl: Option<u64>) -> Fresh
     for directive in cc.split(',') {
         let directive = directive.trim().to_ascii_lowercase();
         let (name, value) = match directive.split_once('=') {
-            Some((n, v)) => (n.trim().to_string(), Some(v.trim().trim_matches('"').to_string())),
+            Some((n, v)) => (
+                n.trim().to_string(),
+                Some(v.trim().trim_matches('"').to_string()),
+            ),
             None => (directive.clone(), None),
         };
         let secs = value.as_deref().and_then(|v| v.parse::<u64>().ok());
@@ -61,7 +64,10 @@ mod tests {
     #[test]
     fn directives() {
         assert_eq!(freshness(Some("public, max-age=60"), None).ttl, Some(60));
-        assert_eq!(freshness(Some("max-age=60, s-maxage=10"), None).ttl, Some(10));
+        assert_eq!(
+            freshness(Some("max-age=60, s-maxage=10"), None).ttl,
+            Some(10)
+        );
         assert_eq!(freshness(Some("no-store, max-age=60"), None).ttl, None);
         assert_eq!(freshness(Some("private"), Some(5)).ttl, None);
         assert_eq!(freshness(Some("no-cache"), None).ttl, Some(0));

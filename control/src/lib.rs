@@ -54,7 +54,10 @@ impl Validate for ControlConfig {
         for (i, n) in self.nodes.iter().enumerate() {
             check_url(&format!("nodes[{i}].url"), &n.url, errors);
             if !matches!(n.role.as_str(), "edge" | "shield" | "origin") {
-                errors.push(format!("nodes[{i}].role: {:?} is not edge, shield or origin", n.role));
+                errors.push(format!(
+                    "nodes[{i}].role: {:?} is not edge, shield or origin",
+                    n.role
+                ));
             }
             if self.nodes[..i].iter().any(|o| o.name == n.name) {
                 errors.push(format!("nodes[{i}].name: {:?} is used twice", n.name));
@@ -76,13 +79,20 @@ fn app(ctx: Arc<Ctx>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .fallback(|| async {
-            (StatusCode::NOT_FOUND, Json(json!({"error": "not_found", "message": "no such path"})))
+            (
+                StatusCode::NOT_FOUND,
+                Json(json!({"error": "not_found", "message": "no such path"})),
+            )
         })
         .with_state(ctx)
 }
 
 async fn metrics(State(ctx): State<Arc<Ctx>>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], ctx.metrics.render()).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        ctx.metrics.render(),
+    )
+        .into_response()
 }
 
 /// `GET /api/v1/nodes`: every node with a live health check.
@@ -96,7 +106,11 @@ async fn nodes(State(ctx): State<Arc<Ctx>>) -> Response {
         }
     });
     let list = futures::future::join_all(checks).await;
-    ([(header::CACHE_CONTROL, "no-store")], Json(json!({ "nodes": list }))).into_response()
+    (
+        [(header::CACHE_CONTROL, "no-store")],
+        Json(json!({ "nodes": list })),
+    )
+        .into_response()
 }
 
 /// A running control service.

@@ -22,11 +22,11 @@ use cascade_cache::{CacheConfig, CachedObject, TieredCache};
 use cascade_packager::{is_safe_id, package, AssetManifest, Output};
 use cascade_serve::config::{check_addr, check_url, Validate};
 use cascade_serve::{
-    add_cors, cors_preflight, serve, set_cache_status, unix_now, CacheOutcome, CachingFetcher,
-    Handler, ListenerConfig, Metrics, Request, Response, ServerHandle, Upstream, UpstreamError,
-    UpstreamResponse,
+    add_cors, cached_response, cors_preflight, serve, set_cache_status, unix_now, CacheOutcome,
+    CachingFetcher, Handler, ListenerConfig, Metrics, Request, Response, ServerHandle, Upstream,
+    UpstreamError, UpstreamResponse,
 };
-use http::{HeaderValue, Method, StatusCode};
+use http::{Method, StatusCode};
 use serde::Deserialize;
 
 /// The edge's config file.
@@ -106,6 +106,8 @@ impl Edge {
     }
 }
 
+/// This tier's name in `Cache-Status` and logs.
+const CACHE_NAME: &str = "cascade-edge";
 /// Largest mezzanine range or API answer fetched.
 const MAX_UPSTREAM_BYTES: usize = 15 << 20;
 /// Packaged media never changes for a published title.
@@ -196,10 +198,18 @@ impl EdgeHandler {
             Ok(b) => Bytes::from(b),
             Err(e) => {
                 tracing::error!(request_id = %req.request_id, error = %e, path, "packaging failed");
-                return Response::error(StatusCode::BAD_GATEWAY, "packaging", "the mezzanine could not be packaged");
+                return Response::error(
+                    StatusCode::BAD_GATEWAY,
+                    "packaging",
+                    "the mezzanine could not be packaged",
+                );
             }
         };
-        let ttl = if output.is_manifest() { self.manifest_ttl } else { MEDIA_TTL };
+        let ttl = if output.is_manifest() {
+            self.manifest_ttl
+        } else {
+            MEDIA_TTL
+        };
         let cache_control = if output.is_manifest() {
             format!("public, max-age={}", self.manifest_ttl.min(60))
         } else {
@@ -208,7 +218,10 @@ impl EdgeHandler {
         let obj = CachedObject {
             status: 200,
             headers: vec![
-                ("content-type".into(), output.content_type(Some(&manifest)).into()),
+                (
+                    "content-type".into(),
+                    output.content_type(Some(&manifest)).into(),
+                ),
                 ("cache-control".into(), cache_control),
                 ("surrogate-key".into(), format!("asset-{asset}")),
             ],
@@ -221,13 +234,17 @@ impl EdgeHandler {
         set_cache_status(
             &mut r.headers,
             upstream_status.as_deref(),
-            &CacheOutcome::Miss { stored }.entry("cascade-edge"),
+            &CacheOutcome::Miss { stored }.entry(CACHE_NAME),
         );
         r
     }
 
     /// The parsed asset manifest, from RAM or fetched through the shields.
-    async fn manifest(&self, asset: &str, request_id: &str) -> Result<Arc<AssetManifest>, Response> {
+    async fn manifest(
+        &self,
+        asset: &str,
+        request_id: &str,
+    ) -> Result<Arc<AssetManifest>, Response> {
         if let Some(m) = self.manifests.get(asset).await {
             return Ok(m);
         }
@@ -241,10 +258,18 @@ impl EdgeHandler {
         }
         let m = AssetManifest::from_json(&r.body).map_err(|e| {
             tracing::error!(request_id, asset, error = %e, "bad asset manifest");
-            Response::error(StatusCode::BAD_GATEWAY, "bad_manifest", "the asset manifest is unreadable")
+            Response::error(
+                StatusCode::BAD_GATEWAY,
+                "bad_manifest",
+                "the asset manifest is unreadable",
+            )
         })?;
         if m.asset != asset {
-            return Err(Response::error(StatusCode::BAD_GATEWAY, "bad_manifest", "the asset manifest names another asset"));
+            return Err(Response::error(
+                StatusCode::BAD_GATEWAY,
+                "bad_manifest",
+                "the asset manifest names another asset",
+            ));
         }
         let m = Arc::new(m);
         self.manifests.insert(asset.to_string(), m.clone()).await;
@@ -263,7 +288,12 @@ impl EdgeHandler {
         for up in &self.media_upstreams {
             match up.get(path, range, request_id).await {
                 Ok(r) if r.status.is_server_error() => {
-                    tracing::warn!(upstream = up.base(), status = r.status.as_u16(), request_id, "upstream error, trying next");
+                    tracing::warn!(
+                        upstream = up.base(),
+                        status = r.status.as_u16(),
+                        request_id,
+                        "upstream error, trying next"
+                    );
                     last_answer = Some(r);
                 }
                 Ok(r) => return Ok(r),
@@ -317,16 +347,27 @@ impl EdgeHandler {
             }
             Err(e) => {
                 tracing::warn!(request_id = %req.request_id, error = %e, "origin unreachable for API");
-                Response::error(StatusCode::BAD_GATEWAY, "origin_unreachable", "the origin did not answer")
+                Response::error(
+                    StatusCode::BAD_GATEWAY,
+                    "origin_unreachable",
+                    "the origin did not answer",
+                )
             }
         };
-        set_cache_status(&mut r.headers, None, &CacheOutcome::Bypass.entry("cascade-edge"));
+        set_cache_status(
+            &mut r.headers,
+            None,
+            &CacheOutcome::Bypass.entry(CACHE_NAME),
+        );
         r
     }
 }
 
 fn header_str(r: &UpstreamResponse, name: &str) -> Option<String> {
-    r.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+    r.headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
 }
 
 fn not_found() -> Response {
@@ -337,22 +378,15 @@ fn upstream_failure(status: StatusCode) -> Response {
     if status == StatusCode::NOT_FOUND {
         return not_found();
     }
-    Response::error(StatusCode::BAD_GATEWAY, "upstream_status", &format!("upstream answered {status}"))
+    Response::error(
+        StatusCode::BAD_GATEWAY,
+        "upstream_status",
+        &format!("upstream answered {status}"),
+    )
 }
 
 fn from_cache(obj: &CachedObject, outcome: CacheOutcome) -> Response {
-    let mut headers = http::HeaderMap::with_capacity(obj.headers.len() + 2);
-    for (k, v) in &obj.headers {
-        if let (Ok(k), Ok(v)) = (http::HeaderName::try_from(k.as_str()), HeaderValue::from_str(v)) {
-            headers.insert(k, v);
-        }
-    }
-    set_cache_status(&mut headers, None, &outcome.entry("cascade-edge"));
-    Response {
-        status: StatusCode::from_u16(obj.status).unwrap_or(StatusCode::OK),
-        headers,
-        body: obj.body.clone(),
-    }
+    cached_response(obj, outcome, CACHE_NAME)
 }
 
 /// Starts an edge on `cfg.listen`.
@@ -380,7 +414,7 @@ pub async fn start(cfg: &EdgeConfig) -> anyhow::Result<Edge> {
         page: CachingFetcher {
             cache: cache.clone(),
             upstreams: vec![origin.clone()],
-            name: "cascade-edge",
+            name: CACHE_NAME,
         },
         origin,
         manifests: moka::future::Cache::builder()
@@ -395,7 +429,7 @@ pub async fn start(cfg: &EdgeConfig) -> anyhow::Result<Edge> {
         listener,
         Arc::new(handler),
         metrics.clone(),
-        ListenerConfig::new("cascade-edge"),
+        ListenerConfig::new(CACHE_NAME),
     )?;
     tracing::info!(addr = %server.addr, "edge listening");
     Ok(Edge {

@@ -68,7 +68,10 @@ async fn observe(AxState(state): AxState<Arc<State>>, mut req: Request, next: Ne
     }
     let status = resp.status().as_u16();
     let elapsed = started.elapsed();
-    state.http_requests.with_label_values(&[&status.to_string()]).inc();
+    state
+        .http_requests
+        .with_label_values(&[&status.to_string()])
+        .inc();
     tracing::info!(
         target: "access",
         role = "cascade-origin",
@@ -109,21 +112,37 @@ async fn upload(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
-        return error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", &format!("uploads are limited to {} MiB", state.cfg.max_upload_mib));
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            &format!("uploads are limited to {} MiB", state.cfg.max_upload_mib),
+        );
     }
     let title = q.title.unwrap_or_default();
     let title = title.trim();
     if title.chars().count() > 200 || title.chars().any(char::is_control) {
-        return error(StatusCode::BAD_REQUEST, "bad_title", "title must be at most 200 printable characters");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_title",
+            "title must be at most 200 printable characters",
+        );
     }
     let asset = new_id();
     let job = new_id();
-    let title = if title.is_empty() { format!("Untitled {asset}") } else { title.to_string() };
+    let title = if title.is_empty() {
+        format!("Untitled {asset}")
+    } else {
+        title.to_string()
+    };
 
     let dir = std::path::Path::new(&state.cfg.data_dir).join("incoming");
     if let Err(e) = tokio::fs::create_dir_all(&dir).await {
         tracing::error!(error = %e, "creating upload dir");
-        return error(StatusCode::INTERNAL_SERVER_ERROR, "storage", "cannot store uploads");
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "storage",
+            "cannot store uploads",
+        );
     }
     let path = dir.join(format!("{job}.upload"));
     match receive(body, &path, limit).await {
@@ -134,22 +153,36 @@ async fn upload(
         Ok(_) => {}
         Err(ReceiveError::TooLarge) => {
             let _ = tokio::fs::remove_file(&path).await;
-            return error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", &format!("uploads are limited to {} MiB", state.cfg.max_upload_mib));
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                &format!("uploads are limited to {} MiB", state.cfg.max_upload_mib),
+            );
         }
         Err(ReceiveError::Io(e)) => {
             let _ = tokio::fs::remove_file(&path).await;
             tracing::warn!(error = %e, "upload broke off");
-            return error(StatusCode::BAD_REQUEST, "incomplete", "the upload did not complete");
+            return error(
+                StatusCode::BAD_REQUEST,
+                "incomplete",
+                "the upload did not complete",
+            );
         }
     }
     let source = path.to_string_lossy().to_string();
-    if let Err(e) = db::create_asset_and_job(&state.db, &asset, &job, &title, "file", &source).await {
+    if let Err(e) = db::create_asset_and_job(&state.db, &asset, &job, &title, "file", &source).await
+    {
         tracing::error!(error = %e, "recording an upload");
         let _ = tokio::fs::remove_file(&path).await;
-        return error(StatusCode::INTERNAL_SERVER_ERROR, "database", "cannot record the upload");
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "database",
+            "cannot record the upload",
+        );
     }
     let probe_path = path.clone();
-    let probe = tokio::task::spawn_blocking(move || transcode::probe(&Source::File(probe_path))).await;
+    let probe =
+        tokio::task::spawn_blocking(move || transcode::probe(&Source::File(probe_path))).await;
     match probe {
         Ok(Ok(p)) => {
             state.jobs_notify.notify_one();
@@ -197,9 +230,13 @@ async fn receive(body: Body, path: &std::path::Path, limit: u64) -> Result<u64, 
         if total > limit {
             return Err(ReceiveError::TooLarge);
         }
-        file.write_all(&chunk).await.map_err(|e| ReceiveError::Io(e.to_string()))?;
+        file.write_all(&chunk)
+            .await
+            .map_err(|e| ReceiveError::Io(e.to_string()))?;
     }
-    file.flush().await.map_err(|e| ReceiveError::Io(e.to_string()))?;
+    file.flush()
+        .await
+        .map_err(|e| ReceiveError::Io(e.to_string()))?;
     Ok(total)
 }
 
@@ -217,7 +254,11 @@ async fn job(AxState(state): AxState<Arc<State>>, Path(id): Path<String>) -> Res
 
 fn db_error(e: sqlx::Error) -> Response {
     tracing::error!(error = %e, "database");
-    error(StatusCode::INTERNAL_SERVER_ERROR, "database", "database error")
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "database",
+        "database error",
+    )
 }
 
 fn asset_json(state: &State, a: &db::Asset, job: Option<&db::Job>) -> serde_json::Value {
@@ -256,7 +297,11 @@ async fn asset(AxState(state): AxState<Arc<State>>, Path(id): Path<String>) -> R
         Err(e) => return db_error(e),
     };
     let job = db::job_of_asset(&state.db, &id).await.ok().flatten();
-    ([(header::CACHE_CONTROL, "no-store")], Json(asset_json(&state, &a, job.as_ref()))).into_response()
+    (
+        [(header::CACHE_CONTROL, "no-store")],
+        Json(asset_json(&state, &a, job.as_ref())),
+    )
+        .into_response()
 }
 
 /// `GET /mezz/{asset}/{file}`: mezzanine files and the asset manifest, with
@@ -267,7 +312,9 @@ async fn mezzanine(
     Path((asset, file)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    let stem = file.strip_suffix(".mp4").or_else(|| file.strip_suffix(".json"));
+    let stem = file
+        .strip_suffix(".mp4")
+        .or_else(|| file.strip_suffix(".json"));
     if !cascade_packager::is_safe_id(&asset) || !stem.is_some_and(cascade_packager::is_safe_id) {
         return error(StatusCode::NOT_FOUND, "not_found", "no such file");
     }
@@ -285,21 +332,28 @@ async fn mezzanine(
         }
         Err(e) => {
             tracing::error!(error = %e, "reading mezzanine");
-            return error(StatusCode::INTERNAL_SERVER_ERROR, "storage", "storage error");
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "storage",
+                "storage error",
+            );
         }
     };
     let size = meta.size;
-    let range = match headers.get(header::RANGE).map(|v| v.to_str().map(|s| parse_range(s, size))) {
+    let range = match headers
+        .get(header::RANGE)
+        .map(|v| v.to_str().map(|s| parse_range(s, size)))
+    {
         None => None,
-        Some(Ok(Ok(r))) => Some(r),
-        _ => {
-            return (
-                StatusCode::RANGE_NOT_SATISFIABLE,
-                [(header::CONTENT_RANGE, format!("bytes */{size}"))],
-                Json(json!({"error": "bad_range", "message": "one satisfiable byte range is supported"})),
-            )
-                .into_response()
-        }
+        Some(Ok(Some(r))) => Some(r),
+        _ => return (
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            [(header::CONTENT_RANGE, format!("bytes */{size}"))],
+            Json(
+                json!({"error": "bad_range", "message": "one satisfiable byte range is supported"}),
+            ),
+        )
+            .into_response(),
     };
     let (start, end) = range.unwrap_or((0, size));
     let is_manifest = file == "manifest.json";
@@ -309,21 +363,32 @@ async fn mezzanine(
         .header("surrogate-key", format!("asset-{asset}"))
         .header(
             header::CONTENT_TYPE,
-            if is_manifest { "application/json" } else { "video/mp4" },
+            if is_manifest {
+                "application/json"
+            } else {
+                "video/mp4"
+            },
         )
         .header(
             header::CACHE_CONTROL,
-            if is_manifest { "public, max-age=60" } else { "public, max-age=31536000, immutable" },
+            if is_manifest {
+                "public, max-age=60"
+            } else {
+                "public, max-age=31536000, immutable"
+            },
         );
     builder = if range.is_some() {
-        builder
-            .status(StatusCode::PARTIAL_CONTENT)
-            .header(header::CONTENT_RANGE, format!("bytes {start}-{}/{size}", end - 1))
+        builder.status(StatusCode::PARTIAL_CONTENT).header(
+            header::CONTENT_RANGE,
+            format!("bytes {start}-{}/{size}", end - 1),
+        )
     } else {
         builder.status(StatusCode::OK)
     };
     if method == Method::HEAD {
-        return builder.body(Body::empty()).unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
+        return builder
+            .body(Body::empty())
+            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
     }
     let opts = GetOptions {
         range: Some(GetRange::Bounded(start..end)),
@@ -333,7 +398,11 @@ async fn mezzanine(
         Ok(g) => g,
         Err(e) => {
             tracing::error!(error = %e, "reading mezzanine");
-            return error(StatusCode::INTERNAL_SERVER_ERROR, "storage", "storage error");
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "storage",
+                "storage error",
+            );
         }
     };
     if !is_manifest {
@@ -345,28 +414,32 @@ async fn mezzanine(
 }
 
 /// Parses a single `bytes=` range against a size; returns `[start, end)`.
-pub fn parse_range(value: &str, size: u64) -> Result<(u64, u64), ()> {
-    let spec = value.trim().strip_prefix("bytes=").ok_or(())?;
+pub fn parse_range(value: &str, size: u64) -> Option<(u64, u64)> {
+    let spec = value.trim().strip_prefix("bytes=")?;
     if spec.contains(',') || size == 0 {
-        return Err(());
+        return None;
     }
-    let (a, b) = spec.split_once('-').ok_or(())?;
+    let (a, b) = spec.split_once('-')?;
     let (a, b) = (a.trim(), b.trim());
     let (start, end) = if a.is_empty() {
-        let n: u64 = b.parse().map_err(|_| ())?;
+        let n: u64 = b.parse().ok()?;
         if n == 0 {
-            return Err(());
+            return None;
         }
         (size.saturating_sub(n), size)
     } else {
-        let start: u64 = a.parse().map_err(|_| ())?;
-        let end = if b.is_empty() { size } else { b.parse::<u64>().map_err(|_| ())?.saturating_add(1).min(size) };
+        let start: u64 = a.parse().ok()?;
+        let end = if b.is_empty() {
+            size
+        } else {
+            b.parse::<u64>().ok()?.saturating_add(1).min(size)
+        };
         (start, end)
     };
     if start >= end || start >= size {
-        return Err(());
+        return None;
     }
-    Ok((start, end))
+    Some((start, end))
 }
 
 #[cfg(test)]
@@ -375,12 +448,19 @@ mod tests {
 
     #[test]
     fn ranges() {
-        assert_eq!(parse_range("bytes=0-9", 100), Ok((0, 10)));
-        assert_eq!(parse_range("bytes=90-", 100), Ok((90, 100)));
-        assert_eq!(parse_range("bytes=-10", 100), Ok((90, 100)));
-        assert_eq!(parse_range("bytes=95-200", 100), Ok((95, 100)));
-        for bad in ["bytes=100-", "bytes=5-1", "bytes=0-1,3-4", "items=0-1", "bytes=a-b", "bytes=-0"] {
-            assert!(parse_range(bad, 100).is_err(), "{bad}");
+        assert_eq!(parse_range("bytes=0-9", 100), Some((0, 10)));
+        assert_eq!(parse_range("bytes=90-", 100), Some((90, 100)));
+        assert_eq!(parse_range("bytes=-10", 100), Some((90, 100)));
+        assert_eq!(parse_range("bytes=95-200", 100), Some((95, 100)));
+        for bad in [
+            "bytes=100-",
+            "bytes=5-1",
+            "bytes=0-1,3-4",
+            "items=0-1",
+            "bytes=a-b",
+            "bytes=-0",
+        ] {
+            assert!(parse_range(bad, 100).is_none(), "{bad}");
         }
     }
 }

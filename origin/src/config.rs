@@ -46,8 +46,16 @@ impl Default for OriginConfig {
 }
 
 const PRESETS: [&str; 10] = [
-    "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
-    "veryslow", "placebo",
+    "ultrafast",
+    "superfast",
+    "veryfast",
+    "faster",
+    "fast",
+    "medium",
+    "slow",
+    "slower",
+    "veryslow",
+    "placebo",
 ];
 
 impl Validate for OriginConfig {
@@ -61,14 +69,21 @@ impl Validate for OriginConfig {
             errors.push("database_url: only sqlite: URLs are supported so far".into());
         }
         if !PRESETS.contains(&self.preset.as_str()) {
-            errors.push(format!("preset: {:?} is not an x264 preset ({})", self.preset, PRESETS.join(", ")));
+            errors.push(format!(
+                "preset: {:?} is not an x264 preset ({})",
+                self.preset,
+                PRESETS.join(", ")
+            ));
         }
         if self.ladder.is_empty() {
             errors.push("ladder: needs at least one rung".into());
         }
         for (i, r) in self.ladder.iter().enumerate() {
             if !(16..=4320).contains(&r.height) {
-                errors.push(format!("ladder[{i}].height: {} is not 16 to 4320", r.height));
+                errors.push(format!(
+                    "ladder[{i}].height: {} is not 16 to 4320",
+                    r.height
+                ));
             }
             if !(50..=100_000).contains(&r.kbps) {
                 errors.push(format!("ladder[{i}].kbps: {} is not 50 to 100000", r.kbps));

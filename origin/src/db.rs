@@ -12,7 +12,10 @@ pub(crate) async fn open(url: &str) -> anyhow::Result<SqlitePool> {
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .busy_timeout(std::time::Duration::from_secs(5));
-    let pool = SqlitePoolOptions::new().max_connections(8).connect_with(opts).await?;
+    let pool = SqlitePoolOptions::new()
+        .max_connections(8)
+        .connect_with(opts)
+        .await?;
     sqlx::migrate!("./migrations").run(&pool).await?;
     Ok(pool)
 }
@@ -158,10 +161,12 @@ pub(crate) async fn job_of_asset(pool: &SqlitePool, asset: &str) -> sqlx::Result
 
 /// Puts jobs left running by a crash or restart back in the queue.
 pub(crate) async fn requeue_interrupted(pool: &SqlitePool) -> sqlx::Result<u64> {
-    let r = sqlx::query("UPDATE jobs SET state = 'queued', progress = 0, updated_at = ? WHERE state = 'running'")
-        .bind(now())
-        .execute(pool)
-        .await?;
+    let r = sqlx::query(
+        "UPDATE jobs SET state = 'queued', progress = 0, updated_at = ? WHERE state = 'running'",
+    )
+    .bind(now())
+    .execute(pool)
+    .await?;
     Ok(r.rows_affected())
 }
 
@@ -216,7 +221,12 @@ pub(crate) async fn finish(
 }
 
 /// Marks a job and its asset failed, together.
-pub(crate) async fn fail(pool: &SqlitePool, job: &str, asset: &str, reason: &str) -> sqlx::Result<()> {
+pub(crate) async fn fail(
+    pool: &SqlitePool,
+    job: &str,
+    asset: &str,
+    reason: &str,
+) -> sqlx::Result<()> {
     let mut tx = pool.begin().await?;
     let t = now();
     sqlx::query("UPDATE jobs SET state = 'failed', error = ?, updated_at = ? WHERE id = ?")

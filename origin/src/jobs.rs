@@ -29,7 +29,8 @@ pub(crate) async fn run(state: Arc<State>, stop: Arc<AtomicBool>) {
             Ok(Some(job)) => job,
             Ok(None) => {
                 // Woken by a new upload, or poll now and then.
-                let _ = tokio::time::timeout(Duration::from_secs(2), state.jobs_notify.notified()).await;
+                let _ = tokio::time::timeout(Duration::from_secs(2), state.jobs_notify.notified())
+                    .await;
                 continue;
             }
             Err(e) => {
@@ -44,7 +45,9 @@ pub(crate) async fn run(state: Arc<State>, stop: Arc<AtomicBool>) {
 
 async fn run_one(state: &Arc<State>, job: &Job, stop: &Arc<AtomicBool>) {
     tracing::info!(job = %job.id, asset = %job.asset, attempt = job.attempts, "transcode starts");
-    let work = PathBuf::from(&state.cfg.data_dir).join("work").join(&job.id);
+    let work = PathBuf::from(&state.cfg.data_dir)
+        .join("work")
+        .join(&job.id);
     let result = if job.attempts > MAX_ATTEMPTS {
         Err(format!("gave up after {MAX_ATTEMPTS} attempts"))
     } else {
@@ -83,7 +86,9 @@ async fn transcode_and_publish(
     stop: &Arc<AtomicBool>,
 ) -> Result<(), String> {
     let _ = tokio::fs::remove_dir_all(work).await;
-    tokio::fs::create_dir_all(work).await.map_err(|e| format!("work dir: {e}"))?;
+    tokio::fs::create_dir_all(work)
+        .await
+        .map_err(|e| format!("work dir: {e}"))?;
     let source = match job.source_kind.as_str() {
         "lavfi" => Source::Lavfi(job.source.clone()),
         _ => Source::File(job.source.clone().into()),
@@ -124,15 +129,22 @@ async fn transcode_and_publish(
             .map_err(|e| format!("indexer crashed: {e}"))?
             .map_err(|e| format!("indexing {}: {e}", w.file))?;
         tracks.push(Track::from_index(&w.track, &w.file, &index));
-        store::upload_file(&state.store, &work.join(&w.file), &store::object_path(&job.asset, &w.file))
-            .await
-            .map_err(|e| format!("storing {}: {e}", w.file))?;
+        store::upload_file(
+            &state.store,
+            &work.join(&w.file),
+            &store::object_path(&job.asset, &w.file),
+        )
+        .await
+        .map_err(|e| format!("storing {}: {e}", w.file))?;
     }
     let manifest = AssetManifest::new(&job.asset, tracks);
     manifest.validate().map_err(|e| e.to_string())?;
     state
         .store
-        .put(&store::object_path(&job.asset, "manifest.json"), manifest.to_json().into())
+        .put(
+            &store::object_path(&job.asset, "manifest.json"),
+            manifest.to_json().into(),
+        )
         .await
         .map_err(|e| format!("storing manifest: {e}"))?;
     db::finish(&state.db, job, manifest.duration, outcome.media_secs, wall)

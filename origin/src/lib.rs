@@ -89,7 +89,10 @@ pub struct Origin {
 impl Origin {
     /// Mezzanine bytes served so far, and how many of them were repeats.
     pub fn mezzanine_bytes(&self) -> (u64, u64) {
-        (self.state.mezz_bytes.get(), self.state.mezz_repeat_bytes.get())
+        (
+            self.state.mezz_bytes.get(),
+            self.state.mezz_repeat_bytes.get(),
+        )
     }
 
     /// Queues the two sample titles once per data directory.
@@ -121,7 +124,10 @@ pub async fn start(cfg: &OriginConfig) -> anyhow::Result<Origin> {
         &["outcome"],
     )?;
     let http_requests = IntCounterVec::new(
-        Opts::new("origin_http_requests_total", "Requests answered by the origin"),
+        Opts::new(
+            "origin_http_requests_total",
+            "Requests answered by the origin",
+        ),
         &["status"],
     )?;
     let mezz_bytes = IntCounter::new(
@@ -132,10 +138,16 @@ pub async fn start(cfg: &OriginConfig) -> anyhow::Result<Origin> {
         "origin_mezzanine_repeat_bytes_total",
         "Mezzanine bytes served that had been served before",
     )?;
-    metrics.registry().register(Box::new(metrics_jobs.clone()))?;
-    metrics.registry().register(Box::new(http_requests.clone()))?;
+    metrics
+        .registry()
+        .register(Box::new(metrics_jobs.clone()))?;
+    metrics
+        .registry()
+        .register(Box::new(http_requests.clone()))?;
     metrics.registry().register(Box::new(mezz_bytes.clone()))?;
-    metrics.registry().register(Box::new(mezz_repeat_bytes.clone()))?;
+    metrics
+        .registry()
+        .register(Box::new(mezz_repeat_bytes.clone()))?;
     let state = Arc::new(State {
         cfg: cfg.clone(),
         db,

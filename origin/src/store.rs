@@ -23,7 +23,11 @@ pub(crate) fn object_path(asset: &str, file: &str) -> ObjPath {
 }
 
 /// Copies a local file into the store without holding it in memory.
-pub(crate) async fn upload_file(store: &Arc<dyn ObjectStore>, src: &Path, dst: &ObjPath) -> anyhow::Result<()> {
+pub(crate) async fn upload_file(
+    store: &Arc<dyn ObjectStore>,
+    src: &Path,
+    dst: &ObjPath,
+) -> anyhow::Result<()> {
     let mut file = tokio::fs::File::open(src).await?;
     let mut writer = object_store::buffered::BufWriter::new(store.clone(), dst.clone());
     tokio::io::copy(&mut file, &mut writer).await?;
@@ -62,7 +66,10 @@ pub(crate) fn index_file(path: &Path) -> anyhow::Result<TrackIndex> {
         let header = BoxHeader::parse(&head[..n])?;
         let size = header.size.unwrap_or(len - offset);
         anyhow::ensure!(size <= len - offset, "box runs past the end of the file");
-        let header = BoxHeader { size: Some(size), ..header };
+        let header = BoxHeader {
+            size: Some(size),
+            ..header
+        };
         if Indexer::wants_body(&header.kind) {
             anyhow::ensure!(size <= 64 << 20, "metadata box over 64 MiB");
             let mut body = vec![0u8; usize::try_from(size)?];

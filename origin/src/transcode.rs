@@ -11,8 +11,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use ffmpeg_next as ff;
 use ff::{codec, decoder, encoder, format, frame, media, picture, software, ChannelLayout};
+use ffmpeg_next as ff;
 
 /// One rung of the video ladder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -185,7 +185,7 @@ pub fn ladder_for(ladder: &[Rung], source_height: u32) -> Vec<Rung> {
         .copied()
         .filter(|r| r.height <= source_height && r.height >= 16)
         .collect();
-    rungs.sort_by(|a, b| b.height.cmp(&a.height));
+    rungs.sort_by_key(|r| std::cmp::Reverse(r.height));
     rungs.dedup_by_key(|r| r.height);
     if rungs.is_empty() {
         let kbps = ladder.iter().map(|r| r.kbps).min().unwrap_or(400);
@@ -321,8 +321,7 @@ pub fn transcode(
                 }
             };
             *frame_count += 1;
-            let secs =
-                pts as f64 * f64::from(v_tb.numerator()) / f64::from(v_tb.denominator());
+            let secs = pts as f64 * f64::from(v_tb.numerator()) / f64::from(v_tb.denominator());
             *last_secs = secs;
             let key = secs + 1e-6 >= *next_key;
             if key {
@@ -391,7 +390,9 @@ pub fn transcode(
         &mut last_secs,
     )?;
     if frame_count == 0 {
-        return Err(TranscodeError::Input("no video frames could be decoded".into()));
+        return Err(TranscodeError::Input(
+            "no video frames could be decoded".into(),
+        ));
     }
 
     let mut files = Vec::new();
@@ -436,7 +437,9 @@ fn lavfi_duration(graph: &str) -> Option<f64> {
         .windows(2)
         .filter(|w| w[0] == "d" || w[0] == "duration")
         .filter_map(|w| w[1].parse::<f64>().ok())
-        .fold(None, |acc: Option<f64>, d| Some(acc.map_or(d, |a| a.max(d))))
+        .fold(None, |acc: Option<f64>, d| {
+            Some(acc.map_or(d, |a| a.max(d)))
+        })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -450,10 +453,9 @@ fn open_video_out(
     fps: f64,
 ) -> Result<VideoOut, TranscodeError> {
     let height = rung.height & !1;
-    let width = ((u64::from(dec.width()) * u64::from(height) / u64::from(dec.height().max(1)))
-        as u32
-        + 1)
-        & !1;
+    let width =
+        ((u64::from(dec.width()) * u64::from(height) / u64::from(dec.height().max(1))) as u32 + 1)
+            & !1;
     let file = format!("v{index}.mp4");
     let path = spec.out_dir.join(&file);
     let mut octx = output_file(&path)?;
@@ -517,9 +519,9 @@ fn open_video_out(
         octx,
         enc_tb: tb,
         stream_tb,
-        frame_ticks: ((f64::from(tb.denominator()) / f64::from(tb.numerator().max(1)) / fps)
-            .round() as i64)
-            .max(1),
+        frame_ticks:
+            ((f64::from(tb.denominator()) / f64::from(tb.numerator().max(1)) / fps).round() as i64)
+                .max(1),
         wrote_any: false,
         file,
     })
@@ -601,7 +603,10 @@ fn output_file(path: &Path) -> Result<format::context::Output, TranscodeError> {
 /// `av_write_trailer` returns the `mfra` size, which the bindings read as an error.
 fn write_header(octx: &mut format::context::Output) -> Result<(), TranscodeError> {
     let mut opts = ff::Dictionary::new();
-    opts.set("movflags", "+frag_custom+empty_moov+default_base_moof+skip_trailer");
+    opts.set(
+        "movflags",
+        "+frag_custom+empty_moov+default_base_moof+skip_trailer",
+    );
     octx.write_header_with(opts)
         .map_err(|e| enc_err("write header", e))?;
     Ok(())
@@ -732,7 +737,10 @@ mod tests {
 
     #[test]
     fn lavfi_durations() {
-        assert_eq!(lavfi_duration("testsrc2=s=320x180:d=4[out0];sine=f=440:d=6[out1]"), Some(6.0));
+        assert_eq!(
+            lavfi_duration("testsrc2=s=320x180:d=4[out0];sine=f=440:d=6[out1]"),
+            Some(6.0)
+        );
         assert_eq!(lavfi_duration("testsrc2=s=320x180"), None);
     }
 

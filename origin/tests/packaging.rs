@@ -1,5 +1,7 @@
 //! Packager tests on CMAF made at test time by the project's own transcoder.
 
+#![allow(clippy::unwrap_used)]
+
 use std::sync::atomic::AtomicBool;
 
 use cascade_origin::transcode::{self, Rung, Source, Spec};
@@ -13,12 +15,21 @@ fn tiny_title() -> (tempfile::TempDir, AssetManifest) {
             "testsrc2=s=320x180:r=25:d=4[out0];sine=f=440:sample_rate=44100:d=4[out1]".into(),
         ),
         out_dir: dir.path().to_path_buf(),
-        ladder: vec![Rung { height: 180, kbps: 300 }, Rung { height: 120, kbps: 150 }],
+        ladder: vec![
+            Rung {
+                height: 180,
+                kbps: 300,
+            },
+            Rung {
+                height: 120,
+                kbps: 150,
+            },
+        ],
         preset: "ultrafast".into(),
         segment_secs: 2,
     };
-    let outcome = transcode::transcode(&spec, &mut |_| {}, &AtomicBool::new(false))
-        .expect("transcode");
+    let outcome =
+        transcode::transcode(&spec, &mut |_| {}, &AtomicBool::new(false)).expect("transcode");
     let tracks = outcome
         .files
         .iter()
@@ -46,7 +57,13 @@ fn tiny_title_packages() {
         let tb = b.start as f64 / f64::from(v[1].timescale);
         assert!((ta - tb).abs() < 1e-6);
     }
-    assert!(v[0].codec.starts_with("avc1.64") || v[0].codec.starts_with("avc1.42") || v[0].codec.starts_with("avc1.4d"), "{}", v[0].codec);
+    assert!(
+        v[0].codec.starts_with("avc1.64")
+            || v[0].codec.starts_with("avc1.42")
+            || v[0].codec.starts_with("avc1.4d"),
+        "{}",
+        v[0].codec
+    );
     assert_eq!((v[0].width, v[0].height), (320, 180));
     assert_eq!(v[1].height, 120);
     assert!((v[0].frame_rate - 25.0).abs() < 0.01);
@@ -81,10 +98,41 @@ fn tiny_title_packages() {
             // The wrong bytes are refused, not passed on.
             assert!(package(&m, &out, &bytes[1..]).is_err());
         }
-        assert!(Output::Segment(t.id.clone(), t.fragments.len() as u64 + 1).source(&m).is_err());
+        assert!(Output::Segment(t.id.clone(), t.fragments.len() as u64 + 1)
+            .source(&m)
+            .is_err());
         if t.kind == TrackKind::Audio {
-            let pl = String::from_utf8(package(&m, &Output::MediaPlaylist(t.id.clone()), &[]).unwrap()).unwrap();
+            let pl =
+                String::from_utf8(package(&m, &Output::MediaPlaylist(t.id.clone()), &[]).unwrap())
+                    .unwrap();
             assert!(pl.contains("#EXT-X-MAP:URI=\"a0/init.mp4\""));
         }
+    }
+}
+
+/// Damaged mezzanine (truncated anywhere, any byte changed) is refused or
+/// indexed, never a panic. A cheap, deterministic cousin of the fuzz targets.
+#[test]
+fn indexer_survives_damaged_files() {
+    let (dir, m) = tiny_title();
+    let file = std::fs::read(dir.path().join(&m.tracks[0].file)).unwrap();
+    let moov_end = m.tracks[0].init.length as usize;
+    let first_frag_end = (m.tracks[0].fragments[0].range.offset + 4096) as usize;
+    for cut in (0..first_frag_end.min(file.len())).step_by(7) {
+        let _ = index_bytes(&file[..cut]);
+    }
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    for i in 0..4000 {
+        let mut damaged = file[..first_frag_end.min(file.len())].to_vec();
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let pos = (seed as usize) % moov_end.max(1);
+        damaged[pos] = (seed >> 32) as u8 ^ (i as u8);
+        let _ = index_bytes(&damaged);
+    }
+    let json = m.to_json();
+    for cut in (0..json.len()).step_by(13) {
+        assert!(AssetManifest::from_json(&json[..cut]).is_err());
     }
 }

@@ -21,7 +21,11 @@ pub(crate) fn multivariant(m: &AssetManifest) -> String {
         );
     }
     let audio_peak = audios.iter().map(|a| a.bandwidth).max().unwrap_or(0);
-    let audio_avg = audios.iter().map(|a| a.average_bandwidth).max().unwrap_or(0);
+    let audio_avg = audios
+        .iter()
+        .map(|a| a.average_bandwidth)
+        .max()
+        .unwrap_or(0);
     let audio_codec = audios.first().map(|a| a.codec.as_str());
     for v in m.videos() {
         let codecs = match audio_codec {

@@ -72,7 +72,9 @@ impl Indexer {
     /// for `moov` and `moof`; for any other box only the header is looked at,
     /// so the caller need not read an `mdat` payload.
     pub fn push(&mut self, offset: u64, header: &BoxHeader, body: &[u8]) -> Result<(), Error> {
-        let size = header.size.ok_or(Error::Malformed("box runs to end of file"))?;
+        let size = header
+            .size
+            .ok_or(Error::Malformed("box runs to end of file"))?;
         let payload = body
             .get(header.header_len as usize..)
             .ok_or(Error::Truncated)?;
@@ -85,7 +87,10 @@ impl Indexer {
                 self.init_end = Some(offset + size);
             }
             b"moof" => {
-                let init = self.init.as_ref().ok_or(Error::Malformed("moof before moov"))?;
+                let init = self
+                    .init
+                    .as_ref()
+                    .ok_or(Error::Malformed("moof before moov"))?;
                 if self.pending_moof.is_some() {
                     return Err(Error::Malformed("moof without mdat"));
                 }
@@ -254,7 +259,11 @@ fn parse_moov(moov: &[u8]) -> Result<InitInfo, Error> {
             let mut r = Reader::new(avcc);
             r.skip(1)?;
             let (profile, compat, level) = (r.u8()?, r.u8()?, r.u8()?);
-            let prefix = if &entry.kind == b"avc3" { "avc3" } else { "avc1" };
+            let prefix = if &entry.kind == b"avc3" {
+                "avc3"
+            } else {
+                "avc1"
+            };
             info.codec = format!("{prefix}.{profile:02x}{compat:02x}{level:02x}");
         }
         (TrackKind::Audio, b"mp4a") => {

@@ -220,7 +220,10 @@ mod tests {
             Output::parse("v0.m3u8"),
             Some(Output::MediaPlaylist("v0".into()))
         );
-        assert_eq!(Output::parse("a0/init.mp4"), Some(Output::Init("a0".into())));
+        assert_eq!(
+            Output::parse("a0/init.mp4"),
+            Some(Output::Init("a0".into()))
+        );
         assert_eq!(
             Output::parse("v1/12.m4s"),
             Some(Output::Segment("v1".into(), 12))

@@ -220,7 +220,10 @@ impl AssetManifest {
             if t.timescale == 0 || t.fragments.is_empty() || t.init.length == 0 {
                 return Err(Error::Manifest(format!("track {}: empty", t.id)));
             }
-            if t.fragments.iter().any(|f| f.duration == 0 || f.range.length == 0) {
+            if t.fragments
+                .iter()
+                .any(|f| f.duration == 0 || f.range.length == 0)
+            {
                 return Err(Error::Manifest(format!("track {}: empty fragment", t.id)));
             }
         }

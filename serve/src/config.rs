@@ -92,7 +92,9 @@ pub fn check_url(key: &str, value: &str, errors: &mut Vec<String>) {
 /// Checks that `value` is a socket address such as `127.0.0.1:8080`.
 pub fn check_addr(key: &str, value: &str, errors: &mut Vec<String>) {
     if value.parse::<std::net::SocketAddr>().is_err() {
-        errors.push(format!("{key}: {value:?} is not an address like 127.0.0.1:8080"));
+        errors.push(format!(
+            "{key}: {value:?} is not an address like 127.0.0.1:8080"
+        ));
     }
 }
 
@@ -124,8 +126,8 @@ mod tests {
 
     #[test]
     fn reports_every_bad_key() {
-        let err = load::<Demo>("edge", "limit = \"x\"\nlisten = 3\nbogus = 1\n", vec![])
-            .unwrap_err();
+        let err =
+            load::<Demo>("edge", "limit = \"x\"\nlisten = 3\nbogus = 1\n", vec![]).unwrap_err();
         assert_eq!(err.0.len(), 3, "{err}");
         assert!(err.0.iter().any(|e| e.starts_with("limit:")));
         assert!(err.0.iter().any(|e| e.starts_with("listen:")));

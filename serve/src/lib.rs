@@ -22,7 +22,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 
 pub use listener::{serve, ListenerConfig, ServerHandle};
 pub use metrics::{init_logging, Metrics};
-pub use proxy::{cache_key, unix_now, CachingFetcher};
+pub use proxy::{cache_key, cached_response, unix_now, CachingFetcher};
 pub use upstream::{Upstream, UpstreamError, UpstreamResponse};
 
 /// The header that carries a request id across tiers.
@@ -62,7 +62,10 @@ impl Response {
     /// A response with a body and content type.
     pub fn new(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Self {
         let mut headers = HeaderMap::new();
-        headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static(content_type),
+        );
         Response {
             status,
             headers,

@@ -197,7 +197,8 @@ impl HttpServerApp for App {
         let body_len = response.body.len();
         let ok = write_response(&mut session, response, &method, &request_id).await;
         let elapsed = started.elapsed();
-        self.metrics.observe(status.as_u16(), cache, protocol, body_len, elapsed);
+        self.metrics
+            .observe(status.as_u16(), cache, protocol, body_len, elapsed);
         // The path only: query strings carry tokens, which never reach logs.
         tracing::info!(
             target: "access",
@@ -282,11 +283,18 @@ async fn write_response(
     if let Ok(v) = HeaderValue::from_str(request_id) {
         let _ = header.insert_header(REQUEST_ID, v);
     }
-    if session.write_response_header(Box::new(header)).await.is_err() {
+    if session
+        .write_response_header(Box::new(header))
+        .await
+        .is_err()
+    {
         return false;
     }
     if method == Method::HEAD || response.body.is_empty() {
         return session.finish_body().await.is_ok();
     }
-    session.write_response_body(response.body, true).await.is_ok()
+    session
+        .write_response_body(response.body, true)
+        .await
+        .is_ok()
 }

@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+};
 
 /// The metrics of one role. Each role has its own registry, so that roles
 /// sharing a process (`cascade dev`) still report apart.
@@ -16,11 +18,9 @@ pub struct Metrics {
 impl Metrics {
     /// Creates the listener metrics for `role` (`edge`, `shield`, …).
     pub fn new(role: &str) -> Metrics {
-        let registry = Registry::new_custom(Some("cascade".into()), None)
-            .unwrap_or_default();
+        let registry = Registry::new_custom(Some("cascade".into()), None).unwrap_or_default();
         let requests = IntCounterVec::new(
-            Opts::new("requests_total", "Requests answered")
-                .const_label("role", role),
+            Opts::new("requests_total", "Requests answered").const_label("role", role),
             &["status", "cache", "protocol"],
         )
         .expect("static metric definition");
@@ -85,7 +85,10 @@ impl Metrics {
                 continue;
             }
             for m in mf.get_metric() {
-                if m.get_label().iter().any(|l| l.name() == "cache" && l.value() == cache) {
+                if m.get_label()
+                    .iter()
+                    .any(|l| l.name() == "cache" && l.value() == cache)
+                {
                     total += m.get_counter().get_value() as u64;
                 }
             }

@@ -51,12 +51,17 @@ pub fn cache_key(path_and_query: &str, range: Option<&str>) -> String {
 
 impl CachingFetcher {
     /// Answers a GET of `path_and_query` (with an optional `Range`).
-    pub async fn get(&self, path_and_query: &str, range: Option<&str>, request_id: &str) -> Response {
+    pub async fn get(
+        &self,
+        path_and_query: &str,
+        range: Option<&str>,
+        request_id: &str,
+    ) -> Response {
         let key = cache_key(path_and_query, range);
         let now = unix_now();
         if let Some((obj, tier)) = self.cache.get(&key).await {
             if obj.fresh_until > now {
-                return self.from_cache(&obj, CacheOutcome::Hit(tier.as_str()));
+                return self.replay(&obj, CacheOutcome::Hit(tier.as_str()));
             }
         }
         let mut last_err = None;
@@ -79,11 +84,20 @@ impl CachingFetcher {
             _ => (StatusCode::BAD_GATEWAY, "upstream_unreachable"),
         };
         let mut r = Response::error(status, code, "no upstream could answer");
-        set_cache_status(&mut r.headers, None, &CacheOutcome::Miss { stored: false }.entry(self.name));
+        set_cache_status(
+            &mut r.headers,
+            None,
+            &CacheOutcome::Miss { stored: false }.entry(self.name),
+        );
         r
     }
 
-    async fn store_and_answer(&self, key: &str, resp: crate::UpstreamResponse, now: u64) -> Response {
+    async fn store_and_answer(
+        &self,
+        key: &str,
+        resp: crate::UpstreamResponse,
+        now: u64,
+    ) -> Response {
         let cc = resp
             .headers
             .get(http::header::CACHE_CONTROL)
@@ -114,7 +128,7 @@ impl CachingFetcher {
         let stored = cacheable_status
             && matches!(fresh.ttl, Some(t) if t > 0)
             && self.cache.put(key, obj.clone()).await;
-        let mut r = self.from_cache(&obj, CacheOutcome::Miss { stored });
+        let mut r = self.replay(&obj, CacheOutcome::Miss { stored });
         set_cache_status(
             &mut r.headers,
             upstream_status.as_deref(),
@@ -123,18 +137,23 @@ impl CachingFetcher {
         r
     }
 
-    fn from_cache(&self, obj: &CachedObject, outcome: CacheOutcome) -> Response {
-        let mut headers = HeaderMap::with_capacity(obj.headers.len() + 1);
-        for (k, v) in &obj.headers {
-            if let (Ok(k), Ok(v)) = (HeaderName::try_from(k.as_str()), HeaderValue::from_str(v)) {
-                headers.insert(k, v);
-            }
+    fn replay(&self, obj: &CachedObject, outcome: CacheOutcome) -> Response {
+        cached_response(obj, outcome, self.name)
+    }
+}
+
+/// Replays a cached object, with this cache's `Cache-Status` entry.
+pub fn cached_response(obj: &CachedObject, outcome: CacheOutcome, cache_name: &str) -> Response {
+    let mut headers = HeaderMap::with_capacity(obj.headers.len() + 1);
+    for (k, v) in &obj.headers {
+        if let (Ok(k), Ok(v)) = (HeaderName::try_from(k.as_str()), HeaderValue::from_str(v)) {
+            headers.insert(k, v);
         }
-        set_cache_status(&mut headers, None, &outcome.entry(self.name));
-        Response {
-            status: StatusCode::from_u16(obj.status).unwrap_or(StatusCode::OK),
-            headers,
-            body: obj.body.clone(),
-        }
+    }
+    set_cache_status(&mut headers, None, &outcome.entry(cache_name));
+    Response {
+        status: StatusCode::from_u16(obj.status).unwrap_or(StatusCode::OK),
+        headers,
+        body: obj.body.clone(),
     }
 }

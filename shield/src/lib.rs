@@ -101,9 +101,16 @@ impl Handler for ShieldHandler {
         }
         let path = req.uri.path();
         if !path.starts_with("/mezz/") || path.contains("..") {
-            return Response::error(StatusCode::NOT_FOUND, "not_found", "shields serve /mezz/ only");
+            return Response::error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "shields serve /mezz/ only",
+            );
         }
-        let range = req.headers.get(http::header::RANGE).and_then(|v| v.to_str().ok());
+        let range = req
+            .headers
+            .get(http::header::RANGE)
+            .and_then(|v| v.to_str().ok());
         self.fetcher.get(path, range, &req.request_id).await
     }
 }
@@ -121,7 +128,11 @@ pub async fn start(cfg: &ShieldConfig) -> anyhow::Result<Shield> {
     let max = (cfg.max_object_mib << 20) as usize;
     let fetcher = CachingFetcher {
         cache: cache.clone(),
-        upstreams: cfg.origins.iter().map(|o| Upstream::new(o, timeout, max)).collect(),
+        upstreams: cfg
+            .origins
+            .iter()
+            .map(|o| Upstream::new(o, timeout, max))
+            .collect(),
         name: "cascade-shield",
     };
     let metrics = Arc::new(Metrics::new("shield"));

@@ -29,7 +29,16 @@ impl Stack {
             listen: "127.0.0.1:0".into(),
             data_dir: format!("{data}/origin"),
             preset: "ultrafast".into(),
-            ladder: vec![Rung { height: 180, kbps: 300 }, Rung { height: 120, kbps: 150 }],
+            ladder: vec![
+                Rung {
+                    height: 180,
+                    kbps: 300,
+                },
+                Rung {
+                    height: 120,
+                    kbps: 150,
+                },
+            ],
             ..OriginConfig::default()
         })
         .await
@@ -59,7 +68,14 @@ impl Stack {
         .await
         .expect("edge starts");
         let edge_url = format!("http://{}", edge.addr);
-        Stack { origin, shield, edge, origin_url, edge_url, dir }
+        Stack {
+            origin,
+            shield,
+            edge,
+            origin_url,
+            edge_url,
+            dir,
+        }
     }
 
     pub async fn shutdown(self) {
@@ -77,7 +93,17 @@ pub fn make_clip(dir: &Path, secs: u32) -> PathBuf {
         .arg(format!("testsrc2=s=320x180:r=25:d={secs}"))
         .args(["-f", "lavfi", "-i"])
         .arg(format!("sine=f=440:sample_rate=44100:d={secs}"))
-        .args(["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest"])
+        .args([
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:a",
+            "aac",
+            "-shortest",
+        ])
         .arg(&out)
         .status()
         .expect("the ffmpeg CLI is installed (make test installs it)");
@@ -86,7 +112,10 @@ pub fn make_clip(dir: &Path, secs: u32) -> PathBuf {
 }
 
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().expect("client")
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client")
 }
 
 /// Uploads a file; returns the status and the JSON answer.

@@ -1,0 +1,73 @@
+# Cascade: the two set-up commands are `make dev` and `make test`.
+# Both install what is missing on a Debian 12 machine first.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# FFmpeg 5.1 libraries for ffmpeg-next, clang for its bindings, the FFmpeg CLI
+# (an independent player in the tests), Chromium for the browser test, Node
+# for the player libraries and the browser driver.
+DEB_PACKAGES := ffmpeg libavcodec-dev libavformat-dev libavutil-dev libavfilter-dev \
+	libavdevice-dev libswscale-dev libswresample-dev clang libclang-dev pkg-config \
+	chromium nodejs npm ca-certificates curl
+
+.PHONY: help deps rust web build release dev test lint fmt bench clean fuzz-build
+
+help:
+	@echo "make dev   install what is missing, build, and run the whole stack (cascade dev)"
+	@echo "make test  install what is missing, then lint and run every test"
+
+deps: rust
+	@missing=""; for p in $(DEB_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+# Debian 12's own cargo is too old; rustup provides the toolchain in rust-toolchain.toml.
+rust:
+	@if ! command -v cargo >/dev/null 2>&1 && [ ! -x "$$HOME/.cargo/bin/cargo" ]; then \
+	  echo "installing Rust with rustup"; \
+	  curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c clippy,rustfmt; \
+	fi
+
+web: web/node_modules/.installed
+
+web/node_modules/.installed: web/package.json web/package-lock.json
+	cd web && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+build: deps web
+	cargo build --workspace --all-targets
+
+release: deps web
+	cargo build --release
+
+dev: release
+	./target/release/cascade dev
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+test: deps web lint fuzz-build
+	cargo test --workspace --all-targets
+	cargo test --workspace --doc
+
+bench: deps web
+	cargo bench -p cascade-benches
+
+fmt:
+	cargo fmt --all
+
+clean:
+	cargo clean
+	rm -rf web/node_modules
+
+# The fuzz targets must keep building; running them needs cargo-fuzz (nightly).
+fuzz-build:
+	cargo build --manifest-path fuzz/Cargo.toml --bins

@@ -1,0 +1,108 @@
+//! Packaging cost per request with a warm asset manifest.
+//!
+//!     cargo bench -p cascade-benches --bench packager
+//!
+//! A two-hour title (3,600 fragments per track, four video rungs and audio):
+//! the multivariant playlist, a media playlist, the MPD, and one segment.
+
+#![allow(clippy::unwrap_used)]
+
+use cascade_packager::{package, AssetManifest, ByteRange, Fragment, Output, Track, TrackKind};
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+
+fn track(id: &str, kind: TrackKind, height: u32, frags: usize) -> Track {
+    let timescale = if kind == TrackKind::Video {
+        15360
+    } else {
+        48000
+    };
+    let mut offset = 1000;
+    let fragments = (0..frags)
+        .map(|i| {
+            let f = Fragment {
+                range: ByteRange {
+                    offset,
+                    length: 500_000,
+                },
+                start: i as u64 * 2 * u64::from(timescale),
+                duration: 2 * u64::from(timescale),
+            };
+            offset += 500_000;
+            f
+        })
+        .collect();
+    Track {
+        id: id.into(),
+        kind,
+        file: format!("{id}.mp4"),
+        codec: if kind == TrackKind::Video {
+            "avc1.640028".into()
+        } else {
+            "mp4a.40.2".into()
+        },
+        bandwidth: 2_000_000,
+        average_bandwidth: 1_800_000,
+        width: height * 16 / 9,
+        height,
+        frame_rate: 30.0,
+        sample_rate: 48000,
+        channels: 2,
+        language: "und".into(),
+        timescale,
+        init: ByteRange {
+            offset: 0,
+            length: 1000,
+        },
+        fragments,
+    }
+}
+
+fn manifest() -> AssetManifest {
+    let n = 3600;
+    AssetManifest::new(
+        "bench",
+        vec![
+            track("v0", TrackKind::Video, 1080, n),
+            track("v1", TrackKind::Video, 720, n),
+            track("v2", TrackKind::Video, 480, n),
+            track("v3", TrackKind::Video, 240, n),
+            track("a0", TrackKind::Audio, 0, n),
+        ],
+    )
+}
+
+fn segment_bytes(len: usize) -> Vec<u8> {
+    // A moof box and an mdat box filling the rest.
+    let mut b = Vec::with_capacity(len);
+    b.extend_from_slice(&16u32.to_be_bytes());
+    b.extend_from_slice(b"moof");
+    b.extend_from_slice(&[0; 8]);
+    b.extend_from_slice(&((len - 16) as u32).to_be_bytes());
+    b.extend_from_slice(b"mdat");
+    b.resize(len, 0);
+    b
+}
+
+fn bench(c: &mut Criterion) {
+    let m = manifest();
+    let seg = segment_bytes(500_000);
+    c.bench_function("multivariant playlist", |b| {
+        b.iter(|| package(black_box(&m), &Output::Multivariant, &[]).unwrap())
+    });
+    c.bench_function("media playlist, 3600 segments", |b| {
+        b.iter(|| package(black_box(&m), &Output::MediaPlaylist("v0".into()), &[]).unwrap())
+    });
+    c.bench_function("DASH MPD, 5 tracks", |b| {
+        b.iter(|| package(black_box(&m), &Output::Mpd, &[]).unwrap())
+    });
+    c.bench_function("fMP4 segment, 500 kB", |b| {
+        let out = Output::Segment("v0".into(), 1800);
+        b.iter(|| package(black_box(&m), &out, black_box(&seg)).unwrap())
+    });
+    c.bench_function("path to output", |b| {
+        b.iter(|| Output::parse(black_box("v1/1234.m4s")))
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
