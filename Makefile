@@ -10,7 +10,10 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # for the player libraries and the browser driver.
 DEB_PACKAGES := ffmpeg libavcodec-dev libavformat-dev libavutil-dev libavfilter-dev \
 	libavdevice-dev libswscale-dev libswresample-dev clang libclang-dev pkg-config \
-	chromium nodejs npm ca-certificates curl
+	chromium ca-certificates curl
+# Node and npm only when no node is on the PATH (NodeSource's nodejs bundles
+# npm and conflicts with Debian's npm package).
+NODE_PACKAGES := nodejs npm
 
 .PHONY: help deps rust web build release dev test lint fmt bench clean fuzz-build
 
@@ -22,6 +25,7 @@ deps: rust
 	@missing=""; for p in $(DEB_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
 	done; \
+	command -v npm >/dev/null 2>&1 || missing="$$missing $(NODE_PACKAGES)"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && \
@@ -55,8 +59,10 @@ lint:
 	cargo clippy --workspace --all-targets -- -D warnings
 
 test: deps web lint fuzz-build
-	cargo test --workspace --all-targets
-	cargo test --workspace --doc
+	@mkdir -p target
+	set -o pipefail; cargo test --workspace --all-targets 2>&1 | tee target/test.log
+	set -o pipefail; cargo test --workspace --doc 2>&1 | tee -a target/test.log
+	@awk '/^test result:/ {p += $$4; f += $$6} END {print "tests: " p " passed, " f " failed"}' target/test.log
 
 bench: deps web
 	cargo bench -p cascade-benches
