@@ -142,6 +142,22 @@ async fn upload_to_playback_through_every_tier() {
             .unwrap();
         assert_eq!(r.status(), 404, "{bad}");
     }
+    // A caller's request id is kept (and passed upstream); a bad one is replaced.
+    let r = client()
+        .get(&hls)
+        .header("x-request-id", "trace-me-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], "trace-me-123");
+    let r = client()
+        .get(&hls)
+        .header("x-request-id", "bad id!")
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(r.headers()["x-request-id"], "bad id!");
+
     // Health and metrics on every role.
     for base in [
         &stack.edge_url,

@@ -9,7 +9,7 @@
 #![warn(unreachable_pub)]
 
 mod policy;
-pub use policy::{freshness, Freshness};
+pub use policy::{freshness, Freshness, MAX_TTL};
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -1,6 +1,9 @@
 //! Cache policy: what to store and for how long, from `Cache-Control`.
 //! Pure: the caller passes the header and gets a decision.
 
+/// Longer lifetimes are read as this (ten years), so `now + ttl` cannot overflow.
+pub const MAX_TTL: u64 = 10 * 365 * 24 * 3600;
+
 /// What `Cache-Control` allows a shared cache to do with a response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Freshness {
@@ -34,7 +37,10 @@ pub fn freshness(cache_control: Option<&str>, default_ttl: Option<u64>) -> Fresh
             ),
             None => (directive.clone(), None),
         };
-        let secs = value.as_deref().and_then(|v| v.parse::<u64>().ok());
+        let secs = value
+            .as_deref()
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(|s| s.min(MAX_TTL));
         match name.as_str() {
             "no-store" | "private" => forbid = true,
             "no-cache" => no_cache = true,
@@ -73,6 +79,10 @@ mod tests {
         assert_eq!(freshness(Some("no-cache"), None).ttl, Some(0));
         assert_eq!(freshness(None, Some(7)).ttl, Some(7));
         assert_eq!(freshness(Some("max-age=x"), None).ttl, None);
+        assert_eq!(
+            freshness(Some("max-age=18446744073709551615"), None).ttl,
+            Some(MAX_TTL)
+        );
         let f = freshness(Some("max-age=1, stale-if-error=300"), None);
         assert_eq!((f.ttl, f.stale_if_error), (Some(1), 300));
     }

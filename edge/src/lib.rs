@@ -227,7 +227,7 @@ impl EdgeHandler {
             ],
             body,
             stored_at: now,
-            fresh_until: now + ttl,
+            fresh_until: now.saturating_add(ttl),
         };
         let stored = self.cache.put(&key, obj.clone()).await;
         let mut r = from_cache(&obj, CacheOutcome::Miss { stored });

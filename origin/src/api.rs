@@ -118,6 +118,17 @@ async fn upload(
             &format!("uploads are limited to {} MiB", state.cfg.max_upload_mib),
         );
     }
+    // Bounded work: a few uploads at once, and a bounded queue behind the worker.
+    let Ok(_permit) = state.uploads.try_acquire() else {
+        return busy("too many uploads in progress; try again shortly");
+    };
+    match db::queued_jobs(&state.db).await {
+        Ok(n) if n >= MAX_QUEUED_JOBS => {
+            return busy("the transcode queue is full; try again later")
+        }
+        Ok(_) => {}
+        Err(e) => return db_error(e),
+    }
     let title = q.title.unwrap_or_default();
     let title = title.trim();
     if title.chars().count() > 200 || title.chars().any(char::is_control) {
@@ -211,6 +222,16 @@ async fn upload(
                 .into_response()
         }
     }
+}
+
+/// Jobs waiting for the transcoder before uploads are turned away.
+const MAX_QUEUED_JOBS: i64 = 100;
+
+fn busy(message: &str) -> Response {
+    let mut r = error(StatusCode::SERVICE_UNAVAILABLE, "busy", message);
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
+    r
 }
 
 enum ReceiveError {
@@ -340,20 +361,21 @@ async fn mezzanine(
         }
     };
     let size = meta.size;
-    let range = match headers
+    let asked = headers
         .get(header::RANGE)
-        .map(|v| v.to_str().map(|s| parse_range(s, size)))
-    {
-        None => None,
-        Some(Ok(Some(r))) => Some(r),
-        _ => return (
-            StatusCode::RANGE_NOT_SATISFIABLE,
-            [(header::CONTENT_RANGE, format!("bytes */{size}"))],
-            Json(
-                json!({"error": "bad_range", "message": "one satisfiable byte range is supported"}),
-            ),
-        )
-            .into_response(),
+        .and_then(|v| v.to_str().ok())
+        .map_or(RangeRequest::Whole, |v| parse_range(v, size));
+    let range = match asked {
+        RangeRequest::Whole => None,
+        RangeRequest::Part(a, b) => Some((a, b)),
+        RangeRequest::Unsatisfiable => {
+            return (
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                [(header::CONTENT_RANGE, format!("bytes */{size}"))],
+                Json(json!({"error": "bad_range", "message": "the range lies outside the file"})),
+            )
+                .into_response()
+        }
     };
     let (start, end) = range.unwrap_or((0, size));
     let is_manifest = file == "manifest.json";
@@ -413,54 +435,79 @@ async fn mezzanine(
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
-/// Parses a single `bytes=` range against a size; returns `[start, end)`.
-pub fn parse_range(value: &str, size: u64) -> Option<(u64, u64)> {
-    let spec = value.trim().strip_prefix("bytes=")?;
-    if spec.contains(',') || size == 0 {
-        return None;
+/// What a `Range` header asks of an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeRequest {
+    /// No usable range: send the whole object (RFC 9110 lets a server ignore
+    /// ranges in units it does not know, and lists of ranges).
+    Whole,
+    /// Bytes `[start, end)`.
+    Part(u64, u64),
+    /// A byte range that lies outside the object: 416.
+    Unsatisfiable,
+}
+
+/// Reads a `Range` header against an object of `size` bytes.
+pub fn parse_range(value: &str, size: u64) -> RangeRequest {
+    let Some(spec) = value.trim().strip_prefix("bytes=") else {
+        return RangeRequest::Whole;
+    };
+    if spec.contains(',') {
+        return RangeRequest::Whole;
     }
-    let (a, b) = spec.split_once('-')?;
+    let Some((a, b)) = spec.split_once('-') else {
+        return RangeRequest::Whole;
+    };
     let (a, b) = (a.trim(), b.trim());
     let (start, end) = if a.is_empty() {
-        let n: u64 = b.parse().ok()?;
-        if n == 0 {
-            return None;
+        match b.parse::<u64>() {
+            Ok(0) => return RangeRequest::Unsatisfiable,
+            Ok(n) => (size.saturating_sub(n), size),
+            Err(_) => return RangeRequest::Whole,
         }
-        (size.saturating_sub(n), size)
     } else {
-        let start: u64 = a.parse().ok()?;
+        let Ok(start) = a.parse::<u64>() else {
+            return RangeRequest::Whole;
+        };
         let end = if b.is_empty() {
             size
         } else {
-            b.parse::<u64>().ok()?.saturating_add(1).min(size)
+            match b.parse::<u64>() {
+                Ok(last) if last >= start => last.saturating_add(1).min(size),
+                _ => return RangeRequest::Whole,
+            }
         };
         (start, end)
     };
-    if start >= end || start >= size {
-        return None;
+    if start >= size || start >= end {
+        return RangeRequest::Unsatisfiable;
     }
-    Some((start, end))
+    RangeRequest::Part(start, end)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::parse_range;
+    use super::{parse_range, RangeRequest::*};
 
     #[test]
     fn ranges() {
-        assert_eq!(parse_range("bytes=0-9", 100), Some((0, 10)));
-        assert_eq!(parse_range("bytes=90-", 100), Some((90, 100)));
-        assert_eq!(parse_range("bytes=-10", 100), Some((90, 100)));
-        assert_eq!(parse_range("bytes=95-200", 100), Some((95, 100)));
-        for bad in [
-            "bytes=100-",
-            "bytes=5-1",
+        assert_eq!(parse_range("bytes=0-9", 100), Part(0, 10));
+        assert_eq!(parse_range("bytes=90-", 100), Part(90, 100));
+        assert_eq!(parse_range("bytes=-10", 100), Part(90, 100));
+        assert_eq!(parse_range("bytes=-500", 100), Part(0, 100));
+        assert_eq!(parse_range("bytes=95-200", 100), Part(95, 100));
+        for ignored in [
             "bytes=0-1,3-4",
             "items=0-1",
             "bytes=a-b",
-            "bytes=-0",
+            "bytes=5-1",
+            "bytes",
         ] {
-            assert!(parse_range(bad, 100).is_none(), "{bad}");
+            assert_eq!(parse_range(ignored, 100), Whole, "{ignored}");
         }
+        for outside in ["bytes=100-", "bytes=100-200", "bytes=-0"] {
+            assert_eq!(parse_range(outside, 100), Unsatisfiable, "{outside}");
+        }
+        assert_eq!(parse_range("bytes=0-", 0), Unsatisfiable);
     }
 }

@@ -159,6 +159,14 @@ pub(crate) async fn job_of_asset(pool: &SqlitePool, asset: &str) -> sqlx::Result
     Ok(row.as_ref().map(job_from_row))
 }
 
+/// Jobs waiting to run.
+pub(crate) async fn queued_jobs(pool: &SqlitePool) -> sqlx::Result<i64> {
+    let row = sqlx::query("SELECT COUNT(*) AS n FROM jobs WHERE state = 'queued'")
+        .fetch_one(pool)
+        .await?;
+    Ok(row.get("n"))
+}
+
 /// Puts jobs left running by a crash or restart back in the queue.
 pub(crate) async fn requeue_interrupted(pool: &SqlitePool) -> sqlx::Result<u64> {
     let r = sqlx::query(

@@ -25,7 +25,7 @@ use prometheus::{IntCounter, IntCounterVec, Opts};
 use sqlx::SqlitePool;
 use tokio::sync::Notify;
 
-pub use api::{app, parse_range};
+pub use api::{app, parse_range, RangeRequest};
 pub use config::OriginConfig;
 
 /// Shared state of a running origin.
@@ -34,6 +34,7 @@ pub struct State {
     db: SqlitePool,
     store: Arc<dyn ObjectStore>,
     jobs_notify: Notify,
+    uploads: tokio::sync::Semaphore,
     metrics: Metrics,
     metrics_jobs: IntCounterVec,
     http_requests: IntCounterVec,
@@ -41,6 +42,9 @@ pub struct State {
     mezz_repeat_bytes: IntCounter,
     served: Mutex<HashMap<String, Vec<(u64, u64)>>>,
 }
+
+/// Uploads received at once; more are answered 503 with `Retry-After`.
+const MAX_CONCURRENT_UPLOADS: usize = 4;
 
 /// Objects whose served ranges are tracked; past this the record restarts.
 const SERVED_TRACKED_OBJECTS: usize = 10_000;
@@ -153,6 +157,7 @@ pub async fn start(cfg: &OriginConfig) -> anyhow::Result<Origin> {
         db,
         store,
         jobs_notify: Notify::new(),
+        uploads: tokio::sync::Semaphore::new(MAX_CONCURRENT_UPLOADS),
         metrics,
         metrics_jobs,
         http_requests,

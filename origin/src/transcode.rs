@@ -313,7 +313,9 @@ pub fn transcode(
                     *first_pts = Some(p);
                     0
                 }
-                (Some(p), Some(f)) => p - f,
+                (Some(p), Some(f)) => p
+                    .checked_sub(f)
+                    .ok_or_else(|| TranscodeError::Input("video timestamps out of range".into()))?,
                 (None, _) => {
                     // No timestamp: derive one from the frame count.
                     let tb = f64::from(v_tb.numerator()) / f64::from(v_tb.denominator());

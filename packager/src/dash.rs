@@ -75,7 +75,9 @@ fn template(out: &mut String, t: &Track) {
         while i + repeat + 1 < t.fragments.len()
             && t.fragments[i + repeat + 1].duration == f.duration
             && t.fragments[i + repeat + 1].start
-                == t.fragments[i + repeat].start + t.fragments[i + repeat].duration
+                == t.fragments[i + repeat]
+                    .start
+                    .saturating_add(t.fragments[i + repeat].duration)
         {
             repeat += 1;
         }
@@ -89,7 +91,7 @@ fn template(out: &mut String, t: &Track) {
         }
         out.push_str("/>\n");
         let last = t.fragments[i + repeat];
-        expected_start = Some(last.start + last.duration);
+        expected_start = Some(last.start.saturating_add(last.duration));
         i += repeat + 1;
     }
     out.push_str("          </SegmentTimeline>\n        </SegmentTemplate>\n");

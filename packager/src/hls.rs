@@ -35,8 +35,8 @@ pub(crate) fn multivariant(m: &AssetManifest) -> String {
         let _ = write!(
             out,
             "#EXT-X-STREAM-INF:BANDWIDTH={},AVERAGE-BANDWIDTH={},CODECS=\"{}\",RESOLUTION={}x{},FRAME-RATE={:.3}",
-            v.bandwidth + audio_peak,
-            v.average_bandwidth + audio_avg,
+            v.bandwidth.saturating_add(audio_peak),
+            v.average_bandwidth.saturating_add(audio_avg),
             codecs,
             v.width,
             v.height,

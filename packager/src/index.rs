@@ -350,6 +350,13 @@ fn descriptor(r: &mut Reader<'_>) -> Result<(u8, usize), Error> {
     Ok((tag, len))
 }
 
+/// More samples than any 2-second fragment has; bounds a run's loop.
+const MAX_SAMPLES_PER_RUN: u32 = 1 << 20;
+
+/// Decode times beyond this (2^53 ticks: centuries at any timescale) are refused,
+/// so sums of times never overflow.
+pub(crate) const MAX_TICKS: u64 = 1 << 53;
+
 /// Returns (baseMediaDecodeTime, duration, sample count) of a one-track `moof`.
 fn parse_moof(moof: &[u8], trex_duration: u32) -> Result<(u64, u64, u32), Error> {
     let traf = find_path(moof, &[b"traf"])?;
@@ -401,19 +408,34 @@ fn parse_moof(moof: &[u8], trex_duration: u32) -> Result<(u64, u64, u32), Error>
         if (count as usize).saturating_mul(per_sample * 4) > r.remaining() {
             return Err(Error::Truncated);
         }
-        for _ in 0..count {
-            let d = if flags & 0x100 != 0 {
-                r.u32()?
-            } else {
-                default_duration
-            };
-            duration += u64::from(d);
-            r.skip((per_sample - usize::from(flags & 0x100 != 0)) * 4)?;
+        if count > MAX_SAMPLES_PER_RUN {
+            return Err(Error::Malformed("too many samples in one run"));
+        }
+        if flags & 0x100 == 0 {
+            let run = u64::from(count) * u64::from(default_duration);
+            duration = duration
+                .checked_add(run)
+                .ok_or(Error::Malformed("duration overflow"))?;
+            r.skip(count as usize * per_sample * 4)?;
+        } else {
+            for _ in 0..count {
+                let d = r.u32()?;
+                duration = duration
+                    .checked_add(u64::from(d))
+                    .ok_or(Error::Malformed("duration overflow"))?;
+                r.skip((per_sample - 1) * 4)?;
+            }
         }
         samples = samples.saturating_add(count);
     }
     if duration == 0 {
         return Err(Error::Malformed("fragment without duration"));
+    }
+    if decode_time
+        .checked_add(duration)
+        .is_none_or(|end| end > MAX_TICKS)
+    {
+        return Err(Error::Malformed("fragment time out of range"));
     }
     Ok((decode_time, duration, samples))
 }
@@ -427,6 +449,36 @@ mod tests {
         assert!(index_bytes(&[]).is_err());
         assert!(index_bytes(&[0, 0, 0, 8, b'm', b'o', b'o', b'v']).is_err());
         assert!(index_bytes(&[0, 0, 0, 200, b'm', b'o', b'o', b'f', 1, 2]).is_err());
+    }
+
+    fn trun_moof(flags: u32, count: u32, per_sample: &[u8], default: u32) -> Vec<u8> {
+        use crate::mp4::write_box;
+        let mut tfhd = vec![0, 0, 0, 0x08, 0, 0, 0, 1];
+        tfhd.extend_from_slice(&default.to_be_bytes());
+        let tfdt = [0u8; 8];
+        let mut trun = flags.to_be_bytes().to_vec();
+        trun.extend_from_slice(&count.to_be_bytes());
+        trun.extend_from_slice(per_sample);
+        let mut traf = write_box(b"tfhd", &tfhd);
+        traf.extend(write_box(b"tfdt", &tfdt));
+        traf.extend(write_box(b"trun", &trun));
+        write_box(b"traf", &traf)
+    }
+
+    #[test]
+    fn trun_durations() {
+        // Durations per sample.
+        let moof = trun_moof(0x100, 2, &[0, 0, 0, 10, 0, 0, 0, 20], 0);
+        assert_eq!(parse_moof(&moof, 0).unwrap(), (0, 30, 2));
+        // Default duration from tfhd, no per-sample fields: no loop over the count.
+        let moof = trun_moof(0, 1000, &[], 512);
+        assert_eq!(parse_moof(&moof, 0).unwrap(), (0, 512_000, 1000));
+        // A huge count with no per-sample fields is refused, not looped over.
+        let moof = trun_moof(0, u32::MAX, &[], 1);
+        assert!(parse_moof(&moof, 0).is_err());
+        // Per-sample fields the bytes cannot hold.
+        let moof = trun_moof(0x300, 1000, &[0; 16], 0);
+        assert_eq!(parse_moof(&moof, 0), Err(Error::Truncated));
     }
 
     #[test]

@@ -13,6 +13,12 @@ pub const MANIFEST_VERSION: u32 = 1;
 /// 7,200 fragments per track; a few tracks fit comfortably).
 pub const MAX_MANIFEST_BYTES: usize = 16 * 1024 * 1024;
 
+/// Mezzanine files larger than this (1 PiB) are refused.
+const MAX_BYTES: u64 = 1 << 50;
+/// Bitrates above this (1 Tbit/s) are refused.
+const MAX_BANDWIDTH: u64 = 1 << 40;
+use crate::index::MAX_TICKS;
+
 /// A title's mezzanine, described for packaging.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AssetManifest {
@@ -91,7 +97,7 @@ impl ByteRange {
         format!(
             "bytes={}-{}",
             self.offset,
-            self.offset + self.length.saturating_sub(1)
+            self.offset.saturating_add(self.length.saturating_sub(1))
         )
     }
 }
@@ -111,8 +117,14 @@ impl Track {
     /// Builds a track entry from a file's index.
     pub fn from_index(id: &str, file: &str, index: &TrackIndex) -> Track {
         let ts = f64::from(index.init.timescale);
-        let total_bytes: u64 = index.fragments.iter().map(|f| f.range.length).sum();
-        let total_ticks: u64 = index.fragments.iter().map(|f| f.duration).sum();
+        let total_bytes = index
+            .fragments
+            .iter()
+            .fold(0u64, |a, f| a.saturating_add(f.range.length));
+        let total_ticks = index
+            .fragments
+            .iter()
+            .fold(0u64, |a, f| a.saturating_add(f.duration));
         let total_secs = total_ticks as f64 / ts;
         let peak = index
             .fragments
@@ -150,8 +162,11 @@ impl Track {
 
     /// Duration in seconds.
     pub fn duration(&self) -> f64 {
-        let ticks: u64 = self.fragments.iter().map(|f| f.duration).sum();
-        ticks as f64 / f64::from(self.timescale)
+        let ticks = self
+            .fragments
+            .iter()
+            .fold(0u64, |a, f| a.saturating_add(f.duration));
+        ticks as f64 / f64::from(self.timescale.max(1))
     }
 
     /// The fragment that is segment `number` (counting from 1).
@@ -226,6 +241,30 @@ impl AssetManifest {
             {
                 return Err(Error::Manifest(format!("track {}: empty fragment", t.id)));
             }
+            // Keep every sum the packager makes far from overflow.
+            let in_bounds = |r: &ByteRange| {
+                r.offset
+                    .checked_add(r.length)
+                    .is_some_and(|end| end <= MAX_BYTES)
+            };
+            let times_ok = t.fragments.iter().all(|f| {
+                f.start
+                    .checked_add(f.duration)
+                    .is_some_and(|end| end <= MAX_TICKS)
+            });
+            if !in_bounds(&t.init) || !t.fragments.iter().all(|f| in_bounds(&f.range)) || !times_ok
+            {
+                return Err(Error::Manifest(format!(
+                    "track {}: range or time out of bounds",
+                    t.id
+                )));
+            }
+            if t.bandwidth > MAX_BANDWIDTH || t.average_bandwidth > MAX_BANDWIDTH {
+                return Err(Error::Manifest(format!(
+                    "track {}: bandwidth out of bounds",
+                    t.id
+                )));
+            }
         }
         Ok(())
     }
@@ -252,4 +291,47 @@ pub fn is_safe_id(s: &str) -> bool {
         && s.len() <= 64
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one_track(start: u64, offset: u64, bandwidth: u64) -> AssetManifest {
+        let t = Track {
+            id: "v0".into(),
+            kind: TrackKind::Video,
+            file: "v0.mp4".into(),
+            codec: "avc1.640028".into(),
+            bandwidth,
+            average_bandwidth: 1,
+            width: 2,
+            height: 2,
+            frame_rate: 25.0,
+            sample_rate: 0,
+            channels: 0,
+            language: "und".into(),
+            timescale: 1000,
+            init: ByteRange {
+                offset: 0,
+                length: 10,
+            },
+            fragments: vec![Fragment {
+                range: ByteRange { offset, length: 10 },
+                start,
+                duration: 2000,
+            }],
+        };
+        AssetManifest::new("a", vec![t])
+    }
+
+    #[test]
+    fn validate_bounds_numbers_from_the_network() {
+        assert!(one_track(0, 10, 1000).validate().is_ok());
+        assert!(one_track(u64::MAX - 1, 10, 1000).validate().is_err());
+        assert!(one_track(0, u64::MAX - 1, 1000).validate().is_err());
+        assert!(one_track(0, 10, u64::MAX).validate().is_err());
+        let json = one_track(0, u64::MAX - 1, 1000).to_json();
+        assert!(AssetManifest::from_json(&json).is_err());
+    }
 }

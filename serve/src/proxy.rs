@@ -123,7 +123,7 @@ impl CachingFetcher {
             headers,
             body: resp.body,
             stored_at: now,
-            fresh_until: now + fresh.ttl.unwrap_or(0),
+            fresh_until: now.saturating_add(fresh.ttl.unwrap_or(0)),
         };
         let stored = cacheable_status
             && matches!(fresh.ttl, Some(t) if t > 0)

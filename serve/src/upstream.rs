@@ -131,7 +131,8 @@ impl Upstream {
         if e.is_timeout() {
             UpstreamError::Timeout(self.base.clone())
         } else {
-            UpstreamError::Connect(self.base.clone(), e.to_string())
+            // Without the URL: it may carry a viewer's token in its query.
+            UpstreamError::Connect(self.base.clone(), e.without_url().to_string())
         }
     }
 }
