@@ -313,7 +313,7 @@ pub fn parse(token: &str) -> Result<Token<'_>, Rejection> {
     };
     let mut mac = [0u8; 32];
     let mac_len = hmac_hex.len() / 2;
-    if hmac_hex.is_empty() || hmac_hex.len() % 2 != 0 || mac_len > mac.len() {
+    if hmac_hex.is_empty() || !hmac_hex.len().is_multiple_of(2) || mac_len > mac.len() {
         return Err(Rejection::Malformed);
     }
     for (out, pair) in mac.iter_mut().zip(hmac_hex.as_bytes().chunks_exact(2)) {
@@ -583,7 +583,7 @@ fn hex_value(c: u8) -> Option<u8> {
 }
 
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     s.as_bytes()
