@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use cascade_control::ControlConfig;
 use cascade_edge::EdgeConfig;
 use cascade_origin::OriginConfig;
-use cascade_serve::config::load_file;
+use cascade_serve::config::{load_file, TokenKeyConfig, TOKEN_KEYS_ENV};
 use cascade_shield::ShieldConfig;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -38,6 +38,72 @@ enum Command {
     Control(RoleArgs),
     /// Upload a media file to an origin and follow its transcode.
     Ingest(IngestArgs),
+    /// Sign or check playback tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Make a token (ACL or URL) and print it.
+    Sign(SignArgs),
+    /// Check a token for a path and print each field and the verdict.
+    Verify(VerifyArgs),
+}
+
+#[derive(clap::Args)]
+struct KeyArgs {
+    /// A file holding `kid:hexkey` (such as `data/dev-token-key`); else the
+    /// first key of CASCADE_TOKEN_KEYS.
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+    /// HMAC algorithm: sha256, sha1 or md5.
+    #[arg(long, default_value = "sha256")]
+    algo: String,
+    /// Salt.
+    #[arg(long)]
+    salt: Option<String>,
+    /// Escape-early mode.
+    #[arg(long)]
+    escape_early: bool,
+}
+
+#[derive(clap::Args)]
+struct SignArgs {
+    /// ACL pattern(s), `!`-separated, such as '/vod/abc/*'.
+    #[arg(long, conflicts_with = "url")]
+    acl: Option<String>,
+    /// The one path of a URL token.
+    #[arg(long)]
+    url: Option<String>,
+    /// Seconds until expiry.
+    #[arg(long, default_value_t = 3600)]
+    ttl: u64,
+    /// Bind to a client address.
+    #[arg(long)]
+    ip: Option<String>,
+    /// Session id.
+    #[arg(long)]
+    id: Option<String>,
+    /// Payload.
+    #[arg(long)]
+    data: Option<String>,
+    #[command(flatten)]
+    key: KeyArgs,
+}
+
+#[derive(clap::Args)]
+struct VerifyArgs {
+    /// The token.
+    token: String,
+    /// The request path to check it for.
+    #[arg(long)]
+    path: String,
+    /// The client address, for tokens bound to one.
+    #[arg(long)]
+    ip: Option<std::net::IpAddr>,
+    #[command(flatten)]
+    key: KeyArgs,
 }
 
 #[derive(clap::Args)]
@@ -87,8 +153,8 @@ struct IngestArgs {
 
 fn main() {
     let cli = Cli::parse();
-    let text_logs = matches!(cli.command, Command::Dev(_) | Command::Ingest(_));
-    if !matches!(cli.command, Command::Ingest(_)) {
+    let text_logs = matches!(cli.command, Command::Dev(_));
+    if !matches!(cli.command, Command::Ingest(_) | Command::Token(_)) {
         cascade_serve::init_logging(text_logs);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -139,6 +205,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Ingest(a) => ingest(a).await,
+        Command::Token(TokenCommand::Sign(a)) => token_sign(a),
+        Command::Token(TokenCommand::Verify(a)) => token_verify(a),
     }
 }
 
@@ -167,11 +235,13 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&data).with_context(|| format!("creating {data}"))?;
     let host = "127.0.0.1";
     let url = |port: u16| format!("http://{host}:{port}");
+    let dev_key = dev_token_key(&data)?;
 
     let origin = cascade_origin::start(&OriginConfig {
         listen: format!("{host}:{}", args.origin_port),
         data_dir: data.clone(),
         public_edge_url: url(args.edge_port),
+        token_keys: vec![dev_key.clone()],
         ..OriginConfig::default()
     })
     .await
@@ -191,6 +261,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         origin: url(origin.addr.port()),
         cache_dir: format!("{data}/cache/edge"),
         cache_disk_mib: 1024,
+        token_keys: vec![dev_key.clone()],
         ..EdgeConfig::default()
     })
     .await
@@ -229,11 +300,13 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     if samples.is_empty() {
         println!("  catalog    {page}/api/v1/assets");
     } else {
-        println!("  two sample titles are transcoding now (progress: {page}/api/v1/assets); they will play at:");
+        println!("  two sample titles are transcoding now (progress: {page}/api/v1/assets); once ready they play at:");
         for id in &samples {
-            println!("    HLS  {page}/vod/{id}/master.m3u8");
-            println!("    DASH {page}/vod/{id}/manifest.mpd");
+            println!("    HLS  {page}/vod/{id}/master.m3u8?__token__=…");
+            println!("    DASH {page}/vod/{id}/manifest.mpd?__token__=…");
         }
+        println!("  media needs a token: POST {page}/api/v1/playback/ID gives signed URLs, or");
+        println!("    cascade token sign --acl '/vod/ID/*' --key-file {data}/dev-token-key");
     }
     println!(
         "  upload     cascade ingest FILE --origin {}",
@@ -247,6 +320,118 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     control.shutdown().await;
     origin.shutdown().await;
     Ok(())
+}
+
+/// The development token key: made once per data directory, kept in a file
+/// only its owner can read, and never printed.
+fn dev_token_key(data: &str) -> anyhow::Result<TokenKeyConfig> {
+    let path = format!("{data}/dev-token-key");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(_) => {
+            let mut secret = [0u8; 32];
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
+                .map_err(|_| anyhow::anyhow!("no randomness for the dev token key"))?;
+            let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+            let text = format!("dev:{hex}\n");
+            write_private(&path, &text)?;
+            text
+        }
+    };
+    let (kid, key) = text
+        .trim()
+        .split_once(':')
+        .with_context(|| format!("{path}: expected kid:hexkey"))?;
+    Ok(TokenKeyConfig {
+        kid: kid.to_string(),
+        key: key.to_string(),
+        algorithm: "sha256".into(),
+        salt: String::new(),
+        escape_early: false,
+    })
+}
+
+fn write_private(path: &str, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path).with_context(|| format!("creating {path}"))?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+/// The key for `cascade token`: `--key-file`, else the first key of
+/// CASCADE_TOKEN_KEYS.
+fn cli_key(args: &KeyArgs) -> anyhow::Result<cascade_token::Key> {
+    let list = match &args.key_file {
+        Some(f) => std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
+        None => std::env::var(TOKEN_KEYS_ENV)
+            .with_context(|| format!("no key: pass --key-file or set {TOKEN_KEYS_ENV}"))?,
+    };
+    let key = cascade_token::parse_key_list(&list)?
+        .into_iter()
+        .next()
+        .context("the key list is empty")?;
+    let algorithm = cascade_token::Algorithm::parse(&args.algo)
+        .with_context(|| format!("--algo {:?}: use sha256, sha1 or md5", args.algo))?;
+    Ok(key
+        .with_algorithm(algorithm)
+        .with_salt(args.salt.clone())
+        .with_escape_early(args.escape_early))
+}
+
+fn token_sign(a: SignArgs) -> anyhow::Result<()> {
+    let key = cli_key(&a.key)?;
+    if a.acl.is_none() && a.url.is_none() {
+        bail!("give --acl PATTERN or --url PATH");
+    }
+    if a.ttl == 0 {
+        bail!("--ttl must be at least 1 second");
+    }
+    let now = cascade_serve::unix_now();
+    let claims = cascade_token::Claims {
+        ip: a.ip,
+        start: Some(now),
+        expires: now + a.ttl,
+        acl: a.acl.map(|s| s.split('!').map(str::to_string).collect()).unwrap_or_default(),
+        url: a.url,
+        id: a.id,
+        data: a.data,
+    };
+    println!("{}", cascade_token::sign(&key, &claims));
+    Ok(())
+}
+
+fn token_verify(a: VerifyArgs) -> anyhow::Result<()> {
+    let key = cli_key(&a.key)?;
+    match cascade_token::parse(&a.token) {
+        Ok(t) => {
+            println!("ip     {}", t.ip.unwrap_or("-"));
+            println!("st     {}", t.start.map_or("-".to_string(), |v| v.to_string()));
+            println!("exp    {}", t.expires);
+            println!("acl    {}", t.acl.unwrap_or("- (URL token)"));
+            println!("id     {}", t.id.unwrap_or("-"));
+            println!("data   {}", t.data.unwrap_or("-"));
+        }
+        Err(e) => bail!("verdict: rejected ({})", e.code()),
+    }
+    let v = cascade_token::Verifier {
+        cdn_keys: vec![key],
+        ..Default::default()
+    };
+    let path = cascade_token::normalize_path(&a.path).context("--path is not an acceptable path")?;
+    match v.verify(&a.token, &path, a.ip, cascade_serve::unix_now()) {
+        Ok(g) => {
+            println!("verdict: valid (key {}, expires in {} s)", g.kid, g.expires_in);
+            Ok(())
+        }
+        Err(e) => bail!("verdict: rejected ({})", e.code()),
+    }
 }
 
 async fn ingest(args: IngestArgs) -> anyhow::Result<()> {

@@ -23,13 +23,11 @@ fn ffmpeg_decode(url: &str) -> Result<(), String> {
     }
 }
 
-/// Every URL a player of this title would fetch, from the playlists themselves.
-async fn title_urls(edge: &str, asset: &str) -> Vec<String> {
+/// Every URL a player of this title would fetch, from the playlists
+/// themselves, starting from the signed master and MPD URLs.
+async fn title_urls(edge: &str, asset: &str, hls: &str, dash: &str) -> Vec<String> {
     let base = format!("{edge}/vod/{asset}");
-    let mut urls = vec![
-        format!("{base}/master.m3u8"),
-        format!("{base}/manifest.mpd"),
-    ];
+    let mut urls = vec![hls.to_string(), dash.to_string()];
     let master = client()
         .get(&urls[0])
         .send()
@@ -40,7 +38,7 @@ async fn title_urls(edge: &str, asset: &str) -> Vec<String> {
         .unwrap();
     let mut playlists: Vec<String> = master
         .lines()
-        .filter(|l| l.ends_with(".m3u8") && !l.starts_with('#'))
+        .filter(|l| l.contains(".m3u8") && !l.starts_with('#'))
         .map(str::to_string)
         .collect();
     for line in master.lines().filter(|l| l.starts_with("#EXT-X-MEDIA")) {
@@ -78,14 +76,15 @@ async fn title_urls(edge: &str, asset: &str) -> Vec<String> {
 async fn upload_to_playback_through_every_tier() {
     let stack = Stack::start().await;
     let asset = common::ingest_clip(&stack, 4).await;
-    let hls = format!("{}/vod/{asset}/master.m3u8", stack.edge_url);
-    let dash = format!("{}/vod/{asset}/manifest.mpd", stack.edge_url);
+    // Only the master URLs carry the token; the packager writes it into every child URL.
+    let (hls, dash, token) = common::playback(&stack, &asset).await;
 
     // First pass: the FFmpeg CLI plays everything (every rendition of HLS and DASH).
-    let urls = title_urls(&stack.edge_url, &asset).await;
+    let urls = title_urls(&stack.edge_url, &asset, &hls, &dash).await;
+    assert!(urls.iter().all(|u| u.contains(&format!("__token__={token}"))), "{urls:?}");
     let decode_all = |urls: &[String]| {
         let mut targets = vec![hls.clone(), dash.clone()];
-        targets.extend(urls.iter().filter(|u| u.ends_with(".m3u8")).cloned());
+        targets.extend(urls.iter().filter(|u| u.contains(".m3u8")).cloned());
         for t in targets {
             ffmpeg_decode(&t).unwrap();
         }
@@ -125,23 +124,19 @@ async fn upload_to_playback_through_every_tier() {
         .text()
         .await
         .unwrap();
-    assert!(mpd.contains("media=\"$RepresentationID$/$Number$.m4s\""));
-    assert!(urls.iter().any(|u| u.ends_with("/v0/1.m4s")));
+    assert!(
+        mpd.contains(&format!("media=\"$RepresentationID$/$Number$.m4s?__token__={token}\"")),
+        "{mpd}"
+    );
+    assert!(urls.iter().any(|u| u.contains("/v0/1.m4s?")));
 
-    // Unknown titles and segments are 404s, not crashes.
-    for bad in [
-        "/vod/nope/master.m3u8",
-        &format!("/vod/{asset}/v0/999.m4s"),
-        &format!("/vod/{asset}/v9.m3u8"),
-        "/vod/../etc/passwd",
-    ] {
-        let r = client()
-            .get(format!("{}{bad}", stack.edge_url))
-            .send()
-            .await
-            .unwrap();
+    // Unknown segments and tracks are 404s, not crashes.
+    let t = format!("?__token__={token}");
+    for bad in [format!("/vod/{asset}/v0/999.m4s{t}"), format!("/vod/{asset}/v9.m3u8{t}")] {
+        let r = client().get(format!("{}{bad}", stack.edge_url)).send().await.unwrap();
         assert_eq!(r.status(), 404, "{bad}");
     }
+
     // A caller's request id is kept (and passed upstream); a bad one is replaced.
     let r = client()
         .get(&hls)
@@ -219,12 +214,16 @@ async fn a_text_file_is_a_failed_job_and_the_origin_keeps_serving() {
         .await
         .unwrap();
     assert_eq!(a["status"], "failed");
+    let token = common::sign_for(asset);
     let r = client()
-        .get(format!("{}/vod/{asset}/master.m3u8", stack.edge_url))
+        .get(format!("{}/vod/{asset}/master.m3u8?__token__={token}", stack.edge_url))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
+    // And the playback API will not sign for it.
+    let r = client().post(format!("{}/api/v1/playback/{asset}", stack.origin_url)).send().await.unwrap();
+    assert_eq!(r.status(), 409);
 
     // An empty upload is refused outright.
     let empty = stack.dir.path().join("empty.mp4");

@@ -19,8 +19,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cascade_cache::{CacheConfig, CachedObject, TieredCache};
-use cascade_packager::{is_safe_id, package, AssetManifest, Output};
-use cascade_serve::config::{check_addr, check_url, Validate};
+use cascade_packager::{is_safe_id, package, with_query, AssetManifest, Output};
+use cascade_serve::config::{
+    build_token_keys, check_addr, check_url, TokenKeyConfig, Validate, TOKEN_KEYS_ENV,
+};
+use cascade_token::{acl_matches, normalize_path, Rejection, Verifier};
+use prometheus::{IntCounterVec, Opts};
 use cascade_serve::{
     add_cors, cached_response, cors_preflight, serve, set_cache_status, unix_now, CacheOutcome,
     CachingFetcher, Handler, ListenerConfig, Metrics, Request, Response, ServerHandle, Upstream,
@@ -51,6 +55,15 @@ pub struct EdgeConfig {
     pub upstream_timeout_secs: u64,
     /// Seconds playlists and MPDs stay fresh in the cache.
     pub manifest_ttl_secs: u64,
+    /// Name of the token's query parameter, cookie and header.
+    pub token_name: String,
+    /// The CDN's token keys; `CASCADE_TOKEN_KEYS` overrides them.
+    pub token_keys: Vec<TokenKeyConfig>,
+    /// Seconds of clock skew allowed on a token's `st` and `exp`.
+    pub token_skew_secs: u64,
+    /// Paths served without a token (`*` matches any run of characters).
+    /// Everything else, media included, needs one.
+    pub open_paths: Vec<String>,
 }
 
 impl Default for EdgeConfig {
@@ -65,6 +78,15 @@ impl Default for EdgeConfig {
             cache_disk_mib: 4096,
             upstream_timeout_secs: 30,
             manifest_ttl_secs: 300,
+            token_name: "__token__".into(),
+            token_keys: Vec::new(),
+            token_skew_secs: 30,
+            open_paths: vec![
+                "/".into(),
+                "/static/*".into(),
+                "/api/*".into(),
+                "/favicon.ico".into(),
+            ],
         }
     }
 }
@@ -84,6 +106,25 @@ impl Validate for EdgeConfig {
         }
         if self.upstream_timeout_secs == 0 {
             errors.push("upstream_timeout_secs: must be at least 1".into());
+        }
+        if self.token_name.is_empty()
+            || !self
+                .token_name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            errors.push("token_name: use letters, digits, _ and -".into());
+        }
+        if let Err(e) = build_token_keys("token_keys", &self.token_keys, None) {
+            errors.extend(e);
+        }
+        for (i, p) in self.open_paths.iter().enumerate() {
+            if !p.starts_with('/') {
+                errors.push(format!("open_paths[{i}]: {p:?} must start with /"));
+            }
+            if p.starts_with("/vod/") || p == "/vod*" || p == "/*" || p == "*" {
+                errors.push(format!("open_paths[{i}]: {p:?} would open media to everyone"));
+            }
         }
     }
 }
@@ -116,6 +157,11 @@ const MEDIA_TTL: u64 = 365 * 24 * 3600;
 const MANIFEST_ENTRIES: u64 = 10_000;
 
 struct EdgeHandler {
+    verifier: arc_swap::ArcSwap<Verifier>,
+    token_name: String,
+    open_paths: Vec<String>,
+    token_rejections: IntCounterVec,
+    token_accepted: IntCounterVec,
     cache: TieredCache,
     media_upstreams: Vec<Upstream>,
     origin: Upstream,
@@ -127,9 +173,30 @@ struct EdgeHandler {
 #[async_trait::async_trait]
 impl Handler for EdgeHandler {
     async fn handle(&self, req: Request) -> Response {
-        let path = req.uri.path();
-        if path.starts_with("/vod/") {
-            return self.vod(&req).await;
+        // What is authorised is what is served: one decoded, checked path.
+        let Some(path) = normalize_path(req.uri.path()) else {
+            return Response::error(StatusCode::BAD_REQUEST, "bad_path", "the path is not acceptable");
+        };
+        let is_media = path.starts_with("/vod/");
+        if is_media && req.method == Method::OPTIONS {
+            return cors_preflight();
+        }
+        let mut token_query = None;
+        if !self.open_paths.iter().any(|p| acl_matches(p, &path)) {
+            match self.check_token(&req, &path) {
+                Ok(q) => token_query = q,
+                Err(mut r) => {
+                    if is_media {
+                        add_cors(&mut r.headers);
+                    }
+                    return r;
+                }
+            }
+        }
+        if is_media {
+            let mut resp = self.vod(&req, &path, token_query.as_deref()).await;
+            add_cors(&mut resp.headers);
+            return resp;
         }
         if path.starts_with("/api/") {
             return self.api(&req).await;
@@ -137,26 +204,58 @@ impl Handler for EdgeHandler {
         if req.method != Method::GET && req.method != Method::HEAD {
             return Response::error(StatusCode::METHOD_NOT_ALLOWED, "method", "GET or HEAD only");
         }
-        let pq = req.uri.path_and_query().map_or(path, |p| p.as_str());
+        let pq = req.uri.path_and_query().map_or(req.uri.path(), |p| p.as_str());
         self.page.get(pq, None, &req.request_id).await
     }
 }
 
 impl EdgeHandler {
-    async fn vod(&self, req: &Request) -> Response {
-        if req.method == Method::OPTIONS {
-            return cors_preflight();
+    /// Finds and verifies the viewer's token: query parameter, else cookie,
+    /// else header. On success, returns the query to write into child URLs
+    /// when the token came in the query (players resend cookies and headers).
+    fn check_token(&self, req: &Request, path: &str) -> Result<Option<String>, Response> {
+        let name = self.token_name.as_str();
+        let from_query = req.uri.query().and_then(|q| {
+            q.split('&')
+                .find_map(|kv| kv.strip_prefix(name).and_then(|r| r.strip_prefix('=')))
+        });
+        let from_cookie = || {
+            req.headers
+                .get_all(http::header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .find_map(|c| c.trim().strip_prefix(name).and_then(|r| r.strip_prefix('=')))
+        };
+        let from_header = || req.headers.get(name).and_then(|v| v.to_str().ok());
+        let token = from_query.or_else(from_cookie).or_else(from_header);
+        let verdict = match token {
+            None | Some("") => Err(Rejection::Missing),
+            Some(t) => self.verifier.load().verify(
+                t,
+                path,
+                req.client.map(|a| a.ip()),
+                unix_now(),
+            ),
+        };
+        match verdict {
+            Ok(grant) => {
+                self.token_accepted.with_label_values(&[&grant.kid]).inc();
+                Ok(from_query.map(|t| format!("{name}={t}")))
+            }
+            Err(why) => {
+                self.token_rejections.with_label_values(&[why.code()]).inc();
+                // The reason only: never the token, the key or the expected MAC.
+                let body = format!("{{\"error\":\"token\",\"reason\":\"{}\"}}\n", why.code());
+                Err(Response::new(StatusCode::FORBIDDEN, "application/json", body))
+            }
         }
-        let mut resp = self.vod_inner(req).await;
-        add_cors(&mut resp.headers);
-        resp
     }
 
-    async fn vod_inner(&self, req: &Request) -> Response {
+    async fn vod(&self, req: &Request, path: &str, token_query: Option<&str>) -> Response {
         if req.method != Method::GET && req.method != Method::HEAD {
             return Response::error(StatusCode::METHOD_NOT_ALLOWED, "method", "GET or HEAD only");
         }
-        let path = req.uri.path();
         let Some((asset, rest)) = path["/vod/".len()..].split_once('/') else {
             return not_found();
         };
@@ -169,7 +268,8 @@ impl EdgeHandler {
         let now = unix_now();
         if let Some((obj, tier)) = self.cache.get(&key).await {
             if obj.fresh_until > now {
-                return from_cache(&obj, CacheOutcome::Hit(tier.as_str()));
+                let r = from_cache(&obj, CacheOutcome::Hit(tier.as_str()));
+                return tokenize(r, &output, token_query);
             }
         }
 
@@ -236,7 +336,7 @@ impl EdgeHandler {
             upstream_status.as_deref(),
             &CacheOutcome::Miss { stored }.entry(CACHE_NAME),
         );
-        r
+        tokenize(r, &output, token_query)
     }
 
     /// The parsed asset manifest, from RAM or fetched through the shields.
@@ -385,6 +485,21 @@ fn upstream_failure(status: StatusCode) -> Response {
     )
 }
 
+/// Writes the viewer's token into the child URLs of a playlist or MPD.
+fn tokenize(mut r: Response, output: &Output, token_query: Option<&str>) -> Response {
+    if let Some(q) = token_query {
+        if output.is_manifest() {
+            r.body = Bytes::from(with_query(output, &r.body, q));
+            // A tokenised playlist is the viewer's own: shared caches must not keep it.
+            r.headers.insert(
+                http::header::CACHE_CONTROL,
+                http::HeaderValue::from_static("private, max-age=60"),
+            );
+        }
+    }
+    r
+}
+
 fn from_cache(obj: &CachedObject, outcome: CacheOutcome) -> Response {
     cached_response(obj, outcome, CACHE_NAME)
 }
@@ -408,7 +523,36 @@ pub async fn start(cfg: &EdgeConfig) -> anyhow::Result<Edge> {
     if cfg.origin_fallback {
         media_upstreams.push(origin.clone());
     }
+    let env_keys = std::env::var(TOKEN_KEYS_ENV).ok();
+    let cdn_keys = build_token_keys("token_keys", &cfg.token_keys, env_keys.as_deref())
+        .map_err(|e| anyhow::anyhow!(e.join("; ")))?;
+    if cdn_keys.is_empty() {
+        anyhow::bail!("token_keys: no CDN token keys: set token_keys or {TOKEN_KEYS_ENV}; every media request would be refused");
+    }
+    let metrics = Arc::new(Metrics::new("edge"));
+    let token_rejections = IntCounterVec::new(
+        Opts::new("edge_token_rejections_total", "Requests refused for their token, by reason"),
+        &["reason"],
+    )?;
+    for r in Rejection::ALL {
+        token_rejections.with_label_values(&[r.code()]);
+    }
+    let token_accepted = IntCounterVec::new(
+        Opts::new("edge_token_accepted_total", "Requests whose token verified, by the key that matched"),
+        &["kid"],
+    )?;
+    metrics.registry().register(Box::new(token_rejections.clone()))?;
+    metrics.registry().register(Box::new(token_accepted.clone()))?;
     let handler = EdgeHandler {
+        verifier: arc_swap::ArcSwap::from_pointee(Verifier {
+            cdn_keys,
+            partners: Default::default(),
+            skew_secs: cfg.token_skew_secs,
+        }),
+        token_name: cfg.token_name.clone(),
+        open_paths: cfg.open_paths.clone(),
+        token_rejections,
+        token_accepted,
         cache: cache.clone(),
         media_upstreams,
         page: CachingFetcher {
@@ -423,7 +567,6 @@ pub async fn start(cfg: &EdgeConfig) -> anyhow::Result<Edge> {
             .build(),
         manifest_ttl: cfg.manifest_ttl_secs,
     };
-    let metrics = Arc::new(Metrics::new("edge"));
     let listener = tokio::net::TcpListener::bind(&cfg.listen).await?;
     let server = serve(
         listener,

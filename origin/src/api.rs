@@ -32,6 +32,7 @@ pub fn app(state: Arc<State>) -> Router {
         .route("/api/v1/jobs/{id}", get(job))
         .route("/api/v1/assets", get(list_assets))
         .route("/api/v1/assets/{id}", get(asset))
+        .route("/api/v1/playback/{id}", post(playback))
         .route("/mezz/{asset}/{file}", get(mezzanine))
         .route("/", get(crate::web::index))
         .route("/static/{file}", get(crate::web::asset_file))
@@ -321,6 +322,47 @@ async fn asset(AxState(state): AxState<Arc<State>>, Path(id): Path<String>) -> R
     (
         [(header::CACHE_CONTROL, "no-store")],
         Json(asset_json(&state, &a, job.as_ref())),
+    )
+        .into_response()
+}
+
+/// `POST /api/v1/playback/{asset}`: signed edge URLs for a ready title.
+async fn playback(AxState(state): AxState<Arc<State>>, Path(id): Path<String>) -> Response {
+    if !cascade_packager::is_safe_id(&id) {
+        return error(StatusCode::NOT_FOUND, "not_found", "no such asset");
+    }
+    match db::get_asset(&state.db, &id).await {
+        Ok(Some(a)) if a.status == "ready" => {}
+        Ok(Some(_)) => return error(StatusCode::CONFLICT, "not_ready", "the title is not playable yet"),
+        Ok(None) => return error(StatusCode::NOT_FOUND, "not_found", "no such asset"),
+        Err(e) => return db_error(e),
+    }
+    let Some(key) = &state.signer else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "no_keys", "playback signing is not configured");
+    };
+    let now = cascade_serve::unix_now();
+    let expires = now + state.cfg.playback_ttl_secs;
+    let token = cascade_token::sign(
+        key,
+        &cascade_token::Claims {
+            start: Some(now.saturating_sub(1)),
+            expires,
+            acl: vec![format!("/vod/{id}/*")],
+            ..Default::default()
+        },
+    );
+    let edge = state.cfg.public_edge_url.trim_end_matches('/');
+    let q = format!("{}={token}", state.cfg.token_name);
+    (
+        [(header::CACHE_CONTROL, "no-store")],
+        Json(json!({
+            "asset": id,
+            "token": token,
+            "token_name": state.cfg.token_name,
+            "expires": expires,
+            "hls": format!("{edge}/vod/{id}/master.m3u8?{q}"),
+            "dash": format!("{edge}/vod/{id}/manifest.mpd?{q}"),
+        })),
     )
         .into_response()
 }

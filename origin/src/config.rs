@@ -1,6 +1,6 @@
 //! The origin's config file.
 
-use cascade_serve::config::{check_addr, check_url, Validate};
+use cascade_serve::config::{build_token_keys, check_addr, check_url, TokenKeyConfig, Validate};
 use serde::Deserialize;
 
 use crate::transcode::{Rung, DEFAULT_LADDER};
@@ -27,6 +27,12 @@ pub struct OriginConfig {
     pub segment_secs: u32,
     /// The edge URL viewers use, for playback links in API answers.
     pub public_edge_url: String,
+    /// Keys for signing playback URLs (the first signs); `CASCADE_TOKEN_KEYS` overrides.
+    pub token_keys: Vec<TokenKeyConfig>,
+    /// Name of the token's query parameter at the edges.
+    pub token_name: String,
+    /// Lifetime of a signed playback URL, in seconds.
+    pub playback_ttl_secs: u64,
 }
 
 impl Default for OriginConfig {
@@ -41,6 +47,9 @@ impl Default for OriginConfig {
             ladder: DEFAULT_LADDER.to_vec(),
             segment_secs: 2,
             public_edge_url: "http://127.0.0.1:8080".into(),
+            token_keys: Vec::new(),
+            token_name: "__token__".into(),
+            playback_ttl_secs: 6 * 3600,
         }
     }
 }
@@ -94,6 +103,12 @@ impl Validate for OriginConfig {
         }
         if self.max_upload_mib == 0 {
             errors.push("max_upload_mib: must be at least 1".into());
+        }
+        if let Err(e) = build_token_keys("token_keys", &self.token_keys, None) {
+            errors.extend(e);
+        }
+        if !(60..=7 * 24 * 3600).contains(&self.playback_ttl_secs) {
+            errors.push("playback_ttl_secs: must be 60 to 604800".into());
         }
     }
 }

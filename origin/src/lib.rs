@@ -34,6 +34,8 @@ pub struct State {
     db: SqlitePool,
     store: Arc<dyn ObjectStore>,
     jobs_notify: Notify,
+    /// Signs playback URLs; `None` when no key is configured.
+    signer: Option<cascade_token::Key>,
     uploads: tokio::sync::Semaphore,
     metrics: Metrics,
     metrics_jobs: IntCounterVec,
@@ -152,7 +154,16 @@ pub async fn start(cfg: &OriginConfig) -> anyhow::Result<Origin> {
     metrics
         .registry()
         .register(Box::new(mezz_repeat_bytes.clone()))?;
+    let env_keys = std::env::var(cascade_serve::config::TOKEN_KEYS_ENV).ok();
+    let signer = cascade_serve::config::build_token_keys("token_keys", &cfg.token_keys, env_keys.as_deref())
+        .map_err(|e| anyhow::anyhow!(e.join("; ")))?
+        .into_iter()
+        .next();
+    if signer.is_none() {
+        tracing::warn!("no token keys: the playback API cannot sign URLs");
+    }
     let state = Arc::new(State {
+        signer,
         cfg: cfg.clone(),
         db,
         store,

@@ -22,6 +22,7 @@ mod hls;
 mod index;
 mod manifest;
 mod mp4;
+mod query;
 
 pub use index::{index_bytes, Indexer, InitInfo, TrackIndex};
 pub use manifest::{
@@ -29,6 +30,7 @@ pub use manifest::{
     MAX_MANIFEST_BYTES,
 };
 pub use mp4::BoxHeader;
+pub use query::with_query;
 
 /// Why a packaging step failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -152,3 +152,65 @@ mod tests {
         assert!(err.0[0].starts_with("listen:"), "{err}");
     }
 }
+
+/// One playback-token key in a config file.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenKeyConfig {
+    /// The key's name, reported in metrics when it matches.
+    pub kid: String,
+    /// The key, hex.
+    pub key: String,
+    /// `sha256` (default), `sha1` or `md5`.
+    #[serde(default = "default_algorithm")]
+    pub algorithm: String,
+    /// Salt, if the key has one.
+    #[serde(default)]
+    pub salt: String,
+    /// Escape-early mode.
+    #[serde(default)]
+    pub escape_early: bool,
+}
+
+fn default_algorithm() -> String {
+    "sha256".into()
+}
+
+/// The environment variable that overrides the CDN keys in every role.
+pub const TOKEN_KEYS_ENV: &str = "CASCADE_TOKEN_KEYS";
+
+/// Builds the CDN keys: from `CASCADE_TOKEN_KEYS` (`kid:hexkey,…`) when it
+/// is set (pass its value), else from the config list. Errors name the key
+/// by position and kid, never its value.
+pub fn build_token_keys(
+    key: &str,
+    list: &[TokenKeyConfig],
+    env: Option<&str>,
+) -> Result<Vec<cascade_token::Key>, Vec<String>> {
+    if let Some(v) = env {
+        return cascade_token::parse_key_list(v)
+            .map_err(|e| vec![format!("{TOKEN_KEYS_ENV}: {e}")]);
+    }
+    let mut errors = Vec::new();
+    let mut keys = Vec::new();
+    for (i, k) in list.iter().enumerate() {
+        let Some(algorithm) = cascade_token::Algorithm::parse(&k.algorithm) else {
+            errors.push(format!("{key}[{i}].algorithm: {:?} is not sha256, sha1 or md5", k.algorithm));
+            continue;
+        };
+        match cascade_token::Key::from_hex(&k.kid, &k.key) {
+            Ok(built) => keys.push(
+                built
+                    .with_algorithm(algorithm)
+                    .with_salt(Some(k.salt.clone()))
+                    .with_escape_early(k.escape_early),
+            ),
+            Err(e) => errors.push(format!("{key}[{i}].key: {e}")),
+        }
+    }
+    if errors.is_empty() {
+        Ok(keys)
+    } else {
+        Err(errors)
+    }
+}

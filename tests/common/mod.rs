@@ -9,8 +9,22 @@ use std::time::{Duration, Instant};
 use cascade_edge::{Edge, EdgeConfig};
 use cascade_origin::transcode::Rung;
 use cascade_origin::{Origin, OriginConfig};
+use cascade_serve::config::TokenKeyConfig;
 use cascade_shield::{Shield, ShieldConfig};
 use serde_json::Value;
+
+/// The CDN token key of test stacks.
+pub const TEST_KEY_HEX: &str = "5ecbe75ecbe75ecbe75ecbe75ecbe75e";
+
+pub fn test_key(kid: &str, hex: &str) -> TokenKeyConfig {
+    TokenKeyConfig {
+        kid: kid.into(),
+        key: hex.into(),
+        algorithm: "sha256".into(),
+        salt: String::new(),
+        escape_early: false,
+    }
+}
 
 pub struct Stack {
     pub origin: Origin,
@@ -23,12 +37,18 @@ pub struct Stack {
 
 impl Stack {
     pub async fn start() -> Stack {
+        Self::start_with(|_| {}).await
+    }
+
+    /// A stack whose edge config is adjusted first.
+    pub async fn start_with(edit_edge: impl FnOnce(&mut EdgeConfig)) -> Stack {
         let dir = tempfile::tempdir().expect("tempdir");
         let data = dir.path().to_str().expect("utf-8 temp path").to_string();
         let origin = cascade_origin::start(&OriginConfig {
             listen: "127.0.0.1:0".into(),
             data_dir: format!("{data}/origin"),
             preset: "ultrafast".into(),
+            token_keys: vec![test_key("test", TEST_KEY_HEX)],
             ladder: vec![
                 Rung {
                     height: 180,
@@ -54,7 +74,7 @@ impl Stack {
         })
         .await
         .expect("shield starts");
-        let edge = cascade_edge::start(&EdgeConfig {
+        let mut edge_cfg = EdgeConfig {
             listen: "127.0.0.1:0".into(),
             shields: vec![format!("http://{}", shield.addr)],
             origin: origin_url.clone(),
@@ -63,10 +83,11 @@ impl Stack {
             cache_dir: format!("{data}/edge-cache"),
             cache_memory_mib: 64,
             cache_disk_mib: 256,
+            token_keys: vec![test_key("test", TEST_KEY_HEX)],
             ..EdgeConfig::default()
-        })
-        .await
-        .expect("edge starts");
+        };
+        edit_edge(&mut edge_cfg);
+        let edge = cascade_edge::start(&edge_cfg).await.expect("edge starts");
         let edge_url = format!("http://{}", edge.addr);
         Stack {
             origin,
@@ -83,6 +104,39 @@ impl Stack {
         self.shield.shutdown().await;
         self.origin.shutdown().await;
     }
+}
+
+/// A token for `/vod/{asset}/*` signed with the test key, valid for an hour.
+pub fn sign_for(asset: &str) -> String {
+    let key = cascade_token::Key::from_hex("test", TEST_KEY_HEX).expect("test key");
+    let now = cascade_serve::unix_now();
+    cascade_token::sign(
+        &key,
+        &cascade_token::Claims {
+            expires: now + 3600,
+            acl: vec![format!("/vod/{asset}/*")],
+            ..Default::default()
+        },
+    )
+}
+
+/// Signed edge URLs from the origin's playback API: (HLS, DASH, token).
+pub async fn playback(stack: &Stack, asset: &str) -> (String, String, String) {
+    let r: Value = client()
+        .post(format!("{}/api/v1/playback/{asset}", stack.origin_url))
+        .send()
+        .await
+        .expect("playback request")
+        .json()
+        .await
+        .expect("playback JSON");
+    let token = r["token"].as_str().unwrap_or_else(|| panic!("a token: {r}")).to_string();
+    let q = format!("__token__={token}");
+    (
+        format!("{}/vod/{asset}/master.m3u8?{q}", stack.edge_url),
+        format!("{}/vod/{asset}/manifest.mpd?{q}", stack.edge_url),
+        token,
+    )
 }
 
 /// Makes a small H.264/AAC clip with the FFmpeg CLI, an independent encoder.

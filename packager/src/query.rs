@@ -1,0 +1,104 @@
+//! Writing a query (the viewer's token) into every child URL of a playlist
+//! or MPD, so a player that knows only the master URL plays the whole title.
+//! Cached outputs carry no token; this runs on the way out.
+
+use crate::Output;
+
+/// Appends `query` (such as `__token__=…`) to each child URL of a playlist
+/// or MPD. Other outputs are returned unchanged.
+pub fn with_query(output: &Output, body: &[u8], query: &str) -> Vec<u8> {
+    let Ok(text) = std::str::from_utf8(body) else {
+        return body.to_vec();
+    };
+    if query.is_empty() {
+        return body.to_vec();
+    }
+    match output {
+        Output::Multivariant | Output::MediaPlaylist(_) => m3u8(text, query).into_bytes(),
+        Output::Mpd => mpd(text, &xml_escape(query)).into_bytes(),
+        _ => body.to_vec(),
+    }
+}
+
+fn join(url: &str, query: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}{query}")
+}
+
+fn m3u8(text: &str, query: &str) -> String {
+    let mut out = String::with_capacity(text.len() + text.lines().count() * (query.len() + 1));
+    for line in text.lines() {
+        if line.is_empty() {
+        } else if line.starts_with('#') {
+            out.push_str(&rewrite_attr(line, "URI=\"", query));
+        } else {
+            out.push_str(&join(line, query));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn mpd(text: &str, query: &str) -> String {
+    let once = rewrite_attr(text, "initialization=\"", query);
+    rewrite_attr(&once, "media=\"", query)
+}
+
+/// Appends the query to the value of every `name"…"` attribute in `text`.
+fn rewrite_attr(text: &str, name: &str, query: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find(name) {
+        let start = i + name.len();
+        let Some(len) = rest[start..].find('"') else {
+            break;
+        };
+        out.push_str(&rest[..start]);
+        out.push_str(&join(&rest[start..start + len], query));
+        rest = &rest[start + len..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('"', "&quot;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn playlists_get_the_query_on_every_child() {
+        let master = "#EXTM3U\n#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID=\"aud\",URI=\"a0.m3u8\"\n#EXT-X-STREAM-INF:BANDWIDTH=1\nv0.m3u8\n";
+        let out = String::from_utf8(with_query(&Output::Multivariant, master.as_bytes(), "t=1")).unwrap();
+        assert_eq!(
+            out,
+            "#EXTM3U\n#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID=\"aud\",URI=\"a0.m3u8?t=1\"\n#EXT-X-STREAM-INF:BANDWIDTH=1\nv0.m3u8?t=1\n"
+        );
+        let media = "#EXTM3U\n#EXT-X-MAP:URI=\"v0/init.mp4\"\n#EXTINF:2.0,\nv0/1.m4s\n#EXT-X-ENDLIST\n";
+        let out = String::from_utf8(with_query(&Output::MediaPlaylist("v0".into()), media.as_bytes(), "t=1")).unwrap();
+        assert!(out.contains("URI=\"v0/init.mp4?t=1\"") && out.contains("\nv0/1.m4s?t=1\n"), "{out}");
+        assert!(out.ends_with("#EXT-X-ENDLIST\n"));
+    }
+
+    #[test]
+    fn mpd_templates_get_the_query_escaped() {
+        let mpd = "<SegmentTemplate initialization=\"$RepresentationID$/init.mp4\" media=\"$RepresentationID$/$Number$.m4s\"/>";
+        let out = String::from_utf8(with_query(&Output::Mpd, mpd.as_bytes(), "a=1&b=2")).unwrap();
+        assert_eq!(
+            out,
+            "<SegmentTemplate initialization=\"$RepresentationID$/init.mp4?a=1&amp;b=2\" media=\"$RepresentationID$/$Number$.m4s?a=1&amp;b=2\"/>"
+        );
+    }
+
+    #[test]
+    fn media_is_untouched() {
+        let seg = b"\x00\x00\x00\x08moof";
+        assert_eq!(with_query(&Output::Segment("v0".into(), 1), seg, "t=1"), seg.to_vec());
+    }
+}
