@@ -360,7 +360,9 @@ fn write_private(path: &str, text: &str) -> anyhow::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    let mut f = opts.open(path).with_context(|| format!("creating {path}"))?;
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("creating {path}"))?;
     f.write_all(text.as_bytes())?;
     Ok(())
 }
@@ -369,7 +371,9 @@ fn write_private(path: &str, text: &str) -> anyhow::Result<()> {
 /// CASCADE_TOKEN_KEYS.
 fn cli_key(args: &KeyArgs) -> anyhow::Result<cascade_token::Key> {
     let list = match &args.key_file {
-        Some(f) => std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
+        Some(f) => {
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?
+        }
         None => std::env::var(TOKEN_KEYS_ENV)
             .with_context(|| format!("no key: pass --key-file or set {TOKEN_KEYS_ENV}"))?,
     };
@@ -398,7 +402,10 @@ fn token_sign(a: SignArgs) -> anyhow::Result<()> {
         ip: a.ip,
         start: Some(now),
         expires: now + a.ttl,
-        acl: a.acl.map(|s| s.split('!').map(str::to_string).collect()).unwrap_or_default(),
+        acl: a
+            .acl
+            .map(|s| s.split('!').map(str::to_string).collect())
+            .unwrap_or_default(),
         url: a.url,
         id: a.id,
         data: a.data,
@@ -412,7 +419,10 @@ fn token_verify(a: VerifyArgs) -> anyhow::Result<()> {
     match cascade_token::parse(&a.token) {
         Ok(t) => {
             println!("ip     {}", t.ip.unwrap_or("-"));
-            println!("st     {}", t.start.map_or("-".to_string(), |v| v.to_string()));
+            println!(
+                "st     {}",
+                t.start.map_or("-".to_string(), |v| v.to_string())
+            );
             println!("exp    {}", t.expires);
             println!("acl    {}", t.acl.unwrap_or("- (URL token)"));
             println!("id     {}", t.id.unwrap_or("-"));
@@ -424,10 +434,14 @@ fn token_verify(a: VerifyArgs) -> anyhow::Result<()> {
         cdn_keys: vec![key],
         ..Default::default()
     };
-    let path = cascade_token::normalize_path(&a.path).context("--path is not an acceptable path")?;
+    let path =
+        cascade_token::normalize_path(&a.path).context("--path is not an acceptable path")?;
     match v.verify(&a.token, &path, a.ip, cascade_serve::unix_now()) {
         Ok(g) => {
-            println!("verdict: valid (key {}, expires in {} s)", g.kid, g.expires_in);
+            println!(
+                "verdict: valid (key {}, expires in {} s)",
+                g.kid, g.expires_in
+            );
             Ok(())
         }
         Err(e) => bail!("verdict: rejected ({})", e.code()),

@@ -81,7 +81,11 @@ async fn upload_to_playback_through_every_tier() {
 
     // First pass: the FFmpeg CLI plays everything (every rendition of HLS and DASH).
     let urls = title_urls(&stack.edge_url, &asset, &hls, &dash).await;
-    assert!(urls.iter().all(|u| u.contains(&format!("__token__={token}"))), "{urls:?}");
+    assert!(
+        urls.iter()
+            .all(|u| u.contains(&format!("__token__={token}"))),
+        "{urls:?}"
+    );
     let decode_all = |urls: &[String]| {
         let mut targets = vec![hls.clone(), dash.clone()];
         targets.extend(urls.iter().filter(|u| u.contains(".m3u8")).cloned());
@@ -125,15 +129,24 @@ async fn upload_to_playback_through_every_tier() {
         .await
         .unwrap();
     assert!(
-        mpd.contains(&format!("media=\"$RepresentationID$/$Number$.m4s?__token__={token}\"")),
+        mpd.contains(&format!(
+            "media=\"$RepresentationID$/$Number$.m4s?__token__={token}\""
+        )),
         "{mpd}"
     );
     assert!(urls.iter().any(|u| u.contains("/v0/1.m4s?")));
 
     // Unknown segments and tracks are 404s, not crashes.
     let t = format!("?__token__={token}");
-    for bad in [format!("/vod/{asset}/v0/999.m4s{t}"), format!("/vod/{asset}/v9.m3u8{t}")] {
-        let r = client().get(format!("{}{bad}", stack.edge_url)).send().await.unwrap();
+    for bad in [
+        format!("/vod/{asset}/v0/999.m4s{t}"),
+        format!("/vod/{asset}/v9.m3u8{t}"),
+    ] {
+        let r = client()
+            .get(format!("{}{bad}", stack.edge_url))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 404, "{bad}");
     }
 
@@ -216,13 +229,20 @@ async fn a_text_file_is_a_failed_job_and_the_origin_keeps_serving() {
     assert_eq!(a["status"], "failed");
     let token = common::sign_for(asset);
     let r = client()
-        .get(format!("{}/vod/{asset}/master.m3u8?__token__={token}", stack.edge_url))
+        .get(format!(
+            "{}/vod/{asset}/master.m3u8?__token__={token}",
+            stack.edge_url
+        ))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
     // And the playback API will not sign for it.
-    let r = client().post(format!("{}/api/v1/playback/{asset}", stack.origin_url)).send().await.unwrap();
+    let r = client()
+        .post(format!("{}/api/v1/playback/{asset}", stack.origin_url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 409);
 
     // An empty upload is refused outright.

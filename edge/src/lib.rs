@@ -23,14 +23,14 @@ use cascade_packager::{is_safe_id, package, with_query, AssetManifest, Output};
 use cascade_serve::config::{
     build_token_keys, check_addr, check_url, TokenKeyConfig, Validate, TOKEN_KEYS_ENV,
 };
-use cascade_token::{acl_matches, normalize_path, Rejection, Verifier};
-use prometheus::{IntCounterVec, Opts};
 use cascade_serve::{
     add_cors, cached_response, cors_preflight, serve, set_cache_status, unix_now, CacheOutcome,
     CachingFetcher, Handler, ListenerConfig, Metrics, Request, Response, ServerHandle, Upstream,
     UpstreamError, UpstreamResponse,
 };
+use cascade_token::{acl_matches, normalize_path, Rejection, Verifier};
 use http::{Method, StatusCode};
+use prometheus::{IntCounterVec, Opts};
 use serde::Deserialize;
 
 /// The edge's config file.
@@ -123,7 +123,9 @@ impl Validate for EdgeConfig {
                 errors.push(format!("open_paths[{i}]: {p:?} must start with /"));
             }
             if p.starts_with("/vod/") || p == "/vod*" || p == "/*" || p == "*" {
-                errors.push(format!("open_paths[{i}]: {p:?} would open media to everyone"));
+                errors.push(format!(
+                    "open_paths[{i}]: {p:?} would open media to everyone"
+                ));
             }
         }
     }
@@ -175,7 +177,11 @@ impl Handler for EdgeHandler {
     async fn handle(&self, req: Request) -> Response {
         // What is authorised is what is served: one decoded, checked path.
         let Some(path) = normalize_path(req.uri.path()) else {
-            return Response::error(StatusCode::BAD_REQUEST, "bad_path", "the path is not acceptable");
+            return Response::error(
+                StatusCode::BAD_REQUEST,
+                "bad_path",
+                "the path is not acceptable",
+            );
         };
         let is_media = path.starts_with("/vod/");
         if is_media && req.method == Method::OPTIONS {
@@ -204,7 +210,10 @@ impl Handler for EdgeHandler {
         if req.method != Method::GET && req.method != Method::HEAD {
             return Response::error(StatusCode::METHOD_NOT_ALLOWED, "method", "GET or HEAD only");
         }
-        let pq = req.uri.path_and_query().map_or(req.uri.path(), |p| p.as_str());
+        let pq = req
+            .uri
+            .path_and_query()
+            .map_or(req.uri.path(), |p| p.as_str());
         self.page.get(pq, None, &req.request_id).await
     }
 }
@@ -225,18 +234,20 @@ impl EdgeHandler {
                 .iter()
                 .filter_map(|v| v.to_str().ok())
                 .flat_map(|v| v.split(';'))
-                .find_map(|c| c.trim().strip_prefix(name).and_then(|r| r.strip_prefix('=')))
+                .find_map(|c| {
+                    c.trim()
+                        .strip_prefix(name)
+                        .and_then(|r| r.strip_prefix('='))
+                })
         };
         let from_header = || req.headers.get(name).and_then(|v| v.to_str().ok());
         let token = from_query.or_else(from_cookie).or_else(from_header);
         let verdict = match token {
             None | Some("") => Err(Rejection::Missing),
-            Some(t) => self.verifier.load().verify(
-                t,
-                path,
-                req.client.map(|a| a.ip()),
-                unix_now(),
-            ),
+            Some(t) => self
+                .verifier
+                .load()
+                .verify(t, path, req.client.map(|a| a.ip()), unix_now()),
         };
         match verdict {
             Ok(grant) => {
@@ -247,7 +258,11 @@ impl EdgeHandler {
                 self.token_rejections.with_label_values(&[why.code()]).inc();
                 // The reason only: never the token, the key or the expected MAC.
                 let body = format!("{{\"error\":\"token\",\"reason\":\"{}\"}}\n", why.code());
-                Err(Response::new(StatusCode::FORBIDDEN, "application/json", body))
+                Err(Response::new(
+                    StatusCode::FORBIDDEN,
+                    "application/json",
+                    body,
+                ))
             }
         }
     }
@@ -531,18 +546,28 @@ pub async fn start(cfg: &EdgeConfig) -> anyhow::Result<Edge> {
     }
     let metrics = Arc::new(Metrics::new("edge"));
     let token_rejections = IntCounterVec::new(
-        Opts::new("edge_token_rejections_total", "Requests refused for their token, by reason"),
+        Opts::new(
+            "edge_token_rejections_total",
+            "Requests refused for their token, by reason",
+        ),
         &["reason"],
     )?;
     for r in Rejection::ALL {
         token_rejections.with_label_values(&[r.code()]);
     }
     let token_accepted = IntCounterVec::new(
-        Opts::new("edge_token_accepted_total", "Requests whose token verified, by the key that matched"),
+        Opts::new(
+            "edge_token_accepted_total",
+            "Requests whose token verified, by the key that matched",
+        ),
         &["kid"],
     )?;
-    metrics.registry().register(Box::new(token_rejections.clone()))?;
-    metrics.registry().register(Box::new(token_accepted.clone()))?;
+    metrics
+        .registry()
+        .register(Box::new(token_rejections.clone()))?;
+    metrics
+        .registry()
+        .register(Box::new(token_accepted.clone()))?;
     let handler = EdgeHandler {
         verifier: arc_swap::ArcSwap::from_pointee(Verifier {
             cdn_keys,

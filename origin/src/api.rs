@@ -333,12 +333,22 @@ async fn playback(AxState(state): AxState<Arc<State>>, Path(id): Path<String>) -
     }
     match db::get_asset(&state.db, &id).await {
         Ok(Some(a)) if a.status == "ready" => {}
-        Ok(Some(_)) => return error(StatusCode::CONFLICT, "not_ready", "the title is not playable yet"),
+        Ok(Some(_)) => {
+            return error(
+                StatusCode::CONFLICT,
+                "not_ready",
+                "the title is not playable yet",
+            )
+        }
         Ok(None) => return error(StatusCode::NOT_FOUND, "not_found", "no such asset"),
         Err(e) => return db_error(e),
     }
     let Some(key) = &state.signer else {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "no_keys", "playback signing is not configured");
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_keys",
+            "playback signing is not configured",
+        );
     };
     let now = cascade_serve::unix_now();
     let expires = now + state.cfg.playback_ttl_secs;

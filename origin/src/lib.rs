@@ -155,10 +155,11 @@ pub async fn start(cfg: &OriginConfig) -> anyhow::Result<Origin> {
         .registry()
         .register(Box::new(mezz_repeat_bytes.clone()))?;
     let env_keys = std::env::var(cascade_serve::config::TOKEN_KEYS_ENV).ok();
-    let signer = cascade_serve::config::build_token_keys("token_keys", &cfg.token_keys, env_keys.as_deref())
-        .map_err(|e| anyhow::anyhow!(e.join("; ")))?
-        .into_iter()
-        .next();
+    let signer =
+        cascade_serve::config::build_token_keys("token_keys", &cfg.token_keys, env_keys.as_deref())
+            .map_err(|e| anyhow::anyhow!(e.join("; ")))?
+            .into_iter()
+            .next();
     if signer.is_none() {
         tracing::warn!("no token keys: the playback API cannot sign URLs");
     }

@@ -75,14 +75,24 @@ mod tests {
     #[test]
     fn playlists_get_the_query_on_every_child() {
         let master = "#EXTM3U\n#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID=\"aud\",URI=\"a0.m3u8\"\n#EXT-X-STREAM-INF:BANDWIDTH=1\nv0.m3u8\n";
-        let out = String::from_utf8(with_query(&Output::Multivariant, master.as_bytes(), "t=1")).unwrap();
+        let out =
+            String::from_utf8(with_query(&Output::Multivariant, master.as_bytes(), "t=1")).unwrap();
         assert_eq!(
             out,
             "#EXTM3U\n#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID=\"aud\",URI=\"a0.m3u8?t=1\"\n#EXT-X-STREAM-INF:BANDWIDTH=1\nv0.m3u8?t=1\n"
         );
-        let media = "#EXTM3U\n#EXT-X-MAP:URI=\"v0/init.mp4\"\n#EXTINF:2.0,\nv0/1.m4s\n#EXT-X-ENDLIST\n";
-        let out = String::from_utf8(with_query(&Output::MediaPlaylist("v0".into()), media.as_bytes(), "t=1")).unwrap();
-        assert!(out.contains("URI=\"v0/init.mp4?t=1\"") && out.contains("\nv0/1.m4s?t=1\n"), "{out}");
+        let media =
+            "#EXTM3U\n#EXT-X-MAP:URI=\"v0/init.mp4\"\n#EXTINF:2.0,\nv0/1.m4s\n#EXT-X-ENDLIST\n";
+        let out = String::from_utf8(with_query(
+            &Output::MediaPlaylist("v0".into()),
+            media.as_bytes(),
+            "t=1",
+        ))
+        .unwrap();
+        assert!(
+            out.contains("URI=\"v0/init.mp4?t=1\"") && out.contains("\nv0/1.m4s?t=1\n"),
+            "{out}"
+        );
         assert!(out.ends_with("#EXT-X-ENDLIST\n"));
     }
 
@@ -99,6 +109,9 @@ mod tests {
     #[test]
     fn media_is_untouched() {
         let seg = b"\x00\x00\x00\x08moof";
-        assert_eq!(with_query(&Output::Segment("v0".into(), 1), seg, "t=1"), seg.to_vec());
+        assert_eq!(
+            with_query(&Output::Segment("v0".into(), 1), seg, "t=1"),
+            seg.to_vec()
+        );
     }
 }

@@ -195,7 +195,10 @@ pub fn build_token_keys(
     let mut keys = Vec::new();
     for (i, k) in list.iter().enumerate() {
         let Some(algorithm) = cascade_token::Algorithm::parse(&k.algorithm) else {
-            errors.push(format!("{key}[{i}].algorithm: {:?} is not sha256, sha1 or md5", k.algorithm));
+            errors.push(format!(
+                "{key}[{i}].algorithm: {:?} is not sha256, sha1 or md5",
+                k.algorithm
+            ));
             continue;
         };
         match cascade_token::Key::from_hex(&k.kid, &k.key) {

@@ -13,8 +13,10 @@ use http::{HeaderValue, Method, StatusCode};
 use pingora_core::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream, ServerApp};
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
+use pingora_core::protocols::{GetSocketDigest, SocketDigest};
 use pingora_core::server::ShutdownWatch;
 use pingora_http::ResponseHeader;
+use std::os::unix::io::AsRawFd;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
@@ -99,7 +101,7 @@ pub fn serve(
                 a = listener.accept() => a,
                 _ = stop.changed() => break,
             };
-            let (tcp, _) = match accepted {
+            let (tcp, peer) = match accepted {
                 Ok(a) => a,
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
@@ -111,7 +113,12 @@ pub fn serve(
             let app = app.clone();
             let shutdown = rx.clone();
             tokio::spawn(async move {
-                let stream: pingora_core::protocols::Stream = Box::new(L4Stream::from(tcp));
+                let mut l4 = L4Stream::from(tcp);
+                // The peer address feeds token IP binding and, later, geo.
+                let digest = SocketDigest::from_raw_fd(l4.as_raw_fd());
+                let _ = digest.peer_addr.set(Some(peer.into()));
+                l4.set_socket_digest(digest);
+                let stream: pingora_core::protocols::Stream = Box::new(l4);
                 app.process_new(stream, &shutdown).await;
                 drop(permit);
             });

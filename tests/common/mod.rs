@@ -130,7 +130,10 @@ pub async fn playback(stack: &Stack, asset: &str) -> (String, String, String) {
         .json()
         .await
         .expect("playback JSON");
-    let token = r["token"].as_str().unwrap_or_else(|| panic!("a token: {r}")).to_string();
+    let token = r["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a token: {r}"))
+        .to_string();
     let q = format!("__token__={token}");
     (
         format!("{}/vod/{asset}/master.m3u8?{q}", stack.edge_url),
