@@ -191,7 +191,10 @@ impl Handler for EdgeHandler {
         if !self.open_paths.iter().any(|p| acl_matches(p, &path)) {
             match self.check_token(&req, &path) {
                 Ok(q) => token_query = q,
-                Err(mut r) => {
+                Err(why) => {
+                    // The reason only: never the token, the key or the expected MAC.
+                    let body = format!("{{\"error\":\"token\",\"reason\":\"{}\"}}\n", why.code());
+                    let mut r = Response::new(StatusCode::FORBIDDEN, "application/json", body);
                     if is_media {
                         add_cors(&mut r.headers);
                     }
@@ -222,7 +225,7 @@ impl EdgeHandler {
     /// Finds and verifies the viewer's token: query parameter, else cookie,
     /// else header. On success, returns the query to write into child URLs
     /// when the token came in the query (players resend cookies and headers).
-    fn check_token(&self, req: &Request, path: &str) -> Result<Option<String>, Response> {
+    fn check_token(&self, req: &Request, path: &str) -> Result<Option<String>, Rejection> {
         let name = self.token_name.as_str();
         let from_query = req.uri.query().and_then(|q| {
             q.split('&')
@@ -256,13 +259,7 @@ impl EdgeHandler {
             }
             Err(why) => {
                 self.token_rejections.with_label_values(&[why.code()]).inc();
-                // The reason only: never the token, the key or the expected MAC.
-                let body = format!("{{\"error\":\"token\",\"reason\":\"{}\"}}\n", why.code());
-                Err(Response::new(
-                    StatusCode::FORBIDDEN,
-                    "application/json",
-                    body,
-                ))
+                Err(why)
             }
         }
     }
