@@ -41,6 +41,69 @@ enum Command {
     /// Sign or check playback tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Operate the fleet through control.
+    Ctl(CtlArgs),
+}
+
+#[derive(clap::Args)]
+struct CtlArgs {
+    /// Control's base URL.
+    #[arg(
+        long,
+        global = true,
+        default_value = "http://127.0.0.1:8083",
+        env = "CASCADE_CONTROL_URL"
+    )]
+    control: String,
+    /// File holding the admin credential (`cascade dev` writes data/control-admin-token);
+    /// else CASCADE_CONTROL_ADMIN_TOKEN.
+    #[arg(long, global = true)]
+    admin_token_file: Option<PathBuf>,
+    #[command(subcommand)]
+    command: CtlCommand,
+}
+
+#[derive(Subcommand)]
+enum CtlCommand {
+    /// Manage token-API partners.
+    #[command(subcommand)]
+    Partner(PartnerCommand),
+}
+
+#[derive(Subcommand)]
+enum PartnerCommand {
+    /// Create a partner; prints its API key once.
+    Add {
+        /// Partner name.
+        name: String,
+        /// Paths it may grant, such as '/vod/*' (repeat for several).
+        #[arg(long, required = true)]
+        scope: Vec<String>,
+        /// Longest token lifetime, such as 6h or 30m.
+        #[arg(long, default_value = "6h")]
+        max_ttl: String,
+        /// Token requests per minute.
+        #[arg(long, default_value_t = 600)]
+        rate: u32,
+        /// Also print the partner's own signing key (for partners who sign tokens themselves).
+        #[arg(long)]
+        show_signing_key: bool,
+    },
+    /// New API key and signing key; the old signing key lives on for max-ttl.
+    Rotate {
+        /// Partner name.
+        name: String,
+        /// Also print the new signing key.
+        #[arg(long)]
+        show_signing_key: bool,
+    },
+    /// Revoke a partner's API key and signing keys.
+    Revoke {
+        /// Partner name.
+        name: String,
+    },
+    /// List partners.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -154,7 +217,10 @@ struct IngestArgs {
 fn main() {
     let cli = Cli::parse();
     let text_logs = matches!(cli.command, Command::Dev(_));
-    if !matches!(cli.command, Command::Ingest(_) | Command::Token(_)) {
+    if !matches!(
+        cli.command,
+        Command::Ingest(_) | Command::Token(_) | Command::Ctl(_)
+    ) {
         cascade_serve::init_logging(text_logs);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -207,6 +273,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ingest(a) => ingest(a).await,
         Command::Token(TokenCommand::Sign(a)) => token_sign(a),
         Command::Token(TokenCommand::Verify(a)) => token_verify(a),
+        Command::Ctl(a) => ctl(a).await,
     }
 }
 
@@ -236,6 +303,8 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     let host = "127.0.0.1";
     let url = |port: u16| format!("http://{host}:{port}");
     let dev_key = dev_token_key(&data)?;
+    let admin_token = dev_secret(&format!("{data}/control-admin-token"))?;
+    let fleet_token = dev_secret(&format!("{data}/fleet-token"))?;
 
     let origin = cascade_origin::start(&OriginConfig {
         listen: format!("{host}:{}", args.origin_port),
@@ -262,6 +331,8 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         cache_dir: format!("{data}/cache/edge"),
         cache_disk_mib: 1024,
         token_keys: vec![dev_key.clone()],
+        control_url: url(args.control_port),
+        fleet_token: fleet_token.clone(),
         ..EdgeConfig::default()
     })
     .await
@@ -273,11 +344,16 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     };
     let control = cascade_control::start(&ControlConfig {
         listen: format!("{host}:{}", args.control_port),
+        data_dir: format!("{data}/control"),
+        admin_token,
+        fleet_token,
+        public_edge_url: url(args.edge_port),
         nodes: vec![
             node("edge-1", "edge", edge.addr.port()),
             node("shield-1", "shield", shield.addr.port()),
             node("origin-1", "origin", origin.addr.port()),
         ],
+        ..ControlConfig::default()
     })
     .await
     .context("starting control")?;
@@ -349,6 +425,19 @@ fn dev_token_key(data: &str) -> anyhow::Result<TokenKeyConfig> {
         salt: String::new(),
         escape_early: false,
     })
+}
+
+/// A random credential kept in a file only its owner can read.
+fn dev_secret(path: &str) -> anyhow::Result<String> {
+    if let Ok(t) = std::fs::read_to_string(path) {
+        return Ok(t.trim().to_string());
+    }
+    let mut secret = [0u8; 24];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
+        .map_err(|_| anyhow::anyhow!("no randomness for {path}"))?;
+    let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    write_private(path, &hex)?;
+    Ok(hex)
 }
 
 fn write_private(path: &str, text: &str) -> anyhow::Result<()> {
@@ -446,6 +535,128 @@ fn token_verify(a: VerifyArgs) -> anyhow::Result<()> {
         }
         Err(e) => bail!("verdict: rejected ({})", e.code()),
     }
+}
+
+/// Parses `90`, `90s`, `30m`, `6h` or `2d` into seconds.
+fn parse_duration(s: &str) -> anyhow::Result<u64> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("{s:?} is not a duration like 6h or 30m"))?;
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => bail!("{s:?}: use s, m, h or d"),
+    };
+    n.checked_mul(mult).context("duration too long")
+}
+
+async fn ctl(a: CtlArgs) -> anyhow::Result<()> {
+    let token = match &a.admin_token_file {
+        Some(f) => {
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?
+        }
+        None => std::env::var("CASCADE_CONTROL_ADMIN_TOKEN").context(
+            "no admin credential: pass --admin-token-file or set CASCADE_CONTROL_ADMIN_TOKEN",
+        )?,
+    };
+    let token = token.trim();
+    let base = a.control.trim_end_matches('/');
+    let client = reqwest::Client::builder().no_proxy().build()?;
+    let CtlCommand::Partner(cmd) = a.command;
+    let (req, show_key) = match cmd {
+        PartnerCommand::Add {
+            name,
+            scope,
+            max_ttl,
+            rate,
+            show_signing_key,
+        } => {
+            let max_ttl_secs = parse_duration(&max_ttl).context("--max-ttl")?;
+            let body = serde_json::json!({
+                "name": name, "scope": scope, "max_ttl_secs": max_ttl_secs,
+                "rate_per_minute": rate, "include_signing_key": show_signing_key,
+            });
+            (
+                client.post(format!("{base}/api/v1/partners")).json(&body),
+                show_signing_key,
+            )
+        }
+        PartnerCommand::Rotate {
+            name,
+            show_signing_key,
+        } => (
+            client.post(format!(
+                "{base}/api/v1/partners/{name}/rotate?include_signing_key={show_signing_key}"
+            )),
+            show_signing_key,
+        ),
+        PartnerCommand::Revoke { name } => (
+            client.post(format!("{base}/api/v1/partners/{name}/revoke")),
+            false,
+        ),
+        PartnerCommand::List => (client.get(format!("{base}/api/v1/partners")), false),
+    };
+    let resp = req
+        .bearer_auth(token)
+        .send()
+        .await
+        .with_context(|| format!("contacting control at {base}"))?;
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await.context("reading control's answer")?;
+    if !status.is_success() {
+        bail!(
+            "control refused ({status}): {}",
+            body["message"].as_str().unwrap_or("no reason given")
+        );
+    }
+    if let Some(list) = body["partners"].as_array() {
+        for p in list {
+            println!(
+                "{:<20} scope {:<24} max-ttl {:>6}s rate {:>5}/min {}",
+                p["name"].as_str().unwrap_or("?"),
+                p["scope"]
+                    .as_array()
+                    .map(|s| s
+                        .iter()
+                        .filter_map(|x| x.as_str())
+                        .collect::<Vec<_>>()
+                        .join(","))
+                    .unwrap_or_default(),
+                p["max_ttl_secs"],
+                p["rate_per_minute"],
+                if p["revoked"].as_bool() == Some(true) {
+                    "revoked"
+                } else {
+                    "active"
+                },
+            );
+        }
+        return Ok(());
+    }
+    if let Some(r) = body["revoked"].as_str() {
+        println!("revoked {r}");
+        return Ok(());
+    }
+    if let Some(k) = body["api_key"].as_str() {
+        println!("api key (shown once): {k}");
+    }
+    if show_key {
+        if let (Some(kid), Some(key)) = (
+            body["signing_key"]["kid"].as_str(),
+            body["signing_key"]["key"].as_str(),
+        ) {
+            println!("signing key (kid {kid}): {key}");
+            println!(
+                "  tokens signed with it must carry data=kid={}",
+                kid.rsplit_once('-').map_or(kid, |x| x.0)
+            );
+        }
+    }
+    Ok(())
 }
 
 async fn ingest(args: IngestArgs) -> anyhow::Result<()> {

@@ -1,21 +1,33 @@
-//! Control: runs the fleet. So far it knows the nodes from its config and
-//! reports their health; purge, pre-warm and the partner token API come next.
+//! Control: runs the fleet. It knows the nodes from its config and reports
+//! their health, and it runs the partner token API. Purge and pre-warm come
+//! next.
+//!
+//! Three kinds of caller, three credentials (all `Authorization: Bearer`):
+//! operators (`admin_token`: partner management), edges (`fleet_token`:
+//! partner signing keys), partners (their API key: minting tokens).
 
 #![warn(unreachable_pub)]
+
+mod partners;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use cascade_serve::config::{check_addr, check_url, Validate};
 use cascade_serve::Metrics;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+use sqlx::SqlitePool;
+use utoipa::OpenApi;
+
+pub use partners::{FleetPartner, PartnerInfo, SigningKey};
 
 /// Control's config file.
 #[derive(Debug, Clone, Deserialize)]
@@ -25,6 +37,16 @@ pub struct ControlConfig {
     pub listen: String,
     /// The fleet.
     pub nodes: Vec<Node>,
+    /// Directory of control's database.
+    pub data_dir: String,
+    /// Bearer token of operators (partner management). Empty disables those endpoints.
+    pub admin_token: String,
+    /// Bearer token edges use to fetch partner keys. Empty disables that endpoint.
+    pub fleet_token: String,
+    /// The edge URL partners' viewers use, for ready-to-play URLs.
+    pub public_edge_url: String,
+    /// Name of the token's query parameter at the edges.
+    pub token_name: String,
 }
 
 /// One node of the fleet.
@@ -44,6 +66,11 @@ impl Default for ControlConfig {
         ControlConfig {
             listen: "127.0.0.1:8083".into(),
             nodes: Vec::new(),
+            data_dir: "data".into(),
+            admin_token: String::new(),
+            fleet_token: String::new(),
+            public_edge_url: "http://127.0.0.1:8080".into(),
+            token_name: "__token__".into(),
         }
     }
 }
@@ -51,6 +78,7 @@ impl Default for ControlConfig {
 impl Validate for ControlConfig {
     fn validate(&self, errors: &mut Vec<String>) {
         check_addr("listen", &self.listen, errors);
+        check_url("public_edge_url", &self.public_edge_url, errors);
         for (i, n) in self.nodes.iter().enumerate() {
             check_url(&format!("nodes[{i}].url"), &n.url, errors);
             if !matches!(n.role.as_str(), "edge" | "shield" | "origin") {
@@ -63,28 +91,114 @@ impl Validate for ControlConfig {
                 errors.push(format!("nodes[{i}].name: {:?} is used twice", n.name));
             }
         }
+        for (key, value) in [
+            ("admin_token", &self.admin_token),
+            ("fleet_token", &self.fleet_token),
+        ] {
+            if !value.is_empty() && value.len() < 16 {
+                errors.push(format!("{key}: use at least 16 characters"));
+            }
+        }
     }
 }
 
 struct Ctx {
-    nodes: Vec<Node>,
+    cfg: ControlConfig,
+    db: SqlitePool,
     client: reqwest::Client,
     metrics: Metrics,
+    limits: partners::Limits,
 }
 
-/// Builds the router; tests call it in-process.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Cascade partner token API", description = "Mint playback tokens for Cascade edges."),
+    paths(create_token),
+    components(schemas(TokenRequest, TokenResponse, ApiError)),
+    modifiers(&BearerAuth)
+)]
+struct PartnerApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "partner_key",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The partner API's OpenAPI document, generated from the handlers below.
+pub fn openapi_json() -> String {
+    PartnerApiDoc::openapi()
+        .to_pretty_json()
+        .unwrap_or_default()
+}
+
+/// Builds the router.
 fn app(ctx: Arc<Ctx>) -> Router {
     Router::new()
         .route("/api/v1/nodes", get(nodes))
+        .route("/api/v1/tokens", post(create_token))
+        .route(
+            "/api/v1/openapi.json",
+            get(|| async { ([(header::CONTENT_TYPE, "application/json")], openapi_json()) }),
+        )
+        .route("/api/v1/partners", get(list_partners).post(add_partner))
+        .route("/api/v1/partners/{name}/rotate", post(rotate_partner))
+        .route("/api/v1/partners/{name}/revoke", post(revoke_partner))
+        .route("/api/v1/fleet/partners", get(fleet_partners))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
-        .fallback(|| async {
-            (
-                StatusCode::NOT_FOUND,
-                Json(json!({"error": "not_found", "message": "no such path"})),
-            )
-        })
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such path") })
+        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .with_state(ctx)
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        Json(ApiError {
+            error: code.into(),
+            message: message.into(),
+        }),
+    )
+        .into_response()
+}
+
+/// An error answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct ApiError {
+    /// Short code, such as `outside_scope`.
+    error: String,
+    /// What went wrong.
+    message: String,
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+/// Constant-time comparison of a presented credential with the configured one.
+fn credential_ok(presented: Option<&str>, configured: &str) -> bool {
+    match presented {
+        Some(p) if !configured.is_empty() && p.len() == configured.len() => {
+            p.bytes()
+                .zip(configured.bytes())
+                .fold(0u8, |a, (x, y)| a | (x ^ y))
+                == 0
+        }
+        _ => false,
+    }
 }
 
 async fn metrics(State(ctx): State<Arc<Ctx>>) -> Response {
@@ -97,7 +211,7 @@ async fn metrics(State(ctx): State<Arc<Ctx>>) -> Response {
 
 /// `GET /api/v1/nodes`: every node with a live health check.
 async fn nodes(State(ctx): State<Arc<Ctx>>) -> Response {
-    let checks = ctx.nodes.iter().map(|n| {
+    let checks = ctx.cfg.nodes.iter().map(|n| {
         let client = ctx.client.clone();
         async move {
             let url = format!("{}/healthz", n.url.trim_end_matches('/'));
@@ -111,6 +225,410 @@ async fn nodes(State(ctx): State<Arc<Ctx>>) -> Response {
         Json(json!({ "nodes": list })),
     )
         .into_response()
+}
+
+/// A token request.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct TokenRequest {
+    /// ACL patterns the token grants (`*` matches any run of characters), such as `/vod/abc123/*`.
+    #[serde(default)]
+    acl: Vec<String>,
+    /// Or: the one path of a URL token.
+    url: Option<String>,
+    /// Lifetime in seconds; capped at the partner's maximum. Default 3600.
+    ttl_secs: Option<u64>,
+    /// Bind the token to one viewer address.
+    ip: Option<String>,
+    /// A session id carried in the token.
+    session_id: Option<String>,
+    /// An opaque payload carried in the token.
+    payload: Option<String>,
+}
+
+/// A minted token.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct TokenResponse {
+    /// The token.
+    token: String,
+    /// The query parameter to carry it in.
+    token_name: String,
+    /// Unix seconds at which it expires.
+    expires: u64,
+    /// Ready-to-play URLs, when the grant covers a whole title (`/vod/{asset}/*`).
+    #[schema(nullable)]
+    hls: Option<String>,
+    /// See `hls`.
+    #[schema(nullable)]
+    dash: Option<String>,
+    /// For a URL token: that URL, signed.
+    #[schema(nullable)]
+    url: Option<String>,
+}
+
+/// Mint a playback token for the calling partner.
+#[utoipa::path(
+    post,
+    path = "/api/v1/tokens",
+    request_body = TokenRequest,
+    security(("partner_key" = [])),
+    responses(
+        (status = 200, description = "The token and ready-to-play URLs", body = TokenResponse),
+        (status = 400, description = "A malformed request", body = ApiError),
+        (status = 401, description = "A missing, wrong or revoked API key", body = ApiError),
+        (status = 403, description = "The grant lies outside the partner's scope", body = ApiError),
+        (status = 429, description = "Over the partner's rate limit; see Retry-After", body = ApiError),
+    )
+)]
+async fn create_token(
+    State(ctx): State<Arc<Ctx>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let Some(key) = bearer(&headers) else {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "send Authorization: Bearer <api key>",
+        );
+    };
+    let partner = match partners::by_api_key(&ctx.db, key).await {
+        Ok(Some(p)) => p,
+        Ok(None) => {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "unknown or revoked API key",
+            )
+        }
+        Err(e) => return db_error(e),
+    };
+    if let Err(wait) = ctx.limits.check(&partner.name, partner.rate_per_minute) {
+        let mut r = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many token requests",
+        );
+        if let Ok(v) = HeaderValue::from_str(&wait.to_string()) {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return r;
+    }
+    let req: TokenRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()),
+    };
+    if req.acl.is_empty() == req.url.is_none() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "give either acl or url",
+        );
+    }
+    let clean = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 512
+            && s.starts_with('/')
+            && !s.contains(['~', '!', '?', '#'])
+            && !s.chars().any(char::is_control)
+    };
+    if !req.acl.iter().all(|a| clean(a)) || req.url.as_deref().is_some_and(|u| !clean(u)) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "acl and url are absolute paths without ~ ! ? #",
+        );
+    }
+    for field in [&req.session_id, &req.payload].into_iter().flatten() {
+        if field.len() > 256 || field.contains('~') {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "session_id and payload: at most 256 characters, no ~",
+            );
+        }
+    }
+    if let Some(ip) = &req.ip {
+        if ip.parse::<std::net::IpAddr>().is_err() {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "ip is not an IP address",
+            );
+        }
+    }
+    let inside = match &req.url {
+        Some(u) => partner
+            .scope
+            .iter()
+            .any(|s| cascade_token::acl_matches(s, u)),
+        None => req.acl.iter().all(|a| {
+            partner
+                .scope
+                .iter()
+                .any(|s| cascade_token::scope_contains(s, a))
+        }),
+    };
+    if !inside {
+        return error(
+            StatusCode::FORBIDDEN,
+            "outside_scope",
+            "the grant lies outside your scope",
+        );
+    }
+    let signing = match partners::current_key(&ctx.db, &partner.name).await {
+        Ok(Some(k)) => k,
+        Ok(None) => {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "the partner has no signing key",
+            )
+        }
+        Err(e) => return db_error(e),
+    };
+    let Ok(key) = cascade_token::Key::from_hex(&signing.kid, &signing.key) else {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "key",
+            "the partner's signing key is unusable",
+        );
+    };
+    let now = cascade_serve::unix_now();
+    let ttl = req.ttl_secs.unwrap_or(3600).clamp(1, partner.max_ttl_secs);
+    let expires = now + ttl;
+    let mut data = format!("kid={}", partner.name);
+    if let Some(p) = &req.payload {
+        data.push(',');
+        data.push_str(p);
+    }
+    let token = cascade_token::sign(
+        &key,
+        &cascade_token::Claims {
+            ip: req.ip.clone(),
+            start: Some(now.saturating_sub(1)),
+            expires,
+            acl: req.acl.clone(),
+            url: req.url.clone(),
+            id: req.session_id.clone(),
+            data: Some(data),
+        },
+    );
+    let edge = ctx.cfg.public_edge_url.trim_end_matches('/');
+    let q = format!("{}={token}", ctx.cfg.token_name);
+    // A grant of one whole title gets its HLS and DASH URLs.
+    let title = req
+        .acl
+        .first()
+        .filter(|_| req.acl.len() == 1)
+        .and_then(|a| {
+            let asset = a.strip_prefix("/vod/")?.strip_suffix("/*")?;
+            cascade_packager_id(asset).then(|| asset.to_string())
+        });
+    Json(TokenResponse {
+        hls: title
+            .as_ref()
+            .map(|a| format!("{edge}/vod/{a}/master.m3u8?{q}")),
+        dash: title
+            .as_ref()
+            .map(|a| format!("{edge}/vod/{a}/manifest.mpd?{q}")),
+        url: req.url.as_ref().map(|u| format!("{edge}{u}?{q}")),
+        token,
+        token_name: ctx.cfg.token_name.clone(),
+        expires,
+    })
+    .into_response()
+}
+
+fn cascade_packager_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn db_error(e: sqlx::Error) -> Response {
+    tracing::error!(error = %e, "control database");
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "database",
+        "database error",
+    )
+}
+
+/// A new partner (admin).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewPartner {
+    name: String,
+    scope: Vec<String>,
+    #[serde(default = "default_max_ttl")]
+    max_ttl_secs: u64,
+    #[serde(default = "default_rate")]
+    rate_per_minute: u32,
+    /// Whether to return the signing key (for partners who sign themselves).
+    #[serde(default)]
+    include_signing_key: bool,
+}
+
+fn default_max_ttl() -> u64 {
+    6 * 3600
+}
+
+fn default_rate() -> u32 {
+    600
+}
+
+/// The refusal for a caller without the admin credential, if it lacks it.
+fn not_admin(ctx: &Ctx, headers: &HeaderMap) -> Option<Response> {
+    (!credential_ok(bearer(headers), &ctx.cfg.admin_token)).then(|| {
+        error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "admin credential required",
+        )
+    })
+}
+
+async fn add_partner(
+    State(ctx): State<Arc<Ctx>>,
+    headers: HeaderMap,
+    Json(p): Json<NewPartner>,
+) -> Response {
+    if let Some(r) = not_admin(&ctx, &headers) {
+        return r;
+    }
+    if !cascade_packager_id(&p.name) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_name",
+            "names use letters, digits, - and _",
+        );
+    }
+    if p.scope.is_empty()
+        || !p.scope.iter().all(|s| {
+            s.starts_with('/') && !s.contains(['~', '!']) && !s.trim_end_matches('*').contains('*')
+        })
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_scope",
+            "scopes are paths, optionally ending in *",
+        );
+    }
+    if !(60..=30 * 24 * 3600).contains(&p.max_ttl_secs) || p.rate_per_minute == 0 {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_limits",
+            "max_ttl_secs 60 to 2592000, rate_per_minute at least 1",
+        );
+    }
+    let info = PartnerInfo {
+        name: p.name.clone(),
+        scope: p.scope,
+        max_ttl_secs: p.max_ttl_secs,
+        rate_per_minute: p.rate_per_minute,
+        revoked: false,
+    };
+    match partners::get(&ctx.db, &p.name).await {
+        Ok(Some(_)) => {
+            return error(
+                StatusCode::CONFLICT,
+                "exists",
+                "a partner of that name exists",
+            )
+        }
+        Ok(None) => {}
+        Err(e) => return db_error(e),
+    }
+    match partners::create(&ctx.db, &info).await {
+        Ok((api_key, signing)) => {
+            tracing::info!(partner = %info.name, "partner created");
+            (
+                StatusCode::CREATED,
+                Json(json!({
+                    "partner": info,
+                    "api_key": api_key,
+                    "signing_key": if p.include_signing_key { Some(signing) } else { None },
+                })),
+            )
+                .into_response()
+        }
+        Err(e) => db_error(e),
+    }
+}
+
+async fn list_partners(State(ctx): State<Arc<Ctx>>, headers: HeaderMap) -> Response {
+    if let Some(r) = not_admin(&ctx, &headers) {
+        return r;
+    }
+    match partners::list(&ctx.db).await {
+        Ok(list) => Json(json!({ "partners": list })).into_response(),
+        Err(e) => db_error(e),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RotateQuery {
+    #[serde(default)]
+    include_signing_key: bool,
+}
+
+async fn rotate_partner(
+    State(ctx): State<Arc<Ctx>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<RotateQuery>,
+) -> Response {
+    if let Some(r) = not_admin(&ctx, &headers) {
+        return r;
+    }
+    let include = q.include_signing_key;
+    match partners::rotate(&ctx.db, &name).await {
+        Ok(Some((api_key, signing))) => {
+            tracing::info!(partner = %name, "partner keys rotated");
+            Json(json!({ "api_key": api_key, "signing_key": if include { Some(signing) } else { None } })).into_response()
+        }
+        Ok(None) => error(StatusCode::NOT_FOUND, "not_found", "no such partner"),
+        Err(e) => db_error(e),
+    }
+}
+
+async fn revoke_partner(
+    State(ctx): State<Arc<Ctx>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    if let Some(r) = not_admin(&ctx, &headers) {
+        return r;
+    }
+    match partners::revoke(&ctx.db, &name).await {
+        Ok(true) => {
+            tracing::info!(partner = %name, "partner revoked");
+            Json(json!({ "revoked": name })).into_response()
+        }
+        Ok(false) => error(StatusCode::NOT_FOUND, "not_found", "no such partner"),
+        Err(e) => db_error(e),
+    }
+}
+
+/// `GET /api/v1/fleet/partners` (fleet credential): partners' scopes and keys, for edges.
+async fn fleet_partners(State(ctx): State<Arc<Ctx>>, headers: HeaderMap) -> Response {
+    if !credential_ok(bearer(&headers), &ctx.cfg.fleet_token) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "fleet credential required",
+        );
+    }
+    match partners::fleet(&ctx.db).await {
+        Ok(list) => (
+            [(header::CACHE_CONTROL, "no-store")],
+            Json(json!({ "partners": list })),
+        )
+            .into_response(),
+        Err(e) => db_error(e),
+    }
 }
 
 /// A running control service.
@@ -135,10 +653,22 @@ pub async fn start(cfg: &ControlConfig) -> anyhow::Result<Control> {
         .timeout(Duration::from_secs(2))
         .no_proxy()
         .build()?;
+    std::fs::create_dir_all(&cfg.data_dir)?;
+    let opts = SqliteConnectOptions::new()
+        .filename(std::path::Path::new(&cfg.data_dir).join("control.db"))
+        .create_if_missing(true)
+        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal);
+    let db = SqlitePoolOptions::new()
+        .max_connections(4)
+        .connect_with(opts)
+        .await?;
+    partners::migrate(&db).await?;
     let ctx = Arc::new(Ctx {
-        nodes: cfg.nodes.clone(),
+        cfg: cfg.clone(),
+        db,
         client,
         metrics: Metrics::new("control"),
+        limits: partners::Limits::default(),
     });
     let listener = tokio::net::TcpListener::bind(&cfg.listen).await?;
     let addr = listener.local_addr()?;

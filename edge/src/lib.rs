@@ -64,6 +64,12 @@ pub struct EdgeConfig {
     /// Paths served without a token (`*` matches any run of characters).
     /// Everything else, media included, needs one.
     pub open_paths: Vec<String>,
+    /// Control's URL, to learn partners' signing keys; empty for none.
+    pub control_url: String,
+    /// The credential for control's fleet API.
+    pub fleet_token: String,
+    /// Seconds between partner-key refreshes.
+    pub partner_refresh_secs: u64,
 }
 
 impl Default for EdgeConfig {
@@ -87,6 +93,9 @@ impl Default for EdgeConfig {
                 "/api/*".into(),
                 "/favicon.ico".into(),
             ],
+            control_url: String::new(),
+            fleet_token: String::new(),
+            partner_refresh_secs: 5,
         }
     }
 }
@@ -118,6 +127,15 @@ impl Validate for EdgeConfig {
         if let Err(e) = build_token_keys("token_keys", &self.token_keys, None) {
             errors.extend(e);
         }
+        if !self.control_url.is_empty() {
+            check_url("control_url", &self.control_url, errors);
+            if self.fleet_token.is_empty() {
+                errors.push("fleet_token: needed with control_url".into());
+            }
+        }
+        if self.partner_refresh_secs == 0 {
+            errors.push("partner_refresh_secs: must be at least 1".into());
+        }
         for (i, p) in self.open_paths.iter().enumerate() {
             if !p.starts_with('/') {
                 errors.push(format!("open_paths[{i}]: {p:?} must start with /"));
@@ -139,11 +157,15 @@ pub struct Edge {
     pub metrics: Arc<Metrics>,
     server: ServerHandle,
     cache: TieredCache,
+    partner_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Edge {
     /// Stops the edge and flushes its disk cache.
     pub async fn shutdown(self) {
+        if let Some(t) = &self.partner_task {
+            t.abort();
+        }
         self.server.shutdown().await;
         self.cache.close().await;
     }
@@ -159,7 +181,7 @@ const MEDIA_TTL: u64 = 365 * 24 * 3600;
 const MANIFEST_ENTRIES: u64 = 10_000;
 
 struct EdgeHandler {
-    verifier: arc_swap::ArcSwap<Verifier>,
+    verifier: Arc<arc_swap::ArcSwap<Verifier>>,
     token_name: String,
     open_paths: Vec<String>,
     token_rejections: IntCounterVec,
@@ -497,6 +519,83 @@ fn upstream_failure(status: StatusCode) -> Response {
     )
 }
 
+#[derive(serde::Deserialize)]
+struct FleetPartners {
+    partners: Vec<FleetPartner>,
+}
+
+#[derive(serde::Deserialize)]
+struct FleetPartner {
+    name: String,
+    scope: Vec<String>,
+    keys: Vec<FleetKey>,
+}
+
+#[derive(serde::Deserialize)]
+struct FleetKey {
+    kid: String,
+    key: String,
+}
+
+/// Polls control for partners' scopes and signing keys and swaps them into
+/// the verifier. On failure the last good set stays in use.
+async fn refresh_partners(
+    verifier: Arc<arc_swap::ArcSwap<Verifier>>,
+    control: String,
+    fleet_token: String,
+    every: Duration,
+) {
+    let client = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .no_proxy()
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "partner refresh client");
+            return;
+        }
+    };
+    let url = format!("{control}/api/v1/fleet/partners");
+    loop {
+        let fetched = async {
+            let r = client.get(&url).bearer_auth(&fleet_token).send().await?;
+            r.error_for_status()?.json::<FleetPartners>().await
+        }
+        .await;
+        match fetched {
+            Ok(list) => {
+                let mut partners = std::collections::HashMap::new();
+                for p in list.partners {
+                    let keys = p
+                        .keys
+                        .iter()
+                        .filter_map(|k| cascade_token::Key::from_hex(&k.kid, &k.key).ok())
+                        .collect();
+                    partners.insert(
+                        p.name,
+                        cascade_token::Partner {
+                            keys,
+                            scope: p.scope,
+                        },
+                    );
+                }
+                let current = verifier.load();
+                verifier.store(Arc::new(Verifier {
+                    cdn_keys: current.cdn_keys.clone(),
+                    partners,
+                    skew_secs: current.skew_secs,
+                }));
+            }
+            // Without the URL: none of it is secret, but keep logs uniform.
+            Err(e) => {
+                tracing::warn!(error = %e.without_url(), "partner key refresh failed; keeping the last set")
+            }
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
 /// Writes the viewer's token into the child URLs of a playlist or MPD.
 fn tokenize(mut r: Response, output: &Output, token_query: Option<&str>) -> Response {
     if let Some(q) = token_query {
@@ -565,12 +664,21 @@ pub async fn start(cfg: &EdgeConfig) -> anyhow::Result<Edge> {
     metrics
         .registry()
         .register(Box::new(token_accepted.clone()))?;
+    let verifier = Arc::new(arc_swap::ArcSwap::from_pointee(Verifier {
+        cdn_keys,
+        partners: Default::default(),
+        skew_secs: cfg.token_skew_secs,
+    }));
+    let partner_task = (!cfg.control_url.is_empty()).then(|| {
+        tokio::spawn(refresh_partners(
+            verifier.clone(),
+            cfg.control_url.trim_end_matches('/').to_string(),
+            cfg.fleet_token.clone(),
+            Duration::from_secs(cfg.partner_refresh_secs),
+        ))
+    });
     let handler = EdgeHandler {
-        verifier: arc_swap::ArcSwap::from_pointee(Verifier {
-            cdn_keys,
-            partners: Default::default(),
-            skew_secs: cfg.token_skew_secs,
-        }),
+        verifier,
         token_name: cfg.token_name.clone(),
         open_paths: cfg.open_paths.clone(),
         token_rejections,
@@ -602,5 +710,6 @@ pub async fn start(cfg: &EdgeConfig) -> anyhow::Result<Edge> {
         metrics,
         server,
         cache,
+        partner_task,
     })
 }

@@ -1,0 +1,261 @@
+//! Partners: who may mint playback tokens, for which paths, how long-lived,
+//! and how often. API keys are stored only as SHA-256 hashes; signing keys
+//! are kept so that edges can verify partner tokens.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+
+use governor::{DefaultDirectRateLimiter, Quota};
+use ring::rand::{SecureRandom, SystemRandom};
+use serde::{Deserialize, Serialize};
+use sqlx::{Row, SqlitePool};
+
+/// One partner as stored.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PartnerInfo {
+    /// Unique name; tokens name it as `data=kid=NAME`.
+    pub name: String,
+    /// ACL patterns the partner may grant, such as `/vod/*`.
+    pub scope: Vec<String>,
+    /// Longest token lifetime, seconds.
+    pub max_ttl_secs: u64,
+    /// Token requests allowed per minute.
+    pub rate_per_minute: u32,
+    /// Whether the partner is revoked.
+    pub revoked: bool,
+}
+
+/// A signing key for edges (fleet API only).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SigningKey {
+    /// Key id.
+    pub kid: String,
+    /// The key, hex.
+    pub key: String,
+}
+
+/// What edges need to verify a partner's tokens.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FleetPartner {
+    /// Name.
+    pub name: String,
+    /// Scope patterns.
+    pub scope: Vec<String>,
+    /// Active keys (several during a rotation).
+    pub keys: Vec<SigningKey>,
+}
+
+pub(crate) async fn migrate(pool: &SqlitePool) -> sqlx::Result<()> {
+    sqlx::migrate!("./migrations").run(pool).await?;
+    Ok(())
+}
+
+/// A new random secret, hex.
+pub(crate) fn random_hex(bytes: usize) -> String {
+    let mut b = vec![0u8; bytes];
+    // The system RNG does not fail on Linux; a zero key would be refused later.
+    let _ = SystemRandom::new().fill(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+pub(crate) fn hash_api_key(key: &str) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
+    d.as_ref().iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn now() -> i64 {
+    cascade_serve::unix_now() as i64
+}
+
+fn row_to_info(r: &sqlx::sqlite::SqliteRow) -> PartnerInfo {
+    let scope: String = r.get("scope");
+    PartnerInfo {
+        name: r.get("name"),
+        scope: scope.split('!').map(str::to_string).collect(),
+        max_ttl_secs: r.get::<i64, _>("max_ttl") as u64,
+        rate_per_minute: r.get::<i64, _>("rate_per_minute") as u32,
+        revoked: r.get::<i64, _>("revoked") != 0,
+    }
+}
+
+/// Creates a partner with a new API key and signing key; returns both.
+pub(crate) async fn create(
+    pool: &SqlitePool,
+    info: &PartnerInfo,
+) -> sqlx::Result<(String, SigningKey)> {
+    let api_key = format!("cpk_{}", random_hex(24));
+    let signing = SigningKey {
+        kid: format!("{}-{}", info.name, &random_hex(3)),
+        key: random_hex(32),
+    };
+    let mut tx = pool.begin().await?;
+    sqlx::query("INSERT INTO partners (name, scope, max_ttl, rate_per_minute, api_key_hash, revoked, created_at) VALUES (?, ?, ?, ?, ?, 0, ?)")
+        .bind(&info.name)
+        .bind(info.scope.join("!"))
+        .bind(info.max_ttl_secs as i64)
+        .bind(i64::from(info.rate_per_minute))
+        .bind(hash_api_key(&api_key))
+        .bind(now())
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("INSERT INTO partner_keys (partner, kid, secret, created_at) VALUES (?, ?, ?, ?)")
+        .bind(&info.name)
+        .bind(&signing.kid)
+        .bind(&signing.key)
+        .bind(now())
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok((api_key, signing))
+}
+
+/// New API key and signing key. The old signing key stays valid for the
+/// partner's longest token lifetime, so tokens already issued keep working.
+pub(crate) async fn rotate(
+    pool: &SqlitePool,
+    name: &str,
+) -> sqlx::Result<Option<(String, SigningKey)>> {
+    let Some(info) = get(pool, name).await? else {
+        return Ok(None);
+    };
+    let api_key = format!("cpk_{}", random_hex(24));
+    let signing = SigningKey {
+        kid: format!("{}-{}", info.name, &random_hex(3)),
+        key: random_hex(32),
+    };
+    let mut tx = pool.begin().await?;
+    sqlx::query("UPDATE partners SET api_key_hash = ?, revoked = 0 WHERE name = ?")
+        .bind(hash_api_key(&api_key))
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("UPDATE partner_keys SET retire_at = ? WHERE partner = ? AND retire_at IS NULL")
+        .bind(now() + info.max_ttl_secs as i64)
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("INSERT INTO partner_keys (partner, kid, secret, created_at) VALUES (?, ?, ?, ?)")
+        .bind(name)
+        .bind(&signing.kid)
+        .bind(&signing.key)
+        .bind(now())
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(Some((api_key, signing)))
+}
+
+/// Revokes a partner: its API key stops working and its keys are dropped,
+/// so edges refuse its tokens at their next refresh.
+pub(crate) async fn revoke(pool: &SqlitePool, name: &str) -> sqlx::Result<bool> {
+    let mut tx = pool.begin().await?;
+    let r = sqlx::query("UPDATE partners SET revoked = 1 WHERE name = ?")
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM partner_keys WHERE partner = ?")
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(r.rows_affected() > 0)
+}
+
+pub(crate) async fn get(pool: &SqlitePool, name: &str) -> sqlx::Result<Option<PartnerInfo>> {
+    let row = sqlx::query("SELECT * FROM partners WHERE name = ?")
+        .bind(name)
+        .fetch_optional(pool)
+        .await?;
+    Ok(row.as_ref().map(row_to_info))
+}
+
+pub(crate) async fn list(pool: &SqlitePool) -> sqlx::Result<Vec<PartnerInfo>> {
+    let rows = sqlx::query("SELECT * FROM partners ORDER BY name")
+        .fetch_all(pool)
+        .await?;
+    Ok(rows.iter().map(row_to_info).collect())
+}
+
+/// The partner an API key belongs to, if the key is current and not revoked.
+pub(crate) async fn by_api_key(
+    pool: &SqlitePool,
+    api_key: &str,
+) -> sqlx::Result<Option<PartnerInfo>> {
+    let row = sqlx::query("SELECT * FROM partners WHERE api_key_hash = ? AND revoked = 0")
+        .bind(hash_api_key(api_key))
+        .fetch_optional(pool)
+        .await?;
+    Ok(row.as_ref().map(row_to_info))
+}
+
+/// The newest active signing key of a partner.
+pub(crate) async fn current_key(pool: &SqlitePool, name: &str) -> sqlx::Result<Option<SigningKey>> {
+    let row = sqlx::query("SELECT kid, secret FROM partner_keys WHERE partner = ? AND retire_at IS NULL ORDER BY created_at DESC, rowid DESC LIMIT 1")
+        .bind(name)
+        .fetch_optional(pool)
+        .await?;
+    Ok(row.map(|r| SigningKey {
+        kid: r.get("kid"),
+        key: r.get("secret"),
+    }))
+}
+
+/// Every partner that is not revoked, with its active keys.
+pub(crate) async fn fleet(pool: &SqlitePool) -> sqlx::Result<Vec<FleetPartner>> {
+    let mut out = Vec::new();
+    for p in list(pool).await?.into_iter().filter(|p| !p.revoked) {
+        let rows = sqlx::query("SELECT kid, secret FROM partner_keys WHERE partner = ? AND (retire_at IS NULL OR retire_at > ?) ORDER BY created_at DESC, rowid DESC")
+            .bind(&p.name)
+            .bind(now())
+            .fetch_all(pool)
+            .await?;
+        out.push(FleetPartner {
+            name: p.name,
+            scope: p.scope,
+            keys: rows
+                .iter()
+                .map(|r| SigningKey {
+                    kid: r.get("kid"),
+                    key: r.get("secret"),
+                })
+                .collect(),
+        });
+    }
+    Ok(out)
+}
+
+/// Per-partner token-request limits.
+#[derive(Default)]
+pub(crate) struct Limits {
+    limiters: Mutex<HashMap<String, (u32, Arc<DefaultDirectRateLimiter>)>>,
+}
+
+impl Limits {
+    /// `Ok` if the partner may make a request now, else the seconds to wait.
+    pub(crate) fn check(&self, name: &str, per_minute: u32) -> Result<(), u64> {
+        let limiter = {
+            let Ok(mut map) = self.limiters.lock() else {
+                return Ok(());
+            };
+            let entry = map
+                .entry(name.to_string())
+                .or_insert_with(|| (0, limiter(per_minute)));
+            if entry.0 != per_minute {
+                *entry = (per_minute, limiter(per_minute));
+            }
+            entry.1.clone()
+        };
+        limiter.check().map_err(|not_until| {
+            let wait = not_until.wait_time_from(governor::clock::Clock::now(
+                &governor::clock::DefaultClock::default(),
+            ));
+            wait.as_secs().max(1)
+        })
+    }
+}
+
+fn limiter(per_minute: u32) -> Arc<DefaultDirectRateLimiter> {
+    let n = NonZeroU32::new(per_minute.max(1)).unwrap_or(NonZeroU32::MIN);
+    Arc::new(governor::RateLimiter::direct(Quota::per_minute(n)))
+}
