@@ -749,14 +749,30 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let a: serde_json::Value = client
-        .get(format!("{origin}/api/v1/assets/{asset}"))
+    // Signed URLs from the playback API; unsigned ones if it cannot sign.
+    let signed: serde_json::Value = client
+        .post(format!("{origin}/api/v1/playback/{asset}"))
         .send()
         .await?
         .json()
         .await?;
+    let (hls, dash) = match (signed["hls"].as_str(), signed["dash"].as_str()) {
+        (Some(h), Some(d)) => (h.to_string(), d.to_string()),
+        _ => {
+            let a: serde_json::Value = client
+                .get(format!("{origin}/api/v1/assets/{asset}"))
+                .send()
+                .await?
+                .json()
+                .await?;
+            (
+                a["playback"]["hls"].as_str().unwrap_or("?").to_string(),
+                a["playback"]["dash"].as_str().unwrap_or("?").to_string(),
+            )
+        }
+    };
     println!("{title} is playable (asset {asset}):");
-    println!("  HLS  {}", a["playback"]["hls"].as_str().unwrap_or("?"));
-    println!("  DASH {}", a["playback"]["dash"].as_str().unwrap_or("?"));
+    println!("  HLS  {hls}");
+    println!("  DASH {dash}");
     Ok(())
 }

@@ -18,8 +18,12 @@ fn deploy_configs_parse() {
     assert_eq!(o.ladder.len(), 4);
     let s: ShieldConfig = load("shield", &deploy("shield"), vec![]).unwrap();
     assert_eq!(s.origins.len(), 1);
-    let e: EdgeConfig = load("edge", &deploy("edge"), vec![]).unwrap();
+    // The shipped edge config expects its fleet credential from the environment.
+    assert!(load::<EdgeConfig>("edge", &deploy("edge"), vec![]).is_err());
+    let env = vec![("CASCADE_EDGE_FLEET_TOKEN".to_string(), "f".repeat(32))];
+    let e: EdgeConfig = load("edge", &deploy("edge"), env).unwrap();
     assert_eq!(e.shields.len(), 1);
+    assert_eq!(e.fleet_token.len(), 32);
     let c: ControlConfig = load("control", &deploy("control"), vec![]).unwrap();
     assert_eq!(c.nodes.len(), 3);
 }

@@ -38,6 +38,7 @@ pub fn load<T: DeserializeOwned + Validate>(
         .parse()
         .map_err(|e: toml::de::Error| ConfigErrors(vec![format!("syntax: {}", e.message())]))?;
     let prefix = format!("CASCADE_{}_", role.to_ascii_uppercase());
+    let mut from_env = std::collections::HashMap::new();
     for (k, v) in env {
         if let Some(key) = k.strip_prefix(&prefix) {
             let key = key.to_ascii_lowercase();
@@ -45,17 +46,31 @@ pub fn load<T: DeserializeOwned + Validate>(
                 .parse::<toml::Table>()
                 .ok()
                 .and_then(|mut t| t.remove("v"))
-                .unwrap_or(toml::Value::String(v));
-            table.insert(key, value);
+                .unwrap_or_else(|| toml::Value::String(v.clone()));
+            table.insert(key.clone(), value);
+            from_env.insert(key, v);
         }
     }
     // Each key alone, so that one bad key does not hide the next.
     let mut errors = Vec::new();
-    for (key, value) in &table {
-        let mut one = toml::Table::new();
-        one.insert(key.clone(), value.clone());
-        if let Err(e) = T::deserialize(toml::Value::Table(one)) {
-            errors.push(format!("{key}: {}", e.message().trim()));
+    let one = |key: &str, value: toml::Value| {
+        let mut t = toml::Table::new();
+        t.insert(key.to_string(), value);
+        T::deserialize(toml::Value::Table(t)).map(|_| ())
+    };
+    let keys: Vec<String> = table.keys().cloned().collect();
+    for key in keys {
+        let Some(value) = table.get(&key).cloned() else {
+            continue;
+        };
+        if let Err(e) = one(&key, value) {
+            // An environment value that reads as a number may be meant as text.
+            match from_env.get(&key) {
+                Some(raw) if one(&key, toml::Value::String(raw.clone())).is_ok() => {
+                    table.insert(key, toml::Value::String(raw.clone()));
+                }
+                _ => errors.push(format!("{key}: {}", e.message().trim())),
+            }
         }
     }
     if !errors.is_empty() {
@@ -143,6 +158,16 @@ mod tests {
         )
         .unwrap();
         assert_eq!(cfg.limit, 9);
+        // A value that reads as a number still reaches a text key as text:
+        // the error is the address check, not a type error.
+        let err = load::<Demo>(
+            "edge",
+            "",
+            vec![("CASCADE_EDGE_LISTEN".into(), "8080".into())],
+        )
+        .unwrap_err();
+        assert_eq!(err.0.len(), 1);
+        assert!(err.0[0].contains("not an address"), "{err}");
         let err = load::<Demo>(
             "edge",
             "",
