@@ -212,6 +212,12 @@ struct IngestArgs {
         env = "CASCADE_ORIGIN_URL"
     )]
     origin: String,
+    /// Only these countries may watch (ISO 3166-1 alpha-2), such as IN,NP.
+    #[arg(long)]
+    allow_countries: Option<String>,
+    /// These countries may not watch, such as US,GB.
+    #[arg(long)]
+    deny_countries: Option<String>,
 }
 
 fn main() {
@@ -305,12 +311,25 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     let dev_key = dev_token_key(&data)?;
     let admin_token = dev_secret(&format!("{data}/control-admin-token"))?;
     let fleet_token = dev_secret(&format!("{data}/fleet-token"))?;
+    // Without a real database, the project's labelled test data (geo/testdata).
+    let geoip_db = match std::env::var("CASCADE_GEOIP_DB") {
+        Ok(p) => p,
+        Err(_) => {
+            let path = format!("{data}/geo-test-data.mmdb");
+            let csv = include_str!("../geo/testdata/countries.csv");
+            let bytes = cascade_geo::writer::build_from_csv(csv, cascade_serve::unix_now())?;
+            std::fs::write(&path, bytes).with_context(|| format!("writing {path}"))?;
+            path
+        }
+    };
 
     let origin = cascade_origin::start(&OriginConfig {
         listen: format!("{host}:{}", args.origin_port),
         data_dir: data.clone(),
         public_edge_url: url(args.edge_port),
         token_keys: vec![dev_key.clone()],
+        geoip_db: geoip_db.clone(),
+        admin_token: admin_token.clone(),
         ..OriginConfig::default()
     })
     .await
@@ -333,6 +352,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         token_keys: vec![dev_key.clone()],
         control_url: url(args.control_port),
         fleet_token: fleet_token.clone(),
+        geoip_db: geoip_db.clone(),
         ..EdgeConfig::default()
     })
     .await
@@ -668,6 +688,14 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     if size == 0 {
         bail!("{} is empty", path.display());
     }
+    for list in [&args.allow_countries, &args.deny_countries]
+        .into_iter()
+        .flatten()
+    {
+        if let Err(e) = cascade_geo::CountryRule::parse_list(list) {
+            bail!("country list {list:?}: {e}");
+        }
+    }
     let title = args.title.clone().unwrap_or_else(|| {
         path.file_stem()
             .map(|s| s.to_string_lossy().to_string())
@@ -693,6 +721,16 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     let resp = client
         .post(format!("{origin}/api/v1/uploads"))
         .query(&[("title", title.as_str())])
+        .query(&[
+            (
+                "allow_countries",
+                args.allow_countries.as_deref().unwrap_or(""),
+            ),
+            (
+                "deny_countries",
+                args.deny_countries.as_deref().unwrap_or(""),
+            ),
+        ])
         .header("content-length", size)
         .header("content-type", "application/octet-stream")
         .body(reqwest::Body::wrap_stream(counted))

@@ -70,6 +70,17 @@ pub struct EdgeConfig {
     pub fleet_token: String,
     /// Seconds between partner-key refreshes.
     pub partner_refresh_secs: u64,
+    /// MaxMind database (GeoLite2/GeoIP2 Country or City); `CASCADE_GEOIP_DB`
+    /// overrides; empty: every country unknown.
+    pub geoip_db: String,
+    /// Seconds between checks of the database file for a new version.
+    pub geoip_reload_secs: u64,
+    /// Viewers of unknown country, where a rule applies: `allow` or `deny`.
+    pub geo_unknown: cascade_geo::UnknownPolicy,
+    /// Country rules by path prefix.
+    pub geo_rules: Vec<cascade_geo::PathRule>,
+    /// Proxies (CIDRs) whose `X-Forwarded-For`/`Forwarded` is believed.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for EdgeConfig {
@@ -96,6 +107,11 @@ impl Default for EdgeConfig {
             control_url: String::new(),
             fleet_token: String::new(),
             partner_refresh_secs: 5,
+            geoip_db: String::new(),
+            geoip_reload_secs: 2,
+            geo_unknown: cascade_geo::UnknownPolicy::Allow,
+            geo_rules: Vec::new(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -133,6 +149,28 @@ impl Validate for EdgeConfig {
                 errors.push("fleet_token: needed with control_url".into());
             }
         }
+        for (i, c) in self.trusted_proxies.iter().enumerate() {
+            if c.parse::<ipnet::IpNet>().is_err() {
+                errors.push(format!(
+                    "trusted_proxies[{i}]: {c:?} is not a CIDR like 10.0.0.0/8"
+                ));
+            }
+        }
+        for (i, r) in self.geo_rules.iter().enumerate() {
+            let rule = cascade_geo::CountryRule {
+                allow: r.allow.clone(),
+                deny: r.deny.clone(),
+            };
+            if let Err(e) = rule.validate() {
+                errors.push(format!("geo_rules[{i}]: {e}"));
+            }
+            if !r.prefix.starts_with('/') {
+                errors.push(format!("geo_rules[{i}].prefix: must start with /"));
+            }
+        }
+        if self.geoip_reload_secs == 0 {
+            errors.push("geoip_reload_secs: must be at least 1".into());
+        }
         if self.partner_refresh_secs == 0 {
             errors.push("partner_refresh_secs: must be at least 1".into());
         }
@@ -158,12 +196,13 @@ pub struct Edge {
     server: ServerHandle,
     cache: TieredCache,
     partner_task: Option<tokio::task::JoinHandle<()>>,
+    geo_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Edge {
     /// Stops the edge and flushes its disk cache.
     pub async fn shutdown(self) {
-        if let Some(t) = &self.partner_task {
+        for t in [&self.partner_task, &self.geo_task].into_iter().flatten() {
             t.abort();
         }
         self.server.shutdown().await;
@@ -182,6 +221,14 @@ const MANIFEST_ENTRIES: u64 = 10_000;
 
 struct EdgeHandler {
     verifier: Arc<arc_swap::ArcSwap<Verifier>>,
+    geo: Arc<cascade_geo::Geo>,
+    geo_rules: Vec<cascade_geo::PathRule>,
+    geo_unknown: cascade_geo::UnknownPolicy,
+    trusted: Vec<ipnet::IpNet>,
+    /// Titles' country rules, fetched with their metadata.
+    title_meta: moka::future::Cache<String, Arc<cascade_geo::CountryRule>>,
+    geo_lookups: IntCounterVec,
+    geo_blocked: IntCounterVec,
     token_name: String,
     open_paths: Vec<String>,
     token_rejections: IntCounterVec,
@@ -225,6 +272,10 @@ impl Handler for EdgeHandler {
             }
         }
         if is_media {
+            if let Some(mut blocked) = self.geo_check(&req, &path).await {
+                add_cors(&mut blocked.headers);
+                return blocked;
+            }
             let mut resp = self.vod(&req, &path, token_query.as_deref()).await;
             add_cors(&mut resp.headers);
             return resp;
@@ -284,6 +335,93 @@ impl EdgeHandler {
                 Err(why)
             }
         }
+    }
+
+    /// The viewer's address: the peer, or what a trusted proxy says.
+    fn client_ip(&self, req: &Request) -> Option<std::net::IpAddr> {
+        let peer = req.client?.ip();
+        let get = |name: &str| -> Vec<&str> {
+            req.headers
+                .get_all(name)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect()
+        };
+        Some(cascade_geo::client_ip(
+            peer,
+            &get("x-forwarded-for"),
+            &get("forwarded"),
+            &self.trusted,
+        ))
+    }
+
+    /// 451 when the viewer's country may not watch this path or title.
+    async fn geo_check(&self, req: &Request, path: &str) -> Option<Response> {
+        let asset = path["/vod/".len()..]
+            .split('/')
+            .next()
+            .filter(|a| is_safe_id(a))?;
+        let country = self
+            .client_ip(req)
+            .and_then(|ip| self.geo.lookup(ip).country);
+        self.geo_lookups
+            .with_label_values(&[if country.is_some() {
+                "found"
+            } else {
+                "unknown"
+            }])
+            .inc();
+        let title = self.title_rule(asset, &req.request_id).await;
+        let verdict = cascade_geo::decide(
+            country.as_deref(),
+            path,
+            &self.geo_rules,
+            title.as_deref(),
+            self.geo_unknown,
+        );
+        match verdict {
+            cascade_geo::Verdict::Allow => None,
+            cascade_geo::Verdict::Block { country, rule } => {
+                self.geo_blocked.with_label_values(&[&country, &rule]).inc();
+                let body =
+                    serde_json::json!({ "error": "geo_blocked", "country": country, "rule": rule });
+                Some(Response::new(
+                    StatusCode::UNAVAILABLE_FOR_LEGAL_REASONS,
+                    "application/json",
+                    format!("{body}\n"),
+                ))
+            }
+        }
+    }
+
+    /// A title's country rules, from its metadata (through the shields,
+    /// kept in RAM briefly). A title whose metadata cannot be had is judged
+    /// by the path rules alone; its media will not be found either.
+    async fn title_rule(
+        &self,
+        asset: &str,
+        request_id: &str,
+    ) -> Option<Arc<cascade_geo::CountryRule>> {
+        if let Some(r) = self.title_meta.get(asset).await {
+            return Some(r);
+        }
+        let r = self
+            .fetch_media(&format!("/mezz/{asset}/meta.json"), None, request_id)
+            .await
+            .ok()?;
+        if r.status != StatusCode::OK {
+            return None;
+        }
+        #[derive(serde::Deserialize)]
+        struct Meta {
+            geo: cascade_geo::CountryRule,
+        }
+        let meta: Meta = serde_json::from_slice(&r.body).ok()?;
+        let rule = Arc::new(meta.geo);
+        self.title_meta
+            .insert(asset.to_string(), rule.clone())
+            .await;
+        Some(rule)
     }
 
     async fn vod(&self, req: &Request, path: &str, token_query: Option<&str>) -> Response {
@@ -460,6 +598,14 @@ impl EdgeHandler {
                 headers.push((name, v));
             }
         }
+        // The origin judges the viewer (geo) by this; it trusts the edges.
+        let forwarded_for = self
+            .client_ip(req)
+            .map(|ip| ip.to_string())
+            .unwrap_or_default();
+        if !forwarded_for.is_empty() {
+            headers.push(("x-forwarded-for", forwarded_for.as_str()));
+        }
         let body = (!req.body.is_empty()).then(|| req.body.clone());
         let mut r = match self
             .origin
@@ -517,6 +663,46 @@ fn upstream_failure(status: StatusCode) -> Response {
         "upstream_status",
         &format!("upstream answered {status}"),
     )
+}
+
+/// Reloads the geo database when its file changes (replaced by rename, so
+/// its inode, size or time changes) or on SIGHUP. A bad file is refused and
+/// logged; the database in use stays.
+async fn watch_geo(geo: Arc<cascade_geo::Geo>, every: Duration, reloads: IntCounterVec) {
+    use std::os::unix::fs::MetadataExt;
+    let Some(path) = geo.path().map(|p| p.to_path_buf()) else {
+        return;
+    };
+    let stamp = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .ok()
+            .map(|m| (m.ino(), m.len(), m.mtime(), m.mtime_nsec()))
+    };
+    let mut last = stamp(&path);
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        let by_signal = tokio::select! {
+            _ = tokio::time::sleep(every) => false,
+            Some(_) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+        };
+        let now = stamp(&path);
+        if now == last && !by_signal {
+            continue;
+        }
+        last = now;
+        let g = geo.clone();
+        match tokio::task::spawn_blocking(move || g.reload()).await {
+            Ok(Ok(())) => {
+                reloads.with_label_values(&["ok"]).inc();
+                tracing::info!(path = %path.display(), "geo database reloaded");
+            }
+            Ok(Err(e)) => {
+                reloads.with_label_values(&["refused"]).inc();
+                tracing::error!(error = %e, "new geo database refused; keeping the one in use");
+            }
+            Err(e) => tracing::error!(error = %e, "geo reload crashed"),
+        }
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -677,7 +863,52 @@ pub async fn start(cfg: &EdgeConfig) -> anyhow::Result<Edge> {
             Duration::from_secs(cfg.partner_refresh_secs),
         ))
     });
+    let geo_path = std::env::var("CASCADE_GEOIP_DB").unwrap_or_else(|_| cfg.geoip_db.clone());
+    let geo = Arc::new(if geo_path.is_empty() {
+        cascade_geo::Geo::none()
+    } else {
+        cascade_geo::Geo::open(std::path::Path::new(&geo_path))?
+    });
+    let geo_reloads = IntCounterVec::new(
+        Opts::new("edge_geo_reloads_total", "Geo database reloads, by result"),
+        &["result"],
+    )?;
+    metrics.registry().register(Box::new(geo_reloads.clone()))?;
+    let geo_task = (!geo_path.is_empty()).then(|| {
+        tokio::spawn(watch_geo(
+            geo.clone(),
+            Duration::from_secs(cfg.geoip_reload_secs),
+            geo_reloads,
+        ))
+    });
+    let geo_lookups = IntCounterVec::new(
+        Opts::new("edge_geo_lookups_total", "Country lookups, by result"),
+        &["result"],
+    )?;
+    let geo_blocked = IntCounterVec::new(
+        Opts::new(
+            "edge_geo_blocked_total",
+            "Requests refused for the viewer's country, by country and rule",
+        ),
+        &["country", "rule"],
+    )?;
+    metrics.registry().register(Box::new(geo_lookups.clone()))?;
+    metrics.registry().register(Box::new(geo_blocked.clone()))?;
     let handler = EdgeHandler {
+        geo,
+        geo_rules: cfg.geo_rules.clone(),
+        geo_unknown: cfg.geo_unknown,
+        trusted: cfg
+            .trusted_proxies
+            .iter()
+            .filter_map(|c| c.parse().ok())
+            .collect(),
+        title_meta: moka::future::Cache::builder()
+            .max_capacity(MANIFEST_ENTRIES)
+            .time_to_live(Duration::from_secs(30))
+            .build(),
+        geo_lookups,
+        geo_blocked,
         verifier,
         token_name: cfg.token_name.clone(),
         open_paths: cfg.open_paths.clone(),
@@ -711,5 +942,6 @@ pub async fn start(cfg: &EdgeConfig) -> anyhow::Result<Edge> {
         server,
         cache,
         partner_task,
+        geo_task,
     })
 }

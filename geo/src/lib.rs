@@ -266,7 +266,13 @@ pub fn decide(
     let mut rules: Vec<(String, &[String], &[String])> = path_rules
         .iter()
         .filter(|r| path.starts_with(&r.prefix))
-        .map(|r| (format!("path:{}", r.prefix), r.allow.as_slice(), r.deny.as_slice()))
+        .map(|r| {
+            (
+                format!("path:{}", r.prefix),
+                r.allow.as_slice(),
+                r.deny.as_slice(),
+            )
+        })
         .collect();
     if let Some(t) = title {
         rules.push(("title".into(), t.allow.as_slice(), t.deny.as_slice()));
@@ -307,7 +313,12 @@ pub fn decide(
 /// The viewer's address: the peer's, unless the peer is a trusted proxy; then
 /// the right-most address in `X-Forwarded-For` (or `Forwarded: for=`) that
 /// is not itself trusted. Headers from untrusted peers are never read.
-pub fn client_ip(peer: IpAddr, forwarded_for: &[&str], forwarded: &[&str], trusted: &[IpNet]) -> IpAddr {
+pub fn client_ip(
+    peer: IpAddr,
+    forwarded_for: &[&str],
+    forwarded: &[&str],
+    trusted: &[IpNet],
+) -> IpAddr {
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
     if !is_trusted(&peer) {
         return peer;
@@ -324,7 +335,10 @@ pub fn client_ip(peer: IpAddr, forwarded_for: &[&str], forwarded: &[&str], trust
             .flat_map(|e| e.split(';'))
             .filter_map(|kv| {
                 let (k, v) = kv.trim().split_once('=')?;
-                k.trim().eq_ignore_ascii_case("for").then(|| parse_addr(v.trim().trim_matches('"'))).flatten()
+                k.trim()
+                    .eq_ignore_ascii_case("for")
+                    .then(|| parse_addr(v.trim().trim_matches('"')))
+                    .flatten()
             })
             .collect();
     }

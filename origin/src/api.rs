@@ -33,6 +33,7 @@ pub fn app(state: Arc<State>) -> Router {
         .route("/api/v1/assets", get(list_assets))
         .route("/api/v1/assets/{id}", get(asset))
         .route("/api/v1/playback/{id}", post(playback))
+        .route("/api/v1/assets/{id}/geo", axum::routing::put(set_geo))
         .route("/mezz/{asset}/{file}", get(mezzanine))
         .route("/", get(crate::web::index))
         .route("/static/{file}", get(crate::web::asset_file))
@@ -96,6 +97,10 @@ async fn metrics(AxState(state): AxState<Arc<State>>) -> Response {
 #[derive(Deserialize)]
 struct UploadQuery {
     title: Option<String>,
+    /// `IN,NP`: only these countries may watch.
+    allow_countries: Option<String>,
+    /// `US,GB`: these countries may not.
+    deny_countries: Option<String>,
 }
 
 /// `POST /api/v1/uploads?title=T`: the body is the media file. It is
@@ -130,6 +135,13 @@ async fn upload(
         Ok(_) => {}
         Err(e) => return db_error(e),
     }
+    let geo = match (
+        cascade_geo::CountryRule::parse_list(q.allow_countries.as_deref().unwrap_or("")),
+        cascade_geo::CountryRule::parse_list(q.deny_countries.as_deref().unwrap_or("")),
+    ) {
+        (Ok(allow), Ok(deny)) => cascade_geo::CountryRule { allow, deny },
+        (Err(e), _) | (_, Err(e)) => return error(StatusCode::BAD_REQUEST, "bad_countries", &e),
+    };
     let title = q.title.unwrap_or_default();
     let title = title.trim();
     if title.chars().count() > 200 || title.chars().any(char::is_control) {
@@ -191,6 +203,11 @@ async fn upload(
             "database",
             "cannot record the upload",
         );
+    }
+    if !geo.is_empty() {
+        if let Err(e) = db::set_geo(&state.db, &asset, &geo).await {
+            return db_error(e);
+        }
     }
     let probe_path = path.clone();
     let probe =
@@ -288,6 +305,7 @@ fn asset_json(state: &State, a: &db::Asset, job: Option<&db::Job>) -> serde_json
     json!({
         "id": a.id, "title": a.title, "status": a.status, "duration": a.duration,
         "error": a.error, "created_at": a.created_at,
+        "geo": a.geo,
         "hls": format!("/vod/{}/master.m3u8", a.id),
         "dash": format!("/vod/{}/manifest.mpd", a.id),
         "playback": {
@@ -326,13 +344,63 @@ async fn asset(AxState(state): AxState<Arc<State>>, Path(id): Path<String>) -> R
         .into_response()
 }
 
-/// `POST /api/v1/playback/{asset}`: signed edge URLs for a ready title.
-async fn playback(AxState(state): AxState<Arc<State>>, Path(id): Path<String>) -> Response {
+/// `PUT /api/v1/assets/{id}/geo` (admin): a title's country rules.
+async fn set_geo(
+    AxState(state): AxState<Arc<State>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Json(rule): Json<cascade_geo::CountryRule>,
+) -> Response {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let admin = &state.cfg.admin_token;
+    let ok = matches!(presented, Some(p) if !admin.is_empty() && p.len() == admin.len()
+        && p.bytes().zip(admin.bytes()).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0);
+    if !ok {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "admin credential required",
+        );
+    }
+    let rule = cascade_geo::CountryRule {
+        allow: rule.allow.iter().map(|c| c.to_ascii_uppercase()).collect(),
+        deny: rule.deny.iter().map(|c| c.to_ascii_uppercase()).collect(),
+    };
+    if let Err(e) = rule.validate() {
+        return error(StatusCode::BAD_REQUEST, "bad_countries", &e);
+    }
+    match db::set_geo(&state.db, &id, &rule).await {
+        Ok(true) => Json(json!({ "asset": id, "geo": rule })).into_response(),
+        Ok(false) => error(StatusCode::NOT_FOUND, "not_found", "no such asset"),
+        Err(e) => db_error(e),
+    }
+}
+
+/// The geo refusal, shaped as the edges shape it.
+fn geo_blocked(country: &str, rule: &str) -> Response {
+    (
+        StatusCode::UNAVAILABLE_FOR_LEGAL_REASONS,
+        Json(json!({ "error": "geo_blocked", "country": country, "rule": rule })),
+    )
+        .into_response()
+}
+
+/// `POST /api/v1/playback/{asset}`: signed edge URLs for a ready title, if
+/// the viewer's country may watch it (the same verdict the edges give).
+async fn playback(
+    AxState(state): AxState<Arc<State>>,
+    Path(id): Path<String>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
     if !cascade_packager::is_safe_id(&id) {
         return error(StatusCode::NOT_FOUND, "not_found", "no such asset");
     }
-    match db::get_asset(&state.db, &id).await {
-        Ok(Some(a)) if a.status == "ready" => {}
+    let asset = match db::get_asset(&state.db, &id).await {
+        Ok(Some(a)) if a.status == "ready" => a,
         Ok(Some(_)) => {
             return error(
                 StatusCode::CONFLICT,
@@ -342,6 +410,28 @@ async fn playback(AxState(state): AxState<Arc<State>>, Path(id): Path<String>) -
         }
         Ok(None) => return error(StatusCode::NOT_FOUND, "not_found", "no such asset"),
         Err(e) => return db_error(e),
+    };
+    let xff: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let fwd: Vec<&str> = headers
+        .get_all("forwarded")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let client = cascade_geo::client_ip(peer.ip(), &xff, &fwd, &state.trusted);
+    let country = state.geo.lookup(client).country;
+    let verdict = cascade_geo::decide(
+        country.as_deref(),
+        &format!("/vod/{id}/"),
+        &state.cfg.geo_rules,
+        Some(&asset.geo),
+        state.cfg.geo_unknown,
+    );
+    if let cascade_geo::Verdict::Block { country, rule } = verdict {
+        return geo_blocked(&country, &rule);
     }
     let Some(key) = &state.signer else {
         return error(
@@ -396,6 +486,22 @@ async fn mezzanine(
         Ok(Some(a)) if a.status == "ready" => {}
         Ok(_) => return error(StatusCode::NOT_FOUND, "not_found", "no such asset"),
         Err(e) => return db_error(e),
+    }
+    if file == "meta.json" {
+        // Title metadata edges need per request: its country rules.
+        return match db::get_asset(&state.db, &asset).await {
+            Ok(Some(a)) => (
+                [
+                    (header::CACHE_CONTROL, "public, max-age=30"),
+                    (header::CONTENT_TYPE, "application/json"),
+                ],
+                [("surrogate-key", format!("asset-{asset}"))],
+                Json(json!({ "asset": asset, "geo": a.geo })),
+            )
+                .into_response(),
+            Ok(None) => error(StatusCode::NOT_FOUND, "not_found", "no such asset"),
+            Err(e) => db_error(e),
+        };
     }
     let path = store::object_path(&asset, &file);
     let meta = match state.store.head(&path).await {

@@ -33,6 +33,16 @@ pub struct OriginConfig {
     pub token_name: String,
     /// Lifetime of a signed playback URL, in seconds.
     pub playback_ttl_secs: u64,
+    /// MaxMind database for the playback API's geo verdict; `CASCADE_GEOIP_DB` overrides.
+    pub geoip_db: String,
+    /// Viewers of unknown country, where a rule applies: `allow` or `deny`.
+    pub geo_unknown: cascade_geo::UnknownPolicy,
+    /// The same path rules as the edges', so both give one verdict.
+    pub geo_rules: Vec<cascade_geo::PathRule>,
+    /// Proxies (CIDRs) whose `X-Forwarded-For` is believed: the edges.
+    pub trusted_proxies: Vec<String>,
+    /// Bearer credential for catalog writes (`PUT /api/v1/assets/{id}/geo`); empty: refused.
+    pub admin_token: String,
 }
 
 impl Default for OriginConfig {
@@ -50,6 +60,11 @@ impl Default for OriginConfig {
             token_keys: Vec::new(),
             token_name: "__token__".into(),
             playback_ttl_secs: 6 * 3600,
+            geoip_db: String::new(),
+            geo_unknown: cascade_geo::UnknownPolicy::Allow,
+            geo_rules: Vec::new(),
+            trusted_proxies: vec!["127.0.0.1/32".into(), "::1/128".into()],
+            admin_token: String::new(),
         }
     }
 }
@@ -106,6 +121,22 @@ impl Validate for OriginConfig {
         }
         if let Err(e) = build_token_keys("token_keys", &self.token_keys, None) {
             errors.extend(e);
+        }
+        for (i, c) in self.trusted_proxies.iter().enumerate() {
+            if c.parse::<ipnet::IpNet>().is_err() {
+                errors.push(format!(
+                    "trusted_proxies[{i}]: {c:?} is not a CIDR like 10.0.0.0/8"
+                ));
+            }
+        }
+        for (i, r) in self.geo_rules.iter().enumerate() {
+            let rule = cascade_geo::CountryRule {
+                allow: r.allow.clone(),
+                deny: r.deny.clone(),
+            };
+            if let Err(e) = rule.validate() {
+                errors.push(format!("geo_rules[{i}]: {e}"));
+            }
         }
         if !(60..=7 * 24 * 3600).contains(&self.playback_ttl_secs) {
             errors.push("playback_ttl_secs: must be 60 to 604800".into());

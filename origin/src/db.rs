@@ -35,6 +35,8 @@ pub(crate) struct Asset {
     pub(crate) error: Option<String>,
     /// Unix seconds.
     pub(crate) created_at: i64,
+    /// Country rules.
+    pub(crate) geo: cascade_geo::CountryRule,
 }
 
 /// A transcode job.
@@ -106,7 +108,36 @@ fn asset_from_row(r: &sqlx::sqlite::SqliteRow) -> Asset {
         duration: r.get("duration"),
         error: r.get("error"),
         created_at: r.get("created_at"),
+        geo: cascade_geo::CountryRule {
+            allow: split_codes(r.get("allow_countries")),
+            deny: split_codes(r.get("deny_countries")),
+        },
     }
+}
+
+fn split_codes(s: String) -> Vec<String> {
+    s.split(',')
+        .filter(|c| !c.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Sets a title's country rules.
+pub(crate) async fn set_geo(
+    pool: &SqlitePool,
+    id: &str,
+    rule: &cascade_geo::CountryRule,
+) -> sqlx::Result<bool> {
+    let r = sqlx::query(
+        "UPDATE assets SET allow_countries = ?, deny_countries = ?, updated_at = ? WHERE id = ?",
+    )
+    .bind(rule.allow.join(","))
+    .bind(rule.deny.join(","))
+    .bind(now())
+    .bind(id)
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected() > 0)
 }
 
 fn job_from_row(r: &sqlx::sqlite::SqliteRow) -> Job {

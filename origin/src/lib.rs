@@ -36,6 +36,10 @@ pub struct State {
     jobs_notify: Notify,
     /// Signs playback URLs; `None` when no key is configured.
     signer: Option<cascade_token::Key>,
+    /// Country lookups for the playback API.
+    geo: cascade_geo::Geo,
+    /// Proxies whose forwarded-for headers are believed.
+    trusted: Vec<ipnet::IpNet>,
     uploads: tokio::sync::Semaphore,
     metrics: Metrics,
     metrics_jobs: IntCounterVec,
@@ -163,8 +167,21 @@ pub async fn start(cfg: &OriginConfig) -> anyhow::Result<Origin> {
     if signer.is_none() {
         tracing::warn!("no token keys: the playback API cannot sign URLs");
     }
+    let geo_path = std::env::var("CASCADE_GEOIP_DB").unwrap_or_else(|_| cfg.geoip_db.clone());
+    let geo = if geo_path.is_empty() {
+        cascade_geo::Geo::none()
+    } else {
+        cascade_geo::Geo::open(std::path::Path::new(&geo_path))?
+    };
+    let trusted = cfg
+        .trusted_proxies
+        .iter()
+        .filter_map(|c| c.parse().ok())
+        .collect();
     let state = Arc::new(State {
         signer,
+        geo,
+        trusted,
         cfg: cfg.clone(),
         db,
         store,
@@ -184,7 +201,8 @@ pub async fn start(cfg: &OriginConfig) -> anyhow::Result<Origin> {
     let (tx, mut rx) = tokio::sync::watch::channel(false);
     let router = app(state.clone());
     let server = tokio::spawn(async move {
-        let graceful = axum::serve(listener, router).with_graceful_shutdown(async move {
+        let service = router.into_make_service_with_connect_info::<SocketAddr>();
+        let graceful = axum::serve(listener, service).with_graceful_shutdown(async move {
             let _ = rx.changed().await;
         });
         if let Err(e) = graceful.await {

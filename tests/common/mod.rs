@@ -42,9 +42,17 @@ impl Stack {
 
     /// A stack whose edge config is adjusted first.
     pub async fn start_with(edit_edge: impl FnOnce(&mut EdgeConfig)) -> Stack {
+        Self::start_full(|_| {}, edit_edge).await
+    }
+
+    /// A stack whose origin and edge configs are adjusted first.
+    pub async fn start_full(
+        edit_origin: impl FnOnce(&mut OriginConfig),
+        edit_edge: impl FnOnce(&mut EdgeConfig),
+    ) -> Stack {
         let dir = tempfile::tempdir().expect("tempdir");
         let data = dir.path().to_str().expect("utf-8 temp path").to_string();
-        let origin = cascade_origin::start(&OriginConfig {
+        let mut origin_cfg = OriginConfig {
             listen: "127.0.0.1:0".into(),
             data_dir: format!("{data}/origin"),
             preset: "ultrafast".into(),
@@ -60,9 +68,11 @@ impl Stack {
                 },
             ],
             ..OriginConfig::default()
-        })
-        .await
-        .expect("origin starts");
+        };
+        edit_origin(&mut origin_cfg);
+        let origin = cascade_origin::start(&origin_cfg)
+            .await
+            .expect("origin starts");
         let origin_url = format!("http://{}", origin.addr);
         let shield = cascade_shield::start(&ShieldConfig {
             listen: "127.0.0.1:0".into(),

@@ -1,0 +1,314 @@
+//! Geo-fencing at a real edge, with clients bound to different loopback
+//! addresses that the project's test database maps to countries
+//! (127.0.0.2 IN, 127.0.0.3 US, 127.0.0.4 NP; 127.0.0.9 unknown).
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use cascade_geo::{writer, UnknownPolicy};
+use common::Stack;
+use serde_json::Value;
+
+fn write_db(path: &Path, csv: &str) {
+    // Replace by rename, as operators are told to.
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, writer::build_from_csv(csv, 1).unwrap()).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+fn test_db(dir: &Path) -> PathBuf {
+    let path = dir.join("geo.mmdb");
+    write_db(&path, include_str!("../geo/testdata/countries.csv"));
+    path
+}
+
+fn from(ip: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .local_address(ip.parse::<IpAddr>().unwrap())
+        .build()
+        .unwrap()
+}
+
+async fn status_and_body(r: reqwest::RequestBuilder) -> (u16, Value) {
+    let r = r.send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or_default())
+}
+
+/// A stack with the test database on both edge and origin, and a title
+/// licensed in India and Nepal only.
+async fn licensed_stack(
+    dir: &Path,
+    unknown: UnknownPolicy,
+    trusted: Vec<String>,
+) -> (Stack, String) {
+    let db = test_db(dir).to_str().unwrap().to_string();
+    let db2 = db.clone();
+    let stack = Stack::start_full(
+        move |o| {
+            o.geoip_db = db2;
+            o.geo_unknown = unknown;
+        },
+        move |e| {
+            e.geoip_db = db;
+            e.geo_unknown = unknown;
+            e.geoip_reload_secs = 1;
+            e.trusted_proxies = trusted;
+        },
+    )
+    .await;
+    let clip = common::make_clip(stack.dir.path(), 2);
+    let body = tokio::fs::read(&clip).await.unwrap();
+    let r: Value = common::client()
+        .post(format!("{}/api/v1/uploads", stack.origin_url))
+        .query(&[("title", "Final"), ("allow_countries", "IN,NP")])
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let job = common::wait_job(
+        &stack.origin_url,
+        r["job"].as_str().unwrap(),
+        Duration::from_secs(120),
+    )
+    .await;
+    assert_eq!(job["state"], "done", "{job}");
+    (stack, r["asset"].as_str().unwrap().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn edge_and_playback_api_agree_per_country() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stack, asset) = licensed_stack(dir.path(), UnknownPolicy::Allow, vec![]).await;
+    let master = format!(
+        "{}/vod/{asset}/master.m3u8?__token__={}",
+        stack.edge_url,
+        common::sign_for(&asset)
+    );
+    let playback = format!("{}/api/v1/playback/{asset}", stack.origin_url);
+    for (ip, want) in [
+        ("127.0.0.2", 200),
+        ("127.0.0.4", 200),
+        ("127.0.0.3", 451),
+        ("127.0.0.9", 200),
+    ] {
+        let (edge_status, edge_body) = status_and_body(from(ip).get(&master)).await;
+        let (api_status, api_body) = status_and_body(from(ip).post(&playback)).await;
+        assert_eq!(edge_status, want, "edge, client {ip}: {edge_body}");
+        assert_eq!(api_status, want, "playback API, client {ip}: {api_body}");
+        if want == 451 {
+            assert_eq!(edge_body, api_body, "the same refusal from both");
+            assert_eq!(edge_body["country"], "US");
+            assert_eq!(edge_body["rule"], "title:allow");
+        }
+    }
+    // Through the edge's /api pass-through the origin judges the viewer, not the edge.
+    let via_edge = format!("{}/api/v1/playback/{asset}", stack.edge_url);
+    assert_eq!(
+        status_and_body(from("127.0.0.3").post(&via_edge)).await.0,
+        451
+    );
+    assert_eq!(
+        status_and_body(from("127.0.0.2").post(&via_edge)).await.0,
+        200
+    );
+    // A spoofed X-Forwarded-For from an untrusted peer is ignored.
+    let (s, _) = status_and_body(
+        from("127.0.0.3")
+            .get(&master)
+            .header("x-forwarded-for", "127.0.0.2"),
+    )
+    .await;
+    assert_eq!(s, 451);
+    let (s, _) = status_and_body(
+        from("127.0.0.3")
+            .post(&playback)
+            .header("x-forwarded-for", "127.0.0.2"),
+    )
+    .await;
+    assert_eq!(s, 451);
+    // Metrics: blocked by country and rule, lookups by result.
+    let m = common::client()
+        .get(format!("{}/metrics", stack.edge_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains("cascade_edge_geo_blocked_total{country=\"US\",rule=\"title:allow\"}"),
+        "{m}"
+    );
+    assert!(m.contains("cascade_edge_geo_lookups_total{result=\"unknown\"}"));
+    assert!(m.contains("cascade_edge_geo_lookups_total{result=\"found\"}"));
+    stack.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unknown_countries_can_be_refused_and_trusted_proxies_are_believed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stack, asset) =
+        licensed_stack(dir.path(), UnknownPolicy::Deny, vec!["127.0.0.4/32".into()]).await;
+    let master = format!(
+        "{}/vod/{asset}/master.m3u8?__token__={}",
+        stack.edge_url,
+        common::sign_for(&asset)
+    );
+    let (s, body) = status_and_body(from("127.0.0.9").get(&master)).await;
+    assert_eq!(
+        (s, body["country"].as_str(), body["rule"].as_str()),
+        (451, Some("unknown"), Some("unknown"))
+    );
+    // 127.0.0.4 is a trusted proxy here: its X-Forwarded-For is believed.
+    let (s, _) = status_and_body(
+        from("127.0.0.4")
+            .get(&master)
+            .header("x-forwarded-for", "127.0.0.2"),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, body) = status_and_body(
+        from("127.0.0.4")
+            .get(&master)
+            .header("x-forwarded-for", "127.0.0.2, 127.0.0.3"),
+    )
+    .await;
+    assert_eq!(
+        (s, body["country"].as_str()),
+        (451, Some("US")),
+        "the right-most untrusted address"
+    );
+    stack.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hot_swap_under_load_and_a_corrupt_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stack, asset) = licensed_stack(dir.path(), UnknownPolicy::Allow, vec![]).await;
+    let db = dir.path().join("geo.mmdb");
+    let master = format!(
+        "{}/vod/{asset}/master.m3u8?__token__={}",
+        stack.edge_url,
+        common::sign_for(&asset)
+    );
+    let metrics = format!("{}/metrics", stack.edge_url);
+    let reloads = |m: &str, result: &str| -> u64 {
+        let key = format!("cascade_edge_geo_reloads_total{{result=\"{result}\"}}");
+        m.lines()
+            .find(|l| l.starts_with(&key))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+
+    // Steady requests from India while the database is replaced (same
+    // mapping, new file) several times: not one request fails.
+    let load = {
+        let master = master.clone();
+        tokio::spawn(async move {
+            let client = from("127.0.0.2");
+            let mut failures = 0;
+            for _ in 0..400 {
+                match client.get(&master).send().await {
+                    Ok(r) if r.status() == 200 => {}
+                    _ => failures += 1,
+                }
+            }
+            failures
+        })
+    };
+    let csv = include_str!("../geo/testdata/countries.csv");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !load.is_finished() && Instant::now() < deadline {
+        write_db(&db, &format!("{csv}\n# rebuilt\n"));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        write_db(&db, csv);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(load.await.unwrap(), 0, "requests failed during hot swaps");
+    let m = common::client()
+        .get(&metrics)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        reloads(&m, "ok") >= 1,
+        "the database was reloaded at least once"
+    );
+
+    // A new mapping takes effect without a restart.
+    write_db(&db, "127.0.0.2/32,US\n");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while from("127.0.0.2")
+        .get(&master)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        != 451
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the new database never took effect"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A truncated replacement is refused; the last good one stays in use.
+    let refused_before = reloads(
+        &common::client()
+            .get(&metrics)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "refused",
+    );
+    let good = std::fs::read(&db).unwrap();
+    let tmp = db.with_extension("new");
+    std::fs::write(&tmp, &good[..good.len() / 3]).unwrap();
+    std::fs::rename(&tmp, &db).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let m = common::client()
+            .get(&metrics)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if reloads(&m, "refused") > refused_before {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the corrupt file was never looked at"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        from("127.0.0.2")
+            .get(&master)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        451,
+        "still the last good database"
+    );
+    stack.shutdown().await;
+}
