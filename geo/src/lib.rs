@@ -53,6 +53,14 @@ pub enum GeoError {
 /// One opened database.
 pub struct GeoDb {
     reader: Reader<Mmap>,
+    /// Whether records carry a city (City databases) or an AS number (ASN,
+    /// ISP databases): each decode costs, so only what exists is decoded.
+    has_city: bool,
+    has_asn: bool,
+    /// Country by data record, for databases with nothing else to decode: a
+    /// Country database has a few hundred distinct records, and decoding one
+    /// costs more than the tree walk.
+    countries: std::sync::RwLock<std::collections::HashMap<usize, Option<String>>>,
     /// Its `database_type`, such as `GeoLite2-Country`.
     pub database_type: String,
     /// When it was built (Unix seconds).
@@ -76,7 +84,11 @@ impl GeoDb {
             reason: e.to_string(),
         })?;
         let meta = reader.metadata();
+        let kind = meta.database_type.clone();
         Ok(GeoDb {
+            countries: Default::default(),
+            has_city: kind.contains("City") || kind.contains("Enterprise"),
+            has_asn: kind.contains("ASN") || kind.contains("ISP") || kind.contains("Enterprise"),
             database_type: meta.database_type.clone(),
             build_epoch: meta.build_epoch,
             reader,
@@ -91,18 +103,44 @@ impl GeoDb {
         if !result.has_data() {
             return Location::default();
         }
+        let memo = !self.has_city && !self.has_asn;
+        if memo {
+            if let (Some(off), Ok(map)) = (result.offset(), self.countries.read()) {
+                if let Some(c) = map.get(&off) {
+                    return Location {
+                        country: c.clone(),
+                        ..Location::default()
+                    };
+                }
+            }
+        }
         let country: Option<&str> = result
             .decode_path(&path!["country", "iso_code"])
             .ok()
             .flatten();
-        let city: Option<&str> = result
-            .decode_path(&path!["city", "names", "en"])
-            .ok()
-            .flatten();
-        let asn: Option<u32> = result
-            .decode_path(&path!["autonomous_system_number"])
-            .ok()
-            .flatten();
+        if memo {
+            if let (Some(off), Ok(mut map)) = (result.offset(), self.countries.write()) {
+                if map.len() < MEMO_ENTRIES {
+                    map.insert(off, country.map(str::to_string));
+                }
+            }
+        }
+        let city: Option<&str> = if self.has_city {
+            result
+                .decode_path(&path!["city", "names", "en"])
+                .ok()
+                .flatten()
+        } else {
+            None
+        };
+        let asn: Option<u32> = if self.has_asn {
+            result
+                .decode_path(&path!["autonomous_system_number"])
+                .ok()
+                .flatten()
+        } else {
+            None
+        };
         Location {
             country: country.map(str::to_string),
             city: city.map(str::to_string),
@@ -110,6 +148,9 @@ impl GeoDb {
         }
     }
 }
+
+/// Distinct records remembered per database.
+const MEMO_ENTRIES: usize = 65_536;
 
 /// The database in use, swapped atomically when a new file is loaded.
 /// Lookups never block on a reload.
@@ -263,51 +304,49 @@ pub fn decide(
     title: Option<&CountryRule>,
     unknown: UnknownPolicy,
 ) -> Verdict {
-    let mut rules: Vec<(String, &[String], &[String])> = path_rules
+    // No allocation unless the answer is a refusal: this runs per request.
+    let applicable = path_rules
         .iter()
         .filter(|r| path.starts_with(&r.prefix))
         .map(|r| {
             (
-                format!("path:{}", r.prefix),
+                Some(r.prefix.as_str()),
                 r.allow.as_slice(),
                 r.deny.as_slice(),
             )
         })
-        .collect();
-    if let Some(t) = title {
-        rules.push(("title".into(), t.allow.as_slice(), t.deny.as_slice()));
-    }
-    let rules: Vec<_> = rules
-        .into_iter()
-        .filter(|(_, a, d)| !a.is_empty() || !d.is_empty())
-        .collect();
-    if rules.is_empty() {
-        return Verdict::Allow;
-    }
-    let Some(cc) = country else {
-        return match unknown {
-            UnknownPolicy::Allow => Verdict::Allow,
-            UnknownPolicy::Deny => Verdict::Block {
-                country: "unknown".into(),
-                rule: "unknown".into(),
-            },
-        };
+        .chain(title.map(|t| (None, t.allow.as_slice(), t.deny.as_slice())))
+        .filter(|(_, a, d)| !a.is_empty() || !d.is_empty());
+    let name = |prefix: Option<&str>, which: &str| match prefix {
+        Some(p) => format!("path:{p}:{which}"),
+        None => format!("title:{which}"),
     };
-    for (name, allow, deny) in rules {
+    let mut any = false;
+    for (prefix, allow, deny) in applicable {
+        any = true;
+        let Some(cc) = country else {
+            break;
+        };
         if deny.iter().any(|d| d == cc) {
             return Verdict::Block {
                 country: cc.into(),
-                rule: format!("{name}:deny"),
+                rule: name(prefix, "deny"),
             };
         }
         if !allow.is_empty() && !allow.iter().any(|a| a == cc) {
             return Verdict::Block {
                 country: cc.into(),
-                rule: format!("{name}:allow"),
+                rule: name(prefix, "allow"),
             };
         }
     }
-    Verdict::Allow
+    match (any, country, unknown) {
+        (true, None, UnknownPolicy::Deny) => Verdict::Block {
+            country: "unknown".into(),
+            rule: "unknown".into(),
+        },
+        _ => Verdict::Allow,
+    }
 }
 
 /// The viewer's address: the peer's, unless the peer is a trusted proxy; then
