@@ -188,17 +188,12 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
-/// Constant-time comparison of a presented credential with the configured one.
-fn credential_ok(presented: Option<&str>, configured: &str) -> bool {
-    match presented {
-        Some(p) if !configured.is_empty() && p.len() == configured.len() => {
-            p.bytes()
-                .zip(configured.bytes())
-                .fold(0u8, |a, (x, y)| a | (x ^ y))
-                == 0
-        }
-        _ => false,
-    }
+/// Whether the request carries the configured credential.
+fn credential_ok(headers: &HeaderMap, configured: &str) -> bool {
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    cascade_serve::bearer_matches(auth, configured)
 }
 
 async fn metrics(State(ctx): State<Arc<Ctx>>) -> Response {
@@ -481,7 +476,7 @@ fn default_rate() -> u32 {
 
 /// The refusal for a caller without the admin credential, if it lacks it.
 fn not_admin(ctx: &Ctx, headers: &HeaderMap) -> Option<Response> {
-    (!credential_ok(bearer(headers), &ctx.cfg.admin_token)).then(|| {
+    (!credential_ok(headers, &ctx.cfg.admin_token)).then(|| {
         error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -614,7 +609,7 @@ async fn revoke_partner(
 
 /// `GET /api/v1/fleet/partners` (fleet credential): partners' scopes and keys, for edges.
 async fn fleet_partners(State(ctx): State<Arc<Ctx>>, headers: HeaderMap) -> Response {
-    if !credential_ok(bearer(&headers), &ctx.cfg.fleet_token) {
+    if !credential_ok(&headers, &ctx.cfg.fleet_token) {
         return error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",

@@ -149,25 +149,7 @@ impl Validate for EdgeConfig {
                 errors.push("fleet_token: needed with control_url".into());
             }
         }
-        for (i, c) in self.trusted_proxies.iter().enumerate() {
-            if c.parse::<ipnet::IpNet>().is_err() {
-                errors.push(format!(
-                    "trusted_proxies[{i}]: {c:?} is not a CIDR like 10.0.0.0/8"
-                ));
-            }
-        }
-        for (i, r) in self.geo_rules.iter().enumerate() {
-            let rule = cascade_geo::CountryRule {
-                allow: r.allow.clone(),
-                deny: r.deny.clone(),
-            };
-            if let Err(e) = rule.validate() {
-                errors.push(format!("geo_rules[{i}]: {e}"));
-            }
-            if !r.prefix.starts_with('/') {
-                errors.push(format!("geo_rules[{i}].prefix: must start with /"));
-            }
-        }
+        cascade_geo::check_config(&self.trusted_proxies, &self.geo_rules, errors);
         if self.geoip_reload_secs == 0 {
             errors.push("geoip_reload_secs: must be at least 1".into());
         }

@@ -349,6 +349,29 @@ pub fn decide(
     }
 }
 
+/// Checks the geo keys of a role's config, naming each bad entry.
+pub fn check_config(trusted_proxies: &[String], rules: &[PathRule], errors: &mut Vec<String>) {
+    for (i, c) in trusted_proxies.iter().enumerate() {
+        if c.parse::<IpNet>().is_err() {
+            errors.push(format!(
+                "trusted_proxies[{i}]: {c:?} is not a CIDR like 10.0.0.0/8"
+            ));
+        }
+    }
+    for (i, r) in rules.iter().enumerate() {
+        let rule = CountryRule {
+            allow: r.allow.clone(),
+            deny: r.deny.clone(),
+        };
+        if let Err(e) = rule.validate() {
+            errors.push(format!("geo_rules[{i}]: {e}"));
+        }
+        if !r.prefix.starts_with('/') {
+            errors.push(format!("geo_rules[{i}].prefix: must start with /"));
+        }
+    }
+}
+
 /// The viewer's address: the peer's, unless the peer is a trusted proxy; then
 /// the right-most address in `X-Forwarded-For` (or `Forwarded: for=`) that
 /// is not itself trusted. Headers from untrusted peers are never read.

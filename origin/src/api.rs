@@ -351,13 +351,10 @@ async fn set_geo(
     headers: HeaderMap,
     Json(rule): Json<cascade_geo::CountryRule>,
 ) -> Response {
-    let presented = headers
+    let auth = headers
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let admin = &state.cfg.admin_token;
-    let ok = matches!(presented, Some(p) if !admin.is_empty() && p.len() == admin.len()
-        && p.bytes().zip(admin.bytes()).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0);
+        .and_then(|v| v.to_str().ok());
+    let ok = cascade_serve::bearer_matches(auth, &state.cfg.admin_token);
     if !ok {
         return error(
             StatusCode::UNAUTHORIZED,

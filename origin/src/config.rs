@@ -122,22 +122,7 @@ impl Validate for OriginConfig {
         if let Err(e) = build_token_keys("token_keys", &self.token_keys, None) {
             errors.extend(e);
         }
-        for (i, c) in self.trusted_proxies.iter().enumerate() {
-            if c.parse::<ipnet::IpNet>().is_err() {
-                errors.push(format!(
-                    "trusted_proxies[{i}]: {c:?} is not a CIDR like 10.0.0.0/8"
-                ));
-            }
-        }
-        for (i, r) in self.geo_rules.iter().enumerate() {
-            let rule = cascade_geo::CountryRule {
-                allow: r.allow.clone(),
-                deny: r.deny.clone(),
-            };
-            if let Err(e) = rule.validate() {
-                errors.push(format!("geo_rules[{i}]: {e}"));
-            }
-        }
+        cascade_geo::check_config(&self.trusted_proxies, &self.geo_rules, errors);
         if !(60..=7 * 24 * 3600).contains(&self.playback_ttl_secs) {
             errors.push("playback_ttl_secs: must be 60 to 604800".into());
         }

@@ -174,6 +174,23 @@ pub fn valid_request_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// Whether an `Authorization: Bearer …` value carries the configured
+/// credential, compared in constant time. An empty credential matches nothing.
+pub fn bearer_matches(authorization: Option<&str>, configured: &str) -> bool {
+    let presented = authorization
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match presented {
+        Some(p) if !configured.is_empty() && p.len() == configured.len() => {
+            p.bytes()
+                .zip(configured.bytes())
+                .fold(0u8, |a, (x, y)| a | (x ^ y))
+                == 0
+        }
+        _ => false,
+    }
+}
+
 /// Adds the CORS headers that let players on other sites read media.
 pub fn add_cors(headers: &mut HeaderMap) {
     headers.insert(
@@ -225,6 +242,15 @@ mod tests {
             h["cache-status"],
             "cascade-shield; fwd=miss; stored, cascade-edge; fwd=miss; stored"
         );
+    }
+
+    #[test]
+    fn bearer_credentials() {
+        assert!(bearer_matches(Some("Bearer s3cret"), "s3cret"));
+        assert!(!bearer_matches(Some("Bearer s3cres"), "s3cret"));
+        assert!(!bearer_matches(Some("s3cret"), "s3cret"));
+        assert!(!bearer_matches(None, "s3cret"));
+        assert!(!bearer_matches(Some("Bearer "), ""));
     }
 
     #[test]
