@@ -343,6 +343,26 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     })
     .await
     .context("starting the shield")?;
+    let node = |name: &str, role: &str, port: u16| cascade_control::Node {
+        name: name.into(),
+        role: role.into(),
+        url: url(port),
+    };
+    let control = cascade_control::start(&ControlConfig {
+        listen: format!("{host}:{}", args.control_port),
+        data_dir: format!("{data}/control"),
+        admin_token,
+        fleet_token: fleet_token.clone(),
+        public_edge_url: url(args.edge_port),
+        nodes: vec![
+            node("edge-1", "edge", args.edge_port),
+            node("shield-1", "shield", shield.addr.port()),
+            node("origin-1", "origin", origin.addr.port()),
+        ],
+        ..ControlConfig::default()
+    })
+    .await
+    .context("starting control")?;
     let edge = cascade_edge::start(&EdgeConfig {
         listen: format!("{host}:{}", args.edge_port),
         shields: vec![url(shield.addr.port())],
@@ -357,26 +377,6 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     })
     .await
     .context("starting the edge")?;
-    let node = |name: &str, role: &str, port: u16| cascade_control::Node {
-        name: name.into(),
-        role: role.into(),
-        url: url(port),
-    };
-    let control = cascade_control::start(&ControlConfig {
-        listen: format!("{host}:{}", args.control_port),
-        data_dir: format!("{data}/control"),
-        admin_token,
-        fleet_token,
-        public_edge_url: url(args.edge_port),
-        nodes: vec![
-            node("edge-1", "edge", edge.addr.port()),
-            node("shield-1", "shield", shield.addr.port()),
-            node("origin-1", "origin", origin.addr.port()),
-        ],
-        ..ControlConfig::default()
-    })
-    .await
-    .context("starting control")?;
 
     let samples = if args.no_samples {
         Vec::new()
@@ -408,6 +408,8 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         "  upload     cascade ingest FILE --origin {}",
         url(origin.addr.port())
     );
+    println!("  geo        {geoip_db}");
+    println!("  partners   cascade ctl --control {} --admin-token-file {data}/control-admin-token partner add NAME --scope '/vod/*'", url(control.addr.port()));
     println!("Press Ctrl-C to stop.");
     wait_for_signal().await;
     println!("Stopping…");

@@ -361,3 +361,72 @@ async fn key_rotation_without_viewer_failure() {
     );
     new_only.shutdown().await;
 }
+
+#[test]
+fn the_token_command_signs_and_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("key");
+    std::fs::write(&key_file, format!("test:{TEST_KEY_HEX}\n")).unwrap();
+    let bin = env!("CARGO_BIN_EXE_cascade");
+    let run = |args: &[&str]| std::process::Command::new(bin).args(args).output().unwrap();
+    let out = run(&[
+        "token",
+        "sign",
+        "--acl",
+        "/vod/abc/*",
+        "--ttl",
+        "600",
+        "--key-file",
+        key_file.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    // What the CLI signs, the edge's verifier accepts.
+    let v = cascade_token::Verifier {
+        cdn_keys: vec![key()],
+        ..Default::default()
+    };
+    assert!(v
+        .verify(&token, "/vod/abc/master.m3u8", None, now())
+        .is_ok());
+    let ok = run(&[
+        "token",
+        "verify",
+        &token,
+        "--path",
+        "/vod/abc/v0.m3u8",
+        "--key-file",
+        key_file.to_str().unwrap(),
+    ]);
+    assert!(ok.status.success());
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("verdict: valid (key test"));
+    let bad = run(&[
+        "token",
+        "verify",
+        &token,
+        "--path",
+        "/vod/abd/v0.m3u8",
+        "--key-file",
+        key_file.to_str().unwrap(),
+    ]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("rejected (acl_mismatch)"));
+    // Bad flags are clear errors.
+    let out = run(&[
+        "token",
+        "sign",
+        "--acl",
+        "/x/*",
+        "--algo",
+        "sha512",
+        "--key-file",
+        key_file.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--algo"));
+    let out = run(&["token", "sign", "--acl", "/x/*"]);
+    assert!(!out.status.success());
+}
