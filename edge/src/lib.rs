@@ -215,12 +215,9 @@ struct EdgeHandler {
     open_paths: Vec<String>,
     token_rejections: IntCounterVec,
     token_accepted: IntCounterVec,
-    cache: TieredCache,
-    media_upstreams: Vec<Upstream>,
+    media: Media,
     origin: Upstream,
     page: CachingFetcher,
-    manifests: moka::future::Cache<String, Arc<AssetManifest>>,
-    manifest_ttl: u64,
 }
 
 #[async_trait::async_trait]
@@ -384,26 +381,27 @@ impl EdgeHandler {
         asset: &str,
         request_id: &str,
     ) -> Option<Arc<cascade_geo::CountryRule>> {
-        if let Some(r) = self.title_meta.get(asset).await {
-            return Some(r);
-        }
-        let r = self
-            .fetch_media(&format!("/mezz/{asset}/meta.json"), None, request_id)
-            .await
-            .ok()?;
-        if r.status != StatusCode::OK {
-            return None;
-        }
-        #[derive(serde::Deserialize)]
-        struct Meta {
-            geo: cascade_geo::CountryRule,
-        }
-        let meta: Meta = serde_json::from_slice(&r.body).ok()?;
-        let rule = Arc::new(meta.geo);
+        // Concurrent misses for one title share one fetch (moka coalesces).
+        let fetch = async {
+            let r = self
+                .media
+                .fetch_media(&format!("/mezz/{asset}/meta.json"), None, request_id)
+                .await
+                .map_err(|_| ())?;
+            if r.status != StatusCode::OK {
+                return Err(());
+            }
+            #[derive(serde::Deserialize)]
+            struct Meta {
+                geo: cascade_geo::CountryRule,
+            }
+            let meta: Meta = serde_json::from_slice(&r.body).map_err(|_| ())?;
+            Ok::<_, ()>(Arc::new(meta.geo))
+        };
         self.title_meta
-            .insert(asset.to_string(), rule.clone())
-            .await;
-        Some(rule)
+            .try_get_with(asset.to_string(), fetch)
+            .await
+            .ok()
     }
 
     async fn vod(&self, req: &Request, path: &str, token_query: Option<&str>) -> Response {
@@ -420,155 +418,37 @@ impl EdgeHandler {
         // The key is the path alone: never the token or other query parameters.
         let key = format!("/vod/{asset}/{rest}");
         let now = unix_now();
-        if let Some((obj, tier)) = self.cache.get(&key).await {
+        if let Some((obj, tier)) = self.media.cache.get(&key).await {
             if obj.fresh_until > now {
                 let r = from_cache(&obj, CacheOutcome::Hit(tier.as_str()));
                 return tokenize(r, &output, token_query);
             }
         }
 
-        let manifest = match self.manifest(asset, &req.request_id).await {
-            Ok(m) => m,
-            Err(r) => return r,
-        };
-        let mut upstream_status = None;
-        let source_bytes = match output.source(&manifest) {
-            Err(_) => return not_found(),
-            Ok(None) => Bytes::new(),
-            Ok(Some(src)) => {
-                let mezz = format!("/mezz/{asset}/{}", src.file);
-                let range = src.range.http_range();
-                match self.fetch_media(&mezz, Some(&range), &req.request_id).await {
-                    Ok(r) if r.status == StatusCode::PARTIAL_CONTENT => {
-                        upstream_status = header_str(&r, "cache-status");
-                        r.body
-                    }
-                    Ok(r) => return upstream_failure(r.status),
-                    Err(r) => return r,
-                }
-            }
-        };
-        let body = match package(&manifest, &output, &source_bytes) {
-            Ok(b) => Bytes::from(b),
-            Err(e) => {
-                tracing::error!(request_id = %req.request_id, error = %e, path, "packaging failed");
-                return Response::error(
-                    StatusCode::BAD_GATEWAY,
-                    "packaging",
-                    "the mezzanine could not be packaged",
-                );
-            }
-        };
-        let ttl = if output.is_manifest() {
-            self.manifest_ttl
-        } else {
-            MEDIA_TTL
-        };
-        let cache_control = if output.is_manifest() {
-            format!("public, max-age={}", self.manifest_ttl.min(60))
-        } else {
-            "public, max-age=31536000, immutable".to_string()
-        };
-        let obj = CachedObject {
-            status: 200,
-            headers: vec![
-                (
-                    "content-type".into(),
-                    output.content_type(Some(&manifest)).into(),
-                ),
-                ("cache-control".into(), cache_control),
-                ("surrogate-key".into(), format!("asset-{asset}")),
-            ],
-            body,
-            stored_at: now,
-            fresh_until: now.saturating_add(ttl),
-        };
-        let stored = self.cache.put(&key, obj.clone()).await;
-        let mut r = from_cache(&obj, CacheOutcome::Miss { stored });
-        set_cache_status(
-            &mut r.headers,
-            upstream_status.as_deref(),
-            &CacheOutcome::Miss { stored }.entry(CACHE_NAME),
+        // One fetch and one packaging per key, however many viewers ask at once.
+        let media = self.media.clone();
+        let (a, o, k, rid) = (
+            asset.to_string(),
+            output.clone(),
+            key.clone(),
+            req.request_id.clone(),
         );
-        tokenize(r, &output, token_query)
-    }
-
-    /// The parsed asset manifest, from RAM or fetched through the shields.
-    async fn manifest(
-        &self,
-        asset: &str,
-        request_id: &str,
-    ) -> Result<Arc<AssetManifest>, Response> {
-        if let Some(m) = self.manifests.get(asset).await {
-            return Ok(m);
-        }
-        let path = format!("/mezz/{asset}/manifest.json");
-        let r = self.fetch_media(&path, None, request_id).await?;
-        if r.status == StatusCode::NOT_FOUND {
-            return Err(not_found());
-        }
-        if r.status != StatusCode::OK {
-            return Err(upstream_failure(r.status));
-        }
-        let m = AssetManifest::from_json(&r.body).map_err(|e| {
-            tracing::error!(request_id, asset, error = %e, "bad asset manifest");
+        let (resp, role) = self
+            .media
+            .flights
+            .run(&key, async move { media.miss(&a, &o, &k, &rid, now).await })
+            .await;
+        let mut r = resp.unwrap_or_else(|| {
             Response::error(
-                StatusCode::BAD_GATEWAY,
-                "bad_manifest",
-                "the asset manifest is unreadable",
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_timeout",
+                "the upstream fetch took too long",
             )
-        })?;
-        if m.asset != asset {
-            return Err(Response::error(
-                StatusCode::BAD_GATEWAY,
-                "bad_manifest",
-                "the asset manifest names another asset",
-            ));
+        });
+        if role == cascade_serve::Role::Joined {
+            cascade_serve::mark_collapsed(&mut r.headers);
         }
-        let m = Arc::new(m);
-        self.manifests.insert(asset.to_string(), m.clone()).await;
-        Ok(m)
-    }
-
-    /// Fetches from each shield in turn, then the origin.
-    async fn fetch_media(
-        &self,
-        path: &str,
-        range: Option<&str>,
-        request_id: &str,
-    ) -> Result<UpstreamResponse, Response> {
-        let mut last: Option<UpstreamError> = None;
-        let mut last_answer = None;
-        for up in &self.media_upstreams {
-            match up.get(path, range, request_id).await {
-                Ok(r) if r.status.is_server_error() => {
-                    tracing::warn!(
-                        upstream = up.base(),
-                        status = r.status.as_u16(),
-                        request_id,
-                        "upstream error, trying next"
-                    );
-                    last_answer = Some(r);
-                }
-                Ok(r) => return Ok(r),
-                Err(e) if e.retryable() => {
-                    tracing::warn!(upstream = up.base(), error = %e, request_id, "upstream unreachable, trying next");
-                    last = Some(e);
-                }
-                Err(e) => {
-                    last = Some(e);
-                    break;
-                }
-            }
-        }
-        if let Some(r) = last_answer {
-            return Ok(r);
-        }
-        let (status, code) = match last {
-            Some(UpstreamError::Timeout(_)) => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
-            _ => (StatusCode::BAD_GATEWAY, "upstream_unreachable"),
-        };
-        Err(Response::error(status, code, "no upstream could answer"))
+        tokenize(r, &output, token_query)
     }
 
     /// `/api/…`: passed to the origin, never cached.
@@ -764,6 +644,173 @@ async fn refresh_partners(
     }
 }
 
+/// The part of the edge that makes media on a miss; cheap to clone into
+/// the task of a coalesced fetch.
+#[derive(Clone)]
+struct Media {
+    cache: TieredCache,
+    media_upstreams: Vec<Upstream>,
+    manifests: moka::future::Cache<String, Arc<AssetManifest>>,
+    manifest_ttl: u64,
+    flights: Arc<cascade_serve::Flights<Response>>,
+}
+
+impl Media {
+    /// Makes an output on a cache miss: manifest, mezzanine range, package, store.
+    async fn miss(
+        &self,
+        asset: &str,
+        output: &Output,
+        key: &str,
+        request_id: &str,
+        now: u64,
+    ) -> Response {
+        let req_id = request_id;
+        let manifest = match self.manifest(asset, req_id).await {
+            Ok(m) => m,
+            Err(r) => return r,
+        };
+        let mut upstream_status = None;
+        let source_bytes = match output.source(&manifest) {
+            Err(_) => return not_found(),
+            Ok(None) => Bytes::new(),
+            Ok(Some(src)) => {
+                let mezz = format!("/mezz/{asset}/{}", src.file);
+                let range = src.range.http_range();
+                match self.fetch_media(&mezz, Some(&range), req_id).await {
+                    Ok(r) if r.status == StatusCode::PARTIAL_CONTENT => {
+                        upstream_status = header_str(&r, "cache-status");
+                        r.body
+                    }
+                    Ok(r) => return upstream_failure(r.status),
+                    Err(r) => return r,
+                }
+            }
+        };
+        let body = match package(&manifest, output, &source_bytes) {
+            Ok(b) => Bytes::from(b),
+            Err(e) => {
+                tracing::error!(request_id = %req_id, error = %e, key, "packaging failed");
+                return Response::error(
+                    StatusCode::BAD_GATEWAY,
+                    "packaging",
+                    "the mezzanine could not be packaged",
+                );
+            }
+        };
+        let ttl = if output.is_manifest() {
+            self.manifest_ttl
+        } else {
+            MEDIA_TTL
+        };
+        let cache_control = if output.is_manifest() {
+            format!("public, max-age={}", self.manifest_ttl.min(60))
+        } else {
+            "public, max-age=31536000, immutable".to_string()
+        };
+        let obj = CachedObject {
+            status: 200,
+            headers: vec![
+                (
+                    "content-type".into(),
+                    output.content_type(Some(&manifest)).into(),
+                ),
+                ("cache-control".into(), cache_control),
+                ("surrogate-key".into(), format!("asset-{asset}")),
+            ],
+            body,
+            stored_at: now,
+            fresh_until: now.saturating_add(ttl),
+        };
+        let stored = self.cache.put(key, obj.clone()).await;
+        let mut r = from_cache(&obj, CacheOutcome::Miss { stored });
+        set_cache_status(
+            &mut r.headers,
+            upstream_status.as_deref(),
+            &CacheOutcome::Miss { stored }.entry(CACHE_NAME),
+        );
+        r
+    }
+
+    /// The parsed asset manifest, from RAM or fetched through the shields.
+    async fn manifest(
+        &self,
+        asset: &str,
+        request_id: &str,
+    ) -> Result<Arc<AssetManifest>, Response> {
+        if let Some(m) = self.manifests.get(asset).await {
+            return Ok(m);
+        }
+        let path = format!("/mezz/{asset}/manifest.json");
+        let r = self.fetch_media(&path, None, request_id).await?;
+        if r.status == StatusCode::NOT_FOUND {
+            return Err(not_found());
+        }
+        if r.status != StatusCode::OK {
+            return Err(upstream_failure(r.status));
+        }
+        let m = AssetManifest::from_json(&r.body).map_err(|e| {
+            tracing::error!(request_id, asset, error = %e, "bad asset manifest");
+            Response::error(
+                StatusCode::BAD_GATEWAY,
+                "bad_manifest",
+                "the asset manifest is unreadable",
+            )
+        })?;
+        if m.asset != asset {
+            return Err(Response::error(
+                StatusCode::BAD_GATEWAY,
+                "bad_manifest",
+                "the asset manifest names another asset",
+            ));
+        }
+        let m = Arc::new(m);
+        self.manifests.insert(asset.to_string(), m.clone()).await;
+        Ok(m)
+    }
+
+    /// Fetches from each shield in turn, then the origin.
+    async fn fetch_media(
+        &self,
+        path: &str,
+        range: Option<&str>,
+        request_id: &str,
+    ) -> Result<UpstreamResponse, Response> {
+        let mut last: Option<UpstreamError> = None;
+        let mut last_answer = None;
+        for up in &self.media_upstreams {
+            match up.get(path, range, request_id).await {
+                Ok(r) if r.status.is_server_error() => {
+                    tracing::warn!(
+                        upstream = up.base(),
+                        status = r.status.as_u16(),
+                        request_id,
+                        "upstream error, trying next"
+                    );
+                    last_answer = Some(r);
+                }
+                Ok(r) => return Ok(r),
+                Err(e) if e.retryable() => {
+                    tracing::warn!(upstream = up.base(), error = %e, request_id, "upstream unreachable, trying next");
+                    last = Some(e);
+                }
+                Err(e) => {
+                    last = Some(e);
+                    break;
+                }
+            }
+        }
+        if let Some(r) = last_answer {
+            return Ok(r);
+        }
+        let (status, code) = match last {
+            Some(UpstreamError::Timeout(_)) => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
+            _ => (StatusCode::BAD_GATEWAY, "upstream_unreachable"),
+        };
+        Err(Response::error(status, code, "no upstream could answer"))
+    }
+}
+
 /// Writes the viewer's token into the child URLs of a playlist or MPD.
 fn tokenize(mut r: Response, output: &Output, token_query: Option<&str>) -> Response {
     if let Some(q) = token_query {
@@ -896,19 +943,18 @@ pub async fn start(cfg: &EdgeConfig) -> anyhow::Result<Edge> {
         open_paths: cfg.open_paths.clone(),
         token_rejections,
         token_accepted,
-        cache: cache.clone(),
-        media_upstreams,
-        page: CachingFetcher {
+        media: Media {
             cache: cache.clone(),
-            upstreams: vec![origin.clone()],
-            name: CACHE_NAME,
+            media_upstreams,
+            manifests: moka::future::Cache::builder()
+                .max_capacity(MANIFEST_ENTRIES)
+                .time_to_live(Duration::from_secs(cfg.manifest_ttl_secs.max(1)))
+                .build(),
+            manifest_ttl: cfg.manifest_ttl_secs,
+            flights: Arc::new(cascade_serve::Flights::new(timeout * 2)),
         },
+        page: CachingFetcher::new(cache.clone(), vec![origin.clone()], CACHE_NAME, timeout * 2),
         origin,
-        manifests: moka::future::Cache::builder()
-            .max_capacity(MANIFEST_ENTRIES)
-            .time_to_live(Duration::from_secs(cfg.manifest_ttl_secs.max(1)))
-            .build(),
-        manifest_ttl: cfg.manifest_ttl_secs,
     };
     let listener = tokio::net::TcpListener::bind(&cfg.listen).await?;
     let server = serve(

@@ -9,6 +9,7 @@
 
 #![warn(unreachable_pub)]
 
+mod coalesce;
 pub mod config;
 mod listener;
 mod metrics;
@@ -20,9 +21,10 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 
+pub use coalesce::{Flights, Role};
 pub use listener::{serve, ListenerConfig, ServerHandle};
 pub use metrics::{init_logging, Metrics};
-pub use proxy::{cache_key, cached_response, unix_now, CachingFetcher};
+pub use proxy::{cache_key, cached_response, mark_collapsed, unix_now, CachingFetcher};
 pub use upstream::{Upstream, UpstreamError, UpstreamResponse};
 
 /// The header that carries a request id across tiers.

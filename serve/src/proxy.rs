@@ -3,12 +3,13 @@
 //! that answers, stores what `Cache-Control` allows, and says what it did in
 //! `Cache-Status`.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cascade_cache::{freshness, CachedObject, TieredCache};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
-use crate::{set_cache_status, CacheOutcome, Response, Upstream, UpstreamError};
+use crate::{set_cache_status, CacheOutcome, Flights, Response, Role, Upstream, UpstreamError};
 
 /// Response headers kept in the cache and replayed on hits.
 const KEPT_HEADERS: [&str; 8] = [
@@ -22,15 +23,14 @@ const KEPT_HEADERS: [&str; 8] = [
     "access-control-allow-origin",
 ];
 
-/// Looks up and fills one tiered cache from an ordered list of upstreams.
+/// Looks up and fills one tiered cache from an ordered list of upstreams;
+/// concurrent misses for one key make one upstream fetch.
 #[derive(Clone)]
 pub struct CachingFetcher {
-    /// The cache.
-    pub cache: TieredCache,
-    /// Tried in order; the next is used only when one is unreachable.
-    pub upstreams: Vec<Upstream>,
-    /// This cache's name in `Cache-Status`.
-    pub name: &'static str,
+    cache: TieredCache,
+    upstreams: Vec<Upstream>,
+    name: &'static str,
+    flights: Arc<Flights<Response>>,
 }
 
 /// Seconds since the Unix epoch.
@@ -50,6 +50,22 @@ pub fn cache_key(path_and_query: &str, range: Option<&str>) -> String {
 }
 
 impl CachingFetcher {
+    /// A fetcher over `cache` from `upstreams` (tried in order), named `name`
+    /// in `Cache-Status`; a fetch taking longer than `timeout` is abandoned.
+    pub fn new(
+        cache: TieredCache,
+        upstreams: Vec<Upstream>,
+        name: &'static str,
+        timeout: Duration,
+    ) -> Self {
+        CachingFetcher {
+            cache,
+            upstreams,
+            name,
+            flights: Arc::new(Flights::new(timeout)),
+        }
+    }
+
     /// Answers a GET of `path_and_query` (with an optional `Range`).
     pub async fn get(
         &self,
@@ -64,10 +80,48 @@ impl CachingFetcher {
                 return self.replay(&obj, CacheOutcome::Hit(tier.as_str()));
             }
         }
+        let this = self.clone();
+        let (k, pq, r, rid) = (
+            key.clone(),
+            path_and_query.to_string(),
+            range.map(str::to_string),
+            request_id.to_string(),
+        );
+        let (resp, role) = self
+            .flights
+            .run(&key, async move {
+                this.fetch(&k, &pq, r.as_deref(), &rid, now).await
+            })
+            .await;
+        let mut resp = resp.unwrap_or_else(|| {
+            let mut r = Response::error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_timeout",
+                "the upstream fetch took too long",
+            );
+            let entry = CacheOutcome::Miss { stored: false }.entry(self.name);
+            set_cache_status(&mut r.headers, None, &entry);
+            r
+        });
+        if role == Role::Joined {
+            mark_collapsed(&mut resp.headers);
+        }
+        resp
+    }
+
+    /// The one upstream fetch of a coalesced miss.
+    async fn fetch(
+        &self,
+        key: &str,
+        path_and_query: &str,
+        range: Option<&str>,
+        request_id: &str,
+        now: u64,
+    ) -> Response {
         let mut last_err = None;
         for up in &self.upstreams {
             match up.get(path_and_query, range, request_id).await {
-                Ok(resp) => return self.store_and_answer(&key, resp, now).await,
+                Ok(resp) => return self.store_and_answer(key, resp, now).await,
                 Err(e) if e.retryable() => {
                     tracing::warn!(upstream = up.base(), error = %e, request_id, "upstream failed, trying next");
                     last_err = Some(e);
@@ -139,6 +193,17 @@ impl CachingFetcher {
 
     fn replay(&self, obj: &CachedObject, outcome: CacheOutcome) -> Response {
         cached_response(obj, outcome, self.name)
+    }
+}
+
+/// Marks this tier's `Cache-Status` entry (the last) as served from a
+/// fetch another request started (RFC 9211 `collapsed`).
+pub fn mark_collapsed(headers: &mut HeaderMap) {
+    let Some(v) = headers.get("cache-status").and_then(|v| v.to_str().ok()) else {
+        return;
+    };
+    if let Ok(v) = HeaderValue::from_str(&format!("{v}; collapsed")) {
+        headers.insert(HeaderName::from_static("cache-status"), v);
     }
 }
 

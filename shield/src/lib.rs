@@ -126,15 +126,15 @@ pub async fn start(cfg: &ShieldConfig) -> anyhow::Result<Shield> {
     .await?;
     let timeout = Duration::from_secs(cfg.upstream_timeout_secs);
     let max = (cfg.max_object_mib << 20) as usize;
-    let fetcher = CachingFetcher {
-        cache: cache.clone(),
-        upstreams: cfg
-            .origins
+    let fetcher = CachingFetcher::new(
+        cache.clone(),
+        cfg.origins
             .iter()
             .map(|o| Upstream::new(o, timeout, max))
             .collect(),
-        name: "cascade-shield",
-    };
+        "cascade-shield",
+        timeout * 2,
+    );
     let metrics = Arc::new(Metrics::new("shield"));
     let listener = tokio::net::TcpListener::bind(&cfg.listen).await?;
     let server = serve(

@@ -1,0 +1,137 @@
+//! Request coalescing: concurrent misses for one key share one upstream
+//! fetch. The fetch runs in its own task, so a viewer who hangs up does not
+//! cancel it for the others, and it is bounded by a timeout, after which the
+//! next request starts a fresh one.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::{BoxFuture, FutureExt, Shared};
+
+type Flight<V> = Shared<BoxFuture<'static, Option<V>>>;
+
+/// Fetches in flight, by key.
+pub struct Flights<V: Clone + Send + Sync + 'static> {
+    inflight: Arc<Mutex<HashMap<String, Flight<V>>>>,
+    timeout: Duration,
+}
+
+/// Whether this caller led the fetch or joined one in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Started the fetch.
+    Leader,
+    /// Joined a fetch already under way.
+    Joined,
+}
+
+impl<V: Clone + Send + Sync + 'static> Flights<V> {
+    /// Flights that give up after `timeout`.
+    pub fn new(timeout: Duration) -> Self {
+        Flights {
+            inflight: Arc::new(Mutex::new(HashMap::new())),
+            timeout,
+        }
+    }
+
+    /// Runs `fetch` for `key` unless a fetch for it is already in flight, in
+    /// which case it waits for that one. `None` when the fetch timed out or
+    /// its task failed.
+    pub async fn run<F>(&self, key: &str, fetch: F) -> (Option<V>, Role)
+    where
+        F: Future<Output = V> + Send + 'static,
+    {
+        let (flight, role) = {
+            let Ok(mut map) = self.inflight.lock() else {
+                return (None, Role::Leader);
+            };
+            match map.get(key) {
+                Some(f) => (f.clone(), Role::Joined),
+                None => {
+                    let timeout = self.timeout;
+                    let task = tokio::spawn(tokio::time::timeout(timeout, fetch));
+                    let inflight = self.inflight.clone();
+                    let owned_key = key.to_string();
+                    let flight = async move {
+                        let out = match task.await {
+                            Ok(Ok(v)) => Some(v),
+                            _ => None,
+                        };
+                        // Done: later requests find the cache, or start anew.
+                        if let Ok(mut map) = inflight.lock() {
+                            map.remove(&owned_key);
+                        }
+                        out
+                    }
+                    .boxed()
+                    .shared();
+                    map.insert(key.to_string(), flight.clone());
+                    (flight, Role::Leader)
+                }
+            }
+        };
+        (flight.await, role)
+    }
+
+    /// Fetches in flight now.
+    pub fn len(&self) -> usize {
+        self.inflight.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Whether none is in flight.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test]
+    async fn concurrent_callers_share_one_fetch() {
+        let flights = Arc::new(Flights::<u32>::new(Duration::from_secs(5)));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let mut tasks = Vec::new();
+        for _ in 0..100 {
+            let (flights, calls, mut rx) = (flights.clone(), calls.clone(), rx.clone());
+            tasks.push(tokio::spawn(async move {
+                flights
+                    .run("k", async move {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        let _ = rx.wait_for(|go| *go).await;
+                        7
+                    })
+                    .await
+            }));
+        }
+        // Let every caller join before the one fetch may finish.
+        while flights.is_empty() {
+            tokio::task::yield_now().await;
+        }
+        tokio::task::yield_now().await;
+        let _ = tx.send(true);
+        let mut leaders = 0;
+        for t in tasks {
+            let (v, role) = t.await.unwrap();
+            assert_eq!(v, Some(7));
+            leaders += usize::from(role == Role::Leader);
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(leaders, 1);
+        assert!(flights.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_stuck_fetch_times_out_and_the_next_request_starts_anew() {
+        let flights = Flights::<u32>::new(Duration::from_millis(50));
+        let (v, _) = flights.run("k", std::future::pending::<u32>()).await;
+        assert_eq!(v, None);
+        let (v, role) = flights.run("k", async { 3 }).await;
+        assert_eq!((v, role), (Some(3), Role::Leader));
+    }
+}

@@ -1,0 +1,50 @@
+//! A flash crowd on one uncached segment makes one fetch per tier.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::Arc;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thousand_viewers_one_origin_fetch() {
+    let stack = common::Stack::start().await;
+    let asset = common::ingest_clip(&stack, 2).await;
+    let token = common::sign_for(&asset);
+    let url = Arc::new(format!(
+        "{}/vod/{asset}/v0/1.m4s?__token__={token}",
+        stack.edge_url
+    ));
+    let before = stack.origin.mezzanine_bytes();
+    assert_eq!(before, (0, 0), "nothing played yet");
+
+    let client = common::client();
+    let mut tasks = Vec::with_capacity(1000);
+    for _ in 0..1000 {
+        let (client, url) = (client.clone(), url.clone());
+        tasks.push(tokio::spawn(async move {
+            let r = client.get(url.as_str()).send().await.unwrap();
+            let status = r.status().as_u16();
+            let cs = r
+                .headers()
+                .get("cache-status")
+                .map(|v| v.to_str().unwrap().to_string())
+                .unwrap_or_default();
+            (status, cs, r.bytes().await.unwrap())
+        }));
+    }
+    let mut bodies = std::collections::HashSet::new();
+    let mut collapsed = 0;
+    for t in tasks {
+        let (status, cs, body) = t.await.unwrap();
+        assert_eq!(status, 200, "{cs}");
+        collapsed += usize::from(cs.contains("collapsed"));
+        bodies.insert(body);
+    }
+    assert_eq!(bodies.len(), 1, "every viewer got the same bytes");
+    let len = bodies.into_iter().next().unwrap().len() as u64;
+    // The origin served exactly that segment's bytes, once.
+    assert_eq!(stack.origin.mezzanine_bytes(), (len, 0));
+    assert!(collapsed > 0, "some requests joined a fetch in flight");
+    stack.shutdown().await;
+}
