@@ -28,14 +28,7 @@ fn ffmpeg_decode(url: &str) -> Result<(), String> {
 async fn title_urls(edge: &str, asset: &str, hls: &str, dash: &str) -> Vec<String> {
     let base = format!("{edge}/vod/{asset}");
     let mut urls = vec![hls.to_string(), dash.to_string()];
-    let master = client()
-        .get(&urls[0])
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let master = common::text(&urls[0]).await;
     let mut playlists: Vec<String> = master
         .lines()
         .filter(|l| l.contains(".m3u8") && !l.starts_with('#'))
@@ -52,14 +45,7 @@ async fn title_urls(edge: &str, asset: &str, hls: &str, dash: &str) -> Vec<Strin
     assert!(playlists.len() >= 3, "two video rungs and audio: {master}");
     for p in playlists {
         let url = format!("{base}/{p}");
-        let text = client()
-            .get(&url)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = common::text(&url).await;
         urls.push(url);
         for line in text.lines() {
             if let Some(map) = line.strip_prefix("#EXT-X-MAP:URI=\"") {
@@ -120,14 +106,7 @@ async fn upload_to_playback_through_every_tier() {
     );
 
     // HLS and DASH share segment URLs: one cached copy for both.
-    let mpd = client()
-        .get(&dash)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let mpd = common::text(&dash).await;
     assert!(
         mpd.contains(&format!(
             "media=\"$RepresentationID$/$Number$.m4s?__token__={token}\""
@@ -181,14 +160,7 @@ async fn upload_to_playback_through_every_tier() {
                 .status(),
             200
         );
-        let m = client()
-            .get(format!("{base}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let m = common::text(format!("{base}/metrics")).await;
         assert!(m.contains("cascade_"), "{base}/metrics: {m}");
     }
     stack.shutdown().await;

@@ -136,14 +136,7 @@ async fn edge_and_playback_api_agree_per_country() {
     .await;
     assert_eq!(s, 451);
     // Metrics: blocked by country and rule, lookups by result.
-    let m = common::client()
-        .get(format!("{}/metrics", stack.edge_url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = common::text(format!("{}/metrics", stack.edge_url)).await;
     assert!(
         m.contains("cascade_edge_geo_blocked_total{country=\"US\",rule=\"title:allow\"}"),
         "{m}"
@@ -201,13 +194,11 @@ async fn hot_swap_under_load_and_a_corrupt_file_is_refused() {
         common::sign_for(&asset)
     );
     let metrics = format!("{}/metrics", stack.edge_url);
-    let reloads = |m: &str, result: &str| -> u64 {
-        let key = format!("cascade_edge_geo_reloads_total{{result=\"{result}\"}}");
-        m.lines()
-            .find(|l| l.starts_with(&key))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
+    let reloads = |m: &str, result: &str| {
+        common::metric_value(
+            m,
+            &format!("cascade_edge_geo_reloads_total{{result=\"{result}\"}}"),
+        )
     };
 
     // Steady requests from India while the database is replaced (same
@@ -235,14 +226,7 @@ async fn hot_swap_under_load_and_a_corrupt_file_is_refused() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     assert_eq!(load.await.unwrap(), 0, "requests failed during hot swaps");
-    let m = common::client()
-        .get(&metrics)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = common::text(&metrics).await;
     assert!(
         reloads(&m, "ok") >= 1,
         "the database was reloaded at least once"
@@ -266,31 +250,14 @@ async fn hot_swap_under_load_and_a_corrupt_file_is_refused() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // A truncated replacement is refused; the last good one stays in use.
-    let refused_before = reloads(
-        &common::client()
-            .get(&metrics)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-        "refused",
-    );
+    let refused_before = reloads(&common::text(&metrics).await, "refused");
     let good = std::fs::read(&db).unwrap();
     let tmp = db.with_extension("new");
     std::fs::write(&tmp, &good[..good.len() / 3]).unwrap();
     std::fs::rename(&tmp, &db).unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let m = common::client()
-            .get(&metrics)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let m = common::text(&metrics).await;
         if reloads(&m, "refused") > refused_before {
             break;
         }

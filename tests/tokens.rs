@@ -135,35 +135,16 @@ async fn every_rejection_by_every_carrier() {
     }
     // The 403 body names the reason and nothing of the key or the MAC.
     let bad = acl_token("/vod/other/*");
-    let body = client()
-        .get(format!("{edge}{path}?__token__={bad}"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let body = common::text(format!("{edge}{path}?__token__={bad}")).await;
     assert_eq!(
         body.trim(),
         "{\"error\":\"token\",\"reason\":\"acl_mismatch\"}"
     );
     // Each reason is counted.
-    let metrics = client()
-        .get(format!("{edge}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::text(format!("{edge}/metrics")).await;
     for (reason, _) in &cases {
         let line = format!("cascade_edge_token_rejections_total{{reason=\"{reason}\"}}");
-        let n: u64 = metrics
-            .lines()
-            .find(|l| l.starts_with(&line))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
+        let n = common::metric_value(&metrics, &line);
         assert!(n >= 3, "{reason}: {n}");
     }
     assert!(metrics.contains("cascade_edge_token_accepted_total{kid=\"test\"}"));
@@ -323,14 +304,7 @@ async fn key_rotation_without_viewer_failure() {
         .0,
         404
     );
-    let m = client()
-        .get(format!("{}/metrics", both.edge_url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = common::text(format!("{}/metrics", both.edge_url)).await;
     assert!(
         m.contains("kid=\"new\"") && m.contains("kid=\"test\""),
         "which key matched is counted"

@@ -185,6 +185,28 @@ pub fn client() -> reqwest::Client {
         .expect("client")
 }
 
+/// The body of a GET, as text.
+pub async fn text(url: impl reqwest::IntoUrl) -> String {
+    client()
+        .get(url)
+        .send()
+        .await
+        .expect("GET")
+        .text()
+        .await
+        .expect("a text body")
+}
+
+/// The value of one series in Prometheus text, 0 when absent.
+pub fn metric_value(metrics: &str, series: &str) -> u64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
 /// Uploads a file; returns the status and the JSON answer.
 pub async fn upload(origin_url: &str, path: &Path, title: &str) -> (u16, Value) {
     let body = tokio::fs::read(path).await.expect("read clip");
