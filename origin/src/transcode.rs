@@ -225,6 +225,16 @@ struct AudioOut {
 
 const AUDIO_RATE: i32 = 48_000;
 
+/// Where the video is in time: the source's first timestamp (output starts
+/// at zero), the next forced keyframe, frames seen, the last frame's time.
+#[derive(Default)]
+struct VideoClock {
+    first_pts: Option<i64>,
+    next_key: f64,
+    frame_count: i64,
+    last_secs: f64,
+}
+
 /// Transcodes `spec.source` into mezzanine files in `spec.out_dir`.
 /// `progress` is called with the fraction done, as far as it is known.
 pub fn transcode(
@@ -292,20 +302,20 @@ pub fn transcode(
     };
 
     let seg = f64::from(spec.segment_secs.max(1));
-    let mut first_pts: Option<i64> = None;
-    let mut next_key = 0.0f64;
-    let mut frame_count: i64 = 0;
-    let mut last_secs = 0.0f64;
+    let mut clock = VideoClock::default();
     let mut decoded = frame::Video::empty();
     let mut adecoded = frame::Audio::empty();
 
     let mut on_video_frames = |vdec: &mut decoder::Video,
                                videos: &mut Vec<VideoOut>,
-                               first_pts: &mut Option<i64>,
-                               next_key: &mut f64,
-                               frame_count: &mut i64,
-                               last_secs: &mut f64|
+                               clock: &mut VideoClock|
      -> Result<(), TranscodeError> {
+        let VideoClock {
+            first_pts,
+            next_key,
+            frame_count,
+            last_secs,
+        } = clock;
         while vdec.receive_frame(&mut decoded).is_ok() {
             let raw = decoded.timestamp().or(decoded.pts());
             let pts = match (raw, *first_pts) {
@@ -359,16 +369,9 @@ pub fn transcode(
             packet.rescale_ts(stream.time_base(), v_tb);
             vdec.send_packet(&packet)
                 .map_err(|e| TranscodeError::Input(format!("decode video: {e}")))?;
-            on_video_frames(
-                &mut vdec,
-                &mut videos,
-                &mut first_pts,
-                &mut next_key,
-                &mut frame_count,
-                &mut last_secs,
-            )?;
+            on_video_frames(&mut vdec, &mut videos, &mut clock)?;
             if let Some(total) = total_secs {
-                progress((last_secs / total).clamp(0.0, 0.99));
+                progress((clock.last_secs / total).clamp(0.0, 0.99));
             }
         } else if Some(stream.index()) == a_index {
             if let (Some(dec), Some(out)) = (adec.as_mut(), audio.as_mut()) {
@@ -383,15 +386,8 @@ pub fn transcode(
     }
     vdec.send_eof()
         .map_err(|e| TranscodeError::Input(format!("decode video: {e}")))?;
-    on_video_frames(
-        &mut vdec,
-        &mut videos,
-        &mut first_pts,
-        &mut next_key,
-        &mut frame_count,
-        &mut last_secs,
-    )?;
-    if frame_count == 0 {
+    on_video_frames(&mut vdec, &mut videos, &mut clock)?;
+    if clock.frame_count == 0 {
         return Err(TranscodeError::Input(
             "no video frames could be decoded".into(),
         ));
@@ -426,7 +422,7 @@ pub fn transcode(
         }
     }
     progress(1.0);
-    let media_secs = last_secs + 1.0 / fps;
+    let media_secs = clock.last_secs + 1.0 / fps;
     Ok(Outcome { files, media_secs })
 }
 
