@@ -68,6 +68,8 @@ enum CtlCommand {
     /// Manage token-API partners.
     #[command(subcommand)]
     Partner(PartnerCommand),
+    /// List the fleet: role, region, health, cache fill and hit ratio.
+    Nodes,
 }
 
 #[derive(Subcommand)]
@@ -334,15 +336,6 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     })
     .await
     .context("starting the origin")?;
-    let shield = cascade_shield::start(&ShieldConfig {
-        listen: format!("{host}:{}", args.shield_port),
-        origins: vec![url(origin.addr.port())],
-        cache_dir: format!("{data}/cache/shield"),
-        cache_disk_mib: 1024,
-        ..ShieldConfig::default()
-    })
-    .await
-    .context("starting the shield")?;
     let node = |name: &str, role: &str, port: u16| cascade_control::Node {
         name: name.into(),
         role: role.into(),
@@ -356,13 +349,24 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         public_edge_url: url(args.edge_port),
         nodes: vec![
             node("edge-1", "edge", args.edge_port),
-            node("shield-1", "shield", shield.addr.port()),
+            node("shield-1", "shield", args.shield_port),
             node("origin-1", "origin", origin.addr.port()),
         ],
         ..ControlConfig::default()
     })
     .await
     .context("starting control")?;
+    let shield = cascade_shield::start(&ShieldConfig {
+        listen: format!("{host}:{}", args.shield_port),
+        origins: vec![url(origin.addr.port())],
+        cache_dir: format!("{data}/cache/shield"),
+        cache_disk_mib: 1024,
+        control_url: url(args.control_port),
+        fleet_token: fleet_token.clone(),
+        ..ShieldConfig::default()
+    })
+    .await
+    .context("starting the shield")?;
     let edge = cascade_edge::start(&EdgeConfig {
         listen: format!("{host}:{}", args.edge_port),
         shields: vec![url(shield.addr.port())],
@@ -559,6 +563,46 @@ fn token_verify(a: VerifyArgs) -> anyhow::Result<()> {
     }
 }
 
+async fn ctl_nodes(client: &reqwest::Client, base: &str) -> anyhow::Result<()> {
+    let body: serde_json::Value = client
+        .get(format!("{base}/api/v1/nodes"))
+        .send()
+        .await
+        .with_context(|| format!("contacting control at {base}"))?
+        .json()
+        .await
+        .context("reading control's answer")?;
+    println!(
+        "{:<14} {:<7} {:<10} {:<6} {:>12} {:>9}  url",
+        "name", "role", "region", "health", "cache", "hit ratio"
+    );
+    for n in body["nodes"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
+        let cache = n["cache_memory_bytes"]
+            .as_u64()
+            .map_or("-".to_string(), |b| {
+                format!("{:.1} MiB", b as f64 / 1048576.0)
+            });
+        let ratio = n["hit_ratio"]
+            .as_f64()
+            .map_or("-".to_string(), |r| format!("{:.1}%", r * 100.0));
+        println!(
+            "{:<14} {:<7} {:<10} {:<6} {:>12} {:>9}  {}",
+            n["name"].as_str().unwrap_or("?"),
+            n["role"].as_str().unwrap_or("?"),
+            n["region"].as_str().unwrap_or("-"),
+            n["health"].as_str().unwrap_or("?"),
+            cache,
+            ratio,
+            n["url"].as_str().unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
 /// Parses `90`, `90s`, `30m`, `6h` or `2d` into seconds.
 fn parse_duration(s: &str) -> anyhow::Result<u64> {
     let s = s.trim();
@@ -577,6 +621,10 @@ fn parse_duration(s: &str) -> anyhow::Result<u64> {
 }
 
 async fn ctl(a: CtlArgs) -> anyhow::Result<()> {
+    if matches!(a.command, CtlCommand::Nodes) {
+        let client = reqwest::Client::builder().no_proxy().build()?;
+        return ctl_nodes(&client, a.control.trim_end_matches('/')).await;
+    }
     let token = match &a.admin_token_file {
         Some(f) => {
             std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?
@@ -588,7 +636,9 @@ async fn ctl(a: CtlArgs) -> anyhow::Result<()> {
     let token = token.trim();
     let base = a.control.trim_end_matches('/');
     let client = reqwest::Client::builder().no_proxy().build()?;
-    let CtlCommand::Partner(cmd) = a.command;
+    let CtlCommand::Partner(cmd) = a.command else {
+        return ctl_nodes(&client, base).await;
+    };
     let (req, show_key) = match cmd {
         PartnerCommand::Add {
             name,

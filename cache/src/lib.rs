@@ -174,6 +174,12 @@ impl TieredCache {
         }
     }
 
+    /// Bytes and objects in RAM, after the cache's pending bookkeeping.
+    pub async fn memory_usage(&self) -> (u64, u64) {
+        self.memory.run_pending_tasks().await;
+        (self.memory.weighted_size(), self.memory.entry_count())
+    }
+
     /// Approximate bytes in RAM.
     pub fn memory_bytes(&self) -> u64 {
         self.memory.weighted_size()

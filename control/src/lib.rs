@@ -47,6 +47,8 @@ pub struct ControlConfig {
     pub public_edge_url: String,
     /// Name of the token's query parameter at the edges.
     pub token_name: String,
+    /// Seconds without a heartbeat after which a registered node is down.
+    pub node_down_after_secs: u64,
 }
 
 /// One node of the fleet.
@@ -71,6 +73,7 @@ impl Default for ControlConfig {
             fleet_token: String::new(),
             public_edge_url: "http://127.0.0.1:8080".into(),
             token_name: "__token__".into(),
+            node_down_after_secs: 15,
         }
     }
 }
@@ -102,8 +105,15 @@ impl Validate for ControlConfig {
     }
 }
 
+/// A node that registered itself, with its last heartbeat.
+struct Registered {
+    beat: cascade_serve::Heartbeat,
+    last_seen: std::time::Instant,
+}
+
 struct Ctx {
     cfg: ControlConfig,
+    registry: std::sync::Mutex<std::collections::HashMap<String, Registered>>,
     db: SqlitePool,
     client: reqwest::Client,
     metrics: Metrics,
@@ -152,6 +162,7 @@ fn app(ctx: Arc<Ctx>) -> Router {
         .route("/api/v1/partners/{name}/rotate", post(rotate_partner))
         .route("/api/v1/partners/{name}/revoke", post(revoke_partner))
         .route("/api/v1/fleet/partners", get(fleet_partners))
+        .route("/api/v1/fleet/heartbeat", post(heartbeat))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such path") })
@@ -204,8 +215,82 @@ async fn metrics(State(ctx): State<Arc<Ctx>>) -> Response {
         .into_response()
 }
 
-/// `GET /api/v1/nodes`: every node with a live health check.
+/// Most registered nodes kept; a heartbeat from one more is refused.
+const MAX_REGISTERED: usize = 10_000;
+
+/// `POST /api/v1/fleet/heartbeat` (fleet credential): a node registers or
+/// says it is alive, with its cache figures.
+async fn heartbeat(
+    State(ctx): State<Arc<Ctx>>,
+    headers: HeaderMap,
+    Json(beat): Json<cascade_serve::Heartbeat>,
+) -> Response {
+    if !credential_ok(&headers, &ctx.cfg.fleet_token) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "fleet credential required",
+        );
+    }
+    if !cascade_packager_id(&beat.name) || !matches!(beat.role.as_str(), "edge" | "shield") {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_node",
+            "name: letters, digits, - and _; role: edge or shield",
+        );
+    }
+    let Ok(mut reg) = ctx.registry.lock() else {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "registry",
+            "registry unavailable",
+        );
+    };
+    if reg.len() >= MAX_REGISTERED && !reg.contains_key(&beat.name) {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "registry_full",
+            "too many nodes",
+        );
+    }
+    reg.insert(
+        beat.name.clone(),
+        Registered {
+            beat,
+            last_seen: std::time::Instant::now(),
+        },
+    );
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// `GET /api/v1/nodes`: configured nodes with a live health check, and
+/// registered nodes by their heartbeats (down when quiet too long).
 async fn nodes(State(ctx): State<Arc<Ctx>>) -> Response {
+    let registered: Vec<serde_json::Value> = match ctx.registry.lock() {
+        Ok(reg) => {
+            let down_after = Duration::from_secs(ctx.cfg.node_down_after_secs);
+            let mut list: Vec<_> = reg
+                .values()
+                .map(|r| {
+                    let b = &r.beat;
+                    let ratio = (b.requests_total > 0)
+                        .then(|| b.requests_hit as f64 / b.requests_total as f64);
+                    json!({
+                        "name": b.name, "role": b.role, "region": b.region, "url": b.url,
+                        "health": if r.last_seen.elapsed() <= down_after { "up" } else { "down" },
+                        "last_seen_secs": r.last_seen.elapsed().as_secs(),
+                        "cache_memory_bytes": b.cache_memory_bytes,
+                        "cache_entries": b.cache_entries,
+                        "hit_ratio": ratio,
+                        "registered": true,
+                    })
+                })
+                .collect();
+            list.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+            list
+        }
+        Err(_) => Vec::new(),
+    };
     let checks = ctx.cfg.nodes.iter().map(|n| {
         let client = ctx.client.clone();
         async move {
@@ -214,7 +299,10 @@ async fn nodes(State(ctx): State<Arc<Ctx>>) -> Response {
             json!({ "name": n.name, "role": n.role, "url": n.url, "health": if healthy { "up" } else { "down" } })
         }
     });
-    let list = futures::future::join_all(checks).await;
+    let mut list = futures::future::join_all(checks).await;
+    // A registered node replaces a configured one of the same name.
+    list.retain(|n| !registered.iter().any(|r| r["name"] == n["name"]));
+    list.extend(registered);
     (
         [(header::CACHE_CONTROL, "no-store")],
         Json(json!({ "nodes": list })),
@@ -664,6 +752,7 @@ pub async fn start(cfg: &ControlConfig) -> anyhow::Result<Control> {
         client,
         metrics: Metrics::new("control"),
         limits: partners::Limits::default(),
+        registry: Default::default(),
     });
     let listener = tokio::net::TcpListener::bind(&cfg.listen).await?;
     let addr = listener.local_addr()?;

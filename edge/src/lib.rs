@@ -70,6 +70,14 @@ pub struct EdgeConfig {
     pub fleet_token: String,
     /// Seconds between partner-key refreshes.
     pub partner_refresh_secs: u64,
+    /// This node's name in control's registry (with `control_url`).
+    pub node_name: String,
+    /// This node's region.
+    pub region: String,
+    /// The URL control and operators reach this node at; empty: from `listen`.
+    pub public_url: String,
+    /// Seconds between heartbeats to control.
+    pub heartbeat_secs: u64,
     /// MaxMind database (GeoLite2/GeoIP2 Country or City); `CASCADE_GEOIP_DB`
     /// overrides; empty: every country unknown.
     pub geoip_db: String,
@@ -107,6 +115,10 @@ impl Default for EdgeConfig {
             control_url: String::new(),
             fleet_token: String::new(),
             partner_refresh_secs: 5,
+            node_name: "edge-1".into(),
+            region: "local".into(),
+            public_url: String::new(),
+            heartbeat_secs: 5,
             geoip_db: String::new(),
             geoip_reload_secs: 2,
             geo_unknown: cascade_geo::UnknownPolicy::Allow,
@@ -179,12 +191,16 @@ pub struct Edge {
     cache: TieredCache,
     partner_task: Option<tokio::task::JoinHandle<()>>,
     geo_task: Option<tokio::task::JoinHandle<()>>,
+    heartbeat_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Edge {
     /// Stops the edge and flushes its disk cache.
     pub async fn shutdown(self) {
-        for t in [&self.partner_task, &self.geo_task].into_iter().flatten() {
+        for t in [&self.partner_task, &self.geo_task, &self.heartbeat_task]
+            .into_iter()
+            .flatten()
+        {
             t.abort();
         }
         self.server.shutdown().await;
@@ -964,6 +980,37 @@ pub async fn start(cfg: &EdgeConfig) -> anyhow::Result<Edge> {
         ListenerConfig::new(CACHE_NAME),
     )?;
     tracing::info!(addr = %server.addr, "edge listening");
+    let heartbeat_task = (!cfg.control_url.is_empty()).then(|| {
+        let (m, c) = (metrics.clone(), cache.clone());
+        let url = if cfg.public_url.is_empty() {
+            format!("http://{}", server.addr)
+        } else {
+            cfg.public_url.clone()
+        };
+        let (name, region) = (cfg.node_name.clone(), cfg.region.clone());
+        cascade_serve::spawn_heartbeat(
+            cfg.control_url.clone(),
+            cfg.fleet_token.clone(),
+            Duration::from_secs(cfg.heartbeat_secs.max(1)),
+            move || {
+                let (m, c) = (m.clone(), c.clone());
+                let (name, region, url) = (name.clone(), region.clone(), url.clone());
+                async move {
+                    let (bytes, entries) = c.memory_usage().await;
+                    cascade_serve::Heartbeat {
+                        name,
+                        role: "edge".into(),
+                        region,
+                        url,
+                        cache_memory_bytes: bytes,
+                        cache_entries: entries,
+                        requests_hit: m.requests_with_cache("hit"),
+                        requests_total: m.requests_total(),
+                    }
+                }
+            },
+        )
+    });
     Ok(Edge {
         addr: server.addr,
         metrics,
@@ -971,5 +1018,6 @@ pub async fn start(cfg: &EdgeConfig) -> anyhow::Result<Edge> {
         cache,
         partner_task,
         geo_task,
+        heartbeat_task,
     })
 }

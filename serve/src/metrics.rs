@@ -96,6 +96,21 @@ impl Metrics {
         total
     }
 
+    /// Requests answered, all outcomes.
+    pub fn requests_total(&self) -> u64 {
+        self.registry
+            .gather()
+            .iter()
+            .filter(|mf| mf.name().ends_with("requests_total"))
+            .flat_map(|mf| {
+                mf.get_metric()
+                    .iter()
+                    .map(|m| m.get_counter().get_value() as u64)
+                    .collect::<Vec<_>>()
+            })
+            .sum()
+    }
+
     /// Prometheus text format.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();

@@ -34,6 +34,18 @@ pub struct ShieldConfig {
     pub upstream_timeout_secs: u64,
     /// Largest object fetched, in MiB.
     pub max_object_mib: u64,
+    /// Control's URL, for registration and heartbeats; empty for none.
+    pub control_url: String,
+    /// The credential for control's fleet API.
+    pub fleet_token: String,
+    /// This node's name in control's registry.
+    pub node_name: String,
+    /// This node's region.
+    pub region: String,
+    /// The URL control and operators reach this node at; empty: from `listen`.
+    pub public_url: String,
+    /// Seconds between heartbeats to control.
+    pub heartbeat_secs: u64,
 }
 
 impl Default for ShieldConfig {
@@ -46,6 +58,12 @@ impl Default for ShieldConfig {
             cache_disk_mib: 4096,
             upstream_timeout_secs: 30,
             max_object_mib: 15,
+            control_url: String::new(),
+            fleet_token: String::new(),
+            node_name: "shield-1".into(),
+            region: "local".into(),
+            public_url: String::new(),
+            heartbeat_secs: 5,
         }
     }
 }
@@ -68,6 +86,12 @@ impl Validate for ShieldConfig {
         if self.upstream_timeout_secs == 0 {
             errors.push("upstream_timeout_secs: must be at least 1".into());
         }
+        if !self.control_url.is_empty() {
+            check_url("control_url", &self.control_url, errors);
+            if self.fleet_token.is_empty() {
+                errors.push("fleet_token: needed with control_url".into());
+            }
+        }
     }
 }
 
@@ -79,11 +103,15 @@ pub struct Shield {
     pub metrics: Arc<Metrics>,
     server: ServerHandle,
     cache: TieredCache,
+    heartbeat_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Shield {
     /// Stops the shield and flushes its disk cache.
     pub async fn shutdown(self) {
+        if let Some(t) = &self.heartbeat_task {
+            t.abort();
+        }
         self.server.shutdown().await;
         self.cache.close().await;
     }
@@ -144,10 +172,42 @@ pub async fn start(cfg: &ShieldConfig) -> anyhow::Result<Shield> {
         ListenerConfig::new("cascade-shield"),
     )?;
     tracing::info!(addr = %server.addr, "shield listening");
+    let heartbeat_task = (!cfg.control_url.is_empty()).then(|| {
+        let (m, c) = (metrics.clone(), cache.clone());
+        let url = if cfg.public_url.is_empty() {
+            format!("http://{}", server.addr)
+        } else {
+            cfg.public_url.clone()
+        };
+        let (name, region) = (cfg.node_name.clone(), cfg.region.clone());
+        cascade_serve::spawn_heartbeat(
+            cfg.control_url.clone(),
+            cfg.fleet_token.clone(),
+            Duration::from_secs(cfg.heartbeat_secs.max(1)),
+            move || {
+                let (m, c) = (m.clone(), c.clone());
+                let (name, region, url) = (name.clone(), region.clone(), url.clone());
+                async move {
+                    let (bytes, entries) = c.memory_usage().await;
+                    cascade_serve::Heartbeat {
+                        name,
+                        role: "shield".into(),
+                        region,
+                        url,
+                        cache_memory_bytes: bytes,
+                        cache_entries: entries,
+                        requests_hit: m.requests_with_cache("hit"),
+                        requests_total: m.requests_total(),
+                    }
+                }
+            },
+        )
+    });
     Ok(Shield {
         addr: server.addr,
         metrics,
         server,
         cache,
+        heartbeat_task,
     })
 }

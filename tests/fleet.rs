@@ -1,0 +1,117 @@
+//! Edges and shields register with control and heartbeat; a node that goes
+//! quiet is marked down.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use cascade_control::ControlConfig;
+use serde_json::Value;
+
+const FLEET: &str = "fleet-secret-0123456789";
+
+async fn nodes(control: &str) -> Vec<Value> {
+    let v: Value =
+        serde_json::from_str(&common::text(format!("{control}/api/v1/nodes")).await).unwrap();
+    v["nodes"].as_array().unwrap().clone()
+}
+
+fn find<'a>(list: &'a [Value], name: &str) -> Option<&'a Value> {
+    list.iter().find(|n| n["name"] == name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nodes_register_heartbeat_and_go_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let control = cascade_control::start(&ControlConfig {
+        listen: "127.0.0.1:0".into(),
+        data_dir: dir.path().join("control").to_str().unwrap().into(),
+        fleet_token: FLEET.into(),
+        node_down_after_secs: 2,
+        ..ControlConfig::default()
+    })
+    .await
+    .unwrap();
+    let control_url = format!("http://{}", control.addr);
+    let cu = control_url.clone();
+    let stack = common::Stack::start_full(
+        |_| {},
+        move |e| {
+            e.control_url = cu;
+            e.fleet_token = FLEET.into();
+            e.node_name = "edge-mum-1".into();
+            e.region = "in-west".into();
+            e.heartbeat_secs = 1;
+        },
+    )
+    .await;
+    // A second shield, registered, that we will stop.
+    let shield = cascade_shield::start(&cascade_shield::ShieldConfig {
+        listen: "127.0.0.1:0".into(),
+        origins: vec![stack.origin_url.clone()],
+        cache_dir: String::new(),
+        cache_memory_mib: 16,
+        control_url: control_url.clone(),
+        fleet_token: FLEET.into(),
+        node_name: "shield-mum-1".into(),
+        region: "in-west".into(),
+        heartbeat_secs: 1,
+        ..cascade_shield::ShieldConfig::default()
+    })
+    .await
+    .unwrap();
+    // Some traffic so the edge has a hit ratio: the page, twice (a miss, then a hit).
+    for _ in 0..2 {
+        common::text(format!("{}/", stack.edge_url)).await;
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let list = nodes(&control_url).await;
+        let ready = matches!(
+            (find(&list, "edge-mum-1"), find(&list, "shield-mum-1")),
+            (Some(e), Some(s)) if e["health"] == "up" && s["health"] == "up" && e["hit_ratio"].as_f64().is_some()
+        );
+        if ready {
+            let e = find(&list, "edge-mum-1").unwrap();
+            assert_eq!(e["role"], "edge");
+            assert_eq!(e["region"], "in-west");
+            assert!(e["hit_ratio"].as_f64().unwrap() > 0.0, "{e}");
+            assert!(e["cache_entries"].as_u64().unwrap() >= 1, "{e}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nodes never registered: {list:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // The shield stops; control marks it down, and the edge stays up.
+    shield.shutdown().await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let list = nodes(&control_url).await;
+        if find(&list, "shield-mum-1").unwrap()["health"] == "down" {
+            assert_eq!(find(&list, "edge-mum-1").unwrap()["health"], "up");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stopped shield was never marked down"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Heartbeats need the fleet credential.
+    let r = common::client()
+        .post(format!("{control_url}/api/v1/fleet/heartbeat"))
+        .json(&serde_json::json!({"name": "x", "role": "edge", "region": "r", "url": "http://x", "cache_memory_bytes": 0, "cache_entries": 0, "requests_hit": 0, "requests_total": 0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    stack.shutdown().await;
+    control.shutdown().await;
+}
