@@ -29,7 +29,7 @@ async fn nodes_register_heartbeat_and_go_down() {
         listen: "127.0.0.1:0".into(),
         data_dir: dir.path().join("control").to_str().unwrap().into(),
         fleet_token: FLEET.into(),
-        node_down_after_secs: 2,
+        node_down_after_secs: 4,
         ..ControlConfig::default()
     })
     .await
