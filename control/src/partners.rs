@@ -79,16 +79,22 @@ fn row_to_info(r: &sqlx::sqlite::SqliteRow) -> PartnerInfo {
     }
 }
 
+/// A new API key and a new signing key for a partner.
+fn new_credentials(partner: &str) -> (String, SigningKey) {
+    let api_key = format!("cpk_{}", random_hex(24));
+    let signing = SigningKey {
+        kid: format!("{partner}-{}", random_hex(3)),
+        key: random_hex(32),
+    };
+    (api_key, signing)
+}
+
 /// Creates a partner with a new API key and signing key; returns both.
 pub(crate) async fn create(
     pool: &SqlitePool,
     info: &PartnerInfo,
 ) -> sqlx::Result<(String, SigningKey)> {
-    let api_key = format!("cpk_{}", random_hex(24));
-    let signing = SigningKey {
-        kid: format!("{}-{}", info.name, &random_hex(3)),
-        key: random_hex(32),
-    };
+    let (api_key, signing) = new_credentials(&info.name);
     let mut tx = pool.begin().await?;
     sqlx::query("INSERT INTO partners (name, scope, max_ttl, rate_per_minute, api_key_hash, revoked, created_at) VALUES (?, ?, ?, ?, ?, 0, ?)")
         .bind(&info.name)
@@ -119,11 +125,7 @@ pub(crate) async fn rotate(
     let Some(info) = get(pool, name).await? else {
         return Ok(None);
     };
-    let api_key = format!("cpk_{}", random_hex(24));
-    let signing = SigningKey {
-        kid: format!("{}-{}", info.name, &random_hex(3)),
-        key: random_hex(32),
-    };
+    let (api_key, signing) = new_credentials(&info.name);
     let mut tx = pool.begin().await?;
     sqlx::query("UPDATE partners SET api_key_hash = ?, revoked = 0 WHERE name = ?")
         .bind(hash_api_key(&api_key))

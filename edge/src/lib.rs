@@ -981,34 +981,23 @@ pub async fn start(cfg: &EdgeConfig) -> anyhow::Result<Edge> {
     )?;
     tracing::info!(addr = %server.addr, "edge listening");
     let heartbeat_task = (!cfg.control_url.is_empty()).then(|| {
-        let (m, c) = (metrics.clone(), cache.clone());
         let url = if cfg.public_url.is_empty() {
             format!("http://{}", server.addr)
         } else {
             cfg.public_url.clone()
         };
-        let (name, region) = (cfg.node_name.clone(), cfg.region.clone());
-        cascade_serve::spawn_heartbeat(
+        cascade_serve::spawn_node_heartbeat(
             cfg.control_url.clone(),
             cfg.fleet_token.clone(),
             Duration::from_secs(cfg.heartbeat_secs.max(1)),
-            move || {
-                let (m, c) = (m.clone(), c.clone());
-                let (name, region, url) = (name.clone(), region.clone(), url.clone());
-                async move {
-                    let (bytes, entries) = c.memory_usage().await;
-                    cascade_serve::Heartbeat {
-                        name,
-                        role: "edge".into(),
-                        region,
-                        url,
-                        cache_memory_bytes: bytes,
-                        cache_entries: entries,
-                        requests_hit: m.requests_with_cache("hit"),
-                        requests_total: m.requests_total(),
-                    }
-                }
+            cascade_serve::NodeIdentity {
+                name: cfg.node_name.clone(),
+                role: "edge",
+                region: cfg.region.clone(),
+                url,
             },
+            metrics.clone(),
+            cache.clone(),
         )
     });
     Ok(Edge {

@@ -23,7 +23,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 
 pub use coalesce::{Flights, Role};
-pub use heartbeat::{spawn_heartbeat, Heartbeat};
+pub use heartbeat::{spawn_heartbeat, spawn_node_heartbeat, Heartbeat, NodeIdentity};
 pub use listener::{serve, ListenerConfig, ServerHandle};
 pub use metrics::{init_logging, Metrics};
 pub use proxy::{cache_key, cached_response, mark_collapsed, unix_now, CachingFetcher};
