@@ -5,11 +5,12 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-# FFmpeg 5.1 libraries for ffmpeg-next, clang for its bindings, the FFmpeg CLI
+# FFmpeg 5.1 libraries for ffmpeg-next, clang for its bindings, cmake for zlib-ng
+# (pingora compresses with flate2 over zlib-ng), the FFmpeg CLI
 # (an independent player in the tests), Chromium for the browser test, Node
 # for the player libraries and the browser driver.
 DEB_PACKAGES := ffmpeg libavcodec-dev libavformat-dev libavutil-dev libavfilter-dev \
-	libavdevice-dev libswscale-dev libswresample-dev clang libclang-dev pkg-config \
+	libavdevice-dev libswscale-dev libswresample-dev clang libclang-dev pkg-config cmake \
 	chromium ca-certificates curl
 # Node and npm only when no node is on the PATH (NodeSource's nodejs bundles
 # npm and conflicts with Debian's npm package).
