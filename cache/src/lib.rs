@@ -5,10 +5,20 @@
 //! Freshness is decided by the caller's policy; the cache stores what it is
 //! given with the expiry the caller computed, and never returns an expired
 //! object as fresh.
+//!
+//! Purge works as bans, as in Varnish: a rule (exact key, prefix or
+//! surrogate-key tag) with the time it was made. An object stored before a
+//! ban that matches it is gone: `get` drops it on sight, in either tier, so
+//! a purge costs nothing up front however many objects it names, and reaches
+//! the disk tier too, which cannot be scanned. RAM is also swept at once so
+//! the memory comes back. Bans are kept on disk beside the disk tier, so a
+//! restart does not bring purged objects back.
 
 #![warn(unreachable_pub)]
 
+mod bans;
 mod policy;
+pub use bans::{Ban, PurgeRule, MAX_BANS};
 pub use policy::{freshness, Freshness, MAX_TTL};
 
 use std::path::PathBuf;
@@ -30,10 +40,46 @@ pub struct CachedObject {
     pub headers: Vec<(String, String)>,
     /// The body.
     pub body: Bytes,
-    /// When it was stored, in Unix seconds.
-    pub stored_at: u64,
+    /// When the fetch that made it started, in Unix milliseconds: a purge
+    /// made while the fetch was in flight still applies to it.
+    pub stored_at_ms: u64,
     /// Until when it is fresh, in Unix seconds.
     pub fresh_until: u64,
+    /// Seconds past `fresh_until` it may be served while it is refreshed
+    /// in the background (`stale-while-revalidate`).
+    pub stale_while_revalidate: u32,
+    /// Seconds past `fresh_until` it may be served when the upstream fails
+    /// (`stale-if-error`).
+    pub stale_if_error: u32,
+}
+
+impl CachedObject {
+    /// Whether it is fresh at `now` (Unix seconds).
+    pub fn is_fresh(&self, now: u64) -> bool {
+        self.fresh_until > now
+    }
+
+    /// Whether, stale, it may still be served while being refreshed.
+    pub fn may_revalidate_stale(&self, now: u64) -> bool {
+        now < self
+            .fresh_until
+            .saturating_add(u64::from(self.stale_while_revalidate))
+    }
+
+    /// Whether, stale, it may still be served when the upstream fails.
+    pub fn may_serve_on_error(&self, now: u64) -> bool {
+        now < self
+            .fresh_until
+            .saturating_add(u64::from(self.stale_if_error))
+    }
+
+    /// The value of a kept header, by lower-case name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// Which tier answered.
@@ -88,6 +134,7 @@ pub struct TieredCache {
     memory: moka::future::Cache<String, Arc<CachedObject>>,
     disk: Option<HybridCache<String, Bytes>>,
     max_object_bytes: u64,
+    bans: Arc<bans::Bans>,
 }
 
 /// Block size of the disk engine; also the hard ceiling on one object.
@@ -102,6 +149,7 @@ impl TieredCache {
                 let w = k.len() + v.body.len() + 256;
                 u32::try_from(w).unwrap_or(u32::MAX)
             })
+            .support_invalidation_closures()
             .build();
         let disk = match &cfg.disk_dir {
             None => None,
@@ -116,19 +164,53 @@ impl TieredCache {
                 )
             }
         };
+        let bans = bans::Bans::open(cfg.disk_dir.as_deref().map(|d| d.join("bans.json")));
         Ok(TieredCache {
             memory,
             disk,
             max_object_bytes: cfg
                 .max_object_bytes
                 .min(DISK_BLOCK_BYTES as u64 - 64 * 1024),
+            bans: Arc::new(bans),
         })
+    }
+
+    /// Purges what `rules` name: from now on, objects stored before this
+    /// call that match are gone. Returns the number of rules applied.
+    pub async fn purge(&self, rules: &[PurgeRule]) -> std::io::Result<usize> {
+        let at = bans::now_ms();
+        let new: Vec<Ban> = rules
+            .iter()
+            .map(|r| Ban {
+                rule: r.clone(),
+                at_ms: at,
+            })
+            .collect();
+        self.bans.add(new.clone())?;
+        // RAM now, so the memory comes back; disk lazily, on the next read.
+        let sweep = new;
+        if let Err(e) = self
+            .memory
+            .invalidate_entries_if(move |k, v| sweep.iter().any(|b| b.applies(k, v)))
+        {
+            tracing::warn!(error = %e, "sweeping RAM after a purge");
+        }
+        Ok(rules.len())
+    }
+
+    /// Bans in force.
+    pub fn bans(&self) -> usize {
+        self.bans.len()
     }
 
     /// Looks a key up in RAM, then on disk; a disk hit is promoted to RAM.
     /// Returns stale objects too: the caller checks `fresh_until`.
     pub async fn get(&self, key: &str) -> Option<(Arc<CachedObject>, Tier)> {
         if let Some(obj) = self.memory.get(key).await {
+            if self.bans.bans(key, &obj) {
+                self.remove(key).await;
+                return None;
+            }
             return Some((obj, Tier::Memory));
         }
         let disk = self.disk.as_ref()?;
@@ -148,6 +230,10 @@ impl TieredCache {
                 return None;
             }
         };
+        if self.bans.bans(key, &obj) {
+            disk.remove(key);
+            return None;
+        }
         self.memory.insert(key.to_string(), obj.clone()).await;
         Some((obj, Tier::Disk))
     }
@@ -225,17 +311,22 @@ async fn open_disk(
     Ok(cache)
 }
 
-/// Disk format, version 1: magic, status, times, header count, then
-/// length-prefixed header names and values, then the body.
-const MAGIC: u32 = 0xCA5C_0001;
+/// Disk format, version 2: magic, status, store time (ms), expiry (s), the
+/// two stale windows (s), header count, then length-prefixed header names
+/// and values, then the body. Version 1 entries are dropped on read.
+const MAGIC: u32 = 0xCA5C_0002;
+/// Bytes before the headers.
+const FIXED: usize = 4 + 2 + 8 + 8 + 4 + 4 + 4;
 
 fn encode(obj: &CachedObject) -> Bytes {
     let header_bytes: usize = obj.headers.iter().map(|(k, v)| 8 + k.len() + v.len()).sum();
     let mut b = BytesMut::with_capacity(32 + header_bytes + obj.body.len());
     b.put_u32(MAGIC);
     b.put_u16(obj.status);
-    b.put_u64(obj.stored_at);
+    b.put_u64(obj.stored_at_ms);
     b.put_u64(obj.fresh_until);
+    b.put_u32(obj.stale_while_revalidate);
+    b.put_u32(obj.stale_if_error);
     b.put_u32(obj.headers.len() as u32);
     for (k, v) in &obj.headers {
         b.put_u32(k.len() as u32);
@@ -248,12 +339,14 @@ fn encode(obj: &CachedObject) -> Bytes {
 }
 
 fn decode(mut b: Bytes) -> Option<CachedObject> {
-    if b.remaining() < 26 || b.get_u32() != MAGIC {
+    if b.remaining() < FIXED || b.get_u32() != MAGIC {
         return None;
     }
     let status = b.get_u16();
-    let stored_at = b.get_u64();
+    let stored_at_ms = b.get_u64();
     let fresh_until = b.get_u64();
+    let stale_while_revalidate = b.get_u32();
+    let stale_if_error = b.get_u32();
     let count = b.get_u32() as usize;
     // Each header needs at least 8 bytes: check before allocating.
     if count > b.remaining() / 8 {
@@ -269,8 +362,10 @@ fn decode(mut b: Bytes) -> Option<CachedObject> {
         status,
         headers,
         body: b,
-        stored_at,
+        stored_at_ms,
         fresh_until,
+        stale_while_revalidate,
+        stale_if_error,
     })
 }
 
@@ -307,8 +402,10 @@ mod tests {
             status: 200,
             headers: vec![("content-type".into(), "video/mp4".into())],
             body: Bytes::from_static(body),
-            stored_at: 10,
+            stored_at_ms: 10_000,
             fresh_until: 20,
+            stale_while_revalidate: 5,
+            stale_if_error: 60,
         }
     }
 
@@ -318,7 +415,7 @@ mod tests {
         assert_eq!(decode(encode(&o)), Some(o));
         assert_eq!(decode(Bytes::from_static(b"short")), None);
         let mut bad = encode(&obj(b"x")).to_vec();
-        bad[22..26].copy_from_slice(&u32::MAX.to_be_bytes());
+        bad[FIXED - 4..FIXED].copy_from_slice(&u32::MAX.to_be_bytes());
         assert_eq!(decode(Bytes::from(bad)), None);
     }
 

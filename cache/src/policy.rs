@@ -11,6 +11,8 @@ pub struct Freshness {
     pub ttl: Option<u64>,
     /// Seconds past expiry it may be served while the upstream fails.
     pub stale_if_error: u64,
+    /// Seconds past expiry it may be served while it is refreshed.
+    pub stale_while_revalidate: u64,
 }
 
 /// Reads `Cache-Control` as a shared cache: `no-store` and `private` forbid
@@ -20,12 +22,14 @@ pub fn freshness(cache_control: Option<&str>, default_ttl: Option<u64>) -> Fresh
     let mut ttl = None;
     let mut s_maxage = None;
     let mut stale_if_error = 0;
+    let mut stale_while_revalidate = 0;
     let mut forbid = false;
     let mut no_cache = false;
     let Some(cc) = cache_control else {
         return Freshness {
             ttl: default_ttl,
             stale_if_error,
+            stale_while_revalidate,
         };
     };
     for directive in cc.split(',') {
@@ -47,6 +51,7 @@ pub fn freshness(cache_control: Option<&str>, default_ttl: Option<u64>) -> Fresh
             "max-age" => ttl = secs.or(ttl),
             "s-maxage" => s_maxage = secs,
             "stale-if-error" => stale_if_error = secs.unwrap_or(0),
+            "stale-while-revalidate" => stale_while_revalidate = secs.unwrap_or(0),
             _ => {}
         }
     }
@@ -57,9 +62,15 @@ pub fn freshness(cache_control: Option<&str>, default_ttl: Option<u64>) -> Fresh
     } else {
         s_maxage.or(ttl).or(default_ttl)
     };
+    // What may not be stored may not be served stale either.
+    if ttl.is_none() {
+        stale_if_error = 0;
+        stale_while_revalidate = 0;
+    }
     Freshness {
         ttl,
         stale_if_error,
+        stale_while_revalidate,
     }
 }
 
@@ -85,5 +96,9 @@ mod tests {
         );
         let f = freshness(Some("max-age=1, stale-if-error=300"), None);
         assert_eq!((f.ttl, f.stale_if_error), (Some(1), 300));
+        let f = freshness(Some("s-maxage=2, stale-while-revalidate=30"), None);
+        assert_eq!((f.ttl, f.stale_while_revalidate), (Some(2), 30));
+        let f = freshness(Some("no-store, stale-if-error=300"), None);
+        assert_eq!((f.ttl, f.stale_if_error), (None, 0));
     }
 }

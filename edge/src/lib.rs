@@ -8,10 +8,17 @@
 //!        └─ /…      → origin, cached per Cache-Control (the web page)
 //! ```
 //!
-//! Upstream for media is each configured shield in turn, then the origin.
-//! Tokens and geo-fencing join the pipeline before the cache step.
+//! Upstream for media is the object's shield by rendezvous hashing, then
+//! the other shields, then the origin (see [`shields`]). Tokens and
+//! geo-fencing run before the cache step. A stale playlist is served while
+//! it is refreshed, and when every upstream fails. Control reaches the edge
+//! under `/fleet/` (purge, pre-warm), and a player's CMCD `nor` makes the
+//! edge fetch the next segment before it is asked for.
 
 #![warn(unreachable_pub)]
+
+mod cmcd;
+mod shields;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,10 +30,11 @@ use cascade_packager::{is_safe_id, package, with_query, AssetManifest, Output};
 use cascade_serve::config::{
     build_token_keys, check_addr, check_url, TokenKeyConfig, Validate, TOKEN_KEYS_ENV,
 };
+use cascade_serve::fleet::{fleet_authorized, fleet_unauthorized, handle_purge};
 use cascade_serve::{
-    add_cors, cached_response, cors_preflight, serve, set_cache_status, unix_now, CacheOutcome,
-    CachingFetcher, Handler, ListenerConfig, Metrics, Request, Response, ServerHandle, Upstream,
-    UpstreamError, UpstreamResponse,
+    add_cors, apply_range, cached_response, cors_preflight, serve, set_cache_status, unix_now,
+    unix_now_ms, CacheOutcome, CacheTier, CachingFetcher, Handler, ListenerConfig, Metrics,
+    Request, Response, ServerHandle, Upstream, UpstreamError, UpstreamResponse,
 };
 use cascade_token::{acl_matches, normalize_path, Rejection, Verifier};
 use http::{Method, StatusCode};
@@ -39,8 +47,13 @@ use serde::Deserialize;
 pub struct EdgeConfig {
     /// Address to listen on.
     pub listen: String,
-    /// Shield base URLs, tried in order.
+    /// The region's shields; each object goes to one of them by rendezvous
+    /// hashing, then to the others if it fails.
     pub shields: Vec<String>,
+    /// Seconds between active health checks of the shields.
+    pub shield_health_secs: u64,
+    /// Seconds a shield is passed over after a request to it failed.
+    pub shield_eject_secs: u64,
     /// Origin base URL: the web page and API, and media when every shield fails.
     pub origin: String,
     /// Whether media may be fetched from the origin directly when no shield answers.
@@ -89,6 +102,12 @@ pub struct EdgeConfig {
     pub geo_rules: Vec<cascade_geo::PathRule>,
     /// Proxies (CIDRs) whose `X-Forwarded-For`/`Forwarded` is believed.
     pub trusted_proxies: Vec<String>,
+    /// Pre-warm fetches run at once; viewers' requests are never held back.
+    pub prewarm_concurrency: usize,
+    /// Fetch the next segment a player names in CMCD `nor`.
+    pub cmcd_prefetch: bool,
+    /// Prefetches in flight per viewer address.
+    pub cmcd_prefetch_per_viewer: usize,
 }
 
 impl Default for EdgeConfig {
@@ -98,6 +117,8 @@ impl Default for EdgeConfig {
             shields: vec!["http://127.0.0.1:8081".into()],
             origin: "http://127.0.0.1:8082".into(),
             origin_fallback: true,
+            shield_health_secs: 2,
+            shield_eject_secs: 10,
             cache_memory_mib: 512,
             cache_dir: "data/cache/edge".into(),
             cache_disk_mib: 4096,
@@ -124,6 +145,9 @@ impl Default for EdgeConfig {
             geo_unknown: cascade_geo::UnknownPolicy::Allow,
             geo_rules: Vec::new(),
             trusted_proxies: Vec::new(),
+            prewarm_concurrency: 2,
+            cmcd_prefetch: true,
+            cmcd_prefetch_per_viewer: 2,
         }
     }
 }
@@ -143,6 +167,15 @@ impl Validate for EdgeConfig {
         }
         if self.upstream_timeout_secs == 0 {
             errors.push("upstream_timeout_secs: must be at least 1".into());
+        }
+        if self.shield_health_secs == 0 {
+            errors.push("shield_health_secs: must be at least 1".into());
+        }
+        if self.prewarm_concurrency == 0 || self.prewarm_concurrency > 64 {
+            errors.push("prewarm_concurrency: 1 to 64".into());
+        }
+        if self.cmcd_prefetch_per_viewer > 16 {
+            errors.push("cmcd_prefetch_per_viewer: at most 16".into());
         }
         if self.token_name.is_empty()
             || !self
@@ -192,14 +225,20 @@ pub struct Edge {
     partner_task: Option<tokio::task::JoinHandle<()>>,
     geo_task: Option<tokio::task::JoinHandle<()>>,
     heartbeat_task: Option<tokio::task::JoinHandle<()>>,
+    health_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Edge {
     /// Stops the edge and flushes its disk cache.
     pub async fn shutdown(self) {
-        for t in [&self.partner_task, &self.geo_task, &self.heartbeat_task]
-            .into_iter()
-            .flatten()
+        for t in [
+            &self.partner_task,
+            &self.geo_task,
+            &self.heartbeat_task,
+            &self.health_task,
+        ]
+        .into_iter()
+        .flatten()
         {
             t.abort();
         }
@@ -216,6 +255,11 @@ const MAX_UPSTREAM_BYTES: usize = 15 << 20;
 const MEDIA_TTL: u64 = 365 * 24 * 3600;
 /// Parsed asset manifests kept in RAM.
 const MANIFEST_ENTRIES: u64 = 10_000;
+/// How long a playlist may stand in for a fresh one while every upstream
+/// fails: a day, so viewers keep watching through an origin outage.
+const MANIFEST_STALE_IF_ERROR: u32 = 24 * 3600;
+/// Most paths in one pre-warm request.
+const MAX_WARM_PATHS: usize = 64;
 
 struct EdgeHandler {
     verifier: Arc<arc_swap::ArcSwap<Verifier>>,
@@ -234,11 +278,22 @@ struct EdgeHandler {
     media: Media,
     origin: Upstream,
     page: CachingFetcher,
+    fleet_token: String,
+    node: String,
+    prewarm: Arc<tokio::sync::Semaphore>,
+    prewarm_concurrency: usize,
+    prefetch: Option<cmcd::Prefetcher>,
 }
 
 #[async_trait::async_trait]
 impl Handler for EdgeHandler {
     async fn handle(&self, req: Request) -> Response {
+        // Control's calls carry the fleet credential, not a viewer token.
+        match req.uri.path() {
+            "/fleet/purge" => return self.purge(&req).await,
+            "/fleet/warm" => return self.warm(&req).await,
+            _ => {}
+        }
         // What is authorised is what is served: one decoded, checked path.
         let Some(path) = normalize_path(req.uri.path()) else {
             return Response::error(
@@ -424,47 +479,84 @@ impl EdgeHandler {
         if req.method != Method::GET && req.method != Method::HEAD {
             return Response::error(StatusCode::METHOD_NOT_ALLOWED, "method", "GET or HEAD only");
         }
-        let Some((asset, rest)) = path["/vod/".len()..].split_once('/') else {
+        let Some(output) = media_output(path) else {
             return not_found();
         };
-        let output = match (is_safe_id(asset), Output::parse(rest)) {
-            (true, Some(o)) => o,
-            _ => return not_found(),
-        };
-        // The key is the path alone: never the token or other query parameters.
-        let key = format!("/vod/{asset}/{rest}");
-        let now = unix_now();
-        if let Some((obj, tier)) = self.media.cache.get(&key).await {
-            if obj.fresh_until > now {
-                let r = from_cache(&obj, CacheOutcome::Hit(tier.as_str()));
-                return tokenize(r, &output, token_query);
-            }
+        if let Some(p) = &self.prefetch {
+            p.consider(req, path);
         }
+        let r = self.media.get(path, &output, &req.request_id).await;
+        let range = req
+            .headers
+            .get(http::header::RANGE)
+            .and_then(|v| v.to_str().ok());
+        apply_range(tokenize(r, &output, token_query), range)
+    }
 
-        // One fetch and one packaging per key, however many viewers ask at once.
-        let media = self.media.clone();
-        let (a, o, k, rid) = (
-            asset.to_string(),
-            output.clone(),
-            key.clone(),
-            req.request_id.clone(),
-        );
-        let (resp, role) = self
-            .media
-            .flights
-            .run(&key, async move { media.miss(&a, &o, &k, &rid, now).await })
-            .await;
-        let mut r = resp.unwrap_or_else(|| {
-            Response::error(
-                StatusCode::GATEWAY_TIMEOUT,
-                "upstream_timeout",
-                "the upstream fetch took too long",
-            )
-        });
-        if role == cascade_serve::Role::Joined {
-            cascade_serve::mark_collapsed(&mut r.headers);
+    /// `POST /fleet/purge` (fleet credential): purges the cache, and the
+    /// parsed manifests and title rules kept beside it.
+    async fn purge(&self, req: &Request) -> Response {
+        let (resp, rules) =
+            handle_purge(req, &self.fleet_token, &self.node, self.media.tier.cache()).await;
+        if !rules.is_empty() {
+            // Cheap to fetch again, and a purge may mean a title changed.
+            self.media.manifests.invalidate_all();
+            self.title_meta.invalidate_all();
         }
-        tokenize(r, &output, token_query)
+        resp
+    }
+
+    /// `POST /fleet/warm` (fleet credential): fetches media paths into the
+    /// cache through the usual pipeline (so the shields warm too), a few at
+    /// a time, and says how each went.
+    async fn warm(&self, req: &Request) -> Response {
+        if !fleet_authorized(req, &self.fleet_token) {
+            return fleet_unauthorized();
+        }
+        if req.method != Method::POST {
+            return Response::error(StatusCode::METHOD_NOT_ALLOWED, "method", "POST only");
+        }
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Warm {
+            urls: Vec<String>,
+        }
+        let warm: Warm = match serde_json::from_slice(&req.body) {
+            Ok(w) => w,
+            Err(e) => return Response::error(StatusCode::BAD_REQUEST, "bad_warm", &e.to_string()),
+        };
+        if warm.urls.len() > MAX_WARM_PATHS {
+            return Response::error(
+                StatusCode::BAD_REQUEST,
+                "bad_warm",
+                &format!("at most {MAX_WARM_PATHS} paths at once"),
+            );
+        }
+        use futures::StreamExt;
+        let results: Vec<serde_json::Value> = futures::stream::iter(warm.urls)
+            .map(|u| async move {
+                let path = normalize_path(cascade_serve::fleet::url_path(&u));
+                let output = path.as_deref().and_then(media_output);
+                let (Some(path), Some(output)) = (path, output) else {
+                    return serde_json::json!({"url": u, "status": 404, "bytes": 0, "cache": "none"});
+                };
+                // Viewers never wait on this: pre-warm has its own few permits.
+                let Ok(_permit) = self.prewarm.acquire().await else {
+                    return serde_json::json!({"url": u, "status": 503, "bytes": 0, "cache": "none"});
+                };
+                let r = self.media.get(&path, &output, &req.request_id).await;
+                let cache = r
+                    .headers
+                    .get("cache-status")
+                    .and_then(|v| v.to_str().ok())
+                    .map_or("none", cache_word);
+                serde_json::json!({"url": u, "status": r.status.as_u16(), "bytes": r.body.len(), "cache": cache})
+            })
+            .buffered(self.prewarm_concurrency)
+            .collect()
+            .await;
+        let body = serde_json::json!({ "node": self.node, "results": results });
+        Response::new(StatusCode::OK, "application/json", format!("{body}\n"))
     }
 
     /// `/api/…`: passed to the origin, never cached.
@@ -518,6 +610,26 @@ impl EdgeHandler {
             &CacheOutcome::Bypass.entry(CACHE_NAME),
         );
         r
+    }
+}
+
+/// The packager output a `/vod/{asset}/…` path names.
+fn media_output(path: &str) -> Option<Output> {
+    let (asset, rest) = path.strip_prefix("/vod/")?.split_once('/')?;
+    is_safe_id(asset).then(|| Output::parse(rest)).flatten()
+}
+
+/// The outcome word of this tier's `Cache-Status` entry.
+fn cache_word(v: &str) -> &'static str {
+    let last = v.rsplit(',').next().unwrap_or("");
+    if last.contains("stale") {
+        "stale"
+    } else if last.contains("; hit") {
+        "hit"
+    } else if last.contains("fwd=") {
+        "miss"
+    } else {
+        "none"
     }
 }
 
@@ -664,24 +776,40 @@ async fn refresh_partners(
 /// the task of a coalesced fetch.
 #[derive(Clone)]
 struct Media {
-    cache: TieredCache,
-    media_upstreams: Vec<Upstream>,
+    tier: CacheTier,
+    pool: Arc<shields::ShieldPool>,
     manifests: moka::future::Cache<String, Arc<AssetManifest>>,
     manifest_ttl: u64,
-    flights: Arc<cascade_serve::Flights<Response>>,
 }
 
 impl Media {
+    /// A packaged output by its path (`/vod/{asset}/…`, already checked):
+    /// from cache, or made once however many viewers ask at once. The key
+    /// is the path alone: never the token or other query parameters.
+    async fn get(&self, path: &str, output: &Output, request_id: &str) -> Response {
+        let Some((asset, _)) = path["/vod/".len()..].split_once('/') else {
+            return not_found();
+        };
+        let media = self.clone();
+        let (a, o, k, rid) = (
+            asset.to_string(),
+            output.clone(),
+            path.to_string(),
+            request_id.to_string(),
+        );
+        self.tier
+            .serve(
+                path,
+                move || async move { media.miss(&a, &o, &k, &rid).await },
+            )
+            .await
+    }
+
     /// Makes an output on a cache miss: manifest, mezzanine range, package, store.
-    async fn miss(
-        &self,
-        asset: &str,
-        output: &Output,
-        key: &str,
-        request_id: &str,
-        now: u64,
-    ) -> Response {
+    async fn miss(&self, asset: &str, output: &Output, key: &str, request_id: &str) -> Response {
         let req_id = request_id;
+        let started_ms = unix_now_ms();
+        let now = started_ms / 1000;
         let manifest = match self.manifest(asset, req_id).await {
             Ok(m) => m,
             Err(r) => return r,
@@ -714,10 +842,11 @@ impl Media {
                 );
             }
         };
-        let ttl = if output.is_manifest() {
-            self.manifest_ttl
+        let (ttl, stale_while_revalidate, stale_if_error) = if output.is_manifest() {
+            let ttl = u32::try_from(self.manifest_ttl).unwrap_or(u32::MAX);
+            (self.manifest_ttl, ttl, MANIFEST_STALE_IF_ERROR)
         } else {
-            MEDIA_TTL
+            (MEDIA_TTL, 0, 0)
         };
         let cache_control = if output.is_manifest() {
             format!("public, max-age={}", self.manifest_ttl.min(60))
@@ -735,10 +864,12 @@ impl Media {
                 ("surrogate-key".into(), format!("asset-{asset}")),
             ],
             body,
-            stored_at: now,
+            stored_at_ms: started_ms,
             fresh_until: now.saturating_add(ttl),
+            stale_while_revalidate,
+            stale_if_error,
         };
-        let stored = self.cache.put(key, obj.clone()).await;
+        let stored = self.tier.store(key, &obj).await;
         let mut r = from_cache(&obj, CacheOutcome::Miss { stored });
         set_cache_status(
             &mut r.headers,
@@ -785,7 +916,7 @@ impl Media {
         Ok(m)
     }
 
-    /// Fetches from each shield in turn, then the origin.
+    /// Fetches from the object's shield, then the others, then the origin.
     async fn fetch_media(
         &self,
         path: &str,
@@ -794,7 +925,7 @@ impl Media {
     ) -> Result<UpstreamResponse, Response> {
         let mut last: Option<UpstreamError> = None;
         let mut last_answer = None;
-        for up in &self.media_upstreams {
+        for (index, up) in self.pool.order(path) {
             match up.get(path, range, request_id).await {
                 Ok(r) if r.status.is_server_error() => {
                     tracing::warn!(
@@ -808,6 +939,9 @@ impl Media {
                 Ok(r) => return Ok(r),
                 Err(e) if e.retryable() => {
                     tracing::warn!(upstream = up.base(), error = %e, request_id, "upstream unreachable, trying next");
+                    if let Some(i) = index {
+                        self.pool.failed(i);
+                    }
                     last = Some(e);
                 }
                 Err(e) => {
@@ -857,14 +991,6 @@ pub async fn start(cfg: &EdgeConfig) -> anyhow::Result<Edge> {
     .await?;
     let timeout = Duration::from_secs(cfg.upstream_timeout_secs);
     let origin = Upstream::new(&cfg.origin, timeout, MAX_UPSTREAM_BYTES);
-    let mut media_upstreams: Vec<Upstream> = cfg
-        .shields
-        .iter()
-        .map(|s| Upstream::new(s, timeout, MAX_UPSTREAM_BYTES))
-        .collect();
-    if cfg.origin_fallback {
-        media_upstreams.push(origin.clone());
-    }
     let env_keys = std::env::var(TOKEN_KEYS_ENV).ok();
     let cdn_keys = build_token_keys("token_keys", &cfg.token_keys, env_keys.as_deref())
         .map_err(|e| anyhow::anyhow!(e.join("; ")))?;
@@ -939,6 +1065,55 @@ pub async fn start(cfg: &EdgeConfig) -> anyhow::Result<Edge> {
     )?;
     metrics.registry().register(Box::new(geo_lookups.clone()))?;
     metrics.registry().register(Box::new(geo_blocked.clone()))?;
+    let shield_events = IntCounterVec::new(
+        Opts::new(
+            "edge_shield_health_events_total",
+            "Shields marked up or down by health checks, or ejected after a failed request",
+        ),
+        &["shield", "state"],
+    )?;
+    metrics
+        .registry()
+        .register(Box::new(shield_events.clone()))?;
+    let pool = Arc::new(shields::ShieldPool::new(
+        cfg.shields
+            .iter()
+            .map(|s| Upstream::new(s, timeout, MAX_UPSTREAM_BYTES))
+            .collect(),
+        cfg.origin_fallback.then(|| origin.clone()),
+        Duration::from_secs(cfg.shield_eject_secs),
+        shield_events,
+    ));
+    let health_task = (!cfg.shields.is_empty()).then(|| {
+        pool.clone()
+            .spawn_health_checks(Duration::from_secs(cfg.shield_health_secs))
+    });
+    let media = Media {
+        tier: CacheTier::new(cache.clone(), CACHE_NAME, timeout * 2),
+        pool,
+        manifests: moka::future::Cache::builder()
+            .max_capacity(MANIFEST_ENTRIES)
+            .time_to_live(Duration::from_secs(cfg.manifest_ttl_secs.max(1)))
+            .build(),
+        manifest_ttl: cfg.manifest_ttl_secs,
+    };
+    let prefetch = if cfg.cmcd_prefetch {
+        let counter = IntCounterVec::new(
+            Opts::new(
+                "edge_cmcd_prefetch_total",
+                "Next segments named by CMCD nor, by what the edge did",
+            ),
+            &["result"],
+        )?;
+        metrics.registry().register(Box::new(counter.clone()))?;
+        Some(cmcd::Prefetcher::new(
+            media.clone(),
+            cfg.cmcd_prefetch_per_viewer,
+            counter,
+        ))
+    } else {
+        None
+    };
     let handler = EdgeHandler {
         geo,
         geo_rules: cfg.geo_rules.clone(),
@@ -959,16 +1134,12 @@ pub async fn start(cfg: &EdgeConfig) -> anyhow::Result<Edge> {
         open_paths: cfg.open_paths.clone(),
         token_rejections,
         token_accepted,
-        media: Media {
-            cache: cache.clone(),
-            media_upstreams,
-            manifests: moka::future::Cache::builder()
-                .max_capacity(MANIFEST_ENTRIES)
-                .time_to_live(Duration::from_secs(cfg.manifest_ttl_secs.max(1)))
-                .build(),
-            manifest_ttl: cfg.manifest_ttl_secs,
-            flights: Arc::new(cascade_serve::Flights::new(timeout * 2)),
-        },
+        media,
+        fleet_token: cfg.fleet_token.clone(),
+        node: cfg.node_name.clone(),
+        prewarm: Arc::new(tokio::sync::Semaphore::new(cfg.prewarm_concurrency)),
+        prewarm_concurrency: cfg.prewarm_concurrency,
+        prefetch,
         page: CachingFetcher::new(cache.clone(), vec![origin.clone()], CACHE_NAME, timeout * 2),
         origin,
     };
@@ -1008,5 +1179,6 @@ pub async fn start(cfg: &EdgeConfig) -> anyhow::Result<Edge> {
         partner_task,
         geo_task,
         heartbeat_task,
+        health_task,
     })
 }

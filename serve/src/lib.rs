@@ -11,10 +11,13 @@
 
 mod coalesce;
 pub mod config;
+pub mod fleet;
 mod heartbeat;
 mod listener;
 mod metrics;
 mod proxy;
+mod ranges;
+mod tier;
 mod upstream;
 
 use std::net::SocketAddr;
@@ -26,7 +29,11 @@ pub use coalesce::{Flights, Role};
 pub use heartbeat::{spawn_heartbeat, spawn_node_heartbeat, Heartbeat, NodeIdentity};
 pub use listener::{serve, ListenerConfig, ServerHandle};
 pub use metrics::{init_logging, Metrics};
-pub use proxy::{cache_key, cached_response, mark_collapsed, unix_now, CachingFetcher};
+pub use proxy::{
+    cache_key, cached_response, mark_collapsed, to_object, unix_now, unix_now_ms, CachingFetcher,
+};
+pub use ranges::{apply_range, parse_range, ByteSpan};
+pub use tier::CacheTier;
 pub use upstream::{Upstream, UpstreamError, UpstreamResponse};
 
 /// The header that carries a request id across tiers.
@@ -131,6 +138,8 @@ pub enum CacheOutcome {
     },
     /// Stale content served because the upstream failed.
     StaleOnError,
+    /// Stale content served while a refresh runs in the background.
+    StaleWhileRevalidate,
     /// Not cacheable by rule (API calls, errors).
     Bypass,
 }
@@ -142,7 +151,10 @@ impl CacheOutcome {
             CacheOutcome::Hit(detail) => format!("{cache}; hit; detail={detail}"),
             CacheOutcome::Miss { stored: true } => format!("{cache}; fwd=miss; stored"),
             CacheOutcome::Miss { stored: false } => format!("{cache}; fwd=miss"),
-            CacheOutcome::StaleOnError => format!("{cache}; hit; fwd=stale"),
+            CacheOutcome::StaleOnError => format!("{cache}; fwd=stale; detail=stale-if-error"),
+            CacheOutcome::StaleWhileRevalidate => {
+                format!("{cache}; hit; detail=stale-while-revalidate")
+            }
             CacheOutcome::Bypass => format!("{cache}; fwd=bypass"),
         }
     }
@@ -152,7 +164,7 @@ impl CacheOutcome {
         match self {
             CacheOutcome::Hit(_) => "hit",
             CacheOutcome::Miss { .. } => "miss",
-            CacheOutcome::StaleOnError => "stale",
+            CacheOutcome::StaleOnError | CacheOutcome::StaleWhileRevalidate => "stale",
             CacheOutcome::Bypass => "bypass",
         }
     }

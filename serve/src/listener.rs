@@ -238,7 +238,7 @@ impl HttpServerApp for App {
 /// The outcome word of this tier's `Cache-Status` entry (the last one).
 fn cache_label(v: &str) -> &'static str {
     let last = v.rsplit(',').next().unwrap_or("");
-    if last.contains("fwd=stale") {
+    if last.contains("fwd=stale") || last.contains("detail=stale") {
         "stale"
     } else if last.contains("; hit") {
         "hit"

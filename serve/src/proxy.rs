@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use cascade_cache::{freshness, CachedObject, TieredCache};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
-use crate::{set_cache_status, CacheOutcome, Flights, Response, Role, Upstream, UpstreamError};
+use crate::{set_cache_status, CacheOutcome, CacheTier, Response, Upstream, UpstreamError};
 
 /// Response headers kept in the cache and replayed on hits.
 const KEPT_HEADERS: [&str; 8] = [
@@ -27,10 +27,8 @@ const KEPT_HEADERS: [&str; 8] = [
 /// concurrent misses for one key make one upstream fetch.
 #[derive(Clone)]
 pub struct CachingFetcher {
-    cache: TieredCache,
-    upstreams: Vec<Upstream>,
-    name: &'static str,
-    flights: Arc<Flights<Response>>,
+    tier: CacheTier,
+    upstreams: Arc<Vec<Upstream>>,
 }
 
 /// Seconds since the Unix epoch.
@@ -38,6 +36,14 @@ pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }
 
@@ -59,11 +65,14 @@ impl CachingFetcher {
         timeout: Duration,
     ) -> Self {
         CachingFetcher {
-            cache,
-            upstreams,
-            name,
-            flights: Arc::new(Flights::new(timeout)),
+            tier: CacheTier::new(cache, name, timeout),
+            upstreams: Arc::new(upstreams),
         }
+    }
+
+    /// The cache tier.
+    pub fn tier(&self) -> &CacheTier {
+        &self.tier
     }
 
     /// Answers a GET of `path_and_query` (with an optional `Range`).
@@ -73,40 +82,36 @@ impl CachingFetcher {
         range: Option<&str>,
         request_id: &str,
     ) -> Response {
-        let key = cache_key(path_and_query, range);
-        let now = unix_now();
-        if let Some((obj, tier)) = self.cache.get(&key).await {
-            if obj.fresh_until > now {
-                return self.replay(&obj, CacheOutcome::Hit(tier.as_str()));
-            }
-        }
+        self.get_keyed(
+            &cache_key(path_and_query, range),
+            path_and_query,
+            range,
+            request_id,
+        )
+        .await
+    }
+
+    /// Answers a GET of `path_and_query` (with an optional `Range`) stored
+    /// under `key`.
+    pub async fn get_keyed(
+        &self,
+        key: &str,
+        path_and_query: &str,
+        range: Option<&str>,
+        request_id: &str,
+    ) -> Response {
         let this = self.clone();
         let (k, pq, r, rid) = (
-            key.clone(),
+            key.to_string(),
             path_and_query.to_string(),
             range.map(str::to_string),
             request_id.to_string(),
         );
-        let (resp, role) = self
-            .flights
-            .run(&key, async move {
-                this.fetch(&k, &pq, r.as_deref(), &rid, now).await
+        self.tier
+            .serve(key, move || async move {
+                this.fetch(&k, &pq, r.as_deref(), &rid).await
             })
-            .await;
-        let mut resp = resp.unwrap_or_else(|| {
-            let mut r = Response::error(
-                StatusCode::GATEWAY_TIMEOUT,
-                "upstream_timeout",
-                "the upstream fetch took too long",
-            );
-            let entry = CacheOutcome::Miss { stored: false }.entry(self.name);
-            set_cache_status(&mut r.headers, None, &entry);
-            r
-        });
-        if role == Role::Joined {
-            mark_collapsed(&mut resp.headers);
-        }
-        resp
+            .await
     }
 
     /// The one upstream fetch of a coalesced miss.
@@ -116,12 +121,12 @@ impl CachingFetcher {
         path_and_query: &str,
         range: Option<&str>,
         request_id: &str,
-        now: u64,
     ) -> Response {
+        let started_ms = unix_now_ms();
         let mut last_err = None;
-        for up in &self.upstreams {
+        for up in self.upstreams.iter() {
             match up.get(path_and_query, range, request_id).await {
-                Ok(resp) => return self.store_and_answer(key, resp, now).await,
+                Ok(resp) => return self.store_and_answer(key, resp, started_ms).await,
                 Err(e) if e.retryable() => {
                     tracing::warn!(upstream = up.base(), error = %e, request_id, "upstream failed, trying next");
                     last_err = Some(e);
@@ -141,7 +146,7 @@ impl CachingFetcher {
         set_cache_status(
             &mut r.headers,
             None,
-            &CacheOutcome::Miss { stored: false }.entry(self.name),
+            &CacheOutcome::Miss { stored: false }.entry(self.tier.name()),
         );
         r
     }
@@ -150,49 +155,52 @@ impl CachingFetcher {
         &self,
         key: &str,
         resp: crate::UpstreamResponse,
-        now: u64,
+        started_ms: u64,
     ) -> Response {
-        let cc = resp
-            .headers
-            .get(http::header::CACHE_CONTROL)
-            .and_then(|v| v.to_str().ok());
-        let fresh = freshness(cc, None);
-        let cacheable_status = matches!(resp.status.as_u16(), 200 | 206);
         let upstream_status = resp
             .headers
             .get("cache-status")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let headers: Vec<(String, String)> = KEPT_HEADERS
-            .iter()
-            .filter_map(|h| {
-                resp.headers
-                    .get(*h)
-                    .and_then(|v| v.to_str().ok())
-                    .map(|v| (h.to_string(), v.to_string()))
-            })
-            .collect();
-        let obj = CachedObject {
-            status: resp.status.as_u16(),
-            headers,
-            body: resp.body,
-            stored_at: now,
-            fresh_until: now.saturating_add(fresh.ttl.unwrap_or(0)),
-        };
-        let stored = cacheable_status
-            && matches!(fresh.ttl, Some(t) if t > 0)
-            && self.cache.put(key, obj.clone()).await;
-        let mut r = self.replay(&obj, CacheOutcome::Miss { stored });
+        let obj = to_object(resp, started_ms);
+        let stored = self.tier.store(key, &obj).await;
+        let mut r = cached_response(&obj, CacheOutcome::Miss { stored }, self.tier.name());
         set_cache_status(
             &mut r.headers,
             upstream_status.as_deref(),
-            &CacheOutcome::Miss { stored }.entry(self.name),
+            &CacheOutcome::Miss { stored }.entry(self.tier.name()),
         );
         r
     }
+}
 
-    fn replay(&self, obj: &CachedObject, outcome: CacheOutcome) -> Response {
-        cached_response(obj, outcome, self.name)
+/// An upstream answer as a cache object, with the freshness its
+/// `Cache-Control` gives (none for what may not be stored).
+pub fn to_object(resp: crate::UpstreamResponse, started_ms: u64) -> CachedObject {
+    let cc = resp
+        .headers
+        .get(http::header::CACHE_CONTROL)
+        .and_then(|v| v.to_str().ok());
+    let fresh = freshness(cc, None);
+    let now = started_ms / 1000;
+    let headers: Vec<(String, String)> = KEPT_HEADERS
+        .iter()
+        .filter_map(|h| {
+            resp.headers
+                .get(*h)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| (h.to_string(), v.to_string()))
+        })
+        .collect();
+    let window = |s: u64| u32::try_from(s).unwrap_or(u32::MAX);
+    CachedObject {
+        status: resp.status.as_u16(),
+        headers,
+        body: resp.body,
+        stored_at_ms: started_ms,
+        fresh_until: now.saturating_add(fresh.ttl.unwrap_or(0)),
+        stale_while_revalidate: window(fresh.stale_while_revalidate),
+        stale_if_error: window(fresh.stale_if_error),
     }
 }
 

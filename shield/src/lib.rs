@@ -1,5 +1,10 @@
 //! The regional shield: a caching proxy for mezzanine between edges and the
 //! origin, so that each object leaves the origin once per region.
+//!
+//! Mezzanine files are cached in aligned slices (1 MiB by default): a range
+//! request is answered from the slices that cover it, and a miss fetches
+//! only the slices it lacks, each once however many edges ask. Small
+//! files (the asset manifest, title metadata) are cached whole.
 
 #![warn(unreachable_pub)]
 
@@ -7,13 +12,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use cascade_cache::{CacheConfig, TieredCache};
 use cascade_serve::config::{check_addr, check_url, Validate};
+use cascade_serve::fleet::handle_purge;
 use cascade_serve::{
-    serve, CachingFetcher, Handler, ListenerConfig, Metrics, Request, Response, ServerHandle,
-    Upstream,
+    apply_range, parse_range, serve, ByteSpan, CachingFetcher, Handler, ListenerConfig, Metrics,
+    Request, Response, ServerHandle, Upstream,
 };
-use http::{Method, StatusCode};
+use http::{HeaderValue, Method, StatusCode};
 use serde::Deserialize;
 
 /// The shield's config file.
@@ -46,6 +53,9 @@ pub struct ShieldConfig {
     pub public_url: String,
     /// Seconds between heartbeats to control.
     pub heartbeat_secs: u64,
+    /// Size of the slices mezzanine is cached in, in KiB; 0 caches each
+    /// requested range as it comes.
+    pub slice_kib: u64,
 }
 
 impl Default for ShieldConfig {
@@ -64,6 +74,7 @@ impl Default for ShieldConfig {
             region: "local".into(),
             public_url: String::new(),
             heartbeat_secs: 5,
+            slice_kib: 1024,
         }
     }
 }
@@ -82,6 +93,11 @@ impl Validate for ShieldConfig {
         }
         if self.max_object_mib == 0 || self.max_object_mib > 15 {
             errors.push("max_object_mib: must be 1 to 15".into());
+        }
+        if self.slice_kib != 0
+            && (self.slice_kib < 64 || self.slice_kib > self.max_object_mib * 1024)
+        {
+            errors.push("slice_kib: 0 (off), or 64 up to max_object_mib × 1024".into());
         }
         if self.upstream_timeout_secs == 0 {
             errors.push("upstream_timeout_secs: must be at least 1".into());
@@ -119,11 +135,21 @@ impl Shield {
 
 struct ShieldHandler {
     fetcher: CachingFetcher,
+    slice_bytes: u64,
+    max_bytes: u64,
+    fleet_token: String,
+    node: String,
 }
 
 #[async_trait::async_trait]
 impl Handler for ShieldHandler {
     async fn handle(&self, req: Request) -> Response {
+        if req.uri.path() == "/fleet/purge" {
+            let cache = self.fetcher.tier().cache();
+            return handle_purge(&req, &self.fleet_token, &self.node, cache)
+                .await
+                .0;
+        }
         if req.method != Method::GET && req.method != Method::HEAD {
             return Response::error(StatusCode::METHOD_NOT_ALLOWED, "method", "GET or HEAD only");
         }
@@ -139,8 +165,150 @@ impl Handler for ShieldHandler {
             .headers
             .get(http::header::RANGE)
             .and_then(|v| v.to_str().ok());
+        if self.slice_bytes > 0 && path.ends_with(".mp4") {
+            return self.sliced(path, range, &req.request_id).await;
+        }
         self.fetcher.get(path, range, &req.request_id).await
     }
+}
+
+impl ShieldHandler {
+    /// One slice of a mezzanine file, from cache or the origin.
+    async fn slice(&self, path: &str, index: u64, request_id: &str) -> Response {
+        let first = index * self.slice_bytes;
+        let range = format!("bytes={first}-{}", first + self.slice_bytes - 1);
+        let key = format!("{path}#slice={index}");
+        self.fetcher
+            .get_keyed(&key, path, Some(&range), request_id)
+            .await
+    }
+
+    /// Answers a GET of a mezzanine file (or a range of it) from slices.
+    async fn sliced(&self, path: &str, range: Option<&str>, request_id: &str) -> Response {
+        // The slice holding the first byte asked for; it also tells the size.
+        let lead_index = range
+            .and_then(|r| r.trim().strip_prefix("bytes="))
+            .and_then(|r| r.split_once('-'))
+            .and_then(|(a, _)| a.trim().parse::<u64>().ok())
+            .map_or(0, |first| first / self.slice_bytes);
+        let lead = self.slice(path, lead_index, request_id).await;
+        let total = match lead.status {
+            StatusCode::PARTIAL_CONTENT => content_range_total(&lead),
+            StatusCode::OK => {
+                // The origin sent the whole file: serve the range from it.
+                return apply_range(lead, range);
+            }
+            StatusCode::RANGE_NOT_SATISFIABLE => return lead,
+            _ => return lead,
+        };
+        let Some(total) = total else {
+            return bad_slice("the origin's Content-Range is missing or malformed");
+        };
+        let span = match parse_range(range, total) {
+            Ok(Some(span)) => span,
+            Ok(None) if total > 0 => ByteSpan {
+                first: 0,
+                last: total - 1,
+            },
+            Ok(None) => return bad_slice("the file is empty"),
+            Err(()) => {
+                let mut r = Response::error(
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    "bad_range",
+                    "the range lies outside the file",
+                );
+                r.headers.insert(
+                    http::header::CONTENT_RANGE,
+                    HeaderValue::from_str(&format!("bytes */{total}"))
+                        .unwrap_or(HeaderValue::from_static("bytes */0")),
+                );
+                return r;
+            }
+        };
+        if span.len() > self.max_bytes {
+            return Response::error(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "range_too_large",
+                "ask for a smaller range",
+            );
+        }
+        let (first_index, last_index) =
+            (span.first / self.slice_bytes, span.last / self.slice_bytes);
+        let others = (first_index..=last_index)
+            .filter(|i| *i != lead_index)
+            .map(|i| async move { (i, self.slice(path, i, request_id).await) });
+        let mut slices: Vec<(u64, Response)> = futures::future::join_all(others).await;
+        if (first_index..=last_index).contains(&lead_index) {
+            slices.push((lead_index, lead.clone()));
+        }
+        slices.sort_by_key(|(i, _)| *i);
+        let mut body = BytesMut::with_capacity(span.len() as usize);
+        for (i, r) in &slices {
+            if r.status != StatusCode::PARTIAL_CONTENT {
+                return r.clone();
+            }
+            let start = i * self.slice_bytes;
+            let expect = (start + self.slice_bytes).min(total) - start;
+            if r.body.len() as u64 != expect || content_range_total(r) != Some(total) {
+                return bad_slice("a slice of the file has the wrong size");
+            }
+            let from = span.first.saturating_sub(start) as usize;
+            let to = ((span.last + 1).min(start + expect) - start) as usize;
+            body.extend_from_slice(&r.body[from..to]);
+        }
+        // Headers of the file from one slice; Cache-Status from the least cached.
+        let status_of = slices
+            .iter()
+            .map(|(_, r)| r)
+            .find(|r| !is_hit(r))
+            .unwrap_or(&lead);
+        let mut resp = Response {
+            status: if range.is_some() {
+                StatusCode::PARTIAL_CONTENT
+            } else {
+                StatusCode::OK
+            },
+            headers: lead.headers.clone(),
+            body: body.freeze(),
+        };
+        resp.headers.remove(http::header::CONTENT_RANGE);
+        if range.is_some() {
+            if let Ok(v) =
+                HeaderValue::from_str(&format!("bytes {}-{}/{total}", span.first, span.last))
+            {
+                resp.headers.insert(http::header::CONTENT_RANGE, v);
+            }
+        }
+        if let Some(cs) = status_of.headers.get("cache-status") {
+            resp.headers.insert("cache-status", cs.clone());
+        }
+        resp
+    }
+}
+
+/// The total size in a `Content-Range: bytes a-b/total`.
+fn content_range_total(r: &Response) -> Option<u64> {
+    r.headers
+        .get(http::header::CONTENT_RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit_once('/'))
+        .and_then(|(_, t)| t.trim().parse().ok())
+}
+
+fn is_hit(r: &Response) -> bool {
+    r.headers
+        .get("cache-status")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.rsplit(',')
+                .next()
+                .is_some_and(|last| last.contains("; hit"))
+        })
+}
+
+fn bad_slice(why: &str) -> Response {
+    tracing::error!(why, "slicing mezzanine");
+    Response::error(StatusCode::BAD_GATEWAY, "bad_slice", why)
 }
 
 /// Starts a shield on `cfg.listen`.
@@ -167,7 +335,13 @@ pub async fn start(cfg: &ShieldConfig) -> anyhow::Result<Shield> {
     let listener = tokio::net::TcpListener::bind(&cfg.listen).await?;
     let server = serve(
         listener,
-        Arc::new(ShieldHandler { fetcher }),
+        Arc::new(ShieldHandler {
+            fetcher,
+            slice_bytes: cfg.slice_kib << 10,
+            max_bytes: max as u64,
+            fleet_token: cfg.fleet_token.clone(),
+            node: cfg.node_name.clone(),
+        }),
         metrics.clone(),
         ListenerConfig::new("cascade-shield"),
     )?;

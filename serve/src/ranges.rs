@@ -1,0 +1,161 @@
+//! Byte ranges (RFC 9110 §14): one range per request is served; a request
+//! for several ranges gets the whole object, which the RFC allows.
+
+use http::{HeaderName, HeaderValue, StatusCode};
+
+use crate::Response;
+
+/// A satisfiable range: first and last byte, inclusive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSpan {
+    /// First byte.
+    pub first: u64,
+    /// Last byte (inclusive).
+    pub last: u64,
+}
+
+impl ByteSpan {
+    /// Bytes in the span.
+    pub fn len(&self) -> u64 {
+        self.last - self.first + 1
+    }
+
+    /// Never empty; here for clippy's sake.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+/// Reads a `Range` header against an object of `size` bytes. `Ok(None)`:
+/// serve the whole object (no header, several ranges, or a unit or syntax
+/// we ignore). `Err(())`: unsatisfiable (416).
+#[allow(clippy::result_unit_err)]
+pub fn parse_range(header: Option<&str>, size: u64) -> Result<Option<ByteSpan>, ()> {
+    let Some(spec) = header.and_then(|h| h.trim().strip_prefix("bytes=")) else {
+        return Ok(None);
+    };
+    if spec.contains(',') {
+        return Ok(None);
+    }
+    let Some((a, b)) = spec.trim().split_once('-') else {
+        return Ok(None);
+    };
+    let (a, b) = (a.trim(), b.trim());
+    let parse = |s: &str| -> Option<u64> {
+        (!s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()))
+            .then(|| s.parse().ok())
+            .flatten()
+    };
+    let span = match (parse(a), parse(b)) {
+        // bytes=-N: the last N bytes.
+        (None, Some(n)) if a.is_empty() => {
+            if n == 0 || size == 0 {
+                return Err(());
+            }
+            ByteSpan {
+                first: size.saturating_sub(n),
+                last: size - 1,
+            }
+        }
+        (Some(first), None) if b.is_empty() => {
+            if first >= size {
+                return Err(());
+            }
+            ByteSpan {
+                first,
+                last: size - 1,
+            }
+        }
+        (Some(first), Some(last)) if first <= last => {
+            if first >= size {
+                return Err(());
+            }
+            ByteSpan {
+                first,
+                last: last.min(size - 1),
+            }
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some(span))
+}
+
+/// Cuts a whole (200) response down to the requested range: a 206 with
+/// `Content-Range`, a 416 when the range lies outside, or the response
+/// unchanged when there is no range or it is not a 200.
+pub fn apply_range(mut resp: Response, range: Option<&str>) -> Response {
+    if resp.status != StatusCode::OK {
+        return resp;
+    }
+    resp.headers.insert(
+        http::header::ACCEPT_RANGES,
+        HeaderValue::from_static("bytes"),
+    );
+    let size = resp.body.len() as u64;
+    match parse_range(range, size) {
+        Ok(None) => resp,
+        Ok(Some(span)) => {
+            // The span lies within the body: parse_range clamps it.
+            let (first, last) = (span.first as usize, span.last as usize);
+            resp.body = resp.body.slice(first..=last);
+            resp.status = StatusCode::PARTIAL_CONTENT;
+            if let Ok(v) =
+                HeaderValue::from_str(&format!("bytes {}-{}/{size}", span.first, span.last))
+            {
+                resp.headers.insert(http::header::CONTENT_RANGE, v);
+            }
+            resp
+        }
+        Err(()) => {
+            let mut r = Response::error(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "bad_range",
+                "the range lies outside the object",
+            );
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                r.headers
+                    .insert(HeaderName::from_static("content-range"), v);
+            }
+            if let Some(cs) = resp.headers.get("cache-status") {
+                r.headers.insert("cache-status", cs.clone());
+            }
+            r
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        let s = |f, l| Ok(Some(ByteSpan { first: f, last: l }));
+        assert_eq!(parse_range(Some("bytes=0-9"), 100), s(0, 9));
+        assert_eq!(parse_range(Some("bytes=90-"), 100), s(90, 99));
+        assert_eq!(parse_range(Some("bytes=-10"), 100), s(90, 99));
+        assert_eq!(parse_range(Some("bytes=-1000"), 100), s(0, 99));
+        assert_eq!(parse_range(Some("bytes=50-1000"), 100), s(50, 99));
+        assert_eq!(parse_range(Some("bytes=100-"), 100), Err(()));
+        assert_eq!(parse_range(Some("bytes=-0"), 100), Err(()));
+        assert_eq!(parse_range(Some("bytes=0-1,5-6"), 100), Ok(None));
+        assert_eq!(parse_range(Some("bytes=9-1"), 100), Ok(None));
+        assert_eq!(parse_range(Some("items=0-1"), 100), Ok(None));
+        assert_eq!(parse_range(Some("bytes=+1-2"), 100), Ok(None));
+        assert_eq!(parse_range(None, 100), Ok(None));
+    }
+
+    #[test]
+    fn applies_to_whole_responses() {
+        let r = Response::new(StatusCode::OK, "video/mp4", &b"0123456789"[..]);
+        let r = apply_range(r, Some("bytes=2-4"));
+        assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);
+        assert_eq!(&r.body[..], b"234");
+        assert_eq!(r.headers["content-range"], "bytes 2-4/10");
+        let r = Response::new(StatusCode::OK, "video/mp4", &b"0123456789"[..]);
+        assert_eq!(
+            apply_range(r, Some("bytes=10-")).status,
+            StatusCode::RANGE_NOT_SATISFIABLE
+        );
+    }
+}
