@@ -94,7 +94,7 @@ impl Drop for Slot {
 
 impl Prefetcher {
     pub(crate) fn new(media: Media, per_viewer: usize, counter: IntCounterVec) -> Prefetcher {
-        for r in ["started", "cached", "limited", "invalid"] {
+        for r in ["started", "done", "cached", "limited", "invalid"] {
             counter.with_label_values(&[r]);
         }
         Prefetcher {
@@ -160,6 +160,7 @@ impl Prefetcher {
                     request_id,
                     "CMCD prefetch"
                 );
+                this.count("done");
             }
             drop(permit);
             drop(slot);

@@ -489,8 +489,8 @@ async fn mezzanine(
         return match db::get_asset(&state.db, &asset).await {
             Ok(Some(a)) => (
                 [
-                    (header::CACHE_CONTROL, "public, max-age=30"),
-                    (header::CONTENT_TYPE, "application/json"),
+                    (header::CACHE_CONTROL, metadata_cache_control(&state.cfg)),
+                    (header::CONTENT_TYPE, "application/json".to_string()),
                 ],
                 [("surrogate-key", format!("asset-{asset}"))],
                 Json(json!({ "asset": asset, "geo": a.geo })),
@@ -549,9 +549,9 @@ async fn mezzanine(
         .header(
             header::CACHE_CONTROL,
             if is_manifest {
-                "public, max-age=60"
+                metadata_cache_control(&state.cfg)
             } else {
-                "public, max-age=31536000, immutable"
+                "public, max-age=31536000, immutable".to_string()
             },
         );
     builder = if range.is_some() {
@@ -665,4 +665,15 @@ mod tests {
         }
         assert_eq!(parse_range("bytes=0-", 0), Unsatisfiable);
     }
+}
+
+/// `Cache-Control` of asset manifests and title metadata: short-lived, with
+/// stale windows so shields and edges ride out an origin outage.
+fn metadata_cache_control(cfg: &crate::OriginConfig) -> String {
+    format!(
+        "public, max-age={}, stale-while-revalidate={}, stale-if-error={}",
+        cfg.metadata_max_age_secs,
+        cfg.metadata_stale_while_revalidate_secs,
+        cfg.metadata_stale_if_error_secs
+    )
 }

@@ -43,6 +43,13 @@ pub struct OriginConfig {
     pub trusted_proxies: Vec<String>,
     /// Bearer credential for catalog writes (`PUT /api/v1/assets/{id}/geo`); empty: refused.
     pub admin_token: String,
+    /// Seconds caches may keep an asset manifest (`/mezz/{id}/manifest.json`)
+    /// and title metadata fresh.
+    pub metadata_max_age_secs: u64,
+    /// Seconds past that they may serve it while refreshing it.
+    pub metadata_stale_while_revalidate_secs: u64,
+    /// Seconds past that they may serve it while the origin fails.
+    pub metadata_stale_if_error_secs: u64,
 }
 
 impl Default for OriginConfig {
@@ -65,6 +72,9 @@ impl Default for OriginConfig {
             geo_rules: Vec::new(),
             trusted_proxies: vec!["127.0.0.1/32".into(), "::1/128".into()],
             admin_token: String::new(),
+            metadata_max_age_secs: 60,
+            metadata_stale_while_revalidate_secs: 30,
+            metadata_stale_if_error_secs: 24 * 3600,
         }
     }
 }

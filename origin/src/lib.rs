@@ -46,6 +46,7 @@ pub struct State {
     http_requests: IntCounterVec,
     mezz_bytes: IntCounter,
     mezz_repeat_bytes: IntCounter,
+    mezz_requests: IntCounter,
     served: Mutex<HashMap<String, Vec<(u64, u64)>>>,
 }
 
@@ -60,6 +61,7 @@ impl State {
     /// with shields in front, a byte should leave the origin once.
     fn account_mezzanine(&self, key: &str, start: u64, end: u64) {
         self.mezz_bytes.inc_by(end - start);
+        self.mezz_requests.inc();
         let Ok(mut served) = self.served.lock() else {
             return;
         };
@@ -103,6 +105,11 @@ impl Origin {
             self.state.mezz_bytes.get(),
             self.state.mezz_repeat_bytes.get(),
         )
+    }
+
+    /// Requests for mezzanine media files (ranges or whole) answered so far.
+    pub fn mezzanine_requests(&self) -> u64 {
+        self.state.mezz_requests.get()
     }
 
     /// Queues the two sample titles once per data directory.
@@ -155,6 +162,13 @@ pub async fn start(cfg: &OriginConfig) -> anyhow::Result<Origin> {
         .registry()
         .register(Box::new(http_requests.clone()))?;
     metrics.registry().register(Box::new(mezz_bytes.clone()))?;
+    let mezz_requests = IntCounter::new(
+        "origin_mezzanine_requests_total",
+        "Requests for mezzanine media files answered",
+    )?;
+    metrics
+        .registry()
+        .register(Box::new(mezz_requests.clone()))?;
     metrics
         .registry()
         .register(Box::new(mezz_repeat_bytes.clone()))?;
@@ -192,6 +206,7 @@ pub async fn start(cfg: &OriginConfig) -> anyhow::Result<Origin> {
         http_requests,
         mezz_bytes,
         mezz_repeat_bytes,
+        mezz_requests,
         served: Mutex::new(HashMap::new()),
     });
     let stop = Arc::new(AtomicBool::new(false));

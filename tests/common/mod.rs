@@ -52,23 +52,7 @@ impl Stack {
     ) -> Stack {
         let dir = tempfile::tempdir().expect("tempdir");
         let data = dir.path().to_str().expect("utf-8 temp path").to_string();
-        let mut origin_cfg = OriginConfig {
-            listen: "127.0.0.1:0".into(),
-            data_dir: format!("{data}/origin"),
-            preset: "ultrafast".into(),
-            token_keys: vec![test_key("test", TEST_KEY_HEX)],
-            ladder: vec![
-                Rung {
-                    height: 180,
-                    kbps: 300,
-                },
-                Rung {
-                    height: 120,
-                    kbps: 150,
-                },
-            ],
-            ..OriginConfig::default()
-        };
+        let mut origin_cfg = origin_config(&data);
         edit_origin(&mut origin_cfg);
         let origin = cascade_origin::start(&origin_cfg)
             .await
@@ -113,6 +97,27 @@ impl Stack {
         self.edge.shutdown().await;
         self.shield.shutdown().await;
         self.origin.shutdown().await;
+    }
+}
+
+/// The test origin's config: data under `data`, a small fast ladder.
+pub fn origin_config(data: &str) -> OriginConfig {
+    OriginConfig {
+        listen: "127.0.0.1:0".into(),
+        data_dir: format!("{data}/origin"),
+        preset: "ultrafast".into(),
+        token_keys: vec![test_key("test", TEST_KEY_HEX)],
+        ladder: vec![
+            Rung {
+                height: 180,
+                kbps: 300,
+            },
+            Rung {
+                height: 120,
+                kbps: 150,
+            },
+        ],
+        ..OriginConfig::default()
     }
 }
 

@@ -1,0 +1,463 @@
+//! Caching for event scale: stale serving through an origin outage, a
+//! shield killed under load, ranges from slices, and CMCD prefetch.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cascade_edge::EdgeConfig;
+
+const FLEET: &str = "fleet-secret-0123456789";
+
+fn cache_status(r: &reqwest::Response) -> String {
+    r.headers()
+        .get("cache-status")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default()
+}
+
+/// GET with the viewer token in the query; status, Cache-Status, body.
+async fn get(url: &str, token: &str, headers: &[(&str, &str)]) -> (u16, String, bytes::Bytes) {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let mut req = common::client().get(format!("{url}{sep}__token__={token}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    let cs = cache_status(&r);
+    (status, cs, r.bytes().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stale_if_error_through_an_origin_outage_then_normal_service() {
+    let stack = common::Stack::start_full(
+        |o| {
+            o.metadata_max_age_secs = 1;
+            o.metadata_stale_while_revalidate_secs = 0;
+            o.metadata_stale_if_error_secs = 3600;
+        },
+        |e| e.manifest_ttl_secs = 1,
+    )
+    .await;
+    let asset = common::ingest_clip(&stack, 4).await;
+    let token = common::sign_for(&asset);
+    let shield_url = format!("http://{}", stack.shield.addr);
+    let manifest = format!("{shield_url}/mezz/{asset}/manifest.json");
+    let playlist = format!("{}/vod/{asset}/v0.m3u8", stack.edge_url);
+    let segment = format!("{}/vod/{asset}/v0/1.m4s", stack.edge_url);
+    for url in [&playlist, &segment] {
+        assert_eq!(get(url, &token, &[]).await.0, 200);
+    }
+    let r = common::client().get(&manifest).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+
+    // The origin goes away.
+    let origin_addr = stack.origin.addr;
+    let common::Stack {
+        origin,
+        shield,
+        edge,
+        dir,
+        ..
+    } = stack;
+    origin.shutdown().await;
+
+    // Once the manifest is past its one second, the shield serves it stale,
+    // and says so; viewers never see an error.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = common::client().get(&manifest).send().await.unwrap();
+        assert_eq!(r.status(), 200, "the shield serves through the outage");
+        let cs = cache_status(&r);
+        for url in [&playlist, &segment] {
+            let (status, edge_cs, _) = get(url, &token, &[]).await;
+            assert_eq!(
+                status, 200,
+                "viewers are served through the outage: {edge_cs}"
+            );
+        }
+        if cs.contains("fwd=stale") && cs.contains("stale-if-error") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never served stale: {cs}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The edge too serves its expired playlist when its upstreams fail:
+    // here the shield answers (stale), so the edge repackages; both are 200.
+    let (status, _, body) = get(&playlist, &token, &[]).await;
+    assert_eq!(status, 200);
+    assert!(String::from_utf8_lossy(&body).contains("#EXTM3U"));
+
+    // The origin returns on the same address: normal service resumes.
+    let mut cfg = common::origin_config(dir.path().to_str().unwrap());
+    cfg.listen = origin_addr.to_string();
+    cfg.metadata_max_age_secs = 1;
+    cfg.metadata_stale_while_revalidate_secs = 0;
+    let origin = cascade_origin::start(&cfg).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = common::client().get(&manifest).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let cs = cache_status(&r);
+        if cs.contains("cascade-shield; fwd=miss; stored") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never fetched fresh again: {cs}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    edge.shutdown().await;
+    shield.shutdown().await;
+    origin.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn edge_serves_its_own_stale_playlist_when_every_upstream_is_gone() {
+    let stack = common::Stack::start_full(|_| {}, |e| e.manifest_ttl_secs = 1).await;
+    let asset = common::ingest_clip(&stack, 2).await;
+    let token = common::sign_for(&asset);
+    let playlist = format!("{}/vod/{asset}/master.m3u8", stack.edge_url);
+    assert_eq!(get(&playlist, &token, &[]).await.0, 200);
+    let common::Stack {
+        origin,
+        shield,
+        edge,
+        edge_url,
+        ..
+    } = stack;
+    shield.shutdown().await;
+    origin.shutdown().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, cs, _) = get(&playlist, &token, &[]).await;
+        assert_eq!(status, 200, "{cs}");
+        if cs.contains("cascade-edge; fwd=stale; detail=stale-if-error") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never served stale: {cs}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Nothing fresh can be made: an uncached output is an honest error.
+    let (status, _, _) = get(&format!("{edge_url}/vod/{asset}/v1/1.m4s"), &token, &[]).await;
+    assert!(status >= 500, "{status}");
+    edge.shutdown().await;
+}
+
+/// A shield in its own process, so it can be killed outright.
+struct ShieldProcess {
+    child: Child,
+    url: String,
+}
+
+impl ShieldProcess {
+    async fn start(dir: &std::path::Path, name: &str, origin: &str) -> ShieldProcess {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = dir.join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"127.0.0.1:{port}\"\norigins = [\"{origin}\"]\ncache_dir = \"\"\ncache_memory_mib = 32\nnode_name = \"{name}\"\n"
+            ),
+        )
+        .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_cascade"))
+            .args(["shield", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let url = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !matches!(common::client().get(format!("{url}/healthz")).send().await, Ok(r) if r.status() == 200)
+        {
+            assert!(Instant::now() < deadline, "shield {name} did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        ShieldProcess { child, url }
+    }
+
+    async fn requests(&self) -> u64 {
+        let m = common::text(format!("{}/metrics", self.url)).await;
+        m.lines()
+            .filter(|l| l.starts_with("cascade_requests_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ShieldProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_shield_killed_under_load_fails_no_viewer() {
+    // The stack's own shield is not used: the edge gets two shield processes.
+    let stack = common::Stack::start().await;
+    let asset = common::ingest_clip(&stack, 6).await;
+    let token = common::sign_for(&asset);
+    let mut a = ShieldProcess::start(stack.dir.path(), "shield-a", &stack.origin_url).await;
+    let mut b = ShieldProcess::start(stack.dir.path(), "shield-b", &stack.origin_url).await;
+    let mut cfg = EdgeConfig {
+        listen: "127.0.0.1:0".into(),
+        shields: vec![a.url.clone(), b.url.clone()],
+        origin: stack.origin_url.clone(),
+        origin_fallback: false,
+        cache_dir: String::new(),
+        cache_memory_mib: 32,
+        shield_health_secs: 1,
+        fleet_token: FLEET.into(),
+        token_keys: vec![common::test_key("test", common::TEST_KEY_HEX)],
+        ..EdgeConfig::default()
+    };
+    cfg.node_name = "edge-load".into();
+    let edge = cascade_edge::start(&cfg).await.unwrap();
+    let edge_url = format!("http://{}", edge.addr);
+    let mut list = Vec::new();
+    for t in ["v0", "v1", "a0"] {
+        list.push(format!("{edge_url}/vod/{asset}/{t}.m3u8"));
+        for n in 1..=3 {
+            list.push(format!("{edge_url}/vod/{asset}/{t}/{n}.m4s"));
+        }
+    }
+    let urls = Arc::new(list);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (urls, stop, ok, failed, token) = (
+            urls.clone(),
+            stop.clone(),
+            ok.clone(),
+            failed.clone(),
+            token.clone(),
+        );
+        load.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                for u in urls.iter() {
+                    let (status, cs, _) = get(u, &token, &[]).await;
+                    if status == 200 {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        eprintln!("failed: {u} {status} {cs}");
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    // Keep the edge missing, so its traffic keeps reaching the shields.
+    let purger = {
+        let (stop, edge_url) = (stop.clone(), edge_url.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let r = common::client()
+                    .post(format!("{edge_url}/fleet/purge"))
+                    .bearer_auth(FLEET)
+                    .body(r#"{"prefixes":["/vod/"]}"#)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    // Steady load on both shields, then kill the busier one.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while a.requests().await + b.requests().await < 40 {
+        assert!(Instant::now() < deadline, "no load reached the shields");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (ra, rb) = (a.requests().await, b.requests().await);
+    let (victim, survivor) = if ra >= rb { (&mut a, &b) } else { (&mut b, &a) };
+    victim.kill();
+    let killed_at = ok.load(Ordering::Relaxed);
+    let survivor_before = survivor.requests().await;
+    // The load goes on until the survivor has taken over the victim's share.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ok.load(Ordering::Relaxed) < killed_at + 300
+        || survivor.requests().await < survivor_before + 40
+    {
+        assert!(Instant::now() < deadline, "load stalled after the kill");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.await.unwrap();
+    }
+    purger.await.unwrap();
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "no viewer request failed"
+    );
+    let metrics = common::text(format!("{edge_url}/metrics")).await;
+    assert!(
+        metrics.contains("cascade_edge_shield_health_events_total{"),
+        "the edge noticed: {metrics}"
+    );
+    edge.shutdown().await;
+    stack.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ranges_are_served_from_cache_and_slices() {
+    let stack = common::Stack::start().await;
+    let asset = common::ingest_clip(&stack, 4).await;
+    let token = common::sign_for(&asset);
+    // A shield with small slices, so one file spans several.
+    let shield = cascade_shield::start(&cascade_shield::ShieldConfig {
+        listen: "127.0.0.1:0".into(),
+        origins: vec![stack.origin_url.clone()],
+        cache_dir: String::new(),
+        cache_memory_mib: 16,
+        slice_kib: 64,
+        ..cascade_shield::ShieldConfig::default()
+    })
+    .await
+    .unwrap();
+    let file = format!("/mezz/{asset}/v0.mp4");
+    let whole = common::client()
+        .get(format!("{}{file}", stack.origin_url))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(
+        whole.len() > 2 * 65536 + 100,
+        "the file spans slices: {}",
+        whole.len()
+    );
+    let before = stack.origin.mezzanine_requests();
+    // A range across a slice boundary: exactly the origin's bytes.
+    let (first, last) = (65536 - 100, 2 * 65536 + 99);
+    let r = common::client()
+        .get(format!("http://{}{file}", shield.addr))
+        .header("range", format!("bytes={first}-{last}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(
+        r.headers()["content-range"],
+        format!("bytes {first}-{last}/{}", whole.len()).as_str()
+    );
+    assert_eq!(r.bytes().await.unwrap(), whole.slice(first..=last));
+    assert_eq!(
+        stack.origin.mezzanine_requests() - before,
+        3,
+        "three slices"
+    );
+    // Inside a slice already fetched: no origin request.
+    let r = common::client()
+        .get(format!("http://{}{file}", shield.addr))
+        .header("range", "bytes=70000-70099")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert!(cache_status(&r).contains("cascade-shield; hit"));
+    assert_eq!(r.bytes().await.unwrap(), whole.slice(70000..70100));
+    assert_eq!(stack.origin.mezzanine_requests() - before, 3);
+    // Past the end: 416 with the size.
+    let r = common::client()
+        .get(format!("http://{}{file}", shield.addr))
+        .header("range", format!("bytes={}-", whole.len()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 416);
+    shield.shutdown().await;
+
+    // At the edge, a range of a packaged segment comes from the cached whole.
+    let seg = format!("{}/vod/{asset}/v0/1.m4s", stack.edge_url);
+    let (status, _, full) = get(&seg, &token, &[]).await;
+    assert_eq!(status, 200);
+    let (status, cs, part) = get(&seg, &token, &[("range", "bytes=8-107")]).await;
+    assert_eq!((status, part.len()), (206, 100));
+    assert!(cs.contains("cascade-edge; hit"), "{cs}");
+    assert_eq!(part, full.slice(8..108));
+    let (status, _, _) = get(&seg, &token, &[("range", "bytes=99999999-")]).await;
+    assert_eq!(status, 416);
+    stack.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cmcd_nor_makes_the_next_segment_a_hit() {
+    let stack = common::Stack::start().await;
+    let asset = common::ingest_clip(&stack, 6).await;
+    let token = common::sign_for(&asset);
+    let base = format!("{}/vod/{asset}/v0", stack.edge_url);
+    let done =
+        |m: &str| common::metric_value(m, "cascade_edge_cmcd_prefetch_total{result=\"done\"}");
+    let metrics = || common::text(format!("{}/metrics", stack.edge_url));
+
+    // In the header, as CTA-5004 places it.
+    let (status, _, _) = get(
+        &format!("{base}/1.m4s"),
+        &token,
+        &[("cmcd-request", "nor=\"2.m4s\"")],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while done(&metrics().await) < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "no prefetch: {}",
+            metrics().await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, cs, _) = get(&format!("{base}/2.m4s"), &token, &[]).await;
+    assert_eq!(status, 200);
+    assert!(cs.contains("cascade-edge; hit"), "prefetched: {cs}");
+
+    // In the query, as hls.js sends it (URL-encoded, nor itself encoded).
+    let cmcd = "CMCD=bl%3D2000%2Cnor%3D%22..%252Fv1%252F3.m4s%22%2Csid%3D%22s1%22";
+    let (status, _, _) = get(&format!("{base}/3.m4s?{cmcd}"), &token, &[]).await;
+    assert_eq!(status, 200);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while done(&metrics().await) < 2 {
+        assert!(Instant::now() < deadline, "no prefetch from the query");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, cs, _) = get(
+        &format!("{}/vod/{asset}/v1/3.m4s", stack.edge_url),
+        &token,
+        &[],
+    )
+    .await;
+    assert!(cs.contains("cascade-edge; hit"), "prefetched: {cs}");
+
+    // Another title is never fetched on a viewer's say-so.
+    let (status, _, _) = get(
+        &format!("{base}/1.m4s"),
+        &token,
+        &[("cmcd-request", "nor=\"..%2F..%2Fother%2Fv0%2F1.m4s\"")],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let m = metrics().await;
+    assert!(common::metric_value(&m, "cascade_edge_cmcd_prefetch_total{result=\"invalid\"}") >= 1);
+    stack.shutdown().await;
+}
