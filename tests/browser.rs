@@ -38,6 +38,20 @@ async fn the_page_plays_hls_and_dash_in_chromium() {
         stdout.contains("hls: played") && stdout.contains("dash: played"),
         "{stdout}"
     );
+    // The players sent CMCD with `nor`, and the edge acted on it.
+    let m = common::text(format!("{}/metrics", stack.edge_url)).await;
+    let acted: u64 = ["started", "cached"]
+        .iter()
+        .map(|r| {
+            common::metric_value(
+                &m,
+                &format!("cascade_edge_cmcd_prefetch_total{{result=\"{r}\"}}"),
+            )
+        })
+        .sum();
+    assert!(acted > 0, "no CMCD nor reached the edge:\n{m}");
+    let invalid = common::metric_value(&m, "cascade_edge_cmcd_prefetch_total{result=\"invalid\"}");
+    assert_eq!(invalid, 0, "the players' nor values were all understood");
     if let Ok(dir) = std::env::var("CASCADE_SCREENSHOT_DIR") {
         let _ = std::fs::copy(&shot, format!("{dir}/page.png"));
     }

@@ -461,3 +461,27 @@ async fn cmcd_nor_makes_the_next_segment_a_hit() {
     assert!(common::metric_value(&m, "cascade_edge_cmcd_prefetch_total{result=\"invalid\"}") >= 1);
     stack.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_percent_encoded_query_token_is_accepted() {
+    // hls.js and dash.js with CMCD on rebuild segment URLs and encode the
+    // token's `~`, `=`, `/` and `*`; that must not lock viewers out.
+    let stack = common::Stack::start().await;
+    let asset = common::ingest_clip(&stack, 2).await;
+    let token = common::sign_for(&asset);
+    let encoded: String = token
+        .bytes()
+        .map(|b| match b {
+            b'~' | b'=' | b'/' | b'*' => format!("%{b:02X}"),
+            b => (b as char).to_string(),
+        })
+        .collect();
+    assert_ne!(encoded, token);
+    let url = format!("{}/vod/{asset}/master.m3u8", stack.edge_url);
+    let (status, _, _) = get(&url, &encoded, &[]).await;
+    assert_eq!(status, 200);
+    // A damaged token stays refused, encoded or not.
+    let bad = encoded.replacen("hmac%3D", "hmac%3D0", 1);
+    assert_eq!(get(&url, &bad, &[]).await.0, 403);
+    stack.shutdown().await;
+}

@@ -30,14 +30,18 @@ pub(crate) struct Prefetcher {
 }
 
 /// The `nor` of a CMCD payload (`key=value` pairs joined by commas),
-/// decoded: the CMCD value is a quoted, URL-encoded string.
+/// decoded. The value is a quoted, URL-encoded string; CMCD v2 players
+/// (hls.js 1.6+) send it as an inner list, `nor=("…")`, possibly with
+/// parameters after it: the first string is taken.
 pub(crate) fn next_object(payload: &str) -> Option<String> {
     let raw = payload.split(',').find_map(|kv| {
         let (k, v) = kv.trim().split_once('=')?;
         (k.trim() == "nor").then_some(v.trim())
     })?;
-    let quoted = raw.strip_prefix('"')?.strip_suffix('"')?;
-    percent_decode_str(quoted)
+    let raw = raw.strip_prefix('(').unwrap_or(raw);
+    let quoted = raw.strip_prefix('"')?;
+    let inner = &quoted[..quoted.find('"')?];
+    percent_decode_str(inner)
         .decode_utf8()
         .ok()
         .map(|s| s.into_owned())
@@ -184,6 +188,10 @@ mod tests {
         );
         assert_eq!(next_object("bl=1,nor=4.m4s"), None, "unquoted");
         assert_eq!(next_object("bl=1"), None);
+        assert_eq!(
+            next_object(r#"nor=("5.m4s%3F__token__%3Dx";r="0-99"),sid="s""#).as_deref(),
+            Some("5.m4s?__token__=x")
+        );
         assert_eq!(
             resolve("/vod/a/v1/3.m4s", "4.m4s").as_deref(),
             Some("/vod/a/v1/4.m4s")

@@ -368,12 +368,26 @@ impl EdgeHandler {
         };
         let from_header = || req.headers.get(name).and_then(|v| v.to_str().ok());
         let token = from_query.or_else(from_cookie).or_else(from_header);
+        let verify = |t: &str| {
+            self.verifier
+                .load()
+                .verify(t, path, req.client.map(|a| a.ip()), unix_now())
+        };
         let verdict = match token {
             None | Some("") => Err(Rejection::Missing),
-            Some(t) => self
-                .verifier
-                .load()
-                .verify(t, path, req.client.map(|a| a.ip()), unix_now()),
+            Some(t) => match verify(t) {
+                // Players that rebuild URLs (hls.js and dash.js adding CMCD)
+                // percent-encode the token's `~`, `=`, `/` and `*`. Tried
+                // as received first: escape-early tokens carry `%xx` of
+                // their own.
+                Err(first) if t.contains('%') => {
+                    match percent_encoding::percent_decode_str(t).decode_utf8() {
+                        Ok(decoded) if decoded != t => verify(&decoded).map_err(|_| first),
+                        _ => Err(first),
+                    }
+                }
+                v => v,
+            },
         };
         match verdict {
             Ok(grant) => {
