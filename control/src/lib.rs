@@ -1,14 +1,21 @@
-//! Control: runs the fleet. It knows the nodes from its config and reports
-//! their health, and it runs the partner token API. Purge and pre-warm come
-//! next.
+//! Control: runs the fleet. It knows the nodes from its config and from
+//! their heartbeats and reports their health; it runs the partner token API;
+//! and it purges caches and pre-warms edges across the fleet.
 //!
 //! Three kinds of caller, three credentials (all `Authorization: Bearer`):
-//! operators (`admin_token`: partner management), edges (`fleet_token`:
-//! partner signing keys), partners (their API key: minting tokens).
+//! operators (`admin_token`: partner management, purge, pre-warm), edges and
+//! shields (`fleet_token`: heartbeats, partner signing keys), partners (their
+//! API key: minting tokens). Control calls edges and shields with the
+//! `fleet_token` too (`/fleet/purge`, `/fleet/warm`).
 
 #![warn(unreachable_pub)]
 
+mod fleet;
 mod partners;
+mod prewarm;
+mod purge;
+#[cfg(test)]
+mod tests;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -49,6 +56,8 @@ pub struct ControlConfig {
     pub token_name: String,
     /// Seconds without a heartbeat after which a registered node is down.
     pub node_down_after_secs: u64,
+    /// The origin's base URL, for titles' asset manifests when pre-warming.
+    pub origin_url: String,
 }
 
 /// One node of the fleet.
@@ -74,6 +83,7 @@ impl Default for ControlConfig {
             public_edge_url: "http://127.0.0.1:8080".into(),
             token_name: "__token__".into(),
             node_down_after_secs: 15,
+            origin_url: "http://127.0.0.1:8082".into(),
         }
     }
 }
@@ -82,6 +92,7 @@ impl Validate for ControlConfig {
     fn validate(&self, errors: &mut Vec<String>) {
         check_addr("listen", &self.listen, errors);
         check_url("public_edge_url", &self.public_edge_url, errors);
+        check_url("origin_url", &self.origin_url, errors);
         for (i, n) in self.nodes.iter().enumerate() {
             check_url(&format!("nodes[{i}].url"), &n.url, errors);
             if !matches!(n.role.as_str(), "edge" | "shield" | "origin") {
@@ -118,6 +129,9 @@ struct Ctx {
     client: reqwest::Client,
     metrics: Metrics,
     limits: partners::Limits,
+    purge_metrics: purge::PurgeMetrics,
+    warm_metrics: prewarm::WarmMetrics,
+    jobs: prewarm::Jobs,
 }
 
 #[derive(OpenApi)]
@@ -163,6 +177,10 @@ fn app(ctx: Arc<Ctx>) -> Router {
         .route("/api/v1/partners/{name}/revoke", post(revoke_partner))
         .route("/api/v1/fleet/partners", get(fleet_partners))
         .route("/api/v1/fleet/heartbeat", post(heartbeat))
+        .route("/api/v1/purge", post(purge::purge))
+        .route("/api/v1/prewarm", post(prewarm::start_job))
+        .route("/api/v1/prewarm/{id}", get(prewarm::status))
+        .route("/api/v1/prewarm/{id}/events", get(prewarm::events))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such path") })
@@ -188,6 +206,81 @@ struct ApiError {
     error: String,
     /// What went wrong.
     message: String,
+}
+
+/// A request field that cannot be used, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct BadField {
+    /// The field, such as `titles[2]`, or `body` for the body as a whole.
+    field: String,
+    /// What is wrong with it.
+    reason: String,
+}
+
+impl BadField {
+    fn new(field: impl Into<String>, reason: impl Into<String>) -> BadField {
+        BadField {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The `400` answer naming the field.
+    fn response(&self) -> Response {
+        error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            &format!("{}: {}", self.field, self.reason),
+        )
+    }
+}
+
+/// A JSON object body read field by field, so that an error names its field.
+struct JsonObject(serde_json::Map<String, serde_json::Value>);
+
+impl JsonObject {
+    /// Parses `body`; a field not in `known` is an error.
+    fn parse(body: &[u8], known: &[&str]) -> Result<JsonObject, BadField> {
+        let value: serde_json::Value = serde_json::from_slice(body)
+            .map_err(|e| BadField::new("body", format!("not JSON: {e}")))?;
+        let serde_json::Value::Object(map) = value else {
+            return Err(BadField::new("body", "expected a JSON object"));
+        };
+        if let Some(k) = map.keys().find(|k| !known.contains(&k.as_str())) {
+            let name: String = k.chars().filter(|c| !c.is_control()).take(64).collect();
+            return Err(BadField::new(
+                name,
+                format!("unknown field; the fields are {}", known.join(", ")),
+            ));
+        }
+        Ok(JsonObject(map))
+    }
+
+    /// A field's value; `None` when absent or `null`.
+    fn field<T: serde::de::DeserializeOwned>(&self, name: &str) -> Result<Option<T>, BadField> {
+        match self.0.get(name) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(v) => T::deserialize(v)
+                .map(Some)
+                .map_err(|e| BadField::new(name, e.to_string())),
+        }
+    }
+}
+
+/// Every edge and shield now, configured and registered.
+fn fleet_targets(ctx: &Ctx) -> Vec<fleet::Target> {
+    let registered: Vec<(cascade_serve::Heartbeat, Duration)> = match ctx.registry.lock() {
+        Ok(reg) => reg
+            .values()
+            .map(|r| (r.beat.clone(), r.last_seen.elapsed()))
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    fleet::targets(
+        &ctx.cfg.nodes,
+        &registered,
+        Duration::from_secs(ctx.cfg.node_down_after_secs),
+    )
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -746,21 +839,27 @@ pub async fn start(cfg: &ControlConfig) -> anyhow::Result<Control> {
         .connect_with(opts)
         .await?;
     partners::migrate(&db).await?;
+    let metrics = Metrics::new("control");
     let ctx = Arc::new(Ctx {
         cfg: cfg.clone(),
         db,
         client,
-        metrics: Metrics::new("control"),
+        purge_metrics: purge::PurgeMetrics::new(metrics.registry()),
+        warm_metrics: prewarm::WarmMetrics::new(metrics.registry()),
+        metrics,
         limits: partners::Limits::default(),
         registry: Default::default(),
+        jobs: prewarm::Jobs::default(),
     });
     let listener = tokio::net::TcpListener::bind(&cfg.listen).await?;
     let addr = listener.local_addr()?;
     let (tx, mut rx) = tokio::sync::watch::channel(false);
-    let router = app(ctx);
+    let router = app(ctx.clone());
     let task = tokio::spawn(async move {
         let s = axum::serve(listener, router).with_graceful_shutdown(async move {
             let _ = rx.changed().await;
+            // Pre-warm jobs end with control, and so do their event streams.
+            ctx.jobs.abort_all();
         });
         if let Err(e) = s.await {
             tracing::error!(error = %e, "control listener");
