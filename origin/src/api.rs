@@ -640,6 +640,17 @@ pub fn parse_range(value: &str, size: u64) -> RangeRequest {
     RangeRequest::Part(start, end)
 }
 
+/// `Cache-Control` of asset manifests and title metadata: short-lived, with
+/// stale windows so shields and edges ride out an origin outage.
+fn metadata_cache_control(cfg: &crate::OriginConfig) -> String {
+    format!(
+        "public, max-age={}, stale-while-revalidate={}, stale-if-error={}",
+        cfg.metadata_max_age_secs,
+        cfg.metadata_stale_while_revalidate_secs,
+        cfg.metadata_stale_if_error_secs
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::{parse_range, RangeRequest::*};
@@ -665,15 +676,4 @@ mod tests {
         }
         assert_eq!(parse_range("bytes=0-", 0), Unsatisfiable);
     }
-}
-
-/// `Cache-Control` of asset manifests and title metadata: short-lived, with
-/// stale windows so shields and edges ride out an origin outage.
-fn metadata_cache_control(cfg: &crate::OriginConfig) -> String {
-    format!(
-        "public, max-age={}, stale-while-revalidate={}, stale-if-error={}",
-        cfg.metadata_max_age_secs,
-        cfg.metadata_stale_while_revalidate_secs,
-        cfg.metadata_stale_if_error_secs
-    )
 }
