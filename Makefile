@@ -16,7 +16,8 @@ DEB_PACKAGES := ffmpeg libavcodec-dev libavformat-dev libavutil-dev libavfilter-
 # npm and conflicts with Debian's npm package).
 NODE_PACKAGES := nodejs npm
 
-.PHONY: help deps rust web build release dev test lint fmt bench clean fuzz-build
+.PHONY: help deps rust web build release dev test lint fmt bench clean fuzz-build \
+	bench-deps bench-hit-path bench-flash-crowd
 
 help:
 	@echo "make dev   install what is missing, build, and run the whole stack (cascade dev)"
@@ -65,8 +66,31 @@ test: deps web lint fuzz-build
 	set -o pipefail; cargo test --workspace --doc 2>&1 | tee -a target/test.log
 	@awk '/^test result:/ {p += $$4; f += $$6} END {print "tests: " p " passed, " f " failed"}' target/test.log
 
-bench: deps web
+bench: deps web bench-hit-path bench-flash-crowd
 	cargo bench -p cascade-benches
+
+# The peer and the load generator of benches/hit-path.sh: nginx (nginx-light
+# where Debian has it) and wrk.
+bench-deps:
+	@pkgs=""; \
+	command -v wrk >/dev/null 2>&1 || pkgs="$$pkgs wrk"; \
+	if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then pkgs="$$pkgs nginx"; fi; \
+	if [ -n "$$pkgs" ]; then \
+	  $(SUDO) apt-get update -qq && \
+	  { case "$$pkgs" in *nginx*) apt-cache show nginx-light >/dev/null 2>&1 && pkgs="$${pkgs/nginx/nginx-light}";; esac; true; } && \
+	  echo "installing Debian packages:$$pkgs" && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$pkgs; \
+	fi
+
+# Cascade's edge against nginx on cache hits (benches/README.md); DURATION and
+# ROUNDS set the length.
+bench-hit-path: deps bench-deps
+	benches/hit-path.sh
+
+# 4 edges, 2 shields, 1 origin under a Zipf burst: origin offload and repeat
+# bytes; FLASH_CROWD_REQUESTS sets the size.
+bench-flash-crowd: deps
+	cargo run --release -p cascade-benches --bin flash_crowd
 
 fmt:
 	cargo fmt --all
