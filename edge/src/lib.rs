@@ -801,6 +801,10 @@ impl Media {
     /// from cache, or made once however many viewers ask at once. The key
     /// is the path alone: never the token or other query parameters.
     async fn get(&self, path: &str, output: &Output, request_id: &str) -> Response {
+        // A hit needs none of the fill's clones.
+        if let Some(hit) = self.tier.fresh_hit(path).await {
+            return hit;
+        }
         let Some((asset, _)) = path["/vod/".len()..].split_once('/') else {
             return not_found();
         };

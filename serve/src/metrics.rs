@@ -67,9 +67,19 @@ impl Metrics {
         bytes: usize,
         elapsed: Duration,
     ) {
-        let status = status.to_string();
+        let owned;
+        let status = match status {
+            200 => "200",
+            206 => "206",
+            304 => "304",
+            404 => "404",
+            s => {
+                owned = s.to_string();
+                owned.as_str()
+            }
+        };
         self.requests
-            .with_label_values(&[status.as_str(), cache, protocol])
+            .with_label_values(&[status, cache, protocol])
             .inc();
         self.bytes.with_label_values(&[cache]).inc_by(bytes as u64);
         self.duration

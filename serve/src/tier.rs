@@ -53,6 +53,14 @@ impl CacheTier {
         self.flights.len()
     }
 
+    /// A fresh hit for `key`, if there is one: the fast path, checked
+    /// before a caller builds its fill.
+    pub async fn fresh_hit(&self, key: &str) -> Option<Response> {
+        let (obj, tier) = self.cache.get(key).await?;
+        obj.is_fresh(unix_now())
+            .then(|| cached_response(&obj, CacheOutcome::Hit(tier.as_str()), self.name))
+    }
+
     /// Answers `key` from the cache or from `fill`, which fetches, stores
     /// what may be stored, and answers (with its own `Cache-Status`).
     /// Concurrent misses for one key run one fill; an error answer from the
