@@ -485,3 +485,101 @@ async fn a_percent_encoded_query_token_is_accepted() {
     assert_eq!(get(&url, &bad, &[]).await.0, 403);
     stack.shutdown().await;
 }
+
+/// A slow origin for one object: sends the headers and the first half, then
+/// waits for `release` before the rest. (The real origin cannot be made to
+/// stall mid-body; this fake exists only for that.) Counts requests.
+async fn slow_origin(
+    half: usize,
+    release: tokio::sync::watch::Receiver<bool>,
+) -> (String, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let requests = Arc::new(AtomicUsize::new(0));
+    let count = requests.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let (count, mut release) = (count.clone(), release.clone());
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = sock.read(&mut buf).await.unwrap();
+                    if n == 0 {
+                        return;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                }
+                count.fetch_add(1, Ordering::SeqCst);
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\ncache-control: public, max-age=60\r\nconnection: close\r\n\r\n",
+                    2 * half
+                );
+                sock.write_all(head.as_bytes()).await.unwrap();
+                sock.write_all(&vec![b'a'; half]).await.unwrap();
+                sock.flush().await.unwrap();
+                let _ = release.wait_for(|r| *r).await;
+                sock.write_all(&vec![b'b'; half]).await.unwrap();
+                let _ = sock.shutdown().await;
+            });
+        }
+    });
+    (url, requests)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn waiters_are_fed_as_the_body_streams_in() {
+    let half = 256 * 1024;
+    let (release_tx, release_rx) = tokio::sync::watch::channel(false);
+    let (origin, requests) = slow_origin(half, release_rx).await;
+    let shield = cascade_shield::start(&cascade_shield::ShieldConfig {
+        listen: "127.0.0.1:0".into(),
+        origins: vec![origin],
+        cache_dir: String::new(),
+        cache_memory_mib: 16,
+        ..cascade_shield::ShieldConfig::default()
+    })
+    .await
+    .unwrap();
+    let url = format!("http://{}/mezz/slow/manifest.json", shield.addr);
+    // Reads until at least `n` bytes came; returns the response and them.
+    async fn first_bytes(url: &str, n: usize) -> (reqwest::Response, Vec<u8>) {
+        let mut r = common::client().get(url).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let mut got = Vec::new();
+        while got.len() < n {
+            let chunk = tokio::time::timeout(Duration::from_secs(10), r.chunk())
+                .await
+                .expect("the first half arrives while the origin still holds the rest")
+                .unwrap()
+                .expect("more body");
+            got.extend_from_slice(&chunk);
+        }
+        (r, got)
+    }
+    // Two viewers, and a third who comes while the body is under way: all
+    // get the first half before the origin has sent the second.
+    let (a, b) = tokio::join!(first_bytes(&url, half), first_bytes(&url, half));
+    let c = first_bytes(&url, half).await;
+    assert_eq!(requests.load(Ordering::SeqCst), 1, "one origin fetch");
+    release_tx.send(true).unwrap();
+    for (mut r, mut got) in [a, b, c] {
+        while let Some(chunk) = r.chunk().await.unwrap() {
+            got.extend_from_slice(&chunk);
+        }
+        assert_eq!(got.len(), 2 * half);
+        assert!(got[..half].iter().all(|&x| x == b'a') && got[half..].iter().all(|&x| x == b'b'));
+    }
+    // Stored once complete: the next request is a hit.
+    let r = common::client().get(&url).send().await.unwrap();
+    assert!(
+        cache_status(&r).contains("cascade-shield; hit"),
+        "{}",
+        cache_status(&r)
+    );
+    assert_eq!(r.bytes().await.unwrap().len(), 2 * half);
+    assert_eq!(requests.load(Ordering::SeqCst), 1);
+    shield.shutdown().await;
+}

@@ -198,6 +198,11 @@ impl TieredCache {
         Ok(rules.len())
     }
 
+    /// The largest object stored.
+    pub fn max_object_bytes(&self) -> u64 {
+        self.max_object_bytes
+    }
+
     /// Bans in force.
     pub fn bans(&self) -> usize {
         self.bans.len()

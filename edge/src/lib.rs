@@ -601,6 +601,7 @@ impl EdgeHandler {
                     status: up.status,
                     headers: http::HeaderMap::new(),
                     body: up.body,
+                    stream: None,
                 };
                 for name in ["content-type", "cache-control", "location", "retry-after"] {
                     if let Some(v) = up.headers.get(name) {

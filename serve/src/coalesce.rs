@@ -12,10 +12,15 @@ use futures::future::{BoxFuture, FutureExt, Shared};
 
 type Flight<V> = Shared<BoxFuture<'static, Option<V>>>;
 
+/// What keeps a finished fetch joinable: for a response whose body is still
+/// streaming in, the end of that body.
+pub type Hold<V> = fn(&V) -> Option<BoxFuture<'static, ()>>;
+
 /// Fetches in flight, by key.
 pub struct Flights<V: Clone + Send + Sync + 'static> {
     inflight: Arc<Mutex<HashMap<String, Flight<V>>>>,
     timeout: Duration,
+    hold: Option<Hold<V>>,
 }
 
 /// Whether this caller led the fetch or joined one in flight.
@@ -33,6 +38,17 @@ impl<V: Clone + Send + Sync + 'static> Flights<V> {
         Flights {
             inflight: Arc::new(Mutex::new(HashMap::new())),
             timeout,
+            hold: None,
+        }
+    }
+
+    /// Flights whose results stay joinable until `hold` of the result ends:
+    /// a request that comes while a fetched body still streams in joins it
+    /// rather than fetching again.
+    pub fn with_hold(timeout: Duration, hold: Hold<V>) -> Self {
+        Flights {
+            hold: Some(hold),
+            ..Flights::new(timeout)
         }
     }
 
@@ -51,6 +67,7 @@ impl<V: Clone + Send + Sync + 'static> Flights<V> {
                 Some(f) => (f.clone(), Role::Joined),
                 None => {
                     let timeout = self.timeout;
+                    let hold = self.hold;
                     let task = tokio::spawn(tokio::time::timeout(timeout, fetch));
                     let inflight = self.inflight.clone();
                     let owned_key = key.to_string();
@@ -59,9 +76,22 @@ impl<V: Clone + Send + Sync + 'static> Flights<V> {
                             Ok(Ok(v)) => Some(v),
                             _ => None,
                         };
-                        // Done: later requests find the cache, or start anew.
-                        if let Ok(mut map) = inflight.lock() {
-                            map.remove(&owned_key);
+                        // Done: later requests find the cache, or start anew;
+                        // while a body still streams in, they join it.
+                        let held = out.as_ref().zip(hold).and_then(|(v, h)| h(v));
+                        let remove = move || {
+                            if let Ok(mut map) = inflight.lock() {
+                                map.remove(&owned_key);
+                            }
+                        };
+                        match held {
+                            Some(until) => {
+                                tokio::spawn(async move {
+                                    until.await;
+                                    remove();
+                                });
+                            }
+                            None => remove(),
                         }
                         out
                     }

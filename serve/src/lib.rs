@@ -9,6 +9,7 @@
 
 #![warn(unreachable_pub)]
 
+mod body;
 mod coalesce;
 pub mod config;
 pub mod fleet;
@@ -25,7 +26,8 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 
-pub use coalesce::{Flights, Role};
+pub use body::{shared_body, BodyReader, BodyWriter, SharedBody};
+pub use coalesce::{Flights, Hold, Role};
 pub use heartbeat::{spawn_heartbeat, spawn_node_heartbeat, Heartbeat, NodeIdentity};
 pub use listener::{serve, ListenerConfig, ServerHandle};
 pub use metrics::{init_logging, Metrics};
@@ -34,7 +36,7 @@ pub use proxy::{
 };
 pub use ranges::{apply_range, parse_range, ByteSpan};
 pub use tier::CacheTier;
-pub use upstream::{Upstream, UpstreamError, UpstreamResponse};
+pub use upstream::{StreamingResponse, Upstream, UpstreamError, UpstreamResponse};
 
 /// The header that carries a request id across tiers.
 pub const REQUEST_ID: &str = "x-request-id";
@@ -65,8 +67,11 @@ pub struct Response {
     pub status: StatusCode,
     /// Headers; the listener adds `content-length` and `x-request-id`.
     pub headers: HeaderMap,
-    /// The body.
+    /// The body, when it is whole.
     pub body: Bytes,
+    /// Or a body still arriving from upstream, shared with every request
+    /// that joined the same fetch; `body` is then empty.
+    pub stream: Option<SharedBody>,
 }
 
 impl Response {
@@ -81,7 +86,16 @@ impl Response {
             status,
             headers,
             body: body.into(),
+            stream: None,
         }
+    }
+
+    /// The whole body, waiting for a streamed one to arrive.
+    pub async fn into_whole(mut self) -> Result<Response, String> {
+        if let Some(s) = self.stream.take() {
+            self.body = s.collect().await?;
+        }
+        Ok(self)
     }
 
     /// A small JSON error body: `{"error": code, "message": text}`.

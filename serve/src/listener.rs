@@ -201,8 +201,7 @@ impl HttpServerApp for App {
             .and_then(|v| v.to_str().ok())
             .map(cache_label)
             .unwrap_or("none");
-        let body_len = response.body.len();
-        let ok = write_response(&mut session, response, &method, &request_id).await;
+        let (ok, body_len) = write_response(&mut session, response, &method, &request_id).await;
         let elapsed = started.elapsed();
         self.metrics
             .observe(status.as_u16(), cache, protocol, body_len, elapsed);
@@ -272,21 +271,29 @@ async fn read_body(session: &mut ServerSession, limit: usize) -> Result<Bytes, B
     }
 }
 
+/// Writes the response; says whether the connection may be reused, and how
+/// many body bytes went out. A streamed body is written as it arrives; if
+/// its upstream fails midway the connection is closed, so the client sees a
+/// short body rather than a complete-looking wrong one.
 async fn write_response(
     session: &mut ServerSession,
     response: Response,
     method: &Method,
     request_id: &str,
-) -> bool {
+) -> (bool, usize) {
+    let length = match &response.stream {
+        Some(s) => s.expected_len().unwrap_or(0) as usize,
+        None => response.body.len(),
+    };
     let mut header = match ResponseHeader::build(response.status, Some(response.headers.len() + 2))
     {
         Ok(h) => h,
-        Err(_) => return false,
+        Err(_) => return (false, 0),
     };
     for (name, value) in response.headers.iter() {
         let _ = header.append_header(name.clone(), value.clone());
     }
-    let _ = header.insert_header(http::header::CONTENT_LENGTH, response.body.len());
+    let _ = header.insert_header(http::header::CONTENT_LENGTH, length);
     if let Ok(v) = HeaderValue::from_str(request_id) {
         let _ = header.insert_header(REQUEST_ID, v);
     }
@@ -295,13 +302,40 @@ async fn write_response(
         .await
         .is_err()
     {
-        return false;
+        return (false, 0);
     }
-    if method == Method::HEAD || response.body.is_empty() {
-        return session.finish_body().await.is_ok();
+    if method == Method::HEAD || length == 0 {
+        return (session.finish_body().await.is_ok(), 0);
     }
-    session
-        .write_response_body(response.body, true)
-        .await
-        .is_ok()
+    let Some(stream) = response.stream else {
+        let ok = session
+            .write_response_body(response.body, true)
+            .await
+            .is_ok();
+        return (ok, length);
+    };
+    let mut reader = stream.reader();
+    let mut sent = 0;
+    while let Some(chunk) = reader.next().await {
+        let Ok(chunk) = chunk else {
+            tracing::warn!(
+                request_id,
+                sent,
+                "upstream failed mid-body; closing the connection"
+            );
+            return (false, sent);
+        };
+        sent += chunk.len();
+        if sent > length {
+            tracing::warn!(request_id, sent, "upstream sent more than it announced");
+            return (false, sent);
+        }
+        if session.write_response_body(chunk, false).await.is_err() {
+            return (false, sent);
+        }
+    }
+    if sent != length {
+        return (false, sent);
+    }
+    (session.finish_body().await.is_ok(), sent)
 }

@@ -125,8 +125,22 @@ impl CachingFetcher {
         let started_ms = unix_now_ms();
         let mut last_err = None;
         for up in self.upstreams.iter() {
-            match up.get(path_and_query, range, request_id).await {
-                Ok(resp) => return self.store_and_answer(key, resp, started_ms).await,
+            let (tier, k) = (self.tier.clone(), key.to_string());
+            let (tx, rx) = tokio::sync::oneshot::channel::<CachedObject>();
+            let store = move |whole: bytes::Bytes| async move {
+                if let Ok(mut obj) = rx.await {
+                    obj.body = whole;
+                    tier.store(&k, &obj).await;
+                }
+            };
+            match up
+                .get_streaming(path_and_query, range, request_id, store)
+                .await
+            {
+                Ok(Ok(streaming)) => {
+                    return self.answer_streaming(streaming, started_ms, tx);
+                }
+                Ok(Err(resp)) => return self.store_and_answer(key, resp, started_ms).await,
                 Err(e) if e.retryable() => {
                     tracing::warn!(upstream = up.base(), error = %e, request_id, "upstream failed, trying next");
                     last_err = Some(e);
@@ -148,6 +162,41 @@ impl CachingFetcher {
             None,
             &CacheOutcome::Miss { stored: false }.entry(self.tier.name()),
         );
+        r
+    }
+
+    /// The answer to a fetch whose body is still arriving: headers now, the
+    /// body as it comes; the object is stored when complete (by the
+    /// upstream's pump, through `store`).
+    fn answer_streaming(
+        &self,
+        resp: crate::StreamingResponse,
+        started_ms: u64,
+        store: tokio::sync::oneshot::Sender<CachedObject>,
+    ) -> Response {
+        let upstream_status = resp
+            .headers
+            .get("cache-status")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let len = resp.body.expected_len().unwrap_or(0);
+        let template = to_object(
+            crate::UpstreamResponse {
+                status: resp.status,
+                headers: resp.headers,
+                body: bytes::Bytes::new(),
+            },
+            started_ms,
+        );
+        let stored = self.tier.storable(&template, len);
+        let mut r = cached_response(&template, CacheOutcome::Miss { stored }, self.tier.name());
+        set_cache_status(
+            &mut r.headers,
+            upstream_status.as_deref(),
+            &CacheOutcome::Miss { stored }.entry(self.tier.name()),
+        );
+        r.stream = Some(resp.body);
+        let _ = store.send(template);
         r
     }
 
@@ -228,5 +277,6 @@ pub fn cached_response(obj: &CachedObject, outcome: CacheOutcome, cache_name: &s
         status: StatusCode::from_u16(obj.status).unwrap_or(StatusCode::OK),
         headers,
         body: obj.body.clone(),
+        stream: None,
     }
 }

@@ -84,7 +84,8 @@ pub fn parse_range(header: Option<&str>, size: u64) -> Result<Option<ByteSpan>, 
 /// `Content-Range`, a 416 when the range lies outside, or the response
 /// unchanged when there is no range or it is not a 200.
 pub fn apply_range(mut resp: Response, range: Option<&str>) -> Response {
-    if resp.status != StatusCode::OK {
+    // A body still streaming in is sent whole: a valid answer to a range.
+    if resp.status != StatusCode::OK || resp.stream.is_some() {
         return resp;
     }
     resp.headers.insert(

@@ -19,6 +19,14 @@ use http::StatusCode;
 use crate::proxy::{cached_response, mark_collapsed, unix_now};
 use crate::{set_cache_status, CacheOutcome, Flights, Response, Role};
 
+/// For a response still streaming in: the end of its body, until which
+/// new requests join it.
+fn body_end(r: &Response) -> Option<futures::future::BoxFuture<'static, ()>> {
+    use futures::FutureExt;
+    let body = r.stream.clone()?;
+    Some(async move { body.finished().await }.boxed())
+}
+
 /// A cache and the fills in flight for it.
 #[derive(Clone)]
 pub struct CacheTier {
@@ -33,7 +41,7 @@ impl CacheTier {
     pub fn new(cache: TieredCache, name: &'static str, timeout: Duration) -> Self {
         CacheTier {
             cache,
-            flights: Arc::new(Flights::new(timeout)),
+            flights: Arc::new(Flights::with_hold(timeout, body_end)),
             name,
         }
     }
@@ -124,10 +132,15 @@ impl CacheTier {
     /// Stores `obj` under `key` when its status and freshness allow; says
     /// whether it did.
     pub async fn store(&self, key: &str, obj: &CachedObject) -> bool {
-        let cacheable = matches!(obj.status, 200 | 206)
+        self.storable(obj, obj.body.len() as u64) && self.cache.put(key, obj.clone()).await
+    }
+
+    /// Whether an object like `obj`, of `len` bytes, would be stored.
+    pub fn storable(&self, obj: &CachedObject, len: u64) -> bool {
+        matches!(obj.status, 200 | 206)
+            && len <= self.cache.max_object_bytes()
             && (obj.fresh_until > unix_now()
                 || obj.stale_while_revalidate > 0
-                || obj.stale_if_error > 0);
-        cacheable && self.cache.put(key, obj.clone()).await
+                || obj.stale_if_error > 0)
     }
 }

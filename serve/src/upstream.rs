@@ -27,6 +27,17 @@ pub struct UpstreamResponse {
     pub body: Bytes,
 }
 
+/// A fetched response whose body is still arriving.
+#[derive(Debug, Clone)]
+pub struct StreamingResponse {
+    /// Status.
+    pub status: StatusCode,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// The body, as it arrives.
+    pub body: crate::SharedBody,
+}
+
 /// Why a fetch failed. Says whether trying another upstream may help.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -113,6 +124,82 @@ impl Upstream {
             headers,
             body: body.freeze(),
         })
+    }
+
+    /// A GET whose body is handed on as it arrives: the status and headers,
+    /// and a shared body fed by a task of its own. Only for answers that
+    /// announce their length (within the limit); `Ok(Err(whole))` otherwise,
+    /// with the body read whole.
+    ///
+    /// `on_whole` gets the complete body (to store it) before readers see
+    /// the end, so that a request arriving just after finds it cached.
+    pub async fn get_streaming<F, Fut>(
+        &self,
+        path: &str,
+        range: Option<&str>,
+        request_id: &str,
+        on_whole: F,
+    ) -> Result<Result<StreamingResponse, UpstreamResponse>, UpstreamError>
+    where
+        F: FnOnce(Bytes) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        let url = format!("{}{}", self.base, path);
+        let mut req = self.client.get(&url).header(REQUEST_ID, request_id);
+        if let Some(r) = range {
+            req = req.header("range", r);
+        }
+        let resp = req.send().await.map_err(|e| self.classify(e))?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let Some(len) = resp.content_length() else {
+            let body = self.read_whole(resp).await?;
+            return Ok(Err(UpstreamResponse {
+                status,
+                headers,
+                body,
+            }));
+        };
+        if len as usize > self.max_body_bytes {
+            return Err(UpstreamError::TooLarge(self.max_body_bytes));
+        }
+        let (body, mut writer) = crate::shared_body(Some(len));
+        let this = self.clone();
+        let whole = body.clone();
+        tokio::spawn(async move {
+            let mut stream = resp.bytes_stream();
+            while let Some(chunk) = stream.next().await {
+                match chunk {
+                    Ok(c) if writer.len() + c.len() <= len as usize => writer.push(c),
+                    Ok(_) => return writer.fail("upstream sent more than it announced"),
+                    Err(e) => return writer.fail(&this.classify(e).to_string()),
+                }
+            }
+            if writer.len() == len as usize {
+                on_whole(whole.snapshot()).await;
+                writer.finish();
+            } else {
+                writer.fail("upstream body ended short");
+            }
+        });
+        Ok(Ok(StreamingResponse {
+            status,
+            headers,
+            body,
+        }))
+    }
+
+    async fn read_whole(&self, resp: reqwest::Response) -> Result<Bytes, UpstreamError> {
+        let mut body = BytesMut::new();
+        let mut stream = resp.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| self.classify(e))?;
+            if body.len() + chunk.len() > self.max_body_bytes {
+                return Err(UpstreamError::TooLarge(self.max_body_bytes));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body.freeze())
     }
 
     /// A GET, with an optional `Range`.

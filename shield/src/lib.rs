@@ -12,13 +12,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
 use cascade_cache::{CacheConfig, TieredCache};
 use cascade_serve::config::{check_addr, check_url, Validate};
 use cascade_serve::fleet::handle_purge;
 use cascade_serve::{
-    apply_range, parse_range, serve, ByteSpan, CachingFetcher, Handler, ListenerConfig, Metrics,
-    Request, Response, ServerHandle, Upstream,
+    apply_range, parse_range, serve, shared_body, BodyWriter, ByteSpan, CachingFetcher, Handler,
+    ListenerConfig, Metrics, Request, Response, ServerHandle, Upstream,
 };
 use http::{HeaderValue, Method, StatusCode};
 use serde::Deserialize;
@@ -242,20 +241,28 @@ impl ShieldHandler {
             slices.push((lead_index, lead.clone()));
         }
         slices.sort_by_key(|(i, _)| *i);
-        let mut body = BytesMut::with_capacity(span.len() as usize);
+        let mut parts = Vec::with_capacity(slices.len());
         for (i, r) in &slices {
             if r.status != StatusCode::PARTIAL_CONTENT {
                 return r.clone();
             }
-            let start = i * self.slice_bytes;
-            let expect = (start + self.slice_bytes).min(total) - start;
-            if r.body.len() as u64 != expect || content_range_total(r) != Some(total) {
+            if content_range_total(r) != Some(total) {
                 return bad_slice("a slice of the file has the wrong size");
             }
-            let from = span.first.saturating_sub(start) as usize;
-            let to = ((span.last + 1).min(start + expect) - start) as usize;
-            body.extend_from_slice(&r.body[from..to]);
+            let start = i * self.slice_bytes;
+            let expect = (start + self.slice_bytes).min(total) - start;
+            let from = span.first.saturating_sub(start);
+            let to = (span.last + 1).min(start + expect) - start;
+            parts.push(Part {
+                slice: r.clone(),
+                expect,
+                from,
+                to,
+            });
         }
+        // The answer streams as its slices arrive, in order.
+        let (body, writer) = shared_body(Some(span.len()));
+        tokio::spawn(assemble(parts, writer, span.len()));
         // Headers of the file from one slice; Cache-Status from the least cached.
         let status_of = slices
             .iter()
@@ -269,7 +276,8 @@ impl ShieldHandler {
                 StatusCode::OK
             },
             headers: lead.headers.clone(),
-            body: body.freeze(),
+            body: bytes::Bytes::new(),
+            stream: Some(body),
         };
         resp.headers.remove(http::header::CONTENT_RANGE);
         if range.is_some() {
@@ -283,6 +291,55 @@ impl ShieldHandler {
             resp.headers.insert("cache-status", cs.clone());
         }
         resp
+    }
+}
+
+/// The bytes `from..to` of one slice of `expect` bytes.
+struct Part {
+    slice: Response,
+    expect: u64,
+    from: u64,
+    to: u64,
+}
+
+/// Writes the parts of each slice, in order, as they arrive; fails the body
+/// if a slice is not the size it should be.
+async fn assemble(parts: Vec<Part>, mut writer: BodyWriter, len: u64) {
+    for p in parts {
+        let mut pos = 0u64;
+        let mut take = |chunk: bytes::Bytes, writer: &mut BodyWriter| {
+            let (a, b) = (pos, pos + chunk.len() as u64);
+            let (lo, hi) = (p.from.max(a), p.to.min(b));
+            if lo < hi {
+                writer.push(chunk.slice((lo - a) as usize..(hi - a) as usize));
+            }
+            pos = b;
+        };
+        match &p.slice.stream {
+            None => take(p.slice.body.clone(), &mut writer),
+            Some(stream) => {
+                let mut reader = stream.reader();
+                while let Some(chunk) = reader.next().await {
+                    match chunk {
+                        Ok(c) => take(c, &mut writer),
+                        Err(e) => return writer.fail(&e),
+                    }
+                }
+            }
+        }
+        if pos != p.expect {
+            tracing::error!(
+                got = pos,
+                expected = p.expect,
+                "a mezzanine slice has the wrong size"
+            );
+            return writer.fail("a slice of the file has the wrong size");
+        }
+    }
+    if writer.len() as u64 == len {
+        writer.finish();
+    } else {
+        writer.fail("the assembled range has the wrong size");
     }
 }
 
