@@ -12,12 +12,6 @@ use serde_json::Value;
 
 const FLEET: &str = "fleet-secret-0123456789";
 
-async fn nodes(control: &str) -> Vec<Value> {
-    let v: Value =
-        serde_json::from_str(&common::text(format!("{control}/api/v1/nodes")).await).unwrap();
-    v["nodes"].as_array().unwrap().clone()
-}
-
 fn find<'a>(list: &'a [Value], name: &str) -> Option<&'a Value> {
     list.iter().find(|n| n["name"] == name)
 }
@@ -69,7 +63,7 @@ async fn nodes_register_heartbeat_and_go_down() {
 
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let list = nodes(&control_url).await;
+        let list = common::nodes(&control_url).await;
         let ready = matches!(
             (find(&list, "edge-mum-1"), find(&list, "shield-mum-1")),
             (Some(e), Some(s)) if e["health"] == "up" && s["health"] == "up" && e["hit_ratio"].as_f64().is_some()
@@ -93,7 +87,7 @@ async fn nodes_register_heartbeat_and_go_down() {
     shield.shutdown().await;
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let list = nodes(&control_url).await;
+        let list = common::nodes(&control_url).await;
         if find(&list, "shield-mum-1").unwrap()["health"] == "down" {
             assert_eq!(find(&list, "edge-mum-1").unwrap()["health"], "up");
             break;

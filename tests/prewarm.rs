@@ -15,30 +15,6 @@ use serde_json::{json, Value};
 const ADMIN: &str = "admin-secret-0123456789";
 const FLEET: &str = "fleet-secret-0123456789";
 
-async fn nodes(control: &str) -> Vec<Value> {
-    let v: Value =
-        serde_json::from_str(&common::text(format!("{control}/api/v1/nodes")).await).unwrap();
-    v["nodes"].as_array().unwrap().clone()
-}
-
-async fn wait_up(control: &str, names: &[&str]) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let list = nodes(control).await;
-        if names
-            .iter()
-            .all(|n| list.iter().any(|x| x["name"] == *n && x["health"] == "up"))
-        {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{names:?} never came up: {list:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 async fn admin_post(control: &str, path: &str, body: Value) -> (u16, Value) {
     let r = common::client()
         .post(format!("{control}{path}"))
@@ -156,9 +132,10 @@ async fn prewarm_warms_every_edge_of_a_region() {
     .unwrap();
     let control_url = format!("http://{}", control.addr);
     let fleet = fleet(&control_url, &stack.origin_url).await;
-    wait_up(
+    common::wait_health(
         &control_url,
         &["edge-w1", "edge-w2", "shield-w1", "shield-w2"],
+        "up",
     )
     .await;
 

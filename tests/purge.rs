@@ -14,32 +14,6 @@ use serde_json::{json, Value};
 const ADMIN: &str = "admin-secret-0123456789";
 const FLEET: &str = "fleet-secret-0123456789";
 
-async fn nodes(control: &str) -> Vec<Value> {
-    let v: Value =
-        serde_json::from_str(&common::text(format!("{control}/api/v1/nodes")).await).unwrap();
-    v["nodes"].as_array().unwrap().clone()
-}
-
-/// Waits until every node in `names` shows `health` in control's list.
-async fn wait_health(control: &str, names: &[&str], health: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let list = nodes(control).await;
-        let ok = names.iter().all(|n| {
-            list.iter()
-                .any(|x| x["name"] == *n && x["health"] == health)
-        });
-        if ok {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{names:?} never became {health}: {list:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// `POST /api/v1/purge` with the admin credential: status, answer, wall time.
 async fn purge(control: &str, body: Value) -> (u16, Value, Duration) {
     let started = Instant::now();
@@ -130,7 +104,7 @@ async fn purge_by_url_prefix_and_tag_reaches_edge_and_shield() {
     .await
     .unwrap();
     let edge_url = format!("http://{}", edge.addr);
-    wait_health(&control_url, &["edge-p1", "shield-p1"], "up").await;
+    common::wait_health(&control_url, &["edge-p1", "shield-p1"], "up").await;
 
     let manifest = cascade_packager::AssetManifest::from_json(
         common::text(format!("{}/mezz/{asset}/manifest.json", stack.origin_url))
@@ -207,9 +181,9 @@ async fn purge_by_url_prefix_and_tag_reaches_edge_and_shield() {
     })
     .await
     .unwrap();
-    wait_health(&control_url, &["shield-p2"], "up").await;
+    common::wait_health(&control_url, &["shield-p2"], "up").await;
     gone.shutdown().await;
-    wait_health(&control_url, &["shield-p2"], "down").await;
+    common::wait_health(&control_url, &["shield-p2"], "down").await;
     let (status, r, took) = purge(&control_url, json!({ "urls": [segment] })).await;
     assert_eq!(status, 207, "{r}");
     assert_eq!(r["complete"], false);

@@ -110,19 +110,11 @@ impl Upstream {
                 return Err(UpstreamError::TooLarge(self.max_body_bytes));
             }
         }
-        let mut body = BytesMut::new();
-        let mut stream = resp.bytes_stream();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| self.classify(e))?;
-            if body.len() + chunk.len() > self.max_body_bytes {
-                return Err(UpstreamError::TooLarge(self.max_body_bytes));
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let body = self.read_whole(resp).await?;
         Ok(UpstreamResponse {
             status,
             headers,
-            body: body.freeze(),
+            body,
         })
     }
 

@@ -256,3 +256,29 @@ pub async fn ingest_clip(stack: &Stack, secs: u32) -> String {
     assert_eq!(done["state"], "done", "{done}");
     answer["asset"].as_str().expect("asset id").to_string()
 }
+
+/// Control's node list.
+pub async fn nodes(control: &str) -> Vec<Value> {
+    let v: Value = serde_json::from_str(&text(format!("{control}/api/v1/nodes")).await).unwrap();
+    v["nodes"].as_array().unwrap().clone()
+}
+
+/// Waits until every node in `names` shows `health` in control's list.
+pub async fn wait_health(control: &str, names: &[&str], health: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let list = nodes(control).await;
+        let ok = names.iter().all(|n| {
+            list.iter()
+                .any(|x| x["name"] == *n && x["health"] == health)
+        });
+        if ok {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{names:?} never became {health}: {list:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
