@@ -95,7 +95,17 @@ impl CacheTier {
                 return cached_response(obj, CacheOutcome::StaleWhileRevalidate, self.name);
             }
         }
-        let (resp, role) = self.flights.run(key, fill()).await;
+        // The leader looks again once it leads: a fill that finished (and
+        // stored) between our look above and now must not be repeated.
+        let tier = self.clone();
+        let k = key.to_string();
+        let guarded = async move {
+            match tier.fresh_hit(&k).await {
+                Some(hit) => hit,
+                None => fill().await,
+            }
+        };
+        let (resp, role) = self.flights.run(key, guarded).await;
         let failed = resp.as_ref().is_none_or(|r| r.status.is_server_error());
         if failed {
             if let Some((obj, _)) = &cached {
