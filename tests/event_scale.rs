@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use cascade_edge::EdgeConfig;
 
-const FLEET: &str = "fleet-secret-0123456789";
+use common::FLEET;
 
 fn cache_status(r: &reqwest::Response) -> String {
     r.headers()

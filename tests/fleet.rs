@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use cascade_control::ControlConfig;
 use serde_json::Value;
 
-const FLEET: &str = "fleet-secret-0123456789";
+use common::FLEET;
 
 fn find<'a>(list: &'a [Value], name: &str) -> Option<&'a Value> {
     list.iter().find(|n| n["name"] == name)
@@ -42,20 +42,8 @@ async fn nodes_register_heartbeat_and_go_down() {
     )
     .await;
     // A second shield, registered, that we will stop.
-    let shield = cascade_shield::start(&cascade_shield::ShieldConfig {
-        listen: "127.0.0.1:0".into(),
-        origins: vec![stack.origin_url.clone()],
-        cache_dir: String::new(),
-        cache_memory_mib: 16,
-        control_url: control_url.clone(),
-        fleet_token: FLEET.into(),
-        node_name: "shield-mum-1".into(),
-        region: "in-west".into(),
-        heartbeat_secs: 1,
-        ..cascade_shield::ShieldConfig::default()
-    })
-    .await
-    .unwrap();
+    let shield =
+        common::registered_shield(&stack.origin_url, &control_url, "shield-mum-1", "in-west").await;
     // Some traffic so the edge has a hit ratio: the page, twice (a miss, then a hit).
     for _ in 0..2 {
         common::text(format!("{}/", stack.edge_url)).await;

@@ -8,12 +8,12 @@ mod common;
 use std::time::{Duration, Instant};
 
 use cascade_control::ControlConfig;
-use cascade_edge::{Edge, EdgeConfig};
-use cascade_shield::{Shield, ShieldConfig};
+use cascade_edge::Edge;
+use cascade_shield::Shield;
 use serde_json::{json, Value};
 
 const ADMIN: &str = "admin-secret-0123456789";
-const FLEET: &str = "fleet-secret-0123456789";
+use common::FLEET;
 
 async fn admin_post(control: &str, path: &str, body: Value) -> (u16, Value) {
     let r = common::client()
@@ -64,22 +64,7 @@ struct Fleet {
 async fn fleet(control_url: &str, origin_url: &str) -> Fleet {
     let mut shields = Vec::new();
     for name in ["shield-w1", "shield-w2"] {
-        shields.push(
-            cascade_shield::start(&ShieldConfig {
-                listen: "127.0.0.1:0".into(),
-                origins: vec![origin_url.to_string()],
-                cache_dir: String::new(),
-                cache_memory_mib: 32,
-                control_url: control_url.to_string(),
-                fleet_token: FLEET.into(),
-                node_name: name.into(),
-                region: "r1".into(),
-                heartbeat_secs: 1,
-                ..ShieldConfig::default()
-            })
-            .await
-            .unwrap(),
-        );
+        shields.push(common::registered_shield(origin_url, control_url, name, "r1").await);
     }
     let shield_urls: Vec<String> = shields
         .iter()
@@ -88,23 +73,7 @@ async fn fleet(control_url: &str, origin_url: &str) -> Fleet {
     let mut edges = Vec::new();
     for name in ["edge-w1", "edge-w2"] {
         edges.push(
-            cascade_edge::start(&EdgeConfig {
-                listen: "127.0.0.1:0".into(),
-                shields: shield_urls.clone(),
-                origin: origin_url.to_string(),
-                origin_fallback: false,
-                cache_dir: String::new(),
-                cache_memory_mib: 64,
-                token_keys: vec![common::test_key("test", common::TEST_KEY_HEX)],
-                control_url: control_url.to_string(),
-                fleet_token: FLEET.into(),
-                node_name: name.into(),
-                region: "r1".into(),
-                heartbeat_secs: 1,
-                ..EdgeConfig::default()
-            })
-            .await
-            .unwrap(),
+            common::registered_edge(shield_urls.clone(), origin_url, control_url, name, "r1").await,
         );
     }
     let edge_urls = edges.iter().map(|e| format!("http://{}", e.addr)).collect();

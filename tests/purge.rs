@@ -12,7 +12,7 @@ use cascade_control::ControlConfig;
 use serde_json::{json, Value};
 
 const ADMIN: &str = "admin-secret-0123456789";
-const FLEET: &str = "fleet-secret-0123456789";
+use common::FLEET;
 
 /// `POST /api/v1/purge` with the admin credential: status, answer, wall time.
 async fn purge(control: &str, body: Value) -> (u16, Value, Duration) {
@@ -72,37 +72,16 @@ async fn purge_by_url_prefix_and_tag_reaches_edge_and_shield() {
     let asset = common::ingest_clip(&stack, 2).await;
 
     // A shield and an edge behind it, both registered with control.
-    let shield = cascade_shield::start(&cascade_shield::ShieldConfig {
-        listen: "127.0.0.1:0".into(),
-        origins: vec![stack.origin_url.clone()],
-        cache_dir: String::new(),
-        cache_memory_mib: 32,
-        control_url: control_url.clone(),
-        fleet_token: FLEET.into(),
-        node_name: "shield-p1".into(),
-        region: "r1".into(),
-        heartbeat_secs: 1,
-        ..cascade_shield::ShieldConfig::default()
-    })
-    .await
-    .unwrap();
-    let edge = cascade_edge::start(&cascade_edge::EdgeConfig {
-        listen: "127.0.0.1:0".into(),
-        shields: vec![format!("http://{}", shield.addr)],
-        origin: stack.origin_url.clone(),
-        origin_fallback: false,
-        cache_dir: String::new(),
-        cache_memory_mib: 64,
-        token_keys: vec![common::test_key("test", common::TEST_KEY_HEX)],
-        control_url: control_url.clone(),
-        fleet_token: FLEET.into(),
-        node_name: "edge-p1".into(),
-        region: "r1".into(),
-        heartbeat_secs: 1,
-        ..cascade_edge::EdgeConfig::default()
-    })
-    .await
-    .unwrap();
+    let shield =
+        common::registered_shield(&stack.origin_url, &control_url, "shield-p1", "r1").await;
+    let edge = common::registered_edge(
+        vec![format!("http://{}", shield.addr)],
+        &stack.origin_url,
+        &control_url,
+        "edge-p1",
+        "r1",
+    )
+    .await;
     let edge_url = format!("http://{}", edge.addr);
     common::wait_health(&control_url, &["edge-p1", "shield-p1"], "up").await;
 
@@ -167,20 +146,7 @@ async fn purge_by_url_prefix_and_tag_reaches_edge_and_shield() {
     );
 
     // A registered shield that stops and goes down is reported, not waited for.
-    let gone = cascade_shield::start(&cascade_shield::ShieldConfig {
-        listen: "127.0.0.1:0".into(),
-        origins: vec![stack.origin_url.clone()],
-        cache_dir: String::new(),
-        cache_memory_mib: 16,
-        control_url: control_url.clone(),
-        fleet_token: FLEET.into(),
-        node_name: "shield-p2".into(),
-        region: "r1".into(),
-        heartbeat_secs: 1,
-        ..cascade_shield::ShieldConfig::default()
-    })
-    .await
-    .unwrap();
+    let gone = common::registered_shield(&stack.origin_url, &control_url, "shield-p2", "r1").await;
     common::wait_health(&control_url, &["shield-p2"], "up").await;
     gone.shutdown().await;
     common::wait_health(&control_url, &["shield-p2"], "down").await;

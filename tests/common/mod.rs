@@ -282,3 +282,53 @@ pub async fn wait_health(control: &str, names: &[&str], health: &str) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// The fleet credential of the tests' control, edges and shields.
+pub const FLEET: &str = "fleet-secret-0123456789";
+
+/// A RAM-only shield in front of `origin`, registered with `control` as
+/// `name` in `region`, heartbeating every second.
+pub async fn registered_shield(origin: &str, control: &str, name: &str, region: &str) -> Shield {
+    cascade_shield::start(&ShieldConfig {
+        listen: "127.0.0.1:0".into(),
+        origins: vec![origin.to_string()],
+        cache_dir: String::new(),
+        cache_memory_mib: 32,
+        control_url: control.to_string(),
+        fleet_token: FLEET.into(),
+        node_name: name.into(),
+        region: region.into(),
+        heartbeat_secs: 1,
+        ..ShieldConfig::default()
+    })
+    .await
+    .expect("shield starts")
+}
+
+/// A RAM-only edge that takes media from `shields` only (no origin
+/// fallback), registered with `control` as `name` in `region`.
+pub async fn registered_edge(
+    shields: Vec<String>,
+    origin: &str,
+    control: &str,
+    name: &str,
+    region: &str,
+) -> Edge {
+    cascade_edge::start(&EdgeConfig {
+        listen: "127.0.0.1:0".into(),
+        shields,
+        origin: origin.to_string(),
+        origin_fallback: false,
+        cache_dir: String::new(),
+        cache_memory_mib: 64,
+        token_keys: vec![test_key("test", TEST_KEY_HEX)],
+        control_url: control.to_string(),
+        fleet_token: FLEET.into(),
+        node_name: name.into(),
+        region: region.into(),
+        heartbeat_secs: 1,
+        ..EdgeConfig::default()
+    })
+    .await
+    .expect("edge starts")
+}
