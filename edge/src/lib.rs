@@ -563,7 +563,7 @@ impl EdgeHandler {
                     .headers
                     .get("cache-status")
                     .and_then(|v| v.to_str().ok())
-                    .map_or("none", cache_word);
+                    .map_or("none", cascade_serve::cache_outcome);
                 serde_json::json!({"url": u, "status": r.status.as_u16(), "bytes": r.body.len(), "cache": cache})
             })
             .buffered(self.prewarm_concurrency)
@@ -632,20 +632,6 @@ impl EdgeHandler {
 fn media_output(path: &str) -> Option<Output> {
     let (asset, rest) = path.strip_prefix("/vod/")?.split_once('/')?;
     is_safe_id(asset).then(|| Output::parse(rest)).flatten()
-}
-
-/// The outcome word of this tier's `Cache-Status` entry.
-fn cache_word(v: &str) -> &'static str {
-    let last = v.rsplit(',').next().unwrap_or("");
-    if last.contains("stale") {
-        "stale"
-    } else if last.contains("; hit") {
-        "hit"
-    } else if last.contains("fwd=") {
-        "miss"
-    } else {
-        "none"
-    }
 }
 
 fn header_str(r: &UpstreamResponse, name: &str) -> Option<String> {

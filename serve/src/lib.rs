@@ -29,7 +29,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 pub use body::{shared_body, BodyReader, BodyWriter, SharedBody};
 pub use coalesce::{Flights, Hold, Role};
 pub use heartbeat::{spawn_heartbeat, spawn_node_heartbeat, Heartbeat, NodeIdentity};
-pub use listener::{serve, ListenerConfig, ServerHandle};
+pub use listener::{cache_outcome, serve, ListenerConfig, ServerHandle};
 pub use metrics::{init_logging, Metrics};
 pub use proxy::{
     cache_key, cached_response, mark_collapsed, to_object, unix_now, unix_now_ms, CachingFetcher,

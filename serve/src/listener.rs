@@ -199,7 +199,7 @@ impl HttpServerApp for App {
             .headers
             .get("cache-status")
             .and_then(|v| v.to_str().ok())
-            .map(cache_label)
+            .map(cache_outcome)
             .unwrap_or("none");
         let (ok, body_len) = write_response(&mut session, response, &method, &request_id).await;
         let elapsed = started.elapsed();
@@ -235,7 +235,7 @@ impl HttpServerApp for App {
 }
 
 /// The outcome word of this tier's `Cache-Status` entry (the last one).
-fn cache_label(v: &str) -> &'static str {
+pub fn cache_outcome(v: &str) -> &'static str {
     let last = v.rsplit(',').next().unwrap_or("");
     if last.contains("fwd=stale") || last.contains("detail=stale") {
         "stale"

@@ -356,11 +356,7 @@ fn is_hit(r: &Response) -> bool {
     r.headers
         .get("cache-status")
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.rsplit(',')
-                .next()
-                .is_some_and(|last| last.contains("; hit"))
-        })
+        .is_some_and(|v| cascade_serve::cache_outcome(v) == "hit")
 }
 
 fn bad_slice(why: &str) -> Response {
