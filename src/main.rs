@@ -236,6 +236,9 @@ struct DevArgs {
     /// Edge HTTP port.
     #[arg(long, default_value_t = 8080)]
     edge_port: u16,
+    /// Edge HTTPS port: HTTP/1.1 and HTTP/2 on TCP, HTTP/3 on UDP; 0 for none.
+    #[arg(long, default_value_t = 8443)]
+    tls_port: u16,
     /// Shield port.
     #[arg(long, default_value_t = 8081)]
     shield_port: u16,
@@ -425,8 +428,28 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     })
     .await
     .context("starting the shield")?;
+    let cert = if args.tls_port == 0 {
+        None
+    } else {
+        Some(
+            cascade_serve::tls::dev_certificate(std::path::Path::new(&format!("{data}/tls")))
+                .context("making the development certificate")?,
+        )
+    };
     let edge = cascade_edge::start(&EdgeConfig {
         listen: format!("{host}:{}", args.edge_port),
+        tls_listen: cert
+            .as_ref()
+            .map(|_| format!("{host}:{}", args.tls_port))
+            .unwrap_or_default(),
+        tls_cert: cert
+            .as_ref()
+            .map(|c| c.cert.display().to_string())
+            .unwrap_or_default(),
+        tls_key: cert
+            .as_ref()
+            .map(|c| c.key.display().to_string())
+            .unwrap_or_default(),
         shields: vec![url(shield.addr.port())],
         origin: url(origin.addr.port()),
         cache_dir: format!("{data}/cache/edge"),
@@ -470,6 +493,30 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         "  upload     cascade ingest FILE --origin {}",
         url(origin.addr.port())
     );
+    if let (Some(cert), Some(addr)) = (&cert, edge.tls_addr) {
+        println!(
+            "  https      https://{host}:{}/   (HTTP/1.1 and HTTP/2 on TCP, HTTP/3 on UDP)",
+            addr.port()
+        );
+        println!(
+            "  certificate {} ({}), signed by a local CA made for it;",
+            cert.cert.display(),
+            if cert.created { "new" } else { "kept" }
+        );
+        println!(
+            "    to trust it: sudo cp {} /usr/local/share/ca-certificates/cascade-dev.crt && sudo update-ca-certificates",
+            cert.ca.display()
+        );
+        println!(
+            "    Chromium/Firefox (NSS): certutil -d sql:$HOME/.pki/nssdb -A -t C,, -n cascade-dev -i {}",
+            cert.ca.display()
+        );
+        println!(
+            "    or, for a throwaway Chromium: --ignore-certificate-errors-spki-list={} --origin-to-force-quic-on={host}:{}",
+            cert.spki_sha256,
+            addr.port()
+        );
+    }
     println!("  geo        {geoip_db}");
     println!("  partners   cascade ctl --control {} --admin-token-file {data}/control-admin-token partner add NAME --scope '/vod/*'", url(control.addr.port()));
     println!("Press Ctrl-C to stop.");

@@ -33,8 +33,9 @@ use cascade_serve::config::{
 use cascade_serve::fleet::{fleet_authorized, fleet_unauthorized, handle_purge};
 use cascade_serve::{
     add_cors, apply_range, cached_response, cors_preflight, serve, set_cache_status, unix_now,
-    unix_now_ms, CacheOutcome, CacheTier, CachingFetcher, Handler, ListenerConfig, Metrics,
-    Request, Response, ServerHandle, Upstream, UpstreamError, UpstreamResponse,
+    unix_now_ms, CacheOutcome, CacheTier, CachingFetcher, H3Config, H3Handle, Handler,
+    ListenerConfig, Metrics, Request, Response, ServerHandle, Upstream, UpstreamError,
+    UpstreamResponse,
 };
 use cascade_token::{acl_matches, normalize_path, Rejection, Verifier};
 use http::{Method, StatusCode};
@@ -108,6 +109,32 @@ pub struct EdgeConfig {
     pub cmcd_prefetch: bool,
     /// Prefetches in flight per viewer address.
     pub cmcd_prefetch_per_viewer: usize,
+    /// Address for HTTPS: HTTP/1.1 and HTTP/2 over TLS on TCP, and HTTP/3
+    /// on UDP, on the same port. Empty: no TLS listener.
+    pub tls_listen: String,
+    /// Certificate chain file (PEM), leaf first.
+    pub tls_cert: String,
+    /// Private key file (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub tls_key: String,
+    /// Seconds between checks of the certificate files; a changed pair is
+    /// loaded without a restart.
+    pub tls_reload_secs: u64,
+    /// Serve HTTP/3 beside TLS on TCP, announced with `Alt-Svc`.
+    pub http3: bool,
+    /// Accept QUIC 0-RTT. Replayable: GET and HEAD are answered at once,
+    /// other methods wait for the handshake.
+    pub h3_allow_0rtt: bool,
+    /// Concurrent request streams per HTTP/3 connection.
+    pub h3_max_streams: u32,
+    /// Seconds an HTTP/3 connection may sit idle.
+    pub h3_idle_secs: u64,
+    /// Largest HTTP/3 request header section, in bytes.
+    pub h3_max_header_bytes: u64,
+    /// Most HTTP/3 connections open at once.
+    pub h3_max_connections: usize,
+    /// `ma` of the `Alt-Svc` header, in seconds: how long a browser may
+    /// remember that HTTP/3 is here.
+    pub alt_svc_max_age_secs: u64,
 }
 
 impl Default for EdgeConfig {
@@ -148,6 +175,17 @@ impl Default for EdgeConfig {
             prewarm_concurrency: 2,
             cmcd_prefetch: true,
             cmcd_prefetch_per_viewer: 2,
+            tls_listen: String::new(),
+            tls_cert: String::new(),
+            tls_key: String::new(),
+            tls_reload_secs: 30,
+            http3: true,
+            h3_allow_0rtt: false,
+            h3_max_streams: 100,
+            h3_idle_secs: 30,
+            h3_max_header_bytes: 16 * 1024,
+            h3_max_connections: 10_000,
+            alt_svc_max_age_secs: 86_400,
         }
     }
 }
@@ -201,6 +239,30 @@ impl Validate for EdgeConfig {
         if self.partner_refresh_secs == 0 {
             errors.push("partner_refresh_secs: must be at least 1".into());
         }
+        if !self.tls_listen.is_empty() {
+            check_addr("tls_listen", &self.tls_listen, errors);
+            if self.tls_cert.is_empty() {
+                errors.push("tls_cert: needed with tls_listen".into());
+            }
+            if self.tls_key.is_empty() {
+                errors.push("tls_key: needed with tls_listen".into());
+            }
+        }
+        if self.tls_reload_secs == 0 {
+            errors.push("tls_reload_secs: must be at least 1".into());
+        }
+        if !(1..=10_000).contains(&self.h3_max_streams) {
+            errors.push("h3_max_streams: 1 to 10000".into());
+        }
+        if !(1..=600).contains(&self.h3_idle_secs) {
+            errors.push("h3_idle_secs: 1 to 600".into());
+        }
+        if !(1024..=1 << 20).contains(&self.h3_max_header_bytes) {
+            errors.push("h3_max_header_bytes: 1024 to 1048576".into());
+        }
+        if self.h3_max_connections == 0 {
+            errors.push("h3_max_connections: must be at least 1".into());
+        }
         for (i, p) in self.open_paths.iter().enumerate() {
             if !p.starts_with('/') {
                 errors.push(format!("open_paths[{i}]: {p:?} must start with /"));
@@ -218,9 +280,14 @@ impl Validate for EdgeConfig {
 pub struct Edge {
     /// Where it listens.
     pub addr: std::net::SocketAddr,
+    /// Where it serves HTTPS (TCP) and HTTP/3 (UDP), when configured.
+    pub tls_addr: Option<std::net::SocketAddr>,
     /// Its metrics.
     pub metrics: Arc<Metrics>,
     server: ServerHandle,
+    tls_server: Option<ServerHandle>,
+    h3_server: Option<H3Handle>,
+    tls_task: Option<tokio::task::JoinHandle<()>>,
     cache: TieredCache,
     partner_task: Option<tokio::task::JoinHandle<()>>,
     geo_task: Option<tokio::task::JoinHandle<()>>,
@@ -236,13 +303,24 @@ impl Edge {
             &self.geo_task,
             &self.heartbeat_task,
             &self.health_task,
+            &self.tls_task,
         ]
         .into_iter()
         .flatten()
         {
             t.abort();
         }
-        self.server.shutdown().await;
+        let tls = async {
+            if let Some(s) = self.tls_server {
+                s.shutdown().await;
+            }
+        };
+        let h3 = async {
+            if let Some(s) = self.h3_server {
+                s.shutdown().await;
+            }
+        };
+        tokio::join!(self.server.shutdown(), tls, h3);
         self.cache.close().await;
     }
 }
@@ -1148,14 +1226,21 @@ pub async fn start(cfg: &EdgeConfig) -> anyhow::Result<Edge> {
         page: CachingFetcher::new(cache.clone(), vec![origin.clone()], CACHE_NAME, timeout * 2),
         origin,
     };
+    let handler: Arc<dyn Handler> = Arc::new(handler);
     let listener = tokio::net::TcpListener::bind(&cfg.listen).await?;
     let server = serve(
         listener,
-        Arc::new(handler),
+        handler.clone(),
         metrics.clone(),
         ListenerConfig::new(CACHE_NAME),
     )?;
     tracing::info!(addr = %server.addr, "edge listening");
+    let (tls_server, h3_server, tls_task) = if cfg.tls_listen.is_empty() {
+        (None, None, None)
+    } else {
+        let (tls, h3, task) = start_tls(cfg, handler.clone(), metrics.clone()).await?;
+        (Some(tls), h3, Some(task))
+    };
     let heartbeat_task = (!cfg.control_url.is_empty()).then(|| {
         let url = if cfg.public_url.is_empty() {
             format!("http://{}", server.addr)
@@ -1178,12 +1263,111 @@ pub async fn start(cfg: &EdgeConfig) -> anyhow::Result<Edge> {
     });
     Ok(Edge {
         addr: server.addr,
+        tls_addr: tls_server.as_ref().map(|s| s.addr),
         metrics,
         server,
+        tls_server,
+        h3_server,
+        tls_task,
         cache,
         partner_task,
         geo_task,
         heartbeat_task,
         health_task,
     })
+}
+
+/// Starts the HTTPS listeners: TLS on TCP and, unless switched off, HTTP/3
+/// on UDP at the same port, both over one certificate store that reloads
+/// itself. Returns the TCP listener, the QUIC one and the reload task.
+async fn start_tls(
+    cfg: &EdgeConfig,
+    handler: Arc<dyn Handler>,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<(ServerHandle, Option<H3Handle>, tokio::task::JoinHandle<()>)> {
+    let certs = cascade_serve::tls::CertStore::load(
+        std::path::Path::new(&cfg.tls_cert),
+        std::path::Path::new(&cfg.tls_key),
+    )
+    .map_err(|e| anyhow::anyhow!("tls_cert/tls_key: {e}"))?;
+    let reloads = IntCounterVec::new(
+        Opts::new(
+            "edge_tls_reloads_total",
+            "Certificate reloads after the files changed, by result",
+        ),
+        &["result"],
+    )?;
+    metrics.registry().register(Box::new(reloads.clone()))?;
+    let task = certs
+        .clone()
+        .spawn_reloader(Duration::from_secs(cfg.tls_reload_secs), reloads);
+    let addr: std::net::SocketAddr = cfg.tls_listen.parse()?;
+    let (tcp, udp) = bind_tcp_and_udp(addr)?;
+    let port = tcp.local_addr()?.port();
+    let alt_svc = cfg
+        .http3
+        .then(|| {
+            http::HeaderValue::from_str(&format!("h3=\":{port}\"; ma={}", cfg.alt_svc_max_age_secs))
+                .ok()
+        })
+        .flatten();
+    let mut tcp_cfg = ListenerConfig::new(CACHE_NAME);
+    tcp_cfg.tls = Some(certs.clone());
+    tcp_cfg.alt_svc = alt_svc.clone();
+    let tls_server = serve(tcp, handler.clone(), metrics.clone(), tcp_cfg)?;
+    let h3_server = if cfg.http3 {
+        let mut h3_cfg = H3Config::new(CACHE_NAME);
+        h3_cfg.max_streams = cfg.h3_max_streams;
+        h3_cfg.idle_timeout = Duration::from_secs(cfg.h3_idle_secs);
+        h3_cfg.max_header_bytes = cfg.h3_max_header_bytes;
+        h3_cfg.max_connections = cfg.h3_max_connections;
+        h3_cfg.allow_0rtt = cfg.h3_allow_0rtt;
+        h3_cfg.alt_svc = alt_svc;
+        Some(cascade_serve::serve_h3(
+            udp,
+            certs.clone(),
+            handler,
+            metrics,
+            h3_cfg,
+        )?)
+    } else {
+        None
+    };
+    tracing::info!(
+        addr = %tls_server.addr,
+        http3 = cfg.http3,
+        zero_rtt = cfg.h3_allow_0rtt,
+        cert_sha256 = %certs.fingerprint(),
+        "edge serving HTTPS"
+    );
+    Ok((tls_server, h3_server, task))
+}
+
+/// Binds TCP and UDP on the same port. With port 0 the kernel picks the TCP
+/// port, which may be taken for UDP: then another pair is tried.
+fn bind_tcp_and_udp(
+    addr: std::net::SocketAddr,
+) -> anyhow::Result<(tokio::net::TcpListener, std::net::UdpSocket)> {
+    let attempts = if addr.port() == 0 { 20 } else { 1 };
+    let mut last = None;
+    for _ in 0..attempts {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        let tcp = socket.listen(1024)?;
+        let mut udp_addr = addr;
+        udp_addr.set_port(tcp.local_addr()?.port());
+        match std::net::UdpSocket::bind(udp_addr) {
+            Ok(udp) => return Ok((tcp, udp)),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(anyhow::anyhow!(
+        "tls_listen: cannot bind UDP beside TCP on {addr}: {}",
+        last.map(|e| e.to_string()).unwrap_or_default()
+    ))
 }

@@ -5,7 +5,8 @@
 //!
 //! A listener turns a request into a [`Request`], calls the role's
 //! [`Handler`] and writes the [`Response`] back; it holds no policy. The
-//! HTTP/3 listener will do the same with the same handler.
+//! TCP listener (HTTP/1.1 and HTTP/2, in clear or over TLS) and the HTTP/3
+//! listener (quinn and h3) share everything around the handler.
 
 #![warn(unreachable_pub)]
 
@@ -17,8 +18,10 @@ mod heartbeat;
 mod listener;
 mod metrics;
 mod proxy;
+mod quic;
 mod ranges;
 mod tier;
+pub mod tls;
 mod upstream;
 
 use std::net::SocketAddr;
@@ -34,6 +37,7 @@ pub use metrics::{init_logging, Metrics};
 pub use proxy::{
     cache_key, cached_response, mark_collapsed, to_object, unix_now, unix_now_ms, CachingFetcher,
 };
+pub use quic::{serve_h3, H3Config, H3Handle};
 pub use ranges::{apply_range, parse_range, ByteSpan};
 pub use tier::CacheTier;
 pub use upstream::{StreamingResponse, Upstream, UpstreamError, UpstreamResponse};
@@ -56,7 +60,7 @@ pub struct Request {
     pub client: Option<SocketAddr>,
     /// A request id: the caller's when it sent a well-formed one, else new.
     pub request_id: String,
-    /// `http/1.1`, `h2` (later `h3`).
+    /// `http/1.1`, `h2` or `h3`.
     pub protocol: &'static str,
 }
 

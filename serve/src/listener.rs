@@ -1,16 +1,22 @@
-//! The HTTP/1.1 and HTTP/2 (h2c) listener: our accept loop hands each TCP
-//! connection to Pingora's HTTP sessions, which handle framing, keep-alive
-//! and HTTP/2. We own the accept loop rather than Pingora's `Server` so that
-//! several roles share one process (`cascade dev`), tests bind ephemeral
-//! ports, and shutdown is a watch channel we control.
+//! The HTTP/1.1 and HTTP/2 listener, in clear (h2c) or over TLS: our accept
+//! loop hands each TCP connection to Pingora's HTTP sessions, which handle
+//! framing, keep-alive and HTTP/2. We own the accept loop rather than
+//! Pingora's `Server` so that several roles share one process (`cascade
+//! dev`), tests bind ephemeral ports, and shutdown is a watch channel we
+//! control.
+//!
+//! What every listener does around the handler (request ids, `/healthz`,
+//! `/metrics`, `Alt-Svc`, metrics and the access log) lives in [`Front`],
+//! which the HTTP/3 listener shares: a listener only adapts a protocol.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderValue, Method, StatusCode};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use pingora_core::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream, ServerApp};
+use pingora_core::listeners::tls::Acceptor;
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::{GetSocketDigest, SocketDigest};
@@ -22,7 +28,11 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::metrics::Metrics;
+use crate::tls::CertStore;
 use crate::{valid_request_id, Handler, Request, Response, REQUEST_ID};
+
+/// How long a client may take over its TLS handshake.
+const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
 
 /// Limits of one listener.
 #[derive(Debug, Clone)]
@@ -35,6 +45,10 @@ pub struct ListenerConfig {
     pub max_connections: usize,
     /// Idle keep-alive time, in seconds.
     pub keepalive_secs: u64,
+    /// Serve TLS with this certificate store (ALPN `h2`, `http/1.1`).
+    pub tls: Option<Arc<CertStore>>,
+    /// An `Alt-Svc` value for every response, announcing HTTP/3.
+    pub alt_svc: Option<HeaderValue>,
 }
 
 impl ListenerConfig {
@@ -45,6 +59,8 @@ impl ListenerConfig {
             max_body_bytes: 1024 * 1024,
             max_connections: 10_000,
             keepalive_secs: 60,
+            tls: None,
+            alt_svc: None,
         }
     }
 }
@@ -65,9 +81,106 @@ impl ServerHandle {
     }
 }
 
-struct App {
+/// What every listener does around the handler. A listener turns its
+/// protocol's request into a [`Request`], calls [`Front::answer`], writes the
+/// [`Response`] its own way and reports it with [`Front::record`].
+pub(crate) struct Front {
     handler: Arc<dyn Handler>,
     metrics: Arc<Metrics>,
+    role: &'static str,
+    alt_svc: Option<HeaderValue>,
+}
+
+/// One answered request, for metrics and the access log.
+pub(crate) struct Served<'a> {
+    pub(crate) request_id: &'a str,
+    pub(crate) method: &'a Method,
+    pub(crate) path: &'a str,
+    pub(crate) status: StatusCode,
+    pub(crate) cache: &'static str,
+    pub(crate) protocol: &'static str,
+    pub(crate) bytes: usize,
+    pub(crate) client: Option<SocketAddr>,
+    pub(crate) started: Instant,
+}
+
+impl Front {
+    pub(crate) fn new(
+        handler: Arc<dyn Handler>,
+        metrics: Arc<Metrics>,
+        role: &'static str,
+        alt_svc: Option<HeaderValue>,
+    ) -> Front {
+        Front {
+            handler,
+            metrics,
+            role,
+            alt_svc,
+        }
+    }
+
+    /// The caller's request id when it sent a well-formed one, else a new one.
+    pub(crate) fn request_id(headers: &HeaderMap) -> String {
+        headers
+            .get(REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| valid_request_id(v))
+            .map(str::to_string)
+            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())
+    }
+
+    /// Answers a request: health and metrics here, everything else by the
+    /// role's handler.
+    pub(crate) async fn answer(&self, req: Request) -> Response {
+        let mut response = match req.uri.path() {
+            "/healthz" => Response::new(StatusCode::OK, "text/plain", "ok\n"),
+            "/metrics" => Response::new(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                self.metrics.render(),
+            ),
+            _ => self.handler.handle(req).await,
+        };
+        if let Some(v) = &self.alt_svc {
+            response.headers.insert(http::header::ALT_SVC, v.clone());
+        }
+        response
+    }
+
+    /// The outcome word of a response's `Cache-Status`, for metrics and logs.
+    pub(crate) fn cache_label(response: &Response) -> &'static str {
+        response
+            .headers
+            .get("cache-status")
+            .and_then(|v| v.to_str().ok())
+            .map(cache_outcome)
+            .unwrap_or("none")
+    }
+
+    /// Counts the request and writes its access-log line.
+    pub(crate) fn record(&self, s: Served<'_>) {
+        let elapsed = s.started.elapsed();
+        self.metrics
+            .observe(s.status.as_u16(), s.cache, s.protocol, s.bytes, elapsed);
+        // The path only: query strings carry tokens, which never reach logs.
+        tracing::info!(
+            target: "access",
+            role = self.role,
+            request_id = %s.request_id,
+            method = %s.method,
+            path = s.path,
+            status = s.status.as_u16(),
+            bytes = s.bytes,
+            ms = elapsed.as_secs_f64() * 1000.0,
+            cache = s.cache,
+            protocol = s.protocol,
+            client = ?s.client,
+        );
+    }
+}
+
+struct App {
+    front: Front,
     cfg: ListenerConfig,
     options: HttpServerOptions,
 }
@@ -83,9 +196,12 @@ pub fn serve(
     let (tx, rx) = watch::channel(false);
     let mut options = HttpServerOptions::default();
     options.h2c = true;
+    let tls = cfg
+        .tls
+        .as_ref()
+        .map(|store| Arc::new(Acceptor::from_server_config(Arc::new(store.tcp_config()))));
     let app = Arc::new(App {
-        handler,
-        metrics,
+        front: Front::new(handler, metrics, cfg.role, cfg.alt_svc.clone()),
         cfg: cfg.clone(),
         options,
     });
@@ -112,13 +228,30 @@ pub fn serve(
             let _ = tcp.set_nodelay(true);
             let app = app.clone();
             let shutdown = rx.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
                 let mut l4 = L4Stream::from(tcp);
-                // The peer address feeds token IP binding and, later, geo.
+                // The peer address feeds token IP binding and geo.
                 let digest = SocketDigest::from_raw_fd(l4.as_raw_fd());
                 let _ = digest.peer_addr.set(Some(peer.into()));
                 l4.set_socket_digest(digest);
-                let stream: pingora_core::protocols::Stream = Box::new(l4);
+                let stream: pingora_core::protocols::Stream = match tls {
+                    None => Box::new(l4),
+                    Some(acceptor) => {
+                        match tokio::time::timeout(TLS_HANDSHAKE, acceptor.tls_handshake(l4)).await
+                        {
+                            Ok(Ok(s)) => Box::new(s),
+                            Ok(Err(e)) => {
+                                tracing::debug!(error = %e, %peer, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                return;
+                            }
+                        }
+                    }
+                };
                 app.process_new(stream, &shutdown).await;
                 drop(permit);
             });
@@ -158,12 +291,7 @@ impl HttpServerApp for App {
         let headers = req_header.headers.clone();
         let protocol = if session.is_http2() { "h2" } else { "http/1.1" };
         let client = session.client_addr().and_then(|a| a.as_inet()).copied();
-        let request_id = headers
-            .get(REQUEST_ID)
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| valid_request_id(v))
-            .map(str::to_string)
-            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+        let request_id = Front::request_id(&headers);
 
         let response = match read_body(&mut session, self.cfg.max_body_bytes).await {
             Err(BodyError::TooLarge) => Response::error(
@@ -173,52 +301,34 @@ impl HttpServerApp for App {
             ),
             Err(BodyError::Io) => return None,
             Ok(body) => {
-                let req = Request {
-                    method: method.clone(),
-                    uri: uri.clone(),
-                    headers,
-                    body,
-                    client,
-                    request_id: request_id.clone(),
-                    protocol,
-                };
-                match uri.path() {
-                    "/healthz" => Response::new(StatusCode::OK, "text/plain", "ok\n"),
-                    "/metrics" => Response::new(
-                        StatusCode::OK,
-                        "text/plain; version=0.0.4",
-                        self.metrics.render(),
-                    ),
-                    _ => self.handler.handle(req).await,
-                }
+                self.front
+                    .answer(Request {
+                        method: method.clone(),
+                        uri: uri.clone(),
+                        headers,
+                        body,
+                        client,
+                        request_id: request_id.clone(),
+                        protocol,
+                    })
+                    .await
             }
         };
 
         let status = response.status;
-        let cache = response
-            .headers
-            .get("cache-status")
-            .and_then(|v| v.to_str().ok())
-            .map(cache_outcome)
-            .unwrap_or("none");
-        let (ok, body_len) = write_response(&mut session, response, &method, &request_id).await;
-        let elapsed = started.elapsed();
-        self.metrics
-            .observe(status.as_u16(), cache, protocol, body_len, elapsed);
-        // The path only: query strings carry tokens, which never reach logs.
-        tracing::info!(
-            target: "access",
-            role = self.cfg.role,
-            request_id = %request_id,
-            method = %method,
-            path = uri.path(),
-            status = status.as_u16(),
-            bytes = body_len,
-            ms = elapsed.as_secs_f64() * 1000.0,
+        let cache = Front::cache_label(&response);
+        let (ok, bytes) = write_response(&mut session, response, &method, &request_id).await;
+        self.front.record(Served {
+            request_id: &request_id,
+            method: &method,
+            path: uri.path(),
+            status,
             cache,
             protocol,
-            client = ?client,
-        );
+            bytes,
+            client,
+            started,
+        });
         if !ok {
             return None;
         }
