@@ -7,27 +7,12 @@
 mod common;
 
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cascade_geo::{writer, UnknownPolicy};
-use common::Stack;
+use cascade_geo::UnknownPolicy;
 use serde_json::Value;
-
-fn write_db(path: &Path, csv: &str) {
-    // Replace by rename, as operators are told to.
-    let tmp = path.with_extension("new");
-    std::fs::write(&tmp, writer::build_from_csv(csv, 1).unwrap()).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
-fn test_db(dir: &Path) -> PathBuf {
-    let path = dir.join("geo.mmdb");
-    write_db(&path, include_str!("../geo/testdata/countries.csv"));
-    path
-}
 
 fn from(ip: &str) -> reqwest::Client {
     reqwest::Client::builder()
@@ -42,54 +27,11 @@ async fn status_and_body(r: reqwest::RequestBuilder) -> (u16, Value) {
     (r.status().as_u16(), r.json().await.unwrap_or_default())
 }
 
-/// A stack with the test database on both edge and origin, and a title
-/// licensed in India and Nepal only.
-async fn licensed_stack(
-    dir: &Path,
-    unknown: UnknownPolicy,
-    trusted: Vec<String>,
-) -> (Stack, String) {
-    let db = test_db(dir).to_str().unwrap().to_string();
-    let db2 = db.clone();
-    let stack = Stack::start_full(
-        move |o| {
-            o.geoip_db = db2;
-            o.geo_unknown = unknown;
-        },
-        move |e| {
-            e.geoip_db = db;
-            e.geo_unknown = unknown;
-            e.geoip_reload_secs = 1;
-            e.trusted_proxies = trusted;
-        },
-    )
-    .await;
-    let clip = common::make_clip(stack.dir.path(), 2);
-    let body = tokio::fs::read(&clip).await.unwrap();
-    let r: Value = common::client()
-        .post(format!("{}/api/v1/uploads", stack.origin_url))
-        .query(&[("title", "Final"), ("allow_countries", "IN,NP")])
-        .body(body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let job = common::wait_job(
-        &stack.origin_url,
-        r["job"].as_str().unwrap(),
-        Duration::from_secs(120),
-    )
-    .await;
-    assert_eq!(job["state"], "done", "{job}");
-    (stack, r["asset"].as_str().unwrap().to_string())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn edge_and_playback_api_agree_per_country() {
     let dir = tempfile::tempdir().unwrap();
-    let (stack, asset) = licensed_stack(dir.path(), UnknownPolicy::Allow, vec![]).await;
+    let (stack, asset) =
+        common::licensed_stack(dir.path(), UnknownPolicy::Allow, vec![], |_| {}).await;
     let master = format!(
         "{}/vod/{asset}/master.m3u8?__token__={}",
         stack.edge_url,
@@ -151,8 +93,13 @@ async fn edge_and_playback_api_agree_per_country() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn unknown_countries_can_be_refused_and_trusted_proxies_are_believed() {
     let dir = tempfile::tempdir().unwrap();
-    let (stack, asset) =
-        licensed_stack(dir.path(), UnknownPolicy::Deny, vec!["127.0.0.4/32".into()]).await;
+    let (stack, asset) = common::licensed_stack(
+        dir.path(),
+        UnknownPolicy::Deny,
+        vec!["127.0.0.4/32".into()],
+        |_| {},
+    )
+    .await;
     let master = format!(
         "{}/vod/{asset}/master.m3u8?__token__={}",
         stack.edge_url,
@@ -188,7 +135,8 @@ async fn unknown_countries_can_be_refused_and_trusted_proxies_are_believed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hot_swap_under_load_and_a_corrupt_file_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let (stack, asset) = licensed_stack(dir.path(), UnknownPolicy::Allow, vec![]).await;
+    let (stack, asset) =
+        common::licensed_stack(dir.path(), UnknownPolicy::Allow, vec![], |_| {}).await;
     let db = dir.path().join("geo.mmdb");
     let master = format!(
         "{}/vod/{asset}/master.m3u8?__token__={}",
@@ -225,9 +173,9 @@ async fn hot_swap_under_load_and_a_corrupt_file_is_refused() {
     let csv = include_str!("../geo/testdata/countries.csv");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        write_db(&db, &format!("{csv}\n# rebuilt\n"));
+        common::write_db(&db, &format!("{csv}\n# rebuilt\n"));
         tokio::time::sleep(Duration::from_millis(300)).await;
-        write_db(&db, csv);
+        common::write_db(&db, csv);
         tokio::time::sleep(Duration::from_millis(300)).await;
         if reloads(&common::text(&metrics).await, "ok") >= 2 {
             break;
@@ -246,7 +194,7 @@ async fn hot_swap_under_load_and_a_corrupt_file_is_refused() {
     );
 
     // A new mapping takes effect without a restart.
-    write_db(&db, "127.0.0.2/32,US\n");
+    common::write_db(&db, "127.0.0.2/32,US\n");
     let deadline = Instant::now() + Duration::from_secs(15);
     while from("127.0.0.2")
         .get(&master)

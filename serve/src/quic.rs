@@ -32,6 +32,9 @@ const CHUNK: usize = 64 * 1024;
 /// handshake before it is refused with 425 Too Early.
 const HANDSHAKE_WAIT: Duration = Duration::from_secs(10);
 
+/// How long a connection stays open after its last request, waiting for
+/// the client to close it, so that the last bytes sent are not discarded.
+const LINGER: Duration = Duration::from_secs(2);
 /// The application close code for a clean close (RFC 9114 §8.1).
 const H3_NO_ERROR: quinn::VarInt = quinn::VarInt::from_u32(0x100);
 
@@ -270,8 +273,10 @@ async fn connection(
         }
     };
     let requests = TaskTracker::new();
-    let mut stopping = false;
+    // Set once the listener stops: the time by which open requests must end.
+    let mut drain_by: Option<tokio::time::Instant> = None;
     loop {
+        let deadline = drain_by.unwrap_or_else(|| tokio::time::Instant::now() + cfg.drain);
         tokio::select! {
             accepted = h3.accept() => match accepted {
                 Ok(Some(resolver)) => {
@@ -291,22 +296,33 @@ async fn connection(
                     break;
                 }
             },
-            _ = stopped(&mut stop), if !stopping => {
-                stopping = true;
-                // GOAWAY: no new requests; those already accepted go on.
-                let _ = h3.shutdown(0).await;
-                break;
+            _ = stopped(&mut stop), if drain_by.is_none() => {
+                // GOAWAY: the client opens no new requests here; any it sent
+                // meanwhile are refused by h3 as the connection keeps being
+                // polled, so the client may retry them elsewhere. Those
+                // already accepted go on.
+                drain_by = Some(tokio::time::Instant::now() + cfg.drain);
+                requests.close();
+                if h3.shutdown(0).await.is_err() {
+                    break;
+                }
             }
+            _ = requests.wait(), if drain_by.is_some() => break,
+            _ = tokio::time::sleep_until(deadline), if drain_by.is_some() => break,
         }
     }
     requests.close();
-    let drained = tokio::time::timeout(cfg.drain, requests.wait()).await;
-    if drained.is_err() {
+    let by = drain_by.unwrap_or_else(|| tokio::time::Instant::now() + cfg.idle_timeout);
+    if tokio::time::timeout_at(by, requests.wait()).await.is_err() {
         tracing::debug!(%peer, "HTTP/3 requests cut off at the drain time");
     }
-    if stopping || drained.is_err() {
-        conn.close(H3_NO_ERROR, b"");
-    }
+    // A response's last bytes may still be unacknowledged when its task
+    // ends, and closing a QUIC connection discards them: give the client a
+    // moment to close first, as it does once it has its answers and the
+    // GOAWAY.
+    let linger = by.min(tokio::time::Instant::now() + LINGER);
+    let _ = tokio::time::timeout_at(linger, conn.closed()).await;
+    conn.close(H3_NO_ERROR, b"");
     drop(h3);
     stats.open.dec();
 }

@@ -1,12 +1,13 @@
 //! A whole stack (origin, shield, edge) on ephemeral ports, for full-stack tests.
 
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cascade_edge::{Edge, EdgeConfig};
+use cascade_geo::{writer, UnknownPolicy};
 use cascade_origin::transcode::Rung;
 use cascade_origin::{Origin, OriginConfig};
 use cascade_serve::config::TokenKeyConfig;
@@ -331,4 +332,64 @@ pub async fn registered_edge(
     })
     .await
     .expect("edge starts")
+}
+
+pub fn write_db(path: &Path, csv: &str) {
+    // Replace by rename, as operators are told to.
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, writer::build_from_csv(csv, 1).unwrap()).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// The project's labelled test database (127.0.0.2 IN, 127.0.0.3 US, 127.0.0.4 NP).
+pub fn test_db(dir: &Path) -> PathBuf {
+    let path = dir.join("geo.mmdb");
+    write_db(&path, include_str!("../../geo/testdata/countries.csv"));
+    path
+}
+
+/// A stack with the test database on both edge and origin, and a title
+/// licensed in India and Nepal only.
+pub async fn licensed_stack(
+    dir: &Path,
+    unknown: UnknownPolicy,
+    trusted: Vec<String>,
+    edit_edge: impl FnOnce(&mut EdgeConfig),
+) -> (Stack, String) {
+    let db = test_db(dir).to_str().unwrap().to_string();
+    let db2 = db.clone();
+    let stack = Stack::start_full(
+        move |o| {
+            o.geoip_db = db2;
+            o.geo_unknown = unknown;
+        },
+        move |e| {
+            e.geoip_db = db;
+            e.geo_unknown = unknown;
+            e.geoip_reload_secs = 1;
+            e.trusted_proxies = trusted;
+            edit_edge(e);
+        },
+    )
+    .await;
+    let clip = make_clip(stack.dir.path(), 2);
+    let body = tokio::fs::read(&clip).await.unwrap();
+    let r: Value = client()
+        .post(format!("{}/api/v1/uploads", stack.origin_url))
+        .query(&[("title", "Final"), ("allow_countries", "IN,NP")])
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let job = wait_job(
+        &stack.origin_url,
+        r["job"].as_str().unwrap(),
+        Duration::from_secs(120),
+    )
+    .await;
+    assert_eq!(job["state"], "done", "{job}");
+    (stack, r["asset"].as_str().unwrap().to_string())
 }
