@@ -17,7 +17,7 @@ DEB_PACKAGES := ffmpeg libavcodec-dev libavformat-dev libavutil-dev libavfilter-
 NODE_PACKAGES := nodejs npm
 
 .PHONY: help deps rust web build release dev test lint fmt bench clean fuzz-build \
-	bench-deps bench-hit-path bench-flash-crowd
+	bench-deps bench-hit-path bench-h3 bench-flash-crowd
 
 help:
 	@echo "make dev   install what is missing, build, and run the whole stack (cascade dev)"
@@ -66,14 +66,17 @@ test: deps web lint fuzz-build
 	set -o pipefail; cargo test --workspace --doc 2>&1 | tee -a target/test.log
 	@awk '/^test result:/ {p += $$4; f += $$6} END {print "tests: " p " passed, " f " failed"}' target/test.log
 
-bench: deps web bench-hit-path bench-flash-crowd
+bench: deps web bench-hit-path bench-h3 bench-flash-crowd
 	cargo bench -p cascade-benches
 
-# The peer and the load generator of benches/hit-path.sh: nginx (nginx-light
-# where Debian has it) and wrk.
+# The peers and the load generator of the load benchmarks: nginx (nginx-light
+# where Debian has it) and wrk for benches/hit-path.sh, Caddy (HTTP/3) and
+# openssl for benches/h3-hits.sh.
 bench-deps:
 	@pkgs=""; \
 	command -v wrk >/dev/null 2>&1 || pkgs="$$pkgs wrk"; \
+	command -v caddy >/dev/null 2>&1 || pkgs="$$pkgs caddy"; \
+	command -v openssl >/dev/null 2>&1 || pkgs="$$pkgs openssl"; \
 	if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then pkgs="$$pkgs nginx"; fi; \
 	if [ -n "$$pkgs" ]; then \
 	  $(SUDO) apt-get update -qq && \
@@ -86,6 +89,11 @@ bench-deps:
 # ROUNDS set the length.
 bench-hit-path: deps bench-deps
 	benches/hit-path.sh
+
+# 1 MiB cache hits over HTTP/3 and HTTP/1.1 at the edge, and over HTTP/3 from
+# Caddy (benches/README.md); DURATION and ROUNDS set the length.
+bench-h3: deps bench-deps
+	benches/h3-hits.sh
 
 # 4 edges, 2 shields, 1 origin under a Zipf burst: origin offload and repeat
 # bytes; FLASH_CROWD_REQUESTS sets the size.
