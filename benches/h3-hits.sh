@@ -158,13 +158,15 @@ for r in $(seq 1 "$ROUNDS"); do
 done
 
 declare -A M
+for run in $RUNS; do
+	# shellcheck disable=SC2086
+	M[$run]=$(median ${RPS[$run]})
+done
 table=$(
 	printf '\n1 MiB cache hits: %s (%s bytes), %s s per run, %s rounds, medians;\n' "$SEGMENT_PATH" "$SEGMENT_BYTES" "$DURATION" "$ROUNDS"
 	printf 'HTTP/3: %s connections x %s streams; HTTP/1.1 over TLS: %s connections\n' "$CONNECTIONS" "$STREAMS" "$((CONNECTIONS * STREAMS))"
 	printf '  %-24s %12s %9s %9s %9s %7s\n' "" "requests/s" "Gbit/s" "p50 ms" "p99 ms" "errors"
 	for run in $RUNS; do
-		# shellcheck disable=SC2086
-		M[$run]=$(median ${RPS[$run]})
 		# shellcheck disable=SC2086
 		printf '  %-24s %12.0f %9.3f %9.2f %9.2f %7s\n' "$run" "${M[$run]}" "$(median ${GBPS[$run]})" "$(median ${P50[$run]})" "$(median ${P99[$run]})" "${ERR[$run]}"
 	done

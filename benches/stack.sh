@@ -20,7 +20,7 @@ fi
 
 # --- processes and cleanup --------------------------------------------------
 
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/cascade-hit-path.XXXXXX")
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/cascade-bench.XXXXXX")
 PIDS=()
 cleanup() {
 	local rc=$?

@@ -1,6 +1,7 @@
 //! The web page in a real browser: headless Chromium (Debian's) driven by
-//! playwright-core plays a title with hls.js and with dash.js. Needs
-//! `make web` (npm packages) and Chromium, which `make test` installs.
+//! playwright-core plays a title with hls.js and with dash.js, over
+//! HTTP/1.1 and then over HTTP/3. Needs `make web` (npm packages) and
+//! Chromium, which `make test` installs.
 
 #![allow(clippy::unwrap_used)]
 
@@ -9,35 +10,28 @@ mod common;
 use std::process::Command;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_page_plays_hls_and_dash_in_chromium() {
+async fn the_page_plays_hls_and_dash_in_chromium_over_http1_and_http3() {
     let root = env!("CARGO_MANIFEST_DIR");
-    let script = format!("{root}/web/tests/play.mjs");
     assert!(
         std::path::Path::new(&format!("{root}/web/node_modules/playwright-core")).exists(),
         "web/node_modules is missing: run `make web` (make test does)"
     );
-    let stack = common::Stack::start().await;
+    let certs = tempfile::tempdir().unwrap();
+    let cert = cascade_serve::tls::generate(&["localhost", "127.0.0.1"]).unwrap();
+    std::fs::write(certs.path().join("cert.pem"), &cert.cert_pem).unwrap();
+    std::fs::write(certs.path().join("key.pem"), &cert.key_pem).unwrap();
+    let (cert_path, key_path) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
+    let stack = common::Stack::start_with(move |e| {
+        e.tls_listen = "127.0.0.1:0".into();
+        e.tls_cert = cert_path.display().to_string();
+        e.tls_key = key_path.display().to_string();
+    })
+    .await;
     let asset = common::ingest_clip(&stack, 8).await;
     let shot = stack.dir.path().join("page.png");
-    let out = tokio::task::block_in_place(|| {
-        Command::new("node")
-            .arg(&script)
-            .arg(&stack.edge_url)
-            .arg(&asset)
-            .arg(&shot)
-            .output()
-            .expect("node is installed (make test installs it)")
-    });
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "browser playback failed:\n{stdout}\n{stderr}"
-    );
-    assert!(
-        stdout.contains("hls: played") && stdout.contains("dash: played"),
-        "{stdout}"
-    );
+
+    let stdout = play(&stack.edge_url, &asset, &shot, &[]);
+    assert!(stdout.contains("protocols: {\"http/1.1\""), "{stdout}");
     // The players sent CMCD with `nor`, and the edge acted on it.
     let m = common::text(format!("{}/metrics", stack.edge_url)).await;
     let acted: u64 = ["started", "cached"]
@@ -55,5 +49,69 @@ async fn the_page_plays_hls_and_dash_in_chromium() {
     if let Ok(dir) = std::env::var("CASCADE_SCREENSHOT_DIR") {
         let _ = std::fs::copy(&shot, format!("{dir}/page.png"));
     }
+
+    // The same page and title over HTTP/3: every media request over QUIC.
+    let tls = stack.edge.tls_addr.unwrap();
+    let stdout = play(
+        &format!("https://{tls}"),
+        &asset,
+        &shot,
+        &[
+            ("QUIC_ORIGIN", tls.to_string()),
+            ("SPKI", cert.spki_sha256.clone()),
+        ],
+    );
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("protocols: "))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    let protocols: serde_json::Value = serde_json::from_str(&line["protocols: ".len()..]).unwrap();
+    let h3 = protocols["h3"].as_u64().unwrap_or(0);
+    assert!(h3 > 4, "media over HTTP/3: {line}");
+    assert_eq!(
+        protocols.as_object().unwrap().len(),
+        1,
+        "nothing but HTTP/3: {line}"
+    );
+    let m = common::text(format!("{}/metrics", stack.edge_url)).await;
+    let served: u64 = m
+        .lines()
+        .filter(|l| l.starts_with("cascade_requests_total") && l.contains("protocol=\"h3\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64;
+    assert!(
+        served >= h3,
+        "the edge counted {served} HTTP/3 requests, the browser made {h3}"
+    );
     stack.shutdown().await;
+}
+
+/// Runs web/tests/play.mjs against `base` and returns what it printed,
+/// failing the test unless both players played.
+fn play(base: &str, asset: &str, shot: &std::path::Path, env: &[(&str, String)]) -> String {
+    let script = format!("{}/web/tests/play.mjs", env!("CARGO_MANIFEST_DIR"));
+    let out = tokio::task::block_in_place(|| {
+        let mut cmd = Command::new("node");
+        cmd.arg(&script).arg(base).arg(asset).arg(shot);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output()
+            .expect("node is installed (make test installs it)")
+    });
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    // A failing page can print a lot: keep the report short.
+    let stderr: String = String::from_utf8_lossy(&out.stderr)
+        .chars()
+        .take(4000)
+        .collect();
+    assert!(
+        out.status.success(),
+        "browser playback at {base} failed:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains("hls: played") && stdout.contains("dash: played"),
+        "{stdout}"
+    );
+    stdout
 }

@@ -60,6 +60,43 @@ fn every_error_is_reported_with_its_key() {
     .unwrap_err();
     assert_eq!(err.0.len(), 3, "{err}");
 
+    // TLS and HTTP/3: a listener needs its pair; limits have bounds.
+    let err = load::<EdgeConfig>(
+        "edge",
+        "tls_listen = \"0.0.0.0:443\"\ntls_cert = \"\"\nh3_max_streams = 0\nh3_idle_secs = 0\nh3_max_header_bytes = 10\n",
+        vec![],
+    )
+    .unwrap_err();
+    let keys: Vec<&str> = err.0.iter().filter_map(|e| e.split(':').next()).collect();
+    for key in [
+        "tls_cert",
+        "tls_key",
+        "h3_max_streams",
+        "h3_idle_secs",
+        "h3_max_header_bytes",
+    ] {
+        assert!(keys.contains(&key), "{key} missing from {err}");
+    }
+    // The edge refuses to start on a key that does not match its certificate.
+    let dir = tempfile::tempdir().unwrap();
+    let a = cascade_serve::tls::generate(&["localhost"]).unwrap();
+    let b = cascade_serve::tls::generate(&["localhost"]).unwrap();
+    std::fs::write(dir.path().join("cert.pem"), &a.cert_pem).unwrap();
+    std::fs::write(dir.path().join("key.pem"), &b.key_pem).unwrap();
+    let err = cascade_serve::tls::CertStore::load(
+        &dir.path().join("cert.pem"),
+        &dir.path().join("key.pem"),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("key and certificate"), "{err}");
+    std::fs::write(dir.path().join("key.pem"), "not a key").unwrap();
+    let err = cascade_serve::tls::CertStore::load(
+        &dir.path().join("cert.pem"),
+        &dir.path().join("key.pem"),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("no PEM private key"), "{err}");
+
     // Environment overrides apply to single keys.
     let e: EdgeConfig = load(
         "edge",

@@ -428,8 +428,9 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
+/// What may be answered from 0-RTT data: reads only.
 fn is_safe(method: &Method) -> bool {
-    method == Method::GET || method == Method::HEAD || method == Method::OPTIONS
+    method == Method::GET || method == Method::HEAD
 }
 
 enum BodyError {

@@ -333,3 +333,53 @@ fn time_now() -> time::OffsetDateTime {
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, g: &Generated) {
+        std::fs::write(dir.join("cert.pem"), &g.cert_pem).expect("write");
+        std::fs::write(dir.join("key.pem"), &g.key_pem).expect("write");
+    }
+
+    #[test]
+    fn reloads_only_a_changed_and_matching_pair() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a, b) = (
+            generate(&["localhost"]).expect("a"),
+            generate(&["localhost"]).expect("b"),
+        );
+        write(dir.path(), &a);
+        let store =
+            CertStore::load(&dir.path().join("cert.pem"), &dir.path().join("key.pem")).expect("a");
+        let first = store.fingerprint();
+        assert_eq!(first.len(), 64);
+        assert!(!store.reload().expect("unchanged"), "nothing changed");
+        // A renewal half done: b's certificate, a's key.
+        std::fs::write(dir.path().join("cert.pem"), &b.cert_pem).expect("write");
+        assert!(matches!(store.reload(), Err(TlsError::Mismatch(_))));
+        assert_eq!(store.fingerprint(), first, "the old pair stays");
+        write(dir.path(), &b);
+        assert!(store.reload().expect("b"));
+        assert_ne!(store.fingerprint(), first);
+    }
+
+    #[test]
+    fn the_dev_certificate_is_made_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let made = dev_certificate(dir.path()).expect("made");
+        assert!(made.created);
+        let kept = dev_certificate(dir.path()).expect("kept");
+        assert!(!kept.created);
+        assert_eq!(made.spki_sha256, kept.spki_sha256);
+        assert_eq!(made.spki_sha256.len(), 44, "base64 of 32 bytes");
+        CertStore::load(&kept.cert, &kept.key).expect("a valid pair");
+        // No CA key is written.
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("dir")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .collect();
+        assert!(!names.iter().any(|n| n.contains("ca-key")), "{names:?}");
+    }
+}

@@ -1,8 +1,13 @@
 // Plays a title on the edge's web page in headless Chromium, first with
 // hls.js, then with dash.js, and fails unless each reaches 3 s of media time
-// with no player error.
+// with no player error. Prints the protocols the media came over.
 //
 //   node web/tests/play.mjs http://127.0.0.1:8080 ASSET_ID [screenshot.png]
+//
+// Over HTTP/3: QUIC_ORIGIN=127.0.0.1:8443 SPKI=<base64 SHA-256 of the
+// certificate's public key> node web/tests/play.mjs https://127.0.0.1:8443 ASSET_ID
+// (Chromium is told to use QUIC for that origin from the first request and
+// to accept that key.)
 import { chromium } from 'playwright-core';
 
 const [base, asset, screenshot] = process.argv.slice(2);
@@ -11,10 +16,14 @@ if (!base || !asset) {
   process.exit(2);
 }
 
+const quic = process.env.QUIC_ORIGIN;
+const transport = quic
+  ? [`--origin-to-force-quic-on=${quic}`, `--ignore-certificate-errors-spki-list=${process.env.SPKI || ''}`]
+  : ['--disable-quic'];
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
   args: [
-    '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-quic',
+    '--no-sandbox', '--disable-gpu', '--disable-background-networking', ...transport,
     '--no-first-run', '--disable-component-update', '--disable-sync',
     '--autoplay-policy=no-user-gesture-required',
   ],
@@ -25,6 +34,7 @@ try {
   const pageErrors = [];
   page.on('pageerror', e => pageErrors.push(String(e)));
   await page.goto(base + '/', { waitUntil: 'load' });
+  await page.evaluate(() => performance.setResourceTimingBufferSize(100000));
   const item = `li.title[data-id="${asset}"][data-status="ready"]`;
   await page.waitForSelector(item, { timeout: 30000 });
   for (const proto of ['hls', 'dash']) {
@@ -45,6 +55,17 @@ try {
       console.log(`${proto}: played ${r.t.toFixed(2)} s of media with no error`);
     }
   }
+  // Which protocols the media came over, from the browser's own timing.
+  const protocols = await page.evaluate(() => {
+    const n = {};
+    for (const e of performance.getEntriesByType('resource')) {
+      if (!e.name.includes('/vod/')) continue;
+      const p = e.nextHopProtocol || 'unknown';
+      n[p] = (n[p] || 0) + 1;
+    }
+    return n;
+  });
+  console.log('protocols: ' + JSON.stringify(protocols));
   if (screenshot) await page.screenshot({ path: screenshot });
   if (pageErrors.length) {
     console.error('page errors: ' + pageErrors.join('; '));

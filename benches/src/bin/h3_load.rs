@@ -127,8 +127,7 @@ async fn main() -> anyhow::Result<()> {
                 let mut endpoint = quinn::Endpoint::client(bind)?;
                 endpoint.set_default_client_config(cfg.clone());
                 let conn = endpoint.connect(addr, &host)?.await?;
-                let (mut driver, send) =
-                    h3::client::new(h3_quinn::Connection::new(conn)).await?;
+                let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(conn)).await?;
                 tasks.push(tokio::spawn(async move {
                     let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
                     drop(endpoint);
@@ -161,8 +160,12 @@ async fn main() -> anyhow::Result<()> {
                 .pool_max_idle_per_host(args.connections)
                 .build()?;
             for _ in 0..args.connections {
-                let (client, tally, expected, stop) =
-                    (client.clone(), tally.clone(), expected.clone(), stop.clone());
+                let (client, tally, expected, stop) = (
+                    client.clone(),
+                    tally.clone(),
+                    expected.clone(),
+                    stop.clone(),
+                );
                 let (url, headers) = (args.url.clone(), headers.clone());
                 tasks.push(tokio::spawn(async move {
                     while !stop.load(Ordering::Relaxed) {
