@@ -91,8 +91,8 @@ impl CertStore {
             .unwrap_or_default()
     }
 
-    /// Checks the files every `every`, reloading on change; counts reloads in
-    /// `counter` by result (`reloaded`, `failed`).
+    /// Checks the files every `every` and on SIGHUP, reloading on change;
+    /// counts reloads in `counter` by result (`reloaded`, `failed`).
     pub fn spawn_reloader(
         self: Arc<Self>,
         every: Duration,
@@ -102,8 +102,18 @@ impl CertStore {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;
+            let mut hup =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    Some(_) = async {
+                        match hup.as_mut() {
+                            Some(h) => h.recv().await,
+                            None => std::future::pending().await,
+                        }
+                    } => {}
+                }
                 let store = self.clone();
                 let result = tokio::task::spawn_blocking(move || store.reload()).await;
                 match result {
