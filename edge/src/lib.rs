@@ -1298,11 +1298,12 @@ async fn start_tls(
         &["result"],
     )?;
     metrics.registry().register(Box::new(reloads.clone()))?;
+    let addr: std::net::SocketAddr = cfg.tls_listen.parse()?;
+    let (tcp, udp) = bind_tcp_and_udp(addr)?;
+    // Only once bound: a failed start must not leave a reloader running.
     let task = certs
         .clone()
         .spawn_reloader(Duration::from_secs(cfg.tls_reload_secs), reloads);
-    let addr: std::net::SocketAddr = cfg.tls_listen.parse()?;
-    let (tcp, udp) = bind_tcp_and_udp(addr)?;
     let port = tcp.local_addr()?.port();
     let alt_svc = cfg
         .http3

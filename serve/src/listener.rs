@@ -23,8 +23,9 @@ use pingora_core::protocols::{GetSocketDigest, SocketDigest};
 use pingora_core::server::ShutdownWatch;
 use pingora_http::ResponseHeader;
 use std::os::unix::io::AsRawFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::metrics::Metrics;
@@ -71,13 +72,58 @@ pub struct ServerHandle {
     pub addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
+    inflight: Arc<InFlight>,
 }
 
 impl ServerHandle {
-    /// Stops accepting, lets open requests finish, and waits for the accept loop.
+    /// Stops accepting and waits for the requests being answered to finish,
+    /// up to [`DRAIN`]. Idle keep-alive connections are not waited for:
+    /// they close after their next request or their keep-alive time.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         let _ = self.task.await;
+        let deadline = tokio::time::Instant::now() + DRAIN;
+        loop {
+            let idle = self.inflight.idle.notified();
+            if self.inflight.count.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                tracing::warn!(
+                    requests = self.inflight.count.load(Ordering::Acquire),
+                    "requests still being answered after the drain time"
+                );
+                break;
+            }
+        }
+    }
+}
+
+/// How long shutdown waits for the requests being answered.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// Requests being answered now, so that shutdown can wait for them.
+#[derive(Default)]
+struct InFlight {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+/// One request being answered; dropping it counts the request done.
+struct InFlightGuard(Arc<InFlight>);
+
+impl InFlightGuard {
+    fn new(inflight: &Arc<InFlight>) -> InFlightGuard {
+        inflight.count.fetch_add(1, Ordering::AcqRel);
+        InFlightGuard(inflight.clone())
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
     }
 }
 
@@ -183,6 +229,7 @@ struct App {
     front: Front,
     cfg: ListenerConfig,
     options: HttpServerOptions,
+    inflight: Arc<InFlight>,
 }
 
 /// Serves `handler` on `listener` until shut down.
@@ -200,10 +247,12 @@ pub fn serve(
         .tls
         .as_ref()
         .map(|store| Arc::new(Acceptor::from_server_config(Arc::new(store.tcp_config()))));
+    let inflight = Arc::new(InFlight::default());
     let app = Arc::new(App {
         front: Front::new(handler, metrics, cfg.role, cfg.alt_svc.clone()),
         cfg: cfg.clone(),
         options,
+        inflight: inflight.clone(),
     });
     let permits = Arc::new(Semaphore::new(cfg.max_connections));
     let mut stop = rx.clone();
@@ -261,6 +310,7 @@ pub fn serve(
         addr,
         shutdown: tx,
         task,
+        inflight,
     })
 }
 
@@ -279,6 +329,7 @@ impl HttpServerApp for App {
                 return None;
             }
         }
+        let _inflight = InFlightGuard::new(&self.inflight);
         if *shutdown.borrow() {
             session.set_keepalive(None);
         } else {
@@ -448,4 +499,59 @@ async fn write_response(
         return (false, sent);
     }
     (session.finish_body().await.is_ok(), sent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+
+    /// Answers after a slow upstream's 300 ms, saying when it starts and ends.
+    struct Slow {
+        entered: tokio::sync::mpsc::Sender<()>,
+        answered: Arc<AtomicBool>,
+    }
+
+    #[async_trait::async_trait]
+    impl Handler for Slow {
+        async fn handle(&self, _req: Request) -> Response {
+            let _ = self.entered.send(()).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            self.answered.store(true, Ordering::SeqCst);
+            Response::new(StatusCode::OK, "text/plain", "done\n")
+        }
+    }
+
+    #[tokio::test]
+    async fn shutdown_waits_for_requests_being_answered() {
+        let (tx, mut entered) = tokio::sync::mpsc::channel(1);
+        let answered = Arc::new(AtomicBool::new(false));
+        let handler = Arc::new(Slow {
+            entered: tx,
+            answered: answered.clone(),
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let server = serve(
+            listener,
+            handler,
+            Arc::new(Metrics::new("test")),
+            ListenerConfig::new("test"),
+        )
+        .expect("serve");
+        let url = format!("http://{}/slow", server.addr);
+        let request = tokio::spawn(async move {
+            let r = reqwest::get(url).await.map_err(|e| e.to_string())?;
+            r.text().await.map_err(|e| e.to_string())
+        });
+        entered
+            .recv()
+            .await
+            .expect("the request reached the handler");
+        server.shutdown().await;
+        assert!(
+            answered.load(Ordering::SeqCst),
+            "shutdown returned before the request was answered"
+        );
+        assert_eq!(request.await.expect("task").expect("response"), "done\n");
+    }
 }

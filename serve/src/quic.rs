@@ -159,7 +159,8 @@ impl ConnStats {
         .expect("static metric definition");
         let open = IntGauge::new("h3_connections_open", "QUIC connections open now")
             .expect("static metric definition");
-        // A second listener in the same role shares the first one's series.
+        // A second HTTP/3 listener in the same registry would fail to
+        // register; roles run one each.
         let _ = metrics.registry().register(Box::new(connections.clone()));
         let _ = metrics.registry().register(Box::new(open.clone()));
         ConnStats { connections, open }
@@ -200,9 +201,12 @@ async fn accept_loop(
     // Refuse new connections, let open ones finish what they started.
     endpoint.set_server_config(None);
     connections.close();
-    if tokio::time::timeout(cfg.drain + Duration::from_secs(1), connections.wait())
-        .await
-        .is_err()
+    if tokio::time::timeout(
+        cfg.drain + LINGER + Duration::from_secs(1),
+        connections.wait(),
+    )
+    .await
+    .is_err()
     {
         tracing::warn!("HTTP/3 connections still open after the drain time");
     }
@@ -233,9 +237,17 @@ async fn connection(
         match connecting.into_0rtt() {
             Ok((conn, done)) => {
                 let (tx, rx) = watch::channel(false);
+                let watched = conn.clone();
                 tokio::spawn(async move {
-                    done.await;
-                    let _ = tx.send(true);
+                    // `done` resolves when the handshake completes, and also
+                    // when the connection dies first (quinn sets the close
+                    // reason before). On the server its value means nothing.
+                    // Dead first: the flag stays false and early requests
+                    // are refused, never run.
+                    let _ = done.await;
+                    if watched.close_reason().is_none() {
+                        let _ = tx.send(true);
+                    }
                 });
                 (conn, rx)
             }
@@ -303,7 +315,9 @@ async fn connection(
                 // already accepted go on.
                 drain_by = Some(tokio::time::Instant::now() + cfg.drain);
                 requests.close();
-                if h3.shutdown(0).await.is_err() {
+                // One past the last accepted request: GOAWAY names the first
+                // stream *not* processed (RFC 9114 §5.2), and those accepted are.
+                if h3.shutdown(1).await.is_err() {
                     break;
                 }
             }
@@ -320,7 +334,7 @@ async fn connection(
     // ends, and closing a QUIC connection discards them: give the client a
     // moment to close first, as it does once it has its answers and the
     // GOAWAY.
-    let linger = by.min(tokio::time::Instant::now() + LINGER);
+    let linger = tokio::time::Instant::now() + LINGER;
     let _ = tokio::time::timeout_at(linger, conn.closed()).await;
     conn.close(H3_NO_ERROR, b"");
     drop(h3);
@@ -494,7 +508,9 @@ async fn write_response(
             headers.append(name.clone(), value.clone());
         }
     }
-    headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(length));
+    if has_body(response.status) {
+        headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(length));
+    }
     if let Ok(v) = HeaderValue::from_str(request_id) {
         headers.insert(HeaderName::from_static(REQUEST_ID), v);
     }
@@ -502,7 +518,7 @@ async fn write_response(
         tracing::debug!(request_id, error = %e, "sending HTTP/3 response headers");
         return 0;
     }
-    if method == Method::HEAD || length == 0 {
+    if method == Method::HEAD || length == 0 || !has_body(response.status) {
         let _ = stream.finish().await;
         return 0;
     }
@@ -555,6 +571,14 @@ async fn write_response(
         tracing::debug!(request_id, error = %e, "finishing an HTTP/3 response");
     }
     sent
+}
+
+/// Whether a response of this status may have a body (and so a
+/// `Content-Length`): not 1xx, 204 or 304 (RFC 9110 §8.6).
+pub(crate) fn has_body(status: StatusCode) -> bool {
+    !(status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED)
 }
 
 /// Sends one piece, waiting for flow control; false when the stream is gone

@@ -51,8 +51,9 @@ pub struct CertStore {
     cert_path: PathBuf,
     key_path: PathBuf,
     current: ArcSwap<CertifiedKey>,
-    /// The files' bytes when last loaded, so a reload happens only on change.
-    loaded: Mutex<(Vec<u8>, Vec<u8>)>,
+    /// SHA-256 of the files when last loaded, so a reload happens only on
+    /// change (a digest, not the bytes: the key must not be in `Debug`).
+    loaded: Mutex<[u8; 32]>,
 }
 
 impl CertStore {
@@ -64,21 +65,23 @@ impl CertStore {
             cert_path: cert_path.to_path_buf(),
             key_path: key_path.to_path_buf(),
             current: ArcSwap::from_pointee(key),
-            loaded: Mutex::new((cert_pem, key_pem)),
+            loaded: Mutex::new(digest(&cert_pem, &key_pem)),
         }))
     }
 
     /// Reads the files again; swaps in the new pair when they changed and
     /// make a valid pair. `Ok(false)`: unchanged. On error the old pair stays.
     pub fn reload(&self) -> Result<bool, TlsError> {
-        let (cert_pem, key_pem) = read_pair(&self.cert_path, &self.key_path)?;
+        // Read under the lock, so that two reloads cannot put back the older pair.
         let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
-        if loaded.0 == cert_pem && loaded.1 == key_pem {
+        let (cert_pem, key_pem) = read_pair(&self.cert_path, &self.key_path)?;
+        let now = digest(&cert_pem, &key_pem);
+        if *loaded == now {
             return Ok(false);
         }
         let key = certified_key(&self.cert_path, &self.key_path, &cert_pem, &key_pem)?;
         self.current.store(Arc::new(key));
-        *loaded = (cert_pem, key_pem);
+        *loaded = now;
         Ok(true)
     }
 
@@ -256,10 +259,10 @@ pub fn generate(names: &[&str]) -> Result<Generated, TlsError> {
         .push(DnType::CommonName, "Cascade development CA");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    // A day back for clocks a little behind; the leaf lives as long as a
-    // browser accepts from a locally trusted CA.
+    // A day back for clocks a little behind; 825 days in all, the most
+    // Apple's platforms accept for a server certificate.
     ca_params.not_before = now - time::Duration::days(1);
-    ca_params.not_after = now + time::Duration::days(825);
+    ca_params.not_after = now + time::Duration::days(824);
     let ca =
         CertifiedIssuer::self_signed(ca_params, KeyPair::generate().map_err(err)?).map_err(err)?;
     let leaf_key = KeyPair::generate().map_err(err)?;
@@ -272,7 +275,7 @@ pub fn generate(names: &[&str]) -> Result<Generated, TlsError> {
     );
     params.is_ca = IsCa::NoCa;
     params.not_before = now - time::Duration::days(1);
-    params.not_after = now + time::Duration::days(825);
+    params.not_after = now + time::Duration::days(824);
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let leaf = params.signed_by(&leaf_key, &ca).map_err(err)?;
@@ -321,6 +324,17 @@ fn certified_key(
     let key = PrivateKeyDer::from_pem_slice(key_pem)
         .map_err(|_| TlsError::NoKey(key_path.to_path_buf()))?;
     CertifiedKey::from_der(chain, key, &provider()).map_err(|e| TlsError::Mismatch(e.to_string()))
+}
+
+/// One digest of both files.
+fn digest(cert_pem: &[u8], key_pem: &[u8]) -> [u8; 32] {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(&(cert_pem.len() as u64).to_be_bytes());
+    ctx.update(cert_pem);
+    ctx.update(key_pem);
+    let mut out = [0; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
 }
 
 /// Writes a key readable by its owner only.
