@@ -236,17 +236,9 @@ async fn hls_paths(h3: &mut H3, asset: &str, token: &str) -> Vec<String> {
     paths
 }
 
-/// Sums a counter over the series whose labels contain every `parts`.
-fn metric_sum(metrics: &str, name: &str, parts: &[&str]) -> u64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(name) && parts.iter().all(|p| l.contains(p)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_title_over_http3_is_byte_for_byte_what_http1_serves_and_refusals_match() {
+/// A stack whose edge serves TLS and HTTP/3, with a title licensed in India
+/// and Nepal: the stack, the asset, the CA to trust, and the temp dirs to keep.
+async fn tls_title() -> (Stack, String, String, [tempfile::TempDir; 2]) {
     let certs = tempfile::tempdir().unwrap();
     let (chain, key, ca) = certificate();
     install(certs.path(), &chain, &key);
@@ -258,6 +250,21 @@ async fn a_title_over_http3_is_byte_for_byte_what_http1_serves_and_refusals_matc
         tls_edge(certs.path()),
     )
     .await;
+    (stack, asset, ca, [certs, dir])
+}
+
+/// Sums a counter over the series whose labels contain every `parts`.
+fn metric_sum(metrics: &str, name: &str, parts: &[&str]) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && parts.iter().all(|p| l.contains(p)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_title_over_http3_is_byte_for_byte_what_http1_serves_and_refusals_match() {
+    let (stack, asset, ca, _dirs) = tls_title().await;
     let tls_addr = stack.edge.tls_addr.expect("a TLS listener");
     let token = common::sign_for(&asset);
     // An Indian viewer (the title is licensed in IN and NP).
@@ -449,17 +456,7 @@ async fn a_new_certificate_is_served_without_a_restart_and_open_connections_carr
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_slow_reader_holds_back_only_its_own_stream_and_shutdown_drains() {
-    let certs = tempfile::tempdir().unwrap();
-    let (chain, key, ca) = certificate();
-    install(certs.path(), &chain, &key);
-    let dir = tempfile::tempdir().unwrap();
-    let (stack, asset) = common::licensed_stack(
-        dir.path(),
-        UnknownPolicy::Allow,
-        vec![],
-        tls_edge(certs.path()),
-    )
-    .await;
+    let (stack, asset, ca, _dirs) = tls_title().await;
     let addr = stack.edge.tls_addr.unwrap();
     let token = common::sign_for(&asset);
     let q = format!("__token__={token}");
