@@ -525,20 +525,14 @@ async fn write_response(
     let mut sent = 0;
     match response.stream {
         None => {
-            let mut body = response.body;
-            while !body.is_empty() {
-                let piece = body.split_to(body.len().min(CHUNK));
-                let n = piece.len();
-                if !send(stream, piece, request_id, cfg).await {
-                    return sent;
-                }
-                sent += n;
+            if !send(stream, response.body, &mut sent, request_id, cfg).await {
+                return sent;
             }
         }
         Some(shared) => {
             let mut reader = shared.reader();
             while let Some(chunk) = reader.next().await {
-                let Ok(mut chunk) = chunk else {
+                let Ok(chunk) = chunk else {
                     tracing::warn!(
                         request_id,
                         sent,
@@ -552,13 +546,8 @@ async fn write_response(
                     stream.stop_stream(Code::H3_INTERNAL_ERROR);
                     return sent;
                 }
-                while !chunk.is_empty() {
-                    let piece = chunk.split_to(chunk.len().min(CHUNK));
-                    let n = piece.len();
-                    if !send(stream, piece, request_id, cfg).await {
-                        return sent;
-                    }
-                    sent += n;
+                if !send(stream, chunk, &mut sent, request_id, cfg).await {
+                    return sent;
                 }
             }
             if sent != length {
@@ -581,19 +570,31 @@ pub(crate) fn has_body(status: StatusCode) -> bool {
         || status == StatusCode::NOT_MODIFIED)
 }
 
-/// Sends one piece, waiting for flow control; false when the stream is gone
-/// or its reader stalled.
-async fn send(stream: &mut Stream, piece: Bytes, request_id: &str, cfg: &H3Config) -> bool {
-    match tokio::time::timeout(cfg.send_timeout, stream.send_data(piece)).await {
-        Ok(Ok(())) => true,
-        Ok(Err(e)) => {
-            tracing::debug!(request_id, error = %e, "HTTP/3 stream closed mid-body");
-            false
-        }
-        Err(_) => {
-            tracing::info!(request_id, "HTTP/3 reader stalled; resetting the stream");
-            stream.stop_stream(Code::H3_REQUEST_CANCELLED);
-            false
+/// Sends `body` in pieces of [`CHUNK`], each waiting for flow control,
+/// adding to `sent` what went out; false when the stream is gone or its
+/// reader stalled past the send timeout (the stream is then reset).
+async fn send(
+    stream: &mut Stream,
+    mut body: Bytes,
+    sent: &mut usize,
+    request_id: &str,
+    cfg: &H3Config,
+) -> bool {
+    while !body.is_empty() {
+        let piece = body.split_to(body.len().min(CHUNK));
+        let n = piece.len();
+        match tokio::time::timeout(cfg.send_timeout, stream.send_data(piece)).await {
+            Ok(Ok(())) => *sent += n,
+            Ok(Err(e)) => {
+                tracing::debug!(request_id, error = %e, "HTTP/3 stream closed mid-body");
+                return false;
+            }
+            Err(_) => {
+                tracing::info!(request_id, "HTTP/3 reader stalled; resetting the stream");
+                stream.stop_stream(Code::H3_REQUEST_CANCELLED);
+                return false;
+            }
         }
     }
+    true
 }
