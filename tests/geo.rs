@@ -38,6 +38,9 @@ async fn edge_and_playback_api_agree_per_country() {
         common::sign_for(&asset)
     );
     let playback = format!("{}/api/v1/playback/{asset}", stack.origin_url);
+    let viewer = common::viewer(&stack.origin_url).await;
+    // One device: each start replaces the last, within the free plan's one stream.
+    let device = serde_json::json!({ "device_id": "geo-test" });
     for (ip, want) in [
         ("127.0.0.2", 200),
         ("127.0.0.4", 200),
@@ -45,7 +48,8 @@ async fn edge_and_playback_api_agree_per_country() {
         ("127.0.0.9", 200),
     ] {
         let (edge_status, edge_body) = status_and_body(from(ip).get(&master)).await;
-        let (api_status, api_body) = status_and_body(from(ip).post(&playback)).await;
+        let (api_status, api_body) =
+            status_and_body(from(ip).post(&playback).bearer_auth(&viewer).json(&device)).await;
         assert_eq!(edge_status, want, "edge, client {ip}: {edge_body}");
         assert_eq!(api_status, want, "playback API, client {ip}: {api_body}");
         if want == 451 {
@@ -57,11 +61,25 @@ async fn edge_and_playback_api_agree_per_country() {
     // Through the edge's /api pass-through the origin judges the viewer, not the edge.
     let via_edge = format!("{}/api/v1/playback/{asset}", stack.edge_url);
     assert_eq!(
-        status_and_body(from("127.0.0.3").post(&via_edge)).await.0,
+        status_and_body(
+            from("127.0.0.3")
+                .post(&via_edge)
+                .bearer_auth(&viewer)
+                .json(&device)
+        )
+        .await
+        .0,
         451
     );
     assert_eq!(
-        status_and_body(from("127.0.0.2").post(&via_edge)).await.0,
+        status_and_body(
+            from("127.0.0.2")
+                .post(&via_edge)
+                .bearer_auth(&viewer)
+                .json(&device)
+        )
+        .await
+        .0,
         200
     );
     // A spoofed X-Forwarded-For from an untrusted peer is ignored.
@@ -75,6 +93,8 @@ async fn edge_and_playback_api_agree_per_country() {
     let (s, _) = status_and_body(
         from("127.0.0.3")
             .post(&playback)
+            .bearer_auth(&viewer)
+            .json(&device)
             .header("x-forwarded-for", "127.0.0.2"),
     )
     .await;

@@ -525,8 +525,7 @@ impl EdgeHandler {
             cascade_geo::Verdict::Allow => None,
             cascade_geo::Verdict::Block { country, rule } => {
                 self.geo_blocked.with_label_values(&[&country, &rule]).inc();
-                let body =
-                    serde_json::json!({ "error": "geo_blocked", "country": country, "rule": rule });
+                let body = serde_json::json!({ "error": "geo_blocked", "message": "this title is not available in your country", "country": country, "rule": rule });
                 Some(Response::new(
                     StatusCode::UNAVAILABLE_FOR_LEGAL_REASONS,
                     "application/json",

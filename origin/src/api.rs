@@ -17,10 +17,13 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 
-use crate::db;
 use crate::store;
 use crate::transcode::{self, Source};
 use crate::State;
+use crate::{accounts, billing, catalog, db, playback};
+
+/// Largest JSON request body (the payment webhook's events are the biggest).
+const MAX_JSON_BODY: usize = 256 << 10;
 
 /// Builds the router; tests call it in-process.
 pub fn app(state: Arc<State>) -> Router {
@@ -32,14 +35,49 @@ pub fn app(state: Arc<State>) -> Router {
         .route("/api/v1/jobs/{id}", get(job))
         .route("/api/v1/assets", get(list_assets))
         .route("/api/v1/assets/{id}", get(asset))
-        .route("/api/v1/playback/{id}", post(playback))
         .route("/api/v1/assets/{id}/geo", axum::routing::put(set_geo))
+        .route("/api/v1/auth/signup", post(accounts::signup))
+        .route("/api/v1/auth/login", post(accounts::login))
+        .route("/api/v1/auth/refresh", post(accounts::refresh))
+        .route("/api/v1/auth/logout", post(accounts::logout))
+        .route("/api/v1/me", get(accounts::me))
+        .route(
+            "/api/v1/profiles",
+            get(accounts::list_profiles).post(accounts::create_profile),
+        )
+        .route(
+            "/api/v1/profiles/{id}",
+            axum::routing::delete(accounts::delete_profile),
+        )
+        .route("/api/v1/titles", get(catalog::list))
+        .route("/api/v1/titles/{id}", get(catalog::get_title))
+        .route("/api/v1/titles/{id}/artwork", get(catalog::artwork))
+        .route("/api/v1/browse", get(catalog::browse))
+        .route("/api/v1/admin/titles", post(catalog::create))
+        .route(
+            "/api/v1/admin/titles/{id}",
+            axum::routing::patch(catalog::update).delete(catalog::delete),
+        )
+        .route(
+            "/api/v1/admin/titles/{id}/artwork",
+            axum::routing::put(catalog::put_artwork)
+                .layer(DefaultBodyLimit::max(catalog::MAX_ARTWORK_BYTES)),
+        )
+        .route("/api/v1/plans", get(billing::plans))
+        .route("/api/v1/billing/webhook", post(billing::webhook))
+        .route("/api/v1/playback/{id}", post(playback::playback))
+        .route("/api/v1/streams/{id}/heartbeat", post(playback::heartbeat))
+        .route("/api/v1/streams/{id}/stop", post(playback::stop))
+        .route("/api/v1/history", get(playback::history))
+        .route("/api/v1/openapi.json", get(crate::openapi::serve))
         .route("/mezz/{asset}/{file}", get(mezzanine))
         .route("/", get(crate::web::index))
         .route("/static/{file}", get(crate::web::asset_file))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such path") })
+        // JSON bodies are small; uploads and artwork set their own limits.
+        .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
@@ -101,6 +139,16 @@ struct UploadQuery {
     allow_countries: Option<String>,
     /// `US,GB`: these countries may not.
     deny_countries: Option<String>,
+    /// Catalog synopsis.
+    synopsis: Option<String>,
+    /// Comma-separated genres.
+    genres: Option<String>,
+    /// Comma-separated languages.
+    languages: Option<String>,
+    /// Release year.
+    year: Option<i64>,
+    /// Needs the premium plan: `true` or `false`.
+    premium: Option<bool>,
 }
 
 /// `POST /api/v1/uploads?title=T`: the body is the media file. It is
@@ -151,12 +199,46 @@ async fn upload(
             "title must be at most 200 printable characters",
         );
     }
+    let list = |s: &Option<String>| -> Vec<String> {
+        s.as_deref()
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|g| !g.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    let synopsis = q.synopsis.clone().unwrap_or_default();
+    let (genres, languages) = (list(&q.genres), list(&q.languages));
+    if synopsis.chars().count() > 4000
+        || genres.len() > 20
+        || languages.len() > 20
+        || genres
+            .iter()
+            .chain(&languages)
+            .any(|g| g.chars().count() > 40)
+        || q.year.is_some_and(|y| !(1870..=2200).contains(&y))
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_metadata",
+            "synopsis up to 4000 characters, up to 20 genres and languages of 40, year 1870 to 2200",
+        );
+    }
     let asset = new_id();
     let job = new_id();
     let title = if title.is_empty() {
         format!("Untitled {asset}")
     } else {
         title.to_string()
+    };
+    let meta = catalog::UploadMeta {
+        name: title.clone(),
+        synopsis,
+        year: q.year,
+        genres,
+        languages,
+        premium: q.premium.unwrap_or(false),
     };
 
     let dir = std::path::Path::new(&state.cfg.data_dir).join("incoming");
@@ -194,7 +276,8 @@ async fn upload(
         }
     }
     let source = path.to_string_lossy().to_string();
-    if let Err(e) = db::create_asset_and_job(&state.db, &asset, &job, &title, "file", &source).await
+    if let Err(e) =
+        db::create_asset_and_job(&state.db, &asset, &job, &title, "file", &source, &meta).await
     {
         tracing::error!(error = %e, "recording an upload");
         let _ = tokio::fs::remove_file(&path).await;
@@ -374,94 +457,6 @@ async fn set_geo(
         Ok(false) => error(StatusCode::NOT_FOUND, "not_found", "no such asset"),
         Err(e) => db_error(e),
     }
-}
-
-/// The geo refusal, shaped as the edges shape it.
-fn geo_blocked(country: &str, rule: &str) -> Response {
-    (
-        StatusCode::UNAVAILABLE_FOR_LEGAL_REASONS,
-        Json(json!({ "error": "geo_blocked", "country": country, "rule": rule })),
-    )
-        .into_response()
-}
-
-/// `POST /api/v1/playback/{asset}`: signed edge URLs for a ready title, if
-/// the viewer's country may watch it (the same verdict the edges give).
-async fn playback(
-    AxState(state): AxState<Arc<State>>,
-    Path(id): Path<String>,
-    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    if !cascade_packager::is_safe_id(&id) {
-        return error(StatusCode::NOT_FOUND, "not_found", "no such asset");
-    }
-    let asset = match db::get_asset(&state.db, &id).await {
-        Ok(Some(a)) if a.status == "ready" => a,
-        Ok(Some(_)) => {
-            return error(
-                StatusCode::CONFLICT,
-                "not_ready",
-                "the title is not playable yet",
-            )
-        }
-        Ok(None) => return error(StatusCode::NOT_FOUND, "not_found", "no such asset"),
-        Err(e) => return db_error(e),
-    };
-    let xff: Vec<&str> = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    let fwd: Vec<&str> = headers
-        .get_all("forwarded")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    let client = cascade_geo::client_ip(peer.ip(), &xff, &fwd, &state.trusted);
-    let country = state.geo.lookup(client).country;
-    let verdict = cascade_geo::decide(
-        country.as_deref(),
-        &format!("/vod/{id}/"),
-        &state.cfg.geo_rules,
-        Some(&asset.geo),
-        state.cfg.geo_unknown,
-    );
-    if let cascade_geo::Verdict::Block { country, rule } = verdict {
-        return geo_blocked(&country, &rule);
-    }
-    let Some(key) = &state.signer else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no_keys",
-            "playback signing is not configured",
-        );
-    };
-    let now = cascade_serve::unix_now();
-    let expires = now + state.cfg.playback_ttl_secs;
-    let token = cascade_token::sign(
-        key,
-        &cascade_token::Claims {
-            start: Some(now.saturating_sub(1)),
-            expires,
-            acl: vec![format!("/vod/{id}/*")],
-            ..Default::default()
-        },
-    );
-    let edge = state.cfg.public_edge_url.trim_end_matches('/');
-    let q = format!("{}={token}", state.cfg.token_name);
-    (
-        [(header::CACHE_CONTROL, "no-store")],
-        Json(json!({
-            "asset": id,
-            "token": token,
-            "token_name": state.cfg.token_name,
-            "expires": expires,
-            "hls": format!("{edge}/vod/{id}/master.m3u8?{q}"),
-            "dash": format!("{edge}/vod/{id}/manifest.mpd?{q}"),
-        })),
-    )
-        .into_response()
 }
 
 /// `GET /mezz/{asset}/{file}`: mezzanine files and the asset manifest, with

@@ -13,8 +13,38 @@ pub struct OriginConfig {
     pub listen: String,
     /// Directory for the database, uploads in progress and local media.
     pub data_dir: String,
-    /// `sqlite://…` database URL; empty means `{data_dir}/cascade.db`.
+    /// `sqlite://…` or `postgres://…` database URL; empty means
+    /// `{data_dir}/cascade.db`. `DATABASE_URL` overrides.
     pub database_url: String,
+    /// Connections in the database pool.
+    pub database_max_connections: u32,
+    /// Secret (32+ characters) that signs access and stream tokens;
+    /// `CASCADE_JWT_SECRET` overrides. Empty: one is made and kept in the
+    /// database, shared by every origin on it.
+    pub jwt_secret: String,
+    /// Lifetime of an access token, in seconds.
+    pub access_token_ttl_secs: u64,
+    /// Lifetime of a refresh token, in seconds.
+    pub refresh_token_ttl_secs: u64,
+    /// Wrong passwords in a row that lock an account.
+    pub login_max_failures: u32,
+    /// Seconds an account stays locked.
+    pub login_lockout_secs: u64,
+    /// Login and sign-up attempts per minute from one address.
+    pub login_attempts_per_minute: u32,
+    /// The payment webhook's signing secret (Stripe's `whsec_…`);
+    /// `CASCADE_BILLING_WEBHOOK_SECRET` overrides. Empty: the webhook answers 503.
+    pub billing_webhook_secret: String,
+    /// Largest age, in seconds, of a webhook signature's timestamp.
+    pub billing_tolerance_secs: u64,
+    /// Seconds between a player's heartbeats.
+    pub heartbeat_interval_secs: u64,
+    /// A stream's slot frees itself this many seconds after its last heartbeat.
+    pub stream_slot_secs: u64,
+    /// Milliseconds between watch-history flushes.
+    pub history_flush_ms: u64,
+    /// Heartbeat entries held for the next flush before heartbeats get 503.
+    pub history_buffer_max: usize,
     /// Directory of the local object store; empty means `{data_dir}/media`.
     pub media_dir: String,
     /// Largest upload accepted, in MiB.
@@ -58,6 +88,19 @@ impl Default for OriginConfig {
             listen: "127.0.0.1:8082".into(),
             data_dir: "data".into(),
             database_url: String::new(),
+            database_max_connections: 16,
+            jwt_secret: String::new(),
+            access_token_ttl_secs: 900,
+            refresh_token_ttl_secs: 30 * 24 * 3600,
+            login_max_failures: 5,
+            login_lockout_secs: 900,
+            login_attempts_per_minute: 30,
+            billing_webhook_secret: String::new(),
+            billing_tolerance_secs: 300,
+            heartbeat_interval_secs: 10,
+            stream_slot_secs: 60,
+            history_flush_ms: 1000,
+            history_buffer_max: 200_000,
             media_dir: String::new(),
             max_upload_mib: 8192,
             preset: "fast".into(),
@@ -99,8 +142,45 @@ impl Validate for OriginConfig {
         if self.data_dir.is_empty() {
             errors.push("data_dir: must not be empty".into());
         }
-        if !self.database_url.is_empty() && !self.database_url.starts_with("sqlite:") {
-            errors.push("database_url: only sqlite: URLs are supported so far".into());
+        if !self.database_url.is_empty()
+            && !self.database_url.starts_with("sqlite:")
+            && !self.database_url.starts_with("postgres://")
+            && !self.database_url.starts_with("postgresql://")
+        {
+            errors.push("database_url: must be a sqlite: or postgres:// URL".into());
+        }
+        if !(1..=1000).contains(&self.database_max_connections) {
+            errors.push("database_max_connections: must be 1 to 1000".into());
+        }
+        if !self.jwt_secret.is_empty() && self.jwt_secret.len() < 32 {
+            errors.push("jwt_secret: must be at least 32 characters (or empty)".into());
+        }
+        if !(10..=86_400).contains(&self.access_token_ttl_secs) {
+            errors.push("access_token_ttl_secs: must be 10 to 86400".into());
+        }
+        if !(60..=365 * 86_400).contains(&self.refresh_token_ttl_secs) {
+            errors.push("refresh_token_ttl_secs: must be 60 to 31536000".into());
+        }
+        if !(1..=100).contains(&self.login_max_failures) {
+            errors.push("login_max_failures: must be 1 to 100".into());
+        }
+        if self.login_attempts_per_minute == 0 {
+            errors.push("login_attempts_per_minute: must be at least 1".into());
+        }
+        if !(30..=3600).contains(&self.billing_tolerance_secs) {
+            errors.push("billing_tolerance_secs: must be 30 to 3600".into());
+        }
+        if !(1..=300).contains(&self.heartbeat_interval_secs) {
+            errors.push("heartbeat_interval_secs: must be 1 to 300".into());
+        }
+        if self.stream_slot_secs < 2 * self.heartbeat_interval_secs {
+            errors.push("stream_slot_secs: must be at least twice heartbeat_interval_secs".into());
+        }
+        if !(10..=60_000).contains(&self.history_flush_ms) {
+            errors.push("history_flush_ms: must be 10 to 60000".into());
+        }
+        if self.history_buffer_max == 0 {
+            errors.push("history_buffer_max: must be at least 1".into());
         }
         if !PRESETS.contains(&self.preset.as_str()) {
             errors.push(format!(
@@ -142,6 +222,11 @@ impl Validate for OriginConfig {
 impl OriginConfig {
     /// The database URL in effect.
     pub fn database_url(&self) -> String {
+        if let Ok(url) = std::env::var("DATABASE_URL") {
+            if !url.is_empty() {
+                return url;
+            }
+        }
         if self.database_url.is_empty() {
             format!("sqlite://{}/cascade.db", self.data_dir)
         } else {

@@ -1,23 +1,106 @@
-//! The catalog and job tables (SQLite through sqlx).
-
-use std::str::FromStr;
+//! The database: one code path for SQLite (one machine) and PostgreSQL (a
+//! fleet of origins), through sqlx's Any driver.
+//!
+//! Queries are written once, in the SQL both databases share: `$1`-style
+//! parameters (SQLite reads them too), `ON CONFLICT … DO UPDATE`,
+//! `RETURNING`, integers as i64 and reals as f64. Where the two differ
+//! (full-text search) the caller branches on [`Backend`]. Each database has
+//! its own migrations, kept in step by number.
 
 use serde::Serialize;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
-use sqlx::{Row, SqlitePool};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::migrate::Migrator;
+use sqlx::{AnyPool, Executor, Row};
 
-/// Opens (creating if needed) the database and runs the migrations.
-pub(crate) async fn open(url: &str) -> anyhow::Result<SqlitePool> {
-    let opts = SqliteConnectOptions::from_str(url)?
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .busy_timeout(std::time::Duration::from_secs(5));
-    let pool = SqlitePoolOptions::new()
-        .max_connections(8)
-        .connect_with(opts)
-        .await?;
-    sqlx::migrate!("./migrations").run(&pool).await?;
-    Ok(pool)
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Which database is behind the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Backend {
+    /// One machine: a file, WAL journal.
+    Sqlite,
+    /// A fleet: several origins share it.
+    Postgres,
+}
+
+impl Backend {
+    /// The backend a URL names, if it is one we run on.
+    pub(crate) fn of_url(url: &str) -> Option<Backend> {
+        if url.starts_with("sqlite:") {
+            Some(Backend::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(Backend::Postgres)
+        } else {
+            None
+        }
+    }
+}
+
+/// The pool and what is behind it.
+#[derive(Clone)]
+pub(crate) struct Db {
+    pub(crate) pool: AnyPool,
+    pub(crate) backend: Backend,
+}
+
+impl Db {
+    /// Closes the pool.
+    pub(crate) async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Opens (creating a SQLite file if needed) the database and runs the migrations.
+pub(crate) async fn open(url: &str, max_connections: u32) -> anyhow::Result<Db> {
+    sqlx::any::install_default_drivers();
+    let Some(backend) = Backend::of_url(url) else {
+        anyhow::bail!("database_url: not a sqlite: or postgres:// URL");
+    };
+    let url = match backend {
+        Backend::Sqlite if !url.contains("mode=") => {
+            let sep = if url.contains('?') { '&' } else { '?' };
+            format!("{url}{sep}mode=rwc")
+        }
+        _ => url.to_string(),
+    };
+    let pool = AnyPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(std::time::Duration::from_secs(10))
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                if backend == Backend::Sqlite {
+                    // WAL lets readers run beside the writer; NORMAL sync is
+                    // durable across process crashes, which is what WAL needs.
+                    for pragma in [
+                        "PRAGMA journal_mode = WAL",
+                        "PRAGMA synchronous = NORMAL",
+                        "PRAGMA foreign_keys = ON",
+                        "PRAGMA busy_timeout = 5000",
+                    ] {
+                        conn.execute(pragma).await?;
+                    }
+                }
+                Ok(())
+            })
+        })
+        .connect(&url)
+        .await
+        .map_err(|e| anyhow::anyhow!("database: cannot connect ({})", redact_db_error(&e)))?;
+    let migrator = match backend {
+        Backend::Sqlite => &SQLITE_MIGRATIONS,
+        Backend::Postgres => &POSTGRES_MIGRATIONS,
+    };
+    migrator.run(&pool).await?;
+    Ok(Db { pool, backend })
+}
+
+/// A connection error without the URL (which may hold a password).
+fn redact_db_error(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Configuration(_) => "the URL is not valid".into(),
+        other => other.to_string(),
+    }
 }
 
 /// A title, as the API shows it.
@@ -70,25 +153,26 @@ fn now() -> i64 {
     cascade_serve::unix_now() as i64
 }
 
-/// Creates an asset and its job in one transaction.
+/// Creates an asset, its job and its movie title in one transaction.
 pub(crate) async fn create_asset_and_job(
-    pool: &SqlitePool,
+    db: &Db,
     asset: &str,
     job: &str,
     title: &str,
     source_kind: &str,
     source: &str,
+    meta: &crate::catalog::UploadMeta,
 ) -> sqlx::Result<()> {
-    let mut tx = pool.begin().await?;
+    let mut tx = db.pool.begin().await?;
     let t = now();
-    sqlx::query("INSERT INTO assets (id, title, status, created_at, updated_at) VALUES (?, ?, 'processing', ?, ?)")
+    sqlx::query("INSERT INTO assets (id, title, status, created_at, updated_at) VALUES ($1, $2, 'processing', $3, $4)")
         .bind(asset)
         .bind(title)
         .bind(t)
         .bind(t)
         .execute(&mut *tx)
         .await?;
-    sqlx::query("INSERT INTO jobs (id, asset_id, source_kind, source, state, created_at, updated_at) VALUES (?, ?, ?, ?, 'queued', ?, ?)")
+    sqlx::query("INSERT INTO jobs (id, asset_id, source_kind, source, state, created_at, updated_at) VALUES ($1, $2, $3, $4, 'queued', $5, $6)")
         .bind(job)
         .bind(asset)
         .bind(source_kind)
@@ -97,10 +181,11 @@ pub(crate) async fn create_asset_and_job(
         .bind(t)
         .execute(&mut *tx)
         .await?;
+    crate::catalog::insert_movie(&mut tx, db.backend, asset, meta, t).await?;
     tx.commit().await
 }
 
-fn asset_from_row(r: &sqlx::sqlite::SqliteRow) -> Asset {
+fn asset_from_row(r: &AnyRow) -> Asset {
     Asset {
         id: r.get("id"),
         title: r.get("title"),
@@ -124,23 +209,23 @@ fn split_codes(s: String) -> Vec<String> {
 
 /// Sets a title's country rules.
 pub(crate) async fn set_geo(
-    pool: &SqlitePool,
+    db: &Db,
     id: &str,
     rule: &cascade_geo::CountryRule,
 ) -> sqlx::Result<bool> {
     let r = sqlx::query(
-        "UPDATE assets SET allow_countries = ?, deny_countries = ?, updated_at = ? WHERE id = ?",
+        "UPDATE assets SET allow_countries = $1, deny_countries = $2, updated_at = $3 WHERE id = $4",
     )
     .bind(rule.allow.join(","))
     .bind(rule.deny.join(","))
     .bind(now())
     .bind(id)
-    .execute(pool)
+    .execute(&db.pool)
     .await?;
     Ok(r.rows_affected() > 0)
 }
 
-fn job_from_row(r: &sqlx::sqlite::SqliteRow) -> Job {
+fn job_from_row(r: &AnyRow) -> Job {
     Job {
         id: r.get("id"),
         asset: r.get("asset_id"),
@@ -156,101 +241,104 @@ fn job_from_row(r: &sqlx::sqlite::SqliteRow) -> Job {
 }
 
 /// All assets, newest first.
-pub(crate) async fn list_assets(pool: &SqlitePool) -> sqlx::Result<Vec<Asset>> {
+pub(crate) async fn list_assets(db: &Db) -> sqlx::Result<Vec<Asset>> {
     let rows = sqlx::query("SELECT * FROM assets ORDER BY created_at DESC, id LIMIT 1000")
-        .fetch_all(pool)
+        .fetch_all(&db.pool)
         .await?;
     Ok(rows.iter().map(asset_from_row).collect())
 }
 
 /// One asset.
-pub(crate) async fn get_asset(pool: &SqlitePool, id: &str) -> sqlx::Result<Option<Asset>> {
-    let row = sqlx::query("SELECT * FROM assets WHERE id = ?")
+pub(crate) async fn get_asset(db: &Db, id: &str) -> sqlx::Result<Option<Asset>> {
+    let row = sqlx::query("SELECT * FROM assets WHERE id = $1")
         .bind(id)
-        .fetch_optional(pool)
+        .fetch_optional(&db.pool)
         .await?;
     Ok(row.as_ref().map(asset_from_row))
 }
 
 /// One job.
-pub(crate) async fn get_job(pool: &SqlitePool, id: &str) -> sqlx::Result<Option<Job>> {
-    let row = sqlx::query("SELECT * FROM jobs WHERE id = ?")
+pub(crate) async fn get_job(db: &Db, id: &str) -> sqlx::Result<Option<Job>> {
+    let row = sqlx::query("SELECT * FROM jobs WHERE id = $1")
         .bind(id)
-        .fetch_optional(pool)
+        .fetch_optional(&db.pool)
         .await?;
     Ok(row.as_ref().map(job_from_row))
 }
 
 /// The newest job of an asset.
-pub(crate) async fn job_of_asset(pool: &SqlitePool, asset: &str) -> sqlx::Result<Option<Job>> {
-    let row = sqlx::query("SELECT * FROM jobs WHERE asset_id = ? ORDER BY created_at DESC LIMIT 1")
-        .bind(asset)
-        .fetch_optional(pool)
-        .await?;
+pub(crate) async fn job_of_asset(db: &Db, asset: &str) -> sqlx::Result<Option<Job>> {
+    let row =
+        sqlx::query("SELECT * FROM jobs WHERE asset_id = $1 ORDER BY created_at DESC LIMIT 1")
+            .bind(asset)
+            .fetch_optional(&db.pool)
+            .await?;
     Ok(row.as_ref().map(job_from_row))
 }
 
 /// Jobs waiting to run.
-pub(crate) async fn queued_jobs(pool: &SqlitePool) -> sqlx::Result<i64> {
+pub(crate) async fn queued_jobs(db: &Db) -> sqlx::Result<i64> {
     let row = sqlx::query("SELECT COUNT(*) AS n FROM jobs WHERE state = 'queued'")
-        .fetch_one(pool)
+        .fetch_one(&db.pool)
         .await?;
     Ok(row.get("n"))
 }
 
 /// Puts jobs left running by a crash or restart back in the queue.
-pub(crate) async fn requeue_interrupted(pool: &SqlitePool) -> sqlx::Result<u64> {
+pub(crate) async fn requeue_interrupted(db: &Db) -> sqlx::Result<u64> {
     let r = sqlx::query(
-        "UPDATE jobs SET state = 'queued', progress = 0, updated_at = ? WHERE state = 'running'",
+        "UPDATE jobs SET state = 'queued', progress = 0, updated_at = $1 WHERE state = 'running'",
     )
     .bind(now())
-    .execute(pool)
+    .execute(&db.pool)
     .await?;
     Ok(r.rows_affected())
 }
 
 /// Takes the oldest queued job and marks it running.
-pub(crate) async fn claim_next(pool: &SqlitePool) -> sqlx::Result<Option<Job>> {
+pub(crate) async fn claim_next(db: &Db) -> sqlx::Result<Option<Job>> {
     let row = sqlx::query(
-        "UPDATE jobs SET state = 'running', attempts = attempts + 1, updated_at = ?
+        "UPDATE jobs SET state = 'running', attempts = attempts + 1, updated_at = $1
          WHERE id = (SELECT id FROM jobs WHERE state = 'queued' ORDER BY created_at, id LIMIT 1)
          RETURNING *",
     )
     .bind(now())
-    .fetch_optional(pool)
+    .fetch_optional(&db.pool)
     .await?;
     Ok(row.as_ref().map(job_from_row))
 }
 
 /// Records progress.
-pub(crate) async fn set_progress(pool: &SqlitePool, job: &str, progress: f64) -> sqlx::Result<()> {
-    sqlx::query("UPDATE jobs SET progress = ?, updated_at = ? WHERE id = ? AND state = 'running'")
-        .bind(progress)
-        .bind(now())
-        .bind(job)
-        .execute(pool)
-        .await?;
+pub(crate) async fn set_progress(db: &Db, job: &str, progress: f64) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE jobs SET progress = $1, updated_at = $2 WHERE id = $3 AND state = 'running'",
+    )
+    .bind(progress)
+    .bind(now())
+    .bind(job)
+    .execute(&db.pool)
+    .await?;
     Ok(())
 }
 
 /// Marks a job done and its asset ready, together.
 pub(crate) async fn finish(
-    pool: &SqlitePool,
+    db: &Db,
     job: &Job,
     duration: f64,
     media_secs: f64,
     wall_secs: f64,
 ) -> sqlx::Result<()> {
-    let mut tx = pool.begin().await?;
+    let mut tx = db.pool.begin().await?;
     let t = now();
-    sqlx::query("UPDATE jobs SET state = 'done', progress = 1, media_secs = ?, wall_secs = ?, updated_at = ? WHERE id = ?")
+    sqlx::query("UPDATE jobs SET state = 'done', progress = 1, media_secs = $1, wall_secs = $2, updated_at = $3 WHERE id = $4")
         .bind(media_secs)
         .bind(wall_secs)
         .bind(t)
         .bind(&job.id)
         .execute(&mut *tx)
         .await?;
-    sqlx::query("UPDATE assets SET status = 'ready', duration = ?, error = NULL, updated_at = ? WHERE id = ?")
+    sqlx::query("UPDATE assets SET status = 'ready', duration = $1, error = NULL, updated_at = $2 WHERE id = $3")
         .bind(duration)
         .bind(t)
         .bind(&job.asset)
@@ -260,21 +348,16 @@ pub(crate) async fn finish(
 }
 
 /// Marks a job and its asset failed, together.
-pub(crate) async fn fail(
-    pool: &SqlitePool,
-    job: &str,
-    asset: &str,
-    reason: &str,
-) -> sqlx::Result<()> {
-    let mut tx = pool.begin().await?;
+pub(crate) async fn fail(db: &Db, job: &str, asset: &str, reason: &str) -> sqlx::Result<()> {
+    let mut tx = db.pool.begin().await?;
     let t = now();
-    sqlx::query("UPDATE jobs SET state = 'failed', error = ?, updated_at = ? WHERE id = ?")
+    sqlx::query("UPDATE jobs SET state = 'failed', error = $1, updated_at = $2 WHERE id = $3")
         .bind(reason)
         .bind(t)
         .bind(job)
         .execute(&mut *tx)
         .await?;
-    sqlx::query("UPDATE assets SET status = 'failed', error = ?, updated_at = ? WHERE id = ?")
+    sqlx::query("UPDATE assets SET status = 'failed', error = $1, updated_at = $2 WHERE id = $3")
         .bind(reason)
         .bind(t)
         .bind(asset)
@@ -284,20 +367,20 @@ pub(crate) async fn fail(
 }
 
 /// Reads a setting.
-pub(crate) async fn setting(pool: &SqlitePool, key: &str) -> sqlx::Result<Option<String>> {
-    let row = sqlx::query("SELECT value FROM settings WHERE key = ?")
+pub(crate) async fn setting(db: &Db, key: &str) -> sqlx::Result<Option<String>> {
+    let row = sqlx::query("SELECT value FROM settings WHERE key = $1")
         .bind(key)
-        .fetch_optional(pool)
+        .fetch_optional(&db.pool)
         .await?;
     Ok(row.map(|r| r.get("value")))
 }
 
 /// Writes a setting.
-pub(crate) async fn set_setting(pool: &SqlitePool, key: &str, value: &str) -> sqlx::Result<()> {
-    sqlx::query("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value")
+pub(crate) async fn set_setting(db: &Db, key: &str, value: &str) -> sqlx::Result<()> {
+    sqlx::query("INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT(key) DO UPDATE SET value = excluded.value")
         .bind(key)
         .bind(value)
-        .execute(pool)
+        .execute(&db.pool)
         .await?;
     Ok(())
 }

@@ -6,10 +6,16 @@
 
 #![warn(unreachable_pub)]
 
+mod accounts;
 mod api;
+mod apierr;
+mod billing;
+mod catalog;
 pub mod config;
 mod db;
 mod jobs;
+mod openapi;
+mod playback;
 mod store;
 pub mod transcode;
 mod web;
@@ -22,16 +28,24 @@ use std::sync::{Arc, Mutex};
 use cascade_serve::Metrics;
 use object_store::ObjectStore;
 use prometheus::{IntCounter, IntCounterVec, Opts};
-use sqlx::SqlitePool;
 use tokio::sync::Notify;
 
 pub use api::{app, parse_range, RangeRequest};
+pub use billing::sign_webhook;
 pub use config::OriginConfig;
+pub use openapi::openapi_json;
 
 /// Shared state of a running origin.
 pub struct State {
     cfg: OriginConfig,
-    db: SqlitePool,
+    db: db::Db,
+    /// Token signing and the login throttle.
+    accounts: accounts::Accounts,
+    /// Heartbeats waiting to be written.
+    heartbeats: playback::Heartbeats,
+    auth_events: IntCounterVec,
+    billing_events: IntCounterVec,
+    playback_results: IntCounterVec,
     store: Arc<dyn ObjectStore>,
     jobs_notify: Notify,
     /// Signs playback URLs; `None` when no key is configured.
@@ -95,6 +109,7 @@ pub struct Origin {
     stop: Arc<AtomicBool>,
     server: tokio::task::JoinHandle<()>,
     worker: tokio::task::JoinHandle<()>,
+    flusher: tokio::task::JoinHandle<()>,
     shutdown: tokio::sync::watch::Sender<bool>,
 }
 
@@ -125,6 +140,8 @@ impl Origin {
         let _ = self.shutdown.send(true);
         let _ = self.server.await;
         let _ = self.worker.await;
+        // The last heartbeats are written before the pool closes.
+        let _ = self.flusher.await;
         self.state.db.close().await;
     }
 }
@@ -133,7 +150,7 @@ impl Origin {
 pub async fn start(cfg: &OriginConfig) -> anyhow::Result<Origin> {
     transcode::init();
     std::fs::create_dir_all(&cfg.data_dir)?;
-    let db = db::open(&cfg.database_url()).await?;
+    let db = db::open(&cfg.database_url(), cfg.database_max_connections).await?;
     let store = store::open_local(&cfg.media_dir())?;
     let metrics = Metrics::new("origin");
     let metrics_jobs = IntCounterVec::new(
@@ -192,7 +209,34 @@ pub async fn start(cfg: &OriginConfig) -> anyhow::Result<Origin> {
         .iter()
         .filter_map(|c| c.parse().ok())
         .collect();
+    let counter = |name: &str, help: &str, label: &str| -> anyhow::Result<IntCounterVec> {
+        let c = IntCounterVec::new(Opts::new(name, help), &[label])?;
+        metrics.registry().register(Box::new(c.clone()))?;
+        Ok(c)
+    };
+    let auth_events = counter(
+        "origin_auth_events_total",
+        "Sign-ups, logins, refreshes and refusals",
+        "event",
+    )?;
+    let billing_events = counter(
+        "origin_billing_webhooks_total",
+        "Payment webhooks, by outcome",
+        "outcome",
+    )?;
+    let playback_results = counter(
+        "origin_playback_total",
+        "Playback API answers: started, or why not",
+        "result",
+    )?;
+    let heartbeats = playback::Heartbeats::new(cfg.history_buffer_max, metrics.registry())?;
+    let secret = jwt_secret(cfg, &db).await?;
     let state = Arc::new(State {
+        accounts: accounts::Accounts::new(&secret),
+        heartbeats,
+        auth_events,
+        billing_events,
+        playback_results,
         signer,
         geo,
         trusted,
@@ -214,6 +258,11 @@ pub async fn start(cfg: &OriginConfig) -> anyhow::Result<Origin> {
     let listener = tokio::net::TcpListener::bind(&cfg.listen).await?;
     let addr = listener.local_addr()?;
     let (tx, mut rx) = tokio::sync::watch::channel(false);
+    let flusher = tokio::spawn(playback::run_flusher(
+        state.clone(),
+        std::time::Duration::from_millis(cfg.history_flush_ms),
+        tx.subscribe(),
+    ));
     let router = app(state.clone());
     let server = tokio::spawn(async move {
         let service = router.into_make_service_with_connect_info::<SocketAddr>();
@@ -231,6 +280,7 @@ pub async fn start(cfg: &OriginConfig) -> anyhow::Result<Origin> {
         stop,
         server,
         worker,
+        flusher,
         shutdown: tx,
     })
 }
@@ -255,10 +305,82 @@ async fn ensure_samples(state: &Arc<State>) -> anyhow::Result<Vec<String>> {
     for (title, graph) in SAMPLES {
         let asset = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
         let job = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
-        db::create_asset_and_job(&state.db, &asset, &job, title, "lavfi", graph).await?;
+        let meta = catalog::UploadMeta {
+            name: title.to_string(),
+            synopsis: "An FFmpeg test source with a moving picture and a tone.".into(),
+            genres: vec!["sample".into()],
+            ..Default::default()
+        };
+        db::create_asset_and_job(&state.db, &asset, &job, title, "lavfi", graph, &meta).await?;
         ids.push(asset);
     }
     db::set_setting(&state.db, "samples", &ids.join(",")).await?;
     state.jobs_notify.notify_one();
     Ok(ids)
+}
+
+/// Unix seconds now.
+pub(crate) fn now() -> u64 {
+    cascade_serve::unix_now()
+}
+
+/// The secret that signs access and stream tokens: the configured one, or
+/// one made once and kept in the database so every origin of a fleet shares
+/// it.
+async fn jwt_secret(cfg: &OriginConfig, db: &db::Db) -> anyhow::Result<Vec<u8>> {
+    let configured = std::env::var("CASCADE_JWT_SECRET").unwrap_or_else(|_| cfg.jwt_secret.clone());
+    if !configured.is_empty() {
+        if configured.len() < 32 {
+            anyhow::bail!("jwt_secret: must be at least 32 characters");
+        }
+        return Ok(configured.into_bytes());
+    }
+    let mut raw = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw)
+        .map_err(|_| anyhow::anyhow!("no randomness for the token secret"))?;
+    let fresh: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    sqlx::query(
+        "INSERT INTO settings (key, value) VALUES ('jwt_secret', $1) ON CONFLICT (key) DO NOTHING",
+    )
+    .bind(&fresh)
+    .execute(&db.pool)
+    .await?;
+    let kept = db::setting(db, "jwt_secret")
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("the token secret was not kept"))?;
+    Ok(kept.into_bytes())
+}
+
+/// The viewer's address: the peer, or the address trusted proxies (the
+/// edges) forwarded.
+pub(crate) struct ClientIp(pub(crate) std::net::IpAddr);
+
+impl axum::extract::FromRequestParts<Arc<State>> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &Arc<State>,
+    ) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<SocketAddr>>()
+            .map_or(std::net::IpAddr::from([127, 0, 0, 1]), |c| c.0.ip());
+        let values = |name: &str| -> Vec<&str> {
+            parts
+                .headers
+                .get_all(name)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect()
+        };
+        let xff = values("x-forwarded-for");
+        let fwd = values("forwarded");
+        Ok(ClientIp(cascade_geo::client_ip(
+            peer,
+            &xff,
+            &fwd,
+            &state.trusted,
+        )))
+    }
 }

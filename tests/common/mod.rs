@@ -136,10 +136,45 @@ pub fn sign_for(asset: &str) -> String {
     )
 }
 
-/// Signed edge URLs from the origin's playback API: (HLS, DASH, token).
+/// Signs up a new viewer at the origin; answers an access token.
+pub async fn viewer(origin_url: &str) -> String {
+    let email = format!("viewer-{}@example.test", uuid_like());
+    let r: Value = client()
+        .post(format!("{origin_url}/api/v1/auth/signup"))
+        .json(&serde_json::json!({ "email": email, "password": "correct horse 42" }))
+        .send()
+        .await
+        .expect("sign-up request")
+        .json()
+        .await
+        .expect("sign-up JSON");
+    r["access_token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("an access token: {r}"))
+        .to_string()
+}
+
+/// A fresh random suffix.
+pub fn uuid_like() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!(
+        "{nanos:x}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Signed edge URLs from the origin's playback API, for a new viewer:
+/// (HLS, DASH, token).
 pub async fn playback(stack: &Stack, asset: &str) -> (String, String, String) {
+    let viewer = viewer(&stack.origin_url).await;
     let r: Value = client()
         .post(format!("{}/api/v1/playback/{asset}", stack.origin_url))
+        .bearer_auth(&viewer)
         .send()
         .await
         .expect("playback request")

@@ -1,6 +1,7 @@
 // Plays a title on the edge's web page in headless Chromium, first with
-// hls.js, then with dash.js, and fails unless each reaches 3 s of media time
-// with no player error. Prints the protocols the media came over.
+// hls.js, then with dash.js, and fails unless each plays 3 s of media with
+// no player error. Prints the protocols the media came over. It signs up
+// through the page first (a new random account) and picks the first profile.
 //
 //   node web/tests/play.mjs http://127.0.0.1:8080 ASSET_ID [screenshot.png]
 //
@@ -8,6 +9,7 @@
 // certificate's public key> node web/tests/play.mjs https://127.0.0.1:8443 ASSET_ID
 // (Chromium is told to use QUIC for that origin from the first request and
 // to accept that key.)
+import { randomBytes } from 'node:crypto';
 import { chromium } from 'playwright-core';
 
 const [base, asset, screenshot] = process.argv.slice(2);
@@ -36,23 +38,30 @@ try {
   await page.goto(base + '/', { waitUntil: 'load' });
   await page.evaluate(() => performance.setResourceTimingBufferSize(100000));
   const item = `li.title[data-id="${asset}"][data-status="ready"]`;
+  await signUp(page);
+  await pickProfile(page, item);
   await page.waitForSelector(item, { timeout: 30000 });
   for (const proto of ['hls', 'dash']) {
     await page.check(`input[name=proto][value=${proto}]`);
     await page.click(item);
+    // The second play resumes where the first stopped: count the 3 s from
+    // where this one started (state.resumed_from, null until the API answers).
     await page.waitForFunction(
       p => window.cascade.state.proto === p &&
-        (window.cascade.video.currentTime >= 3 || window.cascade.state.error),
+        (window.cascade.video.currentTime >= (window.cascade.state.resumed_from || 0) + 3 ||
+          window.cascade.state.error),
       proto, { timeout: 45000, polling: 100 });
     const r = await page.evaluate(() => ({
       t: window.cascade.video.currentTime,
+      from: window.cascade.state.resumed_from || 0,
       err: window.cascade.state.error,
     }));
-    if (r.err || r.t < 3) {
-      console.error(`${proto}: failed at ${r.t} s: ${r.err}`);
+    const played = r.t - r.from;
+    if (r.err || played < 3) {
+      console.error(`${proto}: failed at ${r.t} s (started at ${r.from} s): ${r.err}`);
       failed = true;
     } else {
-      console.log(`${proto}: played ${r.t.toFixed(2)} s of media with no error`);
+      console.log(`${proto}: played ${played.toFixed(2)} s of media with no error`);
     }
   }
   // Which protocols the media came over, from the browser's own timing.
@@ -78,3 +87,22 @@ try {
   await browser.close();
 }
 process.exit(failed ? 1 : 0);
+
+// Signs up through the page's form with a new random account.
+async function signUp(page) {
+  const email = `play-${randomBytes(6).toString('hex')}@example.test`;
+  await page.fill('#signup-email', email, { timeout: 30000 });
+  await page.fill('#signup-password', 'correct horse 42');
+  await page.fill('#signup-name', 'Play');
+  await page.click('#signup button[type=submit]');
+  await page.waitForSelector('#logout, #status.error', { timeout: 30000 });
+  if (!(await page.isVisible('#logout'))) {
+    throw new Error(`sign-up as ${email} failed: ${await page.textContent('#status')}`);
+  }
+}
+
+// Picks the first profile if the page asks who is watching.
+async function pickProfile(page, item) {
+  await page.waitForSelector(`button.profile, ${item}`, { timeout: 30000 });
+  if (await page.isVisible('button.profile')) await page.click('button.profile');
+}

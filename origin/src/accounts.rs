@@ -1,0 +1,857 @@
+//! Accounts: sign-up and login with argon2id, short-lived JWT access tokens,
+//! rotated refresh tokens with reuse detection, logout, login throttling per
+//! account (in the database, so a fleet shares it) and per address (in
+//! memory, per origin), and viewer profiles.
+
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::extract::{FromRequestParts, Path, State as AxState};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::Engine;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+use utoipa::ToSchema;
+
+use crate::apierr::{ApiError, ErrorBody, JsonBody};
+use crate::billing;
+use crate::db::Db;
+use crate::State;
+
+/// Profiles one account may have.
+pub(crate) const MAX_PROFILES: i64 = 5;
+
+/// What a signed token is for; a token of one kind is refused as another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum TokenKind {
+    /// Calls the API as a user.
+    Access,
+    /// Reports the position of one stream.
+    Stream,
+}
+
+/// The claims of our JWTs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Claims {
+    /// The user id.
+    pub(crate) sub: String,
+    pub(crate) typ: TokenKind,
+    pub(crate) iat: u64,
+    pub(crate) exp: u64,
+    /// Stream tokens: the stream, profile and asset they report for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) sid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) pid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) aid: Option<String>,
+}
+
+/// Why a token was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TokenError {
+    /// Past its `exp`.
+    Expired,
+    /// Forged, malformed, or of another kind.
+    Invalid,
+}
+
+/// Signing keys and the per-address login throttle.
+pub(crate) struct Accounts {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    per_address: moka::sync::Cache<IpAddr, Arc<Mutex<Window>>>,
+}
+
+/// A fixed one-minute window of attempts from one address.
+struct Window {
+    started: Instant,
+    attempts: u32,
+}
+
+impl Accounts {
+    pub(crate) fn new(secret: &[u8]) -> Accounts {
+        Accounts {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            per_address: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(60))
+                .build(),
+        }
+    }
+
+    /// Signs claims (HS256).
+    pub(crate) fn sign(&self, claims: &Claims) -> String {
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &self.encoding)
+            .unwrap_or_default()
+    }
+
+    /// Checks a token's signature, expiry and kind.
+    pub(crate) fn verify(&self, token: &str, kind: TokenKind) -> Result<Claims, TokenError> {
+        let mut v = Validation::new(Algorithm::HS256);
+        v.leeway = 5;
+        v.set_required_spec_claims(&["exp", "sub"]);
+        match jsonwebtoken::decode::<Claims>(token, &self.decoding, &v) {
+            Ok(t) if t.claims.typ == kind => Ok(t.claims),
+            Ok(_) => Err(TokenError::Invalid),
+            Err(e) if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::ExpiredSignature) => {
+                Err(TokenError::Expired)
+            }
+            Err(_) => Err(TokenError::Invalid),
+        }
+    }
+
+    /// Counts an attempt from `ip`; `Err(seconds)` when it is over the limit.
+    fn throttle(&self, ip: IpAddr, per_minute: u32) -> Result<(), u64> {
+        let w = self.per_address.get_with(ip, || {
+            Arc::new(Mutex::new(Window {
+                started: Instant::now(),
+                attempts: 0,
+            }))
+        });
+        let Ok(mut w) = w.lock() else {
+            return Ok(());
+        };
+        if w.started.elapsed() >= Duration::from_secs(60) {
+            w.started = Instant::now();
+            w.attempts = 0;
+        }
+        w.attempts += 1;
+        if w.attempts > per_minute {
+            Err(60u64.saturating_sub(w.started.elapsed().as_secs()))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// An access token for `user`, valid `ttl` seconds from `now`.
+pub(crate) fn access_claims(user: &str, now: u64, ttl: u64) -> Claims {
+    Claims {
+        sub: user.to_string(),
+        typ: TokenKind::Access,
+        iat: now,
+        exp: now + ttl,
+        sid: None,
+        pid: None,
+        aid: None,
+    }
+}
+
+/// An argon2id PHC string for a password (OWASP's parameters: 19 MiB, 2 passes).
+pub(crate) fn hash_password(password: &str) -> Result<String, argon2::password_hash::Error> {
+    use argon2::password_hash::{rand_core::OsRng, PasswordHasher, SaltString};
+    let salt = SaltString::generate(&mut OsRng);
+    Ok(argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)?
+        .to_string())
+}
+
+/// Whether a password matches a stored hash.
+pub(crate) fn verify_password(hash: &str, password: &str) -> bool {
+    use argon2::password_hash::{PasswordHash, PasswordVerifier};
+    PasswordHash::new(hash).is_ok_and(|h| {
+        argon2::Argon2::default()
+            .verify_password(password.as_bytes(), &h)
+            .is_ok()
+    })
+}
+
+/// A hash to check against when the email is unknown, so an unknown
+/// account takes as long to refuse as a wrong password.
+fn decoy_hash() -> &'static str {
+    static DECOY: OnceLock<String> = OnceLock::new();
+    DECOY.get_or_init(|| hash_password("decoy password, never valid").unwrap_or_default())
+}
+
+/// A new refresh token and the digest stored for it.
+pub(crate) fn new_refresh_token() -> (String, String) {
+    let mut raw = [0u8; 32];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw);
+    let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+    let digest = token_digest(&token);
+    (token, digest)
+}
+
+/// The stored form of a refresh token: its SHA-256, hex.
+pub(crate) fn token_digest(token: &str) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A normalised email, or why it is not one.
+pub(crate) fn parse_email(raw: &str) -> Result<String, ApiError> {
+    let e = raw.trim().to_lowercase();
+    let bad = || ApiError::bad_request("bad_email", "that is not an email address");
+    if e.len() > 254 || e.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(bad());
+    }
+    let (local, domain) = e.split_once('@').ok_or_else(bad)?;
+    if local.is_empty() || domain.contains('@') || !domain.contains('.') || domain.ends_with('.') {
+        return Err(bad());
+    }
+    Ok(e)
+}
+
+fn check_password(p: &str) -> Result<(), ApiError> {
+    let n = p.chars().count();
+    if !(8..=256).contains(&n) {
+        return Err(ApiError::bad_request(
+            "weak_password",
+            "passwords must be 8 to 256 characters",
+        ));
+    }
+    Ok(())
+}
+
+/// A profile name: 1 to 40 printable characters.
+fn parse_profile_name(raw: &str) -> Result<String, ApiError> {
+    let n = raw.trim();
+    if n.is_empty() || n.chars().count() > 40 || n.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(
+            "bad_name",
+            "profile names are 1 to 40 printable characters",
+        ));
+    }
+    Ok(n.to_string())
+}
+
+pub(crate) fn new_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+// ---- the logged-in viewer --------------------------------------------------
+
+/// The user an access token names; handlers that take it need a login.
+pub(crate) struct Viewer {
+    pub(crate) user: String,
+}
+
+impl FromRequestParts<Arc<State>> for Viewer {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<State>) -> Result<Self, ApiError> {
+        let token = bearer(parts).ok_or_else(ApiError::unauthorized)?;
+        match state.accounts.verify(token, TokenKind::Access) {
+            Ok(c) => Ok(Viewer { user: c.sub }),
+            Err(TokenError::Expired) => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "token_expired",
+                "the access token has expired; refresh it",
+            )),
+            Err(TokenError::Invalid) => Err(ApiError::unauthorized()),
+        }
+    }
+}
+
+/// A viewer if a valid access token came, else none (for pages that show
+/// more to a logged-in viewer).
+pub(crate) struct MaybeViewer(pub(crate) Option<Viewer>);
+
+impl FromRequestParts<Arc<State>> for MaybeViewer {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<State>) -> Result<Self, ApiError> {
+        Ok(MaybeViewer(
+            Viewer::from_request_parts(parts, state).await.ok(),
+        ))
+    }
+}
+
+pub(crate) fn bearer(parts: &Parts) -> Option<&str> {
+    parts
+        .headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && t.len() <= 4096)
+}
+
+// ---- API types ---------------------------------------------------------------
+
+/// `POST /api/v1/auth/signup`.
+#[derive(Deserialize, ToSchema)]
+pub(crate) struct SignupRequest {
+    email: String,
+    /// 8 to 256 characters.
+    password: String,
+    /// The first profile's name; the part of the email before `@` if absent.
+    #[serde(default)]
+    name: Option<String>,
+}
+
+/// `POST /api/v1/auth/login`.
+#[derive(Deserialize, ToSchema)]
+pub(crate) struct LoginRequest {
+    email: String,
+    password: String,
+}
+
+/// `POST /api/v1/auth/refresh` and `/logout`.
+#[derive(Deserialize, ToSchema)]
+pub(crate) struct RefreshRequest {
+    refresh_token: String,
+}
+
+/// A viewer profile: its own history and continue-watching rail.
+#[derive(Serialize, ToSchema, Clone)]
+pub(crate) struct Profile {
+    pub(crate) id: String,
+    pub(crate) name: String,
+}
+
+/// An account.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct User {
+    id: String,
+    email: String,
+    /// `free` or `premium`.
+    plan: String,
+    /// Streams the plan allows at once.
+    max_streams: i64,
+    profiles: Vec<Profile>,
+    /// The paid subscription, if any.
+    subscription: Option<billing::SubscriptionView>,
+}
+
+/// What login, sign-up and refresh answer.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Session {
+    access_token: String,
+    /// Always `Bearer`.
+    token_type: &'static str,
+    /// Seconds the access token lives.
+    expires_in: u64,
+    /// Single use: each refresh answers a new one.
+    refresh_token: String,
+    refresh_expires_in: u64,
+    user: User,
+}
+
+/// `POST /api/v1/profiles`.
+#[derive(Deserialize, ToSchema)]
+pub(crate) struct NewProfile {
+    name: String,
+}
+
+/// A list of profiles.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Profiles {
+    profiles: Vec<Profile>,
+}
+
+// ---- handlers -------------------------------------------------------------------
+
+fn throttle(state: &State, ip: IpAddr) -> Result<(), ApiError> {
+    state
+        .accounts
+        .throttle(ip, state.cfg.login_attempts_per_minute)
+        .map_err(|wait| {
+            state.auth_events.with_label_values(&["rate_limited"]).inc();
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many attempts from your address; wait a minute",
+            )
+            .retry_after(wait)
+        })
+}
+
+/// Sign up: an account with one profile, logged in.
+#[utoipa::path(post, path = "/api/v1/auth/signup", tag = "session", request_body = SignupRequest,
+    responses((status = 201, body = Session), (status = 400, body = ErrorBody),
+              (status = 409, description = "email_taken", body = ErrorBody),
+              (status = 429, description = "rate_limited", body = ErrorBody)))]
+pub(crate) async fn signup(
+    AxState(state): AxState<Arc<State>>,
+    crate::ClientIp(ip): crate::ClientIp,
+    JsonBody(req): JsonBody<SignupRequest>,
+) -> Result<Response, ApiError> {
+    throttle(&state, ip)?;
+    let email = parse_email(&req.email)?;
+    check_password(&req.password)?;
+    let name = match req.name.as_deref().map(str::trim).filter(|n| !n.is_empty()) {
+        Some(n) => parse_profile_name(n)?,
+        None => parse_profile_name(email.split('@').next().unwrap_or("me"))
+            .unwrap_or_else(|_| "Me".into()),
+    };
+    let password = req.password;
+    let hash = tokio::task::spawn_blocking(move || hash_password(&password))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "could not hash",
+            )
+        })?;
+    let now = crate::now();
+    let user = new_id();
+    let mut tx = state.db.pool.begin().await?;
+    let inserted = sqlx::query(
+        "INSERT INTO users (id, email, password_hash, created_at) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (email) DO NOTHING",
+    )
+    .bind(&user)
+    .bind(&email)
+    .bind(&hash)
+    .bind(now as i64)
+    .execute(&mut *tx)
+    .await?;
+    if inserted.rows_affected() == 0 {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "email_taken",
+            "an account with that email exists; log in instead",
+        ));
+    }
+    sqlx::query("INSERT INTO profiles (id, user_id, name, created_at) VALUES ($1, $2, $3, $4)")
+        .bind(new_id())
+        .bind(&user)
+        .bind(&name)
+        .bind(now as i64)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    state.auth_events.with_label_values(&["signup"]).inc();
+    let session = start_session(&state, &user, None).await?;
+    Ok((StatusCode::CREATED, no_store(Json(session))).into_response())
+}
+
+/// Log in. Five wrong passwords in a row lock the account for a while.
+#[utoipa::path(post, path = "/api/v1/auth/login", tag = "session", request_body = LoginRequest,
+    responses((status = 200, body = Session),
+              (status = 401, description = "bad_credentials", body = ErrorBody),
+              (status = 429, description = "account_locked or rate_limited, with Retry-After", body = ErrorBody)))]
+pub(crate) async fn login(
+    AxState(state): AxState<Arc<State>>,
+    crate::ClientIp(ip): crate::ClientIp,
+    JsonBody(req): JsonBody<LoginRequest>,
+) -> Result<Response, ApiError> {
+    throttle(&state, ip)?;
+    let bad = || {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "bad_credentials",
+            "wrong email or password",
+        )
+    };
+    let email = parse_email(&req.email).map_err(|_| bad())?;
+    let now = crate::now() as i64;
+    let row = sqlx::query("SELECT id, password_hash, locked_until FROM users WHERE email = $1")
+        .bind(&email)
+        .fetch_optional(&state.db.pool)
+        .await?;
+    let (user, hash, locked_until) = match &row {
+        Some(r) => (
+            Some(r.try_get::<String, _>("id")?),
+            r.try_get::<String, _>("password_hash")?,
+            r.try_get::<i64, _>("locked_until")?,
+        ),
+        None => (None, decoy_hash().to_string(), 0),
+    };
+    if locked_until > now {
+        state.auth_events.with_label_values(&["locked"]).inc();
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "account_locked",
+            "too many wrong passwords; the account is locked for a while",
+        )
+        .retry_after((locked_until - now) as u64));
+    }
+    let password = req.password;
+    let ok = tokio::task::spawn_blocking(move || verify_password(&hash, &password))
+        .await
+        .unwrap_or(false);
+    let Some(user) = user else {
+        state.auth_events.with_label_values(&["failed"]).inc();
+        return Err(bad());
+    };
+    if !ok {
+        state.auth_events.with_label_values(&["failed"]).inc();
+        // The count and the lock move together: the failure that reaches the
+        // limit locks the account and starts the count again.
+        let max = i64::from(state.cfg.login_max_failures);
+        let until = now + state.cfg.login_lockout_secs as i64;
+        sqlx::query(
+            "UPDATE users SET
+                locked_until = CASE WHEN failed_logins + 1 >= $1 THEN $2 ELSE locked_until END,
+                failed_logins = CASE WHEN failed_logins + 1 >= $1 THEN 0 ELSE failed_logins + 1 END
+             WHERE id = $3",
+        )
+        .bind(max)
+        .bind(until)
+        .bind(&user)
+        .execute(&state.db.pool)
+        .await?;
+        return Err(bad());
+    }
+    sqlx::query("UPDATE users SET failed_logins = 0 WHERE id = $1")
+        .bind(&user)
+        .execute(&state.db.pool)
+        .await?;
+    state.auth_events.with_label_values(&["login"]).inc();
+    let session = start_session(&state, &user, None).await?;
+    Ok(no_store(Json(session)).into_response())
+}
+
+/// Trade a refresh token for a new session. The old token dies; using it
+/// again revokes every token of its login.
+#[utoipa::path(post, path = "/api/v1/auth/refresh", tag = "session", request_body = RefreshRequest,
+    responses((status = 200, body = Session),
+              (status = 401, description = "invalid_refresh or refresh_reused", body = ErrorBody)))]
+pub(crate) async fn refresh(
+    AxState(state): AxState<Arc<State>>,
+    JsonBody(req): JsonBody<RefreshRequest>,
+) -> Result<Response, ApiError> {
+    let invalid = || {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_refresh",
+            "the refresh token is not valid; log in again",
+        )
+    };
+    if req.refresh_token.len() > 256 {
+        return Err(invalid());
+    }
+    let digest = token_digest(&req.refresh_token);
+    let now = crate::now() as i64;
+    let row = sqlx::query(
+        "SELECT family, user_id, expires_at, rotated_at, revoked_at FROM refresh_tokens WHERE digest = $1",
+    )
+    .bind(&digest)
+    .fetch_optional(&state.db.pool)
+    .await?
+    .ok_or_else(invalid)?;
+    let family: String = row.try_get("family")?;
+    let user: String = row.try_get("user_id")?;
+    let expires_at: i64 = row.try_get("expires_at")?;
+    let rotated: Option<i64> = row.try_get("rotated_at")?;
+    let revoked: Option<i64> = row.try_get("revoked_at")?;
+    if revoked.is_some() || expires_at <= now {
+        return Err(invalid());
+    }
+    if rotated.is_some() {
+        revoke_family(&state.db, &family, now).await?;
+        state
+            .auth_events
+            .with_label_values(&["refresh_reused"])
+            .inc();
+        tracing::warn!(
+            user,
+            "a rotated refresh token was presented again: its login is revoked"
+        );
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "refresh_reused",
+            "this refresh token was already used; the session is revoked, log in again",
+        ));
+    }
+    // Rotate: only one of two racing refreshes wins the row.
+    let won = sqlx::query(
+        "UPDATE refresh_tokens SET rotated_at = $1 WHERE digest = $2 AND rotated_at IS NULL AND revoked_at IS NULL",
+    )
+    .bind(now)
+    .bind(&digest)
+    .execute(&state.db.pool)
+    .await?;
+    if won.rows_affected() != 1 {
+        return Err(invalid());
+    }
+    state.auth_events.with_label_values(&["refresh"]).inc();
+    let session = start_session(&state, &user, Some(&family)).await?;
+    Ok(no_store(Json(session)).into_response())
+}
+
+/// Log out: the refresh token and every token rotated from the same login die.
+#[utoipa::path(post, path = "/api/v1/auth/logout", tag = "session", request_body = RefreshRequest,
+    responses((status = 204, description = "logged out (also for an unknown token)")))]
+pub(crate) async fn logout(
+    AxState(state): AxState<Arc<State>>,
+    JsonBody(req): JsonBody<RefreshRequest>,
+) -> Result<StatusCode, ApiError> {
+    if req.refresh_token.len() <= 256 {
+        let row = sqlx::query("SELECT family FROM refresh_tokens WHERE digest = $1")
+            .bind(token_digest(&req.refresh_token))
+            .fetch_optional(&state.db.pool)
+            .await?;
+        if let Some(r) = row {
+            let family: String = r.try_get("family")?;
+            revoke_family(&state.db, &family, crate::now() as i64).await?;
+        }
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The logged-in account.
+#[utoipa::path(get, path = "/api/v1/me", tag = "session", security(("bearer" = [])),
+    responses((status = 200, body = User), (status = 401, body = ErrorBody)))]
+pub(crate) async fn me(
+    AxState(state): AxState<Arc<State>>,
+    viewer: Viewer,
+) -> Result<Response, ApiError> {
+    Ok(no_store(Json(user_view(&state, &viewer.user).await?)).into_response())
+}
+
+/// The account's profiles.
+#[utoipa::path(get, path = "/api/v1/profiles", tag = "profiles", security(("bearer" = [])),
+    responses((status = 200, body = Profiles), (status = 401, body = ErrorBody)))]
+pub(crate) async fn list_profiles(
+    AxState(state): AxState<Arc<State>>,
+    viewer: Viewer,
+) -> Result<Response, ApiError> {
+    let profiles = profiles_of(&state.db, &viewer.user).await?;
+    Ok(no_store(Json(Profiles { profiles })).into_response())
+}
+
+/// Add a profile (at most five per account).
+#[utoipa::path(post, path = "/api/v1/profiles", tag = "profiles", security(("bearer" = [])),
+    request_body = NewProfile,
+    responses((status = 201, body = Profile), (status = 400, body = ErrorBody),
+              (status = 409, description = "too_many_profiles or name_taken", body = ErrorBody)))]
+pub(crate) async fn create_profile(
+    AxState(state): AxState<Arc<State>>,
+    viewer: Viewer,
+    JsonBody(req): JsonBody<NewProfile>,
+) -> Result<Response, ApiError> {
+    let name = parse_profile_name(&req.name)?;
+    let id = new_id();
+    // Insert only while under the limit, in one statement.
+    let r = sqlx::query(
+        "INSERT INTO profiles (id, user_id, name, created_at)
+         SELECT $1, $2, $3, $4 WHERE (SELECT COUNT(*) FROM profiles WHERE user_id = $2) < $5
+         ON CONFLICT (user_id, name) DO NOTHING",
+    )
+    .bind(&id)
+    .bind(&viewer.user)
+    .bind(&name)
+    .bind(crate::now() as i64)
+    .bind(MAX_PROFILES)
+    .execute(&state.db.pool)
+    .await?;
+    if r.rows_affected() == 0 {
+        let n = profiles_of(&state.db, &viewer.user).await?;
+        return Err(if n.iter().any(|p| p.name == name) {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "name_taken",
+                "a profile has that name",
+            )
+        } else {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "too_many_profiles",
+                format!("an account has at most {MAX_PROFILES} profiles"),
+            )
+        });
+    }
+    Ok((StatusCode::CREATED, Json(Profile { id, name })).into_response())
+}
+
+/// Delete a profile and its history (not the last one).
+#[utoipa::path(delete, path = "/api/v1/profiles/{id}", tag = "profiles", security(("bearer" = [])),
+    params(("id" = String, Path, description = "profile id")),
+    responses((status = 204), (status = 404, body = ErrorBody),
+              (status = 409, description = "last_profile", body = ErrorBody)))]
+pub(crate) async fn delete_profile(
+    AxState(state): AxState<Arc<State>>,
+    viewer: Viewer,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let profiles = profiles_of(&state.db, &viewer.user).await?;
+    if !profiles.iter().any(|p| p.id == id) {
+        return Err(ApiError::not_found("profile"));
+    }
+    if profiles.len() == 1 {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "last_profile",
+            "an account keeps at least one profile",
+        ));
+    }
+    let mut tx = state.db.pool.begin().await?;
+    sqlx::query("DELETE FROM watch_history WHERE profile_id = $1")
+        .bind(&id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM profiles WHERE id = $1 AND user_id = $2")
+        .bind(&id)
+        .bind(&viewer.user)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- helpers ----------------------------------------------------------------------
+
+fn no_store<T: IntoResponse>(body: T) -> Response {
+    ([(header::CACHE_CONTROL, "no-store")], body).into_response()
+}
+
+/// The profiles of an account, oldest first.
+pub(crate) async fn profiles_of(db: &Db, user: &str) -> Result<Vec<Profile>, ApiError> {
+    let rows =
+        sqlx::query("SELECT id, name FROM profiles WHERE user_id = $1 ORDER BY created_at, id")
+            .bind(user)
+            .fetch_all(&db.pool)
+            .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Profile {
+                id: r.try_get("id")?,
+                name: r.try_get("name")?,
+            })
+        })
+        .collect()
+}
+
+/// Whether a profile belongs to a user.
+pub(crate) async fn owns_profile(db: &Db, user: &str, profile: &str) -> Result<bool, ApiError> {
+    Ok(
+        sqlx::query("SELECT 1 AS one FROM profiles WHERE id = $1 AND user_id = $2")
+            .bind(profile)
+            .bind(user)
+            .fetch_optional(&db.pool)
+            .await?
+            .is_some(),
+    )
+}
+
+async fn user_view(state: &State, user: &str) -> Result<User, ApiError> {
+    let row = sqlx::query("SELECT email FROM users WHERE id = $1")
+        .bind(user)
+        .fetch_optional(&state.db.pool)
+        .await?
+        .ok_or_else(ApiError::unauthorized)?;
+    let now = crate::now();
+    let plan = billing::plan_of(&state.db, user, now).await?;
+    Ok(User {
+        id: user.to_string(),
+        email: row.try_get("email")?,
+        plan: plan.id.clone(),
+        max_streams: plan.max_streams,
+        profiles: profiles_of(&state.db, user).await?,
+        subscription: billing::subscription_of(&state.db, user).await?,
+    })
+}
+
+/// New tokens for a user: a new login family, or the next token of one.
+async fn start_session(
+    state: &State,
+    user: &str,
+    family: Option<&str>,
+) -> Result<Session, ApiError> {
+    let now = crate::now();
+    let access = state
+        .accounts
+        .sign(&access_claims(user, now, state.cfg.access_token_ttl_secs));
+    let (refresh_token, digest) = new_refresh_token();
+    let family = family.map_or_else(new_id, str::to_string);
+    sqlx::query(
+        "INSERT INTO refresh_tokens (digest, family, user_id, expires_at, created_at) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(&digest)
+    .bind(&family)
+    .bind(user)
+    .bind((now + state.cfg.refresh_token_ttl_secs) as i64)
+    .bind(now as i64)
+    .execute(&state.db.pool)
+    .await?;
+    // Rotated tokens are only kept to detect reuse while they could still be valid.
+    sqlx::query("DELETE FROM refresh_tokens WHERE user_id = $1 AND expires_at < $2")
+        .bind(user)
+        .bind(now as i64)
+        .execute(&state.db.pool)
+        .await?;
+    Ok(Session {
+        access_token: access,
+        token_type: "Bearer",
+        expires_in: state.cfg.access_token_ttl_secs,
+        refresh_token,
+        refresh_expires_in: state.cfg.refresh_token_ttl_secs,
+        user: user_view(state, user).await?,
+    })
+}
+
+async fn revoke_family(db: &Db, family: &str, now: i64) -> Result<(), ApiError> {
+    sqlx::query(
+        "UPDATE refresh_tokens SET revoked_at = $1 WHERE family = $2 AND revoked_at IS NULL",
+    )
+    .bind(now)
+    .bind(family)
+    .execute(&db.pool)
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_hash_and_verify() {
+        let h = hash_password("correct horse").unwrap();
+        assert!(h.starts_with("$argon2id$"), "{h}");
+        assert!(verify_password(&h, "correct horse"));
+        assert!(!verify_password(&h, "correct horsf"));
+        assert!(!verify_password("not a hash", "x"));
+    }
+
+    #[test]
+    fn tokens_check_signature_expiry_and_kind() {
+        let a = Accounts::new(b"0123456789abcdef0123456789abcdef");
+        let now = crate::now();
+        let t = a.sign(&access_claims("u1", now, 60));
+        assert_eq!(a.verify(&t, TokenKind::Access).unwrap().sub, "u1");
+        assert_eq!(
+            a.verify(&t, TokenKind::Stream).unwrap_err(),
+            TokenError::Invalid
+        );
+        let old = a.sign(&access_claims("u1", now - 7200, 60));
+        assert_eq!(
+            a.verify(&old, TokenKind::Access).unwrap_err(),
+            TokenError::Expired
+        );
+        let other = Accounts::new(b"another secret, another secret!!");
+        assert_eq!(
+            other.verify(&t, TokenKind::Access).unwrap_err(),
+            TokenError::Invalid
+        );
+        let mut forged = t.clone();
+        forged.pop();
+        assert_eq!(
+            a.verify(&forged, TokenKind::Access).unwrap_err(),
+            TokenError::Invalid
+        );
+    }
+
+    #[test]
+    fn emails_are_normalised_or_refused() {
+        assert_eq!(parse_email(" A@Example.COM ").unwrap(), "a@example.com");
+        for bad in ["", "a", "a@b", "@b.c", "a@b@c.d", "a b@c.d", "a@b."] {
+            assert!(parse_email(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn refresh_tokens_are_random_and_stored_as_digests() {
+        let (t1, d1) = new_refresh_token();
+        let (t2, _) = new_refresh_token();
+        assert_ne!(t1, t2);
+        assert_eq!(token_digest(&t1), d1);
+        assert_eq!(d1.len(), 64);
+        assert!(!d1.contains(&t1));
+    }
+}

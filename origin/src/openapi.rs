@@ -1,0 +1,77 @@
+//! The viewer API's OpenAPI document, generated from the handlers'
+//! annotations, served at `/api/v1/openapi.json`.
+
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use utoipa::OpenApi;
+
+use crate::{accounts, apierr, billing, catalog, playback};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Cascade viewer API",
+        description = "Accounts, profiles, the catalog, subscriptions, playback and watch history. \
+            Errors are JSON: {\"error\": code, \"message\": text}, sometimes with details."
+    ),
+    paths(
+        accounts::signup, accounts::login, accounts::refresh, accounts::logout, accounts::me,
+        accounts::list_profiles, accounts::create_profile, accounts::delete_profile,
+        catalog::list, catalog::get_title, catalog::browse, catalog::artwork,
+        catalog::create, catalog::update, catalog::delete, catalog::put_artwork,
+        billing::plans, billing::webhook,
+        playback::playback, playback::heartbeat, playback::stop, playback::history,
+    ),
+    components(schemas(apierr::ErrorBody)),
+    modifiers(&Security),
+    tags(
+        (name = "session", description = "Sign-up, login, refresh, logout"),
+        (name = "profiles", description = "Viewer profiles of an account"),
+        (name = "catalog", description = "Browse, search and read titles"),
+        (name = "playback", description = "Start streams, heartbeats, watch history"),
+        (name = "billing", description = "Plans and the payment webhook"),
+        (name = "admin", description = "Catalog editing (the admin credential)"),
+    )
+)]
+struct ViewerApi;
+
+struct Security;
+
+impl utoipa::Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        for (name, what) in [
+            ("bearer", "An access token from login, sign-up or refresh"),
+            ("stream", "The heartbeat_token of a stream"),
+            ("admin", "The origin's admin_token"),
+        ] {
+            components.add_security_scheme(
+                name,
+                SecurityScheme::Http(
+                    HttpBuilder::new()
+                        .scheme(HttpAuthScheme::Bearer)
+                        .description(Some(what))
+                        .build(),
+                ),
+            );
+        }
+    }
+}
+
+/// The document as JSON.
+pub fn openapi_json() -> String {
+    ViewerApi::openapi().to_pretty_json().unwrap_or_default()
+}
+
+/// `GET /api/v1/openapi.json`.
+pub(crate) async fn serve() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "public, max-age=300"),
+        ],
+        openapi_json(),
+    )
+        .into_response()
+}

@@ -1,0 +1,862 @@
+//! Playback: the playback API (login, availability, geo, entitlement and
+//! the concurrent-stream limit, then signed edge URLs and the resume
+//! position), stream heartbeats, and watch history.
+//!
+//! Heartbeats are batched: each is folded into an in-memory map (one entry
+//! per profile and title, one per stream) that a flusher writes every
+//! `history_flush_ms` as multi-row upserts in one transaction. Thousands of
+//! viewers a second cost a few statements a second. Reads of this origin see
+//! the unflushed entries too; other origins of a fleet see them after the
+//! next flush.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State as AxState};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sqlx::Row;
+use utoipa::{IntoParams, ToSchema};
+
+use crate::accounts::{self, Claims, TokenError, TokenKind, Viewer};
+use crate::apierr::{ApiError, ErrorBody, JsonBody};
+use crate::catalog::{self, TitleCard};
+use crate::db::{self, Db};
+use crate::State;
+
+/// Rows per multi-row statement when flushing.
+const FLUSH_CHUNK: usize = 400;
+
+/// `POST /api/v1/playback/{asset}`.
+#[derive(Deserialize, ToSchema, Default)]
+pub(crate) struct PlaybackRequest {
+    /// The profile watching; the account's first if absent.
+    #[serde(default)]
+    profile_id: Option<String>,
+    /// A stable id of the device (1 to 64 of A-Z a-z 0-9 - _). A device
+    /// starting again replaces its own stream instead of taking a new slot.
+    #[serde(default)]
+    device_id: Option<String>,
+}
+
+/// Where and how a player reports its position.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct StreamInfo {
+    id: String,
+    /// Bearer credential for the heartbeat and stop calls of this stream.
+    heartbeat_token: String,
+    heartbeat_interval_secs: u64,
+    /// The slot frees itself when no heartbeat comes for this long.
+    slot_secs: u64,
+}
+
+/// What the playback API answers.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct PlaybackAnswer {
+    asset: String,
+    /// The catalog title it plays.
+    title_id: Option<String>,
+    title: String,
+    /// Signed edge URL of the HLS multivariant playlist.
+    hls: String,
+    /// Signed edge URL of the DASH MPD.
+    dash: String,
+    token: String,
+    token_name: String,
+    /// Unix seconds when the URLs stop working.
+    expires: u64,
+    /// Seconds into the title to start from (0: the beginning).
+    resume_position: f64,
+    /// Whether the plan plays ads.
+    ads: bool,
+    stream: StreamInfo,
+}
+
+/// A heartbeat or stop.
+#[derive(Deserialize, ToSchema)]
+pub(crate) struct Beat {
+    /// Seconds into the title.
+    position: f64,
+    /// The title's length in seconds, if the player knows it.
+    #[serde(default)]
+    duration: Option<f64>,
+}
+
+/// One row of watch history.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct HistoryItem {
+    asset: String,
+    position: f64,
+    duration: Option<f64>,
+    updated_at: i64,
+    title: Option<TitleCard>,
+}
+
+/// A profile's history, newest first.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct History {
+    items: Vec<HistoryItem>,
+}
+
+/// `GET /api/v1/history` parameters.
+#[derive(Deserialize, IntoParams)]
+pub(crate) struct HistoryQuery {
+    /// The profile.
+    profile: String,
+}
+
+// ---- the heartbeat batcher ------------------------------------------------------
+
+#[derive(Debug, Clone, Copy)]
+struct Position {
+    position: f64,
+    duration: Option<f64>,
+    at: i64,
+}
+
+#[derive(Default)]
+struct Pending {
+    /// profile → asset → latest position.
+    positions: HashMap<String, HashMap<String, Position>>,
+    /// stream → last heartbeat.
+    streams: HashMap<String, i64>,
+}
+
+/// Heartbeats waiting for the next flush.
+pub(crate) struct Heartbeats {
+    pending: Mutex<Pending>,
+    entries: AtomicUsize,
+    max_entries: usize,
+    wake: tokio::sync::Notify,
+    pub(crate) beats: IntCounterVec,
+    pub(crate) flush_rows: Histogram,
+}
+
+impl Heartbeats {
+    pub(crate) fn new(max_entries: usize, registry: &prometheus::Registry) -> anyhow::Result<Self> {
+        let beats = IntCounterVec::new(
+            Opts::new(
+                "origin_heartbeats_total",
+                "Stream heartbeats, by outcome (accepted, busy, bad_token, flushed, flush_failed)",
+            ),
+            &["result"],
+        )?;
+        let flush_rows = Histogram::with_opts(
+            HistogramOpts::new(
+                "origin_history_flush_rows",
+                "Rows written per watch-history flush",
+            )
+            .buckets(vec![1.0, 10.0, 100.0, 1000.0, 10000.0, 100000.0]),
+        )?;
+        registry.register(Box::new(beats.clone()))?;
+        registry.register(Box::new(flush_rows.clone()))?;
+        Ok(Heartbeats {
+            pending: Mutex::new(Pending::default()),
+            entries: AtomicUsize::new(0),
+            max_entries: max_entries.max(1),
+            wake: tokio::sync::Notify::new(),
+            beats,
+            flush_rows,
+        })
+    }
+
+    /// Folds a heartbeat in; false when the buffer is full (the flusher is
+    /// behind: the caller answers 503 and the player retries).
+    fn record(&self, stream: &str, profile: &str, asset: &str, p: Position) -> bool {
+        let Ok(mut pending) = self.pending.lock() else {
+            return false;
+        };
+        let per_profile = pending.positions.entry(profile.to_string()).or_default();
+        let new_position = !per_profile.contains_key(asset);
+        if new_position && self.entries.load(Ordering::Relaxed) >= self.max_entries {
+            return false;
+        }
+        per_profile.insert(asset.to_string(), p);
+        let new_stream = pending.streams.insert(stream.to_string(), p.at).is_none();
+        let added = usize::from(new_position) + usize::from(new_stream);
+        let n = self.entries.fetch_add(added, Ordering::Relaxed) + added;
+        if n >= self.max_entries / 2 {
+            self.wake.notify_one();
+        }
+        true
+    }
+
+    /// The unflushed position of a profile in a title.
+    fn pending_position(&self, profile: &str, asset: &str) -> Option<Position> {
+        let pending = self.pending.lock().ok()?;
+        pending.positions.get(profile)?.get(asset).copied()
+    }
+
+    /// The unflushed positions of a profile.
+    fn pending_of(&self, profile: &str) -> HashMap<String, Position> {
+        self.pending
+            .lock()
+            .ok()
+            .and_then(|p| p.positions.get(profile).cloned())
+            .unwrap_or_default()
+    }
+
+    fn take(&self) -> Pending {
+        let Ok(mut pending) = self.pending.lock() else {
+            return Pending::default();
+        };
+        self.entries.store(0, Ordering::Relaxed);
+        std::mem::take(&mut *pending)
+    }
+
+    /// Writes what is pending: positions as multi-row upserts, stream
+    /// liveness as `UPDATE … WHERE id IN (…)`, all in one transaction.
+    pub(crate) async fn flush(&self, db: &Db) {
+        let batch = self.take();
+        if batch.positions.is_empty() && batch.streams.is_empty() {
+            return;
+        }
+        let rows: Vec<(String, String, Position)> = batch
+            .positions
+            .into_iter()
+            .flat_map(|(profile, m)| m.into_iter().map(move |(a, p)| (profile.clone(), a, p)))
+            .collect();
+        let streams: Vec<(String, i64)> = batch.streams.into_iter().collect();
+        let n = rows.len();
+        match write_batch(db, &rows, &streams).await {
+            Ok(()) => {
+                self.beats.with_label_values(&["flushed"]).inc_by(n as u64);
+                self.flush_rows.observe(n as f64);
+            }
+            Err(e) => {
+                // Positions are refreshed by the next heartbeat; losing one
+                // flush costs a few seconds of resume accuracy.
+                tracing::error!(error = %e, rows = n, "flushing watch history");
+                self.beats
+                    .with_label_values(&["flush_failed"])
+                    .inc_by(n as u64);
+            }
+        }
+    }
+}
+
+async fn write_batch(
+    db: &Db,
+    rows: &[(String, String, Position)],
+    streams: &[(String, i64)],
+) -> Result<(), sqlx::Error> {
+    let mut tx = db.pool.begin().await?;
+    for chunk in rows.chunks(FLUSH_CHUNK) {
+        let mut sql = String::from(
+            "INSERT INTO watch_history (profile_id, asset_id, position, duration, updated_at) VALUES ",
+        );
+        for i in 0..chunk.len() {
+            let b = i * 5;
+            if i > 0 {
+                sql.push(',');
+            }
+            sql.push_str(&format!(
+                "(${}, ${}, ${}, ${}, ${})",
+                b + 1,
+                b + 2,
+                b + 3,
+                b + 4,
+                b + 5
+            ));
+        }
+        sql.push_str(
+            " ON CONFLICT (profile_id, asset_id) DO UPDATE SET position = excluded.position,
+               duration = COALESCE(excluded.duration, watch_history.duration),
+               updated_at = excluded.updated_at
+             WHERE watch_history.updated_at <= excluded.updated_at",
+        );
+        let mut q = sqlx::query(&sql);
+        for (profile, asset, p) in chunk {
+            q = q
+                .bind(profile.as_str())
+                .bind(asset.as_str())
+                .bind(p.position)
+                .bind(p.duration)
+                .bind(p.at);
+        }
+        q.execute(&mut *tx).await?;
+    }
+    // Streams, grouped by the time of their last heartbeat (one per second
+    // of the flush window).
+    let mut by_time: HashMap<i64, Vec<&str>> = HashMap::new();
+    for (id, at) in streams {
+        by_time.entry(*at).or_default().push(id);
+    }
+    for (at, ids) in by_time {
+        for chunk in ids.chunks(FLUSH_CHUNK) {
+            let list = (0..chunk.len())
+                .map(|i| format!("${}", i + 2))
+                .collect::<Vec<_>>()
+                .join(",");
+            let sql = format!(
+                "UPDATE streams SET last_seen = $1 WHERE last_seen < $1 AND id IN ({list})"
+            );
+            let mut q = sqlx::query(&sql).bind(at);
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            q.execute(&mut *tx).await?;
+        }
+    }
+    tx.commit().await
+}
+
+/// Flushes every `every` until `stop`, then once more.
+pub(crate) async fn run_flusher(
+    state: Arc<State>,
+    every: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = state.heartbeats.wake.notified() => {}
+            _ = stop.changed() => break,
+        }
+        state.heartbeats.flush(&state.db).await;
+    }
+    state.heartbeats.flush(&state.db).await;
+}
+
+// ---- handlers --------------------------------------------------------------------
+
+/// Start watching: checks the login, the title's availability window, the
+/// viewer's country, the plan (premium titles need premium) and the plan's
+/// concurrent-stream limit; answers signed edge URLs, the resume position,
+/// and a stream to report heartbeats on.
+#[utoipa::path(post, path = "/api/v1/playback/{asset}", tag = "playback",
+    security(("bearer" = [])), params(("asset" = String, Path, description = "asset id")),
+    request_body = PlaybackRequest,
+    responses((status = 200, body = PlaybackAnswer),
+              (status = 401, description = "unauthorized or token_expired", body = ErrorBody),
+              (status = 403, description = "not_available (outside its window) or premium_required", body = ErrorBody),
+              (status = 404, body = ErrorBody),
+              (status = 409, description = "not_ready", body = ErrorBody),
+              (status = 429, description = "too_many_streams: the plan's limit is reached; lists the active streams", body = ErrorBody),
+              (status = 451, description = "geo_blocked", body = ErrorBody)))]
+pub(crate) async fn playback(
+    AxState(state): AxState<Arc<State>>,
+    Path(asset_id): Path<String>,
+    crate::ClientIp(ip): crate::ClientIp,
+    viewer: Viewer,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    // The body is optional: an empty one means the first profile and a new device.
+    let req: PlaybackRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        PlaybackRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request("bad_json", format!("the body is not valid: {e}")))?
+    };
+    let refused = |why: &str| state.playback_results.with_label_values(&[why]).inc();
+    if !cascade_packager::is_safe_id(&asset_id) {
+        return Err(ApiError::not_found("asset"));
+    }
+    let asset = match db::get_asset(&state.db, &asset_id).await? {
+        Some(a) if a.status == "ready" => a,
+        Some(_) => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "not_ready",
+                "the title is not playable yet",
+            ))
+        }
+        None => return Err(ApiError::not_found("asset")),
+    };
+    let title = catalog::playable(&state.db, &asset_id).await?;
+    let profiles = accounts::profiles_of(&state.db, &viewer.user).await?;
+    let profile = match &req.profile_id {
+        Some(p) if profiles.iter().any(|x| &x.id == p) => p.clone(),
+        Some(_) => return Err(ApiError::not_found("profile")),
+        None => profiles
+            .first()
+            .map(|p| p.id.clone())
+            .ok_or_else(|| ApiError::not_found("profile"))?,
+    };
+    let device = match req.device_id.as_deref() {
+        Some(d) if valid_device(d) => d.to_string(),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "bad_device",
+                "device_id must be 1 to 64 of A-Z a-z 0-9 - _",
+            ))
+        }
+        None => accounts::new_id(),
+    };
+    let now = crate::now();
+    // Availability window.
+    if let Some(t) = &title {
+        if let Some(from) = t.available_from.filter(|f| *f > now as i64) {
+            refused("not_available");
+            return Err(
+                ApiError::forbidden("not_available", "this title is not available yet")
+                    .with(json!({ "available_from": from })),
+            );
+        }
+        if let Some(until) = t.available_until.filter(|u| *u <= now as i64) {
+            refused("not_available");
+            return Err(
+                ApiError::forbidden("not_available", "this title is no longer available")
+                    .with(json!({ "available_until": until })),
+            );
+        }
+    }
+    // Geo: the same verdict the edges give.
+    let country = state.geo.lookup(ip).country;
+    let verdict = cascade_geo::decide(
+        country.as_deref(),
+        &format!("/vod/{asset_id}/"),
+        &state.cfg.geo_rules,
+        Some(&asset.geo),
+        state.cfg.geo_unknown,
+    );
+    if let cascade_geo::Verdict::Block { country, rule } = verdict {
+        refused("geo_blocked");
+        return Err(ApiError::new(
+            StatusCode::UNAVAILABLE_FOR_LEGAL_REASONS,
+            "geo_blocked",
+            "this title is not available in your country",
+        )
+        .with(json!({ "country": country, "rule": rule })));
+    }
+    // Entitlement.
+    let plan = crate::billing::plan_of(&state.db, &viewer.user, now).await?;
+    if title.as_ref().is_some_and(|t| t.premium) && !plan.premium {
+        refused("premium_required");
+        return Err(
+            ApiError::forbidden("premium_required", "this title needs the premium plan")
+                .with(json!({ "plan": plan.id, "needs": "premium" })),
+        );
+    }
+    let Some(key) = &state.signer else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_keys",
+            "playback signing is not configured",
+        ));
+    };
+    // The stream slot.
+    let stream = accounts::new_id();
+    let slot_secs = state.cfg.stream_slot_secs;
+    take_slot(
+        &state.db,
+        Slot {
+            stream: &stream,
+            user: &viewer.user,
+            profile: &profile,
+            asset: &asset_id,
+            device: &device,
+        },
+        plan.max_streams,
+        now as i64,
+        slot_secs as i64,
+    )
+    .await
+    .inspect_err(|e| {
+        if e.code == "too_many_streams" {
+            refused("too_many_streams");
+        }
+    })?;
+    let expires = now + state.cfg.playback_ttl_secs;
+    let token = cascade_token::sign(
+        key,
+        &cascade_token::Claims {
+            start: Some(now.saturating_sub(1)),
+            expires,
+            acl: vec![format!("/vod/{asset_id}/*")],
+            ..Default::default()
+        },
+    );
+    let heartbeat_token = state.accounts.sign(&Claims {
+        sub: viewer.user.clone(),
+        typ: TokenKind::Stream,
+        iat: now,
+        exp: expires,
+        sid: Some(stream.clone()),
+        pid: Some(profile.clone()),
+        aid: Some(asset_id.clone()),
+    });
+    let resume = resume_position(&state, &profile, &asset_id, asset.duration).await?;
+    refused("started");
+    let edge = state.cfg.public_edge_url.trim_end_matches('/');
+    let q = format!("{}={token}", state.cfg.token_name);
+    let answer = PlaybackAnswer {
+        hls: format!("{edge}/vod/{asset_id}/master.m3u8?{q}"),
+        dash: format!("{edge}/vod/{asset_id}/manifest.mpd?{q}"),
+        asset: asset_id,
+        title_id: title.as_ref().map(|t| t.title_id.clone()),
+        title: title.map_or(asset.title, |t| t.name),
+        token,
+        token_name: state.cfg.token_name.clone(),
+        expires,
+        resume_position: resume,
+        ads: plan.ads,
+        stream: StreamInfo {
+            id: stream,
+            heartbeat_token,
+            heartbeat_interval_secs: state.cfg.heartbeat_interval_secs,
+            slot_secs,
+        },
+    };
+    Ok(([(header::CACHE_CONTROL, "no-store")], Json(answer)).into_response())
+}
+
+fn valid_device(d: &str) -> bool {
+    (1..=64).contains(&d.len())
+        && d.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+struct Slot<'a> {
+    stream: &'a str,
+    user: &'a str,
+    profile: &'a str,
+    asset: &'a str,
+    device: &'a str,
+}
+
+/// Takes a stream slot under the account's limit. Starts of one account
+/// serialise on its user row, so two racing starts cannot both take the
+/// last slot; slots without a heartbeat for `slot_secs` are freed first,
+/// and a device starting again gives up its old slot.
+async fn take_slot(
+    db: &Db,
+    s: Slot<'_>,
+    limit: i64,
+    now: i64,
+    slot_secs: i64,
+) -> Result<(), ApiError> {
+    let mut tx = db.pool.begin().await?;
+    sqlx::query("UPDATE users SET stream_epoch = stream_epoch + 1 WHERE id = $1")
+        .bind(s.user)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM streams WHERE user_id = $1 AND (last_seen < $2 OR device = $3)")
+        .bind(s.user)
+        .bind(now - slot_secs)
+        .bind(s.device)
+        .execute(&mut *tx)
+        .await?;
+    let active = sqlx::query(
+        "SELECT device, asset_id, started_at FROM streams WHERE user_id = $1 ORDER BY started_at",
+    )
+    .bind(s.user)
+    .fetch_all(&mut *tx)
+    .await?;
+    if active.len() as i64 >= limit {
+        let list: Vec<_> = active
+            .iter()
+            .map(|r| {
+                json!({
+                    "device": r.try_get::<String, _>("device").unwrap_or_default(),
+                    "asset": r.try_get::<String, _>("asset_id").unwrap_or_default(),
+                    "since": r.try_get::<i64, _>("started_at").unwrap_or_default(),
+                })
+            })
+            .collect();
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_streams",
+            format!("your plan allows {limit} stream(s) at once; stop one to start another"),
+        )
+        .with(json!({ "limit": limit, "active": list })));
+    }
+    sqlx::query(
+        "INSERT INTO streams (id, user_id, profile_id, asset_id, device, started_at, last_seen)
+         VALUES ($1, $2, $3, $4, $5, $6, $6)",
+    )
+    .bind(s.stream)
+    .bind(s.user)
+    .bind(s.profile)
+    .bind(s.asset)
+    .bind(s.device)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Where to start: the last position, unless the title was finished (the
+/// last 5 %, or the last 30 s) or barely begun.
+async fn resume_position(
+    state: &State,
+    profile: &str,
+    asset: &str,
+    duration: Option<f64>,
+) -> Result<f64, ApiError> {
+    let p = match state.heartbeats.pending_position(profile, asset) {
+        Some(p) => Some((p.position, p.duration)),
+        None => sqlx::query(
+            "SELECT position, duration FROM watch_history WHERE profile_id = $1 AND asset_id = $2",
+        )
+        .bind(profile)
+        .bind(asset)
+        .fetch_optional(&state.db.pool)
+        .await?
+        .map(|r| -> Result<_, sqlx::Error> { Ok((r.try_get("position")?, r.try_get("duration")?)) })
+        .transpose()?,
+    };
+    let Some((position, reported)) = p else {
+        return Ok(0.0);
+    };
+    let length = duration.or(reported);
+    Ok(if unfinished(position, length) {
+        position
+    } else {
+        0.0
+    })
+}
+
+fn unfinished(position: f64, length: Option<f64>) -> bool {
+    position >= 5.0 && length.is_none_or(|d| position < (d * 0.95).min(d - 30.0).max(d * 0.8))
+}
+
+/// The claims of a stream's own token.
+fn stream_claims(
+    state: &State,
+    headers: &axum::http::HeaderMap,
+    id: &str,
+) -> Result<Claims, ApiError> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(ApiError::unauthorized)?;
+    match state.accounts.verify(token, TokenKind::Stream) {
+        Ok(c) if c.sid.as_deref() == Some(id) => Ok(c),
+        Err(TokenError::Expired) => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "token_expired",
+            "the stream has expired; start playback again",
+        )),
+        _ => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "bad_stream_token",
+            "the heartbeat token does not belong to this stream",
+        )),
+    }
+}
+
+fn check_beat(b: &Beat) -> Result<Position, ApiError> {
+    let ok = |v: f64| v.is_finite() && (0.0..=1.0e7).contains(&v);
+    if !ok(b.position) || b.duration.is_some_and(|d| !ok(d)) {
+        return Err(ApiError::bad_request(
+            "bad_position",
+            "position and duration are seconds, 0 to 10^7",
+        ));
+    }
+    Ok(Position {
+        position: b.position,
+        duration: b.duration,
+        at: crate::now() as i64,
+    })
+}
+
+/// Report the position of a stream; keeps its slot.
+#[utoipa::path(post, path = "/api/v1/streams/{id}/heartbeat", tag = "playback",
+    security(("stream" = [])), params(("id" = String, Path, description = "stream id")),
+    request_body = Beat,
+    responses((status = 204), (status = 400, body = ErrorBody),
+              (status = 401, description = "bad_stream_token or token_expired", body = ErrorBody),
+              (status = 503, description = "busy: retry", body = ErrorBody)))]
+pub(crate) async fn heartbeat(
+    AxState(state): AxState<Arc<State>>,
+    Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
+    JsonBody(beat): JsonBody<Beat>,
+) -> Result<StatusCode, ApiError> {
+    let claims = stream_claims(&state, &headers, &id).inspect_err(|_| {
+        state
+            .heartbeats
+            .beats
+            .with_label_values(&["bad_token"])
+            .inc();
+    })?;
+    let p = check_beat(&beat)?;
+    let (Some(profile), Some(asset)) = (&claims.pid, &claims.aid) else {
+        return Err(ApiError::unauthorized());
+    };
+    if !state.heartbeats.record(&id, profile, asset, p) {
+        state.heartbeats.beats.with_label_values(&["busy"]).inc();
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "too many heartbeats waiting; retry shortly",
+        )
+        .retry_after(1));
+    }
+    state
+        .heartbeats
+        .beats
+        .with_label_values(&["accepted"])
+        .inc();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Stop a stream: records the position and frees the slot at once.
+#[utoipa::path(post, path = "/api/v1/streams/{id}/stop", tag = "playback",
+    security(("stream" = [])), params(("id" = String, Path, description = "stream id")),
+    request_body = Beat,
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+pub(crate) async fn stop(
+    AxState(state): AxState<Arc<State>>,
+    Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
+    JsonBody(beat): JsonBody<Beat>,
+) -> Result<StatusCode, ApiError> {
+    let claims = stream_claims(&state, &headers, &id)?;
+    let p = check_beat(&beat)?;
+    if let (Some(profile), Some(asset)) = (&claims.pid, &claims.aid) {
+        state.heartbeats.record(&id, profile, asset, p);
+    }
+    sqlx::query("DELETE FROM streams WHERE id = $1 AND user_id = $2")
+        .bind(&id)
+        .bind(&claims.sub)
+        .execute(&state.db.pool)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A profile's watch history, newest first.
+#[utoipa::path(get, path = "/api/v1/history", tag = "playback", params(HistoryQuery),
+    security(("bearer" = [])),
+    responses((status = 200, body = History), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(crate) async fn history(
+    AxState(state): AxState<Arc<State>>,
+    viewer: Viewer,
+    Query(q): Query<HistoryQuery>,
+) -> Result<Response, ApiError> {
+    if !accounts::owns_profile(&state.db, &viewer.user, &q.profile).await? {
+        return Err(ApiError::not_found("profile"));
+    }
+    let mut rows = positions_of(&state, &q.profile, 100).await?;
+    rows.truncate(100);
+    let assets: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
+    let cards = catalog::cards_for_assets(&state.db, &assets).await?;
+    let items = rows
+        .into_iter()
+        .map(|(asset, p)| HistoryItem {
+            title: cards.get(&asset).cloned(),
+            asset,
+            position: p.position,
+            duration: p.duration,
+            updated_at: p.at,
+        })
+        .collect();
+    Ok((
+        [(header::CACHE_CONTROL, "no-store")],
+        Json(History { items }),
+    )
+        .into_response())
+}
+
+/// A profile's positions, stored and pending, newest first.
+async fn positions_of(
+    state: &State,
+    profile: &str,
+    limit: i64,
+) -> Result<Vec<(String, Position)>, ApiError> {
+    let rows = sqlx::query(
+        "SELECT asset_id, position, duration, updated_at FROM watch_history
+         WHERE profile_id = $1 ORDER BY updated_at DESC LIMIT $2",
+    )
+    .bind(profile)
+    .bind(limit)
+    .fetch_all(&state.db.pool)
+    .await?;
+    let mut out: HashMap<String, Position> = HashMap::new();
+    for r in rows {
+        out.insert(
+            r.try_get("asset_id")?,
+            Position {
+                position: r.try_get("position")?,
+                duration: r.try_get("duration")?,
+                at: r.try_get("updated_at")?,
+            },
+        );
+    }
+    out.extend(state.heartbeats.pending_of(profile));
+    let mut v: Vec<_> = out.into_iter().collect();
+    v.sort_by(|a, b| b.1.at.cmp(&a.1.at).then(a.0.cmp(&b.0)));
+    Ok(v)
+}
+
+/// The continue-watching rail: titles begun and not finished.
+pub(crate) async fn continue_watching(
+    state: &State,
+    profile: &str,
+    limit: i64,
+) -> Result<Vec<TitleCard>, ApiError> {
+    let rows = positions_of(state, profile, limit * 2).await?;
+    let assets: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
+    let cards = catalog::cards_for_assets(&state.db, &assets).await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(asset, p)| {
+            let mut card = cards.get(&asset)?.clone();
+            let length = card.duration.or(p.duration);
+            unfinished(p.position, length).then(|| {
+                card.position = Some(p.position);
+                card
+            })
+        })
+        .take(limit as usize)
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finished_and_barely_begun_titles_start_over() {
+        assert!(!unfinished(2.0, Some(600.0)));
+        assert!(unfinished(300.0, Some(600.0)));
+        assert!(!unfinished(590.0, Some(600.0)));
+        assert!(
+            unfinished(20.0, Some(30.0)),
+            "short titles resume until 80 %"
+        );
+        assert!(!unfinished(25.0, Some(30.0)));
+        assert!(unfinished(100.0, None));
+    }
+
+    #[test]
+    fn device_ids() {
+        assert!(valid_device("tv-1_A"));
+        assert!(!valid_device(""));
+        assert!(!valid_device("a b"));
+        assert!(!valid_device(&"a".repeat(65)));
+    }
+
+    #[test]
+    fn the_batcher_keeps_the_latest_position_and_bounds_itself() {
+        let reg = prometheus::Registry::new();
+        let h = Heartbeats::new(4, &reg).unwrap();
+        let at = |position| Position {
+            position,
+            duration: None,
+            at: 1,
+        };
+        assert!(h.record("s1", "p1", "a1", at(10.0)));
+        assert!(h.record("s1", "p1", "a1", at(20.0)));
+        assert_eq!(h.pending_position("p1", "a1").unwrap().position, 20.0);
+        assert!(h.record("s2", "p1", "a2", at(5.0)));
+        // Four entries (two positions, two streams): a new title is refused,
+        // an update of a known one is not.
+        assert!(!h.record("s3", "p2", "a3", at(1.0)));
+        assert!(h.record("s1", "p1", "a1", at(30.0)));
+        let taken = h.take();
+        assert_eq!(taken.positions["p1"]["a1"].position, 30.0);
+        assert!(h.pending_position("p1", "a1").is_none());
+        assert!(h.record("s3", "p2", "a3", at(1.0)));
+    }
+}

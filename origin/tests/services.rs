@@ -1,0 +1,1181 @@
+//! The viewer services (accounts, catalog, billing, playback, history) over
+//! real HTTP, each test run once on SQLite and once on PostgreSQL.
+//!
+//! PostgreSQL is the one at 127.0.0.1:5432 (database `test`), or
+//! `CASCADE_TEST_POSTGRES_URL`. Each test makes its own schema and drops it;
+//! schemas a crashed run left behind are dropped after an hour. When
+//! PostgreSQL is unreachable the PostgreSQL tests fail and say so.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use cascade_origin::OriginConfig;
+use cascade_serve::config::TokenKeyConfig;
+use serde_json::{json, Value};
+use sqlx::any::AnyPoolOptions;
+
+const JWT_SECRET: &str = "test secret: at least thirty-two characters long";
+const WEBHOOK_SECRET: &str = "whsec_test_secret";
+const ADMIN: &str = "admin-secret";
+const PASSWORD: &str = "correct horse 42";
+
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A database of its own for one test.
+struct TestDb {
+    url: String,
+    schema: Option<(String, String)>,
+    _dir: tempfile::TempDir,
+}
+
+fn postgres_base() -> String {
+    std::env::var("CASCADE_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+impl TestDb {
+    async fn new(backend: Backend) -> TestDb {
+        sqlx::any::install_default_drivers();
+        let dir = tempfile::tempdir().unwrap();
+        match backend {
+            Backend::Sqlite => TestDb {
+                url: format!("sqlite://{}/test.db", dir.path().display()),
+                schema: None,
+                _dir: dir,
+            },
+            Backend::Postgres => {
+                let base = postgres_base();
+                let admin = AnyPoolOptions::new()
+                    .max_connections(1)
+                    .acquire_timeout(Duration::from_secs(5))
+                    .connect(&base)
+                    .await
+                    .unwrap_or_else(|e| {
+                        panic!(
+                            "PostgreSQL is unreachable at {base} ({e}); the PostgreSQL tests need it \
+                             (make test expects it at 127.0.0.1:5432, database test, trust auth), \
+                             or set CASCADE_TEST_POSTGRES_URL"
+                        )
+                    });
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs();
+                // Leftovers of runs that crashed before dropping theirs.
+                let stale: Vec<String> = sqlx::query_scalar::<_, String>(
+                    "SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'cascade_t_%'",
+                )
+                .fetch_all(&admin)
+                .await
+                .unwrap();
+                for s in stale {
+                    let born = s
+                        .split('_')
+                        .nth(2)
+                        .and_then(|t| t.parse::<u64>().ok())
+                        .unwrap_or(0);
+                    if born + 3600 < now {
+                        let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {s} CASCADE"))
+                            .execute(&admin)
+                            .await;
+                    }
+                }
+                let schema = format!("cascade_t_{now}_{}", &uuid_hex()[..12]);
+                sqlx::query(&format!("CREATE SCHEMA {schema}"))
+                    .execute(&admin)
+                    .await
+                    .unwrap();
+                admin.close().await;
+                let sep = if base.contains('?') { '&' } else { '?' };
+                TestDb {
+                    url: format!("{base}{sep}options[search_path]={schema}"),
+                    schema: Some((base, schema)),
+                    _dir: dir,
+                }
+            }
+        }
+    }
+
+    async fn drop(self) {
+        if let Some((base, schema)) = &self.schema {
+            let admin = AnyPoolOptions::new()
+                .max_connections(1)
+                .connect(base)
+                .await
+                .unwrap();
+            sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+                .execute(&admin)
+                .await
+                .unwrap();
+            admin.close().await;
+        }
+    }
+}
+
+fn uuid_hex() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "{:016x}{:08x}{:04x}",
+        nanos as u64,
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A running origin on a test database.
+struct Site {
+    url: String,
+    origin: Option<cascade_origin::Origin>,
+    cfg: OriginConfig,
+    db: TestDb,
+    http: reqwest::Client,
+}
+
+fn config(db: &TestDb) -> OriginConfig {
+    OriginConfig {
+        listen: "127.0.0.1:0".into(),
+        data_dir: db._dir.path().display().to_string(),
+        database_url: db.url.clone(),
+        token_keys: vec![TokenKeyConfig {
+            kid: "test".into(),
+            key: "00112233445566778899aabbccddeeff".into(),
+            algorithm: "sha256".into(),
+            salt: String::new(),
+            escape_early: false,
+        }],
+        jwt_secret: JWT_SECRET.into(),
+        billing_webhook_secret: WEBHOOK_SECRET.into(),
+        admin_token: ADMIN.into(),
+        history_flush_ms: 50,
+        login_attempts_per_minute: 1000,
+        ..Default::default()
+    }
+}
+
+impl Site {
+    async fn start(backend: Backend, tweak: impl FnOnce(&mut OriginConfig)) -> Site {
+        let db = TestDb::new(backend).await;
+        let mut cfg = config(&db);
+        tweak(&mut cfg);
+        let origin = cascade_origin::start(&cfg).await.unwrap();
+        Site {
+            url: format!("http://{}", origin.addr),
+            origin: Some(origin),
+            cfg,
+            db,
+            http: reqwest::Client::builder().no_proxy().build().unwrap(),
+        }
+    }
+
+    /// Stops the origin (flushing its heartbeats) and starts another on the
+    /// same database.
+    async fn restart(&mut self) {
+        if let Some(o) = self.origin.take() {
+            o.shutdown().await;
+        }
+        let origin = cascade_origin::start(&self.cfg).await.unwrap();
+        self.url = format!("http://{}", origin.addr);
+        self.origin = Some(origin);
+    }
+
+    async fn stop(mut self) {
+        if let Some(o) = self.origin.take() {
+            o.shutdown().await;
+        }
+        self.db.drop().await;
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        bearer: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut r = self.http.request(method, format!("{}{path}", self.url));
+        if let Some(b) = bearer {
+            r = r.bearer_auth(b);
+        }
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let r = r.send().await.unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    async fn post(&self, path: &str, bearer: Option<&str>, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, bearer, Some(body))
+            .await
+    }
+
+    async fn get(&self, path: &str, bearer: Option<&str>) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, bearer, None).await
+    }
+
+    /// Signs up; answers the session.
+    async fn signup(&self, email: &str) -> Value {
+        let (s, v) = self
+            .post(
+                "/api/v1/auth/signup",
+                None,
+                json!({ "email": email, "password": PASSWORD, "name": "Asha" }),
+            )
+            .await;
+        assert_eq!(s, 201, "{v}");
+        v
+    }
+
+    /// A ready asset (as a finished transcode leaves it) with a catalog
+    /// title made through the admin API; answers the title.
+    async fn title(&self, asset: &str, edit: Value) -> Value {
+        let pool = AnyPoolOptions::new()
+            .max_connections(1)
+            .connect(&self.db.url)
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO assets (id, title, status, duration, created_at, updated_at)
+             VALUES ($1, $2, 'ready', 600.0, $3, $3)",
+        )
+        .bind(asset)
+        .bind(asset)
+        .bind(now() as i64)
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+        let mut body = json!({ "kind": "movie", "name": asset, "asset_id": asset });
+        for (k, v) in edit.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let (s, v) = self.post("/api/v1/admin/titles", Some(ADMIN), body).await;
+        assert_eq!(s, 201, "{v}");
+        v
+    }
+
+    async fn playback(&self, asset: &str, access: &str, device: &str) -> (u16, Value) {
+        self.post(
+            &format!("/api/v1/playback/{asset}"),
+            Some(access),
+            json!({ "device_id": device }),
+        )
+        .await
+    }
+
+    async fn webhook(&self, event: &Value, t: u64, secret: &str) -> (u16, Value) {
+        let body = serde_json::to_vec(event).unwrap();
+        let sig = cascade_origin::sign_webhook(&body, secret.as_bytes(), t);
+        let r = self
+            .http
+            .post(format!("{}/api/v1/billing/webhook", self.url))
+            .header("stripe-signature", sig)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let s = r.status().as_u16();
+        (s, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn token(session: &Value) -> String {
+    session["access_token"].as_str().unwrap().to_string()
+}
+
+fn subscription_event(id: &str, kind: &str, user: &str, status: &str, created: u64) -> Value {
+    json!({
+        "id": id, "type": kind, "created": created,
+        "data": { "object": {
+            "id": format!("sub_{user}"), "object": "subscription", "status": status,
+            "metadata": { "user_id": user, "plan": "premium" },
+            "items": { "data": [ { "current_period_end": now() + 30 * 86400,
+                                    "price": { "lookup_key": "premium" } } ] }
+        } }
+    })
+}
+
+/// Runs each test once per database.
+macro_rules! on_both_databases {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::Postgres).await
+                }
+            )*
+        }
+    };
+}
+
+on_both_databases!(
+    accounts_sessions_and_refresh_rotation,
+    wrong_passwords_lock_the_account_and_addresses_are_throttled,
+    profiles_have_their_own_history,
+    webhook_signatures_replays_and_entitlements,
+    the_stream_limit_refuses_one_device_too_many,
+    availability_windows_and_series,
+    search_ranks_and_paginates,
+    heartbeats_are_batched_and_resume_survives_a_restart,
+);
+
+async fn accounts_sessions_and_refresh_rotation(backend: Backend) {
+    let site = Site::start(backend, |_| {}).await;
+    let s = site.signup("Viewer@Example.com").await;
+    assert_eq!(s["user"]["email"], "viewer@example.com");
+    assert_eq!(s["user"]["plan"], "free");
+    assert_eq!(s["user"]["profiles"][0]["name"], "Asha");
+    // The same address again, any case.
+    let (st, v) = site
+        .post(
+            "/api/v1/auth/signup",
+            None,
+            json!({ "email": "VIEWER@example.com", "password": PASSWORD }),
+        )
+        .await;
+    assert_eq!((st, v["error"].as_str()), (409, Some("email_taken")));
+    for (body, code) in [
+        (
+            json!({ "email": "nope", "password": PASSWORD }),
+            "bad_email",
+        ),
+        (
+            json!({ "email": "a@b.example", "password": "short" }),
+            "weak_password",
+        ),
+    ] {
+        let (st, v) = site.post("/api/v1/auth/signup", None, body).await;
+        assert_eq!((st, v["error"].as_str()), (400, Some(code)));
+    }
+    let (st, v) = site
+        .post("/api/v1/auth/signup", None, json!({ "email": 5 }))
+        .await;
+    assert_eq!((st, v["error"].as_str()), (400, Some("bad_json")));
+
+    // Wrong password, unknown account: the same answer.
+    let wrong = site
+        .post(
+            "/api/v1/auth/login",
+            None,
+            json!({ "email": "viewer@example.com", "password": "wrong password" }),
+        )
+        .await;
+    let unknown = site
+        .post(
+            "/api/v1/auth/login",
+            None,
+            json!({ "email": "nobody@example.com", "password": PASSWORD }),
+        )
+        .await;
+    assert_eq!(wrong.0, 401);
+    assert_eq!(wrong, unknown);
+
+    let (st, login) = site
+        .post(
+            "/api/v1/auth/login",
+            None,
+            json!({ "email": "viewer@example.com", "password": PASSWORD }),
+        )
+        .await;
+    assert_eq!(st, 200, "{login}");
+    let (st, me) = site.get("/api/v1/me", Some(&token(&login))).await;
+    assert_eq!(
+        (st, me["email"].as_str()),
+        (200, Some("viewer@example.com"))
+    );
+    assert_eq!(me["max_streams"], 1);
+    assert_eq!(site.get("/api/v1/me", None).await.0, 401);
+    assert_eq!(site.get("/api/v1/me", Some("not.a.jwt")).await.0, 401);
+
+    // An expired access token says so, so the client refreshes.
+    let user = login["user"]["id"].as_str().unwrap();
+    let expired = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({ "sub": user, "typ": "access", "iat": now() - 7200, "exp": now() - 3600 }),
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .unwrap();
+    let (st, v) = site.get("/api/v1/me", Some(&expired)).await;
+    assert_eq!((st, v["error"].as_str()), (401, Some("token_expired")));
+    // The same claims under another key are forged.
+    let forged = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({ "sub": user, "typ": "access", "iat": now(), "exp": now() + 600 }),
+        &jsonwebtoken::EncodingKey::from_secret(b"another secret entirely, 32 chars+"),
+    )
+    .unwrap();
+    let (st, v) = site.get("/api/v1/me", Some(&forged)).await;
+    assert_eq!((st, v["error"].as_str()), (401, Some("unauthorized")));
+
+    // Refresh rotates: the new token works once, the old one is dead, and
+    // presenting the old one again revokes the whole login.
+    let r1 = login["refresh_token"].as_str().unwrap().to_string();
+    let (st, s2) = site
+        .post("/api/v1/auth/refresh", None, json!({ "refresh_token": r1 }))
+        .await;
+    assert_eq!(st, 200, "{s2}");
+    let r2 = s2["refresh_token"].as_str().unwrap().to_string();
+    assert_ne!(r1, r2);
+    let (st, v) = site
+        .post("/api/v1/auth/refresh", None, json!({ "refresh_token": r1 }))
+        .await;
+    assert_eq!((st, v["error"].as_str()), (401, Some("refresh_reused")));
+    let (st, v) = site
+        .post("/api/v1/auth/refresh", None, json!({ "refresh_token": r2 }))
+        .await;
+    assert_eq!(
+        (st, v["error"].as_str()),
+        (401, Some("invalid_refresh")),
+        "the reuse revoked the rotated token too"
+    );
+
+    // Logout revokes; the sign-up session is a separate login and survives.
+    let r_signup = s["refresh_token"].as_str().unwrap();
+    let (st, s3) = site
+        .post(
+            "/api/v1/auth/refresh",
+            None,
+            json!({ "refresh_token": r_signup }),
+        )
+        .await;
+    assert_eq!(st, 200);
+    let r3 = s3["refresh_token"].as_str().unwrap();
+    let (st, _) = site
+        .post("/api/v1/auth/logout", None, json!({ "refresh_token": r3 }))
+        .await;
+    assert_eq!(st, 204);
+    let (st, v) = site
+        .post("/api/v1/auth/refresh", None, json!({ "refresh_token": r3 }))
+        .await;
+    assert_eq!((st, v["error"].as_str()), (401, Some("invalid_refresh")));
+    let (st, _) = site
+        .post(
+            "/api/v1/auth/refresh",
+            None,
+            json!({ "refresh_token": "garbage" }),
+        )
+        .await;
+    assert_eq!(st, 401);
+    let m = site.metrics().await;
+    assert!(
+        m.contains("origin_auth_events_total{event=\"refresh_reused\"} 1"),
+        "{m}"
+    );
+    site.stop().await;
+}
+
+async fn wrong_passwords_lock_the_account_and_addresses_are_throttled(backend: Backend) {
+    let site = Site::start(backend, |c| {
+        c.login_max_failures = 3;
+        c.login_attempts_per_minute = 12;
+    })
+    .await;
+    site.signup("lock@example.com").await;
+    let attempt = |password: &'static str| {
+        site.post(
+            "/api/v1/auth/login",
+            None,
+            json!({ "email": "lock@example.com", "password": password }),
+        )
+    };
+    for _ in 0..3 {
+        assert_eq!(attempt("wrong password").await.0, 401);
+    }
+    // Locked: even the right password is refused, with a time to wait.
+    let r = site
+        .http
+        .post(format!("{}/api/v1/auth/login", site.url))
+        .json(&json!({ "email": "lock@example.com", "password": PASSWORD }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    let wait: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((800..=900).contains(&wait), "{wait}");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"], "account_locked");
+    // Another account is not affected.
+    site.signup("other@example.com").await;
+    let (st, _) = site
+        .post(
+            "/api/v1/auth/login",
+            None,
+            json!({ "email": "other@example.com", "password": PASSWORD }),
+        )
+        .await;
+    assert_eq!(st, 200);
+    // The address has now made 7 attempts (including sign-ups); past 12 in
+    // a minute it is throttled whatever the account.
+    let mut last = 0;
+    for _ in 0..6 {
+        last = site
+            .post(
+                "/api/v1/auth/login",
+                None,
+                json!({ "email": "other@example.com", "password": PASSWORD }),
+            )
+            .await
+            .0;
+    }
+    assert_eq!(last, 429);
+    let (_, v) = site
+        .post(
+            "/api/v1/auth/login",
+            None,
+            json!({ "email": "other@example.com", "password": PASSWORD }),
+        )
+        .await;
+    assert_eq!(v["error"], "rate_limited");
+    site.stop().await;
+}
+
+async fn profiles_have_their_own_history(backend: Backend) {
+    let site = Site::start(backend, |_| {}).await;
+    site.title("film1", json!({})).await;
+    let s = site.signup("family@example.com").await;
+    let t = token(&s);
+    let first = s["user"]["profiles"][0]["id"].as_str().unwrap().to_string();
+    let mut ids = vec![first.clone()];
+    for name in ["Kids", "Grandpa", "Guest", "Spare"] {
+        let (st, p) = site
+            .post("/api/v1/profiles", Some(&t), json!({ "name": name }))
+            .await;
+        assert_eq!(st, 201, "{p}");
+        ids.push(p["id"].as_str().unwrap().to_string());
+    }
+    let (st, v) = site
+        .post("/api/v1/profiles", Some(&t), json!({ "name": "Sixth" }))
+        .await;
+    assert_eq!((st, v["error"].as_str()), (409, Some("too_many_profiles")));
+    let (st, v) = site
+        .post("/api/v1/profiles", Some(&t), json!({ "name": "\u{7}" }))
+        .await;
+    assert_eq!((st, v["error"].as_str()), (400, Some("bad_name")));
+    // Someone else cannot see or use them.
+    let other = token(&site.signup("stranger@example.com").await);
+    let (st, _) = site
+        .get(&format!("/api/v1/history?profile={first}"), Some(&other))
+        .await;
+    assert_eq!(st, 404);
+
+    // Asha watches to 100 s; the kids' profile has nothing to resume.
+    let (st, p) = site
+        .post(
+            "/api/v1/playback/film1",
+            Some(&t),
+            json!({ "profile_id": first, "device_id": "tv" }),
+        )
+        .await;
+    assert_eq!(st, 200, "{p}");
+    assert_eq!(p["resume_position"], 0.0);
+    beat(&site, &p, 100.0).await;
+    let (st, kids) = site
+        .post(
+            "/api/v1/playback/film1",
+            Some(&t),
+            json!({ "profile_id": ids[1], "device_id": "tv" }),
+        )
+        .await;
+    assert_eq!(st, 200, "{kids}");
+    assert_eq!(kids["resume_position"], 0.0);
+    let (_, h) = site
+        .get(&format!("/api/v1/history?profile={first}"), Some(&t))
+        .await;
+    assert_eq!(h["items"][0]["asset"], "film1");
+    assert_eq!(h["items"][0]["position"], 100.0);
+    let (_, h) = site
+        .get(&format!("/api/v1/history?profile={}", ids[1]), Some(&t))
+        .await;
+    assert_eq!(h["items"].as_array().unwrap().len(), 0);
+    // Deleting a profile; the last one stays.
+    let (st, _) = site
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/profiles/{}", ids[4]),
+            Some(&t),
+            None,
+        )
+        .await;
+    assert_eq!(st, 204);
+    let (_, list) = site.get("/api/v1/profiles", Some(&t)).await;
+    assert_eq!(list["profiles"].as_array().unwrap().len(), 4);
+    site.stop().await;
+}
+
+async fn beat(site: &Site, playback: &Value, position: f64) {
+    let stream = &playback["stream"];
+    let (st, v) = site
+        .post(
+            &format!(
+                "/api/v1/streams/{}/heartbeat",
+                stream["id"].as_str().unwrap()
+            ),
+            stream["heartbeat_token"].as_str(),
+            json!({ "position": position, "duration": 600.0 }),
+        )
+        .await;
+    assert_eq!(st, 204, "{v}");
+}
+
+async fn webhook_signatures_replays_and_entitlements(backend: Backend) {
+    let site = Site::start(backend, |_| {}).await;
+    site.title(
+        "premium1",
+        json!({ "premium": true, "name": "Premium film" }),
+    )
+    .await;
+    let s = site.signup("payer@example.com").await;
+    let t = token(&s);
+    let user = s["user"]["id"].as_str().unwrap().to_string();
+    let (st, v) = site.playback("premium1", &t, "phone").await;
+    assert_eq!((st, v["error"].as_str()), (403, Some("premium_required")));
+    assert_eq!(v["plan"], "free");
+
+    let created = now();
+    let activate = subscription_event(
+        "evt_1",
+        "customer.subscription.created",
+        &user,
+        "active",
+        created,
+    );
+    // A bad signature, a signature under another secret, an old timestamp.
+    let body = serde_json::to_vec(&activate).unwrap();
+    let r = site
+        .http
+        .post(format!("{}/api/v1/billing/webhook", site.url))
+        .header(
+            "stripe-signature",
+            format!("t={},v1={}", now(), "ab".repeat(32)),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "bad_signature");
+    let (st, v) = site.webhook(&activate, now(), "whsec_wrong").await;
+    assert_eq!((st, v["error"].as_str()), (400, Some("bad_signature")));
+    let (st, v) = site.webhook(&activate, now() - 301, WEBHOOK_SECRET).await;
+    assert_eq!((st, v["error"].as_str()), (400, Some("stale_signature")));
+    assert_eq!(site.playback("premium1", &t, "phone").await.0, 403);
+
+    // The real one.
+    let (st, v) = site.webhook(&activate, now(), WEBHOOK_SECRET).await;
+    assert_eq!((st, v["applied"].as_bool()), (200, Some(true)), "{v}");
+    let (st, p) = site.playback("premium1", &t, "phone").await;
+    assert_eq!(st, 200, "{p}");
+    assert_eq!(p["ads"], false);
+    let (_, me) = site.get("/api/v1/me", Some(&t)).await;
+    assert_eq!(me["plan"], "premium");
+    assert_eq!(me["max_streams"], 4);
+
+    // Cancelled.
+    let cancel = subscription_event(
+        "evt_2",
+        "customer.subscription.deleted",
+        &user,
+        "canceled",
+        created + 10,
+    );
+    let (st, _) = site.webhook(&cancel, now(), WEBHOOK_SECRET).await;
+    assert_eq!(st, 200);
+    assert_eq!(site.playback("premium1", &t, "phone").await.0, 403);
+    // Replaying the activation (same event id) changes nothing.
+    let (st, v) = site.webhook(&activate, now(), WEBHOOK_SECRET).await;
+    assert_eq!((st, v["duplicate"].as_bool()), (200, Some(true)));
+    assert_eq!(site.playback("premium1", &t, "phone").await.0, 403);
+    // An older event arriving late (a new id, an earlier time) is recorded
+    // but does not undo the cancellation.
+    let late = subscription_event(
+        "evt_0",
+        "customer.subscription.updated",
+        &user,
+        "active",
+        created - 100,
+    );
+    let (st, v) = site.webhook(&late, now(), WEBHOOK_SECRET).await;
+    assert_eq!((st, v["applied"].as_bool()), (200, Some(false)), "{v}");
+    assert_eq!(site.playback("premium1", &t, "phone").await.0, 403);
+    // A renewal: subscribed again, then an invoice extends the period.
+    let again = subscription_event(
+        "evt_3",
+        "customer.subscription.updated",
+        &user,
+        "active",
+        created + 20,
+    );
+    assert_eq!(site.webhook(&again, now(), WEBHOOK_SECRET).await.0, 200);
+    let invoice = json!({
+        "id": "evt_4", "type": "invoice.paid", "created": created + 30,
+        "data": { "object": { "subscription": format!("sub_{user}"),
+            "lines": { "data": [ { "period": { "end": now() + 60 * 86400 } } ] } } }
+    });
+    let (st, v) = site.webhook(&invoice, now(), WEBHOOK_SECRET).await;
+    assert_eq!((st, v["applied"].as_bool()), (200, Some(true)), "{v}");
+    let (_, me) = site.get("/api/v1/me", Some(&t)).await;
+    assert!(me["subscription"]["current_period_end"].as_u64().unwrap() > now() + 59 * 86400);
+    assert_eq!(site.playback("premium1", &t, "phone").await.0, 200);
+    // A subscription for no known user is refused, and not recorded, so a
+    // retry after the account exists works.
+    let orphan = subscription_event(
+        "evt_5",
+        "customer.subscription.created",
+        "nobody",
+        "active",
+        created,
+    );
+    assert_eq!(site.webhook(&orphan, now(), WEBHOOK_SECRET).await.0, 422);
+    assert_eq!(site.webhook(&orphan, now(), WEBHOOK_SECRET).await.0, 422);
+    let m = site.metrics().await;
+    assert!(
+        m.contains("origin_billing_webhooks_total{outcome=\"duplicate\"} 1"),
+        "{m}"
+    );
+    site.stop().await;
+}
+
+async fn the_stream_limit_refuses_one_device_too_many(backend: Backend) {
+    let site = Site::start(backend, |c| {
+        c.heartbeat_interval_secs = 1;
+        c.stream_slot_secs = 3;
+    })
+    .await;
+    site.title("film1", json!({})).await;
+    let t = token(&site.signup("one@example.com").await);
+    let (st, tv) = site.playback("film1", &t, "tv").await;
+    assert_eq!(st, 200, "{tv}");
+    assert_eq!(tv["stream"]["heartbeat_interval_secs"], 1);
+    // The free plan has one stream: the phone is refused, and told why.
+    let (st, v) = site.playback("film1", &t, "phone").await;
+    assert_eq!(
+        (st, v["error"].as_str()),
+        (429, Some("too_many_streams")),
+        "{v}"
+    );
+    assert_eq!(v["limit"], 1);
+    assert_eq!(v["active"][0]["device"], "tv");
+    // The same device starting again replaces its own stream.
+    let (st, tv) = site.playback("film1", &t, "tv").await;
+    assert_eq!(st, 200);
+    // Stopping frees the slot at once.
+    let stream = &tv["stream"];
+    let (st, _) = site
+        .post(
+            &format!("/api/v1/streams/{}/stop", stream["id"].as_str().unwrap()),
+            stream["heartbeat_token"].as_str(),
+            json!({ "position": 12.0 }),
+        )
+        .await;
+    assert_eq!(st, 204);
+    let (st, phone) = site.playback("film1", &t, "phone").await;
+    assert_eq!(st, 200, "{phone}");
+    // A heartbeat token is good for its own stream only.
+    let (st, _) = site
+        .post(
+            &format!(
+                "/api/v1/streams/{}/heartbeat",
+                phone["stream"]["id"].as_str().unwrap()
+            ),
+            tv["stream"]["heartbeat_token"].as_str(),
+            json!({ "position": 1.0 }),
+        )
+        .await;
+    assert_eq!(st, 401);
+    let (st, _) = site
+        .post(
+            &format!(
+                "/api/v1/streams/{}/heartbeat",
+                phone["stream"]["id"].as_str().unwrap()
+            ),
+            Some(&t),
+            json!({ "position": 1.0 }),
+        )
+        .await;
+    assert_eq!(st, 401, "an access token is not a heartbeat token");
+    // While the phone's heartbeats come, the laptop stays refused; when
+    // they stop, the slot frees itself within stream_slot_secs.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        beat(&site, &phone, 5.0).await;
+        assert_eq!(site.playback("film1", &t, "laptop").await.0, 429);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (st, _) = site.playback("film1", &t, "laptop").await;
+        if st == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the silent stream's slot never freed"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    site.stop().await;
+}
+
+async fn availability_windows_and_series(backend: Backend) {
+    let site = Site::start(backend, |_| {}).await;
+    let soon = now() + 86400;
+    site.title(
+        "later1",
+        json!({ "name": "Coming soon", "available_from": soon }),
+    )
+    .await;
+    site.title(
+        "gone1",
+        json!({ "name": "Gone", "available_until": now() - 10 }),
+    )
+    .await;
+    let ep1 = site.title("ep1", json!({ "name": "Pilot" })).await;
+    let t = token(&site.signup("window@example.com").await);
+    let (st, v) = site.playback("later1", &t, "tv").await;
+    assert_eq!((st, v["error"].as_str()), (403, Some("not_available")));
+    assert_eq!(v["available_from"], soon);
+    let (st, v) = site.playback("gone1", &t, "tv").await;
+    assert_eq!((st, v["error"].as_str()), (403, Some("not_available")));
+    // Expired titles leave the catalog; upcoming ones show their date.
+    let (_, page) = site.get("/api/v1/titles", None).await;
+    let names: Vec<&str> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"Coming soon") && !names.contains(&"Gone"),
+        "{names:?}"
+    );
+
+    // A series, a season, and the episode moved under it: the series'
+    // window and premium flag pass down to the episode.
+    let (st, series) = site
+        .post(
+            "/api/v1/admin/titles",
+            Some(ADMIN),
+            json!({ "kind": "series", "name": "Cricket Stories", "genres": ["Sport"] }),
+        )
+        .await;
+    assert_eq!(st, 201, "{series}");
+    let (st, season) = site
+        .post(
+            "/api/v1/admin/titles",
+            Some(ADMIN),
+            json!({ "kind": "season", "name": "Season 1", "number": 1, "parent_id": series["id"] }),
+        )
+        .await;
+    assert_eq!(st, 201, "{season}");
+    let (st, v) = site
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/api/v1/admin/titles/{}", ep1["id"].as_str().unwrap()),
+            Some(ADMIN),
+            Some(json!({ "kind": "episode", "number": 1, "parent_id": season["id"] })),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    // Shape errors and the admin credential.
+    let (st, _) = site
+        .post(
+            "/api/v1/admin/titles",
+            Some(ADMIN),
+            json!({ "kind": "episode", "name": "Orphan" }),
+        )
+        .await;
+    assert_eq!(st, 400);
+    let (st, _) = site
+        .post(
+            "/api/v1/admin/titles",
+            Some("wrong"),
+            json!({ "kind": "movie", "name": "X" }),
+        )
+        .await;
+    assert_eq!(st, 401);
+    let (_, full) = site
+        .get(
+            &format!("/api/v1/titles/{}", series["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(full["seasons"][0]["episodes"][0]["asset"], "ep1", "{full}");
+    assert_eq!(site.playback("ep1", &t, "tv").await.0, 200);
+    let (st, _) = site
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/api/v1/admin/titles/{}", series["id"].as_str().unwrap()),
+            Some(ADMIN),
+            Some(json!({ "available_until": now() - 1 })),
+        )
+        .await;
+    assert_eq!(st, 200);
+    let (st, v) = site.playback("ep1", &t, "tv").await;
+    assert_eq!(
+        (st, v["error"].as_str()),
+        (403, Some("not_available")),
+        "{v}"
+    );
+    site.stop().await;
+}
+
+async fn search_ranks_and_paginates(backend: Backend) {
+    let site = Site::start(backend, |_| {}).await;
+    // Five titles mention cricket: in the name, the cast, the synopsis.
+    site.title(
+        "s1",
+        json!({ "name": "Monsoon Wedding", "synopsis": "A family gathers; an uncle watches cricket." }),
+    )
+    .await;
+    site.title(
+        "s2",
+        json!({ "name": "Cricket Final 2026", "genres": ["Sport"] }),
+    )
+    .await;
+    site.title(
+        "s3",
+        json!({ "name": "The Bowler", "cast": [{ "name": "Jiminy Cricket", "role": "Coach" }] }),
+    )
+    .await;
+    site.title("s4", json!({ "name": "Street Cricket" })).await;
+    site.title(
+        "s5",
+        json!({ "name": "Rain Delay", "synopsis": "Cricketers wait out the rain." }),
+    )
+    .await;
+    let s6 = site.title("s6", json!({ "name": "Unrelated Drama" })).await;
+
+    let (st, all) = site.get("/api/v1/titles?q=cricket&per_page=10", None).await;
+    assert_eq!(st, 200, "{all}");
+    let ids: Vec<&str> = all["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["asset"].as_str().unwrap())
+        .collect();
+    assert_eq!(all["total"], 5, "{ids:?}");
+    // The last word is a prefix, so "Cricketers" matches too. Names rank
+    // above the cast, the cast above the synopsis.
+    let rank = |id: &str| ids.iter().position(|x| *x == id).unwrap();
+    assert!(
+        rank("s2") < rank("s3") && rank("s4") < rank("s3"),
+        "{ids:?}"
+    );
+    assert!(
+        rank("s3") < rank("s1") && rank("s3") < rank("s5"),
+        "{ids:?}"
+    );
+    assert!(!ids.contains(&"s6"));
+    // Pages of two: three pages, no title twice, the same order.
+    let mut paged = Vec::new();
+    for page in 1..=3 {
+        let (_, p) = site
+            .get(
+                &format!("/api/v1/titles?q=cricket&per_page=2&page={page}"),
+                None,
+            )
+            .await;
+        assert_eq!(p["total"], 5);
+        for i in p["items"].as_array().unwrap() {
+            paged.push(i["asset"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(paged, ids);
+    // Two words must both match; punctuation is not syntax.
+    let (_, p) = site.get("/api/v1/titles?q=street%20cric", None).await;
+    assert_eq!(p["total"], 1);
+    assert_eq!(p["items"][0]["asset"], "s4");
+    let (st, p) = site.get("/api/v1/titles?q=%22%29%28*%3A", None).await;
+    assert_eq!(
+        (st, p["total"].as_i64()),
+        (200, Some(6)),
+        "no words: the plain list"
+    );
+    let (st, _) = site.get("/api/v1/titles?per_page=1000", None).await;
+    assert_eq!(st, 400);
+    // Genre filter, and the genre rail on the browse page.
+    let (_, p) = site.get("/api/v1/titles?genre=sport", None).await;
+    assert_eq!(p["total"], 1);
+    let (_, b) = site.get("/api/v1/browse", None).await;
+    let rails: Vec<&str> = b["rails"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(rails, ["new", "genre:sport"]);
+    // Renaming updates the index.
+    let (st, _) = site
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/api/v1/admin/titles/{}", s6["id"].as_str().unwrap()),
+            Some(ADMIN),
+            Some(json!({ "name": "Cricket Drama" })),
+        )
+        .await;
+    assert_eq!(st, 200);
+    let (_, p) = site.get("/api/v1/titles?q=cricket", None).await;
+    assert_eq!(p["total"], 6);
+    site.stop().await;
+}
+
+async fn heartbeats_are_batched_and_resume_survives_a_restart(backend: Backend) {
+    let mut site = Site::start(backend, |c| c.history_flush_ms = 200).await;
+    site.title("film1", json!({ "name": "Long film" })).await;
+    site.title("film2", json!({ "name": "Other film" })).await;
+    let s = site.signup("resume@example.com").await;
+    let t = token(&s);
+    let profile = s["user"]["profiles"][0]["id"].as_str().unwrap().to_string();
+    let (st, p) = site.playback("film1", &t, "tv").await;
+    assert_eq!(st, 200);
+    // Many heartbeats; positions go up. The history keeps one row.
+    for i in 1..=50 {
+        beat(&site, &p, f64::from(i) * 2.0).await;
+    }
+    let (st, v) = site
+        .post(
+            &format!(
+                "/api/v1/streams/{}/heartbeat",
+                p["stream"]["id"].as_str().unwrap()
+            ),
+            p["stream"]["heartbeat_token"].as_str(),
+            json!({ "position": -1.0 }),
+        )
+        .await;
+    assert_eq!((st, v["error"].as_str()), (400, Some("bad_position")));
+    // Read-your-writes on this origin, flushed or not.
+    let (_, again) = site.playback("film1", &t, "tv").await;
+    assert_eq!(again["resume_position"], 100.0);
+    let (_, b) = site
+        .get(&format!("/api/v1/browse?profile={profile}"), Some(&t))
+        .await;
+    assert_eq!(b["rails"][0]["id"], "continue", "{b}");
+    assert_eq!(b["rails"][0]["items"][0]["asset"], "film1");
+    assert_eq!(b["rails"][0]["items"][0]["position"], 100.0);
+    // Fewer rows written than heartbeats taken.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = site.metrics().await;
+        let value = |name: &str| -> f64 {
+            m.lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+                .unwrap_or(0.0)
+        };
+        let accepted = value("cascade_origin_heartbeats_total{result=\"accepted\"}");
+        let flushed = value("cascade_origin_heartbeats_total{result=\"flushed\"}");
+        assert_eq!(accepted, 50.0);
+        if flushed >= 1.0 {
+            assert!(flushed < 10.0, "{flushed} rows for 50 heartbeats");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no flush:\n{m}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A restart (which flushes) keeps the position; a finished title does
+    // not resume.
+    beat(&site, &again, 321.0).await;
+    site.restart().await;
+    let (st, p) = site.playback("film1", &t, "tv").await;
+    assert_eq!(
+        (st, p["resume_position"].as_f64()),
+        (200, Some(321.0)),
+        "{p}"
+    );
+    beat(&site, &p, 598.0).await;
+    let (_, p) = site.playback("film1", &t, "tv").await;
+    assert_eq!(p["resume_position"], 0.0);
+    let (_, b) = site
+        .get(&format!("/api/v1/browse?profile={profile}"), Some(&t))
+        .await;
+    assert_ne!(
+        b["rails"][0]["id"], "continue",
+        "a finished title leaves the rail"
+    );
+    site.stop().await;
+}
+
+#[tokio::test]
+async fn the_openapi_document_describes_every_viewer_route() {
+    let doc: Value = serde_json::from_str(&cascade_origin::openapi_json()).unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    for (path, method) in [
+        ("/api/v1/auth/signup", "post"),
+        ("/api/v1/auth/login", "post"),
+        ("/api/v1/auth/refresh", "post"),
+        ("/api/v1/auth/logout", "post"),
+        ("/api/v1/me", "get"),
+        ("/api/v1/profiles", "get"),
+        ("/api/v1/profiles", "post"),
+        ("/api/v1/profiles/{id}", "delete"),
+        ("/api/v1/titles", "get"),
+        ("/api/v1/titles/{id}", "get"),
+        ("/api/v1/titles/{id}/artwork", "get"),
+        ("/api/v1/browse", "get"),
+        ("/api/v1/plans", "get"),
+        ("/api/v1/billing/webhook", "post"),
+        ("/api/v1/playback/{asset}", "post"),
+        ("/api/v1/streams/{id}/heartbeat", "post"),
+        ("/api/v1/streams/{id}/stop", "post"),
+        ("/api/v1/history", "get"),
+        ("/api/v1/admin/titles", "post"),
+        ("/api/v1/admin/titles/{id}", "patch"),
+        ("/api/v1/admin/titles/{id}/artwork", "put"),
+    ] {
+        let op = &doc["paths"][path][method];
+        assert!(op.is_object(), "{method} {path} is not in the document");
+        assert!(
+            op["responses"].is_object(),
+            "{method} {path} has no responses"
+        );
+    }
+    let playback = &doc["paths"]["/api/v1/playback/{asset}"]["post"]["responses"];
+    for status in ["200", "401", "403", "429", "451"] {
+        assert!(playback[status].is_object(), "playback answers {status}");
+    }
+    assert!(doc["components"]["schemas"]["PlaybackAnswer"].is_object());
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+}
