@@ -17,7 +17,7 @@ DEB_PACKAGES := ffmpeg libavcodec-dev libavformat-dev libavutil-dev libavfilter-
 NODE_PACKAGES := nodejs npm
 
 .PHONY: help deps rust web build release dev test lint fmt bench clean fuzz-build \
-	bench-deps bench-hit-path bench-h3 bench-flash-crowd
+	bench-deps bench-hit-path bench-h3 bench-flash-crowd bench-viewer
 
 help:
 	@echo "make dev   install what is missing, build, and run the whole stack (cascade dev)"
@@ -66,7 +66,7 @@ test: deps web lint fuzz-build
 	set -o pipefail; cargo test --workspace --doc 2>&1 | tee -a target/test.log
 	@awk '/^test result:/ {p += $$4; f += $$6} END {print "tests: " p " passed, " f " failed"}' target/test.log
 
-bench: deps web bench-hit-path bench-h3 bench-flash-crowd
+bench: deps web bench-hit-path bench-h3 bench-flash-crowd bench-viewer
 	cargo bench -p cascade-benches
 
 # The peers and the load generator of the load benchmarks: nginx (nginx-light
@@ -97,6 +97,11 @@ bench-h3: deps bench-deps
 
 # 4 edges, 2 shields, 1 origin under a Zipf burst: origin offload and repeat
 # bytes; FLASH_CROWD_REQUESTS sets the size.
+# The viewer API on SQLite and on PostgreSQL (127.0.0.1:5432, database test):
+# heartbeat writes per second and playback-API requests per second with p99.
+bench-viewer: deps
+	bash benches/viewer-api.sh
+
 bench-flash-crowd: deps
 	cargo run --release -p cascade-benches --bin flash_crowd
 

@@ -280,6 +280,21 @@ struct IngestArgs {
     /// These countries may not watch, such as US,GB.
     #[arg(long)]
     deny_countries: Option<String>,
+    /// Catalog synopsis.
+    #[arg(long)]
+    synopsis: Option<String>,
+    /// Genres, comma-separated, such as Drama,Sport.
+    #[arg(long)]
+    genres: Option<String>,
+    /// Audio languages, comma-separated, such as hi,en.
+    #[arg(long)]
+    languages: Option<String>,
+    /// Release year.
+    #[arg(long, value_parser = clap::value_parser!(i64).range(1870..=2200))]
+    year: Option<i64>,
+    /// Only viewers on the premium plan may watch.
+    #[arg(long)]
+    premium: bool,
 }
 
 fn main() {
@@ -486,7 +501,8 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
             println!("    HLS  {page}/vod/{id}/master.m3u8?__token__=…");
             println!("    DASH {page}/vod/{id}/manifest.mpd?__token__=…");
         }
-        println!("  media needs a token: POST {page}/api/v1/playback/ID gives signed URLs, or");
+        println!("  sign up on the web page to watch; media needs a token: the playback API");
+        println!("    (POST {page}/api/v1/playback/ID with a viewer's access token) gives signed URLs, or");
         println!("    cascade token sign --acl '/vod/ID/*' --key-file {data}/dev-token-key");
     }
     println!(
@@ -1162,6 +1178,13 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
                 args.deny_countries.as_deref().unwrap_or(""),
             ),
         ])
+        .query(&[
+            ("synopsis", args.synopsis.as_deref().unwrap_or("")),
+            ("genres", args.genres.as_deref().unwrap_or("")),
+            ("languages", args.languages.as_deref().unwrap_or("")),
+            ("premium", if args.premium { "true" } else { "false" }),
+        ])
+        .query(&args.year.map(|y| vec![("year", y)]).unwrap_or_default())
         .header("content-length", size)
         .header("content-type", "application/octet-stream")
         .body(reqwest::Body::wrap_stream(counted))
@@ -1218,31 +1241,22 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    // Signed URLs from the playback API; unsigned ones if it cannot sign.
-    let signed: serde_json::Value = client
-        .post(format!("{origin}/api/v1/playback/{asset}"))
+    // Signed URLs come from the playback API, which needs a viewer's login
+    // (the web page does that); here, the URLs and how to sign them.
+    let a: serde_json::Value = client
+        .get(format!("{origin}/api/v1/assets/{asset}"))
         .send()
         .await?
         .json()
         .await?;
-    let (hls, dash) = match (signed["hls"].as_str(), signed["dash"].as_str()) {
-        (Some(h), Some(d)) => (h.to_string(), d.to_string()),
-        _ => {
-            let a: serde_json::Value = client
-                .get(format!("{origin}/api/v1/assets/{asset}"))
-                .send()
-                .await?
-                .json()
-                .await?;
-            (
-                a["playback"]["hls"].as_str().unwrap_or("?").to_string(),
-                a["playback"]["dash"].as_str().unwrap_or("?").to_string(),
-            )
-        }
-    };
+    let (hls, dash) = (
+        a["playback"]["hls"].as_str().unwrap_or("?").to_string(),
+        a["playback"]["dash"].as_str().unwrap_or("?").to_string(),
+    );
     println!("{title} is playable (asset {asset}):");
     println!("  HLS  {hls}");
     println!("  DASH {dash}");
+    println!("  (media needs a token: log in on the web page, or POST /api/v1/playback/{asset} with a viewer's access token)");
     Ok(())
 }
 

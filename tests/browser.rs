@@ -10,7 +10,7 @@ mod common;
 use std::process::Command;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_page_plays_hls_and_dash_in_chromium_over_http1_and_http3() {
+async fn the_page_signs_up_plays_resumes_and_plays_over_http1_and_http3() {
     let root = env!("CARGO_MANIFEST_DIR");
     assert!(
         std::path::Path::new(&format!("{root}/web/node_modules/playwright-core")).exists(),
@@ -27,7 +27,8 @@ async fn the_page_plays_hls_and_dash_in_chromium_over_http1_and_http3() {
         e.tls_key = key_path.display().to_string();
     })
     .await;
-    let asset = common::ingest_clip(&stack, 8).await;
+    // Long enough to stop part-way and resume (the last 20 % counts as finished).
+    let asset = common::ingest_clip(&stack, 20).await;
     let shot = stack.dir.path().join("page.png");
 
     let stdout = play(&stack.edge_url, &asset, &shot, &[]);
@@ -51,6 +52,16 @@ async fn the_page_plays_hls_and_dash_in_chromium_over_http1_and_http3() {
     }
 
     // The same page and title over HTTP/3: every media request over QUIC.
+    // Sign up, play, pause, reload: the session survives and the title
+    // resumes where it stopped.
+    let line = resume(&stack.edge_url, &asset);
+    let r: serde_json::Value = serde_json::from_str(&line["resume: ".len()..]).unwrap();
+    let (before, from) = (
+        r["before"].as_f64().unwrap(),
+        r["resumed_from"].as_f64().unwrap(),
+    );
+    assert!(before >= 6.0 && (from - before).abs() <= 3.0, "{line}");
+
     let tls = stack.edge.tls_addr.unwrap();
     let stdout = play(
         &format!("https://{tls}"),
@@ -114,4 +125,31 @@ fn play(base: &str, asset: &str, shot: &std::path::Path, env: &[(&str, String)])
         "{stdout}"
     );
     stdout
+}
+
+/// Runs `web/tests/resume.mjs`; answers its `resume: {…}` line.
+fn resume(base: &str, asset: &str) -> String {
+    let script = format!("{}/web/tests/resume.mjs", env!("CARGO_MANIFEST_DIR"));
+    let out = tokio::task::block_in_place(|| {
+        Command::new("node")
+            .arg(&script)
+            .arg(base)
+            .arg(asset)
+            .output()
+            .expect("node is installed (make test installs it)")
+    });
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr: String = String::from_utf8_lossy(&out.stderr)
+        .chars()
+        .take(4000)
+        .collect();
+    assert!(
+        out.status.success(),
+        "resume in the browser at {base} failed:\n{stdout}\n{stderr}"
+    );
+    stdout
+        .lines()
+        .find(|l| l.starts_with("resume: "))
+        .unwrap_or_else(|| panic!("{stdout}"))
+        .to_string()
 }

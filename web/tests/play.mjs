@@ -95,7 +95,7 @@ async function signUp(page) {
   await page.fill('#signup-password', 'correct horse 42');
   await page.fill('#signup-name', 'Play');
   await page.click('#signup button[type=submit]');
-  await page.waitForSelector('#logout, #status.error', { timeout: 30000 });
+  await page.waitForSelector('#logout:visible, #status.error:visible', { timeout: 30000 });
   if (!(await page.isVisible('#logout'))) {
     throw new Error(`sign-up as ${email} failed: ${await page.textContent('#status')}`);
   }
@@ -103,6 +103,6 @@ async function signUp(page) {
 
 // Picks the first profile if the page asks who is watching.
 async function pickProfile(page, item) {
-  await page.waitForSelector(`button.profile, ${item}`, { timeout: 30000 });
+  await page.waitForSelector(`button.profile:visible, ${item}:visible`, { timeout: 30000 });
   if (await page.isVisible('button.profile')) await page.click('button.profile');
 }

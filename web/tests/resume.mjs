@@ -57,7 +57,10 @@ try {
 
   // Reload: no log-in, no profile picker, and a continue-watching entry.
   await page.reload({ waitUntil: 'load' });
-  await page.waitForSelector(`${item}, #login, button.profile`, { timeout: 30000 });
+  await page.waitForSelector(`${item}:visible, #login:visible, button.profile:visible`, { timeout: 30000 })
+    .catch(async e => {
+      throw new Error(`${e.message}\nafter the reload the page says: ${await page.textContent('#status')}`);
+    });
   if (await page.isVisible('#login')) {
     throw new Error(`the session did not survive the reload: ${await page.textContent('#status')}`);
   }
@@ -106,7 +109,7 @@ async function signUp(page) {
   await page.fill('#signup-password', 'correct horse 42');
   await page.fill('#signup-name', 'Resume');
   await page.click('#signup button[type=submit]');
-  await page.waitForSelector('#logout, #status.error', { timeout: 30000 });
+  await page.waitForSelector('#logout:visible, #status.error:visible', { timeout: 30000 });
   if (!(await page.isVisible('#logout'))) {
     throw new Error(`sign-up as ${email} failed: ${await page.textContent('#status')}`);
   }
@@ -114,6 +117,6 @@ async function signUp(page) {
 
 // Picks the first profile if the page asks who is watching.
 async function pickProfile(page, item) {
-  await page.waitForSelector(`button.profile, ${item}`, { timeout: 30000 });
+  await page.waitForSelector(`button.profile:visible, ${item}:visible`, { timeout: 30000 });
   if (await page.isVisible('button.profile')) await page.click('button.profile');
 }
