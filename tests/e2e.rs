@@ -276,7 +276,10 @@ async fn the_ingest_command_follows_the_job_and_prints_urls() {
         .lines()
         .find_map(|l| l.trim().strip_prefix("HLS  "))
         .expect("an HLS URL");
-    assert!(hls.contains("/master.m3u8?__token__="), "signed: {hls}");
+    // Signing needs a viewer's login (or the operator's key): the command
+    // prints the URL and says how to get a token.
+    assert!(hls.ends_with("/master.m3u8"), "{hls}");
+    assert!(stdout.contains("media needs a token"), "{stdout}");
 
     // Bad input to the CLI: a clear error and a failing exit code.
     let out = tokio::task::block_in_place(|| {

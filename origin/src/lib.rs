@@ -31,7 +31,7 @@ use prometheus::{IntCounter, IntCounterVec, Opts};
 use tokio::sync::Notify;
 
 pub use api::{app, parse_range, RangeRequest};
-pub use billing::sign_webhook;
+pub use cascade_token::webhook::sign as sign_webhook;
 pub use config::OriginConfig;
 pub use openapi::openapi_json;
 
@@ -240,7 +240,13 @@ pub async fn start(cfg: &OriginConfig) -> anyhow::Result<Origin> {
         signer,
         geo,
         trusted,
-        cfg: cfg.clone(),
+        cfg: {
+            let mut cfg = cfg.clone();
+            if let Ok(secret) = std::env::var("CASCADE_BILLING_WEBHOOK_SECRET") {
+                cfg.billing_webhook_secret = secret;
+            }
+            cfg
+        },
         db,
         store,
         jobs_notify: Notify::new(),

@@ -14,6 +14,7 @@
 
 mod escape;
 mod path;
+pub mod webhook;
 
 use std::collections::HashMap;
 use std::fmt;
