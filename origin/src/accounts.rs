@@ -691,6 +691,7 @@ pub(crate) async fn delete_profile(
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
+    state.heartbeats.forget_profile(&id);
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -812,8 +812,14 @@ pub(crate) async fn put_artwork(
         ));
     };
     let ext = kind.trim_start_matches("image/");
-    let digest = crate::accounts::token_digest(&String::from_utf8_lossy(&body));
-    let key = format!("artwork/{}/{}.{ext}", t.id, &digest[..16]);
+    // The content's hash names the object, so a new image gets a new URL
+    // and caches never serve the old one.
+    let digest = ring::digest::digest(&ring::digest::SHA256, &body);
+    let version: String = digest.as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let key = format!("artwork/{}/{version}.{ext}", t.id);
     state
         .store
         .put(&object_store::path::Path::from(key.as_str()), body.into())

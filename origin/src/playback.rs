@@ -202,6 +202,14 @@ impl Heartbeats {
             .unwrap_or_default()
     }
 
+    /// Drops the unflushed positions of a deleted profile (a flush would
+    /// otherwise trip on the missing profile).
+    pub(crate) fn forget_profile(&self, profile: &str) {
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.positions.remove(profile);
+        }
+    }
+
     fn take(&self) -> Pending {
         let Ok(mut pending) = self.pending.lock() else {
             return Pending::default();
@@ -230,12 +238,26 @@ impl Heartbeats {
                 self.flush_rows.observe(n as f64);
             }
             Err(e) => {
-                // Positions are refreshed by the next heartbeat; losing one
-                // flush costs a few seconds of resume accuracy.
-                tracing::error!(error = %e, rows = n, "flushing watch history");
+                // One bad row (a profile deleted on another origin) must not
+                // lose the batch: write the rows one by one. What still
+                // fails is refreshed by the next heartbeat.
+                tracing::warn!(error = %e, rows = n, "flushing watch history; retrying row by row");
+                let mut written = 0u64;
+                for row in &rows {
+                    if write_batch(db, std::slice::from_ref(row), &[])
+                        .await
+                        .is_ok()
+                    {
+                        written += 1;
+                    }
+                }
+                if let Err(e) = write_batch(db, &[], &streams).await {
+                    tracing::error!(error = %e, "recording stream heartbeats");
+                }
+                self.beats.with_label_values(&["flushed"]).inc_by(written);
                 self.beats
                     .with_label_values(&["flush_failed"])
-                    .inc_by(n as u64);
+                    .inc_by(n as u64 - written);
             }
         }
     }
