@@ -97,13 +97,13 @@ async fn the_page_signs_up_plays_resumes_and_plays_over_http1_and_http3() {
     stack.shutdown().await;
 }
 
-/// Runs web/tests/play.mjs against `base` and returns what it printed,
-/// failing the test unless both players played.
-fn play(base: &str, asset: &str, shot: &std::path::Path, env: &[(&str, String)]) -> String {
-    let script = format!("{}/web/tests/play.mjs", env!("CARGO_MANIFEST_DIR"));
+/// Runs a script of `web/tests` with node; answers its stdout, or fails
+/// with its output (kept short: a failing page can print a lot).
+fn node(script: &str, args: &[&str], env: &[(&str, String)]) -> String {
+    let script = format!("{}/web/tests/{script}", env!("CARGO_MANIFEST_DIR"));
     let out = tokio::task::block_in_place(|| {
         let mut cmd = Command::new("node");
-        cmd.arg(&script).arg(base).arg(asset).arg(shot);
+        cmd.arg(&script).args(args);
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -111,15 +111,20 @@ fn play(base: &str, asset: &str, shot: &std::path::Path, env: &[(&str, String)])
             .expect("node is installed (make test installs it)")
     });
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    // A failing page can print a lot: keep the report short.
     let stderr: String = String::from_utf8_lossy(&out.stderr)
         .chars()
         .take(4000)
         .collect();
     assert!(
         out.status.success(),
-        "browser playback at {base} failed:\n{stdout}\n{stderr}"
+        "{script} {args:?} failed:\n{stdout}\n{stderr}"
     );
+    stdout
+}
+
+/// Plays HLS then DASH with `web/tests/play.mjs`; answers its output.
+fn play(base: &str, asset: &str, shot: &std::path::Path, env: &[(&str, String)]) -> String {
+    let stdout = node("play.mjs", &[base, asset, &shot.display().to_string()], env);
     assert!(
         stdout.contains("hls: played") && stdout.contains("dash: played"),
         "{stdout}"
@@ -129,24 +134,7 @@ fn play(base: &str, asset: &str, shot: &std::path::Path, env: &[(&str, String)])
 
 /// Runs `web/tests/resume.mjs`; answers its `resume: {…}` line.
 fn resume(base: &str, asset: &str) -> String {
-    let script = format!("{}/web/tests/resume.mjs", env!("CARGO_MANIFEST_DIR"));
-    let out = tokio::task::block_in_place(|| {
-        Command::new("node")
-            .arg(&script)
-            .arg(base)
-            .arg(asset)
-            .output()
-            .expect("node is installed (make test installs it)")
-    });
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    let stderr: String = String::from_utf8_lossy(&out.stderr)
-        .chars()
-        .take(4000)
-        .collect();
-    assert!(
-        out.status.success(),
-        "resume in the browser at {base} failed:\n{stdout}\n{stderr}"
-    );
+    let stdout = node("resume.mjs", &[base, asset], &[]);
     stdout
         .lines()
         .find(|l| l.starts_with("resume: "))

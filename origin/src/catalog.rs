@@ -666,25 +666,11 @@ pub(crate) async fn create(
     }
     let t = apply_edit(&state.db, blank, edit).await?;
     let mut conn = state.db.pool.acquire().await?;
-    sqlx::query(
+    bind_title(sqlx::query(
         "INSERT INTO titles (id, kind, parent_id, number, name, synopsis, year, genres, languages,
             cast_json, premium, available_from, available_until, asset_id, created_at, updated_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15)",
-    )
-    .bind(&t.id)
-    .bind(&t.kind)
-    .bind(&t.parent_id)
-    .bind(t.number)
-    .bind(&t.name)
-    .bind(&t.synopsis)
-    .bind(t.year)
-    .bind(&t.genres)
-    .bind(&t.languages)
-    .bind(&t.cast_json)
-    .bind(i64::from(t.premium))
-    .bind(t.available_from)
-    .bind(t.available_until)
-    .bind(&t.asset_id)
+    ), &t)
     .bind(now)
     .execute(&mut *conn)
     .await
@@ -712,26 +698,15 @@ pub(crate) async fn update(
         .ok_or_else(|| ApiError::not_found("title"))?;
     let t = apply_edit(&state.db, old, edit).await?;
     let mut conn = state.db.pool.acquire().await?;
-    sqlx::query(
-        "UPDATE titles SET kind = $2, parent_id = $3, number = $4, name = $5, synopsis = $6,
+    bind_title(
+        sqlx::query(
+            "UPDATE titles SET kind = $2, parent_id = $3, number = $4, name = $5, synopsis = $6,
             year = $7, genres = $8, languages = $9, cast_json = $10, premium = $11,
             available_from = $12, available_until = $13, asset_id = $14, updated_at = $15
          WHERE id = $1",
+        ),
+        &t,
     )
-    .bind(&t.id)
-    .bind(&t.kind)
-    .bind(&t.parent_id)
-    .bind(t.number)
-    .bind(&t.name)
-    .bind(&t.synopsis)
-    .bind(t.year)
-    .bind(&t.genres)
-    .bind(&t.languages)
-    .bind(&t.cast_json)
-    .bind(i64::from(t.premium))
-    .bind(t.available_from)
-    .bind(t.available_until)
-    .bind(&t.asset_id)
     .bind(crate::now() as i64)
     .execute(&mut *conn)
     .await
@@ -739,6 +714,27 @@ pub(crate) async fn update(
     reindex(&mut conn, state.db.backend, &t).await?;
     drop(conn);
     Ok(Json(detail(&state.db, t).await?).into_response())
+}
+
+/// Binds a title's stored fields as `$1` to `$14`, in column order.
+fn bind_title<'q>(
+    q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    t: &'q TitleRow,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    q.bind(&t.id)
+        .bind(&t.kind)
+        .bind(&t.parent_id)
+        .bind(t.number)
+        .bind(&t.name)
+        .bind(&t.synopsis)
+        .bind(t.year)
+        .bind(&t.genres)
+        .bind(&t.languages)
+        .bind(&t.cast_json)
+        .bind(i64::from(t.premium))
+        .bind(t.available_from)
+        .bind(t.available_until)
+        .bind(&t.asset_id)
 }
 
 /// Delete a title and what is below it (admin). Assets stay.

@@ -9,8 +9,8 @@
 // certificate's public key> node web/tests/play.mjs https://127.0.0.1:8443 ASSET_ID
 // (Chromium is told to use QUIC for that origin from the first request and
 // to accept that key.)
-import { randomBytes } from 'node:crypto';
 import { chromium } from 'playwright-core';
+import { pickProfile, signUp } from './page.mjs';
 
 const [base, asset, screenshot] = process.argv.slice(2);
 if (!base || !asset) {
@@ -38,7 +38,7 @@ try {
   await page.goto(base + '/', { waitUntil: 'load' });
   await page.evaluate(() => performance.setResourceTimingBufferSize(100000));
   const item = `li.title[data-id="${asset}"][data-status="ready"]`;
-  await signUp(page);
+  await signUp(page, 'Play');
   await pickProfile(page, item);
   await page.waitForSelector(item, { timeout: 30000 });
   for (const proto of ['hls', 'dash']) {
@@ -87,22 +87,3 @@ try {
   await browser.close();
 }
 process.exit(failed ? 1 : 0);
-
-// Signs up through the page's form with a new random account.
-async function signUp(page) {
-  const email = `play-${randomBytes(6).toString('hex')}@example.test`;
-  await page.fill('#signup-email', email, { timeout: 30000 });
-  await page.fill('#signup-password', 'correct horse 42');
-  await page.fill('#signup-name', 'Play');
-  await page.click('#signup button[type=submit]');
-  await page.waitForSelector('#logout:visible, #status.error:visible', { timeout: 30000 });
-  if (!(await page.isVisible('#logout'))) {
-    throw new Error(`sign-up as ${email} failed: ${await page.textContent('#status')}`);
-  }
-}
-
-// Picks the first profile if the page asks who is watching.
-async function pickProfile(page, item) {
-  await page.waitForSelector(`button.profile:visible, ${item}:visible`, { timeout: 30000 });
-  if (await page.isVisible('button.profile')) await page.click('button.profile');
-}

@@ -8,8 +8,8 @@
 //
 // Prints `resume: {"before": P, "resumed_from": R, "at": T}`; exits 1 unless
 // R is within 3 s of P and T >= P - 3, or on any page error.
-import { randomBytes } from 'node:crypto';
 import { chromium } from 'playwright-core';
+import { pickProfile, signUp } from './page.mjs';
 
 const [base, asset] = process.argv.slice(2);
 if (!base || !asset) {
@@ -32,7 +32,7 @@ try {
   page.on('pageerror', e => pageErrors.push(String(e)));
   await page.goto(base + '/', { waitUntil: 'load' });
   const item = `li.title[data-id="${asset}"][data-status="ready"]`;
-  await signUp(page);
+  await signUp(page, 'Resume');
   await pickProfile(page, item);
   await page.waitForSelector(item, { timeout: 30000 });
 
@@ -101,22 +101,3 @@ if (pageErrors.length) {
   failed = true;
 }
 process.exit(failed ? 1 : 0);
-
-// Signs up through the page's form with a new random account.
-async function signUp(page) {
-  const email = `play-${randomBytes(6).toString('hex')}@example.test`;
-  await page.fill('#signup-email', email, { timeout: 30000 });
-  await page.fill('#signup-password', 'correct horse 42');
-  await page.fill('#signup-name', 'Resume');
-  await page.click('#signup button[type=submit]');
-  await page.waitForSelector('#logout:visible, #status.error:visible', { timeout: 30000 });
-  if (!(await page.isVisible('#logout'))) {
-    throw new Error(`sign-up as ${email} failed: ${await page.textContent('#status')}`);
-  }
-}
-
-// Picks the first profile if the page asks who is watching.
-async function pickProfile(page, item) {
-  await page.waitForSelector(`button.profile:visible, ${item}:visible`, { timeout: 30000 });
-  if (await page.isVisible('button.profile')) await page.click('button.profile');
-}
