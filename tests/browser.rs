@@ -62,6 +62,22 @@ async fn the_page_signs_up_plays_resumes_and_plays_over_http1_and_http3() {
     );
     assert!(before >= 6.0 && (from - before).abs() <= 3.0, "{line}");
 
+    // A title that needs the premium plan: the page says so.
+    let premium = |on: bool| {
+        reqwest::Client::new()
+            .patch(format!("{}/api/v1/admin/titles/{asset}", stack.origin_url))
+            .bearer_auth(common::ORIGIN_ADMIN)
+            .json(&serde_json::json!({ "premium": on }))
+            .send()
+    };
+    assert_eq!(premium(true).await.unwrap().status(), 200);
+    let stdout = node("refusal.mjs", &[&stack.edge_url, &asset], &[]);
+    assert!(
+        stdout.contains("premium_required") && stdout.contains("needs the Premium plan"),
+        "{stdout}"
+    );
+    assert_eq!(premium(false).await.unwrap().status(), 200);
+
     let tls = stack.edge.tls_addr.unwrap();
     let stdout = play(
         &format!("https://{tls}"),

@@ -101,6 +101,9 @@ impl Stack {
     }
 }
 
+/// The test origin's catalog-editing credential.
+pub const ORIGIN_ADMIN: &str = "origin-admin-for-tests";
+
 /// The test origin's config: data under `data`, a small fast ladder.
 pub fn origin_config(data: &str) -> OriginConfig {
     OriginConfig {
@@ -108,6 +111,7 @@ pub fn origin_config(data: &str) -> OriginConfig {
         data_dir: format!("{data}/origin"),
         preset: "ultrafast".into(),
         token_keys: vec![test_key("test", TEST_KEY_HEX)],
+        admin_token: ORIGIN_ADMIN.into(),
         ladder: vec![
             Rung {
                 height: 180,

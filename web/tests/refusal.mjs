@@ -1,0 +1,44 @@
+// The page says why a title cannot play: signs up, clicks the title, and
+// prints the status line the page shows for the playback API's refusal.
+//
+//   node web/tests/refusal.mjs http://127.0.0.1:8080 ASSET_ID
+//
+// Prints `refused: <the status text>`; exits 1 if the title played instead
+// or the page showed no error.
+import { chromium } from 'playwright-core';
+import { pickProfile, signUp } from './page.mjs';
+
+const [base, asset] = process.argv.slice(2);
+if (!base || !asset) {
+  console.error('usage: refusal.mjs EDGE_URL ASSET_ID');
+  process.exit(2);
+}
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-quic',
+    '--no-first-run', '--disable-component-update', '--disable-sync'],
+});
+let failed = false;
+try {
+  const page = await browser.newPage();
+  await page.goto(base + '/', { waitUntil: 'load' });
+  const item = `li.title[data-id="${asset}"][data-status="ready"]`;
+  await signUp(page, 'Refused');
+  await pickProfile(page, item);
+  await page.waitForSelector(item, { timeout: 30000 });
+  await page.click(item);
+  await page.waitForFunction(() => window.cascade.state.error, null, { timeout: 30000, polling: 100 });
+  const shown = await page.textContent('#status');
+  const isError = await page.isVisible('#status.error');
+  console.log('refused: ' + JSON.stringify({ code: await page.evaluate(() => window.cascade.state.error), shown }));
+  if (!isError) {
+    console.error('the status line is not marked as an error');
+    failed = true;
+  }
+} catch (e) {
+  console.error(String(e));
+  failed = true;
+} finally {
+  await browser.close();
+}
+process.exit(failed ? 1 : 0);
