@@ -67,6 +67,9 @@ pub(crate) struct Accounts {
     encoding: EncodingKey,
     decoding: DecodingKey,
     per_address: moka::sync::Cache<IpAddr, Arc<Mutex<Window>>>,
+    /// Password hashes at once: each takes 19 MiB and a core for tens of
+    /// milliseconds, so a burst of logins must queue, not exhaust memory.
+    hashing: tokio::sync::Semaphore,
 }
 
 /// A fixed one-minute window of attempts from one address.
@@ -84,7 +87,19 @@ impl Accounts {
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(60))
                 .build(),
+            hashing: tokio::sync::Semaphore::new(
+                2 * std::thread::available_parallelism().map_or(2, |n| n.get()),
+            ),
         }
+    }
+
+    /// Runs a password hash or check with the others, a few at a time.
+    async fn hash_work<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Option<T> {
+        let _permit = self.hashing.acquire().await.ok()?;
+        tokio::task::spawn_blocking(work).await.ok()
     }
 
     /// Signs claims (HS256).
@@ -110,6 +125,15 @@ impl Accounts {
 
     /// Counts an attempt from `ip`; `Err(seconds)` when it is over the limit.
     fn throttle(&self, ip: IpAddr, per_minute: u32) -> Result<(), u64> {
+        // An IPv6 host usually holds a whole /64: count the /64.
+        let ip = match ip {
+            IpAddr::V6(v6) => {
+                let mut o = v6.octets();
+                o[8..].fill(0);
+                IpAddr::from(o)
+            }
+            v4 => v4,
+        };
         let w = self.per_address.get_with(ip, || {
             Arc::new(Mutex::new(Window {
                 started: Instant::now(),
@@ -385,9 +409,10 @@ pub(crate) async fn signup(
             .unwrap_or_else(|_| "Me".into()),
     };
     let password = req.password;
-    let hash = tokio::task::spawn_blocking(move || hash_password(&password))
+    let hash = state
+        .accounts
+        .hash_work(move || hash_password(&password))
         .await
-        .ok()
         .and_then(Result::ok)
         .ok_or_else(|| {
             ApiError::new(
@@ -425,7 +450,7 @@ pub(crate) async fn signup(
         .await?;
     tx.commit().await?;
     state.auth_events.with_label_values(&["signup"]).inc();
-    let session = start_session(&state, &user, None).await?;
+    let session = start_session(&state, &user).await?;
     Ok((StatusCode::CREATED, no_store(Json(session))).into_response())
 }
 
@@ -449,52 +474,74 @@ pub(crate) async fn login(
     };
     let email = parse_email(&req.email).map_err(|_| bad())?;
     let now = crate::now() as i64;
-    let row = sqlx::query("SELECT id, password_hash, locked_until FROM users WHERE email = $1")
-        .bind(&email)
-        .fetch_optional(&state.db.pool)
-        .await?;
-    let (user, hash, locked_until) = match &row {
-        Some(r) => (
-            Some(r.try_get::<String, _>("id")?),
-            r.try_get::<String, _>("password_hash")?,
-            r.try_get::<i64, _>("locked_until")?,
-        ),
-        None => (None, decoy_hash().to_string(), 0),
-    };
-    if locked_until > now {
+    let max = i64::from(state.cfg.login_max_failures);
+    let locked = |state: &State, until: i64| {
         state.auth_events.with_label_values(&["locked"]).inc();
-        return Err(ApiError::new(
+        ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "account_locked",
             "too many wrong passwords; the account is locked for a while",
         )
-        .retry_after((locked_until - now) as u64));
-    }
-    let password = req.password;
-    let ok = tokio::task::spawn_blocking(move || verify_password(&hash, &password))
-        .await
-        .unwrap_or(false);
-    let Some(user) = user else {
+        .retry_after(until.saturating_sub(now).max(1) as u64)
+    };
+    let row = sqlx::query("SELECT id, password_hash, locked_until FROM users WHERE email = $1")
+        .bind(&email)
+        .fetch_optional(&state.db.pool)
+        .await?;
+    let Some(row) = row else {
+        // Unknown: as slow as a wrong password, and the same answer.
+        state
+            .accounts
+            .hash_work(|| verify_password(decoy_hash(), "not the decoy"))
+            .await;
         state.auth_events.with_label_values(&["failed"]).inc();
         return Err(bad());
     };
+    let user: String = row.try_get("id")?;
+    let hash: String = row.try_get("password_hash")?;
+    let locked_until: i64 = row.try_get("locked_until")?;
+    if locked_until > now {
+        return Err(locked(&state, locked_until));
+    }
+    // Count the attempt before checking it, in one statement, so parallel
+    // guesses cannot all slip in before the lock: attempt k of a cycle
+    // learns k, and attempts past the limit are refused unchecked.
+    let attempt: Option<i64> = sqlx::query(
+        "UPDATE users SET failed_logins = failed_logins + 1
+         WHERE id = $1 AND locked_until <= $2 RETURNING failed_logins",
+    )
+    .bind(&user)
+    .bind(now)
+    .fetch_optional(&state.db.pool)
+    .await?
+    .map(|r| r.try_get("failed_logins"))
+    .transpose()?;
+    let until = now + state.cfg.login_lockout_secs as i64;
+    let lock = || {
+        sqlx::query("UPDATE users SET locked_until = $1, failed_logins = 0 WHERE id = $2")
+            .bind(until)
+            .bind(&user)
+            .execute(&state.db.pool)
+    };
+    let attempt = match attempt {
+        None => return Err(locked(&state, until)),
+        Some(k) if k > max => {
+            lock().await?;
+            return Err(locked(&state, until));
+        }
+        Some(k) => k,
+    };
+    let password = req.password;
+    let ok = state
+        .accounts
+        .hash_work(move || verify_password(&hash, &password))
+        .await
+        .unwrap_or(false);
     if !ok {
         state.auth_events.with_label_values(&["failed"]).inc();
-        // The count and the lock move together: the failure that reaches the
-        // limit locks the account and starts the count again.
-        let max = i64::from(state.cfg.login_max_failures);
-        let until = now + state.cfg.login_lockout_secs as i64;
-        sqlx::query(
-            "UPDATE users SET
-                locked_until = CASE WHEN failed_logins + 1 >= $1 THEN $2 ELSE locked_until END,
-                failed_logins = CASE WHEN failed_logins + 1 >= $1 THEN 0 ELSE failed_logins + 1 END
-             WHERE id = $3",
-        )
-        .bind(max)
-        .bind(until)
-        .bind(&user)
-        .execute(&state.db.pool)
-        .await?;
+        if attempt >= max {
+            lock().await?;
+        }
         return Err(bad());
     }
     sqlx::query("UPDATE users SET failed_logins = 0 WHERE id = $1")
@@ -502,7 +549,7 @@ pub(crate) async fn login(
         .execute(&state.db.pool)
         .await?;
     state.auth_events.with_label_values(&["login"]).inc();
-    let session = start_session(&state, &user, None).await?;
+    let session = start_session(&state, &user).await?;
     Ok(no_store(Json(session)).into_response())
 }
 
@@ -543,35 +590,76 @@ pub(crate) async fn refresh(
         return Err(invalid());
     }
     if rotated.is_some() {
-        revoke_family(&state.db, &family, now).await?;
-        state
-            .auth_events
-            .with_label_values(&["refresh_reused"])
-            .inc();
-        tracing::warn!(
-            user,
-            "a rotated refresh token was presented again: its login is revoked"
-        );
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "refresh_reused",
-            "this refresh token was already used; the session is revoked, log in again",
-        ));
+        return Err(reused(&state, &user, &family, now).await?);
     }
-    // Rotate: only one of two racing refreshes wins the row.
+    // Rotate and issue the next token in one transaction that first locks
+    // the user's row, as revocation does: a logout or a reuse revocation
+    // either lands before (and this rotation finds the token revoked) or
+    // after (and revokes the new token too).
+    let mut tx = state.db.pool.begin().await?;
+    lock_user(&mut tx, &user).await?;
     let won = sqlx::query(
         "UPDATE refresh_tokens SET rotated_at = $1 WHERE digest = $2 AND rotated_at IS NULL AND revoked_at IS NULL",
     )
     .bind(now)
     .bind(&digest)
-    .execute(&state.db.pool)
+    .execute(&mut *tx)
     .await?;
     if won.rows_affected() != 1 {
-        return Err(invalid());
+        drop(tx);
+        let revoked: Option<i64> =
+            sqlx::query("SELECT revoked_at FROM refresh_tokens WHERE digest = $1")
+                .bind(&digest)
+                .fetch_optional(&state.db.pool)
+                .await?
+                .map(|r| r.try_get("revoked_at"))
+                .transpose()?
+                .flatten();
+        // Revoked meanwhile (a logout): plainly invalid. Otherwise another
+        // request rotated it first: two parties hold this token.
+        return Err(if revoked.is_some() {
+            invalid()
+        } else {
+            reused(&state, &user, &family, now).await?
+        });
     }
+    let refresh_token = insert_refresh(&mut tx, &state.cfg, &user, &family, now as u64).await?;
+    tx.commit().await?;
     state.auth_events.with_label_values(&["refresh"]).inc();
-    let session = start_session(&state, &user, Some(&family)).await?;
+    let session = session_for(&state, &user, refresh_token).await?;
     Ok(no_store(Json(session)).into_response())
+}
+
+/// A rotated refresh token came again: its whole login is revoked.
+async fn reused(state: &State, user: &str, family: &str, now: i64) -> Result<ApiError, ApiError> {
+    revoke_family(&state.db, user, family, now).await?;
+    state
+        .auth_events
+        .with_label_values(&["refresh_reused"])
+        .inc();
+    tracing::warn!(
+        user,
+        "a rotated refresh token was presented again: its login is revoked"
+    );
+    Ok(ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "refresh_reused",
+        "this refresh token was already used; the session is revoked, log in again",
+    ))
+}
+
+/// Takes the user's row lock for the rest of the transaction (on SQLite,
+/// the write lock): session changes and stream starts of one account
+/// serialise on it.
+async fn lock_user(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    user: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE users SET stream_epoch = stream_epoch + 1 WHERE id = $1")
+        .bind(user)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 /// Log out: the refresh token and every token rotated from the same login die.
@@ -582,13 +670,14 @@ pub(crate) async fn logout(
     JsonBody(req): JsonBody<RefreshRequest>,
 ) -> Result<StatusCode, ApiError> {
     if req.refresh_token.len() <= 256 {
-        let row = sqlx::query("SELECT family FROM refresh_tokens WHERE digest = $1")
+        let row = sqlx::query("SELECT family, user_id FROM refresh_tokens WHERE digest = $1")
             .bind(token_digest(&req.refresh_token))
             .fetch_optional(&state.db.pool)
             .await?;
         if let Some(r) = row {
             let family: String = r.try_get("family")?;
-            revoke_family(&state.db, &family, crate::now() as i64).await?;
+            let user: String = r.try_get("user_id")?;
+            revoke_family(&state.db, &user, &family, crate::now() as i64).await?;
         }
     }
     Ok(StatusCode::NO_CONTENT)
@@ -627,7 +716,10 @@ pub(crate) async fn create_profile(
 ) -> Result<Response, ApiError> {
     let name = parse_profile_name(&req.name)?;
     let id = new_id();
-    // Insert only while under the limit, in one statement.
+    // Insert only while under the limit, with the account's row locked so
+    // two racing creates cannot both see room for one more.
+    let mut tx = state.db.pool.begin().await?;
+    lock_user(&mut tx, &viewer.user).await?;
     let r = sqlx::query(
         "INSERT INTO profiles (id, user_id, name, created_at)
          SELECT $1, $2, $3, $4 WHERE (SELECT COUNT(*) FROM profiles WHERE user_id = $2) < $5
@@ -638,8 +730,9 @@ pub(crate) async fn create_profile(
     .bind(&name)
     .bind(crate::now() as i64)
     .bind(MAX_PROFILES)
-    .execute(&state.db.pool)
+    .execute(&mut *tx)
     .await?;
+    tx.commit().await?;
     if r.rows_affected() == 0 {
         let n = profiles_of(&state.db, &viewer.user).await?;
         return Err(if n.iter().any(|p| p.name == name) {
@@ -669,18 +762,33 @@ pub(crate) async fn delete_profile(
     viewer: Viewer,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let profiles = profiles_of(&state.db, &viewer.user).await?;
-    if !profiles.iter().any(|p| p.id == id) {
+    let mut tx = state.db.pool.begin().await?;
+    lock_user(&mut tx, &viewer.user).await?;
+    let ids: Vec<String> = sqlx::query("SELECT id FROM profiles WHERE user_id = $1")
+        .bind(&viewer.user)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| r.try_get("id"))
+        .collect::<Result<_, _>>()?;
+    if !ids.contains(&id) {
         return Err(ApiError::not_found("profile"));
     }
-    if profiles.len() == 1 {
+    if ids.len() == 1 {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "last_profile",
             "an account keeps at least one profile",
         ));
     }
-    let mut tx = state.db.pool.begin().await?;
+    // Its streams end with it: their heartbeats would name a missing profile.
+    let ended: Vec<String> = sqlx::query("DELETE FROM streams WHERE profile_id = $1 RETURNING id")
+        .bind(&id)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .filter_map(|r| r.try_get("id").ok())
+        .collect();
     sqlx::query("DELETE FROM watch_history WHERE profile_id = $1")
         .bind(&id)
         .execute(&mut *tx)
@@ -691,6 +799,7 @@ pub(crate) async fn delete_profile(
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
+    state.heartbeats.end(ended);
     state.heartbeats.forget_profile(&id);
     Ok(StatusCode::NO_CONTENT)
 }
@@ -748,34 +857,55 @@ async fn user_view(state: &State, user: &str) -> Result<User, ApiError> {
     })
 }
 
-/// New tokens for a user: a new login family, or the next token of one.
-async fn start_session(
-    state: &State,
+/// A new login: a new refresh-token family and the session.
+async fn start_session(state: &State, user: &str) -> Result<Session, ApiError> {
+    let mut conn = state.db.pool.acquire().await?;
+    let refresh_token =
+        insert_refresh(&mut conn, &state.cfg, user, &new_id(), crate::now()).await?;
+    drop(conn);
+    session_for(state, user, refresh_token).await
+}
+
+/// Stores the next refresh token of a family; answers the token. Tokens of
+/// the user past their expiry go at the same time (rotated ones are kept
+/// until then, to recognise their reuse).
+async fn insert_refresh(
+    conn: &mut sqlx::AnyConnection,
+    cfg: &crate::OriginConfig,
     user: &str,
-    family: Option<&str>,
-) -> Result<Session, ApiError> {
-    let now = crate::now();
-    let access = state
-        .accounts
-        .sign(&access_claims(user, now, state.cfg.access_token_ttl_secs));
+    family: &str,
+    now: u64,
+) -> Result<String, sqlx::Error> {
     let (refresh_token, digest) = new_refresh_token();
-    let family = family.map_or_else(new_id, str::to_string);
     sqlx::query(
         "INSERT INTO refresh_tokens (digest, family, user_id, expires_at, created_at) VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(&digest)
-    .bind(&family)
+    .bind(family)
     .bind(user)
-    .bind((now + state.cfg.refresh_token_ttl_secs) as i64)
+    .bind((now + cfg.refresh_token_ttl_secs) as i64)
     .bind(now as i64)
-    .execute(&state.db.pool)
+    .execute(&mut *conn)
     .await?;
-    // Rotated tokens are only kept to detect reuse while they could still be valid.
     sqlx::query("DELETE FROM refresh_tokens WHERE user_id = $1 AND expires_at < $2")
         .bind(user)
         .bind(now as i64)
-        .execute(&state.db.pool)
+        .execute(&mut *conn)
         .await?;
+    Ok(refresh_token)
+}
+
+/// The session answer: a fresh access token, the refresh token, the user.
+async fn session_for(
+    state: &State,
+    user: &str,
+    refresh_token: String,
+) -> Result<Session, ApiError> {
+    let access = state.accounts.sign(&access_claims(
+        user,
+        crate::now(),
+        state.cfg.access_token_ttl_secs,
+    ));
     Ok(Session {
         access_token: access,
         token_type: "Bearer",
@@ -786,14 +916,17 @@ async fn start_session(
     })
 }
 
-async fn revoke_family(db: &Db, family: &str, now: i64) -> Result<(), ApiError> {
+async fn revoke_family(db: &Db, user: &str, family: &str, now: i64) -> Result<(), ApiError> {
+    let mut tx = db.pool.begin().await?;
+    lock_user(&mut tx, user).await?;
     sqlx::query(
         "UPDATE refresh_tokens SET revoked_at = $1 WHERE family = $2 AND revoked_at IS NULL",
     )
     .bind(now)
     .bind(family)
-    .execute(&db.pool)
+    .execute(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(())
 }
 

@@ -224,7 +224,8 @@ pub(crate) async fn webhook(
                     let r = sqlx::query(
                         "UPDATE subscriptions SET status = 'active', current_period_end = $1,
                             last_event_at = $2, updated_at = $3
-                         WHERE provider_subscription = $4 AND last_event_at <= $2",
+                         WHERE provider_subscription = $4 AND last_event_at <= $2
+                           AND status <> 'canceled'",
                     )
                     .bind(end)
                     .bind(created)
@@ -323,6 +324,9 @@ async fn apply_subscription(
             "the subscription names no known plan",
         ));
     }
+    // One row per account: the subscription that entitles it. An event
+    // about another, ended subscription (the old one, cancelled after the
+    // account moved to a new one) does not replace a good one.
     let r = sqlx::query(
         "INSERT INTO subscriptions (user_id, plan_id, status, current_period_end, provider_subscription, last_event_at, updated_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7)
@@ -331,7 +335,10 @@ async fn apply_subscription(
             current_period_end = excluded.current_period_end,
             provider_subscription = excluded.provider_subscription,
             last_event_at = excluded.last_event_at, updated_at = excluded.updated_at
-         WHERE subscriptions.last_event_at <= excluded.last_event_at",
+         WHERE subscriptions.last_event_at <= excluded.last_event_at
+           AND (subscriptions.provider_subscription = excluded.provider_subscription
+                OR excluded.status IN ('active', 'trialing', 'past_due')
+                OR subscriptions.status NOT IN ('active', 'trialing', 'past_due'))",
     )
     .bind(&sub.user)
     .bind(&sub.plan)

@@ -164,11 +164,13 @@ struct TitleRow {
     artwork: Option<String>,
     asset_id: Option<String>,
     duration: Option<f64>,
+    /// The asset's status, when there is one.
+    asset_status: Option<String>,
 }
 
 const TITLE_COLUMNS: &str = "t.id, t.kind, t.parent_id, t.number, t.name, t.synopsis, t.year, \
     t.genres, t.languages, t.cast_json, t.premium, t.available_from, t.available_until, \
-    t.artwork, t.asset_id, a.duration";
+    t.artwork, t.asset_id, a.duration, a.status AS asset_status";
 
 /// Viewers see titles whose asset is ready (or that have none: series) and
 /// whose window has not closed.
@@ -194,6 +196,7 @@ impl TitleRow {
             artwork: r.try_get("artwork")?,
             asset_id: r.try_get("asset_id")?,
             duration: r.try_get("duration")?,
+            asset_status: r.try_get("asset_status")?,
         })
     }
 
@@ -436,6 +439,12 @@ pub(crate) async fn get_title(
     let t = load(&state.db, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("title"))?;
+    // Viewers do not see what is not theirs to see yet or any more.
+    let closed = t.available_until.is_some_and(|u| u <= crate::now() as i64);
+    let unready = t.asset_id.is_some() && t.asset_status.as_deref() != Some("ready");
+    if closed || unready {
+        return Err(ApiError::not_found("title"));
+    }
     let title = detail(&state.db, t).await?;
     Ok(([(header::CACHE_CONTROL, "public, max-age=30")], Json(title)).into_response())
 }
@@ -657,6 +666,7 @@ pub(crate) async fn create(
         artwork: None,
         asset_id: None,
         duration: None,
+        asset_status: None,
     };
     if edit.kind.is_none() || edit.name.is_none() {
         return Err(ApiError::bad_request(
@@ -1027,6 +1037,7 @@ pub(crate) async fn insert_movie(
         artwork: None,
         asset_id: Some(asset.to_string()),
         duration: None,
+        asset_status: None,
     };
     sqlx::query(
         "INSERT INTO titles (id, kind, name, synopsis, year, genres, languages, premium, asset_id, created_at, updated_at)
@@ -1073,10 +1084,14 @@ async fn load(db: &Db, id: &str) -> Result<Option<TitleRow>, ApiError> {
 async fn children(db: &Db, id: &str) -> Result<Vec<TitleRow>, ApiError> {
     let sql = format!(
         "SELECT {TITLE_COLUMNS} FROM titles t LEFT JOIN assets a ON a.id = t.asset_id
-         WHERE t.parent_id = $1 AND (t.asset_id IS NULL OR a.status = 'ready')
-         ORDER BY t.number, t.name, t.id LIMIT 1000"
+         WHERE t.parent_id = $2 AND {VISIBLE}
+         ORDER BY t.number IS NULL, t.number, t.name, t.id LIMIT 1000"
     );
-    let rows = sqlx::query(&sql).bind(id).fetch_all(&db.pool).await?;
+    let rows = sqlx::query(&sql)
+        .bind(crate::now() as i64)
+        .bind(id)
+        .fetch_all(&db.pool)
+        .await?;
     Ok(rows
         .iter()
         .map(TitleRow::from_row)
@@ -1180,10 +1195,16 @@ pub(crate) async fn cards_for_assets(
     // One query per asset keeps the SQL portable; rails hold at most 20.
     let sql = format!(
         "SELECT {TITLE_COLUMNS} FROM titles t LEFT JOIN assets a ON a.id = t.asset_id
-         WHERE t.asset_id = $1 AND a.status = 'ready'"
+         WHERE t.asset_id = $2 AND a.status = 'ready' AND {VISIBLE}"
     );
+    let now = crate::now() as i64;
     for a in assets {
-        if let Some(r) = sqlx::query(&sql).bind(a).fetch_optional(&db.pool).await? {
+        if let Some(r) = sqlx::query(&sql)
+            .bind(now)
+            .bind(a)
+            .fetch_optional(&db.pool)
+            .await?
+        {
             let t = TitleRow::from_row(&r)?;
             out.insert(a.clone(), t.card());
         }

@@ -173,8 +173,16 @@ impl Validate for OriginConfig {
         if !(1..=300).contains(&self.heartbeat_interval_secs) {
             errors.push("heartbeat_interval_secs: must be 1 to 300".into());
         }
-        if self.stream_slot_secs < 2 * self.heartbeat_interval_secs {
-            errors.push("stream_slot_secs: must be at least twice heartbeat_interval_secs".into());
+        // A live stream's slot is seen alive once a heartbeat is flushed:
+        // the slot must outlast an interval plus two flushes, with room.
+        if self.stream_slot_secs < 2 * self.heartbeat_interval_secs
+            || self.stream_slot_secs * 1000
+                <= self.heartbeat_interval_secs * 1000 + 2 * self.history_flush_ms
+        {
+            errors.push(
+                "stream_slot_secs: must be at least twice heartbeat_interval_secs and longer than it plus two history_flush_ms"
+                    .into(),
+            );
         }
         if !(10..=60_000).contains(&self.history_flush_ms) {
             errors.push("history_flush_ms: must be 10 to 60000".into());

@@ -131,6 +131,9 @@ struct Pending {
 /// Heartbeats waiting for the next flush.
 pub(crate) struct Heartbeats {
     pending: Mutex<Pending>,
+    /// Streams whose slot is gone (stopped, replaced, timed out, or taken
+    /// over): their heartbeats are answered 410 so the player stops.
+    ended: moka::sync::Cache<String, ()>,
     entries: AtomicUsize,
     max_entries: usize,
     wake: tokio::sync::Notify,
@@ -143,7 +146,7 @@ impl Heartbeats {
         let beats = IntCounterVec::new(
             Opts::new(
                 "origin_heartbeats_total",
-                "Stream heartbeats, by outcome (accepted, busy, bad_token, flushed, flush_failed)",
+                "Stream heartbeats, by outcome (accepted, busy, bad_token, ended, flushed, flush_failed)",
             ),
             &["result"],
         )?;
@@ -158,6 +161,10 @@ impl Heartbeats {
         registry.register(Box::new(flush_rows.clone()))?;
         Ok(Heartbeats {
             pending: Mutex::new(Pending::default()),
+            ended: moka::sync::Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_live(Duration::from_secs(7 * 24 * 3600))
+                .build(),
             entries: AtomicUsize::new(0),
             max_entries: max_entries.max(1),
             wake: tokio::sync::Notify::new(),
@@ -185,6 +192,17 @@ impl Heartbeats {
             self.wake.notify_one();
         }
         true
+    }
+
+    /// Marks streams as ended.
+    pub(crate) fn end(&self, streams: impl IntoIterator<Item = String>) {
+        for id in streams {
+            self.ended.insert(id, ());
+        }
+    }
+
+    fn has_ended(&self, stream: &str) -> bool {
+        self.ended.contains_key(stream)
     }
 
     /// The unflushed position of a profile in a title.
@@ -233,7 +251,8 @@ impl Heartbeats {
         let streams: Vec<(String, i64)> = batch.streams.into_iter().collect();
         let n = rows.len();
         match write_batch(db, &rows, &streams).await {
-            Ok(()) => {
+            Ok(gone) => {
+                self.end(gone);
                 self.beats.with_label_values(&["flushed"]).inc_by(n as u64);
                 self.flush_rows.observe(n as f64);
             }
@@ -251,8 +270,9 @@ impl Heartbeats {
                         written += 1;
                     }
                 }
-                if let Err(e) = write_batch(db, &[], &streams).await {
-                    tracing::error!(error = %e, "recording stream heartbeats");
+                match write_batch(db, &[], &streams).await {
+                    Ok(gone) => self.end(gone),
+                    Err(e) => tracing::error!(error = %e, "recording stream heartbeats"),
                 }
                 self.beats.with_label_values(&["flushed"]).inc_by(written);
                 self.beats
@@ -263,11 +283,13 @@ impl Heartbeats {
     }
 }
 
+/// Writes positions and stream liveness; answers the streams that no longer
+/// have a row (their slot was freed: stopped, replaced or taken over).
 async fn write_batch(
     db: &Db,
     rows: &[(String, String, Position)],
     streams: &[(String, i64)],
-) -> Result<(), sqlx::Error> {
+) -> Result<Vec<String>, sqlx::Error> {
     let mut tx = db.pool.begin().await?;
     relax_durability(db, &mut tx).await?;
     for chunk in rows.chunks(FLUSH_CHUNK) {
@@ -307,6 +329,7 @@ async fn write_batch(
     }
     // Streams, grouped by the time of their last heartbeat (one per second
     // of the flush window).
+    let mut gone = Vec::new();
     let mut by_time: HashMap<i64, Vec<&str>> = HashMap::new();
     for (id, at) in streams {
         by_time.entry(*at).or_default().push(id);
@@ -318,16 +341,29 @@ async fn write_batch(
                 .collect::<Vec<_>>()
                 .join(",");
             let sql = format!(
-                "UPDATE streams SET last_seen = $1 WHERE last_seen < $1 AND id IN ({list})"
+                "UPDATE streams SET last_seen = CASE WHEN last_seen < $1 THEN $1 ELSE last_seen END
+                 WHERE id IN ({list}) RETURNING id"
             );
             let mut q = sqlx::query(&sql).bind(at);
             for id in chunk {
                 q = q.bind(*id);
             }
-            q.execute(&mut *tx).await?;
+            let live: std::collections::HashSet<String> = q
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .filter_map(|r| r.try_get::<String, _>("id").ok())
+                .collect();
+            gone.extend(
+                chunk
+                    .iter()
+                    .filter(|id| !live.contains(**id))
+                    .map(|id| id.to_string()),
+            );
         }
     }
-    tx.commit().await
+    tx.commit().await?;
+    Ok(gone)
 }
 
 /// Stream slots and resume positions are short-lived: on PostgreSQL their
@@ -410,7 +446,12 @@ pub(crate) async fn playback(
         }
         None => return Err(ApiError::not_found("asset")),
     };
-    let title = catalog::playable(&state.db, &asset_id).await?;
+    // Only what the catalog lists plays: an asset whose title was deleted
+    // or detached is not a back door around premium and windows.
+    let Some(title) = catalog::playable(&state.db, &asset_id).await? else {
+        return Err(ApiError::not_found("title"));
+    };
+    let title = Some(title);
     let profiles = accounts::profiles_of(&state.db, &viewer.user).await?;
     let profile = match &req.profile_id {
         Some(p) if profiles.iter().any(|x| &x.id == p) => p.clone(),
@@ -485,7 +526,7 @@ pub(crate) async fn playback(
     // The stream slot.
     let stream = accounts::new_id();
     let slot_secs = state.cfg.stream_slot_secs;
-    take_slot(
+    let replaced = take_slot(
         &state.db,
         Slot {
             stream: &stream,
@@ -504,6 +545,7 @@ pub(crate) async fn playback(
             refused("too_many_streams");
         }
     })?;
+    state.heartbeats.end(replaced);
     let expires = now + state.cfg.playback_ttl_secs;
     let token = cascade_token::sign(
         key,
@@ -562,7 +604,8 @@ struct Slot<'a> {
     device: &'a str,
 }
 
-/// Takes a stream slot under the account's limit. Starts of one account
+/// Takes a stream slot under the account's limit; answers the streams it
+/// freed (timed out, or this device's earlier one). Starts of one account
 /// serialise on its user row, so two racing starts cannot both take the
 /// last slot; slots without a heartbeat for `slot_secs` are freed first,
 /// and a device starting again gives up its old slot.
@@ -572,19 +615,24 @@ async fn take_slot(
     limit: i64,
     now: i64,
     slot_secs: i64,
-) -> Result<(), ApiError> {
+) -> Result<Vec<String>, ApiError> {
     let mut tx = db.pool.begin().await?;
     relax_durability(db, &mut tx).await?;
     sqlx::query("UPDATE users SET stream_epoch = stream_epoch + 1 WHERE id = $1")
         .bind(s.user)
         .execute(&mut *tx)
         .await?;
-    sqlx::query("DELETE FROM streams WHERE user_id = $1 AND (last_seen < $2 OR device = $3)")
-        .bind(s.user)
-        .bind(now - slot_secs)
-        .bind(s.device)
-        .execute(&mut *tx)
-        .await?;
+    let replaced: Vec<String> = sqlx::query(
+        "DELETE FROM streams WHERE user_id = $1 AND (last_seen < $2 OR device = $3) RETURNING id",
+    )
+    .bind(s.user)
+    .bind(now - slot_secs)
+    .bind(s.device)
+    .fetch_all(&mut *tx)
+    .await?
+    .iter()
+    .filter_map(|r| r.try_get::<String, _>("id").ok())
+    .collect();
     let active = sqlx::query(
         "SELECT device, asset_id, started_at FROM streams WHERE user_id = $1 ORDER BY started_at",
     )
@@ -622,7 +670,7 @@ async fn take_slot(
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(())
+    Ok(replaced)
 }
 
 /// Where to start: the last position, unless the title was finished (the
@@ -726,6 +774,10 @@ pub(crate) async fn heartbeat(
     let (Some(profile), Some(asset)) = (&claims.pid, &claims.aid) else {
         return Err(ApiError::unauthorized());
     };
+    if state.heartbeats.has_ended(&id) {
+        state.heartbeats.beats.with_label_values(&["ended"]).inc();
+        return Err(stream_ended());
+    }
     if !state.heartbeats.record(&id, profile, asset, p) {
         state.heartbeats.beats.with_label_values(&["busy"]).inc();
         return Err(ApiError::new(
@@ -741,6 +793,14 @@ pub(crate) async fn heartbeat(
         .with_label_values(&["accepted"])
         .inc();
     Ok(StatusCode::NO_CONTENT)
+}
+
+fn stream_ended() -> ApiError {
+    ApiError::new(
+        StatusCode::GONE,
+        "stream_ended",
+        "this stream has ended: it was stopped, or another device took its slot",
+    )
 }
 
 /// Stop a stream: records the position and frees the slot at once.
@@ -764,6 +824,7 @@ pub(crate) async fn stop(
         .bind(&claims.sub)
         .execute(&state.db.pool)
         .await?;
+    state.heartbeats.end([id]);
     Ok(StatusCode::NO_CONTENT)
 }
 
