@@ -292,6 +292,10 @@ struct IngestArgs {
     /// Release year.
     #[arg(long, value_parser = clap::value_parser!(i64).range(1870..=2200))]
     year: Option<i64>,
+    /// A file holding the origin's admin credential; else
+    /// CASCADE_ORIGIN_ADMIN_TOKEN, else `cascade dev`'s data/control-admin-token.
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
     /// Only viewers on the premium plan may watch.
     #[arg(long)]
     premium: bool,
@@ -1126,6 +1130,20 @@ fn blank_line(buf: &[u8]) -> Option<(usize, usize)> {
     }
 }
 
+/// The origin's admin credential for uploads.
+fn ingest_credential(file: Option<&Path>) -> anyhow::Result<String> {
+    if let Some(f) = file {
+        return std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()));
+    }
+    if let Ok(t) = std::env::var("CASCADE_ORIGIN_ADMIN_TOKEN") {
+        return Ok(t);
+    }
+    std::fs::read_to_string("data/control-admin-token").context(
+        "uploads need the origin's admin credential: pass --admin-token-file, set \
+         CASCADE_ORIGIN_ADMIN_TOKEN, or run from the directory of `cascade dev` (data/control-admin-token)",
+    )
+}
+
 async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     let path: &Path = &args.file;
     let file = tokio::fs::File::open(path)
@@ -1149,6 +1167,7 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|| "Untitled".into())
     });
     let origin = args.origin.trim_end_matches('/').to_string();
+    let admin = ingest_credential(args.admin_token_file.as_deref())?;
     let client = reqwest::Client::builder().no_proxy().build()?;
 
     let bar = ProgressBar::new(size);
@@ -1185,6 +1204,7 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
             ("premium", if args.premium { "true" } else { "false" }),
         ])
         .query(&args.year.map(|y| vec![("year", y)]).unwrap_or_default())
+        .bearer_auth(admin.trim())
         .header("content-length", size)
         .header("content-type", "application/octet-stream")
         .body(reqwest::Body::wrap_stream(counted))

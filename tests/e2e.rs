@@ -223,6 +223,14 @@ async fn a_text_file_is_a_failed_job_and_the_origin_keeps_serving() {
     let empty = stack.dir.path().join("empty.mp4");
     std::fs::write(&empty, b"").unwrap();
     assert_eq!(upload(&stack.origin_url, &empty, "Empty").await.0, 400);
+    // Uploads publish titles: without the admin credential, none.
+    let r = client()
+        .post(format!("{}/api/v1/uploads?title=Sneaky", stack.origin_url))
+        .body(std::fs::read(&empty).unwrap_or_default())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
 
     // The origin still serves, and still transcodes a real file.
     assert_eq!(
@@ -262,6 +270,7 @@ async fn the_ingest_command_follows_the_job_and_prints_urls() {
                 "--origin",
                 &stack.origin_url,
             ])
+            .env("CASCADE_ORIGIN_ADMIN_TOKEN", common::ORIGIN_ADMIN)
             .output()
             .unwrap()
     });
@@ -285,6 +294,7 @@ async fn the_ingest_command_follows_the_job_and_prints_urls() {
     let out = tokio::task::block_in_place(|| {
         Command::new(bin)
             .args(["ingest", "/no/such/file.mp4", "--origin", &stack.origin_url])
+            .env("CASCADE_ORIGIN_ADMIN_TOKEN", common::ORIGIN_ADMIN)
             .output()
             .unwrap()
     });
@@ -300,6 +310,7 @@ async fn the_ingest_command_follows_the_job_and_prints_urls() {
                 "--origin",
                 &stack.origin_url,
             ])
+            .env("CASCADE_ORIGIN_ADMIN_TOKEN", common::ORIGIN_ADMIN)
             .output()
             .unwrap()
     });

@@ -160,6 +160,17 @@ async fn upload(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    // Uploads publish titles: they need the admin (editor) credential.
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if !cascade_serve::bearer_matches(auth, &state.cfg.admin_token) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "uploads need the admin credential (Authorization: Bearer <admin_token>)",
+        );
+    }
     let limit = state.cfg.max_upload_mib << 20;
     let declared = headers
         .get(header::CONTENT_LENGTH)

@@ -122,15 +122,21 @@ struct Position {
 
 #[derive(Default)]
 struct Pending {
-    /// profile → asset → latest position.
-    positions: HashMap<String, HashMap<String, Position>>,
+    positions: Positions,
     /// stream → last heartbeat.
     streams: HashMap<String, i64>,
 }
 
 /// Heartbeats waiting for the next flush.
+/// profile → asset → latest position.
+type Positions = HashMap<String, HashMap<String, Position>>;
+
 pub(crate) struct Heartbeats {
     pending: Mutex<Pending>,
+    /// The positions of the flush in progress: readers see them until the
+    /// flush has committed, so there is no moment when a position is
+    /// neither pending nor in the database.
+    flushing: Mutex<Arc<Positions>>,
     /// Streams whose slot is gone (stopped, replaced, timed out, or taken
     /// over): their heartbeats are answered 410 so the player stops.
     ended: moka::sync::Cache<String, ()>,
@@ -161,6 +167,7 @@ impl Heartbeats {
         registry.register(Box::new(flush_rows.clone()))?;
         Ok(Heartbeats {
             pending: Mutex::new(Pending::default()),
+            flushing: Mutex::new(Arc::new(HashMap::new())),
             ended: moka::sync::Cache::builder()
                 .max_capacity(1_000_000)
                 .time_to_live(Duration::from_secs(7 * 24 * 3600))
@@ -207,17 +214,34 @@ impl Heartbeats {
 
     /// The unflushed position of a profile in a title.
     fn pending_position(&self, profile: &str, asset: &str) -> Option<Position> {
-        let pending = self.pending.lock().ok()?;
-        pending.positions.get(profile)?.get(asset).copied()
+        let waiting = self
+            .pending
+            .lock()
+            .ok()
+            .and_then(|p| p.positions.get(profile)?.get(asset).copied());
+        waiting.or_else(|| {
+            let flushing = self.flushing.lock().ok()?.clone();
+            flushing.get(profile)?.get(asset).copied()
+        })
     }
 
-    /// The unflushed positions of a profile.
+    /// The unflushed positions of a profile (being flushed, then newer).
     fn pending_of(&self, profile: &str) -> HashMap<String, Position> {
-        self.pending
+        let mut out = self
+            .flushing
+            .lock()
+            .ok()
+            .and_then(|f| f.get(profile).cloned())
+            .unwrap_or_default();
+        if let Some(newer) = self
+            .pending
             .lock()
             .ok()
             .and_then(|p| p.positions.get(profile).cloned())
-            .unwrap_or_default()
+        {
+            out.extend(newer);
+        }
+        out
     }
 
     /// Drops the unflushed positions of a deleted profile (a flush would
@@ -228,27 +252,39 @@ impl Heartbeats {
         }
     }
 
-    fn take(&self) -> Pending {
+    /// Takes what is pending for a flush; it stays readable as `flushing`
+    /// until [`Heartbeats::flushed`].
+    fn take(&self) -> (Arc<Positions>, HashMap<String, i64>) {
         let Ok(mut pending) = self.pending.lock() else {
-            return Pending::default();
+            return Default::default();
         };
         self.entries.store(0, Ordering::Relaxed);
-        std::mem::take(&mut *pending)
+        let batch = std::mem::take(&mut *pending);
+        let positions = Arc::new(batch.positions);
+        if let Ok(mut f) = self.flushing.lock() {
+            *f = positions.clone();
+        }
+        (positions, batch.streams)
+    }
+
+    fn flushed(&self) {
+        if let Ok(mut f) = self.flushing.lock() {
+            *f = Arc::new(HashMap::new());
+        }
     }
 
     /// Writes what is pending: positions as multi-row upserts, stream
     /// liveness as `UPDATE … WHERE id IN (…)`, all in one transaction.
     pub(crate) async fn flush(&self, db: &Db) {
-        let batch = self.take();
-        if batch.positions.is_empty() && batch.streams.is_empty() {
+        let (positions, streams) = self.take();
+        if positions.is_empty() && streams.is_empty() {
             return;
         }
-        let rows: Vec<(String, String, Position)> = batch
-            .positions
-            .into_iter()
-            .flat_map(|(profile, m)| m.into_iter().map(move |(a, p)| (profile.clone(), a, p)))
+        let rows: Vec<(String, String, Position)> = positions
+            .iter()
+            .flat_map(|(profile, m)| m.iter().map(move |(a, p)| (profile.clone(), a.clone(), *p)))
             .collect();
-        let streams: Vec<(String, i64)> = batch.streams.into_iter().collect();
+        let streams: Vec<(String, i64)> = streams.into_iter().collect();
         let n = rows.len();
         match write_batch(db, &rows, &streams).await {
             Ok(gone) => {
@@ -280,6 +316,7 @@ impl Heartbeats {
                     .inc_by(n as u64 - written);
             }
         }
+        self.flushed();
     }
 }
 
@@ -957,9 +994,20 @@ mod tests {
         // an update of a known one is not.
         assert!(!h.record("s3", "p2", "a3", at(1.0)));
         assert!(h.record("s1", "p1", "a1", at(30.0)));
-        let taken = h.take();
-        assert_eq!(taken.positions["p1"]["a1"].position, 30.0);
-        assert!(h.pending_position("p1", "a1").is_none());
+        let (taken, _) = h.take();
+        assert_eq!(taken["p1"]["a1"].position, 30.0);
+        // While the flush runs, readers still see the position...
+        assert_eq!(h.pending_position("p1", "a1").unwrap().position, 30.0);
+        assert!(h.record("s1", "p1", "a1", at(31.0)));
+        assert_eq!(h.pending_position("p1", "a1").unwrap().position, 31.0);
+        assert_eq!(
+            h.pending_of("p1")["a1"].position,
+            31.0,
+            "the newer one wins"
+        );
+        // ...and after it, the database has it.
+        h.flushed();
+        assert!(h.pending_position("p1", "a2").is_none());
         assert!(h.record("s3", "p2", "a3", at(1.0)));
     }
 }

@@ -257,6 +257,7 @@ pub async fn upload(origin_url: &str, path: &Path, title: &str) -> (u16, Value) 
     let body = tokio::fs::read(path).await.expect("read clip");
     let r = client()
         .post(format!("{origin_url}/api/v1/uploads"))
+        .bearer_auth(ORIGIN_ADMIN)
         .query(&[("title", title)])
         .body(body)
         .send()
@@ -415,6 +416,7 @@ pub async fn licensed_stack(
     let body = tokio::fs::read(&clip).await.unwrap();
     let r: Value = client()
         .post(format!("{}/api/v1/uploads", stack.origin_url))
+        .bearer_auth(ORIGIN_ADMIN)
         .query(&[("title", "Final"), ("allow_countries", "IN,NP")])
         .body(body)
         .send()

@@ -80,6 +80,8 @@ const OFFLOAD_GOAL: f64 = 0.995;
 /// The CDN token key of this run: in-process only, never written anywhere.
 const KEY_HEX: &str = "f1a5c20df1a5c20df1a5c20df1a5c20d";
 const TOKEN_NAME: &str = "__token__";
+/// The origin's admin (upload) credential.
+const ORIGIN_ADMIN: &str = "flash-crowd-origin-admin";
 /// Longest a transcode may take, per title.
 const TRANSCODE_LIMIT: Duration = Duration::from_secs(600);
 
@@ -131,6 +133,7 @@ impl Stack {
             data_dir: format!("{data}/origin"),
             preset: "ultrafast".into(),
             token_keys: vec![bench_key()],
+            admin_token: ORIGIN_ADMIN.into(),
             ladder: vec![
                 Rung {
                     height: 180,
@@ -644,6 +647,7 @@ async fn upload(
     let body = tokio::fs::read(path).await?;
     let r = client
         .post(format!("{origin}/api/v1/uploads"))
+        .bearer_auth(ORIGIN_ADMIN)
         .query(&[("title", title)])
         .body(body)
         .send()
