@@ -23,6 +23,7 @@ mod index;
 mod manifest;
 mod mp4;
 mod query;
+pub mod ts;
 
 pub use index::{index_bytes, Indexer, InitInfo, TrackIndex};
 pub use manifest::{
