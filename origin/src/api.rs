@@ -221,20 +221,8 @@ async fn upload(
     };
     let synopsis = q.synopsis.clone().unwrap_or_default();
     let (genres, languages) = (list(&q.genres), list(&q.languages));
-    if synopsis.chars().count() > 4000
-        || genres.len() > 20
-        || languages.len() > 20
-        || genres
-            .iter()
-            .chain(&languages)
-            .any(|g| g.chars().count() > 40)
-        || q.year.is_some_and(|y| !(1870..=2200).contains(&y))
-    {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "bad_metadata",
-            "synopsis up to 4000 characters, up to 20 genres and languages of 40, year 1870 to 2200",
-        );
+    if let Err(e) = catalog::check_metadata(Some(&synopsis), q.year, &[&genres, &languages]) {
+        return e.into_response();
     }
     let asset = new_id();
     let job = new_id();

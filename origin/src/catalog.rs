@@ -876,6 +876,28 @@ fn conflict(e: sqlx::Error) -> ApiError {
     }
 }
 
+/// The limits on catalog text an editor or an upload sets.
+pub(crate) fn check_metadata(
+    synopsis: Option<&str>,
+    year: Option<i64>,
+    lists: &[&[String]],
+) -> Result<(), ApiError> {
+    let bad = |m: &str| ApiError::bad_request("bad_title", m.to_string());
+    if synopsis.is_some_and(|s| s.chars().count() > 4000) {
+        return Err(bad("synopsis must be at most 4000 characters"));
+    }
+    if year.is_some_and(|y| !(1870..=2200).contains(&y)) {
+        return Err(bad("year must be 1870 to 2200"));
+    }
+    if lists
+        .iter()
+        .any(|l| l.len() > 20 || l.iter().any(|g| g.chars().count() > 40))
+    {
+        return Err(bad("at most 20 genres or languages of 40 characters"));
+    }
+    Ok(())
+}
+
 /// Applies an edit to a row and checks the result.
 async fn apply_edit(db: &Db, mut t: TitleRow, e: TitleEdit) -> Result<TitleRow, ApiError> {
     let bad = |m: &str| ApiError::bad_request("bad_title", m.to_string());
@@ -892,10 +914,15 @@ async fn apply_edit(db: &Db, mut t: TitleRow, e: TitleEdit) -> Result<TitleRow, 
         }
         t.name = n.to_string();
     }
+    check_metadata(
+        e.synopsis.as_deref(),
+        e.year.flatten(),
+        &[
+            e.genres.as_deref().unwrap_or_default(),
+            e.languages.as_deref().unwrap_or_default(),
+        ],
+    )?;
     if let Some(s) = e.synopsis {
-        if s.chars().count() > 4000 {
-            return Err(bad("synopsis must be at most 4000 characters"));
-        }
         t.synopsis = s;
     }
     if let Some(p) = e.parent_id {
@@ -905,16 +932,10 @@ async fn apply_edit(db: &Db, mut t: TitleRow, e: TitleEdit) -> Result<TitleRow, 
         t.number = n;
     }
     if let Some(y) = e.year {
-        if y.is_some_and(|y| !(1870..=2200).contains(&y)) {
-            return Err(bad("year must be 1870 to 2200"));
-        }
         t.year = y;
     }
     for (list, field) in [(e.genres, &mut t.genres), (e.languages, &mut t.languages)] {
         if let Some(l) = list {
-            if l.len() > 20 || l.iter().any(|g| g.chars().count() > 40) {
-                return Err(bad("at most 20 genres or languages of 40 characters"));
-            }
             *field = join_list(&l);
         }
     }

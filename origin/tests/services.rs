@@ -719,19 +719,29 @@ async fn profiles_have_their_own_history(backend: Backend) {
     site.stop().await;
 }
 
+/// A heartbeat that must be accepted.
 async fn beat(site: &Site, playback: &Value, position: f64) {
-    let stream = &playback["stream"];
-    let (st, v) = site
-        .post(
-            &format!(
-                "/api/v1/streams/{}/heartbeat",
-                stream["id"].as_str().unwrap()
-            ),
-            stream["heartbeat_token"].as_str(),
-            json!({ "position": position, "duration": 600.0 }),
-        )
-        .await;
+    let (st, v) = heartbeat(
+        site,
+        playback,
+        playback["stream"]["heartbeat_token"].as_str(),
+        json!({ "position": position, "duration": 600.0 }),
+    )
+    .await;
     assert_eq!(st, 204, "{v}");
+}
+
+/// A heartbeat for the stream of a playback answer, with any credential
+/// and body: the answer.
+async fn heartbeat(
+    site: &Site,
+    playback: &Value,
+    bearer: Option<&str>,
+    body: Value,
+) -> (u16, Value) {
+    let id = playback["stream"]["id"].as_str().unwrap();
+    site.post(&format!("/api/v1/streams/{id}/heartbeat"), bearer, body)
+        .await
 }
 
 async fn webhook_signatures_replays_and_entitlements(backend: Backend) {
@@ -888,43 +898,28 @@ async fn the_stream_limit_refuses_one_device_too_many(backend: Backend) {
     let (st, phone) = site.playback("film1", &t, "phone").await;
     assert_eq!(st, 200, "{phone}");
     // The stopped stream's player is told to stop if it beats again.
-    let (st, v) = site
-        .post(
-            &format!(
-                "/api/v1/streams/{}/heartbeat",
-                stream["id"].as_str().unwrap()
-            ),
-            stream["heartbeat_token"].as_str(),
-            json!({ "position": 13.0 }),
-        )
-        .await;
+    let (st, v) = heartbeat(
+        &site,
+        &tv,
+        stream["heartbeat_token"].as_str(),
+        json!({ "position": 13.0 }),
+    )
+    .await;
     assert_eq!(
         (st, v["error"].as_str()),
         (410, Some("stream_ended")),
         "{v}"
     );
     // A heartbeat token is good for its own stream only.
-    let (st, _) = site
-        .post(
-            &format!(
-                "/api/v1/streams/{}/heartbeat",
-                phone["stream"]["id"].as_str().unwrap()
-            ),
-            tv["stream"]["heartbeat_token"].as_str(),
-            json!({ "position": 1.0 }),
-        )
-        .await;
+    let (st, _) = heartbeat(
+        &site,
+        &phone,
+        tv["stream"]["heartbeat_token"].as_str(),
+        json!({ "position": 1.0 }),
+    )
+    .await;
     assert_eq!(st, 401);
-    let (st, _) = site
-        .post(
-            &format!(
-                "/api/v1/streams/{}/heartbeat",
-                phone["stream"]["id"].as_str().unwrap()
-            ),
-            Some(&t),
-            json!({ "position": 1.0 }),
-        )
-        .await;
+    let (st, _) = heartbeat(&site, &phone, Some(&t), json!({ "position": 1.0 })).await;
     assert_eq!(st, 401, "an access token is not a heartbeat token");
     // While the phone's heartbeats come, the laptop stays refused; when
     // they stop, the slot frees itself within stream_slot_secs.
@@ -947,16 +942,13 @@ async fn the_stream_limit_refuses_one_device_too_many(backend: Backend) {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     // The phone wakes up: its stream was taken over, and it is told so.
-    let (st, v) = site
-        .post(
-            &format!(
-                "/api/v1/streams/{}/heartbeat",
-                phone["stream"]["id"].as_str().unwrap()
-            ),
-            phone["stream"]["heartbeat_token"].as_str(),
-            json!({ "position": 6.0 }),
-        )
-        .await;
+    let (st, v) = heartbeat(
+        &site,
+        &phone,
+        phone["stream"]["heartbeat_token"].as_str(),
+        json!({ "position": 6.0 }),
+    )
+    .await;
     assert_eq!(
         (st, v["error"].as_str()),
         (410, Some("stream_ended")),
@@ -1225,16 +1217,13 @@ async fn heartbeats_are_batched_and_resume_survives_a_restart(backend: Backend) 
     for i in 1..=50 {
         beat(&site, &p, f64::from(i) * 2.0).await;
     }
-    let (st, v) = site
-        .post(
-            &format!(
-                "/api/v1/streams/{}/heartbeat",
-                p["stream"]["id"].as_str().unwrap()
-            ),
-            p["stream"]["heartbeat_token"].as_str(),
-            json!({ "position": -1.0 }),
-        )
-        .await;
+    let (st, v) = heartbeat(
+        &site,
+        &p,
+        p["stream"]["heartbeat_token"].as_str(),
+        json!({ "position": -1.0 }),
+    )
+    .await;
     assert_eq!((st, v["error"].as_str()), (400, Some("bad_position")));
     // Read-your-writes on this origin, flushed or not.
     let (_, again) = site.playback("film1", &t, "tv").await;

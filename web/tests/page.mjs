@@ -1,6 +1,20 @@
-// What the browser tests share: signing up through the page and picking a
-// profile.
+// What the browser tests share: launching Debian's Chromium, signing up
+// through the page and picking a profile.
 import { randomBytes } from 'node:crypto';
+import { chromium } from 'playwright-core';
+
+// Headless Chromium with autoplay; `extra` picks the transport (QUIC flags,
+// or --disable-quic by default).
+export function launch(extra = ['--disable-quic']) {
+  return chromium.launch({
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    args: [
+      '--no-sandbox', '--disable-gpu', '--disable-background-networking', ...extra,
+      '--no-first-run', '--disable-component-update', '--disable-sync',
+      '--autoplay-policy=no-user-gesture-required',
+    ],
+  });
+}
 
 // Signs up through the page's form with a new random account.
 export async function signUp(page, name) {

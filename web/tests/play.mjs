@@ -9,8 +9,7 @@
 // certificate's public key> node web/tests/play.mjs https://127.0.0.1:8443 ASSET_ID
 // (Chromium is told to use QUIC for that origin from the first request and
 // to accept that key.)
-import { chromium } from 'playwright-core';
-import { pickProfile, signUp } from './page.mjs';
+import { launch, pickProfile, signUp } from './page.mjs';
 
 const [base, asset, screenshot] = process.argv.slice(2);
 if (!base || !asset) {
@@ -22,14 +21,7 @@ const quic = process.env.QUIC_ORIGIN;
 const transport = quic
   ? [`--origin-to-force-quic-on=${quic}`, `--ignore-certificate-errors-spki-list=${process.env.SPKI || ''}`]
   : ['--disable-quic'];
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  args: [
-    '--no-sandbox', '--disable-gpu', '--disable-background-networking', ...transport,
-    '--no-first-run', '--disable-component-update', '--disable-sync',
-    '--autoplay-policy=no-user-gesture-required',
-  ],
-});
+const browser = await launch(transport);
 let failed = false;
 try {
   const page = await browser.newPage();

@@ -5,19 +5,14 @@
 //
 // Prints `refused: <the status text>`; exits 1 if the title played instead
 // or the page showed no error.
-import { chromium } from 'playwright-core';
-import { pickProfile, signUp } from './page.mjs';
+import { launch, pickProfile, signUp } from './page.mjs';
 
 const [base, asset] = process.argv.slice(2);
 if (!base || !asset) {
   console.error('usage: refusal.mjs EDGE_URL ASSET_ID');
   process.exit(2);
 }
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-quic',
-    '--no-first-run', '--disable-component-update', '--disable-sync'],
-});
+const browser = await launch();
 let failed = false;
 try {
   const page = await browser.newPage();

@@ -8,8 +8,7 @@
 //
 // Prints `resume: {"before": P, "resumed_from": R, "at": T}`; exits 1 unless
 // R is within 3 s of P and T >= P - 3, or on any page error.
-import { chromium } from 'playwright-core';
-import { pickProfile, signUp } from './page.mjs';
+import { launch, pickProfile, signUp } from './page.mjs';
 
 const [base, asset] = process.argv.slice(2);
 if (!base || !asset) {
@@ -17,14 +16,7 @@ if (!base || !asset) {
   process.exit(2);
 }
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  args: [
-    '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-quic',
-    '--no-first-run', '--disable-component-update', '--disable-sync',
-    '--autoplay-policy=no-user-gesture-required',
-  ],
-});
+const browser = await launch();
 let failed = false;
 const pageErrors = [];
 try {
