@@ -26,6 +26,7 @@ fn track(id: &str, kind: TrackKind, height: u32, frags: usize) -> Track {
                 },
                 start: i as u64 * 2 * u64::from(timescale),
                 duration: 2 * u64::from(timescale),
+                key_length: 0,
             };
             offset += 500_000;
             f

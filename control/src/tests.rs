@@ -137,6 +137,7 @@ fn title_manifest() -> cascade_packager::AssetManifest {
                 },
                 start: i * 2000,
                 duration: 2000,
+                key_length: 0,
             })
             .collect(),
     };

@@ -117,6 +117,7 @@ impl Indexer {
                     },
                     start: moof.decode_time,
                     duration: moof.duration,
+                    key_length: 0,
                 });
             }
             _ => {}

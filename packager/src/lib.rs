@@ -361,6 +361,7 @@ mod tests {
                     },
                     start: first + i * ticks,
                     duration: ticks,
+                    key_length: 0,
                 })
                 .collect(),
         }

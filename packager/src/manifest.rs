@@ -111,6 +111,11 @@ pub struct Fragment {
     pub start: u64,
     /// Its duration, in the track's timescale.
     pub duration: u64,
+    /// Bytes from the fragment's start to the end of its first sample (the
+    /// `moof`, the `mdat` header and the keyframe): the byte range of an
+    /// HLS I-frame playlist entry. 0 when unknown (older manifests).
+    #[serde(default)]
+    pub key_length: u64,
 }
 
 impl Track {
@@ -320,6 +325,7 @@ mod tests {
                 range: ByteRange { offset, length: 10 },
                 start,
                 duration: 2000,
+                key_length: 0,
             }],
         };
         AssetManifest::new("a", vec![t])
