@@ -18,12 +18,14 @@
 #![warn(unreachable_pub)]
 
 mod dash;
+pub mod fmp4;
 mod hls;
 mod index;
 mod manifest;
 mod mp4;
 mod query;
 pub mod ts;
+pub mod vtt;
 
 pub use index::{index_bytes, Indexer, InitInfo, TrackIndex};
 pub use manifest::{

@@ -1,0 +1,1 @@
+//! Reading samples out of CMAF fragments (placeholder).

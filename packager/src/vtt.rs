@@ -1,0 +1,1 @@
+//! WebVTT subtitles (placeholder).
