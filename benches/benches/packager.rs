@@ -49,6 +49,7 @@ fn track(id: &str, kind: TrackKind, height: u32, frags: usize) -> Track {
         sample_rate: 48000,
         channels: 2,
         language: "und".into(),
+        media_time: 0,
         timescale,
         init: ByteRange {
             offset: 0,

@@ -124,6 +124,7 @@ fn title_manifest() -> cascade_packager::AssetManifest {
         sample_rate: 0,
         channels: 0,
         language: "und".into(),
+        media_time: 0,
         timescale: 1000,
         init: ByteRange {
             offset: 0,

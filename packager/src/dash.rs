@@ -1,44 +1,117 @@
 //! DASH MPD (ISO/IEC 23009-1), static, with SegmentTemplate and SegmentTimeline.
 //!
 //! Segment URLs are the same as the HLS ones (`{track}/{n}.m4s`), so an edge
-//! caches one copy of each segment for both protocols.
+//! caches one copy of each segment for both protocols. Video renditions are
+//! grouped by codec family, one AdaptationSet each (players switch within
+//! one codec); each group gets a trick-mode AdaptationSet made of its
+//! smallest rendition's keyframes. Audio tracks get one AdaptationSet each,
+//! with `lang`; subtitles are side-loaded WebVTT files in text AdaptationSets.
+//! A static VOD MPD has no `availabilityStartTime`.
 
 use std::fmt::Write;
+use std::ops::Range;
 
+use crate::hls::has_key_lengths;
 use crate::manifest::{AssetManifest, Track};
+use crate::view::View;
+use crate::Error;
 
-/// The MPD for a whole title.
-pub(crate) fn mpd(m: &AssetManifest) -> String {
+/// The MPD for a title as `view` shows it.
+pub(crate) fn mpd(m: &AssetManifest, view: &View) -> Result<String, Error> {
+    let audios = view.audios(m);
+    let audio_peak = audios.iter().map(|a| a.bandwidth).max().unwrap_or(0);
+    let videos = view.videos(m, audio_peak);
+    if videos.is_empty() {
+        return Err(Error::EmptyView("video rendition"));
+    }
+    let range = view.segments(m);
+    if range.is_empty() {
+        return Err(Error::EmptyView("segment in the clip"));
+    }
+    let duration = m
+        .timeline()
+        .map(|t| {
+            let ticks: u64 = t
+                .fragments
+                .iter()
+                .zip(1u64..)
+                .filter(|(_, n)| range.contains(n))
+                .map(|(f, _)| f.duration)
+                .sum();
+            ticks as f64 / f64::from(t.timescale.max(1))
+        })
+        .unwrap_or(m.duration);
     let mut out = String::with_capacity(4096);
     let _ = write!(
         out,
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<MPD xmlns=\"urn:mpeg:dash:schema:mpd:2011\" profiles=\"urn:mpeg:dash:profile:isoff-live:2011\" type=\"static\" mediaPresentationDuration=\"{}\" minBufferTime=\"PT2S\">\n  <Period id=\"0\" start=\"PT0S\">\n",
-        iso_duration(m.duration)
+        iso_duration(duration)
     );
-    let videos: Vec<&Track> = m.videos().collect();
-    if !videos.is_empty() {
-        let max_w = videos.iter().map(|v| v.width).max().unwrap_or(0);
-        let max_h = videos.iter().map(|v| v.height).max().unwrap_or(0);
+    let mut next_id = 0u32;
+    let mut families: Vec<&str> = Vec::new();
+    for v in &videos {
+        if !families.contains(&v.codec_family()) {
+            families.push(v.codec_family());
+        }
+    }
+    for family in families {
+        let group: Vec<&Track> = videos
+            .iter()
+            .copied()
+            .filter(|v| v.codec_family() == family)
+            .collect();
+        let main_id = next_id;
+        next_id += 1;
+        let max_w = group.iter().map(|v| v.width).max().unwrap_or(0);
+        let max_h = group.iter().map(|v| v.height).max().unwrap_or(0);
         let _ = writeln!(
             out,
-            "    <AdaptationSet id=\"0\" contentType=\"video\" mimeType=\"video/mp4\" segmentAlignment=\"true\" startWithSAP=\"1\" maxWidth=\"{max_w}\" maxHeight=\"{max_h}\">"
+            "    <AdaptationSet id=\"{main_id}\" contentType=\"video\" mimeType=\"video/mp4\" segmentAlignment=\"true\" startWithSAP=\"1\" maxWidth=\"{max_w}\" maxHeight=\"{max_h}\">"
         );
-        for v in &videos {
+        for v in &group {
             let _ = writeln!(
                 out,
                 "      <Representation id=\"{}\" bandwidth=\"{}\" codecs=\"{}\" width=\"{}\" height=\"{}\" frameRate=\"{}\" sar=\"1:1\">",
                 v.id, v.bandwidth, v.codec, v.width, v.height, frame_rate(v.frame_rate)
             );
-            template(&mut out, v);
+            template(
+                &mut out,
+                v,
+                range.clone(),
+                "$RepresentationID$/init.mp4",
+                "$RepresentationID$/$Number$.m4s",
+            );
             out.push_str("      </Representation>\n");
         }
         out.push_str("    </AdaptationSet>\n");
+        // Trick mode: the smallest rendition's keyframes, one per segment.
+        if let Some(t) = group.iter().rev().find(|v| has_key_lengths(v)) {
+            let id = next_id;
+            next_id += 1;
+            let secs = t.duration() / t.fragments.len().max(1) as f64;
+            let rate = (secs * t.frame_rate).round().max(1.0) as u64;
+            let _ = writeln!(
+                out,
+                "    <AdaptationSet id=\"{id}\" contentType=\"video\" mimeType=\"video/mp4\" segmentAlignment=\"true\" startWithSAP=\"1\" maxWidth=\"{w}\" maxHeight=\"{h}\">\n      <EssentialProperty schemeIdUri=\"http://dashif.org/guidelines/trickmode\" value=\"{main_id}\"/>\n      <Representation id=\"{tid}-trick\" bandwidth=\"{bw}\" codecs=\"{codec}\" width=\"{w}\" height=\"{h}\" sar=\"1:1\" maxPlayoutRate=\"{rate}\" codingDependency=\"false\">",
+                w = t.width,
+                h = t.height,
+                tid = t.id,
+                bw = trick_bandwidth(t),
+                codec = t.codec,
+            );
+            let init = format!("{}/init.mp4", t.id);
+            let media = format!("{}/$Number$.key.m4s", t.id);
+            template(&mut out, t, range.clone(), &init, &media);
+            out.push_str("      </Representation>\n    </AdaptationSet>\n");
+        }
     }
-    for (i, a) in m.audios().enumerate() {
+    for (i, a) in audios.iter().enumerate() {
+        let id = next_id;
+        next_id += 1;
+        let role = if i == 0 { "main" } else { "alternate" };
         let _ = writeln!(
             out,
-            "    <AdaptationSet id=\"{}\" contentType=\"audio\" mimeType=\"audio/mp4\" lang=\"{}\" segmentAlignment=\"true\" startWithSAP=\"1\">",
-            i + 1,
+            "    <AdaptationSet id=\"{id}\" contentType=\"audio\" mimeType=\"audio/mp4\" lang=\"{}\" segmentAlignment=\"true\" startWithSAP=\"1\">\n      <Role schemeIdUri=\"urn:mpeg:dash:role:2011\" value=\"{role}\"/>",
             a.language
         );
         let _ = writeln!(
@@ -51,33 +124,75 @@ pub(crate) fn mpd(m: &AssetManifest) -> String {
             "        <AudioChannelConfiguration schemeIdUri=\"urn:mpeg:dash:23003:3:audio_channel_configuration:2011\" value=\"{}\"/>",
             a.channels.max(1)
         );
-        template(&mut out, a);
+        template(
+            &mut out,
+            a,
+            range.clone(),
+            "$RepresentationID$/init.mp4",
+            "$RepresentationID$/$Number$.m4s",
+        );
         out.push_str("      </Representation>\n    </AdaptationSet>\n");
     }
+    // Side-loaded subtitle files keep the title's own times, so a clip,
+    // whose period starts later, leaves them out.
+    if !view.is_clip() {
+        for s in view.subtitles(m) {
+            let id = next_id;
+            next_id += 1;
+            let _ = writeln!(
+                out,
+                "    <AdaptationSet id=\"{id}\" contentType=\"text\" mimeType=\"text/vtt\" lang=\"{lang}\">\n      <Role schemeIdUri=\"urn:mpeg:dash:role:2011\" value=\"subtitle\"/>\n      <Representation id=\"{sid}\" bandwidth=\"{bw}\">\n        <BaseURL>{sid}.vtt</BaseURL>\n      </Representation>\n    </AdaptationSet>",
+                lang = s.language,
+                sid = s.id,
+                bw = s.bandwidth,
+            );
+        }
+    }
     out.push_str("  </Period>\n</MPD>\n");
-    out
+    Ok(out)
 }
 
-/// A SegmentTemplate whose timeline lists every fragment exactly, runs of
-/// equal durations folded into `@r`.
-fn template(out: &mut String, t: &Track) {
-    let pto = t.fragments.first().map_or(0, |f| f.start);
+/// Peak bits per second of the trick-mode representation.
+fn trick_bandwidth(t: &Track) -> u64 {
+    let ts = f64::from(t.timescale.max(1));
+    t.fragments
+        .iter()
+        .map(|f| f.key_length as f64 * 8.0 / (f.duration as f64 / ts))
+        .fold(0.0, f64::max)
+        .ceil()
+        .max(1.0) as u64
+}
+
+/// A SegmentTemplate whose timeline lists every fragment in `range`
+/// (segment numbers from 1) exactly, runs of equal durations folded into
+/// `@r`. The presentation time offset is the first listed fragment's start,
+/// so a clip's period begins at its first segment.
+fn template(out: &mut String, t: &Track, range: Range<u64>, init: &str, media: &str) {
+    let frags: Vec<_> = t
+        .fragments
+        .iter()
+        .zip(1u64..)
+        .filter(|(_, n)| range.contains(n))
+        .map(|(f, _)| *f)
+        .collect();
+    let pto = frags.first().map_or(0, |f| f.start);
+    let start_number = range.start.max(1);
     let _ = writeln!(
         out,
-        "        <SegmentTemplate timescale=\"{}\" presentationTimeOffset=\"{}\" initialization=\"$RepresentationID$/init.mp4\" media=\"$RepresentationID$/$Number$.m4s\" startNumber=\"1\">\n          <SegmentTimeline>",
+        "        <SegmentTemplate timescale=\"{}\" presentationTimeOffset=\"{}\" initialization=\"{init}\" media=\"{media}\" startNumber=\"{start_number}\">\n          <SegmentTimeline>",
         t.timescale, pto
     );
     let mut i = 0;
     let mut expected_start = None;
-    while i < t.fragments.len() {
-        let f = t.fragments[i];
+    while i < frags.len() {
+        let f = frags[i];
         let mut repeat = 0;
-        while i + repeat + 1 < t.fragments.len()
-            && t.fragments[i + repeat + 1].duration == f.duration
-            && t.fragments[i + repeat + 1].start
-                == t.fragments[i + repeat]
+        while i + repeat + 1 < frags.len()
+            && frags[i + repeat + 1].duration == f.duration
+            && frags[i + repeat + 1].start
+                == frags[i + repeat]
                     .start
-                    .saturating_add(t.fragments[i + repeat].duration)
+                    .saturating_add(frags[i + repeat].duration)
         {
             repeat += 1;
         }
@@ -90,7 +205,7 @@ fn template(out: &mut String, t: &Track) {
             let _ = write!(out, " r=\"{repeat}\"");
         }
         out.push_str("/>\n");
-        let last = t.fragments[i + repeat];
+        let last = frags[i + repeat];
         expected_start = Some(last.start.saturating_add(last.duration));
         i += repeat + 1;
     }

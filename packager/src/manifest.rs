@@ -32,7 +32,7 @@ pub struct AssetManifest {
     pub tracks: Vec<Track>,
 }
 
-/// Video or audio.
+/// Video, audio or subtitles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TrackKind {
@@ -40,6 +40,9 @@ pub enum TrackKind {
     Video,
     /// An audio track.
     Audio,
+    /// A WebVTT subtitle file (one language). It has no fragments: the
+    /// packager cuts it at the video's segment boundaries.
+    Subtitle,
 }
 
 /// One mezzanine file: a video rendition or an audio track.
@@ -72,8 +75,13 @@ pub struct Track {
     /// Audio only.
     #[serde(default)]
     pub channels: u16,
-    /// ISO 639 language, `und` when unknown.
+    /// BCP 47 language (`en`, `hi`), `und` when unknown.
     pub language: String,
+    /// The decode-time tick shown at presentation time zero (the media time
+    /// of the file's edit list; 0 without one). Decode time minus this,
+    /// plus each sample's composition offset, is presentation time.
+    #[serde(default)]
+    pub media_time: u64,
     /// Ticks per second of `start` and `duration` below.
     pub timescale: u32,
     /// The init segment: `ftyp` and `moov`.
@@ -159,10 +167,51 @@ impl Track {
             sample_rate: index.init.sample_rate,
             channels: index.init.channels,
             language: index.init.language.clone(),
+            media_time: 0,
             timescale: index.init.timescale,
             init: index.init_range,
             fragments: index.fragments.clone(),
         }
+    }
+
+    /// A subtitle track: the whole WebVTT file of `length` bytes is its
+    /// "init" range, and it has no fragments.
+    pub fn subtitle(id: &str, file: &str, language: &str, length: u64) -> Track {
+        Track {
+            id: id.to_string(),
+            kind: TrackKind::Subtitle,
+            file: file.to_string(),
+            codec: "wvtt".into(),
+            bandwidth: 256,
+            average_bandwidth: 256,
+            width: 0,
+            height: 0,
+            frame_rate: 0.0,
+            sample_rate: 0,
+            channels: 0,
+            language: language.to_string(),
+            media_time: 0,
+            timescale: 1000,
+            init: ByteRange { offset: 0, length },
+            fragments: Vec::new(),
+        }
+    }
+
+    /// The codec family of a video track: `avc`, `hevc`, `av1`, or `other`.
+    pub fn codec_family(&self) -> &'static str {
+        match self.codec.get(..4) {
+            Some("avc1" | "avc3") => "avc",
+            Some("hvc1" | "hev1") => "hevc",
+            Some("av01") => "av1",
+            Some("mp4a") => "aac",
+            Some("wvtt") => "webvtt",
+            _ => "other",
+        }
+    }
+
+    /// Presentation time, in seconds, of decode tick `t`.
+    pub fn seconds(&self, t: u64) -> f64 {
+        (t as f64 - self.media_time as f64) / f64::from(self.timescale.max(1))
     }
 
     /// Duration in seconds.
@@ -182,13 +231,19 @@ impl Track {
 }
 
 impl AssetManifest {
-    /// Builds a manifest; video tracks are sorted highest first.
+    /// Builds a manifest: video tracks first, highest first (by height,
+    /// then bitrate), then audio, then subtitles, each in id order.
     pub fn new(asset: &str, mut tracks: Vec<Track>) -> AssetManifest {
+        let rank = |k: TrackKind| match k {
+            TrackKind::Video => 0,
+            TrackKind::Audio => 1,
+            TrackKind::Subtitle => 2,
+        };
         tracks.sort_by(|a, b| {
-            (a.kind == TrackKind::Audio)
-                .cmp(&(b.kind == TrackKind::Audio))
+            rank(a.kind)
+                .cmp(&rank(b.kind))
                 .then(b.height.cmp(&a.height))
-                .then(a.id.cmp(&b.id))
+                .then(natural(&a.id).cmp(&natural(&b.id)))
         });
         let duration = tracks.iter().map(Track::duration).fold(0.0, f64::max);
         AssetManifest {
@@ -231,13 +286,24 @@ impl AssetManifest {
             return Err(Error::Manifest("no video track".into()));
         }
         for (i, t) in self.tracks.iter().enumerate() {
-            if !is_safe_id(&t.id) || !is_safe_id(t.file.trim_end_matches(".mp4")) {
-                return Err(Error::Manifest(format!("track {i}: bad id or file")));
+            let stem = match t.kind {
+                TrackKind::Subtitle => t.file.strip_suffix(".vtt"),
+                _ => t.file.strip_suffix(".mp4"),
+            };
+            if !is_safe_id(&t.id) || !stem.is_some_and(is_safe_id) || !is_safe_lang(&t.language) {
+                return Err(Error::Manifest(format!(
+                    "track {i}: bad id, file or language"
+                )));
             }
             if self.tracks[..i].iter().any(|o| o.id == t.id) {
                 return Err(Error::Manifest(format!("track {i}: duplicate id")));
             }
-            if t.timescale == 0 || t.fragments.is_empty() || t.init.length == 0 {
+            let needs_fragments = t.kind != TrackKind::Subtitle;
+            if t.timescale == 0
+                || t.init.length == 0
+                || t.fragments.is_empty() == needs_fragments
+                || t.media_time > MAX_TICKS
+            {
                 return Err(Error::Manifest(format!("track {}: empty", t.id)));
             }
             if t.fragments
@@ -288,6 +354,31 @@ impl AssetManifest {
     pub fn audios(&self) -> impl Iterator<Item = &Track> {
         self.tracks.iter().filter(|t| t.kind == TrackKind::Audio)
     }
+
+    /// Subtitle tracks.
+    pub fn subtitles(&self) -> impl Iterator<Item = &Track> {
+        self.tracks.iter().filter(|t| t.kind == TrackKind::Subtitle)
+    }
+
+    /// The video track whose fragments set the segment boundaries (and so
+    /// the subtitle segments): the first one.
+    pub fn timeline(&self) -> Option<&Track> {
+        self.videos().next()
+    }
+}
+
+/// Sorts `v10` after `v9`: the id's letters, then its number.
+fn natural(id: &str) -> (&str, u64) {
+    let digits = id.len() - id.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+    let (head, tail) = id.split_at(id.len() - digits);
+    (head, tail.parse().unwrap_or(0))
+}
+
+/// A BCP 47-like language tag: letters, digits and `-`, 2 to 35 long.
+pub fn is_safe_lang(s: &str) -> bool {
+    (2..=35).contains(&s.len())
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && s.as_bytes()[0].is_ascii_alphabetic()
 }
 
 /// Ids that may stand in a URL path and a file name: `[A-Za-z0-9_-]`, 1 to 64 long.
@@ -316,6 +407,7 @@ mod tests {
             sample_rate: 0,
             channels: 0,
             language: "und".into(),
+            media_time: 0,
             timescale: 1000,
             init: ByteRange {
                 offset: 0,

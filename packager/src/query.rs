@@ -14,7 +14,10 @@ pub fn with_query(output: &Output, body: &[u8], query: &str) -> Vec<u8> {
         return body.to_vec();
     }
     match output {
-        Output::Multivariant | Output::MediaPlaylist(_) => m3u8(text, query).into_bytes(),
+        Output::Multivariant
+        | Output::MediaPlaylist(_)
+        | Output::IframePlaylist(_)
+        | Output::TsPlaylist(_) => m3u8(text, query).into_bytes(),
         Output::Mpd => mpd(text, &xml_escape(query)).into_bytes(),
         _ => body.to_vec(),
     }
@@ -41,16 +44,22 @@ fn m3u8(text: &str, query: &str) -> String {
 
 fn mpd(text: &str, query: &str) -> String {
     let once = rewrite_attr(text, "initialization=\"", query);
-    rewrite_attr(&once, "media=\"", query)
+    let twice = rewrite_attr(&once, "media=\"", query);
+    rewrite_between(&twice, "<BaseURL>", '<', query)
 }
 
 /// Appends the query to the value of every `name"…"` attribute in `text`.
 fn rewrite_attr(text: &str, name: &str, query: &str) -> String {
+    rewrite_between(text, name, '"', query)
+}
+
+/// Appends the query to every run of text between `open` and `close`.
+fn rewrite_between(text: &str, open: &str, close: char, query: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
-    while let Some(i) = rest.find(name) {
-        let start = i + name.len();
-        let Some(len) = rest[start..].find('"') else {
+    while let Some(i) = rest.find(open) {
+        let start = i + open.len();
+        let Some(len) = rest[start..].find(close) else {
             break;
         };
         out.push_str(&rest[..start]);
