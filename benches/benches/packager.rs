@@ -7,7 +7,9 @@
 
 #![allow(clippy::unwrap_used)]
 
-use cascade_packager::{package, AssetManifest, ByteRange, Fragment, Output, Track, TrackKind};
+use cascade_packager::{
+    package, AssetManifest, ByteRange, Fragment, Output, Track, TrackKind, View,
+};
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 
 fn track(id: &str, kind: TrackKind, height: u32, frags: usize) -> Track {
@@ -89,17 +91,25 @@ fn bench(c: &mut Criterion) {
     let m = manifest();
     let seg = segment_bytes(500_000);
     c.bench_function("multivariant playlist", |b| {
-        b.iter(|| package(black_box(&m), &Output::Multivariant, &[]).unwrap())
+        b.iter(|| package(black_box(&m), &Output::Multivariant, &View::default(), &[]).unwrap())
     });
     c.bench_function("media playlist, 3600 segments", |b| {
-        b.iter(|| package(black_box(&m), &Output::MediaPlaylist("v0".into()), &[]).unwrap())
+        b.iter(|| {
+            package(
+                black_box(&m),
+                &Output::MediaPlaylist("v0".into()),
+                &View::default(),
+                &[],
+            )
+            .unwrap()
+        })
     });
     c.bench_function("DASH MPD, 5 tracks", |b| {
-        b.iter(|| package(black_box(&m), &Output::Mpd, &[]).unwrap())
+        b.iter(|| package(black_box(&m), &Output::Mpd, &View::default(), &[]).unwrap())
     });
     c.bench_function("fMP4 segment, 500 kB", |b| {
         let out = Output::Segment("v0".into(), 1800);
-        b.iter(|| package(black_box(&m), &out, black_box(&seg)).unwrap())
+        b.iter(|| package(black_box(&m), &out, &View::default(), &[black_box(&seg)]).unwrap())
     });
     c.bench_function("path to output", |b| {
         b.iter(|| Output::parse(black_box("v1/1234.m4s")))

@@ -157,7 +157,15 @@ impl Prefetcher {
                 this.count("cached");
             } else {
                 this.count("started");
-                let r = this.media.get(&path, &output, &request_id).await;
+                let r = this
+                    .media
+                    .get(
+                        &path,
+                        &output,
+                        &cascade_packager::View::default(),
+                        &request_id,
+                    )
+                    .await;
                 tracing::debug!(
                     path,
                     status = r.status.as_u16(),

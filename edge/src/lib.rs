@@ -26,7 +26,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cascade_cache::{CacheConfig, CachedObject, TieredCache};
-use cascade_packager::{is_safe_id, package, with_query, AssetManifest, Output};
+use cascade_packager::{
+    default_profiles, is_safe_id, package, with_query, AssetManifest, Output, Profile, View,
+};
 use cascade_serve::config::{
     build_token_keys, check_addr, check_url, TokenKeyConfig, Validate, TOKEN_KEYS_ENV,
 };
@@ -132,6 +134,10 @@ pub struct EdgeConfig {
     pub h3_max_header_bytes: u64,
     /// Most HTTP/3 connections open at once.
     pub h3_max_connections: usize,
+    /// Device profiles (`?profile=NAME` on a manifest): filters and a
+    /// segment format. These add to, or replace by name, the built-in
+    /// `web`, `mobile`, `tv` and `legacy-ts`.
+    pub profiles: std::collections::BTreeMap<String, Profile>,
     /// `ma` of the `Alt-Svc` header, in seconds: how long a browser may
     /// remember that HTTP/3 is here.
     pub alt_svc_max_age_secs: u64,
@@ -186,6 +192,7 @@ impl Default for EdgeConfig {
             h3_max_header_bytes: 16 * 1024,
             h3_max_connections: 10_000,
             alt_svc_max_age_secs: 86_400,
+            profiles: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -262,6 +269,23 @@ impl Validate for EdgeConfig {
         }
         if self.h3_max_connections == 0 {
             errors.push("h3_max_connections: must be at least 1".into());
+        }
+        for (name, p) in &self.profiles {
+            if !is_safe_id(name) {
+                errors.push(format!("profiles.{name}: use letters, digits, _ and -"));
+            }
+            for c in p.codecs.iter().flatten() {
+                if !cascade_packager::CODEC_FAMILIES.contains(&c.as_str()) {
+                    errors.push(format!(
+                        "profiles.{name}.codecs: unknown codec {c:?} (avc, hevc, av1)"
+                    ));
+                }
+            }
+            for l in p.audio.iter().chain(&p.subtitles).flatten() {
+                if !cascade_packager::is_safe_lang(l) {
+                    errors.push(format!("profiles.{name}: {l:?} is not a language tag"));
+                }
+            }
         }
         for (i, p) in self.open_paths.iter().enumerate() {
             if !p.starts_with('/') {
@@ -361,6 +385,8 @@ struct EdgeHandler {
     prewarm: Arc<tokio::sync::Semaphore>,
     prewarm_concurrency: usize,
     prefetch: Option<cmcd::Prefetcher>,
+    /// Built-in device profiles with the configured ones over them.
+    profiles: std::collections::BTreeMap<String, Profile>,
 }
 
 #[async_trait::async_trait]
@@ -573,10 +599,19 @@ impl EdgeHandler {
         let Some(output) = media_output(path) else {
             return not_found();
         };
+        // Filters, profile, clip and format; only manifests read them.
+        let view = if output.is_manifest() {
+            match View::from_query(req.uri.query().unwrap_or(""), &self.profiles) {
+                Ok(v) => v,
+                Err(e) => return Response::error(StatusCode::BAD_REQUEST, "bad_filter", &e.0),
+            }
+        } else {
+            View::default()
+        };
         if let Some(p) = &self.prefetch {
             p.consider(req, path);
         }
-        let r = self.media.get(path, &output, &req.request_id).await;
+        let r = self.media.get(path, &output, &view, &req.request_id).await;
         let range = req
             .headers
             .get(http::header::RANGE)
@@ -631,11 +666,16 @@ impl EdgeHandler {
                 let (Some(path), Some(output)) = (path, output) else {
                     return serde_json::json!({"url": u, "status": 404, "bytes": 0, "cache": "none"});
                 };
+                // A manifest may be warmed as a profile or filter shows it.
+                let query = u.split_once('?').map_or("", |(_, q)| q);
+                let Ok(view) = View::from_query(query, &self.profiles) else {
+                    return serde_json::json!({"url": u, "status": 400, "bytes": 0, "cache": "none"});
+                };
                 // Viewers never wait on this: pre-warm has its own few permits.
                 let Ok(_permit) = self.prewarm.acquire().await else {
                     return serde_json::json!({"url": u, "status": 503, "bytes": 0, "cache": "none"});
                 };
-                let r = self.media.get(&path, &output, &req.request_id).await;
+                let r = self.media.get(&path, &output, &view, &req.request_id).await;
                 let cache = r
                     .headers
                     .get("cache-status")
@@ -861,12 +901,21 @@ struct Media {
 }
 
 impl Media {
-    /// A packaged output by its path (`/vod/{asset}/…`, already checked):
-    /// from cache, or made once however many viewers ask at once. The key
-    /// is the path alone: never the token or other query parameters.
-    async fn get(&self, path: &str, output: &Output, request_id: &str) -> Response {
+    /// A packaged output by its path (`/vod/{asset}/…`, already checked) as
+    /// `view` shows it: from cache, or made once however many viewers ask
+    /// at once. The key is the path and the canonical query of the part of
+    /// the view the output depends on (manifests only): never the token or
+    /// other query parameters.
+    async fn get(&self, path: &str, output: &Output, view: &View, request_id: &str) -> Response {
+        let view = output.relevant_view(view);
+        let canonical = view.canonical();
+        let key = if canonical.is_empty() {
+            path.to_string()
+        } else {
+            format!("{path}?{canonical}")
+        };
         // A hit needs none of the fill's clones.
-        if let Some(hit) = self.tier.fresh_hit(path).await {
+        if let Some(hit) = self.tier.fresh_hit(&key).await {
             return hit;
         }
         let Some((asset, _)) = path["/vod/".len()..].split_once('/') else {
@@ -876,19 +925,25 @@ impl Media {
         let (a, o, k, rid) = (
             asset.to_string(),
             output.clone(),
-            path.to_string(),
+            key.clone(),
             request_id.to_string(),
         );
         self.tier
-            .serve(
-                path,
-                move || async move { media.miss(&a, &o, &k, &rid).await },
-            )
+            .serve(&key, move || async move {
+                media.miss(&a, &o, &view, &k, &rid).await
+            })
             .await
     }
 
-    /// Makes an output on a cache miss: manifest, mezzanine range, package, store.
-    async fn miss(&self, asset: &str, output: &Output, key: &str, request_id: &str) -> Response {
+    /// Makes an output on a cache miss: manifest, mezzanine ranges, package, store.
+    async fn miss(
+        &self,
+        asset: &str,
+        output: &Output,
+        view: &View,
+        key: &str,
+        request_id: &str,
+    ) -> Response {
         let req_id = request_id;
         let started_ms = unix_now_ms();
         let now = started_ms / 1000;
@@ -897,24 +952,37 @@ impl Media {
             Err(r) => return r,
         };
         let mut upstream_status = None;
-        let source_bytes = match output.source(&manifest) {
+        let sources = match output.sources(&manifest) {
+            Ok(s) => s,
             Err(_) => return not_found(),
-            Ok(None) => Bytes::new(),
-            Ok(Some(src)) => {
-                let mezz = format!("/mezz/{asset}/{}", src.file);
-                let range = src.range.http_range();
-                match self.fetch_media(&mezz, Some(&range), req_id).await {
-                    Ok(r) if r.status == StatusCode::PARTIAL_CONTENT => {
-                        upstream_status = header_str(&r, "cache-status");
-                        r.body
-                    }
-                    Ok(r) => return upstream_failure(r.status),
-                    Err(r) => return r,
-                }
-            }
         };
-        let body = match package(&manifest, output, &source_bytes) {
+        // A TS segment needs four ranges (two inits, two fragments): fetched
+        // at once; each goes through the shields and their caches.
+        let fetches = sources.iter().map(|src| {
+            let mezz = format!("/mezz/{asset}/{}", src.file);
+            let range = src.range.http_range();
+            async move { self.fetch_media(&mezz, Some(&range), req_id).await }
+        });
+        let mut parts = Vec::with_capacity(sources.len());
+        for r in futures::future::join_all(fetches).await {
+            match r {
+                Ok(r) if r.status == StatusCode::PARTIAL_CONTENT => {
+                    if upstream_status.is_none() {
+                        upstream_status = header_str(&r, "cache-status");
+                    }
+                    parts.push(r.body);
+                }
+                Ok(r) => return upstream_failure(r.status),
+                Err(r) => return r,
+            }
+        }
+        let slices: Vec<&[u8]> = parts.iter().map(|b| b.as_ref()).collect();
+        let body = match package(&manifest, output, view, &slices) {
             Ok(b) => Bytes::from(b),
+            Err(e @ cascade_packager::Error::EmptyView(_)) => {
+                return Response::error(StatusCode::NOT_FOUND, "no_rendition", &e.to_string());
+            }
+            Err(cascade_packager::Error::NotFound) => return not_found(),
             Err(e) => {
                 tracing::error!(request_id = %req_id, error = %e, key, "packaging failed");
                 return Response::error(
@@ -1222,6 +1290,11 @@ pub async fn start(cfg: &EdgeConfig) -> anyhow::Result<Edge> {
         prewarm: Arc::new(tokio::sync::Semaphore::new(cfg.prewarm_concurrency)),
         prewarm_concurrency: cfg.prewarm_concurrency,
         prefetch,
+        profiles: {
+            let mut p = default_profiles();
+            p.extend(cfg.profiles.clone());
+            p
+        },
         page: CachingFetcher::new(cache.clone(), vec![origin.clone()], CACHE_NAME, timeout * 2),
         origin,
     };

@@ -5,7 +5,7 @@
 use std::sync::atomic::AtomicBool;
 
 use cascade_origin::transcode::{self, Rung, Source, Spec};
-use cascade_packager::{index_bytes, package, AssetManifest, Output, Track, TrackKind};
+use cascade_packager::{index_bytes, package, AssetManifest, Output, Track, TrackKind, View};
 
 /// A 4 s, 320x180 clip with a moving picture and a tone, transcoded to two rungs.
 fn tiny_title() -> (tempfile::TempDir, AssetManifest) {
@@ -75,36 +75,50 @@ fn tiny_title_packages() {
     let again = AssetManifest::from_json(&m.to_json()).unwrap();
     assert_eq!(again, m);
 
-    let master = String::from_utf8(package(&m, &Output::Multivariant, &[]).unwrap()).unwrap();
+    let master =
+        String::from_utf8(package(&m, &Output::Multivariant, &View::default(), &[]).unwrap())
+            .unwrap();
     assert!(master.contains("#EXT-X-STREAM-INF"), "{master}");
     assert!(master.contains("RESOLUTION=320x180"));
     assert!(master.contains("mp4a.40.2"));
-    let mpd = String::from_utf8(package(&m, &Output::Mpd, &[]).unwrap()).unwrap();
+    let mpd = String::from_utf8(package(&m, &Output::Mpd, &View::default(), &[]).unwrap()).unwrap();
     assert!(mpd.contains("media=\"$RepresentationID$/$Number$.m4s\""));
 
     // Segments are the mezzanine's fragments, checked against the manifest.
     for t in &m.tracks {
         let file = std::fs::read(dir.path().join(&t.file)).unwrap();
         let init = Output::Init(t.id.clone());
-        let src = init.source(&m).unwrap().unwrap();
-        let r = src.range;
+        let r = init.sources(&m).unwrap()[0].range;
         let bytes = &file[r.offset as usize..(r.offset + r.length) as usize];
-        assert_eq!(package(&m, &init, bytes).unwrap(), bytes);
+        assert_eq!(
+            package(&m, &init, &View::default(), &[bytes]).unwrap(),
+            bytes
+        );
         for n in 1..=t.fragments.len() as u64 {
             let out = Output::Segment(t.id.clone(), n);
-            let r = out.source(&m).unwrap().unwrap().range;
+            let r = out.sources(&m).unwrap()[0].range;
             let bytes = &file[r.offset as usize..(r.offset + r.length) as usize];
-            assert_eq!(package(&m, &out, bytes).unwrap().len(), bytes.len());
+            assert_eq!(
+                package(&m, &out, &View::default(), &[bytes]).unwrap().len(),
+                bytes.len()
+            );
             // The wrong bytes are refused, not passed on.
-            assert!(package(&m, &out, &bytes[1..]).is_err());
+            assert!(package(&m, &out, &View::default(), &[&bytes[1..]]).is_err());
         }
         assert!(Output::Segment(t.id.clone(), t.fragments.len() as u64 + 1)
-            .source(&m)
+            .sources(&m)
             .is_err());
         if t.kind == TrackKind::Audio {
-            let pl =
-                String::from_utf8(package(&m, &Output::MediaPlaylist(t.id.clone()), &[]).unwrap())
-                    .unwrap();
+            let pl = String::from_utf8(
+                package(
+                    &m,
+                    &Output::MediaPlaylist(t.id.clone()),
+                    &View::default(),
+                    &[],
+                )
+                .unwrap(),
+            )
+            .unwrap();
             assert!(pl.contains("#EXT-X-MAP:URI=\"a0/init.mp4\""));
         }
     }
