@@ -32,6 +32,10 @@ pub fn app(state: Arc<State>) -> Router {
             "/api/v1/uploads",
             post(upload).layer(DefaultBodyLimit::disable()),
         )
+        .route(
+            "/api/v1/uploads/sidecars",
+            post(crate::sidecars::upload_sidecar).layer(DefaultBodyLimit::disable()),
+        )
         .route("/api/v1/jobs/{id}", get(job))
         .route("/api/v1/assets", get(list_assets))
         .route("/api/v1/assets/{id}", get(asset))
@@ -149,6 +153,10 @@ struct UploadQuery {
     year: Option<i64>,
     /// Needs the premium plan: `true` or `false`.
     premium: Option<bool>,
+    /// Subtitle and audio files sent before, by id: `ID,ID`.
+    sidecars: Option<String>,
+    /// Video codecs beside H.264: `hevc,av1`.
+    codecs: Option<String>,
 }
 
 /// `POST /api/v1/uploads?title=T`: the body is the media file. It is
@@ -224,6 +232,13 @@ async fn upload(
     if let Err(e) = catalog::check_metadata(Some(&synopsis), q.year, &[&genres, &languages]) {
         return e.into_response();
     }
+    let extras =
+        match crate::sidecars::extras_for_upload(&state, q.sidecars.as_deref(), q.codecs.as_deref())
+            .await
+        {
+            Ok(e) => e,
+            Err(r) => return r,
+        };
     let asset = new_id();
     let job = new_id();
     let title = if title.is_empty() {
@@ -275,6 +290,20 @@ async fn upload(
         }
     }
     let source = path.to_string_lossy().to_string();
+    // The worker reads the extras before it transcodes: written before the job exists.
+    if extras != crate::sidecars::Extras::default() {
+        let file = crate::sidecars::extras_path(&state.cfg.data_dir, &job);
+        let bytes = serde_json::to_vec(&extras).unwrap_or_default();
+        if let Err(e) = tokio::fs::write(&file, bytes).await {
+            tracing::error!(error = %e, "recording an upload's extras");
+            let _ = tokio::fs::remove_file(&path).await;
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "storage",
+                "cannot store uploads",
+            );
+        }
+    }
     if let Err(e) =
         db::create_asset_and_job(&state.db, &asset, &job, &title, "file", &source, &meta).await
     {
@@ -327,19 +356,19 @@ async fn upload(
 /// Jobs waiting for the transcoder before uploads are turned away.
 const MAX_QUEUED_JOBS: i64 = 100;
 
-fn busy(message: &str) -> Response {
+pub(crate) fn busy(message: &str) -> Response {
     let mut r = error(StatusCode::SERVICE_UNAVAILABLE, "busy", message);
     r.headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
     r
 }
 
-enum ReceiveError {
+pub(crate) enum ReceiveError {
     TooLarge,
     Io(String),
 }
 
-async fn receive(body: Body, path: &std::path::Path, limit: u64) -> Result<u64, ReceiveError> {
+pub(crate) async fn receive(body: Body, path: &std::path::Path, limit: u64) -> Result<u64, ReceiveError> {
     let mut file = tokio::fs::File::create(path)
         .await
         .map_err(|e| ReceiveError::Io(e.to_string()))?;
@@ -361,7 +390,7 @@ async fn receive(body: Body, path: &std::path::Path, limit: u64) -> Result<u64, 
     Ok(total)
 }
 
-fn new_id() -> String {
+pub(crate) fn new_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..12].to_string()
 }
 

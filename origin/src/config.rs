@@ -39,6 +39,10 @@ pub struct OriginConfig {
     pub billing_tolerance_secs: u64,
     /// Seconds between a player's heartbeats.
     pub heartbeat_interval_secs: u64,
+    /// The edge device profile each `device_type` of the playback API
+    /// plays with (`phone = "mobile"`). The profiles themselves are the
+    /// edges' (`[profiles.NAME]` there).
+    pub device_profiles: std::collections::BTreeMap<String, String>,
     /// A stream's slot frees itself this many seconds after its last heartbeat.
     pub stream_slot_secs: u64,
     /// Milliseconds between watch-history flushes.
@@ -98,6 +102,18 @@ impl Default for OriginConfig {
             billing_webhook_secret: String::new(),
             billing_tolerance_secs: 300,
             heartbeat_interval_secs: 10,
+            device_profiles: [
+                ("web", "web"),
+                ("phone", "mobile"),
+                ("tablet", "mobile"),
+                ("tv", "tv"),
+                ("console", "tv"),
+                ("stb", "legacy-ts"),
+                ("legacy", "legacy-ts"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
             stream_slot_secs: 60,
             history_flush_ms: 1000,
             history_buffer_max: 200_000,
@@ -169,6 +185,13 @@ impl Validate for OriginConfig {
         }
         if !(30..=3600).contains(&self.billing_tolerance_secs) {
             errors.push("billing_tolerance_secs: must be 30 to 3600".into());
+        }
+        for (kind, profile) in &self.device_profiles {
+            if !cascade_packager::is_safe_id(kind) || !cascade_packager::is_safe_id(profile) {
+                errors.push(format!(
+                    "device_profiles.{kind}: device types and profile names use letters, digits, _ and -"
+                ));
+            }
         }
         if !(1..=300).contains(&self.heartbeat_interval_secs) {
             errors.push("heartbeat_interval_secs: must be 1 to 300".into());

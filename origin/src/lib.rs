@@ -16,6 +16,7 @@ mod db;
 mod jobs;
 mod openapi;
 mod playback;
+mod sidecars;
 mod store;
 pub mod transcode;
 mod web;

@@ -43,6 +43,12 @@ pub(crate) struct PlaybackRequest {
     /// starting again replaces its own stream instead of taking a new slot.
     #[serde(default)]
     device_id: Option<String>,
+    /// The kind of device (`web`, `phone`, `tablet`, `tv`, `stb`, `legacy`,
+    /// or one the operator configured): it chooses the device profile that
+    /// shapes the manifests (renditions, codecs, TS or fMP4). Absent: every
+    /// rendition is listed.
+    #[serde(default)]
+    device_type: Option<String>,
 }
 
 /// Where and how a player reports its position.
@@ -75,6 +81,9 @@ pub(crate) struct PlaybackAnswer {
     resume_position: f64,
     /// Whether the plan plays ads.
     ads: bool,
+    /// The edge's device profile chosen from `device_type`, if any; it is in
+    /// the URLs as `profile=`.
+    profile: Option<String>,
     stream: StreamInfo,
 }
 
@@ -469,6 +478,16 @@ pub(crate) async fn playback(
             .map_err(|e| ApiError::bad_request("bad_json", format!("the body is not valid: {e}")))?
     };
     let refused = |why: &str| state.playback_results.with_label_values(&[why]).inc();
+    let device_profile = match req.device_type.as_deref() {
+        None => None,
+        Some(kind) => Some(state.cfg.device_profiles.get(kind).cloned().ok_or_else(|| {
+            let known: Vec<&str> = state.cfg.device_profiles.keys().map(String::as_str).collect();
+            ApiError::bad_request(
+                "bad_device_type",
+                format!("device_type must be one of: {}", known.join(", ")),
+            )
+        })?),
+    };
     if !cascade_packager::is_safe_id(&asset_id) {
         return Err(ApiError::not_found("asset"));
     }
@@ -605,7 +624,12 @@ pub(crate) async fn playback(
     let resume = resume_position(&state, &profile, &asset_id, asset.duration).await?;
     refused("started");
     let edge = state.cfg.public_edge_url.trim_end_matches('/');
-    let q = format!("{}={token}", state.cfg.token_name);
+    // The profile shapes what the edge lists; it is a hint, not an
+    // entitlement, so it sits beside the token rather than under it.
+    let q = match &device_profile {
+        Some(p) => format!("profile={p}&{}={token}", state.cfg.token_name),
+        None => format!("{}={token}", state.cfg.token_name),
+    };
     let answer = PlaybackAnswer {
         hls: format!("{edge}/vod/{asset_id}/master.m3u8?{q}"),
         dash: format!("{edge}/vod/{asset_id}/manifest.mpd?{q}"),
@@ -617,6 +641,7 @@ pub(crate) async fn playback(
         expires,
         resume_position: resume,
         ads: plan.ads,
+        profile: device_profile,
         stream: StreamInfo {
             id: stream,
             heartbeat_token,

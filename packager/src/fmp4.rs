@@ -1264,7 +1264,7 @@ mod tests {
                 data: &frag[s.offset..s.offset + s.size],
             })
             .collect();
-        let ts = crate::ts::mux_segment(Some((avc, &video)), None).unwrap();
+        let ts = crate::ts::mux_segment(Some((avc, video.as_slice())), None).unwrap();
         assert_eq!(ts.len() % crate::ts::PACKET, 0);
 
         let key = keyframe_fragment(&cfg, frag, 1).unwrap();
@@ -1305,6 +1305,6 @@ mod tests {
                 data: &frag[s.offset..s.offset + s.size],
             })
             .collect();
-        assert!(crate::ts::mux_segment(None, Some((&aac, &audio))).is_ok());
+        assert!(crate::ts::mux_segment(None, Some((&aac, audio.as_slice()))).is_ok());
     }
 }

@@ -6,7 +6,7 @@
 //! pure and lets it work on files far larger than memory.
 
 use crate::manifest::{ByteRange, Fragment, TrackKind};
-use crate::mp4::{children, find, find_path, full_box, BoxHeader, Reader};
+use crate::mp4::{children, find, find_path, full_box, BoxHeader, Child, Reader};
 use crate::Error;
 
 /// What the `moov` box says about the one track of a mezzanine file.
@@ -29,6 +29,7 @@ pub struct InitInfo {
     /// ISO 639-2/T language from `mdhd`, such as `und` or `eng`.
     pub language: String,
     default_sample_duration: u32,
+    default_sample_size: u32,
 }
 
 /// Builds the fragment list of one track from its top-level boxes, in file order.
@@ -47,6 +48,9 @@ struct PendingMoof {
     decode_time: u64,
     duration: u64,
     samples: u32,
+    /// Bytes from the moof's start to the end of its first sample, if the
+    /// moof says (checked against the mdat when it comes).
+    key_end: Option<u64>,
 }
 
 /// The result of indexing one file.
@@ -96,11 +100,14 @@ impl Indexer {
                 }
                 let (decode_time, duration, samples) =
                     parse_moof(payload, init.default_sample_duration)?;
+                // An unknown I-frame range is no reason to refuse the file.
+                let key_end = crate::fmp4::first_sample_end(body, init.default_sample_size).ok();
                 self.pending_moof = Some(PendingMoof {
                     offset,
                     decode_time,
                     duration,
                     samples,
+                    key_end,
                 });
             }
             b"mdat" => {
@@ -109,15 +116,25 @@ impl Indexer {
                     .take()
                     .ok_or(Error::Malformed("mdat without moof"))?;
                 let end = offset + size;
+                let length = end - moof.offset;
                 self.samples += u64::from(moof.samples);
+                // The first sample must end inside this mdat's payload;
+                // otherwise its byte range stays unknown (0).
+                let payload_start = offset
+                    .checked_add(header.header_len)
+                    .and_then(|p| p.checked_sub(moof.offset));
+                let key_length = match (moof.key_end, payload_start) {
+                    (Some(k), Some(start)) if k > start && k <= length => k,
+                    _ => 0,
+                };
                 self.fragments.push(Fragment {
                     range: ByteRange {
                         offset: moof.offset,
-                        length: end - moof.offset,
+                        length,
                     },
                     start: moof.decode_time,
                     duration: moof.duration,
-                    key_length: 0,
+                    key_length,
                 });
             }
             _ => {}
@@ -173,6 +190,84 @@ pub fn index_bytes(file: &[u8]) -> Result<TrackIndex, Error> {
 }
 
 fn parse_moov(moov: &[u8]) -> Result<InitInfo, Error> {
+    let trak = only_trak(moov)?;
+    let mdia = find_path(trak, &[b"mdia"])?;
+    let (timescale, language) = media_header(mdia)?;
+    let kind = handler_kind(mdia)?;
+    let entry = first_sample_entry(mdia)?;
+
+    let mut info = InitInfo {
+        kind,
+        timescale,
+        codec: String::new(),
+        width: 0,
+        height: 0,
+        sample_rate: 0,
+        channels: 0,
+        language,
+        default_sample_duration: 0,
+        default_sample_size: 0,
+    };
+    match (&kind, &entry.kind) {
+        (TrackKind::Video, b"avc1" | b"avc3") => {
+            let (width, height, boxes) = visual_entry(entry.body)?;
+            (info.width, info.height) = (width, height);
+            let avcc = find(boxes, b"avcC")?.ok_or(Error::MissingBox("avcC"))?;
+            let mut r = Reader::new(avcc);
+            r.skip(1)?;
+            let (profile, compat, level) = (r.u8()?, r.u8()?, r.u8()?);
+            let prefix = if &entry.kind == b"avc3" {
+                "avc3"
+            } else {
+                "avc1"
+            };
+            info.codec = format!("{prefix}.{profile:02x}{compat:02x}{level:02x}");
+        }
+        (TrackKind::Video, b"hvc1" | b"hev1") => {
+            let (width, height, boxes) = visual_entry(entry.body)?;
+            (info.width, info.height) = (width, height);
+            let hvcc = find(boxes, b"hvcC")?.ok_or(Error::MissingBox("hvcC"))?;
+            let prefix = if &entry.kind == b"hev1" {
+                "hev1"
+            } else {
+                "hvc1"
+            };
+            info.codec = hevc_codec(prefix, hvcc)?;
+        }
+        (TrackKind::Video, b"av01") => {
+            let (width, height, boxes) = visual_entry(entry.body)?;
+            (info.width, info.height) = (width, height);
+            let av1c = find(boxes, b"av1C")?.ok_or(Error::MissingBox("av1C"))?;
+            info.codec = av1_codec(av1c)?;
+        }
+        (TrackKind::Audio, b"mp4a") => {
+            let (channels, sample_rate, boxes) = audio_entry(entry.body)?;
+            (info.channels, info.sample_rate) = (channels, sample_rate);
+            let esds = find(boxes, b"esds")?.ok_or(Error::MissingBox("esds"))?;
+            let (oti, aot) = parse_esds(esds)?;
+            info.codec = match aot {
+                Some(aot) => format!("mp4a.{oti:02x}.{aot}"),
+                None => format!("mp4a.{oti:02x}"),
+            };
+        }
+        _ => {
+            return Err(Error::Unsupported(
+                "sample entry is not avc1, avc3, hvc1, hev1, av01 or mp4a",
+            ))
+        }
+    }
+
+    // Defaults that a trun may leave out come from the trex in mvex.
+    if let Ok(trex) = find_path(moov, &[b"mvex", b"trex"]) {
+        let defaults = crate::fmp4::parse_trex(trex)?;
+        info.default_sample_duration = defaults.duration;
+        info.default_sample_size = defaults.size;
+    }
+    Ok(info)
+}
+
+/// The one `trak` of a mezzanine's `moov`.
+pub(crate) fn only_trak(moov: &[u8]) -> Result<&[u8], Error> {
     let mut trak = None;
     for child in children(moov) {
         let child = child?;
@@ -183,9 +278,11 @@ fn parse_moov(moov: &[u8]) -> Result<InitInfo, Error> {
             trak = Some(child.body);
         }
     }
-    let trak = trak.ok_or(Error::MissingBox("trak"))?;
-    let mdia = find_path(trak, &[b"mdia"])?;
+    trak.ok_or(Error::MissingBox("trak"))
+}
 
+/// The timescale and language of a track, from the `mdhd` in its `mdia`.
+pub(crate) fn media_header(mdia: &[u8]) -> Result<(u32, String), Error> {
     let mdhd = find_path(mdia, &[b"mdhd"])?;
     let mut r = Reader::new(mdhd);
     let (version, _) = full_box(&mut r)?;
@@ -213,91 +310,134 @@ fn parse_moov(moov: &[u8]) -> Result<InitInfo, Error> {
     } else {
         "und".to_string()
     };
+    Ok((timescale, language))
+}
 
+/// Video or audio, from the `hdlr` in a track's `mdia`.
+pub(crate) fn handler_kind(mdia: &[u8]) -> Result<TrackKind, Error> {
     let hdlr = find_path(mdia, &[b"hdlr"])?;
     let mut r = Reader::new(hdlr);
     full_box(&mut r)?;
     r.skip(4)?;
-    let handler = r.fourcc()?;
-    let kind = match &handler {
-        b"vide" => TrackKind::Video,
-        b"soun" => TrackKind::Audio,
-        _ => return Err(Error::Unsupported("track is neither video nor audio")),
-    };
+    match &r.fourcc()? {
+        b"vide" => Ok(TrackKind::Video),
+        b"soun" => Ok(TrackKind::Audio),
+        _ => Err(Error::Unsupported("track is neither video nor audio")),
+    }
+}
 
+/// The first sample entry of the `stsd` in a track's `mdia`.
+pub(crate) fn first_sample_entry(mdia: &[u8]) -> Result<Child<'_>, Error> {
     let stsd = find_path(mdia, &[b"minf", b"stbl", b"stsd"])?;
     let mut r = Reader::new(stsd);
     full_box(&mut r)?;
-    let count = r.u32()?;
-    if count == 0 {
+    if r.u32()? == 0 {
         return Err(Error::Malformed("empty stsd"));
     }
-    let rest = &stsd[8..];
-    let entry = children(rest).next().ok_or(Error::MissingBox("stsd"))??;
+    let rest = stsd.get(8..).ok_or(Error::Truncated)?;
+    children(rest).next().ok_or(Error::MissingBox("stsd"))?
+}
 
-    let mut info = InitInfo {
-        kind,
-        timescale,
-        codec: String::new(),
-        width: 0,
-        height: 0,
-        sample_rate: 0,
-        channels: 0,
-        language,
-        default_sample_duration: 0,
+/// Width, height and child boxes of a VisualSampleEntry body (`avc1`,
+/// `hvc1`, `av01`...): 6 reserved, 2 data reference index, 16 predefined,
+/// then width and height, then 50 more bytes before the child boxes.
+pub(crate) fn visual_entry(body: &[u8]) -> Result<(u32, u32, &[u8]), Error> {
+    let mut r = Reader::new(body);
+    r.skip(24)?;
+    let width = u32::from(r.u16()?);
+    let height = u32::from(r.u16()?);
+    let boxes = body.get(78..).ok_or(Error::Truncated)?;
+    Ok((width, height, boxes))
+}
+
+/// Channel count, sample rate and child boxes of an AudioSampleEntry body:
+/// 6 reserved, 2 data reference index, 8 reserved, channel count, sample
+/// size, 4 reserved, rate as 16.16.
+pub(crate) fn audio_entry(body: &[u8]) -> Result<(u16, u32, &[u8]), Error> {
+    let mut r = Reader::new(body);
+    r.skip(16)?;
+    let channels = r.u16()?;
+    r.skip(6)?;
+    let sample_rate = r.u32()? >> 16;
+    let boxes = body.get(28..).ok_or(Error::Truncated)?;
+    Ok((channels, sample_rate, boxes))
+}
+
+/// The RFC 6381 string of an HEVC sample entry (ISO/IEC 14496-15 Annex E.3),
+/// from the first 13 bytes of its `hvcC`:
+/// `{entry}.{profile space A-C or nothing}{profile_idc}.{compatibility flags,
+/// bit-reversed, hex}.{L or H tier}{level_idc}` and then each constraint
+/// byte as two hex digits after a dot, trailing zero bytes dropped.
+fn hevc_codec(prefix: &str, hvcc: &[u8]) -> Result<String, Error> {
+    use std::fmt::Write;
+
+    let mut r = Reader::new(hvcc);
+    // configurationVersion.
+    r.skip(1)?;
+    let b = r.u8()?;
+    let space = match b >> 6 {
+        0 => "",
+        1 => "A",
+        2 => "B",
+        _ => "C",
     };
-    match (&kind, &entry.kind) {
-        (TrackKind::Video, b"avc1") | (TrackKind::Video, b"avc3") => {
-            // VisualSampleEntry: 6 reserved, 2 data ref index, 16 predefined,
-            // then width and height, then 50 more bytes before the child boxes.
-            let mut r = Reader::new(entry.body);
-            r.skip(24)?;
-            info.width = u32::from(r.u16()?);
-            info.height = u32::from(r.u16()?);
-            r.skip(50)?;
-            let boxes = entry.body.get(78..).ok_or(Error::Truncated)?;
-            let avcc = find(boxes, b"avcC")?.ok_or(Error::MissingBox("avcC"))?;
-            let mut r = Reader::new(avcc);
-            r.skip(1)?;
-            let (profile, compat, level) = (r.u8()?, r.u8()?, r.u8()?);
-            let prefix = if &entry.kind == b"avc3" {
-                "avc3"
-            } else {
-                "avc1"
-            };
-            info.codec = format!("{prefix}.{profile:02x}{compat:02x}{level:02x}");
-        }
-        (TrackKind::Audio, b"mp4a") => {
-            // AudioSampleEntry: 6 reserved, 2 data ref index, 8 reserved,
-            // channel count, sample size, 4 reserved, rate as 16.16.
-            let mut r = Reader::new(entry.body);
-            r.skip(16)?;
-            info.channels = r.u16()?;
-            r.skip(6)?;
-            info.sample_rate = r.u32()? >> 16;
-            let boxes = entry.body.get(28..).ok_or(Error::Truncated)?;
-            let esds = find(boxes, b"esds")?.ok_or(Error::MissingBox("esds"))?;
-            let (oti, aot) = parse_esds(esds)?;
-            info.codec = match aot {
-                Some(aot) => format!("mp4a.{oti:02x}.{aot}"),
-                None => format!("mp4a.{oti:02x}"),
-            };
-        }
-        _ => return Err(Error::Unsupported("sample entry is not avc1, avc3 or mp4a")),
+    let tier = if b & 0x20 != 0 { 'H' } else { 'L' };
+    let profile = b & 0x1f;
+    let compat = r.u32()?.reverse_bits();
+    let constraints = r.take(6)?;
+    let level = r.u8()?;
+    let kept = constraints
+        .iter()
+        .rposition(|c| *c != 0)
+        .map_or(0, |i| i + 1);
+    let mut codec = format!("{prefix}.{space}{profile}.{compat:X}.{tier}{level}");
+    for c in &constraints[..kept] {
+        // Writing to a String cannot fail.
+        let _ = write!(codec, ".{c:02X}");
     }
+    Ok(codec)
+}
 
-    // Defaults that a trun may leave out come from the trex in mvex.
-    if let Ok(trex) = find_path(moov, &[b"mvex", b"trex"]) {
-        let mut r = Reader::new(trex);
-        full_box(&mut r)?;
-        r.skip(8)?;
-        info.default_sample_duration = r.u32()?;
+/// The RFC 6381 string of an AV1 sample entry (AV1 Codec ISO Media File
+/// Format Binding, "Codecs Parameter String"), short form, from its `av1C`:
+/// `av01.{seq_profile}.{seq_level_idx_0, two digits}{M or H tier}.{bit depth, two digits}`.
+fn av1_codec(av1c: &[u8]) -> Result<String, Error> {
+    let mut r = Reader::new(av1c);
+    // marker (1 bit, always 1) and version (7 bits, 1).
+    if r.u8()? != 0x81 {
+        return Err(Error::Malformed("av1C marker or version"));
     }
-    Ok(info)
+    let b = r.u8()?;
+    let (profile, level) = (b >> 5, b & 0x1f);
+    let c = r.u8()?;
+    let tier = if c & 0x80 != 0 { 'H' } else { 'M' };
+    let (high_bitdepth, twelve_bit) = (c & 0x40 != 0, c & 0x20 != 0);
+    let depth = match (high_bitdepth, profile == 2 && twelve_bit) {
+        (false, _) => 8,
+        (true, false) => 10,
+        (true, true) => 12,
+    };
+    Ok(format!("av01.{profile}.{level:02}{tier}.{depth:02}"))
 }
 
 /// Reads the object type and, for AAC, the audio object type from an `esds`.
 fn parse_esds(esds: &[u8]) -> Result<(u8, Option<u8>), Error> {
+    let (oti, dsi) = esds_decoder_config(esds)?;
+    let Some([first, rest @ ..]) = dsi else {
+        return Ok((oti, None));
+    };
+    let first = *first;
+    let mut aot = first >> 3;
+    if aot == 31 {
+        let second = rest.first().ok_or(Error::Truncated)?;
+        aot = 32 + (((first & 0x07) << 3) | (second >> 5));
+    }
+    Ok((oti, Some(aot)))
+}
+
+/// The object type indication of an `esds` body and its
+/// DecoderSpecificInfo (for AAC, the AudioSpecificConfig), if any.
+pub(crate) fn esds_decoder_config(esds: &[u8]) -> Result<(u8, Option<&[u8]>), Error> {
     let mut r = Reader::new(esds);
     full_box(&mut r)?;
     let (tag, _) = descriptor(&mut r)?;
@@ -329,13 +469,7 @@ fn parse_esds(esds: &[u8]) -> Result<(u8, Option<u8>), Error> {
     if tag != 5 || len == 0 {
         return Ok((oti, None));
     }
-    let first = r.u8()?;
-    let mut aot = first >> 3;
-    if aot == 31 {
-        let second = r.u8()?;
-        aot = 32 + (((first & 0x07) << 3) | (second >> 5));
-    }
-    Ok((oti, Some(aot)))
+    Ok((oti, Some(r.take(len)?)))
 }
 
 fn descriptor(r: &mut Reader<'_>) -> Result<(u8, usize), Error> {
@@ -490,5 +624,137 @@ mod tests {
             0x11, 0x90,
         ];
         assert_eq!(parse_esds(&esds).unwrap(), (0x40, Some(2)));
+        // A DecoderSpecificInfo longer than the box.
+        let mut long = esds;
+        long[25] = 9;
+        assert_eq!(parse_esds(&long), Err(Error::Truncated));
+    }
+
+    #[test]
+    fn hevc_codec_strings() {
+        // The hvcC that libx265 3.5 wrote through FFmpeg 5.1 (`-tag:v hvc1`)
+        // for a 64x64 Main profile stream, cut before its NAL unit arrays
+        // (numOfArrays set to 0). By hand, per ISO/IEC 14496-15 E.3:
+        //   0x01: profile_space 0 (no letter), tier 0 (L), profile_idc 1;
+        //   0x60000000: compatibility flags 1 and 2, bit-reversed 0x6;
+        //   0x90 0 0 0 0 0: constraint flags (progressive, frame only),
+        //   trailing zero bytes dropped; 0x1e: level_idc 30 (level 1).
+        let hvcc = [
+            0x01, 0x01, 0x60, 0x00, 0x00, 0x00, 0x90, 0x00, 0x00, 0x00, 0x00, 0x00, 0x1e, 0xf0,
+            0x00, 0xfc, 0xfd, 0xf8, 0xf8, 0x00, 0x00, 0x0f, 0x00,
+        ];
+        assert_eq!(hevc_codec("hvc1", &hvcc).unwrap(), "hvc1.1.6.L30.90");
+        assert_eq!(hevc_codec("hev1", &hvcc).unwrap(), "hev1.1.6.L30.90");
+        // Main 10 (compatibility flag 2, reversed 0x4), high tier, level 4
+        // (120), constraint byte 0xB0: the spec's own example.
+        let mut main10 = hvcc;
+        main10[1] = 0x22;
+        main10[2] = 0x20;
+        main10[6] = 0xb0;
+        main10[12] = 120;
+        assert_eq!(hevc_codec("hvc1", &main10).unwrap(), "hvc1.2.4.H120.B0");
+        // Profile space 1 is `A`; zero bytes inside the constraints stay.
+        let mut odd = hvcc;
+        odd[1] = 0x41;
+        odd[2..6].copy_from_slice(&[0xff; 4]);
+        odd[6..12].copy_from_slice(&[0x90, 0x00, 0x01, 0x00, 0x00, 0x00]);
+        assert_eq!(hevc_codec("hvc1", &odd).unwrap(), "hvc1.A1.FFFFFFFF.L30.90.00.01");
+        // No constraint flags at all.
+        let mut none = hvcc;
+        none[6] = 0;
+        assert_eq!(hevc_codec("hvc1", &none).unwrap(), "hvc1.1.6.L30");
+        for n in 0..13 {
+            assert_eq!(hevc_codec("hvc1", &hvcc[..n]), Err(Error::Truncated));
+        }
+    }
+
+    #[test]
+    fn av1_codec_strings() {
+        // The av1C that SVT-AV1 1.4.1 wrote through FFmpeg 5.1 for 64x64
+        // 8-bit 4:2:0. By hand, per the AV1 ISOBMFF binding's codecs
+        // parameter string: 0x81 marker and version 1; 0x00: seq_profile 0,
+        // seq_level_idx_0 0; 0x0c: tier 0 (M), high_bitdepth 0 (8 bits),
+        // then monochrome 0 and 4:2:0 subsampling (not in the short form).
+        let av1c = [0x81, 0x00, 0x0c, 0x00];
+        assert_eq!(av1_codec(&av1c).unwrap(), "av01.0.00M.08");
+        // Main profile, level 3.0 (index 4), 10 bits.
+        assert_eq!(
+            av1_codec(&[0x81, 0x04, 0x4c, 0x00]).unwrap(),
+            "av01.0.04M.10"
+        );
+        // Professional profile, level index 13, high tier, 12 bits.
+        assert_eq!(
+            av1_codec(&[0x81, 0x4d, 0xe0, 0x00]).unwrap(),
+            "av01.2.13H.12"
+        );
+        // twelve_bit counts only in the professional profile.
+        assert_eq!(
+            av1_codec(&[0x81, 0x24, 0x60, 0x00]).unwrap(),
+            "av01.1.04M.10"
+        );
+        assert!(av1_codec(&[0x01, 0x00, 0x0c]).is_err());
+        assert!(av1_codec(&[0x81, 0x00]).is_err());
+    }
+
+    #[test]
+    fn ffmpeg_files() {
+        // Tiny files made by FFmpeg 5.1 (commands in testdata/README.md).
+        let files: [(&[u8], &str, (u32, u32), u64); 4] = [
+            (
+                include_bytes!("../testdata/tiny_h264.mp4"),
+                "avc1.4d400a",
+                (16, 16),
+                868,
+            ),
+            (
+                include_bytes!("../testdata/tiny_hevc.mp4"),
+                "hvc1.1.6.L30.90",
+                (64, 64),
+                268,
+            ),
+            (
+                include_bytes!("../testdata/tiny_av1.mp4"),
+                "av01.0.00M.08",
+                (64, 64),
+                441,
+            ),
+            (
+                include_bytes!("../testdata/tiny_aac.mp4"),
+                "mp4a.40.2",
+                (0, 0),
+                242,
+            ),
+        ];
+        for (file, codec, size, key_length) in files {
+            let index = index_bytes(file).unwrap();
+            assert_eq!(index.init.codec, codec);
+            assert_eq!((index.init.width, index.init.height), size, "{codec}");
+            let f = index.fragments[0];
+            // The moof, the mdat header and the first sample; as by hand
+            // from the trun's data offset and first sample size.
+            assert_eq!(f.key_length, key_length, "{codec}");
+            assert!(f.key_length < f.range.length);
+        }
+    }
+
+    #[test]
+    fn key_length_is_checked_against_the_mdat() {
+        let file = include_bytes!("../testdata/tiny_h264.mp4");
+        let mut index = Indexer::new();
+        let mut offset = 0usize;
+        while offset < file.len() {
+            let mut header = BoxHeader::parse(&file[offset..]).unwrap();
+            let size = header.size.unwrap() as usize;
+            if &header.kind == b"mdat" {
+                // An mdat too short for the first sample (716 bytes).
+                header.size = Some(100);
+            }
+            index
+                .push(offset as u64, &header, &file[offset..offset + size])
+                .unwrap();
+            offset += size;
+        }
+        let index = index.finish().unwrap();
+        assert_eq!(index.fragments[0].key_length, 0);
     }
 }
