@@ -296,6 +296,16 @@ struct IngestArgs {
     /// CASCADE_ORIGIN_ADMIN_TOKEN, else `cascade dev`'s data/control-admin-token.
     #[arg(long)]
     admin_token_file: Option<PathBuf>,
+    /// WebVTT subtitle files with their languages: en=a.vtt,hi=b.vtt.
+    #[arg(long, value_parser = parse_lang_files)]
+    subtitles: Option<Vec<(String, PathBuf)>>,
+    /// Extra audio tracks (dubs, commentary) with their languages:
+    /// fr=dub.m4a. Each source audio stream is a track already.
+    #[arg(long, value_parser = parse_lang_files)]
+    audio: Option<Vec<(String, PathBuf)>>,
+    /// Video codecs beside H.264, each a full ladder: hevc, av1 or hevc,av1.
+    #[arg(long)]
+    codecs: Option<String>,
     /// Only viewers on the premium plan may watch.
     #[arg(long)]
     premium: bool,
@@ -1144,6 +1154,60 @@ fn ingest_credential(file: Option<&Path>) -> anyhow::Result<String> {
     )
 }
 
+/// `en=a.vtt,hi=b.vtt` as (language, file) pairs.
+fn parse_lang_files(s: &str) -> Result<Vec<(String, PathBuf)>, String> {
+    s.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|pair| {
+            let (lang, file) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("{pair:?}: use LANGUAGE=FILE, such as en=subs.vtt"))?;
+            let lang = lang.trim();
+            if !cascade_packager::is_safe_lang(lang) {
+                return Err(format!(
+                    "{lang:?} is not a language tag such as en or pt-BR"
+                ));
+            }
+            Ok((lang.to_string(), PathBuf::from(file.trim())))
+        })
+        .collect()
+}
+
+/// Sends one subtitle or audio file ahead of the media; returns its id.
+async fn send_sidecar(
+    client: &reqwest::Client,
+    origin: &str,
+    admin: &str,
+    kind: &str,
+    language: &str,
+    file: &Path,
+) -> anyhow::Result<String> {
+    let bytes = tokio::fs::read(file)
+        .await
+        .with_context(|| format!("reading {}", file.display()))?;
+    let resp = client
+        .post(format!("{origin}/api/v1/uploads/sidecars"))
+        .query(&[("kind", kind), ("language", language)])
+        .bearer_auth(admin)
+        .body(bytes)
+        .send()
+        .await
+        .with_context(|| format!("uploading {} to {origin}", file.display()))?;
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await.context("reading the origin's answer")?;
+    if !status.is_success() {
+        bail!(
+            "the origin refused {} ({status}): {}",
+            file.display(),
+            body["message"].as_str().unwrap_or("no reason given")
+        );
+    }
+    Ok(body["sidecar"]
+        .as_str()
+        .context("the origin's answer has no sidecar id")?
+        .to_string())
+}
+
 async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     let path: &Path = &args.file;
     let file = tokio::fs::File::open(path)
@@ -1170,6 +1234,16 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     let admin = ingest_credential(args.admin_token_file.as_deref())?;
     let client = reqwest::Client::builder().no_proxy().build()?;
 
+    // Subtitles and extra audio first: a bad file is refused before the media goes.
+    let mut sidecars = Vec::new();
+    for (kind, list) in [("subtitles", &args.subtitles), ("audio", &args.audio)] {
+        for (lang, file) in list.iter().flatten() {
+            sidecars.push(send_sidecar(&client, &origin, admin.trim(), kind, lang, file).await?);
+            println!("{kind:<9} {lang} {} sent", file.display());
+        }
+    }
+
+    let sidecar_list = sidecars.join(",");
     let bar = ProgressBar::new(size);
     bar.set_style(
         ProgressStyle::with_template("upload    [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}")
@@ -1202,6 +1276,8 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
             ("genres", args.genres.as_deref().unwrap_or("")),
             ("languages", args.languages.as_deref().unwrap_or("")),
             ("premium", if args.premium { "true" } else { "false" }),
+            ("sidecars", sidecar_list.as_str()),
+            ("codecs", args.codecs.as_deref().unwrap_or("")),
         ])
         .query(&args.year.map(|y| vec![("year", y)]).unwrap_or_default())
         .bearer_auth(admin.trim())

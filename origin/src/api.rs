@@ -232,13 +232,16 @@ async fn upload(
     if let Err(e) = catalog::check_metadata(Some(&synopsis), q.year, &[&genres, &languages]) {
         return e.into_response();
     }
-    let extras =
-        match crate::sidecars::extras_for_upload(&state, q.sidecars.as_deref(), q.codecs.as_deref())
-            .await
-        {
-            Ok(e) => e,
-            Err(r) => return r,
-        };
+    let extras = match crate::sidecars::extras_for_upload(
+        &state,
+        q.sidecars.as_deref(),
+        q.codecs.as_deref(),
+    )
+    .await
+    {
+        Ok(e) => e,
+        Err(r) => return r,
+    };
     let asset = new_id();
     let job = new_id();
     let title = if title.is_empty() {
@@ -368,7 +371,11 @@ pub(crate) enum ReceiveError {
     Io(String),
 }
 
-pub(crate) async fn receive(body: Body, path: &std::path::Path, limit: u64) -> Result<u64, ReceiveError> {
+pub(crate) async fn receive(
+    body: Body,
+    path: &std::path::Path,
+    limit: u64,
+) -> Result<u64, ReceiveError> {
     let mut file = tokio::fs::File::create(path)
         .await
         .map_err(|e| ReceiveError::Io(e.to_string()))?;

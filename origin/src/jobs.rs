@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use cascade_packager::{AssetManifest, Track};
 
 use crate::db::{self, Job};
+use crate::sidecars;
 use crate::store;
-use crate::transcode::{self, Source, Spec};
+use crate::transcode::{self, ExtraAudio, Source, Spec};
 use crate::State;
 
 /// Jobs that fail this many times (a crash each time, say) are given up.
@@ -60,6 +61,9 @@ async fn run_one(state: &Arc<State>, job: &Job, stop: &Arc<AtomicBool>) {
             if job.source_kind == "file" {
                 let _ = tokio::fs::remove_file(&job.source).await;
             }
+            if let Ok(extras) = sidecars::read_extras(&state.cfg.data_dir, &job.id).await {
+                sidecars::remove_extras(&state.cfg.data_dir, &job.id, &extras).await;
+            }
         }
         Err(reason) if stop.load(std::sync::atomic::Ordering::Relaxed) => {
             // Shutting down: leave it running; the next start requeues it.
@@ -74,6 +78,9 @@ async fn run_one(state: &Arc<State>, job: &Job, stop: &Arc<AtomicBool>) {
             }
             if job.source_kind == "file" {
                 let _ = tokio::fs::remove_file(&job.source).await;
+            }
+            if let Ok(extras) = sidecars::read_extras(&state.cfg.data_dir, &job.id).await {
+                sidecars::remove_extras(&state.cfg.data_dir, &job.id, &extras).await;
             }
         }
     }
@@ -93,12 +100,22 @@ async fn transcode_and_publish(
         "lavfi" => Source::Lavfi(job.source.clone()),
         _ => Source::File(job.source.clone().into()),
     };
+    let extras = sidecars::read_extras(&state.cfg.data_dir, &job.id).await?;
     let spec = Spec {
         source,
         out_dir: work.to_path_buf(),
         ladder: state.cfg.ladder.clone(),
         preset: state.cfg.preset.clone(),
         segment_secs: state.cfg.segment_secs,
+        extra_codecs: extras.codecs.clone(),
+        extra_audio: extras
+            .audio
+            .iter()
+            .map(|s| ExtraAudio {
+                language: s.language.clone(),
+                path: s.path.clone(),
+            })
+            .collect(),
     };
     let started = Instant::now();
     let pool = state.db.clone();
@@ -124,11 +141,27 @@ async fn transcode_and_publish(
     let mut tracks = Vec::new();
     for w in &outcome.files {
         let path = work.join(&w.file);
-        let index = tokio::task::spawn_blocking(move || store::index_file(&path))
-            .await
-            .map_err(|e| format!("indexer crashed: {e}"))?
-            .map_err(|e| format!("indexing {}: {e}", w.file))?;
-        tracks.push(Track::from_index(&w.track, &w.file, &index));
+        let (index, media_time) = tokio::task::spawn_blocking(move || {
+            // Each video segment's first frame is presented at its start, with the audio.
+            store::normalize_composition(&path).map_err(|e| e.to_string())?;
+            let index = store::index_file(&path).map_err(|e| e.to_string())?;
+            // The edit list says which decode tick is presentation zero; TS
+            // timestamps and subtitle timestamp maps count from it.
+            let init = store::read_range(&path, index.init_range).map_err(|e| e.to_string())?;
+            let media_time = cascade_packager::fmp4::parse_init(&init)
+                .map(|c| u64::try_from(c.media_time).unwrap_or(0))
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>((index, media_time))
+        })
+        .await
+        .map_err(|e| format!("indexer crashed: {e}"))?
+        .map_err(|e| format!("indexing {}: {e}", w.file))?;
+        let mut track = Track::from_index(&w.track, &w.file, &index);
+        track.media_time = media_time;
+        if let Some(lang) = &w.language {
+            track.language = lang.clone();
+        }
+        tracks.push(track);
         store::upload_file(
             &state.store,
             &work.join(&w.file),
@@ -136,6 +169,22 @@ async fn transcode_and_publish(
         )
         .await
         .map_err(|e| format!("storing {}: {e}", w.file))?;
+    }
+    // Subtitles go as they were checked and normalised at upload.
+    for (i, s) in extras.subtitles.iter().enumerate() {
+        let file = format!("s{i}.vtt");
+        let len = tokio::fs::metadata(&s.path)
+            .await
+            .map_err(|e| format!("subtitles {}: {e}", s.language))?
+            .len();
+        store::upload_file(
+            &state.store,
+            &s.path,
+            &store::object_path(&job.asset, &file),
+        )
+        .await
+        .map_err(|e| format!("storing {file}: {e}"))?;
+        tracks.push(Track::subtitle(&format!("s{i}"), &file, &s.language, len));
     }
     let manifest = AssetManifest::new(&job.asset, tracks);
     manifest.validate().map_err(|e| e.to_string())?;

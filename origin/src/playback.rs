@@ -480,13 +480,25 @@ pub(crate) async fn playback(
     let refused = |why: &str| state.playback_results.with_label_values(&[why]).inc();
     let device_profile = match req.device_type.as_deref() {
         None => None,
-        Some(kind) => Some(state.cfg.device_profiles.get(kind).cloned().ok_or_else(|| {
-            let known: Vec<&str> = state.cfg.device_profiles.keys().map(String::as_str).collect();
-            ApiError::bad_request(
-                "bad_device_type",
-                format!("device_type must be one of: {}", known.join(", ")),
-            )
-        })?),
+        Some(kind) => Some(
+            state
+                .cfg
+                .device_profiles
+                .get(kind)
+                .cloned()
+                .ok_or_else(|| {
+                    let known: Vec<&str> = state
+                        .cfg
+                        .device_profiles
+                        .keys()
+                        .map(String::as_str)
+                        .collect();
+                    ApiError::bad_request(
+                        "bad_device_type",
+                        format!("device_type must be one of: {}", known.join(", ")),
+                    )
+                })?,
+        ),
     };
     if !cascade_packager::is_safe_id(&asset_id) {
         return Err(ApiError::not_found("asset"));

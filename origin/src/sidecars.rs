@@ -161,7 +161,12 @@ pub(crate) async fn upload_sidecar(
         }
         Err(crate::api::ReceiveError::Io(e)) => {
             tracing::warn!(error = %e, "sidecar upload broke off");
-            return fail(StatusCode::BAD_REQUEST, "incomplete", "the upload did not complete").await;
+            return fail(
+                StatusCode::BAD_REQUEST,
+                "incomplete",
+                "the upload did not complete",
+            )
+            .await;
         }
     }
     let detail = if kind == "subtitles" {
@@ -170,7 +175,12 @@ pub(crate) async fn upload_sidecar(
             Ok(b) => b,
             Err(e) => {
                 tracing::error!(error = %e, "reading a sidecar back");
-                return fail(StatusCode::INTERNAL_SERVER_ERROR, "storage", "cannot store uploads").await;
+                return fail(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "storage",
+                    "cannot store uploads",
+                )
+                .await;
             }
         };
         let parsed = match cascade_packager::vtt::parse(&bytes) {
@@ -184,19 +194,30 @@ pub(crate) async fn upload_sidecar(
         let text = cascade_packager::vtt::serialize(&parsed);
         if let Err(e) = tokio::fs::write(&path, text).await {
             tracing::error!(error = %e, "writing a sidecar");
-            return fail(StatusCode::INTERNAL_SERVER_ERROR, "storage", "cannot store uploads").await;
+            return fail(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "storage",
+                "cannot store uploads",
+            )
+            .await;
         }
         json!({ "cues": cues })
     } else {
         let probe_path = path.clone();
-        match tokio::task::spawn_blocking(move || crate::transcode::probe_audio(&probe_path)).await {
+        match tokio::task::spawn_blocking(move || crate::transcode::probe_audio(&probe_path)).await
+        {
             Ok(Ok(secs)) => json!({ "duration": secs }),
             Ok(Err(e)) => {
                 let msg = format!("no readable audio: {e}");
                 return fail(StatusCode::UNPROCESSABLE_ENTITY, "unreadable_media", &msg).await;
             }
             Err(_) => {
-                return fail(StatusCode::UNPROCESSABLE_ENTITY, "unreadable_media", "the probe crashed").await
+                return fail(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "unreadable_media",
+                    "the probe crashed",
+                )
+                .await
             }
         }
     };
@@ -208,7 +229,12 @@ pub(crate) async fn upload_sidecar(
     let meta = serde_json::to_vec(&record).unwrap_or_default();
     if let Err(e) = tokio::fs::write(dir.join(format!("sidecar-{id}.json")), meta).await {
         tracing::error!(error = %e, "recording a sidecar");
-        return fail(StatusCode::INTERNAL_SERVER_ERROR, "storage", "cannot store uploads").await;
+        return fail(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "storage",
+            "cannot store uploads",
+        )
+        .await;
     }
     (
         StatusCode::CREATED,

@@ -2,6 +2,8 @@
 //! needs only a different store.
 
 use std::io::{Read, Seek, SeekFrom};
+
+use anyhow::Context;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -82,4 +84,66 @@ pub(crate) fn index_file(path: &Path) -> anyhow::Result<TrackIndex> {
         offset += size;
     }
     Ok(indexer.finish()?)
+}
+
+/// Reads one byte range of a local file (an init segment: small).
+pub(crate) fn read_range(
+    path: &Path,
+    range: cascade_packager::ByteRange,
+) -> anyhow::Result<Vec<u8>> {
+    anyhow::ensure!(range.length <= 64 << 20, "range over 64 MiB");
+    let mut f = std::fs::File::open(path)?;
+    f.seek(SeekFrom::Start(range.offset))?;
+    let mut out = vec![0u8; usize::try_from(range.length)?];
+    f.read_exact(&mut out)?;
+    Ok(out)
+}
+
+/// Makes each video fragment of a mezzanine file present its first frame
+/// at its decode time (see `cascade_packager::fmp4::shift_composition`),
+/// rewriting the `moof` boxes in place. Returns the shift, in ticks.
+pub(crate) fn normalize_composition(path: &Path) -> anyhow::Result<u32> {
+    use std::io::Write;
+    let index = index_file(path)?;
+    if index.init.kind != cascade_packager::TrackKind::Video {
+        return Ok(0);
+    }
+    let init = read_range(path, index.init_range)?;
+    let cfg = cascade_packager::fmp4::parse_init(&init)?;
+    let Some(first) = index.fragments.first() else {
+        return Ok(0);
+    };
+    let frag = read_range(path, first.range)?;
+    let samples = cascade_packager::fmp4::parse_fragment(&cfg, &frag)?;
+    let shift = samples.first().map_or(0, |s| s.cts_offset);
+    let Ok(shift) = u32::try_from(shift) else {
+        return Ok(0);
+    };
+    if shift == 0 {
+        return Ok(0);
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)?;
+    for frag in &index.fragments {
+        f.seek(SeekFrom::Start(frag.range.offset))?;
+        let mut head = [0u8; 8];
+        f.read_exact(&mut head)?;
+        let header = BoxHeader::parse(&head)?;
+        let size = header.size.context("moof without a size")?;
+        anyhow::ensure!(
+            size <= 64 << 20 && size <= frag.range.length,
+            "moof too large"
+        );
+        let mut moof = vec![0u8; usize::try_from(size)?];
+        f.seek(SeekFrom::Start(frag.range.offset))?;
+        f.read_exact(&mut moof)?;
+        if cascade_packager::fmp4::shift_composition(&mut moof, shift)? {
+            f.seek(SeekFrom::Start(frag.range.offset))?;
+            f.write_all(&moof)?;
+        }
+    }
+    f.sync_all()?;
+    Ok(shift)
 }

@@ -27,6 +27,8 @@ fn tiny_title() -> (tempfile::TempDir, AssetManifest) {
         ],
         preset: "ultrafast".into(),
         segment_secs: 2,
+        extra_audio: Vec::new(),
+        extra_codecs: Vec::new(),
     };
     let outcome =
         transcode::transcode(&spec, &mut |_| {}, &AtomicBool::new(false)).expect("transcode");

@@ -157,7 +157,8 @@ pub fn first_sample_end(moof: &[u8], trex_sample_size: u32) -> Result<u64, Error
             next = start;
             continue;
         }
-        if start < moof_len {
+        // At least an mdat header lies between the moof and its data.
+        if start < moof_len.saturating_add(8) {
             return Err(Error::Malformed("sample data inside the moof"));
         }
         let first = run.next_entry(true, &traf.defaults)?;
@@ -174,8 +175,9 @@ pub fn first_sample_end(moof: &[u8], trex_sample_size: u32) -> Result<u64, Error
 ///
 /// The sample keeps its decode time and composition offset, and its
 /// duration becomes the whole fragment's, so the trick-mode track covers
-/// the same timeline as the full one. Fails with [`Error::Unsupported`]
-/// when the first sample is not a keyframe.
+/// the same timeline as the full one. `sequence_number` goes in the
+/// `mfhd`; the track id is the source fragment's. Fails with
+/// [`Error::Unsupported`] when the first sample is not a keyframe.
 pub fn keyframe_fragment(
     cfg: &TrackConfig,
     fragment: &[u8],
@@ -745,7 +747,7 @@ mod tests {
         let stsd = full(b"stsd", 0, 0, &stsd);
         let minf = write_box(b"minf", &write_box(b"stbl", &stsd));
         let mdia = write_box(b"mdia", &[mdhd, hdlr, minf].concat());
-        let trak = write_box(b"trak", &[edts, &mdia].concat());
+        let trak = write_box(b"trak", &[edts, mdia.as_slice()].concat());
         let mut trex_body = vec![0, 0, 0, 1, 0, 0, 0, 1];
         for v in trex {
             trex_body.extend_from_slice(&v.to_be_bytes());
@@ -1306,5 +1308,125 @@ mod tests {
             })
             .collect();
         assert!(crate::ts::mux_segment(None, Some((&aac, audio.as_slice()))).is_ok());
+    }
+}
+
+/// Moves presentation earlier by `shift` ticks in one `moof` box (header
+/// included), in place: each `trun` becomes version 1 (signed composition
+/// offsets) and every composition offset loses `shift`.
+///
+/// FFmpeg's fragmented MP4 has no edit list, so with B-frames the first
+/// frame is presented two frames after its decode time while audio starts
+/// at zero: 80 ms of lip-sync error in every player that honours the
+/// timestamps. The origin runs this over each video fragment at ingest with
+/// `shift` the first frame's offset, as CMAF asks: each segment's first
+/// frame is then presented at its `tfdt`, with audio. Returns whether any
+/// offset changed. The box keeps its size.
+pub fn shift_composition(moof: &mut [u8], shift: u32) -> Result<bool, Error> {
+    let (kind, header, size) = top_box(moof)?;
+    if &kind != b"moof" || size != moof.len() {
+        return Err(Error::Malformed("not one whole moof"));
+    }
+    let mut changed = false;
+    for (traf_at, traf_len) in child_spans(moof, header, size, b"traf")? {
+        let (_, traf_header, _) = top_box(&moof[traf_at..traf_at + traf_len])?;
+        for (at, len) in child_spans(moof, traf_at + traf_header, traf_at + traf_len, b"trun")? {
+            changed |= shift_trun(&mut moof[at..at + len], shift)?;
+        }
+    }
+    Ok(changed)
+}
+
+/// Start and length of each child box of `kind` in `bytes[from..to]`.
+fn child_spans(
+    bytes: &[u8],
+    from: usize,
+    to: usize,
+    kind: &[u8; 4],
+) -> Result<Vec<(usize, usize)>, Error> {
+    let mut out = Vec::new();
+    let mut at = from;
+    while at < to {
+        let (k, _, len) = top_box(bytes.get(at..to).ok_or(Error::Truncated)?)?;
+        if &k == kind {
+            out.push((at, len));
+        }
+        at += len;
+    }
+    Ok(out)
+}
+
+/// [`shift_composition`] for one `trun` box (header included).
+fn shift_trun(trun: &mut [u8], shift: u32) -> Result<bool, Error> {
+    let (_, header, _) = top_box(trun)?;
+    let run = parse_trun(trun.get(header..).ok_or(Error::Truncated)?)?;
+    if run.flags & TRUN_CTO == 0 || shift == 0 {
+        return Ok(false);
+    }
+    let fields = [TRUN_DURATION, TRUN_SIZE, TRUN_FLAGS, TRUN_CTO]
+        .iter()
+        .filter(|f| run.flags & **f != 0)
+        .count();
+    let version = run.version;
+    let count = run.count;
+    // Entries start after version/flags, count, and the optional fields.
+    let mut at = header + 8;
+    if run.data_offset.is_some() {
+        at += 4;
+    }
+    if run.first_flags.is_some() {
+        at += 4;
+    }
+    let cto_at = at + (fields - 1) * 4;
+    for i in 0..count {
+        let p = cto_at + i * fields * 4;
+        let b = trun.get(p..p + 4).ok_or(Error::Truncated)?;
+        let old = [b[0], b[1], b[2], b[3]];
+        let offset = if version == 0 {
+            i64::from(u32::from_be_bytes(old))
+        } else {
+            i64::from(i32::from_be_bytes(old))
+        };
+        let new = i32::try_from(offset - i64::from(shift))
+            .map_err(|_| Error::Malformed("composition offset out of range"))?;
+        trun[p..p + 4].copy_from_slice(&new.to_be_bytes());
+    }
+    trun[header] = 1;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod shift_tests {
+    use super::*;
+
+    #[test]
+    fn real_h264_first_frame_lands_on_its_decode_time() {
+        let file = include_bytes!("../testdata/tiny_h264.mp4");
+        let (_, _, ftyp) = top_box(file).unwrap();
+        let (_, _, moov) = top_box(&file[ftyp..]).unwrap();
+        let init = &file[..ftyp + moov];
+        let cfg = parse_init(init).unwrap();
+        let frag_at = ftyp + moov;
+        let frag = file[frag_at..].to_vec();
+        let before = parse_fragment(&cfg, &frag).unwrap();
+        let shift = u32::try_from(before[0].cts_offset).unwrap();
+        assert!(shift > 0, "the test file has B-frames");
+        let (_, _, moof_len) = top_box(&frag).unwrap();
+        let mut shifted = frag.clone();
+        assert!(shift_composition(&mut shifted[..moof_len], shift).unwrap());
+        let after = parse_fragment(&cfg, &shifted).unwrap();
+        assert_eq!(after[0].cts_offset, 0);
+        for (a, b) in before.iter().zip(&after) {
+            assert_eq!(a.cts_offset - i64::from(shift), b.cts_offset);
+            assert_eq!(
+                (a.dts, a.size, a.offset, a.keyframe),
+                (b.dts, b.size, b.offset, b.keyframe)
+            );
+        }
+        // Shifting by zero changes nothing; a truncated box is an error.
+        let mut same = frag.clone();
+        assert!(!shift_composition(&mut same[..moof_len], 0).unwrap());
+        assert_eq!(same, frag);
+        assert!(shift_composition(&mut shifted[..moof_len - 3], 1).is_err());
     }
 }

@@ -658,7 +658,10 @@ mod tests {
         odd[1] = 0x41;
         odd[2..6].copy_from_slice(&[0xff; 4]);
         odd[6..12].copy_from_slice(&[0x90, 0x00, 0x01, 0x00, 0x00, 0x00]);
-        assert_eq!(hevc_codec("hvc1", &odd).unwrap(), "hvc1.A1.FFFFFFFF.L30.90.00.01");
+        assert_eq!(
+            hevc_codec("hvc1", &odd).unwrap(),
+            "hvc1.A1.FFFFFFFF.L30.90.00.01"
+        );
         // No constraint flags at all.
         let mut none = hvcc;
         none[6] = 0;

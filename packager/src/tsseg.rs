@@ -24,12 +24,23 @@ pub(crate) fn segment(
             let CodecConfig::Avc(avc) = &cfg.codec else {
                 return Err(Error::Unsupported("TS segments carry H.264 video only"));
             };
-            let samples = fmp4::parse_fragment(&cfg, frag)?
+            let samples = fmp4::parse_fragment(&cfg, frag)?;
+            // A CMAF fragment may present a frame before its decode time
+            // (negative composition offsets); a TS decoder may not. Decode
+            // times move back by the largest such lead, which is the
+            // encoder's reorder delay and the same in every segment.
+            let lead = samples
+                .iter()
+                .map(|s| -s.cts_offset)
+                .max()
+                .unwrap_or(0)
+                .max(0);
+            let samples = samples
                 .iter()
                 .map(|s| {
                     let dts = i128::from(s.dts);
                     Ok(VideoSample {
-                        dts: to_90k(&cfg, dts)?,
+                        dts: to_90k(&cfg, dts - i128::from(lead))?,
                         pts: to_90k(&cfg, dts + i128::from(s.cts_offset))?,
                         keyframe: s.keyframe,
                         data: bytes(frag, s.offset, s.size)?,
