@@ -271,7 +271,7 @@ def check_ts(base, query, audio_langs, sub_langs, cues):
     check(sorted(m.language for m in audio) == sorted(audio_langs), f"TS audio renditions {[m.language for m in audio]}")
     check([m.uri is None for m in audio].count(True) == 1, "TS: the default audio is muxed into the variants (no URI), the others are not")
     for p in master.playlists:
-        check(p.uri.endswith(".m3u8") and "ts/" in p.uri, f"TS variant URI {p.uri}")
+        check(p.uri.split("?")[0].endswith(".m3u8") and p.uri.startswith("ts/"), f"TS variant URI {p.uri}")
         check(p.stream_info.codecs.startswith("avc1."), f"TS variant codecs {p.stream_info.codecs}")
         pl = check_media_playlist(absolute(master, p.uri), f"TS variant {p.uri}")
         check(pl.segment_map == [] or not pl.segment_map, f"TS variant {p.uri} has EXT-X-MAP")

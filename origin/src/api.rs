@@ -504,7 +504,8 @@ async fn mezzanine(
 ) -> Response {
     let stem = file
         .strip_suffix(".mp4")
-        .or_else(|| file.strip_suffix(".json"));
+        .or_else(|| file.strip_suffix(".json"))
+        .or_else(|| file.strip_suffix(".vtt"));
     if !cascade_packager::is_safe_id(&asset) || !stem.is_some_and(cascade_packager::is_safe_id) {
         return error(StatusCode::NOT_FOUND, "not_found", "no such file");
     }
@@ -572,6 +573,8 @@ async fn mezzanine(
             header::CONTENT_TYPE,
             if is_manifest {
                 "application/json"
+            } else if file.ends_with(".vtt") {
+                "text/vtt; charset=utf-8"
             } else {
                 "video/mp4"
             },

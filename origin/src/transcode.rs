@@ -783,6 +783,8 @@ struct AudioOut {
     frame_size: usize,
     next_cut: i64,
     cut_every: i64,
+    /// The first packet's time: zero of the file's timeline.
+    first_pts: Option<i64>,
     /// Samples taken into the FIFO so far.
     samples_in: i64,
     /// The most samples this track may take (extra audio stops with the video).
@@ -1060,6 +1062,7 @@ fn open_audio_out(
         frame_size,
         next_cut: cut_every,
         cut_every,
+        first_pts: None,
         samples_in: 0,
         limit,
         wrote_any: false,
@@ -1365,9 +1368,14 @@ fn drain_audio(out: &mut AudioOut) -> Result<(), TranscodeError> {
     let mut packet = ff::Packet::empty();
     while out.encoder.receive_packet(&mut packet).is_ok() {
         let pts = packet.pts().unwrap_or(0);
-        if out.wrote_any && pts >= out.next_cut {
+        // The file's timeline starts at the first packet (the encoder's
+        // priming makes that -1024), and a fragment starts at the frame
+        // nearest each cut: within half a frame of the video's boundary.
+        let first = *out.first_pts.get_or_insert(pts);
+        let at = pts - first + out.frame_size as i64 / 2;
+        if out.wrote_any && at >= out.next_cut {
             flush_fragment(&mut out.octx)?;
-            while out.next_cut <= pts {
+            while out.next_cut <= at {
                 out.next_cut += out.cut_every;
             }
         }
