@@ -39,7 +39,14 @@ fn two_language_clip(dir: &Path) -> PathBuf {
         .args(["-f", "lavfi", "-i", "sine=f=440:sample_rate=48000:d=8"])
         .args(["-f", "lavfi", "-i", "sine=f=660:sample_rate=44100:d=8"])
         .args(["-map", "0", "-map", "1", "-map", "2"])
-        .args(["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"])
+        .args([
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-pix_fmt",
+            "yuv420p",
+        ])
         .args(["-c:a", "aac", "-metadata:s:a:0", "language=eng"])
         .args(["-metadata:s:a:1", "language=hin"])
         .arg(&out)
@@ -81,9 +88,18 @@ async fn every_format_of_a_two_language_title_with_subtitles() {
     let origin = stack.origin_url.clone();
 
     // Bad subtitle files are refused at once, with the line at fault.
-    let (status, answer) = sidecar(&origin, "subtitles", "en", "WEBVTT\n\n00:02.000 --> 00:01.000\nbackwards\n").await;
+    let (status, answer) = sidecar(
+        &origin,
+        "subtitles",
+        "en",
+        "WEBVTT\n\n00:02.000 --> 00:01.000\nbackwards\n",
+    )
+    .await;
     assert_eq!(status, 400, "{answer}");
-    assert!(answer["message"].as_str().unwrap().contains("line 3"), "{answer}");
+    assert!(
+        answer["message"].as_str().unwrap().contains("line 3"),
+        "{answer}"
+    );
     let (status, answer) = sidecar(&origin, "subtitles", "not a language!", SUBTITLES).await;
     assert_eq!(status, 400, "{answer}");
     let (status, answer) = sidecar(&origin, "subtitles", "en", SUBTITLES).await;
@@ -128,12 +144,40 @@ async fn every_format_of_a_two_language_title_with_subtitles() {
     let query = format!("__token__={}", sign_for(&asset));
     let out = Command::new(python())
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/packaging_check.py"))
-        .args([&base, &query, "--audio", "en,hi", "--subtitles", "en", "--cues", "6"])
+        .args([
+            &base,
+            &query,
+            "--audio",
+            "en,hi",
+            "--subtitles",
+            "en",
+            "--cues",
+            "6",
+        ])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     println!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success() && stdout.contains("all checks passed"));
+
+    // Real players in headless Chromium: hls.js on TS and on fMP4, dash.js;
+    // each switches to Hindi audio and turns English subtitles on.
+    let root = env!("CARGO_MANIFEST_DIR");
+    assert!(
+        Path::new(&format!("{root}/web/node_modules/playwright-core")).exists(),
+        "web/node_modules is missing: run `make web` (make test does)"
+    );
+    let out = Command::new("node")
+        .arg(format!("{root}/web/tests/formats.mjs"))
+        .args([&stack.edge_url, &asset, &query])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the players failed");
+    for name in ["hls.js TS", "hls.js fMP4", "dash.js"] {
+        assert!(stdout.contains(&format!("{name}: played")), "{name}");
+    }
 
     // Profiles and filters never list what they exclude; bad filters are 400.
     let get = |q: &str| {
@@ -151,16 +195,27 @@ async fn every_format_of_a_two_language_title_with_subtitles() {
     };
     let (status, mobile, _) = get("profile=mobile").await;
     assert_eq!(status, 200);
-    assert!(!mobile.contains("RESOLUTION=320x180") && mobile.contains("x120"), "{mobile}");
+    assert!(
+        !mobile.contains("RESOLUTION=320x180") && mobile.contains("x120"),
+        "{mobile}"
+    );
     // The same filter spelled out is the same cached manifest.
     let (_, again, cache) = get("max_height=150").await;
     assert_eq!(again, mobile);
     assert!(cache.contains("hit"), "{cache}");
     let (_, hindi, _) = get("audio=hi&format=ts").await;
     let audio: Vec<&str> = hindi.lines().filter(|l| l.contains("TYPE=AUDIO")).collect();
-    assert!(audio.len() == 1 && audio[0].contains("LANGUAGE=\"hi\""), "{hindi}");
+    assert!(
+        audio.len() == 1 && audio[0].contains("LANGUAGE=\"hi\""),
+        "{hindi}"
+    );
     assert!(hindi.contains("ts/v0.a1.m3u8"), "{hindi}");
-    for bad in ["max_height=tall", "profile=fridge", "codecs=vp9", "start=5&end=1"] {
+    for bad in [
+        "max_height=tall",
+        "profile=fridge",
+        "codecs=vp9",
+        "start=5&end=1",
+    ] {
         let (status, body, _) = get(bad).await;
         assert_eq!(status, 400, "{bad}: {body}");
         assert!(body.contains("bad_filter"), "{body}");
@@ -173,7 +228,10 @@ async fn every_format_of_a_two_language_title_with_subtitles() {
     let playlist = text(&clip_url).await;
     let segs: Vec<&str> = playlist.lines().filter(|l| !l.starts_with('#')).collect();
     assert_eq!(segs.len(), 2, "{playlist}");
-    assert!(segs[0].starts_with("v0/2.m4s") && segs[1].starts_with("v0/3.m4s"), "{playlist}");
+    assert!(
+        segs[0].starts_with("v0/2.m4s") && segs[1].starts_with("v0/3.m4s"),
+        "{playlist}"
+    );
     let status = Command::new("ffmpeg")
         .args(["-v", "error", "-xerror", "-i", &clip_url, "-f", "null", "-"])
         .status()
@@ -198,7 +256,10 @@ async fn every_format_of_a_two_language_title_with_subtitles() {
     // The origin names its configured public edge; this stack's is elsewhere.
     let path = &hls[hls.find("/vod/").unwrap()..];
     let master = text(format!("{}{path}", stack.edge_url)).await;
-    assert!(master.contains("#EXTM3U") && !master.contains("RESOLUTION=320x180"), "{master}");
+    assert!(
+        master.contains("#EXTM3U") && !master.contains("RESOLUTION=320x180"),
+        "{master}"
+    );
     let r = client()
         .post(format!("{origin}/api/v1/playback/{asset}"))
         .bearer_auth(&viewer)

@@ -75,7 +75,12 @@ fn main() -> anyhow::Result<()> {
     let files = [(video.as_path(), &vbytes), (audio.as_path(), &abytes)];
     let view = View::default();
     let outputs_fmp4: Vec<Output> = (1..=segments)
-        .flat_map(|n| [Output::Segment("v0".into(), n), Output::Segment("a0".into(), n)])
+        .flat_map(|n| {
+            [
+                Output::Segment("v0".into(), n),
+                Output::Segment("a0".into(), n),
+            ]
+        })
         .collect();
     let outputs_ts: Vec<Output> = (1..=segments)
         .map(|n| Output::TsSegment("v0.a0".into(), n))
@@ -255,7 +260,10 @@ fn run(cmd: &mut Command) -> anyhow::Result<()> {
     if !out.status.success() {
         bail!(
             "{cmd:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr).chars().take(500).collect::<String>()
+            String::from_utf8_lossy(&out.stderr)
+                .chars()
+                .take(500)
+                .collect::<String>()
         );
     }
     Ok(())
@@ -270,7 +278,14 @@ fn ffmpeg_hls(video: &Path, audio: &Path, out: &Path, kind: &str) -> anyhow::Res
         .arg("-i")
         .arg(audio)
         .args(["-map", "0:v", "-map", "1:a", "-c", "copy", "-f", "hls"])
-        .args(["-hls_time", "2", "-hls_playlist_type", "vod", "-hls_segment_type", kind]);
+        .args([
+            "-hls_time",
+            "2",
+            "-hls_playlist_type",
+            "vod",
+            "-hls_segment_type",
+            kind,
+        ]);
     if kind == "fmp4" {
         cmd.args(["-var_stream_map", "v:0 a:0"])
             .arg("-hls_segment_filename")
