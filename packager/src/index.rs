@@ -701,8 +701,10 @@ mod tests {
 
     #[test]
     fn ffmpeg_files() {
-        // Tiny files made by FFmpeg 5.1 (commands in testdata/README.md).
-        let files: [(&[u8], &str, (u32, u32), u64); 4] = [
+        // Tiny files made by FFmpeg 5.1 (commands in testdata/README.md):
+        // bytes, codec string, size, first keyframe's length.
+        type Case<'a> = (&'a [u8], &'a str, (u32, u32), u64);
+        let files: [Case<'_>; 4] = [
             (
                 include_bytes!("../testdata/tiny_h264.mp4"),
                 "avc1.4d400a",

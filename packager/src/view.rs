@@ -440,7 +440,7 @@ fn parse_secs(key: &str, value: &str) -> Result<u64, ViewError> {
 
 /// Milliseconds as seconds, no trailing zeros: 10500 is `10.5`.
 fn secs(ms: u64) -> String {
-    if ms % 1000 == 0 {
+    if ms.is_multiple_of(1000) {
         return (ms / 1000).to_string();
     }
     let s = format!("{}.{:03}", ms / 1000, ms % 1000);
