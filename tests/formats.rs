@@ -138,6 +138,16 @@ async fn every_format_of_a_two_language_title_with_subtitles() {
     let done = wait_job(&origin, job, Duration::from_secs(180)).await;
     assert_eq!(done["state"], "done", "{done}");
     let asset = answer["asset"].as_str().unwrap().to_string();
+    // A sidecar belongs to the upload that named it: a second one is refused.
+    let r = client()
+        .post(format!("{origin}/api/v1/uploads"))
+        .bearer_auth(ORIGIN_ADMIN)
+        .query(&[("sidecars", sub_id.as_str())])
+        .body(tokio::fs::read(&clip).await.unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
 
     // Everything an outside parser and FFmpeg can check.
     let base = format!("{}/vod/{asset}/", stack.edge_url);

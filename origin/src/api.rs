@@ -293,6 +293,18 @@ async fn upload(
         }
     }
     let source = path.to_string_lossy().to_string();
+    // The sidecars become this upload's alone, now that its media is here.
+    let extras = if extras == crate::sidecars::Extras::default() {
+        extras
+    } else {
+        match crate::sidecars::claim(&state, q.sidecars.as_deref(), q.codecs.as_deref()).await {
+            Ok(e) => e,
+            Err(r) => {
+                let _ = tokio::fs::remove_file(&path).await;
+                return r;
+            }
+        }
+    };
     // The worker reads the extras before it transcodes: written before the job exists.
     if extras != crate::sidecars::Extras::default() {
         let file = crate::sidecars::extras_path(&state.cfg.data_dir, &job);

@@ -79,11 +79,34 @@ pub(crate) async fn read_extras(data_dir: &str, job: &str) -> Result<Extras, Str
     }
 }
 
+/// A language tag as tracks carry it: the primary language as its short
+/// ISO 639 code (`eng` and `en` are `en`), any region or script after it
+/// kept, lower case (`pt-br`). `None` for what is not a known language.
+pub(crate) fn normalize_tag(tag: &str) -> Option<String> {
+    let tag = tag.trim().to_ascii_lowercase();
+    if !cascade_packager::is_safe_lang(&tag) {
+        return None;
+    }
+    let (primary, rest) = match tag.split_once('-') {
+        Some((p, r)) => (p, Some(r)),
+        None => (tag.as_str(), None),
+    };
+    let primary = crate::transcode::normalize_language(primary);
+    if primary == "und" {
+        return None;
+    }
+    Some(match rest {
+        Some(r) => format!("{primary}-{r}"),
+        None => primary,
+    })
+}
+
 /// Removes a finished job's extras and the sidecar files they name.
 pub(crate) async fn remove_extras(data_dir: &str, job: &str, extras: &Extras) {
     for s in extras.subtitles.iter().chain(&extras.audio) {
         let _ = tokio::fs::remove_file(&s.path).await;
         let _ = tokio::fs::remove_file(s.path.with_extension("json")).await;
+        let _ = tokio::fs::remove_file(s.path.with_extension("claimed")).await;
     }
     let _ = tokio::fs::remove_file(extras_path(data_dir, job)).await;
 }
@@ -118,17 +141,12 @@ pub(crate) async fn upload_sidecar(
             )
         }
     };
-    let language = q.language.unwrap_or_default().trim().to_ascii_lowercase();
-    if !cascade_packager::is_safe_lang(&language) || language == "und" {
+    let Some(language) = normalize_tag(&q.language.unwrap_or_default()) else {
         return error(
             StatusCode::BAD_REQUEST,
             "bad_language",
-            "language must be a language tag such as en, hi or pt-br",
+            "language must be a language tag such as en, hin or pt-BR",
         );
-    }
-    let language = match kind.as_str() {
-        "audio" => crate::transcode::normalize_language(&language),
-        _ => language,
     };
     let Ok(_permit) = state.uploads.try_acquire() else {
         return crate::api::busy("too many uploads in progress; try again shortly");
@@ -250,7 +268,46 @@ pub(crate) async fn extras_for_upload(
     sidecars: Option<&str>,
     codecs: Option<&str>,
 ) -> Result<Extras, Response> {
+    let (extras, _) = read_sidecars(state, sidecars, codecs).await?;
+    Ok(extras)
+}
+
+/// Takes the sidecars of an accepted upload for its job alone: each one's
+/// record is renamed, so a second upload naming the same id is refused
+/// instead of losing the file when the first job ends. On failure, the
+/// ones already taken are given back.
+pub(crate) async fn claim(
+    state: &State,
+    sidecars: Option<&str>,
+    codecs: Option<&str>,
+) -> Result<Extras, Response> {
+    let (extras, records) = read_sidecars(state, sidecars, codecs).await?;
+    let mut taken: Vec<(PathBuf, PathBuf)> = Vec::new();
+    for record in records {
+        let claimed = record.with_extension("claimed");
+        if tokio::fs::rename(&record, &claimed).await.is_err() {
+            for (from, to) in taken {
+                let _ = tokio::fs::rename(&to, &from).await;
+            }
+            return Err(error(
+                StatusCode::CONFLICT,
+                "sidecar_taken",
+                "a sidecar was taken by another upload at the same time; send it again",
+            ));
+        }
+        taken.push((record, claimed));
+    }
+    Ok(extras)
+}
+
+/// The extras an upload names, and the record file of each sidecar.
+async fn read_sidecars(
+    state: &State,
+    sidecars: Option<&str>,
+    codecs: Option<&str>,
+) -> Result<(Extras, Vec<PathBuf>), Response> {
     let mut extras = Extras::default();
+    let mut records = Vec::new();
     let ids: Vec<&str> = sidecars
         .unwrap_or("")
         .split(',')
@@ -278,6 +335,7 @@ pub(crate) async fn extras_for_upload(
         let meta = incoming(state).join(format!("sidecar-{id}.json"));
         let bytes = tokio::fs::read(&meta).await.map_err(|_| unknown())?;
         let s: Sidecar = serde_json::from_slice(&bytes).map_err(|_| unknown())?;
+        records.push(meta);
         match s.kind.as_str() {
             "subtitles" => extras.subtitles.push(s),
             _ => extras.audio.push(s),
@@ -300,5 +358,22 @@ pub(crate) async fn extras_for_upload(
             extras.codecs.push(codec);
         }
     }
-    Ok(extras)
+    Ok((extras, records))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn language_tags_normalise_or_are_refused() {
+        assert_eq!(normalize_tag("en").as_deref(), Some("en"));
+        assert_eq!(normalize_tag("eng").as_deref(), Some("en"));
+        assert_eq!(normalize_tag(" pt-BR ").as_deref(), Some("pt-br"));
+        assert_eq!(normalize_tag("hin").as_deref(), Some("hi"));
+        assert_eq!(normalize_tag("und"), None);
+        assert_eq!(normalize_tag("english"), None);
+        assert_eq!(normalize_tag("e n"), None);
+        assert_eq!(normalize_tag(""), None);
+    }
 }

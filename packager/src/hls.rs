@@ -60,7 +60,7 @@ pub(crate) fn multivariant(m: &AssetManifest, view: &View) -> Result<String, Err
         let _ = write!(
             out,
             "#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID=\"aud\",NAME=\"{name}\",LANGUAGE=\"{lang}\",DEFAULT={default},AUTOSELECT=YES,CHANNELS=\"{ch}\"",
-            name = rendition_name(a, i, "Audio"),
+            name = rendition_name(&audios, i, "Audio"),
             lang = a.language,
             ch = a.channels.max(1),
         );
@@ -75,7 +75,7 @@ pub(crate) fn multivariant(m: &AssetManifest, view: &View) -> Result<String, Err
         let _ = writeln!(
             out,
             "#EXT-X-MEDIA:TYPE=SUBTITLES,GROUP-ID=\"subs\",NAME=\"{name}\",LANGUAGE=\"{lang}\",DEFAULT=NO,AUTOSELECT=YES,FORCED=NO,URI=\"{dir}{id}.m3u8{q}\"",
-            name = rendition_name(s, i, "Subtitles"),
+            name = rendition_name(&subs, i, "Subtitles"),
             lang = s.language,
             id = s.id,
         );
@@ -281,11 +281,18 @@ pub(crate) fn subtitle_playlist(m: &AssetManifest, sub: &Track, range: Range<u64
     out
 }
 
-/// The NAME of a rendition: its language, or "Audio 2" when unknown.
-fn rendition_name(t: &Track, i: usize, what: &str) -> String {
-    if t.language == "und" {
-        format!("{what} {}", i + 1)
-    } else {
-        t.language.clone()
+/// The NAME of rendition `i` of `group`: its language, with a number when
+/// the language comes more than once (NAMEs must differ within a group),
+/// or "Audio 2" when unknown.
+fn rendition_name(group: &[&Track], i: usize, what: &str) -> String {
+    let lang = &group[i].language;
+    if lang == "und" {
+        return format!("{what} {}", i + 1);
     }
+    let same = group.iter().filter(|t| &t.language == lang).count();
+    if same == 1 {
+        return lang.clone();
+    }
+    let nth = group[..i].iter().filter(|t| &t.language == lang).count() + 1;
+    format!("{lang} {nth}")
 }

@@ -272,6 +272,10 @@ impl Output {
             }
             Output::TsSegment(ids, n) => {
                 let (video, audio) = ts_tracks(m, ids)?;
+                if video.is_none() && audio.is_none() {
+                    // A subtitle id: its segments are `.vtt`.
+                    return Err(Error::NotFound);
+                }
                 let mut out = Vec::with_capacity(4);
                 if let Some(v) = video {
                     out.extend([init(v), frag(v, *n)?]);
@@ -672,6 +676,21 @@ mod tests {
         );
         let subs = text(&m, "ts/s0.m3u8", "").unwrap();
         assert!(subs.contains("\ns0/5.vtt\n"), "{subs}");
+    }
+
+    #[test]
+    fn names_differ_within_a_group_and_subtitle_ids_are_not_ts() {
+        let mut m = full_title();
+        m.tracks[3].language = "en".into();
+        let master = text(&m, "master.m3u8", "").unwrap();
+        assert!(
+            master.contains("NAME=\"en 1\"") && master.contains("NAME=\"en 2\""),
+            "{master}"
+        );
+        assert_eq!(
+            Output::TsSegment("s0".into(), 1).sources(&m),
+            Err(Error::NotFound)
+        );
     }
 
     #[test]
