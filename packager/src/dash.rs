@@ -11,7 +11,7 @@
 use std::fmt::Write;
 use std::ops::Range;
 
-use crate::hls::has_key_lengths;
+use crate::hls::{has_key_lengths, iframe_bandwidth};
 use crate::manifest::{AssetManifest, Track};
 use crate::view::View;
 use crate::Error;
@@ -96,7 +96,7 @@ pub(crate) fn mpd(m: &AssetManifest, view: &View) -> Result<String, Error> {
                 w = t.width,
                 h = t.height,
                 tid = t.id,
-                bw = trick_bandwidth(t),
+                bw = iframe_bandwidth(t).max(1),
                 codec = t.codec,
             );
             let init = format!("{}/init.mp4", t.id);
@@ -150,17 +150,6 @@ pub(crate) fn mpd(m: &AssetManifest, view: &View) -> Result<String, Error> {
     }
     out.push_str("  </Period>\n</MPD>\n");
     Ok(out)
-}
-
-/// Peak bits per second of the trick-mode representation.
-fn trick_bandwidth(t: &Track) -> u64 {
-    let ts = f64::from(t.timescale.max(1));
-    t.fragments
-        .iter()
-        .map(|f| f.key_length as f64 * 8.0 / (f.duration as f64 / ts))
-        .fold(0.0, f64::max)
-        .ceil()
-        .max(1.0) as u64
 }
 
 /// A SegmentTemplate whose timeline lists every fragment in `range`

@@ -136,9 +136,9 @@ pub(crate) fn has_key_lengths(t: &Track) -> bool {
             .all(|f| f.key_length > 0 && f.key_length <= f.range.length)
 }
 
-/// Peak bits per second of an I-frame playlist: the largest keyframe over
-/// its segment's duration.
-fn iframe_bandwidth(t: &Track) -> u64 {
+/// Peak bits per second of an I-frame playlist (or a DASH trick-mode
+/// representation): the largest keyframe over its segment's duration.
+pub(crate) fn iframe_bandwidth(t: &Track) -> u64 {
     let ts = f64::from(t.timescale.max(1));
     t.fragments
         .iter()
