@@ -134,6 +134,7 @@ async fn every_format_of_a_two_language_title_with_subtitles() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 202);
     let answer: Value = r.json().await.unwrap();
+    assert_eq!(answer["source"]["audio_streams"], 2, "{answer}");
     let job = answer["job"].as_str().unwrap();
     let done = wait_job(&origin, job, Duration::from_secs(180)).await;
     assert_eq!(done["state"], "done", "{done}");

@@ -261,11 +261,7 @@ async fn upload(
     let dir = std::path::Path::new(&state.cfg.data_dir).join("incoming");
     if let Err(e) = tokio::fs::create_dir_all(&dir).await {
         tracing::error!(error = %e, "creating upload dir");
-        return error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "storage",
-            "cannot store uploads",
-        );
+        return storage_error();
     }
     let path = dir.join(format!("{job}.upload"));
     match receive(body, &path, limit).await {
@@ -312,11 +308,7 @@ async fn upload(
         if let Err(e) = tokio::fs::write(&file, bytes).await {
             tracing::error!(error = %e, "recording an upload's extras");
             let _ = tokio::fs::remove_file(&path).await;
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "storage",
-                "cannot store uploads",
-            );
+            return storage_error();
         }
     }
     if let Err(e) =
@@ -345,7 +337,7 @@ async fn upload(
                 StatusCode::ACCEPTED,
                 Json(json!({
                     "asset": asset, "job": job, "status": "queued",
-                    "source": { "width": p.width, "height": p.height, "duration": p.duration, "audio": p.has_audio },
+                    "source": { "width": p.width, "height": p.height, "duration": p.duration, "audio": p.has_audio, "audio_streams": p.audio_streams },
                 })),
             )
                 .into_response()
@@ -370,6 +362,15 @@ async fn upload(
 
 /// Jobs waiting for the transcoder before uploads are turned away.
 const MAX_QUEUED_JOBS: i64 = 100;
+
+/// 500 for an upload the origin could not keep on disk (the cause is logged).
+pub(crate) fn storage_error() -> Response {
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "storage",
+        "cannot store uploads",
+    )
+}
 
 pub(crate) fn busy(message: &str) -> Response {
     let mut r = error(StatusCode::SERVICE_UNAVAILABLE, "busy", message);

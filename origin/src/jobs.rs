@@ -142,16 +142,15 @@ async fn transcode_and_publish(
     for w in &outcome.files {
         let path = work.join(&w.file);
         let (index, media_time) = tokio::task::spawn_blocking(move || {
-            // Each video segment's first frame is presented at its start, with the audio.
-            store::normalize_composition(&path).map_err(|e| e.to_string())?;
             let index = store::index_file(&path).map_err(|e| e.to_string())?;
+            let init = store::read_range(&path, index.init_range).map_err(|e| e.to_string())?;
+            let cfg = cascade_packager::fmp4::parse_init(&init).map_err(|e| e.to_string())?;
+            // Each video segment's first frame is presented at its start,
+            // with the audio. Sizes and times stay, so the index holds.
+            store::normalize_composition(&path, &index, &cfg).map_err(|e| e.to_string())?;
             // The edit list says which decode tick is presentation zero; TS
             // timestamps and subtitle timestamp maps count from it.
-            let init = store::read_range(&path, index.init_range).map_err(|e| e.to_string())?;
-            let media_time = cascade_packager::fmp4::parse_init(&init)
-                .map(|c| u64::try_from(c.media_time).unwrap_or(0))
-                .map_err(|e| e.to_string())?;
-            Ok::<_, String>((index, media_time))
+            Ok::<_, String>((index, u64::try_from(cfg.media_time).unwrap_or(0)))
         })
         .await
         .map_err(|e| format!("indexer crashed: {e}"))?

@@ -154,11 +154,7 @@ pub(crate) async fn upload_sidecar(
     let dir = incoming(&state);
     if let Err(e) = tokio::fs::create_dir_all(&dir).await {
         tracing::error!(error = %e, "creating upload dir");
-        return error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "storage",
-            "cannot store uploads",
-        );
+        return crate::api::storage_error();
     }
     let id = crate::api::new_id();
     let path = dir.join(format!("sidecar-{id}.{ext}"));
@@ -193,12 +189,7 @@ pub(crate) async fn upload_sidecar(
             Ok(b) => b,
             Err(e) => {
                 tracing::error!(error = %e, "reading a sidecar back");
-                return fail(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "storage",
-                    "cannot store uploads",
-                )
-                .await;
+                return storage(&path).await;
             }
         };
         let parsed = match cascade_packager::vtt::parse(&bytes) {
@@ -212,12 +203,7 @@ pub(crate) async fn upload_sidecar(
         let text = cascade_packager::vtt::serialize(&parsed);
         if let Err(e) = tokio::fs::write(&path, text).await {
             tracing::error!(error = %e, "writing a sidecar");
-            return fail(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "storage",
-                "cannot store uploads",
-            )
-            .await;
+            return storage(&path).await;
         }
         json!({ "cues": cues })
     } else {
@@ -247,18 +233,19 @@ pub(crate) async fn upload_sidecar(
     let meta = serde_json::to_vec(&record).unwrap_or_default();
     if let Err(e) = tokio::fs::write(dir.join(format!("sidecar-{id}.json")), meta).await {
         tracing::error!(error = %e, "recording a sidecar");
-        return fail(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "storage",
-            "cannot store uploads",
-        )
-        .await;
+        return storage(&path).await;
     }
     (
         StatusCode::CREATED,
         Json(json!({ "sidecar": id, "kind": kind, "language": language, "detail": detail })),
     )
         .into_response()
+}
+
+/// Removes a half-stored sidecar and answers 500.
+async fn storage(path: &Path) -> Response {
+    let _ = tokio::fs::remove_file(path).await;
+    crate::api::storage_error()
 }
 
 /// The sidecars an upload names (`ID,ID`) and its codecs (`hevc,av1`), as

@@ -101,24 +101,18 @@ pub(crate) fn read_range(
 
 /// Makes each video fragment of a mezzanine file present its first frame
 /// at its decode time (see `cascade_packager::fmp4::shift_composition`),
-/// rewriting the `moof` boxes in place. Returns the shift, in ticks.
-pub(crate) fn normalize_composition(path: &Path) -> anyhow::Result<u32> {
+/// rewriting the `moof` boxes in place; `index` and `cfg` are the file's.
+/// Returns the shift, in ticks.
+pub(crate) fn normalize_composition(
+    path: &Path,
+    index: &TrackIndex,
+    cfg: &cascade_packager::fmp4::TrackConfig,
+) -> anyhow::Result<u32> {
     use std::io::Write;
-    let index = index_file(path)?;
-    if index.init.kind != cascade_packager::TrackKind::Video {
-        return Ok(0);
-    }
-    let init = read_range(path, index.init_range)?;
-    let cfg = cascade_packager::fmp4::parse_init(&init)?;
     let Some(first) = index.fragments.first() else {
         return Ok(0);
     };
-    let frag = read_range(path, first.range)?;
-    let samples = cascade_packager::fmp4::parse_fragment(&cfg, &frag)?;
-    let shift = samples.first().map_or(0, |s| s.cts_offset);
-    let Ok(shift) = u32::try_from(shift) else {
-        return Ok(0);
-    };
+    let shift = cascade_packager::fmp4::composition_shift(cfg, &read_range(path, first.range)?)?;
     if shift == 0 {
         return Ok(0);
     }

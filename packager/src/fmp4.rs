@@ -1311,6 +1311,19 @@ mod tests {
     }
 }
 
+/// The shift [`shift_composition`] needs for a track: the first sample's
+/// composition offset, when a video track presents its first frame after
+/// its decode time; 0 otherwise.
+pub fn composition_shift(cfg: &TrackConfig, first_fragment: &[u8]) -> Result<u32, Error> {
+    if cfg.kind != TrackKind::Video {
+        return Ok(0);
+    }
+    let samples = parse_fragment(cfg, first_fragment)?;
+    Ok(samples
+        .first()
+        .map_or(0, |s| u32::try_from(s.cts_offset).unwrap_or(0)))
+}
+
 /// Moves presentation earlier by `shift` ticks in one `moof` box (header
 /// included), in place: each `trun` becomes version 1 (signed composition
 /// offsets) and every composition offset loses `shift`.
@@ -1409,7 +1422,8 @@ mod shift_tests {
         let frag_at = ftyp + moov;
         let frag = file[frag_at..].to_vec();
         let before = parse_fragment(&cfg, &frag).unwrap();
-        let shift = u32::try_from(before[0].cts_offset).unwrap();
+        let shift = composition_shift(&cfg, &frag).unwrap();
+        assert_eq!(i64::from(shift), before[0].cts_offset);
         assert!(shift > 0, "the test file has B-frames");
         let (_, _, moof_len) = top_box(&frag).unwrap();
         let mut shifted = frag.clone();

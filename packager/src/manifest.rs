@@ -209,11 +209,6 @@ impl Track {
         }
     }
 
-    /// Presentation time, in seconds, of decode tick `t`.
-    pub fn seconds(&self, t: u64) -> f64 {
-        (t as f64 - self.media_time as f64) / f64::from(self.timescale.max(1))
-    }
-
     /// Duration in seconds.
     pub fn duration(&self) -> f64 {
         let ticks = self

@@ -199,11 +199,10 @@ fn normalize(path: &Path) -> anyhow::Result<()> {
     let index = index_bytes(&bytes)?;
     let cfg = fmp4::parse_init(&bytes[..index.init_range.length as usize])?;
     let first = index.fragments[0].range;
-    let samples = fmp4::parse_fragment(
+    let shift = fmp4::composition_shift(
         &cfg,
         &bytes[first.offset as usize..(first.offset + first.length) as usize],
     )?;
-    let shift = u32::try_from(samples[0].cts_offset).context("negative first offset")?;
     for f in &index.fragments {
         let at = f.range.offset as usize;
         let moof_len = u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
