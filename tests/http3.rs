@@ -591,3 +591,127 @@ async fn zero_rtt_is_refused_unless_switched_on_and_large_headers_are_refused() 
         stack.shutdown().await;
     }
 }
+
+/// Status, headers (less those that differ by nature: `date`, the request
+/// id, and HTTP/1.1's own `connection` framing, which HTTP/2 and HTTP/3
+/// forbid) and body of one answer.
+type Answer = (u16, Vec<(String, String)>, String);
+
+fn comparable(status: u16, headers: &http::HeaderMap, body: Vec<u8>) -> Answer {
+    let mut h: Vec<(String, String)> = headers
+        .iter()
+        .filter(|(n, _)| !matches!(n.as_str(), "date" | "x-request-id" | "connection"))
+        .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("?").to_string()))
+        .collect();
+    h.sort();
+    (status, h, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_writer_answers_alike_over_http1_http2_and_http3() {
+    let (stack, asset, ca, _dirs) = tls_title().await;
+    let tls_addr = stack.edge.tls_addr.expect("a TLS listener");
+    let token = common::sign_for(&asset);
+    let mut h3 = H3::connect(
+        tls_addr,
+        "127.0.0.2".parse().unwrap(),
+        quic_client(&[&ca], false, None),
+    )
+    .await;
+    let h2 = https(&ca);
+    let h1 = reqwest::Client::builder()
+        .no_proxy()
+        .http1_only()
+        .local_address("127.0.0.2".parse::<IpAddr>().unwrap())
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let master = format!("/vod/{asset}/master.m3u8?__token__={token}");
+    let cases: Vec<(&str, String, Vec<(&str, &str)>)> = vec![
+        ("GET", master.clone(), vec![]),
+        ("HEAD", master.clone(), vec![]),
+        (
+            "GET",
+            master.clone(),
+            vec![("range", "bytes=0-9"), ("origin", "https://a.example")],
+        ),
+        (
+            "OPTIONS",
+            format!("/vod/{asset}/master.m3u8"),
+            vec![("origin", "https://a.example")],
+        ),
+        ("GET", format!("/vod/{asset}/master.m3u8"), vec![]),
+        ("GET", "/healthz".to_string(), vec![]),
+        (
+            "GET",
+            format!("/vod/{asset}/master.m3u8?x=1&__token__={token}&max_height=abc"),
+            vec![],
+        ),
+    ];
+    // Warm the cache first, so every protocol sees the same hit.
+    let (s, _, _) = h3.get(&master).await;
+    assert_eq!(s, 200);
+    for (method, path, headers) in &cases {
+        let m = http::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut over_tcp = Vec::new();
+        for (client, version) in [(&h1, http::Version::HTTP_11), (&h2, http::Version::HTTP_2)] {
+            let mut req = client.request(
+                m.clone(),
+                format!("https://localhost:{}{path}", tls_addr.port()),
+            );
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            let r = req.send().await.unwrap();
+            assert_eq!(r.version(), version, "{method} {path}");
+            let (status, hdrs) = (r.status().as_u16(), r.headers().clone());
+            let body = r.bytes().await.unwrap().to_vec();
+            over_tcp.push(comparable(status, &hdrs, body));
+        }
+        let (resp, mut stream) = h3.start(method, path, headers).await.unwrap();
+        let body = read_all(&mut stream).await.unwrap();
+        let over_h3 = comparable(resp.status().as_u16(), resp.headers(), body);
+        assert_eq!(
+            over_tcp[0], over_tcp[1],
+            "{method} {path}: HTTP/1.1 and HTTP/2 differ"
+        );
+        assert_eq!(
+            over_tcp[0], over_h3,
+            "{method} {path}: HTTP/1.1 and HTTP/3 differ"
+        );
+        let (status, hdrs, body) = &over_h3;
+        let length = hdrs.iter().find(|(n, _)| n == "content-length");
+        match (*method, *status) {
+            (_, 204) | (_, 304) => assert!(length.is_none(), "{method} {path}: {hdrs:?}"),
+            ("HEAD", _) => {
+                assert!(body.is_empty());
+                assert_ne!(
+                    length.map(|l| l.1.as_str()),
+                    Some("0"),
+                    "HEAD has GET's length"
+                );
+            }
+            _ => assert_eq!(length.map(|l| l.1.clone()), Some(body.len().to_string())),
+        }
+    }
+    // The preflight is a 204, the tokenless request a 403, a bad filter a
+    // 400 with JSON that does not echo the token.
+    let statuses: Vec<u16> = {
+        let mut v = Vec::new();
+        for (method, path, headers) in &cases {
+            let (resp, mut stream) = h3.start(method, path, headers).await.unwrap();
+            let body = read_all(&mut stream).await.unwrap();
+            if resp.status() == 400 {
+                let text = String::from_utf8_lossy(&body);
+                assert!(!text.contains(&token), "the token echoed: {text}");
+                serde_json::from_slice::<Value>(&body).expect("a JSON error");
+            }
+            v.push(resp.status().as_u16());
+        }
+        v
+    };
+    assert_eq!(statuses, [200, 200, 206, 204, 403, 200, 400]);
+    stack.shutdown().await;
+}

@@ -14,7 +14,7 @@ use percent_encoding::percent_decode_str;
 use prometheus::IntCounterVec;
 use tokio::sync::Semaphore;
 
-use crate::{media_output, Media};
+use crate::media::{media_output, Media};
 
 /// Prefetches in flight across all viewers.
 const MAX_PREFETCHES: usize = 32;

@@ -274,11 +274,16 @@ pub struct PathRule {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum UnknownPolicy {
-    /// Let them watch.
-    #[default]
+    /// Let them watch, whatever the rules.
     Allow,
-    /// Refuse.
+    /// Refuse wherever a rule applies.
     Deny,
+    /// Refuse where an allow-list applies (only the listed countries may
+    /// watch, and an unknown one is not listed); let them watch where only
+    /// deny-lists apply. The default.
+    #[default]
+    #[serde(rename = "allowlist")]
+    AllowList,
 }
 
 /// The outcome of the rules.
@@ -322,10 +327,12 @@ pub fn decide(
         None => format!("title:{which}"),
     };
     let mut any = false;
+    let mut allow_list = false;
     for (prefix, allow, deny) in applicable {
         any = true;
+        allow_list |= !allow.is_empty();
         let Some(cc) = country else {
-            break;
+            continue;
         };
         if deny.iter().any(|d| d == cc) {
             return Verdict::Block {
@@ -342,6 +349,10 @@ pub fn decide(
     }
     match (any, country, unknown) {
         (true, None, UnknownPolicy::Deny) => Verdict::Block {
+            country: "unknown".into(),
+            rule: "unknown".into(),
+        },
+        (true, None, UnknownPolicy::AllowList) if allow_list => Verdict::Block {
             country: "unknown".into(),
             rule: "unknown".into(),
         },

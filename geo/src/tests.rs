@@ -199,3 +199,46 @@ fn client_addresses() {
         ip("10.0.0.2")
     );
 }
+
+#[test]
+fn unknown_countries_are_refused_by_default_where_an_allow_list_applies() {
+    let listed = CountryRule {
+        allow: vec!["IN".into()],
+        deny: vec![],
+    };
+    let denied = CountryRule {
+        allow: vec![],
+        deny: vec!["US".into()],
+    };
+    let default = UnknownPolicy::default();
+    assert_eq!(default, UnknownPolicy::AllowList);
+    assert_eq!(
+        decide(None, "/vod/a/x", &[], Some(&listed), default),
+        Verdict::Block {
+            country: "unknown".into(),
+            rule: "unknown".into()
+        }
+    );
+    // Where only deny-lists apply, an unknown viewer is not on them.
+    assert_eq!(
+        decide(None, "/vod/a/x", &[], Some(&denied), default),
+        Verdict::Allow
+    );
+    // An allow-list on the path counts as well.
+    let paths = vec![PathRule {
+        prefix: "/vod/final/".into(),
+        allow: vec!["IN".into()],
+        deny: vec![],
+    }];
+    assert!(matches!(
+        decide(None, "/vod/final/x", &paths, Some(&denied), default),
+        Verdict::Block { .. }
+    ));
+    // Configured `allow` keeps the old behaviour.
+    assert_eq!(
+        decide(None, "/vod/a/x", &[], Some(&listed), UnknownPolicy::Allow),
+        Verdict::Allow
+    );
+    let parsed: UnknownPolicy = serde_json::from_str("\"allowlist\"").expect("parses");
+    assert_eq!(parsed, UnknownPolicy::AllowList);
+}

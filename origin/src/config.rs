@@ -69,7 +69,8 @@ pub struct OriginConfig {
     pub playback_ttl_secs: u64,
     /// MaxMind database for the playback API's geo verdict; `CASCADE_GEOIP_DB` overrides.
     pub geoip_db: String,
-    /// Viewers of unknown country, where a rule applies: `allow` or `deny`.
+    /// Viewers of unknown country, where a rule applies: `allowlist` (refused
+    /// where an allow-list applies; the default), `deny` or `allow`.
     pub geo_unknown: cascade_geo::UnknownPolicy,
     /// The same path rules as the edges', so both give one verdict.
     pub geo_rules: Vec<cascade_geo::PathRule>,
@@ -127,7 +128,7 @@ impl Default for OriginConfig {
             token_name: "__token__".into(),
             playback_ttl_secs: 6 * 3600,
             geoip_db: String::new(),
-            geo_unknown: cascade_geo::UnknownPolicy::Allow,
+            geo_unknown: cascade_geo::UnknownPolicy::AllowList,
             geo_rules: Vec::new(),
             trusted_proxies: vec!["127.0.0.1/32".into(), "::1/128".into()],
             admin_token: String::new(),

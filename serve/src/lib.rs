@@ -3,8 +3,10 @@
 //! types the pipeline works on, the upstream client, `Cache-Status`,
 //! request ids, metrics and logs.
 //!
-//! A listener turns a request into a [`Request`], calls the role's
-//! [`Handler`] and writes the [`Response`] back; it holds no policy. The
+//! A listener turns a request into a [`Request`], drives the role's
+//! [`Pipeline`] (through the erased [`Handler`]) and writes the
+//! [`Response`] back with the one writer every protocol shares; it holds no
+//! policy. The
 //! TCP listener (HTTP/1.1 and HTTP/2, in clear or over TLS) and the HTTP/3
 //! listener (quinn and h3) share everything around the handler.
 
@@ -17,12 +19,14 @@ pub mod fleet;
 mod heartbeat;
 mod listener;
 mod metrics;
+mod pipeline;
 mod proxy;
 mod quic;
 mod ranges;
 mod tier;
 pub mod tls;
 mod upstream;
+mod writer;
 
 use std::net::SocketAddr;
 
@@ -32,8 +36,9 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 pub use body::{shared_body, BodyReader, BodyWriter, SharedBody};
 pub use coalesce::{Flights, Hold, Role};
 pub use heartbeat::{spawn_heartbeat, spawn_node_heartbeat, Heartbeat, NodeIdentity};
-pub use listener::{cache_outcome, serve, ListenerConfig, ServerHandle};
+pub use listener::{cache_outcome, is_routine, serve, ListenerConfig, ServerHandle};
 pub use metrics::{init_logging, Metrics};
+pub use pipeline::{run, Delivered, Exchange, Handler, Pipeline, Step};
 pub use proxy::{
     cache_key, cached_response, mark_collapsed, to_object, unix_now, unix_now_ms, CachingFetcher,
 };
@@ -104,11 +109,8 @@ impl Response {
 
     /// A small JSON error body: `{"error": code, "message": text}`.
     pub fn error(status: StatusCode, code: &str, message: &str) -> Self {
-        let body = format!(
-            "{{\"error\":{},\"message\":{}}}\n",
-            json_string(code),
-            json_string(message)
-        );
+        let mut body = serde_json::json!({ "error": code, "message": message }).to_string();
+        body.push('\n');
         Response::new(status, "application/json", body)
     }
 
@@ -119,29 +121,6 @@ impl Response {
         }
         self
     }
-}
-
-/// Minimal JSON string escaping for error bodies.
-fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-/// The pipeline of one role.
-#[async_trait::async_trait]
-pub trait Handler: Send + Sync + 'static {
-    /// Answers one request.
-    async fn handle(&self, req: Request) -> Response;
 }
 
 /// What a cache did with a request, for `Cache-Status` (RFC 9211).
@@ -215,11 +194,9 @@ pub fn bearer_matches(authorization: Option<&str>, configured: &str) -> bool {
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     match presented {
-        Some(p) if !configured.is_empty() && p.len() == configured.len() => {
-            p.bytes()
-                .zip(configured.bytes())
-                .fold(0u8, |a, (x, y)| a | (x ^ y))
-                == 0
+        Some(p) if !configured.is_empty() => {
+            use subtle::ConstantTimeEq;
+            p.as_bytes().ct_eq(configured.as_bytes()).into()
         }
         _ => false,
     }
@@ -297,10 +274,15 @@ mod tests {
 
     #[test]
     fn error_bodies_escape() {
-        let r = Response::error(StatusCode::NOT_FOUND, "not_found", "no \"x\"\n");
+        // Escaped by serde_json now: what matters is that any message
+        // comes back out of a JSON parser unchanged.
+        let message = "no \"x\"\n\u{1}\\";
+        let r = Response::error(StatusCode::NOT_FOUND, "not_found", message);
         assert_eq!(
             &r.body[..],
-            b"{\"error\":\"not_found\",\"message\":\"no \\\"x\\\"\\u000a\"}\n"
+            b"{\"error\":\"not_found\",\"message\":\"no \\\"x\\\"\\n\\u0001\\\\\"}\n"
         );
+        let parsed: serde_json::Value = serde_json::from_slice(&r.body).expect("valid JSON");
+        assert_eq!(parsed["message"], message);
     }
 }

@@ -29,7 +29,9 @@ use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::metrics::Metrics;
+use crate::pipeline::{Delivered, Exchange};
 use crate::tls::CertStore;
+use crate::writer::{write_response, Abort, Sink};
 use crate::{valid_request_id, Handler, Request, Response, REQUEST_ID};
 
 /// How long a client may take over its TLS handshake.
@@ -50,6 +52,13 @@ pub struct ListenerConfig {
     pub tls: Option<Arc<CertStore>>,
     /// An `Alt-Svc` value for every response, announcing HTTP/3.
     pub alt_svc: Option<HeaderValue>,
+    /// How long a client may take to send a request's headers, from the
+    /// connection's start (or, on a kept-alive connection, once the idle
+    /// keep-alive time is over). Slow or silent clients are cut off.
+    pub header_timeout: Duration,
+    /// Largest request header section (request line and fields); more is
+    /// refused with 431.
+    pub max_header_bytes: usize,
 }
 
 impl ListenerConfig {
@@ -62,6 +71,8 @@ impl ListenerConfig {
             keepalive_secs: 60,
             tls: None,
             alt_svc: None,
+            header_timeout: Duration::from_secs(10),
+            max_header_bytes: 32 * 1024,
         }
     }
 }
@@ -137,6 +148,9 @@ pub(crate) struct Front {
     alt_svc: Option<HeaderValue>,
 }
 
+/// The role's `log` phase for one request.
+pub(crate) type PhaseLog = Box<dyn FnOnce(&Delivered) + Send>;
+
 /// One answered request, for metrics and the access log.
 pub(crate) struct Served<'a> {
     pub(crate) request_id: &'a str,
@@ -146,6 +160,7 @@ pub(crate) struct Served<'a> {
     pub(crate) cache: &'static str,
     pub(crate) protocol: &'static str,
     pub(crate) bytes: usize,
+    pub(crate) complete: bool,
     pub(crate) client: Option<SocketAddr>,
     pub(crate) started: Instant,
 }
@@ -176,21 +191,24 @@ impl Front {
     }
 
     /// Answers a request: health and metrics here, everything else by the
-    /// role's handler.
-    pub(crate) async fn answer(&self, req: Request) -> Response {
-        let mut response = match req.uri.path() {
-            "/healthz" => Response::new(StatusCode::OK, "text/plain", "ok\n"),
-            "/metrics" => Response::new(
+    /// role's pipeline.
+    pub(crate) async fn answer(&self, req: Request) -> Exchange {
+        let mut exchange = match req.uri.path() {
+            "/healthz" => Exchange::from(Response::new(StatusCode::OK, "text/plain", "ok\n")),
+            "/metrics" => Exchange::from(Response::new(
                 StatusCode::OK,
                 "text/plain; version=0.0.4",
                 self.metrics.render(),
-            ),
-            _ => self.handler.handle(req).await,
+            )),
+            _ => self.handler.clone().handle(req).await,
         };
         if let Some(v) = &self.alt_svc {
-            response.headers.insert(http::header::ALT_SVC, v.clone());
+            exchange
+                .response
+                .headers
+                .insert(http::header::ALT_SVC, v.clone());
         }
-        response
+        exchange
     }
 
     /// The outcome word of a response's `Cache-Status`, for metrics and logs.
@@ -203,25 +221,52 @@ impl Front {
             .unwrap_or("none")
     }
 
-    /// Counts the request and writes its access-log line.
-    pub(crate) fn record(&self, s: Served<'_>) {
+    /// Counts the request, writes its access-log line and runs the role's
+    /// `log` phase.
+    pub(crate) fn record(&self, s: Served<'_>, log: Option<PhaseLog>) {
         let elapsed = s.started.elapsed();
+        if let Some(log) = log {
+            log(&Delivered {
+                status: s.status,
+                bytes: s.bytes,
+                complete: s.complete,
+                elapsed,
+            });
+        }
         self.metrics
             .observe(s.status.as_u16(), s.cache, s.protocol, s.bytes, elapsed);
         // The path only: query strings carry tokens, which never reach logs.
-        tracing::info!(
-            target: "access",
-            role = self.role,
-            request_id = %s.request_id,
-            method = %s.method,
-            path = s.path,
-            status = s.status.as_u16(),
-            bytes = s.bytes,
-            ms = elapsed.as_secs_f64() * 1000.0,
-            cache = s.cache,
-            protocol = s.protocol,
-            client = ?s.client,
-        );
+        // Health checks, scrapes and heartbeats arrive every few seconds:
+        // logged at debug, so the console shows what people do.
+        if is_routine(s.path) {
+            tracing::debug!(
+                target: "access",
+                role = self.role,
+                request_id = %s.request_id,
+                method = %s.method,
+                path = s.path,
+                status = s.status.as_u16(),
+                bytes = s.bytes,
+                ms = elapsed.as_secs_f64() * 1000.0,
+                cache = s.cache,
+                protocol = s.protocol,
+                client = ?s.client,
+            );
+        } else {
+            tracing::info!(
+                target: "access",
+                role = self.role,
+                request_id = %s.request_id,
+                method = %s.method,
+                path = s.path,
+                status = s.status.as_u16(),
+                bytes = s.bytes,
+                ms = elapsed.as_secs_f64() * 1000.0,
+                cache = s.cache,
+                protocol = s.protocol,
+                client = ?s.client,
+            );
+        }
     }
 }
 
@@ -243,6 +288,7 @@ pub fn serve(
     let (tx, rx) = watch::channel(false);
     let mut options = HttpServerOptions::default();
     options.h2c = true;
+    options.h2_idle_timeout = Some(Duration::from_secs(cfg.keepalive_secs));
     let tls = cfg
         .tls
         .as_ref()
@@ -279,6 +325,15 @@ pub fn serve(
             let shutdown = rx.clone();
             let tls = tls.clone();
             tokio::spawn(async move {
+                // A client that connects and says nothing is dropped once
+                // the header time is up (TLS has its own handshake limit).
+                if tls.is_none() {
+                    let mut first = [0u8; 1];
+                    match tokio::time::timeout(app.cfg.header_timeout, tcp.peek(&mut first)).await {
+                        Ok(Ok(n)) if n > 0 => {}
+                        _ => return,
+                    }
+                }
                 let mut l4 = L4Stream::from(tcp);
                 // The peer address feeds token IP binding and geo.
                 let digest = SocketDigest::from_raw_fd(l4.as_raw_fd());
@@ -321,11 +376,23 @@ impl HttpServerApp for App {
         mut session: ServerSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
-        match session.read_request().await {
-            Ok(true) => {}
-            Ok(false) => return None,
-            Err(e) => {
+        // Pingora's read timeout is per read, so a client trickling a byte
+        // at a time would never be cut off: the whole header section gets
+        // one deadline. A kept-alive connection may first idle for its
+        // keep-alive time.
+        let reused = session.take_connection_user_context().is_some();
+        let idle = if reused { self.cfg.keepalive_secs } else { 0 };
+        session.set_read_timeout(Some(self.cfg.header_timeout));
+        let deadline = self.cfg.header_timeout + Duration::from_secs(idle);
+        match tokio::time::timeout(deadline, session.read_request()).await {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => return None,
+            Ok(Err(e)) => {
                 tracing::debug!(error = %e, "reading request");
+                return None;
+            }
+            Err(_) => {
+                tracing::debug!("request headers not received in time; closing");
                 return None;
             }
         }
@@ -344,46 +411,65 @@ impl HttpServerApp for App {
         let client = session.client_addr().and_then(|a| a.as_inet()).copied();
         let request_id = Front::request_id(&headers);
 
-        let response = match read_body(&mut session, self.cfg.max_body_bytes).await {
-            Err(BodyError::TooLarge) => Response::error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                "request body over the limit",
-            ),
-            Err(BodyError::Io) => return None,
-            Ok(body) => {
-                self.front
-                    .answer(Request {
-                        method: method.clone(),
-                        uri: uri.clone(),
-                        headers,
-                        body,
-                        client,
-                        request_id: request_id.clone(),
-                        protocol,
-                    })
-                    .await
+        let header_bytes = header_size(session.req_header());
+        let exchange = if header_bytes > self.cfg.max_header_bytes {
+            // Refused before the body is read; the connection is not reused.
+            session.set_keepalive(None);
+            Exchange::from(Response::error(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers_too_large",
+                &format!("request headers over {} bytes", self.cfg.max_header_bytes),
+            ))
+        } else {
+            match read_body(&mut session, self.cfg.max_body_bytes).await {
+                Err(BodyError::TooLarge) => Exchange::from(Response::error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    "request body over the limit",
+                )),
+                Err(BodyError::Io) => return None,
+                Ok(body) => {
+                    self.front
+                        .answer(Request {
+                            method: method.clone(),
+                            uri: uri.clone(),
+                            headers,
+                            body,
+                            client,
+                            request_id: request_id.clone(),
+                            protocol,
+                        })
+                        .await
+                }
             }
         };
 
+        let Exchange { response, log } = exchange;
         let status = response.status;
         let cache = Front::cache_label(&response);
-        let (ok, bytes) = write_response(&mut session, response, &method, &request_id).await;
-        self.front.record(Served {
-            request_id: &request_id,
-            method: &method,
-            path: uri.path(),
-            status,
-            cache,
-            protocol,
-            bytes,
-            client,
-            started,
-        });
-        if !ok {
+        let mut sink = TcpSink(&mut session);
+        let written = write_response(&mut sink, response, &method, &request_id, SEND_TIMEOUT).await;
+        self.front.record(
+            Served {
+                request_id: &request_id,
+                method: &method,
+                path: uri.path(),
+                status,
+                cache,
+                protocol,
+                bytes: written.bytes,
+                complete: written.complete,
+                client,
+                started,
+            },
+            log,
+        );
+        if !written.complete {
             return None;
         }
-        let settings = pingora_core::apps::HttpPersistentSettings::for_session(&session);
+        let mut settings = pingora_core::apps::HttpPersistentSettings::for_session(&session);
+        // Tells the next request on this connection that it may idle first.
+        settings.set_user_context(Box::new(KeptAlive));
         match session.finish().await {
             Ok(Some(s)) => Some(ReusedHttpStream::from_reusable_stream(s, settings)),
             _ => None,
@@ -393,6 +479,15 @@ impl HttpServerApp for App {
     fn server_options(&self) -> Option<&HttpServerOptions> {
         Some(&self.options)
     }
+}
+
+/// Whether a path is machine polling (health checks, metric scrapes, fleet
+/// heartbeats and key refreshes), whose access-log lines are kept at debug.
+pub fn is_routine(path: &str) -> bool {
+    matches!(
+        path,
+        "/healthz" | "/metrics" | "/api/v1/fleet/heartbeat" | "/api/v1/fleet/partners"
+    )
 }
 
 /// The outcome word of this tier's `Cache-Status` entry (the last one).
@@ -409,6 +504,17 @@ pub fn cache_outcome(v: &str) -> &'static str {
     } else {
         "none"
     }
+}
+
+/// The size of a request's header section as sent: request line and
+/// fields, each with its separators.
+fn header_size(req: &pingora_http::RequestHeader) -> usize {
+    let line = req.method.as_str().len() + req.uri.to_string().len() + 12;
+    req.headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + line
 }
 
 enum BodyError {
@@ -432,73 +538,46 @@ async fn read_body(session: &mut ServerSession, limit: usize) -> Result<Bytes, B
     }
 }
 
-/// Writes the response; says whether the connection may be reused, and how
-/// many body bytes went out. A streamed body is written as it arrives; if
-/// its upstream fails midway the connection is closed, so the client sees a
-/// short body rather than a complete-looking wrong one.
-async fn write_response(
-    session: &mut ServerSession,
-    response: Response,
-    method: &Method,
-    request_id: &str,
-) -> (bool, usize) {
-    let length = match &response.stream {
-        Some(s) => s.expected_len().unwrap_or(0) as usize,
-        None => response.body.len(),
-    };
-    let mut header = match ResponseHeader::build(response.status, Some(response.headers.len() + 2))
-    {
-        Ok(h) => h,
-        Err(_) => return (false, 0),
-    };
-    for (name, value) in response.headers.iter() {
-        let _ = header.append_header(name.clone(), value.clone());
+/// Marks a connection that has answered a request and is kept alive.
+struct KeptAlive;
+
+/// How long a client may take nothing of a response before it is cut off.
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// HTTP/1.1 and HTTP/2 through Pingora's session. A broken response closes
+/// the connection (the caller does not reuse it), so an HTTP/1.1 client sees
+/// a short body and an HTTP/2 client a reset stream.
+struct TcpSink<'a>(&'a mut ServerSession);
+
+#[async_trait::async_trait]
+impl Sink for TcpSink<'_> {
+    fn max_piece(&self) -> usize {
+        // Pingora writes a whole body in one call; HTTP/2 flow control is
+        // its business.
+        usize::MAX
     }
-    let _ = header.insert_header(http::header::CONTENT_LENGTH, length);
-    if let Ok(v) = HeaderValue::from_str(request_id) {
-        let _ = header.insert_header(REQUEST_ID, v);
-    }
-    if session
-        .write_response_header(Box::new(header))
-        .await
-        .is_err()
-    {
-        return (false, 0);
-    }
-    if method == Method::HEAD || length == 0 {
-        return (session.finish_body().await.is_ok(), 0);
-    }
-    let Some(stream) = response.stream else {
-        let ok = session
-            .write_response_body(response.body, true)
-            .await
-            .is_ok();
-        return (ok, length);
-    };
-    let mut reader = stream.reader();
-    let mut sent = 0;
-    while let Some(chunk) = reader.next().await {
-        let Ok(chunk) = chunk else {
-            tracing::warn!(
-                request_id,
-                sent,
-                "upstream failed mid-body; closing the connection"
-            );
-            return (false, sent);
+
+    async fn head(&mut self, status: StatusCode, headers: HeaderMap) -> bool {
+        let Ok(mut header) = ResponseHeader::build(status, Some(headers.len())) else {
+            return false;
         };
-        sent += chunk.len();
-        if sent > length {
-            tracing::warn!(request_id, sent, "upstream sent more than it announced");
-            return (false, sent);
+        for (name, value) in headers.iter() {
+            let _ = header.append_header(name.clone(), value.clone());
         }
-        if session.write_response_body(chunk, false).await.is_err() {
-            return (false, sent);
-        }
+        self.0.write_response_header(Box::new(header)).await.is_ok()
     }
-    if sent != length {
-        return (false, sent);
+
+    async fn data(&mut self, piece: Bytes) -> bool {
+        self.0.write_response_body(piece, false).await.is_ok()
     }
-    (session.finish_body().await.is_ok(), sent)
+
+    async fn finish(&mut self) -> bool {
+        self.0.finish_body().await.is_ok()
+    }
+
+    fn abort(&mut self, _why: Abort) {
+        self.0.set_keepalive(None);
+    }
 }
 
 #[cfg(test)]
@@ -513,8 +592,10 @@ mod tests {
     }
 
     #[async_trait::async_trait]
-    impl Handler for Slow {
-        async fn handle(&self, _req: Request) -> Response {
+    impl crate::Pipeline for Slow {
+        type Ctx = ();
+        fn new_ctx(&self, _req: &Request) {}
+        async fn produce(&self, _req: &Request, _ctx: &mut ()) -> Response {
             let _ = self.entered.send(()).await;
             tokio::time::sleep(Duration::from_millis(300)).await;
             self.answered.store(true, Ordering::SeqCst);
@@ -553,5 +634,99 @@ mod tests {
             "shutdown returned before the request was answered"
         );
         assert_eq!(request.await.expect("task").expect("response"), "done\n");
+    }
+
+    /// Answers every request with "ok".
+    struct Ok200;
+
+    #[async_trait::async_trait]
+    impl crate::Pipeline for Ok200 {
+        type Ctx = ();
+        fn new_ctx(&self, _req: &Request) {}
+        async fn produce(&self, _req: &Request, _ctx: &mut ()) -> Response {
+            Response::new(StatusCode::OK, "text/plain", "ok\n")
+        }
+    }
+
+    async fn quick_server() -> ServerHandle {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let mut cfg = ListenerConfig::new("test");
+        cfg.header_timeout = Duration::from_millis(300);
+        serve(listener, Arc::new(Ok200), Arc::new(Metrics::new("t")), cfg).expect("serve")
+    }
+
+    /// Reads until the server closes the connection; what it sent, or
+    /// `None` if it was still open after five seconds.
+    async fn until_closed(stream: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+        use tokio::io::AsyncReadExt;
+        let mut got = Vec::new();
+        let read = stream.read_to_end(&mut got);
+        match tokio::time::timeout(Duration::from_secs(5), read).await {
+            Ok(_) => Some(got),
+            Err(_) => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_silent_client_is_cut_off() {
+        let server = quick_server().await;
+        let mut c = tokio::net::TcpStream::connect(server.addr)
+            .await
+            .expect("connect");
+        let got = until_closed(&mut c).await.expect("closed by the server");
+        assert!(got.is_empty());
+        server.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_trickling_client_is_cut_off() {
+        use tokio::io::AsyncWriteExt;
+        let server = quick_server().await;
+        let mut c = tokio::net::TcpStream::connect(server.addr)
+            .await
+            .expect("connect");
+        // One byte every 100 ms: each read is quick, the whole is not.
+        let trickle = async {
+            for b in b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+            {
+                if c.write_all(&[*b]).await.is_err() {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            false
+        };
+        let cut = tokio::time::timeout(Duration::from_secs(5), trickle)
+            .await
+            .unwrap_or(false);
+        let got = if cut {
+            Vec::new()
+        } else {
+            until_closed(&mut c).await.expect("closed by the server")
+        };
+        assert!(!String::from_utf8_lossy(&got).contains("200 OK"));
+        server.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn oversized_headers_are_refused_with_431() {
+        use tokio::io::AsyncWriteExt;
+        let server = quick_server().await;
+        let mut c = tokio::net::TcpStream::connect(server.addr)
+            .await
+            .expect("connect");
+        let big = "a".repeat(40 * 1024);
+        let req = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n");
+        c.write_all(req.as_bytes()).await.expect("write");
+        let got = until_closed(&mut c).await.expect("closed by the server");
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 431"), "{text}");
+        assert!(text.contains("headers_too_large"), "{text}");
+        // A normal request still works.
+        let r = reqwest::get(format!("http://{}/", server.addr))
+            .await
+            .expect("get");
+        assert_eq!(r.status(), 200);
+        server.shutdown().await;
     }
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes, BytesMut};
 use h3::error::Code;
 use h3::server::{RequestResolver, RequestStream};
-use http::{HeaderName, HeaderValue, Method, StatusCode, Uri};
+use http::{HeaderValue, Method, StatusCode, Uri};
 use prometheus::{IntCounterVec, IntGauge, Opts};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
@@ -23,8 +23,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::listener::{Front, Served};
 use crate::metrics::Metrics;
+use crate::pipeline::Exchange;
 use crate::tls::CertStore;
-use crate::{Handler, Request, Response, REQUEST_ID};
+use crate::writer::{write_response, Abort, Sink};
+use crate::{Handler, Request, Response};
 
 /// Body bytes handed to QUIC at a time: each piece waits for flow control.
 const CHUNK: usize = 64 * 1024;
@@ -62,6 +64,8 @@ pub struct H3Config {
     pub drain: Duration,
     /// An `Alt-Svc` value for every response.
     pub alt_svc: Option<HeaderValue>,
+    /// How long a request stream may take to send its headers.
+    pub header_timeout: Duration,
 }
 
 impl H3Config {
@@ -78,6 +82,7 @@ impl H3Config {
             send_timeout: Duration::from_secs(30),
             drain: Duration::from_secs(10),
             alt_svc: None,
+            header_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -354,10 +359,15 @@ type Stream = RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
 /// Serves one request stream.
 async fn request(resolver: RequestResolver<h3_quinn::Connection, Bytes>, mut ctx: StreamCtx) {
     let started = Instant::now();
-    let (req, mut stream) = match resolver.resolve_request().await {
-        Ok(r) => r,
-        Err(e) => {
+    let resolved = tokio::time::timeout(ctx.cfg.header_timeout, resolver.resolve_request());
+    let (req, mut stream) = match resolved.await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
             tracing::debug!(error = %e, peer = %ctx.peer, "bad HTTP/3 request");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(peer = %ctx.peer, "HTTP/3 request headers not received in time");
             return;
         }
     };
@@ -378,7 +388,7 @@ async fn request(resolver: RequestResolver<h3_quinn::Connection, Bytes>, mut ctx
         }
     }
 
-    let response = if !is_safe(&method) && !*ctx.handshake.borrow() {
+    let early = if !is_safe(&method) && !*ctx.handshake.borrow() {
         // RFC 8470: a replayable request must not take effect twice; wait
         // for the handshake to prove the client is live.
         let confirmed = async { ctx.handshake.wait_for(|d| *d).await.is_ok() };
@@ -393,8 +403,8 @@ async fn request(resolver: RequestResolver<h3_quinn::Connection, Bytes>, mut ctx
     } else {
         None
     };
-    let response = match response {
-        Some(r) => r,
+    let exchange = match early {
+        Some(r) => Exchange::from(r),
         None => match read_body(&mut stream, ctx.cfg.max_body_bytes).await {
             Ok(body) => {
                 ctx.front
@@ -412,29 +422,42 @@ async fn request(resolver: RequestResolver<h3_quinn::Connection, Bytes>, mut ctx
             Err(BodyError::TooLarge) => {
                 // RFC 9114 §4.1.2: answer early and stop reading.
                 stream.stop_sending(Code::H3_NO_ERROR);
-                Response::error(
+                Exchange::from(Response::error(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "body_too_large",
                     "request body over the limit",
-                )
+                ))
             }
             Err(BodyError::Stream) => return,
         },
     };
+    let Exchange { response, log } = exchange;
     let status = response.status;
     let cache = Front::cache_label(&response);
-    let bytes = write_response(&mut stream, response, &method, &request_id, &ctx.cfg).await;
-    ctx.front.record(Served {
-        request_id: &request_id,
-        method: &method,
-        path: uri.path(),
-        status,
-        cache,
-        protocol: "h3",
-        bytes,
-        client: Some(ctx.peer),
-        started,
-    });
+    let mut sink = H3Sink(&mut stream);
+    let written = write_response(
+        &mut sink,
+        response,
+        &method,
+        &request_id,
+        ctx.cfg.send_timeout,
+    )
+    .await;
+    ctx.front.record(
+        Served {
+            request_id: &request_id,
+            method: &method,
+            path: uri.path(),
+            status,
+            cache,
+            protocol: "h3",
+            bytes: written.bytes,
+            complete: written.complete,
+            client: Some(ctx.peer),
+            started,
+        },
+        log,
+    );
 }
 
 /// Resolves once the listener is told to stop.
@@ -476,125 +499,54 @@ async fn read_body(stream: &mut Stream, limit: usize) -> Result<Bytes, BodyError
     }
 }
 
-/// Headers that mean something only to HTTP/1.1 connections; HTTP/3
-/// forbids them (RFC 9114 §4.2).
-const CONNECTION_HEADERS: [&str; 5] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "upgrade",
-];
+/// HTTP/3 through h3: each piece of body waits for QUIC flow control, so
+/// a slow reader holds back its own stream only. A broken response resets
+/// the stream.
+struct H3Sink<'a>(&'a mut Stream);
 
-/// Writes the response and says how many body bytes went out. A body that
-/// fails midway, or whose reader stalls past the send timeout, resets the
-/// stream, so the client sees an error rather than a short body.
-async fn write_response(
-    stream: &mut Stream,
-    response: Response,
-    method: &Method,
-    request_id: &str,
-    cfg: &H3Config,
-) -> usize {
-    let length = match &response.stream {
-        Some(s) => s.expected_len().unwrap_or(0) as usize,
-        None => response.body.len(),
-    };
-    let mut head = http::Response::new(());
-    *head.status_mut() = response.status;
-    let headers = head.headers_mut();
-    for (name, value) in response.headers.iter() {
-        if !CONNECTION_HEADERS.contains(&name.as_str()) {
-            headers.append(name.clone(), value.clone());
-        }
+#[async_trait::async_trait]
+impl Sink for H3Sink<'_> {
+    fn max_piece(&self) -> usize {
+        CHUNK
     }
-    if has_body(response.status) {
-        headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(length));
-    }
-    if let Ok(v) = HeaderValue::from_str(request_id) {
-        headers.insert(HeaderName::from_static(REQUEST_ID), v);
-    }
-    if let Err(e) = stream.send_response(head).await {
-        tracing::debug!(request_id, error = %e, "sending HTTP/3 response headers");
-        return 0;
-    }
-    if method == Method::HEAD || length == 0 || !has_body(response.status) {
-        let _ = stream.finish().await;
-        return 0;
-    }
-    let mut sent = 0;
-    match response.stream {
-        None => {
-            if !send(stream, response.body, &mut sent, request_id, cfg).await {
-                return sent;
-            }
-        }
-        Some(shared) => {
-            let mut reader = shared.reader();
-            while let Some(chunk) = reader.next().await {
-                let Ok(chunk) = chunk else {
-                    tracing::warn!(
-                        request_id,
-                        sent,
-                        "upstream failed mid-body; resetting the stream"
-                    );
-                    stream.stop_stream(Code::H3_INTERNAL_ERROR);
-                    return sent;
-                };
-                if sent + chunk.len() > length {
-                    tracing::warn!(request_id, sent, "upstream sent more than it announced");
-                    stream.stop_stream(Code::H3_INTERNAL_ERROR);
-                    return sent;
-                }
-                if !send(stream, chunk, &mut sent, request_id, cfg).await {
-                    return sent;
-                }
-            }
-            if sent != length {
-                stream.stop_stream(Code::H3_INTERNAL_ERROR);
-                return sent;
-            }
-        }
-    }
-    if let Err(e) = stream.finish().await {
-        tracing::debug!(request_id, error = %e, "finishing an HTTP/3 response");
-    }
-    sent
-}
 
-/// Whether a response of this status may have a body (and so a
-/// `Content-Length`): not 1xx, 204 or 304 (RFC 9110 §8.6).
-pub(crate) fn has_body(status: StatusCode) -> bool {
-    !(status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED)
-}
-
-/// Sends `body` in pieces of [`CHUNK`], each waiting for flow control,
-/// adding to `sent` what went out; false when the stream is gone or its
-/// reader stalled past the send timeout (the stream is then reset).
-async fn send(
-    stream: &mut Stream,
-    mut body: Bytes,
-    sent: &mut usize,
-    request_id: &str,
-    cfg: &H3Config,
-) -> bool {
-    while !body.is_empty() {
-        let piece = body.split_to(body.len().min(CHUNK));
-        let n = piece.len();
-        match tokio::time::timeout(cfg.send_timeout, stream.send_data(piece)).await {
-            Ok(Ok(())) => *sent += n,
-            Ok(Err(e)) => {
-                tracing::debug!(request_id, error = %e, "HTTP/3 stream closed mid-body");
-                return false;
-            }
-            Err(_) => {
-                tracing::info!(request_id, "HTTP/3 reader stalled; resetting the stream");
-                stream.stop_stream(Code::H3_REQUEST_CANCELLED);
-                return false;
+    async fn head(&mut self, status: StatusCode, headers: http::HeaderMap) -> bool {
+        let mut head = http::Response::new(());
+        *head.status_mut() = status;
+        *head.headers_mut() = headers;
+        match self.0.send_response(head).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(error = %e, "sending HTTP/3 response headers");
+                false
             }
         }
     }
-    true
+
+    async fn data(&mut self, piece: Bytes) -> bool {
+        match self.0.send_data(piece).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(error = %e, "HTTP/3 stream closed mid-body");
+                false
+            }
+        }
+    }
+
+    async fn finish(&mut self) -> bool {
+        match self.0.finish().await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(error = %e, "finishing an HTTP/3 response");
+                false
+            }
+        }
+    }
+
+    fn abort(&mut self, why: Abort) {
+        self.0.stop_stream(match why {
+            Abort::Upstream => Code::H3_INTERNAL_ERROR,
+            Abort::Stalled => Code::H3_REQUEST_CANCELLED,
+        });
+    }
 }

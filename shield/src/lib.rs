@@ -16,8 +16,8 @@ use cascade_cache::{CacheConfig, TieredCache};
 use cascade_serve::config::{check_addr, check_url, Validate};
 use cascade_serve::fleet::handle_purge;
 use cascade_serve::{
-    apply_range, parse_range, serve, shared_body, BodyWriter, ByteSpan, CachingFetcher, Handler,
-    ListenerConfig, Metrics, Request, Response, ServerHandle, Upstream,
+    apply_range, parse_range, serve, shared_body, BodyWriter, ByteSpan, CachingFetcher,
+    ListenerConfig, Metrics, Pipeline, Request, Response, ServerHandle, Step, Upstream,
 };
 use http::{HeaderValue, Method, StatusCode};
 use serde::Deserialize;
@@ -141,24 +141,41 @@ struct ShieldHandler {
 }
 
 #[async_trait::async_trait]
-impl Handler for ShieldHandler {
-    async fn handle(&self, req: Request) -> Response {
+impl Pipeline for ShieldHandler {
+    type Ctx = ();
+
+    fn new_ctx(&self, _req: &Request) {}
+
+    /// Fleet calls, and only `/mezz/` reads.
+    fn route(&self, req: &Request, _ctx: &mut ()) -> Step {
         if req.uri.path() == "/fleet/purge" {
-            let cache = self.fetcher.tier().cache();
-            return handle_purge(&req, &self.fleet_token, &self.node, cache)
-                .await
-                .0;
+            return Step::Continue;
         }
         if req.method != Method::GET && req.method != Method::HEAD {
-            return Response::error(StatusCode::METHOD_NOT_ALLOWED, "method", "GET or HEAD only");
+            return Step::Answer(Response::error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method",
+                "GET or HEAD only",
+            ));
         }
         let path = req.uri.path();
         if !path.starts_with("/mezz/") || path.contains("..") {
-            return Response::error(
+            return Step::Answer(Response::error(
                 StatusCode::NOT_FOUND,
                 "not_found",
                 "shields serve /mezz/ only",
-            );
+            ));
+        }
+        Step::Continue
+    }
+
+    async fn produce(&self, req: &Request, _ctx: &mut ()) -> Response {
+        let path = req.uri.path();
+        if path == "/fleet/purge" {
+            let cache = self.fetcher.tier().cache();
+            return handle_purge(req, &self.fleet_token, &self.node, cache)
+                .await
+                .0;
         }
         let range = req
             .headers

@@ -1,0 +1,263 @@
+//! The edge's config file (`edge.toml`): serde with a default for every
+//! key, and one `validate` that reports every error at once.
+
+use cascade_packager::{is_safe_id, Profile};
+use cascade_serve::config::{build_token_keys, check_addr, check_url, TokenKeyConfig, Validate};
+use serde::Deserialize;
+
+/// The edge's config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EdgeConfig {
+    /// Address to listen on.
+    pub listen: String,
+    /// The region's shields; each object goes to one of them by rendezvous
+    /// hashing, then to the others if it fails.
+    pub shields: Vec<String>,
+    /// Seconds between active health checks of the shields.
+    pub shield_health_secs: u64,
+    /// Seconds a shield is passed over after a request to it failed.
+    pub shield_eject_secs: u64,
+    /// Origin base URL: the web page and API, and media when every shield fails.
+    pub origin: String,
+    /// Whether media may be fetched from the origin directly when no shield answers.
+    pub origin_fallback: bool,
+    /// RAM cache size in MiB.
+    pub cache_memory_mib: u64,
+    /// Disk cache directory; empty for RAM only.
+    pub cache_dir: String,
+    /// Disk cache size in MiB.
+    pub cache_disk_mib: u64,
+    /// Seconds to wait for an upstream.
+    pub upstream_timeout_secs: u64,
+    /// Seconds playlists and MPDs stay fresh in the cache.
+    pub manifest_ttl_secs: u64,
+    /// Name of the token's query parameter, cookie and header.
+    pub token_name: String,
+    /// The CDN's token keys; `CASCADE_TOKEN_KEYS` overrides them.
+    pub token_keys: Vec<TokenKeyConfig>,
+    /// Seconds of clock skew allowed on a token's `st` and `exp`.
+    pub token_skew_secs: u64,
+    /// Paths served without a token (`*` matches any run of characters).
+    /// Everything else, media included, needs one.
+    pub open_paths: Vec<String>,
+    /// Control's URL, to learn partners' signing keys; empty for none.
+    pub control_url: String,
+    /// The credential for control's fleet API.
+    pub fleet_token: String,
+    /// Seconds between partner-key refreshes.
+    pub partner_refresh_secs: u64,
+    /// This node's name in control's registry (with `control_url`).
+    pub node_name: String,
+    /// This node's region.
+    pub region: String,
+    /// The URL control and operators reach this node at; empty: from `listen`.
+    pub public_url: String,
+    /// Seconds between heartbeats to control.
+    pub heartbeat_secs: u64,
+    /// MaxMind database (GeoLite2/GeoIP2 Country or City); `CASCADE_GEOIP_DB`
+    /// overrides; empty: every country unknown.
+    pub geoip_db: String,
+    /// Seconds between checks of the database file for a new version.
+    pub geoip_reload_secs: u64,
+    /// Viewers of unknown country, where a rule applies: `allowlist` (refused
+    /// where an allow-list applies; the default), `deny` or `allow`.
+    pub geo_unknown: cascade_geo::UnknownPolicy,
+    /// Country rules by path prefix.
+    pub geo_rules: Vec<cascade_geo::PathRule>,
+    /// Proxies (CIDRs) whose `X-Forwarded-For`/`Forwarded` is believed.
+    pub trusted_proxies: Vec<String>,
+    /// Pre-warm fetches run at once; viewers' requests are never held back.
+    pub prewarm_concurrency: usize,
+    /// Fetch the next segment a player names in CMCD `nor`.
+    pub cmcd_prefetch: bool,
+    /// Prefetches in flight per viewer address.
+    pub cmcd_prefetch_per_viewer: usize,
+    /// Address for HTTPS: HTTP/1.1 and HTTP/2 over TLS on TCP, and HTTP/3
+    /// on UDP, on the same port. Empty: no TLS listener.
+    pub tls_listen: String,
+    /// Certificate chain file (PEM), leaf first.
+    pub tls_cert: String,
+    /// Private key file (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub tls_key: String,
+    /// Seconds between checks of the certificate files; a changed pair is
+    /// loaded without a restart.
+    pub tls_reload_secs: u64,
+    /// Serve HTTP/3 beside TLS on TCP, announced with `Alt-Svc`.
+    pub http3: bool,
+    /// Accept QUIC 0-RTT. Replayable: GET and HEAD are answered at once,
+    /// other methods wait for the handshake.
+    pub h3_allow_0rtt: bool,
+    /// Concurrent request streams per HTTP/3 connection.
+    pub h3_max_streams: u32,
+    /// Seconds an HTTP/3 connection may sit idle.
+    pub h3_idle_secs: u64,
+    /// Largest HTTP/3 request header section, in bytes.
+    pub h3_max_header_bytes: u64,
+    /// Most HTTP/3 connections open at once.
+    pub h3_max_connections: usize,
+    /// Device profiles (`?profile=NAME` on a manifest): filters and a
+    /// segment format. These add to, or replace by name, the built-in
+    /// `web`, `mobile`, `tv` and `legacy-ts`.
+    pub profiles: std::collections::BTreeMap<String, Profile>,
+    /// `ma` of the `Alt-Svc` header, in seconds: how long a browser may
+    /// remember that HTTP/3 is here.
+    pub alt_svc_max_age_secs: u64,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        EdgeConfig {
+            listen: "127.0.0.1:8080".into(),
+            shields: vec!["http://127.0.0.1:8081".into()],
+            origin: "http://127.0.0.1:8082".into(),
+            origin_fallback: true,
+            shield_health_secs: 2,
+            shield_eject_secs: 10,
+            cache_memory_mib: 512,
+            cache_dir: "data/cache/edge".into(),
+            cache_disk_mib: 4096,
+            upstream_timeout_secs: 30,
+            manifest_ttl_secs: 300,
+            token_name: "__token__".into(),
+            token_keys: Vec::new(),
+            token_skew_secs: 30,
+            open_paths: vec![
+                "/".into(),
+                "/static/*".into(),
+                "/api/*".into(),
+                "/favicon.ico".into(),
+            ],
+            control_url: String::new(),
+            fleet_token: String::new(),
+            partner_refresh_secs: 5,
+            node_name: "edge-1".into(),
+            region: "local".into(),
+            public_url: String::new(),
+            heartbeat_secs: 5,
+            geoip_db: String::new(),
+            geoip_reload_secs: 2,
+            geo_unknown: cascade_geo::UnknownPolicy::AllowList,
+            geo_rules: Vec::new(),
+            trusted_proxies: Vec::new(),
+            prewarm_concurrency: 2,
+            cmcd_prefetch: true,
+            cmcd_prefetch_per_viewer: 2,
+            tls_listen: String::new(),
+            tls_cert: String::new(),
+            tls_key: String::new(),
+            tls_reload_secs: 30,
+            http3: true,
+            h3_allow_0rtt: false,
+            h3_max_streams: 100,
+            h3_idle_secs: 30,
+            h3_max_header_bytes: 16 * 1024,
+            h3_max_connections: 10_000,
+            alt_svc_max_age_secs: 86_400,
+            profiles: std::collections::BTreeMap::new(),
+        }
+    }
+}
+
+impl Validate for EdgeConfig {
+    fn validate(&self, errors: &mut Vec<String>) {
+        check_addr("listen", &self.listen, errors);
+        check_url("origin", &self.origin, errors);
+        for (i, s) in self.shields.iter().enumerate() {
+            check_url(&format!("shields[{i}]"), s, errors);
+        }
+        if self.shields.is_empty() && !self.origin_fallback {
+            errors.push("shields: empty, and origin_fallback is off: media has no upstream".into());
+        }
+        if self.cache_memory_mib == 0 {
+            errors.push("cache_memory_mib: must be at least 1".into());
+        }
+        if self.upstream_timeout_secs == 0 {
+            errors.push("upstream_timeout_secs: must be at least 1".into());
+        }
+        if self.shield_health_secs == 0 {
+            errors.push("shield_health_secs: must be at least 1".into());
+        }
+        if self.prewarm_concurrency == 0 || self.prewarm_concurrency > 64 {
+            errors.push("prewarm_concurrency: 1 to 64".into());
+        }
+        if self.cmcd_prefetch_per_viewer > 16 {
+            errors.push("cmcd_prefetch_per_viewer: at most 16".into());
+        }
+        if self.token_name.is_empty()
+            || !self
+                .token_name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            errors.push("token_name: use letters, digits, _ and -".into());
+        }
+        if let Err(e) = build_token_keys("token_keys", &self.token_keys, None) {
+            errors.extend(e);
+        }
+        if !self.control_url.is_empty() {
+            check_url("control_url", &self.control_url, errors);
+            if self.fleet_token.is_empty() {
+                errors.push("fleet_token: needed with control_url".into());
+            }
+        }
+        cascade_geo::check_config(&self.trusted_proxies, &self.geo_rules, errors);
+        if self.geoip_reload_secs == 0 {
+            errors.push("geoip_reload_secs: must be at least 1".into());
+        }
+        if self.partner_refresh_secs == 0 {
+            errors.push("partner_refresh_secs: must be at least 1".into());
+        }
+        if !self.tls_listen.is_empty() {
+            check_addr("tls_listen", &self.tls_listen, errors);
+            if self.tls_cert.is_empty() {
+                errors.push("tls_cert: needed with tls_listen".into());
+            }
+            if self.tls_key.is_empty() {
+                errors.push("tls_key: needed with tls_listen".into());
+            }
+        }
+        if self.tls_reload_secs == 0 {
+            errors.push("tls_reload_secs: must be at least 1".into());
+        }
+        if !(1..=10_000).contains(&self.h3_max_streams) {
+            errors.push("h3_max_streams: 1 to 10000".into());
+        }
+        if !(1..=600).contains(&self.h3_idle_secs) {
+            errors.push("h3_idle_secs: 1 to 600".into());
+        }
+        if !(1024..=1 << 20).contains(&self.h3_max_header_bytes) {
+            errors.push("h3_max_header_bytes: 1024 to 1048576".into());
+        }
+        if self.h3_max_connections == 0 {
+            errors.push("h3_max_connections: must be at least 1".into());
+        }
+        for (name, p) in &self.profiles {
+            if !is_safe_id(name) {
+                errors.push(format!("profiles.{name}: use letters, digits, _ and -"));
+            }
+            for c in p.codecs.iter().flatten() {
+                if !cascade_packager::CODEC_FAMILIES.contains(&c.as_str()) {
+                    errors.push(format!(
+                        "profiles.{name}.codecs: unknown codec {c:?} (avc, hevc, av1)"
+                    ));
+                }
+            }
+            for l in p.audio.iter().chain(&p.subtitles).flatten() {
+                if !cascade_packager::is_safe_lang(l) {
+                    errors.push(format!("profiles.{name}: {l:?} is not a language tag"));
+                }
+            }
+        }
+        for (i, p) in self.open_paths.iter().enumerate() {
+            if !p.starts_with('/') {
+                errors.push(format!("open_paths[{i}]: {p:?} must start with /"));
+            }
+            if p.starts_with("/vod/") || p == "/vod*" || p == "/*" || p == "*" {
+                errors.push(format!(
+                    "open_paths[{i}]: {p:?} would open media to everyone"
+                ));
+            }
+        }
+    }
+}

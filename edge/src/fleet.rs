@@ -1,0 +1,107 @@
+//! Control's calls to the edge, under `/fleet/` with the fleet credential
+//! (not a viewer token): purge and pre-warm.
+
+use cascade_packager::View;
+use cascade_serve::fleet::{fleet_authorized, fleet_unauthorized, handle_purge};
+use cascade_serve::{Request, Response};
+use cascade_token::normalize_path;
+use http::{Method, StatusCode};
+
+use crate::media::media_output;
+use crate::pipeline::EdgePipeline;
+
+/// Most paths in one pre-warm request.
+const MAX_WARM_PATHS: usize = 64;
+
+/// A call from control.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FleetCall {
+    /// `POST /fleet/purge`.
+    Purge,
+    /// `POST /fleet/warm`.
+    Warm,
+}
+
+impl FleetCall {
+    /// The call a path names.
+    pub(crate) fn from_path(path: &str) -> Option<FleetCall> {
+        match path {
+            "/fleet/purge" => Some(FleetCall::Purge),
+            "/fleet/warm" => Some(FleetCall::Warm),
+            _ => None,
+        }
+    }
+}
+
+impl EdgePipeline {
+    /// `POST /fleet/purge` (fleet credential): purges the cache, and the
+    /// parsed manifests and title rules kept beside it.
+    pub(crate) async fn purge(&self, req: &Request) -> Response {
+        let (resp, rules) =
+            handle_purge(req, &self.fleet_token, &self.node, self.media.tier.cache()).await;
+        if !rules.is_empty() {
+            // Cheap to fetch again, and a purge may mean a title changed.
+            self.media.manifests.invalidate_all();
+            self.geofence.forget_titles();
+        }
+        resp
+    }
+
+    /// `POST /fleet/warm` (fleet credential): fetches media paths into the
+    /// cache through the usual pipeline (so the shields warm too), a few at
+    /// a time, and says how each went.
+    pub(crate) async fn warm(&self, req: &Request) -> Response {
+        if !fleet_authorized(req, &self.fleet_token) {
+            return fleet_unauthorized();
+        }
+        if req.method != Method::POST {
+            return Response::error(StatusCode::METHOD_NOT_ALLOWED, "method", "POST only");
+        }
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Warm {
+            urls: Vec<String>,
+        }
+        let warm: Warm = match serde_json::from_slice(&req.body) {
+            Ok(w) => w,
+            Err(e) => return Response::error(StatusCode::BAD_REQUEST, "bad_warm", &e.to_string()),
+        };
+        if warm.urls.len() > MAX_WARM_PATHS {
+            return Response::error(
+                StatusCode::BAD_REQUEST,
+                "bad_warm",
+                &format!("at most {MAX_WARM_PATHS} paths at once"),
+            );
+        }
+        use futures::StreamExt;
+        let results: Vec<serde_json::Value> = futures::stream::iter(warm.urls)
+            .map(|u| async move {
+                let path = normalize_path(cascade_serve::fleet::url_path(&u));
+                let output = path.as_deref().and_then(media_output);
+                let (Some(path), Some(output)) = (path, output) else {
+                    return serde_json::json!({"url": u, "status": 404, "bytes": 0, "cache": "none"});
+                };
+                // A manifest may be warmed as a profile or filter shows it.
+                let query = u.split_once('?').map_or("", |(_, q)| q);
+                let Ok(view) = View::from_query(query, &self.profiles) else {
+                    return serde_json::json!({"url": u, "status": 400, "bytes": 0, "cache": "none"});
+                };
+                // Viewers never wait on this: pre-warm has its own few permits.
+                let Ok(_permit) = self.prewarm.acquire().await else {
+                    return serde_json::json!({"url": u, "status": 503, "bytes": 0, "cache": "none"});
+                };
+                let r = self.media.get(&path, &output, &view, &req.request_id).await;
+                let cache = r
+                    .headers
+                    .get("cache-status")
+                    .and_then(|v| v.to_str().ok())
+                    .map_or("none", cascade_serve::cache_outcome);
+                serde_json::json!({"url": u, "status": r.status.as_u16(), "bytes": r.body.len(), "cache": cache})
+            })
+            .buffered(self.prewarm_concurrency)
+            .collect()
+            .await;
+        let body = serde_json::json!({ "node": self.node, "results": results });
+        Response::new(StatusCode::OK, "application/json", format!("{body}\n"))
+    }
+}

@@ -1,0 +1,189 @@
+//! The admit phase's geo-fence: the viewer's country (from the peer, or
+//! what a trusted proxy says) against the path rules and the title's own
+//! rules, answered with 451 and the country and rule that refused.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cascade_serve::{Request, Response};
+use http::StatusCode;
+use prometheus::IntCounterVec;
+
+use crate::media::Media;
+
+/// Titles' country rules kept in RAM.
+const TITLE_RULES: u64 = 10_000;
+/// How long a title's rules are kept before they are fetched again.
+const TITLE_RULE_TTL: Duration = Duration::from_secs(30);
+
+/// Country lookups and rules.
+pub(crate) struct Geofence {
+    pub(crate) geo: Arc<cascade_geo::Geo>,
+    pub(crate) rules: Vec<cascade_geo::PathRule>,
+    pub(crate) unknown: cascade_geo::UnknownPolicy,
+    pub(crate) trusted: Vec<ipnet::IpNet>,
+    /// Titles' country rules, fetched with their metadata.
+    title_meta: moka::future::Cache<String, Arc<cascade_geo::CountryRule>>,
+    pub(crate) lookups: IntCounterVec,
+    pub(crate) blocked: IntCounterVec,
+}
+
+impl Geofence {
+    pub(crate) fn new(
+        geo: Arc<cascade_geo::Geo>,
+        rules: Vec<cascade_geo::PathRule>,
+        unknown: cascade_geo::UnknownPolicy,
+        trusted: Vec<ipnet::IpNet>,
+        lookups: IntCounterVec,
+        blocked: IntCounterVec,
+    ) -> Geofence {
+        Geofence {
+            geo,
+            rules,
+            unknown,
+            trusted,
+            title_meta: moka::future::Cache::builder()
+                .max_capacity(TITLE_RULES)
+                .time_to_live(TITLE_RULE_TTL)
+                .build(),
+            lookups,
+            blocked,
+        }
+    }
+
+    /// The viewer's address: the peer, or what a trusted proxy says.
+    pub(crate) fn client_ip(&self, req: &Request) -> Option<IpAddr> {
+        let peer = req.client?.ip();
+        let get = |name: &str| -> Vec<&str> {
+            req.headers
+                .get_all(name)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect()
+        };
+        Some(cascade_geo::client_ip(
+            peer,
+            &get("x-forwarded-for"),
+            &get("forwarded"),
+            &self.trusted,
+        ))
+    }
+
+    /// The viewer's country, counted as found or unknown.
+    pub(crate) fn country(&self, req: &Request) -> Option<String> {
+        let country = self
+            .client_ip(req)
+            .and_then(|ip| self.geo.lookup(ip).country);
+        self.lookups
+            .with_label_values(&[if country.is_some() {
+                "found"
+            } else {
+                "unknown"
+            }])
+            .inc();
+        country
+    }
+
+    /// 451 when a viewer from `country` may not watch `path` of `asset`.
+    pub(crate) async fn check(
+        &self,
+        country: Option<&str>,
+        path: &str,
+        asset: &str,
+        media: &Media,
+        request_id: &str,
+    ) -> Option<Response> {
+        let title = self.title_rule(asset, media, request_id).await;
+        let verdict =
+            cascade_geo::decide(country, path, &self.rules, title.as_deref(), self.unknown);
+        match verdict {
+            cascade_geo::Verdict::Allow => None,
+            cascade_geo::Verdict::Block { country, rule } => {
+                self.blocked.with_label_values(&[&country, &rule]).inc();
+                let body = serde_json::json!({ "error": "geo_blocked", "message": "this title is not available in your country", "country": country, "rule": rule });
+                Some(Response::new(
+                    StatusCode::UNAVAILABLE_FOR_LEGAL_REASONS,
+                    "application/json",
+                    format!("{body}\n"),
+                ))
+            }
+        }
+    }
+
+    /// Forgets the titles' rules (after a purge: a title may have changed).
+    pub(crate) fn forget_titles(&self) {
+        self.title_meta.invalidate_all();
+    }
+
+    /// A title's country rules, from its metadata (through the shields,
+    /// kept in RAM briefly). A title whose metadata cannot be had is judged
+    /// by the path rules alone; its media will not be found either.
+    async fn title_rule(
+        &self,
+        asset: &str,
+        media: &Media,
+        request_id: &str,
+    ) -> Option<Arc<cascade_geo::CountryRule>> {
+        // Concurrent misses for one title share one fetch (moka coalesces).
+        let fetch = async {
+            let r = media
+                .fetch_media(&format!("/mezz/{asset}/meta.json"), None, request_id)
+                .await
+                .map_err(|_| ())?;
+            if r.status != StatusCode::OK {
+                return Err(());
+            }
+            #[derive(serde::Deserialize)]
+            struct Meta {
+                geo: cascade_geo::CountryRule,
+            }
+            let meta: Meta = serde_json::from_slice(&r.body).map_err(|_| ())?;
+            Ok::<_, ()>(Arc::new(meta.geo))
+        };
+        self.title_meta
+            .try_get_with(asset.to_string(), fetch)
+            .await
+            .ok()
+    }
+}
+
+/// Reloads the geo database when its file changes (replaced by rename, so
+/// its inode, size or time changes) or on SIGHUP. A bad file is refused and
+/// logged; the database in use stays.
+pub(crate) async fn watch_geo(geo: Arc<cascade_geo::Geo>, every: Duration, reloads: IntCounterVec) {
+    use std::os::unix::fs::MetadataExt;
+    let Some(path) = geo.path().map(|p| p.to_path_buf()) else {
+        return;
+    };
+    let stamp = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .ok()
+            .map(|m| (m.ino(), m.len(), m.mtime(), m.mtime_nsec()))
+    };
+    let mut last = stamp(&path);
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        let by_signal = tokio::select! {
+            _ = tokio::time::sleep(every) => false,
+            Some(_) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+        };
+        let now = stamp(&path);
+        if now == last && !by_signal {
+            continue;
+        }
+        last = now;
+        let g = geo.clone();
+        match tokio::task::spawn_blocking(move || g.reload()).await {
+            Ok(Ok(())) => {
+                reloads.with_label_values(&["ok"]).inc();
+                tracing::info!(path = %path.display(), "geo database reloaded");
+            }
+            Ok(Err(e)) => {
+                reloads.with_label_values(&["refused"]).inc();
+                tracing::error!(error = %e, "new geo database refused; keeping the one in use");
+            }
+            Err(e) => tracing::error!(error = %e, "geo reload crashed"),
+        }
+    }
+}

@@ -1,0 +1,324 @@
+//! The edge's request pipeline: each phase of [`Pipeline`] for the edge,
+//! and the per-request context they fill in. The phase chart is in
+//! `docs/architecture.md`.
+//!
+//! | phase           | `/vod/…` media                          | `/api/…` | `/fleet/…` | anything else |
+//! |-----------------|-----------------------------------------|----------|------------|---------------|
+//! | route           | normalised path, output named, preflight| yes      | yes        | yes           |
+//! | authorize       | token (query, cookie, header)           | open     | in produce | open paths    |
+//! | admit           | geo fence (451)                         |          |            |               |
+//! | cache key       | path + canonical view (never the token) |          |            |               |
+//! | lookup          | fresh hit in RAM or disk                |          |            |               |
+//! | produce         | shields → manifest, ranges → package    | origin   | purge/warm | cached page   |
+//! | response filter | token in child URLs, range, CORS        |          |            |               |
+
+use std::collections::BTreeMap;
+
+use cascade_packager::{is_safe_id, Output, Profile, View};
+use cascade_serve::{
+    add_cors, apply_range, cors_preflight, CachingFetcher, Delivered, Pipeline, Request, Response,
+    Step, Upstream,
+};
+use cascade_token::normalize_path;
+use http::{Method, StatusCode};
+
+use crate::auth::{refusal, Auth, Authorized, TokenSource};
+use crate::cmcd::Prefetcher;
+use crate::fleet::FleetCall;
+use crate::geofence::Geofence;
+use crate::media::{media_output, not_found, tokenize, Media};
+
+/// The edge's phases and what they need.
+pub(crate) struct EdgePipeline {
+    pub(crate) auth: Auth,
+    pub(crate) geofence: Geofence,
+    pub(crate) media: Media,
+    pub(crate) origin: Upstream,
+    pub(crate) page: CachingFetcher,
+    pub(crate) fleet_token: String,
+    pub(crate) node: String,
+    pub(crate) prewarm: tokio::sync::Semaphore,
+    pub(crate) prewarm_concurrency: usize,
+    pub(crate) prefetch: Option<Prefetcher>,
+    pub(crate) route_seconds: prometheus::HistogramVec,
+    /// Built-in device profiles with the configured ones over them.
+    pub(crate) profiles: BTreeMap<String, Profile>,
+}
+
+/// What a request is, as the route phase decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// Not routed yet.
+    Unrouted,
+    /// Control's call, with the fleet credential.
+    Fleet(FleetCall),
+    /// `/vod/{asset}/…`: protected media. `output` is `None` for a path
+    /// that names no packager output (404 once authorised).
+    Media {
+        asset: String,
+        output: Option<Output>,
+    },
+    /// `/api/…`: to the origin, uncached.
+    Api,
+    /// Anything else: the origin's web page and files, cached.
+    Page,
+}
+
+/// What the edge's phases learn about one request.
+#[derive(Debug)]
+pub(crate) struct EdgeCtx {
+    /// What it is.
+    pub(crate) route: Route,
+    /// The decoded, checked path: what is authorised is what is served.
+    pub(crate) path: String,
+    /// The token that let it through, if one was needed.
+    pub(crate) token: Option<Authorized>,
+    /// The viewer's country, when admission looked it up.
+    pub(crate) country: Option<String>,
+    /// The view of a manifest (filters, profile, clip, format).
+    pub(crate) view: View,
+    /// The cache key of media.
+    pub(crate) cache_key: Option<String>,
+}
+
+impl EdgeCtx {
+    /// The query to write into child URLs: the token's, when it came in
+    /// the query (players resend cookies and headers by themselves).
+    fn child_query(&self) -> Option<&str> {
+        self.token.as_ref().and_then(|t| t.child_query.as_deref())
+    }
+}
+
+#[async_trait::async_trait]
+impl Pipeline for EdgePipeline {
+    type Ctx = EdgeCtx;
+
+    fn new_ctx(&self, _req: &Request) -> EdgeCtx {
+        EdgeCtx {
+            route: Route::Unrouted,
+            path: String::new(),
+            token: None,
+            country: None,
+            view: View::default(),
+            cache_key: None,
+        }
+    }
+
+    fn route(&self, req: &Request, ctx: &mut EdgeCtx) -> Step {
+        if let Some(call) = FleetCall::from_path(req.uri.path()) {
+            ctx.route = Route::Fleet(call);
+            return Step::Continue;
+        }
+        let Some(path) = normalize_path(req.uri.path()) else {
+            return Step::Answer(Response::error(
+                StatusCode::BAD_REQUEST,
+                "bad_path",
+                "the path is not acceptable",
+            ));
+        };
+        ctx.route = if let Some(rest) = path.strip_prefix("/vod/") {
+            let asset = rest.split('/').next().unwrap_or("").to_string();
+            if req.method == Method::OPTIONS {
+                ctx.path = path;
+                return Step::Answer(cors_preflight());
+            }
+            Route::Media {
+                output: media_output(&path),
+                asset,
+            }
+        } else if path.starts_with("/api/") {
+            Route::Api
+        } else {
+            Route::Page
+        };
+        ctx.path = path;
+        Step::Continue
+    }
+
+    async fn authorize(&self, req: &Request, ctx: &mut EdgeCtx) -> Step {
+        // Control's calls carry the fleet credential, checked by the call.
+        if matches!(ctx.route, Route::Fleet(_)) || self.auth.is_open(&ctx.path) {
+            return Step::Continue;
+        }
+        match self.auth.check(req, &ctx.path) {
+            Ok(grant) => {
+                ctx.token = Some(grant);
+                Step::Continue
+            }
+            Err(why) => Step::Answer(refusal(why)),
+        }
+    }
+
+    async fn admit(&self, req: &Request, ctx: &mut EdgeCtx) -> Step {
+        let Route::Media { asset, .. } = &ctx.route else {
+            return Step::Continue;
+        };
+        if !is_safe_id(asset) {
+            return Step::Continue;
+        }
+        ctx.country = self.geofence.country(req);
+        let blocked = self
+            .geofence
+            .check(
+                ctx.country.as_deref(),
+                &ctx.path,
+                asset,
+                &self.media,
+                &req.request_id,
+            )
+            .await;
+        match blocked {
+            Some(r) => Step::Answer(r),
+            None => Step::Continue,
+        }
+    }
+
+    fn cache_key(&self, req: &Request, ctx: &mut EdgeCtx) -> Step {
+        let Route::Media { output, .. } = &ctx.route else {
+            return Step::Continue;
+        };
+        if req.method != Method::GET && req.method != Method::HEAD {
+            return Step::Answer(Response::error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method",
+                "GET or HEAD only",
+            ));
+        }
+        let Some(output) = output else {
+            return Step::Answer(not_found());
+        };
+        // Filters, profile, clip and format; only manifests read them.
+        if output.is_manifest() {
+            match View::from_query(req.uri.query().unwrap_or(""), &self.profiles) {
+                Ok(v) => ctx.view = v,
+                Err(e) => {
+                    return Step::Answer(Response::error(
+                        StatusCode::BAD_REQUEST,
+                        "bad_filter",
+                        &e.0,
+                    ))
+                }
+            }
+        }
+        ctx.cache_key = Some(Media::key(&ctx.path, output, &ctx.view));
+        Step::Continue
+    }
+
+    async fn lookup(&self, req: &Request, ctx: &mut EdgeCtx) -> Option<Response> {
+        let key = ctx.cache_key.as_deref()?;
+        if let Some(p) = &self.prefetch {
+            p.consider(req, &ctx.path);
+        }
+        self.media.tier.fresh_hit(key).await
+    }
+
+    async fn produce(&self, req: &Request, ctx: &mut EdgeCtx) -> Response {
+        match &ctx.route {
+            Route::Fleet(FleetCall::Purge) => self.purge(req).await,
+            Route::Fleet(FleetCall::Warm) => self.warm(req).await,
+            Route::Media {
+                output: Some(output),
+                ..
+            } => match &ctx.cache_key {
+                Some(key) => {
+                    self.media
+                        .fill(key, &ctx.path, output, &ctx.view, &req.request_id)
+                        .await
+                }
+                None => not_found(),
+            },
+            Route::Media { output: None, .. } | Route::Unrouted => not_found(),
+            Route::Api => self.api(req).await,
+            Route::Page => self.page(req).await,
+        }
+    }
+
+    fn response_filter(&self, req: &Request, ctx: &mut EdgeCtx, resp: Response) -> Response {
+        let Route::Media { output, .. } = &ctx.route else {
+            return resp;
+        };
+        let mut resp = match output {
+            Some(output) if resp.status == StatusCode::OK => {
+                let range = req
+                    .headers
+                    .get(http::header::RANGE)
+                    .and_then(|v| v.to_str().ok());
+                apply_range(tokenize(resp, output, ctx.child_query()), range)
+            }
+            _ => resp,
+        };
+        if matches!(
+            ctx.token.as_ref().map(|t| t.source),
+            Some(TokenSource::Cookie | TokenSource::Header)
+        ) {
+            // The URL alone does not carry the right to this answer: a
+            // shared cache downstream must not keep it for others.
+            privatize(&mut resp.headers);
+        }
+        add_cors(&mut resp.headers);
+        resp
+    }
+
+    fn log(&self, _req: &Request, ctx: &EdgeCtx, delivered: &Delivered) {
+        let route = match &ctx.route {
+            _ if delivered.status == StatusCode::FORBIDDEN
+                || delivered.status == StatusCode::UNAVAILABLE_FOR_LEGAL_REASONS =>
+            {
+                "refused"
+            }
+            Route::Media {
+                output: Some(o), ..
+            } if o.is_manifest() => "manifest",
+            Route::Media { .. } => "segment",
+            Route::Api => "api",
+            Route::Page => "page",
+            Route::Fleet(_) => "fleet",
+            Route::Unrouted => "other",
+        };
+        self.route_seconds
+            .with_label_values(&[route])
+            .observe(delivered.elapsed.as_secs_f64());
+    }
+}
+
+/// Makes a shareable answer private: `public` becomes `private`, and an
+/// answer with no `Cache-Control` gets `private`.
+fn privatize(headers: &mut http::HeaderMap) {
+    let cc = headers
+        .get(http::header::CACHE_CONTROL)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mut directives: Vec<&str> = cc
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty() && !d.eq_ignore_ascii_case("public"))
+        .filter(|d| !d.to_ascii_lowercase().starts_with("s-maxage"))
+        .collect();
+    if !directives.iter().any(|d| d.eq_ignore_ascii_case("private")) {
+        directives.insert(0, "private");
+    }
+    if let Ok(v) = http::HeaderValue::from_str(&directives.join(", ")) {
+        headers.insert(http::header::CACHE_CONTROL, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn privatize_keeps_lifetimes_but_not_sharing() {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            http::header::CACHE_CONTROL,
+            http::HeaderValue::from_static("public, max-age=31536000, immutable, s-maxage=60"),
+        );
+        privatize(&mut h);
+        assert_eq!(h["cache-control"], "private, max-age=31536000, immutable");
+        let mut h = http::HeaderMap::new();
+        privatize(&mut h);
+        assert_eq!(h["cache-control"], "private");
+        privatize(&mut h);
+        assert_eq!(h["cache-control"], "private");
+    }
+}
