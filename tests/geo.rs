@@ -260,3 +260,63 @@ async fn hot_swap_under_load_and_a_corrupt_file_is_refused() {
     );
     stack.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn by_default_unknown_viewers_are_refused_a_licensed_title_and_carried_tokens_stay_private() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stack, asset) =
+        common::licensed_stack(dir.path(), UnknownPolicy::default(), vec![], |_| {}).await;
+    let token = common::sign_for(&asset);
+    let master = format!("{}/vod/{asset}/master.m3u8", stack.edge_url);
+    // 127.0.0.9 is in no country of the test database: the title has an
+    // allow-list, so the default refuses (it used to let them through).
+    let (status, body) =
+        status_and_body(from("127.0.0.9").get(format!("{master}?__token__={token}"))).await;
+    assert_eq!(status, 451, "{body}");
+    assert_eq!(body["country"], "unknown");
+    let india = from("127.0.0.2");
+    let r = india
+        .get(format!("{master}?__token__={token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let playlist = r.text().await.unwrap();
+    let segment = playlist
+        .lines()
+        .find(|l| l.starts_with("v0.m3u8"))
+        .map(|_| format!("{}/vod/{asset}/v0/init.mp4", stack.edge_url))
+        .expect("a variant");
+    // With the token in the URL, a segment may be shared by caches
+    // downstream (another URL, another token); with it in a cookie or a
+    // header the URL alone does not carry the right, so it is private.
+    let cc = |r: &reqwest::Response| {
+        r.headers()
+            .get("cache-control")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    let r = india
+        .get(format!("{segment}?__token__={token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(cc(&r).starts_with("public"), "{}", cc(&r));
+    for (name, value) in [
+        ("cookie", format!("__token__={token}")),
+        ("__token__", token.clone()),
+    ] {
+        for url in [&segment, &master] {
+            let r = india.get(url).header(name, &value).send().await.unwrap();
+            assert_eq!(r.status(), 200, "{name} {url}");
+            let cc = cc(&r);
+            assert!(
+                cc.starts_with("private") && !cc.contains("public"),
+                "{name} {url}: {cc}"
+            );
+        }
+    }
+    stack.shutdown().await;
+}

@@ -597,6 +597,9 @@ async fn zero_rtt_is_refused_unless_switched_on_and_large_headers_are_refused() 
 /// forbid) and body of one answer.
 type Answer = (u16, Vec<(String, String)>, String);
 
+/// A request: method, path, headers.
+type Case<'a> = (&'a str, String, Vec<(&'a str, &'a str)>);
+
 fn comparable(status: u16, headers: &http::HeaderMap, body: Vec<u8>) -> Answer {
     let mut h: Vec<(String, String)> = headers
         .iter()
@@ -629,7 +632,7 @@ async fn one_writer_answers_alike_over_http1_http2_and_http3() {
         .build()
         .unwrap();
     let master = format!("/vod/{asset}/master.m3u8?__token__={token}");
-    let cases: Vec<(&str, String, Vec<(&str, &str)>)> = vec![
+    let cases: Vec<Case> = vec![
         ("GET", master.clone(), vec![]),
         ("HEAD", master.clone(), vec![]),
         (

@@ -38,7 +38,7 @@ pub use coalesce::{Flights, Hold, Role};
 pub use heartbeat::{spawn_heartbeat, spawn_node_heartbeat, Heartbeat, NodeIdentity};
 pub use listener::{cache_outcome, is_routine, serve, ListenerConfig, ServerHandle};
 pub use metrics::{init_logging, Metrics};
-pub use pipeline::{run, Delivered, Exchange, Handler, Pipeline, Step};
+pub use pipeline::{run, Delivered, Exchange, Handler, PhaseLog, Pipeline, Step};
 pub use proxy::{
     cache_key, cached_response, mark_collapsed, to_object, unix_now, unix_now_ms, CachingFetcher,
 };

@@ -29,7 +29,7 @@ use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::metrics::Metrics;
-use crate::pipeline::{Delivered, Exchange};
+use crate::pipeline::{Delivered, Exchange, PhaseLog};
 use crate::tls::CertStore;
 use crate::writer::{write_response, Abort, Sink};
 use crate::{valid_request_id, Handler, Request, Response, REQUEST_ID};
@@ -147,9 +147,6 @@ pub(crate) struct Front {
     role: &'static str,
     alt_svc: Option<HeaderValue>,
 }
-
-/// The role's `log` phase for one request.
-pub(crate) type PhaseLog = Box<dyn FnOnce(&Delivered) + Send>;
 
 /// One answered request, for metrics and the access log.
 pub(crate) struct Served<'a> {

@@ -118,12 +118,15 @@ async fn phases<P: Pipeline + ?Sized>(p: &P, req: &Request, ctx: &mut P::Ctx) ->
     p.cache_key(req, ctx)
 }
 
+/// The role's `log` phase for one request, with its context inside.
+pub type PhaseLog = Box<dyn FnOnce(&Delivered) + Send>;
+
 /// A response and the `log` phase to run once it is written.
 pub struct Exchange {
     /// The answer.
     pub response: Response,
     /// Called by the listener with what it sent.
-    pub log: Option<Box<dyn FnOnce(&Delivered) + Send>>,
+    pub log: Option<PhaseLog>,
 }
 
 impl std::fmt::Debug for Exchange {
