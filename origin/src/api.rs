@@ -116,27 +116,15 @@ async fn observe(AxState(state): AxState<Arc<State>>, mut req: Request, next: Ne
         .http_requests
         .with_label_values(&[&status.to_string()])
         .inc();
-    if cascade_serve::is_routine(&path) {
-        tracing::debug!(
-            target: "access",
-            role = "cascade-origin",
-            request_id = %id,
-            method = %method,
-            path,
-            status,
-            ms = elapsed.as_secs_f64() * 1000.0,
-        );
-    } else {
-        tracing::info!(
-            target: "access",
-            role = "cascade-origin",
-            request_id = %id,
-            method = %method,
-            path,
-            status,
-            ms = elapsed.as_secs_f64() * 1000.0,
-        );
-    }
+    cascade_serve::access_log!(
+        &path,
+        role = "cascade-origin",
+        request_id = %id,
+        method = %method,
+        path,
+        status,
+        ms = elapsed.as_secs_f64() * 1000.0,
+    );
     resp
 }
 

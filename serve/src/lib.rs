@@ -47,6 +47,21 @@ pub use ranges::{apply_range, parse_range, ByteSpan};
 pub use tier::CacheTier;
 pub use upstream::{StreamingResponse, Upstream, UpstreamError, UpstreamResponse};
 
+/// Writes an access-log line (target `access`) with the given fields: at
+/// info, or at debug for machine polling (health checks, scrapes, fleet
+/// heartbeats), whose lines every few seconds would drown the console.
+/// The first argument is the request's path.
+#[macro_export]
+macro_rules! access_log {
+    ($path:expr, $($field:tt)*) => {
+        if $crate::is_routine($path) {
+            ::tracing::debug!(target: "access", $($field)*)
+        } else {
+            ::tracing::info!(target: "access", $($field)*)
+        }
+    };
+}
+
 /// The header that carries a request id across tiers.
 pub const REQUEST_ID: &str = "x-request-id";
 
@@ -262,6 +277,21 @@ mod tests {
         assert!(!bearer_matches(Some("s3cret"), "s3cret"));
         assert!(!bearer_matches(None, "s3cret"));
         assert!(!bearer_matches(Some("Bearer "), ""));
+    }
+
+    #[test]
+    fn polling_is_routine_and_viewers_are_not() {
+        for p in ["/healthz", "/metrics", "/api/v1/fleet/heartbeat"] {
+            assert!(is_routine(p), "{p}");
+        }
+        for p in [
+            "/vod/a/master.m3u8",
+            "/api/v1/playback/a",
+            "/healthz/x",
+            "/",
+        ] {
+            assert!(!is_routine(p), "{p}");
+        }
     }
 
     #[test]

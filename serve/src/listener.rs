@@ -235,35 +235,19 @@ impl Front {
         // The path only: query strings carry tokens, which never reach logs.
         // Health checks, scrapes and heartbeats arrive every few seconds:
         // logged at debug, so the console shows what people do.
-        if is_routine(s.path) {
-            tracing::debug!(
-                target: "access",
-                role = self.role,
-                request_id = %s.request_id,
-                method = %s.method,
-                path = s.path,
-                status = s.status.as_u16(),
-                bytes = s.bytes,
-                ms = elapsed.as_secs_f64() * 1000.0,
-                cache = s.cache,
-                protocol = s.protocol,
-                client = ?s.client,
-            );
-        } else {
-            tracing::info!(
-                target: "access",
-                role = self.role,
-                request_id = %s.request_id,
-                method = %s.method,
-                path = s.path,
-                status = s.status.as_u16(),
-                bytes = s.bytes,
-                ms = elapsed.as_secs_f64() * 1000.0,
-                cache = s.cache,
-                protocol = s.protocol,
-                client = ?s.client,
-            );
-        }
+        crate::access_log!(
+            s.path,
+            role = self.role,
+            request_id = %s.request_id,
+            method = %s.method,
+            path = s.path,
+            status = s.status.as_u16(),
+            bytes = s.bytes,
+            ms = elapsed.as_secs_f64() * 1000.0,
+            cache = s.cache,
+            protocol = s.protocol,
+            client = ?s.client,
+        );
     }
 }
 

@@ -220,12 +220,18 @@ impl ShieldHandler {
         let Some(total) = total else {
             return bad_slice("the origin's Content-Range is missing or malformed");
         };
-        let span = match parse_range(range, total) {
-            Ok(Some(span)) => span,
-            Ok(None) if total > 0 => ByteSpan {
-                first: 0,
-                last: total - 1,
-            },
+        // Only a satisfiable single range is answered 206; no range, one we
+        // ignore (several ranges, last before first, another unit) is the
+        // whole file with 200, as RFC 9110 §14.2 allows.
+        let (span, partial) = match parse_range(range, total) {
+            Ok(Some(span)) => (span, true),
+            Ok(None) if total > 0 => (
+                ByteSpan {
+                    first: 0,
+                    last: total - 1,
+                },
+                false,
+            ),
             Ok(None) => return bad_slice("the file is empty"),
             Err(()) => {
                 let mut r = Response::error(
@@ -287,7 +293,7 @@ impl ShieldHandler {
             .find(|r| !is_hit(r))
             .unwrap_or(&lead);
         let mut resp = Response {
-            status: if range.is_some() {
+            status: if partial {
                 StatusCode::PARTIAL_CONTENT
             } else {
                 StatusCode::OK
@@ -297,7 +303,7 @@ impl ShieldHandler {
             stream: Some(body),
         };
         resp.headers.remove(http::header::CONTENT_RANGE);
-        if range.is_some() {
+        if partial {
             if let Ok(v) =
                 HeaderValue::from_str(&format!("bytes {}-{}/{total}", span.first, span.last))
             {
