@@ -487,6 +487,9 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         control_url: url(args.control_port),
         fleet_token: fleet_token.clone(),
         geoip_db: geoip_db.clone(),
+        // The certificate is a local one: a browser must not be told to
+        // insist on HTTPS for localhost everywhere.
+        hsts_max_age_secs: 0,
         ..EdgeConfig::default()
     })
     .await

@@ -716,5 +716,18 @@ async fn one_writer_answers_alike_over_http1_http2_and_http3() {
         v
     };
     assert_eq!(statuses, [200, 200, 206, 204, 403, 200, 400]);
+    // Over TLS every answer tells browsers to keep to HTTPS; the page
+    // keeps the origin's security headers through the edge's cache.
+    let (status, headers, _) = h3.get("/").await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["strict-transport-security"], "max-age=31536000");
+    let csp = headers["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("frame-ancestors 'none'") && csp.contains("'sha256-"),
+        "{csp}"
+    );
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    let plain = reqwest::get(format!("{}/", stack.edge_url)).await.unwrap();
+    assert!(plain.headers().get("strict-transport-security").is_none());
     stack.shutdown().await;
 }

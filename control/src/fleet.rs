@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use cascade_serve::Heartbeat;
+use cascade_common::Heartbeat;
 
 use crate::Node;
 

@@ -26,8 +26,8 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use cascade_serve::config::{check_addr, check_url, Validate};
-use cascade_serve::Metrics;
+use cascade_common::config::{check_addr, check_url, Validate};
+use cascade_common::Metrics;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
@@ -118,7 +118,7 @@ impl Validate for ControlConfig {
 
 /// A node that registered itself, with its last heartbeat.
 struct Registered {
-    beat: cascade_serve::Heartbeat,
+    beat: cascade_common::Heartbeat,
     last_seen: std::time::Instant,
 }
 
@@ -185,6 +185,7 @@ fn app(ctx: Arc<Ctx>) -> Router {
         .route("/metrics", get(metrics))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such path") })
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
+        .layer(axum::middleware::from_fn(cascade_common::json_errors))
         .with_state(ctx)
 }
 
@@ -269,7 +270,7 @@ impl JsonObject {
 
 /// Every edge and shield now, configured and registered.
 fn fleet_targets(ctx: &Ctx) -> Vec<fleet::Target> {
-    let registered: Vec<(cascade_serve::Heartbeat, Duration)> = match ctx.registry.lock() {
+    let registered: Vec<(cascade_common::Heartbeat, Duration)> = match ctx.registry.lock() {
         Ok(reg) => reg
             .values()
             .map(|r| (r.beat.clone(), r.last_seen.elapsed()))
@@ -297,7 +298,7 @@ fn credential_ok(headers: &HeaderMap, configured: &str) -> bool {
     let auth = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    cascade_serve::bearer_matches(auth, configured)
+    cascade_common::bearer_matches(auth, configured)
 }
 
 async fn metrics(State(ctx): State<Arc<Ctx>>) -> Response {
@@ -316,7 +317,7 @@ const MAX_REGISTERED: usize = 10_000;
 async fn heartbeat(
     State(ctx): State<Arc<Ctx>>,
     headers: HeaderMap,
-    Json(beat): Json<cascade_serve::Heartbeat>,
+    Json(beat): Json<cascade_common::Heartbeat>,
 ) -> Response {
     if !credential_ok(&headers, &ctx.cfg.fleet_token) {
         return error(
@@ -570,7 +571,7 @@ async fn create_token(
             "the partner's signing key is unusable",
         );
     };
-    let now = cascade_serve::unix_now();
+    let now = cascade_common::unix_now();
     let ttl = req.ttl_secs.unwrap_or(3600).clamp(1, partner.max_ttl_secs);
     let expires = now + ttl;
     let mut data = format!("kid={}", partner.name);
@@ -855,16 +856,16 @@ pub async fn start(cfg: &ControlConfig) -> anyhow::Result<Control> {
     let addr = listener.local_addr()?;
     let (tx, mut rx) = tokio::sync::watch::channel(false);
     let router = app(ctx.clone());
-    let task = tokio::spawn(async move {
-        let s = axum::serve(listener, router).with_graceful_shutdown(async move {
+    let task = tokio::spawn(cascade_common::serve_router(
+        listener,
+        router,
+        cascade_common::HttpLimits::default(),
+        async move {
             let _ = rx.changed().await;
             // Pre-warm jobs end with control, and so do their event streams.
             ctx.jobs.abort_all();
-        });
-        if let Err(e) = s.await {
-            tracing::error!(error = %e, "control listener");
-        }
-    });
+        },
+    ));
     tracing::info!(%addr, "control listening");
     Ok(Control {
         addr,

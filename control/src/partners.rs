@@ -65,7 +65,7 @@ pub(crate) fn hash_api_key(key: &str) -> String {
 }
 
 fn now() -> i64 {
-    cascade_serve::unix_now() as i64
+    cascade_common::unix_now() as i64
 }
 
 fn row_to_info(r: &sqlx::sqlite::SqliteRow) -> PartnerInfo {

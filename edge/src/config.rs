@@ -103,6 +103,9 @@ pub struct EdgeConfig {
     /// `ma` of the `Alt-Svc` header, in seconds: how long a browser may
     /// remember that HTTP/3 is here.
     pub alt_svc_max_age_secs: u64,
+    /// `Strict-Transport-Security` max-age on every answer over TLS, in
+    /// seconds; 0 sends none (`cascade dev`, whose certificate is local).
+    pub hsts_max_age_secs: u64,
 }
 
 impl Default for EdgeConfig {
@@ -154,6 +157,7 @@ impl Default for EdgeConfig {
             h3_max_header_bytes: 16 * 1024,
             h3_max_connections: 10_000,
             alt_svc_max_age_secs: 86_400,
+            hsts_max_age_secs: 31_536_000,
             profiles: std::collections::BTreeMap::new(),
         }
     }

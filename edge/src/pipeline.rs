@@ -41,6 +41,8 @@ pub(crate) struct EdgePipeline {
     pub(crate) prewarm_concurrency: usize,
     pub(crate) prefetch: Option<Prefetcher>,
     pub(crate) route_seconds: prometheus::HistogramVec,
+    /// `Strict-Transport-Security` for answers over TLS, if any.
+    pub(crate) hsts: Option<http::HeaderValue>,
     /// Built-in device profiles with the configured ones over them.
     pub(crate) profiles: BTreeMap<String, Profile>,
 }
@@ -233,7 +235,11 @@ impl Pipeline for EdgePipeline {
         }
     }
 
-    fn response_filter(&self, req: &Request, ctx: &mut EdgeCtx, resp: Response) -> Response {
+    fn response_filter(&self, req: &Request, ctx: &mut EdgeCtx, mut resp: Response) -> Response {
+        if let (true, Some(v)) = (req.secure, &self.hsts) {
+            resp.headers
+                .insert(http::header::STRICT_TRANSPORT_SECURITY, v.clone());
+        }
         let Route::Media { output, .. } = &ctx.route else {
             return resp;
         };

@@ -174,6 +174,11 @@ pub async fn start(cfg: &EdgeConfig) -> anyhow::Result<Edge> {
         prewarm_concurrency: cfg.prewarm_concurrency,
         prefetch,
         route_seconds: counters.route_seconds.clone(),
+        hsts: (cfg.hsts_max_age_secs > 0)
+            .then(|| {
+                http::HeaderValue::from_str(&format!("max-age={}", cfg.hsts_max_age_secs)).ok()
+            })
+            .flatten(),
         profiles: {
             let mut p = default_profiles();
             p.extend(cfg.profiles.clone());

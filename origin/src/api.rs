@@ -82,6 +82,7 @@ pub fn app(state: Arc<State>) -> Router {
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such path") })
         // JSON bodies are small; uploads and artwork set their own limits.
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
+        .layer(middleware::from_fn(cascade_common::json_errors))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
@@ -96,27 +97,38 @@ async fn observe(AxState(state): AxState<Arc<State>>, mut req: Request, next: Ne
     let started = Instant::now();
     let id = req
         .headers()
-        .get(cascade_serve::REQUEST_ID)
+        .get(cascade_common::REQUEST_ID)
         .and_then(|v| v.to_str().ok())
-        .filter(|v| cascade_serve::valid_request_id(v))
+        .filter(|v| cascade_common::valid_request_id(v))
         .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
     if let Ok(v) = HeaderValue::from_str(&id) {
-        req.headers_mut().insert(cascade_serve::REQUEST_ID, v);
+        req.headers_mut().insert(cascade_common::REQUEST_ID, v);
     }
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let mut resp = next.run(req).await;
     if let Ok(v) = HeaderValue::from_str(&id) {
-        resp.headers_mut().insert(cascade_serve::REQUEST_ID, v);
+        resp.headers_mut().insert(cascade_common::REQUEST_ID, v);
     }
+    // Every answer: no content sniffing, no referrer (media URLs carry
+    // tokens).
+    let h = resp.headers_mut();
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     let status = resp.status().as_u16();
     let elapsed = started.elapsed();
     state
         .http_requests
         .with_label_values(&[&status.to_string()])
         .inc();
-    cascade_serve::access_log!(
+    cascade_common::access_log!(
         &path,
         role = "cascade-origin",
         request_id = %id,
@@ -172,7 +184,7 @@ async fn upload(
     let auth = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    if !cascade_serve::bearer_matches(auth, &state.cfg.admin_token) {
+    if !cascade_common::bearer_matches(auth, &state.cfg.admin_token) {
         return error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -485,7 +497,7 @@ async fn set_geo(
     let auth = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let ok = cascade_serve::bearer_matches(auth, &state.cfg.admin_token);
+    let ok = cascade_common::bearer_matches(auth, &state.cfg.admin_token);
     if !ok {
         return error(
             StatusCode::UNAUTHORIZED,

@@ -627,7 +627,7 @@ fn admin(state: &State, headers: &HeaderMap) -> Result<(), ApiError> {
     let auth = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    if cascade_serve::bearer_matches(auth, &state.cfg.admin_token) {
+    if cascade_common::bearer_matches(auth, &state.cfg.admin_token) {
         Ok(())
     } else {
         Err(ApiError::new(

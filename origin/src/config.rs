@@ -1,6 +1,6 @@
 //! The origin's config file.
 
-use cascade_serve::config::{build_token_keys, check_addr, check_url, TokenKeyConfig, Validate};
+use cascade_common::config::{build_token_keys, check_addr, check_url, TokenKeyConfig, Validate};
 use serde::Deserialize;
 
 use crate::transcode::{Rung, DEFAULT_LADDER};

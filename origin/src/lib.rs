@@ -26,7 +26,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use cascade_serve::Metrics;
+use cascade_common::Metrics;
 use object_store::ObjectStore;
 use prometheus::{IntCounter, IntCounterVec, Opts};
 use tokio::sync::Notify;
@@ -190,12 +190,15 @@ pub async fn start(cfg: &OriginConfig) -> anyhow::Result<Origin> {
     metrics
         .registry()
         .register(Box::new(mezz_repeat_bytes.clone()))?;
-    let env_keys = std::env::var(cascade_serve::config::TOKEN_KEYS_ENV).ok();
-    let signer =
-        cascade_serve::config::build_token_keys("token_keys", &cfg.token_keys, env_keys.as_deref())
-            .map_err(|e| anyhow::anyhow!(e.join("; ")))?
-            .into_iter()
-            .next();
+    let env_keys = std::env::var(cascade_common::config::TOKEN_KEYS_ENV).ok();
+    let signer = cascade_common::config::build_token_keys(
+        "token_keys",
+        &cfg.token_keys,
+        env_keys.as_deref(),
+    )
+    .map_err(|e| anyhow::anyhow!(e.join("; ")))?
+    .into_iter()
+    .next();
     if signer.is_none() {
         tracing::warn!("no token keys: the playback API cannot sign URLs");
     }
@@ -271,15 +274,14 @@ pub async fn start(cfg: &OriginConfig) -> anyhow::Result<Origin> {
         tx.subscribe(),
     ));
     let router = app(state.clone());
-    let server = tokio::spawn(async move {
-        let service = router.into_make_service_with_connect_info::<SocketAddr>();
-        let graceful = axum::serve(listener, service).with_graceful_shutdown(async move {
+    let server = tokio::spawn(cascade_common::serve_router(
+        listener,
+        router,
+        cascade_common::HttpLimits::default(),
+        async move {
             let _ = rx.changed().await;
-        });
-        if let Err(e) = graceful.await {
-            tracing::error!(error = %e, "origin listener");
-        }
-    });
+        },
+    ));
     tracing::info!(%addr, "origin listening");
     Ok(Origin {
         addr,
@@ -328,7 +330,7 @@ async fn ensure_samples(state: &Arc<State>) -> anyhow::Result<Vec<String>> {
 
 /// Unix seconds now.
 pub(crate) fn now() -> u64 {
-    cascade_serve::unix_now()
+    cascade_common::unix_now()
 }
 
 /// The secret that signs access and stream tokens: the configured one, or

@@ -122,7 +122,7 @@ pub(crate) async fn upload_sidecar(
     let auth = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    if !cascade_serve::bearer_matches(auth, &state.cfg.admin_token) {
+    if !cascade_common::bearer_matches(auth, &state.cfg.admin_token) {
         return error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",

@@ -10,8 +10,8 @@
 
 use std::time::{Duration, Instant};
 
+use cascade_common::config::TokenKeyConfig;
 use cascade_origin::OriginConfig;
-use cascade_serve::config::TokenKeyConfig;
 use serde_json::{json, Value};
 use sqlx::any::AnyPoolOptions;
 
@@ -1317,4 +1317,59 @@ async fn the_openapi_document_describes_every_viewer_route() {
     }
     assert!(doc["components"]["schemas"]["PlaybackAnswer"].is_object());
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+}
+
+#[tokio::test]
+async fn the_page_has_security_headers_and_every_error_is_json() {
+    let site = Site::start(Backend::Sqlite, |_| {}).await;
+    let page = site
+        .http
+        .get(format!("{}/", site.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let h = page.headers().clone();
+    let csp = h["content-security-policy"].to_str().unwrap();
+    for part in [
+        "default-src 'self'",
+        "'sha256-",
+        "frame-ancestors 'none'",
+        "object-src 'none'",
+    ] {
+        assert!(csp.contains(part), "{part} in {csp}");
+    }
+    assert!(!csp.contains("script-src 'self' 'unsafe-inline'"), "{csp}");
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    assert_eq!(h["referrer-policy"], "no-referrer");
+    assert_eq!(h["x-frame-options"], "DENY");
+    // The hash is that of the page's inline script, as a browser computes it.
+    let body = page.text().await.unwrap();
+    let script = body
+        .split("<script>")
+        .nth(1)
+        .unwrap()
+        .split("</script>")
+        .next()
+        .unwrap();
+    use base64::Engine;
+    let digest = ring::digest::digest(&ring::digest::SHA256, script.as_bytes());
+    let hash = base64::engine::general_purpose::STANDARD.encode(digest.as_ref());
+    assert!(csp.contains(&format!("'sha256-{hash}'")), "{csp}");
+
+    // A JSON body over the limit is 413, not 400.
+    let big = json!({ "email": "a@example.com", "password": "x".repeat(300 * 1024) });
+    let (status, v) = site.post("/api/v1/auth/signup", None, big).await;
+    assert_eq!(status, 413, "{v}");
+    assert_eq!(v["error"], "body_too_large");
+    // The framework's own refusals are JSON too.
+    let (status, v) = site
+        .call(reqwest::Method::DELETE, "/api/v1/auth/signup", None, None)
+        .await;
+    assert_eq!(status, 405);
+    assert_eq!(v["error"], "method_not_allowed", "{v}");
+    let (status, v) = site.get("/api/v1/titles?page=many", None).await;
+    assert_eq!(status, 400, "{v}");
+    assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    site.stop().await;
 }

@@ -14,11 +14,9 @@
 
 mod body;
 mod coalesce;
-pub mod config;
 pub mod fleet;
 mod heartbeat;
 mod listener;
-mod metrics;
 mod pipeline;
 mod proxy;
 mod quic;
@@ -35,35 +33,20 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 
 pub use body::{shared_body, BodyReader, BodyWriter, SharedBody};
 pub use coalesce::{Flights, Hold, Role};
-pub use heartbeat::{spawn_heartbeat, spawn_node_heartbeat, Heartbeat, NodeIdentity};
-pub use listener::{cache_outcome, is_routine, serve, ListenerConfig, ServerHandle};
-pub use metrics::{init_logging, Metrics};
-pub use pipeline::{run, Delivered, Exchange, Handler, PhaseLog, Pipeline, Step};
-pub use proxy::{
-    cache_key, cached_response, mark_collapsed, to_object, unix_now, unix_now_ms, CachingFetcher,
+// What every role shares, re-exported so that the proxy tiers have one
+// place to import from.
+pub use cascade_common::{
+    access_log, bearer_matches, config, init_logging, is_routine, spawn_heartbeat, unix_now,
+    unix_now_ms, valid_request_id, Heartbeat, Metrics, REQUEST_ID,
 };
+pub use heartbeat::{spawn_node_heartbeat, NodeIdentity};
+pub use listener::{cache_outcome, serve, ListenerConfig, ServerHandle};
+pub use pipeline::{run, Delivered, Exchange, Handler, PhaseLog, Pipeline, Step};
+pub use proxy::{cache_key, cached_response, mark_collapsed, to_object, CachingFetcher};
 pub use quic::{serve_h3, H3Config, H3Handle};
 pub use ranges::{apply_range, parse_range, ByteSpan};
 pub use tier::CacheTier;
 pub use upstream::{StreamingResponse, Upstream, UpstreamError, UpstreamResponse};
-
-/// Writes an access-log line (target `access`) with the given fields: at
-/// info, or at debug for machine polling (health checks, scrapes, fleet
-/// heartbeats), whose lines every few seconds would drown the console.
-/// The first argument is the request's path.
-#[macro_export]
-macro_rules! access_log {
-    ($path:expr, $($field:tt)*) => {
-        if $crate::is_routine($path) {
-            ::tracing::debug!(target: "access", $($field)*)
-        } else {
-            ::tracing::info!(target: "access", $($field)*)
-        }
-    };
-}
-
-/// The header that carries a request id across tiers.
-pub const REQUEST_ID: &str = "x-request-id";
 
 /// A request as the pipeline sees it, whatever the protocol.
 #[derive(Debug, Clone)]
@@ -82,6 +65,8 @@ pub struct Request {
     pub request_id: String,
     /// `http/1.1`, `h2` or `h3`.
     pub protocol: &'static str,
+    /// Whether it came over TLS (HTTPS on TCP, or QUIC).
+    pub secure: bool,
 }
 
 /// A response as the pipeline makes it.
@@ -193,30 +178,6 @@ pub fn set_cache_status(headers: &mut HeaderMap, upstream: Option<&str>, ours: &
     }
 }
 
-/// Whether a caller's request id may be reused: short and plain.
-pub fn valid_request_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
-/// Whether an `Authorization: Bearer …` value carries the configured
-/// credential, compared in constant time. An empty credential matches nothing.
-pub fn bearer_matches(authorization: Option<&str>, configured: &str) -> bool {
-    let presented = authorization
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match presented {
-        Some(p) if !configured.is_empty() => {
-            use subtle::ConstantTimeEq;
-            p.as_bytes().ct_eq(configured.as_bytes()).into()
-        }
-        _ => false,
-    }
-}
-
 /// Adds the CORS headers that let players on other sites read media.
 pub fn add_cors(headers: &mut HeaderMap) {
     headers.insert(
@@ -268,38 +229,6 @@ mod tests {
             h["cache-status"],
             "cascade-shield; fwd=miss; stored, cascade-edge; fwd=miss; stored"
         );
-    }
-
-    #[test]
-    fn bearer_credentials() {
-        assert!(bearer_matches(Some("Bearer s3cret"), "s3cret"));
-        assert!(!bearer_matches(Some("Bearer s3cres"), "s3cret"));
-        assert!(!bearer_matches(Some("s3cret"), "s3cret"));
-        assert!(!bearer_matches(None, "s3cret"));
-        assert!(!bearer_matches(Some("Bearer "), ""));
-    }
-
-    #[test]
-    fn polling_is_routine_and_viewers_are_not() {
-        for p in ["/healthz", "/metrics", "/api/v1/fleet/heartbeat"] {
-            assert!(is_routine(p), "{p}");
-        }
-        for p in [
-            "/vod/a/master.m3u8",
-            "/api/v1/playback/a",
-            "/healthz/x",
-            "/",
-        ] {
-            assert!(!is_routine(p), "{p}");
-        }
-    }
-
-    #[test]
-    fn request_ids() {
-        assert!(valid_request_id("abc-123"));
-        assert!(!valid_request_id(""));
-        assert!(!valid_request_id("a b"));
-        assert!(!valid_request_id(&"a".repeat(65)));
     }
 
     #[test]

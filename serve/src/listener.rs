@@ -28,10 +28,10 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::metrics::Metrics;
 use crate::pipeline::{Delivered, Exchange, PhaseLog};
 use crate::tls::CertStore;
 use crate::writer::{write_response, Abort, Sink};
+use crate::Metrics;
 use crate::{valid_request_id, Handler, Request, Response, REQUEST_ID};
 
 /// How long a client may take over its TLS handshake.
@@ -235,7 +235,7 @@ impl Front {
         // The path only: query strings carry tokens, which never reach logs.
         // Health checks, scrapes and heartbeats arrive every few seconds:
         // logged at debug, so the console shows what people do.
-        crate::access_log!(
+        cascade_common::access_log!(
             s.path,
             role = self.role,
             request_id = %s.request_id,
@@ -419,6 +419,7 @@ impl HttpServerApp for App {
                             client,
                             request_id: request_id.clone(),
                             protocol,
+                            secure: self.cfg.tls.is_some(),
                         })
                         .await
                 }
@@ -460,15 +461,6 @@ impl HttpServerApp for App {
     fn server_options(&self) -> Option<&HttpServerOptions> {
         Some(&self.options)
     }
-}
-
-/// Whether a path is machine polling (health checks, metric scrapes, fleet
-/// heartbeats and key refreshes), whose access-log lines are kept at debug.
-pub fn is_routine(path: &str) -> bool {
-    matches!(
-        path,
-        "/healthz" | "/metrics" | "/api/v1/fleet/heartbeat" | "/api/v1/fleet/partners"
-    )
 }
 
 /// The outcome word of this tier's `Cache-Status` entry (the last one).

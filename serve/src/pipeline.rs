@@ -230,6 +230,7 @@ mod tests {
             client: None,
             request_id: "t".into(),
             protocol: "http/1.1",
+            secure: false,
         }
     }
 

@@ -4,7 +4,9 @@
 //! `Cache-Status`.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use cascade_common::unix_now_ms;
 
 use cascade_cache::{freshness, CachedObject, TieredCache};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
@@ -12,8 +14,13 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use crate::{set_cache_status, CacheOutcome, CacheTier, Response, Upstream, UpstreamError};
 
 /// Response headers kept in the cache and replayed on hits.
-const KEPT_HEADERS: [&str; 8] = [
+const KEPT_HEADERS: [&str; 13] = [
     "content-type",
+    "content-security-policy",
+    "x-content-type-options",
+    "x-frame-options",
+    "referrer-policy",
+    "permissions-policy",
     "content-range",
     "cache-control",
     "etag",
@@ -29,22 +36,6 @@ const KEPT_HEADERS: [&str; 8] = [
 pub struct CachingFetcher {
     tier: CacheTier,
     upstreams: Arc<Vec<Upstream>>,
-}
-
-/// Seconds since the Unix epoch.
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn unix_now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 /// The cache key of a GET: path, query and range.

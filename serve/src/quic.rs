@@ -22,10 +22,10 @@ use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 
 use crate::listener::{Front, Served};
-use crate::metrics::Metrics;
 use crate::pipeline::Exchange;
 use crate::tls::CertStore;
 use crate::writer::{write_response, Abort, Sink};
+use crate::Metrics;
 use crate::{Handler, Request, Response};
 
 /// Body bytes handed to QUIC at a time: each piece waits for flow control.
@@ -416,6 +416,7 @@ async fn request(resolver: RequestResolver<h3_quinn::Connection, Bytes>, mut ctx
                         client: Some(ctx.peer),
                         request_id: request_id.clone(),
                         protocol: "h3",
+                        secure: true,
                     })
                     .await
             }

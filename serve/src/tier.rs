@@ -16,7 +16,8 @@ use std::time::Duration;
 use cascade_cache::{CachedObject, TieredCache};
 use http::StatusCode;
 
-use crate::proxy::{cached_response, mark_collapsed, unix_now};
+use crate::proxy::{cached_response, mark_collapsed};
+use crate::unix_now;
 use crate::{set_cache_status, CacheOutcome, Flights, Response, Role};
 
 /// For a response still streaming in: the end of its body, until which

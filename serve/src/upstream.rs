@@ -66,7 +66,9 @@ impl Upstream {
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(2))
             .timeout(timeout)
-            .pool_idle_timeout(Duration::from_secs(60))
+            // Below the origin's 30 s idle limit (and the shields' 60 s),
+            // so a pooled connection is never reused as the server closes it.
+            .pool_idle_timeout(Duration::from_secs(20))
             .no_proxy()
             .build()
             .unwrap_or_default();

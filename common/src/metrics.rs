@@ -59,7 +59,9 @@ impl Metrics {
         &self.registry
     }
 
-    pub(crate) fn observe(
+    /// Counts one answered request: status, cache outcome, protocol,
+    /// bytes and time.
+    pub fn observe(
         &self,
         status: u16,
         cache: &str,
