@@ -701,15 +701,22 @@ fn token_verify(a: VerifyArgs) -> anyhow::Result<()> {
     }
 }
 
-async fn ctl_nodes(client: &reqwest::Client, base: &str) -> anyhow::Result<()> {
-    let body: serde_json::Value = client
+async fn ctl_nodes(client: &reqwest::Client, base: &str, token: &str) -> anyhow::Result<()> {
+    let r = client
         .get(format!("{base}/api/v1/nodes"))
+        .bearer_auth(token)
         .send()
         .await
-        .with_context(|| format!("contacting control at {base}"))?
-        .json()
-        .await
-        .context("reading control's answer")?;
+        .with_context(|| format!("contacting control at {base}"))?;
+    if !r.status().is_success() {
+        let status = r.status();
+        let body: serde_json::Value = r.json().await.unwrap_or_default();
+        bail!(
+            "control answered {status}: {}",
+            body["message"].as_str().unwrap_or("no reason given")
+        );
+    }
+    let body: serde_json::Value = r.json().await.context("reading control's answer")?;
     println!(
         "{:<14} {:<7} {:<10} {:<6} {:>12} {:>9}  url",
         "name", "role", "region", "health", "cache", "hit ratio"
@@ -759,10 +766,6 @@ fn parse_duration(s: &str) -> anyhow::Result<u64> {
 }
 
 async fn ctl(a: CtlArgs) -> anyhow::Result<()> {
-    if matches!(a.command, CtlCommand::Nodes) {
-        let client = reqwest::Client::builder().no_proxy().build()?;
-        return ctl_nodes(&client, a.control.trim_end_matches('/')).await;
-    }
     let token = match &a.admin_token_file {
         Some(f) => {
             std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?
@@ -778,7 +781,7 @@ async fn ctl(a: CtlArgs) -> anyhow::Result<()> {
         CtlCommand::Partner(cmd) => cmd,
         CtlCommand::Purge(p) => return ctl_purge(&client, base, token, p).await,
         CtlCommand::Prewarm(p) => return ctl_prewarm(&client, base, token, p).await,
-        CtlCommand::Nodes => return ctl_nodes(&client, base).await,
+        CtlCommand::Nodes => return ctl_nodes(&client, base, token).await,
     };
     let (req, show_key) = match cmd {
         PartnerCommand::Add {
@@ -1289,7 +1292,12 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         .body(reqwest::Body::wrap_stream(counted))
         .send()
         .await
-        .with_context(|| format!("uploading to {origin}"))?;
+        .with_context(|| {
+            format!(
+                "uploading to {origin}: the connection broke while the file was being sent \
+                 (is the admin credential right, and the file within the origin's upload limit?)"
+            )
+        })?;
     bar.finish();
     let status = resp.status();
     let body: serde_json::Value = resp.json().await.context("reading the origin's answer")?;
@@ -1344,6 +1352,7 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     // (the web page does that); here, the URLs and how to sign them.
     let a: serde_json::Value = client
         .get(format!("{origin}/api/v1/assets/{asset}"))
+        .bearer_auth(admin.trim())
         .send()
         .await?
         .json()

@@ -192,6 +192,7 @@ async fn a_text_file_is_a_failed_job_and_the_origin_keeps_serving() {
     let asset = answer["asset"].as_str().unwrap();
     let a: serde_json::Value = client()
         .get(format!("{}/api/v1/assets/{asset}", stack.origin_url))
+        .bearer_auth(common::ORIGIN_ADMIN)
         .send()
         .await
         .unwrap()
@@ -199,6 +200,27 @@ async fn a_text_file_is_a_failed_job_and_the_origin_keeps_serving() {
         .await
         .unwrap();
     assert_eq!(a["status"], "failed");
+    // Without the admin credential, a failed asset and its FFmpeg error
+    // are not shown, in the list or by id.
+    let r = client()
+        .get(format!("{}/api/v1/assets/{asset}", stack.origin_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let list: serde_json::Value = client()
+        .get(format!("{}/api/v1/assets", stack.origin_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let shown = list["assets"].as_array().unwrap();
+    assert!(shown.iter().all(|a| a["id"] != asset), "{list}");
+    assert!(shown
+        .iter()
+        .all(|a| a.get("error").is_none() && a.get("geo").is_none()));
     let token = common::sign_for(asset);
     let r = client()
         .get(format!(
@@ -289,6 +311,33 @@ async fn the_ingest_command_follows_the_job_and_prints_urls() {
     // prints the URL and says how to get a token.
     assert!(hls.ends_with("/master.m3u8"), "{hls}");
     assert!(stdout.contains("media needs a token"), "{stdout}");
+
+    // A wrong credential with a file of 20 MB: the origin's reason every
+    // time, never a broken pipe (the origin reads the body it refuses).
+    let big = stack.dir.path().join("big.bin");
+    std::fs::write(&big, vec![7u8; 20 << 20]).unwrap();
+    for attempt in 0..3 {
+        let out = tokio::task::block_in_place(|| {
+            Command::new(bin)
+                .args([
+                    "ingest",
+                    big.to_str().unwrap(),
+                    "--title",
+                    "Nope",
+                    "--origin",
+                    &stack.origin_url,
+                ])
+                .env("CASCADE_ORIGIN_ADMIN_TOKEN", "not-the-credential")
+                .output()
+                .unwrap()
+        });
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            stderr.contains("401") && stderr.contains("admin credential"),
+            "attempt {attempt}: {stderr}"
+        );
+    }
 
     // Bad input to the CLI: a clear error and a failing exit code.
     let out = tokio::task::block_in_place(|| {

@@ -97,3 +97,76 @@ async fn nodes_register_heartbeat_and_go_down() {
     stack.shutdown().await;
     control.shutdown().await;
 }
+
+/// A client whose requests come from `ip` (loopback, but outside the
+/// operator network the test configures).
+fn from(ip: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .local_address(ip.parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_and_the_node_list_are_for_operators_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let operators = vec!["127.0.0.1/32".to_string()];
+    let control = cascade_control::start(&ControlConfig {
+        listen: "127.0.0.1:0".into(),
+        data_dir: dir.path().join("control").to_str().unwrap().into(),
+        fleet_token: FLEET.into(),
+        metrics_networks: operators.clone(),
+        ..ControlConfig::default()
+    })
+    .await
+    .unwrap();
+    let control_url = format!("http://{}", control.addr);
+    let (o1, o2) = (operators.clone(), operators.clone());
+    let stack = common::Stack::start_full(
+        move |o| o.metrics_networks = o1,
+        move |e| {
+            e.fleet_token = FLEET.into();
+            e.metrics_networks = o2;
+        },
+    )
+    .await;
+    let outsider = from("127.0.0.3");
+    let operator = from("127.0.0.1");
+    for base in [&stack.edge_url, &stack.origin_url, &control_url] {
+        let url = format!("{base}/metrics");
+        let r = outsider.get(&url).send().await.unwrap();
+        assert_eq!(r.status(), 403, "{url} from outside");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"], "forbidden");
+        let r = operator.get(&url).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{url} from an operator network");
+        assert!(r.text().await.unwrap().contains("# TYPE"));
+    }
+    // From outside, the fleet credential opens the edge's and control's.
+    for base in [&stack.edge_url, &control_url] {
+        let r = outsider
+            .get(format!("{base}/metrics"))
+            .bearer_auth(FLEET)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{base} with the credential");
+    }
+    // The node list (internal URLs, live health checks) needs a credential.
+    let r = operator
+        .get(format!("{control_url}/api/v1/nodes"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = operator
+        .get(format!("{control_url}/api/v1/nodes"))
+        .bearer_auth(FLEET)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    stack.shutdown().await;
+    control.shutdown().await;
+}

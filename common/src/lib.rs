@@ -9,12 +9,16 @@
 pub mod config;
 mod heartbeat;
 mod metrics;
+mod operators;
 mod server;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use heartbeat::{spawn_heartbeat, Heartbeat};
 pub use metrics::{init_logging, Metrics};
+pub use operators::{
+    check_networks, default_operator_networks, MetricsAccess, DEFAULT_OPERATOR_NETWORKS,
+};
 pub use server::{json_errors, serve_router, HttpLimits};
 
 /// The header that carries a request id across tiers.

@@ -58,6 +58,9 @@ pub struct ControlConfig {
     pub node_down_after_secs: u64,
     /// The origin's base URL, for titles' asset manifests when pre-warming.
     pub origin_url: String,
+    /// Networks (CIDRs) that may read `/metrics` without a credential;
+    /// anyone else needs the admin or fleet credential. Loopback by default.
+    pub metrics_networks: Vec<String>,
 }
 
 /// One node of the fleet.
@@ -84,6 +87,7 @@ impl Default for ControlConfig {
             token_name: "__token__".into(),
             node_down_after_secs: 15,
             origin_url: "http://127.0.0.1:8082".into(),
+            metrics_networks: cascade_common::default_operator_networks(),
         }
     }
 }
@@ -93,6 +97,7 @@ impl Validate for ControlConfig {
         check_addr("listen", &self.listen, errors);
         check_url("public_edge_url", &self.public_edge_url, errors);
         check_url("origin_url", &self.origin_url, errors);
+        cascade_common::check_networks("metrics_networks", &self.metrics_networks, errors);
         for (i, n) in self.nodes.iter().enumerate() {
             check_url(&format!("nodes[{i}].url"), &n.url, errors);
             if !matches!(n.role.as_str(), "edge" | "shield" | "origin") {
@@ -301,7 +306,27 @@ fn credential_ok(headers: &HeaderMap, configured: &str) -> bool {
     cascade_common::bearer_matches(auth, configured)
 }
 
-async fn metrics(State(ctx): State<Arc<Ctx>>) -> Response {
+async fn metrics(State(ctx): State<Arc<Ctx>>, req: axum::extract::Request) -> Response {
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    let headers = req.headers();
+    let access = cascade_common::MetricsAccess::new(
+        &ctx.cfg.metrics_networks,
+        &[&ctx.cfg.admin_token, &ctx.cfg.fleet_token],
+    )
+    .unwrap_or_default();
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if !access.allows(peer, authorization) {
+        return error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "metrics are for operators: scrape from an operator network or with the credential",
+        );
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         ctx.metrics.render(),
@@ -359,7 +384,18 @@ async fn heartbeat(
 
 /// `GET /api/v1/nodes`: configured nodes with a live health check, and
 /// registered nodes by their heartbeats (down when quiet too long).
-async fn nodes(State(ctx): State<Arc<Ctx>>) -> Response {
+/// Internal URLs and live checks: for operators (admin credential) and the
+/// fleet's own tools (fleet credential) only.
+async fn nodes(State(ctx): State<Arc<Ctx>>, headers: HeaderMap) -> Response {
+    if !credential_ok(&headers, &ctx.cfg.admin_token)
+        && !credential_ok(&headers, &ctx.cfg.fleet_token)
+    {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "admin or fleet credential required",
+        );
+    }
     let registered: Vec<serde_json::Value> = match ctx.registry.lock() {
         Ok(reg) => {
             let down_after = Duration::from_secs(ctx.cfg.node_down_after_secs);

@@ -106,6 +106,9 @@ pub struct EdgeConfig {
     /// `Strict-Transport-Security` max-age on every answer over TLS, in
     /// seconds; 0 sends none (`cascade dev`, whose certificate is local).
     pub hsts_max_age_secs: u64,
+    /// Networks (CIDRs) that may read `/metrics` without a credential;
+    /// anyone else needs the fleet credential. Loopback by default.
+    pub metrics_networks: Vec<String>,
 }
 
 impl Default for EdgeConfig {
@@ -158,6 +161,7 @@ impl Default for EdgeConfig {
             h3_max_connections: 10_000,
             alt_svc_max_age_secs: 86_400,
             hsts_max_age_secs: 31_536_000,
+            metrics_networks: cascade_common::default_operator_networks(),
             profiles: std::collections::BTreeMap::new(),
         }
     }
@@ -206,6 +210,7 @@ impl Validate for EdgeConfig {
             }
         }
         cascade_geo::check_config(&self.trusted_proxies, &self.geo_rules, errors);
+        cascade_common::check_networks("metrics_networks", &self.metrics_networks, errors);
         if self.geoip_reload_secs == 0 {
             errors.push("geoip_reload_secs: must be at least 1".into());
         }

@@ -189,12 +189,10 @@ pub async fn start(cfg: &EdgeConfig) -> anyhow::Result<Edge> {
     };
     let handler: Arc<dyn Handler> = Arc::new(pipeline);
     let listener = tokio::net::TcpListener::bind(&cfg.listen).await?;
-    let server = serve(
-        listener,
-        handler.clone(),
-        metrics.clone(),
-        ListenerConfig::new(CACHE_NAME),
-    )?;
+    let metrics_access = metrics_access(cfg)?;
+    let mut plain_cfg = ListenerConfig::new(CACHE_NAME);
+    plain_cfg.metrics_access = metrics_access.clone();
+    let server = serve(listener, handler.clone(), metrics.clone(), plain_cfg)?;
     tracing::info!(addr = %server.addr, "edge listening");
     let (tls_server, h3_server, tls_task) = if cfg.tls_listen.is_empty() {
         (None, None, None)
@@ -268,6 +266,7 @@ async fn start_tls(
         })
         .flatten();
     let mut tcp_cfg = ListenerConfig::new(CACHE_NAME);
+    tcp_cfg.metrics_access = metrics_access(cfg)?;
     tcp_cfg.tls = Some(certs.clone());
     tcp_cfg.alt_svc = alt_svc.clone();
     let tls_server = serve(tcp, handler.clone(), metrics.clone(), tcp_cfg)?;
@@ -279,6 +278,7 @@ async fn start_tls(
         h3_cfg.max_connections = cfg.h3_max_connections;
         h3_cfg.allow_0rtt = cfg.h3_allow_0rtt;
         h3_cfg.alt_svc = alt_svc;
+        h3_cfg.metrics_access = metrics_access(cfg)?;
         Some(cascade_serve::serve_h3(
             udp,
             certs.clone(),
@@ -297,6 +297,12 @@ async fn start_tls(
         "edge serving HTTPS"
     );
     Ok((tls_server, h3_server, task))
+}
+
+/// Who may read `/metrics`: the operators' networks, or the fleet credential.
+fn metrics_access(cfg: &EdgeConfig) -> anyhow::Result<cascade_common::MetricsAccess> {
+    cascade_common::MetricsAccess::new(&cfg.metrics_networks, &[&cfg.fleet_token])
+        .map_err(|e| anyhow::anyhow!("metrics_networks: {e}"))
 }
 
 /// Binds TCP and UDP on the same port. With port 0 the kernel picks the TCP

@@ -140,7 +140,25 @@ async fn observe(AxState(state): AxState<Arc<State>>, mut req: Request, next: Ne
     resp
 }
 
-async fn metrics(AxState(state): AxState<Arc<State>>) -> Response {
+async fn metrics(AxState(state): AxState<Arc<State>>, req: axum::extract::Request) -> Response {
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    let headers = req.headers();
+    let access =
+        cascade_common::MetricsAccess::new(&state.cfg.metrics_networks, &[&state.cfg.admin_token])
+            .unwrap_or_default();
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if !access.allows(peer, authorization) {
+        return error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "metrics are for operators: scrape from an operator network or with the credential",
+        );
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),
@@ -174,6 +192,30 @@ struct UploadQuery {
 /// `POST /api/v1/uploads?title=T`: the body is the media file. It is
 /// streamed to disk within the size limit, probed, and queued; a file FFmpeg
 /// cannot read is answered 422 and recorded as a failed job.
+/// How long a refused upload's body is still read (and thrown away)
+/// before the refusal is sent, and how much of it at most.
+const REFUSAL_LINGER: std::time::Duration = std::time::Duration::from_secs(10);
+const REFUSAL_LINGER_BYTES: usize = 256 << 20;
+
+/// Answers `refusal` to an upload whose body has not been read, after
+/// reading and discarding that body for a while (a lingering close, as
+/// nginx does): a client still sending would otherwise meet a reset
+/// connection and never see why it was refused.
+async fn refuse_upload(body: Body, refusal: Response) -> Response {
+    let mut stream = body.into_data_stream();
+    let drain = async {
+        let mut read = 0usize;
+        while let Some(Ok(chunk)) = stream.next().await {
+            read += chunk.len();
+            if read > REFUSAL_LINGER_BYTES {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(REFUSAL_LINGER, drain).await;
+    refusal
+}
+
 async fn upload(
     AxState(state): AxState<Arc<State>>,
     Query(q): Query<UploadQuery>,
@@ -185,11 +227,12 @@ async fn upload(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
     if !cascade_common::bearer_matches(auth, &state.cfg.admin_token) {
-        return error(
+        let refusal = error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "uploads need the admin credential (Authorization: Bearer <admin_token>)",
         );
+        return refuse_upload(body, refusal).await;
     }
     let limit = state.cfg.max_upload_mib << 20;
     let declared = headers
@@ -197,15 +240,17 @@ async fn upload(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
-        return error(
+        let refusal = error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_large",
             &format!("uploads are limited to {} MiB", state.cfg.max_upload_mib),
         );
+        return refuse_upload(body, refusal).await;
     }
     // Bounded work: a few uploads at once, and a bounded queue behind the worker.
     let Ok(_permit) = state.uploads.try_acquire() else {
-        return busy("too many uploads in progress; try again shortly");
+        let refusal = busy("too many uploads in progress; try again shortly");
+        return refuse_upload(body, refusal).await;
     };
     match db::queued_jobs(&state.db).await {
         Ok(n) if n >= MAX_QUEUED_JOBS => {
@@ -459,10 +504,45 @@ fn asset_json(state: &State, a: &db::Asset, job: Option<&db::Job>) -> serde_json
     })
 }
 
-async fn list_assets(AxState(state): AxState<Arc<State>>) -> Response {
+/// What a caller without the admin credential sees of an asset: its id,
+/// title, state, length and URLs; never a failure's cause, its country
+/// rules or its job. Failed assets are not shown at all.
+fn public_asset_json(state: &State, a: &db::Asset) -> serde_json::Value {
+    let mut v = asset_json(state, a, None);
+    if let Some(obj) = v.as_object_mut() {
+        for private in ["error", "geo", "job"] {
+            obj.remove(private);
+        }
+    }
+    v
+}
+
+/// Whether the caller carries the origin's admin credential.
+fn is_admin(state: &State, headers: &HeaderMap) -> bool {
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    cascade_common::bearer_matches(auth, &state.cfg.admin_token)
+}
+
+/// `GET /api/v1/assets`: every asset for operators (admin credential);
+/// for anyone else, the ones that are not failed, without their private
+/// fields.
+async fn list_assets(AxState(state): AxState<Arc<State>>, headers: HeaderMap) -> Response {
+    let admin = is_admin(&state, &headers);
     match db::list_assets(&state.db).await {
         Ok(list) => {
-            let items: Vec<_> = list.iter().map(|a| asset_json(&state, a, None)).collect();
+            let items: Vec<_> = list
+                .iter()
+                .filter(|a| admin || a.status != "failed")
+                .map(|a| {
+                    if admin {
+                        asset_json(&state, a, None)
+                    } else {
+                        public_asset_json(&state, a)
+                    }
+                })
+                .collect();
             (
                 [(header::CACHE_CONTROL, "no-store")],
                 Json(json!({ "assets": items })),
@@ -473,18 +553,26 @@ async fn list_assets(AxState(state): AxState<Arc<State>>) -> Response {
     }
 }
 
-async fn asset(AxState(state): AxState<Arc<State>>, Path(id): Path<String>) -> Response {
+/// `GET /api/v1/assets/{id}`: in full for operators; as in the list for
+/// anyone else (a failed asset is not found).
+async fn asset(
+    AxState(state): AxState<Arc<State>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let admin = is_admin(&state, &headers);
     let a = match db::get_asset(&state.db, &id).await {
-        Ok(Some(a)) => a,
-        Ok(None) => return error(StatusCode::NOT_FOUND, "not_found", "no such asset"),
+        Ok(Some(a)) if admin || a.status != "failed" => a,
+        Ok(_) => return error(StatusCode::NOT_FOUND, "not_found", "no such asset"),
         Err(e) => return db_error(e),
     };
-    let job = db::job_of_asset(&state.db, &id).await.ok().flatten();
-    (
-        [(header::CACHE_CONTROL, "no-store")],
-        Json(asset_json(&state, &a, job.as_ref())),
-    )
-        .into_response()
+    let body = if admin {
+        let job = db::job_of_asset(&state.db, &id).await.ok().flatten();
+        asset_json(&state, &a, job.as_ref())
+    } else {
+        public_asset_json(&state, &a)
+    };
+    ([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response()
 }
 
 /// `PUT /api/v1/assets/{id}/geo` (admin): a title's country rules.
@@ -494,11 +582,7 @@ async fn set_geo(
     headers: HeaderMap,
     Json(rule): Json<cascade_geo::CountryRule>,
 ) -> Response {
-    let auth = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    let ok = cascade_common::bearer_matches(auth, &state.cfg.admin_token);
-    if !ok {
+    if !is_admin(&state, &headers) {
         return error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",

@@ -78,6 +78,9 @@ pub struct OriginConfig {
     pub trusted_proxies: Vec<String>,
     /// Bearer credential for catalog writes (`PUT /api/v1/assets/{id}/geo`); empty: refused.
     pub admin_token: String,
+    /// Networks (CIDRs) that may read `/metrics` without a credential;
+    /// anyone else needs the admin credential. Loopback by default.
+    pub metrics_networks: Vec<String>,
     /// Seconds caches may keep an asset manifest (`/mezz/{id}/manifest.json`)
     /// and title metadata fresh.
     pub metadata_max_age_secs: u64,
@@ -132,6 +135,7 @@ impl Default for OriginConfig {
             geo_rules: Vec::new(),
             trusted_proxies: vec!["127.0.0.1/32".into(), "::1/128".into()],
             admin_token: String::new(),
+            metrics_networks: cascade_common::default_operator_networks(),
             metadata_max_age_secs: 60,
             metadata_stale_while_revalidate_secs: 30,
             metadata_stale_if_error_secs: 24 * 3600,
@@ -156,6 +160,7 @@ impl Validate for OriginConfig {
     fn validate(&self, errors: &mut Vec<String>) {
         check_addr("listen", &self.listen, errors);
         check_url("public_edge_url", &self.public_edge_url, errors);
+        cascade_common::check_networks("metrics_networks", &self.metrics_networks, errors);
         if self.data_dir.is_empty() {
             errors.push("data_dir: must not be empty".into());
         }

@@ -37,7 +37,7 @@ pub use coalesce::{Flights, Hold, Role};
 // place to import from.
 pub use cascade_common::{
     access_log, bearer_matches, config, init_logging, is_routine, spawn_heartbeat, unix_now,
-    unix_now_ms, valid_request_id, Heartbeat, Metrics, REQUEST_ID,
+    unix_now_ms, valid_request_id, Heartbeat, Metrics, MetricsAccess, REQUEST_ID,
 };
 pub use heartbeat::{spawn_node_heartbeat, NodeIdentity};
 pub use listener::{cache_outcome, serve, ListenerConfig, ServerHandle};

@@ -32,7 +32,7 @@ use crate::pipeline::{Delivered, Exchange, PhaseLog};
 use crate::tls::CertStore;
 use crate::writer::{write_response, Abort, Sink};
 use crate::Metrics;
-use crate::{valid_request_id, Handler, Request, Response, REQUEST_ID};
+use crate::{valid_request_id, Handler, MetricsAccess, Request, Response, REQUEST_ID};
 
 /// How long a client may take over its TLS handshake.
 const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
@@ -59,6 +59,8 @@ pub struct ListenerConfig {
     /// Largest request header section (request line and fields); more is
     /// refused with 431.
     pub max_header_bytes: usize,
+    /// Who may read `/metrics`.
+    pub metrics_access: MetricsAccess,
 }
 
 impl ListenerConfig {
@@ -73,6 +75,7 @@ impl ListenerConfig {
             alt_svc: None,
             header_timeout: Duration::from_secs(10),
             max_header_bytes: 32 * 1024,
+            metrics_access: MetricsAccess::default(),
         }
     }
 }
@@ -146,6 +149,7 @@ pub(crate) struct Front {
     metrics: Arc<Metrics>,
     role: &'static str,
     alt_svc: Option<HeaderValue>,
+    metrics_access: MetricsAccess,
 }
 
 /// One answered request, for metrics and the access log.
@@ -168,8 +172,10 @@ impl Front {
         metrics: Arc<Metrics>,
         role: &'static str,
         alt_svc: Option<HeaderValue>,
+        metrics_access: MetricsAccess,
     ) -> Front {
         Front {
+            metrics_access,
             handler,
             metrics,
             role,
@@ -192,11 +198,26 @@ impl Front {
     pub(crate) async fn answer(&self, req: Request) -> Exchange {
         let mut exchange = match req.uri.path() {
             "/healthz" => Exchange::from(Response::new(StatusCode::OK, "text/plain", "ok\n")),
-            "/metrics" => Exchange::from(Response::new(
-                StatusCode::OK,
-                "text/plain; version=0.0.4",
-                self.metrics.render(),
-            )),
+            "/metrics" => {
+                let authorization = req
+                    .headers
+                    .get(http::header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok());
+                let peer = req.client.map(|a| a.ip());
+                Exchange::from(if self.metrics_access.allows(peer, authorization) {
+                    Response::new(
+                        StatusCode::OK,
+                        "text/plain; version=0.0.4",
+                        self.metrics.render(),
+                    )
+                } else {
+                    Response::error(
+                        StatusCode::FORBIDDEN,
+                        "forbidden",
+                        "metrics are for operators: scrape from an operator network or with the credential",
+                    )
+                })
+            }
             _ => self.handler.clone().handle(req).await,
         };
         if let Some(v) = &self.alt_svc {
@@ -276,7 +297,13 @@ pub fn serve(
         .map(|store| Arc::new(Acceptor::from_server_config(Arc::new(store.tcp_config()))));
     let inflight = Arc::new(InFlight::default());
     let app = Arc::new(App {
-        front: Front::new(handler, metrics, cfg.role, cfg.alt_svc.clone()),
+        front: Front::new(
+            handler,
+            metrics,
+            cfg.role,
+            cfg.alt_svc.clone(),
+            cfg.metrics_access.clone(),
+        ),
         cfg: cfg.clone(),
         options,
         inflight: inflight.clone(),

@@ -66,6 +66,8 @@ pub struct H3Config {
     pub alt_svc: Option<HeaderValue>,
     /// How long a request stream may take to send its headers.
     pub header_timeout: Duration,
+    /// Who may read `/metrics`.
+    pub metrics_access: crate::MetricsAccess,
 }
 
 impl H3Config {
@@ -83,6 +85,7 @@ impl H3Config {
             drain: Duration::from_secs(10),
             alt_svc: None,
             header_timeout: Duration::from_secs(10),
+            metrics_access: crate::MetricsAccess::default(),
         }
     }
 }
@@ -134,7 +137,13 @@ pub fn serve_h3(
     )?;
     let addr = endpoint.local_addr()?;
     let stats = Arc::new(ConnStats::register(&metrics));
-    let front = Arc::new(Front::new(handler, metrics, cfg.role, cfg.alt_svc.clone()));
+    let front = Arc::new(Front::new(
+        handler,
+        metrics,
+        cfg.role,
+        cfg.alt_svc.clone(),
+        cfg.metrics_access.clone(),
+    ));
     let (tx, rx) = watch::channel(false);
     let task = tokio::spawn(accept_loop(endpoint, front, stats, cfg, rx));
     Ok(H3Handle {

@@ -55,6 +55,9 @@ pub struct ShieldConfig {
     /// Size of the slices mezzanine is cached in, in KiB; 0 caches each
     /// requested range as it comes.
     pub slice_kib: u64,
+    /// Networks (CIDRs) that may read `/metrics` without a credential;
+    /// anyone else needs the fleet credential. Loopback by default.
+    pub metrics_networks: Vec<String>,
 }
 
 impl Default for ShieldConfig {
@@ -74,6 +77,7 @@ impl Default for ShieldConfig {
             public_url: String::new(),
             heartbeat_secs: 5,
             slice_kib: 1024,
+            metrics_networks: cascade_common::default_operator_networks(),
         }
     }
 }
@@ -81,6 +85,7 @@ impl Default for ShieldConfig {
 impl Validate for ShieldConfig {
     fn validate(&self, errors: &mut Vec<String>) {
         check_addr("listen", &self.listen, errors);
+        cascade_common::check_networks("metrics_networks", &self.metrics_networks, errors);
         if self.origins.is_empty() {
             errors.push("origins: at least one origin URL is needed".into());
         }
@@ -419,7 +424,13 @@ pub async fn start(cfg: &ShieldConfig) -> anyhow::Result<Shield> {
             node: cfg.node_name.clone(),
         }),
         metrics.clone(),
-        ListenerConfig::new("cascade-shield"),
+        {
+            let mut l = ListenerConfig::new("cascade-shield");
+            l.metrics_access =
+                cascade_common::MetricsAccess::new(&cfg.metrics_networks, &[&cfg.fleet_token])
+                    .map_err(|e| anyhow::anyhow!("metrics_networks: {e}"))?;
+            l
+        },
     )?;
     tracing::info!(addr = %server.addr, "shield listening");
     let heartbeat_task = (!cfg.control_url.is_empty()).then(|| {

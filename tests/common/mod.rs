@@ -300,7 +300,13 @@ pub async fn ingest_clip(stack: &Stack, secs: u32) -> String {
 
 /// Control's node list.
 pub async fn nodes(control: &str) -> Vec<Value> {
-    let v: Value = serde_json::from_str(&text(format!("{control}/api/v1/nodes")).await).unwrap();
+    let r = client()
+        .get(format!("{control}/api/v1/nodes"))
+        .bearer_auth(FLEET)
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
     v["nodes"].as_array().unwrap().clone()
 }
 

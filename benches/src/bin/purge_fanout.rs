@@ -98,6 +98,7 @@ async fn main() -> anyhow::Result<()> {
     loop {
         let v: serde_json::Value = client
             .get(format!("{control_url}/api/v1/nodes"))
+            .bearer_auth(FLEET)
             .send()
             .await?
             .json()
