@@ -214,6 +214,16 @@ async fn every_format_of_a_two_language_title_with_subtitles() {
     let (_, again, cache) = get("max_height=150").await;
     assert_eq!(again, mobile);
     assert!(cache.contains("hit"), "{cache}");
+    // Numbers a caller picks snap to what the title has: another height
+    // over the same renditions, or bitrate caps above them all, are the
+    // same cache entry, so they cannot fill the cache with keys.
+    let (_, other, cache) = get("max_height=151").await;
+    assert_eq!(other, mobile);
+    assert!(cache.contains("hit"), "{cache}");
+    let (_, _, first) = get("max_bitrate=9000001").await;
+    assert!(!first.is_empty());
+    let (_, _, cache) = get("max_bitrate=9000002").await;
+    assert!(cache.contains("hit"), "{cache}");
     let (_, hindi, _) = get("audio=hi&format=ts").await;
     let audio: Vec<&str> = hindi.lines().filter(|l| l.contains("TYPE=AUDIO")).collect();
     assert!(

@@ -188,7 +188,7 @@ impl Media {
     }
 
     /// The parsed asset manifest, from RAM or fetched through the shields.
-    async fn manifest(
+    pub(crate) async fn manifest(
         &self,
         asset: &str,
         request_id: &str,

@@ -175,8 +175,8 @@ impl Pipeline for EdgePipeline {
         }
     }
 
-    fn cache_key(&self, req: &Request, ctx: &mut EdgeCtx) -> Step {
-        let Route::Media { output, .. } = &ctx.route else {
+    async fn cache_key(&self, req: &Request, ctx: &mut EdgeCtx) -> Step {
+        let Route::Media { output, asset } = &ctx.route else {
             return Step::Continue;
         };
         if req.method != Method::GET && req.method != Method::HEAD {
@@ -200,6 +200,15 @@ impl Pipeline for EdgePipeline {
                         &e.0,
                     ))
                 }
+            }
+        }
+        // Numbers a caller picks (a bitrate cap, a clip's bounds) are
+        // snapped to what the title makes of them, so they cannot make
+        // endless cache keys; that needs the title's manifest (kept in RAM).
+        if output.relevant_view(&ctx.view) != View::default() {
+            match self.media.manifest(asset, &req.request_id).await {
+                Ok(m) => ctx.view = ctx.view.settle(&m),
+                Err(r) => return Step::Answer(r),
             }
         }
         ctx.cache_key = Some(Media::key(&ctx.path, output, &ctx.view));

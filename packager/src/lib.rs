@@ -648,6 +648,50 @@ mod tests {
     }
 
     #[test]
+    fn settled_views_key_alike_and_package_alike() {
+        let m = full_title();
+        let settle = |q: &str| View::from_query(q, &default_profiles()).unwrap().settle(&m);
+        // The outputs compared: for a clip the media playlists and the MPD
+        // (a multivariant playlist writes the clip's own numbers into its
+        // child URLs, which then name the same segments).
+        let same = |a: &str, b: &str, want: &str| {
+            let (va, vb) = (settle(a), settle(b));
+            assert_eq!(va.canonical(), vb.canonical(), "{a} vs {b}");
+            assert_eq!(va.canonical(), want, "{a}");
+            let paths: &[&str] = if va.is_clip() || a.contains("start") || a.contains("end") {
+                &["v0.m3u8", "a1.m3u8", "manifest.mpd"]
+            } else {
+                &["master.m3u8", "manifest.mpd"]
+            };
+            for path in paths {
+                let o = Output::parse(path).unwrap();
+                let raw = View::from_query(a, &default_profiles()).unwrap();
+                assert_eq!(
+                    package(&m, &o, &o.relevant_view(&raw), &[]),
+                    package(&m, &o, &o.relevant_view(&va), &[]),
+                    "{path}?{a}: settling changed the output"
+                );
+            }
+        };
+        // Above every rendition: no filter at all.
+        same("max_bitrate=9000001", "max_bitrate=9000002", "");
+        same("max_height=2160", "max_height=16384", "");
+        // Between two renditions: the one under the limit.
+        let low = 800_000 + full_title().audios().map(|a| a.bandwidth).max().unwrap();
+        same(
+            "max_bitrate=1000000",
+            "max_bitrate=4000000",
+            &format!("max_bitrate={low}"),
+        );
+        same("max_height=400", "max_height=1079", "max_height=360");
+        // A clip: the boundaries of the segments it lists.
+        same("start=3&end=5", "start=2.5&end=5.5", "end=6&start=2");
+        same("start=0.5&end=7", "end=7.9", "end=8");
+        // A clip of the whole title (five segments of 2 s) stays a clip.
+        same("start=0.5&end=10", "end=12", "end=10");
+    }
+
+    #[test]
     fn ts_master_muxes_the_default_audio_and_lists_the_others_alone() {
         let m = full_title();
         let master = text(&m, "master.m3u8", "format=ts").unwrap();

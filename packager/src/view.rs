@@ -357,6 +357,79 @@ impl View {
             .collect()
     }
 
+    /// The same view with its numbers snapped to what `m` makes of them:
+    /// `max_height` and `max_bitrate` to the largest value a rendition
+    /// reaches under them (dropped when every rendition passes), a clip's
+    /// `start` and `end` to the boundaries of the segments it lists
+    /// (dropped at the title's ends). Two views that list the same things
+    /// then have one canonical query, so values chosen by a caller
+    /// (`max_bitrate=9000001`, `9000002`, …) cannot make endless cache
+    /// keys. A view that lists nothing is left as it is (its answer is an
+    /// error, never stored).
+    pub fn settle(&self, m: &AssetManifest) -> View {
+        let mut v = self.clone();
+        let eligible: Vec<&Track> = m
+            .videos()
+            .filter(|t| {
+                let family = t.codec_family();
+                (v.format == Format::Fmp4 || family == "avc")
+                    && v.codecs
+                        .as_ref()
+                        .is_none_or(|c| c.iter().any(|c| c == family))
+            })
+            .collect();
+        if let Some(h) = v.max_height {
+            v.max_height = snap(eligible.iter().map(|t| u64::from(t.height)), u64::from(h))
+                .map(|h| u32::try_from(h).unwrap_or(u32::MAX));
+        }
+        if let Some(b) = v.max_bitrate {
+            let audio_peak = v.audios(m).iter().map(|a| a.bandwidth).max().unwrap_or(0);
+            v.max_bitrate = snap(
+                eligible
+                    .iter()
+                    .map(|t| t.bandwidth.saturating_add(audio_peak)),
+                b,
+            );
+        }
+        if v.is_clip() {
+            if let Some(t) = m.timeline() {
+                let r = v.segments(m);
+                let n = t.fragments.len() as u64;
+                if !r.is_empty() {
+                    let first = t.fragments.first().map_or(0, |f| f.start);
+                    let ts = u128::from(t.timescale.max(1));
+                    // In milliseconds, rounded so that the snapped bounds
+                    // select exactly the same segments: a start rounded up
+                    // never reaches into the segment before, an end rounded
+                    // down never into the one after.
+                    let at = |units: u64, up: bool| -> u64 {
+                        let num = u128::from(units) * 1000;
+                        let ms = if up { num.div_ceil(ts) } else { num / ts };
+                        u64::try_from(ms).unwrap_or(u64::MAX)
+                    };
+                    let idx = |i: u64| usize::try_from(i - 1).unwrap_or(usize::MAX);
+                    v.start_ms = (r.start > 1)
+                        .then(|| t.fragments.get(idx(r.start)))
+                        .flatten()
+                        .map(|f| at(f.start.saturating_sub(first), true));
+                    let end_of_last = t.fragments.get(idx(r.end - 1)).map(|f| {
+                        at(
+                            f.start.saturating_sub(first).saturating_add(f.duration),
+                            false,
+                        )
+                    });
+                    v.end_ms = (r.end - 1 < n).then_some(end_of_last).flatten();
+                    // A clip of the whole title is still a clip (a clipped
+                    // MPD leaves out side-loaded subtitles): keep its end.
+                    if v.start_ms.is_none() && v.end_ms.is_none() {
+                        v.end_ms = end_of_last;
+                    }
+                }
+            }
+        }
+        v
+    }
+
     /// The segment numbers (from 1) in the clip: every segment of the
     /// title's timeline that overlaps `[start, end)`. The same numbers
     /// apply to every track, as their segment boundaries are shared.
@@ -439,6 +512,17 @@ fn parse_secs(key: &str, value: &str) -> Result<u64, ViewError> {
 }
 
 /// Milliseconds as seconds, no trailing zeros: 10500 is `10.5`.
+/// A ceiling `limit` on `values`, snapped: the largest value at or under
+/// it, `None` when every value is under it (no filter), or the limit
+/// itself when none is (an empty view).
+fn snap(values: impl Iterator<Item = u64> + Clone, limit: u64) -> Option<u64> {
+    let all = values.clone().max()?;
+    if limit >= all {
+        return None;
+    }
+    Some(values.filter(|v| *v <= limit).max().unwrap_or(limit))
+}
+
 fn secs(ms: u64) -> String {
     if ms.is_multiple_of(1000) {
         return (ms / 1000).to_string();

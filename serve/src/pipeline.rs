@@ -70,7 +70,7 @@ pub trait Pipeline: Send + Sync + 'static {
     }
 
     /// Computes the cache key (and what it depends on) into the context.
-    fn cache_key(&self, _req: &Request, _ctx: &mut Self::Ctx) -> Step {
+    async fn cache_key(&self, _req: &Request, _ctx: &mut Self::Ctx) -> Step {
         Step::Continue
     }
 
@@ -115,7 +115,7 @@ async fn phases<P: Pipeline + ?Sized>(p: &P, req: &Request, ctx: &mut P::Ctx) ->
     if let answer @ Step::Answer(_) = p.admit(req, ctx).await {
         return answer;
     }
-    p.cache_key(req, ctx)
+    p.cache_key(req, ctx).await
 }
 
 /// The role's `log` phase for one request, with its context inside.
@@ -202,7 +202,7 @@ mod tests {
             ctx.get_mut().map(|t| t.0.push("admit")).ok();
             Step::Continue
         }
-        fn cache_key(&self, _req: &Request, ctx: &mut Self::Ctx) -> Step {
+        async fn cache_key(&self, _req: &Request, ctx: &mut Self::Ctx) -> Step {
             ctx.get_mut().map(|t| t.0.push("cache_key")).ok();
             Step::Continue
         }
