@@ -125,15 +125,7 @@ impl Accounts {
 
     /// Counts an attempt from `ip`; `Err(seconds)` when it is over the limit.
     fn throttle(&self, ip: IpAddr, per_minute: u32) -> Result<(), u64> {
-        // An IPv6 host usually holds a whole /64: count the /64.
-        let ip = match ip {
-            IpAddr::V6(v6) => {
-                let mut o = v6.octets();
-                o[8..].fill(0);
-                IpAddr::from(o)
-            }
-            v4 => v4,
-        };
+        let ip = address_block(ip);
         let w = self.per_address.get_with(ip, || {
             Arc::new(Mutex::new(Window {
                 started: Instant::now(),
@@ -390,6 +382,19 @@ fn throttle(state: &State, ip: IpAddr) -> Result<(), ApiError> {
         })
 }
 
+/// The block an address stands for: the address itself for IPv4; its /64
+/// for IPv6, as a host usually holds a whole /64.
+fn address_block(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => {
+            let mut o = v6.octets();
+            o[8..].fill(0);
+            IpAddr::from(o)
+        }
+        v4 => v4,
+    }
+}
+
 /// Sign up: an account with one profile, logged in.
 #[utoipa::path(post, path = "/api/v1/auth/signup", tag = "session", request_body = SignupRequest,
     responses((status = 201, body = Session), (status = 400, body = ErrorBody),
@@ -454,7 +459,8 @@ pub(crate) async fn signup(
     Ok((StatusCode::CREATED, no_store(Json(session))).into_response())
 }
 
-/// Log in. Five wrong passwords in a row lock the account for a while.
+/// Log in. Five wrong passwords in a row from one address lock that
+/// address out of the account for a while.
 #[utoipa::path(post, path = "/api/v1/auth/login", tag = "session", request_body = LoginRequest,
     responses((status = 200, body = Session),
               (status = 401, description = "bad_credentials", body = ErrorBody),
@@ -484,7 +490,7 @@ pub(crate) async fn login(
         )
         .retry_after(until.saturating_sub(now).max(1) as u64)
     };
-    let row = sqlx::query("SELECT id, password_hash, locked_until FROM users WHERE email = $1")
+    let row = sqlx::query("SELECT id, password_hash FROM users WHERE email = $1")
         .bind(&email)
         .fetch_optional(&state.db.pool)
         .await?;
@@ -499,32 +505,52 @@ pub(crate) async fn login(
     };
     let user: String = row.try_get("id")?;
     let hash: String = row.try_get("password_hash")?;
-    let locked_until: i64 = row.try_get("locked_until")?;
-    if locked_until > now {
-        return Err(locked(&state, locked_until));
-    }
+    // Wrong passwords count per account and address: guesses from one
+    // address lock that address out of this account, never the account's
+    // owner elsewhere (who also has the per-address throttle on their side).
+    let addr = address_block(ip).to_string();
     // Count the attempt before checking it, in one statement, so parallel
     // guesses cannot all slip in before the lock: attempt k of a cycle
-    // learns k, and attempts past the limit are refused unchecked.
+    // learns k, and attempts past the limit (or while locked) are refused
+    // unchecked.
     let attempt: Option<i64> = sqlx::query(
-        "UPDATE users SET failed_logins = failed_logins + 1
-         WHERE id = $1 AND locked_until <= $2 RETURNING failed_logins",
+        "INSERT INTO login_locks (user_id, addr, failures, locked_until) VALUES ($1, $2, 1, 0)
+         ON CONFLICT (user_id, addr) DO UPDATE SET failures = login_locks.failures + 1
+         WHERE login_locks.locked_until <= $3
+         RETURNING failures",
     )
     .bind(&user)
+    .bind(&addr)
     .bind(now)
     .fetch_optional(&state.db.pool)
     .await?
-    .map(|r| r.try_get("failed_logins"))
+    .map(|r| r.try_get("failures"))
     .transpose()?;
     let until = now + state.cfg.login_lockout_secs as i64;
     let lock = || {
-        sqlx::query("UPDATE users SET locked_until = $1, failed_logins = 0 WHERE id = $2")
-            .bind(until)
-            .bind(&user)
-            .execute(&state.db.pool)
+        sqlx::query(
+            "UPDATE login_locks SET locked_until = $1, failures = 0
+             WHERE user_id = $2 AND addr = $3",
+        )
+        .bind(until)
+        .bind(&user)
+        .bind(&addr)
+        .execute(&state.db.pool)
     };
     let attempt = match attempt {
-        None => return Err(locked(&state, until)),
+        None => {
+            let locked_until: i64 = sqlx::query(
+                "SELECT locked_until FROM login_locks WHERE user_id = $1 AND addr = $2",
+            )
+            .bind(&user)
+            .bind(&addr)
+            .fetch_optional(&state.db.pool)
+            .await?
+            .map(|r| r.try_get("locked_until"))
+            .transpose()?
+            .unwrap_or(until);
+            return Err(locked(&state, locked_until));
+        }
         Some(k) if k > max => {
             lock().await?;
             return Err(locked(&state, until));
@@ -544,8 +570,9 @@ pub(crate) async fn login(
         }
         return Err(bad());
     }
-    sqlx::query("UPDATE users SET failed_logins = 0 WHERE id = $1")
+    sqlx::query("DELETE FROM login_locks WHERE user_id = $1 AND addr = $2")
         .bind(&user)
+        .bind(&addr)
         .execute(&state.db.pool)
         .await?;
     state.auth_events.with_label_values(&["login"]).inc();

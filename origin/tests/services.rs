@@ -362,6 +362,7 @@ macro_rules! on_both_databases {
 on_both_databases!(
     accounts_sessions_and_refresh_rotation,
     wrong_passwords_lock_the_account_and_addresses_are_throttled,
+    a_guesser_locks_out_only_their_own_address,
     profiles_have_their_own_history,
     webhook_signatures_replays_and_entitlements,
     the_stream_limit_refuses_one_device_too_many,
@@ -621,6 +622,44 @@ async fn wrong_passwords_lock_the_account_and_addresses_are_throttled(backend: B
         )
         .await;
     assert_eq!(v["error"], "rate_limited");
+    site.stop().await;
+}
+
+async fn a_guesser_locks_out_only_their_own_address(backend: Backend) {
+    let site = Site::start(backend, |c| c.login_max_failures = 3).await;
+    site.signup("victim@example.com").await;
+    // The origin believes the edge (here: the test, on loopback) about the
+    // viewer's address.
+    let login = |from: &'static str, password: &'static str| {
+        site.http
+            .post(format!("{}/api/v1/auth/login", site.url))
+            .header("x-forwarded-for", from)
+            .json(&json!({ "email": "victim@example.com", "password": password }))
+            .send()
+    };
+    for _ in 0..3 {
+        assert_eq!(
+            login("203.0.113.9", "wrong password")
+                .await
+                .unwrap()
+                .status(),
+            401
+        );
+    }
+    let r = login("203.0.113.9", PASSWORD).await.unwrap();
+    assert_eq!(r.status(), 429, "the guesser's address is locked out");
+    // The owner, elsewhere, logs in as usual, and a success clears nothing
+    // for the guesser.
+    let r = login("198.51.100.7", PASSWORD).await.unwrap();
+    assert_eq!(r.status(), 200, "the owner is not locked out");
+    let r = login("203.0.113.9", PASSWORD).await.unwrap();
+    assert_eq!(r.status(), 429);
+    // Another address of the guesser's /64 (IPv6) counts as the same.
+    for _ in 0..3 {
+        login("2001:db8:1:2::1", "wrong password").await.unwrap();
+    }
+    let r = login("2001:db8:1:2::ffff", PASSWORD).await.unwrap();
+    assert_eq!(r.status(), 429);
     site.stop().await;
 }
 
