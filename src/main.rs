@@ -396,7 +396,8 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         .context("--data must be a UTF-8 path")?
         .trim_end_matches('/')
         .to_string();
-    std::fs::create_dir_all(&data).with_context(|| format!("creating {data}"))?;
+    cascade_common::private_dir(std::path::Path::new(&data))
+        .with_context(|| format!("creating {data}"))?;
     let host = "127.0.0.1";
     let url = |port: u16| format!("http://{host}:{port}");
     let dev_key = dev_token_key(&data)?;

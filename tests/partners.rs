@@ -289,3 +289,110 @@ async fn the_openapi_document_describes_the_token_api() {
     assert!(doc["components"]["securitySchemes"]["partner_key"].is_object());
     control.shutdown().await;
 }
+
+/// Every file under `dir`, recursively.
+fn files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_keys_are_sealed_at_rest_and_revoked_ones_leave_the_disk() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let control = start_control(dir.path(), "http://edge.invalid").await;
+    let url = format!("http://{}", control.addr);
+    let http = client();
+    let r: Value = http
+        .post(format!("{url}/api/v1/partners"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"name": "acme", "scope": ["/vod/*"], "include_signing_key": true}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = r["signing_key"]["key"]
+        .as_str()
+        .expect("the signing key")
+        .to_string();
+    assert_eq!(key.len(), 64, "{r}");
+    let data = dir.path().join("control");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700, "the data directory is the owner's");
+    for name in ["control.db", "control-kek"] {
+        assert_eq!(mode(&data.join(name)), 0o600, "{name}");
+    }
+    // The key is nowhere on disk in clear: database, WAL or anything else.
+    let kek = std::fs::read_to_string(data.join("control-kek")).unwrap();
+    for f in files(&data) {
+        let bytes = std::fs::read(&f).unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            !text.contains(&key),
+            "{} holds the key in clear",
+            f.display()
+        );
+        if !f.ends_with("control-kek") {
+            assert!(!text.contains(kek.trim()), "{} holds the KEK", f.display());
+        }
+    }
+    // Edges still get it, opened.
+    let fleet: Value = http
+        .get(format!("{url}/api/v1/fleet/partners"))
+        .bearer_auth(FLEET)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(fleet["partners"][0]["keys"][0]["key"], key.as_str());
+    // Revoked: the keys are deleted and the WAL checkpointed empty.
+    let r = http
+        .post(format!("{url}/api/v1/partners/acme/revoke"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let wal = data.join("control.db-wal");
+    assert_eq!(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0), 0);
+    // A control started on the same data with another KEK cannot open the
+    // keys it holds: it refuses to start rather than hand edges garbage.
+    let r = http
+        .post(format!("{url}/api/v1/partners"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"name": "beta", "scope": ["/vod/*"]}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    control.shutdown().await;
+    let other = dir.path().join("other-kek");
+    std::fs::write(&other, "11".repeat(32)).unwrap();
+    let with_kek = |kek: String| ControlConfig {
+        listen: "127.0.0.1:0".into(),
+        data_dir: data.to_str().unwrap().into(),
+        admin_token: ADMIN.into(),
+        fleet_token: FLEET.into(),
+        key_encryption_key_file: kek,
+        ..ControlConfig::default()
+    };
+    let refused = cascade_control::start(&with_kek(other.to_str().unwrap().into())).await;
+    let why = refused.err().expect("refused").to_string();
+    assert!(why.contains("key-encryption key"), "{why}");
+    let control = cascade_control::start(&with_kek(String::new()))
+        .await
+        .unwrap();
+    control.shutdown().await;
+}

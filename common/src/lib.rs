@@ -7,6 +7,7 @@
 #![warn(unreachable_pub)]
 
 pub mod config;
+mod files;
 mod heartbeat;
 mod metrics;
 mod operators;
@@ -14,6 +15,7 @@ mod server;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+pub use files::{private_dir, private_file, private_sqlite};
 pub use heartbeat::{spawn_heartbeat, Heartbeat};
 pub use metrics::{init_logging, Metrics};
 pub use operators::{

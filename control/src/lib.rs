@@ -61,6 +61,10 @@ pub struct ControlConfig {
     /// Networks (CIDRs) that may read `/metrics` without a credential;
     /// anyone else needs the admin or fleet credential. Loopback by default.
     pub metrics_networks: Vec<String>,
+    /// File with the key-encryption key (32 bytes, hex) that seals
+    /// partners' signing keys at rest; empty: `{data_dir}/control-kek`,
+    /// made on first start.
+    pub key_encryption_key_file: String,
 }
 
 /// One node of the fleet.
@@ -88,6 +92,7 @@ impl Default for ControlConfig {
             node_down_after_secs: 15,
             origin_url: "http://127.0.0.1:8082".into(),
             metrics_networks: cascade_common::default_operator_networks(),
+            key_encryption_key_file: String::new(),
         }
     }
 }
@@ -131,6 +136,7 @@ struct Ctx {
     cfg: ControlConfig,
     registry: std::sync::Mutex<std::collections::HashMap<String, Registered>>,
     db: SqlitePool,
+    sealer: partners::Sealer,
     client: reqwest::Client,
     metrics: Metrics,
     limits: partners::Limits,
@@ -589,7 +595,7 @@ async fn create_token(
             "the grant lies outside your scope",
         );
     }
-    let signing = match partners::current_key(&ctx.db, &partner.name).await {
+    let signing = match partners::current_key(&ctx.db, &ctx.sealer, &partner.name).await {
         Ok(Some(k)) => k,
         Ok(None) => {
             return error(
@@ -754,7 +760,7 @@ async fn add_partner(
         Ok(None) => {}
         Err(e) => return db_error(e),
     }
-    match partners::create(&ctx.db, &info).await {
+    match partners::create(&ctx.db, &ctx.sealer, &info).await {
         Ok((api_key, signing)) => {
             tracing::info!(partner = %info.name, "partner created");
             (
@@ -797,7 +803,7 @@ async fn rotate_partner(
         return r;
     }
     let include = q.include_signing_key;
-    match partners::rotate(&ctx.db, &name).await {
+    match partners::rotate(&ctx.db, &ctx.sealer, &name).await {
         Ok(Some((api_key, signing))) => {
             tracing::info!(partner = %name, "partner keys rotated");
             Json(json!({ "api_key": api_key, "signing_key": if include { Some(signing) } else { None } })).into_response()
@@ -834,7 +840,7 @@ async fn fleet_partners(State(ctx): State<Arc<Ctx>>, headers: HeaderMap) -> Resp
             "fleet credential required",
         );
     }
-    match partners::fleet(&ctx.db).await {
+    match partners::fleet(&ctx.db, &ctx.sealer).await {
         Ok(list) => (
             [(header::CACHE_CONTROL, "no-store")],
             Json(json!({ "partners": list })),
@@ -860,26 +866,64 @@ impl Control {
     }
 }
 
+/// The key-encryption key: 32 bytes, hex, from `key_encryption_key_file`,
+/// else from `{data_dir}/control-kek`, made (0600) on first start. In a
+/// fleet, point the config at a secret kept apart from the database (its
+/// backups then hold no usable partner key).
+fn key_encryption_key(cfg: &ControlConfig) -> anyhow::Result<[u8; 32]> {
+    use std::io::Write;
+    let path = if cfg.key_encryption_key_file.is_empty() {
+        std::path::Path::new(&cfg.data_dir).join("control-kek")
+    } else {
+        std::path::PathBuf::from(&cfg.key_encryption_key_file)
+    };
+    if !path.exists() && cfg.key_encryption_key_file.is_empty() {
+        cascade_common::private_file(&path)?;
+        let mut f = std::fs::OpenOptions::new().write(true).open(&path)?;
+        f.write_all(partners::random_hex(32).as_bytes())?;
+    }
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| anyhow::anyhow!("key_encryption_key_file: {}: {e}", path.display()))?;
+    let mut kek = [0u8; 32];
+    hex::decode_to_slice(text.trim(), &mut kek).map_err(|_| {
+        anyhow::anyhow!(
+            "key_encryption_key_file: {}: not 32 bytes of hex",
+            path.display()
+        )
+    })?;
+    Ok(kek)
+}
+
 /// Starts control on `cfg.listen`.
 pub async fn start(cfg: &ControlConfig) -> anyhow::Result<Control> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .no_proxy()
         .build()?;
-    std::fs::create_dir_all(&cfg.data_dir)?;
+    // The database holds partners' signing keys: owner-only, like its
+    // directory, and sealed under the key-encryption key.
+    let data_dir = std::path::Path::new(&cfg.data_dir);
+    cascade_common::private_dir(data_dir)?;
+    let db_path = data_dir.join("control.db");
+    cascade_common::private_sqlite(&format!("sqlite://{}", db_path.display()))?;
+    let sealer = partners::Sealer::new(&key_encryption_key(cfg)?);
     let opts = SqliteConnectOptions::new()
-        .filename(std::path::Path::new(&cfg.data_dir).join("control.db"))
+        .filename(&db_path)
         .create_if_missing(true)
-        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal);
+        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+        // Deleted rows (a revoked partner's keys) are overwritten, not
+        // left in free pages.
+        .pragma("secure_delete", "ON");
     let db = SqlitePoolOptions::new()
         .max_connections(4)
         .connect_with(opts)
         .await?;
-    partners::migrate(&db).await?;
+    partners::migrate(&db, &sealer).await?;
     let metrics = Metrics::new("control");
     let ctx = Arc::new(Ctx {
         cfg: cfg.clone(),
         db,
+        sealer,
         client,
         purge_metrics: purge::PurgeMetrics::new(metrics.registry()),
         warm_metrics: prewarm::WarmMetrics::new(metrics.registry()),

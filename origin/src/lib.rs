@@ -150,7 +150,9 @@ impl Origin {
 /// Starts an origin: database, store, worker and HTTP listener.
 pub async fn start(cfg: &OriginConfig) -> anyhow::Result<Origin> {
     transcode::init();
-    std::fs::create_dir_all(&cfg.data_dir)?;
+    // The database holds the token secret: owner-only, like its directory.
+    cascade_common::private_dir(std::path::Path::new(&cfg.data_dir))?;
+    cascade_common::private_sqlite(&cfg.database_url())?;
     let db = db::open(&cfg.database_url(), cfg.database_max_connections).await?;
     let store = store::open_local(&cfg.media_dir())?;
     let metrics = Metrics::new("origin");

@@ -1361,6 +1361,19 @@ async fn the_openapi_document_describes_every_viewer_route() {
 #[tokio::test]
 async fn the_page_has_security_headers_and_every_error_is_json() {
     let site = Site::start(Backend::Sqlite, |_| {}).await;
+    // The database (it holds the token secret) and its directory are the
+    // owner's alone.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let data = std::path::Path::new(&site.cfg.data_dir);
+        assert_eq!(mode(data), 0o700);
+        let db = site.cfg.database_url();
+        if let Some(path) = db.strip_prefix("sqlite://") {
+            let path = path.split('?').next().unwrap();
+            assert_eq!(mode(std::path::Path::new(path)), 0o600, "{path}");
+        }
+    }
     let page = site
         .http
         .get(format!("{}/", site.url))
