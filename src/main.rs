@@ -1326,6 +1326,7 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     loop {
         let j: serde_json::Value = client
             .get(format!("{origin}/api/v1/jobs/{job}"))
+            .bearer_auth(admin.trim())
             .send()
             .await?
             .json()

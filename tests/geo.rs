@@ -320,3 +320,45 @@ async fn by_default_unknown_viewers_are_refused_a_licensed_title_and_carried_tok
     }
     stack.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_title_whose_rules_cannot_be_fetched_is_refused_not_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stack, asset) =
+        common::licensed_stack(dir.path(), UnknownPolicy::default(), vec![], |_| {}).await;
+    let edge_url = stack.edge_url.clone();
+    let india = from("127.0.0.2");
+    let master = |a: &str| {
+        format!(
+            "{edge_url}/vod/{a}/master.m3u8?__token__={}",
+            common::sign_for(a)
+        )
+    };
+    assert_eq!(
+        india.get(master(&asset)).send().await.unwrap().status(),
+        200
+    );
+    // Every upstream goes away.
+    let common::Stack {
+        origin,
+        shield,
+        edge,
+        dir: _keep,
+        ..
+    } = stack;
+    shield.shutdown().await;
+    origin.shutdown().await;
+    // A title never seen: its rules cannot be checked, so nothing of it is
+    // served (it used to be judged by the path rules alone).
+    let other = "0123456789ab";
+    let r = india.get(master(other)).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    let (_, body) = status_and_body(india.get(master(other))).await;
+    assert_eq!(body["error"], "geo_unavailable");
+    // The title seen before keeps its rules: a viewer from the US is still
+    // refused for the licensed title.
+    let (status, body) = status_and_body(from("127.0.0.3").get(master(&asset))).await;
+    assert_eq!(status, 451, "{body}");
+    edge.shutdown().await;
+}

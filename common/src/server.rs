@@ -67,8 +67,12 @@ pub async fn serve_router(
         .header_read_timeout(limits.header_timeout)
         .max_header_size(limits.max_header_bytes)
         .keep_alive(true);
+    // The connections, so that those still open after the drain time are
+    // ended before the caller closes what they use (the database).
+    let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
+        while connections.try_join_next().is_some() {}
         let permit = tokio::select! {
             p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
             _ = &mut shutdown => break,
@@ -99,7 +103,7 @@ pub async fn serve_router(
             }
         });
         let conn = graceful.watch(builder.serve_connection(TokioIo::new(tcp), service));
-        tokio::spawn(async move {
+        connections.spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, %peer, "connection ended");
             }
@@ -111,8 +115,9 @@ pub async fn serve_router(
         .await
         .is_err()
     {
-        tracing::warn!("requests still being answered after the drain time");
+        tracing::warn!("requests still being answered after the drain time; ending them");
     }
+    connections.shutdown().await;
 }
 
 /// Largest plain-text refusal that is carried over into the JSON message.

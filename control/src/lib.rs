@@ -898,6 +898,9 @@ fn key_encryption_key(cfg: &ControlConfig) -> anyhow::Result<[u8; 32]> {
 pub async fn start(cfg: &ControlConfig) -> anyhow::Result<Control> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
+        // Below the origin's 30 s idle limit: never reuse a connection as
+        // the server closes it.
+        .pool_idle_timeout(Duration::from_secs(20))
         .no_proxy()
         .build()?;
     // The database holds partners' signing keys: owner-only, like its

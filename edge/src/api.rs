@@ -39,7 +39,15 @@ impl EdgePipeline {
                     body: up.body,
                     stream: None,
                 };
-                for name in ["content-type", "cache-control", "location", "retry-after"] {
+                for name in [
+                    "content-type",
+                    "cache-control",
+                    "location",
+                    "retry-after",
+                    "x-content-type-options",
+                    "referrer-policy",
+                    "www-authenticate",
+                ] {
                     if let Some(v) = up.headers.get(name) {
                         r.headers.insert(name, v.clone());
                     }

@@ -16,6 +16,19 @@ use crate::media::Media;
 const TITLE_RULES: u64 = 10_000;
 /// How long a title's rules are kept before they are fetched again.
 const TITLE_RULE_TTL: Duration = Duration::from_secs(30);
+/// How long the last rules seen for a title stand in while they cannot be
+/// fetched (every upstream down): as long as a playlist may be served
+/// stale, so cached media never outlives its rules.
+const LAST_KNOWN_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Why a title's rules are not to hand.
+enum Unknown {
+    /// The title has no metadata: it is not published (its media is not
+    /// found either).
+    NoTitle,
+    /// Every upstream failed.
+    Unavailable,
+}
 
 /// Country lookups and rules.
 pub(crate) struct Geofence {
@@ -25,6 +38,8 @@ pub(crate) struct Geofence {
     pub(crate) trusted: Vec<ipnet::IpNet>,
     /// Titles' country rules, fetched with their metadata.
     title_meta: moka::future::Cache<String, Arc<cascade_geo::CountryRule>>,
+    /// The last rules seen per title, for when they cannot be fetched.
+    last_known: moka::future::Cache<String, Arc<cascade_geo::CountryRule>>,
     pub(crate) lookups: IntCounterVec,
     pub(crate) blocked: IntCounterVec,
 }
@@ -46,6 +61,10 @@ impl Geofence {
             title_meta: moka::future::Cache::builder()
                 .max_capacity(TITLE_RULES)
                 .time_to_live(TITLE_RULE_TTL)
+                .build(),
+            last_known: moka::future::Cache::builder()
+                .max_capacity(TITLE_RULES * 10)
+                .time_to_live(LAST_KNOWN_TTL)
                 .build(),
             lookups,
             blocked,
@@ -94,7 +113,26 @@ impl Geofence {
         media: &Media,
         request_id: &str,
     ) -> Option<Response> {
-        let title = self.title_rule(asset, media, request_id).await;
+        // Fail closed: a title whose rules cannot be had (and were never
+        // seen) is not served, since its media may be in a cache.
+        let title = match self.title_rule(asset, media, request_id).await {
+            Ok(rule) => Some(rule),
+            Err(Unknown::NoTitle) => None,
+            Err(Unknown::Unavailable) => match self.last_known.get(asset).await {
+                Some(rule) => Some(rule),
+                None => {
+                    tracing::warn!(request_id, asset, "title rules unavailable; refusing");
+                    return Some(
+                        Response::error(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "geo_unavailable",
+                            "this title's country rules cannot be checked now; try again shortly",
+                        )
+                        .header("retry-after", "5"),
+                    );
+                }
+            },
+        };
         let verdict =
             cascade_geo::decide(country, path, &self.rules, title.as_deref(), self.unknown);
         match verdict {
@@ -111,46 +149,55 @@ impl Geofence {
         }
     }
 
-    /// Forgets the titles' rules (after a purge: a title may have changed).
+    /// Forgets the titles' fresh rules (after a purge: a title may have
+    /// changed); the last known stay for when they cannot be fetched.
     pub(crate) fn forget_titles(&self) {
         self.title_meta.invalidate_all();
     }
 
     /// A title's country rules, from its metadata (through the shields,
-    /// kept in RAM briefly). A title whose metadata cannot be had is judged
-    /// by the path rules alone; its media will not be found either.
+    /// kept in RAM briefly, and as last known for a day).
     async fn title_rule(
         &self,
         asset: &str,
         media: &Media,
         request_id: &str,
-    ) -> Option<Arc<cascade_geo::CountryRule>> {
-        // Concurrent misses for one title share one fetch (moka coalesces).
+    ) -> Result<Arc<cascade_geo::CountryRule>, Unknown> {
+        // Concurrent misses for one title share one fetch (moka coalesces);
+        // only rules are kept, never a failure.
         let fetch = async {
             let r = media
                 .fetch_media(&format!("/mezz/{asset}/meta.json"), None, request_id)
                 .await
-                .map_err(|_| ())?;
+                .map_err(|_| Unknown::Unavailable)?;
+            if r.status == StatusCode::NOT_FOUND {
+                return Err(Unknown::NoTitle);
+            }
             if r.status != StatusCode::OK {
-                return Err(());
+                return Err(Unknown::Unavailable);
             }
             #[derive(serde::Deserialize)]
             struct Meta {
                 geo: cascade_geo::CountryRule,
             }
-            let meta: Meta = serde_json::from_slice(&r.body).map_err(|_| ())?;
-            Ok::<_, ()>(Arc::new(meta.geo))
+            let meta: Meta = serde_json::from_slice(&r.body).map_err(|_| Unknown::Unavailable)?;
+            Ok(Arc::new(meta.geo))
         };
-        self.title_meta
+        let rule = self
+            .title_meta
             .try_get_with(asset.to_string(), fetch)
             .await
-            .ok()
+            .map_err(|e| match *e {
+                Unknown::NoTitle => Unknown::NoTitle,
+                Unknown::Unavailable => Unknown::Unavailable,
+            })?;
+        self.last_known
+            .insert(asset.to_string(), rule.clone())
+            .await;
+        Ok(rule)
     }
 }
 
-/// Reloads the geo database when its file changes (replaced by rename, so
-/// its inode, size or time changes) or on SIGHUP. A bad file is refused and
-/// logged; the database in use stays.
 pub(crate) async fn watch_geo(geo: Arc<cascade_geo::Geo>, every: Duration, reloads: IntCounterVec) {
     use std::os::unix::fs::MetadataExt;
     let Some(path) = geo.path().map(|p| p.to_path_buf()) else {

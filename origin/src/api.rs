@@ -197,10 +197,10 @@ struct UploadQuery {
 const REFUSAL_LINGER: std::time::Duration = std::time::Duration::from_secs(10);
 const REFUSAL_LINGER_BYTES: usize = 256 << 20;
 
-/// Answers `refusal` to an upload whose body has not been read, after
-/// reading and discarding that body for a while (a lingering close, as
-/// nginx does): a client still sending would otherwise meet a reset
-/// connection and never see why it was refused.
+/// Answers `refusal` to an upload whose body has not been read (a wrong
+/// credential, a full queue), after reading and discarding that body for a
+/// while (a lingering close, as nginx does): a client still sending would
+/// otherwise meet a reset connection and never see why it was refused.
 async fn refuse_upload(body: Body, refusal: Response) -> Response {
     let mut stream = body.into_data_stream();
     let drain = async {
@@ -240,12 +240,17 @@ async fn upload(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
-        let refusal = error(
+        // Reading a body over the limit to say so would cost more than it
+        // is worth: answer now, and close.
+        let mut refusal = error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_large",
             &format!("uploads are limited to {} MiB", state.cfg.max_upload_mib),
         );
-        return refuse_upload(body, refusal).await;
+        refusal
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return refusal;
     }
     // Bounded work: a few uploads at once, and a bounded queue behind the worker.
     let Ok(_permit) = state.uploads.try_acquire() else {
@@ -471,9 +476,23 @@ pub(crate) fn new_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..12].to_string()
 }
 
-async fn job(AxState(state): AxState<Arc<State>>, Path(id): Path<String>) -> Response {
+/// `GET /api/v1/jobs/{id}`: a job's state and progress; its failure's cause
+/// (FFmpeg's words) only with the admin credential.
+async fn job(
+    AxState(state): AxState<Arc<State>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     match db::get_job(&state.db, &id).await {
-        Ok(Some(j)) => Json(j).into_response(),
+        Ok(Some(j)) => {
+            let mut v = serde_json::to_value(&j).unwrap_or_default();
+            if !is_admin(&state, &headers) {
+                if let Some(obj) = v.as_object_mut() {
+                    obj.remove("error");
+                }
+            }
+            Json(v).into_response()
+        }
         Ok(None) => error(StatusCode::NOT_FOUND, "not_found", "no such job"),
         Err(e) => db_error(e),
     }

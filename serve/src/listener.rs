@@ -277,6 +277,37 @@ struct App {
     cfg: ListenerConfig,
     options: HttpServerOptions,
     inflight: Arc<InFlight>,
+    opened: Opened,
+}
+
+/// Connections that have not yet begun a request, by peer address (unique
+/// among open TCP connections of one listener). A connection whose first
+/// request has not arrived within the header time is closed, whatever
+/// Pingora is waiting for: the HTTP/2 preface after TLS, or the 24 bytes it
+/// reads to tell h2c from HTTP/1.1, neither of which has a deadline of its
+/// own.
+#[derive(Default)]
+struct Opened(std::sync::Mutex<std::collections::HashSet<SocketAddr>>);
+
+impl Opened {
+    fn add(&self, peer: SocketAddr) {
+        if let Ok(mut s) = self.0.lock() {
+            s.insert(peer);
+        }
+    }
+
+    /// The connection from `peer` has begun a request.
+    fn begun(&self, peer: SocketAddr) {
+        if let Ok(mut s) = self.0.lock() {
+            s.remove(&peer);
+        }
+    }
+
+    /// Whether the connection from `peer` is still waiting for its first
+    /// request; forgets it either way.
+    fn still_waiting(&self, peer: SocketAddr) -> bool {
+        self.0.lock().map(|mut s| s.remove(&peer)).unwrap_or(false)
+    }
 }
 
 /// Serves `handler` on `listener` until shut down.
@@ -307,6 +338,7 @@ pub fn serve(
         cfg: cfg.clone(),
         options,
         inflight: inflight.clone(),
+        opened: Opened::default(),
     });
     let permits = Arc::new(Semaphore::new(cfg.max_connections));
     let mut stop = rx.clone();
@@ -333,15 +365,6 @@ pub fn serve(
             let shutdown = rx.clone();
             let tls = tls.clone();
             tokio::spawn(async move {
-                // A client that connects and says nothing is dropped once
-                // the header time is up (TLS has its own handshake limit).
-                if tls.is_none() {
-                    let mut first = [0u8; 1];
-                    match tokio::time::timeout(app.cfg.header_timeout, tcp.peek(&mut first)).await {
-                        Ok(Ok(n)) if n > 0 => {}
-                        _ => return,
-                    }
-                }
                 let mut l4 = L4Stream::from(tcp);
                 // The peer address feeds token IP binding and geo.
                 let digest = SocketDigest::from_raw_fd(l4.as_raw_fd());
@@ -364,7 +387,23 @@ pub fn serve(
                         }
                     }
                 };
-                app.process_new(stream, &shutdown).await;
+                app.opened.add(peer);
+                let serve = app.process_new(stream, &shutdown);
+                // Once a request has begun, its own deadlines apply; until
+                // then, the header time from here.
+                let first_request = async {
+                    tokio::time::sleep(app.cfg.header_timeout).await;
+                    if !app.opened.still_waiting(peer) {
+                        std::future::pending::<()>().await;
+                    }
+                };
+                tokio::select! {
+                    _ = serve => {}
+                    _ = first_request => {
+                        tracing::debug!(%peer, "no request within the header time; closing");
+                    }
+                }
+                app.opened.still_waiting(peer);
                 drop(permit);
             });
         }
@@ -417,6 +456,9 @@ impl HttpServerApp for App {
         let headers = req_header.headers.clone();
         let protocol = if session.is_http2() { "h2" } else { "http/1.1" };
         let client = session.client_addr().and_then(|a| a.as_inet()).copied();
+        if let Some(peer) = client {
+            self.opened.begun(peer);
+        }
         let request_id = Front::request_id(&headers);
 
         let header_bytes = header_size(session.req_header());
@@ -552,9 +594,9 @@ struct TcpSink<'a>(&'a mut ServerSession);
 #[async_trait::async_trait]
 impl Sink for TcpSink<'_> {
     fn max_piece(&self) -> usize {
-        // Pingora writes a whole body in one call; HTTP/2 flow control is
-        // its business.
-        usize::MAX
+        // Each piece must go out within the send timeout: a client that
+        // reads 256 KiB per 30 s (70 kbit/s) keeps its download.
+        256 * 1024
     }
 
     async fn head(&mut self, status: StatusCode, headers: HeaderMap) -> bool {
@@ -675,6 +717,46 @@ mod tests {
             .expect("connect");
         let got = until_closed(&mut c).await.expect("closed by the server");
         assert!(got.is_empty());
+        server.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_client_that_stops_within_the_first_bytes_is_cut_off() {
+        use tokio::io::AsyncWriteExt;
+        let server = quick_server().await;
+        // Fewer bytes than Pingora reads to tell HTTP/2 from HTTP/1.1: an
+        // HTTP/1.1 start, and the start of the HTTP/2 preface.
+        for start in [&b"GET / HT"[..], &b"PRI * HTTP/2.0"[..]] {
+            let mut c = tokio::net::TcpStream::connect(server.addr)
+                .await
+                .expect("connect");
+            c.write_all(start).await.expect("write");
+            let got = until_closed(&mut c).await.expect("closed by the server");
+            assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
+        }
+        // Kept alive after a request: the same connection is not cut at the
+        // header time while it idles within its keep-alive time.
+        use tokio::io::AsyncReadExt;
+        let mut c = tokio::net::TcpStream::connect(server.addr)
+            .await
+            .expect("connect");
+        for _ in 0..2 {
+            c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .expect("write");
+            let mut buf = vec![0u8; 4096];
+            let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
+                .await
+                .expect("an answer")
+                .expect("read");
+            assert!(
+                String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"),
+                "{}",
+                String::from_utf8_lossy(&buf[..n])
+            );
+            // Idle for longer than the header time (300 ms).
+            tokio::time::sleep(Duration::from_millis(600)).await;
+        }
         server.shutdown().await;
     }
 

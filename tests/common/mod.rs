@@ -273,6 +273,7 @@ pub async fn wait_job(origin_url: &str, job: &str, within: Duration) -> Value {
     loop {
         let j: Value = client()
             .get(format!("{origin_url}/api/v1/jobs/{job}"))
+            .bearer_auth(ORIGIN_ADMIN)
             .send()
             .await
             .expect("job request")

@@ -671,6 +671,7 @@ async fn wait_job(client: &reqwest::Client, origin: &str, job: &str) -> anyhow::
     loop {
         let j: Value = client
             .get(format!("{origin}/api/v1/jobs/{job}"))
+            .bearer_auth(ORIGIN_ADMIN)
             .send()
             .await?
             .json()
