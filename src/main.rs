@@ -422,6 +422,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         token_keys: vec![dev_key.clone()],
         geoip_db: geoip_db.clone(),
         admin_token: admin_token.clone(),
+        fleet_token: fleet_token.clone(),
         ..OriginConfig::default()
     })
     .await

@@ -46,7 +46,11 @@ macro_rules! access_log {
 pub fn is_routine(path: &str) -> bool {
     matches!(
         path,
-        "/healthz" | "/metrics" | "/api/v1/fleet/heartbeat" | "/api/v1/fleet/partners"
+        "/healthz"
+            | "/metrics"
+            | "/api/v1/fleet/heartbeat"
+            | "/api/v1/fleet/partners"
+            | "/api/v1/fleet/revocations"
     )
 }
 

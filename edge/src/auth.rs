@@ -32,9 +32,27 @@ pub(crate) struct Authorized {
     pub(crate) child_query: Option<String>,
 }
 
+/// Ended playback sessions (token `id`s) and when their tokens expire at
+/// the latest; filled by [`poll_revocations`].
+pub(crate) type Revoked = moka::sync::Cache<String, ()>;
+
+/// Longest a revocation is kept: past the playback API's token lifetime.
+const REVOCATION_TTL: Duration = Duration::from_secs(7 * 3600);
+/// Most revocations kept.
+const MAX_REVOCATIONS: u64 = 1_000_000;
+
+/// An empty revocation list.
+pub(crate) fn revoked_sessions() -> Revoked {
+    moka::sync::Cache::builder()
+        .max_capacity(MAX_REVOCATIONS)
+        .time_to_live(REVOCATION_TTL)
+        .build()
+}
+
 /// The token check.
 pub(crate) struct Auth {
     pub(crate) verifier: Arc<arc_swap::ArcSwap<Verifier>>,
+    pub(crate) revoked: Revoked,
     pub(crate) token_name: String,
     pub(crate) open_paths: Vec<String>,
     pub(crate) rejections: IntCounterVec,
@@ -96,6 +114,12 @@ impl Auth {
                 v => v,
             },
         };
+        // A token of a playback session that has ended is refused, however
+        // long it has left to live.
+        let verdict = verdict.and_then(|grant| match &grant.session {
+            Some(s) if self.revoked.contains_key(s) => Err(Rejection::Revoked),
+            _ => Ok(grant),
+        });
         match verdict {
             Ok(grant) => {
                 self.accepted.with_label_values(&[&grant.kid]).inc();
@@ -194,6 +218,72 @@ pub(crate) async fn refresh_partners(
             // Without the URL: none of it is secret, but keep logs uniform.
             Err(e) => {
                 tracing::warn!(error = %e.without_url(), "partner key refresh failed; keeping the last set")
+            }
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct Revocations {
+    next: i64,
+    #[serde(default)]
+    more: bool,
+    revoked: Vec<Revocation>,
+}
+
+#[derive(serde::Deserialize)]
+struct Revocation {
+    id: String,
+}
+
+/// Polls the origin's list of ended playback sessions every `every` and
+/// adds them to `revoked`. On failure the list stays as it was (sessions
+/// already revoked stay refused) and the next poll asks again from where
+/// it left off.
+pub(crate) async fn poll_revocations(
+    revoked: Revoked,
+    origin: String,
+    fleet_token: String,
+    every: Duration,
+) {
+    let client = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .pool_idle_timeout(Duration::from_secs(20))
+        .no_proxy()
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "revocation client");
+            return;
+        }
+    };
+    let url = format!("{origin}/api/v1/fleet/revocations");
+    let mut after = 0i64;
+    loop {
+        let fetched = async {
+            let r = client
+                .get(&url)
+                .query(&[("after", after)])
+                .bearer_auth(&fleet_token)
+                .send()
+                .await?;
+            r.error_for_status()?.json::<Revocations>().await
+        }
+        .await;
+        match fetched {
+            Ok(page) => {
+                for r in page.revoked {
+                    revoked.insert(r.id, ());
+                }
+                after = page.next.max(after);
+                if page.more {
+                    continue;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e.without_url(), "revocation poll failed; keeping the list")
             }
         }
         tokio::time::sleep(every).await;

@@ -47,6 +47,9 @@ pub struct EdgeConfig {
     pub fleet_token: String,
     /// Seconds between partner-key refreshes.
     pub partner_refresh_secs: u64,
+    /// Seconds between polls of the origin's list of ended playback
+    /// sessions (with `fleet_token`); their media tokens are refused.
+    pub revocation_poll_secs: u64,
     /// This node's name in control's registry (with `control_url`).
     pub node_name: String,
     /// This node's region.
@@ -137,6 +140,7 @@ impl Default for EdgeConfig {
             control_url: String::new(),
             fleet_token: String::new(),
             partner_refresh_secs: 5,
+            revocation_poll_secs: 5,
             node_name: "edge-1".into(),
             region: "local".into(),
             public_url: String::new(),
@@ -213,6 +217,9 @@ impl Validate for EdgeConfig {
         cascade_common::check_networks("metrics_networks", &self.metrics_networks, errors);
         if self.geoip_reload_secs == 0 {
             errors.push("geoip_reload_secs: must be at least 1".into());
+        }
+        if !(1..=60).contains(&self.revocation_poll_secs) {
+            errors.push("revocation_poll_secs: 1 to 60".into());
         }
         if self.partner_refresh_secs == 0 {
             errors.push("partner_refresh_secs: must be at least 1".into());

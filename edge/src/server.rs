@@ -16,7 +16,7 @@ use cascade_serve::{
 };
 use cascade_token::Verifier;
 
-use crate::auth::{refresh_partners, Auth};
+use crate::auth::{poll_revocations, refresh_partners, revoked_sessions, Auth};
 use crate::cmcd::Prefetcher;
 use crate::config::EdgeConfig;
 use crate::geofence::{watch_geo, Geofence};
@@ -42,6 +42,7 @@ pub struct Edge {
     geo_task: Option<tokio::task::JoinHandle<()>>,
     heartbeat_task: Option<tokio::task::JoinHandle<()>>,
     health_task: Option<tokio::task::JoinHandle<()>>,
+    revocation_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Edge {
@@ -53,6 +54,7 @@ impl Edge {
             &self.heartbeat_task,
             &self.health_task,
             &self.tls_task,
+            &self.revocation_task,
         ]
         .into_iter()
         .flatten()
@@ -148,9 +150,24 @@ pub async fn start(cfg: &EdgeConfig) -> anyhow::Result<Edge> {
             counters.cmcd_prefetch.clone(),
         )
     });
+    let revoked = revoked_sessions();
+    let revocation_task = if cfg.fleet_token.is_empty() {
+        tracing::warn!(
+            "no fleet_token: ended playback sessions are not refused before their tokens expire"
+        );
+        None
+    } else {
+        Some(tokio::spawn(poll_revocations(
+            revoked.clone(),
+            cfg.origin.trim_end_matches('/').to_string(),
+            cfg.fleet_token.clone(),
+            Duration::from_secs(cfg.revocation_poll_secs),
+        )))
+    };
     let pipeline = EdgePipeline {
         auth: Auth {
             verifier,
+            revoked,
             token_name: cfg.token_name.clone(),
             open_paths: cfg.open_paths.clone(),
             rejections: counters.token_rejections.clone(),
@@ -233,6 +250,7 @@ pub async fn start(cfg: &EdgeConfig) -> anyhow::Result<Edge> {
         geo_task,
         heartbeat_task,
         health_task,
+        revocation_task,
     })
 }
 

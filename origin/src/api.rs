@@ -73,6 +73,7 @@ pub fn app(state: Arc<State>) -> Router {
         .route("/api/v1/streams/{id}/heartbeat", post(playback::heartbeat))
         .route("/api/v1/streams/{id}/stop", post(playback::stop))
         .route("/api/v1/history", get(playback::history))
+        .route("/api/v1/fleet/revocations", get(playback::revocations))
         .route("/api/v1/openapi.json", get(crate::openapi::serve))
         .route("/mezz/{asset}/{file}", get(mezzanine))
         .route("/", get(crate::web::index))

@@ -81,6 +81,9 @@ pub struct OriginConfig {
     /// Networks (CIDRs) that may read `/metrics` without a credential;
     /// anyone else needs the admin credential. Loopback by default.
     pub metrics_networks: Vec<String>,
+    /// The fleet credential edges present to read the list of ended
+    /// playback sessions (`/api/v1/fleet/revocations`); empty: refused.
+    pub fleet_token: String,
     /// Seconds caches may keep an asset manifest (`/mezz/{id}/manifest.json`)
     /// and title metadata fresh.
     pub metadata_max_age_secs: u64,
@@ -136,6 +139,7 @@ impl Default for OriginConfig {
             trusted_proxies: vec!["127.0.0.1/32".into(), "::1/128".into()],
             admin_token: String::new(),
             metrics_networks: cascade_common::default_operator_networks(),
+            fleet_token: String::new(),
             metadata_max_age_secs: 60,
             metadata_stale_while_revalidate_secs: 30,
             metadata_stale_if_error_secs: 24 * 3600,

@@ -436,6 +436,7 @@ pub(crate) async fn run_flusher(
     every: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    let mut last_sweep = std::time::Instant::now();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
@@ -443,8 +444,57 @@ pub(crate) async fn run_flusher(
             _ = stop.changed() => break,
         }
         state.heartbeats.flush(&state.db).await;
+        if last_sweep.elapsed()
+            >= Duration::from_secs(state.cfg.stream_slot_secs.clamp(1, SWEEP_EVERY_SECS))
+        {
+            last_sweep = std::time::Instant::now();
+            if let Err(e) = sweep_quiet_streams(&state).await {
+                tracing::warn!(error = %e, "sweeping quiet streams");
+            }
+        }
     }
     state.heartbeats.flush(&state.db).await;
+}
+
+/// At most how often (seconds) streams that stopped sending heartbeats are
+/// ended: every slot time, up to this.
+const SWEEP_EVERY_SECS: u64 = 10;
+
+/// Ends the streams that have sent no heartbeat for a slot's time (their
+/// players are gone, or do not report) and revokes their sessions, so
+/// their media tokens stop working at the edges; forgets revocations whose
+/// tokens have all expired.
+async fn sweep_quiet_streams(state: &State) -> Result<(), sqlx::Error> {
+    let now = crate::now() as i64;
+    let quiet: Vec<String> = sqlx::query("DELETE FROM streams WHERE last_seen < $1 RETURNING id")
+        .bind(now - state.cfg.stream_slot_secs as i64)
+        .fetch_all(&state.db.pool)
+        .await?
+        .iter()
+        .map(|r| r.try_get("id"))
+        .collect::<Result<_, _>>()?;
+    revoke_streams(state, &quiet).await?;
+    state.heartbeats.end(quiet);
+    sqlx::query("DELETE FROM revoked_streams WHERE expires_at < $1")
+        .bind(now)
+        .execute(&state.db.pool)
+        .await?;
+    Ok(())
+}
+
+/// Records that these playback sessions ended: edges refuse their media
+/// tokens from their next poll of the list.
+pub(crate) async fn revoke_streams(state: &State, ids: &[String]) -> Result<(), sqlx::Error> {
+    // A session's tokens live at most the playback TTL from now.
+    let until = crate::now() as i64 + state.cfg.playback_ttl_secs as i64 + 60;
+    for id in ids {
+        sqlx::query("INSERT INTO revoked_streams (stream_id, expires_at) VALUES ($1, $2)")
+            .bind(id)
+            .bind(until)
+            .execute(&state.db.pool)
+            .await?;
+    }
+    Ok(())
 }
 
 // ---- handlers --------------------------------------------------------------------
@@ -613,14 +663,18 @@ pub(crate) async fn playback(
             refused("too_many_streams");
         }
     })?;
+    revoke_streams(&state, &replaced).await?;
     state.heartbeats.end(replaced);
     let expires = now + state.cfg.playback_ttl_secs;
+    // The token names its stream: when the stream ends (stopped, replaced,
+    // quiet), the edges refuse it.
     let token = cascade_token::sign(
         key,
         &cascade_token::Claims {
             start: Some(now.saturating_sub(1)),
             expires,
             acl: vec![format!("/vod/{asset_id}/*")],
+            id: Some(stream.clone()),
             ..Default::default()
         },
     );
@@ -898,8 +952,61 @@ pub(crate) async fn stop(
         .bind(&claims.sub)
         .execute(&state.db.pool)
         .await?;
+    revoke_streams(&state, std::slice::from_ref(&id)).await?;
     state.heartbeats.end([id]);
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Most revocations in one answer of the fleet list.
+const REVOCATIONS_PAGE: i64 = 10_000;
+
+/// The query of `GET /api/v1/fleet/revocations`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct RevocationsQuery {
+    /// The last `next` seen; 0 (or absent) for every current revocation.
+    #[serde(default)]
+    after: i64,
+}
+
+/// `GET /api/v1/fleet/revocations?after=N` (fleet credential): the ended
+/// playback sessions since `N`, oldest first, with the `next` to ask from.
+pub(crate) async fn revocations(
+    AxState(state): AxState<Arc<State>>,
+    headers: axum::http::HeaderMap,
+    Query(q): Query<RevocationsQuery>,
+) -> Result<Response, ApiError> {
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if !cascade_common::bearer_matches(auth, &state.cfg.fleet_token) {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the fleet credential is required",
+        ));
+    }
+    let rows = sqlx::query(
+        "SELECT seq, stream_id, expires_at FROM revoked_streams WHERE seq > $1 ORDER BY seq LIMIT $2",
+    )
+    .bind(q.after.max(0))
+    .bind(REVOCATIONS_PAGE)
+    .fetch_all(&state.db.pool)
+    .await?;
+    let mut next = q.after.max(0);
+    let mut revoked = Vec::with_capacity(rows.len());
+    for r in &rows {
+        next = next.max(r.try_get::<i64, _>("seq")?);
+        revoked.push(json!({
+            "id": r.try_get::<String, _>("stream_id")?,
+            "expires": r.try_get::<i64, _>("expires_at")?,
+        }));
+    }
+    let more = rows.len() as i64 == REVOCATIONS_PAGE;
+    Ok((
+        [(header::CACHE_CONTROL, "no-store")],
+        Json(json!({ "next": next, "more": more, "revoked": revoked })),
+    )
+        .into_response())
 }
 
 /// A profile's watch history, newest first.

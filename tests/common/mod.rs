@@ -79,6 +79,9 @@ impl Stack {
             cache_memory_mib: 64,
             cache_disk_mib: 256,
             token_keys: vec![test_key("test", TEST_KEY_HEX)],
+            // Polls the origin's list of ended playback sessions.
+            fleet_token: FLEET.into(),
+            revocation_poll_secs: 1,
             ..EdgeConfig::default()
         };
         edit_edge(&mut edge_cfg);
@@ -112,6 +115,7 @@ pub fn origin_config(data: &str) -> OriginConfig {
         preset: "ultrafast".into(),
         token_keys: vec![test_key("test", TEST_KEY_HEX)],
         admin_token: ORIGIN_ADMIN.into(),
+        fleet_token: FLEET.into(),
         ladder: vec![
             Rung {
                 height: 180,

@@ -405,11 +405,15 @@ pub enum Rejection {
     /// The token names a partner key this edge does not know.
     #[error("unknown_key")]
     UnknownKey,
+    /// The playback session the token belongs to (its `id`) has ended:
+    /// stopped, replaced, or gone quiet.
+    #[error("revoked")]
+    Revoked,
 }
 
 impl Rejection {
     /// Every reason, for metrics.
-    pub const ALL: [Rejection; 8] = [
+    pub const ALL: [Rejection; 9] = [
         Rejection::Missing,
         Rejection::Malformed,
         Rejection::BadSignature,
@@ -418,6 +422,7 @@ impl Rejection {
         Rejection::AclMismatch,
         Rejection::IpMismatch,
         Rejection::UnknownKey,
+        Rejection::Revoked,
     ];
 
     /// The short code.
@@ -431,6 +436,7 @@ impl Rejection {
             Rejection::AclMismatch => "acl_mismatch",
             Rejection::IpMismatch => "ip_mismatch",
             Rejection::UnknownKey => "unknown_key",
+            Rejection::Revoked => "revoked",
         }
     }
 }
@@ -464,6 +470,8 @@ pub struct Grant {
     pub partner: Option<String>,
     /// Seconds until the token expires (from `now`).
     pub expires_in: u64,
+    /// The playback session it belongs to (its `id`), if any.
+    pub session: Option<String>,
 }
 
 impl Verifier {
@@ -545,6 +553,7 @@ impl Verifier {
             kid: key.kid.clone(),
             partner: partner_name,
             expires_in: t.expires.saturating_sub(now),
+            session: t.id.and_then(unescape),
         })
     }
 }

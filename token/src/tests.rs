@@ -459,3 +459,28 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn a_token_names_its_session() {
+    let key = Key::from_hex("k1", "00112233445566778899aabbccddeeff").expect("key");
+    let v = Verifier {
+        cdn_keys: vec![key.clone()],
+        ..Verifier::default()
+    };
+    let claims = |id: Option<&str>| Claims {
+        expires: NOW + 60,
+        acl: vec!["/vod/a/*".into()],
+        id: id.map(str::to_string),
+        ..Claims::default()
+    };
+    let with = sign(&key, &claims(Some("45ad18ad")));
+    let grant = v.verify(&with, "/vod/a/x.m4s", None, NOW).expect("valid");
+    assert_eq!(grant.session.as_deref(), Some("45ad18ad"));
+    let without = sign(&key, &claims(None));
+    let grant = v
+        .verify(&without, "/vod/a/x.m4s", None, NOW)
+        .expect("valid");
+    assert_eq!(grant.session, None);
+    assert_eq!(Rejection::Revoked.code(), "revoked");
+    assert!(Rejection::ALL.contains(&Rejection::Revoked));
+}
