@@ -1,8 +1,7 @@
-//! What the edge passes to the origin: the API (never cached) and
-//! everything else, the web page and its files (the generic cache).
+//! The API, passed to the origin and never cached.
 
 use cascade_serve::{set_cache_status, CacheOutcome, Request, Response};
-use http::{Method, StatusCode};
+use http::StatusCode;
 
 use crate::pipeline::EdgePipeline;
 use crate::CACHE_NAME;
@@ -69,18 +68,5 @@ impl EdgePipeline {
             &CacheOutcome::Bypass.entry(CACHE_NAME),
         );
         r
-    }
-
-    /// Anything else (the web page and its files): through the cache, as
-    /// the origin's `Cache-Control` allows.
-    pub(crate) async fn page(&self, req: &Request) -> Response {
-        if req.method != Method::GET && req.method != Method::HEAD {
-            return Response::error(StatusCode::METHOD_NOT_ALLOWED, "method", "GET or HEAD only");
-        }
-        let pq = req
-            .uri
-            .path_and_query()
-            .map_or(req.uri.path(), |p| p.as_str());
-        self.page.get(pq, None, &req.request_id).await
     }
 }

@@ -38,6 +38,11 @@ pub struct EdgeConfig {
     pub token_keys: Vec<TokenKeyConfig>,
     /// Seconds of clock skew allowed on a token's `st` and `exp`.
     pub token_skew_secs: u64,
+    /// Path prefixes of the generic path (not media, API or fleet) whose
+    /// query string is part of the cache key, because the origin's answer
+    /// depends on it. Everywhere else the query is left out of the key, so
+    /// no one can fill the cache by varying it.
+    pub cache_query_paths: Vec<String>,
     /// Paths served without a token (`*` matches any run of characters).
     /// Everything else, media included, needs one.
     pub open_paths: Vec<String>,
@@ -131,6 +136,7 @@ impl Default for EdgeConfig {
             token_name: "__token__".into(),
             token_keys: Vec::new(),
             token_skew_secs: 30,
+            cache_query_paths: Vec::new(),
             open_paths: vec![
                 "/".into(),
                 "/static/*".into(),
@@ -263,6 +269,11 @@ impl Validate for EdgeConfig {
                 if !cascade_packager::is_safe_lang(l) {
                     errors.push(format!("profiles.{name}: {l:?} is not a language tag"));
                 }
+            }
+        }
+        for (i, p) in self.cache_query_paths.iter().enumerate() {
+            if !p.starts_with('/') {
+                errors.push(format!("cache_query_paths[{i}]: {p:?} must start with /"));
             }
         }
         for (i, p) in self.open_paths.iter().enumerate() {

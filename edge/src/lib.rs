@@ -6,7 +6,7 @@
 //!        │                                          └ miss → asset manifest ─ mezzanine range ─ package → store
 //!        ├─ /api/…  → origin, uncached
 //!        ├─ /fleet/… → purge, pre-warm (fleet credential)
-//!        └─ /…      → origin, cached per Cache-Control (the web page)
+//!        └─ /…      → origin through an RFC 9111 shared cache (the web page)
 //! ```
 //!
 //! Upstream for media is the object's shield by rendezvous hashing, then
@@ -17,7 +17,8 @@
 //!
 //! One file per concern: [`config`], [`auth`] (tokens), [`geofence`],
 //! [`media`] (produce on a miss), [`fleet`] (control's calls), [`api`]
-//! (pass-through to the origin), [`server`] (start and stop), [`metrics`].
+//! (pass-through to the origin), [`generic`] (the RFC 9111 cache for
+//! everything else), [`server`] (start and stop), [`metrics`].
 
 #![warn(unreachable_pub)]
 
@@ -26,6 +27,7 @@ mod auth;
 mod cmcd;
 mod config;
 mod fleet;
+mod generic;
 mod geofence;
 mod media;
 mod metrics;

@@ -9,15 +9,14 @@
 //! | admit           | geo fence (451)                         |          |            |               |
 //! | cache key       | path + canonical view (never the token) |          |            |               |
 //! | lookup          | fresh hit in RAM or disk                |          |            |               |
-//! | produce         | shields → manifest, ranges → package    | origin   | purge/warm | cached page   |
+//! | produce         | shields → manifest, ranges → package    | origin   | purge/warm | RFC 9111 cache|
 //! | response filter | token in child URLs, range, CORS        |          |            |               |
 
 use std::collections::BTreeMap;
 
 use cascade_packager::{is_safe_id, Output, Profile, View};
 use cascade_serve::{
-    add_cors, apply_range, cors_preflight, CachingFetcher, Delivered, Pipeline, Request, Response,
-    Step, Upstream,
+    add_cors, apply_range, cors_preflight, Delivered, Pipeline, Request, Response, Step, Upstream,
 };
 use cascade_token::normalize_path;
 use http::{Method, StatusCode};
@@ -25,6 +24,7 @@ use http::{Method, StatusCode};
 use crate::auth::{refusal, Auth, Authorized, TokenSource};
 use crate::cmcd::Prefetcher;
 use crate::fleet::FleetCall;
+use crate::generic::Generic;
 use crate::geofence::Geofence;
 use crate::media::{media_output, not_found, tokenize, Media};
 
@@ -34,7 +34,7 @@ pub(crate) struct EdgePipeline {
     pub(crate) geofence: Geofence,
     pub(crate) media: Media,
     pub(crate) origin: Upstream,
-    pub(crate) page: CachingFetcher,
+    pub(crate) generic: Generic,
     pub(crate) fleet_token: String,
     pub(crate) node: String,
     pub(crate) prewarm: tokio::sync::Semaphore,
@@ -240,7 +240,7 @@ impl Pipeline for EdgePipeline {
             },
             Route::Media { output: None, .. } | Route::Unrouted => not_found(),
             Route::Api => self.api(req).await,
-            Route::Page => self.page(req).await,
+            Route::Page => self.generic.serve(req, &ctx.path).await,
         }
     }
 

@@ -11,14 +11,14 @@ use cascade_cache::{CacheConfig, TieredCache};
 use cascade_packager::default_profiles;
 use cascade_serve::config::{build_token_keys, TOKEN_KEYS_ENV};
 use cascade_serve::{
-    serve, CacheTier, CachingFetcher, H3Config, H3Handle, Handler, ListenerConfig, Metrics,
-    ServerHandle, Upstream,
+    serve, CacheTier, H3Config, H3Handle, Handler, ListenerConfig, Metrics, ServerHandle, Upstream,
 };
 use cascade_token::Verifier;
 
 use crate::auth::{poll_revocations, refresh_partners, revoked_sessions, Auth};
 use crate::cmcd::Prefetcher;
 use crate::config::EdgeConfig;
+use crate::generic::Generic;
 use crate::geofence::{watch_geo, Geofence};
 use crate::media::{Media, MANIFEST_ENTRIES};
 use crate::metrics::EdgeMetrics;
@@ -201,7 +201,12 @@ pub async fn start(cfg: &EdgeConfig) -> anyhow::Result<Edge> {
             p.extend(cfg.profiles.clone());
             p
         },
-        page: CachingFetcher::new(cache.clone(), vec![origin.clone()], CACHE_NAME, timeout * 2),
+        generic: Generic::new(
+            cache.clone(),
+            origin.clone(),
+            cfg.cache_query_paths.clone(),
+            timeout * 2,
+        ),
         origin,
     };
     let handler: Arc<dyn Handler> = Arc::new(pipeline);
