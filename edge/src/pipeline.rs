@@ -320,6 +320,248 @@ fn privatize(headers: &mut http::HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
+    use cascade_packager::default_profiles;
+    use cascade_serve::CacheTier;
+    use cascade_token::{sign, Claims, Key, Verifier};
+    use http::{HeaderMap, HeaderValue, Uri};
+    use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    const KEY: &str = "00112233445566778899aabbccddeeff";
+
+    fn counter(name: &str, label: &str) -> IntCounterVec {
+        IntCounterVec::new(Opts::new(name, "test"), &[label]).expect("counter")
+    }
+
+    /// An edge pipeline whose upstreams are never reached by these tests:
+    /// each phase runs in-process, without sockets.
+    async fn pipeline() -> EdgePipeline {
+        let cache = cascade_cache::TieredCache::open(&cascade_cache::memory_only(1 << 20))
+            .await
+            .expect("cache");
+        let nowhere = Upstream::new("http://127.0.0.1:9", Duration::from_secs(1), 1 << 20);
+        let key = Key::from_hex("k1", KEY).expect("key");
+        EdgePipeline {
+            auth: Auth {
+                verifier: Arc::new(arc_swap::ArcSwap::from_pointee(Verifier {
+                    cdn_keys: vec![key],
+                    ..Verifier::default()
+                })),
+                revoked: crate::auth::revoked_sessions(),
+                token_name: "__token__".into(),
+                open_paths: vec!["/".into(), "/static/*".into(), "/api/*".into()],
+                rejections: counter("r", "reason"),
+                accepted: counter("a", "kid"),
+            },
+            geofence: Geofence::new(
+                Arc::new(cascade_geo::Geo::none()),
+                Vec::new(),
+                cascade_geo::UnknownPolicy::default(),
+                Vec::new(),
+                counter("l", "result"),
+                IntCounterVec::new(Opts::new("b", "test"), &["country", "rule"]).expect("b"),
+            ),
+            media: Media {
+                tier: CacheTier::new(cache.clone(), crate::CACHE_NAME, Duration::from_secs(1)),
+                pool: Arc::new(crate::shields::ShieldPool::new(
+                    Vec::new(),
+                    Some(nowhere.clone()),
+                    Duration::from_secs(1),
+                    IntCounterVec::new(Opts::new("s", "test"), &["shield", "state"]).expect("s"),
+                )),
+                manifests: moka::future::Cache::builder().max_capacity(10).build(),
+                manifest_ttl: 60,
+            },
+            origin: nowhere.clone(),
+            generic: Generic::new(cache, nowhere, Vec::new(), Duration::from_secs(1)),
+            fleet_token: String::new(),
+            node: "edge-test".into(),
+            prewarm: tokio::sync::Semaphore::new(1),
+            prewarm_concurrency: 1,
+            prefetch: None,
+            route_seconds: HistogramVec::new(HistogramOpts::new("t", "test"), &["route"])
+                .expect("histogram"),
+            hsts: None,
+            profiles: default_profiles(),
+        }
+    }
+
+    fn request(method: Method, uri: &str, headers: &[(&'static str, &str)]) -> Request {
+        let mut h = HeaderMap::new();
+        for (k, v) in headers {
+            h.insert(*k, HeaderValue::from_str(v).expect("value"));
+        }
+        Request {
+            method,
+            uri: uri.parse::<Uri>().expect("uri"),
+            headers: h,
+            body: Bytes::new(),
+            client: None,
+            request_id: "t".into(),
+            protocol: "http/1.1",
+            secure: false,
+        }
+    }
+
+    fn token(acl: &str, id: Option<&str>) -> String {
+        let key = Key::from_hex("k1", KEY).expect("key");
+        sign(
+            &key,
+            &Claims {
+                expires: cascade_serve::unix_now() + 600,
+                acl: vec![acl.into()],
+                id: id.map(str::to_string),
+                ..Claims::default()
+            },
+        )
+    }
+
+    fn answer(step: Step) -> Option<Response> {
+        match step {
+            Step::Answer(r) => Some(r),
+            Step::Continue => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn route_names_what_a_request_is() {
+        let p = pipeline().await;
+        for (uri, want) in [
+            (
+                "/vod/abc/master.m3u8?x=1",
+                Route::Media {
+                    asset: "abc".into(),
+                    output: Some(Output::Multivariant),
+                },
+            ),
+            (
+                "/vod/abc/nonsense.txt",
+                Route::Media {
+                    asset: "abc".into(),
+                    output: None,
+                },
+            ),
+            ("/api/v1/titles", Route::Api),
+            ("/static/hls.min.js", Route::Page),
+            ("/fleet/purge", Route::Fleet(FleetCall::Purge)),
+        ] {
+            let req = request(Method::GET, uri, &[]);
+            let mut ctx = p.new_ctx(&req);
+            assert!(answer(p.route(&req, &mut ctx)).is_none(), "{uri}");
+            assert_eq!(ctx.route, want, "{uri}");
+        }
+        let req = request(Method::GET, "/vod/abc/%2e%2e/x", &[]);
+        let mut ctx = p.new_ctx(&req);
+        let r = answer(p.route(&req, &mut ctx)).expect("refused");
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+        let req = request(Method::OPTIONS, "/vod/abc/master.m3u8", &[]);
+        let mut ctx = p.new_ctx(&req);
+        let r = answer(p.route(&req, &mut ctx)).expect("preflight");
+        assert_eq!(r.status, StatusCode::NO_CONTENT);
+    }
+
+    #[tokio::test]
+    async fn authorize_finds_the_token_and_refuses_ended_sessions() {
+        let p = pipeline().await;
+        let run = |req: Request| {
+            let p = &p;
+            async move {
+                let mut ctx = p.new_ctx(&req);
+                assert!(answer(p.route(&req, &mut ctx)).is_none());
+                let step = p.authorize(&req, &mut ctx).await;
+                (answer(step), ctx)
+            }
+        };
+        let (refused, _) = run(request(Method::GET, "/vod/abc/1.m4s", &[])).await;
+        let refused = refused.expect("no token");
+        assert_eq!(refused.status, StatusCode::FORBIDDEN);
+        assert!(String::from_utf8_lossy(&refused.body).contains("missing"));
+        let t = token("/vod/abc/*", None);
+        let (ok, ctx) = run(request(
+            Method::GET,
+            &format!("/vod/abc/1.m4s?__token__={t}"),
+            &[],
+        ))
+        .await;
+        assert!(ok.is_none());
+        let grant = ctx.token.expect("a grant");
+        assert_eq!(grant.source, TokenSource::Query);
+        assert_eq!(grant.child_query, Some(format!("__token__={t}")));
+        let cookie = format!("__token__={t}");
+        let (ok, ctx) = run(request(
+            Method::GET,
+            "/vod/abc/1.m4s",
+            &[("cookie", &cookie)],
+        ))
+        .await;
+        assert!(ok.is_none());
+        assert_eq!(ctx.token.expect("grant").source, TokenSource::Cookie);
+        // Open paths need none.
+        let (ok, ctx) = run(request(Method::GET, "/static/x.js", &[])).await;
+        assert!(ok.is_none() && ctx.token.is_none());
+        // An ended session's token is refused however long it has to live.
+        let t = token("/vod/abc/*", Some("stream-1"));
+        p.auth.revoked.insert("stream-1".into(), ());
+        let (refused, _) = run(request(
+            Method::GET,
+            &format!("/vod/abc/1.m4s?__token__={t}"),
+            &[],
+        ))
+        .await;
+        let refused = refused.expect("revoked");
+        assert!(String::from_utf8_lossy(&refused.body).contains("revoked"));
+    }
+
+    #[tokio::test]
+    async fn cache_key_leaves_out_the_token_and_refuses_bad_views() {
+        let p = pipeline().await;
+        let key_of = |method: Method, uri: &str| {
+            let req = request(method, uri, &[]);
+            let p = &p;
+            async move {
+                let mut ctx = p.new_ctx(&req);
+                assert!(answer(p.route(&req, &mut ctx)).is_none());
+                let step = p.cache_key(&req, &mut ctx).await;
+                (answer(step), ctx.cache_key)
+            }
+        };
+        let (none, key) = key_of(Method::GET, "/vod/abc/v0/3.m4s?__token__=x&CMCD=y").await;
+        assert!(none.is_none());
+        assert_eq!(key.as_deref(), Some("/vod/abc/v0/3.m4s"));
+        let (none, key) = key_of(Method::GET, "/vod/abc/master.m3u8?__token__=x").await;
+        assert!(none.is_none());
+        assert_eq!(key.as_deref(), Some("/vod/abc/master.m3u8"));
+        let (bad, _) = key_of(Method::GET, "/vod/abc/master.m3u8?max_height=tall").await;
+        assert_eq!(bad.expect("400").status, StatusCode::BAD_REQUEST);
+        let (bad, _) = key_of(Method::POST, "/vod/abc/master.m3u8").await;
+        assert_eq!(bad.expect("405").status, StatusCode::METHOD_NOT_ALLOWED);
+        let (bad, _) = key_of(Method::GET, "/vod/abc/nonsense.txt").await;
+        assert_eq!(bad.expect("404").status, StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn response_filter_writes_tokens_into_made_playlists_only() {
+        let p = pipeline().await;
+        let t = token("/vod/abc/*", None);
+        let req = request(Method::GET, &format!("/vod/abc/v0.m3u8?__token__={t}"), &[]);
+        let mut ctx = p.new_ctx(&req);
+        assert!(answer(p.route(&req, &mut ctx)).is_none());
+        assert!(answer(p.authorize(&req, &mut ctx).await).is_none());
+        let playlist = Response::new(
+            StatusCode::OK,
+            "application/vnd.apple.mpegurl",
+            "#EXTM3U\n#EXTINF:2,\n1.m4s\n",
+        );
+        let r = p.response_filter(&req, &mut ctx, playlist);
+        let text = String::from_utf8_lossy(&r.body).to_string();
+        assert!(text.contains(&format!("1.m4s?__token__={t}")), "{text}");
+        assert_eq!(r.headers["access-control-allow-origin"], "*");
+        let error = Response::error(StatusCode::BAD_REQUEST, "bad_filter", "no");
+        let r = p.response_filter(&req, &mut ctx, error);
+        assert!(!String::from_utf8_lossy(&r.body).contains(&t));
+    }
 
     #[test]
     fn privatize_keeps_lifetimes_but_not_sharing() {
