@@ -27,7 +27,11 @@
 # PRESET (x264 preset of the origin, ultrafast), CASCADE_BIN (a cascade binary
 # to use instead of building target/release/cascade), EDGE_LOG (the edge's
 # RUST_LOG, warn: no access log, as nginx has access_log off), KEEP_TMP=1
-# (keep configs and logs), OUT_JSON (target/bench/hit-path.json).
+# (keep configs and logs), OUT_JSON (target/bench/hit-path.json),
+# TOKEN_IN (header, or query: as players send it, so the edge writes the
+# token into every child URL of each playlist it serves), ACCESS_LOG (0, or
+# 1: the edge logs each request at info and nginx writes an access log, both
+# to files).
 
 set -euo pipefail
 
@@ -40,7 +44,9 @@ CONNECTIONS=${CONNECTIONS:-64}
 CLIP_SECS=${CLIP_SECS:-120}
 KBPS=${KBPS:-4100}
 PRESET=${PRESET:-ultrafast}
-EDGE_LOG=${EDGE_LOG:-warn}
+TOKEN_IN=${TOKEN_IN:-header}
+ACCESS_LOG=${ACCESS_LOG:-0}
+if [ "$ACCESS_LOG" = 1 ]; then EDGE_LOG=${EDGE_LOG:-info}; else EDGE_LOG=${EDGE_LOG:-warn}; fi
 KEEP_TMP=${KEEP_TMP:-0}
 OUT_JSON=${OUT_JSON:-$TARGET_DIR/bench/hit-path.json}
 TOKEN_NAME=__token__
@@ -89,7 +95,7 @@ pid $NG/nginx.pid;
 error_log $NG/error.log warn;
 events { worker_connections 4096; }
 http {
-    access_log off;
+    $( [ "$ACCESS_LOG" = 1 ] && echo "access_log $NG/access.log;" || echo "access_log off;" )
     sendfile on;
     tcp_nopush on;
     keepalive_timeout 65;
@@ -152,8 +158,12 @@ median() { printf '%s\n' "$@" | sort -g | awk '{a[NR] = $1} END {if (NR % 2) pri
 
 # run_wrk LABEL URL: one wrk run; sets RPS, BPS (bytes/s), P99 (ms), ERRORS.
 run_wrk() {
-	local label=$1 url=$2 out non2xx sock
-	out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency -H "$AUTH" "$url" 2>&1) ||
+	local label=$1 url=$2 out non2xx sock hdr=$AUTH
+	if [ "$TOKEN_IN" = query ]; then
+		url="$url?$TOKEN_NAME=$TOKEN"
+		hdr="X-Bench: 1"
+	fi
+	out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency -H "$hdr" "$url" 2>&1) ||
 		die "wrk failed against $label: $out"
 	printf '=== %s %s\n%s\n' "$label" "${url%%\?*}" "$out" >>"$TMP/wrk.log"
 	RPS=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
@@ -204,7 +214,7 @@ for object in playlist segment; do
 	nr=$(median "${n_rps[@]}") nb=$(median "${n_bps[@]}") np=$(median "${n_p99[@]}")
 	ratio=$(awk -v a="$cr" -v b="$nr" 'BEGIN {if (b > 0) printf "%.3f\n", a / b; else print 0}')
 	table=$(
-		printf '\n%s  %s  (%s bytes)  wrk -t%s -c%s -d%ss, %s rounds, medians\n' "$object" "$path" "$bytes" "$THREADS" "$CONNECTIONS" "$DURATION" "$ROUNDS"
+		printf '\n%s  %s  (%s bytes)  wrk -t%s -c%s -d%ss, %s rounds, medians; token in the %s, access log %s\n' "$object" "$path" "$bytes" "$THREADS" "$CONNECTIONS" "$DURATION" "$ROUNDS" "$TOKEN_IN" "$ACCESS_LOG"
 		printf '  %-16s %12s %9s %10s %14s %7s\n' "" "requests/s" "Gbit/s" "p99 ms" "peak RSS MiB" "errors"
 		printf '  %-16s %12.0f %9s %10.2f %14s %7s\n' "Cascade edge" "$cr" "$(gbps "$cb")" "$cp" "$(mib "$c_rss")" "$c_err"
 		printf '  %-16s %12.0f %9s %10.2f %14s %7s\n' "nginx (cached)" "$nr" "$(gbps "$nb")" "$np" "$(mib "$n_rss")" "$n_err"

@@ -107,6 +107,9 @@ KEY_HEX=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')
 printf 'bench:%s\n' "$KEY_HEX" >"$TMP/token-key"
 chmod 600 "$TMP/token-key"
 KEYS_TOML="[{ kid = \"bench\", key = \"$KEY_HEX\", algorithm = \"sha256\" }]"
+# Uploads need the origin's admin credential; `cascade ingest` reads it here.
+ADMIN_TOKEN=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')
+export CASCADE_ORIGIN_ADMIN_TOKEN=$ADMIN_TOKEN
 
 free_port
 ORIGIN_PORT=$REPLY
@@ -126,6 +129,7 @@ segment_secs = 2
 public_edge_url = "$EDGE_URL"
 ladder = [{ height = 720, kbps = $KBPS }]
 token_keys = $KEYS_TOML
+admin_token = "$ADMIN_TOKEN"
 EOF
 cat >"$TMP/shield.toml" <<EOF
 listen = "127.0.0.1:$SHIELD_PORT"

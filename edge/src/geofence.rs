@@ -164,7 +164,8 @@ impl Geofence {
         request_id: &str,
     ) -> Result<Arc<cascade_geo::CountryRule>, Unknown> {
         // Concurrent misses for one title share one fetch (moka coalesces);
-        // only rules are kept, never a failure.
+        // only rules are kept, never a failure. A fetched rule is also kept
+        // as the last known, here and not on every hit (an insert costs).
         let fetch = async {
             let r = media
                 .fetch_media(&format!("/mezz/{asset}/meta.json"), None, request_id)
@@ -181,20 +182,19 @@ impl Geofence {
                 geo: cascade_geo::CountryRule,
             }
             let meta: Meta = serde_json::from_slice(&r.body).map_err(|_| Unknown::Unavailable)?;
-            Ok(Arc::new(meta.geo))
+            let rule = Arc::new(meta.geo);
+            self.last_known
+                .insert(asset.to_string(), rule.clone())
+                .await;
+            Ok(rule)
         };
-        let rule = self
-            .title_meta
+        self.title_meta
             .try_get_with(asset.to_string(), fetch)
             .await
             .map_err(|e| match *e {
                 Unknown::NoTitle => Unknown::NoTitle,
                 Unknown::Unavailable => Unknown::Unavailable,
-            })?;
-        self.last_known
-            .insert(asset.to_string(), rule.clone())
-            .await;
-        Ok(rule)
+            })
     }
 }
 

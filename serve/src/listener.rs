@@ -498,7 +498,10 @@ impl HttpServerApp for App {
         let Exchange { response, log } = exchange;
         let status = response.status;
         let cache = Front::cache_label(&response);
-        let mut sink = TcpSink(&mut session);
+        let mut sink = TcpSink {
+            session: &mut session,
+            ended: false,
+        };
         let written = write_response(&mut sink, response, &method, &request_id, SEND_TIMEOUT).await;
         self.front.record(
             Served {
@@ -551,7 +554,11 @@ pub fn cache_outcome(v: &str) -> &'static str {
 /// The size of a request's header section as sent: request line and
 /// fields, each with its separators.
 fn header_size(req: &pingora_http::RequestHeader) -> usize {
-    let line = req.method.as_str().len() + req.uri.to_string().len() + 12;
+    let target = req
+        .uri
+        .path_and_query()
+        .map_or(req.uri.path().len(), |pq| pq.as_str().len());
+    let line = req.method.as_str().len() + target + 12;
     req.headers
         .iter()
         .map(|(n, v)| n.as_str().len() + v.len() + 4)
@@ -589,7 +596,11 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 /// HTTP/1.1 and HTTP/2 through Pingora's session. A broken response closes
 /// the connection (the caller does not reuse it), so an HTTP/1.1 client sees
 /// a short body and an HTTP/2 client a reset stream.
-struct TcpSink<'a>(&'a mut ServerSession);
+struct TcpSink<'a> {
+    session: &'a mut ServerSession,
+    /// The body's last piece went out, ending the response.
+    ended: bool,
+}
 
 #[async_trait::async_trait]
 impl Sink for TcpSink<'_> {
@@ -606,19 +617,25 @@ impl Sink for TcpSink<'_> {
         for (name, value) in headers.iter() {
             let _ = header.append_header(name.clone(), value.clone());
         }
-        self.0.write_response_header(Box::new(header)).await.is_ok()
+        self.session
+            .write_response_header(Box::new(header))
+            .await
+            .is_ok()
     }
 
-    async fn data(&mut self, piece: Bytes) -> bool {
-        self.0.write_response_body(piece, false).await.is_ok()
+    async fn data(&mut self, piece: Bytes, last: bool) -> bool {
+        // The last piece ends the body in the same write: one flush for a
+        // small answer, not two.
+        self.ended = last;
+        self.session.write_response_body(piece, last).await.is_ok()
     }
 
     async fn finish(&mut self) -> bool {
-        self.0.finish_body().await.is_ok()
+        self.ended || self.session.finish_body().await.is_ok()
     }
 
     fn abort(&mut self, _why: Abort) {
-        self.0.set_keepalive(None);
+        self.session.set_keepalive(None);
     }
 }
 

@@ -533,7 +533,7 @@ impl Sink for H3Sink<'_> {
         }
     }
 
-    async fn data(&mut self, piece: Bytes) -> bool {
+    async fn data(&mut self, piece: Bytes, _last: bool) -> bool {
         match self.0.send_data(piece).await {
             Ok(()) => true,
             Err(e) => {

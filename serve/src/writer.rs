@@ -48,8 +48,10 @@ pub(crate) trait Sink: Send {
     fn max_piece(&self) -> usize;
     /// Sends status and headers; false when the client is gone.
     async fn head(&mut self, status: StatusCode, headers: HeaderMap) -> bool;
-    /// Sends a piece of body; false when the client is gone.
-    async fn data(&mut self, piece: Bytes) -> bool;
+    /// Sends a piece of body (`last`: the body's last, when known, so that
+    /// a protocol can end the response with it); false when the client is
+    /// gone.
+    async fn data(&mut self, piece: Bytes, last: bool) -> bool;
     /// Ends the response; false when it could not be ended cleanly.
     async fn finish(&mut self) -> bool;
     /// Ends the response as broken, so that it cannot pass for whole.
@@ -120,7 +122,16 @@ pub(crate) async fn write_response(
     let mut sent = 0;
     match response.stream {
         None => {
-            if !send(sink, response.body, &mut sent, request_id, send_timeout).await {
+            if !send(
+                sink,
+                response.body,
+                true,
+                &mut sent,
+                request_id,
+                send_timeout,
+            )
+            .await
+            {
                 return broken(sent);
             }
         }
@@ -137,7 +148,7 @@ pub(crate) async fn write_response(
                     sink.abort(Abort::Upstream);
                     return broken(sent);
                 }
-                if !send(sink, chunk, &mut sent, request_id, send_timeout).await {
+                if !send(sink, chunk, false, &mut sent, request_id, send_timeout).await {
                     return broken(sent);
                 }
             }
@@ -159,6 +170,7 @@ pub(crate) async fn write_response(
 async fn send(
     sink: &mut impl Sink,
     mut body: Bytes,
+    whole: bool,
     sent: &mut usize,
     request_id: &str,
     send_timeout: Duration,
@@ -167,7 +179,8 @@ async fn send(
     while !body.is_empty() {
         let piece = body.split_to(body.len().min(max));
         let n = piece.len();
-        match tokio::time::timeout(send_timeout, sink.data(piece)).await {
+        let last = whole && body.is_empty();
+        match tokio::time::timeout(send_timeout, sink.data(piece, last)).await {
             Ok(true) => *sent += n,
             Ok(false) => return false,
             Err(_) => {
@@ -207,7 +220,7 @@ mod tests {
             self.headers = headers;
             true
         }
-        async fn data(&mut self, piece: Bytes) -> bool {
+        async fn data(&mut self, piece: Bytes, _last: bool) -> bool {
             if self.stall {
                 std::future::pending::<()>().await;
             }
