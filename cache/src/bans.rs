@@ -1,10 +1,11 @@
 //! Purge rules kept as bans: a rule and the time it was made. An object
 //! stored before a ban that matches it is purged.
+//!
+//! Pure: times come in with the bans, and saving the list is the cache's
+//! business (`TieredCache` writes what [`Bans::add`] hands back).
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -57,40 +58,20 @@ impl Ban {
     }
 }
 
-/// The bans in force, oldest first, optionally saved to a file.
+/// The bans in force, oldest first.
 pub(crate) struct Bans {
     list: RwLock<Vec<Ban>>,
     newest_ms: AtomicU64,
-    file: Option<PathBuf>,
-}
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 impl Bans {
-    /// Bans saved in `file`, if it exists and reads; else none.
-    pub(crate) fn open(file: Option<PathBuf>) -> Bans {
-        let mut list: Vec<Ban> = file
-            .as_ref()
-            .and_then(|f| std::fs::read(f).ok())
-            .and_then(|b| match serde_json::from_slice(&b) {
-                Ok(l) => Some(l),
-                Err(e) => {
-                    tracing::error!(error = %e, "unreadable purge bans; starting with none");
-                    None
-                }
-            })
-            .unwrap_or_default();
+    /// Bans from a saved list (in any order).
+    pub(crate) fn from_list(mut list: Vec<Ban>) -> Bans {
         list.sort_by_key(|b| b.at_ms);
         let newest = list.last().map_or(0, |b| b.at_ms);
         Bans {
             list: RwLock::new(list),
             newest_ms: AtomicU64::new(newest),
-            file,
         }
     }
 
@@ -98,35 +79,26 @@ impl Bans {
         self.list.read().map(|l| l.len()).unwrap_or(0)
     }
 
-    /// Adds bans (all made now) and saves the list.
-    pub(crate) fn add(&self, new: Vec<Ban>) -> std::io::Result<()> {
-        let Some(at) = new.iter().map(|b| b.at_ms).max() else {
-            return Ok(());
+    /// Adds bans; answers the whole list as it now stands, to save.
+    pub(crate) fn add(&self, new: Vec<Ban>) -> Vec<Ban> {
+        let at = new.iter().map(|b| b.at_ms).max().unwrap_or(0);
+        let Ok(mut list) = self.list.write() else {
+            return Vec::new();
         };
-        let snapshot = {
-            let mut list = self
-                .list
-                .write()
-                .map_err(|_| std::io::Error::other("ban list poisoned"))?;
-            list.extend(new);
-            if list.len() > MAX_BANS {
-                let drop = list.len() - MAX_BANS;
-                tracing::warn!(
-                    forgotten = drop,
-                    "over {MAX_BANS} purge bans; forgetting the oldest"
-                );
-                list.drain(..drop);
-            }
-            self.newest_ms.fetch_max(at, Ordering::SeqCst);
-            self.file.is_some().then(|| list.clone())
-        };
-        if let (Some(file), Some(list)) = (&self.file, snapshot) {
-            let tmp = file.with_extension("json.tmp");
-            let bytes = serde_json::to_vec(&list).map_err(std::io::Error::other)?;
-            std::fs::write(&tmp, bytes)?;
-            std::fs::rename(&tmp, file)?;
+        list.extend(new);
+        // Bans made at once are in order; one made "earlier" by a clock
+        // step back still sorts in.
+        list.sort_by_key(|b| b.at_ms);
+        if list.len() > MAX_BANS {
+            let drop = list.len() - MAX_BANS;
+            tracing::warn!(
+                forgotten = drop,
+                "over {MAX_BANS} purge bans; forgetting the oldest"
+            );
+            list.drain(..drop);
         }
-        Ok(())
+        self.newest_ms.fetch_max(at, Ordering::SeqCst);
+        list.clone()
     }
 
     /// Whether some ban purges `obj`, stored under `key`.
@@ -176,20 +148,18 @@ mod tests {
     }
 
     #[test]
-    fn only_objects_stored_before_a_ban_are_purged_and_bans_persist() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("bans.json");
-        let bans = Bans::open(Some(file.clone()));
-        bans.add(vec![Ban {
+    fn only_objects_stored_before_a_ban_are_purged() {
+        let bans = Bans::from_list(Vec::new());
+        let saved = bans.add(vec![Ban {
             rule: PurgeRule::Prefix("/vod/".into()),
             at_ms: 100,
-        }])
-        .unwrap();
+        }]);
+        assert_eq!(saved.len(), 1, "the list to save");
         assert!(bans.bans("/vod/a/1.m4s", &obj(100, "")));
         assert!(!bans.bans("/vod/a/1.m4s", &obj(101, "")));
         assert!(!bans.bans("/mezz/a", &obj(50, "")));
-        let reopened = Bans::open(Some(file));
-        assert_eq!(reopened.len(), 1);
-        assert!(reopened.bans("/vod/a/1.m4s", &obj(99, "")));
+        let reloaded = Bans::from_list(saved);
+        assert_eq!(reloaded.len(), 1);
+        assert!(reloaded.bans("/vod/a/1.m4s", &obj(99, "")));
     }
 }

@@ -135,6 +135,8 @@ pub struct TieredCache {
     disk: Option<HybridCache<String, Bytes>>,
     max_object_bytes: u64,
     bans: Arc<bans::Bans>,
+    /// Where the bans are saved (beside the disk tier), if anywhere.
+    bans_file: Option<PathBuf>,
 }
 
 /// Block size of the disk engine; also the hard ceiling on one object.
@@ -164,8 +166,10 @@ impl TieredCache {
                 )
             }
         };
-        let bans = bans::Bans::open(cfg.disk_dir.as_deref().map(|d| d.join("bans.json")));
+        let bans_file = cfg.disk_dir.as_deref().map(|d| d.join("bans.json"));
+        let bans = bans::Bans::from_list(bans_file.as_deref().map(load_bans).unwrap_or_default());
         Ok(TieredCache {
+            bans_file,
             memory,
             disk,
             max_object_bytes: cfg
@@ -178,7 +182,7 @@ impl TieredCache {
     /// Purges what `rules` name: from now on, objects stored before this
     /// call that match are gone. Returns the number of rules applied.
     pub async fn purge(&self, rules: &[PurgeRule]) -> std::io::Result<usize> {
-        let at = bans::now_ms();
+        let at = now_ms();
         let new: Vec<Ban> = rules
             .iter()
             .map(|r| Ban {
@@ -186,7 +190,10 @@ impl TieredCache {
                 at_ms: at,
             })
             .collect();
-        self.bans.add(new.clone())?;
+        let list = self.bans.add(new.clone());
+        if let Some(file) = &self.bans_file {
+            save_bans(file, &list)?;
+        }
         // RAM now, so the memory comes back; disk lazily, on the next read.
         let sweep = new;
         if let Err(e) = self
@@ -290,6 +297,35 @@ impl TieredCache {
             }
         }
     }
+}
+
+/// Milliseconds since the Unix epoch: when a purge is made. The shell's
+/// clock; the ban list itself is given its times.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// The bans saved beside the disk tier; none if the file is missing or
+/// unreadable (logged).
+fn load_bans(file: &std::path::Path) -> Vec<Ban> {
+    let Ok(bytes) = std::fs::read(file) else {
+        return Vec::new();
+    };
+    serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "unreadable purge bans; starting with none");
+        Vec::new()
+    })
+}
+
+/// Saves the bans (written aside, then renamed over the old file).
+fn save_bans(file: &std::path::Path, list: &[Ban]) -> std::io::Result<()> {
+    let tmp = file.with_extension("json.tmp");
+    let bytes = serde_json::to_vec(list).map_err(std::io::Error::other)?;
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, file)
 }
 
 async fn open_disk(
@@ -447,5 +483,34 @@ mod tests {
         assert_eq!(cache.get("k").await.unwrap().1, Tier::Memory);
         cache.remove("k").await;
         assert!(cache.get("k").await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_purge_outlives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = CacheConfig {
+            memory_bytes: 1 << 20,
+            disk_dir: Some(dir.path().to_path_buf()),
+            disk_bytes: 64 << 20,
+            max_object_bytes: 1 << 20,
+        };
+        let mut stored = obj(b"old");
+        stored.stored_at_ms = 1;
+        let cache = TieredCache::open(&cfg).await.unwrap();
+        assert!(cache.put("/vod/a/1.m4s", stored).await);
+        assert_eq!(
+            cache
+                .purge(&[PurgeRule::Prefix("/vod/a/".into())])
+                .await
+                .unwrap(),
+            1
+        );
+        assert!(cache.get("/vod/a/1.m4s").await.is_none());
+        cache.close().await;
+        drop(cache);
+        // The disk tier still holds the object; the saved ban keeps it gone.
+        let cache = TieredCache::open(&cfg).await.unwrap();
+        assert_eq!(cache.bans(), 1);
+        assert!(cache.get("/vod/a/1.m4s").await.is_none());
     }
 }
