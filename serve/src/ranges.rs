@@ -31,53 +31,25 @@ impl ByteSpan {
 /// we ignore). `Err(())`: unsatisfiable (416).
 #[allow(clippy::result_unit_err)]
 pub fn parse_range(header: Option<&str>, size: u64) -> Result<Option<ByteSpan>, ()> {
-    let Some(spec) = header.and_then(|h| h.trim().strip_prefix("bytes=")) else {
+    let Some(header) = header else {
         return Ok(None);
     };
-    if spec.contains(',') {
+    // Syntax and other units are ignored (the whole object), as RFC 9110
+    // §14.2 allows.
+    let Ok(parsed) = http_range_header::parse_range_header(header.trim()) else {
         return Ok(None);
+    };
+    match parsed.validate(size) {
+        Ok(spans) => match spans.as_slice() {
+            [one] => Ok(Some(ByteSpan {
+                first: *one.start(),
+                last: *one.end(),
+            })),
+            // Several ranges: the whole object, also allowed.
+            _ => Ok(None),
+        },
+        Err(_) => Err(()),
     }
-    let Some((a, b)) = spec.trim().split_once('-') else {
-        return Ok(None);
-    };
-    let (a, b) = (a.trim(), b.trim());
-    let parse = |s: &str| -> Option<u64> {
-        (!s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()))
-            .then(|| s.parse().ok())
-            .flatten()
-    };
-    let span = match (parse(a), parse(b)) {
-        // bytes=-N: the last N bytes.
-        (None, Some(n)) if a.is_empty() => {
-            if n == 0 || size == 0 {
-                return Err(());
-            }
-            ByteSpan {
-                first: size.saturating_sub(n),
-                last: size - 1,
-            }
-        }
-        (Some(first), None) if b.is_empty() => {
-            if first >= size {
-                return Err(());
-            }
-            ByteSpan {
-                first,
-                last: size - 1,
-            }
-        }
-        (Some(first), Some(last)) if first <= last => {
-            if first >= size {
-                return Err(());
-            }
-            ByteSpan {
-                first,
-                last: last.min(size - 1),
-            }
-        }
-        _ => return Ok(None),
-    };
-    Ok(Some(span))
 }
 
 /// Cuts a whole (200) response down to the requested range: a 206 with
