@@ -19,7 +19,8 @@ pub use files::{private_dir, private_file, private_sqlite};
 pub use heartbeat::{spawn_heartbeat, Heartbeat};
 pub use metrics::{init_logging, Metrics};
 pub use operators::{
-    check_networks, default_operator_networks, MetricsAccess, DEFAULT_OPERATOR_NETWORKS,
+    check_networks, default_operator_networks, metrics_answer, MetricsAccess,
+    DEFAULT_OPERATOR_NETWORKS,
 };
 pub use server::{json_errors, serve_router, HttpLimits};
 

@@ -74,6 +74,37 @@ impl MetricsAccess {
     }
 }
 
+/// `GET /metrics` of an axum role: the registry's text for a caller
+/// `access` allows (by its address, or its credential), else a JSON 403.
+pub fn metrics_answer(
+    access: &MetricsAccess,
+    metrics: &crate::Metrics,
+    req: &axum::extract::Request,
+) -> axum::response::Response {
+    use axum::http::{header, StatusCode};
+    use axum::response::IntoResponse;
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    let authorization = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if !access.allows(peer, authorization) {
+        let body = serde_json::json!({
+            "error": "forbidden",
+            "message": "metrics are for operators: scrape from an operator network or with the credential",
+        });
+        return (StatusCode::FORBIDDEN, axum::Json(body)).into_response();
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        metrics.render(),
+    )
+        .into_response()
+}
+
 /// Checks a `metrics_networks` config key.
 pub fn check_networks(key: &str, networks: &[String], errors: &mut Vec<String>) {
     if let Err(e) = MetricsAccess::new(networks, &[]) {

@@ -313,31 +313,12 @@ fn credential_ok(headers: &HeaderMap, configured: &str) -> bool {
 }
 
 async fn metrics(State(ctx): State<Arc<Ctx>>, req: axum::extract::Request) -> Response {
-    let peer = req
-        .extensions()
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.ip());
-    let headers = req.headers();
     let access = cascade_common::MetricsAccess::new(
         &ctx.cfg.metrics_networks,
         &[&ctx.cfg.admin_token, &ctx.cfg.fleet_token],
     )
     .unwrap_or_default();
-    let authorization = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    if !access.allows(peer, authorization) {
-        return error(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "metrics are for operators: scrape from an operator network or with the credential",
-        );
-    }
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        ctx.metrics.render(),
-    )
-        .into_response()
+    cascade_common::metrics_answer(&access, &ctx.metrics, &req)
 }
 
 /// Most registered nodes kept; a heartbeat from one more is refused.

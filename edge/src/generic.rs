@@ -377,16 +377,7 @@ impl Filler {
         up: UpstreamResponse,
     ) -> Response {
         let started_ms = unix_now_ms();
-        let probe = Request {
-            method: Method::GET,
-            uri: uri.clone(),
-            headers: asked_headers.clone(),
-            body: Bytes::new(),
-            client: None,
-            request_id: String::new(),
-            protocol: "",
-            secure: false,
-        };
+        let probe = probe(uri, asked_headers);
         let asked = Asked {
             req: &probe,
             key: key.to_string(),
@@ -466,16 +457,7 @@ impl Filler {
         if up.status.is_server_error() {
             return Err(from_upstream(up));
         }
-        let probe = Request {
-            method: Method::GET,
-            uri: uri.clone(),
-            headers: asked_headers.clone(),
-            body: Bytes::new(),
-            client: None,
-            request_id: String::new(),
-            protocol: "",
-            secure: false,
-        };
+        let probe = probe(uri, asked_headers);
         let asked = Asked {
             req: &probe,
             key: key.to_string(),
@@ -509,6 +491,21 @@ impl Filler {
                 Ok((r, entry))
             }
         }
+    }
+}
+
+/// The request an answer is judged against, outside the request's own
+/// task (a fill or a background revalidation): its URI and headers.
+fn probe(uri: &Uri, headers: &HeaderMap) -> Request {
+    Request {
+        method: Method::GET,
+        uri: uri.clone(),
+        headers: headers.clone(),
+        body: Bytes::new(),
+        client: None,
+        request_id: String::new(),
+        protocol: "",
+        secure: false,
     }
 }
 

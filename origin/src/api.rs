@@ -142,29 +142,10 @@ async fn observe(AxState(state): AxState<Arc<State>>, mut req: Request, next: Ne
 }
 
 async fn metrics(AxState(state): AxState<Arc<State>>, req: axum::extract::Request) -> Response {
-    let peer = req
-        .extensions()
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.ip());
-    let headers = req.headers();
     let access =
         cascade_common::MetricsAccess::new(&state.cfg.metrics_networks, &[&state.cfg.admin_token])
             .unwrap_or_default();
-    let authorization = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    if !access.allows(peer, authorization) {
-        return error(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "metrics are for operators: scrape from an operator network or with the credential",
-        );
-    }
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
-    )
-        .into_response()
+    cascade_common::metrics_answer(&access, &state.metrics, &req)
 }
 
 #[derive(Deserialize)]
