@@ -62,6 +62,11 @@ async fn answer(State(o): State<Arc<Origin>>, req: Request) -> Response {
         "/private" => ("private, max-age=300", vec![]),
         "/shared" => ("max-age=0, s-maxage=300", vec![]),
         "/validate" => ("no-cache", vec![("etag", etag.into())]),
+        "/slow" => {
+            // A slow origin, so that concurrent revalidations overlap.
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            ("no-cache", vec![("etag", etag.into())])
+        }
         "/fragile" => ("max-age=0, stale-if-error=600", vec![("etag", etag.into())]),
         "/vary" => (
             "public, max-age=300",
@@ -135,6 +140,7 @@ async fn edge_before(origin: Arc<Origin>) -> (cascade_edge::Edge, String, tempfi
             "/fragile",
             "/vary",
             "/page",
+            "/slow",
         ]
         .map(String::from)
         .to_vec(),
@@ -260,6 +266,21 @@ async fn the_generic_path_is_an_rfc_9111_shared_cache() {
     assert_eq!(
         origin.seen.lock().unwrap()["/validate"]["if-none-match"],
         "\"v1\""
+    );
+
+    // Concurrent revalidations of one stale answer collapse into one
+    // conditional request to the origin.
+    get("/slow").await;
+    let many = (0..10).map(|_| get("/slow"));
+    let answers = futures::future::join_all(many).await;
+    assert!(answers
+        .iter()
+        .all(|a| a.status == 200 && a.body == answers[0].body));
+    assert_eq!(origin.hits("GET /slow"), 2, "one fill, one revalidation");
+    assert!(
+        answers.iter().any(|a| a.cache().contains("collapsed")),
+        "{:?}",
+        answers.iter().map(Got::cache).collect::<Vec<_>>()
     );
 
     // Vary: one variant per Accept-Encoding, each a hit on repeat.

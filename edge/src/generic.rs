@@ -146,21 +146,15 @@ impl Generic {
             BeforeRequest::Stale { matches: false, .. } => self.fill(&asked).await,
             BeforeRequest::Stale { request, .. } => {
                 let unix = unix_now();
+                let revalidation =
+                    self.revalidation(&variant_key, &asked, &request.headers, &obj, &policy);
                 if obj.may_revalidate_stale(unix) {
-                    // Serve it now; refresh once in the background.
-                    let this = self.clone_parts();
-                    let (key, headers, rid) = (
-                        variant_key.clone(),
-                        request.headers.clone(),
-                        req.request_id.clone(),
-                    );
-                    let (uri, asked_headers) = (asked.uri.clone(), req.headers.clone());
-                    let stale = obj.clone();
-                    let pol = policy.clone();
+                    // Serve it now; refresh once in the background, however
+                    // many ask meanwhile (they join the same flight).
+                    let (flights, flight) =
+                        (self.flights.clone(), format!("{variant_key}|revalidate"));
                     tokio::spawn(async move {
-                        let _ = this
-                            .revalidate(&key, &uri, &asked_headers, &headers, &stale, &pol, &rid)
-                            .await;
+                        let _ = flights.run(&flight, revalidation).await;
                     });
                     let r = stale_replay(&obj, &policy, now);
                     return self.finish(
@@ -169,26 +163,75 @@ impl Generic {
                         &CacheOutcome::StaleWhileRevalidate.entry(CACHE_NAME),
                     );
                 }
-                match self
-                    .clone_parts()
-                    .revalidate(
-                        &variant_key,
-                        &asked.uri,
-                        &req.headers,
-                        &request.headers,
-                        &obj,
-                        &policy,
-                        &req.request_id,
-                    )
-                    .await
-                {
-                    Ok((r, entry)) => self.finish(&asked, r, &entry),
-                    Err(_) if obj.may_serve_on_error(unix) => {
+                // One conditional request per variant however many ask at
+                // once; the others are answered from its result.
+                let flight = format!("{variant_key}|revalidate");
+                let (answer, role) = self.flights.run(&flight, revalidation).await;
+                match answer {
+                    Some(r) if !r.status.is_server_error() => {
+                        let mut r = r;
+                        if role == Role::Joined {
+                            mark_collapsed(&mut r.headers);
+                        }
+                        let entry = r
+                            .headers
+                            .remove("cache-status")
+                            .and_then(|v| v.to_str().ok().map(str::to_string))
+                            .unwrap_or_default();
+                        self.finish(&asked, r, &entry)
+                    }
+                    _ if obj.may_serve_on_error(unix) => {
                         let r = stale_replay(&obj, &policy, now);
                         self.finish(&asked, r, &CacheOutcome::StaleOnError.entry(CACHE_NAME))
                     }
-                    Err(r) => r,
+                    Some(r) => r,
+                    None => upstream_error(&UpstreamError::Timeout(String::new())),
                 }
+            }
+        }
+    }
+
+    /// The revalidation of a stale answer, ready to run in a flight: the
+    /// refreshed (or new) answer with its `Cache-Status` entry in
+    /// `cache-status`, or the origin's failure (a 5xx).
+    fn revalidation(
+        &self,
+        key: &str,
+        asked: &Asked<'_>,
+        conditional: &HeaderMap,
+        stale: &Arc<CachedObject>,
+        policy: &CachePolicy,
+    ) -> impl std::future::Future<Output = Response> + Send + 'static {
+        let filler = self.clone_parts();
+        let (key, uri, asked_headers, conditional, stale, policy, rid) = (
+            key.to_string(),
+            asked.uri.clone(),
+            asked.req.headers.clone(),
+            conditional.clone(),
+            stale.clone(),
+            policy.clone(),
+            asked.req.request_id.clone(),
+        );
+        async move {
+            match filler
+                .revalidate(
+                    &key,
+                    &uri,
+                    &asked_headers,
+                    &conditional,
+                    &stale,
+                    &policy,
+                    &rid,
+                )
+                .await
+            {
+                Ok((mut r, entry)) => {
+                    if let Ok(v) = HeaderValue::from_str(&entry) {
+                        r.headers.insert(HeaderName::from_static("cache-status"), v);
+                    }
+                    r
+                }
+                Err(r) => r,
             }
         }
     }
