@@ -16,7 +16,7 @@ mod server;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use files::{private_dir, private_file, private_sqlite};
-pub use heartbeat::{spawn_heartbeat, Heartbeat};
+pub use heartbeat::{fleet_client, spawn_heartbeat, Heartbeat};
 pub use metrics::{init_logging, Metrics};
 pub use operators::{
     check_networks, default_operator_networks, metrics_answer, MetricsAccess,

@@ -173,16 +173,8 @@ pub(crate) async fn refresh_partners(
     fleet_token: String,
     every: Duration,
 ) {
-    let client = match reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .no_proxy()
-        .build()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "partner refresh client");
-            return;
-        }
+    let Some(client) = cascade_common::fleet_client("partner refresh") else {
+        return;
     };
     let url = format!("{control}/api/v1/fleet/partners");
     loop {
@@ -247,17 +239,8 @@ pub(crate) async fn poll_revocations(
     fleet_token: String,
     every: Duration,
 ) {
-    let client = match reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .pool_idle_timeout(Duration::from_secs(20))
-        .no_proxy()
-        .build()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "revocation client");
-            return;
-        }
+    let Some(client) = cascade_common::fleet_client("revocation") else {
+        return;
     };
     let url = format!("{origin}/api/v1/fleet/revocations");
     let mut after = 0i64;
