@@ -57,7 +57,7 @@ pub(crate) async fn dev(args: DevArgs) -> anyhow::Result<()> {
         Err(_) => {
             let path = format!("{data}/geo-test-data.mmdb");
             let csv = include_str!("../geo/testdata/countries.csv");
-            let bytes = cascade_geo::writer::build_from_csv(csv, cascade_serve::unix_now())?;
+            let bytes = cascade_geo_testdb::build_from_csv(csv, cascade_serve::unix_now())?;
             std::fs::write(&path, bytes).with_context(|| format!("writing {path}"))?;
             path
         }

@@ -7,7 +7,8 @@
 
 use std::net::IpAddr;
 
-use cascade_geo::{decide, writer, CountryRule, Geo, UnknownPolicy};
+use cascade_geo::{decide, CountryRule, Geo, UnknownPolicy};
+use cascade_geo_testdb as writer;
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 
 fn bench(c: &mut Criterion) {

@@ -19,7 +19,7 @@
 mod bans;
 mod policy;
 pub use bans::{Ban, PurgeRule, MAX_BANS};
-pub use policy::{freshness, Freshness, MAX_TTL};
+pub use policy::{freshness, shared_lifetime, AnswerHeaders, Freshness, Lifetime, MAX_TTL};
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! it signed itself always verifies.
 #![no_main]
 
-use cascade_token::webhook::{sign, verify_signature};
+use cascade_webhook::{sign, verify_signature};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -6,8 +6,6 @@
 
 #![warn(unreachable_pub)]
 
-pub mod writer;
-
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

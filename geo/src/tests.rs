@@ -1,4 +1,5 @@
 use super::*;
+use cascade_geo_testdb as writer;
 
 fn test_db(dir: &Path) -> PathBuf {
     let csv = include_str!("../testdata/countries.csv");
@@ -69,22 +70,6 @@ fn a_corrupt_or_truncated_file_is_refused_and_the_old_one_stays() {
         Some("FR")
     );
     assert!(Geo::open(&dir.path().join("missing.mmdb")).is_err());
-}
-
-#[test]
-fn writer_refuses_bad_input() {
-    assert_eq!(
-        writer::build_from_csv("10.0.0.0/8,IN\n10.1.0.0/16,US\n", 0),
-        Err(writer::WriteError::Overlap(2))
-    );
-    assert_eq!(
-        writer::build_from_csv("nonsense\n", 0),
-        Err(writer::WriteError::Line(1))
-    );
-    assert_eq!(
-        writer::build_from_csv("10.0.0.0/8,India\n", 0),
-        Err(writer::WriteError::Line(1))
-    );
 }
 
 #[test]

@@ -21,7 +21,7 @@ use utoipa::ToSchema;
 use crate::apierr::{ApiError, ErrorBody};
 use crate::db::Db;
 use crate::State;
-use cascade_token::webhook::{verify_signature, SignatureError};
+use cascade_webhook::{verify_signature, SignatureError};
 
 /// A plan and what it entitles.
 #[derive(Debug, Clone, Serialize, ToSchema)]

@@ -32,7 +32,7 @@ use prometheus::{IntCounter, IntCounterVec, Opts};
 use tokio::sync::Notify;
 
 pub use api::{app, parse_range, RangeRequest};
-pub use cascade_token::webhook::sign as sign_webhook;
+pub use cascade_webhook::sign as sign_webhook;
 pub use config::OriginConfig;
 pub use openapi::openapi_json;
 

@@ -7,9 +7,6 @@ use crate::Output;
 /// Appends `query` (such as `__token__=…`) to each child URL of a playlist
 /// or MPD. Other outputs are returned unchanged.
 pub fn with_query(output: &Output, body: &[u8], query: &str) -> Vec<u8> {
-    let Ok(text) = std::str::from_utf8(body) else {
-        return body.to_vec();
-    };
     if query.is_empty() {
         return body.to_vec();
     }
@@ -17,29 +14,64 @@ pub fn with_query(output: &Output, body: &[u8], query: &str) -> Vec<u8> {
         Output::Multivariant
         | Output::MediaPlaylist(_)
         | Output::IframePlaylist(_)
-        | Output::TsPlaylist(_) => m3u8(text, query).into_bytes(),
-        Output::Mpd => mpd(text, &xml_escape(query)).into_bytes(),
+        | Output::TsPlaylist(_) => m3u8(body, query.as_bytes()),
+        Output::Mpd => match std::str::from_utf8(body) {
+            Ok(text) => mpd(text, &xml_escape(query)).into_bytes(),
+            Err(_) => body.to_vec(),
+        },
         _ => body.to_vec(),
     }
 }
 
-fn join(url: &str, query: &str) -> String {
-    let sep = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{sep}{query}")
+/// Appends `query` to `url` in `out`, with `?` or `&` as the URL needs.
+fn join_into(out: &mut Vec<u8>, url: &[u8], query: &[u8]) {
+    out.extend_from_slice(url);
+    out.push(if url.contains(&b'?') { b'&' } else { b'?' });
+    out.extend_from_slice(query);
 }
 
-fn m3u8(text: &str, query: &str) -> String {
-    let mut out = String::with_capacity(text.len() + text.lines().count() * (query.len() + 1));
-    for line in text.lines() {
+fn join(url: &str, query: &str) -> String {
+    let mut out = Vec::with_capacity(url.len() + 1 + query.len());
+    join_into(&mut out, url.as_bytes(), query.as_bytes());
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// One pass over the playlist into one buffer: this runs on every playlist
+/// a viewer with a query token fetches (live players ask every second), so
+/// it allocates once and copies each byte once. URI lines get the query;
+/// tags get it inside their `URI="…"` attribute.
+fn m3u8(text: &[u8], query: &[u8]) -> Vec<u8> {
+    const URI: &[u8] = b"URI=\"";
+    let lines = text.iter().filter(|b| **b == b'\n').count() + 1;
+    let mut out = Vec::with_capacity(text.len() + lines * (query.len() + 1));
+    for line in text.split(|b| *b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.is_empty() {
-        } else if line.starts_with('#') {
-            out.push_str(&rewrite_attr(line, "URI=\"", query));
-        } else {
-            out.push_str(&join(line, query));
+            continue;
         }
-        out.push('\n');
+        if line.first() == Some(&b'#') {
+            let mut rest = line;
+            while let Some(i) = find(rest, URI) {
+                let start = i + URI.len();
+                let Some(len) = rest[start..].iter().position(|b| *b == b'"') else {
+                    break;
+                };
+                out.extend_from_slice(&rest[..start]);
+                join_into(&mut out, &rest[start..start + len], query);
+                rest = &rest[start + len..];
+            }
+            out.extend_from_slice(rest);
+        } else {
+            join_into(&mut out, line, query);
+        }
+        out.push(b'\n');
     }
     out
+}
+
+/// Where `needle` first occurs in `hay`.
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 fn mpd(text: &str, query: &str) -> String {

@@ -139,6 +139,12 @@ pub enum CacheOutcome {
     StaleWhileRevalidate,
     /// Not cacheable by rule (API calls, errors).
     Bypass,
+    /// A stale stored answer the upstream confirmed (304): served from
+    /// cache with a new lifetime.
+    Revalidated {
+        /// Whether the refreshed answer went back into the cache.
+        stored: bool,
+    },
 }
 
 impl CacheOutcome {
@@ -153,6 +159,10 @@ impl CacheOutcome {
                 format!("{cache}; hit; detail=stale-while-revalidate")
             }
             CacheOutcome::Bypass => format!("{cache}; fwd=bypass"),
+            CacheOutcome::Revalidated { stored } => format!(
+                "{cache}; fwd=stale; fwd-status=304{}",
+                if *stored { "; stored" } else { "" }
+            ),
         }
     }
 
@@ -163,6 +173,7 @@ impl CacheOutcome {
             CacheOutcome::Miss { .. } => "miss",
             CacheOutcome::StaleOnError | CacheOutcome::StaleWhileRevalidate => "stale",
             CacheOutcome::Bypass => "bypass",
+            CacheOutcome::Revalidated { .. } => "revalidated",
         }
     }
 }

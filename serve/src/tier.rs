@@ -146,12 +146,15 @@ impl CacheTier {
         self.storable(obj, obj.body.len() as u64) && self.cache.put(key, obj.clone()).await
     }
 
-    /// Whether an object like `obj`, of `len` bytes, would be stored.
+    /// Whether an object like `obj`, of `len` bytes, would be stored: it
+    /// must be of use later, fresh, servable stale, or revalidatable.
     pub fn storable(&self, obj: &CachedObject, len: u64) -> bool {
         matches!(obj.status, 200 | 206)
             && len <= self.cache.max_object_bytes()
             && (obj.fresh_until > unix_now()
                 || obj.stale_while_revalidate > 0
-                || obj.stale_if_error > 0)
+                || obj.stale_if_error > 0
+                || obj.header("etag").is_some()
+                || obj.header("last-modified").is_some())
     }
 }

@@ -127,10 +127,12 @@ impl Upstream {
     ///
     /// `on_whole` gets the complete body (to store it) before readers see
     /// the end, so that a request arriving just after finds it cached.
+    /// `conditional` headers make it a revalidation; a 304 comes back whole.
     pub async fn get_streaming<F, Fut>(
         &self,
         path: &str,
         range: Option<&str>,
+        conditional: &[(&str, &str)],
         request_id: &str,
         on_whole: F,
     ) -> Result<Result<StreamingResponse, UpstreamResponse>, UpstreamError>
@@ -143,10 +145,16 @@ impl Upstream {
         if let Some(r) = range {
             req = req.header("range", r);
         }
+        for (k, v) in conditional {
+            req = req.header(*k, *v);
+        }
         let resp = req.send().await.map_err(|e| self.classify(e))?;
         let status = resp.status();
         let headers = resp.headers().clone();
-        let Some(len) = resp.content_length() else {
+        let len = resp
+            .content_length()
+            .filter(|_| status != StatusCode::NOT_MODIFIED);
+        let Some(len) = len else {
             let body = self.read_whole(resp).await?;
             return Ok(Err(UpstreamResponse {
                 status,

@@ -7,7 +7,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cascade_edge::{Edge, EdgeConfig};
-use cascade_geo::{writer, UnknownPolicy};
+use cascade_geo::UnknownPolicy;
+use cascade_geo_testdb as writer;
 use cascade_origin::transcode::Rung;
 use cascade_origin::{Origin, OriginConfig};
 use cascade_serve::config::TokenKeyConfig;

@@ -14,7 +14,6 @@
 
 mod escape;
 mod path;
-pub mod webhook;
 
 use std::collections::HashMap;
 use std::fmt;

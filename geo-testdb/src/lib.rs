@@ -1,5 +1,6 @@
-//! A small MaxMind DB (MMDB v2) writer, for the project's own test database
-//! (`cascade geo build`). Hand-written because the writer crates on
+//! A small MaxMind DB (MMDB v2) writer, for the country databases of the
+//! tests, the benchmarks and `cascade dev` (built from a CSV of
+//! `CIDR,country`). Not a part of serving: the `geo` library only reads. Hand-written because the writer crates on
 //! crates.io are young (0.1.x); the format is small, and every database this
 //! writes is read back with the `maxminddb` crate in the tests.
 //!
@@ -195,5 +196,23 @@ pub fn test_address(country: &str) -> Option<IpAddr> {
         "US" => "127.0.0.3".parse().ok(),
         "NP" => "127.0.0.4".parse().ok(),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writer_refuses_bad_input() {
+        assert_eq!(
+            build_from_csv("10.0.0.0/8,IN\n10.1.0.0/16,US\n", 0),
+            Err(WriteError::Overlap(2))
+        );
+        assert_eq!(build_from_csv("nonsense\n", 0), Err(WriteError::Line(1)));
+        assert_eq!(
+            build_from_csv("10.0.0.0/8,India\n", 0),
+            Err(WriteError::Line(1))
+        );
     }
 }
