@@ -31,7 +31,9 @@
 # TOKEN_IN (header, or query: as players send it, so the edge writes the
 # token into every child URL of each playlist it serves), ACCESS_LOG (0, or
 # 1: the edge logs each request at info and nginx writes an access log, both
-# to files).
+# to files), PROFILE (0, or 1: `perf record` samples the edge during its
+# first playlist run and the top of `perf report` is printed, to say where
+# the time goes; needs perf).
 
 set -euo pipefail
 
@@ -46,6 +48,8 @@ KBPS=${KBPS:-4100}
 PRESET=${PRESET:-ultrafast}
 TOKEN_IN=${TOKEN_IN:-header}
 ACCESS_LOG=${ACCESS_LOG:-0}
+PROFILE=${PROFILE:-0}
+PROFILED=0
 if [ "$ACCESS_LOG" = 1 ]; then EDGE_LOG=${EDGE_LOG:-info}; else EDGE_LOG=${EDGE_LOG:-warn}; fi
 KEEP_TMP=${KEEP_TMP:-0}
 OUT_JSON=${OUT_JSON:-$TARGET_DIR/bench/hit-path.json}
@@ -163,8 +167,22 @@ run_wrk() {
 		url="$url?$TOKEN_NAME=$TOKEN"
 		hdr="X-Bench: 1"
 	fi
+	local perf_pid=""
+	if [ "$PROFILE" = 1 ] && [ "$label" = cascade ] && [ "$PROFILED" = 0 ]; then
+		command -v perf >/dev/null 2>&1 || die "PROFILE=1 needs perf (apt-get install linux-perf)"
+		perf record -q -F 499 -g -p "$EDGE_PID" -o "$TMP/perf.data" -- sleep "$DURATION" >/dev/null 2>&1 &
+		perf_pid=$!
+		PROFILED=1
+	fi
 	out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency -H "$hdr" "$url" 2>&1) ||
 		die "wrk failed against $label: $out"
+	if [ -n "$perf_pid" ]; then
+		wait "$perf_pid" || true
+		perf report -i "$TMP/perf.data" --no-children --percent-limit 0.7 --stdio -g none \
+			--sort dso,symbol 2>/dev/null | grep -v '^#' | grep -v '^$' | head -60 >"$TMP/profile.txt" || true
+		say "where the edge's time goes (self time, ${url%%\?*}):"
+		cat "$TMP/profile.txt" >&2
+	fi
 	printf '=== %s %s\n%s\n' "$label" "${url%%\?*}" "$out" >>"$TMP/wrk.log"
 	RPS=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
 	BPS=$(to_bytes "$(awk '/^Transfer\/sec:/ {print $2}' <<<"$out")")

@@ -498,11 +498,9 @@ impl HttpServerApp for App {
         let Exchange { response, log } = exchange;
         let status = response.status;
         let cache = Front::cache_label(&response);
-        let mut sink = TcpSink {
-            session: &mut session,
-            ended: false,
-        };
+        let mut sink = TcpSink::new(&mut session);
         let written = write_response(&mut sink, response, &method, &request_id, SEND_TIMEOUT).await;
+        drop(sink);
         self.front.record(
             Served {
                 request_id: &request_id,
@@ -596,10 +594,75 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 /// HTTP/1.1 and HTTP/2 through Pingora's session. A broken response closes
 /// the connection (the caller does not reuse it), so an HTTP/1.1 client sees
 /// a short body and an HTTP/2 client a reset stream.
+///
+/// Over HTTP/1.1 the socket is corked (`TCP_CORK`, nginx's `tcp_nopush`)
+/// from the head to the first piece of body: Pingora writes the head and
+/// the body with two system calls, and uncorked each would leave as its own
+/// packet, waking the client twice. A hit on a small object then costs one
+/// transmission instead of two (measured: the head's own send was a fifth
+/// of the edge's time on a playlist hit). Uncorked after the first piece,
+/// so that a body streaming in is never held back.
 struct TcpSink<'a> {
     session: &'a mut ServerSession,
     /// The body's last piece went out, ending the response.
     ended: bool,
+    /// The socket corked now, if it is.
+    corked: Option<i32>,
+}
+
+impl<'a> TcpSink<'a> {
+    fn new(session: &'a mut ServerSession) -> Self {
+        TcpSink {
+            session,
+            ended: false,
+            corked: None,
+        }
+    }
+
+    fn cork(&mut self) {
+        if self.session.is_http2() {
+            return;
+        }
+        // The stream's id is its socket's descriptor (TLS streams answer
+        // their TCP stream's).
+        if let Some(fd) = self.session.stream().map(|s| s.id()) {
+            if set_cork(fd, true) {
+                self.corked = Some(fd);
+            }
+        }
+    }
+
+    fn uncork(&mut self) {
+        if let Some(fd) = self.corked.take() {
+            set_cork(fd, false);
+        }
+    }
+}
+
+impl Drop for TcpSink<'_> {
+    fn drop(&mut self) {
+        self.uncork();
+    }
+}
+
+/// Sets or clears `TCP_CORK`; false if the socket refused. Clearing it sends
+/// what it held back.
+fn set_cork(fd: i32, on: bool) -> bool {
+    let value: libc::c_int = on.into();
+    // SAFETY: `fd` is the descriptor of the session's own socket, open for
+    // as long as the session (borrowed by the sink) lives; setsockopt reads
+    // `value` only during the call, and a stale or wrong descriptor makes it
+    // fail with EBADF or ENOTSOCK rather than misbehave.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_CORK,
+            std::ptr::addr_of!(value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    rc == 0
 }
 
 #[async_trait::async_trait]
@@ -617,6 +680,7 @@ impl Sink for TcpSink<'_> {
         for (name, value) in headers.iter() {
             let _ = header.append_header(name.clone(), value.clone());
         }
+        self.cork();
         self.session
             .write_response_header(Box::new(header))
             .await
@@ -627,14 +691,19 @@ impl Sink for TcpSink<'_> {
         // The last piece ends the body in the same write: one flush for a
         // small answer, not two.
         self.ended = last;
-        self.session.write_response_body(piece, last).await.is_ok()
+        let sent = self.session.write_response_body(piece, last).await.is_ok();
+        self.uncork();
+        sent
     }
 
     async fn finish(&mut self) -> bool {
-        self.ended || self.session.finish_body().await.is_ok()
+        let finished = self.ended || self.session.finish_body().await.is_ok();
+        self.uncork();
+        finished
     }
 
     fn abort(&mut self, _why: Abort) {
+        self.uncork();
         self.session.set_keepalive(None);
     }
 }
