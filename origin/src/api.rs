@@ -745,42 +745,24 @@ pub enum RangeRequest {
     Unsatisfiable,
 }
 
-/// Reads a `Range` header against an object of `size` bytes.
+/// Reads a `Range` header against an object of `size` bytes. A list of
+/// ranges, another unit or bad syntax gets the whole object (RFC 9110
+/// §14.2 lets a server ignore them); one range is clamped to the object.
 pub fn parse_range(value: &str, size: u64) -> RangeRequest {
-    let Some(spec) = value.trim().strip_prefix("bytes=") else {
-        return RangeRequest::Whole;
-    };
-    if spec.contains(',') {
+    if value.contains(',') {
         return RangeRequest::Whole;
     }
-    let Some((a, b)) = spec.split_once('-') else {
+    let Ok(parsed) = http_range_header::parse_range_header(value.trim()) else {
         return RangeRequest::Whole;
     };
-    let (a, b) = (a.trim(), b.trim());
-    let (start, end) = if a.is_empty() {
-        match b.parse::<u64>() {
-            Ok(0) => return RangeRequest::Unsatisfiable,
-            Ok(n) => (size.saturating_sub(n), size),
-            Err(_) => return RangeRequest::Whole,
-        }
-    } else {
-        let Ok(start) = a.parse::<u64>() else {
-            return RangeRequest::Whole;
-        };
-        let end = if b.is_empty() {
-            size
-        } else {
-            match b.parse::<u64>() {
-                Ok(last) if last >= start => last.saturating_add(1).min(size),
-                _ => return RangeRequest::Whole,
-            }
-        };
-        (start, end)
-    };
-    if start >= size || start >= end {
-        return RangeRequest::Unsatisfiable;
+    match parsed.validate(size) {
+        Ok(spans) => match spans.as_slice() {
+            [one] => RangeRequest::Part(*one.start(), one.end().saturating_add(1)),
+            // No span: the object is empty, so nothing of it can be sent.
+            _ => RangeRequest::Unsatisfiable,
+        },
+        Err(_) => RangeRequest::Unsatisfiable,
     }
-    RangeRequest::Part(start, end)
 }
 
 /// `Cache-Control` of asset manifests and title metadata: short-lived, with
@@ -807,6 +789,7 @@ mod tests {
         assert_eq!(parse_range("bytes=95-200", 100), Part(95, 100));
         for ignored in [
             "bytes=0-1,3-4",
+            "bytes=200-300,0-1",
             "items=0-1",
             "bytes=a-b",
             "bytes=5-1",
@@ -818,5 +801,6 @@ mod tests {
             assert_eq!(parse_range(outside, 100), Unsatisfiable, "{outside}");
         }
         assert_eq!(parse_range("bytes=0-", 0), Unsatisfiable);
+        assert_eq!(parse_range("bytes=-10", 0), Unsatisfiable);
     }
 }
