@@ -6,20 +6,11 @@
 
 #![warn(unreachable_pub)]
 
-mod accounts;
-mod api;
-mod apierr;
-mod billing;
-mod catalog;
 pub mod config;
-mod db;
-mod jobs;
-mod openapi;
-mod playback;
-mod sidecars;
-mod store;
-pub mod transcode;
-mod web;
+mod http;
+mod repo;
+mod service;
+mod storage;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -31,10 +22,17 @@ use object_store::ObjectStore;
 use prometheus::{IntCounter, IntCounterVec, Opts};
 use tokio::sync::Notify;
 
-pub use api::{app, parse_range, RangeRequest};
+use repo::catalog;
+use service::ingest::worker as jobs;
+use service::{accounts, playback};
+use storage::db;
+use storage::objects as store;
+
+pub use http::{app, parse_range, RangeRequest};
 pub use cascade_token::webhook::sign as sign_webhook;
 pub use config::OriginConfig;
-pub use openapi::openapi_json;
+pub use http::openapi::openapi_json;
+pub use service::ingest::transcode;
 
 /// Shared state of a running origin.
 pub struct State {

@@ -1,6 +1,10 @@
 //! The origin's HTTP surface: uploads, jobs, the catalog, mezzanine with
 //! byte ranges, and the web page.
 
+pub(crate) mod error;
+pub(crate) mod openapi;
+pub(crate) mod web;
+
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -17,10 +21,12 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 
-use crate::store;
+use crate::storage::objects as store;
 use crate::transcode::{self, Source};
 use crate::State;
-use crate::{accounts, billing, catalog, db, playback};
+use crate::repo::catalog;
+use crate::service::{accounts, billing, playback};
+use crate::storage::db;
 
 /// Largest JSON request body (the payment webhook's events are the biggest).
 const MAX_JSON_BODY: usize = 256 << 10;
@@ -34,7 +40,7 @@ pub fn app(state: Arc<State>) -> Router {
         )
         .route(
             "/api/v1/uploads/sidecars",
-            post(crate::sidecars::upload_sidecar).layer(DefaultBodyLimit::disable()),
+            post(crate::service::ingest::sidecars::upload_sidecar).layer(DefaultBodyLimit::disable()),
         )
         .route("/api/v1/jobs/{id}", get(job))
         .route("/api/v1/assets", get(list_assets))
@@ -74,10 +80,10 @@ pub fn app(state: Arc<State>) -> Router {
         .route("/api/v1/streams/{id}/stop", post(playback::stop))
         .route("/api/v1/history", get(playback::history))
         .route("/api/v1/fleet/revocations", get(playback::revocations))
-        .route("/api/v1/openapi.json", get(crate::openapi::serve))
+        .route("/api/v1/openapi.json", get(crate::http::openapi::serve))
         .route("/mezz/{asset}/{file}", get(mezzanine))
-        .route("/", get(crate::web::index))
-        .route("/static/{file}", get(crate::web::asset_file))
+        .route("/", get(crate::http::web::index))
+        .route("/static/{file}", get(crate::http::web::asset_file))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such path") })
@@ -276,7 +282,7 @@ async fn upload(
     if let Err(e) = catalog::check_metadata(Some(&synopsis), q.year, &[&genres, &languages]) {
         return e.into_response();
     }
-    let extras = match crate::sidecars::extras_for_upload(
+    let extras = match crate::service::ingest::sidecars::extras_for_upload(
         &state,
         q.sidecars.as_deref(),
         q.codecs.as_deref(),
@@ -334,10 +340,10 @@ async fn upload(
     }
     let source = path.to_string_lossy().to_string();
     // The sidecars become this upload's alone, now that its media is here.
-    let extras = if extras == crate::sidecars::Extras::default() {
+    let extras = if extras == crate::service::ingest::sidecars::Extras::default() {
         extras
     } else {
-        match crate::sidecars::claim(&state, q.sidecars.as_deref(), q.codecs.as_deref()).await {
+        match crate::service::ingest::sidecars::claim(&state, q.sidecars.as_deref(), q.codecs.as_deref()).await {
             Ok(e) => e,
             Err(r) => {
                 let _ = tokio::fs::remove_file(&path).await;
@@ -346,8 +352,8 @@ async fn upload(
         }
     };
     // The worker reads the extras before it transcodes: written before the job exists.
-    if extras != crate::sidecars::Extras::default() {
-        let file = crate::sidecars::extras_path(&state.cfg.data_dir, &job);
+    if extras != crate::service::ingest::sidecars::Extras::default() {
+        let file = crate::service::ingest::sidecars::extras_path(&state.cfg.data_dir, &job);
         let bytes = serde_json::to_vec(&extras).unwrap_or_default();
         if let Err(e) = tokio::fs::write(&file, bytes).await {
             tracing::error!(error = %e, "recording an upload's extras");

@@ -24,10 +24,10 @@ use serde_json::json;
 use sqlx::Row;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::accounts::{self, Claims, TokenError, TokenKind, Viewer};
-use crate::apierr::{ApiError, ErrorBody, JsonBody};
-use crate::catalog::{self, TitleCard};
-use crate::db::{self, Db};
+use crate::service::accounts::{self, Claims, TokenError, TokenKind, Viewer};
+use crate::http::error::{ApiError, ErrorBody, JsonBody};
+use crate::repo::catalog::{self, TitleCard};
+use crate::storage::db::{self, Db};
 use crate::State;
 
 /// Rows per multi-row statement when flushing.
@@ -422,7 +422,7 @@ async fn relax_durability(
     db: &Db,
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
 ) -> Result<(), sqlx::Error> {
-    if db.backend == crate::db::Backend::Postgres {
+    if db.backend == crate::storage::db::Backend::Postgres {
         sqlx::query("SET LOCAL synchronous_commit TO OFF")
             .execute(&mut **tx)
             .await?;
@@ -626,7 +626,7 @@ pub(crate) async fn playback(
         .with(json!({ "country": country, "rule": rule })));
     }
     // Entitlement.
-    let plan = crate::billing::plan_of(&state.db, &viewer.user, now).await?;
+    let plan = crate::service::billing::plan_of(&state.db, &viewer.user, now).await?;
     if title.as_ref().is_some_and(|t| t.premium) && !plan.premium {
         refused("premium_required");
         return Err(

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use cascade_packager::{AssetManifest, Track};
 
-use crate::db::{self, Job};
-use crate::sidecars;
-use crate::store;
+use crate::storage::db::{self, Job};
+use crate::service::ingest::sidecars;
+use crate::storage::objects as store;
 use crate::transcode::{self, ExtraAudio, Source, Spec};
 use crate::State;
 

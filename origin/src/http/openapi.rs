@@ -5,7 +5,9 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use utoipa::OpenApi;
 
-use crate::{accounts, apierr, billing, catalog, playback};
+use crate::http::error as apierr;
+use crate::repo::catalog;
+use crate::service::{accounts, billing, playback};
 
 #[derive(OpenApi)]
 #[openapi(

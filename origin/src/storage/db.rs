@@ -161,7 +161,7 @@ pub(crate) async fn create_asset_and_job(
     title: &str,
     source_kind: &str,
     source: &str,
-    meta: &crate::catalog::UploadMeta,
+    meta: &crate::repo::catalog::UploadMeta,
 ) -> sqlx::Result<()> {
     let mut tx = db.pool.begin().await?;
     let t = now();
@@ -181,7 +181,7 @@ pub(crate) async fn create_asset_and_job(
         .bind(t)
         .execute(&mut *tx)
         .await?;
-    crate::catalog::insert_movie(&mut tx, db.backend, asset, meta, t).await?;
+    crate::repo::catalog::insert_movie(&mut tx, db.backend, asset, meta, t).await?;
     tx.commit().await
 }
 

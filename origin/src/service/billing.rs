@@ -18,8 +18,8 @@ use serde_json::{json, Value};
 use sqlx::Row;
 use utoipa::ToSchema;
 
-use crate::apierr::{ApiError, ErrorBody};
-use crate::db::Db;
+use crate::http::error::{ApiError, ErrorBody};
+use crate::storage::db::Db;
 use crate::State;
 use cascade_token::webhook::{verify_signature, SignatureError};
 

@@ -18,9 +18,9 @@ use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use utoipa::ToSchema;
 
-use crate::apierr::{ApiError, ErrorBody, JsonBody};
-use crate::billing;
-use crate::db::Db;
+use crate::http::error::{ApiError, ErrorBody, JsonBody};
+use crate::service::billing;
+use crate::storage::db::Db;
 use crate::State;
 
 /// Profiles one account may have.

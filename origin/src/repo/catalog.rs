@@ -16,9 +16,9 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::accounts::MaybeViewer;
-use crate::apierr::{ApiError, ErrorBody, JsonBody};
-use crate::db::{Backend, Db};
+use crate::service::accounts::MaybeViewer;
+use crate::http::error::{ApiError, ErrorBody, JsonBody};
+use crate::storage::db::{Backend, Db};
 use crate::State;
 
 /// Titles per page at most.
@@ -464,10 +464,10 @@ pub(crate) async fn browse(
     let mut rails = Vec::new();
     let personal = viewer.is_some() && q.profile.is_some();
     if let (Some(v), Some(p)) = (&viewer, &q.profile) {
-        if !crate::accounts::owns_profile(db, &v.user, p).await? {
+        if !crate::service::accounts::owns_profile(db, &v.user, p).await? {
             return Err(ApiError::not_found("profile"));
         }
-        let items = crate::playback::continue_watching(&state, p, RAIL_LEN).await?;
+        let items = crate::service::playback::continue_watching(&state, p, RAIL_LEN).await?;
         if !items.is_empty() {
             rails.push(Rail {
                 id: "continue".into(),
@@ -650,7 +650,7 @@ pub(crate) async fn create(
     admin(&state, &headers)?;
     let now = crate::now() as i64;
     let blank = TitleRow {
-        id: crate::accounts::new_id()[..12].to_string(),
+        id: crate::service::accounts::new_id()[..12].to_string(),
         kind: String::new(),
         parent_id: None,
         number: None,

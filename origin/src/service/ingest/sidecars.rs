@@ -21,7 +21,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::api::error;
+use crate::http::error;
 use crate::transcode::VideoCodec;
 use crate::State;
 
@@ -149,14 +149,14 @@ pub(crate) async fn upload_sidecar(
         );
     };
     let Ok(_permit) = state.uploads.try_acquire() else {
-        return crate::api::busy("too many uploads in progress; try again shortly");
+        return crate::http::busy("too many uploads in progress; try again shortly");
     };
     let dir = incoming(&state);
     if let Err(e) = tokio::fs::create_dir_all(&dir).await {
         tracing::error!(error = %e, "creating upload dir");
-        return crate::api::storage_error();
+        return crate::http::storage_error();
     }
-    let id = crate::api::new_id();
+    let id = crate::http::new_id();
     let path = dir.join(format!("sidecar-{id}.{ext}"));
     let fail = |status, code: &str, msg: &str| {
         let path = path.clone();
@@ -166,14 +166,14 @@ pub(crate) async fn upload_sidecar(
             r
         }
     };
-    match crate::api::receive(body, &path, limit).await {
+    match crate::http::receive(body, &path, limit).await {
         Ok(0) => return fail(StatusCode::BAD_REQUEST, "empty", "the file is empty").await,
         Ok(_) => {}
-        Err(crate::api::ReceiveError::TooLarge) => {
+        Err(crate::http::ReceiveError::TooLarge) => {
             let msg = format!("{kind} files are limited to {} KiB", limit >> 10);
             return fail(StatusCode::PAYLOAD_TOO_LARGE, "too_large", &msg).await;
         }
-        Err(crate::api::ReceiveError::Io(e)) => {
+        Err(crate::http::ReceiveError::Io(e)) => {
             tracing::warn!(error = %e, "sidecar upload broke off");
             return fail(
                 StatusCode::BAD_REQUEST,
@@ -245,7 +245,7 @@ pub(crate) async fn upload_sidecar(
 /// Removes a half-stored sidecar and answers 500.
 async fn storage(path: &Path) -> Response {
     let _ = tokio::fs::remove_file(path).await;
-    crate::api::storage_error()
+    crate::http::storage_error()
 }
 
 /// The sidecars an upload names (`ID,ID`) and its codecs (`hevc,av1`), as

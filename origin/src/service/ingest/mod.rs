@@ -1,0 +1,3 @@
+pub(crate) mod sidecars;
+pub mod transcode;
+pub(crate) mod worker;

@@ -1,0 +1,4 @@
+pub(crate) mod accounts;
+pub(crate) mod billing;
+pub(crate) mod ingest;
+pub(crate) mod playback;

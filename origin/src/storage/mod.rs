@@ -1,0 +1,2 @@
+pub(crate) mod db;
+pub(crate) mod objects;
