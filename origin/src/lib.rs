@@ -312,8 +312,8 @@ async fn ensure_samples(state: &Arc<State>) -> anyhow::Result<Vec<String>> {
     }
     let mut ids = Vec::new();
     for (title, graph) in SAMPLES {
-        let asset = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
-        let job = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+        let asset = storage::ids::short_id();
+        let job = storage::ids::short_id();
         let meta = catalog::UploadMeta {
             name: title.to_string(),
             synopsis: "An FFmpeg test source with a moving picture and a tone.".into(),
@@ -326,11 +326,6 @@ async fn ensure_samples(state: &Arc<State>) -> anyhow::Result<Vec<String>> {
     db::set_setting(&state.db, "samples", &ids.join(",")).await?;
     state.jobs_notify.notify_one();
     Ok(ids)
-}
-
-/// Unix seconds now.
-pub(crate) fn now() -> u64 {
-    cascade_common::unix_now()
 }
 
 /// The secret that signs access and stream tokens: the configured one, or

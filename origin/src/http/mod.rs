@@ -26,7 +26,7 @@ use crate::transcode::{self, Source};
 use crate::State;
 use crate::repo::catalog;
 use crate::service::{accounts, billing, playback};
-use crate::storage::db;
+use crate::storage::{db, ids};
 
 /// Largest JSON request body (the payment webhook's events are the biggest).
 const MAX_JSON_BODY: usize = 256 << 10;
@@ -108,7 +108,7 @@ async fn observe(AxState(state): AxState<Arc<State>>, mut req: Request, next: Ne
         .and_then(|v| v.to_str().ok())
         .filter(|v| cascade_common::valid_request_id(v))
         .map(str::to_string)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+        .unwrap_or_else(ids::new_id);
     if let Ok(v) = HeaderValue::from_str(&id) {
         req.headers_mut().insert(cascade_common::REQUEST_ID, v);
     }
@@ -292,8 +292,8 @@ async fn upload(
         Ok(e) => e,
         Err(r) => return r,
     };
-    let asset = new_id();
-    let job = new_id();
+    let asset = ids::short_id();
+    let job = ids::short_id();
     let title = if title.is_empty() {
         format!("Untitled {asset}")
     } else {
@@ -458,10 +458,6 @@ pub(crate) async fn receive(
         .await
         .map_err(|e| ReceiveError::Io(e.to_string()))?;
     Ok(total)
-}
-
-pub(crate) fn new_id() -> String {
-    uuid::Uuid::new_v4().simple().to_string()[..12].to_string()
 }
 
 /// `GET /api/v1/jobs/{id}`: a job's state and progress; its failure's cause

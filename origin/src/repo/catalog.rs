@@ -17,7 +17,8 @@ use sqlx::{AnyConnection, Row};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::service::accounts::MaybeViewer;
-use crate::http::error::{ApiError, ErrorBody, JsonBody};
+use crate::http::error::{ErrorBody, JsonBody};
+use crate::storage::{Error, Kind};
 use crate::storage::db::{Backend, Db};
 use crate::State;
 
@@ -290,20 +291,20 @@ pub(crate) fn search_expression(words: &[String], backend: Backend) -> String {
 pub(crate) async fn list(
     AxState(state): AxState<Arc<State>>,
     Query(q): Query<TitleQuery>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Error> {
     let per_page = q.per_page.unwrap_or(20);
     if !(1..=MAX_PER_PAGE).contains(&per_page) {
-        return Err(ApiError::bad_request(
+        return Err(Error::bad_request(
             "bad_page",
             "per_page must be 1 to 100",
         ));
     }
     let page = q.page.unwrap_or(1);
     if !(1..=10_000).contains(&page) {
-        return Err(ApiError::bad_request("bad_page", "page must be 1 to 10000"));
+        return Err(Error::bad_request("bad_page", "page must be 1 to 10000"));
     }
     let offset = (page - 1) * per_page;
-    let now = crate::now() as i64;
+    let now = crate::storage::clock::now() as i64;
     let genre = q.genre.as_deref().map(|g| join_list(&[g.to_string()]));
     let genre = genre.filter(|g| !g.is_empty());
     let genre_filter = if genre.is_some() {
@@ -435,15 +436,15 @@ fn bind_page<'q>(
 pub(crate) async fn get_title(
     AxState(state): AxState<Arc<State>>,
     Path(id): Path<String>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Error> {
     let t = load(&state.db, &id)
         .await?
-        .ok_or_else(|| ApiError::not_found("title"))?;
+        .ok_or_else(|| Error::not_found("title"))?;
     // Viewers do not see what is not theirs to see yet or any more.
-    let closed = t.available_until.is_some_and(|u| u <= crate::now() as i64);
+    let closed = t.available_until.is_some_and(|u| u <= crate::storage::clock::now() as i64);
     let unready = t.asset_id.is_some() && t.asset_status.as_deref() != Some("ready");
     if closed || unready {
-        return Err(ApiError::not_found("title"));
+        return Err(Error::not_found("title"));
     }
     let title = detail(&state.db, t).await?;
     Ok(([(header::CACHE_CONTROL, "public, max-age=30")], Json(title)).into_response())
@@ -458,14 +459,14 @@ pub(crate) async fn browse(
     AxState(state): AxState<Arc<State>>,
     MaybeViewer(viewer): MaybeViewer,
     Query(q): Query<BrowseQuery>,
-) -> Result<Response, ApiError> {
-    let now = crate::now() as i64;
+) -> Result<Response, Error> {
+    let now = crate::storage::clock::now() as i64;
     let db = &state.db;
     let mut rails = Vec::new();
     let personal = viewer.is_some() && q.profile.is_some();
     if let (Some(v), Some(p)) = (&viewer, &q.profile) {
         if !crate::service::accounts::owns_profile(db, &v.user, p).await? {
-            return Err(ApiError::not_found("profile"));
+            return Err(Error::not_found("profile"));
         }
         let items = crate::service::playback::continue_watching(&state, p, RAIL_LEN).await?;
         if !items.is_empty() {
@@ -550,23 +551,23 @@ pub(crate) async fn browse(
 pub(crate) async fn artwork(
     AxState(state): AxState<Arc<State>>,
     Path(id): Path<String>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Error> {
     let t = load(&state.db, &id)
         .await?
-        .ok_or_else(|| ApiError::not_found("title"))?;
-    let key = t.artwork.ok_or_else(|| ApiError::not_found("artwork"))?;
+        .ok_or_else(|| Error::not_found("title"))?;
+    let key = t.artwork.ok_or_else(|| Error::not_found("artwork"))?;
     let got = state
         .store
         .get(&object_store::path::Path::from(key.as_str()))
         .await
         .map_err(|e| {
             tracing::warn!(error = %e, "reading artwork");
-            ApiError::not_found("artwork")
+            Error::not_found("artwork")
         })?;
     let bytes = got
         .bytes()
         .await
-        .map_err(|_| ApiError::not_found("artwork"))?;
+        .map_err(|_| Error::not_found("artwork"))?;
     let kind = image_type(&bytes).unwrap_or("application/octet-stream");
     Ok((
         [
@@ -623,15 +624,15 @@ where
     Ok(Some(Option::deserialize(d)?))
 }
 
-fn admin(state: &State, headers: &HeaderMap) -> Result<(), ApiError> {
+fn admin(state: &State, headers: &HeaderMap) -> Result<(), Error> {
     let auth = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
     if cascade_common::bearer_matches(auth, &state.cfg.admin_token) {
         Ok(())
     } else {
-        Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
+        Err(Error::new(
+            Kind::Unauthorized,
             "unauthorized",
             "admin credential required",
         ))
@@ -646,11 +647,11 @@ pub(crate) async fn create(
     AxState(state): AxState<Arc<State>>,
     headers: HeaderMap,
     JsonBody(edit): JsonBody<TitleEdit>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Error> {
     admin(&state, &headers)?;
-    let now = crate::now() as i64;
+    let now = crate::storage::clock::now() as i64;
     let blank = TitleRow {
-        id: crate::service::accounts::new_id()[..12].to_string(),
+        id: crate::storage::ids::short_id(),
         kind: String::new(),
         parent_id: None,
         number: None,
@@ -669,7 +670,7 @@ pub(crate) async fn create(
         asset_status: None,
     };
     if edit.kind.is_none() || edit.name.is_none() {
-        return Err(ApiError::bad_request(
+        return Err(Error::bad_request(
             "bad_title",
             "kind and name are required",
         ));
@@ -701,11 +702,11 @@ pub(crate) async fn update(
     headers: HeaderMap,
     Path(id): Path<String>,
     JsonBody(edit): JsonBody<TitleEdit>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Error> {
     admin(&state, &headers)?;
     let old = load(&state.db, &id)
         .await?
-        .ok_or_else(|| ApiError::not_found("title"))?;
+        .ok_or_else(|| Error::not_found("title"))?;
     let t = apply_edit(&state.db, old, edit).await?;
     let mut conn = state.db.pool.acquire().await?;
     bind_title(
@@ -717,7 +718,7 @@ pub(crate) async fn update(
         ),
         &t,
     )
-    .bind(crate::now() as i64)
+    .bind(crate::storage::clock::now() as i64)
     .execute(&mut *conn)
     .await
     .map_err(conflict)?;
@@ -755,7 +756,7 @@ pub(crate) async fn delete(
     AxState(state): AxState<Arc<State>>,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<StatusCode, Error> {
     admin(&state, &headers)?;
     let mut tx = state.db.pool.begin().await?;
     // Children first (seasons' episodes, then seasons), so the search index
@@ -787,7 +788,7 @@ pub(crate) async fn delete(
         found |= r.rows_affected() > 0;
     }
     if !found {
-        return Err(ApiError::not_found("title"));
+        return Err(Error::not_found("title"));
     }
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
@@ -806,13 +807,13 @@ pub(crate) async fn put_artwork(
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Bytes,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Error> {
     admin(&state, &headers)?;
     let mut t = load(&state.db, &id)
         .await?
-        .ok_or_else(|| ApiError::not_found("title"))?;
+        .ok_or_else(|| Error::not_found("title"))?;
     let Some(kind) = image_type(&body) else {
-        return Err(ApiError::bad_request(
+        return Err(Error::bad_request(
             "bad_image",
             "artwork must be a JPEG, PNG or WebP image",
         ));
@@ -831,16 +832,15 @@ pub(crate) async fn put_artwork(
         .put(&object_store::path::Path::from(key.as_str()), body.into())
         .await
         .map_err(|e| {
-            tracing::error!(error = %e, "storing artwork");
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
+            Error::internal(
                 "storage",
                 "cannot store the artwork",
+                format_args!("storing artwork: {e}"),
             )
         })?;
     sqlx::query("UPDATE titles SET artwork = $1, updated_at = $2 WHERE id = $3")
         .bind(&key)
-        .bind(crate::now() as i64)
+        .bind(crate::storage::clock::now() as i64)
         .bind(&t.id)
         .execute(&state.db.pool)
         .await?;
@@ -861,18 +861,18 @@ fn image_type(b: &[u8]) -> Option<&'static str> {
     }
 }
 
-fn conflict(e: sqlx::Error) -> ApiError {
+fn conflict(e: sqlx::Error) -> Error {
     let unique = e
         .as_database_error()
         .is_some_and(|d| d.is_unique_violation() || d.is_foreign_key_violation());
     if unique {
-        ApiError::new(
-            StatusCode::CONFLICT,
+        Error::new(
+            Kind::Conflict,
             "conflict",
             "that asset already has a title, or the parent or asset does not exist",
         )
     } else {
-        ApiError::from(e)
+        Error::from(e)
     }
 }
 
@@ -881,8 +881,8 @@ pub(crate) fn check_metadata(
     synopsis: Option<&str>,
     year: Option<i64>,
     lists: &[&[String]],
-) -> Result<(), ApiError> {
-    let bad = |m: &str| ApiError::bad_request("bad_title", m.to_string());
+) -> Result<(), Error> {
+    let bad = |m: &str| Error::bad_request("bad_title", m.to_string());
     if synopsis.is_some_and(|s| s.chars().count() > 4000) {
         return Err(bad("synopsis must be at most 4000 characters"));
     }
@@ -899,8 +899,8 @@ pub(crate) fn check_metadata(
 }
 
 /// Applies an edit to a row and checks the result.
-async fn apply_edit(db: &Db, mut t: TitleRow, e: TitleEdit) -> Result<TitleRow, ApiError> {
-    let bad = |m: &str| ApiError::bad_request("bad_title", m.to_string());
+async fn apply_edit(db: &Db, mut t: TitleRow, e: TitleEdit) -> Result<TitleRow, Error> {
+    let bad = |m: &str| Error::bad_request("bad_title", m.to_string());
     if let Some(k) = e.kind {
         if !["movie", "series", "season", "episode"].contains(&k.as_str()) {
             return Err(bad("kind must be movie, series, season or episode"));
@@ -987,7 +987,7 @@ async fn apply_edit(db: &Db, mut t: TitleRow, e: TitleEdit) -> Result<TitleRow, 
 }
 
 /// Rewrites a title's search entry.
-async fn reindex(conn: &mut AnyConnection, backend: Backend, t: &TitleRow) -> Result<(), ApiError> {
+async fn reindex(conn: &mut AnyConnection, backend: Backend, t: &TitleRow) -> Result<(), Error> {
     let people = t
         .cast()
         .iter()
@@ -1091,7 +1091,7 @@ pub(crate) struct UploadMeta {
     pub(crate) premium: bool,
 }
 
-async fn load(db: &Db, id: &str) -> Result<Option<TitleRow>, ApiError> {
+async fn load(db: &Db, id: &str) -> Result<Option<TitleRow>, Error> {
     if id.len() > 64 {
         return Ok(None);
     }
@@ -1102,14 +1102,14 @@ async fn load(db: &Db, id: &str) -> Result<Option<TitleRow>, ApiError> {
     Ok(row.as_ref().map(TitleRow::from_row).transpose()?)
 }
 
-async fn children(db: &Db, id: &str) -> Result<Vec<TitleRow>, ApiError> {
+async fn children(db: &Db, id: &str) -> Result<Vec<TitleRow>, Error> {
     let sql = format!(
         "SELECT {TITLE_COLUMNS} FROM titles t LEFT JOIN assets a ON a.id = t.asset_id
          WHERE t.parent_id = $2 AND {VISIBLE}
          ORDER BY t.number IS NULL, t.number, t.name, t.id LIMIT 1000"
     );
     let rows = sqlx::query(&sql)
-        .bind(crate::now() as i64)
+        .bind(crate::storage::clock::now() as i64)
         .bind(id)
         .fetch_all(&db.pool)
         .await?;
@@ -1119,7 +1119,7 @@ async fn children(db: &Db, id: &str) -> Result<Vec<TitleRow>, ApiError> {
         .collect::<Result<_, _>>()?)
 }
 
-async fn detail(db: &Db, t: TitleRow) -> Result<Title, ApiError> {
+async fn detail(db: &Db, t: TitleRow) -> Result<Title, Error> {
     let mut seasons = Vec::new();
     let mut episodes = Vec::new();
     match t.kind.as_str() {
@@ -1157,7 +1157,7 @@ async fn detail(db: &Db, t: TitleRow) -> Result<Title, ApiError> {
 /// The title an asset plays, with premium and availability passed down from
 /// its season and series: premium if any of them is; the window is the
 /// intersection of theirs.
-pub(crate) async fn playable(db: &Db, asset: &str) -> Result<Option<Playable>, ApiError> {
+pub(crate) async fn playable(db: &Db, asset: &str) -> Result<Option<Playable>, Error> {
     let sql = format!(
         "SELECT {TITLE_COLUMNS} FROM titles t LEFT JOIN assets a ON a.id = t.asset_id WHERE t.asset_id = $1"
     );
@@ -1211,14 +1211,14 @@ fn min_opt(a: Option<i64>, b: Option<i64>) -> Option<i64> {
 pub(crate) async fn cards_for_assets(
     db: &Db,
     assets: &[String],
-) -> Result<HashMap<String, TitleCard>, ApiError> {
+) -> Result<HashMap<String, TitleCard>, Error> {
     let mut out = HashMap::new();
     // One query per asset keeps the SQL portable; rails hold at most 20.
     let sql = format!(
         "SELECT {TITLE_COLUMNS} FROM titles t LEFT JOIN assets a ON a.id = t.asset_id
          WHERE t.asset_id = $2 AND a.status = 'ready' AND {VISIBLE}"
     );
-    let now = crate::now() as i64;
+    let now = crate::storage::clock::now() as i64;
     for a in assets {
         if let Some(r) = sqlx::query(&sql)
             .bind(now)

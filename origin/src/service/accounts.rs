@@ -18,7 +18,9 @@ use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use utoipa::ToSchema;
 
-use crate::http::error::{ApiError, ErrorBody, JsonBody};
+use crate::http::error::{ErrorBody, JsonBody};
+use crate::storage::ids::new_id;
+use crate::storage::{Error, Kind};
 use crate::service::billing;
 use crate::storage::db::Db;
 use crate::State;
@@ -203,9 +205,9 @@ pub(crate) fn token_digest(token: &str) -> String {
 }
 
 /// A normalised email, or why it is not one.
-pub(crate) fn parse_email(raw: &str) -> Result<String, ApiError> {
+pub(crate) fn parse_email(raw: &str) -> Result<String, Error> {
     let e = raw.trim().to_lowercase();
-    let bad = || ApiError::bad_request("bad_email", "that is not an email address");
+    let bad = || Error::bad_request("bad_email", "that is not an email address");
     if e.len() > 254 || e.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(bad());
     }
@@ -216,10 +218,10 @@ pub(crate) fn parse_email(raw: &str) -> Result<String, ApiError> {
     Ok(e)
 }
 
-fn check_password(p: &str) -> Result<(), ApiError> {
+fn check_password(p: &str) -> Result<(), Error> {
     let n = p.chars().count();
     if !(8..=256).contains(&n) {
-        return Err(ApiError::bad_request(
+        return Err(Error::bad_request(
             "weak_password",
             "passwords must be 8 to 256 characters",
         ));
@@ -228,19 +230,15 @@ fn check_password(p: &str) -> Result<(), ApiError> {
 }
 
 /// A profile name: 1 to 40 printable characters.
-fn parse_profile_name(raw: &str) -> Result<String, ApiError> {
+fn parse_profile_name(raw: &str) -> Result<String, Error> {
     let n = raw.trim();
     if n.is_empty() || n.chars().count() > 40 || n.chars().any(char::is_control) {
-        return Err(ApiError::bad_request(
+        return Err(Error::bad_request(
             "bad_name",
             "profile names are 1 to 40 printable characters",
         ));
     }
     Ok(n.to_string())
-}
-
-pub(crate) fn new_id() -> String {
-    uuid::Uuid::new_v4().simple().to_string()
 }
 
 // ---- the logged-in viewer --------------------------------------------------
@@ -251,18 +249,18 @@ pub(crate) struct Viewer {
 }
 
 impl FromRequestParts<Arc<State>> for Viewer {
-    type Rejection = ApiError;
+    type Rejection = Error;
 
-    async fn from_request_parts(parts: &mut Parts, state: &Arc<State>) -> Result<Self, ApiError> {
-        let token = bearer(parts).ok_or_else(ApiError::unauthorized)?;
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<State>) -> Result<Self, Error> {
+        let token = bearer(parts).ok_or_else(Error::unauthorized)?;
         match state.accounts.verify(token, TokenKind::Access) {
             Ok(c) => Ok(Viewer { user: c.sub }),
-            Err(TokenError::Expired) => Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
+            Err(TokenError::Expired) => Err(Error::new(
+                Kind::Unauthorized,
                 "token_expired",
                 "the access token has expired; refresh it",
             )),
-            Err(TokenError::Invalid) => Err(ApiError::unauthorized()),
+            Err(TokenError::Invalid) => Err(Error::unauthorized()),
         }
     }
 }
@@ -272,9 +270,9 @@ impl FromRequestParts<Arc<State>> for Viewer {
 pub(crate) struct MaybeViewer(pub(crate) Option<Viewer>);
 
 impl FromRequestParts<Arc<State>> for MaybeViewer {
-    type Rejection = ApiError;
+    type Rejection = Error;
 
-    async fn from_request_parts(parts: &mut Parts, state: &Arc<State>) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<State>) -> Result<Self, Error> {
         Ok(MaybeViewer(
             Viewer::from_request_parts(parts, state).await.ok(),
         ))
@@ -367,18 +365,19 @@ pub(crate) struct Profiles {
 
 // ---- handlers -------------------------------------------------------------------
 
-fn throttle(state: &State, ip: IpAddr) -> Result<(), ApiError> {
+fn throttle(state: &State, ip: IpAddr) -> Result<(), Error> {
     state
         .accounts
         .throttle(ip, state.cfg.login_attempts_per_minute)
         .map_err(|wait| {
             state.auth_events.with_label_values(&["rate_limited"]).inc();
-            ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
+            Error::new(
+                Kind::RateLimited {
+                    retry_after: Some(wait),
+                },
                 "rate_limited",
                 "too many attempts from your address; wait a minute",
             )
-            .retry_after(wait)
         })
 }
 
@@ -404,7 +403,7 @@ pub(crate) async fn signup(
     AxState(state): AxState<Arc<State>>,
     crate::ClientIp(ip): crate::ClientIp,
     JsonBody(req): JsonBody<SignupRequest>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Error> {
     throttle(&state, ip)?;
     let email = parse_email(&req.email)?;
     check_password(&req.password)?;
@@ -420,13 +419,13 @@ pub(crate) async fn signup(
         .await
         .and_then(Result::ok)
         .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
+            Error::internal(
                 "internal",
                 "could not hash",
+                "hashing a password failed or its task died",
             )
         })?;
-    let now = crate::now();
+    let now = crate::storage::clock::now();
     let user = new_id();
     let mut tx = state.db.pool.begin().await?;
     let inserted = sqlx::query(
@@ -440,8 +439,8 @@ pub(crate) async fn signup(
     .execute(&mut *tx)
     .await?;
     if inserted.rows_affected() == 0 {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
+        return Err(Error::new(
+            Kind::Conflict,
             "email_taken",
             "an account with that email exists; log in instead",
         ));
@@ -469,26 +468,27 @@ pub(crate) async fn login(
     AxState(state): AxState<Arc<State>>,
     crate::ClientIp(ip): crate::ClientIp,
     JsonBody(req): JsonBody<LoginRequest>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Error> {
     throttle(&state, ip)?;
     let bad = || {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
+        Error::new(
+            Kind::Unauthorized,
             "bad_credentials",
             "wrong email or password",
         )
     };
     let email = parse_email(&req.email).map_err(|_| bad())?;
-    let now = crate::now() as i64;
+    let now = crate::storage::clock::now() as i64;
     let max = i64::from(state.cfg.login_max_failures);
     let locked = |state: &State, until: i64| {
         state.auth_events.with_label_values(&["locked"]).inc();
-        ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
+        Error::new(
+            Kind::RateLimited {
+                retry_after: Some(until.saturating_sub(now).max(1) as u64),
+            },
             "account_locked",
             "too many wrong passwords; the account is locked for a while",
         )
-        .retry_after(until.saturating_sub(now).max(1) as u64)
     };
     let row = sqlx::query("SELECT id, password_hash FROM users WHERE email = $1")
         .bind(&email)
@@ -588,10 +588,10 @@ pub(crate) async fn login(
 pub(crate) async fn refresh(
     AxState(state): AxState<Arc<State>>,
     JsonBody(req): JsonBody<RefreshRequest>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Error> {
     let invalid = || {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
+        Error::new(
+            Kind::Unauthorized,
             "invalid_refresh",
             "the refresh token is not valid; log in again",
         )
@@ -600,7 +600,7 @@ pub(crate) async fn refresh(
         return Err(invalid());
     }
     let digest = token_digest(&req.refresh_token);
-    let now = crate::now() as i64;
+    let now = crate::storage::clock::now() as i64;
     let row = sqlx::query(
         "SELECT family, user_id, expires_at, rotated_at, revoked_at FROM refresh_tokens WHERE digest = $1",
     )
@@ -658,7 +658,7 @@ pub(crate) async fn refresh(
 }
 
 /// A rotated refresh token came again: its whole login is revoked.
-async fn reused(state: &State, user: &str, family: &str, now: i64) -> Result<ApiError, ApiError> {
+async fn reused(state: &State, user: &str, family: &str, now: i64) -> Result<Error, Error> {
     revoke_family(&state.db, user, family, now).await?;
     state
         .auth_events
@@ -668,8 +668,8 @@ async fn reused(state: &State, user: &str, family: &str, now: i64) -> Result<Api
         user,
         "a rotated refresh token was presented again: its login is revoked"
     );
-    Ok(ApiError::new(
-        StatusCode::UNAUTHORIZED,
+    Ok(Error::new(
+        Kind::Unauthorized,
         "refresh_reused",
         "this refresh token was already used; the session is revoked, log in again",
     ))
@@ -695,7 +695,7 @@ async fn lock_user(
 pub(crate) async fn logout(
     AxState(state): AxState<Arc<State>>,
     JsonBody(req): JsonBody<RefreshRequest>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<StatusCode, Error> {
     if req.refresh_token.len() <= 256 {
         let row = sqlx::query("SELECT family, user_id FROM refresh_tokens WHERE digest = $1")
             .bind(token_digest(&req.refresh_token))
@@ -704,7 +704,7 @@ pub(crate) async fn logout(
         if let Some(r) = row {
             let family: String = r.try_get("family")?;
             let user: String = r.try_get("user_id")?;
-            revoke_family(&state.db, &user, &family, crate::now() as i64).await?;
+            revoke_family(&state.db, &user, &family, crate::storage::clock::now() as i64).await?;
         }
     }
     Ok(StatusCode::NO_CONTENT)
@@ -716,7 +716,7 @@ pub(crate) async fn logout(
 pub(crate) async fn me(
     AxState(state): AxState<Arc<State>>,
     viewer: Viewer,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Error> {
     Ok(no_store(Json(user_view(&state, &viewer.user).await?)).into_response())
 }
 
@@ -726,7 +726,7 @@ pub(crate) async fn me(
 pub(crate) async fn list_profiles(
     AxState(state): AxState<Arc<State>>,
     viewer: Viewer,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Error> {
     let profiles = profiles_of(&state.db, &viewer.user).await?;
     Ok(no_store(Json(Profiles { profiles })).into_response())
 }
@@ -740,7 +740,7 @@ pub(crate) async fn create_profile(
     AxState(state): AxState<Arc<State>>,
     viewer: Viewer,
     JsonBody(req): JsonBody<NewProfile>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Error> {
     let name = parse_profile_name(&req.name)?;
     let id = new_id();
     // Insert only while under the limit, with the account's row locked so
@@ -755,7 +755,7 @@ pub(crate) async fn create_profile(
     .bind(&id)
     .bind(&viewer.user)
     .bind(&name)
-    .bind(crate::now() as i64)
+    .bind(crate::storage::clock::now() as i64)
     .bind(MAX_PROFILES)
     .execute(&mut *tx)
     .await?;
@@ -763,14 +763,14 @@ pub(crate) async fn create_profile(
     if r.rows_affected() == 0 {
         let n = profiles_of(&state.db, &viewer.user).await?;
         return Err(if n.iter().any(|p| p.name == name) {
-            ApiError::new(
-                StatusCode::CONFLICT,
+            Error::new(
+                Kind::Conflict,
                 "name_taken",
                 "a profile has that name",
             )
         } else {
-            ApiError::new(
-                StatusCode::CONFLICT,
+            Error::new(
+                Kind::Conflict,
                 "too_many_profiles",
                 format!("an account has at most {MAX_PROFILES} profiles"),
             )
@@ -788,7 +788,7 @@ pub(crate) async fn delete_profile(
     AxState(state): AxState<Arc<State>>,
     viewer: Viewer,
     Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<StatusCode, Error> {
     let mut tx = state.db.pool.begin().await?;
     lock_user(&mut tx, &viewer.user).await?;
     let ids: Vec<String> = sqlx::query("SELECT id FROM profiles WHERE user_id = $1")
@@ -799,11 +799,11 @@ pub(crate) async fn delete_profile(
         .map(|r| r.try_get("id"))
         .collect::<Result<_, _>>()?;
     if !ids.contains(&id) {
-        return Err(ApiError::not_found("profile"));
+        return Err(Error::not_found("profile"));
     }
     if ids.len() == 1 {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
+        return Err(Error::new(
+            Kind::Conflict,
             "last_profile",
             "an account keeps at least one profile",
         ));
@@ -838,7 +838,7 @@ fn no_store<T: IntoResponse>(body: T) -> Response {
 }
 
 /// The profiles of an account, oldest first.
-pub(crate) async fn profiles_of(db: &Db, user: &str) -> Result<Vec<Profile>, ApiError> {
+pub(crate) async fn profiles_of(db: &Db, user: &str) -> Result<Vec<Profile>, Error> {
     let rows =
         sqlx::query("SELECT id, name FROM profiles WHERE user_id = $1 ORDER BY created_at, id")
             .bind(user)
@@ -855,7 +855,7 @@ pub(crate) async fn profiles_of(db: &Db, user: &str) -> Result<Vec<Profile>, Api
 }
 
 /// Whether a profile belongs to a user.
-pub(crate) async fn owns_profile(db: &Db, user: &str, profile: &str) -> Result<bool, ApiError> {
+pub(crate) async fn owns_profile(db: &Db, user: &str, profile: &str) -> Result<bool, Error> {
     Ok(
         sqlx::query("SELECT 1 AS one FROM profiles WHERE id = $1 AND user_id = $2")
             .bind(profile)
@@ -866,13 +866,13 @@ pub(crate) async fn owns_profile(db: &Db, user: &str, profile: &str) -> Result<b
     )
 }
 
-async fn user_view(state: &State, user: &str) -> Result<User, ApiError> {
+async fn user_view(state: &State, user: &str) -> Result<User, Error> {
     let row = sqlx::query("SELECT email FROM users WHERE id = $1")
         .bind(user)
         .fetch_optional(&state.db.pool)
         .await?
-        .ok_or_else(ApiError::unauthorized)?;
-    let now = crate::now();
+        .ok_or_else(Error::unauthorized)?;
+    let now = crate::storage::clock::now();
     let plan = billing::plan_of(&state.db, user, now).await?;
     Ok(User {
         id: user.to_string(),
@@ -885,10 +885,10 @@ async fn user_view(state: &State, user: &str) -> Result<User, ApiError> {
 }
 
 /// A new login: a new refresh-token family and the session.
-async fn start_session(state: &State, user: &str) -> Result<Session, ApiError> {
+async fn start_session(state: &State, user: &str) -> Result<Session, Error> {
     let mut conn = state.db.pool.acquire().await?;
     let refresh_token =
-        insert_refresh(&mut conn, &state.cfg, user, &new_id(), crate::now()).await?;
+        insert_refresh(&mut conn, &state.cfg, user, &new_id(), crate::storage::clock::now()).await?;
     drop(conn);
     session_for(state, user, refresh_token).await
 }
@@ -927,10 +927,10 @@ async fn session_for(
     state: &State,
     user: &str,
     refresh_token: String,
-) -> Result<Session, ApiError> {
+) -> Result<Session, Error> {
     let access = state.accounts.sign(&access_claims(
         user,
-        crate::now(),
+        crate::storage::clock::now(),
         state.cfg.access_token_ttl_secs,
     ));
     Ok(Session {
@@ -943,7 +943,7 @@ async fn session_for(
     })
 }
 
-async fn revoke_family(db: &Db, user: &str, family: &str, now: i64) -> Result<(), ApiError> {
+async fn revoke_family(db: &Db, user: &str, family: &str, now: i64) -> Result<(), Error> {
     let mut tx = db.pool.begin().await?;
     lock_user(&mut tx, user).await?;
     sqlx::query(
@@ -973,7 +973,7 @@ mod tests {
     #[test]
     fn tokens_check_signature_expiry_and_kind() {
         let a = Accounts::new(b"0123456789abcdef0123456789abcdef");
-        let now = crate::now();
+        let now = crate::storage::clock::now();
         let t = a.sign(&access_claims("u1", now, 60));
         assert_eq!(a.verify(&t, TokenKind::Access).unwrap().sub, "u1");
         assert_eq!(

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::State as AxState;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
@@ -18,7 +18,8 @@ use serde_json::{json, Value};
 use sqlx::Row;
 use utoipa::ToSchema;
 
-use crate::http::error::{ApiError, ErrorBody};
+use crate::http::error::{ErrorBody};
+use crate::storage::{Error, Kind};
 use crate::storage::db::Db;
 use crate::State;
 use cascade_token::webhook::{verify_signature, SignatureError};
@@ -56,7 +57,7 @@ pub(crate) struct SubscriptionView {
 
 /// The plan in force for a user: the subscribed plan while the
 /// subscription is good (with a day's grace for a late renewal), else free.
-pub(crate) async fn plan_of(db: &Db, user: &str, now: u64) -> Result<Plan, ApiError> {
+pub(crate) async fn plan_of(db: &Db, user: &str, now: u64) -> Result<Plan, Error> {
     let row = sqlx::query(
         "SELECT p.id, p.name, p.premium, p.ads, p.max_streams, p.price_cents
          FROM subscriptions s JOIN plans p ON p.id = s.plan_id
@@ -73,7 +74,7 @@ pub(crate) async fn plan_of(db: &Db, user: &str, now: u64) -> Result<Plan, ApiEr
     }
 }
 
-async fn free_plan(db: &Db) -> Result<Plan, ApiError> {
+async fn free_plan(db: &Db) -> Result<Plan, Error> {
     let r = sqlx::query(
         "SELECT id, name, premium, ads, max_streams, price_cents FROM plans WHERE id = 'free'",
     )
@@ -82,7 +83,7 @@ async fn free_plan(db: &Db) -> Result<Plan, ApiError> {
     plan_from_row(&r)
 }
 
-fn plan_from_row(r: &sqlx::any::AnyRow) -> Result<Plan, ApiError> {
+fn plan_from_row(r: &sqlx::any::AnyRow) -> Result<Plan, Error> {
     Ok(Plan {
         id: r.try_get("id")?,
         name: r.try_get("name")?,
@@ -97,7 +98,7 @@ fn plan_from_row(r: &sqlx::any::AnyRow) -> Result<Plan, ApiError> {
 pub(crate) async fn subscription_of(
     db: &Db,
     user: &str,
-) -> Result<Option<SubscriptionView>, ApiError> {
+) -> Result<Option<SubscriptionView>, Error> {
     let row = sqlx::query(
         "SELECT plan_id, status, current_period_end FROM subscriptions WHERE user_id = $1",
     )
@@ -117,7 +118,7 @@ pub(crate) async fn subscription_of(
 /// The plans on offer.
 #[utoipa::path(get, path = "/api/v1/plans", tag = "billing",
     responses((status = 200, body = Plans)))]
-pub(crate) async fn plans(AxState(state): AxState<Arc<State>>) -> Result<Response, ApiError> {
+pub(crate) async fn plans(AxState(state): AxState<Arc<State>>) -> Result<Response, Error> {
     let rows = sqlx::query(
         "SELECT id, name, premium, ads, max_streams, price_cents FROM plans ORDER BY price_cents, id",
     )
@@ -145,11 +146,11 @@ pub(crate) async fn webhook(
     AxState(state): AxState<Arc<State>>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Error> {
     let secret = state.cfg.billing_webhook_secret.as_bytes();
     if secret.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
+        return Err(Error::new(
+            Kind::Unavailable { retry_after: None },
             "not_configured",
             "billing_webhook_secret is not set",
         ));
@@ -158,33 +159,33 @@ pub(crate) async fn webhook(
         .get("stripe-signature")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let now = crate::now();
+    let now = crate::storage::clock::now();
     let outcome = |o: &str| state.billing_events.with_label_values(&[o]).inc();
     match verify_signature(sig, &body, secret, now, state.cfg.billing_tolerance_secs) {
         Ok(_) => {}
         Err(SignatureError::Stale) => {
             outcome("stale");
-            return Err(ApiError::bad_request(
+            return Err(Error::bad_request(
                 "stale_signature",
                 "the signature's timestamp is outside the tolerance",
             ));
         }
         Err(_) => {
             outcome("bad_signature");
-            return Err(ApiError::bad_request(
+            return Err(Error::bad_request(
                 "bad_signature",
                 "the Stripe-Signature header does not match the payload",
             ));
         }
     }
     let event: Value = serde_json::from_slice(&body)
-        .map_err(|_| ApiError::bad_request("bad_event", "the payload is not JSON"))?;
+        .map_err(|_| Error::bad_request("bad_event", "the payload is not JSON"))?;
     let id = event["id"]
         .as_str()
         .filter(|s| !s.is_empty() && s.len() <= 255);
     let kind = event["type"].as_str().filter(|s| s.len() <= 255);
     let (Some(id), Some(kind)) = (id, kind) else {
-        return Err(ApiError::bad_request(
+        return Err(Error::bad_request(
             "bad_event",
             "an event needs an id and a type",
         ));
@@ -256,9 +257,9 @@ struct SubscriptionEvent {
 }
 
 impl SubscriptionEvent {
-    fn parse(o: &Value, deleted: bool) -> Result<SubscriptionEvent, ApiError> {
+    fn parse(o: &Value, deleted: bool) -> Result<SubscriptionEvent, Error> {
         let bad = |what: &str| {
-            ApiError::bad_request("bad_event", format!("the subscription has no {what}"))
+            Error::bad_request("bad_event", format!("the subscription has no {what}"))
         };
         let user = o["metadata"]["user_id"]
             .as_str()
@@ -298,7 +299,7 @@ async fn apply_subscription(
     sub: &SubscriptionEvent,
     created: i64,
     now: u64,
-) -> Result<bool, ApiError> {
+) -> Result<bool, Error> {
     let known_user = sqlx::query("SELECT 1 AS one FROM users WHERE id = $1")
         .bind(&sub.user)
         .fetch_optional(&mut **tx)
@@ -307,8 +308,8 @@ async fn apply_subscription(
     if !known_user {
         // Not recorded (the transaction is dropped): a retry after the
         // account exists applies it.
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
+        return Err(Error::new(
+            Kind::Unprocessable,
             "unknown_user",
             "the subscription names no known user",
         ));
@@ -319,7 +320,7 @@ async fn apply_subscription(
         .await?
         .is_some();
     if !known_plan {
-        return Err(ApiError::bad_request(
+        return Err(Error::bad_request(
             "bad_event",
             "the subscription names no known plan",
         ));

@@ -25,7 +25,8 @@ use sqlx::Row;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::service::accounts::{self, Claims, TokenError, TokenKind, Viewer};
-use crate::http::error::{ApiError, ErrorBody, JsonBody};
+use crate::http::error::{ErrorBody, JsonBody};
+use crate::storage::{Error, Kind};
 use crate::repo::catalog::{self, TitleCard};
 use crate::storage::db::{self, Db};
 use crate::State;
@@ -465,7 +466,7 @@ const SWEEP_EVERY_SECS: u64 = 10;
 /// their media tokens stop working at the edges; forgets revocations whose
 /// tokens have all expired.
 async fn sweep_quiet_streams(state: &State) -> Result<(), sqlx::Error> {
-    let now = crate::now() as i64;
+    let now = crate::storage::clock::now() as i64;
     let quiet: Vec<String> = sqlx::query("DELETE FROM streams WHERE last_seen < $1 RETURNING id")
         .bind(now - state.cfg.stream_slot_secs as i64)
         .fetch_all(&state.db.pool)
@@ -486,7 +487,7 @@ async fn sweep_quiet_streams(state: &State) -> Result<(), sqlx::Error> {
 /// tokens from their next poll of the list.
 pub(crate) async fn revoke_streams(state: &State, ids: &[String]) -> Result<(), sqlx::Error> {
     // A session's tokens live at most the playback TTL from now.
-    let until = crate::now() as i64 + state.cfg.playback_ttl_secs as i64 + 60;
+    let until = crate::storage::clock::now() as i64 + state.cfg.playback_ttl_secs as i64 + 60;
     for id in ids {
         sqlx::query("INSERT INTO revoked_streams (stream_id, expires_at) VALUES ($1, $2)")
             .bind(id)
@@ -519,13 +520,13 @@ pub(crate) async fn playback(
     crate::ClientIp(ip): crate::ClientIp,
     viewer: Viewer,
     body: axum::body::Bytes,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Error> {
     // The body is optional: an empty one means the first profile and a new device.
     let req: PlaybackRequest = if body.iter().all(u8::is_ascii_whitespace) {
         PlaybackRequest::default()
     } else {
         serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request("bad_json", format!("the body is not valid: {e}")))?
+            .map_err(|e| Error::bad_request("bad_json", format!("the body is not valid: {e}")))?
     };
     let refused = |why: &str| state.playback_results.with_label_values(&[why]).inc();
     let device_profile = match req.device_type.as_deref() {
@@ -543,7 +544,7 @@ pub(crate) async fn playback(
                         .keys()
                         .map(String::as_str)
                         .collect();
-                    ApiError::bad_request(
+                    Error::bad_request(
                         "bad_device_type",
                         format!("device_type must be one of: {}", known.join(", ")),
                     )
@@ -551,58 +552,58 @@ pub(crate) async fn playback(
         ),
     };
     if !cascade_packager::is_safe_id(&asset_id) {
-        return Err(ApiError::not_found("asset"));
+        return Err(Error::not_found("asset"));
     }
     let asset = match db::get_asset(&state.db, &asset_id).await? {
         Some(a) if a.status == "ready" => a,
         Some(_) => {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
+            return Err(Error::new(
+                Kind::Conflict,
                 "not_ready",
                 "the title is not playable yet",
             ))
         }
-        None => return Err(ApiError::not_found("asset")),
+        None => return Err(Error::not_found("asset")),
     };
     // Only what the catalog lists plays: an asset whose title was deleted
     // or detached is not a back door around premium and windows.
     let Some(title) = catalog::playable(&state.db, &asset_id).await? else {
-        return Err(ApiError::not_found("title"));
+        return Err(Error::not_found("title"));
     };
     let title = Some(title);
     let profiles = accounts::profiles_of(&state.db, &viewer.user).await?;
     let profile = match &req.profile_id {
         Some(p) if profiles.iter().any(|x| &x.id == p) => p.clone(),
-        Some(_) => return Err(ApiError::not_found("profile")),
+        Some(_) => return Err(Error::not_found("profile")),
         None => profiles
             .first()
             .map(|p| p.id.clone())
-            .ok_or_else(|| ApiError::not_found("profile"))?,
+            .ok_or_else(|| Error::not_found("profile"))?,
     };
     let device = match req.device_id.as_deref() {
         Some(d) if valid_device(d) => d.to_string(),
         Some(_) => {
-            return Err(ApiError::bad_request(
+            return Err(Error::bad_request(
                 "bad_device",
                 "device_id must be 1 to 64 of A-Z a-z 0-9 - _",
             ))
         }
-        None => accounts::new_id(),
+        None => crate::storage::ids::new_id(),
     };
-    let now = crate::now();
+    let now = crate::storage::clock::now();
     // Availability window.
     if let Some(t) = &title {
         if let Some(from) = t.available_from.filter(|f| *f > now as i64) {
             refused("not_available");
             return Err(
-                ApiError::forbidden("not_available", "this title is not available yet")
+                Error::forbidden("not_available", "this title is not available yet")
                     .with(json!({ "available_from": from })),
             );
         }
         if let Some(until) = t.available_until.filter(|u| *u <= now as i64) {
             refused("not_available");
             return Err(
-                ApiError::forbidden("not_available", "this title is no longer available")
+                Error::forbidden("not_available", "this title is no longer available")
                     .with(json!({ "available_until": until })),
             );
         }
@@ -618,8 +619,8 @@ pub(crate) async fn playback(
     );
     if let cascade_geo::Verdict::Block { country, rule } = verdict {
         refused("geo_blocked");
-        return Err(ApiError::new(
-            StatusCode::UNAVAILABLE_FOR_LEGAL_REASONS,
+        return Err(Error::new(
+            Kind::Blocked,
             "geo_blocked",
             "this title is not available in your country",
         )
@@ -630,19 +631,19 @@ pub(crate) async fn playback(
     if title.as_ref().is_some_and(|t| t.premium) && !plan.premium {
         refused("premium_required");
         return Err(
-            ApiError::forbidden("premium_required", "this title needs the premium plan")
+            Error::forbidden("premium_required", "this title needs the premium plan")
                 .with(json!({ "plan": plan.id, "needs": "premium" })),
         );
     }
     let Some(key) = &state.signer else {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
+        return Err(Error::new(
+            Kind::Unavailable { retry_after: None },
             "no_keys",
             "playback signing is not configured",
         ));
     };
     // The stream slot.
-    let stream = accounts::new_id();
+    let stream = crate::storage::ids::new_id();
     let slot_secs = state.cfg.stream_slot_secs;
     let replaced = take_slot(
         &state.db,
@@ -659,7 +660,7 @@ pub(crate) async fn playback(
     )
     .await
     .inspect_err(|e| {
-        if e.code == "too_many_streams" {
+        if e.code() == "too_many_streams" {
             refused("too_many_streams");
         }
     })?;
@@ -743,7 +744,7 @@ async fn take_slot(
     limit: i64,
     now: i64,
     slot_secs: i64,
-) -> Result<Vec<String>, ApiError> {
+) -> Result<Vec<String>, Error> {
     let mut tx = db.pool.begin().await?;
     relax_durability(db, &mut tx).await?;
     sqlx::query("UPDATE users SET stream_epoch = stream_epoch + 1 WHERE id = $1")
@@ -778,8 +779,8 @@ async fn take_slot(
                 })
             })
             .collect();
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
+        return Err(Error::new(
+            Kind::RateLimited { retry_after: None },
             "too_many_streams",
             format!("your plan allows {limit} stream(s) at once; stop one to start another"),
         )
@@ -808,7 +809,7 @@ async fn resume_position(
     profile: &str,
     asset: &str,
     duration: Option<f64>,
-) -> Result<f64, ApiError> {
+) -> Result<f64, Error> {
     let p = match state.heartbeats.pending_position(profile, asset) {
         Some(p) => Some((p.position, p.duration)),
         None => sqlx::query(
@@ -841,32 +842,32 @@ fn stream_claims(
     state: &State,
     headers: &axum::http::HeaderMap,
     id: &str,
-) -> Result<Claims, ApiError> {
+) -> Result<Claims, Error> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
-        .ok_or_else(ApiError::unauthorized)?;
+        .ok_or_else(Error::unauthorized)?;
     match state.accounts.verify(token, TokenKind::Stream) {
         Ok(c) if c.sid.as_deref() == Some(id) => Ok(c),
-        Err(TokenError::Expired) => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
+        Err(TokenError::Expired) => Err(Error::new(
+            Kind::Unauthorized,
             "token_expired",
             "the stream has expired; start playback again",
         )),
-        _ => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
+        _ => Err(Error::new(
+            Kind::Unauthorized,
             "bad_stream_token",
             "the heartbeat token does not belong to this stream",
         )),
     }
 }
 
-fn check_beat(b: &Beat) -> Result<Position, ApiError> {
+fn check_beat(b: &Beat) -> Result<Position, Error> {
     let ok = |v: f64| v.is_finite() && (0.0..=1.0e7).contains(&v);
     if !ok(b.position) || b.duration.is_some_and(|d| !ok(d)) {
-        return Err(ApiError::bad_request(
+        return Err(Error::bad_request(
             "bad_position",
             "position and duration are seconds, 0 to 10^7",
         ));
@@ -874,7 +875,7 @@ fn check_beat(b: &Beat) -> Result<Position, ApiError> {
     Ok(Position {
         position: b.position,
         duration: b.duration,
-        at: crate::now() as i64,
+        at: crate::storage::clock::now() as i64,
     })
 }
 
@@ -890,7 +891,7 @@ pub(crate) async fn heartbeat(
     Path(id): Path<String>,
     headers: axum::http::HeaderMap,
     JsonBody(beat): JsonBody<Beat>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<StatusCode, Error> {
     let claims = stream_claims(&state, &headers, &id).inspect_err(|_| {
         state
             .heartbeats
@@ -900,7 +901,7 @@ pub(crate) async fn heartbeat(
     })?;
     let p = check_beat(&beat)?;
     let (Some(profile), Some(asset)) = (&claims.pid, &claims.aid) else {
-        return Err(ApiError::unauthorized());
+        return Err(Error::unauthorized());
     };
     if state.heartbeats.has_ended(&id) {
         state.heartbeats.beats.with_label_values(&["ended"]).inc();
@@ -908,12 +909,13 @@ pub(crate) async fn heartbeat(
     }
     if !state.heartbeats.record(&id, profile, asset, p) {
         state.heartbeats.beats.with_label_values(&["busy"]).inc();
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
+        return Err(Error::new(
+            Kind::Unavailable {
+                retry_after: Some(1),
+            },
             "busy",
             "too many heartbeats waiting; retry shortly",
-        )
-        .retry_after(1));
+        ));
     }
     state
         .heartbeats
@@ -923,9 +925,9 @@ pub(crate) async fn heartbeat(
     Ok(StatusCode::NO_CONTENT)
 }
 
-fn stream_ended() -> ApiError {
-    ApiError::new(
-        StatusCode::GONE,
+fn stream_ended() -> Error {
+    Error::new(
+        Kind::Gone,
         "stream_ended",
         "this stream has ended: it was stopped, or another device took its slot",
     )
@@ -941,7 +943,7 @@ pub(crate) async fn stop(
     Path(id): Path<String>,
     headers: axum::http::HeaderMap,
     JsonBody(beat): JsonBody<Beat>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<StatusCode, Error> {
     let claims = stream_claims(&state, &headers, &id)?;
     let p = check_beat(&beat)?;
     if let (Some(profile), Some(asset)) = (&claims.pid, &claims.aid) {
@@ -974,13 +976,13 @@ pub(crate) async fn revocations(
     AxState(state): AxState<Arc<State>>,
     headers: axum::http::HeaderMap,
     Query(q): Query<RevocationsQuery>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Error> {
     let auth = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
     if !cascade_common::bearer_matches(auth, &state.cfg.fleet_token) {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
+        return Err(Error::new(
+            Kind::Unauthorized,
             "unauthorized",
             "the fleet credential is required",
         ));
@@ -1017,9 +1019,9 @@ pub(crate) async fn history(
     AxState(state): AxState<Arc<State>>,
     viewer: Viewer,
     Query(q): Query<HistoryQuery>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Error> {
     if !accounts::owns_profile(&state.db, &viewer.user, &q.profile).await? {
-        return Err(ApiError::not_found("profile"));
+        return Err(Error::not_found("profile"));
     }
     let mut rows = positions_of(&state, &q.profile, 100).await?;
     rows.truncate(100);
@@ -1047,7 +1049,7 @@ async fn positions_of(
     state: &State,
     profile: &str,
     limit: i64,
-) -> Result<Vec<(String, Position)>, ApiError> {
+) -> Result<Vec<(String, Position)>, Error> {
     let rows = sqlx::query(
         "SELECT asset_id, position, duration, updated_at FROM watch_history
          WHERE profile_id = $1 ORDER BY updated_at DESC LIMIT $2",
@@ -1078,7 +1080,7 @@ pub(crate) async fn continue_watching(
     state: &State,
     profile: &str,
     limit: i64,
-) -> Result<Vec<TitleCard>, ApiError> {
+) -> Result<Vec<TitleCard>, Error> {
     let rows = positions_of(state, profile, limit * 2).await?;
     let assets: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
     let cards = catalog::cards_for_assets(&state.db, &assets).await?;

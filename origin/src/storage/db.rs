@@ -150,7 +150,7 @@ pub(crate) struct Job {
 }
 
 fn now() -> i64 {
-    cascade_common::unix_now() as i64
+    crate::storage::clock::now() as i64
 }
 
 /// Creates an asset, its job and its movie title in one transaction.

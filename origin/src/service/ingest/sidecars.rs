@@ -156,7 +156,7 @@ pub(crate) async fn upload_sidecar(
         tracing::error!(error = %e, "creating upload dir");
         return crate::http::storage_error();
     }
-    let id = crate::http::new_id();
+    let id = crate::storage::ids::short_id();
     let path = dir.join(format!("sidecar-{id}.{ext}"));
     let fail = |status, code: &str, msg: &str| {
         let path = path.clone();
