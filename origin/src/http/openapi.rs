@@ -5,9 +5,8 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use utoipa::OpenApi;
 
-use crate::http::error as apierr;
-use crate::repo::catalog;
-use crate::service::{accounts, billing, playback};
+use crate::http::error::ErrorBody;
+use crate::http::{accounts, billing, catalog, playback};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -24,7 +23,7 @@ use crate::service::{accounts, billing, playback};
         billing::plans, billing::webhook,
         playback::playback, playback::heartbeat, playback::stop, playback::history,
     ),
-    components(schemas(apierr::ErrorBody)),
+    components(schemas(ErrorBody)),
     modifiers(&Security),
     tags(
         (name = "session", description = "Sign-up, login, refresh, logout"),

@@ -148,13 +148,11 @@ impl Error {
     }
 }
 
+/// For logs and the worker's failure reasons: the cause when there is one
+/// (what the database or the disk said), else the public message.
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.code, self.message)?;
-        if let Some(cause) = &self.cause {
-            write!(f, " ({cause})")?;
-        }
-        Ok(())
+        f.write_str(self.cause.as_deref().unwrap_or(&self.message))
     }
 }
 
@@ -177,6 +175,8 @@ mod tests {
         assert_eq!(e.kind(), Kind::Internal);
         assert_eq!((e.code(), e.message()), ("database", "database error"));
         assert!(e.cause().is_some_and(|c| c.contains("no rows")));
-        assert!(e.to_string().starts_with("database: database error ("));
+        assert_eq!(e.to_string(), sqlx::Error::RowNotFound.to_string());
+        let public = Error::not_found("title");
+        assert_eq!(public.to_string(), "no such title");
     }
 }
