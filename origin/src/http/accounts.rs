@@ -151,6 +151,6 @@ pub(crate) async fn delete_profile(
 }
 
 /// An answer caches must not keep: it is one viewer's.
-pub(crate) fn no_store<T: IntoResponse>(body: T) -> Response {
+fn no_store<T: IntoResponse>(body: T) -> Response {
     ([(header::CACHE_CONTROL, "no-store")], body).into_response()
 }

@@ -48,7 +48,7 @@ impl IntoResponse for Plain {
 }
 
 /// The status an error kind is answered with.
-pub(crate) fn status(kind: Kind) -> StatusCode {
+fn status(kind: Kind) -> StatusCode {
     match kind {
         Kind::BadRequest => StatusCode::BAD_REQUEST,
         Kind::Unauthorized => StatusCode::UNAUTHORIZED,

@@ -165,7 +165,7 @@ pub(crate) async fn artwork(state: &State, id: &str) -> Result<(Bytes, &'static 
 
 /// Search words from what a viewer typed: letters and digits only, at most
 /// eight words of at most 64 characters, lower case.
-pub(crate) fn search_words(q: &str) -> Vec<String> {
+fn search_words(q: &str) -> Vec<String> {
     q.split(|c: char| !c.is_alphanumeric())
         .filter(|w| !w.is_empty())
         .take(8)
