@@ -3,7 +3,35 @@
 use cascade_common::config::{build_token_keys, check_addr, check_url, TokenKeyConfig, Validate};
 use serde::Deserialize;
 
-use crate::transcode::{Rung, DEFAULT_LADDER};
+/// One rung of the video ladder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Rung {
+    /// Output height in pixels; the width keeps the source's aspect ratio.
+    pub height: u32,
+    /// Target bitrate in kbit/s for H.264; the peak is capped at 1.5 times
+    /// this. Other codecs get a share of it (see [`VideoCodec`](crate::transcode::VideoCodec)).
+    pub kbps: u32,
+}
+
+/// The default ladder, capped at the source's height when used.
+pub const DEFAULT_LADDER: [Rung; 4] = [
+    Rung {
+        height: 1080,
+        kbps: 5000,
+    },
+    Rung {
+        height: 720,
+        kbps: 2800,
+    },
+    Rung {
+        height: 480,
+        kbps: 1200,
+    },
+    Rung {
+        height: 240,
+        kbps: 400,
+    },
+];
 
 /// The origin's config.
 #[derive(Debug, Clone, Deserialize)]

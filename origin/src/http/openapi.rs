@@ -5,7 +5,8 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use utoipa::OpenApi;
 
-use crate::{accounts, apierr, billing, catalog, playback};
+use crate::http::error::ErrorBody;
+use crate::http::{accounts, billing, catalog, playback};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -22,7 +23,7 @@ use crate::{accounts, apierr, billing, catalog, playback};
         billing::plans, billing::webhook,
         playback::playback, playback::heartbeat, playback::stop, playback::history,
     ),
-    components(schemas(apierr::ErrorBody)),
+    components(schemas(ErrorBody)),
     modifiers(&Security),
     tags(
         (name = "session", description = "Sign-up, login, refresh, logout"),

@@ -1,10 +1,13 @@
 //! The web page and the player libraries it uses, all served by us.
 
 use axum::extract::Path;
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 
-const INDEX: &str = include_str!("../web/index.html");
+use crate::http::error::Plain;
+use crate::storage::Error;
+
+const INDEX: &str = include_str!("../../web/index.html");
 const HLS_JS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hls.min.js"));
 const DASH_JS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/dash.all.min.js"));
 
@@ -62,7 +65,7 @@ pub(crate) async fn asset_file(Path(file): Path<String>) -> Response {
     let body = match file.as_str() {
         "hls.min.js" => HLS_JS,
         "dash.all.min.js" => DASH_JS,
-        _ => return crate::api::error(StatusCode::NOT_FOUND, "not_found", "no such file"),
+        _ => return Plain(Error::not_found("file")).into_response(),
     };
     (
         [

@@ -11,19 +11,14 @@
 //! (much larger) media is sent at all.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use axum::body::Body;
-use axum::extract::{Query, State as AxState};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{json, Value};
 
-use crate::api::error;
-use crate::transcode::VideoCodec;
-use crate::State;
+use crate::service::ingest::storage_error;
+use crate::service::ingest::transcode::{normalize_language, probe_audio, VideoCodec};
+use crate::service::state::State;
+use crate::storage::{ids, Error, Kind, Result};
 
 /// What a job needs beside its media file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -53,13 +48,8 @@ pub(crate) struct Sidecar {
 /// Most sidecars one upload may name.
 pub(crate) const MAX_SIDECARS: usize = 16;
 
-#[derive(Deserialize)]
-pub(crate) struct SidecarQuery {
-    kind: Option<String>,
-    language: Option<String>,
-}
-
-fn incoming(state: &State) -> PathBuf {
+/// Where uploads and sidecars wait for their job.
+pub(crate) fn incoming(state: &State) -> PathBuf {
     Path::new(&state.cfg.data_dir).join("incoming")
 }
 
@@ -91,7 +81,7 @@ pub(crate) fn normalize_tag(tag: &str) -> Option<String> {
         Some((p, r)) => (p, Some(r)),
         None => (tag.as_str(), None),
     };
-    let primary = crate::transcode::normalize_language(primary);
+    let primary = normalize_language(primary);
     if primary == "und" {
         return None;
     }
@@ -111,141 +101,94 @@ pub(crate) async fn remove_extras(data_dir: &str, job: &str, extras: &Extras) {
     let _ = tokio::fs::remove_file(extras_path(data_dir, job)).await;
 }
 
-/// `POST /api/v1/uploads/sidecars?kind=subtitles|audio&language=L`: the
-/// body is the file. Answers 201 with the sidecar's id.
-pub(crate) async fn upload_sidecar(
-    AxState(state): AxState<Arc<State>>,
-    Query(q): Query<SidecarQuery>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let auth = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    if !cascade_common::bearer_matches(auth, &state.cfg.admin_token) {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "uploads need the admin credential (Authorization: Bearer <admin_token>)",
-        );
+/// The limit on a sidecar of a kind (`subtitles` or `audio`), and the
+/// extension it is kept under.
+pub(crate) fn limits(state: &State, kind: &str) -> Result<(u64, &'static str)> {
+    match kind {
+        "subtitles" => Ok((cascade_packager::vtt::MAX_VTT_BYTES as u64, "vtt")),
+        "audio" => Ok((state.cfg.max_upload_mib << 20, "upload")),
+        _ => Err(Error::bad_request(
+            "bad_kind",
+            "kind must be subtitles or audio",
+        )),
     }
-    let kind = q.kind.unwrap_or_default();
-    let (limit, ext) = match kind.as_str() {
-        "subtitles" => (cascade_packager::vtt::MAX_VTT_BYTES as u64, "vtt"),
-        "audio" => (state.cfg.max_upload_mib << 20, "upload"),
-        _ => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "bad_kind",
-                "kind must be subtitles or audio",
-            )
-        }
-    };
-    let Some(language) = normalize_tag(&q.language.unwrap_or_default()) else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "bad_language",
-            "language must be a language tag such as en, hin or pt-BR",
-        );
-    };
-    let Ok(_permit) = state.uploads.try_acquire() else {
-        return crate::api::busy("too many uploads in progress; try again shortly");
-    };
-    let dir = incoming(&state);
-    if let Err(e) = tokio::fs::create_dir_all(&dir).await {
-        tracing::error!(error = %e, "creating upload dir");
-        return crate::api::storage_error();
-    }
-    let id = crate::api::new_id();
+}
+
+/// A new sidecar's id and the file its body goes to.
+pub(crate) fn new_file(dir: &Path, ext: &str) -> (String, PathBuf) {
+    let id = ids::short_id();
     let path = dir.join(format!("sidecar-{id}.{ext}"));
-    let fail = |status, code: &str, msg: &str| {
-        let path = path.clone();
-        let r = error(status, code, msg);
-        async move {
-            let _ = tokio::fs::remove_file(&path).await;
-            r
-        }
-    };
-    match crate::api::receive(body, &path, limit).await {
-        Ok(0) => return fail(StatusCode::BAD_REQUEST, "empty", "the file is empty").await,
-        Ok(_) => {}
-        Err(crate::api::ReceiveError::TooLarge) => {
-            let msg = format!("{kind} files are limited to {} KiB", limit >> 10);
-            return fail(StatusCode::PAYLOAD_TOO_LARGE, "too_large", &msg).await;
-        }
-        Err(crate::api::ReceiveError::Io(e)) => {
-            tracing::warn!(error = %e, "sidecar upload broke off");
-            return fail(
-                StatusCode::BAD_REQUEST,
-                "incomplete",
-                "the upload did not complete",
-            )
-            .await;
-        }
+    (id, path)
+}
+
+/// Checks a received sidecar and records it under its id: subtitles are
+/// parsed (refused with the line at fault) and kept normalised; audio must
+/// be readable. Answers what was found (`cues`, or `duration`). A sidecar
+/// refused or not recorded is removed.
+pub(crate) async fn check_and_record(
+    dir: &Path,
+    id: &str,
+    kind: &str,
+    language: &str,
+    path: &Path,
+) -> Result<Value> {
+    let recorded = check_and_record_inner(dir, id, kind, language, path).await;
+    if recorded.is_err() {
+        let _ = tokio::fs::remove_file(path).await;
     }
+    recorded
+}
+
+async fn check_and_record_inner(
+    dir: &Path,
+    id: &str,
+    kind: &str,
+    language: &str,
+    path: &Path,
+) -> Result<Value> {
     let detail = if kind == "subtitles" {
         // Checked now, with the line at fault, and stored normalised.
-        let bytes = match tokio::fs::read(&path).await {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::error!(error = %e, "reading a sidecar back");
-                return storage(&path).await;
-            }
-        };
-        let parsed = match cascade_packager::vtt::parse(&bytes) {
-            Ok(p) => p,
-            Err(e) => {
-                let msg = format!("not a WebVTT file: {e}");
-                return fail(StatusCode::BAD_REQUEST, "bad_subtitles", &msg).await;
-            }
-        };
+        let bytes = tokio::fs::read(path)
+            .await
+            .map_err(|e| storage_error(format_args!("reading a sidecar back: {e}")))?;
+        let parsed = cascade_packager::vtt::parse(&bytes)
+            .map_err(|e| Error::bad_request("bad_subtitles", format!("not a WebVTT file: {e}")))?;
         let cues = parsed.cues.len();
         let text = cascade_packager::vtt::serialize(&parsed);
-        if let Err(e) = tokio::fs::write(&path, text).await {
-            tracing::error!(error = %e, "writing a sidecar");
-            return storage(&path).await;
-        }
+        tokio::fs::write(path, text)
+            .await
+            .map_err(|e| storage_error(format_args!("writing a sidecar: {e}")))?;
         json!({ "cues": cues })
     } else {
-        let probe_path = path.clone();
-        match tokio::task::spawn_blocking(move || crate::transcode::probe_audio(&probe_path)).await
-        {
+        let probe_path = path.to_path_buf();
+        match tokio::task::spawn_blocking(move || probe_audio(&probe_path)).await {
             Ok(Ok(secs)) => json!({ "duration": secs }),
             Ok(Err(e)) => {
-                let msg = format!("no readable audio: {e}");
-                return fail(StatusCode::UNPROCESSABLE_ENTITY, "unreadable_media", &msg).await;
+                return Err(Error::new(
+                    Kind::Unprocessable,
+                    "unreadable_media",
+                    format!("no readable audio: {e}"),
+                ))
             }
             Err(_) => {
-                return fail(
-                    StatusCode::UNPROCESSABLE_ENTITY,
+                return Err(Error::new(
+                    Kind::Unprocessable,
                     "unreadable_media",
                     "the probe crashed",
-                )
-                .await
+                ))
             }
         }
     };
     let record = Sidecar {
-        kind: kind.clone(),
-        language: language.clone(),
-        path: path.clone(),
+        kind: kind.to_string(),
+        language: language.to_string(),
+        path: path.to_path_buf(),
     };
     let meta = serde_json::to_vec(&record).unwrap_or_default();
-    if let Err(e) = tokio::fs::write(dir.join(format!("sidecar-{id}.json")), meta).await {
-        tracing::error!(error = %e, "recording a sidecar");
-        return storage(&path).await;
-    }
-    (
-        StatusCode::CREATED,
-        Json(json!({ "sidecar": id, "kind": kind, "language": language, "detail": detail })),
-    )
-        .into_response()
-}
-
-/// Removes a half-stored sidecar and answers 500.
-async fn storage(path: &Path) -> Response {
-    let _ = tokio::fs::remove_file(path).await;
-    crate::api::storage_error()
+    tokio::fs::write(dir.join(format!("sidecar-{id}.json")), meta)
+        .await
+        .map_err(|e| storage_error(format_args!("recording a sidecar: {e}")))?;
+    Ok(detail)
 }
 
 /// The sidecars an upload names (`ID,ID`) and its codecs (`hevc,av1`), as
@@ -254,7 +197,7 @@ pub(crate) async fn extras_for_upload(
     state: &State,
     sidecars: Option<&str>,
     codecs: Option<&str>,
-) -> Result<Extras, Response> {
+) -> Result<Extras> {
     let (extras, _) = read_sidecars(state, sidecars, codecs).await?;
     Ok(extras)
 }
@@ -267,7 +210,7 @@ pub(crate) async fn claim(
     state: &State,
     sidecars: Option<&str>,
     codecs: Option<&str>,
-) -> Result<Extras, Response> {
+) -> Result<Extras> {
     let (extras, records) = read_sidecars(state, sidecars, codecs).await?;
     let mut taken: Vec<(PathBuf, PathBuf)> = Vec::new();
     for record in records {
@@ -276,8 +219,7 @@ pub(crate) async fn claim(
             for (from, to) in taken {
                 let _ = tokio::fs::rename(&to, &from).await;
             }
-            return Err(error(
-                StatusCode::CONFLICT,
+            return Err(Error::conflict(
                 "sidecar_taken",
                 "a sidecar was taken by another upload at the same time; send it again",
             ));
@@ -292,7 +234,7 @@ async fn read_sidecars(
     state: &State,
     sidecars: Option<&str>,
     codecs: Option<&str>,
-) -> Result<(Extras, Vec<PathBuf>), Response> {
+) -> Result<(Extras, Vec<PathBuf>)> {
     let mut extras = Extras::default();
     let mut records = Vec::new();
     let ids: Vec<&str> = sidecars
@@ -302,18 +244,16 @@ async fn read_sidecars(
         .filter(|s| !s.is_empty())
         .collect();
     if ids.len() > MAX_SIDECARS {
-        return Err(error(
-            StatusCode::BAD_REQUEST,
+        return Err(Error::bad_request(
             "bad_sidecars",
-            &format!("at most {MAX_SIDECARS} sidecars per upload"),
+            format!("at most {MAX_SIDECARS} sidecars per upload"),
         ));
     }
     for id in ids {
         let unknown = || {
-            error(
-                StatusCode::BAD_REQUEST,
+            Error::bad_request(
                 "bad_sidecars",
-                &format!("no sidecar {}", id.chars().take(32).collect::<String>()),
+                format!("no sidecar {}", id.chars().take(32).collect::<String>()),
             )
         };
         if !cascade_packager::is_safe_id(id) {
@@ -335,11 +275,7 @@ async fn read_sidecars(
         .filter(|s| !s.is_empty())
     {
         let codec = VideoCodec::parse(c).ok_or_else(|| {
-            error(
-                StatusCode::BAD_REQUEST,
-                "bad_codecs",
-                "codecs must be a list of hevc and av1",
-            )
+            Error::bad_request("bad_codecs", "codecs must be a list of hevc and av1")
         })?;
         if codec != VideoCodec::H264 && !extras.codecs.contains(&codec) {
             extras.codecs.push(codec);

@@ -26,35 +26,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use ff::{codec, decoder, encoder, format, frame, media, picture, software, ChannelLayout};
 use ffmpeg_next as ff;
 
-/// One rung of the video ladder.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Rung {
-    /// Output height in pixels; the width keeps the source's aspect ratio.
-    pub height: u32,
-    /// Target bitrate in kbit/s for H.264; the peak is capped at 1.5 times
-    /// this. Other codecs get a share of it (see [`VideoCodec`]).
-    pub kbps: u32,
-}
-
-/// The default ladder, capped at the source's height when used.
-pub const DEFAULT_LADDER: [Rung; 4] = [
-    Rung {
-        height: 1080,
-        kbps: 5000,
-    },
-    Rung {
-        height: 720,
-        kbps: 2800,
-    },
-    Rung {
-        height: 480,
-        kbps: 1200,
-    },
-    Rung {
-        height: 240,
-        kbps: 400,
-    },
-];
+// The ladder is configuration: its types live with the config, which every
+// layer reads, and are re-exported here where transcoding uses them.
+pub use crate::config::{Rung, DEFAULT_LADDER};
 
 /// A video codec the ladder is encoded with.
 ///

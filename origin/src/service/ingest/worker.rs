@@ -9,24 +9,24 @@ use std::time::{Duration, Instant};
 
 use cascade_packager::{AssetManifest, Track};
 
-use crate::db::{self, Job};
-use crate::sidecars;
-use crate::store;
-use crate::transcode::{self, ExtraAudio, Source, Spec};
-use crate::State;
+use crate::repo::jobs::{self, Job};
+use crate::service::ingest::transcode::{self, ExtraAudio, Source, Spec};
+use crate::service::ingest::{index, sidecars};
+use crate::service::state::State;
+use crate::storage::objects as store;
 
 /// Jobs that fail this many times (a crash each time, say) are given up.
 const MAX_ATTEMPTS: i64 = 3;
 
 /// Runs the worker until `stop` is set.
 pub(crate) async fn run(state: Arc<State>, stop: Arc<AtomicBool>) {
-    match db::requeue_interrupted(&state.db).await {
+    match jobs::requeue_interrupted(&state.db).await {
         Ok(0) => {}
         Ok(n) => tracing::info!(jobs = n, "resuming jobs interrupted by a restart"),
         Err(e) => tracing::error!(error = %e, "requeueing interrupted jobs"),
     }
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-        let job = match db::claim_next(&state.db).await {
+        let job = match jobs::claim_next(&state.db).await {
             Ok(Some(job)) => job,
             Ok(None) => {
                 // Woken by a new upload, or poll now and then.
@@ -73,7 +73,7 @@ async fn run_one(state: &Arc<State>, job: &Job, stop: &Arc<AtomicBool>) {
             tracing::warn!(job = %job.id, reason, "transcode failed");
             state.metrics_jobs.with_label_values(&["failed"]).inc();
             store::delete_asset(&state.store, &job.asset).await;
-            if let Err(e) = db::fail(&state.db, &job.id, &job.asset, &reason).await {
+            if let Err(e) = jobs::fail(&state.db, &job.id, &job.asset, &reason).await {
                 tracing::error!(error = %e, "recording a failed job");
             }
             if job.source_kind == "file" {
@@ -127,7 +127,7 @@ async fn transcode_and_publish(
         let mut progress = |p: f64| {
             if last.elapsed() >= Duration::from_millis(500) {
                 last = Instant::now();
-                let _ = handle.block_on(db::set_progress(&pool, &job_id, p));
+                let _ = handle.block_on(jobs::set_progress(&pool, &job_id, p));
             }
         };
         transcode::transcode(&spec, &mut progress, &stop2)
@@ -142,12 +142,12 @@ async fn transcode_and_publish(
     for w in &outcome.files {
         let path = work.join(&w.file);
         let (index, media_time) = tokio::task::spawn_blocking(move || {
-            let index = store::index_file(&path).map_err(|e| e.to_string())?;
-            let init = store::read_range(&path, index.init_range).map_err(|e| e.to_string())?;
+            let index = index::index_file(&path).map_err(|e| e.to_string())?;
+            let init = index::read_range(&path, index.init_range).map_err(|e| e.to_string())?;
             let cfg = cascade_packager::fmp4::parse_init(&init).map_err(|e| e.to_string())?;
             // Each video segment's first frame is presented at its start,
             // with the audio. Sizes and times stay, so the index holds.
-            store::normalize_composition(&path, &index, &cfg).map_err(|e| e.to_string())?;
+            index::normalize_composition(&path, &index, &cfg).map_err(|e| e.to_string())?;
             // The edit list says which decode tick is presentation zero; TS
             // timestamps and subtitle timestamp maps count from it.
             Ok::<_, String>((index, u64::try_from(cfg.media_time).unwrap_or(0)))
@@ -195,7 +195,7 @@ async fn transcode_and_publish(
         )
         .await
         .map_err(|e| format!("storing manifest: {e}"))?;
-    db::finish(&state.db, job, manifest.duration, outcome.media_secs, wall)
+    jobs::finish(&state.db, job, manifest.duration, outcome.media_secs, wall)
         .await
         .map_err(|e| format!("publishing: {e}"))?;
     tracing::info!(

@@ -1,0 +1,16 @@
+//! The service layer: what the origin does, over the repositories and
+//! storage (playback, browsing, ingest, accounts, billing), and the
+//! [`state::State`] they share. It never names the HTTP layer.
+
+pub(crate) mod accounts;
+pub(crate) mod assets;
+pub(crate) mod auth;
+pub(crate) mod billing;
+pub(crate) mod browse;
+pub(crate) mod catalog;
+pub(crate) mod heartbeats;
+pub(crate) mod history;
+pub(crate) mod ingest;
+pub(crate) mod playback;
+pub(crate) mod state;
+pub(crate) mod titles;

@@ -1,0 +1,482 @@
+//! Playback: starting a stream (login, availability, geo, entitlement and
+//! the concurrent-stream limit, then signed edge URLs and the resume
+//! position), its heartbeats and stop, and ending the streams that fell
+//! silent so that edges refuse their tokens.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use utoipa::ToSchema;
+
+use crate::repo::history::Position;
+use crate::repo::streams::{self, Slot, Taken};
+use crate::repo::{accounts, assets, billing};
+use crate::service::auth::{Claims, TokenError, TokenKind};
+use crate::service::history;
+use crate::service::state::State;
+use crate::service::titles;
+use crate::storage::{clock, ids, Error, Kind, Result};
+
+/// Most revocations in one answer of the fleet list.
+const REVOCATIONS_PAGE: i64 = 10_000;
+
+/// At most how often (seconds) streams that stopped sending heartbeats are
+/// ended: every slot time, up to this.
+const SWEEP_EVERY_SECS: u64 = 10;
+
+/// `POST /api/v1/playback/{asset}`.
+#[derive(Deserialize, ToSchema, Default)]
+pub(crate) struct PlaybackRequest {
+    /// The profile watching; the account's first if absent.
+    #[serde(default)]
+    profile_id: Option<String>,
+    /// A stable id of the device (1 to 64 of A-Z a-z 0-9 - _). A device
+    /// starting again replaces its own stream instead of taking a new slot.
+    #[serde(default)]
+    device_id: Option<String>,
+    /// The kind of device (`web`, `phone`, `tablet`, `tv`, `stb`, `legacy`,
+    /// or one the operator configured): it chooses the device profile that
+    /// shapes the manifests (renditions, codecs, TS or fMP4). Absent: every
+    /// rendition is listed.
+    #[serde(default)]
+    device_type: Option<String>,
+}
+
+/// Where and how a player reports its position.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct StreamInfo {
+    id: String,
+    /// Bearer credential for the heartbeat and stop calls of this stream.
+    heartbeat_token: String,
+    heartbeat_interval_secs: u64,
+    /// The slot frees itself when no heartbeat comes for this long.
+    slot_secs: u64,
+}
+
+/// What the playback API answers.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct PlaybackAnswer {
+    asset: String,
+    /// The catalog title it plays.
+    title_id: Option<String>,
+    title: String,
+    /// Signed edge URL of the HLS multivariant playlist.
+    hls: String,
+    /// Signed edge URL of the DASH MPD.
+    dash: String,
+    token: String,
+    token_name: String,
+    /// Unix seconds when the URLs stop working.
+    expires: u64,
+    /// Seconds into the title to start from (0: the beginning).
+    resume_position: f64,
+    /// Whether the plan plays ads.
+    ads: bool,
+    /// The edge's device profile chosen from `device_type`, if any; it is in
+    /// the URLs as `profile=`.
+    profile: Option<String>,
+    stream: StreamInfo,
+}
+
+/// A heartbeat or stop.
+#[derive(Deserialize, ToSchema)]
+pub(crate) struct Beat {
+    /// Seconds into the title.
+    position: f64,
+    /// The title's length in seconds, if the player knows it.
+    #[serde(default)]
+    duration: Option<f64>,
+}
+
+/// Starts watching: checks the title's availability window, the viewer's
+/// country, the plan (premium titles need premium) and the plan's
+/// concurrent-stream limit; answers signed edge URLs, the resume position,
+/// and a stream to report heartbeats on.
+pub(crate) async fn start(
+    state: &State,
+    asset_id: String,
+    ip: IpAddr,
+    user: &str,
+    req: PlaybackRequest,
+) -> Result<PlaybackAnswer> {
+    let refused = |why: &str| state.playback_results.with_label_values(&[why]).inc();
+    let device_profile = match req.device_type.as_deref() {
+        None => None,
+        Some(kind) => Some(
+            state
+                .cfg
+                .device_profiles
+                .get(kind)
+                .cloned()
+                .ok_or_else(|| {
+                    let known: Vec<&str> = state
+                        .cfg
+                        .device_profiles
+                        .keys()
+                        .map(String::as_str)
+                        .collect();
+                    Error::bad_request(
+                        "bad_device_type",
+                        format!("device_type must be one of: {}", known.join(", ")),
+                    )
+                })?,
+        ),
+    };
+    if !cascade_packager::is_safe_id(&asset_id) {
+        return Err(Error::not_found("asset"));
+    }
+    let asset = match assets::get_asset(&state.db, &asset_id).await? {
+        Some(a) if a.status == "ready" => a,
+        Some(_) => {
+            return Err(Error::conflict(
+                "not_ready",
+                "the title is not playable yet",
+            ))
+        }
+        None => return Err(Error::not_found("asset")),
+    };
+    // Only what the catalog lists plays: an asset whose title was deleted
+    // or detached is not a back door around premium and windows.
+    let Some(title) = titles::playable(&state.db, &asset_id).await? else {
+        return Err(Error::not_found("title"));
+    };
+    let title = Some(title);
+    let profiles = accounts::profiles_of(&state.db, user).await?;
+    let profile = match &req.profile_id {
+        Some(p) if profiles.iter().any(|x| &x.id == p) => p.clone(),
+        Some(_) => return Err(Error::not_found("profile")),
+        None => profiles
+            .first()
+            .map(|p| p.id.clone())
+            .ok_or_else(|| Error::not_found("profile"))?,
+    };
+    let device = match req.device_id.as_deref() {
+        Some(d) if valid_device(d) => d.to_string(),
+        Some(_) => {
+            return Err(Error::bad_request(
+                "bad_device",
+                "device_id must be 1 to 64 of A-Z a-z 0-9 - _",
+            ))
+        }
+        None => ids::new_id(),
+    };
+    let now = clock::now();
+    // Availability window.
+    if let Some(t) = &title {
+        if let Some(from) = t.available_from.filter(|f| *f > now as i64) {
+            refused("not_available");
+            return Err(
+                Error::forbidden("not_available", "this title is not available yet")
+                    .with(json!({ "available_from": from })),
+            );
+        }
+        if let Some(until) = t.available_until.filter(|u| *u <= now as i64) {
+            refused("not_available");
+            return Err(
+                Error::forbidden("not_available", "this title is no longer available")
+                    .with(json!({ "available_until": until })),
+            );
+        }
+    }
+    // Geo: the same verdict the edges give.
+    let country = state.geo.lookup(ip).country;
+    let verdict = cascade_geo::decide(
+        country.as_deref(),
+        &format!("/vod/{asset_id}/"),
+        &state.cfg.geo_rules,
+        Some(&asset.geo),
+        state.cfg.geo_unknown,
+    );
+    if let cascade_geo::Verdict::Block { country, rule } = verdict {
+        refused("geo_blocked");
+        return Err(Error::new(
+            Kind::Blocked,
+            "geo_blocked",
+            "this title is not available in your country",
+        )
+        .with(json!({ "country": country, "rule": rule })));
+    }
+    // Entitlement.
+    let plan = billing::plan_of(&state.db, user, now).await?;
+    if title.as_ref().is_some_and(|t| t.premium) && !plan.premium {
+        refused("premium_required");
+        return Err(
+            Error::forbidden("premium_required", "this title needs the premium plan")
+                .with(json!({ "plan": plan.id, "needs": "premium" })),
+        );
+    }
+    let Some(key) = &state.signer else {
+        return Err(Error::new(
+            Kind::Unavailable { retry_after: None },
+            "no_keys",
+            "playback signing is not configured",
+        ));
+    };
+    // The stream slot.
+    let stream = ids::new_id();
+    let slot_secs = state.cfg.stream_slot_secs;
+    let taken = streams::take_slot(
+        &state.db,
+        Slot {
+            stream: &stream,
+            user,
+            profile: &profile,
+            asset: &asset_id,
+            device: &device,
+        },
+        plan.max_streams,
+        now as i64,
+        slot_secs as i64,
+    )
+    .await?;
+    let replaced = match taken {
+        Taken::Slot { replaced } => replaced,
+        Taken::Full { active } => {
+            refused("too_many_streams");
+            let limit = plan.max_streams;
+            return Err(Error::new(
+                Kind::RateLimited { retry_after: None },
+                "too_many_streams",
+                format!("your plan allows {limit} stream(s) at once; stop one to start another"),
+            )
+            .with(json!({ "limit": limit, "active": active })));
+        }
+    };
+    revoke_streams(state, &replaced).await?;
+    state.heartbeats.end(replaced);
+    let expires = now + state.cfg.playback_ttl_secs;
+    // The token names its stream: when the stream ends (stopped, replaced,
+    // quiet), the edges refuse it.
+    let token = cascade_token::sign(
+        key,
+        &cascade_token::Claims {
+            start: Some(now.saturating_sub(1)),
+            expires,
+            acl: vec![format!("/vod/{asset_id}/*")],
+            id: Some(stream.clone()),
+            ..Default::default()
+        },
+    );
+    let heartbeat_token = state.accounts.sign(&Claims {
+        sub: user.to_string(),
+        typ: TokenKind::Stream,
+        iat: now,
+        exp: expires,
+        sid: Some(stream.clone()),
+        pid: Some(profile.clone()),
+        aid: Some(asset_id.clone()),
+    });
+    let resume = history::resume_position(state, &profile, &asset_id, asset.duration).await?;
+    refused("started");
+    let edge = state.cfg.public_edge_url.trim_end_matches('/');
+    // The profile shapes what the edge lists; it is a hint, not an
+    // entitlement, so it sits beside the token rather than under it.
+    let q = match &device_profile {
+        Some(p) => format!("profile={p}&{}={token}", state.cfg.token_name),
+        None => format!("{}={token}", state.cfg.token_name),
+    };
+    Ok(PlaybackAnswer {
+        hls: format!("{edge}/vod/{asset_id}/master.m3u8?{q}"),
+        dash: format!("{edge}/vod/{asset_id}/manifest.mpd?{q}"),
+        asset: asset_id,
+        title_id: title.as_ref().map(|t| t.title_id.clone()),
+        title: title.map_or(asset.title, |t| t.name),
+        token,
+        token_name: state.cfg.token_name.clone(),
+        expires,
+        resume_position: resume,
+        ads: plan.ads,
+        profile: device_profile,
+        stream: StreamInfo {
+            id: stream,
+            heartbeat_token,
+            heartbeat_interval_secs: state.cfg.heartbeat_interval_secs,
+            slot_secs,
+        },
+    })
+}
+
+/// Records a stream's position (`token`: its heartbeat token); keeps its slot.
+pub(crate) async fn heartbeat(
+    state: &State,
+    id: &str,
+    token: Option<&str>,
+    beat: &Beat,
+) -> Result<()> {
+    let claims = stream_claims(state, token, id).inspect_err(|_| {
+        state
+            .heartbeats
+            .beats
+            .with_label_values(&["bad_token"])
+            .inc();
+    })?;
+    let p = check_beat(beat)?;
+    let (Some(profile), Some(asset)) = (&claims.pid, &claims.aid) else {
+        return Err(Error::unauthorized());
+    };
+    if state.heartbeats.has_ended(id) {
+        state.heartbeats.beats.with_label_values(&["ended"]).inc();
+        return Err(stream_ended());
+    }
+    if !state.heartbeats.record(id, profile, asset, p) {
+        state.heartbeats.beats.with_label_values(&["busy"]).inc();
+        return Err(Error::new(
+            Kind::Unavailable {
+                retry_after: Some(1),
+            },
+            "busy",
+            "too many heartbeats waiting; retry shortly",
+        ));
+    }
+    state
+        .heartbeats
+        .beats
+        .with_label_values(&["accepted"])
+        .inc();
+    Ok(())
+}
+
+/// Stops a stream (`token`: its heartbeat token): records the position and
+/// frees the slot at once.
+pub(crate) async fn stop(
+    state: &State,
+    id: String,
+    token: Option<&str>,
+    beat: &Beat,
+) -> Result<()> {
+    let claims = stream_claims(state, token, &id)?;
+    let p = check_beat(beat)?;
+    if let (Some(profile), Some(asset)) = (&claims.pid, &claims.aid) {
+        state.heartbeats.record(&id, profile, asset, p);
+    }
+    streams::free(&state.db, &id, &claims.sub).await?;
+    revoke_streams(state, std::slice::from_ref(&id)).await?;
+    state.heartbeats.end([id]);
+    Ok(())
+}
+
+/// The ended playback sessions since `after`, oldest first, with the `next`
+/// to ask from: `{next, more, revoked: [{id, expires}]}`.
+pub(crate) async fn revocations(state: &State, after: i64) -> Result<Value> {
+    let rows = streams::revocations(&state.db, after.max(0), REVOCATIONS_PAGE).await?;
+    let mut next = after.max(0);
+    let mut revoked = Vec::with_capacity(rows.len());
+    for r in &rows {
+        next = next.max(r.seq);
+        revoked.push(json!({
+            "id": r.stream,
+            "expires": r.expires,
+        }));
+    }
+    let more = rows.len() as i64 == REVOCATIONS_PAGE;
+    Ok(json!({ "next": next, "more": more, "revoked": revoked }))
+}
+
+/// Flushes every `every` until `stop`, then once more.
+pub(crate) async fn run_flusher(
+    state: Arc<State>,
+    every: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut last_sweep = std::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = state.heartbeats.wake.notified() => {}
+            _ = stop.changed() => break,
+        }
+        state.heartbeats.flush(&state.db).await;
+        if last_sweep.elapsed()
+            >= Duration::from_secs(state.cfg.stream_slot_secs.clamp(1, SWEEP_EVERY_SECS))
+        {
+            last_sweep = std::time::Instant::now();
+            if let Err(e) = sweep_quiet_streams(&state).await {
+                tracing::warn!(error = %e, "sweeping quiet streams");
+            }
+        }
+    }
+    state.heartbeats.flush(&state.db).await;
+}
+
+/// Records that these playback sessions ended: edges refuse their media
+/// tokens from their next poll of the list.
+pub(crate) async fn revoke_streams(state: &State, ids: &[String]) -> Result<()> {
+    // A session's tokens live at most the playback TTL from now.
+    let until = clock::now() as i64 + state.cfg.playback_ttl_secs as i64 + 60;
+    streams::revoke(&state.db, ids, until).await
+}
+
+/// Ends the streams that have sent no heartbeat for a slot's time (their
+/// players are gone, or do not report) and revokes their sessions, so
+/// their media tokens stop working at the edges; forgets revocations whose
+/// tokens have all expired.
+async fn sweep_quiet_streams(state: &State) -> Result<()> {
+    let now = clock::now() as i64;
+    let quiet = streams::free_quiet(&state.db, now - state.cfg.stream_slot_secs as i64).await?;
+    revoke_streams(state, &quiet).await?;
+    state.heartbeats.end(quiet);
+    streams::forget_revocations(&state.db, now).await
+}
+
+fn valid_device(d: &str) -> bool {
+    (1..=64).contains(&d.len())
+        && d.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The claims of a stream's own token.
+fn stream_claims(state: &State, token: Option<&str>, id: &str) -> Result<Claims> {
+    let token = token.ok_or_else(Error::unauthorized)?;
+    match state.accounts.verify(token, TokenKind::Stream) {
+        Ok(c) if c.sid.as_deref() == Some(id) => Ok(c),
+        Err(TokenError::Expired) => Err(Error::new(
+            Kind::Unauthorized,
+            "token_expired",
+            "the stream has expired; start playback again",
+        )),
+        _ => Err(Error::new(
+            Kind::Unauthorized,
+            "bad_stream_token",
+            "the heartbeat token does not belong to this stream",
+        )),
+    }
+}
+
+fn check_beat(b: &Beat) -> Result<Position> {
+    let ok = |v: f64| v.is_finite() && (0.0..=1.0e7).contains(&v);
+    if !ok(b.position) || b.duration.is_some_and(|d| !ok(d)) {
+        return Err(Error::bad_request(
+            "bad_position",
+            "position and duration are seconds, 0 to 10^7",
+        ));
+    }
+    Ok(Position {
+        position: b.position,
+        duration: b.duration,
+        at: clock::now() as i64,
+    })
+}
+
+fn stream_ended() -> Error {
+    Error::new(
+        Kind::Gone,
+        "stream_ended",
+        "this stream has ended: it was stopped, or another device took its slot",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_ids() {
+        assert!(valid_device("tv-1_A"));
+        assert!(!valid_device(""));
+        assert!(!valid_device("a b"));
+        assert!(!valid_device(&"a".repeat(65)));
+    }
+}
