@@ -62,12 +62,11 @@ struct RoleArgs {
 fn main() {
     let cli = Cli::parse();
     let text_logs = matches!(cli.command, Command::Dev(_));
-    if !matches!(
+    let logs = (!matches!(
         cli.command,
         Command::Ingest(_) | Command::Token(_) | Command::Ctl(_)
-    ) {
-        cascade_serve::init_logging(text_logs);
-    }
+    ))
+    .then(|| cascade_serve::init_logging(text_logs));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -78,7 +77,11 @@ fn main() {
             std::process::exit(1);
         }
     };
-    if let Err(e) = runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli));
+    drop(runtime);
+    // Writes out the queued log lines before the process ends.
+    drop(logs);
+    if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }

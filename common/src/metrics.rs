@@ -131,15 +131,47 @@ impl Metrics {
     }
 }
 
+/// Keeps the log writer thread; dropping it writes out what is queued.
+/// Hold it for the life of the process.
+#[must_use = "logs queued when the guard drops are written then; hold it until exit"]
+pub struct LogGuard(#[allow(dead_code)] Option<tracing_appender::non_blocking::WorkerGuard>);
+
+impl std::fmt::Debug for LogGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LogGuard")
+    }
+}
+
+/// Log lines queued for the writer thread; past this a logging request
+/// waits, as it would on a blocking write (lines are never dropped).
+const LOG_QUEUE_LINES: usize = 64 * 1024;
+
 /// Sets up `tracing`: JSON lines by default, plain text when `text` is set.
 /// `RUST_LOG` filters as usual (default `info`).
-pub fn init_logging(text: bool) {
+///
+/// Lines are formatted where they are logged and written to stdout by a
+/// thread of their own through a buffer it flushes whenever the queue runs
+/// dry: under load, one system call carries many lines (an access log
+/// line per request would otherwise cost a `write` each), and when quiet
+/// each line goes out at once.
+pub fn init_logging(text: bool) -> LogGuard {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    let _ = if text {
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .thread_name("cascade-log")
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stdout(),
+        ));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
+    let installed = if text {
         builder.try_init()
     } else {
         builder.json().flatten_event(true).try_init()
     };
+    LogGuard(installed.is_ok().then_some(guard))
 }

@@ -41,8 +41,11 @@ fn join(url: &str, query: &str) -> String {
 /// it allocates once and copies each byte once. URI lines get the query;
 /// tags get it inside their `URI="…"` attribute.
 fn m3u8(text: &[u8], query: &[u8]) -> Vec<u8> {
-    const URI: &[u8] = b"URI=\"";
-    let lines = text.iter().filter(|b| **b == b'\n').count() + 1;
+    // Built once: making the searcher costs more than a playlist's search.
+    static URI: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"URI=\""));
+    let uri = &*URI;
+    let lines = memchr::memchr_iter(b'\n', text).count() + 1;
     let mut out = Vec::with_capacity(text.len() + lines * (query.len() + 1));
     for line in text.split(|b| *b == b'\n') {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -51,9 +54,9 @@ fn m3u8(text: &[u8], query: &[u8]) -> Vec<u8> {
         }
         if line.first() == Some(&b'#') {
             let mut rest = line;
-            while let Some(i) = find(rest, URI) {
-                let start = i + URI.len();
-                let Some(len) = rest[start..].iter().position(|b| *b == b'"') else {
+            while let Some(i) = uri.find(rest) {
+                let start = i + uri.needle().len();
+                let Some(len) = memchr::memchr(b'"', &rest[start..]) else {
                     break;
                 };
                 out.extend_from_slice(&rest[..start]);
@@ -67,11 +70,6 @@ fn m3u8(text: &[u8], query: &[u8]) -> Vec<u8> {
         out.push(b'\n');
     }
     out
-}
-
-/// Where `needle` first occurs in `hay`.
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 fn mpd(text: &str, query: &str) -> String {

@@ -267,8 +267,20 @@ impl Front {
             ms = elapsed.as_secs_f64() * 1000.0,
             cache = s.cache,
             protocol = s.protocol,
-            client = ?s.client,
+            client = %Peer(s.client),
         );
+    }
+}
+
+/// A client's address as logged: `1.2.3.4:5678`, or `-` when unknown.
+struct Peer(Option<SocketAddr>);
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(a) => write!(f, "{a}"),
+            None => f.write_str("-"),
+        }
     }
 }
 

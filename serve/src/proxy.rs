@@ -374,7 +374,9 @@ pub fn mark_collapsed(headers: &mut HeaderMap) {
 /// answered with its current `Age`; one this tier made itself (the edge's
 /// packaged media: the edge is its origin) without.
 pub fn cached_response(obj: &CachedObject, outcome: CacheOutcome, cache_name: &str) -> Response {
-    let mut headers = HeaderMap::with_capacity(obj.headers.len() + 1);
+    // Room for what the way out adds (Cache-Status, CORS, the request id,
+    // Content-Length…), so the map is not grown on every hit.
+    let mut headers = HeaderMap::with_capacity(obj.headers.len() + 10);
     for (k, v) in &obj.headers {
         if let (Ok(k), Ok(v)) = (HeaderName::try_from(k.as_str()), HeaderValue::from_str(v)) {
             headers.insert(k, v);

@@ -75,16 +75,20 @@ pub(crate) fn has_body(status: StatusCode) -> bool {
         || status == StatusCode::NOT_MODIFIED)
 }
 
-/// The headers sent for `response`: its own, less connection headers, with
-/// `Content-Length` where a body may be and the request id.
-pub(crate) fn head_fields(response: &Response, length: usize, request_id: &str) -> HeaderMap {
-    let mut headers = HeaderMap::with_capacity(response.headers.len() + 2);
-    for (name, value) in response.headers.iter() {
-        if !CONNECTION_HEADERS.contains(&name.as_str()) && name != http::header::CONTENT_LENGTH {
-            headers.append(name.clone(), value.clone());
-        }
+/// The headers sent for a response of `status`: its own, less connection
+/// headers, with `Content-Length` where a body may be and the request id.
+/// Edited in place: a hit's answer is not copied again on its way out.
+pub(crate) fn head_fields(
+    mut headers: HeaderMap,
+    status: StatusCode,
+    length: usize,
+    request_id: &str,
+) -> HeaderMap {
+    for name in CONNECTION_HEADERS {
+        headers.remove(name);
     }
-    if has_body(response.status) {
+    headers.remove(http::header::CONTENT_LENGTH);
+    if has_body(status) {
         headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(length));
     }
     if let Ok(v) = HeaderValue::from_str(request_id) {
@@ -105,26 +109,32 @@ pub(crate) async fn write_response(
         Some(s) => s.expected_len().unwrap_or(0) as usize,
         None => response.body.len(),
     };
-    let headers = head_fields(&response, length, request_id);
+    let Response {
+        status,
+        headers,
+        body,
+        stream,
+    } = response;
+    let headers = head_fields(headers, status, length, request_id);
     let broken = |bytes| Written {
         complete: false,
         bytes,
     };
-    if !sink.head(response.status, headers).await {
+    if !sink.head(status, headers).await {
         return broken(0);
     }
-    if method == Method::HEAD || length == 0 || !has_body(response.status) {
+    if method == Method::HEAD || length == 0 || !has_body(status) {
         return Written {
             complete: sink.finish().await,
             bytes: 0,
         };
     }
     let mut sent = 0;
-    match response.stream {
+    match stream {
         None => {
             if !send(
                 sink,
-                response.body,
+                body,
                 true,
                 &mut sent,
                 request_id,

@@ -88,9 +88,9 @@ const TRANSCODE_LIMIT: Duration = Duration::from_secs(600);
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    if std::env::var_os("RUST_LOG").is_some() {
-        cascade_serve::init_logging(true);
-    }
+    let _logs = std::env::var_os("RUST_LOG")
+        .is_some()
+        .then(|| cascade_serve::init_logging(true));
     match run(&args).await {
         Ok(met) if met || !args.check => {}
         Ok(_) => std::process::exit(1),

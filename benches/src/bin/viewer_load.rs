@@ -123,9 +123,9 @@ impl Backend {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    if std::env::var_os("RUST_LOG").is_some() {
-        cascade_serve::init_logging(true);
-    }
+    let _logs = std::env::var_os("RUST_LOG")
+        .is_some()
+        .then(|| cascade_serve::init_logging(true));
     match run(&args).await {
         Ok(true) => {}
         Ok(false) => std::process::exit(1),
