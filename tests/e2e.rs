@@ -145,6 +145,29 @@ async fn upload_to_playback_through_every_tier() {
         .unwrap();
     assert_ne!(r.headers()["x-request-id"], "bad id!");
 
+    // The origin's mezzanine carries a validator, and a shield revalidating
+    // the asset manifest (stale every minute) gets a 304, not the bytes again.
+    let manifest_url = format!("{}/mezz/{asset}/manifest.json", stack.origin_url);
+    let r = client().get(&manifest_url).send().await.unwrap();
+    let etag = r.headers()["etag"].to_str().unwrap().to_string();
+    assert!(etag.starts_with('"') && etag.len() > 2, "{etag}");
+    let r = client()
+        .get(&manifest_url)
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 304);
+    assert_eq!(r.headers()["etag"].to_str().unwrap(), etag);
+    assert!(r.bytes().await.unwrap().is_empty());
+    let r = client()
+        .get(&manifest_url)
+        .header("if-none-match", "\"something-else\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
     // Health and metrics on every role.
     for base in [
         &stack.edge_url,

@@ -97,9 +97,22 @@ pub(crate) async fn meta(state: &State, asset: &str) -> Result<Value> {
 }
 
 /// The size of a stored file of an asset.
-pub(crate) async fn file_size(state: &State, asset: &str, file: &str) -> Result<u64> {
+/// A stored file of an asset: its size, and a validator that changes when
+/// the file does (the store's entity tag, quoted as `ETag` wants it).
+pub(crate) struct FileMeta {
+    pub(crate) size: u64,
+    pub(crate) etag: Option<String>,
+}
+
+pub(crate) async fn file_meta(state: &State, asset: &str, file: &str) -> Result<FileMeta> {
     match state.store.head(&objects::object_path(asset, file)).await {
-        Ok(m) => Ok(m.size),
+        Ok(m) => Ok(FileMeta {
+            size: m.size,
+            etag: m
+                .e_tag
+                .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic() && b != b'"'))
+                .map(|t| format!("\"{t}\"")),
+        }),
         Err(object_store::Error::NotFound { .. }) => Err(Error::not_found("file")),
         Err(e) => Err(storage_error(e)),
     }
