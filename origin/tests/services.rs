@@ -254,9 +254,7 @@ impl Site {
     /// The code of the newest sign-up link mailed to an address.
     fn last_code(&self, email: &str) -> String {
         let mails = self.mails_to(email);
-        let last = mails
-            .last()
-            .unwrap_or_else(|| panic!("no mail to {email}"));
+        let last = mails.last().unwrap_or_else(|| panic!("no mail to {email}"));
         last.code()
             .unwrap_or_else(|| panic!("no code in the mail to {email}:\n{}", last.body))
     }
@@ -496,7 +494,10 @@ async fn signup_answers_alike_and_mails_the_owner(backend: Backend) {
     let known = raw_signup(&site, "Owner@Example.com").await;
     let fresh = raw_signup(&site, "fresh@example.com").await;
     assert_eq!(known.0, 202, "{}", String::from_utf8_lossy(&known.2));
-    assert_eq!(known, fresh, "sign-up tells whether an email has an account");
+    assert_eq!(
+        known, fresh,
+        "sign-up tells whether an email has an account"
+    );
     let v: Value = serde_json::from_slice(&fresh.2).unwrap();
     assert_eq!(v["status"], "check_email", "{v}");
 
@@ -504,8 +505,16 @@ async fn signup_answers_alike_and_mails_the_owner(backend: Backend) {
     let owner = site.mails_to("owner@example.com");
     assert_eq!(owner.len(), 2, "the first sign-up's link, then the notice");
     let notice = &owner[1];
-    assert!(notice.body.contains("already have an account"), "{}", notice.body);
-    assert!(notice.code().is_none() && !notice.body.contains("verify"), "{}", notice.body);
+    assert!(
+        notice.body.contains("already have an account"),
+        "{}",
+        notice.body
+    );
+    assert!(
+        notice.code().is_none() && !notice.body.contains("verify"),
+        "{}",
+        notice.body
+    );
     assert_eq!(
         notice.header("from"),
         Some("Cascade <no-reply@cascade.invalid>")
@@ -536,20 +545,36 @@ async fn signup_answers_alike_and_mails_the_owner(backend: Backend) {
     // The outbox is the owner's alone, and holds only whole messages.
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     let outbox = site.cfg.mail_outbox();
-    assert_eq!(outbox, std::path::Path::new(&site.cfg.data_dir).join("mail"));
+    assert_eq!(
+        outbox,
+        std::path::Path::new(&site.cfg.data_dir).join("mail")
+    );
     assert_eq!(mode(&outbox), 0o700);
     let all = outbox_mails(&outbox);
     assert_eq!(all.len(), 3);
     for m in &all {
         assert_eq!(mode(&m.file), 0o600, "{}", m.file.display());
     }
-    assert_eq!(std::fs::read_dir(&outbox).unwrap().count(), 3, "no temporary files");
+    assert_eq!(
+        std::fs::read_dir(&outbox).unwrap().count(),
+        3,
+        "no temporary files"
+    );
 
     // Validation still answers before anything is sent.
     for (body, code) in [
-        (json!({ "email": "nope", "password": PASSWORD }), "bad_email"),
-        (json!({ "email": "owner@example.com", "password": "short" }), "weak_password"),
-        (json!({ "email": "new@example.com", "password": "short" }), "weak_password"),
+        (
+            json!({ "email": "nope", "password": PASSWORD }),
+            "bad_email",
+        ),
+        (
+            json!({ "email": "owner@example.com", "password": "short" }),
+            "weak_password",
+        ),
+        (
+            json!({ "email": "new@example.com", "password": "short" }),
+            "weak_password",
+        ),
     ] {
         let (st, v) = site.post("/api/v1/auth/signup", None, body).await;
         assert_eq!((st, v["error"].as_str()), (400, Some(code)));
@@ -570,7 +595,10 @@ async fn signup_links_work_once_until_they_expire(backend: Backend) {
     };
     let bad = |(st, v): (u16, Value)| {
         assert_eq!((st, v["error"].as_str()), (400, Some("bad_code")), "{v}");
-        assert_eq!(v["message"], "the link is invalid or has expired; sign up again");
+        assert_eq!(
+            v["message"],
+            "the link is invalid or has expired; sign up again"
+        );
     };
 
     // Not yet an account: no login.
@@ -1646,7 +1674,10 @@ async fn the_openapi_document_describes_every_viewer_route() {
         "sign-up makes no account and tells of none: {signup}"
     );
     let verify = &doc["paths"]["/api/v1/auth/verify"]["post"]["responses"];
-    assert!(verify["201"].is_object() && verify["400"].is_object(), "{verify}");
+    assert!(
+        verify["201"].is_object() && verify["400"].is_object(),
+        "{verify}"
+    );
     let playback = &doc["paths"]["/api/v1/playback/{asset}"]["post"]["responses"];
     for status in ["200", "401", "403", "429", "451"] {
         assert!(playback[status].is_object(), "playback answers {status}");

@@ -43,7 +43,10 @@ impl utoipa::Modify for Security {
         use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         let components = openapi.components.get_or_insert_with(Default::default);
         for (name, what) in [
-            ("bearer", "An access token from login, sign-up's verify or refresh"),
+            (
+                "bearer",
+                "An access token from login, sign-up's verify or refresh",
+            ),
             ("stream", "The heartbeat_token of a stream"),
             ("admin", "The origin's admin_token"),
         ] {

@@ -276,10 +276,16 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        assert!(data.contains("To: viewer@example.com") && data.contains("relayed text"), "{data}");
+        assert!(
+            data.contains("To: viewer@example.com") && data.contains("relayed text"),
+            "{data}"
+        );
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while std::fs::read_dir(tmp.path()).unwrap().next().is_some() {
-            assert!(std::time::Instant::now() < deadline, "the relayed mail left its file");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the relayed mail left its file"
+            );
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }

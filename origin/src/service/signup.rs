@@ -86,7 +86,13 @@ pub(crate) async fn signup(
     .await?;
     let page = state.cfg.public_edge_url.trim_end_matches('/');
     let mail = if kept {
-        finish_mail(&state.mail_from, &to, page, &code, state.cfg.signup_code_ttl_secs)
+        finish_mail(
+            &state.mail_from,
+            &to,
+            page,
+            &code,
+            state.cfg.signup_code_ttl_secs,
+        )
     } else {
         account_exists_mail(&state.mail_from, &to, page)
     };
@@ -118,7 +124,8 @@ pub(crate) async fn verify(state: &State, ip: IpAddr, code: &str) -> Result<Sess
     }
     let now = clock::now() as i64;
     let user = ids::new_id();
-    let created = signups::redeem(&state.db, &token_digest(code), now, &user, &ids::new_id()).await?;
+    let created =
+        signups::redeem(&state.db, &token_digest(code), now, &user, &ids::new_id()).await?;
     signups::sweep(&state.db, now).await?;
     if !created {
         return Err(bad());

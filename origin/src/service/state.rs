@@ -146,10 +146,9 @@ impl State {
         )?;
         let heartbeats = Heartbeats::new(cfg.history_buffer_max, metrics.registry())?;
         let secret = jwt_secret(cfg, &db).await?;
-        let mail_from = cfg
-            .mail_from
-            .parse()
-            .map_err(|_| anyhow::anyhow!("mail_from: not a mailbox like `Name <user@example.com>`"))?;
+        let mail_from = cfg.mail_from.parse().map_err(|_| {
+            anyhow::anyhow!("mail_from: not a mailbox like `Name <user@example.com>`")
+        })?;
         let outbox = cfg.mail_outbox();
         let mailer = mail::from_config(&outbox, &cfg.smtp_url)
             .map_err(|e| anyhow::anyhow!("mail_outbox {}: {e}", outbox.display()))?;
