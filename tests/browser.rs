@@ -33,7 +33,7 @@ async fn the_page_signs_up_plays_resumes_and_plays_over_http1_and_http3() {
 
     // The page's sign-ups read their links from the origin's mail.
     let mail = ("CASCADE_MAIL_OUTBOX", stack.outbox.display().to_string());
-    let stdout = play(&stack.edge_url, &asset, &shot, &[mail.clone()]);
+    let stdout = play(&stack.edge_url, &asset, &shot, std::slice::from_ref(&mail));
     assert!(stdout.contains("protocols: {\"http/1.1\""), "{stdout}");
     // The players sent CMCD with `nor`, and the edge acted on it.
     let m = common::text(format!("{}/metrics", stack.edge_url)).await;
@@ -56,7 +56,7 @@ async fn the_page_signs_up_plays_resumes_and_plays_over_http1_and_http3() {
     // The same page and title over HTTP/3: every media request over QUIC.
     // Sign up, play, pause, reload: the session survives and the title
     // resumes where it stopped.
-    let line = resume(&stack.edge_url, &asset, &[mail.clone()]);
+    let line = resume(&stack.edge_url, &asset, std::slice::from_ref(&mail));
     let r: serde_json::Value = serde_json::from_str(&line["resume: ".len()..]).unwrap();
     let (before, from) = (
         r["before"].as_f64().unwrap(),
