@@ -11,7 +11,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use lettre::message::header::{ContentTransferEncoding, ContentType};
+use lettre::message::header::{ContentTransferEncoding, ContentType, MIME_VERSION_1_0};
 use lettre::message::{Body, Mailbox};
 use lettre::{Address, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
@@ -47,6 +47,9 @@ impl Mail<'_> {
                 ids::new_id(),
                 self.from.email.domain()
             )))
+            // Lettre adds it for multipart bodies only; RFC 2045 wants it
+            // wherever Content-Type is.
+            .header(MIME_VERSION_1_0)
             .header(ContentType::TEXT_PLAIN)
             .body(body)
             .map_err(|e| Error::internal("mail", "could not send mail", e))
@@ -200,6 +203,7 @@ mod tests {
             "Subject: Hello",
             "Date: ",
             "Message-ID: <",
+            "MIME-Version: 1.0",
             "Content-Type: text/plain; charset=utf-8",
             "Content-Transfer-Encoding: 7bit",
         ] {
