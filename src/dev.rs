@@ -63,7 +63,7 @@ pub(crate) async fn dev(args: DevArgs) -> anyhow::Result<()> {
         }
     };
 
-    let origin = cascade_origin::start(&OriginConfig {
+    let origin_cfg = OriginConfig {
         listen: format!("{host}:{}", args.origin_port),
         data_dir: data.clone(),
         public_edge_url: url(args.edge_port),
@@ -72,9 +72,10 @@ pub(crate) async fn dev(args: DevArgs) -> anyhow::Result<()> {
         admin_token: admin_token.clone(),
         fleet_token: fleet_token.clone(),
         ..OriginConfig::default()
-    })
-    .await
-    .context("starting the origin")?;
+    };
+    let origin = cascade_origin::start(&origin_cfg)
+        .await
+        .context("starting the origin")?;
     let node = |name: &str, role: &str, port: u16| cascade_control::Node {
         name: name.into(),
         role: role.into(),
@@ -154,6 +155,10 @@ pub(crate) async fn dev(args: DevArgs) -> anyhow::Result<()> {
     println!();
     println!("Cascade is running.");
     println!("  web page   {page}/");
+    println!(
+        "  mail       {}/  (sign-up links: the newest .eml file there)",
+        origin_cfg.mail_outbox().display()
+    );
     println!(
         "  edge       {page}    shield {}    origin {}    control {}",
         url(shield.addr.port()),

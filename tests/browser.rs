@@ -31,7 +31,9 @@ async fn the_page_signs_up_plays_resumes_and_plays_over_http1_and_http3() {
     let asset = common::ingest_clip(&stack, 20).await;
     let shot = stack.dir.path().join("page.png");
 
-    let stdout = play(&stack.edge_url, &asset, &shot, &[]);
+    // The page's sign-ups read their links from the origin's mail.
+    let mail = ("CASCADE_MAIL_OUTBOX", stack.outbox.display().to_string());
+    let stdout = play(&stack.edge_url, &asset, &shot, std::slice::from_ref(&mail));
     assert!(stdout.contains("protocols: {\"http/1.1\""), "{stdout}");
     // The players sent CMCD with `nor`, and the edge acted on it.
     let m = common::text(format!("{}/metrics", stack.edge_url)).await;
@@ -54,7 +56,7 @@ async fn the_page_signs_up_plays_resumes_and_plays_over_http1_and_http3() {
     // The same page and title over HTTP/3: every media request over QUIC.
     // Sign up, play, pause, reload: the session survives and the title
     // resumes where it stopped.
-    let line = resume(&stack.edge_url, &asset);
+    let line = resume(&stack.edge_url, &asset, std::slice::from_ref(&mail));
     let r: serde_json::Value = serde_json::from_str(&line["resume: ".len()..]).unwrap();
     let (before, from) = (
         r["before"].as_f64().unwrap(),
@@ -71,7 +73,11 @@ async fn the_page_signs_up_plays_resumes_and_plays_over_http1_and_http3() {
             .send()
     };
     assert_eq!(premium(true).await.unwrap().status(), 200);
-    let stdout = node("refusal.mjs", &[&stack.edge_url, &asset], &[]);
+    let stdout = node(
+        "refusal.mjs",
+        &[&stack.edge_url, &asset],
+        std::slice::from_ref(&mail),
+    );
     assert!(
         stdout.contains("premium_required") && stdout.contains("needs the Premium plan"),
         "{stdout}"
@@ -86,6 +92,7 @@ async fn the_page_signs_up_plays_resumes_and_plays_over_http1_and_http3() {
         &[
             ("QUIC_ORIGIN", tls.to_string()),
             ("SPKI", cert.spki_sha256.clone()),
+            mail,
         ],
     );
     let line = stdout
@@ -149,8 +156,8 @@ fn play(base: &str, asset: &str, shot: &std::path::Path, env: &[(&str, String)])
 }
 
 /// Runs `web/tests/resume.mjs`; answers its `resume: {…}` line.
-fn resume(base: &str, asset: &str) -> String {
-    let stdout = node("resume.mjs", &[base, asset], &[]);
+fn resume(base: &str, asset: &str, env: &[(&str, String)]) -> String {
+    let stdout = node("resume.mjs", &[base, asset], env);
     stdout
         .lines()
         .find(|l| l.starts_with("resume: "))

@@ -255,7 +255,7 @@ async fn a_text_file_is_a_failed_job_and_the_origin_keeps_serving() {
         .unwrap();
     assert_eq!(r.status(), 404);
     // And the playback API will not sign for it.
-    let viewer = common::viewer(&stack.origin_url).await;
+    let viewer = common::viewer(&stack.origin_url, &stack.outbox).await;
     let r = client()
         .post(format!("{}/api/v1/playback/{asset}", stack.origin_url))
         .bearer_auth(&viewer)

@@ -260,7 +260,7 @@ async fn every_format_of_a_two_language_title_with_subtitles() {
     assert!(status.success(), "ffmpeg plays the clip");
 
     // The playback API picks the profile from the declared device.
-    let viewer = viewer(&origin).await;
+    let viewer = viewer(&origin, &stack.outbox).await;
     let r: Value = client()
         .post(format!("{origin}/api/v1/playback/{asset}"))
         .bearer_auth(&viewer)

@@ -38,7 +38,7 @@ async fn edge_and_playback_api_agree_per_country() {
         common::sign_for(&asset)
     );
     let playback = format!("{}/api/v1/playback/{asset}", stack.origin_url);
-    let viewer = common::viewer(&stack.origin_url).await;
+    let viewer = common::viewer(&stack.origin_url, &stack.outbox).await;
     // One device: each start replaces the last, within the free plan's one stream.
     let device = serde_json::json!({ "device_id": "geo-test" });
     for (ip, want) in [

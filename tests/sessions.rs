@@ -72,7 +72,7 @@ async fn an_ended_session_stops_playing_at_the_edge_and_a_live_one_plays_on() {
     )
     .await;
     let asset = common::ingest_clip(&stack, 2).await;
-    let access = common::viewer(&stack.origin_url).await;
+    let access = common::viewer(&stack.origin_url, &stack.outbox).await;
 
     // The same device starts again: the first session is replaced.
     let first = play(&stack, &access, &asset, "tv-1").await;

@@ -58,8 +58,21 @@ pub struct OriginConfig {
     pub login_max_failures: u32,
     /// Seconds an account stays locked.
     pub login_lockout_secs: u64,
-    /// Login and sign-up attempts per minute from one address.
+    /// Login, sign-up and verify attempts per minute from one address.
     pub login_attempts_per_minute: u32,
+    /// Seconds a sign-up's emailed link stays valid.
+    pub signup_code_ttl_secs: u64,
+    /// Directory where sign-up mail is written, one RFC 5322 `.eml` file a
+    /// message (owner-only); empty means `{data_dir}/mail`. A mail relay
+    /// sends what it finds there, unless `smtp_url` is set.
+    pub mail_outbox: String,
+    /// The `From` of the origin's mail, `Name <address>` or an address.
+    pub mail_from: String,
+    /// SMTP relay for the origin's mail: `smtps://user:pass@host:465`, or
+    /// `smtp://host:587?tls=required` (STARTTLS); `CASCADE_ORIGIN_SMTP_URL`
+    /// overrides. Each message is still written to `mail_outbox` first and
+    /// removed once the relay took it. Empty: the outbox only.
+    pub smtp_url: String,
     /// The payment webhook's signing secret (Stripe's `whsec_…`);
     /// `CASCADE_BILLING_WEBHOOK_SECRET` overrides. Empty: the webhook answers 503.
     pub billing_webhook_secret: String,
@@ -134,6 +147,10 @@ impl Default for OriginConfig {
             login_max_failures: 5,
             login_lockout_secs: 900,
             login_attempts_per_minute: 30,
+            signup_code_ttl_secs: 24 * 3600,
+            mail_outbox: String::new(),
+            mail_from: "Cascade <no-reply@cascade.invalid>".into(),
+            smtp_url: String::new(),
             billing_webhook_secret: String::new(),
             billing_tolerance_secs: 300,
             heartbeat_interval_secs: 10,
@@ -221,6 +238,22 @@ impl Validate for OriginConfig {
         if self.login_attempts_per_minute == 0 {
             errors.push("login_attempts_per_minute: must be at least 1".into());
         }
+        if !(60..=7 * 86_400).contains(&self.signup_code_ttl_secs) {
+            errors.push("signup_code_ttl_secs: must be 60 to 604800".into());
+        }
+        if self.mail_from.parse::<lettre::message::Mailbox>().is_err() {
+            errors.push(format!(
+                "mail_from: {:?} is not a mailbox like `Name <user@example.com>`",
+                self.mail_from
+            ));
+        }
+        // The URL may hold a password: the message never repeats it.
+        if !self.smtp_url.is_empty()
+            && lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::from_url(&self.smtp_url)
+                .is_err()
+        {
+            errors.push("smtp_url: must be an smtp:// or smtps:// URL (or empty)".into());
+        }
         if !(30..=3600).contains(&self.billing_tolerance_secs) {
             errors.push("billing_tolerance_secs: must be 30 to 3600".into());
         }
@@ -300,6 +333,15 @@ impl OriginConfig {
             format!("sqlite://{}/cascade.db", self.data_dir)
         } else {
             self.database_url.clone()
+        }
+    }
+
+    /// The sign-up mail outbox in effect.
+    pub fn mail_outbox(&self) -> std::path::PathBuf {
+        if self.mail_outbox.is_empty() {
+            std::path::Path::new(&self.data_dir).join("mail")
+        } else {
+            self.mail_outbox.clone().into()
         }
     }
 

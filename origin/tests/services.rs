@@ -224,7 +224,7 @@ impl Site {
         self.call(reqwest::Method::GET, path, bearer, None).await
     }
 
-    /// Signs up; answers the session.
+    /// Signs up and follows the mailed link; answers the session.
     async fn signup(&self, email: &str) -> Value {
         let (s, v) = self
             .post(
@@ -233,8 +233,46 @@ impl Site {
                 json!({ "email": email, "password": PASSWORD, "name": "Asha" }),
             )
             .await;
+        assert_eq!(s, 202, "{v}");
+        let code = self.last_code(email);
+        let (s, v) = self
+            .post("/api/v1/auth/verify", None, json!({ "code": code }))
+            .await;
         assert_eq!(s, 201, "{v}");
         v
+    }
+
+    /// The mails in the outbox to an address, oldest first.
+    fn mails_to(&self, email: &str) -> Vec<Mail> {
+        let to = email.to_lowercase();
+        outbox_mails(&self.cfg.mail_outbox())
+            .into_iter()
+            .filter(|m| m.header("to") == Some(to.as_str()))
+            .collect()
+    }
+
+    /// The code of the newest sign-up link mailed to an address.
+    fn last_code(&self, email: &str) -> String {
+        let mails = self.mails_to(email);
+        let last = mails.last().unwrap_or_else(|| panic!("no mail to {email}"));
+        last.code()
+            .unwrap_or_else(|| panic!("no code in the mail to {email}:\n{}", last.body))
+    }
+
+    /// Runs SQL with one text parameter that answers one integer.
+    async fn count(&self, sql: &str, arg: &str) -> i64 {
+        let pool = AnyPoolOptions::new()
+            .max_connections(1)
+            .connect(&self.db.url)
+            .await
+            .unwrap();
+        let n: i64 = sqlx::query_scalar(sql)
+            .bind(arg)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        n
     }
 
     /// A ready asset (as a finished transcode leaves it) with a catalog
@@ -325,6 +363,63 @@ fn token(session: &Value) -> String {
     session["access_token"].as_str().unwrap().to_string()
 }
 
+/// A mail of the outbox: its file, headers (names lower-cased, folded
+/// lines joined) and body.
+struct Mail {
+    file: std::path::PathBuf,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Mail {
+    fn parse(file: std::path::PathBuf) -> Mail {
+        let raw = std::fs::read_to_string(&file).unwrap();
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+        let mut headers: Vec<(String, String)> = Vec::new();
+        for line in head.split("\r\n") {
+            if line.starts_with([' ', '\t']) {
+                headers.last_mut().unwrap().1.push_str(line);
+            } else {
+                let (k, v) = line.split_once(':').unwrap();
+                headers.push((k.to_ascii_lowercase(), v.trim().to_string()));
+            }
+        }
+        Mail {
+            file,
+            headers,
+            body: body.replace("\r\n", "\n"),
+        }
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The code of the sign-up link (`…/#verify=CODE`), if the mail has one.
+    fn code(&self) -> Option<String> {
+        let at = self.body.find("#verify=")? + "#verify=".len();
+        let code: String = self.body[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+            .collect();
+        Some(code).filter(|c| !c.is_empty())
+    }
+}
+
+/// Every mail of an outbox, oldest first (the names sort by time).
+fn outbox_mails(dir: &std::path::Path) -> Vec<Mail> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "eml"))
+        .collect();
+    files.sort();
+    files.into_iter().map(Mail::parse).collect()
+}
+
 fn subscription_event(id: &str, kind: &str, user: &str, status: &str, created: u64) -> Value {
     json!({
         "id": id, "type": kind, "created": created,
@@ -360,6 +455,8 @@ macro_rules! on_both_databases {
 }
 
 on_both_databases!(
+    signup_answers_alike_and_mails_the_owner,
+    signup_links_work_once_until_they_expire,
     accounts_sessions_and_refresh_rotation,
     wrong_passwords_lock_the_account_and_addresses_are_throttled,
     a_guesser_locks_out_only_their_own_address,
@@ -371,13 +468,232 @@ on_both_databases!(
     heartbeats_are_batched_and_resume_survives_a_restart,
 );
 
+/// A sign-up's status, the headers a client could tell apart, and body bytes.
+async fn raw_signup(site: &Site, email: &str) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let r = site
+        .http
+        .post(format!("{}/api/v1/auth/signup", site.url))
+        .json(&json!({ "email": email, "password": PASSWORD }))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let headers = r
+        .headers()
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "date" | "x-request-id"))
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_string()))
+        .collect();
+    (status, headers, r.bytes().await.unwrap().to_vec())
+}
+
+async fn signup_answers_alike_and_mails_the_owner(backend: Backend) {
+    use std::os::unix::fs::PermissionsExt;
+    let site = Site::start(backend, |_| {}).await;
+    site.signup("owner@example.com").await;
+    let known = raw_signup(&site, "Owner@Example.com").await;
+    let fresh = raw_signup(&site, "fresh@example.com").await;
+    assert_eq!(known.0, 202, "{}", String::from_utf8_lossy(&known.2));
+    assert_eq!(
+        known, fresh,
+        "sign-up tells whether an email has an account"
+    );
+    let v: Value = serde_json::from_slice(&fresh.2).unwrap();
+    assert_eq!(v["status"], "check_email", "{v}");
+
+    // The owner is told they have an account, and gets no code.
+    let owner = site.mails_to("owner@example.com");
+    assert_eq!(owner.len(), 2, "the first sign-up's link, then the notice");
+    let notice = &owner[1];
+    assert!(
+        notice.body.contains("already have an account"),
+        "{}",
+        notice.body
+    );
+    assert!(
+        notice.code().is_none() && !notice.body.contains("verify"),
+        "{}",
+        notice.body
+    );
+    assert_eq!(
+        notice.header("from"),
+        Some("Cascade <no-reply@cascade.invalid>")
+    );
+    assert!(notice.header("message-id").is_some() && notice.header("date").is_some());
+    // The new address gets a link to the page with a code of 256 bits.
+    let mail = site.mails_to("fresh@example.com");
+    assert_eq!(mail.len(), 1);
+    let code = mail[0].code().unwrap();
+    assert_eq!(code.len(), 43, "{code}");
+    assert!(
+        mail[0]
+            .body
+            .contains(&format!("http://127.0.0.1:8080/#verify={code}\n")),
+        "{}",
+        mail[0].body
+    );
+    assert_eq!(
+        site.count(
+            "SELECT COUNT(*) FROM pending_signups WHERE email = $1",
+            "owner@example.com"
+        )
+        .await,
+        0,
+        "no pending sign-up for an address with an account"
+    );
+
+    // The outbox is the owner's alone, and holds only whole messages.
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let outbox = site.cfg.mail_outbox();
+    assert_eq!(
+        outbox,
+        std::path::Path::new(&site.cfg.data_dir).join("mail")
+    );
+    assert_eq!(mode(&outbox), 0o700);
+    let all = outbox_mails(&outbox);
+    assert_eq!(all.len(), 3);
+    for m in &all {
+        assert_eq!(mode(&m.file), 0o600, "{}", m.file.display());
+    }
+    assert_eq!(
+        std::fs::read_dir(&outbox).unwrap().count(),
+        3,
+        "no temporary files"
+    );
+
+    // Validation still answers before anything is sent.
+    for (body, code) in [
+        (
+            json!({ "email": "nope", "password": PASSWORD }),
+            "bad_email",
+        ),
+        (
+            json!({ "email": "owner@example.com", "password": "short" }),
+            "weak_password",
+        ),
+        (
+            json!({ "email": "new@example.com", "password": "short" }),
+            "weak_password",
+        ),
+    ] {
+        let (st, v) = site.post("/api/v1/auth/signup", None, body).await;
+        assert_eq!((st, v["error"].as_str()), (400, Some(code)));
+    }
+    assert_eq!(outbox_mails(&outbox).len(), 3);
+    site.stop().await;
+}
+
+async fn signup_links_work_once_until_they_expire(backend: Backend) {
+    let site = Site::start(backend, |_| {}).await;
+    let verify = |code: String| site.post("/api/v1/auth/verify", None, json!({ "code": code }));
+    let signup = |email: &'static str| {
+        site.post(
+            "/api/v1/auth/signup",
+            None,
+            json!({ "email": email, "password": PASSWORD, "name": "Ravi" }),
+        )
+    };
+    let bad = |(st, v): (u16, Value)| {
+        assert_eq!((st, v["error"].as_str()), (400, Some("bad_code")), "{v}");
+        assert_eq!(
+            v["message"],
+            "the link is invalid or has expired; sign up again"
+        );
+    };
+
+    // Not yet an account: no login.
+    assert_eq!(signup("new@example.com").await.0, 202);
+    let (st, _) = site
+        .post(
+            "/api/v1/auth/login",
+            None,
+            json!({ "email": "new@example.com", "password": PASSWORD }),
+        )
+        .await;
+    assert_eq!(st, 401);
+    // The code makes the account, logged in, once.
+    let code = site.last_code("new@example.com");
+    let (st, s) = verify(code.clone()).await;
+    assert_eq!(st, 201, "{s}");
+    assert_eq!(s["user"]["email"], "new@example.com");
+    assert_eq!(s["user"]["plan"], "free");
+    assert_eq!(s["user"]["max_streams"], 1);
+    assert_eq!(s["user"]["profiles"][0]["name"], "Ravi");
+    let (st, me) = site.get("/api/v1/me", Some(&token(&s))).await;
+    assert_eq!((st, me["email"].as_str()), (200, Some("new@example.com")));
+    bad(verify(code).await);
+    // The password chosen at sign-up logs in.
+    let (st, login) = site
+        .post(
+            "/api/v1/auth/login",
+            None,
+            json!({ "email": "new@example.com", "password": PASSWORD }),
+        )
+        .await;
+    assert_eq!(st, 200, "{login}");
+    assert_eq!(login["user"]["id"], s["user"]["id"]);
+
+    // Wrong, empty and oversized codes.
+    for code in ["A".repeat(43), String::new(), "x".repeat(300)] {
+        bad(verify(code).await);
+    }
+
+    // A second sign-up for a pending address replaces the first.
+    assert_eq!(signup("twice@example.com").await.0, 202);
+    let first = site.last_code("twice@example.com");
+    assert_eq!(signup("twice@example.com").await.0, 202);
+    let second = site.last_code("twice@example.com");
+    assert_ne!(first, second);
+    bad(verify(first).await);
+    assert_eq!(verify(second).await.0, 201);
+
+    // An expired code is refused, and expired sign-ups are swept.
+    assert_eq!(signup("late@example.com").await.0, 202);
+    let late = site.last_code("late@example.com");
+    assert_eq!(signup("stale@example.com").await.0, 202);
+    for email in ["late@example.com", "stale@example.com"] {
+        site.exec(
+            "UPDATE pending_signups SET expires_at = created_at - 1 WHERE email = $1",
+            email,
+        )
+        .await;
+    }
+    bad(verify(late).await);
+    assert_eq!(
+        site.count(
+            "SELECT COUNT(*) FROM pending_signups WHERE email = $1",
+            "stale@example.com"
+        )
+        .await,
+        0,
+        "an expired sign-up is swept"
+    );
+
+    // An address that got an account meanwhile: the code is refused.
+    assert_eq!(signup("race@example.com").await.0, 202);
+    let race = site.last_code("race@example.com");
+    site.exec(
+        "INSERT INTO users (id, email, password_hash, created_at) VALUES ('other-origin', $1, 'x', 0)",
+        "race@example.com",
+    )
+    .await;
+    bad(verify(race).await);
+
+    let m = site.metrics().await;
+    assert!(
+        m.contains("origin_auth_events_total{event=\"signup\"} 2"),
+        "{m}"
+    );
+    site.stop().await;
+}
+
 async fn accounts_sessions_and_refresh_rotation(backend: Backend) {
     let site = Site::start(backend, |_| {}).await;
     let s = site.signup("Viewer@Example.com").await;
     assert_eq!(s["user"]["email"], "viewer@example.com");
     assert_eq!(s["user"]["plan"], "free");
     assert_eq!(s["user"]["profiles"][0]["name"], "Asha");
-    // The same address again, any case.
+    // The same address again, any case: the answer tells nothing.
     let (st, v) = site
         .post(
             "/api/v1/auth/signup",
@@ -385,7 +701,7 @@ async fn accounts_sessions_and_refresh_rotation(backend: Backend) {
             json!({ "email": "VIEWER@example.com", "password": PASSWORD }),
         )
         .await;
-    assert_eq!((st, v["error"].as_str()), (409, Some("email_taken")));
+    assert_eq!((st, v["status"].as_str()), (202, Some("check_email")));
     for (body, code) in [
         (
             json!({ "email": "nope", "password": PASSWORD }),
@@ -1322,6 +1638,7 @@ async fn the_openapi_document_describes_every_viewer_route() {
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
     for (path, method) in [
         ("/api/v1/auth/signup", "post"),
+        ("/api/v1/auth/verify", "post"),
         ("/api/v1/auth/login", "post"),
         ("/api/v1/auth/refresh", "post"),
         ("/api/v1/auth/logout", "post"),
@@ -1350,6 +1667,17 @@ async fn the_openapi_document_describes_every_viewer_route() {
             "{method} {path} has no responses"
         );
     }
+    let signup = &doc["paths"]["/api/v1/auth/signup"]["post"]["responses"];
+    assert!(signup["202"].is_object() && signup["400"].is_object());
+    assert!(
+        signup["201"].is_null() && signup["409"].is_null(),
+        "sign-up makes no account and tells of none: {signup}"
+    );
+    let verify = &doc["paths"]["/api/v1/auth/verify"]["post"]["responses"];
+    assert!(
+        verify["201"].is_object() && verify["400"].is_object(),
+        "{verify}"
+    );
     let playback = &doc["paths"]["/api/v1/playback/{asset}"]["post"]["responses"];
     for status in ["200", "401", "403", "429", "451"] {
         assert!(playback[status].is_object(), "playback answers {status}");

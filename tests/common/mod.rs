@@ -34,6 +34,8 @@ pub struct Stack {
     pub edge: Edge,
     pub origin_url: String,
     pub edge_url: String,
+    /// Where the origin writes its mail (sign-up links).
+    pub outbox: PathBuf,
     pub dir: tempfile::TempDir,
 }
 
@@ -56,6 +58,7 @@ impl Stack {
         let data = dir.path().to_str().expect("utf-8 temp path").to_string();
         let mut origin_cfg = origin_config(&data);
         edit_origin(&mut origin_cfg);
+        let outbox = origin_cfg.mail_outbox();
         let origin = cascade_origin::start(&origin_cfg)
             .await
             .expect("origin starts");
@@ -94,6 +97,7 @@ impl Stack {
             edge,
             origin_url,
             edge_url,
+            outbox,
             dir,
         }
     }
@@ -145,22 +149,63 @@ pub fn sign_for(asset: &str) -> String {
     )
 }
 
-/// Signs up a new viewer at the origin; answers an access token.
-pub async fn viewer(origin_url: &str) -> String {
+/// Signs up a new viewer at the origin and follows the link the origin
+/// mailed to its outbox; answers an access token.
+pub async fn viewer(origin_url: &str, outbox: &Path) -> String {
     let email = format!("viewer-{}@example.test", uuid_like());
-    let r: Value = client()
+    let r = client()
         .post(format!("{origin_url}/api/v1/auth/signup"))
         .json(&serde_json::json!({ "email": email, "password": "correct horse 42" }))
         .send()
         .await
-        .expect("sign-up request")
+        .expect("sign-up request");
+    assert_eq!(r.status().as_u16(), 202, "sign-up: {:?}", r.text().await);
+    let code = signup_code(outbox, &email);
+    let r: Value = client()
+        .post(format!("{origin_url}/api/v1/auth/verify"))
+        .json(&serde_json::json!({ "code": code }))
+        .send()
+        .await
+        .expect("verify request")
         .json()
         .await
-        .expect("sign-up JSON");
+        .expect("verify JSON");
     r["access_token"]
         .as_str()
         .unwrap_or_else(|| panic!("an access token: {r}"))
         .to_string()
+}
+
+/// The code of the newest sign-up link in an outbox mailed to `email`
+/// (lower-case): the text after `#verify=` in the body of the newest
+/// `.eml` file addressed to it.
+pub fn signup_code(outbox: &Path, email: &str) -> String {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(outbox)
+        .unwrap_or_else(|e| panic!("the outbox {}: {e}", outbox.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "eml"))
+        .collect();
+    // Names start with the time they were written.
+    files.sort();
+    let to = format!("\r\nTo: {email}\r\n");
+    files
+        .iter()
+        .rev()
+        .map(|f| std::fs::read_to_string(f).unwrap())
+        .filter_map(|m| {
+            let (head, body) = m.split_once("\r\n\r\n")?;
+            if !format!("\r\n{head}\r\n").contains(&to) {
+                return None;
+            }
+            let at = body.find("#verify=")? + "#verify=".len();
+            let code: String = body[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+                .collect();
+            Some(code)
+        })
+        .next()
+        .unwrap_or_else(|| panic!("no sign-up link to {email} in {}", outbox.display()))
 }
 
 /// A fresh random suffix.
@@ -180,7 +225,7 @@ pub fn uuid_like() -> String {
 /// Signed edge URLs from the origin's playback API, for a new viewer:
 /// (HLS, DASH, token).
 pub async fn playback(stack: &Stack, asset: &str) -> (String, String, String) {
-    let viewer = viewer(&stack.origin_url).await;
+    let viewer = viewer(&stack.origin_url, &stack.outbox).await;
     let r: Value = client()
         .post(format!("{}/api/v1/playback/{asset}", stack.origin_url))
         .bearer_auth(&viewer)

@@ -1,4 +1,5 @@
-// The page says why a title cannot play: signs up, clicks the title, and
+// The page says why a sign-up link or a title does not work: opens a bad
+// link and checks the message, then signs up, clicks the title, and
 // prints the status line the page shows for the playback API's refusal.
 //
 //   node web/tests/refusal.mjs http://127.0.0.1:8080 ASSET_ID
@@ -16,7 +17,12 @@ const browser = await launch();
 let failed = false;
 try {
   const page = await browser.newPage();
-  await page.goto(base + '/', { waitUntil: 'load' });
+  await page.goto(base + '/#verify=not-a-code', { waitUntil: 'load' });
+  await page.waitForSelector('#status.error:visible', { timeout: 30000 });
+  const bad = await page.textContent('#status');
+  if (!/invalid or has expired/.test(bad) || (await page.isVisible('#logout'))) {
+    throw new Error(`a bad sign-up link showed: ${bad}`);
+  }
   const item = `li.title[data-id="${asset}"][data-status="ready"]`;
   await signUp(page, 'Refused');
   await pickProfile(page, item);

@@ -11,8 +11,9 @@
 //! For each database an origin runs in this process on an ephemeral port
 //! (SQLite: a file in a temp dir; PostgreSQL: a schema of its own, dropped at
 //! the end). One ready title is made with a raw INSERT and the admin API;
-//! `--viewers` viewers sign up (free plan: one stream each) and each starts
-//! one stream with a device id of its own. Then two phases of `--duration`
+//! `--viewers` viewers sign up (free plan: one stream each), each finishing
+//! with the code of the link the origin wrote to its mail outbox, and each
+//! starts one stream with a device id of its own. Then two phases of `--duration`
 //! seconds, `--concurrency` client tasks each, over keep-alive HTTP/1.1:
 //!
 //! 1. Heartbeats: each task owns every `concurrency`-th viewer and sends
@@ -357,7 +358,7 @@ async fn run_on(backend: Backend, db: &BenchDb, args: &Args) -> anyhow::Result<R
         .await
         .with_context(|| format!("starting an origin on {}", backend.label()))?;
     let base = format!("http://{}", origin.addr);
-    let load = run_load(&base, db, args).await;
+    let load = run_load(&base, &cfg.mail_outbox(), db, args).await;
     // Stopping flushes the heartbeats still buffered.
     origin.shutdown().await;
     let load = load?;
@@ -402,7 +403,12 @@ struct Account {
     playback_body: Bytes,
 }
 
-async fn run_load(base: &str, db: &BenchDb, args: &Args) -> anyhow::Result<Load> {
+async fn run_load(
+    base: &str,
+    outbox: &std::path::Path,
+    db: &BenchDb,
+    args: &Args,
+) -> anyhow::Result<Load> {
     let client = reqwest::Client::builder()
         .no_proxy()
         .pool_max_idle_per_host(args.concurrency.max(args.signup_concurrency))
@@ -417,7 +423,7 @@ async fn run_load(base: &str, db: &BenchDb, args: &Args) -> anyhow::Result<Load>
     );
     let started = Instant::now();
     let mut signed = 0usize;
-    let accounts: Vec<Account> = futures::stream::iter(0..args.viewers)
+    futures::stream::iter(0..args.viewers)
         .map(|i| {
             let client = client.clone();
             let base = base.to_string();
@@ -430,10 +436,25 @@ async fn run_load(base: &str, db: &BenchDb, args: &Args) -> anyhow::Result<Load>
                 eprintln!("    {signed} signed up");
             }
         })
+        .try_collect::<()>()
+        .await?;
+    // Every sign-up wrote its mail before it was answered.
+    let mut codes = signup_codes(outbox)?;
+    let accounts: Vec<Account> = futures::stream::iter(0..args.viewers)
+        .map(|i| {
+            let client = client.clone();
+            let base = base.to_string();
+            let code = codes.remove(&email(i));
+            async move {
+                let code = code.with_context(|| format!("no sign-up mail to viewer {i}"))?;
+                verify(&client, &base, i, &code).await
+            }
+        })
+        .buffered(args.signup_concurrency)
         .try_collect()
         .await?;
     eprintln!(
-        "  {} sign-ups in {:.1} s",
+        "  {} sign-ups (with their mailed codes) in {:.1} s",
         accounts.len(),
         started.elapsed().as_secs_f64()
     );
@@ -548,27 +569,87 @@ async fn make_title(client: &reqwest::Client, base: &str, db: &BenchDb) -> anyho
     Ok(())
 }
 
-async fn sign_up(client: &reqwest::Client, base: &str, i: usize) -> anyhow::Result<Account> {
+/// Viewer `i`'s email.
+fn email(i: usize) -> String {
+    format!("viewer{i}@example.com")
+}
+
+/// Asks to sign viewer `i` up; the origin mails the code to its outbox.
+async fn sign_up(client: &reqwest::Client, base: &str, i: usize) -> anyhow::Result<()> {
     let (status, v) = call_json(
         client
             .post(format!("{base}/api/v1/auth/signup"))
             .json(&json!({
-                "email": format!("viewer{i}@example.com"),
+                "email": email(i),
                 "password": PASSWORD,
                 "name": "Viewer",
             })),
     )
     .await
     .with_context(|| format!("signing up viewer {i}"))?;
-    if status != 201 {
+    if status != 202 {
         bail!("sign-up of viewer {i} refused: {status}: {v}");
+    }
+    Ok(())
+}
+
+/// Email → the code of the newest sign-up link mailed to it, read from
+/// the `.eml` files of the origin's outbox.
+fn signup_codes(outbox: &std::path::Path) -> anyhow::Result<HashMap<String, String>> {
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(outbox)
+        .with_context(|| format!("reading the mail outbox {}", outbox.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "eml"))
+        .collect();
+    // Names start with the time they were written: the newest wins.
+    files.sort();
+    let mut codes = HashMap::new();
+    for f in files {
+        let mail =
+            std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+        let Some((head, body)) = mail.split_once("\r\n\r\n") else {
+            continue;
+        };
+        let to = head
+            .split("\r\n")
+            .find_map(|l| l.strip_prefix("To: "))
+            .map(str::to_string);
+        let code = body.find("#verify=").map(|at| {
+            body[at + "#verify=".len()..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+                .collect::<String>()
+        });
+        if let (Some(to), Some(code)) = (to, code) {
+            codes.insert(to, code);
+        }
+    }
+    Ok(codes)
+}
+
+/// Finishes viewer `i`'s sign-up with its code: the account, logged in.
+async fn verify(
+    client: &reqwest::Client,
+    base: &str,
+    i: usize,
+    code: &str,
+) -> anyhow::Result<Account> {
+    let (status, v) = call_json(
+        client
+            .post(format!("{base}/api/v1/auth/verify"))
+            .json(&json!({ "code": code })),
+    )
+    .await
+    .with_context(|| format!("verifying viewer {i}"))?;
+    if status != 201 {
+        bail!("verifying viewer {i} refused: {status}: {v}");
     }
     let access = v["access_token"]
         .as_str()
-        .with_context(|| format!("sign-up answer without access_token: {v}"))?;
+        .with_context(|| format!("verify answer without access_token: {v}"))?;
     let profile = v["user"]["profiles"][0]["id"]
         .as_str()
-        .with_context(|| format!("sign-up answer without a profile: {v}"))?
+        .with_context(|| format!("verify answer without a profile: {v}"))?
         .to_string();
     Ok(Account {
         profile,

@@ -13,6 +13,7 @@ use utoipa::ToSchema;
 use crate::http::error::{ErrorBody, JsonBody};
 use crate::http::extract::{ClientIp, Viewer};
 use crate::service::accounts::{self, Profile, Profiles, Session, User};
+use crate::service::signup::{self, SignupAccepted};
 use crate::service::state::State;
 use crate::storage::Error;
 
@@ -25,6 +26,13 @@ pub(crate) struct SignupRequest {
     /// The first profile's name; the part of the email before `@` if absent.
     #[serde(default)]
     name: Option<String>,
+}
+
+/// `POST /api/v1/auth/verify`.
+#[derive(Deserialize, ToSchema)]
+pub(crate) struct VerifyRequest {
+    /// The code of the sign-up mail's link (`…/#verify=CODE`).
+    code: String,
 }
 
 /// `POST /api/v1/auth/login`.
@@ -46,18 +54,35 @@ pub(crate) struct NewProfile {
     name: String,
 }
 
-/// Sign up: an account with one profile, logged in.
+/// Sign up: mails the address a link that finishes signing up (or, when
+/// it has an account, a notice that it does). The answer is the same
+/// either way, so it tells nobody whether an address has an account.
 #[utoipa::path(post, path = "/api/v1/auth/signup", tag = "session", request_body = SignupRequest,
-    responses((status = 201, body = Session), (status = 400, body = ErrorBody),
-              (status = 409, description = "email_taken", body = ErrorBody),
+    responses((status = 202, description = "check_email: a mail is on its way", body = SignupAccepted),
+              (status = 400, description = "bad_email, weak_password or bad_name", body = ErrorBody),
               (status = 429, description = "rate_limited", body = ErrorBody)))]
 pub(crate) async fn signup(
     AxState(state): AxState<Arc<State>>,
     ClientIp(ip): ClientIp,
     JsonBody(req): JsonBody<SignupRequest>,
 ) -> Result<Response, Error> {
-    let session =
-        accounts::signup(&state, ip, &req.email, req.password, req.name.as_deref()).await?;
+    let accepted =
+        signup::signup(&state, ip, &req.email, req.password, req.name.as_deref()).await?;
+    Ok((StatusCode::ACCEPTED, no_store(Json(accepted))).into_response())
+}
+
+/// Finish signing up with the code of the mail's link: the account with
+/// one profile, logged in. A code works once, until it expires.
+#[utoipa::path(post, path = "/api/v1/auth/verify", tag = "session", request_body = VerifyRequest,
+    responses((status = 201, body = Session),
+              (status = 400, description = "bad_code: invalid, used or expired", body = ErrorBody),
+              (status = 429, description = "rate_limited", body = ErrorBody)))]
+pub(crate) async fn verify(
+    AxState(state): AxState<Arc<State>>,
+    ClientIp(ip): ClientIp,
+    JsonBody(req): JsonBody<VerifyRequest>,
+) -> Result<Response, Error> {
+    let session = signup::verify(&state, ip, &req.code).await?;
     Ok((StatusCode::CREATED, no_store(Json(session))).into_response())
 }
 

@@ -49,6 +49,7 @@ pub fn app(state: Arc<State>) -> Router {
         .route("/api/v1/assets/{id}", get(assets::asset))
         .route("/api/v1/assets/{id}/geo", put(assets::set_geo))
         .route("/api/v1/auth/signup", post(accounts::signup))
+        .route("/api/v1/auth/verify", post(accounts::verify))
         .route("/api/v1/auth/login", post(accounts::login))
         .route("/api/v1/auth/refresh", post(accounts::refresh))
         .route("/api/v1/auth/logout", post(accounts::logout))

@@ -16,7 +16,7 @@ use crate::http::{accounts, billing, catalog, playback};
             Errors are JSON: {\"error\": code, \"message\": text}, sometimes with details."
     ),
     paths(
-        accounts::signup, accounts::login, accounts::refresh, accounts::logout, accounts::me,
+        accounts::signup, accounts::verify, accounts::login, accounts::refresh, accounts::logout, accounts::me,
         accounts::list_profiles, accounts::create_profile, accounts::delete_profile,
         catalog::list, catalog::get_title, catalog::browse, catalog::artwork,
         catalog::create, catalog::update, catalog::delete, catalog::put_artwork,
@@ -26,7 +26,7 @@ use crate::http::{accounts, billing, catalog, playback};
     components(schemas(ErrorBody)),
     modifiers(&Security),
     tags(
-        (name = "session", description = "Sign-up, login, refresh, logout"),
+        (name = "session", description = "Sign-up and its emailed link, login, refresh, logout"),
         (name = "profiles", description = "Viewer profiles of an account"),
         (name = "catalog", description = "Browse, search and read titles"),
         (name = "playback", description = "Start streams, heartbeats, watch history"),
@@ -43,7 +43,10 @@ impl utoipa::Modify for Security {
         use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         let components = openapi.components.get_or_insert_with(Default::default);
         for (name, what) in [
-            ("bearer", "An access token from login, sign-up or refresh"),
+            (
+                "bearer",
+                "An access token from login, sign-up's verify or refresh",
+            ),
             ("stream", "The heartbeat_token of a stream"),
             ("admin", "The origin's admin_token"),
         ] {

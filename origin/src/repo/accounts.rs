@@ -45,16 +45,16 @@ pub(crate) enum ProfileDeletion {
     Deleted { ended: Vec<String> },
 }
 
-/// Creates a user with its first profile; false when the email is taken.
-pub(crate) async fn create_user(
-    db: &Db,
+/// Creates a user with its first profile, on a connection of the caller's
+/// transaction; false, with nothing stored, when the email is taken.
+pub(crate) async fn insert_user(
+    conn: &mut AnyConnection,
     user: &str,
     email: &str,
     password_hash: &str,
     profile: &Profile,
     now: i64,
 ) -> Result<bool> {
-    let mut tx = db.pool.begin().await?;
     let inserted = sqlx::query(
         "INSERT INTO users (id, email, password_hash, created_at) VALUES ($1, $2, $3, $4)
          ON CONFLICT (email) DO NOTHING",
@@ -63,7 +63,7 @@ pub(crate) async fn create_user(
     .bind(email)
     .bind(password_hash)
     .bind(now)
-    .execute(&mut *tx)
+    .execute(&mut *conn)
     .await?;
     if inserted.rows_affected() == 0 {
         return Ok(false);
@@ -73,9 +73,8 @@ pub(crate) async fn create_user(
         .bind(user)
         .bind(&profile.name)
         .bind(now)
-        .execute(&mut *tx)
+        .execute(&mut *conn)
         .await?;
-    tx.commit().await?;
     Ok(true)
 }
 

@@ -9,4 +9,5 @@ pub(crate) mod catalog;
 pub(crate) mod history;
 pub(crate) mod jobs;
 pub(crate) mod settings;
+pub(crate) mod signups;
 pub(crate) mod streams;

@@ -1,7 +1,7 @@
-//! Accounts: sign-up and login with argon2id, short-lived JWT access tokens,
+//! Accounts: login with argon2id, short-lived JWT access tokens,
 //! rotated refresh tokens with reuse detection, logout, login throttling per
 //! account (in the database, so a fleet shares it) and per address (in
-//! memory, per origin), and viewer profiles.
+//! memory, per origin), and viewer profiles. Sign-up is `service::signup`.
 
 use std::net::IpAddr;
 
@@ -12,8 +12,8 @@ pub(crate) use crate::repo::accounts::Profile;
 use crate::repo::accounts::{self, NewRefresh, ProfileDeletion};
 use crate::repo::billing::{self, SubscriptionView};
 use crate::service::auth::{
-    access_claims, address_block, decoy_hash, hash_password, new_refresh_token, token_digest,
-    verify_password, TokenError, TokenKind,
+    access_claims, address_block, decoy_hash, new_secret_token, token_digest, verify_password,
+    TokenError, TokenKind,
 };
 use crate::service::state::State;
 use crate::storage::{clock, ids, Error, Kind, Result};
@@ -35,7 +35,7 @@ pub(crate) struct User {
     subscription: Option<SubscriptionView>,
 }
 
-/// What login, sign-up and refresh answer.
+/// What login, sign-up's verification and refresh answer.
 #[derive(Serialize, ToSchema)]
 pub(crate) struct Session {
     access_token: String,
@@ -67,50 +67,6 @@ pub(crate) fn viewer(state: &State, token: Option<&str>) -> Result<String> {
         )),
         Err(TokenError::Invalid) => Err(Error::unauthorized()),
     }
-}
-
-/// Signs up: an account with one profile, logged in.
-pub(crate) async fn signup(
-    state: &State,
-    ip: IpAddr,
-    email: &str,
-    password: String,
-    name: Option<&str>,
-) -> Result<Session> {
-    throttle(state, ip)?;
-    let email = parse_email(email)?;
-    check_password(&password)?;
-    let name = match name.map(str::trim).filter(|n| !n.is_empty()) {
-        Some(n) => parse_profile_name(n)?,
-        None => parse_profile_name(email.split('@').next().unwrap_or("me"))
-            .unwrap_or_else(|_| "Me".into()),
-    };
-    let hash = state
-        .accounts
-        .hash_work(move || hash_password(&password))
-        .await
-        .and_then(Result::ok)
-        .ok_or_else(|| {
-            Error::internal(
-                "internal",
-                "could not hash",
-                "hashing a password failed or its task died",
-            )
-        })?;
-    let now = clock::now();
-    let user = ids::new_id();
-    let profile = Profile {
-        id: ids::new_id(),
-        name,
-    };
-    if !accounts::create_user(&state.db, &user, &email, &hash, &profile, now as i64).await? {
-        return Err(Error::conflict(
-            "email_taken",
-            "an account with that email exists; log in instead",
-        ));
-    }
-    state.auth_events.with_label_values(&["signup"]).inc();
-    start_session(state, &user).await
 }
 
 /// Logs in. Five wrong passwords in a row from one address lock that
@@ -214,7 +170,7 @@ pub(crate) async fn refresh(state: &State, refresh_token: &str) -> Result<Sessio
     if old.rotated_at.is_some() {
         return Err(reused(state, &user, &family, now).await?);
     }
-    let (next_token, next_digest) = new_refresh_token();
+    let (next_token, next_digest) = new_secret_token();
     let next = NewRefresh {
         digest: &next_digest,
         family: &family,
@@ -313,7 +269,8 @@ pub(crate) fn parse_email(raw: &str) -> Result<String> {
 
 // ---- helpers ----------------------------------------------------------------------
 
-fn check_password(p: &str) -> Result<()> {
+/// A password we accept: 8 to 256 characters.
+pub(crate) fn check_password(p: &str) -> Result<()> {
     let n = p.chars().count();
     if !(8..=256).contains(&n) {
         return Err(Error::bad_request(
@@ -325,7 +282,7 @@ fn check_password(p: &str) -> Result<()> {
 }
 
 /// A profile name: 1 to 40 printable characters.
-fn parse_profile_name(raw: &str) -> Result<String> {
+pub(crate) fn parse_profile_name(raw: &str) -> Result<String> {
     let n = raw.trim();
     if n.is_empty() || n.chars().count() > 40 || n.chars().any(char::is_control) {
         return Err(Error::bad_request(
@@ -336,9 +293,9 @@ fn parse_profile_name(raw: &str) -> Result<String> {
     Ok(n.to_string())
 }
 
-/// Counts a login or sign-up attempt from an address; refused past the
-/// per-minute limit.
-fn throttle(state: &State, ip: IpAddr) -> Result<()> {
+/// Counts a login, sign-up or verify attempt from an address; refused
+/// past the per-minute limit.
+pub(crate) fn throttle(state: &State, ip: IpAddr) -> Result<()> {
     state
         .accounts
         .throttle(ip, state.cfg.login_attempts_per_minute)
@@ -389,9 +346,9 @@ async fn user_view(state: &State, user: &str) -> Result<User> {
 }
 
 /// A new login: a new refresh-token family and the session.
-async fn start_session(state: &State, user: &str) -> Result<Session> {
+pub(crate) async fn start_session(state: &State, user: &str) -> Result<Session> {
     let now = clock::now();
-    let (token, digest) = new_refresh_token();
+    let (token, digest) = new_secret_token();
     let family = ids::new_id();
     let first = NewRefresh {
         digest: &digest,

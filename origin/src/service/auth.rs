@@ -171,8 +171,9 @@ pub(crate) fn decoy_hash() -> &'static str {
     DECOY.get_or_init(|| hash_password("decoy password, never valid").unwrap_or_default())
 }
 
-/// A new refresh token and the digest stored for it.
-pub(crate) fn new_refresh_token() -> (String, String) {
+/// A new random token (256 bits, base64url) and the digest stored for it:
+/// refresh tokens and sign-up codes.
+pub(crate) fn new_secret_token() -> (String, String) {
     let mut raw = [0u8; 32];
     let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw);
     let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
@@ -180,7 +181,7 @@ pub(crate) fn new_refresh_token() -> (String, String) {
     (token, digest)
 }
 
-/// The stored form of a refresh token: its SHA-256, hex.
+/// The stored form of a refresh token or sign-up code: its SHA-256, hex.
 pub(crate) fn token_digest(token: &str) -> String {
     let d = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
     d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
@@ -242,8 +243,8 @@ mod tests {
 
     #[test]
     fn refresh_tokens_are_random_and_stored_as_digests() {
-        let (t1, d1) = new_refresh_token();
-        let (t2, _) = new_refresh_token();
+        let (t1, d1) = new_secret_token();
+        let (t2, _) = new_secret_token();
         assert_ne!(t1, t2);
         assert_eq!(token_digest(&t1), d1);
         assert_eq!(d1.len(), 64);

@@ -1,5 +1,5 @@
 //! The service layer: what the origin does, over the repositories and
-//! storage (playback, browsing, ingest, accounts, billing), and the
+//! storage (playback, browsing, ingest, accounts and sign-up, mail, billing), and the
 //! [`state::State`] they share. It never names the HTTP layer.
 
 pub(crate) mod accounts;
@@ -11,6 +11,8 @@ pub(crate) mod catalog;
 pub(crate) mod heartbeats;
 pub(crate) mod history;
 pub(crate) mod ingest;
+pub(crate) mod mail;
 pub(crate) mod playback;
+pub(crate) mod signup;
 pub(crate) mod state;
 pub(crate) mod titles;

@@ -1,6 +1,6 @@
 //! The state of a running origin that services and handlers share: the
 //! config, the database and the object store, token keys, the heartbeat
-//! batcher, the geo database, limits and metrics.
+//! batcher, the mailer, the geo database, limits and metrics.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -15,6 +15,7 @@ use crate::config::OriginConfig;
 use crate::repo::settings;
 use crate::service::auth::Accounts;
 use crate::service::heartbeats::Heartbeats;
+use crate::service::mail::{self, Mailer};
 use crate::storage::db::{self, Db};
 use crate::storage::objects;
 
@@ -32,6 +33,10 @@ pub struct State {
     pub(crate) accounts: Accounts,
     /// Heartbeats waiting to be written.
     pub(crate) heartbeats: Heartbeats,
+    /// Where sign-up mail goes: the outbox, and the SMTP relay if any.
+    pub(crate) mailer: Box<dyn Mailer>,
+    /// The `From` of that mail.
+    pub(crate) mail_from: lettre::message::Mailbox,
     pub(crate) auth_events: IntCounterVec,
     pub(crate) billing_events: IntCounterVec,
     pub(crate) playback_results: IntCounterVec,
@@ -141,9 +146,17 @@ impl State {
         )?;
         let heartbeats = Heartbeats::new(cfg.history_buffer_max, metrics.registry())?;
         let secret = jwt_secret(cfg, &db).await?;
+        let mail_from = cfg.mail_from.parse().map_err(|_| {
+            anyhow::anyhow!("mail_from: not a mailbox like `Name <user@example.com>`")
+        })?;
+        let outbox = cfg.mail_outbox();
+        let mailer = mail::from_config(&outbox, &cfg.smtp_url)
+            .map_err(|e| anyhow::anyhow!("mail_outbox {}: {e}", outbox.display()))?;
         Ok(State {
             accounts: Accounts::new(&secret),
             heartbeats,
+            mailer,
+            mail_from,
             auth_events,
             billing_events,
             playback_results,
