@@ -132,16 +132,7 @@ pub(crate) async fn write_response(
     let mut sent = 0;
     match stream {
         None => {
-            if !send(
-                sink,
-                body,
-                true,
-                &mut sent,
-                request_id,
-                send_timeout,
-            )
-            .await
-            {
+            if !send(sink, body, true, &mut sent, request_id, send_timeout).await {
                 return broken(sent);
             }
         }
