@@ -104,6 +104,11 @@ pub struct EdgeConfig {
     pub h3_max_header_bytes: u64,
     /// Most HTTP/3 connections open at once.
     pub h3_max_connections: usize,
+    /// Threads that run the TCP listeners' connections, each on a
+    /// single-threaded runtime of its own (a connection stays on one thread,
+    /// as with nginx's workers: no cross-thread wake-ups per request); 0
+    /// runs them on the process's shared runtime. Default: one per core.
+    pub connection_threads: usize,
     /// Device profiles (`?profile=NAME` on a manifest): filters and a
     /// segment format. These add to, or replace by name, the built-in
     /// `web`, `mobile`, `tv` and `legacy-ts`.
@@ -169,6 +174,7 @@ impl Default for EdgeConfig {
             h3_idle_secs: 30,
             h3_max_header_bytes: 16 * 1024,
             h3_max_connections: 10_000,
+            connection_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             alt_svc_max_age_secs: 86_400,
             hsts_max_age_secs: 31_536_000,
             metrics_networks: cascade_common::default_operator_networks(),
@@ -253,6 +259,9 @@ impl Validate for EdgeConfig {
         }
         if self.h3_max_connections == 0 {
             errors.push("h3_max_connections: must be at least 1".into());
+        }
+        if self.connection_threads > 256 {
+            errors.push("connection_threads: 0 (the shared runtime) to 256".into());
         }
         for (name, p) in &self.profiles {
             if !is_safe_id(name) {

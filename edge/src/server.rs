@@ -214,6 +214,7 @@ pub async fn start(cfg: &EdgeConfig) -> anyhow::Result<Edge> {
     let metrics_access = metrics_access(cfg)?;
     let mut plain_cfg = ListenerConfig::new(CACHE_NAME);
     plain_cfg.metrics_access = metrics_access.clone();
+    plain_cfg.threads = cfg.connection_threads;
     let server = serve(listener, handler.clone(), metrics.clone(), plain_cfg)?;
     tracing::info!(addr = %server.addr, "edge listening");
     let (tls_server, h3_server, tls_task) = if cfg.tls_listen.is_empty() {
@@ -292,6 +293,7 @@ async fn start_tls(
     tcp_cfg.metrics_access = metrics_access(cfg)?;
     tcp_cfg.tls = Some(certs.clone());
     tcp_cfg.alt_svc = alt_svc.clone();
+    tcp_cfg.threads = cfg.connection_threads;
     let tls_server = serve(tcp, handler.clone(), metrics.clone(), tcp_cfg)?;
     let h3_server = if cfg.http3 {
         let mut h3_cfg = H3Config::new(CACHE_NAME);
