@@ -170,7 +170,7 @@ pub(crate) async fn refresh(state: &State, refresh_token: &str) -> Result<Sessio
     if old.rotated_at.is_some() {
         return Err(reused(state, &user, &family, now).await?);
     }
-    let (next_token, next_digest) = new_secret_token();
+    let (next_token, next_digest) = new_secret_token()?;
     let next = NewRefresh {
         digest: &next_digest,
         family: &family,
@@ -348,7 +348,7 @@ async fn user_view(state: &State, user: &str) -> Result<User> {
 /// A new login: a new refresh-token family and the session.
 pub(crate) async fn start_session(state: &State, user: &str) -> Result<Session> {
     let now = clock::now();
-    let (token, digest) = new_secret_token();
+    let (token, digest) = new_secret_token()?;
     let family = ids::new_id();
     let first = NewRefresh {
         digest: &digest,

@@ -173,12 +173,19 @@ pub(crate) fn decoy_hash() -> &'static str {
 
 /// A new random token (256 bits, base64url) and the digest stored for it:
 /// refresh tokens and sign-up codes.
-pub(crate) fn new_secret_token() -> (String, String) {
+pub(crate) fn new_secret_token() -> crate::storage::Result<(String, String)> {
     let mut raw = [0u8; 32];
-    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw);
+    // A secret from a failed random source would be all zeros: refuse.
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw).map_err(|_| {
+        crate::storage::Error::internal(
+            "internal",
+            "could not make a secret",
+            "the system's random source failed",
+        )
+    })?;
     let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
     let digest = token_digest(&token);
-    (token, digest)
+    Ok((token, digest))
 }
 
 /// The stored form of a refresh token or sign-up code: its SHA-256, hex.
@@ -243,8 +250,8 @@ mod tests {
 
     #[test]
     fn refresh_tokens_are_random_and_stored_as_digests() {
-        let (t1, d1) = new_secret_token();
-        let (t2, _) = new_secret_token();
+        let (t1, d1) = new_secret_token().unwrap();
+        let (t2, _) = new_secret_token().unwrap();
         assert_ne!(t1, t2);
         assert_eq!(token_digest(&t1), d1);
         assert_eq!(d1.len(), 64);

@@ -69,7 +69,7 @@ pub(crate) async fn signup(
                 "hashing a password failed or its task died",
             )
         })?;
-    let (code, digest) = new_secret_token();
+    let (code, digest) = new_secret_token()?;
     let now = clock::now() as i64;
     signups::sweep(&state.db, now).await?;
     let kept = signups::offer(
