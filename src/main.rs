@@ -4,6 +4,7 @@
 mod ctl;
 mod dev;
 mod ingest;
+mod live;
 mod token;
 
 use std::path::PathBuf;
@@ -18,6 +19,7 @@ use clap::{Parser, Subcommand};
 use ctl::{ctl, CtlArgs};
 use dev::{dev, DevArgs};
 use ingest::{ingest, IngestArgs};
+use live::{live, LiveArgs};
 use token::{token_sign, token_verify, TokenCommand};
 
 #[derive(Parser)]
@@ -50,6 +52,8 @@ enum Command {
     Token(TokenCommand),
     /// Operate the fleet through control.
     Ctl(CtlArgs),
+    /// Live channels on an origin: create, list, status, rotate-key, stop.
+    Live(LiveArgs),
 }
 
 #[derive(clap::Args)]
@@ -64,7 +68,7 @@ fn main() {
     let text_logs = matches!(cli.command, Command::Dev(_));
     let logs = (!matches!(
         cli.command,
-        Command::Ingest(_) | Command::Token(_) | Command::Ctl(_)
+        Command::Ingest(_) | Command::Token(_) | Command::Ctl(_) | Command::Live(_)
     ))
     .then(|| cascade_serve::init_logging(text_logs));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -122,6 +126,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token(TokenCommand::Sign(a)) => token_sign(a),
         Command::Token(TokenCommand::Verify(a)) => token_verify(a),
         Command::Ctl(a) => ctl(a).await,
+        Command::Live(a) => live(a).await,
     }
 }
 

@@ -102,6 +102,13 @@ pub struct OriginConfig {
     pub segment_secs: u32,
     /// The edge URL viewers use, for playback links in API answers.
     pub public_edge_url: String,
+    /// Where encoders publish live channels over RTMP: the base of the
+    /// publish URL, to which `/{stream key}` is added.
+    pub rtmp_public_url: String,
+    /// Where encoders publish live channels over SRT (caller mode): the
+    /// base of the publish URL, to which `?streamid=publish:{stream key}`
+    /// is added.
+    pub srt_public_url: String,
     /// Keys for signing playback URLs (the first signs); `CASCADE_TOKEN_KEYS` overrides.
     pub token_keys: Vec<TokenKeyConfig>,
     /// Name of the token's query parameter at the edges.
@@ -175,6 +182,8 @@ impl Default for OriginConfig {
             ladder: DEFAULT_LADDER.to_vec(),
             segment_secs: 2,
             public_edge_url: "http://127.0.0.1:8080".into(),
+            rtmp_public_url: "rtmp://127.0.0.1:1935/live".into(),
+            srt_public_url: "srt://127.0.0.1:8890".into(),
             token_keys: Vec::new(),
             token_name: "__token__".into(),
             playback_ttl_secs: 6 * 3600,
@@ -209,6 +218,13 @@ impl Validate for OriginConfig {
     fn validate(&self, errors: &mut Vec<String>) {
         check_addr("listen", &self.listen, errors);
         check_url("public_edge_url", &self.public_edge_url, errors);
+        check_scheme_url(
+            "rtmp_public_url",
+            &self.rtmp_public_url,
+            &["rtmp", "rtmps"],
+            errors,
+        );
+        check_scheme_url("srt_public_url", &self.srt_public_url, &["srt"], errors);
         cascade_common::check_networks("metrics_networks", &self.metrics_networks, errors);
         if self.data_dir.is_empty() {
             errors.push("data_dir: must not be empty".into());
@@ -352,5 +368,20 @@ impl OriginConfig {
         } else {
             self.media_dir.clone().into()
         }
+    }
+}
+
+/// Checks that `value` is a URL with a host and one of `schemes`, with no
+/// query (the stream key is added to it).
+fn check_scheme_url(key: &str, value: &str, schemes: &[&str], errors: &mut Vec<String>) {
+    match value.parse::<http::Uri>() {
+        Ok(u)
+            if u.scheme_str().is_some_and(|s| schemes.contains(&s))
+                && u.host().is_some()
+                && u.query().is_none() => {}
+        _ => errors.push(format!(
+            "{key}: {value:?} is not a {} URL without a query",
+            schemes.join(" or ")
+        )),
     }
 }

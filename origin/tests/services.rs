@@ -466,6 +466,7 @@ on_both_databases!(
     availability_windows_and_series,
     search_ranks_and_paginates,
     heartbeats_are_batched_and_resume_survives_a_restart,
+    live_channels_and_their_stream_keys,
 );
 
 /// A sign-up's status, the headers a client could tell apart, and body bytes.
@@ -1752,4 +1753,114 @@ async fn the_page_has_security_headers_and_every_error_is_json() {
     assert_eq!(status, 400, "{v}");
     assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
     site.stop().await;
+}
+
+async fn live_channels_and_their_stream_keys(backend: Backend) {
+    let site = Site::start(backend, |_| {}).await;
+    let body = json!({ "name": "final", "title": "The Final", "premium": true,
+                       "allow_countries": ["in", "NP"], "dvr_minutes": 60 });
+
+    // Operators only.
+    let (st, v) = site
+        .post("/api/v1/admin/channels", None, body.clone())
+        .await;
+    assert_eq!((st, v["error"].as_str()), (401, Some("unauthorized")));
+    let (st, _) = site.get("/api/v1/admin/channels", Some("wrong")).await;
+    assert_eq!(st, 401);
+
+    // Made: the key once, with the publish and playback URLs.
+    let (st, made) = site
+        .post("/api/v1/admin/channels", Some(ADMIN), body.clone())
+        .await;
+    assert_eq!(st, 201, "{made}");
+    let key = made["stream_key"].as_str().unwrap().to_string();
+    assert!(key.starts_with("final.") && key.len() > 40, "{key}");
+    assert_eq!(
+        made["publish"]["rtmp"].as_str().unwrap(),
+        format!("rtmp://127.0.0.1:1935/live/{key}")
+    );
+    assert_eq!(
+        made["publish"]["srt"].as_str().unwrap(),
+        format!("srt://127.0.0.1:8890?streamid=publish:{key}")
+    );
+    let ch = &made["channel"];
+    let id = ch["id"].as_str().unwrap();
+    assert!(ch["playback"]["hls"]
+        .as_str()
+        .unwrap()
+        .ends_with(&format!("/live/{id}/master.m3u8")));
+    assert!(ch["playback"]["dash"]
+        .as_str()
+        .unwrap()
+        .ends_with(&format!("/live/{id}/manifest.mpd")));
+    assert_eq!(ch["allow_countries"], json!(["IN", "NP"]));
+    assert_eq!(
+        (ch["premium"].as_bool(), ch["dvr_minutes"].as_i64()),
+        (Some(true), Some(60))
+    );
+    assert_eq!(ch["state"], "idle");
+
+    // Names are unique; bad input is refused with its reason.
+    let (st, v) = site.post("/api/v1/admin/channels", Some(ADMIN), body).await;
+    assert_eq!((st, v["error"].as_str()), (409, Some("name_taken")));
+    for (bad, code) in [
+        (json!({ "name": "Final!" }), "bad_name"),
+        (
+            json!({ "name": "x", "allow_countries": ["India"] }),
+            "bad_country",
+        ),
+        (json!({ "name": "y", "dvr_minutes": 100000 }), "bad_dvr"),
+        (
+            json!({ "name": "z", "starts_at": 10, "ends_at": 5 }),
+            "bad_schedule",
+        ),
+    ] {
+        let (st, v) = site.post("/api/v1/admin/channels", Some(ADMIN), bad).await;
+        assert_eq!((st, v["error"].as_str()), (400, Some(code)), "{v}");
+    }
+
+    // Listing and status never show a key or its digest.
+    let (st, list) = site.get("/api/v1/admin/channels", Some(ADMIN)).await;
+    assert_eq!(st, 200);
+    assert_eq!(list["channels"].as_array().unwrap().len(), 1);
+    let (st, status) = site.get("/api/v1/admin/channels/final", Some(ADMIN)).await;
+    assert_eq!(st, 200);
+    let secret = key.split_once('.').unwrap().1;
+    for v in [&list, &status] {
+        let text = v.to_string();
+        assert!(
+            !text.contains(secret) && !text.contains("key_digest"),
+            "{text}"
+        );
+    }
+    assert_eq!(status["key_version"], 1);
+
+    // Rotation: a new key, a new version.
+    let (st, rotated) = site
+        .post(
+            "/api/v1/admin/channels/final/rotate-key",
+            Some(ADMIN),
+            json!({}),
+        )
+        .await;
+    assert_eq!(st, 200, "{rotated}");
+    let key2 = rotated["stream_key"].as_str().unwrap();
+    assert_ne!(key2, key);
+    assert_eq!(rotated["channel"]["key_version"], 2);
+
+    // Stop; unknown channels are 404s.
+    let (st, stopped) = site
+        .post("/api/v1/admin/channels/final/stop", Some(ADMIN), json!({}))
+        .await;
+    assert_eq!((st, stopped["state"].as_str()), (200, Some("stopped")));
+    let (st, _) = site.get("/api/v1/admin/channels/nope", Some(ADMIN)).await;
+    assert_eq!(st, 404);
+    let (st, _) = site
+        .post(
+            "/api/v1/admin/channels/NOPE/rotate-key",
+            Some(ADMIN),
+            json!({}),
+        )
+        .await;
+    assert_eq!(st, 404);
 }

@@ -6,6 +6,7 @@ pub(crate) mod accounts;
 pub(crate) mod assets;
 pub(crate) mod billing;
 pub(crate) mod catalog;
+pub(crate) mod channels;
 pub(crate) mod error;
 pub(crate) mod extract;
 pub(crate) mod mezzanine;
@@ -72,6 +73,16 @@ pub fn app(state: Arc<State>) -> Router {
             "/api/v1/admin/titles/{id}/artwork",
             put(catalog::put_artwork).layer(DefaultBodyLimit::max(MAX_ARTWORK_BYTES)),
         )
+        .route(
+            "/api/v1/admin/channels",
+            post(channels::create).get(channels::list),
+        )
+        .route("/api/v1/admin/channels/{name}", get(channels::get))
+        .route(
+            "/api/v1/admin/channels/{name}/rotate-key",
+            post(channels::rotate_key),
+        )
+        .route("/api/v1/admin/channels/{name}/stop", post(channels::stop))
         .route("/api/v1/plans", get(billing::plans))
         .route("/api/v1/billing/webhook", post(billing::webhook))
         .route("/api/v1/playback/{id}", post(playback::playback))

@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use utoipa::OpenApi;
 
 use crate::http::error::ErrorBody;
-use crate::http::{accounts, billing, catalog, playback};
+use crate::http::{accounts, billing, catalog, channels, playback};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -22,6 +22,7 @@ use crate::http::{accounts, billing, catalog, playback};
         catalog::create, catalog::update, catalog::delete, catalog::put_artwork,
         billing::plans, billing::webhook,
         playback::playback, playback::heartbeat, playback::stop, playback::history,
+        channels::create, channels::list, channels::get, channels::rotate_key, channels::stop,
     ),
     components(schemas(ErrorBody)),
     modifiers(&Security),
@@ -32,6 +33,7 @@ use crate::http::{accounts, billing, catalog, playback};
         (name = "playback", description = "Start streams, heartbeats, watch history"),
         (name = "billing", description = "Plans and the payment webhook"),
         (name = "admin", description = "Catalog editing (the admin credential)"),
+        (name = "live", description = "Live channels and their stream keys (the admin credential)"),
     )
 )]
 struct ViewerApi;

@@ -6,6 +6,7 @@ pub(crate) mod accounts;
 pub(crate) mod assets;
 pub(crate) mod billing;
 pub(crate) mod catalog;
+pub(crate) mod channels;
 pub(crate) mod history;
 pub(crate) mod jobs;
 pub(crate) mod settings;

@@ -1,0 +1,97 @@
+//! `/api/v1/admin/channels`: live channels for operators (admin credential).
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State as AxState};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use crate::http::error::{ErrorBody, JsonBody};
+use crate::http::extract::is_admin;
+use crate::service::channels::{self, Channel, ChannelWithKey, Channels, NewChannel};
+use crate::service::state::State;
+use crate::storage::{Error, Kind};
+
+/// Make a live channel and its first stream key (shown only here).
+#[utoipa::path(post, path = "/api/v1/admin/channels", tag = "live", request_body = NewChannel,
+    security(("admin" = [])),
+    responses((status = 201, body = ChannelWithKey),
+              (status = 400, description = "bad_name, bad_country, bad_dvr, bad_schedule, bad_title", body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 409, description = "name_taken", body = ErrorBody)))]
+pub(crate) async fn create(
+    AxState(state): AxState<Arc<State>>,
+    headers: HeaderMap,
+    JsonBody(new): JsonBody<NewChannel>,
+) -> Result<Response, Error> {
+    admin(&state, &headers)?;
+    let made = channels::create(&state, new).await?;
+    Ok((StatusCode::CREATED, no_store(), Json(made)).into_response())
+}
+
+/// Every live channel (never their keys).
+#[utoipa::path(get, path = "/api/v1/admin/channels", tag = "live", security(("admin" = [])),
+    responses((status = 200, body = Channels), (status = 401, body = ErrorBody)))]
+pub(crate) async fn list(
+    AxState(state): AxState<Arc<State>>,
+    headers: HeaderMap,
+) -> Result<Response, Error> {
+    admin(&state, &headers)?;
+    Ok((no_store(), Json(channels::list(&state).await?)).into_response())
+}
+
+/// One channel's status.
+#[utoipa::path(get, path = "/api/v1/admin/channels/{name}", tag = "live", security(("admin" = [])),
+    params(("name" = String, Path, description = "channel name")),
+    responses((status = 200, body = Channel), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(crate) async fn get(
+    AxState(state): AxState<Arc<State>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Response, Error> {
+    admin(&state, &headers)?;
+    Ok((no_store(), Json(channels::get(&state, &name).await?)).into_response())
+}
+
+/// A new stream key; the old one is refused from now on.
+#[utoipa::path(post, path = "/api/v1/admin/channels/{name}/rotate-key", tag = "live",
+    security(("admin" = [])), params(("name" = String, Path, description = "channel name")),
+    responses((status = 200, body = ChannelWithKey), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(crate) async fn rotate_key(
+    AxState(state): AxState<Arc<State>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Response, Error> {
+    admin(&state, &headers)?;
+    Ok((no_store(), Json(channels::rotate_key(&state, &name).await?)).into_response())
+}
+
+/// Stop a channel: its key is refused until rotated.
+#[utoipa::path(post, path = "/api/v1/admin/channels/{name}/stop", tag = "live",
+    security(("admin" = [])), params(("name" = String, Path, description = "channel name")),
+    responses((status = 200, body = Channel), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(crate) async fn stop(
+    AxState(state): AxState<Arc<State>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Response, Error> {
+    admin(&state, &headers)?;
+    Ok((no_store(), Json(channels::stop(&state, &name).await?)).into_response())
+}
+
+fn admin(state: &State, headers: &HeaderMap) -> Result<(), Error> {
+    if is_admin(state, headers) {
+        Ok(())
+    } else {
+        Err(Error::new(
+            Kind::Unauthorized,
+            "unauthorized",
+            "admin credential required",
+        ))
+    }
+}
+
+/// Keys and operator views are never kept by a cache.
+fn no_store() -> [(header::HeaderName, &'static str); 1] {
+    [(header::CACHE_CONTROL, "no-store")]
+}

@@ -1,0 +1,227 @@
+//! `cascade live`: live channels on an origin (its admin API).
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+
+use crate::ingest::ingest_credential;
+
+#[derive(clap::Args)]
+pub(crate) struct LiveArgs {
+    #[command(subcommand)]
+    command: LiveCommand,
+    /// Origin base URL.
+    #[arg(
+        long,
+        global = true,
+        default_value = "http://127.0.0.1:8082",
+        env = "CASCADE_ORIGIN_URL"
+    )]
+    origin: String,
+    /// A file holding the origin's admin credential; else
+    /// CASCADE_ORIGIN_ADMIN_TOKEN, else `cascade dev`'s data/control-admin-token.
+    #[arg(long, global = true)]
+    admin_token_file: Option<PathBuf>,
+}
+
+#[derive(clap::Subcommand)]
+enum LiveCommand {
+    /// Make a channel; prints its RTMP and SRT publish URLs (with the
+    /// stream key, shown only now) and its HLS and DASH playback URLs.
+    Create {
+        /// The channel's handle: a-z, 0-9 and -.
+        name: String,
+        /// What viewers see (default: the name).
+        #[arg(long)]
+        title: Option<String>,
+        /// Only viewers on the premium plan may watch.
+        #[arg(long)]
+        premium: bool,
+        /// Only these countries may watch (ISO 3166-1 alpha-2), such as IN,NP.
+        #[arg(long)]
+        allow_countries: Option<String>,
+        /// These countries may not watch, such as US,GB.
+        #[arg(long)]
+        deny_countries: Option<String>,
+        /// Minutes viewers may seek back (0 to 1440; default 120).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(0..=1440))]
+        dvr_minutes: Option<u32>,
+    },
+    /// The channels, one per line.
+    List,
+    /// One channel's state and URLs.
+    Status {
+        /// The channel's name.
+        name: String,
+    },
+    /// A new stream key (the old one is refused from now on); prints the
+    /// new publish URLs.
+    RotateKey {
+        /// The channel's name.
+        name: String,
+    },
+    /// Stop a channel: its encoders' key is refused until rotated.
+    Stop {
+        /// The channel's name.
+        name: String,
+    },
+}
+
+pub(crate) async fn live(args: LiveArgs) -> anyhow::Result<()> {
+    let admin = ingest_credential(args.admin_token_file.as_deref())?;
+    let admin = admin.trim();
+    let base = format!(
+        "{}/api/v1/admin/channels",
+        args.origin.trim_end_matches('/')
+    );
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .context("making an HTTP client")?;
+    let call = |method: reqwest::Method, url: String, body: Option<Value>| {
+        let mut r = client.request(method, url).bearer_auth(admin);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        async move {
+            let r = r.send().await.context("reaching the origin")?;
+            let status = r.status();
+            let v: Value = r.json().await.unwrap_or(Value::Null);
+            if !status.is_success() {
+                bail!(
+                    "the origin answered {}: {} ({})",
+                    status.as_u16(),
+                    v["message"].as_str().unwrap_or("no reason given"),
+                    v["error"].as_str().unwrap_or("?")
+                );
+            }
+            Ok(v)
+        }
+    };
+    let countries = |s: &Option<String>| -> Vec<String> {
+        s.iter()
+            .flat_map(|s| s.split(','))
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    match &args.command {
+        LiveCommand::Create {
+            name,
+            title,
+            premium,
+            allow_countries,
+            deny_countries,
+            dvr_minutes,
+        } => {
+            let mut body = json!({
+                "name": name,
+                "premium": premium,
+                "allow_countries": countries(allow_countries),
+                "deny_countries": countries(deny_countries),
+            });
+            if let Some(t) = title {
+                body["title"] = json!(t);
+            }
+            if let Some(d) = dvr_minutes {
+                body["dvr_minutes"] = json!(d);
+            }
+            let v = call(reqwest::Method::POST, base, Some(body)).await?;
+            print_publish(&v)?;
+            print_playback(&v["channel"])?;
+            eprintln!(
+                "the stream key is in the publish URLs and is shown only now: keep it secret"
+            );
+        }
+        LiveCommand::List => {
+            let v = call(reqwest::Method::GET, base, None).await?;
+            let channels = v["channels"].as_array().cloned().unwrap_or_default();
+            if channels.is_empty() {
+                eprintln!("no channels");
+            }
+            for c in channels {
+                println!(
+                    "{:<20} {:<8} {:<12} {}",
+                    c["name"].as_str().unwrap_or("?"),
+                    c["state"].as_str().unwrap_or("?"),
+                    c["id"].as_str().unwrap_or("?"),
+                    c["title"].as_str().unwrap_or("")
+                );
+            }
+        }
+        LiveCommand::Status { name } => {
+            let c = call(reqwest::Method::GET, format!("{base}/{name}"), None).await?;
+            for key in [
+                "name",
+                "id",
+                "title",
+                "state",
+                "key_version",
+                "dvr_minutes",
+                "premium",
+            ] {
+                println!("{key:<16} {}", plain(&c[key]));
+            }
+            for key in ["allow_countries", "deny_countries"] {
+                let list: Vec<String> = c[key]
+                    .as_array()
+                    .map(|a| a.iter().map(plain).collect())
+                    .unwrap_or_default();
+                println!("{key:<16} {}", list.join(","));
+            }
+            println!("{:<16} {}", "hls", plain(&c["playback"]["hls"]));
+            println!("{:<16} {}", "dash", plain(&c["playback"]["dash"]));
+        }
+        LiveCommand::RotateKey { name } => {
+            let v = call(
+                reqwest::Method::POST,
+                format!("{base}/{name}/rotate-key"),
+                Some(json!({})),
+            )
+            .await?;
+            print_publish(&v)?;
+            eprintln!("the old key is refused from now on; the new one is shown only now");
+        }
+        LiveCommand::Stop { name } => {
+            let c = call(
+                reqwest::Method::POST,
+                format!("{base}/{name}/stop"),
+                Some(json!({})),
+            )
+            .await?;
+            println!("{} {}", plain(&c["name"]), plain(&c["state"]));
+        }
+    }
+    Ok(())
+}
+
+fn print_publish(v: &Value) -> anyhow::Result<()> {
+    for proto in ["rtmp", "srt"] {
+        let url = v["publish"][proto]
+            .as_str()
+            .with_context(|| format!("the origin's answer has no {proto} publish URL"))?;
+        println!("{url}");
+    }
+    Ok(())
+}
+
+fn print_playback(c: &Value) -> anyhow::Result<()> {
+    for kind in ["hls", "dash"] {
+        let url = c["playback"][kind]
+            .as_str()
+            .with_context(|| format!("the origin's answer has no {kind} playback URL"))?;
+        println!("{url}");
+    }
+    Ok(())
+}
+
+/// A JSON value as plain text: strings without quotes.
+fn plain(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
