@@ -32,6 +32,9 @@ pub(crate) struct DevArgs {
     /// Control port.
     #[arg(long, default_value_t = 8083)]
     pub(crate) control_port: u16,
+    /// RTMP ingest port for live channels; 0 for none.
+    #[arg(long, default_value_t = 1935)]
+    pub(crate) rtmp_port: u16,
     /// Do not create the sample titles on first start.
     #[arg(long)]
     pub(crate) no_samples: bool,
@@ -71,6 +74,12 @@ pub(crate) async fn dev(args: DevArgs) -> anyhow::Result<()> {
         geoip_db: geoip_db.clone(),
         admin_token: admin_token.clone(),
         fleet_token: fleet_token.clone(),
+        rtmp_listen: if args.rtmp_port == 0 {
+            String::new()
+        } else {
+            format!("{host}:{}", args.rtmp_port)
+        },
+        rtmp_public_url: format!("rtmp://{host}:{}/live", args.rtmp_port),
         ..OriginConfig::default()
     };
     let origin = cascade_origin::start(&origin_cfg)
@@ -159,6 +168,9 @@ pub(crate) async fn dev(args: DevArgs) -> anyhow::Result<()> {
         "  mail       {}/  (sign-up links: the newest .eml file there)",
         origin_cfg.mail_outbox().display()
     );
+    if let Some(rtmp) = origin.rtmp_addr {
+        println!("  live       rtmp://{rtmp}/live  (cascade live create NAME prints a channel's publish URL)");
+    }
     println!(
         "  edge       {page}    shield {}    origin {}    control {}",
         url(shield.addr.port()),

@@ -121,3 +121,141 @@ async fn the_live_command_makes_rotates_and_stops_channels() {
 
     origin.shutdown().await;
 }
+
+/// Publishes a test pattern with the FFmpeg CLI to `url` for `secs`
+/// seconds in real time, with `video` as the video encoder.
+fn publish(url: &str, secs: u32, video: &str) -> std::process::Child {
+    Command::new("ffmpeg")
+        .args(["-v", "error", "-re", "-f", "lavfi", "-i"])
+        .arg(format!("testsrc2=s=320x180:r=25:d={secs}"))
+        .args(["-f", "lavfi", "-i"])
+        .arg(format!("sine=f=440:sample_rate=48000:d={secs}"))
+        .args(["-c:v", video, "-g", "25"])
+        .args(if video == "libx264" {
+            &[
+                "-preset",
+                "ultrafast",
+                "-tune",
+                "zerolatency",
+                "-pix_fmt",
+                "yuv420p",
+            ][..]
+        } else {
+            &[][..]
+        })
+        .args(["-c:a", "aac", "-shortest", "-f", "flv", url])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+async fn channel_status(origin: &str, name: &str) -> serde_json::Value {
+    common::client()
+        .get(format!("{origin}/api/v1/admin/channels/{name}"))
+        .bearer_auth(common::ORIGIN_ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn refusals(origin: &str, reason: &str) -> u64 {
+    let m = common::text(format!("{origin}/metrics")).await;
+    common::metric_value(
+        &m,
+        &format!("cascade_origin_live_refusals_total{{reason=\"{reason}\"}}"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ffmpeg_publishes_over_rtmp_and_bad_publishers_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::origin_config(dir.path().to_str().unwrap());
+    cfg.rtmp_listen = "127.0.0.1:0".into();
+    let origin = cascade_origin::start(&cfg).await.unwrap();
+    let url = format!("http://{}", origin.addr);
+    let rtmp = origin.rtmp_addr.unwrap();
+    let made: serde_json::Value = common::client()
+        .post(format!("{url}/api/v1/admin/channels"))
+        .bearer_auth(common::ORIGIN_ADMIN)
+        .json(&serde_json::json!({ "name": "pitch" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = made["stream_key"].as_str().unwrap().to_string();
+    let good = format!("rtmp://{rtmp}/live/{key}");
+
+    // Garbage first: the connection is dropped, the listener carries on.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(rtmp).await.unwrap();
+        let junk: Vec<u8> = (0..5000u32).map(|i| (i * 7919 % 251) as u8).collect();
+        let _ = s.write_all(&junk).await;
+        let mut sink = Vec::new();
+        let closed =
+            tokio::time::timeout(std::time::Duration::from_secs(15), s.read_to_end(&mut sink))
+                .await;
+        assert!(closed.is_ok(), "the garbage connection was closed");
+    }
+    assert!(refusals(&url, "protocol").await >= 1);
+
+    // A wrong key: FFmpeg fails, the refusal is counted.
+    let wrong = format!("rtmp://{rtmp}/live/pitch.not-the-secret");
+    let out =
+        tokio::task::block_in_place(|| publish(&wrong, 2, "libx264").wait_with_output()).unwrap();
+    assert!(!out.status.success(), "a wrong key must be refused");
+    assert_eq!(refusals(&url, "bad_key").await, 1);
+
+    // An unsupported codec (Sorenson H.263): refused with its reason.
+    let out = tokio::task::block_in_place(|| publish(&good, 2, "flv").wait_with_output()).unwrap();
+    assert!(!out.status.success(), "H.263 must be refused");
+    assert!(refusals(&url, "codec").await >= 1);
+
+    // The real thing: while FFmpeg publishes, the channel is live and its
+    // ingest health counts frames and keyframes.
+    let mut ffmpeg = publish(&good, 4, "libx264");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        let s = channel_status(&url, "pitch").await;
+        if s["state"] == "live"
+            && s["ingest"]["keyframes"].as_u64().unwrap_or(0) >= 1
+            && s["ingest"]["video_frames"].as_u64().unwrap_or(0) >= 10
+        {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "never live: {s}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(status["ingest"]["video_config"], true, "{status}");
+    assert!(
+        status["ingest"]["audio_frames"].as_u64().unwrap() > 0,
+        "{status}"
+    );
+    assert!(status["ingest"]["encoder"]
+        .as_str()
+        .unwrap()
+        .starts_with("127.0.0.1:"));
+    let out = tokio::task::block_in_place(|| ffmpeg.wait()).unwrap();
+    assert!(out.success(), "the publish ran to its end");
+    // Once the encoder stops, the channel is idle again.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let s = channel_status(&url, "pitch").await;
+        if s["state"] == "idle" && s["ingest"].is_null() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never idle again: {s}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    drop(ffmpeg.stderr.take());
+    origin.shutdown().await;
+}

@@ -102,6 +102,9 @@ pub struct OriginConfig {
     pub segment_secs: u32,
     /// The edge URL viewers use, for playback links in API answers.
     pub public_edge_url: String,
+    /// Address the RTMP ingest listens on, such as `0.0.0.0:1935`; empty:
+    /// no RTMP ingest (`cascade dev` listens on 127.0.0.1:1935).
+    pub rtmp_listen: String,
     /// Where encoders publish live channels over RTMP: the base of the
     /// publish URL, to which `/{stream key}` is added.
     pub rtmp_public_url: String,
@@ -182,6 +185,7 @@ impl Default for OriginConfig {
             ladder: DEFAULT_LADDER.to_vec(),
             segment_secs: 2,
             public_edge_url: "http://127.0.0.1:8080".into(),
+            rtmp_listen: String::new(),
             rtmp_public_url: "rtmp://127.0.0.1:1935/live".into(),
             srt_public_url: "srt://127.0.0.1:8890".into(),
             token_keys: Vec::new(),

@@ -44,6 +44,9 @@ pub use service::state::State;
 pub struct Origin {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Where the RTMP ingest listens, if it does.
+    pub rtmp_addr: Option<SocketAddr>,
+    rtmp: Option<cascade_live::rtmp::RtmpServer>,
     state: Arc<State>,
     stop: Arc<AtomicBool>,
     server: tokio::task::JoinHandle<()>,
@@ -76,6 +79,9 @@ impl Origin {
     pub async fn shutdown(self) {
         self.stop.store(true, Ordering::Relaxed);
         self.state.jobs_notify.notify_one();
+        if let Some(rtmp) = self.rtmp {
+            rtmp.shutdown().await;
+        }
         let _ = self.shutdown.send(true);
         let _ = self.server.await;
         let _ = self.worker.await;
@@ -112,8 +118,23 @@ pub async fn start(cfg: &OriginConfig) -> anyhow::Result<Origin> {
         },
     ));
     tracing::info!(%addr, "origin listening");
+    let rtmp = if cfg.rtmp_listen.is_empty() {
+        None
+    } else {
+        let l = tokio::net::TcpListener::bind(&cfg.rtmp_listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("rtmp_listen {}: {e}", cfg.rtmp_listen))?;
+        let ingest = Arc::new(service::live::LiveIngest {
+            state: state.clone(),
+        });
+        let server = cascade_live::rtmp::serve(l, ingest)?;
+        tracing::info!(addr = %server.addr, "RTMP ingest listening");
+        Some(server)
+    };
     Ok(Origin {
         addr,
+        rtmp_addr: rtmp.as_ref().map(|r| r.addr),
+        rtmp,
         state,
         stop,
         server,

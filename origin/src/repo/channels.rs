@@ -119,3 +119,21 @@ pub(crate) async fn set_state(db: &Db, name: &str, state: &str, now: i64) -> Res
         .await?;
     Ok(r.rows_affected() > 0)
 }
+
+/// Marks a channel live (an encoder publishes) or idle again; a stopped
+/// channel stays stopped.
+pub(crate) async fn set_live(db: &Db, name: &str, live: bool, now: i64) -> Result<()> {
+    let (to, from) = if live {
+        ("live", "idle")
+    } else {
+        ("idle", "live")
+    };
+    sqlx::query("UPDATE channels SET state = $1, updated_at = $2 WHERE name = $3 AND state = $4")
+        .bind(to)
+        .bind(now)
+        .bind(name)
+        .bind(from)
+        .execute(&db.pool)
+        .await?;
+    Ok(())
+}

@@ -22,7 +22,6 @@ pub(crate) const MAX_DVR_MINUTES: u32 = 24 * 60;
 /// Longest channel name.
 const MAX_NAME_LEN: usize = 40;
 /// Longest stream key looked at (ours are about 85 characters).
-#[allow(dead_code)] // With `authorize_publish`: for the RTMP and SRT ingest, the next step.
 const MAX_KEY_LEN: usize = 256;
 
 /// `POST /api/v1/admin/channels`.
@@ -87,6 +86,8 @@ pub(crate) struct Channel {
     state: String,
     /// Counts key rotations: 1 for the first key.
     key_version: i64,
+    /// The encoder publishing now, if any, and its health.
+    ingest: Option<crate::service::live::IngestStatus>,
     playback: PlaybackUrls,
     created_at: i64,
     updated_at: i64,
@@ -199,7 +200,6 @@ pub(crate) async fn stop(state: &State, name: &str) -> Result<Channel> {
 /// The channel a presented stream key publishes to, if the key is its
 /// current one and the channel is not stopped. Every refusal is the same
 /// error, so a caller learns nothing about which part was wrong.
-#[allow(dead_code)] // The RTMP and SRT ingest (the next step of live) calls it.
 pub(crate) async fn authorize_publish(state: &State, key: &str) -> Result<ChannelRow> {
     let refused = || {
         Error::new(
@@ -277,6 +277,7 @@ fn view(state: &State, r: &ChannelRow) -> Channel {
         ends_at: r.ends_at,
         state: r.state.clone(),
         key_version: r.key_version,
+        ingest: state.live.status(&r.name),
         playback: PlaybackUrls {
             hls: format!("{edge}/live/{}/master.m3u8", r.id),
             dash: format!("{edge}/live/{}/manifest.mpd", r.id),

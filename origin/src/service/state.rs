@@ -55,6 +55,8 @@ pub struct State {
     pub(crate) mezz_bytes: IntCounter,
     pub(crate) mezz_repeat_bytes: IntCounter,
     pub(crate) mezz_requests: IntCounter,
+    /// Live channels' ingest health and counters.
+    pub(crate) live: crate::service::live::LiveHealth,
     served: Mutex<HashMap<String, Vec<(u64, u64)>>>,
 }
 
@@ -152,7 +154,9 @@ impl State {
         let outbox = cfg.mail_outbox();
         let mailer = mail::from_config(&outbox, &cfg.smtp_url)
             .map_err(|e| anyhow::anyhow!("mail_outbox {}: {e}", outbox.display()))?;
+        let live = crate::service::live::LiveHealth::new(metrics.registry())?;
         Ok(State {
+            live,
             accounts: Accounts::new(&secret),
             heartbeats,
             mailer,

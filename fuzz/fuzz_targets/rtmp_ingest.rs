@@ -1,0 +1,30 @@
+//! What an encoder (or anyone) sends to the RTMP port: the FLV tag reader
+//! never panics, and the RTMP handshake and session the ingest drives take
+//! any bytes without panicking (they may refuse them).
+#![no_main]
+
+use cascade_live::flv;
+use libfuzzer_sys::fuzz_target;
+use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
+use rml_rtmp::sessions::{ServerSession, ServerSessionConfig};
+
+fuzz_target!(|data: &[u8]| {
+    let _ = flv::video(data);
+    let _ = flv::audio(data);
+    let mut handshake = Handshake::new(PeerType::Server);
+    // A valid-looking start (version 3 and a 1536-byte C1), then the input.
+    let mut start = vec![3u8];
+    start.extend(std::iter::repeat(0u8).take(1536));
+    let _ = handshake.process_bytes(&start);
+    match handshake.process_bytes(&[&[0u8; 1536][..], data].concat()) {
+        Ok(HandshakeProcessResult::Completed { remaining_bytes, .. }) => {
+            if let Ok((mut session, _)) = ServerSession::new(ServerSessionConfig::new()) {
+                let _ = session.handle_input(&remaining_bytes);
+            }
+        }
+        _ => {}
+    }
+    if let Ok((mut session, _)) = ServerSession::new(ServerSessionConfig::new()) {
+        let _ = session.handle_input(data);
+    }
+});
