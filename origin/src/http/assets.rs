@@ -9,10 +9,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use crate::http::error::Plain;
-use crate::http::extract::is_admin;
+use crate::http::extract::{is_admin, require_admin};
 use crate::service::assets;
 use crate::service::state::State;
-use crate::storage::{Error, Kind};
 
 /// `GET /api/v1/jobs/{id}`: a job's state and progress; its failure's cause
 /// (FFmpeg's words) only with the admin credential.
@@ -54,13 +53,6 @@ pub(crate) async fn set_geo(
     headers: HeaderMap,
     Json(rule): Json<cascade_geo::CountryRule>,
 ) -> Result<Response, Plain> {
-    if !is_admin(&state, &headers) {
-        return Err(Error::new(
-            Kind::Unauthorized,
-            "unauthorized",
-            "admin credential required",
-        )
-        .into());
-    }
+    require_admin(&state, &headers)?;
     Ok(Json(assets::set_geo(&state, &id, rule).await?).into_response())
 }

@@ -11,12 +11,12 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use crate::http::error::{ErrorBody, JsonBody};
-use crate::http::extract::{is_admin, MaybeViewer};
+use crate::http::extract::{require_admin, MaybeViewer};
 use crate::service::browse::{self, Browse, TitlePage};
 use crate::service::catalog::{self, TitleEdit};
 use crate::service::state::State;
 use crate::service::titles::Title;
-use crate::storage::{Error, Kind};
+use crate::storage::Error;
 
 /// `GET /api/v1/titles` parameters.
 #[derive(Deserialize, IntoParams)]
@@ -117,7 +117,7 @@ pub(crate) async fn create(
     headers: HeaderMap,
     JsonBody(edit): JsonBody<TitleEdit>,
 ) -> Result<Response, Error> {
-    admin(&state, &headers)?;
+    require_admin(&state, &headers)?;
     let title = catalog::create(&state, edit).await?;
     Ok((StatusCode::CREATED, Json(title)).into_response())
 }
@@ -133,7 +133,7 @@ pub(crate) async fn update(
     Path(id): Path<String>,
     JsonBody(edit): JsonBody<TitleEdit>,
 ) -> Result<Response, Error> {
-    admin(&state, &headers)?;
+    require_admin(&state, &headers)?;
     Ok(Json(catalog::update(&state, &id, edit).await?).into_response())
 }
 
@@ -146,7 +146,7 @@ pub(crate) async fn delete(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<StatusCode, Error> {
-    admin(&state, &headers)?;
+    require_admin(&state, &headers)?;
     catalog::delete(&state, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -165,19 +165,6 @@ pub(crate) async fn put_artwork(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Response, Error> {
-    admin(&state, &headers)?;
+    require_admin(&state, &headers)?;
     Ok(Json(catalog::put_artwork(&state, &id, body).await?).into_response())
-}
-
-/// Catalog writes need the admin credential.
-fn admin(state: &State, headers: &HeaderMap) -> Result<(), Error> {
-    if is_admin(state, headers) {
-        Ok(())
-    } else {
-        Err(Error::new(
-            Kind::Unauthorized,
-            "unauthorized",
-            "admin credential required",
-        ))
-    }
 }

@@ -8,10 +8,10 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use crate::http::error::{ErrorBody, JsonBody};
-use crate::http::extract::is_admin;
+use crate::http::extract::require_admin;
 use crate::service::channels::{self, Channel, ChannelWithKey, Channels, NewChannel};
 use crate::service::state::State;
-use crate::storage::{Error, Kind};
+use crate::storage::Error;
 
 /// Make a live channel and its first stream key (shown only here).
 #[utoipa::path(post, path = "/api/v1/admin/channels", tag = "live", request_body = NewChannel,
@@ -24,7 +24,7 @@ pub(crate) async fn create(
     headers: HeaderMap,
     JsonBody(new): JsonBody<NewChannel>,
 ) -> Result<Response, Error> {
-    admin(&state, &headers)?;
+    require_admin(&state, &headers)?;
     let made = channels::create(&state, new).await?;
     Ok((StatusCode::CREATED, no_store(), Json(made)).into_response())
 }
@@ -36,7 +36,7 @@ pub(crate) async fn list(
     AxState(state): AxState<Arc<State>>,
     headers: HeaderMap,
 ) -> Result<Response, Error> {
-    admin(&state, &headers)?;
+    require_admin(&state, &headers)?;
     Ok((no_store(), Json(channels::list(&state).await?)).into_response())
 }
 
@@ -49,7 +49,7 @@ pub(crate) async fn get(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Result<Response, Error> {
-    admin(&state, &headers)?;
+    require_admin(&state, &headers)?;
     Ok((no_store(), Json(channels::get(&state, &name).await?)).into_response())
 }
 
@@ -62,7 +62,7 @@ pub(crate) async fn rotate_key(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Result<Response, Error> {
-    admin(&state, &headers)?;
+    require_admin(&state, &headers)?;
     Ok((no_store(), Json(channels::rotate_key(&state, &name).await?)).into_response())
 }
 
@@ -75,20 +75,8 @@ pub(crate) async fn stop(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Result<Response, Error> {
-    admin(&state, &headers)?;
+    require_admin(&state, &headers)?;
     Ok((no_store(), Json(channels::stop(&state, &name).await?)).into_response())
-}
-
-fn admin(state: &State, headers: &HeaderMap) -> Result<(), Error> {
-    if is_admin(state, headers) {
-        Ok(())
-    } else {
-        Err(Error::new(
-            Kind::Unauthorized,
-            "unauthorized",
-            "admin credential required",
-        ))
-    }
 }
 
 /// Keys and operator views are never kept by a cache.

@@ -107,3 +107,16 @@ pub(crate) fn carries(headers: &HeaderMap, credential: &str) -> bool {
 pub(crate) fn is_admin(state: &State, headers: &HeaderMap) -> bool {
     carries(headers, &state.cfg.admin_token)
 }
+
+/// The admin credential, or 401.
+pub(crate) fn require_admin(state: &State, headers: &HeaderMap) -> Result<(), Error> {
+    if is_admin(state, headers) {
+        Ok(())
+    } else {
+        Err(Error::new(
+            crate::storage::Kind::Unauthorized,
+            "unauthorized",
+            "admin credential required",
+        ))
+    }
+}

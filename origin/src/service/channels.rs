@@ -87,7 +87,7 @@ pub(crate) struct Channel {
     /// Counts key rotations: 1 for the first key.
     key_version: i64,
     /// The encoder publishing now, if any, and its health.
-    ingest: Option<crate::service::live::IngestStatus>,
+    ingest: Option<crate::service::live_health::IngestStatus>,
     playback: PlaybackUrls,
     created_at: i64,
     updated_at: i64,

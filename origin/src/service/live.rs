@@ -4,115 +4,17 @@
 //! and counts media and refusals. The real-time ladder that turns this
 //! media into CMAF parts is the next step.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use cascade_live::{flv, Ingest, Media, Refusal};
-use prometheus::IntCounterVec;
-use serde::Serialize;
-use utoipa::ToSchema;
 
 use crate::repo::channels;
 use crate::service::channels::authorize_publish;
+use crate::service::live_health::Health;
 use crate::service::state::State;
 use crate::storage::{clock, Kind};
-
-/// Ingest health of the channels being published, by channel name.
-pub(crate) struct LiveHealth {
-    channels: Mutex<HashMap<String, Health>>,
-    pub(crate) refusals: IntCounterVec,
-    pub(crate) media_bytes: IntCounterVec,
-}
-
-struct Health {
-    peer: SocketAddr,
-    since: u64,
-    started: Instant,
-    video_frames: u64,
-    keyframes: u64,
-    audio_frames: u64,
-    bytes: u64,
-    last_keyframe: Option<Instant>,
-    has_video_config: bool,
-    has_audio_config: bool,
-}
-
-/// A channel's ingest, as operators see it.
-#[derive(Serialize, ToSchema)]
-pub(crate) struct IngestStatus {
-    /// The encoder's address.
-    encoder: String,
-    /// When it began publishing (Unix seconds).
-    since: u64,
-    video_frames: u64,
-    keyframes: u64,
-    audio_frames: u64,
-    bytes: u64,
-    /// Input bit rate since it began, in kbit/s.
-    kbps: u64,
-    /// Frames per second since it began.
-    fps: f64,
-    /// Milliseconds since the last keyframe; none yet if absent.
-    last_keyframe_age_ms: Option<u64>,
-    /// Whether the H.264 and AAC configurations have arrived.
-    video_config: bool,
-    audio_config: bool,
-}
-
-impl LiveHealth {
-    pub(crate) fn new(registry: &prometheus::Registry) -> anyhow::Result<LiveHealth> {
-        let refusals = IntCounterVec::new(
-            prometheus::Opts::new(
-                "origin_live_refusals_total",
-                "Live publishers refused or dropped, by reason",
-            ),
-            &["reason"],
-        )?;
-        let media_bytes = IntCounterVec::new(
-            prometheus::Opts::new(
-                "origin_live_media_bytes_total",
-                "Live media received from encoders, by kind",
-            ),
-            &["kind"],
-        )?;
-        registry.register(Box::new(refusals.clone()))?;
-        registry.register(Box::new(media_bytes.clone()))?;
-        Ok(LiveHealth {
-            channels: Mutex::new(HashMap::new()),
-            refusals,
-            media_bytes,
-        })
-    }
-
-    /// The ingest of channel `name`, if an encoder is publishing.
-    pub(crate) fn status(&self, name: &str) -> Option<IngestStatus> {
-        let channels = self.channels.lock().ok()?;
-        let h = channels.get(name)?;
-        let secs = h.started.elapsed().as_secs_f64().max(0.001);
-        Some(IngestStatus {
-            encoder: h.peer.to_string(),
-            since: h.since,
-            video_frames: h.video_frames,
-            keyframes: h.keyframes,
-            audio_frames: h.audio_frames,
-            bytes: h.bytes,
-            kbps: (h.bytes as f64 * 8.0 / 1000.0 / secs) as u64,
-            fps: (h.video_frames as f64 / secs * 10.0).round() / 10.0,
-            last_keyframe_age_ms: h.last_keyframe.map(|t| t.elapsed().as_millis() as u64),
-            video_config: h.has_video_config,
-            audio_config: h.has_audio_config,
-        })
-    }
-
-    fn publishing(&self, name: &str) -> bool {
-        self.channels
-            .lock()
-            .map(|c| c.contains_key(name))
-            .unwrap_or(false)
-    }
-}
 
 /// The origin's side of the RTMP listener.
 pub(crate) struct LiveIngest {

@@ -13,6 +13,7 @@ pub(crate) mod heartbeats;
 pub(crate) mod history;
 pub(crate) mod ingest;
 pub(crate) mod live;
+pub(crate) mod live_health;
 pub(crate) mod mail;
 pub(crate) mod playback;
 pub(crate) mod signup;

@@ -56,7 +56,7 @@ pub struct State {
     pub(crate) mezz_repeat_bytes: IntCounter,
     pub(crate) mezz_requests: IntCounter,
     /// Live channels' ingest health and counters.
-    pub(crate) live: crate::service::live::LiveHealth,
+    pub(crate) live: crate::service::live_health::LiveHealth,
     served: Mutex<HashMap<String, Vec<(u64, u64)>>>,
 }
 
@@ -154,7 +154,7 @@ impl State {
         let outbox = cfg.mail_outbox();
         let mailer = mail::from_config(&outbox, &cfg.smtp_url)
             .map_err(|e| anyhow::anyhow!("mail_outbox {}: {e}", outbox.display()))?;
-        let live = crate::service::live::LiveHealth::new(metrics.registry())?;
+        let live = crate::service::live_health::LiveHealth::new(metrics.registry())?;
         Ok(State {
             live,
             accounts: Accounts::new(&secret),
