@@ -35,6 +35,9 @@ pub(crate) struct DevArgs {
     /// RTMP ingest port for live channels; 0 for none.
     #[arg(long, default_value_t = 1935)]
     pub(crate) rtmp_port: u16,
+    /// SRT ingest port (UDP) for live channels; 0 for none.
+    #[arg(long, default_value_t = 8890)]
+    pub(crate) srt_port: u16,
     /// Do not create the sample titles on first start.
     #[arg(long)]
     pub(crate) no_samples: bool,
@@ -80,6 +83,12 @@ pub(crate) async fn dev(args: DevArgs) -> anyhow::Result<()> {
             format!("{host}:{}", args.rtmp_port)
         },
         rtmp_public_url: format!("rtmp://{host}:{}/live", args.rtmp_port),
+        srt_listen: if args.srt_port == 0 {
+            String::new()
+        } else {
+            format!("{host}:{}", args.srt_port)
+        },
+        srt_public_url: format!("srt://{host}:{}", args.srt_port),
         ..OriginConfig::default()
     };
     let origin = cascade_origin::start(&origin_cfg)
@@ -169,7 +178,10 @@ pub(crate) async fn dev(args: DevArgs) -> anyhow::Result<()> {
         origin_cfg.mail_outbox().display()
     );
     if let Some(rtmp) = origin.rtmp_addr {
-        println!("  live       rtmp://{rtmp}/live  (cascade live create NAME prints a channel's publish URL)");
+        println!("  live       rtmp://{rtmp}/live  (cascade live create NAME prints a channel's publish URLs)");
+    }
+    if let Some(srt) = origin.srt_addr {
+        println!("  live       srt://{srt}  (caller mode, ?streamid=publish:KEY)");
     }
     println!(
         "  edge       {page}    shield {}    origin {}    control {}",

@@ -259,3 +259,105 @@ async fn ffmpeg_publishes_over_rtmp_and_bad_publishers_are_refused() {
     drop(ffmpeg.stderr.take());
     origin.shutdown().await;
 }
+
+/// Publishes a test pattern over SRT (caller mode, MPEG-TS) to `url`.
+fn publish_srt(url: &str, secs: u32, video: &str) -> std::process::Child {
+    Command::new("ffmpeg")
+        .args(["-v", "error", "-re", "-f", "lavfi", "-i"])
+        .arg(format!("testsrc2=s=320x180:r=25:d={secs}"))
+        .args(["-f", "lavfi", "-i"])
+        .arg(format!("sine=f=440:sample_rate=48000:d={secs}"))
+        .args(["-c:v", video, "-g", "25"])
+        .args(if video == "libx264" {
+            &[
+                "-preset",
+                "ultrafast",
+                "-tune",
+                "zerolatency",
+                "-pix_fmt",
+                "yuv420p",
+            ][..]
+        } else {
+            &[][..]
+        })
+        .args(["-c:a", "aac", "-shortest", "-f", "mpegts", url])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ffmpeg_publishes_over_srt_and_bad_callers_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::origin_config(dir.path().to_str().unwrap());
+    cfg.srt_listen = "127.0.0.1:0".into();
+    let origin = cascade_origin::start(&cfg).await.unwrap();
+    let url = format!("http://{}", origin.addr);
+    let srt = origin.srt_addr.unwrap();
+    let made: serde_json::Value = common::client()
+        .post(format!("{url}/api/v1/admin/channels"))
+        .bearer_auth(common::ORIGIN_ADMIN)
+        .json(&serde_json::json!({ "name": "stadium" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = made["stream_key"].as_str().unwrap().to_string();
+
+    // A wrong key: the caller is rejected and FFmpeg fails.
+    let wrong = format!("srt://{srt}?streamid=publish:stadium.not-the-secret");
+    let out = tokio::task::block_in_place(|| publish_srt(&wrong, 2, "libx264").wait_with_output())
+        .unwrap();
+    assert!(!out.status.success(), "a wrong key must be refused");
+    assert_eq!(refusals(&url, "bad_key").await, 1);
+
+    // MPEG-2 video: accepted by key, then refused by codec.
+    let good = format!("srt://{srt}?streamid=publish:{key}");
+    let _ = tokio::task::block_in_place(|| publish_srt(&good, 2, "mpeg2video").wait_with_output());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while refusals(&url, "codec").await == 0 {
+        assert!(std::time::Instant::now() < deadline, "MPEG-2 never refused");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    // H.264 and AAC: live, with frames and keyframes counted.
+    let mut ffmpeg = publish_srt(&good, 4, "libx264");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        let s = channel_status(&url, "stadium").await;
+        if s["state"] == "live"
+            && s["ingest"]["keyframes"].as_u64().unwrap_or(0) >= 1
+            && s["ingest"]["video_frames"].as_u64().unwrap_or(0) >= 10
+        {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "never live: {s}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(status["ingest"]["video_config"], true, "{status}");
+    assert!(
+        status["ingest"]["audio_frames"].as_u64().unwrap() > 0,
+        "{status}"
+    );
+    assert!(
+        status["ingest"]["bytes"].as_u64().unwrap() > 10_000,
+        "{status}"
+    );
+    let _ = tokio::task::block_in_place(|| ffmpeg.wait());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let s = channel_status(&url, "stadium").await;
+        if s["state"] == "idle" && s["ingest"].is_null() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never idle again: {s}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    origin.shutdown().await;
+}

@@ -1,9 +1,10 @@
-//! What an encoder (or anyone) sends to the RTMP port: the FLV tag reader
-//! never panics, and the RTMP handshake and session the ingest drives take
-//! any bytes without panicking (they may refuse them).
+//! What an encoder (or anyone) sends to the ingest ports: the FLV tag and
+//! transport stream readers never panic, and the RTMP handshake and session
+//! the ingest drives take any bytes without panicking (they may refuse
+//! them).
 #![no_main]
 
-use cascade_live::flv;
+use cascade_live::{flv, ts};
 use libfuzzer_sys::fuzz_target;
 use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
 use rml_rtmp::sessions::{ServerSession, ServerSessionConfig};
@@ -11,6 +12,12 @@ use rml_rtmp::sessions::{ServerSession, ServerSessionConfig};
 fuzz_target!(|data: &[u8]| {
     let _ = flv::video(data);
     let _ = flv::audio(data);
+    let mut reader = ts::Reader::default();
+    for chunk in data.chunks(100) {
+        if reader.push(chunk, &mut |_| {}).is_err() {
+            break;
+        }
+    }
     let mut handshake = Handshake::new(PeerType::Server);
     // A valid-looking start (version 3 and a 1536-byte C1), then the input.
     let mut start = vec![3u8];

@@ -1,4 +1,4 @@
-//! Live ingest: encoders publish to the origin over RTMP (SRT next); each
+//! Live ingest: encoders publish to the origin over RTMP or SRT; each
 //! publish is checked against its channel's stream key and its media is
 //! handed to the origin, which owns channels and (next) the real-time
 //! ladder.
@@ -10,6 +10,8 @@
 
 pub mod flv;
 pub mod rtmp;
+pub mod srt;
+pub mod ts;
 
 use std::net::SocketAddr;
 
@@ -69,6 +71,9 @@ pub enum Media {
         timestamp_ms: u32,
         data: bytes::Bytes,
     },
+    /// Stream bytes as they came (SRT's transport stream); the frames they
+    /// begin follow as `Video` and `Audio` with empty data.
+    Data(bytes::Bytes),
 }
 
 /// What the listener hands publishes to.

@@ -108,6 +108,9 @@ pub struct OriginConfig {
     /// Where encoders publish live channels over RTMP: the base of the
     /// publish URL, to which `/{stream key}` is added.
     pub rtmp_public_url: String,
+    /// Address (UDP) the SRT ingest listens on, such as `0.0.0.0:8890`;
+    /// empty: no SRT ingest (`cascade dev` listens on 127.0.0.1:8890).
+    pub srt_listen: String,
     /// Where encoders publish live channels over SRT (caller mode): the
     /// base of the publish URL, to which `?streamid=publish:{stream key}`
     /// is added.
@@ -187,6 +190,7 @@ impl Default for OriginConfig {
             public_edge_url: "http://127.0.0.1:8080".into(),
             rtmp_listen: String::new(),
             rtmp_public_url: "rtmp://127.0.0.1:1935/live".into(),
+            srt_listen: String::new(),
             srt_public_url: "srt://127.0.0.1:8890".into(),
             token_keys: Vec::new(),
             token_name: "__token__".into(),

@@ -47,6 +47,9 @@ pub struct Origin {
     /// Where the RTMP ingest listens, if it does.
     pub rtmp_addr: Option<SocketAddr>,
     rtmp: Option<cascade_live::rtmp::RtmpServer>,
+    /// Where the SRT ingest listens (UDP), if it does.
+    pub srt_addr: Option<SocketAddr>,
+    srt: Option<cascade_live::srt::SrtServer>,
     state: Arc<State>,
     stop: Arc<AtomicBool>,
     server: tokio::task::JoinHandle<()>,
@@ -81,6 +84,9 @@ impl Origin {
         self.state.jobs_notify.notify_one();
         if let Some(rtmp) = self.rtmp {
             rtmp.shutdown().await;
+        }
+        if let Some(srt) = self.srt {
+            srt.shutdown().await;
         }
         let _ = self.shutdown.send(true);
         let _ = self.server.await;
@@ -131,10 +137,25 @@ pub async fn start(cfg: &OriginConfig) -> anyhow::Result<Origin> {
         tracing::info!(addr = %server.addr, "RTMP ingest listening");
         Some(server)
     };
+    let srt = if cfg.srt_listen.is_empty() {
+        None
+    } else {
+        let socket = tokio::net::UdpSocket::bind(&cfg.srt_listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("srt_listen {}: {e}", cfg.srt_listen))?;
+        let ingest = Arc::new(service::live::LiveIngest {
+            state: state.clone(),
+        });
+        let server = cascade_live::srt::serve(socket, ingest).await?;
+        tracing::info!(addr = %server.addr, "SRT ingest listening");
+        Some(server)
+    };
     Ok(Origin {
         addr,
         rtmp_addr: rtmp.as_ref().map(|r| r.addr),
         rtmp,
+        srt_addr: srt.as_ref().map(|s| s.addr),
+        srt,
         state,
         stop,
         server,

@@ -1,5 +1,5 @@
-//! Live ingest at the origin: the [`cascade_live::Ingest`] the RTMP
-//! listener hands publishes to. It checks stream keys against channels,
+//! Live ingest at the origin: the [`cascade_live::Ingest`] the RTMP and
+//! SRT listeners hand publishes to. It checks stream keys against channels,
 //! keeps each channel's ingest health (what `cascade live status` shows),
 //! and counts media and refusals. The real-time ladder that turns this
 //! media into CMAF parts is the next step.
@@ -76,6 +76,14 @@ impl Ingest for LiveIngest {
             return;
         };
         match &media {
+            Media::Data(data) => {
+                h.bytes += data.len() as u64;
+                self.state
+                    .live
+                    .media_bytes
+                    .with_label_values(&["stream"])
+                    .inc_by(data.len() as u64);
+            }
             Media::Video { kind, data, .. } => {
                 h.bytes += data.len() as u64;
                 self.state

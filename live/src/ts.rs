@@ -1,0 +1,272 @@
+//! Just enough of an MPEG transport stream reader for ingest (what SRT
+//! carries): the program map says which codecs the encoder sends, and
+//! each PES start on the video PID is a frame, a keyframe where the
+//! adaptation field marks random access. Pure; checks lengths, never
+//! panics; keeps a few PIDs and nothing else.
+
+use crate::flv::Unsupported;
+
+/// TS packet size.
+pub const PACKET: usize = 188;
+
+/// What a run of packets held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// The program map named H.264 video and AAC audio.
+    Codecs,
+    /// A video frame began (`keyframe`: random access).
+    VideoFrame {
+        /// A keyframe.
+        keyframe: bool,
+    },
+    /// An audio PES began.
+    AudioFrame,
+}
+
+/// The reader's state across calls.
+#[derive(Debug, Default)]
+pub struct Reader {
+    pmt_pid: Option<u16>,
+    video_pid: Option<u16>,
+    audio_pid: Option<u16>,
+    /// Bytes of a packet split across two inputs.
+    carry: Vec<u8>,
+}
+
+impl Reader {
+    /// Reads `data` (whole or partial packets), calling `on` for what it
+    /// finds; an unsupported codec in the program map ends the stream.
+    pub fn push(&mut self, data: &[u8], on: &mut impl FnMut(Event)) -> Result<(), Unsupported> {
+        let mut input = data;
+        if !self.carry.is_empty() {
+            let need = PACKET - self.carry.len();
+            let take = need.min(input.len());
+            self.carry.extend_from_slice(&input[..take]);
+            input = &input[take..];
+            if self.carry.len() < PACKET {
+                return Ok(());
+            }
+            let packet = std::mem::take(&mut self.carry);
+            self.packet(&packet, on)?;
+        }
+        let mut chunks = input.chunks_exact(PACKET);
+        for p in &mut chunks {
+            self.packet(p, on)?;
+        }
+        self.carry.extend_from_slice(chunks.remainder());
+        Ok(())
+    }
+
+    fn packet(&mut self, p: &[u8], on: &mut impl FnMut(Event)) -> Result<(), Unsupported> {
+        if p.len() != PACKET || p[0] != 0x47 {
+            // Out of sync: skip it (SRT delivers whole packets, so this is
+            // an encoder's stuffing or junk).
+            return Ok(());
+        }
+        let start = p[1] & 0x40 != 0;
+        let pid = u16::from(p[1] & 0x1f) << 8 | u16::from(p[2]);
+        let control = (p[3] >> 4) & 0x3;
+        let (payload_at, random_access) = match control {
+            1 => (4, false),
+            3 => {
+                let len = usize::from(p[4]);
+                let ra = len > 0 && p.get(5).is_some_and(|f| f & 0x40 != 0);
+                (5 + len, ra)
+            }
+            _ => return Ok(()),
+        };
+        let Some(payload) = p.get(payload_at..) else {
+            return Ok(());
+        };
+        if pid == 0 && start {
+            self.pat(payload);
+        } else if Some(pid) == self.pmt_pid && start {
+            self.pmt(payload, on)?;
+        } else if Some(pid) == self.video_pid && start {
+            on(Event::VideoFrame {
+                keyframe: random_access,
+            });
+        } else if Some(pid) == self.audio_pid && start {
+            on(Event::AudioFrame);
+        }
+        Ok(())
+    }
+
+    /// The first program's PMT PID.
+    fn pat(&mut self, payload: &[u8]) {
+        let Some(section) = section(payload) else {
+            return;
+        };
+        // Program entries after the 5-byte table header, less the CRC.
+        let entries = section
+            .get(8..section.len().saturating_sub(4))
+            .unwrap_or(&[]);
+        for e in entries.chunks_exact(4) {
+            let program = u16::from(e[0]) << 8 | u16::from(e[1]);
+            if program != 0 {
+                self.pmt_pid = Some(u16::from(e[2] & 0x1f) << 8 | u16::from(e[3]));
+                return;
+            }
+        }
+    }
+
+    /// The video and audio PIDs, and whether their codecs are ours.
+    fn pmt(&mut self, payload: &[u8], on: &mut impl FnMut(Event)) -> Result<(), Unsupported> {
+        let Some(section) = section(payload) else {
+            return Ok(());
+        };
+        let Some(info_len) = section
+            .get(10..12)
+            .map(|b| usize::from(b[0] & 0x0f) << 8 | usize::from(b[1]))
+        else {
+            return Ok(());
+        };
+        let end = section.len().saturating_sub(4);
+        let mut at = 12 + info_len;
+        let (mut video, mut audio) = (None, None);
+        while at + 5 <= end {
+            let stream_type = section[at];
+            let pid = u16::from(section[at + 1] & 0x1f) << 8 | u16::from(section[at + 2]);
+            let es_len = usize::from(section[at + 3] & 0x0f) << 8 | usize::from(section[at + 4]);
+            match stream_type {
+                0x1b => video = Some(pid),
+                0x0f => audio = Some(pid),
+                0x24 => return Err(Unsupported::VideoCodec("HEVC")),
+                0x01 | 0x02 => return Err(Unsupported::VideoCodec("MPEG-2 video")),
+                0x10 => return Err(Unsupported::VideoCodec("MPEG-4 part 2")),
+                0x03 | 0x04 => return Err(Unsupported::AudioCodec("MPEG audio (MP2, MP3)")),
+                0x81 => return Err(Unsupported::AudioCodec("AC-3")),
+                0x87 => return Err(Unsupported::AudioCodec("E-AC-3")),
+                _ => {}
+            }
+            at += 5 + es_len;
+        }
+        if video.is_none() {
+            return Err(Unsupported::VideoCodec(
+                "none (no H.264 stream in the program)",
+            ));
+        }
+        let first = self.video_pid.is_none();
+        self.video_pid = video;
+        self.audio_pid = audio;
+        if first {
+            on(Event::Codecs);
+        }
+        Ok(())
+    }
+}
+
+/// A PSI section from a payload that starts one (after its pointer field),
+/// cut to its announced length.
+fn section(payload: &[u8]) -> Option<&[u8]> {
+    let pointer = usize::from(*payload.first()?);
+    let s = payload.get(1 + pointer..)?;
+    let len = usize::from(*s.get(1)? & 0x0f) << 8 | usize::from(*s.get(2)?);
+    s.get(..3 + len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn packet(pid: u16, start: bool, random_access: bool, payload: &[u8]) -> Vec<u8> {
+        let mut p = vec![
+            0x47,
+            (pid >> 8) as u8 | if start { 0x40 } else { 0 },
+            pid as u8,
+        ];
+        if random_access {
+            p.extend([0x30, 1, 0x40]);
+        } else {
+            p.push(0x10);
+        }
+        p.extend_from_slice(payload);
+        p.resize(PACKET, 0xff);
+        p
+    }
+
+    fn pat() -> Vec<u8> {
+        // pointer, table 0, length 13, ts id, version, sections, program 1 → PID 0x1000, CRC.
+        packet(
+            0,
+            true,
+            false,
+            &[0, 0, 0xb0, 13, 0, 1, 0xc1, 0, 0, 0, 1, 0xf0, 0, 0, 0, 0, 0],
+        )
+    }
+
+    fn pmt(streams: &[(u8, u16)]) -> Vec<u8> {
+        let mut s = vec![2, 0xb0, 0, 0, 1, 0xc1, 0, 0, 0xe1, 0x00, 0xf0, 0];
+        for (t, pid) in streams {
+            s.extend([*t, 0xe0 | (pid >> 8) as u8, *pid as u8, 0xf0, 0]);
+        }
+        s.extend([0, 0, 0, 0]);
+        let len = s.len() - 3;
+        s[2] = len as u8;
+        let mut payload = vec![0];
+        payload.extend(s);
+        packet(0x1000, true, false, &payload)
+    }
+
+    fn read(bytes: &[u8]) -> (Vec<Event>, Result<(), Unsupported>) {
+        let mut r = Reader::default();
+        let mut events = Vec::new();
+        // Split unevenly, as datagrams might be.
+        let mut result = Ok(());
+        for chunk in bytes.chunks(100) {
+            result = r.push(chunk, &mut |e| events.push(e));
+            if result.is_err() {
+                break;
+            }
+        }
+        (events, result)
+    }
+
+    #[test]
+    fn codecs_frames_and_keyframes() {
+        let mut ts = pat();
+        ts.extend(pmt(&[(0x1b, 0x100), (0x0f, 0x101)]));
+        ts.extend(packet(0x100, true, true, &[0, 0, 1, 0xe0]));
+        ts.extend(packet(0x100, false, false, &[1, 2, 3]));
+        ts.extend(packet(0x100, true, false, &[0, 0, 1, 0xe0]));
+        ts.extend(packet(0x101, true, false, &[0, 0, 1, 0xc0]));
+        let (events, result) = read(&ts);
+        assert_eq!(result, Ok(()));
+        assert_eq!(
+            events,
+            vec![
+                Event::Codecs,
+                Event::VideoFrame { keyframe: true },
+                Event::VideoFrame { keyframe: false },
+                Event::AudioFrame
+            ]
+        );
+    }
+
+    #[test]
+    fn other_codecs_are_named() {
+        let mut ts = pat();
+        ts.extend(pmt(&[(0x02, 0x100), (0x0f, 0x101)]));
+        assert_eq!(read(&ts).1, Err(Unsupported::VideoCodec("MPEG-2 video")));
+        let mut ts = pat();
+        ts.extend(pmt(&[(0x1b, 0x100), (0x81, 0x101)]));
+        assert_eq!(read(&ts).1, Err(Unsupported::AudioCodec("AC-3")));
+    }
+
+    #[test]
+    fn any_bytes_are_read_without_panic() {
+        let mut r = Reader::default();
+        let mut state = 12345u32;
+        for _ in 0..2000 {
+            let mut p = vec![0u8; PACKET];
+            for b in &mut p {
+                state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                *b = (state >> 16) as u8;
+            }
+            p[0] = 0x47;
+            p[1] &= 0x5f; // low PIDs: the PAT and the PMT get exercised
+            let _ = r.push(&p, &mut |_| {});
+            r.pmt_pid = Some(0x10);
+        }
+    }
+}
