@@ -173,6 +173,23 @@ pub(crate) async fn live(args: LiveArgs) -> anyhow::Result<()> {
             }
             println!("{:<16} {}", "hls", plain(&c["playback"]["hls"]));
             println!("{:<16} {}", "dash", plain(&c["playback"]["dash"]));
+            let ingest = &c["ingest"];
+            if ingest.is_null() {
+                println!("{:<16} none (no encoder publishing)", "encoder");
+            } else {
+                for key in [
+                    "encoder",
+                    "since",
+                    "video_frames",
+                    "keyframes",
+                    "audio_frames",
+                    "kbps",
+                    "fps",
+                    "last_keyframe_age_ms",
+                ] {
+                    println!("{key:<16} {}", plain(&ingest[key]));
+                }
+            }
         }
         LiveCommand::RotateKey { name } => {
             let v = call(

@@ -241,6 +241,16 @@ async fn ffmpeg_publishes_over_rtmp_and_bad_publishers_are_refused() {
         .as_str()
         .unwrap()
         .starts_with("127.0.0.1:"));
+    // The operator's view shows the same health.
+    let shown = stdout(&live(&url, common::ORIGIN_ADMIN, &["status", "pitch"]));
+    for want in [
+        "state            live",
+        "encoder          127.0.0.1:",
+        "keyframes",
+        "fps",
+    ] {
+        assert!(shown.contains(want), "{want}: {shown}");
+    }
     let out = tokio::task::block_in_place(|| ffmpeg.wait()).unwrap();
     assert!(out.success(), "the publish ran to its end");
     // Once the encoder stops, the channel is idle again.
