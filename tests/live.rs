@@ -123,8 +123,17 @@ async fn the_live_command_makes_rotates_and_stops_channels() {
 }
 
 /// Publishes a test pattern with the FFmpeg CLI to `url` for `secs`
-/// seconds in real time, with `video` as the video encoder.
+/// seconds in real time, with `video` as the video encoder, as FLV (RTMP).
 fn publish(url: &str, secs: u32, video: &str) -> std::process::Child {
+    publish_as(url, secs, video, "flv")
+}
+
+/// The same as an MPEG transport stream (SRT, caller mode).
+fn publish_srt(url: &str, secs: u32, video: &str) -> std::process::Child {
+    publish_as(url, secs, video, "mpegts")
+}
+
+fn publish_as(url: &str, secs: u32, video: &str, format: &str) -> std::process::Child {
     Command::new("ffmpeg")
         .args(["-v", "error", "-re", "-f", "lavfi", "-i"])
         .arg(format!("testsrc2=s=320x180:r=25:d={secs}"))
@@ -143,7 +152,7 @@ fn publish(url: &str, secs: u32, video: &str) -> std::process::Child {
         } else {
             &[][..]
         })
-        .args(["-c:a", "aac", "-shortest", "-f", "flv", url])
+        .args(["-c:a", "aac", "-shortest", "-f", format, url])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -268,33 +277,6 @@ async fn ffmpeg_publishes_over_rtmp_and_bad_publishers_are_refused() {
     }
     drop(ffmpeg.stderr.take());
     origin.shutdown().await;
-}
-
-/// Publishes a test pattern over SRT (caller mode, MPEG-TS) to `url`.
-fn publish_srt(url: &str, secs: u32, video: &str) -> std::process::Child {
-    Command::new("ffmpeg")
-        .args(["-v", "error", "-re", "-f", "lavfi", "-i"])
-        .arg(format!("testsrc2=s=320x180:r=25:d={secs}"))
-        .args(["-f", "lavfi", "-i"])
-        .arg(format!("sine=f=440:sample_rate=48000:d={secs}"))
-        .args(["-c:v", video, "-g", "25"])
-        .args(if video == "libx264" {
-            &[
-                "-preset",
-                "ultrafast",
-                "-tune",
-                "zerolatency",
-                "-pix_fmt",
-                "yuv420p",
-            ][..]
-        } else {
-            &[][..]
-        })
-        .args(["-c:a", "aac", "-shortest", "-f", "mpegts", url])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
