@@ -171,6 +171,64 @@ async fn channel_status(origin: &str, name: &str) -> serde_json::Value {
         .unwrap()
 }
 
+/// An origin with the RTMP and SRT ingest on ephemeral ports, and a
+/// channel named `name`: (origin, its URL, the channel's stream key).
+async fn origin_with_channel(
+    dir: &tempfile::TempDir,
+    name: &str,
+) -> (cascade_origin::Origin, String, String) {
+    let mut cfg = common::origin_config(dir.path().to_str().unwrap());
+    cfg.rtmp_listen = "127.0.0.1:0".into();
+    cfg.srt_listen = "127.0.0.1:0".into();
+    let origin = cascade_origin::start(&cfg).await.unwrap();
+    let url = format!("http://{}", origin.addr);
+    let made: serde_json::Value = common::client()
+        .post(format!("{url}/api/v1/admin/channels"))
+        .bearer_auth(common::ORIGIN_ADMIN)
+        .json(&serde_json::json!({ "name": name }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = made["stream_key"].as_str().unwrap().to_string();
+    (origin, url, key)
+}
+
+/// Polls the channel's status until an encoder has sent keyframes and at
+/// least ten frames; answers that status.
+async fn wait_live(url: &str, name: &str) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let s = channel_status(url, name).await;
+        if s["state"] == "live"
+            && s["ingest"]["keyframes"].as_u64().unwrap_or(0) >= 1
+            && s["ingest"]["video_frames"].as_u64().unwrap_or(0) >= 10
+        {
+            return s;
+        }
+        assert!(std::time::Instant::now() < deadline, "never live: {s}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// Polls the channel's status until no encoder publishes.
+async fn wait_idle(url: &str, name: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let s = channel_status(url, name).await;
+        if s["state"] == "idle" && s["ingest"].is_null() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never idle again: {s}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 async fn refusals(origin: &str, reason: &str) -> u64 {
     let m = common::text(format!("{origin}/metrics")).await;
     common::metric_value(
@@ -182,22 +240,8 @@ async fn refusals(origin: &str, reason: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ffmpeg_publishes_over_rtmp_and_bad_publishers_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = common::origin_config(dir.path().to_str().unwrap());
-    cfg.rtmp_listen = "127.0.0.1:0".into();
-    let origin = cascade_origin::start(&cfg).await.unwrap();
-    let url = format!("http://{}", origin.addr);
+    let (origin, url, key) = origin_with_channel(&dir, "pitch").await;
     let rtmp = origin.rtmp_addr.unwrap();
-    let made: serde_json::Value = common::client()
-        .post(format!("{url}/api/v1/admin/channels"))
-        .bearer_auth(common::ORIGIN_ADMIN)
-        .json(&serde_json::json!({ "name": "pitch" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let key = made["stream_key"].as_str().unwrap().to_string();
     let good = format!("rtmp://{rtmp}/live/{key}");
 
     // Garbage first: the connection is dropped, the listener carries on.
@@ -229,18 +273,7 @@ async fn ffmpeg_publishes_over_rtmp_and_bad_publishers_are_refused() {
     // The real thing: while FFmpeg publishes, the channel is live and its
     // ingest health counts frames and keyframes.
     let mut ffmpeg = publish(&good, 4, "libx264");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let status = loop {
-        let s = channel_status(&url, "pitch").await;
-        if s["state"] == "live"
-            && s["ingest"]["keyframes"].as_u64().unwrap_or(0) >= 1
-            && s["ingest"]["video_frames"].as_u64().unwrap_or(0) >= 10
-        {
-            break s;
-        }
-        assert!(std::time::Instant::now() < deadline, "never live: {s}");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    };
+    let status = wait_live(&url, "pitch").await;
     assert_eq!(status["ingest"]["video_config"], true, "{status}");
     assert!(
         status["ingest"]["audio_frames"].as_u64().unwrap() > 0,
@@ -263,18 +296,7 @@ async fn ffmpeg_publishes_over_rtmp_and_bad_publishers_are_refused() {
     let out = tokio::task::block_in_place(|| ffmpeg.wait()).unwrap();
     assert!(out.success(), "the publish ran to its end");
     // Once the encoder stops, the channel is idle again.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let s = channel_status(&url, "pitch").await;
-        if s["state"] == "idle" && s["ingest"].is_null() {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never idle again: {s}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    wait_idle(&url, "pitch").await;
     drop(ffmpeg.stderr.take());
     origin.shutdown().await;
 }
@@ -282,22 +304,8 @@ async fn ffmpeg_publishes_over_rtmp_and_bad_publishers_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ffmpeg_publishes_over_srt_and_bad_callers_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = common::origin_config(dir.path().to_str().unwrap());
-    cfg.srt_listen = "127.0.0.1:0".into();
-    let origin = cascade_origin::start(&cfg).await.unwrap();
-    let url = format!("http://{}", origin.addr);
+    let (origin, url, key) = origin_with_channel(&dir, "stadium").await;
     let srt = origin.srt_addr.unwrap();
-    let made: serde_json::Value = common::client()
-        .post(format!("{url}/api/v1/admin/channels"))
-        .bearer_auth(common::ORIGIN_ADMIN)
-        .json(&serde_json::json!({ "name": "stadium" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let key = made["stream_key"].as_str().unwrap().to_string();
 
     // A wrong key: the caller is rejected and FFmpeg fails.
     let wrong = format!("srt://{srt}?streamid=publish:stadium.not-the-secret");
@@ -317,18 +325,7 @@ async fn ffmpeg_publishes_over_srt_and_bad_callers_are_refused() {
 
     // H.264 and AAC: live, with frames and keyframes counted.
     let mut ffmpeg = publish_srt(&good, 4, "libx264");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let status = loop {
-        let s = channel_status(&url, "stadium").await;
-        if s["state"] == "live"
-            && s["ingest"]["keyframes"].as_u64().unwrap_or(0) >= 1
-            && s["ingest"]["video_frames"].as_u64().unwrap_or(0) >= 10
-        {
-            break s;
-        }
-        assert!(std::time::Instant::now() < deadline, "never live: {s}");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    };
+    let status = wait_live(&url, "stadium").await;
     assert_eq!(status["ingest"]["video_config"], true, "{status}");
     assert!(
         status["ingest"]["audio_frames"].as_u64().unwrap() > 0,
@@ -339,17 +336,6 @@ async fn ffmpeg_publishes_over_srt_and_bad_callers_are_refused() {
         "{status}"
     );
     let _ = tokio::task::block_in_place(|| ffmpeg.wait());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let s = channel_status(&url, "stadium").await;
-        if s["state"] == "idle" && s["ingest"].is_null() {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never idle again: {s}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+    wait_idle(&url, "stadium").await;
     origin.shutdown().await;
 }

@@ -75,46 +75,36 @@ impl Ingest for LiveIngest {
         let Some(h) = c.get_mut(channel) else {
             return;
         };
-        match &media {
-            Media::Data(data) => {
-                h.bytes += data.len() as u64;
-                self.state
-                    .live
-                    .media_bytes
-                    .with_label_values(&["stream"])
-                    .inc_by(data.len() as u64);
-            }
-            Media::Video { kind, data, .. } => {
-                h.bytes += data.len() as u64;
-                self.state
-                    .live
-                    .media_bytes
-                    .with_label_values(&["video"])
-                    .inc_by(data.len() as u64);
-                match kind {
-                    flv::Video::AvcConfig => h.has_video_config = true,
-                    flv::Video::Avc { keyframe } => {
-                        h.video_frames += 1;
-                        if *keyframe {
-                            h.keyframes += 1;
-                            h.last_keyframe = Some(Instant::now());
-                        }
+        let (kind, bytes) = match &media {
+            Media::Data(data) => ("stream", data.len()),
+            Media::Video { data, .. } => ("video", data.len()),
+            Media::Audio { data, .. } => ("audio", data.len()),
+        };
+        if bytes > 0 {
+            h.bytes += bytes as u64;
+            self.state
+                .live
+                .media_bytes
+                .with_label_values(&[kind])
+                .inc_by(bytes as u64);
+        }
+        match media {
+            Media::Data(_) => {}
+            Media::Video { kind, .. } => match kind {
+                flv::Video::AvcConfig => h.has_video_config = true,
+                flv::Video::Avc { keyframe } => {
+                    h.video_frames += 1;
+                    if keyframe {
+                        h.keyframes += 1;
+                        h.last_keyframe = Some(Instant::now());
                     }
-                    flv::Video::AvcEnd => {}
                 }
-            }
-            Media::Audio { kind, data, .. } => {
-                h.bytes += data.len() as u64;
-                self.state
-                    .live
-                    .media_bytes
-                    .with_label_values(&["audio"])
-                    .inc_by(data.len() as u64);
-                match kind {
-                    flv::Audio::AacConfig => h.has_audio_config = true,
-                    flv::Audio::Aac => h.audio_frames += 1,
-                }
-            }
+                flv::Video::AvcEnd => {}
+            },
+            Media::Audio { kind, .. } => match kind {
+                flv::Audio::AacConfig => h.has_audio_config = true,
+                flv::Audio::Aac => h.audio_frames += 1,
+            },
         }
     }
 
