@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State as AxState};
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
@@ -12,6 +12,7 @@ use utoipa::ToSchema;
 
 use crate::http::error::{ErrorBody, JsonBody};
 use crate::http::extract::{ClientIp, Viewer};
+use crate::http::no_store;
 use crate::service::accounts::{self, Profile, Profiles, Session, User};
 use crate::service::signup::{self, SignupAccepted};
 use crate::service::state::State;
@@ -173,9 +174,4 @@ pub(crate) async fn delete_profile(
 ) -> Result<StatusCode, Error> {
     accounts::delete_profile(&state, &viewer.user, &id).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// An answer caches must not keep: it is one viewer's.
-fn no_store<T: IntoResponse>(body: T) -> Response {
-    ([(header::CACHE_CONTROL, "no-store")], body).into_response()
 }

@@ -4,12 +4,13 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State as AxState};
-use axum::http::{header, HeaderMap};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use crate::http::error::Plain;
 use crate::http::extract::{is_admin, require_admin};
+use crate::http::no_store;
 use crate::service::assets;
 use crate::service::state::State;
 
@@ -32,7 +33,7 @@ pub(crate) async fn list_assets(
     headers: HeaderMap,
 ) -> Result<Response, Plain> {
     let list = assets::list(&state, is_admin(&state, &headers)).await?;
-    Ok(([(header::CACHE_CONTROL, "no-store")], Json(list)).into_response())
+    Ok(no_store(Json(list)))
 }
 
 /// `GET /api/v1/assets/{id}`: in full for operators; as in the list for
@@ -43,7 +44,7 @@ pub(crate) async fn asset(
     headers: HeaderMap,
 ) -> Result<Response, Plain> {
     let body = assets::get(&state, &id, is_admin(&state, &headers)).await?;
-    Ok(([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response())
+    Ok(no_store(Json(body)))
 }
 
 /// `PUT /api/v1/assets/{id}/geo` (admin): a title's country rules.

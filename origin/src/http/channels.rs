@@ -3,12 +3,13 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State as AxState};
-use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use axum::Json;
 
 use crate::http::error::{ErrorBody, JsonBody};
 use crate::http::extract::require_admin;
+use crate::http::no_store;
 use crate::service::channels::{self, Channel, ChannelWithKey, Channels, NewChannel};
 use crate::service::state::State;
 use crate::storage::Error;
@@ -26,7 +27,7 @@ pub(crate) async fn create(
 ) -> Result<Response, Error> {
     require_admin(&state, &headers)?;
     let made = channels::create(&state, new).await?;
-    Ok((StatusCode::CREATED, no_store(), Json(made)).into_response())
+    Ok(no_store((StatusCode::CREATED, Json(made))))
 }
 
 /// Every live channel (never their keys).
@@ -37,7 +38,7 @@ pub(crate) async fn list(
     headers: HeaderMap,
 ) -> Result<Response, Error> {
     require_admin(&state, &headers)?;
-    Ok((no_store(), Json(channels::list(&state).await?)).into_response())
+    Ok(no_store(Json(channels::list(&state).await?)))
 }
 
 /// One channel's status.
@@ -50,7 +51,7 @@ pub(crate) async fn get(
     Path(name): Path<String>,
 ) -> Result<Response, Error> {
     require_admin(&state, &headers)?;
-    Ok((no_store(), Json(channels::get(&state, &name).await?)).into_response())
+    Ok(no_store(Json(channels::get(&state, &name).await?)))
 }
 
 /// A new stream key; the old one is refused from now on.
@@ -63,7 +64,7 @@ pub(crate) async fn rotate_key(
     Path(name): Path<String>,
 ) -> Result<Response, Error> {
     require_admin(&state, &headers)?;
-    Ok((no_store(), Json(channels::rotate_key(&state, &name).await?)).into_response())
+    Ok(no_store(Json(channels::rotate_key(&state, &name).await?)))
 }
 
 /// Stop a channel: its key is refused until rotated.
@@ -76,10 +77,5 @@ pub(crate) async fn stop(
     Path(name): Path<String>,
 ) -> Result<Response, Error> {
     require_admin(&state, &headers)?;
-    Ok((no_store(), Json(channels::stop(&state, &name).await?)).into_response())
-}
-
-/// Keys and operator views are never kept by a cache.
-fn no_store() -> [(header::HeaderName, &'static str); 1] {
-    [(header::CACHE_CONTROL, "no-store")]
+    Ok(no_store(Json(channels::stop(&state, &name).await?)))
 }

@@ -34,6 +34,12 @@ use crate::storage::{ids, Error};
 /// Largest JSON request body (the payment webhook's events are the biggest).
 const MAX_JSON_BODY: usize = 256 << 10;
 
+/// An answer no cache may keep: one viewer's, or an operator's.
+pub(crate) fn no_store<T: axum::response::IntoResponse>(body: T) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    ([(axum::http::header::CACHE_CONTROL, "no-store")], body).into_response()
+}
+
 /// Builds the router; tests call it in-process.
 pub fn app(state: Arc<State>) -> Router {
     Router::new()

@@ -5,14 +5,15 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State as AxState};
-use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use axum::Json;
 use serde::Deserialize;
 use utoipa::IntoParams;
 
 use crate::http::error::{ErrorBody, JsonBody};
 use crate::http::extract::{carries, stream_token, ClientIp, Viewer};
+use crate::http::no_store;
 use crate::service::history::{self, History};
 use crate::service::playback::{self, Beat, PlaybackAnswer, PlaybackRequest};
 use crate::service::state::State;
@@ -62,7 +63,7 @@ pub(crate) async fn playback(
             .map_err(|e| Error::bad_request("bad_json", format!("the body is not valid: {e}")))?
     };
     let answer = playback::start(&state, asset_id, ip, &viewer.user, req).await?;
-    Ok(([(header::CACHE_CONTROL, "no-store")], Json(answer)).into_response())
+    Ok(no_store(Json(answer)))
 }
 
 /// Report the position of a stream; keeps its slot.
@@ -107,7 +108,7 @@ pub(crate) async fn history(
     Query(q): Query<HistoryQuery>,
 ) -> Result<Response, Error> {
     let items = history::of_profile(&state, &viewer.user, &q.profile).await?;
-    Ok(([(header::CACHE_CONTROL, "no-store")], Json(items)).into_response())
+    Ok(no_store(Json(items)))
 }
 
 /// `GET /api/v1/fleet/revocations?after=N` (fleet credential): the ended
@@ -125,5 +126,5 @@ pub(crate) async fn revocations(
         ));
     }
     let list = playback::revocations(&state, q.after).await?;
-    Ok(([(header::CACHE_CONTROL, "no-store")], Json(list)).into_response())
+    Ok(no_store(Json(list)))
 }
