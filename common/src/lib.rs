@@ -79,6 +79,18 @@ pub fn bearer_matches(authorization: Option<&str>, configured: &str) -> bool {
     }
 }
 
+/// The token of `Authorization: Bearer <token>`: trimmed, not empty, at
+/// most 4096 bytes (longer is no token of ours).
+pub fn bearer(headers: &http::HeaderMap) -> Option<&str> {
+    headers
+        .get(http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && t.len() <= 4096)
+}
+
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> u64 {
     SystemTime::now()

@@ -17,6 +17,7 @@ mod purge;
 #[cfg(test)]
 mod tests;
 
+use cascade_common::bearer;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -293,15 +294,6 @@ fn fleet_targets(ctx: &Ctx) -> Vec<fleet::Target> {
         &registered,
         Duration::from_secs(ctx.cfg.node_down_after_secs),
     )
-}
-
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
 }
 
 /// Whether the request carries the configured credential.

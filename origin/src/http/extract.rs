@@ -75,15 +75,7 @@ impl FromRequestParts<Arc<State>> for MaybeViewer {
 }
 
 /// The access token of `Authorization: Bearer <token>` (at most 4096 bytes).
-pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
-        .filter(|t| !t.is_empty() && t.len() <= 4096)
-}
+pub(crate) use cascade_common::bearer;
 
 /// A stream's heartbeat token: `Authorization: Bearer <token>`, as it came.
 pub(crate) fn stream_token(headers: &HeaderMap) -> Option<&str> {
