@@ -29,10 +29,12 @@
 
 #![warn(unreachable_pub)]
 
+pub mod cmaf;
 mod dash;
 pub mod fmp4;
 mod hls;
 mod index;
+pub mod live;
 mod manifest;
 mod mp4;
 mod query;

@@ -1,0 +1,825 @@
+//! Live: the live asset manifest the origin grows as parts arrive, and the
+//! playlists an edge makes from it just in time: LL-HLS media playlists
+//! (parts, preload hints, blocking reload, delta updates, rendition
+//! reports), the multivariant playlist, and a low-latency DASH MPD.
+//!
+//! URL layout under `/live/{channel}/`:
+//!
+//! | path | what |
+//! |---|---|
+//! | `master.m3u8` | HLS multivariant playlist |
+//! | `{track}.m3u8` | LL-HLS media playlist (`_HLS_msn`, `_HLS_part`, `_HLS_skip`) |
+//! | `manifest.mpd` | low-latency DASH MPD |
+//! | `{track}/init-{g}.mp4` | init segment of configuration `g` |
+//! | `{track}/{msn}.m4s` | segment `msn` (streamed while it grows) |
+//! | `{track}/{msn}.{part}.m4s` | part `part` of segment `msn` |
+//!
+//! Segment numbers (`msn`) never repeat on a channel, across reconnects and
+//! events, so no cache anywhere can serve an old segment for a new one.
+
+use std::fmt::Write;
+
+use serde::{Deserialize, Serialize};
+
+use crate::manifest::TrackKind;
+use crate::Error;
+
+/// The largest live manifest accepted from upstream.
+pub const MAX_LIVE_MANIFEST_BYTES: usize = 8 << 20;
+
+/// A channel's live stream as the packager sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LiveManifest {
+    /// The channel's name (the URL segment after `/live/`).
+    pub channel: String,
+    /// The event (one broadcast); a new one starts after the reconnect grace.
+    pub event: String,
+    /// Target part duration, milliseconds.
+    pub part_target_ms: u32,
+    /// Target segment duration, milliseconds.
+    pub segment_target_ms: u32,
+    /// Wall clock (Unix ms) of media time zero: DASH's availability start.
+    pub epoch_ms: u64,
+    /// Video renditions, highest first, then audio.
+    pub tracks: Vec<LiveTrack>,
+    /// The segments in the window, oldest first; the last may be in progress.
+    pub segments: Vec<LiveSegment>,
+    /// Discontinuities before the first listed segment.
+    pub discontinuity_sequence: u64,
+    /// The event is over: no more segments will come.
+    pub ended: bool,
+}
+
+/// One rendition or audio track of a live stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LiveTrack {
+    /// `v0`, `v1`, `a0`.
+    pub id: String,
+    /// Video or audio.
+    pub kind: TrackKind,
+    /// RFC 6381 codec string.
+    pub codec: String,
+    /// Bits per second (measured, or the rung's target).
+    pub bandwidth: u64,
+    /// Video only.
+    #[serde(default)]
+    pub width: u32,
+    /// Video only.
+    #[serde(default)]
+    pub height: u32,
+    /// Video only.
+    #[serde(default)]
+    pub frame_rate: f64,
+    /// Audio only.
+    #[serde(default)]
+    pub sample_rate: u32,
+    /// Audio only.
+    #[serde(default)]
+    pub channels: u16,
+}
+
+/// One segment: parts so far, and whether it is complete.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LiveSegment {
+    /// Media sequence number.
+    pub msn: u64,
+    /// Media time of its start, 90 kHz.
+    pub start: u64,
+    /// Wall clock (Unix ms) when its first frame reached ingest.
+    pub pdt_ms: u64,
+    /// Which init segment its media needs (changes with the encoder's configuration).
+    pub init: u32,
+    /// A discontinuity comes before it (an encoder reconnected).
+    #[serde(default)]
+    pub discontinuity: bool,
+    /// Its parts so far.
+    pub parts: Vec<LivePart>,
+    /// No more parts will be added.
+    pub complete: bool,
+}
+
+/// One part of a segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LivePart {
+    /// 90 kHz.
+    pub duration: u32,
+    /// It starts with a keyframe.
+    pub independent: bool,
+}
+
+/// What a playlist request asks for (`_HLS_msn`, `_HLS_part`, `_HLS_skip`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Blocking {
+    /// Wait until this segment (and part) exists.
+    pub msn: Option<u64>,
+    /// Part of `msn` (without it, part 0: what Safari asks).
+    pub part: Option<u32>,
+    /// A delta update (`_HLS_skip=YES`).
+    pub skip: bool,
+}
+
+/// What a request for a live resource names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LiveOutput {
+    /// `master.m3u8`
+    Multivariant,
+    /// `{track}.m3u8`
+    Media(String),
+    /// `manifest.mpd`
+    Mpd,
+    /// `{track}/init-{g}.mp4`
+    Init(String, u32),
+    /// `{track}/{msn}.m4s`
+    Segment(String, u64),
+    /// `{track}/{msn}.{part}.m4s`
+    Part(String, u64, u32),
+}
+
+impl LiveOutput {
+    /// What `rest` (the path after `/live/{channel}/`) names.
+    pub fn parse(rest: &str) -> Option<LiveOutput> {
+        match rest {
+            "master.m3u8" => return Some(LiveOutput::Multivariant),
+            "manifest.mpd" => return Some(LiveOutput::Mpd),
+            _ => {}
+        }
+        if let Some(track) = rest.strip_suffix(".m3u8") {
+            return crate::is_safe_id(track).then(|| LiveOutput::Media(track.into()));
+        }
+        let (track, file) = rest.split_once('/')?;
+        if !crate::is_safe_id(track) {
+            return None;
+        }
+        if let Some(g) = file
+            .strip_prefix("init-")
+            .and_then(|f| f.strip_suffix(".mp4"))
+        {
+            return Some(LiveOutput::Init(track.into(), number(g)?.try_into().ok()?));
+        }
+        let stem = file.strip_suffix(".m4s")?;
+        match stem.split_once('.') {
+            None => Some(LiveOutput::Segment(track.into(), number(stem)?)),
+            Some((msn, part)) => Some(LiveOutput::Part(
+                track.into(),
+                number(msn)?,
+                number(part)?.try_into().ok()?,
+            )),
+        }
+    }
+
+    /// A playlist or MPD (made per request) rather than media.
+    pub fn is_manifest(&self) -> bool {
+        matches!(
+            self,
+            LiveOutput::Multivariant | LiveOutput::Media(_) | LiveOutput::Mpd
+        )
+    }
+
+    /// The `Content-Type` of the answer.
+    pub fn content_type(&self, m: Option<&LiveManifest>) -> &'static str {
+        match self {
+            LiveOutput::Multivariant | LiveOutput::Media(_) => "application/vnd.apple.mpegurl",
+            LiveOutput::Mpd => "application/dash+xml",
+            LiveOutput::Init(t, _) | LiveOutput::Segment(t, _) | LiveOutput::Part(t, _, _) => {
+                match m.and_then(|m| m.track(t)).map(|t| t.kind) {
+                    Some(TrackKind::Audio) => "audio/mp4",
+                    _ => "video/mp4",
+                }
+            }
+        }
+    }
+}
+
+fn number(s: &str) -> Option<u64> {
+    if s.is_empty() || s.len() > 19 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+impl Blocking {
+    /// Reads `_HLS_msn`, `_HLS_part` and `_HLS_skip` from a query string;
+    /// an error names a bad value (HLS asks for 400).
+    pub fn from_query(query: &str) -> Result<Blocking, &'static str> {
+        let mut b = Blocking::default();
+        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+            match &*k {
+                "_HLS_msn" => b.msn = Some(number(&v).ok_or("_HLS_msn is not a number")?),
+                "_HLS_part" => {
+                    b.part = Some(
+                        number(&v)
+                            .and_then(|p| u32::try_from(p).ok())
+                            .ok_or("_HLS_part is not a number")?,
+                    )
+                }
+                "_HLS_skip" => b.skip = v == "YES" || v == "v2",
+                _ => {}
+            }
+        }
+        if b.part.is_some() && b.msn.is_none() {
+            return Err("_HLS_part without _HLS_msn");
+        }
+        Ok(b)
+    }
+
+    /// The canonical query, for cache keys and upstream requests.
+    pub fn canonical(&self) -> String {
+        let mut q = Vec::new();
+        if let Some(m) = self.msn {
+            q.push(format!("_HLS_msn={m}"));
+            q.push(format!("_HLS_part={}", self.part.unwrap_or(0)));
+        }
+        if self.skip {
+            q.push("_HLS_skip=YES".into());
+        }
+        q.join("&")
+    }
+}
+
+impl LiveManifest {
+    /// Parses the JSON the origin serves, checking what the packager relies on.
+    pub fn from_json(bytes: &[u8]) -> Result<LiveManifest, Error> {
+        if bytes.len() > MAX_LIVE_MANIFEST_BYTES {
+            return Err(Error::Malformed("live manifest too large"));
+        }
+        let m: LiveManifest =
+            serde_json::from_slice(bytes).map_err(|_| Error::Malformed("live manifest"))?;
+        if m.part_target_ms == 0 || m.segment_target_ms == 0 {
+            return Err(Error::Malformed("live manifest without targets"));
+        }
+        if m.tracks.iter().any(|t| !crate::is_safe_id(&t.id)) {
+            return Err(Error::Malformed("live track id"));
+        }
+        if m.segments.windows(2).any(|w| w[1].msn != w[0].msn + 1) {
+            return Err(Error::Malformed("live segments out of order"));
+        }
+        Ok(m)
+    }
+
+    /// The JSON form.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// The track `id`.
+    pub fn track(&self, id: &str) -> Option<&LiveTrack> {
+        self.tracks.iter().find(|t| t.id == id)
+    }
+
+    /// The last segment and how many parts it has (the live edge).
+    pub fn last_part(&self) -> Option<(u64, u32)> {
+        let s = self.segments.last()?;
+        Some((s.msn, s.parts.len() as u32))
+    }
+
+    /// The segment `msn`, if in the window.
+    pub fn segment(&self, msn: u64) -> Option<&LiveSegment> {
+        let first = self.segments.first()?.msn;
+        self.segments
+            .get(usize::try_from(msn.checked_sub(first)?).ok()?)
+    }
+
+    /// Whether a blocking request for `msn` (part `part`, 0 without one) is
+    /// answered by this manifest: the part exists, or the segment completed
+    /// with fewer parts, or a later segment exists.
+    pub fn satisfies(&self, msn: u64, part: Option<u32>) -> bool {
+        if self.ended {
+            return true;
+        }
+        let Some(last) = self.segments.last() else {
+            return false;
+        };
+        if last.msn > msn {
+            return true;
+        }
+        if last.msn < msn {
+            return false;
+        }
+        let want = part.unwrap_or(0) as usize;
+        last.parts.len() > want || last.complete
+    }
+
+    /// Whether a part exists (or never will: its segment completed short).
+    pub fn has_part(&self, msn: u64, part: u32) -> Option<bool> {
+        let s = self.segment(msn)?;
+        if s.parts.len() > part as usize {
+            Some(true)
+        } else if s.complete {
+            None
+        } else {
+            Some(false)
+        }
+    }
+
+    /// `EXT-X-TARGETDURATION`: the longest segment, rounded up, seconds.
+    pub fn target_duration(&self) -> u64 {
+        let longest = self
+            .segments
+            .iter()
+            .filter(|s| s.complete)
+            .map(segment_duration)
+            .max()
+            .unwrap_or(0)
+            .max(u64::from(self.segment_target_ms) * 90);
+        longest.div_ceil(90_000).max(1)
+    }
+
+    fn part_target(&self) -> f64 {
+        f64::from(self.part_target_ms) / 1000.0
+    }
+}
+
+/// The LL-HLS multivariant playlist: one variant per video rendition, with
+/// the audio track (if any) as its rendition group.
+pub fn multivariant(m: &LiveManifest) -> Result<String, Error> {
+    let audio = m.tracks.iter().find(|t| t.kind == TrackKind::Audio);
+    let mut out = String::from("#EXTM3U\n#EXT-X-VERSION:9\n#EXT-X-INDEPENDENT-SEGMENTS\n");
+    if let Some(a) = audio {
+        let _ = writeln!(
+            out,
+            "#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID=\"audio\",NAME=\"Main\",DEFAULT=YES,AUTOSELECT=YES,CHANNELS=\"{}\",URI=\"{}.m3u8\"",
+            a.channels.max(1),
+            a.id
+        );
+    }
+    let mut any = false;
+    for v in m.tracks.iter().filter(|t| t.kind == TrackKind::Video) {
+        any = true;
+        let mut codecs = v.codec.clone();
+        let mut bandwidth = v.bandwidth;
+        if let Some(a) = audio {
+            codecs = format!("{codecs},{}", a.codec);
+            bandwidth += a.bandwidth;
+        }
+        let _ = write!(
+            out,
+            "#EXT-X-STREAM-INF:BANDWIDTH={bandwidth},CODECS=\"{codecs}\",RESOLUTION={}x{}",
+            v.width, v.height
+        );
+        if v.frame_rate > 0.0 {
+            let _ = write!(out, ",FRAME-RATE={:.3}", v.frame_rate);
+        }
+        if audio.is_some() {
+            out.push_str(",AUDIO=\"audio\"");
+        }
+        let _ = writeln!(out, "\n{}.m3u8", v.id);
+    }
+    if !any {
+        return Err(Error::EmptyView("video rendition"));
+    }
+    Ok(out)
+}
+
+/// Parts are listed for the segments within this many target durations of
+/// the live edge (RFC 8216bis asks for at least three).
+const PART_WINDOW_TARGETS: u64 = 3;
+
+/// The LL-HLS media playlist of `track`.
+pub fn media_playlist(m: &LiveManifest, track: &str, b: Blocking) -> Result<String, Error> {
+    let t = m.track(track).ok_or(Error::NotFound)?;
+    let target = m.target_duration();
+    let part_target = m.part_target();
+    let skip_until = 6 * target;
+    let mut out = String::with_capacity(4096);
+    let _ = write!(
+        out,
+        "#EXTM3U\n#EXT-X-VERSION:9\n#EXT-X-TARGETDURATION:{target}\n\
+         #EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK={:.3},CAN-SKIP-UNTIL={skip_until}\n\
+         #EXT-X-PART-INF:PART-TARGET={part_target:.3}\n",
+        3.0 * part_target
+    );
+    let first = m.segments.first().map_or(0, |s| s.msn);
+    let _ = writeln!(out, "#EXT-X-MEDIA-SEQUENCE:{first}");
+    let _ = writeln!(
+        out,
+        "#EXT-X-DISCONTINUITY-SEQUENCE:{}",
+        m.discontinuity_sequence
+    );
+
+    // Time from each segment's start to the live edge, to know which are
+    // old enough to skip and which still list their parts.
+    let end: u64 = m
+        .segments
+        .last()
+        .map_or(0, |s| s.start + segment_duration(s));
+    let mut skipped = 0usize;
+    if b.skip {
+        skipped = m
+            .segments
+            .iter()
+            .take_while(|s| end.saturating_sub(s.start + segment_duration(s)) > skip_until * 90_000)
+            .count();
+        if skipped > 0 {
+            let _ = writeln!(out, "#EXT-X-SKIP:SKIPPED-SEGMENTS={skipped}");
+        }
+    }
+    let mut map: Option<u32> = None;
+    for s in &m.segments[skipped..] {
+        if s.discontinuity && map.is_some() {
+            out.push_str("#EXT-X-DISCONTINUITY\n");
+        }
+        if map != Some(s.init) {
+            let _ = writeln!(out, "#EXT-X-MAP:URI=\"{track}/init-{}.mp4\"", s.init);
+            map = Some(s.init);
+        }
+        let _ = writeln!(out, "#EXT-X-PROGRAM-DATE-TIME:{}", iso_time(s.pdt_ms));
+        let seg_end = s.start + segment_duration(s);
+        if end - seg_end.min(end) <= PART_WINDOW_TARGETS * target * 90_000 || !s.complete {
+            for (i, p) in s.parts.iter().enumerate() {
+                let _ = write!(
+                    out,
+                    "#EXT-X-PART:DURATION={:.3},URI=\"{track}/{}.{i}.m4s\"",
+                    f64::from(p.duration) / 90_000.0,
+                    s.msn
+                );
+                out.push_str(if p.independent {
+                    ",INDEPENDENT=YES\n"
+                } else {
+                    "\n"
+                });
+            }
+        }
+        if s.complete {
+            let _ = writeln!(
+                out,
+                "#EXTINF:{:.3},\n{track}/{}.m4s",
+                segment_duration(s) as f64 / 90_000.0,
+                s.msn
+            );
+        }
+    }
+    if m.ended {
+        out.push_str("#EXT-X-ENDLIST\n");
+    } else if let Some(last) = m.segments.last() {
+        let (msn, part) = if last.complete {
+            (last.msn + 1, 0)
+        } else {
+            (last.msn, last.parts.len())
+        };
+        let _ = writeln!(
+            out,
+            "#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"{track}/{msn}.{part}.m4s\""
+        );
+        // Every other track of the same kind advances with this one.
+        for other in m.tracks.iter().filter(|o| o.id != t.id) {
+            let (lmsn, lpart) = last_listed(last);
+            let _ = writeln!(
+                out,
+                "#EXT-X-RENDITION-REPORT:URI=\"{}.m3u8\",LAST-MSN={lmsn},LAST-PART={lpart}",
+                other.id
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// The last part a playlist lists: `(msn, part index)`.
+fn last_listed(last: &LiveSegment) -> (u64, usize) {
+    (last.msn, last.parts.len().saturating_sub(1))
+}
+
+/// The low-latency DASH MPD: one Period, `$Number$` templates with a
+/// timeline, `availabilityTimeOffset` so a segment is asked for while it is
+/// still growing (served chunked), and the edge's clock for `UTCTiming`.
+pub fn mpd(m: &LiveManifest, now_ms: u64, dvr_secs: u64, time_url: &str) -> Result<String, Error> {
+    let first = m.segments.first().ok_or(Error::EmptyView("segment"))?;
+    let target = m.target_duration();
+    let seg_target = f64::from(m.segment_target_ms) / 1000.0;
+    let part_target = m.part_target();
+    let kind = if m.ended { "static" } else { "dynamic" };
+    let mut out = String::with_capacity(4096);
+    let _ = write!(
+        out,
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
+         <MPD xmlns=\"urn:mpeg:dash:schema:mpd:2011\" profiles=\"urn:mpeg:dash:profile:isoff-live:2011,urn:mpeg:dash:profile:cmaf:2019\" \
+         type=\"{kind}\" availabilityStartTime=\"{}\" publishTime=\"{}\" minimumUpdatePeriod=\"PT{target}S\" \
+         timeShiftBufferDepth=\"PT{dvr_secs}S\" maxSegmentDuration=\"PT{target}S\" minBufferTime=\"PT{part_target:.3}S\">\n",
+        iso_time(m.epoch_ms),
+        iso_time(now_ms)
+    );
+    let _ = writeln!(
+        out,
+        "  <ServiceDescription id=\"0\"><Latency target=\"{}\" min=\"{}\" max=\"{}\" referenceId=\"0\"/><PlaybackRate min=\"0.96\" max=\"1.04\"/></ServiceDescription>",
+        (3.0 * part_target * 1000.0 + 1500.0) as u64,
+        (2.0 * part_target * 1000.0) as u64,
+        (4.0 * seg_target * 1000.0) as u64,
+    );
+    out.push_str("  <Period id=\"0\" start=\"PT0S\">\n");
+    // Every segment but an in-progress last one is in the timeline; the
+    // growing one is announced by its start time alone being reachable.
+    let mut timeline = String::new();
+    let mut run: Option<(u64, u64, u32)> = None; // (t, d, repeats)
+    for s in &m.segments {
+        let d = if s.complete {
+            segment_duration(s)
+        } else {
+            u64::from(m.segment_target_ms) * 90
+        };
+        run = match run {
+            Some((t, rd, r)) if rd == d && t + rd * (u64::from(r) + 1) == s.start => {
+                Some((t, rd, r + 1))
+            }
+            Some((t, rd, r)) => {
+                push_s(&mut timeline, t, rd, r);
+                Some((s.start, d, 0))
+            }
+            None => Some((s.start, d, 0)),
+        };
+    }
+    if let Some((t, d, r)) = run {
+        push_s(&mut timeline, t, d, r);
+    }
+    let ato = (seg_target - part_target).max(0.0);
+    for kind in [TrackKind::Video, TrackKind::Audio] {
+        let tracks: Vec<&LiveTrack> = m.tracks.iter().filter(|t| t.kind == kind).collect();
+        if tracks.is_empty() {
+            continue;
+        }
+        let ct = if kind == TrackKind::Video {
+            "video"
+        } else {
+            "audio"
+        };
+        let _ = writeln!(
+            out,
+            "    <AdaptationSet contentType=\"{ct}\" mimeType=\"{ct}/mp4\" segmentAlignment=\"true\" startWithSAP=\"1\">"
+        );
+        let _ = writeln!(
+            out,
+            "      <SegmentTemplate timescale=\"90000\" initialization=\"$RepresentationID$/init-{}.mp4\" media=\"$RepresentationID$/$Number$.m4s\" startNumber=\"{}\" availabilityTimeOffset=\"{ato:.3}\" availabilityTimeComplete=\"false\">\n        <SegmentTimeline>\n{timeline}        </SegmentTimeline>\n      </SegmentTemplate>",
+            first.init, first.msn
+        );
+        for t in tracks {
+            let _ = write!(
+                out,
+                "      <Representation id=\"{}\" codecs=\"{}\" bandwidth=\"{}\"",
+                t.id, t.codec, t.bandwidth
+            );
+            if kind == TrackKind::Video {
+                let _ = write!(out, " width=\"{}\" height=\"{}\"", t.width, t.height);
+                if t.frame_rate > 0.0 {
+                    let _ = write!(out, " frameRate=\"{}\"", t.frame_rate.round() as u64);
+                }
+                out.push_str("/>\n");
+            } else {
+                let _ = write!(
+                    out,
+                    " audioSamplingRate=\"{}\">\n        <AudioChannelConfiguration schemeIdUri=\"urn:mpeg:dash:23003:3:audio_channel_configuration:2011\" value=\"{}\"/>\n      </Representation>\n",
+                    t.sample_rate, t.channels
+                );
+            }
+        }
+        out.push_str("    </AdaptationSet>\n");
+    }
+    let _ = write!(
+        out,
+        "  </Period>\n  <UTCTiming schemeIdUri=\"urn:mpeg:dash:utc:http-iso:2014\" value=\"{time_url}\"/>\n</MPD>\n"
+    );
+    Ok(out)
+}
+
+fn push_s(out: &mut String, t: u64, d: u64, r: u32) {
+    if r > 0 {
+        let _ = writeln!(out, "          <S t=\"{t}\" d=\"{d}\" r=\"{r}\"/>");
+    } else {
+        let _ = writeln!(out, "          <S t=\"{t}\" d=\"{d}\"/>");
+    }
+}
+
+/// A segment's duration so far, 90 kHz.
+pub fn segment_duration(s: &LiveSegment) -> u64 {
+    s.parts.iter().map(|p| u64::from(p.duration)).sum()
+}
+
+/// ISO 8601 UTC with milliseconds, from Unix milliseconds.
+pub fn iso_time(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(segments: u64, parts_in_last: usize, complete_last: bool) -> LiveManifest {
+        let part = LivePart {
+            duration: 45_000,
+            independent: false,
+        };
+        let mut segs = Vec::new();
+        for i in 0..segments {
+            let last = i + 1 == segments;
+            let n = if last { parts_in_last } else { 4 };
+            let mut parts = vec![part; n];
+            if let Some(p) = parts.first_mut() {
+                p.independent = true;
+            }
+            segs.push(LiveSegment {
+                msn: 100 + i,
+                start: i * 180_000,
+                pdt_ms: 1_700_000_000_000 + i * 2000,
+                init: 0,
+                discontinuity: false,
+                parts,
+                complete: !last || complete_last,
+            });
+        }
+        LiveManifest {
+            channel: "final".into(),
+            event: "e1".into(),
+            part_target_ms: 500,
+            segment_target_ms: 2000,
+            epoch_ms: 1_700_000_000_000,
+            tracks: vec![
+                LiveTrack {
+                    id: "v0".into(),
+                    kind: TrackKind::Video,
+                    codec: "avc1.64001f".into(),
+                    bandwidth: 3_000_000,
+                    width: 1280,
+                    height: 720,
+                    frame_rate: 30.0,
+                    sample_rate: 0,
+                    channels: 0,
+                },
+                LiveTrack {
+                    id: "a0".into(),
+                    kind: TrackKind::Audio,
+                    codec: "mp4a.40.2".into(),
+                    bandwidth: 128_000,
+                    width: 0,
+                    height: 0,
+                    frame_rate: 0.0,
+                    sample_rate: 48_000,
+                    channels: 2,
+                },
+            ],
+            segments: segs,
+            discontinuity_sequence: 0,
+            ended: false,
+        }
+    }
+
+    #[test]
+    fn outputs_parse() {
+        assert_eq!(
+            LiveOutput::parse("master.m3u8"),
+            Some(LiveOutput::Multivariant)
+        );
+        assert_eq!(
+            LiveOutput::parse("v0.m3u8"),
+            Some(LiveOutput::Media("v0".into()))
+        );
+        assert_eq!(
+            LiveOutput::parse("v0/init-3.mp4"),
+            Some(LiveOutput::Init("v0".into(), 3))
+        );
+        assert_eq!(
+            LiveOutput::parse("v0/12.m4s"),
+            Some(LiveOutput::Segment("v0".into(), 12))
+        );
+        assert_eq!(
+            LiveOutput::parse("a0/12.3.m4s"),
+            Some(LiveOutput::Part("a0".into(), 12, 3))
+        );
+        for bad in [
+            "v0/x.m4s",
+            "v0/1.2.3.m4s",
+            "../x.m3u8",
+            "v0/-1.m4s",
+            "v0/init-.mp4",
+            "v0/1.m4",
+        ] {
+            assert_eq!(LiveOutput::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn blocking_queries() {
+        let b = Blocking::from_query("_HLS_msn=12&_HLS_part=2&token=x&_HLS_skip=YES").unwrap();
+        assert_eq!((b.msn, b.part, b.skip), (Some(12), Some(2), true));
+        assert_eq!(b.canonical(), "_HLS_msn=12&_HLS_part=2&_HLS_skip=YES");
+        // Safari's form: no part means part 0.
+        assert_eq!(
+            Blocking::from_query("_HLS_msn=12").unwrap().canonical(),
+            "_HLS_msn=12&_HLS_part=0"
+        );
+        assert!(Blocking::from_query("_HLS_part=1").is_err());
+        assert!(Blocking::from_query("_HLS_msn=x").is_err());
+        assert_eq!(Blocking::from_query("").unwrap().canonical(), "");
+    }
+
+    #[test]
+    fn satisfies_waits_for_the_part() {
+        let m = manifest(3, 2, false);
+        assert!(m.satisfies(102, Some(1)));
+        assert!(!m.satisfies(102, Some(2)));
+        assert!(m.satisfies(102, None));
+        assert!(!m.satisfies(103, None));
+        assert!(m.satisfies(101, Some(9)));
+        let done = manifest(3, 3, true);
+        assert!(done.satisfies(102, Some(5)));
+        assert_eq!(m.has_part(102, 1), Some(true));
+        assert_eq!(m.has_part(102, 2), Some(false));
+        assert_eq!(done.has_part(102, 3), None);
+        assert_eq!(m.has_part(99, 0), None);
+    }
+
+    #[test]
+    fn a_media_playlist_has_the_ll_hls_tags() {
+        let m = manifest(10, 2, false);
+        let p = media_playlist(&m, "v0", Blocking::default()).unwrap();
+        assert!(p.starts_with("#EXTM3U\n#EXT-X-VERSION:9\n#EXT-X-TARGETDURATION:2\n"));
+        assert!(p.contains(
+            "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=1.500,CAN-SKIP-UNTIL=12\n"
+        ));
+        assert!(p.contains("#EXT-X-PART-INF:PART-TARGET=0.500\n"));
+        assert!(p.contains("#EXT-X-MEDIA-SEQUENCE:100\n"));
+        assert!(p.contains("#EXT-X-MAP:URI=\"v0/init-0.mp4\"\n"));
+        assert!(p.contains("#EXT-X-PROGRAM-DATE-TIME:2023-11-14T22:13:20.000Z\n"));
+        assert!(p.contains("#EXT-X-PART:DURATION=0.500,URI=\"v0/109.0.m4s\",INDEPENDENT=YES\n"));
+        assert!(p.contains("#EXT-X-PART:DURATION=0.500,URI=\"v0/109.1.m4s\"\n"));
+        // Old segments list no parts; the last three target durations do.
+        assert!(!p.contains("v0/100.0.m4s"));
+        assert!(p.contains("v0/106.3.m4s"));
+        assert!(p.ends_with(
+            "#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"v0/109.2.m4s\"\n#EXT-X-RENDITION-REPORT:URI=\"a0.m3u8\",LAST-MSN=109,LAST-PART=1\n"
+        ));
+        assert_eq!(p.matches("#EXTINF:2.000,").count(), 9);
+
+        let delta = media_playlist(
+            &m,
+            "v0",
+            Blocking {
+                skip: true,
+                ..Blocking::default()
+            },
+        )
+        .unwrap();
+        // Segments ending more than CAN-SKIP-UNTIL (12 s) before the edge.
+        assert!(delta.contains("#EXT-X-SKIP:SKIPPED-SEGMENTS=3\n"));
+        assert!(!delta.contains("v0/102.m4s"));
+        assert!(delta.contains("v0/103.m4s"));
+
+        let mut ended = manifest(3, 4, true);
+        ended.ended = true;
+        let p = media_playlist(&ended, "a0", Blocking::default()).unwrap();
+        assert!(p.ends_with("#EXT-X-ENDLIST\n"));
+        assert!(!p.contains("PRELOAD-HINT"));
+        assert_eq!(
+            media_playlist(&ended, "v9", Blocking::default()),
+            Err(Error::NotFound)
+        );
+    }
+
+    #[test]
+    fn a_discontinuity_repeats_the_map() {
+        let mut m = manifest(4, 4, true);
+        m.segments[2].discontinuity = true;
+        m.segments[2].init = 1;
+        m.segments[3].init = 1;
+        let p = media_playlist(&m, "v0", Blocking::default()).unwrap();
+        let d = p.find("#EXT-X-DISCONTINUITY\n").unwrap();
+        assert!(p[d..].starts_with("#EXT-X-DISCONTINUITY\n#EXT-X-MAP:URI=\"v0/init-1.mp4\"\n"));
+    }
+
+    #[test]
+    fn multivariant_and_mpd() {
+        let m = manifest(5, 2, false);
+        let mv = multivariant(&m).unwrap();
+        assert!(mv.contains("#EXT-X-STREAM-INF:BANDWIDTH=3128000,CODECS=\"avc1.64001f,mp4a.40.2\",RESOLUTION=1280x720,FRAME-RATE=30.000,AUDIO=\"audio\"\nv0.m3u8\n"));
+        assert!(mv.contains("URI=\"a0.m3u8\""));
+        let d = mpd(&m, 1_700_000_010_000, 7200, "/live/time").unwrap();
+        assert!(d.contains("type=\"dynamic\""));
+        assert!(d.contains("availabilityStartTime=\"2023-11-14T22:13:20.000Z\""));
+        assert!(d.contains("<S t=\"0\" d=\"180000\" r=\"4\"/>"));
+        assert!(d.contains("startNumber=\"100\""));
+        assert!(d.contains("availabilityTimeOffset=\"1.500\""));
+        assert!(d.contains("urn:mpeg:dash:utc:http-iso:2014"));
+    }
+
+    #[test]
+    fn iso_times() {
+        assert_eq!(iso_time(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(iso_time(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        assert_eq!(iso_time(1_796_601_600_000), "2026-12-07T00:00:00.000Z");
+    }
+}
