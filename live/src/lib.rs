@@ -9,7 +9,9 @@
 #![warn(unreachable_pub)]
 
 pub mod flv;
+pub mod frame;
 pub mod rtmp;
+pub mod segmenter;
 pub mod srt;
 pub mod ts;
 
