@@ -339,3 +339,130 @@ async fn ffmpeg_publishes_over_srt_and_bad_callers_are_refused() {
     wait_idle(&url, "stadium").await;
     origin.shutdown().await;
 }
+
+async fn get(url: &str) -> reqwest::Response {
+    common::client().get(url).send().await.unwrap()
+}
+
+/// Polls the live manifest until it has a complete segment.
+async fn wait_manifest(url: &str) -> cascade_packager::live::LiveManifest {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let r = get(url).await;
+        if r.status() == 200 {
+            let m =
+                cascade_packager::live::LiveManifest::from_json(&r.bytes().await.unwrap()).unwrap();
+            if m.segments.iter().any(|s| s.complete) {
+                return m;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "no live manifest");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_origin_makes_parts_and_holds_requests_until_they_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    let (origin, url, key) = origin_with_channel(&dir, "pitch").await;
+    let rtmp = origin.rtmp_addr.unwrap();
+    let mut ffmpeg = publish(&format!("rtmp://{rtmp}/live/{key}"), 12, "libx264");
+    let base = format!("{url}/live-mezz/pitch");
+    let m = wait_manifest(&format!("{base}/manifest.json")).await;
+    assert_eq!(m.channel, "pitch");
+    assert_eq!(m.tracks.len(), 2, "{m:?}");
+    assert_eq!((m.tracks[0].width, m.tracks[0].height), (320, 180));
+    let done = m.segments.iter().find(|s| s.complete).unwrap();
+    assert!(done.parts.len() >= 3, "{done:?}");
+    assert!(done.parts[0].independent);
+
+    // The next part does not exist yet: the request is held until it does.
+    let (msn, parts) = m.last_part().unwrap();
+    let blocked = get(&format!(
+        "{base}/manifest.json?_HLS_msn={msn}&_HLS_part={parts}"
+    ))
+    .await;
+    assert_eq!(blocked.status(), 200);
+    assert!(blocked.headers()["cache-control"]
+        .to_str()
+        .unwrap()
+        .contains("max-age=12"));
+    let after =
+        cascade_packager::live::LiveManifest::from_json(&blocked.bytes().await.unwrap()).unwrap();
+    assert!(after.satisfies(msn, Some(parts)), "{:?}", after.last_part());
+    assert!(after.last_part() > m.last_part());
+
+    // A part asked for before it exists (a preload hint) comes when made.
+    let (msn, parts) = after.last_part().unwrap();
+    let part = get(&format!("{base}/v0/{msn}.{parts}.m4s")).await;
+    assert_eq!(part.status(), 200);
+    assert!(part.headers()["cache-control"]
+        .to_str()
+        .unwrap()
+        .contains("immutable"));
+    let part = part.bytes().await.unwrap();
+    assert_eq!(&part[4..8], b"moof");
+    let audio = get(&format!("{base}/a0/{msn}.{parts}.m4s")).await;
+    assert_eq!(audio.status(), 200);
+
+    // Too far ahead is a bad request; an unknown file or channel is not found.
+    assert_eq!(
+        get(&format!("{base}/manifest.json?_HLS_msn={}", msn + 5))
+            .await
+            .status(),
+        400
+    );
+    assert_eq!(
+        get(&format!("{base}/manifest.json?_HLS_msn=x"))
+            .await
+            .status(),
+        400
+    );
+    assert_eq!(get(&format!("{base}/v0/nope.m4s")).await.status(), 404);
+    assert_eq!(
+        get(&format!("{url}/live-mezz/other/manifest.json"))
+            .await
+            .status(),
+        404
+    );
+
+    // The init segment reads back; a whole segment is its parts in order,
+    // streamed while it grows.
+    let init = get(&format!("{base}/v0/init-0.mp4"))
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    let cfg = cascade_packager::fmp4::parse_init(&init).unwrap();
+    assert_eq!(cfg.timescale, 90_000);
+    let seg = get(&format!("{base}/v0/{msn}.m4s")).await;
+    assert_eq!(seg.status(), 200);
+    let seg = seg.bytes().await.unwrap();
+    let fin = cascade_packager::live::LiveManifest::from_json(
+        &get(&format!("{base}/manifest.json?_HLS_msn={}", msn + 1))
+            .await
+            .bytes()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let s = fin.segment(msn).unwrap();
+    assert!(s.complete);
+    let mut whole = Vec::new();
+    for p in 0..s.parts.len() {
+        whole.extend_from_slice(
+            &get(&format!("{base}/v0/{msn}.{p}.m4s"))
+                .await
+                .bytes()
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(seg.len(), whole.len());
+    assert!(seg == whole);
+    let samples = cascade_packager::fmp4::parse_fragment(&cfg, &part).unwrap();
+    assert!(!samples.is_empty());
+
+    let _ = tokio::task::block_in_place(|| ffmpeg.kill());
+    origin.shutdown().await;
+}

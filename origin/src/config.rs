@@ -115,6 +115,14 @@ pub struct OriginConfig {
     /// base of the publish URL, to which `?streamid=publish:{stream key}`
     /// is added.
     pub srt_public_url: String,
+    /// Live part target, in milliseconds (LL-HLS `PART-TARGET`).
+    pub live_part_ms: u32,
+    /// Live segment target, in milliseconds; a segment starts at the first
+    /// keyframe after it, so encoders should send one at least this often.
+    pub live_segment_ms: u32,
+    /// How long an event waits for its encoder to come back before it ends,
+    /// in seconds; a reconnect within it continues the event.
+    pub live_reconnect_grace_secs: u64,
     /// Keys for signing playback URLs (the first signs); `CASCADE_TOKEN_KEYS` overrides.
     pub token_keys: Vec<TokenKeyConfig>,
     /// Name of the token's query parameter at the edges.
@@ -192,6 +200,9 @@ impl Default for OriginConfig {
             rtmp_public_url: "rtmp://127.0.0.1:1935/live".into(),
             srt_listen: String::new(),
             srt_public_url: "srt://127.0.0.1:8890".into(),
+            live_part_ms: 500,
+            live_segment_ms: 2000,
+            live_reconnect_grace_secs: 10,
             token_keys: Vec::new(),
             token_name: "__token__".into(),
             playback_ttl_secs: 6 * 3600,
@@ -233,6 +244,17 @@ impl Validate for OriginConfig {
             errors,
         );
         check_scheme_url("srt_public_url", &self.srt_public_url, &["srt"], errors);
+        if !(100..=5000).contains(&self.live_part_ms) {
+            errors.push("live_part_ms: from 100 to 5000".into());
+        }
+        if !(1000..=10_000).contains(&self.live_segment_ms)
+            || self.live_segment_ms < 2 * self.live_part_ms
+        {
+            errors.push("live_segment_ms: from 1000 to 10000, and at least two parts".into());
+        }
+        if self.live_reconnect_grace_secs > 3600 {
+            errors.push("live_reconnect_grace_secs: at most 3600".into());
+        }
         cascade_common::check_networks("metrics_networks", &self.metrics_networks, errors);
         if self.data_dir.is_empty() {
             errors.push("data_dir: must not be empty".into());

@@ -9,6 +9,7 @@ pub(crate) mod catalog;
 pub(crate) mod channels;
 pub(crate) mod error;
 pub(crate) mod extract;
+pub(crate) mod live;
 pub(crate) mod mezzanine;
 pub(crate) mod openapi;
 pub(crate) mod playback;
@@ -98,6 +99,8 @@ pub fn app(state: Arc<State>) -> Router {
         .route("/api/v1/fleet/revocations", get(playback::revocations))
         .route("/api/v1/openapi.json", get(openapi::serve))
         .route("/mezz/{asset}/{file}", get(mezzanine::mezzanine))
+        .route("/live-mezz/{channel}/manifest.json", get(live::manifest))
+        .route("/live-mezz/{channel}/{track}/{file}", get(live::media))
         .route("/", get(web::index))
         .route("/static/{file}", get(web::asset_file))
         .route("/healthz", get(|| async { "ok\n" }))

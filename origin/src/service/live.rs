@@ -38,6 +38,10 @@ impl Ingest for LiveIngest {
         if self.state.live.publishing(&channel.name) {
             return Err(Refusal::Busy);
         }
+        self.state.live_media.prepare(
+            &channel.name,
+            u32::try_from(channel.dvr_minutes).unwrap_or(120),
+        );
         Ok(channel.name)
     }
 
@@ -60,6 +64,7 @@ impl Ingest for LiveIngest {
             );
         }
         tracing::info!(channel, encoder = %peer, "live publish began");
+        self.state.live_media.started(channel);
         let (state, name) = (self.state.clone(), channel.to_string());
         tokio::spawn(async move {
             if let Err(e) = channels::set_live(&state.db, &name, true, clock::now() as i64).await {
@@ -69,6 +74,18 @@ impl Ingest for LiveIngest {
     }
 
     fn media(&self, channel: &str, media: Media) {
+        let frame = match &media {
+            Media::Video {
+                timestamp_ms, data, ..
+            } if !data.is_empty() => cascade_live::frame::from_flv_video(*timestamp_ms, data),
+            Media::Audio {
+                timestamp_ms, data, ..
+            } if !data.is_empty() => cascade_live::frame::from_flv_audio(*timestamp_ms, data),
+            _ => None,
+        };
+        if let Some(frame) = frame {
+            self.state.live_media.frame(channel, frame);
+        }
         let Ok(mut c) = self.state.live.channels.lock() else {
             return;
         };
@@ -113,6 +130,7 @@ impl Ingest for LiveIngest {
             c.remove(channel);
         }
         tracing::info!(channel, "live publish ended");
+        self.state.live_media.ended(channel);
         let (state, name) = (self.state.clone(), channel.to_string());
         tokio::spawn(async move {
             if let Err(e) = channels::set_live(&state.db, &name, false, clock::now() as i64).await {

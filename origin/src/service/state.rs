@@ -57,6 +57,8 @@ pub struct State {
     pub(crate) mezz_requests: IntCounter,
     /// Live channels' ingest health and counters.
     pub(crate) live: crate::service::live_health::LiveHealth,
+    /// Live channels' parts, init segments and manifests.
+    pub(crate) live_media: Arc<crate::service::live_media::LiveMedia>,
     served: Mutex<HashMap<String, Vec<(u64, u64)>>>,
 }
 
@@ -155,8 +157,15 @@ impl State {
         let mailer = mail::from_config(&outbox, &cfg.smtp_url)
             .map_err(|e| anyhow::anyhow!("mail_outbox {}: {e}", outbox.display()))?;
         let live = crate::service::live_health::LiveHealth::new(metrics.registry())?;
+        let live_media = Arc::new(crate::service::live_media::LiveMedia::new(
+            metrics.registry(),
+            cfg.live_part_ms,
+            cfg.live_segment_ms,
+            cfg.live_reconnect_grace_secs,
+        )?);
         Ok(State {
             live,
+            live_media,
             accounts: Accounts::new(&secret),
             heartbeats,
             mailer,

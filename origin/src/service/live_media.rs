@@ -1,0 +1,427 @@
+//! Live media at the origin: each channel's segmenter runs in its own task,
+//! fed by the ingest; the parts, init segments and live manifest it makes
+//! are kept in RAM for the DVR window and handed to shields and edges,
+//! which may wait for a part that does not exist yet (a blocking request):
+//! they are woken the moment it does.
+//!
+//! An encoder that drops and comes back within the reconnect grace
+//! continues the same event after a discontinuity; after the grace the
+//! event ends (the playlists get `EXT-X-ENDLIST`). Segment numbers never
+//! repeat on a channel, across reconnects, events and restarts of the
+//! origin: a new event starts at the wall clock divided by the segment
+//! target, and a segment is never shorter than the target except the last.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use cascade_live::frame::Frame;
+use cascade_live::segmenter::{Made, Segmenter, Targets, TrackFrame};
+use cascade_packager::live::LiveManifest;
+use cascade_packager::TrackKind;
+use prometheus::{IntCounterVec, IntGaugeVec};
+use tokio::sync::{mpsc, watch};
+
+use crate::storage::clock;
+
+/// Frames queued per channel before the ingest drops them (and counts it).
+const QUEUE: usize = 4096;
+
+/// All channels' live media.
+pub(crate) struct LiveMedia {
+    channels: Mutex<HashMap<String, Arc<ChannelMedia>>>,
+    /// Frames to each channel's segmenter task.
+    feeds: Mutex<HashMap<String, mpsc::Sender<Input>>>,
+    /// Each channel's DVR window in minutes, as its last publish found it.
+    dvr: Mutex<HashMap<String, u32>>,
+    targets: Targets,
+    grace: Duration,
+    pub(crate) parts: IntCounterVec,
+    pub(crate) dropped: IntCounterVec,
+    pub(crate) edge_msn: IntGaugeVec,
+}
+
+/// One channel's current event: what the segmenter made so far.
+pub(crate) struct ChannelMedia {
+    state: Mutex<Stored>,
+    changed: watch::Sender<u64>,
+}
+
+#[derive(Default)]
+struct Stored {
+    manifest: Option<Arc<LiveManifest>>,
+    json: Bytes,
+    parts: HashMap<(String, u64, u32), Bytes>,
+    inits: HashMap<(String, u32), Bytes>,
+}
+
+/// What a channel's segmenter task takes.
+enum Input {
+    /// A publisher began (after a drop: a discontinuity).
+    Started,
+    Frame(Frame, u64),
+    /// The publisher went away.
+    Ended,
+}
+
+/// What a request for a part finds.
+pub(crate) enum PartLookup {
+    Found(Bytes),
+    /// Not in the window, or it never will exist.
+    Gone,
+    /// Still not there when the wait ended.
+    NotYet,
+}
+
+impl LiveMedia {
+    pub(crate) fn new(
+        registry: &prometheus::Registry,
+        part_ms: u32,
+        segment_ms: u32,
+        grace_secs: u64,
+    ) -> anyhow::Result<LiveMedia> {
+        let parts = IntCounterVec::new(
+            prometheus::Opts::new(
+                "origin_live_parts_total",
+                "CMAF parts published, by channel",
+            ),
+            &["channel"],
+        )?;
+        let dropped = IntCounterVec::new(
+            prometheus::Opts::new(
+                "origin_live_dropped_frames_total",
+                "Frames dropped because a channel's segmenter fell behind, by channel",
+            ),
+            &["channel"],
+        )?;
+        let edge_msn = IntGaugeVec::new(
+            prometheus::Opts::new(
+                "origin_live_edge_msn",
+                "The newest segment number of each channel",
+            ),
+            &["channel"],
+        )?;
+        registry.register(Box::new(parts.clone()))?;
+        registry.register(Box::new(dropped.clone()))?;
+        registry.register(Box::new(edge_msn.clone()))?;
+        Ok(LiveMedia {
+            channels: Mutex::new(HashMap::new()),
+            feeds: Mutex::new(HashMap::new()),
+            dvr: Mutex::new(HashMap::new()),
+            targets: Targets {
+                part_ms,
+                segment_ms,
+                window: 0,
+            },
+            grace: Duration::from_secs(grace_secs),
+            parts,
+            dropped,
+            edge_msn,
+        })
+    }
+
+    /// Notes `channel`'s DVR window for its next event.
+    pub(crate) fn prepare(&self, channel: &str, dvr_minutes: u32) {
+        if let Ok(mut d) = self.dvr.lock() {
+            d.insert(channel.to_string(), dvr_minutes);
+        }
+    }
+
+    /// A publisher began on `channel`: continues the event in its grace
+    /// period, or starts a new one.
+    pub(crate) fn started(self: &Arc<Self>, channel: &str) {
+        let dvr_minutes = self
+            .dvr
+            .lock()
+            .ok()
+            .and_then(|d| d.get(channel).copied())
+            .unwrap_or(crate::service::channels::DEFAULT_DVR_MINUTES);
+        let Ok(mut feeds) = self.feeds.lock() else {
+            return;
+        };
+        if let Some(tx) = feeds.get(channel) {
+            if tx.try_send(Input::Started).is_ok() {
+                return;
+            }
+        }
+        let (tx, rx) = mpsc::channel(QUEUE);
+        feeds.insert(channel.to_string(), tx.clone());
+        drop(feeds);
+        let media = Arc::new(ChannelMedia {
+            state: Mutex::new(Stored::default()),
+            changed: watch::channel(0).0,
+        });
+        let previous = self
+            .channels
+            .lock()
+            .ok()
+            .and_then(|mut c| c.insert(channel.to_string(), media.clone()));
+        let last_msn = previous
+            .and_then(|p| p.manifest())
+            .and_then(|m| m.last_part())
+            .map_or(0, |(msn, _)| msn + 1);
+        let first_msn = (clock::now_ms() / u64::from(self.targets.segment_ms)).max(last_msn);
+        let window = (u64::from(dvr_minutes) * 60_000 / u64::from(self.targets.segment_ms))
+            .clamp(6, 100_000) as usize;
+        let targets = Targets {
+            window,
+            ..self.targets
+        };
+        let event = format!("{}-{}", channel, clock::now());
+        let segmenter = Segmenter::new(
+            channel,
+            &event,
+            first_msn,
+            targets,
+            &[("v0", TrackKind::Video), ("a0", TrackKind::Audio)],
+        );
+        tracing::info!(channel, event, first_msn, "live event began");
+        let this = self.clone();
+        let name = channel.to_string();
+        tokio::spawn(async move { this.run(name, segmenter, media, rx, tx).await });
+    }
+
+    /// A frame from `channel`'s publisher.
+    pub(crate) fn frame(&self, channel: &str, frame: Frame) {
+        let tx = self.feeds.lock().ok().and_then(|f| f.get(channel).cloned());
+        if let Some(tx) = tx {
+            if tx.try_send(Input::Frame(frame, clock::now_ms())).is_err() {
+                self.dropped.with_label_values(&[channel]).inc();
+            }
+        }
+    }
+
+    /// `channel`'s publisher went away.
+    pub(crate) fn ended(&self, channel: &str) {
+        let tx = self.feeds.lock().ok().and_then(|f| f.get(channel).cloned());
+        if let Some(tx) = tx {
+            // The segmenter must hear of it even when frames fill the queue.
+            tokio::spawn(async move {
+                let _ = tx.send(Input::Ended).await;
+            });
+        }
+    }
+
+    /// `channel`'s current or last event.
+    pub(crate) fn channel(&self, channel: &str) -> Option<Arc<ChannelMedia>> {
+        self.channels.lock().ok()?.get(channel).cloned()
+    }
+
+    async fn run(
+        self: Arc<Self>,
+        channel: String,
+        mut segmenter: Segmenter,
+        media: Arc<ChannelMedia>,
+        mut rx: mpsc::Receiver<Input>,
+        own: mpsc::Sender<Input>,
+    ) {
+        let parts = self.parts.with_label_values(&[&channel]);
+        let edge = self.edge_msn.with_label_values(&[&channel]);
+        let mut publishing = true;
+        loop {
+            let input = if publishing {
+                rx.recv().await
+            } else {
+                match tokio::time::timeout(self.grace, rx.recv()).await {
+                    Ok(i) => i,
+                    Err(_) => None,
+                }
+            };
+            let made = match input {
+                Some(Input::Frame(frame, wall)) if publishing => {
+                    let (track, f) = match frame {
+                        Frame::VideoConfig(c) => (0, TrackFrame::Config(c)),
+                        Frame::AudioConfig(c) => (1, TrackFrame::Config(c)),
+                        Frame::Video {
+                            dts,
+                            cts,
+                            keyframe,
+                            data,
+                        } => (
+                            0,
+                            TrackFrame::Video {
+                                dts,
+                                cts,
+                                keyframe,
+                                data,
+                            },
+                        ),
+                        Frame::Audio { pts, data } => (1, TrackFrame::Audio { pts, data }),
+                    };
+                    segmenter.push(track, f, wall)
+                }
+                Some(Input::Frame(..)) => Vec::new(),
+                Some(Input::Started) => {
+                    publishing = true;
+                    tracing::info!(
+                        channel,
+                        "live publisher back within the grace: a discontinuity"
+                    );
+                    Vec::new()
+                }
+                Some(Input::Ended) => {
+                    publishing = false;
+                    segmenter.discontinuity()
+                }
+                None => {
+                    // The grace passed: unless a publisher came back just
+                    // now (under the lock `started` takes), the event ends
+                    // and a new publisher starts a new one.
+                    {
+                        let Ok(mut feeds) = self.feeds.lock() else {
+                            break;
+                        };
+                        if !rx.is_empty() {
+                            continue;
+                        }
+                        if feeds.get(&channel).is_some_and(|tx| tx.same_channel(&own)) {
+                            feeds.remove(&channel);
+                        }
+                    }
+                    let made = segmenter.end();
+                    media.apply(&segmenter, made, &parts);
+                    break;
+                }
+            };
+            if !made.is_empty() {
+                media.apply(&segmenter, made, &parts);
+                if let Some((msn, _)) = segmenter.manifest().last_part() {
+                    edge.set(msn as i64);
+                }
+            }
+        }
+        tracing::info!(channel, "live event ended");
+    }
+}
+
+impl ChannelMedia {
+    /// The manifest as it stands.
+    pub(crate) fn manifest(&self) -> Option<Arc<LiveManifest>> {
+        self.state.lock().ok()?.manifest.clone()
+    }
+
+    /// The manifest's JSON once `ready` says it is ready, waiting at most
+    /// `wait`; `None` if it did not get there in time.
+    pub(crate) async fn manifest_when<F>(
+        &self,
+        wait: Duration,
+        ready: F,
+    ) -> Option<(Arc<LiveManifest>, Bytes)>
+    where
+        F: Fn(&LiveManifest) -> bool,
+    {
+        let mut rx = self.changed.subscribe();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(found) = self.current().filter(|(m, _)| ready(m)) {
+                return Some(found);
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return self.current().filter(|(m, _)| ready(m)),
+            }
+        }
+    }
+
+    /// An init segment.
+    pub(crate) fn init(&self, track: &str, generation: u32) -> Option<Bytes> {
+        self.state
+            .lock()
+            .ok()?
+            .inits
+            .get(&(track.to_string(), generation))
+            .cloned()
+    }
+
+    /// Part `part` of segment `msn` of `track`, waiting up to `wait` for it
+    /// to be made.
+    pub(crate) async fn part(
+        &self,
+        track: &str,
+        msn: u64,
+        part: u32,
+        wait: Duration,
+    ) -> PartLookup {
+        let key = (track.to_string(), msn, part);
+        let mut rx = self.changed.subscribe();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            {
+                let Ok(s) = self.state.lock() else {
+                    return PartLookup::Gone;
+                };
+                if let Some(b) = s.parts.get(&key) {
+                    return PartLookup::Found(b.clone());
+                }
+                let Some(m) = &s.manifest else {
+                    return PartLookup::NotYet;
+                };
+                if m.track(track).is_none() {
+                    return PartLookup::Gone;
+                }
+                // Listed (or its segment is over) but absent for this track:
+                // another track's part may still come a frame later; a part
+                // of a segment that left the window, or ended short, never will.
+                match m.last_part() {
+                    _ if m.ended => return PartLookup::Gone,
+                    Some((last, _)) if msn > last + 2 => return PartLookup::Gone,
+                    _ => {}
+                }
+                if m.segment(msn).is_none() && m.segments.first().is_some_and(|f| msn < f.msn) {
+                    return PartLookup::Gone;
+                }
+                if m.has_part(msn, part).is_none() && m.segment(msn).is_some_and(|s| s.complete) {
+                    // The segment completed with fewer parts.
+                    let listed = m.segment(msn).map_or(0, |s| s.parts.len() as u32);
+                    if part >= listed {
+                        return PartLookup::Gone;
+                    }
+                }
+            }
+            if tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .is_err()
+            {
+                return PartLookup::NotYet;
+            }
+        }
+    }
+
+    fn current(&self) -> Option<(Arc<LiveManifest>, Bytes)> {
+        let s = self.state.lock().ok()?;
+        Some((s.manifest.clone()?, s.json.clone()))
+    }
+
+    fn apply(&self, segmenter: &Segmenter, made: Vec<Made>, parts: &prometheus::IntCounter) {
+        let Ok(mut s) = self.state.lock() else {
+            return;
+        };
+        for m in made {
+            match m {
+                Made::Init {
+                    track,
+                    generation,
+                    bytes,
+                } => {
+                    s.inits.insert((track, generation), bytes);
+                }
+                Made::Part {
+                    track,
+                    msn,
+                    part,
+                    bytes,
+                } => {
+                    parts.inc();
+                    s.parts.insert((track, msn, part), bytes);
+                }
+                Made::Evicted { msn } => s.parts.retain(|(_, m, _), _| *m != msn),
+            }
+        }
+        let m = segmenter.manifest().clone();
+        s.json = Bytes::from(m.to_json());
+        s.manifest = Some(Arc::new(m));
+        drop(s);
+        self.changed.send_modify(|v| *v += 1);
+    }
+}
