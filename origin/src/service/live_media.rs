@@ -223,10 +223,10 @@ impl LiveMedia {
             let input = if publishing {
                 rx.recv().await
             } else {
-                match tokio::time::timeout(self.grace, rx.recv()).await {
-                    Ok(i) => i,
-                    Err(_) => None,
-                }
+                tokio::time::timeout(self.grace, rx.recv())
+                    .await
+                    .ok()
+                    .flatten()
             };
             let made = match input {
                 Some(Input::Frame(frame, wall)) if publishing => {
