@@ -29,6 +29,7 @@ mod config;
 mod fleet;
 mod generic;
 mod geofence;
+mod live;
 mod media;
 mod metrics;
 mod pipeline;

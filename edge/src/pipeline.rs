@@ -14,7 +14,10 @@
 
 use std::collections::BTreeMap;
 
-use cascade_packager::{is_safe_id, Output, Profile, View};
+use bytes::Bytes;
+
+use cascade_packager::live::{Blocking, LiveOutput};
+use cascade_packager::{is_safe_id, live_with_query, Output, Profile, View};
 use cascade_serve::{
     add_cors, apply_range, cors_preflight, Delivered, Pipeline, Request, Response, Step, Upstream,
 };
@@ -60,6 +63,12 @@ pub(crate) enum Route {
         asset: String,
         output: Option<Output>,
     },
+    /// `/live/{channel}/…`: protected live media. `output` is `None` for a
+    /// path that names nothing (404 once authorised).
+    Live {
+        channel: String,
+        output: Option<LiveOutput>,
+    },
     /// `/api/…`: to the origin, uncached.
     Api,
     /// Anything else: the origin's web page and files, cached.
@@ -81,6 +90,8 @@ pub(crate) struct EdgeCtx {
     pub(crate) view: View,
     /// The cache key of media.
     pub(crate) cache_key: Option<String>,
+    /// A live playlist's blocking request (`_HLS_msn`, `_HLS_part`, `_HLS_skip`).
+    pub(crate) blocking: Blocking,
 }
 
 impl EdgeCtx {
@@ -103,6 +114,7 @@ impl Pipeline for EdgePipeline {
             country: None,
             view: View::default(),
             cache_key: None,
+            blocking: Blocking::default(),
         }
     }
 
@@ -127,6 +139,20 @@ impl Pipeline for EdgePipeline {
             Route::Media {
                 output: media_output(&path),
                 asset,
+            }
+        } else if path == "/live/time" {
+            return Step::Answer(crate::live::time_response());
+        } else if path.starts_with("/live/") {
+            if req.method == Method::OPTIONS {
+                ctx.path = path;
+                return Step::Answer(cors_preflight());
+            }
+            match crate::live::live_output(&path) {
+                Some((channel, output)) => Route::Live { channel, output },
+                None => Route::Live {
+                    channel: String::new(),
+                    output: None,
+                },
             }
         } else if path.starts_with("/api/") {
             Route::Api
@@ -176,6 +202,9 @@ impl Pipeline for EdgePipeline {
     }
 
     async fn cache_key(&self, req: &Request, ctx: &mut EdgeCtx) -> Step {
+        if let Route::Live { output, .. } = &ctx.route {
+            return self.live_key(req, ctx, output.clone());
+        }
         let Route::Media { output, asset } = &ctx.route else {
             return Step::Continue;
         };
@@ -238,7 +267,20 @@ impl Pipeline for EdgePipeline {
                 }
                 None => not_found(),
             },
-            Route::Media { output: None, .. } | Route::Unrouted => not_found(),
+            Route::Live {
+                channel,
+                output: Some(output),
+            } => match &ctx.cache_key {
+                Some(key) => {
+                    self.media
+                        .live_fill(key, channel, output, ctx.blocking, &req.request_id)
+                        .await
+                }
+                None => not_found(),
+            },
+            Route::Media { output: None, .. }
+            | Route::Live { output: None, .. }
+            | Route::Unrouted => not_found(),
             Route::Api => self.api(req).await,
             Route::Page => self.generic.serve(req, &ctx.path).await,
         }
@@ -248,6 +290,25 @@ impl Pipeline for EdgePipeline {
         if let (true, Some(v)) = (req.secure, &self.hsts) {
             resp.headers
                 .insert(http::header::STRICT_TRANSPORT_SECURITY, v.clone());
+        }
+        if let Route::Live { output, .. } = &ctx.route {
+            let mut resp = match (output, ctx.child_query()) {
+                (Some(o), Some(q)) if o.is_manifest() && resp.status == StatusCode::OK => {
+                    resp.body = Bytes::from(live_with_query(o, &resp.body, q));
+                    // A tokenised playlist is the viewer's own.
+                    privatize(&mut resp.headers);
+                    resp
+                }
+                _ => resp,
+            };
+            if matches!(
+                ctx.token.as_ref().map(|t| t.source),
+                Some(TokenSource::Cookie | TokenSource::Header)
+            ) {
+                privatize(&mut resp.headers);
+            }
+            add_cors(&mut resp.headers);
+            return resp;
         }
         let Route::Media { output, .. } = &ctx.route else {
             return resp;
@@ -285,6 +346,10 @@ impl Pipeline for EdgePipeline {
                 output: Some(o), ..
             } if o.is_manifest() => "manifest",
             Route::Media { .. } => "segment",
+            Route::Live {
+                output: Some(o), ..
+            } if o.is_manifest() => "live_manifest",
+            Route::Live { .. } => "live_media",
             Route::Api => "api",
             Route::Page => "page",
             Route::Fleet(_) => "fleet",
@@ -293,6 +358,36 @@ impl Pipeline for EdgePipeline {
         self.route_seconds
             .with_label_values(&[route])
             .observe(delivered.elapsed.as_secs_f64());
+    }
+}
+
+impl EdgePipeline {
+    /// The cache key phase for `/live/`: the blocking query read and checked.
+    fn live_key(&self, req: &Request, ctx: &mut EdgeCtx, output: Option<LiveOutput>) -> Step {
+        if req.method != Method::GET && req.method != Method::HEAD {
+            return Step::Answer(Response::error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method",
+                "GET or HEAD only",
+            ));
+        }
+        let Some(output) = output else {
+            return Step::Answer(not_found());
+        };
+        if matches!(output, LiveOutput::Media(_)) {
+            match Blocking::from_query(req.uri.query().unwrap_or("")) {
+                Ok(b) => ctx.blocking = b,
+                Err(why) => {
+                    return Step::Answer(Response::error(
+                        StatusCode::BAD_REQUEST,
+                        "bad_blocking_request",
+                        why,
+                    ))
+                }
+            }
+        }
+        ctx.cache_key = Some(crate::live::live_key(&ctx.path, &output, &ctx.blocking));
+        Step::Continue
     }
 }
 

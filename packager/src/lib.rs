@@ -49,7 +49,7 @@ pub use manifest::{
     MANIFEST_VERSION, MAX_MANIFEST_BYTES,
 };
 pub use mp4::BoxHeader;
-pub use query::with_query;
+pub use query::{live_with_query, with_query};
 pub use view::{default_profiles, Format, Profile, View, ViewError, CODEC_FAMILIES};
 
 /// Why a packaging step failed.

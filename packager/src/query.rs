@@ -23,6 +23,22 @@ pub fn with_query(output: &Output, body: &[u8], query: &str) -> Vec<u8> {
     }
 }
 
+/// The same for a live output: playlists and the MPD get the query.
+pub fn live_with_query(output: &crate::live::LiveOutput, body: &[u8], query: &str) -> Vec<u8> {
+    use crate::live::LiveOutput;
+    if query.is_empty() {
+        return body.to_vec();
+    }
+    match output {
+        LiveOutput::Multivariant | LiveOutput::Media(_) => m3u8(body, query.as_bytes()),
+        LiveOutput::Mpd => match std::str::from_utf8(body) {
+            Ok(text) => mpd(text, &xml_escape(query)).into_bytes(),
+            Err(_) => body.to_vec(),
+        },
+        _ => body.to_vec(),
+    }
+}
+
 /// Appends `query` to `url` in `out`, with `?` or `&` as the URL needs.
 fn join_into(out: &mut Vec<u8>, url: &[u8], query: &[u8]) {
     out.extend_from_slice(url);

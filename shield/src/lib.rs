@@ -164,11 +164,11 @@ impl Pipeline for ShieldHandler {
             ));
         }
         let path = req.uri.path();
-        if !path.starts_with("/mezz/") || path.contains("..") {
+        if !(path.starts_with("/mezz/") || path.starts_with("/live-mezz/")) || path.contains("..") {
             return Step::Answer(Response::error(
                 StatusCode::NOT_FOUND,
                 "not_found",
-                "shields serve /mezz/ only",
+                "shields serve /mezz/ and /live-mezz/ only",
             ));
         }
         Step::Continue
@@ -186,6 +186,12 @@ impl Pipeline for ShieldHandler {
             .headers
             .get(http::header::RANGE)
             .and_then(|v| v.to_str().ok());
+        if path.starts_with("/live-mezz/") {
+            // Live: the query (a blocking request's part) is part of the key,
+            // so waiters for one part share one request to the origin.
+            let pq = req.uri.path_and_query().map_or(path, |pq| pq.as_str());
+            return self.fetcher.get(pq, range, &req.request_id).await;
+        }
         if self.slice_bytes > 0 && path.ends_with(".mp4") {
             return self.sliced(path, range, &req.request_id).await;
         }

@@ -135,6 +135,21 @@ pub fn origin_config(data: &str) -> OriginConfig {
     }
 }
 
+/// A token for `acl` (such as `/live/final/*`) signed with the test key,
+/// valid for an hour.
+pub fn sign_acl(acl: &str) -> String {
+    let key = cascade_token::Key::from_hex("test", TEST_KEY_HEX).expect("test key");
+    let now = cascade_serve::unix_now();
+    cascade_token::sign(
+        &key,
+        &cascade_token::Claims {
+            expires: now + 3600,
+            acl: vec![acl.to_string()],
+            ..Default::default()
+        },
+    )
+}
+
 /// A token for `/vod/{asset}/*` signed with the test key, valid for an hour.
 pub fn sign_for(asset: &str) -> String {
     let key = cascade_token::Key::from_hex("test", TEST_KEY_HEX).expect("test key");

@@ -35,6 +35,12 @@ pub(crate) async fn manifest(
     RawQuery(query): RawQuery,
 ) -> Result<Response, Plain> {
     let media = channel_media(&state, &channel)?;
+    let kind = if query.as_deref().unwrap_or("").contains("_HLS_msn") {
+        "manifest_blocking"
+    } else {
+        "manifest"
+    };
+    state.live_media.requests.with_label_values(&[kind]).inc();
     let b = Blocking::from_query(query.as_deref().unwrap_or(""))
         .map_err(|why| Error::bad_request("bad_query", why))?;
     let Some(msn) = b.msn else {
@@ -89,6 +95,12 @@ pub(crate) async fn media(
         .manifest()
         .ok_or_else(|| Error::not_found("live stream"))?;
     let content_type = output.content_type(Some(&current));
+    let kind = match output {
+        LiveOutput::Init(..) => "init",
+        LiveOutput::Part(..) => "part",
+        _ => "segment",
+    };
+    state.live_media.requests.with_label_values(&[kind]).inc();
     let wait = block_limit(&current);
     match output {
         LiveOutput::Init(t, g) => {

@@ -279,8 +279,8 @@ fn view(state: &State, r: &ChannelRow) -> Channel {
         key_version: r.key_version,
         ingest: state.live.status(&r.name),
         playback: PlaybackUrls {
-            hls: format!("{edge}/live/{}/master.m3u8", r.id),
-            dash: format!("{edge}/live/{}/manifest.mpd", r.id),
+            hls: format!("{edge}/live/{}/master.m3u8", r.name),
+            dash: format!("{edge}/live/{}/manifest.mpd", r.name),
         },
         created_at: r.created_at,
         updated_at: r.updated_at,

@@ -40,6 +40,8 @@ pub(crate) struct LiveMedia {
     pub(crate) parts: IntCounterVec,
     pub(crate) dropped: IntCounterVec,
     pub(crate) edge_msn: IntGaugeVec,
+    /// `/live-mezz/` requests by kind (a blocking manifest request, a part…).
+    pub(crate) requests: IntCounterVec,
 }
 
 /// One channel's current event: what the segmenter made so far.
@@ -102,6 +104,14 @@ impl LiveMedia {
             ),
             &["channel"],
         )?;
+        let requests = IntCounterVec::new(
+            prometheus::Opts::new(
+                "origin_live_requests_total",
+                "Requests for live media from shields and edges, by kind",
+            ),
+            &["kind"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(parts.clone()))?;
         registry.register(Box::new(dropped.clone()))?;
         registry.register(Box::new(edge_msn.clone()))?;
@@ -118,6 +128,7 @@ impl LiveMedia {
             parts,
             dropped,
             edge_msn,
+            requests,
         })
     }
 

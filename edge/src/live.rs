@@ -1,0 +1,272 @@
+//! Live media on a miss (the produce phase for `/live/`): playlists and the
+//! MPD made just in time from the live manifest, and parts, segments and
+//! init segments passed through, all through the shields.
+//!
+//! A blocking playlist request (`_HLS_msn`, `_HLS_part`) asks upstream for
+//! the manifest with the same two numbers, so every viewer waiting for one
+//! part, on every rendition, shares one request per tier: here (the cache
+//! tier's coalescing, keyed by path and the canonical query), at the shield
+//! (keyed by path and query) and at the origin, which answers the moment
+//! the part exists. Parts and preload hints work the same way.
+
+use bytes::Bytes;
+use cascade_cache::CachedObject;
+use cascade_packager::live::{self, Blocking, LiveManifest, LiveOutput};
+use cascade_serve::{set_cache_status, unix_now_ms, CacheOutcome, Response};
+use http::StatusCode;
+
+use crate::media::{not_found, Media};
+use crate::CACHE_NAME;
+
+/// Parts and segments never change once made: their names are never reused.
+const MEDIA_TTL: u64 = 365 * 24 * 3600;
+
+/// What a `/live/{channel}/…` path names, if anything.
+pub(crate) fn live_output(path: &str) -> Option<(String, Option<LiveOutput>)> {
+    let rest = path.strip_prefix("/live/")?;
+    let (channel, rest) = rest.split_once('/')?;
+    if !cascade_packager::is_safe_id(channel) {
+        return None;
+    }
+    Some((channel.to_string(), LiveOutput::parse(rest)))
+}
+
+/// The cache key of a live output: the path, and for playlists the
+/// canonical blocking query (never the token).
+pub(crate) fn live_key(path: &str, output: &LiveOutput, b: &Blocking) -> String {
+    let q = b.canonical();
+    if output.is_manifest() && !q.is_empty() {
+        format!("{path}?{q}")
+    } else {
+        path.to_string()
+    }
+}
+
+impl Media {
+    /// A live output on a miss for `key`: one fetch however many viewers ask.
+    pub(crate) async fn live_fill(
+        &self,
+        key: &str,
+        channel: &str,
+        output: &LiveOutput,
+        b: Blocking,
+        request_id: &str,
+    ) -> Response {
+        let media = self.clone();
+        let (c, o, k, rid) = (
+            channel.to_string(),
+            output.clone(),
+            key.to_string(),
+            request_id.to_string(),
+        );
+        self.tier
+            .serve(key, move || async move {
+                media.live_miss(&c, &o, b, &k, &rid).await
+            })
+            .await
+    }
+
+    async fn live_miss(
+        &self,
+        channel: &str,
+        output: &LiveOutput,
+        b: Blocking,
+        key: &str,
+        request_id: &str,
+    ) -> Response {
+        let started_ms = unix_now_ms();
+        let now = started_ms / 1000;
+        if !output.is_manifest() {
+            return self
+                .live_media(channel, output, key, request_id, started_ms)
+                .await;
+        }
+        // The manifest as the request needs it: blocking numbers only (a
+        // delta update is made here from the whole manifest).
+        let upstream_query = Blocking { skip: false, ..b }.canonical();
+        let mut path = format!("/live-mezz/{channel}/manifest.json");
+        if !upstream_query.is_empty() {
+            path = format!("{path}?{upstream_query}");
+        }
+        let r = match self.fetch_media(&path, None, request_id).await {
+            Ok(r) => r,
+            Err(r) => return r,
+        };
+        if r.status != StatusCode::OK {
+            return passthrough_error(r.status, r.headers.get(http::header::RETRY_AFTER));
+        }
+        let m = match LiveManifest::from_json(&r.body) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(request_id, channel, error = %e, "bad live manifest");
+                return Response::error(
+                    StatusCode::BAD_GATEWAY,
+                    "bad_manifest",
+                    "the live manifest is unreadable",
+                );
+            }
+        };
+        let made = match output {
+            LiveOutput::Multivariant => live::multivariant(&m),
+            LiveOutput::Media(track) => live::media_playlist(&m, track, b),
+            _ => {
+                let window = m
+                    .segments
+                    .first()
+                    .zip(m.segments.last())
+                    .map_or(0, |(f, l)| {
+                        (l.start + live::segment_duration(l) - f.start) / 90_000
+                    });
+                live::mpd(&m, started_ms, window, "/live/time")
+            }
+        };
+        let body = match made {
+            Ok(text) => Bytes::from(text),
+            Err(cascade_packager::Error::NotFound) => return not_found(),
+            Err(e) => {
+                return Response::error(StatusCode::NOT_FOUND, "not_live", &e.to_string());
+            }
+        };
+        // RFC 8216bis: a blocking answer may be kept (any later request for
+        // the same part gets one at least as new); the live edge may not.
+        let (ttl, cache_control) = if m.ended {
+            (60, "public, max-age=60".to_string())
+        } else if b.msn.is_some() {
+            let t = 6 * m.target_duration();
+            (t, format!("public, max-age={t}"))
+        } else {
+            (0, "public, max-age=1".to_string())
+        };
+        let obj = CachedObject {
+            status: 200,
+            headers: vec![
+                ("content-type".into(), output.content_type(Some(&m)).into()),
+                ("cache-control".into(), cache_control),
+            ],
+            body,
+            stored_at_ms: started_ms,
+            fresh_until: now.saturating_add(ttl),
+            stale_while_revalidate: 0,
+            stale_if_error: 0,
+        };
+        let stored = ttl > 0 && self.tier.store(key, &obj).await;
+        let mut resp =
+            cascade_serve::cached_response(&obj, CacheOutcome::Miss { stored }, CACHE_NAME);
+        set_cache_status(
+            &mut resp.headers,
+            r.headers.get("cache-status").and_then(|v| v.to_str().ok()),
+            &CacheOutcome::Miss { stored }.entry(CACHE_NAME),
+        );
+        resp
+    }
+
+    /// Init segments, parts and segments, passed through and kept.
+    async fn live_media(
+        &self,
+        channel: &str,
+        output: &LiveOutput,
+        key: &str,
+        request_id: &str,
+        started_ms: u64,
+    ) -> Response {
+        let file = match output {
+            LiveOutput::Init(t, g) => format!("{t}/init-{g}.mp4"),
+            LiveOutput::Segment(t, msn) => format!("{t}/{msn}.m4s"),
+            LiveOutput::Part(t, msn, p) => format!("{t}/{msn}.{p}.m4s"),
+            _ => return not_found(),
+        };
+        let path = format!("/live-mezz/{channel}/{file}");
+        let r = match self.fetch_media(&path, None, request_id).await {
+            Ok(r) => r,
+            Err(r) => return r,
+        };
+        if r.status != StatusCode::OK {
+            return passthrough_error(r.status, r.headers.get(http::header::RETRY_AFTER));
+        }
+        let content_type = match output.content_type(None) {
+            ct if r.headers.get("content-type").is_some() => r
+                .headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(ct)
+                .to_string(),
+            ct => ct.to_string(),
+        };
+        let obj = CachedObject {
+            status: 200,
+            headers: vec![
+                ("content-type".into(), content_type),
+                (
+                    "cache-control".into(),
+                    "public, max-age=31536000, immutable".into(),
+                ),
+            ],
+            body: r.body,
+            stored_at_ms: started_ms,
+            fresh_until: (started_ms / 1000).saturating_add(MEDIA_TTL),
+            stale_while_revalidate: 0,
+            stale_if_error: 0,
+        };
+        let stored = self.tier.store(key, &obj).await;
+        let mut resp =
+            cascade_serve::cached_response(&obj, CacheOutcome::Miss { stored }, CACHE_NAME);
+        set_cache_status(
+            &mut resp.headers,
+            r.headers.get("cache-status").and_then(|v| v.to_str().ok()),
+            &CacheOutcome::Miss { stored }.entry(CACHE_NAME),
+        );
+        resp
+    }
+}
+
+/// An upstream's refusal as the viewer should see it: 404 stays 404, a part
+/// that did not come in time is 503 with `Retry-After`, the rest 502.
+fn passthrough_error(status: StatusCode, retry_after: Option<&http::HeaderValue>) -> Response {
+    match status {
+        StatusCode::NOT_FOUND => not_found(),
+        StatusCode::BAD_REQUEST => Response::error(
+            StatusCode::BAD_REQUEST,
+            "bad_blocking_request",
+            "_HLS_msn is beyond the live edge",
+        ),
+        StatusCode::SERVICE_UNAVAILABLE => {
+            let mut r = Response::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_yet",
+                "not available yet; retry",
+            );
+            r.headers.insert(
+                http::header::RETRY_AFTER,
+                retry_after
+                    .cloned()
+                    .unwrap_or(http::HeaderValue::from_static("1")),
+            );
+            r.headers.insert(
+                http::header::CACHE_CONTROL,
+                http::HeaderValue::from_static("no-store"),
+            );
+            r
+        }
+        s => Response::error(
+            StatusCode::BAD_GATEWAY,
+            "upstream_status",
+            &format!("upstream answered {s}"),
+        ),
+    }
+}
+
+/// `GET /live/time`: the edge's clock for DASH players (`UTCTiming`,
+/// `urn:mpeg:dash:utc:http-iso:2014`), never cached.
+pub(crate) fn time_response() -> Response {
+    let mut r = Response::new(
+        StatusCode::OK,
+        "text/plain",
+        Bytes::from(live::iso_time(unix_now_ms())),
+    );
+    r.headers.insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    cascade_serve::add_cors(&mut r.headers);
+    r
+}

@@ -1,0 +1,230 @@
+//! Live through the CDN: FFmpeg publishes over RTMP to the origin, and
+//! viewers play LL-HLS and DASH from the edge, through the shield.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::Stack;
+
+fn python() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/py/bin/python")
+}
+
+/// FFmpeg publishing a 320x180 25 fps test pattern with a tone, a keyframe
+/// every second, in real time, for `secs`.
+fn publish(url: &str, secs: u32) -> std::process::Child {
+    Command::new("ffmpeg")
+        .args(["-v", "error", "-re", "-f", "lavfi", "-i"])
+        .arg(format!("testsrc2=s=320x180:r=25:d={secs}"))
+        .args(["-f", "lavfi", "-i"])
+        .arg(format!("sine=f=440:sample_rate=48000:d={secs}"))
+        .args(["-c:v", "libx264", "-g", "25", "-preset", "ultrafast"])
+        .args(["-tune", "zerolatency", "-pix_fmt", "yuv420p"])
+        .args(["-c:a", "aac", "-shortest", "-f", "flv", url])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+async fn live_stack() -> (Stack, String) {
+    let stack = Stack::start_full(|o| o.rtmp_listen = "127.0.0.1:0".into(), |_| {}).await;
+    let made: serde_json::Value = common::client()
+        .post(format!("{}/api/v1/admin/channels", stack.origin_url))
+        .bearer_auth(common::ORIGIN_ADMIN)
+        .json(&serde_json::json!({ "name": "final" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = made["stream_key"].as_str().unwrap().to_string();
+    (stack, key)
+}
+
+/// Polls a playlist until it lists at least `segments` whole segments.
+async fn wait_segments(url: &str, segments: usize) -> String {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let r = common::client().get(url).send().await.unwrap();
+        if r.status() == 200 {
+            let text = r.text().await.unwrap();
+            if text.matches("#EXTINF").count() >= segments {
+                return text;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the playlist never filled: {url}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The preload hint's segment and part: what does not exist yet.
+fn preload_hint(playlist: &str) -> (u64, u32) {
+    let line = playlist
+        .lines()
+        .find(|l| l.starts_with("#EXT-X-PRELOAD-HINT"))
+        .unwrap();
+    let uri = line.split("URI=\"").nth(1).unwrap();
+    let file = uri.split('/').nth(1).unwrap().split('?').next().unwrap();
+    let mut n = file.trim_end_matches(".m4s").split('.');
+    (
+        n.next().unwrap().parse().unwrap(),
+        n.next().unwrap().parse().unwrap(),
+    )
+}
+
+/// The sum of every `cascade_requests_total` series with `cache="miss"`.
+fn misses(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("cascade_requests_total{") && l.contains("cache=\"miss\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ll_hls_plays_through_edge_and_shield_and_blocked_viewers_share_one_request() {
+    let (stack, key) = live_stack().await;
+    let rtmp = stack.origin.rtmp_addr.unwrap();
+    let mut ffmpeg = publish(&format!("rtmp://{rtmp}/live/{key}"), 40);
+    let q = format!("__token__={}", common::sign_acl("/live/final/*"));
+    let base = format!("{}/live/final/", stack.edge_url);
+
+    // Without a token: refused, like on-demand media.
+    let r = common::client()
+        .get(format!("{base}master.m3u8"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+
+    let playlist = wait_segments(&format!("{base}v0.m3u8?{q}"), 2).await;
+    for tag in [
+        "#EXT-X-VERSION:9",
+        "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=1.500,",
+        "#EXT-X-PART-INF:PART-TARGET=0.500",
+        "#EXT-X-PROGRAM-DATE-TIME:",
+        ",INDEPENDENT=YES",
+        "#EXT-X-RENDITION-REPORT:URI=\"a0.m3u8?__token__=",
+    ] {
+        assert!(playlist.contains(tag), "{tag} missing:\n{playlist}");
+    }
+    // Parts of the same segment never exceed the part target.
+    for line in playlist.lines().filter(|l| l.starts_with("#EXT-X-PART:")) {
+        let d: f64 = line["#EXT-X-PART:DURATION=".len()..]
+            .split(',')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(d <= 0.5 + 0.041, "{line}");
+    }
+
+    // The independent checks (PyPI m3u8 and mpegdash).
+    let out = tokio::task::block_in_place(|| {
+        Command::new(python())
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/live_check.py"))
+            .args([&base, &q])
+            .output()
+            .unwrap()
+    });
+    assert!(
+        out.status.success(),
+        "live_check.py: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // 500 viewers block on the next part at once: one request at the
+    // shield, one at the origin, and every answer lists that part.
+    let playlist = common::client()
+        .get(format!("{base}v0.m3u8?{q}"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let (msn, part) = preload_hint(&playlist);
+    let shield_before =
+        misses(&common::text(format!("http://{}/metrics", stack.shield.addr)).await);
+    let origin_metric = "cascade_origin_live_requests_total{kind=\"manifest_blocking\"}";
+    let origin_before = common::metric_value(
+        &common::text(format!("{}/metrics", stack.origin_url)).await,
+        origin_metric,
+    );
+    let blocked = format!("{base}v0.m3u8?_HLS_msn={msn}&_HLS_part={part}&{q}");
+    let client = common::client();
+    let asked = Instant::now();
+    let answers = futures::future::join_all((0..500).map(|_| {
+        let (client, url) = (client.clone(), blocked.clone());
+        async move {
+            let r = client.get(url).send().await.unwrap();
+            (r.status(), r.text().await.unwrap())
+        }
+    }))
+    .await;
+    let waited = asked.elapsed();
+    let want = format!("v0/{msn}.{part}.m4s");
+    for (status, body) in &answers {
+        assert_eq!(*status, 200, "{body}");
+        assert!(body.contains(&want), "{want} not in:\n{body}");
+    }
+    let shield_after = misses(&common::text(format!("http://{}/metrics", stack.shield.addr)).await);
+    let origin_after = common::metric_value(
+        &common::text(format!("{}/metrics", stack.origin_url)).await,
+        origin_metric,
+    );
+    assert_eq!(shield_after - shield_before, 1, "requests at the shield");
+    assert_eq!(origin_after - origin_before, 1, "requests at the origin");
+    // The part comes within a part target or so (not a timing test: a
+    // bound that only a request that never blocked, or never woke, misses).
+    assert!(waited < Duration::from_secs(6), "{waited:?}");
+
+    // Safari's form (no _HLS_part) waits for part 0 of the segment.
+    let next = msn + 1;
+    let r = client
+        .get(format!("{base}a0.m3u8?_HLS_msn={next}&{q}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains(&format!("a0/{next}.0.m4s")));
+    // Too far ahead: 400.
+    let r = client
+        .get(format!("{base}v0.m3u8?_HLS_msn={}&{q}", msn + 10))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
+    // FFmpeg plays the channel from the edge.
+    let url = format!("{base}master.m3u8?{q}");
+    let out = tokio::task::block_in_place(|| {
+        Command::new("ffmpeg")
+            .args(["-v", "error", "-i", &url, "-t", "3", "-f", "null", "-"])
+            .output()
+            .unwrap()
+    });
+    assert!(
+        out.status.success(),
+        "ffmpeg: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let _ = tokio::task::block_in_place(|| ffmpeg.kill());
+    stack.shutdown().await;
+}
