@@ -463,6 +463,9 @@ async fn the_origin_makes_parts_and_holds_requests_until_they_exist() {
     let samples = cascade_packager::fmp4::parse_fragment(&cfg, &part).unwrap();
     assert!(!samples.is_empty());
 
-    let _ = tokio::task::block_in_place(|| ffmpeg.kill());
+    tokio::task::block_in_place(|| {
+        let _ = ffmpeg.kill();
+        let _ = ffmpeg.wait();
+    });
     origin.shutdown().await;
 }

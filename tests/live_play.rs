@@ -225,6 +225,9 @@ async fn ll_hls_plays_through_edge_and_shield_and_blocked_viewers_share_one_requ
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let _ = tokio::task::block_in_place(|| ffmpeg.kill());
+    tokio::task::block_in_place(|| {
+        let _ = ffmpeg.kill();
+        let _ = ffmpeg.wait();
+    });
     stack.shutdown().await;
 }
