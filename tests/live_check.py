@@ -68,7 +68,7 @@ def main():
         if not parts:
             fail(f"{uri}: no EXT-X-PART")
         for p in parts:
-            if p.duration > pl.part_inf.part_target + 0.001 * 2 + 0.05:
+            if p.duration > pl.part_inf.part_target + 0.0005:
                 fail(f"{uri}: part {p.uri} lasts {p.duration}, over PART-TARGET")
         for s in pl.segments:
             if s.uri and s.duration > pl.target_duration:

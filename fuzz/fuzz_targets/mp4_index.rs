@@ -10,7 +10,12 @@ fuzz_target!(|data: &[u8]| {
         let m = AssetManifest::new("fuzz", vec![track]);
         let _ = package(&m, &Output::Multivariant, &View::default(), &[]);
         let _ = package(&m, &Output::Mpd, &View::default(), &[]);
-        let _ = package(&m, &Output::Segment("v0".into(), 1), &View::default(), &[data]);
+        let _ = package(
+            &m,
+            &Output::Segment("v0".into(), 1),
+            &View::default(),
+            &[data],
+        );
         let _ = package(&m, &Output::Init("v0".into()), &View::default(), &[data]);
     }
 });

@@ -89,6 +89,11 @@ pub fn picture(avcc: &[u8]) -> Option<Picture> {
     }
     let len = usize::from(u16::from_be_bytes([*avcc.get(6)?, *avcc.get(7)?]));
     let sps = avcc.get(8..8usize.checked_add(len)?)?;
+    // h264-reader 0.7 underflows on a unit shorter than two bytes; an SPS
+    // is never shorter than four.
+    if sps.len() < 4 {
+        return None;
+    }
     let rbsp = h264_reader::rbsp::decode_nal(sps).ok()?;
     let sps = h264_reader::nal::sps::SeqParameterSet::from_bits(h264_reader::rbsp::BitReader::new(
         &rbsp[..],

@@ -8,6 +8,7 @@
 
 #![warn(unreachable_pub)]
 
+pub mod es;
 pub mod flv;
 pub mod frame;
 pub mod rtmp;
@@ -74,8 +75,10 @@ pub enum Media {
         data: bytes::Bytes,
     },
     /// Stream bytes as they came (SRT's transport stream); the frames they
-    /// begin follow as `Video` and `Audio` with empty data.
+    /// begin follow as `Video` and `Audio` with empty data (for counting).
     Data(bytes::Bytes),
+    /// A frame read out of a transport stream.
+    Frame(frame::Frame),
 }
 
 /// What the listener hands publishes to.

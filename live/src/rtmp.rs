@@ -175,9 +175,9 @@ impl Conn {
         let mut input = remaining;
         loop {
             if !input.is_empty() {
-                let results = match session.handle_input(&input) {
-                    Ok(r) => r,
-                    Err(_) => {
+                let results = match session_input(&mut session, &input) {
+                    Some(r) => r,
+                    None => {
                         return End::Refused(Refusal::Protocol("a malformed RTMP message".into()))
                     }
                 };
@@ -345,5 +345,37 @@ impl Conn {
             }
             _ => Ok(Vec::new()),
         }
+    }
+}
+
+/// Hands bytes to the RTMP session: its results, or `None` for bytes it
+/// cannot take. `rml_rtmp` 0.8 panics on an AMF0 command with fewer than
+/// three values (found by the `rtmp_ingest` fuzz target), which any client
+/// can send before its key is checked; the panic is caught here and the
+/// connection refused like any malformed message.
+pub fn session_input(
+    session: &mut rml_rtmp::sessions::ServerSession,
+    bytes: &[u8],
+) -> Option<Vec<rml_rtmp::sessions::ServerSessionResult>> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| session.handle_input(bytes)))
+        .ok()?
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_command_that_panics_rml_rtmp_is_refused_not_a_crash() {
+        // Found by the rtmp_ingest fuzz target: a chunk whose AMF0 command
+        // has fewer than three values.
+        let mut input = vec![0u8; 60];
+        input[21] = 17;
+        input[59] = 31;
+        let (mut session, _) =
+            rml_rtmp::sessions::ServerSession::new(rml_rtmp::sessions::ServerSessionConfig::new())
+                .unwrap();
+        assert!(session_input(&mut session, &input).is_none());
     }
 }

@@ -91,6 +91,9 @@ pub struct Segmenter {
     resume_at: u64,
     pending_discontinuity: bool,
     generation: u32,
+    /// Media time of the first keyframe seen while other tracks still had
+    /// no configuration (a transport stream's audio comes late).
+    waiting_since: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -128,6 +131,8 @@ struct TrackState {
     /// Bytes and 90 kHz ticks of media since the last bandwidth reading.
     bytes_in_window: u64,
     ticks_in_window: u64,
+    /// The highest bit rate measured over a segment.
+    peak_bps: u64,
     frame_ticks: VecDeque<u32>,
 }
 
@@ -189,6 +194,7 @@ impl Segmenter {
                     cut: None,
                     bytes_in_window: 0,
                     ticks_in_window: 0,
+                    peak_bps: 0,
                     frame_ticks: VecDeque::new(),
                 })
                 .collect(),
@@ -199,6 +205,7 @@ impl Segmenter {
             resume_at: 0,
             pending_discontinuity: false,
             generation: 0,
+            waiting_since: None,
         }
     }
 
@@ -324,7 +331,18 @@ impl Segmenter {
             return;
         };
         let Some(open) = self.open else {
-            // Nothing open: this keyframe starts a segment.
+            // Nothing open: this keyframe starts a segment, once every track
+            // has its configuration, or after two seconds without it (that
+            // track then joins at a later segment, with a new init).
+            if self.manifest.segments.is_empty() && self.tracks.iter().any(|t| t.init.is_none()) {
+                let since = *self.waiting_since.get_or_insert(time);
+                if !keyframe || time - since < 180_000 {
+                    return;
+                }
+            }
+            if !keyframe {
+                return;
+            }
             self.start_segment(time, wall_ms, made);
             self.tracks[0].held = Some(Held {
                 time,
@@ -345,7 +363,10 @@ impl Segmenter {
         let duration = u32::try_from(time - held.time).unwrap_or(u32::MAX);
         push_sample(&mut self.tracks[0], held, duration);
         let seg_due = time - open.segment_start >= u64::from(self.targets.segment_ms) * 90;
-        let part_due = time - open.part_start >= u64::from(self.targets.part_ms) * 90;
+        // A part never lasts longer than the target (RFC 8216bis): cut
+        // before the frame that would end past it.
+        let part_due =
+            time - open.part_start + u64::from(duration) > u64::from(self.targets.part_ms) * 90;
         if keyframe && seg_due {
             self.close_part(time, true, made);
             self.next_msn = open.msn + 1;
@@ -614,9 +635,9 @@ impl Segmenter {
             } else {
                 0
             };
-            let old = self.manifest.tracks.iter().find(|o| o.id == t.id);
             // Bandwidth is the peak per segment: it never goes down mid-event.
-            let bandwidth = measured.max(old.map_or(0, |o| o.bandwidth));
+            t.peak_bps = t.peak_bps.max(measured);
+            let bandwidth = t.peak_bps;
             t.bytes_in_window = 0;
             t.ticks_in_window = 0;
             let mut lt = LiveTrack {
@@ -884,6 +905,59 @@ mod tests {
         }));
         let last = s.manifest().segments.last().unwrap();
         assert_eq!(last.init, 1);
+    }
+
+    #[test]
+    fn the_first_segment_waits_for_a_late_audio_configuration() {
+        // A transport stream's audio comes after its video: the first
+        // segment starts once both are configured, so both have init 0.
+        let mut s = segmenter();
+        s.push(0, TrackFrame::Config(Bytes::from_static(&AVCC)), 0);
+        let mut made = Vec::new();
+        feed(&mut s, 0, 1, &mut made);
+        assert!(s.manifest().segments.is_empty());
+        made.extend(s.push(1, TrackFrame::Config(Bytes::from_static(&[0x11, 0x90])), 0));
+        feed(&mut s, 90_000, 4, &mut made);
+        let inits: Vec<(String, u32)> = made
+            .iter()
+            .filter_map(|m| match m {
+                Made::Init {
+                    track, generation, ..
+                } => Some((track.clone(), *generation)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(inits, vec![("v0".to_string(), 0), ("a0".to_string(), 0)]);
+        assert!(s.manifest().segments.iter().all(|seg| seg.init == 0));
+    }
+
+    #[test]
+    fn parts_never_exceed_the_target() {
+        // 25 fps: 12 frames (0.48 s) fit in 0.5 s, 13 would not.
+        let mut s = segmenter();
+        s.push(0, TrackFrame::Config(Bytes::from_static(&AVCC)), 0);
+        s.push(1, TrackFrame::Config(Bytes::from_static(&[0x11, 0x90])), 0);
+        for v in 0..150i64 {
+            let data = Bytes::from_static(&[0, 0, 0, 1, 0x41]);
+            s.push(
+                0,
+                TrackFrame::Video {
+                    dts: v * 3600,
+                    cts: 0,
+                    keyframe: v % 25 == 0,
+                    data,
+                },
+                0,
+            );
+        }
+        let m = s.manifest();
+        let parts: Vec<u32> = m
+            .segments
+            .iter()
+            .flat_map(|s| s.parts.iter().map(|p| p.duration))
+            .collect();
+        assert!(parts.iter().all(|d| *d <= 45_000), "{parts:?}");
+        assert!(parts.contains(&43_200));
     }
 
     #[test]

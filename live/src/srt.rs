@@ -199,6 +199,7 @@ fn feed(reader: &mut ts::Reader, p: &Publishing, data: &Bytes) -> Result<(), flv
                 timestamp_ms: 0,
                 data: Bytes::new(),
             },
+            ts::Event::Frame(f) => Media::Frame(f),
         };
         p.ingest.media(&p.channel, media);
     })

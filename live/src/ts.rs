@@ -4,13 +4,18 @@
 //! adaptation field marks random access. Pure; checks lengths, never
 //! panics; keeps a few PIDs and nothing else.
 
+use crate::es;
 use crate::flv::Unsupported;
+use crate::frame::Frame;
+
+/// The largest PES kept while it is assembled; a bigger one is dropped.
+const MAX_PES: usize = 8 << 20;
 
 /// TS packet size.
 pub const PACKET: usize = 188;
 
 /// What a run of packets held.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// The program map named H.264 video and AAC audio.
     Codecs,
@@ -21,6 +26,8 @@ pub enum Event {
     },
     /// An audio PES began.
     AudioFrame,
+    /// A frame (or a configuration) from a PES that completed.
+    Frame(Frame),
 }
 
 /// The reader's state across calls.
@@ -31,6 +38,10 @@ pub struct Reader {
     audio_pid: Option<u16>,
     /// Bytes of a packet split across two inputs.
     carry: Vec<u8>,
+    video_pes: Vec<u8>,
+    audio_pes: Vec<u8>,
+    h264: es::H264,
+    aac: es::Aac,
 }
 
 impl Reader {
@@ -82,14 +93,49 @@ impl Reader {
             self.pat(payload);
         } else if Some(pid) == self.pmt_pid && start {
             self.pmt(payload, on)?;
-        } else if Some(pid) == self.video_pid && start {
-            on(Event::VideoFrame {
-                keyframe: random_access,
-            });
-        } else if Some(pid) == self.audio_pid && start {
-            on(Event::AudioFrame);
+        } else if Some(pid) == self.video_pid {
+            if start {
+                on(Event::VideoFrame {
+                    keyframe: random_access,
+                });
+                let done = std::mem::take(&mut self.video_pes);
+                self.video(&done, on);
+            }
+            append(&mut self.video_pes, payload, start);
+        } else if Some(pid) == self.audio_pid {
+            if start {
+                on(Event::AudioFrame);
+                let done = std::mem::take(&mut self.audio_pes);
+                self.audio(&done, on);
+            }
+            append(&mut self.audio_pes, payload, start);
+            // Audio PES usually give their length: finish without waiting
+            // for the next one.
+            if pes_complete(&self.audio_pes) {
+                let done = std::mem::take(&mut self.audio_pes);
+                self.audio(&done, on);
+            }
         }
         Ok(())
+    }
+
+    fn video(&mut self, pes: &[u8], on: &mut impl FnMut(Event)) {
+        let Some((pts, dts, data)) = pes_payload(pes) else {
+            return;
+        };
+        let mut frames = Vec::new();
+        self.h264
+            .access_unit(data, dts.unwrap_or(pts), pts, &mut frames);
+        frames.into_iter().for_each(|f| on(Event::Frame(f)));
+    }
+
+    fn audio(&mut self, pes: &[u8], on: &mut impl FnMut(Event)) {
+        let Some((pts, _, data)) = pes_payload(pes) else {
+            return;
+        };
+        let mut frames = Vec::new();
+        self.aac.adts(data, pts, &mut frames);
+        frames.into_iter().for_each(|f| on(Event::Frame(f)));
     }
 
     /// The first program's PMT PID.
@@ -158,6 +204,60 @@ impl Reader {
 
 /// A PSI section from a payload that starts one (after its pointer field),
 /// cut to its announced length.
+/// Adds a packet's payload to a PES being assembled (a PES starts only at
+/// a unit start; a runaway one is dropped).
+fn append(pes: &mut Vec<u8>, payload: &[u8], start: bool) {
+    if (pes.is_empty() && !start) || pes.len() + payload.len() > MAX_PES {
+        pes.clear();
+        return;
+    }
+    pes.extend_from_slice(payload);
+}
+
+/// Whether a PES with a stated length has all its bytes.
+fn pes_complete(pes: &[u8]) -> bool {
+    let Some(len) = pes
+        .get(4..6)
+        .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+    else {
+        return false;
+    };
+    len > 0 && pes.len() >= 6 + len
+}
+
+/// A PES's presentation time, decode time (if given) and payload, at 90 kHz.
+fn pes_payload(pes: &[u8]) -> Option<(i64, Option<i64>, &[u8])> {
+    if pes.get(..3)? != [0, 0, 1] {
+        return None;
+    }
+    let flags = *pes.get(7)?;
+    let header_len = usize::from(*pes.get(8)?);
+    let pts = (flags & 0x80 != 0)
+        .then(|| timestamp(pes.get(9..14)?))
+        .flatten()?;
+    let dts = (flags & 0x40 != 0)
+        .then(|| timestamp(pes.get(14..19)?))
+        .flatten();
+    let mut data = pes.get(9 + header_len..)?;
+    let len = usize::from(u16::from_be_bytes([pes[4], pes[5]]));
+    if len > 0 {
+        data = data.get(..(6 + len).saturating_sub(9 + header_len).min(data.len()))?;
+    }
+    Some((pts, dts, data))
+}
+
+/// A 33-bit PES timestamp from its five bytes.
+fn timestamp(b: &[u8]) -> Option<i64> {
+    let b: &[u8; 5] = b.try_into().ok()?;
+    Some(
+        (i64::from(b[0] >> 1 & 0x07) << 30)
+            | (i64::from(b[1]) << 22)
+            | (i64::from(b[2] >> 1) << 15)
+            | (i64::from(b[3]) << 7)
+            | i64::from(b[4] >> 1),
+    )
+}
+
 fn section(payload: &[u8]) -> Option<&[u8]> {
     let pointer = usize::from(*payload.first()?);
     let s = payload.get(1 + pointer..)?;

@@ -81,6 +81,7 @@ impl Ingest for LiveIngest {
             Media::Audio {
                 timestamp_ms, data, ..
             } if !data.is_empty() => cascade_live::frame::from_flv_audio(*timestamp_ms, data),
+            Media::Frame(f) => Some(f.clone()),
             _ => None,
         };
         if let Some(frame) = frame {
@@ -94,6 +95,7 @@ impl Ingest for LiveIngest {
         };
         let (kind, bytes) = match &media {
             Media::Data(data) => ("stream", data.len()),
+            Media::Frame(_) => ("stream", 0),
             Media::Video { data, .. } => ("video", data.len()),
             Media::Audio { data, .. } => ("audio", data.len()),
         };
@@ -106,7 +108,7 @@ impl Ingest for LiveIngest {
                 .inc_by(bytes as u64);
         }
         match media {
-            Media::Data(_) => {}
+            Media::Data(_) | Media::Frame(_) => {}
             Media::Video { kind, .. } => match kind {
                 flv::Video::AvcConfig => h.has_video_config = true,
                 flv::Video::Avc { keyframe } => {
