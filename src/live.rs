@@ -179,6 +179,8 @@ pub(crate) async fn live(args: LiveArgs) -> anyhow::Result<()> {
             } else {
                 for key in [
                     "encoder",
+                    "role",
+                    "standby",
                     "since",
                     "video_frames",
                     "keyframes",
@@ -186,6 +188,8 @@ pub(crate) async fn live(args: LiveArgs) -> anyhow::Result<()> {
                     "kbps",
                     "fps",
                     "last_keyframe_age_ms",
+                    "parts_published",
+                    "dropped_frames",
                 ] {
                     println!("{key:<16} {}", plain(&ingest[key]));
                 }

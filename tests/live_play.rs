@@ -293,3 +293,165 @@ async fn a_channel_published_over_srt_plays_from_the_edge() {
     });
     stack.shutdown().await;
 }
+
+async fn channel(stack: &Stack) -> serde_json::Value {
+    common::client()
+        .get(format!("{}/api/v1/admin/channels/final", stack.origin_url))
+        .bearer_auth(common::ORIGIN_ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Polls the channel until `check` holds for its status.
+async fn wait_channel(stack: &Stack, what: &str, check: impl Fn(&serde_json::Value) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let c = channel(stack).await;
+        if check(&c) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never {what}: {c}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn live_manifest(stack: &Stack) -> cascade_packager::live::LiveManifest {
+    let body = common::client()
+        .get(format!(
+            "{}/live-mezz/final/manifest.json",
+            stack.origin_url
+        ))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    cascade_packager::live::LiveManifest::from_json(&body).unwrap()
+}
+
+/// Polls the live manifest until `check` holds.
+async fn wait_manifest(
+    stack: &Stack,
+    what: &str,
+    check: impl Fn(&cascade_packager::live::LiveManifest) -> bool,
+) -> cascade_packager::live::LiveManifest {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = live_manifest(stack).await;
+        if check(&m) {
+            return m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never {what}: {:?}",
+            m.last_part()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn stop(mut child: std::process::Child) {
+    tokio::task::block_in_place(|| {
+        let _ = child.kill();
+        let _ = child.wait();
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backup_takes_over_and_a_reconnect_continues_the_event() {
+    let (stack, key) = live_stack().await;
+    let rtmp = stack.origin.rtmp_addr.unwrap();
+    let primary = publish(&format!("rtmp://{rtmp}/live/{key}"), 120);
+    wait_channel(&stack, "live", |c| c["ingest"]["role"] == "primary").await;
+    let backup = publish(&format!("rtmp://{rtmp}/backup/{key}"), 120);
+    wait_channel(&stack, "backed up", |c| c["ingest"]["standby"].is_string()).await;
+
+    // A second primary is refused: the channel is busy.
+    let out = tokio::task::block_in_place(|| {
+        publish(&format!("rtmp://{rtmp}/live/{key}"), 2)
+            .wait_with_output()
+            .unwrap()
+    });
+    assert!(!out.status.success(), "a second primary must be refused");
+    let metrics = common::text(format!("{}/metrics", stack.origin_url)).await;
+    assert_eq!(
+        common::metric_value(
+            &metrics,
+            "cascade_origin_live_refusals_total{reason=\"busy\"}"
+        ),
+        1
+    );
+
+    let q = format!("__token__={}", common::sign_acl("/live/final/*"));
+    let base = format!("{}/live/final/", stack.edge_url);
+    wait_segments(&format!("{base}v0.m3u8?{q}"), 2).await;
+    let before = live_manifest(&stack).await;
+    let event = before.event.clone();
+
+    // A viewer plays while the primary dies.
+    let url = format!("{base}master.m3u8?{q}");
+    let player = Command::new("ffmpeg")
+        .args(["-v", "error", "-i", &url, "-t", "10", "-f", "null", "-"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    stop(primary);
+    wait_channel(&stack, "on the backup", |c| c["ingest"]["role"] == "backup").await;
+    let last = before.last_part().unwrap().0;
+    let m = wait_manifest(&stack, "past the failover", |m| {
+        m.segments.iter().any(|s| s.discontinuity && s.msn > last)
+            && m.segments.last().is_some_and(|s| s.parts.len() >= 2)
+    })
+    .await;
+    assert_eq!(m.event, event, "a failover continues the event");
+    let out = tokio::task::block_in_place(|| player.wait_with_output()).unwrap();
+    assert!(
+        out.status.success(),
+        "the player failed over: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let playlist = common::text(format!("{base}v0.m3u8?{q}")).await;
+    assert!(playlist.contains("#EXT-X-DISCONTINUITY"), "{playlist}");
+
+    // The last encoder is cut for five seconds (the outage itself, not a
+    // wait for readiness), then comes back within the grace: same event.
+    stop(backup);
+    wait_channel(&stack, "idle", |c| c["ingest"].is_null()).await;
+    let cut = live_manifest(&stack).await;
+    assert!(!cut.ended, "the event waits for its encoder");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let back = publish(&format!("rtmp://{rtmp}/live/{key}"), 60);
+    let cut_msn = cut.last_part().unwrap().0;
+    let m = wait_manifest(&stack, "back after the cut", |m| {
+        m.segments
+            .iter()
+            .any(|s| s.discontinuity && s.msn > cut_msn && s.parts.len() >= 2)
+    })
+    .await;
+    assert_eq!(
+        m.event, event,
+        "a reconnect within the grace continues the event"
+    );
+    // Segment numbers only grow: none is ever reused.
+    assert!(m.segments.windows(2).all(|w| w[1].msn == w[0].msn + 1));
+    let url = format!("{base}master.m3u8?{q}");
+    let out = tokio::task::block_in_place(|| {
+        Command::new("ffmpeg")
+            .args(["-v", "error", "-i", &url, "-t", "3", "-f", "null", "-"])
+            .output()
+            .unwrap()
+    });
+    assert!(
+        out.status.success(),
+        "plays after the reconnect: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stop(back);
+    stack.shutdown().await;
+}

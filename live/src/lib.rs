@@ -81,11 +81,33 @@ pub enum Media {
     Frame(frame::Frame),
 }
 
+/// Which encoder of a channel a publisher is: channels take a primary and
+/// a backup at once; the backup's media is used when the primary fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// `rtmp://…/live/{key}`, SRT stream id `publish:{key}`.
+    Primary,
+    /// `rtmp://…/backup/{key}`, SRT stream id `backup:{key}` (or
+    /// `#!::r={key},m=publish,role=backup`).
+    Backup,
+}
+
+impl Role {
+    /// `primary` or `backup`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Backup => "backup",
+        }
+    }
+}
+
 /// What the listener hands publishes to.
 #[async_trait::async_trait]
 pub trait Ingest: Send + Sync + 'static {
-    /// The channel `key` publishes to, or why not.
-    async fn authorize(&self, key: &str, peer: SocketAddr) -> Result<String, Refusal>;
+    /// The publication `key` (as encoder `role`) makes, or why not: an
+    /// opaque name the listener passes back with each call below.
+    async fn authorize(&self, key: &str, role: Role, peer: SocketAddr) -> Result<String, Refusal>;
     /// A publish to `channel` began.
     fn started(&self, channel: &str, peer: SocketAddr);
     /// Media arrived for `channel`.

@@ -22,7 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
 use crate::flv;
-use crate::{Ingest, Media, Refusal};
+use crate::{Ingest, Media, Refusal, Role};
 
 /// Time from connecting to an accepted publish.
 pub const HANDSHAKE_TIME: Duration = Duration::from_secs(10);
@@ -263,15 +263,23 @@ impl Conn {
                 .map_err(|_| End::Refused(Refusal::Protocol("a bad connect".into()))),
             ServerSessionEvent::PublishStreamRequested {
                 request_id,
+                app_name,
                 stream_key,
                 ..
             } => {
+                // `rtmp://host/live/{key}` is the primary encoder,
+                // `rtmp://host/backup/{key}` the backup.
+                let role = if app_name == "backup" {
+                    Role::Backup
+                } else {
+                    Role::Primary
+                };
                 if self.channel.is_some() {
                     return Err(End::Refused(Refusal::Protocol(
                         "a second publish on one connection".into(),
                     )));
                 }
-                match self.ingest.authorize(&stream_key, self.peer).await {
+                match self.ingest.authorize(&stream_key, role, self.peer).await {
                     Ok(channel) => {
                         self.channel = Some(channel.clone());
                         self.ingest.started(&channel, self.peer);

@@ -18,7 +18,7 @@ use srt_tokio::access::{RejectReason, ServerRejectReason};
 use srt_tokio::{ConnectionRequest, SrtListener};
 use tokio::sync::watch;
 
-use crate::{flv, ts, Ingest, Media, Refusal};
+use crate::{flv, ts, Ingest, Media, Refusal, Role};
 
 /// Silence after which a publisher is dropped.
 pub const IDLE_TIME: Duration = Duration::from_secs(15);
@@ -86,26 +86,31 @@ pub async fn serve(
     Ok(SrtServer { addr, stop, task })
 }
 
-/// The stream key in a stream id: `publish:{key}`, or the SRT access
-/// control form `#!::r={key},m=publish`.
-pub fn stream_key(stream_id: &str) -> Option<&str> {
+/// The stream key and encoder role in a stream id: `publish:{key}` or
+/// `backup:{key}`, or the SRT access control form
+/// `#!::r={key},m=publish[,role=backup]`.
+pub fn stream_key(stream_id: &str) -> Option<(&str, Role)> {
     if stream_id.len() > MAX_STREAM_ID {
         return None;
     }
-    if let Some(key) = stream_id.strip_prefix("publish:") {
-        return Some(key).filter(|k| !k.is_empty());
+    for (prefix, role) in [("publish:", Role::Primary), ("backup:", Role::Backup)] {
+        if let Some(key) = stream_id.strip_prefix(prefix) {
+            return Some((key, role)).filter(|(k, _)| !k.is_empty());
+        }
     }
     let fields = stream_id.strip_prefix("#!::")?;
     let mut key = None;
     let mut publish = false;
+    let mut role = Role::Primary;
     for f in fields.split(',') {
         match f.split_once('=') {
             Some(("r", v)) if !v.is_empty() => key = Some(v),
             Some(("m", "publish")) => publish = true,
+            Some(("role", "backup")) => role = Role::Backup,
             _ => {}
         }
     }
-    key.filter(|_| publish)
+    key.filter(|_| publish).map(|k| (k, role))
 }
 
 /// Ends a publish when dropped (also on a panic).
@@ -125,8 +130,8 @@ async fn caller(request: ConnectionRequest, ingest: Arc<dyn Ingest>) {
     let key = request
         .stream_id()
         .and_then(|id| stream_key(id))
-        .map(str::to_string);
-    let Some(key) = key else {
+        .map(|(k, role)| (k.to_string(), role));
+    let Some((key, role)) = key else {
         ingest.refused(&Refusal::BadKey);
         tracing::info!(%peer, "srt caller refused: no publish stream id");
         let _ = request
@@ -134,7 +139,7 @@ async fn caller(request: ConnectionRequest, ingest: Arc<dyn Ingest>) {
             .await;
         return;
     };
-    let channel = match ingest.authorize(&key, peer).await {
+    let channel = match ingest.authorize(&key, role, peer).await {
         Ok(c) => c,
         Err(r) => {
             ingest.refused(&r);
@@ -211,9 +216,27 @@ mod tests {
 
     #[test]
     fn stream_ids() {
-        assert_eq!(stream_key("publish:final.abc"), Some("final.abc"));
-        assert_eq!(stream_key("#!::r=final.abc,m=publish"), Some("final.abc"));
-        assert_eq!(stream_key("#!::m=publish,r=final.abc"), Some("final.abc"));
+        assert_eq!(
+            stream_key("publish:final.abc"),
+            Some(("final.abc", Role::Primary))
+        );
+        assert_eq!(
+            stream_key("backup:final.abc"),
+            Some(("final.abc", Role::Backup))
+        );
+        assert_eq!(
+            stream_key("#!::r=final.abc,m=publish"),
+            Some(("final.abc", Role::Primary))
+        );
+        assert_eq!(
+            stream_key("#!::m=publish,r=final.abc"),
+            Some(("final.abc", Role::Primary))
+        );
+        assert_eq!(
+            stream_key("#!::m=publish,r=final.abc,role=backup"),
+            Some(("final.abc", Role::Backup))
+        );
+        assert_eq!(stream_key("backup:"), None);
         assert_eq!(stream_key("#!::r=final.abc,m=request"), None);
         assert_eq!(stream_key("publish:"), None);
         assert_eq!(stream_key("final.abc"), None);

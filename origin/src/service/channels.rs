@@ -277,7 +277,11 @@ fn view(state: &State, r: &ChannelRow) -> Channel {
         ends_at: r.ends_at,
         state: r.state.clone(),
         key_version: r.key_version,
-        ingest: state.live.status(&r.name),
+        ingest: state.live.status(&r.name).map(|mut s| {
+            s.parts_published = state.live_media.parts.with_label_values(&[&r.name]).get();
+            s.dropped_frames = state.live_media.dropped.with_label_values(&[&r.name]).get();
+            s
+        }),
         playback: PlaybackUrls {
             hls: format!("{edge}/live/{}/master.m3u8", r.name),
             dash: format!("{edge}/live/{}/manifest.mpd", r.name),

@@ -8,11 +8,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use cascade_live::{flv, Ingest, Media, Refusal};
+use cascade_live::{flv, Ingest, Media, Refusal, Role};
 
 use crate::repo::channels;
 use crate::service::channels::authorize_publish;
-use crate::service::live_health::Health;
+use crate::service::live_health::{parse_publication, publication, Health};
 use crate::service::state::State;
 use crate::storage::{clock, Kind};
 
@@ -23,7 +23,7 @@ pub(crate) struct LiveIngest {
 
 #[async_trait::async_trait]
 impl Ingest for LiveIngest {
-    async fn authorize(&self, key: &str, _peer: SocketAddr) -> Result<String, Refusal> {
+    async fn authorize(&self, key: &str, role: Role, _peer: SocketAddr) -> Result<String, Refusal> {
         let channel = match authorize_publish(&self.state, key).await {
             Ok(c) => c,
             Err(e) if e.kind() == Kind::Unauthorized => return Err(Refusal::BadKey),
@@ -34,15 +34,16 @@ impl Ingest for LiveIngest {
                 ));
             }
         };
-        // One publisher per channel (a backup encoder is the next step).
-        if self.state.live.publishing(&channel.name) {
+        // One primary and one backup per channel.
+        let name = publication(&channel.name, role);
+        if self.state.live.publishing(&name) {
             return Err(Refusal::Busy);
         }
         self.state.live_media.prepare(
             &channel.name,
             u32::try_from(channel.dvr_minutes).unwrap_or(120),
         );
-        Ok(channel.name)
+        Ok(name)
     }
 
     fn started(&self, channel: &str, peer: SocketAddr) {
@@ -63,7 +64,26 @@ impl Ingest for LiveIngest {
                 },
             );
         }
-        tracing::info!(channel, encoder = %peer, "live publish began");
+        let (channel, role) = parse_publication(channel);
+        tracing::info!(channel, encoder = %peer, role = role.as_str(), "live publish began");
+        // The first encoder's media is used; a second one stands by.
+        let first = self
+            .state
+            .live
+            .active
+            .lock()
+            .map(|mut a| {
+                if a.contains_key(channel) {
+                    false
+                } else {
+                    a.insert(channel.to_string(), role);
+                    true
+                }
+            })
+            .unwrap_or(false);
+        if !first {
+            return;
+        }
         self.state.live_media.started(channel);
         let (state, name) = (self.state.clone(), channel.to_string());
         tokio::spawn(async move {
@@ -85,7 +105,17 @@ impl Ingest for LiveIngest {
             _ => None,
         };
         if let Some(frame) = frame {
-            self.state.live_media.frame(channel, frame);
+            let (name, role) = parse_publication(channel);
+            let active = self
+                .state
+                .live
+                .active
+                .lock()
+                .map(|a| a.get(name) == Some(&role))
+                .unwrap_or(false);
+            if active {
+                self.state.live_media.frame(name, frame);
+            }
         }
         let Ok(mut c) = self.state.live.channels.lock() else {
             return;
@@ -131,7 +161,36 @@ impl Ingest for LiveIngest {
         if let Ok(mut c) = self.state.live.channels.lock() {
             c.remove(channel);
         }
-        tracing::info!(channel, "live publish ended");
+        let (channel, role) = parse_publication(channel);
+        tracing::info!(channel, role = role.as_str(), "live publish ended");
+        let other = match role {
+            Role::Primary => Role::Backup,
+            Role::Backup => Role::Primary,
+        };
+        let standby = self.state.live.publishing(&publication(channel, other));
+        let Ok(mut active) = self.state.live.active.lock() else {
+            return;
+        };
+        if active.get(channel) != Some(&role) {
+            // The standby encoder left; nothing changes for viewers.
+            return;
+        }
+        if standby {
+            // The other encoder takes over: the event goes on after a
+            // discontinuity.
+            active.insert(channel.to_string(), other);
+            drop(active);
+            tracing::warn!(channel, now = other.as_str(), "live encoder failed over");
+            self.state
+                .live
+                .failovers
+                .with_label_values(&[channel])
+                .inc();
+            self.state.live_media.switched(channel);
+            return;
+        }
+        active.remove(channel);
+        drop(active);
         self.state.live_media.ended(channel);
         let (state, name) = (self.state.clone(), channel.to_string());
         tokio::spawn(async move {

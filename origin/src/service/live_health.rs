@@ -8,15 +8,20 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::Instant;
 
+use cascade_live::Role;
 use prometheus::IntCounterVec;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-/// Ingest health of the channels being published, by channel name.
+/// Ingest health of the channels being published, by publication (the
+/// channel name, and `{name}/backup` for its backup encoder).
 pub(crate) struct LiveHealth {
     pub(crate) channels: Mutex<HashMap<String, Health>>,
+    /// Which encoder's media each channel uses now.
+    pub(crate) active: Mutex<HashMap<String, Role>>,
     pub(crate) refusals: IntCounterVec,
     pub(crate) media_bytes: IntCounterVec,
+    pub(crate) failovers: IntCounterVec,
 }
 
 pub(crate) struct Health {
@@ -35,8 +40,12 @@ pub(crate) struct Health {
 /// A channel's ingest, as operators see it.
 #[derive(Serialize, ToSchema)]
 pub(crate) struct IngestStatus {
-    /// The encoder's address.
+    /// The address of the encoder whose media is used.
     encoder: String,
+    /// `primary` or `backup`: which encoder that is.
+    role: &'static str,
+    /// The other encoder's address, when both publish.
+    standby: Option<String>,
     /// When it began publishing (Unix seconds).
     since: u64,
     video_frames: u64,
@@ -52,6 +61,10 @@ pub(crate) struct IngestStatus {
     /// Whether the H.264 and AAC configurations have arrived.
     video_config: bool,
     audio_config: bool,
+    /// CMAF parts published for the channel (all tracks).
+    pub(crate) parts_published: u64,
+    /// Frames dropped because the channel's segmenter fell behind.
+    pub(crate) dropped_frames: u64,
 }
 
 impl LiveHealth {
@@ -70,22 +83,42 @@ impl LiveHealth {
             ),
             &["kind"],
         )?;
+        let failovers = IntCounterVec::new(
+            prometheus::Opts::new(
+                "origin_live_failovers_total",
+                "Times a channel's standby encoder took over, by channel",
+            ),
+            &["channel"],
+        )?;
+        registry.register(Box::new(failovers.clone()))?;
         registry.register(Box::new(refusals.clone()))?;
         registry.register(Box::new(media_bytes.clone()))?;
         Ok(LiveHealth {
             channels: Mutex::new(HashMap::new()),
+            active: Mutex::new(HashMap::new()),
             refusals,
             media_bytes,
+            failovers,
         })
     }
 
     /// The ingest of channel `name`, if an encoder is publishing.
     pub(crate) fn status(&self, name: &str) -> Option<IngestStatus> {
+        let role = self.active.lock().ok()?.get(name).copied()?;
+        let other = match role {
+            Role::Primary => Role::Backup,
+            Role::Backup => Role::Primary,
+        };
         let channels = self.channels.lock().ok()?;
-        let h = channels.get(name)?;
+        let h = channels.get(&publication(name, role))?;
+        let standby = channels
+            .get(&publication(name, other))
+            .map(|o| o.peer.to_string());
         let secs = h.started.elapsed().as_secs_f64().max(0.001);
         Some(IngestStatus {
             encoder: h.peer.to_string(),
+            role: role.as_str(),
+            standby,
             since: h.since,
             video_frames: h.video_frames,
             keyframes: h.keyframes,
@@ -96,14 +129,33 @@ impl LiveHealth {
             last_keyframe_age_ms: h.last_keyframe.map(|t| t.elapsed().as_millis() as u64),
             video_config: h.has_video_config,
             audio_config: h.has_audio_config,
+            parts_published: 0,
+            dropped_frames: 0,
         })
     }
 
-    /// Whether an encoder publishes to channel `name` now.
+    /// Whether an encoder publishes publication `name` now.
     pub(crate) fn publishing(&self, name: &str) -> bool {
         self.channels
             .lock()
             .map(|c| c.contains_key(name))
             .unwrap_or(false)
+    }
+}
+
+/// The name of a channel's publication by `role`: the channel's name for
+/// its primary encoder, `{name}/backup` for its backup.
+pub(crate) fn publication(channel: &str, role: Role) -> String {
+    match role {
+        Role::Primary => channel.to_string(),
+        Role::Backup => format!("{channel}/backup"),
+    }
+}
+
+/// The channel and role a publication names.
+pub(crate) fn parse_publication(name: &str) -> (&str, Role) {
+    match name.strip_suffix("/backup") {
+        Some(channel) => (channel, Role::Backup),
+        None => (name, Role::Primary),
     }
 }

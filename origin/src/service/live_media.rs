@@ -205,11 +205,36 @@ impl LiveMedia {
 
     /// `channel`'s publisher went away.
     pub(crate) fn ended(&self, channel: &str) {
+        self.tell(channel, vec![Input::Ended]);
+    }
+
+    /// Another encoder took over `channel`: what is open is closed, and its
+    /// frames continue the event after a discontinuity.
+    pub(crate) fn switched(&self, channel: &str) {
+        self.tell(channel, vec![Input::Ended, Input::Started]);
+    }
+
+    /// Queues control inputs in order, ahead of any frame sent after this
+    /// call; when the queue is full, the rest follow as soon as it drains
+    /// (the segmenter must hear of them whatever the frames do).
+    fn tell(&self, channel: &str, inputs: Vec<Input>) {
         let tx = self.feeds.lock().ok().and_then(|f| f.get(channel).cloned());
-        if let Some(tx) = tx {
-            // The segmenter must hear of it even when frames fill the queue.
+        let Some(tx) = tx else { return };
+        let mut rest = Vec::new();
+        for input in inputs {
+            if !rest.is_empty() {
+                rest.push(input);
+                continue;
+            }
+            if let Err(mpsc::error::TrySendError::Full(i)) = tx.try_send(input) {
+                rest.push(i);
+            }
+        }
+        if !rest.is_empty() {
             tokio::spawn(async move {
-                let _ = tx.send(Input::Ended).await;
+                for i in rest {
+                    let _ = tx.send(i).await;
+                }
             });
         }
     }
