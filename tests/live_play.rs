@@ -46,6 +46,12 @@ async fn live_stack() -> (Stack, String) {
         |o| {
             o.rtmp_listen = "127.0.0.1:0".into();
             o.srt_listen = "127.0.0.1:0".into();
+            // One rung below the 180-line test pattern, encoded live.
+            o.live_ladder = vec![cascade_origin::config::Rung {
+                height: 120,
+                kbps: 150,
+            }];
+            o.live_preset = "ultrafast".into();
         },
         |_| {},
     )
@@ -226,6 +232,47 @@ async fn ll_hls_plays_through_edge_and_shield_and_blocked_viewers_share_one_requ
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
+
+    // The ladder's rung: listed beside the source, and it plays.
+    let master = common::text(format!("{base}master.m3u8?{q}")).await;
+    assert!(master.contains("RESOLUTION=320x180"), "{master}");
+    assert!(master.contains("RESOLUTION=214x120"), "{master}");
+    let rung = common::text(format!("{base}v1.m3u8?{q}")).await;
+    assert!(rung.contains("#EXT-X-PART:"), "{rung}");
+    // Its parts start on the same frames as the source's.
+    let first_v1 = rung
+        .lines()
+        .find(|l| l.starts_with("#EXT-X-PART:") && l.contains("INDEPENDENT=YES"))
+        .unwrap();
+    let name = first_v1
+        .split("URI=\"v1/")
+        .nth(1)
+        .unwrap()
+        .split('?')
+        .next()
+        .unwrap();
+    let source = common::text(format!("{base}v0.m3u8?{q}")).await;
+    assert!(
+        source.contains(&format!("URI=\"v0/{name}")) && source.contains(",INDEPENDENT=YES"),
+        "{name} not independent in the source"
+    );
+    let url = format!("{base}v1.m3u8?{q}");
+    let out = tokio::task::block_in_place(|| {
+        Command::new("ffprobe")
+            .args(["-v", "error", "-select_streams", "v:0", "-show_entries"])
+            .args(["stream=width,height", "-of", "csv=p=0", &url])
+            .output()
+            .unwrap()
+    });
+    let sizes = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        sizes
+            .lines()
+            .filter(|l| !l.is_empty())
+            .all(|l| l == "214,120")
+            && sizes.contains("214,120"),
+        "{sizes}"
+    );
 
     // FFmpeg plays the channel from the edge.
     let url = format!("{base}master.m3u8?{q}");

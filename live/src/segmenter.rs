@@ -118,6 +118,12 @@ struct TrackState {
     config: Option<Bytes>,
     /// The generation of the init segment last announced.
     announced: Option<u32>,
+    /// Whether an init segment was ever announced for this track.
+    ever_announced: bool,
+    /// The first segment it has a part of.
+    first_msn: Option<u64>,
+    /// No longer made (the ladder dropped it).
+    retired: bool,
     init: Option<InitTrack>,
     /// Video: the frame whose duration is not known yet.
     held: Option<Held>,
@@ -186,6 +192,9 @@ impl Segmenter {
                     kind: *kind,
                     config: None,
                     announced: None,
+                    ever_announced: false,
+                    first_msn: None,
+                    retired: false,
                     init: None,
                     held: None,
                     buffer: Vec::new(),
@@ -217,6 +226,16 @@ impl Segmenter {
     /// The next segment number this segmenter would use.
     pub fn next_msn(&self) -> u64 {
         self.open.map_or(self.next_msn, |o| o.msn + 1)
+    }
+
+    /// Track `track` is no longer made (the ladder fell behind): it leaves
+    /// the manifest at the next segment.
+    pub fn retire(&mut self, track: usize) {
+        if let Some(t) = self.tracks.get_mut(track) {
+            t.retired = true;
+            t.buffer.clear();
+            t.held = None;
+        }
     }
 
     /// Takes one frame of `track` that reached ingest at `wall_ms`.
@@ -334,7 +353,12 @@ impl Segmenter {
             // Nothing open: this keyframe starts a segment, once every track
             // has its configuration, or after two seconds without it (that
             // track then joins at a later segment, with a new init).
-            if self.manifest.segments.is_empty() && self.tracks.iter().any(|t| t.init.is_none()) {
+            if self.manifest.segments.is_empty()
+                && self
+                    .tracks
+                    .iter()
+                    .any(|t| t.kind == TrackKind::Audio && t.init.is_none())
+            {
                 let since = *self.waiting_since.get_or_insert(time);
                 if !keyframe || time - since < 180_000 {
                     return;
@@ -494,10 +518,13 @@ impl Segmenter {
 
     fn start_segment(&mut self, time: u64, wall_ms: u64, made: &mut Vec<Made>) {
         let msn = self.next_msn;
+        // A track whose configuration changed needs new init segments (a
+        // new generation for every track, as the MAP changes for all); a
+        // track that joins late (a rung) just gets its first.
         let config_changed = self
             .tracks
             .iter()
-            .any(|t| t.init.is_some() && t.announced.is_none())
+            .any(|t| t.init.is_some() && t.announced.is_none() && t.ever_announced)
             && !self.manifest.segments.is_empty();
         if config_changed {
             self.generation += 1;
@@ -511,6 +538,7 @@ impl Segmenter {
                         bytes: Bytes::from(init_segment(init)),
                     });
                     t.announced = Some(self.generation);
+                    t.ever_announced = true;
                 }
             }
         }
@@ -602,6 +630,7 @@ impl Segmenter {
     ) {
         let t = &mut self.tracks[track];
         t.sequence = t.sequence.wrapping_add(1);
+        t.first_msn.get_or_insert(msn);
         let out: Vec<OutSample<'_>> = samples
             .iter()
             .map(|s| OutSample {
@@ -630,6 +659,10 @@ impl Segmenter {
         let mut tracks = Vec::new();
         for t in &mut self.tracks {
             let Some(init) = &t.init else { continue };
+            // A rung is listed once it has made a part; a retired one no more.
+            if t.retired || (t.first_msn.is_none() && t.kind == TrackKind::Video && t.id != "v0") {
+                continue;
+            }
             let measured = if t.ticks_in_window >= 90_000 {
                 t.bytes_in_window * 8 * 90_000 / t.ticks_in_window
             } else {
@@ -654,6 +687,7 @@ impl Segmenter {
                 frame_rate: 0.0,
                 sample_rate: 0,
                 channels: 0,
+                first_msn: t.first_msn.unwrap_or(0),
             };
             match init {
                 InitTrack::Avc { width, height, .. } => {

@@ -120,6 +120,12 @@ pub struct OriginConfig {
     /// Live segment target, in milliseconds; a segment starts at the first
     /// keyframe after it, so encoders should send one at least this often.
     pub live_segment_ms: u32,
+    /// The live ladder: rungs encoded in real time below the encoder's own
+    /// picture, which is passed through as the top rung. Rungs at or above
+    /// the source's height are skipped; empty: the source alone.
+    pub live_ladder: Vec<Rung>,
+    /// x264 preset of the live ladder (fast enough to keep up is the rule).
+    pub live_preset: String,
     /// How long an event waits for its encoder to come back before it ends,
     /// in seconds; a reconnect within it continues the event.
     pub live_reconnect_grace_secs: u64,
@@ -203,6 +209,21 @@ impl Default for OriginConfig {
             live_part_ms: 500,
             live_segment_ms: 2000,
             live_reconnect_grace_secs: 10,
+            live_ladder: vec![
+                Rung {
+                    height: 480,
+                    kbps: 1200,
+                },
+                Rung {
+                    height: 360,
+                    kbps: 800,
+                },
+                Rung {
+                    height: 240,
+                    kbps: 400,
+                },
+            ],
+            live_preset: "superfast".into(),
             token_keys: Vec::new(),
             token_name: "__token__".into(),
             playback_ttl_secs: 6 * 3600,
@@ -251,6 +272,19 @@ impl Validate for OriginConfig {
             || self.live_segment_ms < 2 * self.live_part_ms
         {
             errors.push("live_segment_ms: from 1000 to 10000, and at least two parts".into());
+        }
+        if !PRESETS.contains(&self.live_preset.as_str()) {
+            errors.push(format!("live_preset: one of {}", PRESETS.join(", ")));
+        }
+        if self.live_ladder.len() > 8
+            || self
+                .live_ladder
+                .iter()
+                .any(|r| r.height < 64 || r.kbps < 50)
+        {
+            errors.push(
+                "live_ladder: at most 8 rungs, each at least 64 pixels high and 50 kbit/s".into(),
+            );
         }
         if self.live_reconnect_grace_secs > 3600 {
             errors.push("live_reconnect_grace_secs: at most 3600".into());

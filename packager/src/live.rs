@@ -76,6 +76,10 @@ pub struct LiveTrack {
     /// Audio only.
     #[serde(default)]
     pub channels: u16,
+    /// The first segment this track has (a rung of the ladder joins a
+    /// moment after the stream starts).
+    #[serde(default)]
+    pub first_msn: u64,
 }
 
 /// One segment: parts so far, and whether it is complete.
@@ -388,7 +392,12 @@ pub fn media_playlist(m: &LiveManifest, track: &str, b: Blocking) -> Result<Stri
          #EXT-X-PART-INF:PART-TARGET={part_target:.3}\n",
         3.0 * part_target
     );
-    let first = m.segments.first().map_or(0, |s| s.msn);
+    let first = m
+        .segments
+        .first()
+        .map_or(0, |s| s.msn)
+        .max(t.first_msn)
+        .min(m.segments.last().map_or(0, |s| s.msn));
     let _ = writeln!(out, "#EXT-X-MEDIA-SEQUENCE:{first}");
     let _ = writeln!(
         out,
@@ -414,7 +423,10 @@ pub fn media_playlist(m: &LiveManifest, track: &str, b: Blocking) -> Result<Stri
         }
     }
     let mut map: Option<u32> = None;
-    for s in &m.segments[skipped..] {
+    for s in m.segments[skipped..]
+        .iter()
+        .filter(|s| s.msn >= t.first_msn)
+    {
         if s.discontinuity && map.is_some() {
             out.push_str("#EXT-X-DISCONTINUITY\n");
         }
@@ -659,6 +671,7 @@ mod tests {
                     frame_rate: 30.0,
                     sample_rate: 0,
                     channels: 0,
+                    first_msn: 0,
                 },
                 LiveTrack {
                     id: "a0".into(),
@@ -670,6 +683,7 @@ mod tests {
                     frame_rate: 0.0,
                     sample_rate: 48_000,
                     channels: 2,
+                    first_msn: 0,
                 },
             ],
             segments: segs,

@@ -23,6 +23,7 @@ use cascade_packager::TrackKind;
 use prometheus::{IntCounterVec, IntGaugeVec};
 use tokio::sync::{mpsc, watch};
 
+use crate::service::live_ladder::{self, LadderIn, LadderOut};
 use crate::storage::clock;
 
 /// Frames queued per channel before the ingest drops them (and counts it).
@@ -37,6 +38,10 @@ pub(crate) struct LiveMedia {
     dvr: Mutex<HashMap<String, u32>>,
     targets: Targets,
     grace: Duration,
+    ladder: Vec<crate::config::Rung>,
+    preset: String,
+    pub(crate) speed: prometheus::GaugeVec,
+    pub(crate) rungs_dropped: IntCounterVec,
     pub(crate) parts: IntCounterVec,
     pub(crate) dropped: IntCounterVec,
     pub(crate) edge_msn: IntGaugeVec,
@@ -65,6 +70,8 @@ enum Input {
     Frame(Frame, u64),
     /// The publisher went away.
     Ended,
+    /// What the ladder made.
+    Ladder(LadderOut),
 }
 
 /// What a request for a part finds.
@@ -79,10 +86,29 @@ pub(crate) enum PartLookup {
 impl LiveMedia {
     pub(crate) fn new(
         registry: &prometheus::Registry,
-        part_ms: u32,
-        segment_ms: u32,
-        grace_secs: u64,
+        cfg: &crate::config::OriginConfig,
     ) -> anyhow::Result<LiveMedia> {
+        let (part_ms, segment_ms, grace_secs) = (
+            cfg.live_part_ms,
+            cfg.live_segment_ms,
+            cfg.live_reconnect_grace_secs,
+        );
+        let speed = prometheus::GaugeVec::new(
+            prometheus::Opts::new(
+                "origin_live_transcode_speed",
+                "Media seconds the live ladder encodes per second, by channel (below 1: behind)",
+            ),
+            &["channel"],
+        )?;
+        let rungs_dropped = IntCounterVec::new(
+            prometheus::Opts::new(
+                "origin_live_rungs_dropped_total",
+                "Rungs the live ladder stopped making because it fell behind, by channel",
+            ),
+            &["channel"],
+        )?;
+        registry.register(Box::new(speed.clone()))?;
+        registry.register(Box::new(rungs_dropped.clone()))?;
         let parts = IntCounterVec::new(
             prometheus::Opts::new(
                 "origin_live_parts_total",
@@ -125,6 +151,10 @@ impl LiveMedia {
                 window: 0,
             },
             grace: Duration::from_secs(grace_secs),
+            ladder: cfg.live_ladder.clone(),
+            preset: cfg.live_preset.clone(),
+            speed,
+            rungs_dropped,
             parts,
             dropped,
             edge_msn,
@@ -180,17 +210,23 @@ impl LiveMedia {
             ..self.targets
         };
         let event = format!("{}-{}", channel, clock::now());
-        let segmenter = Segmenter::new(
-            channel,
-            &event,
-            first_msn,
-            targets,
-            &[("v0", TrackKind::Video), ("a0", TrackKind::Audio)],
-        );
+        let ids: Vec<String> = (1..=self.ladder.len()).map(|i| format!("v{i}")).collect();
+        let mut tracks = vec![("v0", TrackKind::Video), ("a0", TrackKind::Audio)];
+        tracks.extend(ids.iter().map(|id| (id.as_str(), TrackKind::Video)));
+        let segmenter = Segmenter::new(channel, &event, first_msn, targets, &tracks);
+        let ladder = (!self.ladder.is_empty()).then(|| {
+            let back = tx.clone();
+            live_ladder::spawn(
+                channel.to_string(),
+                self.ladder.clone(),
+                self.preset.clone(),
+                move |made| back.blocking_send(Input::Ladder(made)).is_ok(),
+            )
+        });
         tracing::info!(channel, event, first_msn, "live event began");
         let this = self.clone();
         let name = channel.to_string();
-        tokio::spawn(async move { this.run(name, segmenter, media, rx, tx).await });
+        tokio::spawn(async move { this.run(name, segmenter, media, rx, tx, ladder).await });
     }
 
     /// A frame from `channel`'s publisher.
@@ -251,7 +287,13 @@ impl LiveMedia {
         media: Arc<ChannelMedia>,
         mut rx: mpsc::Receiver<Input>,
         own: mpsc::Sender<Input>,
+        ladder: Option<std::sync::mpsc::SyncSender<LadderIn>>,
     ) {
+        let speed = self.speed.with_label_values(&[&channel]);
+        let dropped = self.dropped.with_label_values(&[&channel]);
+        // After a frame could not be queued for the ladder, it waits for
+        // the next keyframe (the frames between would not decode).
+        let mut ladder_skipping = false;
         let parts = self.parts.with_label_values(&[&channel]);
         let edge = self.edge_msn.with_label_values(&[&channel]);
         let mut publishing = true;
@@ -266,6 +308,30 @@ impl LiveMedia {
             };
             let made = match input {
                 Some(Input::Frame(frame, wall)) if publishing => {
+                    if let Some(l) = &ladder {
+                        let input = match &frame {
+                            Frame::VideoConfig(c) => Some(LadderIn::Config(c.clone())),
+                            Frame::Video {
+                                dts,
+                                cts,
+                                keyframe,
+                                data,
+                            } if !ladder_skipping || *keyframe => Some(LadderIn::Frame {
+                                dts: *dts,
+                                cts: *cts,
+                                keyframe: *keyframe,
+                                data: data.clone(),
+                                wall_ms: wall,
+                            }),
+                            _ => None,
+                        };
+                        if let Some(input) = input {
+                            ladder_skipping = l.try_send(input).is_err();
+                            if ladder_skipping {
+                                dropped.inc();
+                            }
+                        }
+                    }
                     let (track, f) = match frame {
                         Frame::VideoConfig(c) => (0, TrackFrame::Config(c)),
                         Frame::AudioConfig(c) => (1, TrackFrame::Config(c)),
@@ -288,6 +354,33 @@ impl LiveMedia {
                     segmenter.push(track, f, wall)
                 }
                 Some(Input::Frame(..)) => Vec::new(),
+                Some(Input::Ladder(LadderOut::Frame { rung, frame })) => {
+                    let f = match frame {
+                        Frame::VideoConfig(c) => TrackFrame::Config(c),
+                        Frame::Video {
+                            dts,
+                            cts,
+                            keyframe,
+                            data,
+                        } => TrackFrame::Video {
+                            dts,
+                            cts,
+                            keyframe,
+                            data,
+                        },
+                        Frame::AudioConfig(_) | Frame::Audio { .. } => continue,
+                    };
+                    segmenter.push(2 + rung, f, clock::now_ms())
+                }
+                Some(Input::Ladder(LadderOut::Dropped { rung })) => {
+                    self.rungs_dropped.with_label_values(&[&channel]).inc();
+                    segmenter.retire(2 + rung);
+                    Vec::new()
+                }
+                Some(Input::Ladder(LadderOut::Speed(s))) => {
+                    speed.set(s);
+                    Vec::new()
+                }
                 Some(Input::Started) => {
                     publishing = true;
                     tracing::info!(

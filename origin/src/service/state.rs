@@ -159,9 +159,7 @@ impl State {
         let live = crate::service::live_health::LiveHealth::new(metrics.registry())?;
         let live_media = Arc::new(crate::service::live_media::LiveMedia::new(
             metrics.registry(),
-            cfg.live_part_ms,
-            cfg.live_segment_ms,
-            cfg.live_reconnect_grace_secs,
+            cfg,
         )?);
         Ok(State {
             live,
