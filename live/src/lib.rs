@@ -11,6 +11,8 @@
 pub mod es;
 pub mod flv;
 pub mod frame;
+#[cfg(feature = "ladder")]
+pub mod ladder;
 pub mod rtmp;
 pub mod segmenter;
 pub mod srt;

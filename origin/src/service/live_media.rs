@@ -23,8 +23,8 @@ use cascade_packager::TrackKind;
 use prometheus::{IntCounterVec, IntGaugeVec};
 use tokio::sync::{mpsc, watch};
 
-use crate::service::live_ladder::{self, LadderIn, LadderOut};
 use crate::storage::clock;
+use cascade_live::ladder::{self as live_ladder, LadderConfig, LadderIn, LadderOut};
 
 /// Frames queued per channel before the ingest drops them (and counts it).
 const QUEUE: usize = 4096;
@@ -218,8 +218,18 @@ impl LiveMedia {
             let back = tx.clone();
             live_ladder::spawn(
                 channel.to_string(),
-                self.ladder.clone(),
-                self.preset.clone(),
+                LadderConfig {
+                    rungs: self
+                        .ladder
+                        .iter()
+                        .map(|r| live_ladder::Rung {
+                            height: r.height,
+                            kbps: r.kbps,
+                        })
+                        .collect(),
+                    preset: self.preset.clone(),
+                    max_lag_ms: live_ladder::MAX_LAG_MS,
+                },
                 move |made| back.blocking_send(Input::Ladder(made)).is_ok(),
             )
         });

@@ -14,7 +14,6 @@ pub(crate) mod history;
 pub(crate) mod ingest;
 pub(crate) mod live;
 pub(crate) mod live_health;
-pub(crate) mod live_ladder;
 pub(crate) mod live_media;
 pub(crate) mod mail;
 pub(crate) mod playback;

@@ -12,21 +12,41 @@
 use std::sync::mpsc as std_mpsc;
 use std::time::Instant;
 
+use crate::es::H264;
+use crate::frame::Frame;
 use bytes::Bytes;
-use cascade_live::es::H264;
-use cascade_live::frame::Frame;
 use ff::{codec, decoder, encoder, format, frame, picture, software, Packet};
 use ffmpeg_next as ff;
 
-use crate::config::Rung;
-
 /// Frames queued for the ladder (about four seconds at 30 fps).
-pub(crate) const QUEUE: usize = 120;
+pub const QUEUE: usize = 120;
 /// Longest a frame may wait for the ladder before the top rung is dropped.
-pub(crate) const MAX_LAG_MS: u64 = 1500;
+pub const MAX_LAG_MS: u64 = 1500;
+
+/// One rung of the live ladder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rung {
+    /// Picture height; the width keeps the source's aspect ratio.
+    pub height: u32,
+    /// Target bit rate, kbit/s (the peak is capped at 1.5 times this).
+    pub kbps: u32,
+}
+
+/// How the ladder encodes.
+#[derive(Debug, Clone)]
+pub struct LadderConfig {
+    /// The rungs; those at or above the source's height are skipped.
+    pub rungs: Vec<Rung>,
+    /// The x264 preset.
+    pub preset: String,
+    /// Longest a frame may wait before the top rung is dropped
+    /// ([`MAX_LAG_MS`]; a benchmark that feeds as fast as it can sets it
+    /// out of reach).
+    pub max_lag_ms: u64,
+}
 
 /// What the ladder takes: the source's frames, with their arrival time.
-pub(crate) enum LadderIn {
+pub enum LadderIn {
     Config(Bytes),
     Frame {
         dts: i64,
@@ -38,7 +58,7 @@ pub(crate) enum LadderIn {
 }
 
 /// What the ladder gives back.
-pub(crate) enum LadderOut {
+pub enum LadderOut {
     /// A frame (or configuration) of rung `rung` (0 is the first below the source).
     Frame { rung: usize, frame: Frame },
     /// Rung `rung` is no longer made: the machine fell behind.
@@ -47,11 +67,11 @@ pub(crate) enum LadderOut {
     Speed(f64),
 }
 
-/// Starts the ladder thread for `channel`; `out` gets what it makes.
-pub(crate) fn spawn(
+/// Starts the ladder thread for `channel`; `out` gets what it makes (and
+/// says false when nobody listens any more).
+pub fn spawn(
     channel: String,
-    rungs: Vec<Rung>,
-    preset: String,
+    cfg: LadderConfig,
     out: impl Fn(LadderOut) -> bool + Send + 'static,
 ) -> std_mpsc::SyncSender<LadderIn> {
     let (tx, rx) = std_mpsc::sync_channel(QUEUE);
@@ -59,8 +79,9 @@ pub(crate) fn spawn(
         .name(format!("ladder-{channel}"))
         .spawn(move || {
             let mut ladder = Ladder {
-                rungs,
-                preset,
+                rungs: cfg.rungs,
+                preset: cfg.preset,
+                max_lag_ms: cfg.max_lag_ms,
                 decoder: None,
                 sps_pps: Vec::new(),
                 outs: Vec::new(),
@@ -87,6 +108,7 @@ pub(crate) fn spawn(
 struct Ladder {
     rungs: Vec<Rung>,
     preset: String,
+    max_lag_ms: u64,
     decoder: Option<decoder::Video>,
     /// The source's SPS and PPS in Annex B, put before each keyframe for
     /// the decoder (which then needs no extradata).
@@ -124,8 +146,8 @@ impl Ladder {
                 data,
                 wall_ms,
             } => {
-                let lag = cascade_common::unix_now_ms().saturating_sub(wall_ms);
-                if lag > MAX_LAG_MS && self.dropped < self.outs.len() {
+                let lag = now_ms().saturating_sub(wall_ms);
+                if lag > self.max_lag_ms && !self.outs.is_empty() {
                     // Behind real time: the top rung still made goes.
                     self.dropped += 1;
                     let gone = self.outs.remove(0);
@@ -267,6 +289,13 @@ impl Ladder {
         self.speed_media = 0;
         out(LadderOut::Speed(speed))
     }
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn open_decoder() -> Result<decoder::Video, String> {
