@@ -502,3 +502,106 @@ async fn the_backup_takes_over_and_a_reconnect_continues_the_event() {
     stop(back);
     stack.shutdown().await;
 }
+
+fn from(ip: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .local_address(ip.parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewers_start_a_channel_through_the_playback_api_and_its_countries_hold_at_the_edge() {
+    // The test database maps 127.0.0.2 to IN and 127.0.0.3 to US.
+    let dir = tempfile::tempdir().unwrap();
+    let db = common::test_db(dir.path()).to_str().unwrap().to_string();
+    let db2 = db.clone();
+    let stack = Stack::start_full(
+        move |o| {
+            o.rtmp_listen = "127.0.0.1:0".into();
+            o.geoip_db = db2;
+            o.live_ladder = vec![];
+        },
+        move |e| e.geoip_db = db,
+    )
+    .await;
+    let admin = |body: serde_json::Value| {
+        common::client()
+            .post(format!("{}/api/v1/admin/channels", stack.origin_url))
+            .bearer_auth(common::ORIGIN_ADMIN)
+            .json(&body)
+            .send()
+    };
+    let made: serde_json::Value = admin(serde_json::json!({
+        "name": "final", "title": "The Final", "allow_countries": ["IN"]
+    }))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let key = made["stream_key"].as_str().unwrap().to_string();
+    let r = admin(serde_json::json!({ "name": "vip", "premium": true }))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let rtmp = stack.origin.rtmp_addr.unwrap();
+    let ffmpeg = publish(&format!("rtmp://{rtmp}/live/{key}"), 60);
+    wait_channel(&stack, "live", |c| c["state"] == "live").await;
+
+    // The "Live now" rail: the live channel first, no keys.
+    let rail: serde_json::Value = common::client()
+        .get(format!("{}/api/v1/live", stack.origin_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rail["channels"][0]["name"], "final", "{rail}");
+    assert_eq!(rail["channels"][0]["live"], true);
+    assert_eq!(rail["channels"][0]["title"], "The Final");
+    assert!(!rail.to_string().contains("stream_key"));
+
+    let viewer = common::viewer(&stack.origin_url, &stack.outbox).await;
+    let start = |ip: &'static str, name: &'static str| {
+        from(ip)
+            .post(format!("{}/api/v1/live/{name}/playback", stack.origin_url))
+            .bearer_auth(&viewer)
+            .json(&serde_json::json!({ "device_id": "live-test" }))
+            .send()
+    };
+    let r = start("127.0.0.3", "final").await.unwrap();
+    assert_eq!(r.status(), 451, "a US viewer of an IN-only channel");
+    let r = start("127.0.0.2", "vip").await.unwrap();
+    assert_eq!(r.status(), 403, "the free plan and a premium channel");
+    let r = start("127.0.0.2", "nope").await.unwrap();
+    assert_eq!(r.status(), 404);
+    let r = start("127.0.0.2", "final").await.unwrap();
+    assert_eq!(r.status(), 200);
+    let answer: serde_json::Value = r.json().await.unwrap();
+    let hls = answer["hls"].as_str().unwrap().to_string();
+    assert!(hls.contains("/live/final/master.m3u8?__token__="), "{hls}");
+    assert_eq!(answer["resume_position"], 0.0);
+
+    // The signed URL plays from India, not from the US, at the edge.
+    let url = hls.replace(&stack.origin_url, &stack.edge_url);
+    let url = format!("{}{}", stack.edge_url, &url[url.find("/live/").unwrap()..]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = from("127.0.0.2").get(&url).send().await.unwrap();
+        if r.status() == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never playable: {}", r.status());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let r = from("127.0.0.3").get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 451);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["country"], "US");
+
+    stop(ffmpeg);
+    stack.shutdown().await;
+}

@@ -104,18 +104,20 @@ impl Geofence {
         country
     }
 
-    /// 451 when a viewer from `country` may not watch `path` of `asset`.
+    /// 451 when a viewer from `country` may not watch `path` of `asset`
+    /// (a title's asset id, or `live:{channel}`), whose metadata with its
+    /// country rules is at `meta` upstream.
     pub(crate) async fn check(
         &self,
         country: Option<&str>,
         path: &str,
-        asset: &str,
+        (asset, meta): (&str, &str),
         media: &Media,
         request_id: &str,
     ) -> Option<Response> {
         // Fail closed: a title whose rules cannot be had (and were never
         // seen) is not served, since its media may be in a cache.
-        let title = match self.title_rule(asset, media, request_id).await {
+        let title = match self.title_rule(asset, meta, media, request_id).await {
             Ok(rule) => Some(rule),
             Err(Unknown::NoTitle) => None,
             Err(Unknown::Unavailable) => match self.last_known.get(asset).await {
@@ -160,6 +162,7 @@ impl Geofence {
     async fn title_rule(
         &self,
         asset: &str,
+        meta: &str,
         media: &Media,
         request_id: &str,
     ) -> Result<Arc<cascade_geo::CountryRule>, Unknown> {
@@ -168,7 +171,7 @@ impl Geofence {
         // as the last known, here and not on every hit (an insert costs).
         let fetch = async {
             let r = media
-                .fetch_media(&format!("/mezz/{asset}/meta.json"), None, request_id)
+                .fetch_media(meta, None, request_id)
                 .await
                 .map_err(|_| Unknown::Unavailable)?;
             if r.status == StatusCode::NOT_FOUND {

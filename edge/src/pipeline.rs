@@ -178,19 +178,27 @@ impl Pipeline for EdgePipeline {
     }
 
     async fn admit(&self, req: &Request, ctx: &mut EdgeCtx) -> Step {
-        let Route::Media { asset, .. } = &ctx.route else {
-            return Step::Continue;
+        // The subject whose country rules apply: a title, or a channel.
+        let (key, meta) = match &ctx.route {
+            Route::Media { asset, .. } if is_safe_id(asset) => {
+                (asset.clone(), format!("/mezz/{asset}/meta.json"))
+            }
+            Route::Live {
+                channel,
+                output: Some(_),
+            } => (
+                format!("live:{channel}"),
+                format!("/live-mezz/{channel}/meta.json"),
+            ),
+            _ => return Step::Continue,
         };
-        if !is_safe_id(asset) {
-            return Step::Continue;
-        }
         ctx.country = self.geofence.country(req);
         let blocked = self
             .geofence
             .check(
                 ctx.country.as_deref(),
                 &ctx.path,
-                asset,
+                (&key, &meta),
                 &self.media,
                 &req.request_id,
             )

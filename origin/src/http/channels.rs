@@ -1,4 +1,5 @@
-//! `/api/v1/admin/channels`: live channels for operators (admin credential).
+//! `/api/v1/admin/channels`: live channels for operators (admin credential);
+//! `/api/v1/live`: the channels viewers see, and playing one.
 
 use std::sync::Arc;
 
@@ -9,8 +10,10 @@ use axum::Json;
 
 use crate::http::error::{ErrorBody, JsonBody};
 use crate::http::extract::require_admin;
+use crate::http::extract::{ClientIp, Viewer};
 use crate::http::no_store;
-use crate::service::channels::{self, Channel, ChannelWithKey, Channels, NewChannel};
+use crate::service::channels::{self, Channel, ChannelWithKey, Channels, LiveChannels, NewChannel};
+use crate::service::playback::{self, PlaybackAnswer, PlaybackRequest};
 use crate::service::state::State;
 use crate::storage::Error;
 
@@ -78,4 +81,38 @@ pub(crate) async fn stop(
 ) -> Result<Response, Error> {
     require_admin(&state, &headers)?;
     Ok(no_store(Json(channels::stop(&state, &name).await?)))
+}
+
+/// The live channels viewers may watch: the "Live now" rail.
+#[utoipa::path(get, path = "/api/v1/live", tag = "catalog",
+    responses((status = 200, body = LiveChannels)))]
+pub(crate) async fn live_list(AxState(state): AxState<Arc<State>>) -> Result<Response, Error> {
+    Ok(no_store(Json(channels::public_list(&state).await?)))
+}
+
+/// Start watching a live channel: the same checks as a title (premium,
+/// countries, the stream limit); URLs signed for `/live/{name}/`.
+#[utoipa::path(post, path = "/api/v1/live/{name}/playback", tag = "playback",
+    security(("bearer" = [])), params(("name" = String, Path, description = "channel name")),
+    request_body = PlaybackRequest,
+    responses((status = 200, body = PlaybackAnswer), (status = 401, body = ErrorBody),
+              (status = 403, description = "premium_required", body = ErrorBody),
+              (status = 404, body = ErrorBody),
+              (status = 429, description = "too_many_streams", body = ErrorBody),
+              (status = 451, description = "geo_blocked", body = ErrorBody)))]
+pub(crate) async fn live_playback(
+    AxState(state): AxState<Arc<State>>,
+    Path(name): Path<String>,
+    ClientIp(ip): ClientIp,
+    viewer: Viewer,
+    body: axum::body::Bytes,
+) -> Result<Response, Error> {
+    let req: PlaybackRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        PlaybackRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| Error::bad_request("bad_json", format!("the body is not valid: {e}")))?
+    };
+    let answer = playback::start_live(&state, &name, ip, &viewer.user, req).await?;
+    Ok(no_store(Json(answer)))
 }

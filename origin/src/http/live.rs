@@ -83,6 +83,29 @@ pub(crate) async fn manifest(
     }
 }
 
+/// `GET /live-mezz/{channel}/meta.json`: the channel's country rules, for
+/// the edges' geo fence (as `/mezz/{asset}/meta.json` for a title).
+pub(crate) async fn meta(
+    AxState(state): AxState<Arc<State>>,
+    Path(channel): Path<String>,
+) -> Result<Response, Plain> {
+    if !cascade_packager::is_safe_id(&channel) {
+        return Err(Error::not_found("channel").into());
+    }
+    let geo = crate::service::channels::country_rule(&state, &channel).await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/json".to_string()),
+            (
+                header::CACHE_CONTROL,
+                crate::http::mezzanine::metadata_cache_control(&state.cfg),
+            ),
+        ],
+        axum::Json(serde_json::json!({ "geo": geo })),
+    )
+        .into_response())
+}
+
 /// `GET /live-mezz/{channel}/{track}/{file}`.
 pub(crate) async fn media(
     AxState(state): AxState<Arc<State>>,

@@ -171,7 +171,7 @@ pub(crate) fn parse_range(value: &str, size: u64) -> RangeRequest {
 
 /// `Cache-Control` of asset manifests and title metadata: short-lived, with
 /// stale windows so shields and edges ride out an origin outage.
-fn metadata_cache_control(cfg: &OriginConfig) -> String {
+pub(crate) fn metadata_cache_control(cfg: &OriginConfig) -> String {
     format!(
         "public, max-age={}, stale-while-revalidate={}, stale-if-error={}",
         cfg.metadata_max_age_secs,

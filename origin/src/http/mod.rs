@@ -85,6 +85,11 @@ pub fn app(state: Arc<State>) -> Router {
             post(channels::create).get(channels::list),
         )
         .route("/api/v1/admin/channels/{name}", get(channels::get))
+        .route("/api/v1/live", get(channels::live_list))
+        .route(
+            "/api/v1/live/{name}/playback",
+            post(channels::live_playback),
+        )
         .route(
             "/api/v1/admin/channels/{name}/rotate-key",
             post(channels::rotate_key),
@@ -100,6 +105,7 @@ pub fn app(state: Arc<State>) -> Router {
         .route("/api/v1/openapi.json", get(openapi::serve))
         .route("/mezz/{asset}/{file}", get(mezzanine::mezzanine))
         .route("/live-mezz/{channel}/manifest.json", get(live::manifest))
+        .route("/live-mezz/{channel}/meta.json", get(live::meta))
         .route("/live-mezz/{channel}/{track}/{file}", get(live::media))
         .route("/", get(web::index))
         .route("/static/{file}", get(web::asset_file))

@@ -23,6 +23,7 @@ use crate::http::{accounts, billing, catalog, channels, playback};
         billing::plans, billing::webhook,
         playback::playback, playback::heartbeat, playback::stop, playback::history,
         channels::create, channels::list, channels::get, channels::rotate_key, channels::stop,
+        channels::live_list, channels::live_playback,
     ),
     components(schemas(ErrorBody)),
     modifiers(&Security),

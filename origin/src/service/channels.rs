@@ -173,6 +173,59 @@ pub(crate) async fn list(state: &State) -> Result<Channels> {
     })
 }
 
+/// A channel as viewers see it (the "Live now" rail).
+#[derive(Serialize, ToSchema)]
+pub(crate) struct LiveChannel {
+    /// The channel's name: `POST /api/v1/live/{name}/playback` plays it.
+    name: String,
+    title: String,
+    synopsis: String,
+    premium: bool,
+    /// An encoder publishes now.
+    live: bool,
+    starts_at: Option<i64>,
+    ends_at: Option<i64>,
+}
+
+/// `GET /api/v1/live`.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct LiveChannels {
+    /// Live channels first, then the scheduled ones by start time.
+    channels: Vec<LiveChannel>,
+}
+
+/// The channels viewers may see: not stopped; live ones first.
+pub(crate) async fn public_list(state: &State) -> Result<LiveChannels> {
+    let rows = channels::list(&state.db).await?;
+    let mut list: Vec<LiveChannel> = rows
+        .into_iter()
+        .filter(|r| r.state != "stopped")
+        .map(|r| LiveChannel {
+            live: r.state == "live",
+            name: r.name,
+            title: r.title,
+            synopsis: r.synopsis,
+            premium: r.premium,
+            starts_at: r.starts_at,
+            ends_at: r.ends_at,
+        })
+        .collect();
+    list.sort_by_key(|c| (!c.live, c.starts_at.unwrap_or(i64::MAX), c.name.clone()));
+    Ok(LiveChannels { channels: list })
+}
+
+/// A channel's country rules (a stopped or unknown channel: not found).
+pub(crate) async fn country_rule(state: &State, name: &str) -> Result<cascade_geo::CountryRule> {
+    let row = find(state, name).await?;
+    if row.state == "stopped" {
+        return Err(Error::not_found("channel"));
+    }
+    Ok(cascade_geo::CountryRule {
+        allow: split(&row.allow_countries),
+        deny: split(&row.deny_countries),
+    })
+}
+
 /// One channel, by name.
 pub(crate) async fn get(state: &State, name: &str) -> Result<Channel> {
     Ok(view(state, &find(state, name).await?))
@@ -256,14 +309,16 @@ fn with_key(state: &State, row: &ChannelRow, key: String) -> ChannelWithKey {
     }
 }
 
+/// A stored country list (`IN,GB`) as a list.
+fn split(s: &str) -> Vec<String> {
+    s.split(',')
+        .filter(|c| !c.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
 fn view(state: &State, r: &ChannelRow) -> Channel {
     let edge = state.cfg.public_edge_url.trim_end_matches('/');
-    let split = |s: &str| -> Vec<String> {
-        s.split(',')
-            .filter(|c| !c.is_empty())
-            .map(str::to_string)
-            .collect()
-    };
     Channel {
         id: r.id.clone(),
         name: r.name.clone(),

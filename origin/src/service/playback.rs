@@ -102,29 +102,7 @@ pub(crate) async fn start(
     user: &str,
     req: PlaybackRequest,
 ) -> Result<PlaybackAnswer> {
-    let refused = |why: &str| state.playback_results.with_label_values(&[why]).inc();
-    let device_profile = match req.device_type.as_deref() {
-        None => None,
-        Some(kind) => Some(
-            state
-                .cfg
-                .device_profiles
-                .get(kind)
-                .cloned()
-                .ok_or_else(|| {
-                    let known: Vec<&str> = state
-                        .cfg
-                        .device_profiles
-                        .keys()
-                        .map(String::as_str)
-                        .collect();
-                    Error::bad_request(
-                        "bad_device_type",
-                        format!("device_type must be one of: {}", known.join(", ")),
-                    )
-                })?,
-        ),
-    };
+    let device_profile = device_profile(state, req.device_type.as_deref())?;
     if !cascade_packager::is_safe_id(&asset_id) {
         return Err(Error::not_found("asset"));
     }
@@ -143,7 +121,99 @@ pub(crate) async fn start(
     let Some(title) = titles::playable(&state.db, &asset_id).await? else {
         return Err(Error::not_found("title"));
     };
-    let title = Some(title);
+    let subject = Subject {
+        path: format!("/vod/{asset_id}"),
+        id: asset_id,
+        title_id: Some(title.title_id.clone()),
+        title: title.name.clone(),
+        premium: title.premium,
+        available_from: title.available_from,
+        available_until: title.available_until,
+        geo: asset.geo.clone(),
+        duration: asset.duration,
+        live: false,
+    };
+    start_subject(state, subject, device_profile, ip, user, req).await
+}
+
+/// What a playback start is for: an on-demand title or a live channel.
+pub(crate) struct Subject {
+    /// The asset id, or the channel's name.
+    id: String,
+    /// The edge path its URLs and token cover (`/vod/{id}`, `/live/{name}`).
+    path: String,
+    title_id: Option<String>,
+    title: String,
+    premium: bool,
+    available_from: Option<i64>,
+    available_until: Option<i64>,
+    geo: cascade_geo::CountryRule,
+    duration: Option<f64>,
+    live: bool,
+}
+
+/// Starts watching live channel `name`: the same checks as a title (its
+/// schedule, countries and premium flag), a stream slot, and URLs signed
+/// for `/live/{name}/*`.
+pub(crate) async fn start_live(
+    state: &State,
+    name: &str,
+    ip: IpAddr,
+    user: &str,
+    req: PlaybackRequest,
+) -> Result<PlaybackAnswer> {
+    let device_profile = device_profile(state, req.device_type.as_deref())?;
+    let Some(channel) = crate::repo::channels::by_name(&state.db, name).await? else {
+        return Err(Error::not_found("channel"));
+    };
+    if channel.state == "stopped" {
+        return Err(Error::not_found("channel"));
+    }
+    let subject = Subject {
+        path: format!("/live/{}", channel.name),
+        id: channel.name.clone(),
+        title_id: Some(channel.id.clone()),
+        title: channel.title.clone(),
+        premium: channel.premium,
+        // A channel plays whenever its encoder publishes; its schedule is
+        // what viewers are told, not a gate.
+        available_from: None,
+        available_until: None,
+        geo: crate::service::channels::country_rule(state, &channel.name).await?,
+        duration: None,
+        live: true,
+    };
+    start_subject(state, subject, device_profile, ip, user, req).await
+}
+
+/// The device profile a `device_type` names, or a clear refusal.
+fn device_profile(state: &State, kind: Option<&str>) -> Result<Option<String>> {
+    let Some(kind) = kind else { return Ok(None) };
+    if let Some(profile) = state.cfg.device_profiles.get(kind) {
+        return Ok(Some(profile.clone()));
+    }
+    let known: Vec<&str> = state
+        .cfg
+        .device_profiles
+        .keys()
+        .map(String::as_str)
+        .collect();
+    Err(Error::bad_request(
+        "bad_device_type",
+        format!("device_type must be one of: {}", known.join(", ")),
+    ))
+}
+
+async fn start_subject(
+    state: &State,
+    subject: Subject,
+    device_profile: Option<String>,
+    ip: IpAddr,
+    user: &str,
+    req: PlaybackRequest,
+) -> Result<PlaybackAnswer> {
+    let refused = |why: &str| state.playback_results.with_label_values(&[why]).inc();
+    let asset_id = subject.id.clone();
     let profiles = accounts::profiles_of(&state.db, user).await?;
     let profile = match &req.profile_id {
         Some(p) if profiles.iter().any(|x| &x.id == p) => p.clone(),
@@ -165,29 +235,27 @@ pub(crate) async fn start(
     };
     let now = clock::now();
     // Availability window.
-    if let Some(t) = &title {
-        if let Some(from) = t.available_from.filter(|f| *f > now as i64) {
-            refused("not_available");
-            return Err(
-                Error::forbidden("not_available", "this title is not available yet")
-                    .with(json!({ "available_from": from })),
-            );
-        }
-        if let Some(until) = t.available_until.filter(|u| *u <= now as i64) {
-            refused("not_available");
-            return Err(
-                Error::forbidden("not_available", "this title is no longer available")
-                    .with(json!({ "available_until": until })),
-            );
-        }
+    if let Some(from) = subject.available_from.filter(|f| *f > now as i64) {
+        refused("not_available");
+        return Err(
+            Error::forbidden("not_available", "this title is not available yet")
+                .with(json!({ "available_from": from })),
+        );
+    }
+    if let Some(until) = subject.available_until.filter(|u| *u <= now as i64) {
+        refused("not_available");
+        return Err(
+            Error::forbidden("not_available", "this title is no longer available")
+                .with(json!({ "available_until": until })),
+        );
     }
     // Geo: the same verdict the edges give.
     let country = state.geo.lookup(ip).country;
     let verdict = cascade_geo::decide(
         country.as_deref(),
-        &format!("/vod/{asset_id}/"),
+        &format!("{}/", subject.path),
         &state.cfg.geo_rules,
-        Some(&asset.geo),
+        Some(&subject.geo),
         state.cfg.geo_unknown,
     );
     if let cascade_geo::Verdict::Block { country, rule } = verdict {
@@ -201,7 +269,7 @@ pub(crate) async fn start(
     }
     // Entitlement.
     let plan = billing::plan_of(&state.db, user, now).await?;
-    if title.as_ref().is_some_and(|t| t.premium) && !plan.premium {
+    if subject.premium && !plan.premium {
         refused("premium_required");
         return Err(
             Error::forbidden("premium_required", "this title needs the premium plan")
@@ -255,7 +323,7 @@ pub(crate) async fn start(
         &cascade_token::Claims {
             start: Some(now.saturating_sub(1)),
             expires,
-            acl: vec![format!("/vod/{asset_id}/*")],
+            acl: vec![format!("{}/*", subject.path)],
             id: Some(stream.clone()),
             ..Default::default()
         },
@@ -269,7 +337,11 @@ pub(crate) async fn start(
         pid: Some(profile.clone()),
         aid: Some(asset_id.clone()),
     });
-    let resume = history::resume_position(state, &profile, &asset_id, asset.duration).await?;
+    let resume = if subject.live {
+        0.0
+    } else {
+        history::resume_position(state, &profile, &asset_id, subject.duration).await?
+    };
     refused("started");
     let edge = state.cfg.public_edge_url.trim_end_matches('/');
     // The profile shapes what the edge lists; it is a hint, not an
@@ -279,11 +351,11 @@ pub(crate) async fn start(
         None => format!("{}={token}", state.cfg.token_name),
     };
     Ok(PlaybackAnswer {
-        hls: format!("{edge}/vod/{asset_id}/master.m3u8?{q}"),
-        dash: format!("{edge}/vod/{asset_id}/manifest.mpd?{q}"),
+        hls: format!("{edge}{}/master.m3u8?{q}", subject.path),
+        dash: format!("{edge}{}/manifest.mpd?{q}", subject.path),
         asset: asset_id,
-        title_id: title.as_ref().map(|t| t.title_id.clone()),
-        title: title.map_or(asset.title, |t| t.name),
+        title_id: subject.title_id,
+        title: subject.title,
         token,
         token_name: state.cfg.token_name.clone(),
         expires,
