@@ -164,3 +164,84 @@ fn resume(base: &str, asset: &str, env: &[(&str, String)]) -> String {
         .unwrap_or_else(|| panic!("{stdout}"))
         .to_string()
 }
+
+/// FFmpeg publishing a 25 fps test pattern with a tone in real time, a
+/// keyframe every second, as FLV (RTMP) or MPEG-TS (SRT).
+fn publish(url: &str, format: &str) -> std::process::Child {
+    Command::new("ffmpeg")
+        .args(["-v", "error", "-re", "-f", "lavfi", "-i"])
+        .arg("testsrc2=s=640x360:r=25:d=300")
+        .args(["-f", "lavfi", "-i", "sine=f=440:sample_rate=48000:d=300"])
+        .args(["-c:v", "libx264", "-g", "25", "-preset", "ultrafast"])
+        .args(["-tune", "zerolatency", "-pix_fmt", "yuv420p"])
+        .args(["-c:a", "aac", "-shortest", "-f", format, url])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_channels_play_in_chromium_with_hls_js_dash_js_and_shaka() {
+    let stack = common::Stack::start_full(
+        |o| {
+            o.rtmp_listen = "127.0.0.1:0".into();
+            o.srt_listen = "127.0.0.1:0".into();
+            o.live_ladder = vec![cascade_origin::config::Rung {
+                height: 180,
+                kbps: 300,
+            }];
+            o.live_preset = "ultrafast".into();
+        },
+        |_| {},
+    )
+    .await;
+    let mut encoders = Vec::new();
+    for (name, format) in [("pitch", "flv"), ("stadium", "mpegts")] {
+        let made: serde_json::Value = reqwest::Client::new()
+            .post(format!("{}/api/v1/admin/channels", stack.origin_url))
+            .bearer_auth(common::ORIGIN_ADMIN)
+            .json(&serde_json::json!({ "name": name }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let key = made["stream_key"].as_str().unwrap();
+        let url = if format == "flv" {
+            format!("rtmp://{}/live/{key}", stack.origin.rtmp_addr.unwrap())
+        } else {
+            format!(
+                "srt://{}?streamid=publish:{key}",
+                stack.origin.srt_addr.unwrap()
+            )
+        };
+        encoders.push(publish(&url, format));
+    }
+    let mail = ("CASCADE_MAIL_OUTBOX", stack.outbox.display().to_string());
+    for name in ["pitch", "stadium"] {
+        let stdout = node(
+            "live.mjs",
+            &[&stack.edge_url, name],
+            std::slice::from_ref(&mail),
+        );
+        for want in [
+            "hls: played",
+            "dash: played",
+            "go live:",
+            "shaka hls:",
+            "shaka dash:",
+        ] {
+            assert!(stdout.contains(want), "{name}: {want} missing:\n{stdout}");
+        }
+        println!("{name}:\n{stdout}");
+    }
+    for mut e in encoders {
+        tokio::task::block_in_place(|| {
+            let _ = e.kill();
+            let _ = e.wait();
+        });
+    }
+    stack.shutdown().await;
+}
