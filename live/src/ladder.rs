@@ -74,6 +74,9 @@ pub fn spawn(
     cfg: LadderConfig,
     out: impl Fn(LadderOut) -> bool + Send + 'static,
 ) -> std_mpsc::SyncSender<LadderIn> {
+    // FFmpeg's own chatter (x264's statistics) stays out of the logs.
+    static QUIET: std::sync::Once = std::sync::Once::new();
+    QUIET.call_once(|| ff::log::set_level(ff::log::Level::Error));
     let (tx, rx) = std_mpsc::sync_channel(QUEUE);
     let spawned = std::thread::Builder::new()
         .name(format!("ladder-{channel}"))
@@ -209,7 +212,13 @@ impl Ladder {
             let pts = decoded.pts().or(decoded.timestamp()).unwrap_or(dts);
             let key = decoded.is_key() || decoded.kind() == picture::Type::I;
             if self.outs.is_empty() && self.dropped == 0 {
-                self.open_rungs(&decoded)?;
+                // x264's rate control needs the frame rate: the SPS's timing
+                // information, else 30.
+                let rate = dec
+                    .frame_rate()
+                    .filter(|r| r.numerator() > 0 && r.denominator() > 0)
+                    .unwrap_or(ff::Rational::new(30, 1));
+                self.open_rungs(&decoded, rate)?;
             }
             for r in &mut self.outs {
                 let mut scaled = frame::Video::empty();
@@ -247,7 +256,7 @@ impl Ladder {
     }
 
     /// Opens a scaler and an encoder for each rung below the source.
-    fn open_rungs(&mut self, src: &frame::Video) -> Result<(), String> {
+    fn open_rungs(&mut self, src: &frame::Video, rate: ff::Rational) -> Result<(), String> {
         let (w, h) = (src.width(), src.height());
         for (index, rung) in self.rungs.iter().enumerate() {
             if rung.height >= h {
@@ -265,7 +274,7 @@ impl Ladder {
                 software::scaling::Flags::FAST_BILINEAR,
             )
             .map_err(|e| format!("scaler: {e}"))?;
-            let encoder = open_encoder(width, height, rung.kbps, &self.preset)?;
+            let encoder = open_encoder(width, height, rate, rung.kbps, &self.preset)?;
             self.outs.push(RungOut {
                 index,
                 scaler,
@@ -312,6 +321,7 @@ fn open_decoder() -> Result<decoder::Video, String> {
 fn open_encoder(
     width: u32,
     height: u32,
+    rate: ff::Rational,
     kbps: u32,
     preset: &str,
 ) -> Result<encoder::Video, String> {
@@ -324,6 +334,7 @@ fn open_encoder(
     enc.set_height(height);
     enc.set_format(format::Pixel::YUV420P);
     enc.set_time_base((1, 90_000));
+    enc.set_frame_rate(Some(rate));
     enc.set_bit_rate(kbps as usize * 1000);
     enc.set_max_bit_rate(kbps as usize * 1500);
     enc.set_max_b_frames(0);

@@ -94,6 +94,8 @@ pub struct Segmenter {
     /// Media time of the first keyframe seen while other tracks still had
     /// no configuration (a transport stream's audio comes late).
     waiting_since: Option<u64>,
+    /// The wall clock of the last frame taken (Unix ms).
+    last_wall: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -215,6 +217,7 @@ impl Segmenter {
             pending_discontinuity: false,
             generation: 0,
             waiting_since: None,
+            last_wall: 0,
         }
     }
 
@@ -244,6 +247,7 @@ impl Segmenter {
         if track >= self.tracks.len() {
             return made;
         }
+        self.last_wall = self.last_wall.max(wall_ms);
         match frame {
             TrackFrame::Config(c) => self.configure(track, c),
             TrackFrame::Video {
@@ -583,6 +587,7 @@ impl Segmenter {
                 seg.parts.push(LivePart {
                     duration: u32::try_from(end - open.part_start).unwrap_or(u32::MAX),
                     independent,
+                    published_ms: self.last_wall,
                 });
             }
             self.boundaries.push_back(Boundary {

@@ -109,6 +109,10 @@ pub struct LivePart {
     pub duration: u32,
     /// It starts with a keyframe.
     pub independent: bool,
+    /// Wall clock (Unix ms) when the origin published it: how latency
+    /// through the tiers is measured.
+    #[serde(default)]
+    pub published_ms: u64,
 }
 
 /// What a playlist request asks for (`_HLS_msn`, `_HLS_part`, `_HLS_skip`).
@@ -635,6 +639,7 @@ mod tests {
         let part = LivePart {
             duration: 45_000,
             independent: false,
+            published_ms: 0,
         };
         let mut segs = Vec::new();
         for i in 0..segments {
