@@ -605,3 +605,142 @@ async fn viewers_start_a_channel_through_the_playback_api_and_its_countries_hold
     stop(ffmpeg);
     stack.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dvr_start_over_and_the_recorded_event_play_to_the_end() {
+    let stack = Stack::start_full(
+        |o| {
+            o.rtmp_listen = "127.0.0.1:0".into();
+            o.live_ladder = vec![cascade_origin::config::Rung {
+                height: 120,
+                kbps: 150,
+            }];
+            o.live_preset = "ultrafast".into();
+            // Parts of all but the last two segments leave RAM: older
+            // segments come from the media store.
+            o.live_ram_segments = 2;
+            o.live_reconnect_grace_secs = 1;
+        },
+        |_| {},
+    )
+    .await;
+    let made: serde_json::Value = common::client()
+        .post(format!("{}/api/v1/admin/channels", stack.origin_url))
+        .bearer_auth(common::ORIGIN_ADMIN)
+        .json(&serde_json::json!({ "name": "final", "title": "The Final" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = made["stream_key"].as_str().unwrap().to_string();
+    let rtmp = stack.origin.rtmp_addr.unwrap();
+    let ffmpeg = publish(&format!("rtmp://{rtmp}/live/{key}"), 16);
+    let q = format!("__token__={}", common::sign_acl("/live/final/*"));
+    let base = format!("{}/live/final/", stack.edge_url);
+    let playlist = wait_segments(&format!("{base}v0.m3u8?{q}"), 5).await;
+
+    // Start over: the first segment of the window, out of RAM by now,
+    // comes whole from the store; FFmpeg plays from it.
+    let first: u64 = playlist
+        .lines()
+        .find_map(|l| l.strip_prefix("#EXT-X-MEDIA-SEQUENCE:"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let seg = common::client()
+        .get(format!("{base}v0/{first}.m4s?{q}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(seg.status(), 200);
+    assert_eq!(&seg.bytes().await.unwrap()[4..8], b"moof");
+    let url = format!("{base}v0.m3u8?{q}");
+    let out = tokio::task::block_in_place(|| {
+        Command::new("ffmpeg")
+            .args(["-v", "error", "-live_start_index", "0", "-i", &url])
+            .args(["-t", "4", "-f", "null", "-"])
+            .output()
+            .unwrap()
+    });
+    assert!(
+        out.status.success(),
+        "start over: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The encoder finishes; after the grace the event ends and becomes a title.
+    tokio::task::block_in_place(|| {
+        let mut f = ffmpeg;
+        let _ = f.wait();
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let asset = loop {
+        let assets: serde_json::Value = common::client()
+            .get(format!("{}/api/v1/assets", stack.origin_url))
+            .bearer_auth(common::ORIGIN_ADMIN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let found = assets["assets"].as_array().unwrap().iter().find(|a| {
+            a["title"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("The Final (recorded")
+                && a["status"] == "ready"
+        });
+        if let Some(a) = found {
+            break a["id"].as_str().unwrap().to_string();
+        }
+        assert!(Instant::now() < deadline, "never recorded: {assets}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let ended = common::text(format!("{base}v0.m3u8?{q}")).await;
+    assert!(ended.contains("#EXT-X-ENDLIST"), "{ended}");
+
+    // The recording plays to its end, every rung, from the same mezzanine.
+    let vod = format!(
+        "{}/vod/{asset}/master.m3u8?__token__={}",
+        stack.edge_url,
+        common::sign_for(&asset)
+    );
+    let master = common::text(&vod).await;
+    assert!(master.contains("RESOLUTION=320x180"), "{master}");
+    assert!(master.contains("RESOLUTION=214x120"), "{master}");
+    let out = tokio::task::block_in_place(|| {
+        Command::new("ffmpeg")
+            .args(["-v", "error", "-i", &vod, "-map", "0:v:0", "-map", "0:a:0"])
+            .args(["-f", "null", "-"])
+            .output()
+            .unwrap()
+    });
+    assert!(
+        out.status.success(),
+        "the recording: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let probe = tokio::task::block_in_place(|| {
+        Command::new("ffprobe")
+            .args([
+                "-v",
+                "error",
+                "-show_entries",
+                "format=duration",
+                "-of",
+                "csv=p=0",
+                &vod,
+            ])
+            .output()
+            .unwrap()
+    });
+    let secs: f64 = String::from_utf8_lossy(&probe.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0.0);
+    assert!(secs >= 8.0, "the recording lasts {secs} s");
+    stack.shutdown().await;
+}

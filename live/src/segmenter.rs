@@ -52,6 +52,9 @@ pub enum Made {
         part: u32,
         bytes: Bytes,
     },
+    /// Segment `msn` is complete on the primary (other tracks' last part
+    /// may follow a moment later).
+    SegmentDone { msn: u64 },
     /// Segment `msn` left the window: its parts may be dropped.
     Evicted { msn: u64 },
 }
@@ -603,7 +606,10 @@ impl Segmenter {
         }
         if segment_ends {
             if let Some(seg) = self.manifest.segments.last_mut() {
-                seg.complete = true;
+                if !seg.complete {
+                    seg.complete = true;
+                    made.push(Made::SegmentDone { msn: seg.msn });
+                }
             }
         }
     }

@@ -126,6 +126,9 @@ pub struct OriginConfig {
     pub live_ladder: Vec<Rung>,
     /// x264 preset of the live ladder (fast enough to keep up is the rule).
     pub live_preset: String,
+    /// Segments of a live event whose parts stay in RAM; older ones are
+    /// read from the media store (the DVR window and the recording).
+    pub live_ram_segments: u64,
     /// How long an event waits for its encoder to come back before it ends,
     /// in seconds; a reconnect within it continues the event.
     pub live_reconnect_grace_secs: u64,
@@ -224,6 +227,7 @@ impl Default for OriginConfig {
                 },
             ],
             live_preset: "superfast".into(),
+            live_ram_segments: 15,
             token_keys: Vec::new(),
             token_name: "__token__".into(),
             playback_ttl_secs: 6 * 3600,

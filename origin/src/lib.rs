@@ -106,6 +106,9 @@ pub async fn start(cfg: &OriginConfig) -> anyhow::Result<Origin> {
     let state = Arc::new(State::open(cfg).await?);
     let stop = Arc::new(AtomicBool::new(false));
     let worker = tokio::spawn(service::ingest::worker::run(state.clone(), stop.clone()));
+    if let Some(rx) = state.recordings.lock().ok().and_then(|mut r| r.take()) {
+        tokio::spawn(service::live_vod::run(state.clone(), rx));
+    }
     let listener = tokio::net::TcpListener::bind(&cfg.listen).await?;
     let addr = listener.local_addr()?;
     let (tx, mut rx) = tokio::sync::watch::channel(false);

@@ -134,7 +134,9 @@ pub(crate) async fn media(
         }
         LiveOutput::Part(t, msn, part) => match media.part(&t, msn, part, wait).await {
             PartLookup::Found(bytes) => Ok(media_response(Body::from(bytes), content_type)),
-            PartLookup::Gone => Err(Error::not_found("part").into()),
+            // A part of a segment that is only kept whole now: players ask
+            // for parts near the live edge, never this far back.
+            PartLookup::Gone | PartLookup::Stored => Err(Error::not_found("part").into()),
             PartLookup::NotYet => Ok(not_yet()),
         },
         LiveOutput::Segment(t, msn) => {
@@ -142,6 +144,15 @@ pub(crate) async fn media(
             // 404, one that has not begun in time a 503.
             let first = match media.part(&t, msn, 0, wait).await {
                 PartLookup::Found(b) => b,
+                // Older than what RAM keeps: whole, from the media store
+                // (the DVR window).
+                PartLookup::Stored => {
+                    let bytes = media
+                        .stored_segment(&t, msn)
+                        .await
+                        .ok_or_else(|| Error::not_found("segment"))?;
+                    return Ok(media_response(Body::from(bytes), content_type));
+                }
                 PartLookup::Gone => return Err(Error::not_found("segment").into()),
                 PartLookup::NotYet => return Ok(not_yet()),
             };
@@ -172,7 +183,8 @@ fn segment_stream(
             }
             match media.part(&track, msn, next, wait).await {
                 PartLookup::Found(b) => Some((Ok(b), (None, next + 1, false))),
-                PartLookup::Gone => None,
+                // No more parts: the segment is complete.
+                PartLookup::Gone | PartLookup::Stored => None,
                 // A stall longer than the block limit: end the body
                 // short, so caches do not keep it (the length is wrong).
                 PartLookup::NotYet => Some((

@@ -60,6 +60,51 @@ pub(crate) async fn create_asset_and_job(
     Ok(tx.commit().await?)
 }
 
+/// Creates an asset whose media is made already (a recorded live event),
+/// with its movie title and country rules; no job.
+pub(crate) async fn create_recording(
+    db: &Db,
+    asset: &str,
+    meta: &UploadMeta,
+    geo: &cascade_geo::CountryRule,
+) -> Result<()> {
+    let mut tx = db.pool.begin().await?;
+    let t = clock::now() as i64;
+    sqlx::query("INSERT INTO assets (id, title, status, allow_countries, deny_countries, created_at, updated_at) VALUES ($1, $2, 'processing', $3, $4, $5, $6)")
+        .bind(asset)
+        .bind(&meta.name)
+        .bind(geo.allow.join(","))
+        .bind(geo.deny.join(","))
+        .bind(t)
+        .bind(t)
+        .execute(&mut *tx)
+        .await?;
+    catalog::insert_movie(&mut tx, db.backend, asset, meta, t).await?;
+    Ok(tx.commit().await?)
+}
+
+/// Marks an asset whose files are stored ready to play.
+pub(crate) async fn set_ready(db: &Db, asset: &str, duration: f64) -> Result<()> {
+    sqlx::query("UPDATE assets SET status = 'ready', duration = $1, error = NULL, updated_at = $2 WHERE id = $3")
+        .bind(duration)
+        .bind(clock::now() as i64)
+        .bind(asset)
+        .execute(&db.pool)
+        .await?;
+    Ok(())
+}
+
+/// Marks an asset failed, with the reason.
+pub(crate) async fn set_failed(db: &Db, asset: &str, reason: &str) -> Result<()> {
+    sqlx::query("UPDATE assets SET status = 'failed', error = $1, updated_at = $2 WHERE id = $3")
+        .bind(reason)
+        .bind(clock::now() as i64)
+        .bind(asset)
+        .execute(&db.pool)
+        .await?;
+    Ok(())
+}
+
 fn asset_from_row(r: &AnyRow) -> Asset {
     Asset {
         id: r.get("id"),

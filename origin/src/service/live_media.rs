@@ -20,6 +20,8 @@ use cascade_live::frame::Frame;
 use cascade_live::segmenter::{Made, Segmenter, Targets, TrackFrame};
 use cascade_packager::live::LiveManifest;
 use cascade_packager::TrackKind;
+use object_store::path::Path as ObjPath;
+use object_store::ObjectStore;
 use prometheus::{IntCounterVec, IntGaugeVec};
 use tokio::sync::{mpsc, watch};
 
@@ -47,12 +49,24 @@ pub(crate) struct LiveMedia {
     pub(crate) edge_msn: IntGaugeVec,
     /// `/live-mezz/` requests by kind (a blocking manifest request, a part…).
     pub(crate) requests: IntCounterVec,
+    /// Where completed segments go (the DVR window and the recording).
+    store: Arc<dyn ObjectStore>,
+    /// Segments whose parts stay in RAM (the rest are read from the store).
+    ram_segments: u64,
+    /// Events that ended, for the recorder.
+    ended_tx: mpsc::UnboundedSender<Arc<ChannelMedia>>,
 }
 
 /// One channel's current event: what the segmenter made so far.
 pub(crate) struct ChannelMedia {
+    pub(crate) channel: String,
+    pub(crate) event: String,
     state: Mutex<Stored>,
     changed: watch::Sender<u64>,
+    store: Arc<dyn ObjectStore>,
+    ram_segments: u64,
+    /// Segments being written to the store.
+    pending: std::sync::atomic::AtomicUsize,
 }
 
 #[derive(Default)]
@@ -61,6 +75,16 @@ struct Stored {
     json: Bytes,
     parts: HashMap<(String, u64, u32), Bytes>,
     inits: HashMap<(String, u32), Bytes>,
+    /// Segments written to the store, with their init generation.
+    stored: std::collections::BTreeMap<u64, u32>,
+    /// Init segments written to the store.
+    stored_inits: std::collections::HashSet<(String, u32)>,
+}
+
+/// The object path of a live event's file (`{track}/{msn}.m4s`,
+/// `{track}/init-{g}.mp4`).
+pub(crate) fn live_object(channel: &str, event: &str, file: &str) -> ObjPath {
+    ObjPath::from(format!("live/{channel}/{event}/{file}"))
 }
 
 /// What a channel's segmenter task takes.
@@ -77,6 +101,8 @@ enum Input {
 /// What a request for a part finds.
 pub(crate) enum PartLookup {
     Found(Bytes),
+    /// Its segment is complete and kept in the store, not in RAM.
+    Stored,
     /// Not in the window, or it never will exist.
     Gone,
     /// Still not there when the wait ended.
@@ -84,10 +110,14 @@ pub(crate) enum PartLookup {
 }
 
 impl LiveMedia {
+    /// The live media of every channel; ended events are sent to the
+    /// receiver it returns (the recorder).
     pub(crate) fn new(
         registry: &prometheus::Registry,
         cfg: &crate::config::OriginConfig,
-    ) -> anyhow::Result<LiveMedia> {
+        store: Arc<dyn ObjectStore>,
+    ) -> anyhow::Result<(LiveMedia, mpsc::UnboundedReceiver<Arc<ChannelMedia>>)> {
+        let (ended_tx, ended_rx) = mpsc::unbounded_channel();
         let (part_ms, segment_ms, grace_secs) = (
             cfg.live_part_ms,
             cfg.live_segment_ms,
@@ -141,25 +171,31 @@ impl LiveMedia {
         registry.register(Box::new(parts.clone()))?;
         registry.register(Box::new(dropped.clone()))?;
         registry.register(Box::new(edge_msn.clone()))?;
-        Ok(LiveMedia {
-            channels: Mutex::new(HashMap::new()),
-            feeds: Mutex::new(HashMap::new()),
-            dvr: Mutex::new(HashMap::new()),
-            targets: Targets {
-                part_ms,
-                segment_ms,
-                window: 0,
+        Ok((
+            LiveMedia {
+                store,
+                ram_segments: cfg.live_ram_segments,
+                ended_tx,
+                channels: Mutex::new(HashMap::new()),
+                feeds: Mutex::new(HashMap::new()),
+                dvr: Mutex::new(HashMap::new()),
+                targets: Targets {
+                    part_ms,
+                    segment_ms,
+                    window: 0,
+                },
+                grace: Duration::from_secs(grace_secs),
+                ladder: cfg.live_ladder.clone(),
+                preset: cfg.live_preset.clone(),
+                speed,
+                rungs_dropped,
+                parts,
+                dropped,
+                edge_msn,
+                requests,
             },
-            grace: Duration::from_secs(grace_secs),
-            ladder: cfg.live_ladder.clone(),
-            preset: cfg.live_preset.clone(),
-            speed,
-            rungs_dropped,
-            parts,
-            dropped,
-            edge_msn,
-            requests,
-        })
+            ended_rx,
+        ))
     }
 
     /// Notes `channel`'s DVR window for its next event.
@@ -189,9 +225,15 @@ impl LiveMedia {
         let (tx, rx) = mpsc::channel(QUEUE);
         feeds.insert(channel.to_string(), tx.clone());
         drop(feeds);
+        let event = format!("{}-{}", channel, clock::now_ms());
         let media = Arc::new(ChannelMedia {
+            channel: channel.to_string(),
+            event: event.clone(),
             state: Mutex::new(Stored::default()),
             changed: watch::channel(0).0,
+            store: self.store.clone(),
+            ram_segments: self.ram_segments,
+            pending: std::sync::atomic::AtomicUsize::new(0),
         });
         let previous = self
             .channels
@@ -209,7 +251,6 @@ impl LiveMedia {
             window,
             ..self.targets
         };
-        let event = format!("{}-{}", channel, clock::now());
         let ids: Vec<String> = (1..=self.ladder.len()).map(|i| format!("v{i}")).collect();
         let mut tracks = vec![("v0", TrackKind::Video), ("a0", TrackKind::Audio)];
         tracks.extend(ids.iter().map(|id| (id.as_str(), TrackKind::Video)));
@@ -420,6 +461,7 @@ impl LiveMedia {
                     }
                     let made = segmenter.end();
                     media.apply(&segmenter, made, &parts);
+                    let _ = self.ended_tx.send(media.clone());
                     break;
                 }
             };
@@ -499,6 +541,10 @@ impl ChannelMedia {
                 if m.track(track).is_none() {
                     return PartLookup::Gone;
                 }
+                if s.stored.contains_key(&msn) {
+                    // Complete, and its parts no longer in RAM.
+                    return PartLookup::Stored;
+                }
                 // Listed (or its segment is over) but absent for this track:
                 // another track's part may still come a frame later; a part
                 // of a segment that left the window, or ended short, never will.
@@ -532,7 +578,13 @@ impl ChannelMedia {
         Some((s.manifest.clone()?, s.json.clone()))
     }
 
-    fn apply(&self, segmenter: &Segmenter, made: Vec<Made>, parts: &prometheus::IntCounter) {
+    fn apply(
+        self: &Arc<Self>,
+        segmenter: &Segmenter,
+        made: Vec<Made>,
+        parts: &prometheus::IntCounter,
+    ) {
+        let mut done = Vec::new();
         let Ok(mut s) = self.state.lock() else {
             return;
         };
@@ -554,13 +606,102 @@ impl ChannelMedia {
                     parts.inc();
                     s.parts.insert((track, msn, part), bytes);
                 }
+                Made::SegmentDone { msn } => done.push(msn),
                 Made::Evicted { msn } => s.parts.retain(|(_, m, _), _| *m != msn),
             }
         }
-        let m = segmenter.manifest().clone();
+        let m = Arc::new(segmenter.manifest().clone());
         s.json = Bytes::from(m.to_json());
-        s.manifest = Some(Arc::new(m));
+        s.manifest = Some(m.clone());
         drop(s);
         self.changed.send_modify(|v| *v += 1);
+        for msn in done {
+            self.pending
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let (this, m) = (self.clone(), m.clone());
+            tokio::spawn(async move {
+                if let Err(e) = this.persist(&m, msn).await {
+                    tracing::warn!(channel = this.channel, msn, error = %e, "storing a live segment");
+                }
+                this.pending
+                    .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            });
+        }
+    }
+
+    /// Writes segment `msn` of every track to the store once each track's
+    /// parts are there (a rung's or the audio's last part may come a moment
+    /// after the source's), then lets go of old parts in RAM.
+    async fn persist(&self, m: &LiveManifest, msn: u64) -> anyhow::Result<()> {
+        let seg = m
+            .segment(msn)
+            .ok_or_else(|| anyhow::anyhow!("segment not in the manifest"))?;
+        let (parts, init) = (seg.parts.len() as u32, seg.init);
+        for t in &m.tracks {
+            if msn < t.first_msn {
+                continue;
+            }
+            let mut whole = Vec::new();
+            for p in 0..parts {
+                match self.part(&t.id, msn, p, Duration::from_secs(10)).await {
+                    PartLookup::Found(b) => whole.extend_from_slice(&b),
+                    _ => anyhow::bail!("part {p} of {} never came", t.id),
+                }
+            }
+            let init_key = (t.id.clone(), init);
+            let init_bytes = self.state.lock().ok().and_then(|s| {
+                (!s.stored_inits.contains(&init_key))
+                    .then(|| s.inits.get(&init_key).cloned())
+                    .flatten()
+            });
+            if let Some(bytes) = init_bytes {
+                let path = live_object(
+                    &self.channel,
+                    &self.event,
+                    &format!("{}/init-{init}.mp4", t.id),
+                );
+                self.store.put(&path, bytes.into()).await?;
+                if let Ok(mut s) = self.state.lock() {
+                    s.stored_inits.insert(init_key);
+                }
+            }
+            let path = live_object(&self.channel, &self.event, &format!("{}/{msn}.m4s", t.id));
+            self.store.put(&path, Bytes::from(whole).into()).await?;
+        }
+        if let Ok(mut s) = self.state.lock() {
+            s.stored.insert(msn, init);
+            // Parts are asked for near the live edge only: a stored segment
+            // this far back is served whole from the store.
+            if let Some(old) = msn.checked_sub(self.ram_segments.max(1)) {
+                if s.stored.contains_key(&old) {
+                    s.parts.retain(|(_, m, _), _| *m != old);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A complete segment of `track` from the store.
+    pub(crate) async fn stored_segment(&self, track: &str, msn: u64) -> Option<Bytes> {
+        let path = live_object(&self.channel, &self.event, &format!("{track}/{msn}.m4s"));
+        self.store.get(&path).await.ok()?.bytes().await.ok()
+    }
+
+    /// Segments in the store, oldest first, with their init generation.
+    pub(crate) fn stored(&self) -> Vec<(u64, u32)> {
+        self.state
+            .lock()
+            .map(|s| s.stored.iter().map(|(m, g)| (*m, *g)).collect())
+            .unwrap_or_default()
+    }
+
+    /// Waits (at most `wait`) until no segment is being written.
+    pub(crate) async fn settled(&self, wait: Duration) {
+        let deadline = tokio::time::Instant::now() + wait;
+        while self.pending.load(std::sync::atomic::Ordering::SeqCst) > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }

@@ -15,6 +15,7 @@ pub(crate) mod ingest;
 pub(crate) mod live;
 pub(crate) mod live_health;
 pub(crate) mod live_media;
+pub(crate) mod live_vod;
 pub(crate) mod mail;
 pub(crate) mod playback;
 pub(crate) mod signup;

@@ -59,6 +59,10 @@ pub struct State {
     pub(crate) live: crate::service::live_health::LiveHealth,
     /// Live channels' parts, init segments and manifests.
     pub(crate) live_media: Arc<crate::service::live_media::LiveMedia>,
+    /// Ended live events, for the recorder (taken once at start).
+    pub(crate) recordings: Mutex<
+        Option<tokio::sync::mpsc::UnboundedReceiver<Arc<crate::service::live_media::ChannelMedia>>>,
+    >,
     served: Mutex<HashMap<String, Vec<(u64, u64)>>>,
 }
 
@@ -157,13 +161,13 @@ impl State {
         let mailer = mail::from_config(&outbox, &cfg.smtp_url)
             .map_err(|e| anyhow::anyhow!("mail_outbox {}: {e}", outbox.display()))?;
         let live = crate::service::live_health::LiveHealth::new(metrics.registry())?;
-        let live_media = Arc::new(crate::service::live_media::LiveMedia::new(
-            metrics.registry(),
-            cfg,
-        )?);
+        let (live_media, recordings) =
+            crate::service::live_media::LiveMedia::new(metrics.registry(), cfg, store.clone())?;
+        let live_media = Arc::new(live_media);
         Ok(State {
             live,
             live_media,
+            recordings: Mutex::new(Some(recordings)),
             accounts: Accounts::new(&secret),
             heartbeats,
             mailer,
