@@ -88,6 +88,7 @@ bench-deps:
 	command -v caddy >/dev/null 2>&1 || pkgs="$$pkgs caddy"; \
 	command -v openssl >/dev/null 2>&1 || pkgs="$$pkgs openssl"; \
 	if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then pkgs="$$pkgs nginx"; fi; \
+	[ -e /usr/lib/nginx/modules/ngx_rtmp_module.so ] || pkgs="$$pkgs libnginx-mod-rtmp"; \
 	if [ -n "$$pkgs" ]; then \
 	  $(SUDO) apt-get update -qq && \
 	  { case "$$pkgs" in *nginx*) apt-cache show nginx-light >/dev/null 2>&1 && pkgs="$${pkgs/nginx/nginx-light}";; esac; true; } && \

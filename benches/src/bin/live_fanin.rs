@@ -182,7 +182,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     // When each part was published, from the origin's manifest.
-    let published: Arc<Mutex<HashMap<(u64, u32), u64>>> = Arc::default();
+    let published: Arc<Mutex<HashMap<(u64, u32), (u64, u64)>>> = Arc::default();
     let poll = {
         let (published, url) = (
             published.clone(),
@@ -196,8 +196,14 @@ async fn main() -> anyhow::Result<()> {
                         if let Ok(m) = cascade_packager::live::LiveManifest::from_json(&b) {
                             if let Ok(mut p) = published.lock() {
                                 for s in &m.segments {
+                                    // The wall clock its first frame reached
+                                    // ingest: the segment's program date-time
+                                    // plus the parts before it.
+                                    let mut offset = 0u64;
                                     for (i, part) in s.parts.iter().enumerate() {
-                                        p.insert((s.msn, i as u32), part.published_ms);
+                                        let ingest = s.pdt_ms + offset / 90;
+                                        offset += u64::from(part.duration);
+                                        p.insert((s.msn, i as u32), (ingest, part.published_ms));
                                     }
                                 }
                             }
@@ -210,7 +216,7 @@ async fn main() -> anyhow::Result<()> {
     };
 
     // The crowd arrives.
-    let delays: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let delays: Arc<Mutex<Vec<(u64, u32, u64)>>> = Arc::default();
     let requests = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let measuring = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -220,7 +226,6 @@ async fn main() -> anyhow::Result<()> {
         let v = Viewer {
             addr: edge_addr.clone(),
             q: q.clone(),
-            published: published.clone(),
             delays: delays.clone(),
             requests: requests.clone(),
             errors: errors.clone(),
@@ -247,10 +252,25 @@ async fn main() -> anyhow::Result<()> {
     let parts = published.lock().map(|p| p.len()).unwrap_or(0) - parts_before;
     let served = requests.load(Ordering::Relaxed);
 
-    let mut d = delays.lock().map(|d| d.clone()).unwrap_or_default();
+    // Let the poller catch up with the last parts.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let times = published.lock().map(|p| p.clone()).unwrap_or_default();
+    let all: Vec<(u64, u64)> = delays
+        .lock()
+        .map(|d| d.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(msn, part, at)| {
+            let (ingest, published) = times.get(&(msn, part))?;
+            Some((at.saturating_sub(*ingest), at.saturating_sub(*published)))
+        })
+        .collect();
+    let mut from_ingest: Vec<u64> = all.iter().map(|d| d.0).collect();
+    let mut d: Vec<u64> = all.iter().map(|d| d.1).collect();
+    from_ingest.sort_unstable();
     d.sort_unstable();
-    let pct = |p: f64| {
-        d.get(((d.len() as f64 * p) as usize).min(d.len().saturating_sub(1)))
+    let pct = |v: &[u64], p: f64| {
+        v.get(((v.len() as f64 * p) as usize).min(v.len().saturating_sub(1)))
             .copied()
     };
     let per_part = |after: u64, before: u64| (after - before) as f64 / parts.max(1) as f64;
@@ -270,11 +290,18 @@ async fn main() -> anyhow::Result<()> {
         served as f64 / wall,
         errors.load(Ordering::Relaxed)
     );
+    let show = |v: Option<u64>| v.map_or("-".into(), |v| v.to_string());
     println!(
         "publication -> viewer delay   p50 {} ms, p99 {} ms ({} deliveries)",
-        pct(0.5).map_or("-".into(), |v| v.to_string()),
-        pct(0.99).map_or("-".into(), |v| v.to_string()),
+        show(pct(&d, 0.5)),
+        show(pct(&d, 0.99)),
         d.len()
+    );
+    println!(
+        "first frame at ingest -> viewer  p50 {} ms, p99 {} ms (includes the part's own {} ms)",
+        show(pct(&from_ingest, 0.5)),
+        show(pct(&from_ingest, 0.99)),
+        500
     );
     println!(
         "edge CPU                      {:.2} cores ({:.1} µs per viewer per second)",
@@ -303,8 +330,9 @@ async fn main() -> anyhow::Result<()> {
 struct Viewer {
     addr: String,
     q: String,
-    published: Arc<Mutex<HashMap<(u64, u32), u64>>>,
-    delays: Arc<Mutex<Vec<u64>>>,
+    /// Each delivery while measuring: the part and when it arrived (the
+    /// part's times are looked up at the end, when the poller has them).
+    delays: Arc<Mutex<Vec<(u64, u32, u64)>>>,
     requests: Arc<AtomicU64>,
     errors: Arc<AtomicU64>,
     measuring: Arc<std::sync::atomic::AtomicBool>,
@@ -346,13 +374,8 @@ impl Viewer {
             .await?;
             let now = cascade_serve::unix_now_ms();
             if self.measuring.load(Ordering::Relaxed) {
-                let at = self
-                    .published
-                    .lock()
-                    .ok()
-                    .and_then(|p| p.get(&(msn, part)).copied());
-                if let (Some(at), Ok(mut d)) = (at, self.delays.lock()) {
-                    d.push(now.saturating_sub(at));
+                if let Ok(mut d) = self.delays.lock() {
+                    d.push((msn, part, now));
                 }
             }
         }
