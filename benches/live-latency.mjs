@@ -50,7 +50,9 @@ try {
       nginx: () => {
         const f = nginx.frag;
         if (!f) return null;
-        const name = Number((f.relurl || f.url).split('/').pop().split('.')[0]);
+        // `{stream}-{ms}.ts`: the wall clock the fragment began at.
+        const m = /(\d{10,})\.ts/.exec(f.relurl || f.url || '');
+        const name = m ? Number(m[1]) : NaN;
         if (!Number.isFinite(name)) return null;
         return (Date.now() - (name + (nginx.v.currentTime - f.start) * 1000)) / 1000;
       },

@@ -46,6 +46,9 @@ for _ in $(seq 1 150); do
 done
 
 mkdir -p "$T/hls"
+# nginx's workers (not root) write and serve the HLS files.
+chmod 755 "$T"
+chmod 777 "$T/hls"
 cat > "$T/nginx.conf" <<NGINX
 load_module $MODULE;
 daemon on;
@@ -86,17 +89,23 @@ RTMP_URL=$("$CASCADE_BIN" live create bench --origin "http://127.0.0.1:$ORIGIN" 
 # The encoder: 720p30 with a tone, a keyframe every second, no B-frames,
 # to both servers at once.
 ffmpeg -v error -re -f lavfi -i "testsrc2=s=1280x720:r=30" -f lavfi -i "sine=f=440:sample_rate=48000" \
-  -map 0:v -map 1:a -c:v libx264 -preset veryfast -tune zerolatency -g 30 -pix_fmt yuv420p \
-  -b:v 3M -c:a aac -f tee "[f=flv]$RTMP_URL|[f=flv]rtmp://127.0.0.1:$NGX_RTMP/live/bench" \
+  -map 0:v -map 1:a -c:v libx264 -preset veryfast -tune zerolatency -g 30 -pix_fmt yuv420p -flags +global_header \
+  -b:v 3M -c:a aac -f tee -use_fifo 1 "[f=flv]$RTMP_URL|[f=flv]rtmp://127.0.0.1:$NGX_RTMP/live/bench" \
   > "$T/ffmpeg.log" 2>&1 &
 pids+=($!)
 
 TOKEN=$("$CASCADE_BIN" token sign --acl '/live/bench/*' --key-file "$T/data/dev-token-key" --ttl 7200 | tail -1)
 CASCADE_URL="http://127.0.0.1:$EDGE/live/bench/master.m3u8?__token__=$TOKEN"
 NGINX_URL="http://127.0.0.1:$NGX_HTTP/hls/bench.m3u8"
+ready=0
 for _ in $(seq 1 100); do
-  curl -fs "$CASCADE_URL" | grep -q m3u8 && curl -fs "$NGINX_URL" | grep -q EXTINF && break
+  if curl -fs "$CASCADE_URL" | grep -q m3u8 && curl -fs "$NGINX_URL" | grep -q EXTINF; then ready=1; break; fi
   sleep 0.3
 done
+if [ $ready = 0 ]; then
+  echo "the streams never started: Cascade $(curl -s -o /dev/null -w '%{http_code}' "$CASCADE_URL"), nginx $(curl -s -o /dev/null -w '%{http_code}' "$NGINX_URL")" >&2
+  tail -n 5 "$T/dev.log" "$T/ffmpeg.log" "$T/nginx-error.log" >&2
+  exit 1
+fi
 echo "encoder: 1280x720 30 fps, keyframe every 1 s; nginx: hls_fragment $NGINX_FRAGMENT, hls_playlist_length $NGINX_PLAYLIST; ${SECS} s measured"
 node benches/live-latency.mjs "http://127.0.0.1:$EDGE/" "$CASCADE_URL" "$NGINX_URL" "$SECS"
