@@ -103,6 +103,35 @@ pub fn picture(avcc: &[u8]) -> Option<Picture> {
     Some(Picture { width, height })
 }
 
+/// An `avcC` made from the SPS and PPS carried in a frame's own NAL units
+/// (4-byte lengths), for encoders whose sequence header is missing or
+/// unreadable but that repeat their parameter sets in the stream.
+pub fn inband_avcc(data: &[u8]) -> Option<Bytes> {
+    let (mut sps, mut pps) = (None, None);
+    let mut rest = data;
+    while rest.len() >= 4 {
+        let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        let nal = rest.get(4..4usize.checked_add(len)?)?;
+        match nal.first().map(|h| h & 0x1f) {
+            Some(7) => sps = Some(nal),
+            Some(8) => pps = Some(nal),
+            _ => {}
+        }
+        rest = &rest[4 + len..];
+    }
+    let (sps, pps) = (sps?, pps?);
+    if sps.len() < 4 || sps.len() > 0xffff || pps.len() > 0xffff {
+        return None;
+    }
+    let mut a = vec![1, sps[1], sps[2], sps[3], 0xff, 0xe1];
+    a.extend_from_slice(&(sps.len() as u16).to_be_bytes());
+    a.extend_from_slice(sps);
+    a.push(1);
+    a.extend_from_slice(&(pps.len() as u16).to_be_bytes());
+    a.extend_from_slice(pps);
+    picture(&a).map(|_| Bytes::from(a))
+}
+
 /// The sample rate and channel count an AudioSpecificConfig names.
 pub fn audio_format(asc: &[u8]) -> Option<(u32, u16)> {
     const RATES: [u32; 13] = [
@@ -171,5 +200,14 @@ mod tests {
         );
         assert_eq!(picture(&avcc[..10]), None);
         assert_eq!(picture(&[]), None);
+
+        // The same parameter sets in a frame (an encoder with no sequence header).
+        let mut frame = Vec::new();
+        for nal in [&sps[..], &[0x68, 0xeb, 0xe3, 0xcb][..], &[0x65, 0x88][..]] {
+            frame.extend_from_slice(&(nal.len() as u32).to_be_bytes());
+            frame.extend_from_slice(nal);
+        }
+        assert_eq!(inband_avcc(&frame).as_deref(), Some(&avcc[..]));
+        assert_eq!(inband_avcc(&frame[..20]), None);
     }
 }

@@ -359,6 +359,10 @@ fn open_encoder(
 /// The SPS and PPS of an `avcC`, each behind a start code.
 fn annex_b_parameter_sets(avcc: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
+    // Not an avcC: the decoder finds the parameter sets in the stream.
+    if avcc.first() != Some(&1) || crate::frame::picture(avcc).is_none() {
+        return out;
+    }
     let mut at = 5usize;
     for kind in 0..2 {
         let Some(&count_byte) = avcc.get(at) else {
@@ -407,13 +411,24 @@ mod tests {
 
     #[test]
     fn avcc_and_length_prefixes_become_annex_b() {
-        let avcc = [
+        // A real avcC (x264's 1280x720 parameter sets) gives them back
+        // behind start codes; one whose SPS does not parse gives nothing
+        // (the decoder then reads the stream's own).
+        let sps = [
+            0x67, 0x64, 0x00, 0x1f, 0xac, 0xd9, 0x40, 0x50, 0x05, 0xbb, 0x01, 0x10, 0x00, 0x00,
+            0x03, 0x00, 0x10, 0x00, 0x00, 0x03, 0x03, 0xc0, 0xf1, 0x83, 0x19, 0x60,
+        ];
+        let mut avcc = vec![1, 0x64, 0, 0x1f, 0xff, 0xe1, 0, sps.len() as u8];
+        avcc.extend_from_slice(&sps);
+        avcc.extend_from_slice(&[1, 0, 2, 0x68, 0xeb]);
+        let mut want = vec![0, 0, 0, 1];
+        want.extend_from_slice(&sps);
+        want.extend_from_slice(&[0, 0, 0, 1, 0x68, 0xeb]);
+        assert_eq!(annex_b_parameter_sets(&avcc), want);
+        let bad = [
             1, 0x64, 0, 0x1f, 0xff, 0xe1, 0, 2, 0x67, 0x64, 1, 0, 1, 0x68,
         ];
-        assert_eq!(
-            annex_b_parameter_sets(&avcc),
-            vec![0, 0, 0, 1, 0x67, 0x64, 0, 0, 0, 1, 0x68]
-        );
+        assert!(annex_b_parameter_sets(&bad).is_empty());
         let mut out = Vec::new();
         length_prefixed_to_annex_b(&[0, 0, 0, 2, 0x65, 1, 0, 0, 0, 9], &mut out);
         assert_eq!(out, vec![0, 0, 0, 1, 0x65, 1]);

@@ -337,7 +337,14 @@ impl Segmenter {
         made: &mut Vec<Made>,
     ) {
         if self.tracks[track].init.is_none() {
-            return;
+            // No usable sequence header: parameter sets in the stream do.
+            match crate::frame::inband_avcc(&data) {
+                Some(c) => self.configure(track, c),
+                None => return,
+            }
+            if self.tracks[track].init.is_none() {
+                return;
+            }
         }
         if track != 0 {
             let Some(time) = self.media_time(dts) else {
