@@ -1013,6 +1013,49 @@ mod tests {
     }
 
     #[test]
+    fn parameter_sets_in_the_stream_stand_in_for_a_missing_sequence_header() {
+        let mut s = segmenter();
+        // A sequence header that is not one (FFmpeg's tee without global headers).
+        s.push(
+            0,
+            TrackFrame::Config(Bytes::from_static(&[0, 0, 0, 1, 0x67])),
+            0,
+        );
+        s.push(1, TrackFrame::Config(Bytes::from_static(&[0x11, 0x90])), 0);
+        let sps = &AVCC[8..34];
+        let pps = &AVCC[37..41];
+        let mut made = Vec::new();
+        for v in 0..90i64 {
+            let mut data = Vec::new();
+            let key = v % 30 == 0;
+            let units: Vec<&[u8]> = if key {
+                vec![sps, pps, &[0x65, 1]]
+            } else {
+                vec![&[0x41, 1]]
+            };
+            for u in units {
+                data.extend_from_slice(&(u.len() as u32).to_be_bytes());
+                data.extend_from_slice(u);
+            }
+            made.extend(s.push(
+                0,
+                TrackFrame::Video {
+                    dts: v * 3000,
+                    cts: 0,
+                    keyframe: key,
+                    data: Bytes::from(data),
+                },
+                0,
+            ));
+        }
+        assert!(made
+            .iter()
+            .any(|m| matches!(m, Made::Init { track, .. } if track == "v0")));
+        assert!(!s.manifest().segments.is_empty());
+        assert_eq!(s.manifest().tracks[0].width, 1280);
+    }
+
+    #[test]
     fn garbage_configs_and_early_frames_are_ignored() {
         let mut s = segmenter();
         // Frames before any configuration, a configuration that is not one.
