@@ -51,6 +51,9 @@ struct Args {
     arrivals: u64,
 }
 
+/// Each part's (ingest ms of its first frame, publication ms), by (msn, part).
+type PartTimes = Arc<Mutex<HashMap<(u64, u32), (u64, u64)>>>;
+
 const KEY_HEX: &str = "5ecbe75ecbe75ecbe75ecbe75ecbe75e";
 
 #[tokio::main]
@@ -182,7 +185,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     // When each part was published, from the origin's manifest.
-    let published: Arc<Mutex<HashMap<(u64, u32), (u64, u64)>>> = Arc::default();
+    let published: PartTimes = Arc::default();
     let poll = {
         let (published, url) = (
             published.clone(),

@@ -39,7 +39,7 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let dir = tempfile::tempdir()?;
-    let rungs = vec![
+    let rungs = [
         Rung {
             height: 720,
             kbps: 2800,
