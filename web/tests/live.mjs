@@ -77,7 +77,7 @@ try {
   await page.evaluate(() => window.cascade.video.pause());
   const context = await browser.newContext({ bypassCSP: true });
   const shakaPage = await context.newPage();
-  shakaPage.on('pageerror', e => pageErrors.push(String(e)));
+  shakaPage.on('pageerror', e => pageErrors.push('(Shaka page) ' + String(e)));
   await shakaPage.goto(base + '/', { waitUntil: 'load' });
   await shakaPage.addScriptTag({ path: shakaPath });
   for (const kind of ['hls', 'dash']) {
