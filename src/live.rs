@@ -47,6 +47,10 @@ enum LiveCommand {
         /// Minutes viewers may seek back (0 to 1440; default 120).
         #[arg(long, value_parser = clap::value_parser!(u32).range(0..=1440))]
         dvr_minutes: Option<u32>,
+        /// An SRT passphrase (10 to 79 characters): SRT encoders must
+        /// encrypt with it; it is put in the printed SRT URL.
+        #[arg(long)]
+        srt_passphrase: Option<String>,
     },
     /// The channels, one per line.
     List,
@@ -115,6 +119,7 @@ pub(crate) async fn live(args: LiveArgs) -> anyhow::Result<()> {
             allow_countries,
             deny_countries,
             dvr_minutes,
+            srt_passphrase,
         } => {
             let mut body = json!({
                 "name": name,
@@ -127,6 +132,9 @@ pub(crate) async fn live(args: LiveArgs) -> anyhow::Result<()> {
             }
             if let Some(d) = dvr_minutes {
                 body["dvr_minutes"] = json!(d);
+            }
+            if let Some(p) = srt_passphrase {
+                body["srt_passphrase"] = json!(p);
             }
             let v = call(reqwest::Method::POST, base, Some(body)).await?;
             print_publish(&v)?;
@@ -161,6 +169,7 @@ pub(crate) async fn live(args: LiveArgs) -> anyhow::Result<()> {
                 "key_version",
                 "dvr_minutes",
                 "premium",
+                "srt_encrypted",
             ] {
                 println!("{key:<16} {}", plain(&c[key]));
             }

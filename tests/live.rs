@@ -469,3 +469,58 @@ async fn the_origin_makes_parts_and_holds_requests_until_they_exist() {
     });
     origin.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_srt_passphrase_is_required_when_the_channel_has_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::origin_config(dir.path().to_str().unwrap());
+    cfg.srt_listen = "127.0.0.1:0".into();
+    let origin = cascade_origin::start(&cfg).await.unwrap();
+    let url = format!("http://{}", origin.addr);
+    let create = |body: serde_json::Value| {
+        common::client()
+            .post(format!("{url}/api/v1/admin/channels"))
+            .bearer_auth(common::ORIGIN_ADMIN)
+            .json(&body)
+            .send()
+    };
+    // Too short for SRT (10 to 79 characters): refused with its reason.
+    let r = create(serde_json::json!({ "name": "vault", "srt_passphrase": "short" }))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let made: serde_json::Value = create(serde_json::json!({
+        "name": "vault", "srt_passphrase": "correct-horse-42"
+    }))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let srt_url = made["publish"]["srt"].as_str().unwrap().to_string();
+    assert!(srt_url.ends_with("&passphrase=correct-horse-42"), "{srt_url}");
+    assert_eq!(made["channel"]["srt_encrypted"], true);
+    let key = made["stream_key"].as_str().unwrap();
+    let srt = origin.srt_addr.unwrap();
+
+    // In the clear, or with another passphrase: refused, nothing published.
+    for bad in [
+        format!("srt://{srt}?streamid=publish:{key}"),
+        format!("srt://{srt}?streamid=publish:{key}&passphrase=not-the-right-one"),
+    ] {
+        let before = refusals(&url, "protocol").await;
+        let out = tokio::task::block_in_place(|| publish_srt(&bad, 2, "libx264").wait_with_output())
+            .unwrap();
+        assert!(!out.status.success(), "{bad} must be refused");
+        assert!(refusals(&url, "protocol").await > before, "{bad} was not counted");
+        assert!(channel_status(&url, "vault").await["ingest"].is_null());
+    }
+
+    // With it: live.
+    let good = format!("srt://{srt}?streamid=publish:{key}&passphrase=correct-horse-42");
+    let mut ffmpeg = publish_srt(&good, 4, "libx264");
+    let status = wait_live(&url, "vault").await;
+    assert_eq!(status["ingest"]["video_config"], true, "{status}");
+    let _ = tokio::task::block_in_place(|| ffmpeg.wait());
+    origin.shutdown().await;
+}

@@ -77,6 +77,27 @@ impl EdgePipeline {
         let results: Vec<serde_json::Value> = futures::stream::iter(warm.urls)
             .map(|u| async move {
                 let path = normalize_path(cascade_serve::fleet::url_path(&u));
+                // A live channel: its playlists and init segments (what every
+                // viewer asks for first when the event starts).
+                if let Some((channel, Some(output))) = path.as_deref().and_then(crate::live::live_output) {
+                    let Ok(_permit) = self.prewarm.acquire().await else {
+                        return serde_json::json!({"url": u, "status": 503, "bytes": 0, "cache": "none"});
+                    };
+                    let p = path.as_deref().unwrap_or_default();
+                    let b = cascade_packager::live::Blocking::default();
+                    let key = crate::live::live_key(p, &output, &b);
+                    let r = self.media.live_fill(&key, &channel, &output, b, &req.request_id).await;
+                    let cache = r
+                        .headers
+                        .get("cache-status")
+                        .and_then(|v| v.to_str().ok())
+                        .map_or("none", cascade_serve::cache_outcome);
+                    let bytes = match &r.stream {
+                        Some(s) => s.expected_len().unwrap_or(0) as usize,
+                        None => r.body.len(),
+                    };
+                    return serde_json::json!({"url": u, "status": r.status.as_u16(), "bytes": bytes, "cache": cache});
+                }
                 let output = path.as_deref().and_then(media_output);
                 let (Some(path), Some(output)) = (path, output) else {
                     return serde_json::json!({"url": u, "status": 404, "bytes": 0, "cache": "none"});

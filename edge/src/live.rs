@@ -18,9 +18,6 @@ use http::StatusCode;
 use crate::media::{not_found, Media};
 use crate::CACHE_NAME;
 
-/// Parts and segments never change once made: their names are never reused.
-const MEDIA_TTL: u64 = 365 * 24 * 3600;
-
 /// What a `/live/{channel}/…` path names, if anything.
 pub(crate) fn live_output(path: &str) -> Option<(String, Option<LiveOutput>)> {
     let rest = path.strip_prefix("/live/")?;
@@ -52,6 +49,10 @@ impl Media {
         b: Blocking,
         request_id: &str,
     ) -> Response {
+        // Media has its own coalescing, streaming fetcher.
+        if !output.is_manifest() {
+            return self.live_media(channel, output, key, request_id).await;
+        }
         let media = self.clone();
         let (c, o, k, rid) = (
             channel.to_string(),
@@ -76,11 +77,6 @@ impl Media {
     ) -> Response {
         let started_ms = unix_now_ms();
         let now = started_ms / 1000;
-        if !output.is_manifest() {
-            return self
-                .live_media(channel, output, key, request_id, started_ms)
-                .await;
-        }
         // The manifest as the request needs it: blocking numbers only (a
         // delta update is made here from the whole manifest).
         let upstream_query = Blocking { skip: false, ..b }.canonical();
@@ -160,14 +156,16 @@ impl Media {
         resp
     }
 
-    /// Init segments, parts and segments, passed through and kept.
+    /// Init segments, parts and segments, passed through as their bytes
+    /// arrive (a segment still growing at the origin streams to every
+    /// viewer waiting for it) and kept by the upstream's `Cache-Control`
+    /// (immutable).
     async fn live_media(
         &self,
         channel: &str,
         output: &LiveOutput,
         key: &str,
         request_id: &str,
-        started_ms: u64,
     ) -> Response {
         let file = match output {
             LiveOutput::Init(t, g) => format!("{t}/init-{g}.mp4"),
@@ -176,46 +174,12 @@ impl Media {
             _ => return not_found(),
         };
         let path = format!("/live-mezz/{channel}/{file}");
-        let r = match self.fetch_media(&path, None, request_id).await {
-            Ok(r) => r,
-            Err(r) => return r,
-        };
-        if r.status != StatusCode::OK {
-            return passthrough_error(r.status, r.headers.get(http::header::RETRY_AFTER));
+        let r = self.live.get_keyed(key, &path, None, request_id).await;
+        if r.status == StatusCode::OK {
+            return r;
         }
-        let content_type = match output.content_type(None) {
-            ct if r.headers.get("content-type").is_some() => r
-                .headers
-                .get("content-type")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or(ct)
-                .to_string(),
-            ct => ct.to_string(),
-        };
-        let obj = CachedObject {
-            status: 200,
-            headers: vec![
-                ("content-type".into(), content_type),
-                (
-                    "cache-control".into(),
-                    "public, max-age=31536000, immutable".into(),
-                ),
-            ],
-            body: r.body,
-            stored_at_ms: started_ms,
-            fresh_until: (started_ms / 1000).saturating_add(MEDIA_TTL),
-            stale_while_revalidate: 0,
-            stale_if_error: 0,
-        };
-        let stored = self.tier.store(key, &obj).await;
-        let mut resp =
-            cascade_serve::cached_response(&obj, CacheOutcome::Miss { stored }, CACHE_NAME);
-        set_cache_status(
-            &mut resp.headers,
-            r.headers.get("cache-status").and_then(|v| v.to_str().ok()),
-            &CacheOutcome::Miss { stored }.entry(CACHE_NAME),
-        );
-        resp
+        let retry = r.headers.get(http::header::RETRY_AFTER).cloned();
+        passthrough_error(r.status, retry.as_ref())
     }
 }
 

@@ -32,6 +32,10 @@ pub(crate) struct Media {
     pub(crate) pool: Arc<shields::ShieldPool>,
     pub(crate) manifests: moka::future::Cache<String, Arc<AssetManifest>>,
     pub(crate) manifest_ttl: u64,
+    /// Live parts, segments and init segments: passed through as they
+    /// arrive (a growing segment streams to every waiter), coalesced and
+    /// cached, from the shields in order, then the origin.
+    pub(crate) live: cascade_serve::CachingFetcher,
 }
 
 impl Media {

@@ -467,6 +467,12 @@ mod tests {
                 IntCounterVec::new(Opts::new("b", "test"), &["country", "rule"]).expect("b"),
             ),
             media: Media {
+                live: cascade_serve::CachingFetcher::new(
+                    cache.clone(),
+                    vec![nowhere.clone()],
+                    crate::CACHE_NAME,
+                    Duration::from_secs(1),
+                ),
                 tier: CacheTier::new(cache.clone(), crate::CACHE_NAME, Duration::from_secs(1)),
                 pool: Arc::new(crate::shields::ShieldPool::new(
                     Vec::new(),

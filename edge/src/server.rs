@@ -134,7 +134,19 @@ pub async fn start(cfg: &EdgeConfig) -> anyhow::Result<Edge> {
         pool.clone()
             .spawn_health_checks(Duration::from_secs(cfg.shield_health_secs))
     });
+    let live_upstreams: Vec<Upstream> = cfg
+        .shields
+        .iter()
+        .map(|s| Upstream::new(s, timeout, MAX_UPSTREAM_BYTES))
+        .chain(cfg.origin_fallback.then(|| origin.clone()))
+        .collect();
     let media = Media {
+        live: cascade_serve::CachingFetcher::new(
+            cache.clone(),
+            live_upstreams,
+            CACHE_NAME,
+            timeout * 2,
+        ),
         tier: CacheTier::new(cache.clone(), CACHE_NAME, timeout * 2),
         pool,
         manifests: moka::future::Cache::builder()

@@ -104,12 +104,20 @@ impl Role {
     }
 }
 
+/// A publish the ingest accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publish {
+    /// The publication: an opaque name passed back with each call.
+    pub name: String,
+    /// The SRT passphrase the channel requires, if any (RTMP ignores it).
+    pub passphrase: Option<String>,
+}
+
 /// What the listener hands publishes to.
 #[async_trait::async_trait]
 pub trait Ingest: Send + Sync + 'static {
-    /// The publication `key` (as encoder `role`) makes, or why not: an
-    /// opaque name the listener passes back with each call below.
-    async fn authorize(&self, key: &str, role: Role, peer: SocketAddr) -> Result<String, Refusal>;
+    /// The publication `key` (as encoder `role`) makes, or why not.
+    async fn authorize(&self, key: &str, role: Role, peer: SocketAddr) -> Result<Publish, Refusal>;
     /// A publish to `channel` began.
     fn started(&self, channel: &str, peer: SocketAddr);
     /// Media arrived for `channel`.

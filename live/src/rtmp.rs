@@ -280,7 +280,8 @@ impl Conn {
                     )));
                 }
                 match self.ingest.authorize(&stream_key, role, self.peer).await {
-                    Ok(channel) => {
+                    Ok(publish) => {
+                        let channel = publish.name;
                         self.channel = Some(channel.clone());
                         self.ingest.started(&channel, self.peer);
                         session

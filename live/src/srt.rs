@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
+use srt_protocol::options::{KeySize, Passphrase};
+use srt_protocol::settings::KeySettings;
 use srt_tokio::access::{RejectReason, ServerRejectReason};
 use srt_tokio::{ConnectionRequest, SrtListener};
 use tokio::sync::watch;
@@ -139,8 +141,8 @@ async fn caller(request: ConnectionRequest, ingest: Arc<dyn Ingest>) {
             .await;
         return;
     };
-    let channel = match ingest.authorize(&key, role, peer).await {
-        Ok(c) => c,
+    let publish = match ingest.authorize(&key, role, peer).await {
+        Ok(p) => p,
         Err(r) => {
             ingest.refused(&r);
             tracing::info!(%peer, reason = r.code(), "srt caller refused");
@@ -152,13 +154,40 @@ async fn caller(request: ConnectionRequest, ingest: Arc<dyn Ingest>) {
             return;
         }
     };
-    let mut socket = match request.accept(None).await {
+    // A channel with a passphrase takes only callers that encrypt with it
+    // (a wrong one fails the handshake's key exchange).
+    let keys = match &publish.passphrase {
+        None => None,
+        Some(p) => {
+            let size = request.key_size();
+            let passphrase = Passphrase::try_from(p.clone()).ok();
+            match (passphrase, size) {
+                (Some(passphrase), size) if size != KeySize::Unspecified => Some(KeySettings {
+                    key_size: size,
+                    passphrase,
+                }),
+                _ => {
+                    let r = Refusal::Protocol("this channel takes encrypted SRT only".into());
+                    ingest.refused(&r);
+                    tracing::info!(%peer, "srt caller refused: not encrypted");
+                    let _ = request
+                        .reject(RejectReason::Server(ServerRejectReason::Unauthorized))
+                        .await;
+                    return;
+                }
+            }
+        }
+    };
+    let mut socket = match request.accept(keys).await {
         Ok(s) => s,
         Err(e) => {
-            tracing::debug!(%peer, error = %e, "srt accept failed");
+            let r = Refusal::Protocol("the SRT handshake failed (a wrong passphrase?)".into());
+            ingest.refused(&r);
+            tracing::info!(%peer, error = %e, "srt accept failed");
             return;
         }
     };
+    let channel = publish.name;
     ingest.started(&channel, peer);
     let publishing = Publishing {
         ingest: ingest.clone(),

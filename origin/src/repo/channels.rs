@@ -24,10 +24,13 @@ pub(crate) struct ChannelRow {
     pub(crate) state: String,
     pub(crate) created_at: i64,
     pub(crate) updated_at: i64,
+    /// The SRT passphrase; empty for none.
+    pub(crate) srt_passphrase: String,
 }
 
 const COLUMNS: &str = "id, name, title, synopsis, premium, starts_at, ends_at, allow_countries, \
-     deny_countries, dvr_minutes, key_digest, key_version, state, created_at, updated_at";
+     deny_countries, dvr_minutes, key_digest, key_version, state, created_at, updated_at, \
+     srt_passphrase";
 
 fn from_row(r: &AnyRow) -> Result<ChannelRow> {
     Ok(ChannelRow {
@@ -46,6 +49,7 @@ fn from_row(r: &AnyRow) -> Result<ChannelRow> {
         state: r.try_get("state")?,
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
+        srt_passphrase: r.try_get("srt_passphrase")?,
     })
 }
 
@@ -54,8 +58,8 @@ pub(crate) async fn insert(db: &Db, c: &ChannelRow) -> Result<bool> {
     let r = sqlx::query(
         "INSERT INTO channels (id, name, title, synopsis, premium, starts_at, ends_at,
              allow_countries, deny_countries, dvr_minutes, key_digest, key_version, state,
-             created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+             created_at, updated_at, srt_passphrase)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
          ON CONFLICT (name) DO NOTHING",
     )
     .bind(&c.id)
@@ -73,6 +77,7 @@ pub(crate) async fn insert(db: &Db, c: &ChannelRow) -> Result<bool> {
     .bind(&c.state)
     .bind(c.created_at)
     .bind(c.updated_at)
+    .bind(&c.srt_passphrase)
     .execute(&db.pool)
     .await?;
     Ok(r.rows_affected() > 0)

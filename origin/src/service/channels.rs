@@ -53,6 +53,10 @@ pub(crate) struct NewChannel {
     pub(crate) starts_at: Option<i64>,
     #[serde(default)]
     pub(crate) ends_at: Option<i64>,
+    /// An SRT passphrase (10 to 79 characters): encoders publishing over
+    /// SRT must encrypt with it (`passphrase=` in the SRT URL). Absent: none.
+    #[serde(default)]
+    pub(crate) srt_passphrase: Option<String>,
 }
 
 /// Where encoders publish (the key is in these URLs).
@@ -86,6 +90,8 @@ pub(crate) struct Channel {
     state: String,
     /// Counts key rotations: 1 for the first key.
     key_version: i64,
+    /// SRT publishers must encrypt (the passphrase is shown only with a key).
+    srt_encrypted: bool,
     /// The encoder publishing now, if any, and its health.
     ingest: Option<crate::service::live_health::IngestStatus>,
     playback: PlaybackUrls,
@@ -137,6 +143,16 @@ pub(crate) async fn create(state: &State, new: NewChannel) -> Result<ChannelWith
     }
     let allow = parse_countries(&new.allow_countries)?;
     let deny = parse_countries(&new.deny_countries)?;
+    let passphrase = new.srt_passphrase.unwrap_or_default();
+    if !passphrase.is_empty()
+        && (!(10..=79).contains(&passphrase.len())
+            || !passphrase.bytes().all(|b| b.is_ascii_graphic()))
+    {
+        return Err(Error::bad_request(
+            "bad_passphrase",
+            "srt_passphrase: 10 to 79 printable ASCII characters, no spaces",
+        ));
+    }
     let (key, digest) = new_key(&name)?;
     let now = clock::now() as i64;
     let row = ChannelRow {
@@ -155,6 +171,7 @@ pub(crate) async fn create(state: &State, new: NewChannel) -> Result<ChannelWith
         state: "idle".into(),
         created_at: now,
         updated_at: now,
+        srt_passphrase: passphrase,
     };
     if !channels::insert(&state.db, &row).await? {
         return Err(Error::conflict(
@@ -298,10 +315,14 @@ fn new_key(name: &str) -> Result<(String, String)> {
 
 fn with_key(state: &State, row: &ChannelRow, key: String) -> ChannelWithKey {
     let rtmp = format!("{}/{key}", state.cfg.rtmp_public_url.trim_end_matches('/'));
-    let srt = format!(
+    let mut srt = format!(
         "{}?streamid=publish:{key}",
         state.cfg.srt_public_url.trim_end_matches('/')
     );
+    if !row.srt_passphrase.is_empty() {
+        // As FFmpeg's `srt://` takes it (AES-128 by default).
+        srt = format!("{srt}&passphrase={}", row.srt_passphrase);
+    }
     ChannelWithKey {
         channel: view(state, row),
         stream_key: key,
@@ -332,6 +353,7 @@ fn view(state: &State, r: &ChannelRow) -> Channel {
         ends_at: r.ends_at,
         state: r.state.clone(),
         key_version: r.key_version,
+        srt_encrypted: !r.srt_passphrase.is_empty(),
         ingest: state.live.status(&r.name).map(|mut s| {
             s.parts_published = state.live_media.parts.with_label_values(&[&r.name]).get();
             s.dropped_frames = state.live_media.dropped.with_label_values(&[&r.name]).get();

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use cascade_live::{flv, Ingest, Media, Refusal, Role};
+use cascade_live::{flv, Ingest, Media, Publish, Refusal, Role};
 
 use crate::repo::channels;
 use crate::service::channels::authorize_publish;
@@ -23,7 +23,7 @@ pub(crate) struct LiveIngest {
 
 #[async_trait::async_trait]
 impl Ingest for LiveIngest {
-    async fn authorize(&self, key: &str, role: Role, _peer: SocketAddr) -> Result<String, Refusal> {
+    async fn authorize(&self, key: &str, role: Role, _peer: SocketAddr) -> Result<Publish, Refusal> {
         let channel = match authorize_publish(&self.state, key).await {
             Ok(c) => c,
             Err(e) if e.kind() == Kind::Unauthorized => return Err(Refusal::BadKey),
@@ -43,7 +43,10 @@ impl Ingest for LiveIngest {
             &channel.name,
             u32::try_from(channel.dvr_minutes).unwrap_or(120),
         );
-        Ok(name)
+        Ok(Publish {
+            name,
+            passphrase: (!channel.srt_passphrase.is_empty()).then_some(channel.srt_passphrase),
+        })
     }
 
     fn started(&self, channel: &str, peer: SocketAddr) {
