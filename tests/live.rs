@@ -498,7 +498,10 @@ async fn an_srt_passphrase_is_required_when_the_channel_has_one() {
     .await
     .unwrap();
     let srt_url = made["publish"]["srt"].as_str().unwrap().to_string();
-    assert!(srt_url.ends_with("&passphrase=correct-horse-42"), "{srt_url}");
+    assert!(
+        srt_url.ends_with("&passphrase=correct-horse-42&pbkeylen=16"),
+        "{srt_url}"
+    );
     assert_eq!(made["channel"]["srt_encrypted"], true);
     let key = made["stream_key"].as_str().unwrap();
     let srt = origin.srt_addr.unwrap();
@@ -506,18 +509,49 @@ async fn an_srt_passphrase_is_required_when_the_channel_has_one() {
     // In the clear, or with another passphrase: refused, nothing published.
     for bad in [
         format!("srt://{srt}?streamid=publish:{key}"),
-        format!("srt://{srt}?streamid=publish:{key}&passphrase=not-the-right-one"),
+        format!("srt://{srt}?streamid=publish:{key}&passphrase=not-the-right-one&pbkeylen=16"),
+        // Encrypted without saying the key length.
+        format!("srt://{srt}?streamid=publish:{key}&passphrase=correct-horse-42"),
     ] {
         let before = refusals(&url, "protocol").await;
-        let out = tokio::task::block_in_place(|| publish_srt(&bad, 2, "libx264").wait_with_output())
-            .unwrap();
+        let out =
+            tokio::task::block_in_place(|| publish_srt(&bad, 2, "libx264").wait_with_output())
+                .unwrap();
         assert!(!out.status.success(), "{bad} must be refused");
-        assert!(refusals(&url, "protocol").await > before, "{bad} was not counted");
+        assert!(
+            refusals(&url, "protocol").await > before,
+            "{bad} was not counted"
+        );
         assert!(channel_status(&url, "vault").await["ingest"].is_null());
     }
 
+    // A channel without a passphrase refuses an encrypting caller (and the
+    // listener lives on: srt-protocol would panic on that handshake).
+    let open: serde_json::Value = create(serde_json::json!({ "name": "open" }))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let open_key = open["stream_key"].as_str().unwrap();
+    // Without `pbkeylen` the caller does not say it encrypts: srt-protocol
+    // panics in the handshake and the listener starts again.
+    for encrypting in [
+        format!("srt://{srt}?streamid=publish:{open_key}&passphrase=correct-horse-42&pbkeylen=16"),
+        format!("srt://{srt}?streamid=publish:{open_key}&passphrase=correct-horse-42"),
+    ] {
+        let out = tokio::task::block_in_place(|| {
+            publish_srt(&encrypting, 2, "libx264").wait_with_output()
+        })
+        .unwrap();
+        assert!(
+            !out.status.success(),
+            "{encrypting}: encrypting, to a clear channel"
+        );
+    }
+
     // With it: live.
-    let good = format!("srt://{srt}?streamid=publish:{key}&passphrase=correct-horse-42");
+    let good = srt_url.replace("127.0.0.1:8890", &srt.to_string());
     let mut ffmpeg = publish_srt(&good, 4, "libx264");
     let status = wait_live(&url, "vault").await;
     assert_eq!(status["ingest"]["video_config"], true, "{status}");

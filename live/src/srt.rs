@@ -62,7 +62,23 @@ pub async fn serve(
         let mut conns = tokio::task::JoinSet::new();
         loop {
             let request = tokio::select! {
-                r = incoming.incoming().next() => match r { Some(r) => r, None => break },
+                r = incoming.incoming().next() => match r {
+                    Some(r) => r,
+                    None => {
+                        // srt-tokio's listener task died (it panics on some
+                        // handshakes): listen again on the same address;
+                        // publishers on it reconnect within their grace.
+                        tracing::error!(%addr, "the SRT listener stopped; listening again");
+                        match rebind(addr).await {
+                            Some((l, i)) => {
+                                listener = l;
+                                incoming = i;
+                                continue;
+                            }
+                            None => break,
+                        }
+                    }
+                },
                 _ = stop_rx.changed() => break,
                 Some(_) = conns.join_next(), if !conns.is_empty() => continue,
             };
@@ -86,6 +102,24 @@ pub async fn serve(
         listener.close().await;
     });
     Ok(SrtServer { addr, stop, task })
+}
+
+/// A new SRT listener on `addr` (the old one's socket is gone with it),
+/// retried for a few seconds.
+async fn rebind(addr: SocketAddr) -> Option<(SrtListener, srt_tokio::SrtIncoming)> {
+    for _ in 0..50 {
+        match SrtListener::builder()
+            .latency(Duration::from_millis(200))
+            .bind(addr)
+            .await
+        {
+            Ok(pair) => return Some(pair),
+            // The dying listener may still hold the port for a moment.
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    tracing::error!(%addr, "the SRT listener could not listen again");
+    None
 }
 
 /// The stream key and encoder role in a stream id: `publish:{key}` or
@@ -154,29 +188,54 @@ async fn caller(request: ConnectionRequest, ingest: Arc<dyn Ingest>) {
             return;
         }
     };
-    // A channel with a passphrase takes only callers that encrypt with it
-    // (a wrong one fails the handshake's key exchange).
-    let keys = match &publish.passphrase {
-        None => None,
-        Some(p) => {
-            let size = request.key_size();
-            let passphrase = Passphrase::try_from(p.clone()).ok();
-            match (passphrase, size) {
-                (Some(passphrase), size) if size != KeySize::Unspecified => Some(KeySettings {
-                    key_size: size,
-                    passphrase,
-                }),
-                _ => {
-                    let r = Refusal::Protocol("this channel takes encrypted SRT only".into());
-                    ingest.refused(&r);
-                    tracing::info!(%peer, "srt caller refused: not encrypted");
-                    let _ = request
-                        .reject(RejectReason::Server(ServerRejectReason::Unauthorized))
-                        .await;
-                    return;
-                }
-            }
+    // A channel with a passphrase takes only callers that encrypt with it,
+    // and say their key length (`pbkeylen`); a channel without one, only
+    // callers in the clear. (srt-protocol 0.4 panics when the two sides
+    // disagree on either, so that is settled here, before accepting.)
+    let keys = match (&publish.passphrase, request.key_size()) {
+        (None, KeySize::Unspecified) => None,
+        (None, _) => {
+            refuse(
+                &request_refusal(
+                    &ingest,
+                    "this channel takes SRT in the clear (no passphrase)",
+                ),
+                peer,
+            );
+            let _ = request
+                .reject(RejectReason::Server(ServerRejectReason::Unauthorized))
+                .await;
+            return;
         }
+        (Some(_), KeySize::Unspecified) => {
+            refuse(
+                &request_refusal(
+                    &ingest,
+                    "this channel takes encrypted SRT only (passphrase and pbkeylen)",
+                ),
+                peer,
+            );
+            let _ = request
+                .reject(RejectReason::Server(ServerRejectReason::Unauthorized))
+                .await;
+            return;
+        }
+        (Some(p), size) => match Passphrase::try_from(p.clone()) {
+            Ok(passphrase) => Some(KeySettings {
+                key_size: size,
+                passphrase,
+            }),
+            Err(_) => {
+                refuse(
+                    &request_refusal(&ingest, "the channel's SRT passphrase is unusable"),
+                    peer,
+                );
+                let _ = request
+                    .reject(RejectReason::Server(ServerRejectReason::Unauthorized))
+                    .await;
+                return;
+            }
+        },
     };
     let mut socket = match request.accept(keys).await {
         Ok(s) => s,
@@ -211,6 +270,17 @@ async fn caller(request: ConnectionRequest, ingest: Arc<dyn Ingest>) {
     }
     drop(publishing);
     let _ = futures::SinkExt::close(&mut socket).await;
+}
+
+/// Counts a refusal of a caller before its connection is accepted.
+fn request_refusal(ingest: &Arc<dyn Ingest>, why: &str) -> Refusal {
+    let r = Refusal::Protocol(why.into());
+    ingest.refused(&r);
+    r
+}
+
+fn refuse(r: &Refusal, peer: SocketAddr) {
+    tracing::info!(%peer, detail = %r, "srt caller refused");
 }
 
 /// Hands one datagram to the ingest: its bytes, then what its packets began.

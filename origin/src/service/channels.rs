@@ -320,8 +320,8 @@ fn with_key(state: &State, row: &ChannelRow, key: String) -> ChannelWithKey {
         state.cfg.srt_public_url.trim_end_matches('/')
     );
     if !row.srt_passphrase.is_empty() {
-        // As FFmpeg's `srt://` takes it (AES-128 by default).
-        srt = format!("{srt}&passphrase={}", row.srt_passphrase);
+        // As FFmpeg's `srt://` takes it, with the key length said (AES-128).
+        srt = format!("{srt}&passphrase={}&pbkeylen=16", row.srt_passphrase);
     }
     ChannelWithKey {
         channel: view(state, row),

@@ -23,7 +23,12 @@ pub(crate) struct LiveIngest {
 
 #[async_trait::async_trait]
 impl Ingest for LiveIngest {
-    async fn authorize(&self, key: &str, role: Role, _peer: SocketAddr) -> Result<Publish, Refusal> {
+    async fn authorize(
+        &self,
+        key: &str,
+        role: Role,
+        _peer: SocketAddr,
+    ) -> Result<Publish, Refusal> {
         let channel = match authorize_publish(&self.state, key).await {
             Ok(c) => c,
             Err(e) if e.kind() == Kind::Unauthorized => return Err(Refusal::BadKey),
