@@ -12,11 +12,10 @@ use utoipa::ToSchema;
 
 use crate::repo::channels::{self, ChannelRow};
 use crate::service::auth::{new_secret_token, token_digest};
+use crate::service::live_media::DEFAULT_DVR_MINUTES;
 use crate::service::state::State;
 use crate::storage::{clock, ids, Error, Kind, Result};
 
-/// Default DVR window, in minutes.
-pub(crate) const DEFAULT_DVR_MINUTES: u32 = 120;
 /// Longest DVR window, in minutes (a day).
 pub(crate) const MAX_DVR_MINUTES: u32 = 24 * 60;
 /// Longest channel name.

@@ -28,6 +28,9 @@ use tokio::sync::{mpsc, watch};
 use crate::storage::clock;
 use cascade_live::ladder::{self as live_ladder, LadderConfig, LadderIn, LadderOut};
 
+/// Default DVR window of a channel, in minutes.
+pub(crate) const DEFAULT_DVR_MINUTES: u32 = 120;
+
 /// Frames queued per channel before the ingest drops them (and counts it).
 const QUEUE: usize = 4096;
 
@@ -213,7 +216,7 @@ impl LiveMedia {
             .lock()
             .ok()
             .and_then(|d| d.get(channel).copied())
-            .unwrap_or(crate::service::channels::DEFAULT_DVR_MINUTES);
+            .unwrap_or(DEFAULT_DVR_MINUTES);
         let Ok(mut feeds) = self.feeds.lock() else {
             return;
         };
