@@ -67,8 +67,12 @@ pub(crate) struct PurgeArgs {
 #[derive(clap::Args)]
 pub(crate) struct PrewarmArgs {
     /// An asset id to warm (repeat for several).
-    #[arg(long = "title", required = true)]
+    #[arg(long = "title", required_unless_present = "channels")]
     pub(crate) titles: Vec<String>,
+    /// A live channel to warm (its playlists and current init segments;
+    /// repeat for several).
+    #[arg(long = "channel")]
+    pub(crate) channels: Vec<String>,
     /// Only edges in this region (repeatable).
     #[arg(long = "region")]
     pub(crate) regions: Vec<String>,
@@ -396,8 +400,10 @@ pub(crate) async fn ctl_prewarm(
     token: &str,
     a: PrewarmArgs,
 ) -> anyhow::Result<()> {
-    let mut body = serde_json::json!({ "titles": a.titles });
+    let mut body = serde_json::json!({});
     for (key, list) in [
+        ("titles", a.titles),
+        ("channels", a.channels),
         ("regions", a.regions),
         ("edges", a.edges),
         ("renditions", a.renditions),

@@ -245,3 +245,100 @@ async fn prewarm_warms_every_edge_of_a_region() {
     stack.shutdown().await;
     control.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn prewarm_warms_a_live_channel() {
+    let stack = common::Stack::start_full(
+        |o| {
+            o.rtmp_listen = "127.0.0.1:0".into();
+            o.live_ladder = vec![];
+        },
+        |_| {},
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let control = cascade_control::start(&ControlConfig {
+        listen: "127.0.0.1:0".into(),
+        data_dir: dir.path().join("control").to_str().unwrap().into(),
+        admin_token: ADMIN.into(),
+        fleet_token: FLEET.into(),
+        origin_url: stack.origin_url.clone(),
+        ..ControlConfig::default()
+    })
+    .await
+    .unwrap();
+    let control_url = format!("http://{}", control.addr);
+    let fleet = fleet(&control_url, &stack.origin_url).await;
+    common::wait_health(
+        &control_url,
+        &["edge-w1", "edge-w2", "shield-w1", "shield-w2"],
+        "up",
+    )
+    .await;
+
+    // Not live yet: nothing to warm, and control says so.
+    let made: Value = common::client()
+        .post(format!("{}/api/v1/admin/channels", stack.origin_url))
+        .bearer_auth(common::ORIGIN_ADMIN)
+        .json(&json!({ "name": "final" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (status, r) = admin_post(&control_url, "/api/v1/prewarm", json!({ "channels": ["final"] })).await;
+    assert_eq!(status, 404, "{r}");
+    assert_eq!(r["error"], "not_live", "{r}");
+
+    let key = made["stream_key"].as_str().unwrap();
+    let mut ffmpeg = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-re", "-f", "lavfi", "-i", "testsrc2=s=320x180:r=25:d=30"])
+        .args(["-f", "lavfi", "-i", "sine=f=440:sample_rate=48000:d=30"])
+        .args(["-c:v", "libx264", "-g", "25", "-preset", "ultrafast", "-tune", "zerolatency"])
+        .args(["-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", "-f", "flv"])
+        .arg(format!("rtmp://{}/live/{key}", stack.origin.rtmp_addr.unwrap()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (status, r) = loop {
+        let (status, r) =
+            admin_post(&control_url, "/api/v1/prewarm", json!({ "channels": ["final"] })).await;
+        if status == 202 {
+            break (status, r);
+        }
+        assert!(Instant::now() < deadline, "never warmable: {r}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(status, 202);
+    // Both playlists (HLS and DASH) and the init segments of v0 and a0.
+    assert_eq!(r["objects"], 4, "{r}");
+    let id = r["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, p) = admin_get(&control_url, &format!("/api/v1/prewarm/{id}")).await;
+        if p["state"] == "done" {
+            assert_eq!(p["failures"], 0, "{p}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the job did not end: {p}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The init segments are hits at every edge now.
+    let token = common::sign_acl("/live/final/*");
+    for edge in &fleet.edge_urls {
+        for track in ["v0", "a0"] {
+            let path = format!("/live/final/{track}/init-0.mp4");
+            let (status, cs, _) = fetch(edge, &path, &token).await;
+            assert_eq!(status, 200, "{edge}{path}");
+            assert!(cs.contains("cascade-edge; hit"), "{edge}{path}: {cs}");
+        }
+    }
+    tokio::task::block_in_place(|| {
+        let _ = ffmpeg.kill();
+        let _ = ffmpeg.wait();
+    });
+    stack.shutdown().await;
+}

@@ -46,6 +46,8 @@ const MANIFEST_FETCHES: usize = 8;
 pub(crate) struct PrewarmRequest {
     /// Asset ids, without repeats.
     pub(crate) titles: Vec<String>,
+    /// Live channels (their playlists and current init segments).
+    pub(crate) channels: Vec<String>,
     /// What to warm of each.
     pub(crate) selection: WarmSelection,
     /// Only edges in these regions (or named in `edges`).
@@ -144,6 +146,7 @@ impl PrewarmRequest {
             body,
             &[
                 "titles",
+                "channels",
                 "renditions",
                 "first_segments",
                 "from_secs",
@@ -153,10 +156,27 @@ impl PrewarmRequest {
                 "edges",
             ],
         )?;
-        let titles: Vec<String> = obj
-            .field("titles")?
-            .ok_or_else(|| BadField::new("titles", "give 1 to 100 asset ids"))?;
-        if titles.is_empty() || titles.len() > MAX_TITLES {
+        let channels: Vec<String> = obj.field("channels")?.unwrap_or_default();
+        if channels.len() > MAX_TITLES {
+            return Err(BadField::new("channels", "give at most 100 channel names"));
+        }
+        if let Some(i) = channels.iter().position(|c| !is_safe_id(c)) {
+            return Err(BadField::new(
+                format!("channels[{i}]"),
+                "channel names use letters, digits, - and _",
+            ));
+        }
+        let titles: Vec<String> = match obj.field("titles")? {
+            Some(t) => t,
+            None if !channels.is_empty() => Vec::new(),
+            None => {
+                return Err(BadField::new(
+                    "titles",
+                    "give 1 to 100 asset ids (or live channels in `channels`)",
+                ))
+            }
+        };
+        if (titles.is_empty() && channels.is_empty()) || titles.len() > MAX_TITLES {
             return Err(BadField::new("titles", "give 1 to 100 asset ids"));
         }
         let mut unique: Vec<String> = Vec::with_capacity(titles.len());
@@ -233,7 +253,14 @@ impl PrewarmRequest {
                 }
             }
         }
+        let mut live = Vec::with_capacity(channels.len());
+        for c in channels {
+            if !live.contains(&c) {
+                live.push(c);
+            }
+        }
         Ok(PrewarmRequest {
+            channels: live,
             titles: unique,
             selection: WarmSelection {
                 tracks: renditions,
@@ -510,6 +537,16 @@ pub(crate) async fn start_job(
         }
     }
     let mut paths = Vec::new();
+    for c in &req.channels {
+        match fetch_live_manifest(&ctx, c).await {
+            Ok(m) => paths.extend(cascade_packager::live::prewarm_paths(
+                &m,
+                req.selection.hls,
+                req.selection.dash,
+            )),
+            Err(r) => return r,
+        }
+    }
     for m in &manifests {
         paths.extend(cascade_packager::prewarm_paths(m, &req.selection));
         if paths.len() > MAX_OBJECTS {
@@ -614,6 +651,48 @@ fn unknown_job() -> Response {
         "not_found",
         "no such pre-warm job (control remembers the last 100)",
     )
+}
+
+/// A live channel's manifest, from the origin (404: not live now).
+async fn fetch_live_manifest(
+    ctx: &Ctx,
+    channel: &str,
+) -> Result<cascade_packager::live::LiveManifest, Response> {
+    let origin = ctx.cfg.origin_url.trim_end_matches('/');
+    let unavailable = |why: String| {
+        error(
+            StatusCode::BAD_GATEWAY,
+            "origin",
+            &format!("the live manifest of channel {channel:?}: {why}"),
+        )
+    };
+    let resp = ctx
+        .client
+        .get(format!("{origin}/live-mezz/{channel}/manifest.json"))
+        .timeout(MANIFEST_TIMEOUT)
+        .send()
+        .await
+        .map_err(|e| {
+            unavailable(format!(
+                "origin {}",
+                crate::purge::transport_failure(&e, MANIFEST_TIMEOUT)
+            ))
+        })?;
+    if resp.status() == reqwest::StatusCode::NOT_FOUND {
+        return Err(error(
+            StatusCode::NOT_FOUND,
+            "not_live",
+            &format!("channel {channel:?} is not live: nothing to warm yet"),
+        ));
+    }
+    if !resp.status().is_success() {
+        return Err(unavailable(format!("the origin answered {}", resp.status())));
+    }
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
+    cascade_packager::live::LiveManifest::from_json(&body).map_err(|e| unavailable(e.to_string()))
 }
 
 /// The asset manifests of `titles`, from the origin, in order.

@@ -489,6 +489,26 @@ pub fn media_playlist(m: &LiveManifest, track: &str, b: Blocking) -> Result<Stri
     Ok(out)
 }
 
+/// What control pre-warms of a live channel: each track's current init
+/// segment (immutable: what every joining viewer fetches first) and the
+/// multivariant playlist and MPD (their fill warms the shield's manifest).
+pub fn prewarm_paths(m: &LiveManifest, hls: bool, dash: bool) -> Vec<String> {
+    let base = format!("/live/{}", m.channel);
+    let mut out = Vec::new();
+    if hls {
+        out.push(format!("{base}/master.m3u8"));
+    }
+    if dash {
+        out.push(format!("{base}/manifest.mpd"));
+    }
+    if let Some(last) = m.segments.last() {
+        for t in &m.tracks {
+            out.push(format!("{base}/{}/init-{}.mp4", t.id, last.init));
+        }
+    }
+    out
+}
+
 /// The last part a playlist lists: `(msn, part index)`.
 fn last_listed(last: &LiveSegment) -> (u64, usize) {
     (last.msn, last.parts.len().saturating_sub(1))
@@ -833,6 +853,21 @@ mod tests {
         assert!(d.contains("startNumber=\"100\""));
         assert!(d.contains("availabilityTimeOffset=\"1.500\""));
         assert!(d.contains("urn:mpeg:dash:utc:http-iso:2014"));
+    }
+
+    #[test]
+    fn prewarm_paths_are_the_playlists_and_current_inits() {
+        let mut m = manifest(3, 2, false);
+        m.segments[2].init = 1;
+        assert_eq!(
+            prewarm_paths(&m, true, false),
+            vec![
+                "/live/final/master.m3u8",
+                "/live/final/v0/init-1.mp4",
+                "/live/final/a0/init-1.mp4"
+            ]
+        );
+        assert_eq!(prewarm_paths(&m, false, true)[0], "/live/final/manifest.mpd");
     }
 
     #[test]
