@@ -686,12 +686,12 @@ async fn fetch_live_manifest(
         ));
     }
     if !resp.status().is_success() {
-        return Err(unavailable(format!("the origin answered {}", resp.status())));
+        return Err(unavailable(format!(
+            "the origin answered {}",
+            resp.status()
+        )));
     }
-    let body = resp
-        .bytes()
-        .await
-        .map_err(|e| unavailable(e.to_string()))?;
+    let body = resp.bytes().await.map_err(|e| unavailable(e.to_string()))?;
     cascade_packager::live::LiveManifest::from_json(&body).map_err(|e| unavailable(e.to_string()))
 }
 

@@ -867,7 +867,10 @@ mod tests {
                 "/live/final/a0/init-1.mp4"
             ]
         );
-        assert_eq!(prewarm_paths(&m, false, true)[0], "/live/final/manifest.mpd");
+        assert_eq!(
+            prewarm_paths(&m, false, true)[0],
+            "/live/final/manifest.mpd"
+        );
     }
 
     #[test]
