@@ -165,22 +165,6 @@ fn resume(base: &str, asset: &str, env: &[(&str, String)]) -> String {
         .to_string()
 }
 
-/// FFmpeg publishing a 25 fps test pattern with a tone in real time, a
-/// keyframe every second, as FLV (RTMP) or MPEG-TS (SRT).
-fn publish(url: &str, format: &str) -> std::process::Child {
-    Command::new("ffmpeg")
-        .args(["-v", "error", "-re", "-f", "lavfi", "-i"])
-        .arg("testsrc2=s=640x360:r=25:d=300")
-        .args(["-f", "lavfi", "-i", "sine=f=440:sample_rate=48000:d=300"])
-        .args(["-c:v", "libx264", "-g", "25", "-preset", "ultrafast"])
-        .args(["-tune", "zerolatency", "-pix_fmt", "yuv420p"])
-        .args(["-c:a", "aac", "-shortest", "-f", format, url])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_channels_play_in_chromium_with_hls_js_dash_js_and_shaka() {
     let stack = common::Stack::start_full(
@@ -217,7 +201,9 @@ async fn live_channels_play_in_chromium_with_hls_js_dash_js_and_shaka() {
                 stack.origin.srt_addr.unwrap()
             )
         };
-        encoders.push(publish(&url, format));
+        encoders.push(common::ffmpeg_publish(
+            &url, format, "640x360", 300, "libx264",
+        ));
     }
     let mail = ("CASCADE_MAIL_OUTBOX", stack.outbox.display().to_string());
     for name in ["pitch", "stadium"] {

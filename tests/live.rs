@@ -134,29 +134,7 @@ fn publish_srt(url: &str, secs: u32, video: &str) -> std::process::Child {
 }
 
 fn publish_as(url: &str, secs: u32, video: &str, format: &str) -> std::process::Child {
-    Command::new("ffmpeg")
-        .args(["-v", "error", "-re", "-f", "lavfi", "-i"])
-        .arg(format!("testsrc2=s=320x180:r=25:d={secs}"))
-        .args(["-f", "lavfi", "-i"])
-        .arg(format!("sine=f=440:sample_rate=48000:d={secs}"))
-        .args(["-c:v", video, "-g", "25"])
-        .args(if video == "libx264" {
-            &[
-                "-preset",
-                "ultrafast",
-                "-tune",
-                "zerolatency",
-                "-pix_fmt",
-                "yuv420p",
-            ][..]
-        } else {
-            &[][..]
-        })
-        .args(["-c:a", "aac", "-shortest", "-f", format, url])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap()
+    common::ffmpeg_publish(url, format, "320x180", secs, video)
 }
 
 async fn channel_status(origin: &str, name: &str) -> serde_json::Value {

@@ -27,18 +27,27 @@ fn publish_srt(url: &str, secs: u32) -> std::process::Child {
 }
 
 fn publish_as(url: &str, secs: u32, format: &str) -> std::process::Child {
-    Command::new("ffmpeg")
-        .args(["-v", "error", "-re", "-f", "lavfi", "-i"])
-        .arg(format!("testsrc2=s=320x180:r=25:d={secs}"))
-        .args(["-f", "lavfi", "-i"])
-        .arg(format!("sine=f=440:sample_rate=48000:d={secs}"))
-        .args(["-c:v", "libx264", "-g", "25", "-preset", "ultrafast"])
-        .args(["-tune", "zerolatency", "-pix_fmt", "yuv420p"])
-        .args(["-c:a", "aac", "-shortest", "-f", format, url])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap()
+    common::ffmpeg_publish(url, format, "320x180", secs, "libx264")
+}
+
+/// FFmpeg reads `url` with `args` before and after the input (`-t`, `-map`…)
+/// into nothing; fails the test with FFmpeg's words unless it succeeds.
+fn ffmpeg_plays(what: &str, before: &[&str], url: &str, after: &[&str]) {
+    let out = tokio::task::block_in_place(|| {
+        Command::new("ffmpeg")
+            .args(["-v", "error"])
+            .args(before)
+            .args(["-i", url])
+            .args(after)
+            .args(["-f", "null", "-"])
+            .output()
+            .unwrap()
+    });
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 async fn live_stack() -> (Stack, String) {
@@ -276,17 +285,7 @@ async fn ll_hls_plays_through_edge_and_shield_and_blocked_viewers_share_one_requ
 
     // FFmpeg plays the channel from the edge.
     let url = format!("{base}master.m3u8?{q}");
-    let out = tokio::task::block_in_place(|| {
-        Command::new("ffmpeg")
-            .args(["-v", "error", "-i", &url, "-t", "3", "-f", "null", "-"])
-            .output()
-            .unwrap()
-    });
-    assert!(
-        out.status.success(),
-        "ffmpeg: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ffmpeg_plays("ffmpeg", &[], &url, &["-t", "3"]);
 
     tokio::task::block_in_place(|| {
         let _ = ffmpeg.kill();
@@ -323,17 +322,7 @@ async fn a_channel_published_over_srt_plays_from_the_edge() {
     assert!(master.contains("mp4a.40.2"), "{master}");
 
     let url = format!("{base}master.m3u8?{q}");
-    let out = tokio::task::block_in_place(|| {
-        Command::new("ffmpeg")
-            .args(["-v", "error", "-i", &url, "-t", "3", "-f", "null", "-"])
-            .output()
-            .unwrap()
-    });
-    assert!(
-        out.status.success(),
-        "ffmpeg: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ffmpeg_plays("ffmpeg", &[], &url, &["-t", "3"]);
     tokio::task::block_in_place(|| {
         let _ = ffmpeg.kill();
         let _ = ffmpeg.wait();
@@ -488,17 +477,7 @@ async fn the_backup_takes_over_and_a_reconnect_continues_the_event() {
     // Segment numbers only grow: none is ever reused.
     assert!(m.segments.windows(2).all(|w| w[1].msn == w[0].msn + 1));
     let url = format!("{base}master.m3u8?{q}");
-    let out = tokio::task::block_in_place(|| {
-        Command::new("ffmpeg")
-            .args(["-v", "error", "-i", &url, "-t", "3", "-f", "null", "-"])
-            .output()
-            .unwrap()
-    });
-    assert!(
-        out.status.success(),
-        "plays after the reconnect: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ffmpeg_plays("plays after the reconnect", &[], &url, &["-t", "3"]);
     stop(back);
     stack.shutdown().await;
 }
@@ -657,17 +636,11 @@ async fn dvr_start_over_and_the_recorded_event_play_to_the_end() {
     assert_eq!(seg.status(), 200);
     assert_eq!(&seg.bytes().await.unwrap()[4..8], b"moof");
     let url = format!("{base}v0.m3u8?{q}");
-    let out = tokio::task::block_in_place(|| {
-        Command::new("ffmpeg")
-            .args(["-v", "error", "-live_start_index", "0", "-i", &url])
-            .args(["-t", "4", "-f", "null", "-"])
-            .output()
-            .unwrap()
-    });
-    assert!(
-        out.status.success(),
-        "start over: {}",
-        String::from_utf8_lossy(&out.stderr)
+    ffmpeg_plays(
+        "start over",
+        &["-live_start_index", "0"],
+        &url,
+        &["-t", "4"],
     );
 
     // The encoder finishes; after the grace the event ends and becomes a title.
@@ -711,17 +684,11 @@ async fn dvr_start_over_and_the_recorded_event_play_to_the_end() {
     let master = common::text(&vod).await;
     assert!(master.contains("RESOLUTION=320x180"), "{master}");
     assert!(master.contains("RESOLUTION=214x120"), "{master}");
-    let out = tokio::task::block_in_place(|| {
-        Command::new("ffmpeg")
-            .args(["-v", "error", "-i", &vod, "-map", "0:v:0", "-map", "0:a:0"])
-            .args(["-f", "null", "-"])
-            .output()
-            .unwrap()
-    });
-    assert!(
-        out.status.success(),
-        "the recording: {}",
-        String::from_utf8_lossy(&out.stderr)
+    ffmpeg_plays(
+        "the recording",
+        &[],
+        &vod,
+        &["-map", "0:v:0", "-map", "0:a:0"],
     );
     let probe = tokio::task::block_in_place(|| {
         Command::new("ffprobe")

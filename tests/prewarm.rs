@@ -297,44 +297,13 @@ async fn prewarm_warms_a_live_channel() {
     assert_eq!(r["error"], "not_live", "{r}");
 
     let key = made["stream_key"].as_str().unwrap();
-    let mut ffmpeg = std::process::Command::new("ffmpeg")
-        .args([
-            "-v",
-            "error",
-            "-re",
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=s=320x180:r=25:d=30",
-        ])
-        .args(["-f", "lavfi", "-i", "sine=f=440:sample_rate=48000:d=30"])
-        .args([
-            "-c:v",
-            "libx264",
-            "-g",
-            "25",
-            "-preset",
-            "ultrafast",
-            "-tune",
-            "zerolatency",
-        ])
-        .args([
-            "-pix_fmt",
-            "yuv420p",
-            "-c:a",
-            "aac",
-            "-shortest",
-            "-f",
-            "flv",
-        ])
-        .arg(format!(
-            "rtmp://{}/live/{key}",
-            stack.origin.rtmp_addr.unwrap()
-        ))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut ffmpeg = common::ffmpeg_publish(
+        &format!("rtmp://{}/live/{key}", stack.origin.rtmp_addr.unwrap()),
+        "flv",
+        "320x180",
+        30,
+        "libx264",
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     let (status, r) = loop {
         let (status, r) = admin_post(

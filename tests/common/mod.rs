@@ -506,3 +506,37 @@ pub async fn licensed_stack(
     assert_eq!(job["state"], "done", "{job}");
     (stack, r["asset"].as_str().unwrap().to_string())
 }
+
+/// FFmpeg publishing a `size` test pattern at 25 fps with a 440 Hz tone, in
+/// real time for `secs`, a keyframe every second, to `url` as `format`
+/// (`flv` for RTMP, `mpegts` for SRT), with `video` as the encoder (libx264
+/// tuned for low latency; another to test refusals).
+pub fn ffmpeg_publish(
+    url: &str,
+    format: &str,
+    size: &str,
+    secs: u32,
+    video: &str,
+) -> std::process::Child {
+    let mut cmd = std::process::Command::new("ffmpeg");
+    cmd.args(["-v", "error", "-re", "-f", "lavfi", "-i"])
+        .arg(format!("testsrc2=s={size}:r=25:d={secs}"))
+        .args(["-f", "lavfi", "-i"])
+        .arg(format!("sine=f=440:sample_rate=48000:d={secs}"))
+        .args(["-c:v", video, "-g", "25"]);
+    if video == "libx264" {
+        cmd.args([
+            "-preset",
+            "ultrafast",
+            "-tune",
+            "zerolatency",
+            "-pix_fmt",
+            "yuv420p",
+        ]);
+    }
+    cmd.args(["-c:a", "aac", "-shortest", "-f", format, url])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("ffmpeg is installed (make deps installs it)")
+}
