@@ -242,6 +242,36 @@ async fn ll_hls_plays_through_edge_and_shield_and_blocked_viewers_share_one_requ
         .unwrap();
     assert_eq!(r.status(), 400);
 
+    // Legacy devices: MPEG-TS variants of whole segments, muxed at the edge.
+    let ts_master = common::text(format!("{base}master.m3u8?format=ts&{q}")).await;
+    assert!(ts_master.contains("#EXT-X-VERSION:3"), "{ts_master}");
+    assert!(
+        ts_master.contains("ts/v0.a0.m3u8?__token__="),
+        "{ts_master}"
+    );
+    let ts_playlist = common::text(format!("{base}ts/v0.a0.m3u8?{q}")).await;
+    assert!(!ts_playlist.contains("EXT-X-PART"), "{ts_playlist}");
+    let first_ts = ts_playlist
+        .lines()
+        .find(|l| !l.starts_with('#'))
+        .unwrap()
+        .to_string();
+    let ts = common::client()
+        .get(format!("{base}ts/{first_ts}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ts.status(), 200);
+    assert_eq!(ts.headers()["content-type"], "video/mp2t");
+    let ts = ts.bytes().await.unwrap();
+    assert!(ts.len() % 188 == 0 && ts[0] == 0x47 && ts[188] == 0x47);
+    ffmpeg_plays(
+        "the TS variant",
+        &[],
+        &format!("{base}master.m3u8?format=ts&{q}"),
+        &["-t", "3"],
+    );
+
     // The ladder's rung: listed beside the source, and it plays.
     let master = common::text(format!("{base}master.m3u8?{q}")).await;
     assert!(master.contains("RESOLUTION=320x180"), "{master}");

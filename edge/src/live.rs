@@ -31,6 +31,9 @@ pub(crate) fn live_output(path: &str) -> Option<(String, Option<LiveOutput>)> {
 /// The cache key of a live output: the path, and for playlists the
 /// canonical blocking query (never the token).
 pub(crate) fn live_key(path: &str, output: &LiveOutput, b: &Blocking) -> String {
+    if *output == LiveOutput::TsMultivariant {
+        return format!("{path}?format=ts");
+    }
     let q = b.canonical();
     if output.is_manifest() && !q.is_empty() {
         format!("{path}?{q}")
@@ -49,8 +52,9 @@ impl Media {
         b: Blocking,
         request_id: &str,
     ) -> Response {
-        // Media has its own coalescing, streaming fetcher.
-        if !output.is_manifest() {
+        // Media has its own coalescing, streaming fetcher; a TS segment is
+        // made here from the fMP4 ones.
+        if !output.is_manifest() && !matches!(output, LiveOutput::TsSegment(..)) {
             return self.live_media(channel, output, key, request_id).await;
         }
         let media = self.clone();
@@ -77,6 +81,11 @@ impl Media {
     ) -> Response {
         let started_ms = unix_now_ms();
         let now = started_ms / 1000;
+        if let LiveOutput::TsSegment(v, a, msn) = output {
+            return self
+                .ts_segment(channel, v, a, *msn, key, request_id, started_ms)
+                .await;
+        }
         // The manifest as the request needs it: blocking numbers only (a
         // delta update is made here from the whole manifest).
         let upstream_query = Blocking { skip: false, ..b }.canonical();
@@ -105,6 +114,8 @@ impl Media {
         let made = match output {
             LiveOutput::Multivariant => live::multivariant(&m),
             LiveOutput::Media(track) => live::media_playlist(&m, track, b),
+            LiveOutput::TsMultivariant => live::ts_multivariant(&m),
+            LiveOutput::TsPlaylist(v, a) => live::ts_playlist(&m, v, a),
             _ => {
                 let window = m
                     .segments
@@ -154,6 +165,87 @@ impl Media {
             &CacheOutcome::Miss { stored }.entry(CACHE_NAME),
         );
         resp
+    }
+
+    /// An MPEG-TS segment for legacy players: the video and audio segments
+    /// (complete ones only) muxed together, made once and kept.
+    #[allow(clippy::too_many_arguments)]
+    async fn ts_segment(
+        &self,
+        channel: &str,
+        video: &str,
+        audio: &str,
+        msn: u64,
+        key: &str,
+        request_id: &str,
+        started_ms: u64,
+    ) -> Response {
+        let m = match self
+            .fetch_media(
+                &format!("/live-mezz/{channel}/manifest.json"),
+                None,
+                request_id,
+            )
+            .await
+        {
+            Ok(r) if r.status == StatusCode::OK => match LiveManifest::from_json(&r.body) {
+                Ok(m) => m,
+                Err(_) => return not_found(),
+            },
+            Ok(r) => return passthrough_error(r.status, r.headers.get(http::header::RETRY_AFTER)),
+            Err(r) => return r,
+        };
+        let Some(seg) = m.segment(msn).filter(|s| s.complete) else {
+            return not_found();
+        };
+        let g = seg.init;
+        let paths = [
+            format!("/live-mezz/{channel}/{video}/init-{g}.mp4"),
+            format!("/live-mezz/{channel}/{video}/{msn}.m4s"),
+            format!("/live-mezz/{channel}/{audio}/init-{g}.mp4"),
+            format!("/live-mezz/{channel}/{audio}/{msn}.m4s"),
+        ];
+        let fetched =
+            futures::future::join_all(paths.iter().map(|p| self.fetch_media(p, None, request_id)))
+                .await;
+        let mut bodies = Vec::with_capacity(4);
+        for r in fetched {
+            match r {
+                Ok(r) if r.status == StatusCode::OK => bodies.push(r.body),
+                Ok(r) => {
+                    return passthrough_error(r.status, r.headers.get(http::header::RETRY_AFTER))
+                }
+                Err(r) => return r,
+            }
+        }
+        let body = match live::ts_segment(&bodies[0], &bodies[1], &bodies[2], &bodies[3]) {
+            Ok(b) => Bytes::from(b),
+            Err(e) => {
+                tracing::error!(request_id, channel, msn, error = %e, "muxing a live TS segment");
+                return Response::error(
+                    StatusCode::BAD_GATEWAY,
+                    "packaging",
+                    "the live segment could not be muxed",
+                );
+            }
+        };
+        let obj = CachedObject {
+            status: 200,
+            headers: vec![
+                ("content-type".into(), "video/mp2t".into()),
+                (
+                    "cache-control".into(),
+                    "public, max-age=31536000, immutable".into(),
+                ),
+            ],
+            body,
+            stored_at_ms: started_ms,
+            fresh_until: (started_ms / 1000).saturating_add(365 * 24 * 3600),
+            stale_while_revalidate: 0,
+            stale_if_error: 0,
+        };
+        let stored = self.tier.store(key, &obj).await;
+        cascade_serve::cached_response(&obj, CacheOutcome::Miss { stored }, CACHE_NAME)
     }
 
     /// Init segments, parts and segments, passed through as their bytes

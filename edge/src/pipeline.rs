@@ -148,7 +148,18 @@ impl Pipeline for EdgePipeline {
                 return Step::Answer(cors_preflight());
             }
             match crate::live::live_output(&path) {
-                Some((channel, output)) => Route::Live { channel, output },
+                Some((channel, output)) => {
+                    // `master.m3u8?format=ts`: the MPEG-TS variants.
+                    let ts = req
+                        .uri
+                        .query()
+                        .is_some_and(|q| q.split('&').any(|kv| kv == "format=ts"));
+                    let output = match output {
+                        Some(LiveOutput::Multivariant) if ts => Some(LiveOutput::TsMultivariant),
+                        o => o,
+                    };
+                    Route::Live { channel, output }
+                }
                 None => Route::Live {
                     channel: String::new(),
                     output: None,

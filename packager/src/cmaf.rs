@@ -247,6 +247,58 @@ pub fn fragment(sequence: u32, base_dts: u64, samples: &[OutSample<'_>]) -> Resu
     Ok(out)
 }
 
+/// The `moof` + `mdat` pairs of a run of fragments (a segment made of
+/// parts), each as its bytes.
+pub fn split_fragments(bytes: &[u8]) -> Result<Vec<&[u8]>, Error> {
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    let mut start = None;
+    while at < bytes.len() {
+        let h = BoxHeader::parse(&bytes[at..])?;
+        let size = usize::try_from(h.size.ok_or(Error::Malformed("a box without a size"))?)
+            .map_err(|_| Error::Truncated)?;
+        if size < 8 || size > bytes.len() - at {
+            return Err(Error::Truncated);
+        }
+        match &h.kind {
+            b"moof" => start = Some(at),
+            b"mdat" => {
+                if let Some(s) = start.take() {
+                    out.push(&bytes[s..at + size]);
+                }
+            }
+            _ => {}
+        }
+        at += size;
+    }
+    Ok(out)
+}
+
+/// One fragment holding every sample of a run of fragments of the track
+/// `cfg` describes (the parts of a segment), decode times kept.
+pub fn merge_parts(cfg: &crate::fmp4::TrackConfig, bytes: &[u8]) -> Result<Vec<u8>, Error> {
+    let mut samples = Vec::new();
+    for part in split_fragments(bytes)? {
+        for s in crate::fmp4::parse_fragment(cfg, part)? {
+            let data = part
+                .get(s.offset..s.offset.checked_add(s.size).ok_or(Error::Truncated)?)
+                .ok_or(Error::Truncated)?;
+            samples.push((s, data));
+        }
+    }
+    let first = samples.first().ok_or(Error::Malformed("no samples"))?.0.dts;
+    let out: Vec<OutSample<'_>> = samples
+        .iter()
+        .map(|(s, data)| OutSample {
+            duration: s.duration,
+            cts_offset: i32::try_from(s.cts_offset).unwrap_or(0),
+            keyframe: s.keyframe,
+            data,
+        })
+        .collect();
+    fragment(1, first, &out)
+}
+
 fn sample_entry_prefix() -> Vec<u8> {
     let mut e = vec![0; 6];
     e.extend_from_slice(&1u16.to_be_bytes()); // data_reference_index

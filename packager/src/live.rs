@@ -13,6 +13,9 @@
 //! | `{track}/init-{g}.mp4` | init segment of configuration `g` |
 //! | `{track}/{msn}.m4s` | segment `msn` (streamed while it grows) |
 //! | `{track}/{msn}.{part}.m4s` | part `part` of segment `msn` |
+//! | `master.m3u8?format=ts` | multivariant playlist of MPEG-TS variants (legacy devices) |
+//! | `ts/{video}.{audio}.m3u8` | HLS media playlist of whole MPEG-TS segments (no parts) |
+//! | `ts/{video}.{audio}/{msn}.ts` | segment `msn` muxed to MPEG-TS, video and audio in one |
 //!
 //! Segment numbers (`msn`) never repeat on a channel, across reconnects and
 //! events, so no cache anywhere can serve an old segment for a new one.
@@ -141,6 +144,12 @@ pub enum LiveOutput {
     Segment(String, u64),
     /// `{track}/{msn}.{part}.m4s`
     Part(String, u64, u32),
+    /// `ts/master.m3u8` (what `master.m3u8?format=ts` asks for)
+    TsMultivariant,
+    /// `ts/{video}.{audio}.m3u8`
+    TsPlaylist(String, String),
+    /// `ts/{video}.{audio}/{msn}.ts`
+    TsSegment(String, String, u64),
 }
 
 impl LiveOutput {
@@ -150,6 +159,27 @@ impl LiveOutput {
             "master.m3u8" => return Some(LiveOutput::Multivariant),
             "manifest.mpd" => return Some(LiveOutput::Mpd),
             _ => {}
+        }
+        if rest == "ts/master.m3u8" {
+            return Some(LiveOutput::TsMultivariant);
+        }
+        if let Some(ts) = rest.strip_prefix("ts/") {
+            let pair = |s: &str| {
+                let (v, a) = s.split_once('.')?;
+                (crate::is_safe_id(v) && crate::is_safe_id(a))
+                    .then(|| (v.to_string(), a.to_string()))
+            };
+            if let Some(p) = ts.strip_suffix(".m3u8") {
+                let (v, a) = pair(p)?;
+                return Some(LiveOutput::TsPlaylist(v, a));
+            }
+            let (p, file) = ts.split_once('/')?;
+            let (v, a) = pair(p)?;
+            return Some(LiveOutput::TsSegment(
+                v,
+                a,
+                number(file.strip_suffix(".ts")?)?,
+            ));
         }
         if let Some(track) = rest.strip_suffix(".m3u8") {
             return crate::is_safe_id(track).then(|| LiveOutput::Media(track.into()));
@@ -179,14 +209,22 @@ impl LiveOutput {
     pub fn is_manifest(&self) -> bool {
         matches!(
             self,
-            LiveOutput::Multivariant | LiveOutput::Media(_) | LiveOutput::Mpd
+            LiveOutput::Multivariant
+                | LiveOutput::Media(_)
+                | LiveOutput::Mpd
+                | LiveOutput::TsMultivariant
+                | LiveOutput::TsPlaylist(..)
         )
     }
 
     /// The `Content-Type` of the answer.
     pub fn content_type(&self, m: Option<&LiveManifest>) -> &'static str {
         match self {
-            LiveOutput::Multivariant | LiveOutput::Media(_) => "application/vnd.apple.mpegurl",
+            LiveOutput::Multivariant
+            | LiveOutput::Media(_)
+            | LiveOutput::TsMultivariant
+            | LiveOutput::TsPlaylist(..) => "application/vnd.apple.mpegurl",
+            LiveOutput::TsSegment(..) => "video/mp2t",
             LiveOutput::Mpd => "application/dash+xml",
             LiveOutput::Init(t, _) | LiveOutput::Segment(t, _) | LiveOutput::Part(t, _, _) => {
                 match m.and_then(|m| m.track(t)).map(|t| t.kind) {
@@ -376,6 +414,85 @@ pub fn multivariant(m: &LiveManifest) -> Result<String, Error> {
         return Err(Error::EmptyView("video rendition"));
     }
     Ok(out)
+}
+
+/// The multivariant playlist of MPEG-TS variants (legacy devices): each
+/// video rendition with the audio muxed in, whole segments only.
+pub fn ts_multivariant(m: &LiveManifest) -> Result<String, Error> {
+    let audio = m.tracks.iter().find(|t| t.kind == TrackKind::Audio);
+    let mut out = String::from("#EXTM3U\n#EXT-X-VERSION:3\n");
+    let mut any = false;
+    for v in m.tracks.iter().filter(|t| t.kind == TrackKind::Video) {
+        any = true;
+        let (codecs, bandwidth, a) = match audio {
+            Some(a) => (
+                format!("{},{}", v.codec, a.codec),
+                v.bandwidth + a.bandwidth,
+                a.id.as_str(),
+            ),
+            None => return Err(Error::Unsupported("MPEG-TS variants need an audio track")),
+        };
+        let _ = writeln!(
+            out,
+            "#EXT-X-STREAM-INF:BANDWIDTH={bandwidth},CODECS=\"{codecs}\",RESOLUTION={}x{}\nts/{}.{a}.m3u8",
+            v.width, v.height, v.id
+        );
+    }
+    if !any {
+        return Err(Error::EmptyView("video rendition"));
+    }
+    Ok(out)
+}
+
+/// The media playlist of MPEG-TS segments of `video` with `audio` muxed in:
+/// complete segments only, as players without low-latency support read it.
+pub fn ts_playlist(m: &LiveManifest, video: &str, audio: &str) -> Result<String, Error> {
+    let v = m.track(video).ok_or(Error::NotFound)?;
+    let a = m.track(audio).ok_or(Error::NotFound)?;
+    if v.kind != TrackKind::Video || a.kind != TrackKind::Audio {
+        return Err(Error::NotFound);
+    }
+    let from = v.first_msn.max(a.first_msn);
+    let segs: Vec<&LiveSegment> = m
+        .segments
+        .iter()
+        .filter(|s| s.complete && s.msn >= from)
+        .collect();
+    let first = segs.first().map_or(0, |s| s.msn);
+    let mut out = format!(
+        "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:{}\n#EXT-X-MEDIA-SEQUENCE:{first}\n#EXT-X-DISCONTINUITY-SEQUENCE:{}\n",
+        m.target_duration(),
+        m.discontinuity_sequence
+    );
+    for (i, s) in segs.iter().enumerate() {
+        if s.discontinuity && i > 0 {
+            out.push_str("#EXT-X-DISCONTINUITY\n");
+        }
+        let _ = writeln!(
+            out,
+            "#EXT-X-PROGRAM-DATE-TIME:{}\n#EXTINF:{:.3},\n{video}.{audio}/{}.ts",
+            iso_time(s.pdt_ms),
+            segment_duration(s) as f64 / 90_000.0,
+            s.msn
+        );
+    }
+    if m.ended {
+        out.push_str("#EXT-X-ENDLIST\n");
+    }
+    Ok(out)
+}
+
+/// One MPEG-TS segment from a video and an audio segment of parts (each a
+/// run of `moof` + `mdat`) and their init segments.
+pub fn ts_segment(
+    video_init: &[u8],
+    video: &[u8],
+    audio_init: &[u8],
+    audio: &[u8],
+) -> Result<Vec<u8>, Error> {
+    let v = crate::cmaf::merge_parts(&crate::fmp4::parse_init(video_init)?, video)?;
+    let a = crate::cmaf::merge_parts(&crate::fmp4::parse_init(audio_init)?, audio)?;
+    crate::tsseg::segment(Some((video_init, &v)), Some((audio_init, &a)))
 }
 
 /// Parts are listed for the segments within this many target durations of
@@ -739,7 +856,21 @@ mod tests {
             LiveOutput::parse("a0/12.3.m4s"),
             Some(LiveOutput::Part("a0".into(), 12, 3))
         );
+        assert_eq!(
+            LiveOutput::parse("ts/master.m3u8"),
+            Some(LiveOutput::TsMultivariant)
+        );
+        assert_eq!(
+            LiveOutput::parse("ts/v0.a0.m3u8"),
+            Some(LiveOutput::TsPlaylist("v0".into(), "a0".into()))
+        );
+        assert_eq!(
+            LiveOutput::parse("ts/v1.a0/77.ts"),
+            Some(LiveOutput::TsSegment("v1".into(), "a0".into(), 77))
+        );
         for bad in [
+            "ts/v0.m3u8",
+            "ts/v0.a0/x.ts",
             "v0/x.m4s",
             "v0/1.2.3.m4s",
             "../x.m3u8",
@@ -853,6 +984,29 @@ mod tests {
         assert!(d.contains("startNumber=\"100\""));
         assert!(d.contains("availabilityTimeOffset=\"1.500\""));
         assert!(d.contains("urn:mpeg:dash:utc:http-iso:2014"));
+    }
+
+    #[test]
+    fn ts_playlists_list_whole_segments() {
+        let m = manifest(4, 2, false);
+        let mv = ts_multivariant(&m).unwrap();
+        assert!(mv.contains("#EXT-X-VERSION:3\n"));
+        assert!(
+            mv.contains("CODECS=\"avc1.64001f,mp4a.40.2\",RESOLUTION=1280x720\nts/v0.a0.m3u8\n")
+        );
+        let p = ts_playlist(&m, "v0", "a0").unwrap();
+        assert!(p.starts_with(
+            "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:100\n"
+        ));
+        assert_eq!(
+            p.matches("#EXTINF:2.000,").count(),
+            3,
+            "the growing segment is not listed"
+        );
+        assert!(p.contains("v0.a0/102.ts\n"));
+        assert!(!p.contains("v0.a0/103.ts"));
+        assert!(!p.contains("EXT-X-PART"));
+        assert_eq!(ts_playlist(&m, "a0", "v0"), Err(Error::NotFound));
     }
 
     #[test]

@@ -30,7 +30,10 @@ pub fn live_with_query(output: &crate::live::LiveOutput, body: &[u8], query: &st
         return body.to_vec();
     }
     match output {
-        LiveOutput::Multivariant | LiveOutput::Media(_) => m3u8(body, query.as_bytes()),
+        LiveOutput::Multivariant
+        | LiveOutput::Media(_)
+        | LiveOutput::TsMultivariant
+        | LiveOutput::TsPlaylist(..) => m3u8(body, query.as_bytes()),
         LiveOutput::Mpd => match std::str::from_utf8(body) {
             Ok(text) => mpd(text, &xml_escape(query)).into_bytes(),
             Err(_) => body.to_vec(),

@@ -24,7 +24,7 @@ const fail = msg => { console.error(msg); failed = true; };
 try {
   const page = await browser.newPage();
   const pageErrors = [];
-  page.on('pageerror', e => pageErrors.push(String(e)));
+  page.on('pageerror', e => pageErrors.push(String(e) + ' at ' + String(e.stack || '').split('\n').slice(1, 3).join(' | ')));
   await page.goto(base + '/', { waitUntil: 'load' });
   const card = `li.title.live[data-live="${channel}"][data-status="live"]`;
   await signUp(page, 'Live');

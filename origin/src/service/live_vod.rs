@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use cascade_packager::cmaf::{fragment, OutSample};
+use cascade_packager::cmaf::{fragment, split_fragments, OutSample};
 use cascade_packager::fmp4::{composition_shift, parse_fragment, parse_init, shift_composition};
 use cascade_packager::{index_bytes, AssetManifest, BoxHeader, Track, TrackKind};
 use tokio::sync::mpsc;
@@ -200,35 +200,6 @@ async fn build(
         )
         .await?;
     Ok(manifest.duration)
-}
-
-/// The `moof` + `mdat` pairs of a segment made of parts.
-fn split_fragments(seg: &[u8]) -> anyhow::Result<Vec<&[u8]>> {
-    let mut out = Vec::new();
-    let mut at = 0usize;
-    let mut start = None;
-    while at < seg.len() {
-        let h = BoxHeader::parse(&seg[at..])?;
-        let size = usize::try_from(
-            h.size
-                .ok_or_else(|| anyhow::anyhow!("a box without a size"))?,
-        )?;
-        anyhow::ensure!(
-            size >= 8 && at + size <= seg.len(),
-            "a box past the segment"
-        );
-        match &h.kind {
-            b"moof" => start = Some(at),
-            b"mdat" => {
-                if let Some(s) = start.take() {
-                    out.push(&seg[s..at + size]);
-                }
-            }
-            _ => {}
-        }
-        at += size;
-    }
-    Ok(out)
 }
 
 async fn delete_prefix(state: &State, prefix: &str) {
