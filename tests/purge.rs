@@ -181,3 +181,85 @@ async fn purge_by_url_prefix_and_tag_reaches_edge_and_shield() {
     stack.shutdown().await;
     control.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_live_channel_is_purged_by_its_tag_at_edge_and_shield() {
+    let dir = tempfile::tempdir().unwrap();
+    let control = cascade_control::start(&ControlConfig {
+        listen: "127.0.0.1:0".into(),
+        data_dir: dir.path().join("control").to_str().unwrap().into(),
+        admin_token: ADMIN.into(),
+        fleet_token: FLEET.into(),
+        ..ControlConfig::default()
+    })
+    .await
+    .unwrap();
+    let control_url = format!("http://{}", control.addr);
+    let stack = common::Stack::start_full(
+        |o| {
+            o.rtmp_listen = "127.0.0.1:0".into();
+            o.live_ladder = vec![];
+        },
+        |_| {},
+    )
+    .await;
+    let shield =
+        common::registered_shield(&stack.origin_url, &control_url, "shield-l1", "r1").await;
+    let edge = common::registered_edge(
+        vec![format!("http://{}", shield.addr)],
+        &stack.origin_url,
+        &control_url,
+        "edge-l1",
+        "r1",
+    )
+    .await;
+    let edge_url = format!("http://{}", edge.addr);
+    common::wait_health(&control_url, &["edge-l1", "shield-l1"], "up").await;
+    let made: Value = common::client()
+        .post(format!("{}/api/v1/admin/channels", stack.origin_url))
+        .bearer_auth(common::ORIGIN_ADMIN)
+        .json(&json!({ "name": "final" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = made["stream_key"].as_str().unwrap();
+    let mut ffmpeg = common::ffmpeg_publish(
+        &format!("rtmp://{}/live/{key}", stack.origin.rtmp_addr.unwrap()),
+        "flv",
+        "320x180",
+        30,
+        "libx264",
+    );
+    let token = common::sign_acl("/live/final/*");
+    let init = "/live/final/v0/init-0.mp4";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let cs = cache_status(&edge_url, init, &token).await;
+        if cs.contains("cascade-edge; hit") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never cached: {cs}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The channel's tag, `live-{name}`, clears both tiers.
+    let (status, r, _) = purge(&control_url, json!({ "tags": ["live-final"] })).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["complete"], true, "{r}");
+    let cs = cache_status(&edge_url, init, &token).await;
+    assert!(
+        entry(&cs, "cascade-edge").unwrap_or_default().contains("fwd=miss"),
+        "{cs}"
+    );
+    assert!(
+        entry(&cs, "cascade-shield").unwrap_or_default().contains("fwd=miss"),
+        "{cs}"
+    );
+    tokio::task::block_in_place(|| {
+        let _ = ffmpeg.kill();
+        let _ = ffmpeg.wait();
+    });
+    stack.shutdown().await;
+}

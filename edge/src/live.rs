@@ -149,6 +149,7 @@ impl Media {
             headers: vec![
                 ("content-type".into(), output.content_type(Some(&m)).into()),
                 ("cache-control".into(), cache_control),
+                ("surrogate-key".into(), format!("live-{channel}")),
             ],
             body,
             stored_at_ms: started_ms,
@@ -237,6 +238,7 @@ impl Media {
                     "cache-control".into(),
                     "public, max-age=31536000, immutable".into(),
                 ),
+                ("surrogate-key".into(), format!("live-{channel}")),
             ],
             body,
             stored_at_ms: started_ms,

@@ -30,8 +30,17 @@ const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 
 /// `GET /live-mezz/{channel}/manifest.json`.
 pub(crate) async fn manifest(
-    AxState(state): AxState<Arc<State>>,
+    state: AxState<Arc<State>>,
     Path(channel): Path<String>,
+    query: RawQuery,
+) -> Result<Response, Plain> {
+    let r = manifest_inner(state, &channel, query).await;
+    Ok(tagged(r?, &channel))
+}
+
+async fn manifest_inner(
+    AxState(state): AxState<Arc<State>>,
+    channel: &str,
     RawQuery(query): RawQuery,
 ) -> Result<Response, Plain> {
     let media = channel_media(&state, &channel)?;
@@ -108,8 +117,18 @@ pub(crate) async fn meta(
 
 /// `GET /live-mezz/{channel}/{track}/{file}`.
 pub(crate) async fn media(
-    AxState(state): AxState<Arc<State>>,
+    state: AxState<Arc<State>>,
     Path((channel, track, file)): Path<(String, String, String)>,
+) -> Result<Response, Plain> {
+    let r = media_inner(state, &channel, &track, &file).await;
+    Ok(tagged(r?, &channel))
+}
+
+async fn media_inner(
+    AxState(state): AxState<Arc<State>>,
+    channel: &str,
+    track: &str,
+    file: &str,
 ) -> Result<Response, Plain> {
     let media = channel_media(&state, &channel)?;
     let output =
@@ -209,6 +228,15 @@ fn channel_media(state: &State, channel: &str) -> Result<Arc<ChannelMedia>, Plai
 /// How long a request may wait for what it asks: three target durations.
 fn block_limit(m: &cascade_packager::live::LiveManifest) -> Duration {
     Duration::from_secs(3 * m.target_duration())
+}
+
+/// Tags what caches keep of a channel (`Surrogate-Key: live-{name}`), so
+/// `cascade ctl purge --tag live-{name}` clears it from shields and edges.
+fn tagged(mut r: Response, channel: &str) -> Response {
+    if let Ok(v) = axum::http::HeaderValue::from_str(&format!("live-{channel}")) {
+        r.headers_mut().insert("surrogate-key", v);
+    }
+    r
 }
 
 fn json_response(json: Bytes, cache_control: &str) -> Response {
