@@ -43,7 +43,7 @@ async fn manifest_inner(
     channel: &str,
     RawQuery(query): RawQuery,
 ) -> Result<Response, Plain> {
-    let media = channel_media(&state, &channel)?;
+    let media = channel_media(&state, channel)?;
     let kind = if query.as_deref().unwrap_or("").contains("_HLS_msn") {
         "manifest_blocking"
     } else {
@@ -130,7 +130,7 @@ async fn media_inner(
     track: &str,
     file: &str,
 ) -> Result<Response, Plain> {
-    let media = channel_media(&state, &channel)?;
+    let media = channel_media(&state, channel)?;
     let output =
         LiveOutput::parse(&format!("{track}/{file}")).ok_or_else(|| Error::not_found("file"))?;
     let current = media
