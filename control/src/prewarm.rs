@@ -659,40 +659,23 @@ async fn fetch_live_manifest(
     channel: &str,
 ) -> Result<cascade_packager::live::LiveManifest, Response> {
     let origin = ctx.cfg.origin_url.trim_end_matches('/');
-    let unavailable = |why: String| {
+    let bytes = fetch_from_origin(
+        &ctx.client,
+        &format!("{origin}/live-mezz/{channel}/manifest.json"),
+        &format!("the live manifest of channel {channel:?}"),
+        (
+            "not_live",
+            format!("channel {channel:?} is not live: nothing to warm yet"),
+        ),
+    )
+    .await?;
+    cascade_packager::live::LiveManifest::from_json(&bytes).map_err(|e| {
         error(
             StatusCode::BAD_GATEWAY,
             "origin",
-            &format!("the live manifest of channel {channel:?}: {why}"),
+            &format!("the live manifest of channel {channel:?}: {e}"),
         )
-    };
-    let resp = ctx
-        .client
-        .get(format!("{origin}/live-mezz/{channel}/manifest.json"))
-        .timeout(MANIFEST_TIMEOUT)
-        .send()
-        .await
-        .map_err(|e| {
-            unavailable(format!(
-                "origin {}",
-                crate::purge::transport_failure(&e, MANIFEST_TIMEOUT)
-            ))
-        })?;
-    if resp.status() == reqwest::StatusCode::NOT_FOUND {
-        return Err(error(
-            StatusCode::NOT_FOUND,
-            "not_live",
-            &format!("channel {channel:?} is not live: nothing to warm yet"),
-        ));
-    }
-    if !resp.status().is_success() {
-        return Err(unavailable(format!(
-            "the origin answered {}",
-            resp.status()
-        )));
-    }
-    let body = resp.bytes().await.map_err(|e| unavailable(e.to_string()))?;
-    cascade_packager::live::LiveManifest::from_json(&body).map_err(|e| unavailable(e.to_string()))
+    })
 }
 
 /// The asset manifests of `titles`, from the origin, in order.
@@ -715,31 +698,47 @@ async fn fetch_manifest(
     origin: &str,
     title: &str,
 ) -> Result<AssetManifest, Response> {
+    let what = format!("the manifest of title {title:?}");
+    let bytes = fetch_from_origin(
+        client,
+        &format!("{origin}/mezz/{title}/manifest.json"),
+        &what,
+        (
+            "unknown_title",
+            format!("no published title {title:?} at the origin"),
+        ),
+    )
+    .await?;
+    AssetManifest::from_json(&bytes)
+        .map_err(|e| error(StatusCode::BAD_GATEWAY, "origin", &format!("{what}: {e}")))
+}
+
+/// A manifest's bytes from the origin, at most `MAX_MANIFEST_BYTES`: 404
+/// becomes `not_found` (a code and a message), any other failure 502.
+async fn fetch_from_origin(
+    client: &reqwest::Client,
+    url: &str,
+    what: &str,
+    not_found: (&str, String),
+) -> Result<Vec<u8>, Response> {
     let bad_gateway = |why: String| {
-        tracing::warn!(title, reason = %why, "pre-warm: asset manifest unavailable");
-        error(
-            StatusCode::BAD_GATEWAY,
-            "origin",
-            &format!("the manifest of title {title:?}: {why}"),
-        )
+        tracing::warn!(what, reason = %why, "pre-warm: a manifest is unavailable");
+        error(StatusCode::BAD_GATEWAY, "origin", &format!("{what}: {why}"))
+    };
+    let transport = |e: reqwest::Error| {
+        bad_gateway(format!(
+            "origin {}",
+            crate::purge::transport_failure(&e, MANIFEST_TIMEOUT)
+        ))
     };
     let mut resp = client
-        .get(format!("{origin}/mezz/{title}/manifest.json"))
+        .get(url)
         .timeout(MANIFEST_TIMEOUT)
         .send()
         .await
-        .map_err(|e| {
-            bad_gateway(format!(
-                "origin {}",
-                crate::purge::transport_failure(&e, MANIFEST_TIMEOUT)
-            ))
-        })?;
+        .map_err(transport)?;
     if resp.status() == reqwest::StatusCode::NOT_FOUND {
-        return Err(error(
-            StatusCode::NOT_FOUND,
-            "unknown_title",
-            &format!("no published title {title:?} at the origin"),
-        ));
+        return Err(error(StatusCode::NOT_FOUND, not_found.0, &not_found.1));
     }
     if !resp.status().is_success() {
         return Err(bad_gateway(format!(
@@ -754,16 +753,10 @@ async fn fetch_manifest(
                 bytes.extend_from_slice(&c)
             }
             Ok(Some(_)) => return Err(bad_gateway("larger than allowed".into())),
-            Ok(None) => break,
-            Err(e) => {
-                return Err(bad_gateway(format!(
-                    "origin {}",
-                    crate::purge::transport_failure(&e, MANIFEST_TIMEOUT)
-                )))
-            }
+            Ok(None) => return Ok(bytes),
+            Err(e) => return Err(transport(e)),
         }
     }
-    AssetManifest::from_json(&bytes).map_err(|e| bad_gateway(e.to_string()))
 }
 
 /// Runs a job: every edge at once, each with one batch in flight.
