@@ -434,4 +434,125 @@ mod tests {
         assert_eq!(out, vec![0, 0, 0, 1, 0x65, 1]);
         assert!(annex_b_parameter_sets(&[1, 2]).is_empty());
     }
+
+    /// Frames of a short 320x180 H.264 stream made by the FFmpeg CLI, read
+    /// with the ingest's own transport stream reader.
+    fn source_frames(tag: &str) -> (Bytes, Vec<(i64, i32, bool, Bytes)>) {
+        let dir = std::env::temp_dir().join(format!("ladder-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("src.ts");
+        let ok = std::process::Command::new("ffmpeg")
+            .args([
+                "-v",
+                "error",
+                "-y",
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc2=s=320x180:r=25:d=2",
+            ])
+            .args(["-c:v", "libx264", "-g", "25", "-bf", "0", "-f", "mpegts"])
+            .arg(&path)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "ffmpeg made the source");
+        let bytes = std::fs::read(&path).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut reader = crate::ts::Reader::default();
+        let (mut avcc, mut frames) = (None, Vec::new());
+        reader
+            .push(&bytes, &mut |e| match e {
+                crate::ts::Event::Frame(Frame::VideoConfig(c)) => avcc = Some(c),
+                crate::ts::Event::Frame(Frame::Video {
+                    dts,
+                    cts,
+                    keyframe,
+                    data,
+                }) => frames.push((dts, cts, keyframe, data)),
+                _ => {}
+            })
+            .unwrap();
+        (avcc.unwrap(), frames)
+    }
+
+    fn run(lag_ms: u64) -> Vec<String> {
+        let (avcc, frames) = source_frames(&lag_ms.to_string());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let ladder = spawn(
+            "test".into(),
+            LadderConfig {
+                rungs: vec![
+                    Rung {
+                        height: 120,
+                        kbps: 150,
+                    },
+                    Rung {
+                        height: 90,
+                        kbps: 100,
+                    },
+                ],
+                preset: "ultrafast".into(),
+                max_lag_ms: MAX_LAG_MS,
+            },
+            move |out| {
+                let seen = match out {
+                    LadderOut::Frame {
+                        rung,
+                        frame: Frame::Video { keyframe, .. },
+                    } => {
+                        format!("frame {rung} {keyframe}")
+                    }
+                    LadderOut::Frame { rung, .. } => format!("config {rung}"),
+                    LadderOut::Dropped { rung } => format!("dropped {rung}"),
+                    LadderOut::Speed(_) => "speed".into(),
+                };
+                tx.send(seen).is_ok()
+            },
+        );
+        ladder.send(LadderIn::Config(avcc)).unwrap();
+        for (dts, cts, keyframe, data) in frames {
+            let wall_ms = now_ms() - lag_ms;
+            ladder
+                .send(LadderIn::Frame {
+                    dts,
+                    cts,
+                    keyframe,
+                    data,
+                    wall_ms,
+                })
+                .unwrap();
+        }
+        drop(ladder);
+        rx.iter().collect()
+    }
+
+    #[test]
+    fn each_rung_is_encoded_with_keyframes_where_the_source_has_them() {
+        let seen = run(0);
+        assert!(seen.contains(&"config 0".to_string()), "{seen:?}");
+        assert!(seen.contains(&"config 1".to_string()), "{seen:?}");
+        // Two seconds with a keyframe every 25 frames: two per rung.
+        for rung in [0, 1] {
+            let keys = seen
+                .iter()
+                .filter(|s| **s == format!("frame {rung} true"))
+                .count();
+            assert_eq!(keys, 2, "rung {rung}: {seen:?}");
+            let frames = seen
+                .iter()
+                .filter(|s| s.starts_with(&format!("frame {rung} ")))
+                .count();
+            assert!(frames >= 45, "rung {rung} made {frames} frames");
+        }
+        assert!(!seen.iter().any(|s| s.starts_with("dropped")), "{seen:?}");
+    }
+
+    #[test]
+    fn frames_that_waited_too_long_drop_rungs_from_the_top() {
+        // Every frame arrives 2 s late: the top rung goes first, then the next.
+        let seen = run(2000);
+        let dropped: Vec<&String> = seen.iter().filter(|s| s.starts_with("dropped")).collect();
+        assert_eq!(dropped, vec!["dropped 0", "dropped 1"], "{seen:?}");
+    }
 }
