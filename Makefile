@@ -16,7 +16,7 @@ DEB_PACKAGES := ffmpeg libavcodec-dev libavformat-dev libavutil-dev libavfilter-
 # npm and conflicts with Debian's npm package).
 NODE_PACKAGES := nodejs npm
 
-.PHONY: help deps rust web py build release dev test lint fmt bench clean fuzz-build \
+.PHONY: help deps services rust web py build release dev test lint fmt bench clean fuzz-build \
 	bench-deps bench-packaging bench-hit-path bench-h3 bench-flash-crowd bench-viewer \
 	bench-live-latency bench-live-fanin bench-live-ladder
 
@@ -33,6 +33,25 @@ deps: rust
 	  echo "installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+# The PostgreSQL the origin's tests use: 127.0.0.1:5432, trust auth, database
+# `test`. When nothing answers there (a fresh Debian 12 machine), Debian's
+# server is installed, started and set up so; a running one is left alone.
+services:
+	@if ! (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; then \
+	  echo "PostgreSQL is not running on 127.0.0.1:5432: installing and starting Debian's"; \
+	  dpkg-query -W -f='$${Status}' postgresql 2>/dev/null | grep -q "ok installed" || { \
+	    $(SUDO) apt-get update -qq && \
+	    $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql; }; \
+	  for f in /etc/postgresql/*/main/pg_hba.conf; do \
+	    $(SUDO) sed -i -E 's/^(host|local)(.*)(scram-sha-256|md5|peer)$$/\1\2trust/' "$$f"; \
+	  done; \
+	  $(SUDO) pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main restart 2>/dev/null || \
+	    $(SUDO) service postgresql restart; \
+	  for _ in $$(seq 1 50); do (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null && break; sleep 0.2; done; \
+	  psql -h 127.0.0.1 -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'test'" | grep -q 1 || \
+	    psql -h 127.0.0.1 -U postgres -c "CREATE DATABASE test"; \
 	fi
 
 # Debian 12's own cargo is too old; rustup provides the toolchain in rust-toolchain.toml.
@@ -71,7 +90,7 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
-test: deps web py lint fuzz-build
+test: deps services web py lint fuzz-build
 	@mkdir -p target
 	set -o pipefail; cargo test --workspace --all-targets 2>&1 | tee target/test.log
 	set -o pipefail; cargo test --workspace --doc 2>&1 | tee -a target/test.log
