@@ -182,16 +182,8 @@ async fn live_channels_play_in_chromium_with_hls_js_dash_js_and_shaka() {
     .await;
     let mut encoders = Vec::new();
     for (name, format) in [("pitch", "flv"), ("stadium", "mpegts")] {
-        let made: serde_json::Value = reqwest::Client::new()
-            .post(format!("{}/api/v1/admin/channels", stack.origin_url))
-            .bearer_auth(common::ORIGIN_ADMIN)
-            .json(&serde_json::json!({ "name": name }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let made =
+            common::create_channel(&stack.origin_url, serde_json::json!({ "name": name })).await;
         let key = made["stream_key"].as_str().unwrap();
         let url = if format == "flv" {
             format!("rtmp://{}/live/{key}", stack.origin.rtmp_addr.unwrap())
@@ -223,11 +215,8 @@ async fn live_channels_play_in_chromium_with_hls_js_dash_js_and_shaka() {
         }
         println!("{name}:\n{stdout}");
     }
-    for mut e in encoders {
-        tokio::task::block_in_place(|| {
-            let _ = e.kill();
-            let _ = e.wait();
-        });
+    for e in encoders {
+        common::stop_child(e);
     }
     stack.shutdown().await;
 }

@@ -160,16 +160,8 @@ async fn origin_with_channel(
     cfg.srt_listen = "127.0.0.1:0".into();
     let origin = cascade_origin::start(&cfg).await.unwrap();
     let url = format!("http://{}", origin.addr);
-    let made: serde_json::Value = common::client()
-        .post(format!("{url}/api/v1/admin/channels"))
-        .bearer_auth(common::ORIGIN_ADMIN)
-        .json(&serde_json::json!({ "name": name }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let made: serde_json::Value =
+        common::create_channel(&url, serde_json::json!({ "name": name })).await;
     let key = made["stream_key"].as_str().unwrap().to_string();
     (origin, url, key)
 }
@@ -344,7 +336,7 @@ async fn the_origin_makes_parts_and_holds_requests_until_they_exist() {
     let dir = tempfile::tempdir().unwrap();
     let (origin, url, key) = origin_with_channel(&dir, "pitch").await;
     let rtmp = origin.rtmp_addr.unwrap();
-    let mut ffmpeg = publish(&format!("rtmp://{rtmp}/live/{key}"), 12, "libx264");
+    let ffmpeg = publish(&format!("rtmp://{rtmp}/live/{key}"), 12, "libx264");
     let base = format!("{url}/live-mezz/pitch");
     let m = wait_manifest(&format!("{base}/manifest.json")).await;
     assert_eq!(m.channel, "pitch");
@@ -441,10 +433,7 @@ async fn the_origin_makes_parts_and_holds_requests_until_they_exist() {
     let samples = cascade_packager::fmp4::parse_fragment(&cfg, &part).unwrap();
     assert!(!samples.is_empty());
 
-    tokio::task::block_in_place(|| {
-        let _ = ffmpeg.kill();
-        let _ = ffmpeg.wait();
-    });
+    common::stop_child(ffmpeg);
     origin.shutdown().await;
 }
 

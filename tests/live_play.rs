@@ -65,16 +65,8 @@ async fn live_stack() -> (Stack, String) {
         |_| {},
     )
     .await;
-    let made: serde_json::Value = common::client()
-        .post(format!("{}/api/v1/admin/channels", stack.origin_url))
-        .bearer_auth(common::ORIGIN_ADMIN)
-        .json(&serde_json::json!({ "name": "final" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let made: serde_json::Value =
+        common::create_channel(&stack.origin_url, serde_json::json!({ "name": "final" })).await;
     let key = made["stream_key"].as_str().unwrap().to_string();
     (stack, key)
 }
@@ -126,7 +118,7 @@ fn misses(metrics: &str) -> u64 {
 async fn ll_hls_plays_through_edge_and_shield_and_blocked_viewers_share_one_request() {
     let (stack, key) = live_stack().await;
     let rtmp = stack.origin.rtmp_addr.unwrap();
-    let mut ffmpeg = publish(&format!("rtmp://{rtmp}/live/{key}"), 40);
+    let ffmpeg = publish(&format!("rtmp://{rtmp}/live/{key}"), 40);
     let q = format!("__token__={}", common::sign_acl("/live/final/*"));
     let base = format!("{}/live/final/", stack.edge_url);
 
@@ -317,10 +309,7 @@ async fn ll_hls_plays_through_edge_and_shield_and_blocked_viewers_share_one_requ
     let url = format!("{base}master.m3u8?{q}");
     ffmpeg_plays("ffmpeg", &[], &url, &["-t", "3"]);
 
-    tokio::task::block_in_place(|| {
-        let _ = ffmpeg.kill();
-        let _ = ffmpeg.wait();
-    });
+    common::stop_child(ffmpeg);
     stack.shutdown().await;
 }
 
@@ -328,7 +317,7 @@ async fn ll_hls_plays_through_edge_and_shield_and_blocked_viewers_share_one_requ
 async fn a_channel_published_over_srt_plays_from_the_edge() {
     let (stack, key) = live_stack().await;
     let srt = stack.origin.srt_addr.unwrap();
-    let mut ffmpeg = publish_srt(&format!("srt://{srt}?streamid=publish:{key}"), 30);
+    let ffmpeg = publish_srt(&format!("srt://{srt}?streamid=publish:{key}"), 30);
     let q = format!("__token__={}", common::sign_acl("/live/final/*"));
     let base = format!("{}/live/final/", stack.edge_url);
     let playlist = wait_segments(&format!("{base}a0.m3u8?{q}"), 2).await;
@@ -353,10 +342,7 @@ async fn a_channel_published_over_srt_plays_from_the_edge() {
 
     let url = format!("{base}master.m3u8?{q}");
     ffmpeg_plays("ffmpeg", &[], &url, &["-t", "3"]);
-    tokio::task::block_in_place(|| {
-        let _ = ffmpeg.kill();
-        let _ = ffmpeg.wait();
-    });
+    common::stop_child(ffmpeg);
     stack.shutdown().await;
 }
 
@@ -421,13 +407,6 @@ async fn wait_manifest(
     }
 }
 
-fn stop(mut child: std::process::Child) {
-    tokio::task::block_in_place(|| {
-        let _ = child.kill();
-        let _ = child.wait();
-    });
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_backup_takes_over_and_a_reconnect_continues_the_event() {
     let (stack, key) = live_stack().await;
@@ -467,7 +446,7 @@ async fn the_backup_takes_over_and_a_reconnect_continues_the_event() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    stop(primary);
+    common::stop_child(primary);
     wait_channel(&stack, "on the backup", |c| c["ingest"]["role"] == "backup").await;
     let last = before.last_part().unwrap().0;
     let m = wait_manifest(&stack, "past the failover", |m| {
@@ -487,7 +466,7 @@ async fn the_backup_takes_over_and_a_reconnect_continues_the_event() {
 
     // The last encoder is cut for five seconds (the outage itself, not a
     // wait for readiness), then comes back within the grace: same event.
-    stop(backup);
+    common::stop_child(backup);
     wait_channel(&stack, "idle", |c| c["ingest"].is_null()).await;
     let cut = live_manifest(&stack).await;
     assert!(!cut.ended, "the event waits for its encoder");
@@ -508,7 +487,7 @@ async fn the_backup_takes_over_and_a_reconnect_continues_the_event() {
     assert!(m.segments.windows(2).all(|w| w[1].msn == w[0].msn + 1));
     let url = format!("{base}master.m3u8?{q}");
     ffmpeg_plays("plays after the reconnect", &[], &url, &["-t", "3"]);
-    stop(back);
+    common::stop_child(back);
     stack.shutdown().await;
 }
 
@@ -535,26 +514,17 @@ async fn viewers_start_a_channel_through_the_playback_api_and_its_countries_hold
         move |e| e.geoip_db = db,
     )
     .await;
-    let admin = |body: serde_json::Value| {
-        common::client()
-            .post(format!("{}/api/v1/admin/channels", stack.origin_url))
-            .bearer_auth(common::ORIGIN_ADMIN)
-            .json(&body)
-            .send()
-    };
-    let made: serde_json::Value = admin(serde_json::json!({
-        "name": "final", "title": "The Final", "allow_countries": ["IN"]
-    }))
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
+    let made = common::create_channel(
+        &stack.origin_url,
+        serde_json::json!({ "name": "final", "title": "The Final", "allow_countries": ["IN"] }),
+    )
+    .await;
     let key = made["stream_key"].as_str().unwrap().to_string();
-    let r = admin(serde_json::json!({ "name": "vip", "premium": true }))
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    common::create_channel(
+        &stack.origin_url,
+        serde_json::json!({ "name": "vip", "premium": true }),
+    )
+    .await;
     let rtmp = stack.origin.rtmp_addr.unwrap();
     let ffmpeg = publish(&format!("rtmp://{rtmp}/live/{key}"), 60);
     wait_channel(&stack, "live", |c| c["state"] == "live").await;
@@ -611,7 +581,7 @@ async fn viewers_start_a_channel_through_the_playback_api_and_its_countries_hold
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["country"], "US");
 
-    stop(ffmpeg);
+    common::stop_child(ffmpeg);
     stack.shutdown().await;
 }
 
@@ -633,16 +603,11 @@ async fn dvr_start_over_and_the_recorded_event_play_to_the_end() {
         |_| {},
     )
     .await;
-    let made: serde_json::Value = common::client()
-        .post(format!("{}/api/v1/admin/channels", stack.origin_url))
-        .bearer_auth(common::ORIGIN_ADMIN)
-        .json(&serde_json::json!({ "name": "final", "title": "The Final" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let made: serde_json::Value = common::create_channel(
+        &stack.origin_url,
+        serde_json::json!({ "name": "final", "title": "The Final" }),
+    )
+    .await;
     let key = made["stream_key"].as_str().unwrap().to_string();
     let rtmp = stack.origin.rtmp_addr.unwrap();
     let ffmpeg = publish(&format!("rtmp://{rtmp}/live/{key}"), 16);

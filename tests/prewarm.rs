@@ -277,16 +277,7 @@ async fn prewarm_warms_a_live_channel() {
     .await;
 
     // Not live yet: nothing to warm, and control says so.
-    let made: Value = common::client()
-        .post(format!("{}/api/v1/admin/channels", stack.origin_url))
-        .bearer_auth(common::ORIGIN_ADMIN)
-        .json(&json!({ "name": "final" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let made: Value = common::create_channel(&stack.origin_url, json!({ "name": "final" })).await;
     let (status, r) = admin_post(
         &control_url,
         "/api/v1/prewarm",
@@ -297,7 +288,7 @@ async fn prewarm_warms_a_live_channel() {
     assert_eq!(r["error"], "not_live", "{r}");
 
     let key = made["stream_key"].as_str().unwrap();
-    let mut ffmpeg = common::ffmpeg_publish(
+    let ffmpeg = common::ffmpeg_publish(
         &format!("rtmp://{}/live/{key}", stack.origin.rtmp_addr.unwrap()),
         "flv",
         "320x180",
@@ -342,9 +333,6 @@ async fn prewarm_warms_a_live_channel() {
             assert!(cs.contains("cascade-edge; hit"), "{edge}{path}: {cs}");
         }
     }
-    tokio::task::block_in_place(|| {
-        let _ = ffmpeg.kill();
-        let _ = ffmpeg.wait();
-    });
+    common::stop_child(ffmpeg);
     stack.shutdown().await;
 }

@@ -215,18 +215,9 @@ async fn a_live_channel_is_purged_by_its_tag_at_edge_and_shield() {
     .await;
     let edge_url = format!("http://{}", edge.addr);
     common::wait_health(&control_url, &["edge-l1", "shield-l1"], "up").await;
-    let made: Value = common::client()
-        .post(format!("{}/api/v1/admin/channels", stack.origin_url))
-        .bearer_auth(common::ORIGIN_ADMIN)
-        .json(&json!({ "name": "final" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let made: Value = common::create_channel(&stack.origin_url, json!({ "name": "final" })).await;
     let key = made["stream_key"].as_str().unwrap();
-    let mut ffmpeg = common::ffmpeg_publish(
+    let ffmpeg = common::ffmpeg_publish(
         &format!("rtmp://{}/live/{key}", stack.origin.rtmp_addr.unwrap()),
         "flv",
         "320x180",
@@ -268,9 +259,6 @@ async fn a_live_channel_is_purged_by_its_tag_at_edge_and_shield() {
             .contains("fwd=miss"),
         "{cs}"
     );
-    tokio::task::block_in_place(|| {
-        let _ = ffmpeg.kill();
-        let _ = ffmpeg.wait();
-    });
+    common::stop_child(ffmpeg);
     stack.shutdown().await;
 }

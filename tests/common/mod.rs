@@ -540,3 +540,26 @@ pub fn ffmpeg_publish(
         .spawn()
         .expect("ffmpeg is installed (make deps installs it)")
 }
+
+/// Makes a live channel at the origin with the admin credential; answers
+/// the origin's answer (`channel`, `stream_key`, `publish`), failing the
+/// test unless it was made.
+pub async fn create_channel(origin_url: &str, body: Value) -> Value {
+    let r = client()
+        .post(format!("{origin_url}/api/v1/admin/channels"))
+        .bearer_auth(ORIGIN_ADMIN)
+        .json(&body)
+        .send()
+        .await
+        .expect("the origin answers");
+    assert_eq!(r.status(), 201, "channel {body} not made");
+    r.json().await.expect("a JSON answer")
+}
+
+/// Stops a child process (an encoder, a player) and reaps it.
+pub fn stop_child(mut child: std::process::Child) {
+    tokio::task::block_in_place(|| {
+        let _ = child.kill();
+        let _ = child.wait();
+    });
+}
