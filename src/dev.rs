@@ -32,6 +32,10 @@ pub(crate) struct DevArgs {
     /// Control port.
     #[arg(long, default_value_t = 8083)]
     pub(crate) control_port: u16,
+    /// Events port: viewers' real-time connections to the edge (SSE and
+    /// WebSocket); 0 for none.
+    #[arg(long, default_value_t = 8084)]
+    pub(crate) events_port: u16,
     /// RTMP ingest port for live channels; 0 for none.
     #[arg(long, default_value_t = 1935)]
     pub(crate) rtmp_port: u16,
@@ -89,6 +93,9 @@ pub(crate) async fn dev(args: DevArgs) -> anyhow::Result<()> {
             format!("{host}:{}", args.srt_port)
         },
         srt_public_url: format!("srt://{host}:{}", args.srt_port),
+        // One process: origin and edge share the in-process bus.
+        nats_url: String::new(),
+        public_events_url: url(args.events_port),
         ..OriginConfig::default()
     };
     let origin = cascade_origin::start(&origin_cfg)
@@ -159,6 +166,12 @@ pub(crate) async fn dev(args: DevArgs) -> anyhow::Result<()> {
         // The certificate is a local one: a browser must not be told to
         // insist on HTTPS for localhost everywhere.
         hsts_max_age_secs: 0,
+        nats_url: String::new(),
+        events_listen: if args.events_port == 0 {
+            String::new()
+        } else {
+            format!("{host}:{}", args.events_port)
+        },
         ..EdgeConfig::default()
     })
     .await
@@ -182,6 +195,9 @@ pub(crate) async fn dev(args: DevArgs) -> anyhow::Result<()> {
     }
     if let Some(srt) = origin.srt_addr {
         println!("  live       srt://{srt}  (caller mode, ?streamid=publish:KEY)");
+    }
+    if let Some(events) = edge.events_addr {
+        println!("  together   http://{events}/events/live/NAME  (comments, reactions, polls, flashes: SSE or WebSocket; cascade flash TEXT)");
     }
     println!(
         "  edge       {page}    shield {}    origin {}    control {}",

@@ -15,6 +15,7 @@
 
 mod jetstream;
 mod memory;
+mod scope;
 mod subject;
 
 use std::pin::Pin;
@@ -24,6 +25,7 @@ use futures::Stream;
 
 pub use jetstream::{JetStreamBus, JetStreamConfig};
 pub use memory::MemoryBus;
+pub use scope::{reaction_index, FlashTarget, Scope, FLASH_FILTER, REACTIONS};
 pub use subject::{is_valid_subject, is_valid_token, subject_matches};
 
 /// Stored events live under this prefix (the JetStream stream's subjects).
@@ -141,4 +143,35 @@ fn check_filter(prefix: &str, filter: &str) -> Result<(), BusError> {
         return Err(BusError::BadSubject(filter.to_string()));
     }
     Ok(())
+}
+
+/// The bus a URL names: `nats://host:port[,nats://…]` for JetStream, or
+/// `memory://{name}` (and the empty string, `memory://local`) for the
+/// in-process bus of that name, shared by every role in this process.
+pub async fn connect(
+    url: &str,
+    mut cfg: JetStreamConfig,
+) -> Result<std::sync::Arc<dyn Bus>, BusError> {
+    if url.is_empty() {
+        return Ok(std::sync::Arc::new(MemoryBus::named("local")));
+    }
+    if let Some(name) = url.strip_prefix("memory://") {
+        return Ok(std::sync::Arc::new(MemoryBus::named(name)));
+    }
+    if url.starts_with("nats://") || url.starts_with("tls://") {
+        cfg.url = url.to_string();
+        return Ok(std::sync::Arc::new(JetStreamBus::connect(&cfg).await?));
+    }
+    Err(BusError::Unavailable(format!(
+        "{url:?} is neither nats://… nor memory://…"
+    )))
+}
+
+/// Whether `url` is one [`connect`] takes (for config checks).
+pub fn is_bus_url(url: &str) -> bool {
+    url.is_empty()
+        || url.starts_with("memory://")
+        || url
+            .split(',')
+            .all(|u| u.starts_with("nats://") || u.starts_with("tls://"))
 }

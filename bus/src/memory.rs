@@ -63,6 +63,21 @@ impl MemoryBus {
         }
     }
 
+    /// The process's in-process bus called `name`: every caller of the
+    /// same name in this process shares it (the roles of `cascade dev`).
+    pub fn named(name: &str) -> MemoryBus {
+        static BUSES: std::sync::OnceLock<Mutex<HashMap<String, MemoryBus>>> =
+            std::sync::OnceLock::new();
+        let mut buses = BUSES
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        buses
+            .entry(name.to_string())
+            .or_insert_with(|| MemoryBus::new(100_000, Duration::from_secs(24 * 3600)))
+            .clone()
+    }
+
     fn log(&self) -> MutexGuard<'_, Log> {
         // A panic while holding the lock leaves the log consistent (every
         // change is a single push or pop), so a poisoned lock is used as is.

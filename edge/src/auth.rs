@@ -30,6 +30,8 @@ pub(crate) struct Authorized {
     /// `name=token` as received in the query, for child URLs; only for
     /// [`TokenSource::Query`].
     pub(crate) child_query: Option<String>,
+    /// The playback session the token is bound to, if any.
+    pub(crate) session: Option<String>,
 }
 
 /// Ended playback sessions (token `id`s) and when their tokens expire at
@@ -126,6 +128,7 @@ impl Auth {
                 Ok(Authorized {
                     source,
                     child_query: from_query.map(|t| format!("{name}={t}")),
+                    session: grant.session.clone(),
                 })
             }
             Err(why) => {

@@ -122,6 +122,32 @@ pub struct EdgeConfig {
     /// Networks (CIDRs) that may read `/metrics` without a credential;
     /// anyone else needs the fleet credential. Loopback by default.
     pub metrics_networks: Vec<String>,
+    /// Address of the events listener: viewers' real-time connections
+    /// (`/events/live/{channel}`, `/events/vod/{asset}`) over Server-Sent
+    /// Events or WebSocket; empty (the default) for none. `cascade dev`
+    /// and `deploy/edge.toml` listen on port 8084.
+    pub events_listen: String,
+    /// The real-time bus: `nats://host:4222` (NATS with JetStream; several
+    /// comma-separated for a cluster), or empty for the in-process bus
+    /// (`cascade dev`). `CASCADE_EDGE_NATS_URL` overrides.
+    pub nats_url: String,
+    /// Most real-time connections held at once; more are refused with 503.
+    pub events_max_connections: usize,
+    /// Most real-time connections from one address.
+    pub events_max_per_address: usize,
+    /// Seconds between keep-alives on an idle connection.
+    pub events_keepalive_secs: u64,
+    /// Seconds a write to a viewer may wait; a viewer who does not read is
+    /// dropped after this.
+    pub events_send_timeout_secs: u64,
+    /// Most stored events replayed to a reconnecting viewer.
+    pub events_replay_limit: usize,
+    /// Reactions one viewer may send per second, sustained.
+    pub reactions_per_sec: u32,
+    /// Reactions one viewer may send in a burst.
+    pub reactions_burst: u32,
+    /// Milliseconds between the reaction counts sent to the origin.
+    pub reaction_flush_ms: u64,
 }
 
 impl Default for EdgeConfig {
@@ -179,6 +205,16 @@ impl Default for EdgeConfig {
             hsts_max_age_secs: 31_536_000,
             metrics_networks: cascade_common::default_operator_networks(),
             profiles: std::collections::BTreeMap::new(),
+            events_listen: String::new(),
+            nats_url: String::new(),
+            events_max_connections: 200_000,
+            events_max_per_address: 64,
+            events_keepalive_secs: 15,
+            events_send_timeout_secs: 10,
+            events_replay_limit: 1000,
+            reactions_per_sec: 10,
+            reactions_burst: 30,
+            reaction_flush_ms: 1000,
         }
     }
 }
@@ -186,6 +222,30 @@ impl Default for EdgeConfig {
 impl Validate for EdgeConfig {
     fn validate(&self, errors: &mut Vec<String>) {
         check_addr("listen", &self.listen, errors);
+        if !self.events_listen.is_empty() {
+            check_addr("events_listen", &self.events_listen, errors);
+        }
+        if !cascade_bus::is_bus_url(&self.nats_url) {
+            errors.push("nats_url: nats://host:port (comma-separated for a cluster), memory://name, or empty".into());
+        }
+        if self.events_max_connections == 0 || self.events_max_per_address == 0 {
+            errors.push("events_max_connections, events_max_per_address: at least 1".into());
+        }
+        if !(1..=300).contains(&self.events_keepalive_secs) {
+            errors.push("events_keepalive_secs: 1 to 300".into());
+        }
+        if !(1..=300).contains(&self.events_send_timeout_secs) {
+            errors.push("events_send_timeout_secs: 1 to 300".into());
+        }
+        if self.events_replay_limit > 100_000 {
+            errors.push("events_replay_limit: at most 100000".into());
+        }
+        if self.reactions_per_sec == 0 || self.reactions_burst == 0 {
+            errors.push("reactions_per_sec, reactions_burst: at least 1".into());
+        }
+        if !(100..=60_000).contains(&self.reaction_flush_ms) {
+            errors.push("reaction_flush_ms: 100 to 60000".into());
+        }
         check_url("origin", &self.origin, errors);
         for (i, s) in self.shields.iter().enumerate() {
             check_url(&format!("shields[{i}]"), s, errors);

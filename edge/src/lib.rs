@@ -26,6 +26,7 @@ mod api;
 mod auth;
 mod cmcd;
 mod config;
+mod events;
 mod fleet;
 mod generic;
 mod geofence;

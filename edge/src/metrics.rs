@@ -18,6 +18,11 @@ pub(crate) struct EdgeMetrics {
     /// Time to answer, by route (`manifest`, `segment`, `api`, `page`,
     /// `fleet`, `refused`): where the edge's time goes.
     pub(crate) route_seconds: HistogramVec,
+    /// Reactions counted, refused (by reason), and batches the origin
+    /// never took.
+    pub(crate) reactions_accepted: prometheus::IntCounter,
+    pub(crate) reactions_refused: IntCounterVec,
+    pub(crate) reaction_batches_dropped: prometheus::IntCounter,
 }
 
 impl EdgeMetrics {
@@ -66,7 +71,25 @@ impl EdgeMetrics {
         metrics
             .registry()
             .register(Box::new(route_seconds.clone()))?;
+        let plain = |name: &str, help: &str| -> anyhow::Result<prometheus::IntCounter> {
+            let c = prometheus::IntCounter::new(name, help)?;
+            metrics.registry().register(Box::new(c.clone()))?;
+            Ok(c)
+        };
         Ok(EdgeMetrics {
+            reactions_accepted: plain(
+                "edge_reactions_accepted_total",
+                "Reactions counted at this edge",
+            )?,
+            reactions_refused: counter(
+                "edge_reactions_refused_total",
+                "Reactions refused, by reason",
+                "reason",
+            )?,
+            reaction_batches_dropped: plain(
+                "edge_reaction_batches_dropped_total",
+                "Reaction batches the origin never took (unreachable, or refused)",
+            )?,
             route_seconds,
             token_rejections,
             token_accepted: counter(

@@ -43,9 +43,26 @@ pub struct Edge {
     heartbeat_task: Option<tokio::task::JoinHandle<()>>,
     health_task: Option<tokio::task::JoinHandle<()>>,
     revocation_task: Option<tokio::task::JoinHandle<()>>,
+    /// Where viewers' real-time connections come, when configured.
+    pub events_addr: Option<std::net::SocketAddr>,
+    events: Option<Arc<crate::events::Events>>,
+    events_task: Option<tokio::task::JoinHandle<()>>,
+    flusher_task: Option<tokio::task::JoinHandle<()>>,
+    /// Stops the events listener, its connections and the reaction flusher.
+    events_stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl Edge {
+    /// Real-time connections held now.
+    pub fn events_connections(&self) -> usize {
+        self.events.as_ref().map_or(0, |e| e.connections())
+    }
+
+    /// Scopes this edge follows on the bus now.
+    pub fn events_topics(&self) -> usize {
+        self.events.as_ref().map_or(0, |e| e.hub.topics())
+    }
+
     /// Stops the edge and flushes its disk cache.
     pub async fn shutdown(self) {
         for t in [
@@ -71,6 +88,14 @@ impl Edge {
                 s.shutdown().await;
             }
         };
+        // Held connections close, and the last reaction counts go out.
+        let _ = self.events_stop.send(true);
+        if let Some(t) = self.events_task {
+            let _ = t.await;
+        }
+        if let Some(t) = self.flusher_task {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
         tokio::join!(self.server.shutdown(), tls, h3);
         self.cache.close().await;
     }
@@ -221,7 +246,57 @@ pub async fn start(cfg: &EdgeConfig) -> anyhow::Result<Edge> {
         ),
         origin,
     };
-    let handler: Arc<dyn Handler> = Arc::new(pipeline);
+    let pipeline = Arc::new(pipeline);
+    let handler: Arc<dyn Handler> = pipeline.clone();
+    let (events_stop, events_stop_rx) = tokio::sync::watch::channel(false);
+    let (events, events_addr, events_task, flusher_task) = if cfg.events_listen.is_empty() {
+        (None, None, None, None)
+    } else {
+        let bus = cascade_bus::connect(
+            &cfg.nats_url,
+            cascade_bus::JetStreamConfig {
+                client_name: format!("cascade-edge-{}", cfg.node_name),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("nats_url: {e}"))?;
+        let reactions = Arc::new(crate::events::Reactions::new(
+            &cfg.node_name,
+            cfg.reactions_per_sec,
+            cfg.reactions_burst,
+            counters.reactions_accepted.clone(),
+            counters.reactions_refused.clone(),
+            counters.reaction_batches_dropped.clone(),
+        ));
+        let events = Arc::new(crate::events::Events::new(
+            crate::events::Hub::new(bus),
+            reactions.clone(),
+            pipeline.clone(),
+            crate::events::Limits {
+                max_connections: cfg.events_max_connections,
+                max_per_address: cfg.events_max_per_address,
+                keepalive: Duration::from_secs(cfg.events_keepalive_secs),
+                send_timeout: Duration::from_secs(cfg.events_send_timeout_secs),
+                replay_limit: cfg.events_replay_limit,
+            },
+            crate::events::EventsMetrics::register(&metrics)?,
+        ));
+        let l = tokio::net::TcpListener::bind(&cfg.events_listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("events_listen {}: {e}", cfg.events_listen))?;
+        let addr = l.local_addr()?;
+        tracing::info!(%addr, "events listening");
+        let task = crate::events::serve(l, events.clone(), events_stop_rx.clone());
+        let flusher = tokio::spawn(crate::events::run_flusher(
+            reactions,
+            cfg.origin.clone(),
+            cfg.fleet_token.clone(),
+            Duration::from_millis(cfg.reaction_flush_ms),
+            events_stop_rx,
+        ));
+        (Some(events), Some(addr), Some(task), Some(flusher))
+    };
     let listener = tokio::net::TcpListener::bind(&cfg.listen).await?;
     let metrics_access = metrics_access(cfg)?;
     let mut plain_cfg = ListenerConfig::new(CACHE_NAME);
@@ -269,6 +344,11 @@ pub async fn start(cfg: &EdgeConfig) -> anyhow::Result<Edge> {
         heartbeat_task,
         health_task,
         revocation_task,
+        events_addr,
+        events,
+        events_task,
+        flusher_task,
+        events_stop,
     })
 }
 

@@ -162,6 +162,25 @@ pub struct OriginConfig {
     pub metadata_stale_while_revalidate_secs: u64,
     /// Seconds past that they may serve it while the origin fails.
     pub metadata_stale_if_error_secs: u64,
+    /// The real-time bus: `nats://host:4222` (NATS with JetStream; several
+    /// comma-separated for a cluster), or empty for the in-process bus
+    /// (one process: `cascade dev`). `CASCADE_ORIGIN_NATS_URL` overrides.
+    pub nats_url: String,
+    /// Seconds JetStream keeps stored events: how far back a reconnecting
+    /// viewer's `Last-Event-ID` can replay.
+    pub bus_retention_secs: u64,
+    /// Where viewers' real-time connections go: the edges' events listener,
+    /// as viewers reach it.
+    pub public_events_url: String,
+    /// Longest comment, in characters.
+    pub comment_max_chars: usize,
+    /// Comments one viewer may post in a minute.
+    pub comments_per_minute: u32,
+    /// Words refused in comments (whole words, any case).
+    pub comment_blocklist: Vec<String>,
+    /// Milliseconds between reaction swarms and poll results pushed to
+    /// viewers.
+    pub reaction_interval_ms: u64,
 }
 
 impl Default for OriginConfig {
@@ -241,6 +260,13 @@ impl Default for OriginConfig {
             metadata_max_age_secs: 60,
             metadata_stale_while_revalidate_secs: 30,
             metadata_stale_if_error_secs: 24 * 3600,
+            nats_url: String::new(),
+            bus_retention_secs: 24 * 3600,
+            public_events_url: "http://127.0.0.1:8084".into(),
+            comment_max_chars: 500,
+            comments_per_minute: 10,
+            comment_blocklist: Vec::new(),
+            reaction_interval_ms: 1000,
         }
     }
 }
@@ -262,6 +288,22 @@ impl Validate for OriginConfig {
     fn validate(&self, errors: &mut Vec<String>) {
         check_addr("listen", &self.listen, errors);
         check_url("public_edge_url", &self.public_edge_url, errors);
+        check_url("public_events_url", &self.public_events_url, errors);
+        if !cascade_bus::is_bus_url(&self.nats_url) {
+            errors.push("nats_url: nats://host:port (comma-separated for a cluster), memory://name, or empty".into());
+        }
+        if !(60..=30 * 86_400).contains(&self.bus_retention_secs) {
+            errors.push("bus_retention_secs: 60 to 2592000".into());
+        }
+        if !(1..=10_000).contains(&self.comment_max_chars) {
+            errors.push("comment_max_chars: 1 to 10000".into());
+        }
+        if self.comments_per_minute == 0 {
+            errors.push("comments_per_minute: at least 1".into());
+        }
+        if !(100..=60_000).contains(&self.reaction_interval_ms) {
+            errors.push("reaction_interval_ms: 100 to 60000".into());
+        }
         check_scheme_url(
             "rtmp_public_url",
             &self.rtmp_public_url,

@@ -117,6 +117,7 @@ pub async fn start(cfg: &OriginConfig) -> anyhow::Result<Origin> {
         std::time::Duration::from_millis(cfg.history_flush_ms),
         tx.subscribe(),
     ));
+    tokio::spawn(service::interactive::run(state.clone(), tx.subscribe()));
     let router = app(state.clone());
     let server = tokio::spawn(cascade_common::serve_router(
         listener,

@@ -9,6 +9,7 @@ pub(crate) mod catalog;
 pub(crate) mod channels;
 pub(crate) mod error;
 pub(crate) mod extract;
+pub(crate) mod interactive;
 pub(crate) mod live;
 pub(crate) mod mezzanine;
 pub(crate) mod openapi;
@@ -95,6 +96,42 @@ pub fn app(state: Arc<State>) -> Router {
             post(channels::rotate_key),
         )
         .route("/api/v1/admin/channels/{name}/stop", post(channels::stop))
+        .route(
+            "/api/v1/live/{name}/comments",
+            get(interactive::live_comments).post(interactive::post_live_comment),
+        )
+        .route(
+            "/api/v1/vod/{asset}/comments",
+            get(interactive::vod_comments).post(interactive::post_vod_comment),
+        )
+        .route("/api/v1/comments/{id}", delete(interactive::delete_comment))
+        .route("/api/v1/comments/{id}/report", post(interactive::report))
+        .route("/api/v1/admin/comments/reports", get(interactive::reports))
+        .route("/api/v1/admin/mutes", post(interactive::mute))
+        .route("/api/v1/admin/mutes/{email}", delete(interactive::unmute))
+        .route(
+            "/api/v1/admin/moderators/{email}",
+            put(interactive::add_moderator).delete(interactive::remove_moderator),
+        )
+        .route("/api/v1/fleet/reactions", post(interactive::edge_reactions))
+        .route(
+            "/api/v1/live/{name}/reactions",
+            get(interactive::live_totals),
+        )
+        .route(
+            "/api/v1/vod/{asset}/reactions",
+            get(interactive::vod_totals),
+        )
+        .route("/api/v1/live/{name}/polls", get(interactive::live_polls))
+        .route("/api/v1/polls/{id}/vote", post(interactive::vote))
+        .route("/api/v1/admin/polls", post(interactive::create_poll))
+        .route(
+            "/api/v1/admin/polls/{id}/close",
+            post(interactive::close_poll),
+        )
+        .route("/api/v1/admin/flashes", post(interactive::create_flash))
+        .route("/api/v1/admin/flashes/{id}", delete(interactive::end_flash))
+        .route("/api/v1/flashes", get(interactive::flashes))
         .route("/api/v1/plans", get(billing::plans))
         .route("/api/v1/billing/webhook", post(billing::webhook))
         .route("/api/v1/playback/{id}", post(playback::playback))

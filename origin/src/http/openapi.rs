@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use utoipa::OpenApi;
 
 use crate::http::error::ErrorBody;
-use crate::http::{accounts, billing, catalog, channels, playback};
+use crate::http::{accounts, billing, catalog, channels, interactive, playback};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -24,6 +24,12 @@ use crate::http::{accounts, billing, catalog, channels, playback};
         playback::playback, playback::heartbeat, playback::stop, playback::history,
         channels::create, channels::list, channels::get, channels::rotate_key, channels::stop,
         channels::live_list, channels::live_playback,
+        interactive::live_comments, interactive::vod_comments, interactive::post_live_comment,
+        interactive::post_vod_comment, interactive::delete_comment, interactive::report,
+        interactive::reports, interactive::mute, interactive::unmute, interactive::add_moderator,
+        interactive::remove_moderator, interactive::live_totals, interactive::vod_totals,
+        interactive::live_polls, interactive::vote, interactive::create_poll, interactive::close_poll,
+        interactive::create_flash, interactive::end_flash, interactive::flashes,
     ),
     components(schemas(ErrorBody)),
     modifiers(&Security),
@@ -35,6 +41,7 @@ use crate::http::{accounts, billing, catalog, channels, playback};
         (name = "billing", description = "Plans and the payment webhook"),
         (name = "admin", description = "Catalog editing (the admin credential)"),
         (name = "live", description = "Live channels and their stream keys (the admin credential)"),
+        (name = "together", description = "Comments, reactions, polls and news flashes; pushed live by the edges' events listener"),
     )
 )]
 struct ViewerApi;

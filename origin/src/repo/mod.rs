@@ -8,6 +8,7 @@ pub(crate) mod billing;
 pub(crate) mod catalog;
 pub(crate) mod channels;
 pub(crate) mod history;
+pub(crate) mod interactive;
 pub(crate) mod jobs;
 pub(crate) mod settings;
 pub(crate) mod signups;

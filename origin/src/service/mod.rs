@@ -12,6 +12,7 @@ pub(crate) mod channels;
 pub(crate) mod heartbeats;
 pub(crate) mod history;
 pub(crate) mod ingest;
+pub(crate) mod interactive;
 pub(crate) mod live;
 pub(crate) mod live_health;
 pub(crate) mod live_media;

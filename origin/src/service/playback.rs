@@ -79,6 +79,19 @@ pub(crate) struct PlaybackAnswer {
     /// the URLs as `profile=`.
     profile: Option<String>,
     stream: StreamInfo,
+    /// The real-time connection to the edge for comments, reactions,
+    /// polls and flashes (signed with the same token).
+    events: EventsUrls,
+}
+
+/// Where a viewer's real-time connection goes, by transport.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct EventsUrls {
+    /// Server-Sent Events; `POST {sse}/react` (with the same query) sends
+    /// a reaction.
+    sse: String,
+    /// WebSocket; reactions go up the same connection.
+    websocket: String,
 }
 
 /// A heartbeat or stop.
@@ -350,7 +363,19 @@ async fn start_subject(
         Some(p) => format!("profile={p}&{}={token}", state.cfg.token_name),
         None => format!("{}={token}", state.cfg.token_name),
     };
+    let events = state.cfg.public_events_url.trim_end_matches('/');
+    let sse = format!("{events}/events{}", subject.path);
+    let websocket = match sse.split_once("://") {
+        Some(("https", rest)) => format!("wss://{rest}"),
+        Some((_, rest)) => format!("ws://{rest}"),
+        None => sse.clone(),
+    };
+    let token_q = format!("{}={token}", state.cfg.token_name);
     Ok(PlaybackAnswer {
+        events: EventsUrls {
+            sse: format!("{sse}?{token_q}"),
+            websocket: format!("{websocket}?{token_q}"),
+        },
         hls: format!("{edge}{}/master.m3u8?{q}", subject.path),
         dash: format!("{edge}{}/manifest.mpd?{q}", subject.path),
         asset: asset_id,

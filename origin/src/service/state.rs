@@ -55,6 +55,8 @@ pub struct State {
     pub(crate) mezz_bytes: IntCounter,
     pub(crate) mezz_repeat_bytes: IntCounter,
     pub(crate) mezz_requests: IntCounter,
+    /// Comments, reactions, polls and flashes, and the bus they go out on.
+    pub(crate) interactive: crate::service::interactive::Interactive,
     /// Live channels' ingest health and counters.
     pub(crate) live: crate::service::live_health::LiveHealth,
     /// Live channels' parts, init segments and manifests.
@@ -160,11 +162,35 @@ impl State {
         let outbox = cfg.mail_outbox();
         let mailer = mail::from_config(&outbox, &cfg.smtp_url)
             .map_err(|e| anyhow::anyhow!("mail_outbox {}: {e}", outbox.display()))?;
+        let bus = cascade_bus::connect(
+            &cfg.nats_url,
+            cascade_bus::JetStreamConfig {
+                retention: std::time::Duration::from_secs(cfg.bus_retention_secs),
+                client_name: "cascade-origin".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("nats_url: {e}"))?;
+        let interactive = crate::service::interactive::Interactive::new(
+            bus,
+            counter(
+                "origin_realtime_published_total",
+                "Real-time events published to the bus, by kind",
+                "kind",
+            )?,
+            counter(
+                "origin_realtime_refused_total",
+                "Comments, votes and reports refused, by reason",
+                "reason",
+            )?,
+        );
         let live = crate::service::live_health::LiveHealth::new(metrics.registry())?;
         let (live_media, recordings) =
             crate::service::live_media::LiveMedia::new(metrics.registry(), cfg, store.clone())?;
         let live_media = Arc::new(live_media);
         Ok(State {
+            interactive,
             live,
             live_media,
             recordings: Mutex::new(Some(recordings)),

@@ -1,0 +1,418 @@
+//! The edge's side of the bus: one subscription per scope that has
+//! viewers here (stored events and notices), fanned out to every viewer's
+//! connection through a broadcast channel, with the newest stored events
+//! kept for reconnecting viewers; and the board of news flashes, which
+//! every viewer and the live playlists read.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use cascade_bus::{Bus, Event, FlashTarget, Scope, FLASH_FILTER};
+use futures::StreamExt;
+use tokio::sync::{broadcast, watch};
+
+/// Messages a viewer may be behind before it is dropped as too slow.
+pub(crate) const CHANNEL_CAPACITY: usize = 256;
+/// Stored events kept per scope for reconnecting viewers.
+const RING: usize = 512;
+/// How long a scope's subscription outlives its last viewer (viewers
+/// reconnect; a flapping network should not flap subscriptions).
+const LINGER: Duration = Duration::from_secs(30);
+/// Pause before following again after the bus failed.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// One message for viewers, rendered once for all of them.
+#[derive(Debug)]
+pub(crate) struct Msg {
+    /// The bus sequence of a stored event; 0 for a notice.
+    pub(crate) seq: u64,
+    /// The event's `type` (`comment`, `swarm`, …).
+    pub(crate) kind: String,
+    /// The event, as JSON.
+    pub(crate) json: Bytes,
+    /// For a flash: whom it is for, and when it expires (Unix ms).
+    pub(crate) flash: Option<(FlashTarget, i64)>,
+}
+
+impl Msg {
+    fn from_event(e: &Event) -> Option<Msg> {
+        #[derive(serde::Deserialize)]
+        struct Head {
+            #[serde(rename = "type")]
+            kind: String,
+            #[serde(default)]
+            flash: Option<FlashHead>,
+        }
+        #[derive(serde::Deserialize)]
+        struct FlashHead {
+            target: String,
+            expires_at: i64,
+        }
+        // The bus is ours, but a payload that is not an event is skipped
+        // rather than passed on to viewers.
+        let head: Head = serde_json::from_slice(&e.payload).ok()?;
+        let flash = match head.flash {
+            Some(f) => Some((FlashTarget::parse(&f.target)?, f.expires_at)),
+            None => None,
+        };
+        Some(Msg {
+            seq: e.seq,
+            kind: head.kind,
+            json: e.payload.clone(),
+            flash,
+        })
+    }
+}
+
+/// Everything real-time at this edge.
+pub(crate) struct Hub {
+    bus: Arc<dyn Bus>,
+    topics: Mutex<HashMap<Scope, Arc<Topic>>>,
+    pub(crate) flashes: Arc<FlashBoard>,
+}
+
+/// One scope's subscription and its viewers.
+pub(crate) struct Topic {
+    pub(crate) scope: Scope,
+    pub(crate) tx: broadcast::Sender<Arc<Msg>>,
+    /// Messages sent so far (a viewer's lag is this minus what it read).
+    pub(crate) sent: AtomicU64,
+    ring: Mutex<Ring>,
+    viewers: AtomicUsize,
+    /// Becomes true once the subscription is made.
+    ready: watch::Receiver<bool>,
+}
+
+struct Ring {
+    /// Every stored event of the scope with a sequence at or past this is
+    /// in `events` or was evicted past `covered_from` (which moves up).
+    covered_from: u64,
+    /// The last sequence seen.
+    last: u64,
+    events: VecDeque<Arc<Msg>>,
+}
+
+/// A viewer's hold on a topic; the last one gone lets the subscription end.
+pub(crate) struct Membership {
+    pub(crate) topic: Arc<Topic>,
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        self.topic.viewers.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Hub {
+    /// A hub on `bus`; starts the flash board.
+    pub(crate) fn new(bus: Arc<dyn Bus>) -> Arc<Hub> {
+        let flashes = FlashBoard::start(bus.clone());
+        Arc::new(Hub {
+            bus,
+            topics: Mutex::new(HashMap::new()),
+            flashes,
+        })
+    }
+
+    /// Joins a scope's topic, subscribing when this is its first viewer.
+    pub(crate) fn join(self: &Arc<Self>, scope: &Scope) -> Membership {
+        let mut topics = lock(&self.topics);
+        let topic = topics
+            .entry(scope.clone())
+            .or_insert_with(|| self.start_topic(scope.clone()))
+            .clone();
+        topic.viewers.fetch_add(1, Ordering::AcqRel);
+        Membership { topic }
+    }
+
+    /// Scopes subscribed here.
+    pub(crate) fn topics(&self) -> usize {
+        lock(&self.topics).len()
+    }
+
+    /// The bus, for replays past what a topic keeps.
+    pub(crate) fn bus(&self) -> &Arc<dyn Bus> {
+        &self.bus
+    }
+
+    fn start_topic(self: &Arc<Self>, scope: Scope) -> Arc<Topic> {
+        let (ready_tx, ready) = watch::channel(false);
+        let topic = Arc::new(Topic {
+            scope: scope.clone(),
+            tx: broadcast::channel(CHANNEL_CAPACITY).0,
+            sent: AtomicU64::new(0),
+            ring: Mutex::new(Ring {
+                covered_from: u64::MAX,
+                last: 0,
+                events: VecDeque::new(),
+            }),
+            viewers: AtomicUsize::new(0),
+            ready,
+        });
+        tokio::spawn(run_topic(
+            Arc::downgrade(self),
+            Arc::downgrade(&topic),
+            self.bus.clone(),
+            ready_tx,
+        ));
+        topic
+    }
+}
+
+impl Topic {
+    /// Waits until the subscription is made, at most `wait`.
+    pub(crate) async fn ready(&self, wait: Duration) -> bool {
+        let mut rx = self.ready.clone();
+        let ready = tokio::time::timeout(wait, rx.wait_for(|r| *r))
+            .await
+            .is_ok();
+        ready
+    }
+
+    /// The newest sequence a new viewer is taken to have seen.
+    pub(crate) fn head(&self) -> u64 {
+        let ring = lock(&self.ring);
+        ring.last.max(ring.covered_from.saturating_sub(1))
+    }
+
+    /// Stored events after `after` from what this edge keeps, or `None`
+    /// when it does not reach back that far.
+    pub(crate) fn kept_after(&self, after: u64) -> Option<Vec<Arc<Msg>>> {
+        let ring = lock(&self.ring);
+        if after.saturating_add(1) < ring.covered_from {
+            return None;
+        }
+        Some(
+            ring.events
+                .iter()
+                .filter(|m| m.seq > after)
+                .cloned()
+                .collect(),
+        )
+    }
+
+    fn push(&self, msg: Msg) {
+        let msg = Arc::new(msg);
+        if msg.seq > 0 {
+            let mut ring = lock(&self.ring);
+            if msg.seq <= ring.last {
+                // Already seen (a re-follow overlapping what was read).
+                return;
+            }
+            ring.last = msg.seq;
+            ring.events.push_back(msg.clone());
+            if ring.events.len() > RING {
+                if let Some(old) = ring.events.pop_front() {
+                    ring.covered_from = old.seq + 1;
+                }
+            }
+            // Sent under the ring's lock: a viewer that subscribes and then
+            // reads the ring sees each event once, in one place or the other.
+            self.sent.fetch_add(1, Ordering::Relaxed);
+            let _ = self.tx.send(msg);
+            return;
+        }
+        self.sent.fetch_add(1, Ordering::Relaxed);
+        let _ = self.tx.send(msg);
+    }
+}
+
+/// Follows a scope's stored events and notices until the topic has had no
+/// viewers for [`LINGER`]; follows again from the last sequence after the
+/// bus fails, so that nothing is skipped.
+async fn run_topic(
+    hub: Weak<Hub>,
+    topic: Weak<Topic>,
+    bus: Arc<dyn Bus>,
+    ready: watch::Sender<bool>,
+) {
+    let Some(scope) = topic.upgrade().map(|t| t.scope.clone()) else {
+        return;
+    };
+    let mut idle_since: Option<tokio::time::Instant> = None;
+    loop {
+        let after = topic.upgrade().and_then(|t| {
+            let ring = lock(&t.ring);
+            (ring.covered_from != u64::MAX).then_some(ring.last.max(ring.covered_from - 1))
+        });
+        let follow = bus.follow(&scope.stored_subject(), after).await;
+        let notices = bus.notices(&scope.notice_subject()).await;
+        let (mut follow, mut notices) = match (follow, notices) {
+            (Ok(f), Ok(n)) => (f, n),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(scope = %scope.key(), error = %e, "cannot follow the bus; retrying");
+                tokio::time::sleep(RETRY).await;
+                if topic.strong_count() == 0 {
+                    return;
+                }
+                continue;
+            }
+        };
+        if let Some(t) = topic.upgrade() {
+            let mut ring = lock(&t.ring);
+            if ring.covered_from == u64::MAX {
+                ring.covered_from = follow.from;
+            }
+        }
+        let _ = ready.send(true);
+        let mut check = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                e = follow.events.next() => match e {
+                    Some(Ok(e)) => {
+                        let Some(t) = topic.upgrade() else { return };
+                        if let Some(m) = Msg::from_event(&e) { t.push(m); }
+                    }
+                    Some(Err(err)) => {
+                        tracing::warn!(scope = %scope.key(), error = %err, "bus follow failed; following again");
+                        break;
+                    }
+                    None => break,
+                },
+                e = notices.next() => match e {
+                    Some(Ok(e)) => {
+                        let Some(t) = topic.upgrade() else { return };
+                        if let Some(m) = Msg::from_event(&e) { t.push(m); }
+                    }
+                    Some(Err(_)) | None => break,
+                },
+                _ = check.tick() => {
+                    let Some(t) = topic.upgrade() else { return };
+                    if t.viewers.load(Ordering::Acquire) > 0 {
+                        idle_since = None;
+                        continue;
+                    }
+                    let since = *idle_since.get_or_insert_with(tokio::time::Instant::now);
+                    if since.elapsed() >= LINGER {
+                        if let Some(h) = hub.upgrade() {
+                            let mut topics = lock(&h.topics);
+                            // Still unwatched under the lock: no join raced in.
+                            if t.viewers.load(Ordering::Acquire) == 0 {
+                                topics.remove(&scope);
+                                tracing::debug!(scope = %scope.key(), "unsubscribed");
+                                return;
+                            }
+                        } else {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(RETRY).await;
+    }
+}
+
+/// News flashes not expired, by sequence; every edge keeps all of them
+/// (they are few), for viewers and for live playlists.
+pub(crate) struct FlashBoard {
+    active: Mutex<BTreeMap<u64, Arc<Msg>>>,
+    /// New flashes (and ends of flashes), for connected viewers.
+    pub(crate) tx: broadcast::Sender<Arc<Msg>>,
+    last: AtomicU64,
+}
+
+impl FlashBoard {
+    fn start(bus: Arc<dyn Bus>) -> Arc<FlashBoard> {
+        let board = Arc::new(FlashBoard {
+            active: Mutex::new(BTreeMap::new()),
+            tx: broadcast::channel(CHANNEL_CAPACITY).0,
+            last: AtomicU64::new(0),
+        });
+        tokio::spawn(run_board(Arc::downgrade(&board), bus));
+        board
+    }
+
+    /// The last flash sequence seen.
+    pub(crate) fn last(&self) -> u64 {
+        self.last.load(Ordering::Acquire)
+    }
+
+    /// Flashes for a viewer in `country` watching `scope`, not expired at
+    /// `now_ms`, with a sequence after `after`, oldest first.
+    pub(crate) fn for_viewer(
+        &self,
+        country: Option<&str>,
+        scope: &Scope,
+        after: u64,
+        now_ms: i64,
+    ) -> Vec<Arc<Msg>> {
+        lock(&self.active)
+            .range(after.saturating_add(1)..)
+            .map(|(_, m)| m)
+            .filter(|m| {
+                m.flash
+                    .as_ref()
+                    .is_some_and(|(t, exp)| *exp > now_ms && t.reaches(country, scope))
+            })
+            .cloned()
+            .collect()
+    }
+
+    fn add(&self, msg: Msg, now_ms: i64) {
+        let Some((_, expires)) = &msg.flash else {
+            return;
+        };
+        let expires = *expires;
+        let msg = Arc::new(msg);
+        let mut active = lock(&self.active);
+        if msg.seq <= self.last.load(Ordering::Acquire) {
+            return;
+        }
+        self.last.store(msg.seq, Ordering::Release);
+        // A flash published again (ended early) replaces its first version.
+        let id = flash_id(&msg.json);
+        active.retain(|_, m| {
+            m.flash.as_ref().is_some_and(|(_, e)| *e > now_ms) && flash_id(&m.json) != id
+        });
+        if expires > now_ms {
+            active.insert(msg.seq, msg.clone());
+        }
+        let _ = self.tx.send(msg);
+    }
+}
+
+fn flash_id(json: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(json).ok()?;
+    Some(v.get("flash")?.get("id")?.as_str()?.to_string())
+}
+
+/// Follows every flash stored within the bus's retention, then new ones.
+async fn run_board(board: Weak<FlashBoard>, bus: Arc<dyn Bus>) {
+    loop {
+        let after = board.upgrade().map_or(0, |b| b.last());
+        let mut follow = match bus.follow(FLASH_FILTER, Some(after)).await {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot follow flashes; retrying");
+                tokio::time::sleep(RETRY).await;
+                if board.strong_count() == 0 {
+                    return;
+                }
+                continue;
+            }
+        };
+        while let Some(e) = follow.events.next().await {
+            let Some(b) = board.upgrade() else { return };
+            match e {
+                Ok(e) => {
+                    if let Some(m) = Msg::from_event(&e) {
+                        b.add(m, cascade_serve::unix_now_ms() as i64);
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "flash follow failed; following again");
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(RETRY).await;
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
