@@ -15,6 +15,8 @@ use cascade_serve::config::TokenKeyConfig;
 use cascade_shield::{Shield, ShieldConfig};
 use serde_json::Value;
 
+pub mod together;
+
 /// The CDN token key of test stacks.
 pub const TEST_KEY_HEX: &str = "5ecbe75ecbe75ecbe75ecbe75ecbe75e";
 
