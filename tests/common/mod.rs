@@ -170,6 +170,12 @@ pub fn sign_for(asset: &str) -> String {
 /// mailed to its outbox; answers an access token.
 pub async fn viewer(origin_url: &str, outbox: &Path) -> String {
     let email = format!("viewer-{}@example.test", uuid_like());
+    viewer_as(origin_url, outbox, &email).await
+}
+
+/// [`viewer`] with a chosen e-mail address.
+pub async fn viewer_as(origin_url: &str, outbox: &Path, email: &str) -> String {
+    let email = email.to_string();
     let r = client()
         .post(format!("{origin_url}/api/v1/auth/signup"))
         .json(&serde_json::json!({ "email": email, "password": "correct horse 42" }))

@@ -39,13 +39,16 @@ const MAX_BATCHES: usize = 1000;
 const MAX_BATCH_COUNT: i64 = 100_000_000;
 /// How long batch ids are remembered against replays.
 const BATCH_MEMORY_MS: i64 = 3600 * 1000;
-/// Tries to publish a stored event before giving up on pushing it (it is
-/// still stored, and in the paginated history).
-const PUBLISH_TRIES: u32 = 3;
+/// How long a stored event may wait for the bus before it is given up
+/// (it is still stored, and in the paginated history).
+const OUTBOX_PATIENCE: Duration = Duration::from_secs(600);
+/// Stored events waiting for the bus at most.
+const OUTBOX_CAPACITY: usize = 100_000;
 
 /// The origin's side of the real-time features.
 pub(crate) struct Interactive {
     pub(crate) bus: Arc<dyn Bus>,
+    outbox: tokio::sync::mpsc::Sender<Outgoing>,
     /// Reactions received since the last swarm, per scope key.
     swarm: Mutex<HashMap<String, [u64; REACTIONS.len()]>>,
     /// Polls with votes since their last results notice.
@@ -62,7 +65,10 @@ impl Interactive {
         published: IntCounterVec,
         refused: IntCounterVec,
     ) -> Interactive {
+        let (outbox, rx) = tokio::sync::mpsc::channel(OUTBOX_CAPACITY);
+        tokio::spawn(run_outbox(bus.clone(), published.clone(), rx));
         Interactive {
+            outbox,
             bus,
             swarm: Mutex::new(HashMap::new()),
             dirty_polls: Mutex::new(HashSet::new()),
@@ -858,29 +864,70 @@ async fn poll_results(state: &State, id: &str) -> Result<()> {
 
 // ---- helpers ----------------------------------------------------------------
 
-/// Stores an event on the bus, retrying a little; a failure is logged, not
-/// returned: what it announces is already in the database.
-async fn publish(state: &State, subject: &str, payload: serde_json::Value, id: &str, kind: &str) {
-    let bytes = Bytes::from(payload.to_string());
-    let mut wait = Duration::from_millis(200);
-    for attempt in 1..=PUBLISH_TRIES {
-        match state
+/// Queues a stored event for the bus. Events go out in the order they
+/// were queued, from one task that retries while the bus is away, so a
+/// comment posted while NATS restarts is pushed once it is back (the
+/// dedupe id keeps a retried publish from being stored twice).
+async fn publish(
+    state: &State,
+    subject: &str,
+    payload: serde_json::Value,
+    id: &str,
+    kind: &'static str,
+) {
+    let item = Outgoing {
+        subject: subject.to_string(),
+        payload: Bytes::from(payload.to_string()),
+        id: id.to_string(),
+        kind,
+        queued: std::time::Instant::now(),
+    };
+    if state.interactive.outbox.try_send(item).is_err() {
+        state
             .interactive
-            .bus
-            .publish(subject, bytes.clone(), Some(id))
-            .await
-        {
-            Ok(_) => {
-                state.interactive.published.with_label_values(&[kind]).inc();
-                return;
-            }
-            Err(e) if attempt < PUBLISH_TRIES => {
-                tracing::warn!(%subject, error = %e, attempt, "publish failed; retrying");
-                tokio::time::sleep(wait).await;
-                wait *= 2;
-            }
-            Err(e) => {
-                tracing::error!(%subject, error = %e, "publish failed; viewers learn of it from the history")
+            .refused
+            .with_label_values(&["outbox_full"])
+            .inc();
+        tracing::error!(%subject, "bus outbox full; the event is stored but not pushed");
+    }
+}
+
+/// A stored event waiting for the bus.
+pub(crate) struct Outgoing {
+    subject: String,
+    payload: Bytes,
+    id: String,
+    kind: &'static str,
+    queued: std::time::Instant,
+}
+
+/// Publishes queued events in order, retrying each until the bus takes
+/// it or it has waited [`OUTBOX_PATIENCE`].
+pub(crate) async fn run_outbox(
+    bus: Arc<dyn Bus>,
+    published: IntCounterVec,
+    mut rx: tokio::sync::mpsc::Receiver<Outgoing>,
+) {
+    while let Some(item) = rx.recv().await {
+        let mut wait = Duration::from_millis(100);
+        loop {
+            match bus
+                .publish(&item.subject, item.payload.clone(), Some(&item.id))
+                .await
+            {
+                Ok(_) => {
+                    published.with_label_values(&[item.kind]).inc();
+                    break;
+                }
+                Err(e) if item.queued.elapsed() < OUTBOX_PATIENCE => {
+                    tracing::warn!(subject = %item.subject, error = %e, "publish failed; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => {
+                    tracing::error!(subject = %item.subject, error = %e, "publish given up; viewers learn of it from the history");
+                    break;
+                }
             }
         }
     }
