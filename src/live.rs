@@ -70,6 +70,26 @@ enum LiveCommand {
         /// The channel's name.
         name: String,
     },
+    /// Open a poll on a channel: its viewers vote once each and see the
+    /// results live; it closes after --for. Prints the poll's id.
+    Poll {
+        /// The channel's name.
+        name: String,
+        /// The question.
+        #[arg(long)]
+        question: String,
+        /// An option (2 to 6: repeat the flag).
+        #[arg(long = "option", required = true)]
+        options: Vec<String>,
+        /// How long it stays open: 90s, 10m, 1h (10 s to 24 h; default 2m).
+        #[arg(long = "for", default_value = "2m")]
+        duration: String,
+    },
+    /// Close a poll now; prints its results.
+    PollClose {
+        /// The poll's id.
+        id: String,
+    },
 }
 
 pub(crate) async fn live(args: LiveArgs) -> anyhow::Result<()> {
@@ -214,6 +234,39 @@ pub(crate) async fn live(args: LiveArgs) -> anyhow::Result<()> {
             print_publish(&v)?;
             eprintln!("the old key is refused from now on; the new one is shown only now");
         }
+        LiveCommand::Poll {
+            name,
+            question,
+            options,
+            duration,
+        } => {
+            let secs = crate::ctl::parse_duration(duration)?;
+            let origin = args.origin.trim_end_matches('/');
+            let p = call(
+                reqwest::Method::POST,
+                format!("{origin}/api/v1/admin/polls"),
+                Some(json!({
+                    "channel": name, "question": question, "options": options, "duration_secs": secs,
+                })),
+            )
+            .await?;
+            println!("{}", plain(&p["id"]));
+            eprintln!(
+                "poll open on {name} until {} (cascade live poll-close {} to close it now)",
+                plain(&p["closes_at"]),
+                plain(&p["id"])
+            );
+        }
+        LiveCommand::PollClose { id } => {
+            let origin = args.origin.trim_end_matches('/');
+            let p = call(
+                reqwest::Method::POST,
+                format!("{origin}/api/v1/admin/polls/{id}/close"),
+                Some(json!({})),
+            )
+            .await?;
+            print_results(&p);
+        }
         LiveCommand::Stop { name } => {
             let c = call(
                 reqwest::Method::POST,
@@ -253,5 +306,16 @@ fn plain(v: &Value) -> String {
         Value::String(s) => s.clone(),
         Value::Null => "-".into(),
         other => other.to_string(),
+    }
+}
+
+/// A poll's results, one option per line.
+fn print_results(p: &Value) {
+    println!("{} ({})", plain(&p["question"]), plain(&p["state"]));
+    let total = p["total"].as_i64().unwrap_or(0).max(1);
+    let options = p["options"].as_array().cloned().unwrap_or_default();
+    for (i, o) in options.iter().enumerate() {
+        let n = p["counts"][i].as_i64().unwrap_or(0);
+        println!("  {:<30} {:>8} {:>5.1}%", plain(o), n, 100.0 * n as f64 / total as f64);
     }
 }

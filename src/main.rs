@@ -3,6 +3,7 @@
 
 mod ctl;
 mod dev;
+mod flash;
 mod ingest;
 mod live;
 mod token;
@@ -19,6 +20,7 @@ use clap::{Parser, Subcommand};
 use ctl::{ctl, CtlArgs};
 use dev::{dev, DevArgs};
 use ingest::{ingest, IngestArgs};
+use flash::{flash, FlashArgs};
 use live::{live, LiveArgs};
 use token::{token_sign, token_verify, TokenCommand};
 
@@ -52,8 +54,11 @@ enum Command {
     Token(TokenCommand),
     /// Operate the fleet through control.
     Ctl(CtlArgs),
-    /// Live channels on an origin: create, list, status, rotate-key, stop.
+    /// Live channels on an origin: create, list, status, rotate-key, stop,
+    /// poll, poll-close.
     Live(LiveArgs),
+    /// Publish a news flash to everyone, a region or a channel.
+    Flash(FlashArgs),
 }
 
 #[derive(clap::Args)]
@@ -69,6 +74,7 @@ fn main() {
     let logs = (!matches!(
         cli.command,
         Command::Ingest(_) | Command::Token(_) | Command::Ctl(_) | Command::Live(_)
+            | Command::Flash(_)
     ))
     .then(|| cascade_serve::init_logging(text_logs));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -127,6 +133,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token(TokenCommand::Verify(a)) => token_verify(a),
         Command::Ctl(a) => ctl(a).await,
         Command::Live(a) => live(a).await,
+        Command::Flash(a) => flash(a).await,
     }
 }
 

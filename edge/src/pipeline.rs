@@ -33,6 +33,8 @@ use crate::media::{media_output, not_found, tokenize, Media};
 
 /// The edge's phases and what they need.
 pub(crate) struct EdgePipeline {
+    /// News flashes, for live playlists.
+    pub(crate) flashes: std::sync::Arc<crate::events::FlashBoard>,
     pub(crate) auth: Auth,
     pub(crate) geofence: Geofence,
     pub(crate) media: Media,
@@ -310,7 +312,10 @@ impl Pipeline for EdgePipeline {
             resp.headers
                 .insert(http::header::STRICT_TRANSPORT_SECURITY, v.clone());
         }
-        if let Route::Live { output, .. } = &ctx.route {
+        if let Route::Live { output, channel } = &ctx.route {
+            if resp.status == StatusCode::OK {
+                self.show_flashes(&mut resp, output.as_ref(), channel, ctx.country.as_deref());
+            }
             let mut resp = match (output, ctx.child_query()) {
                 (Some(o), Some(q)) if o.is_manifest() && resp.status == StatusCode::OK => {
                     resp.body = Bytes::from(live_with_query(o, &resp.body, q));
@@ -355,6 +360,48 @@ impl Pipeline for EdgePipeline {
     }
 
     fn log(&self, _req: &Request, ctx: &EdgeCtx, delivered: &Delivered) {
+        self.log_route(ctx, delivered);
+    }
+}
+
+impl EdgePipeline {
+    /// News flashes for this viewer, inside a live playlist or MPD: after
+    /// the cache, since a region's flash is not every viewer's.
+    fn show_flashes(
+        &self,
+        resp: &mut Response,
+        output: Option<&LiveOutput>,
+        channel: &str,
+        country: Option<&str>,
+    ) {
+        let is_hls = matches!(
+            output,
+            Some(LiveOutput::Media(_) | LiveOutput::TsPlaylist(..))
+        );
+        let is_mpd = matches!(output, Some(LiveOutput::Mpd));
+        if !is_hls && !is_mpd {
+            return;
+        }
+        let flashes =
+            self.flashes
+                .in_stream(country, channel, cascade_serve::unix_now_ms() as i64);
+        if flashes.is_empty() {
+            return;
+        }
+        let Ok(text) = std::str::from_utf8(&resp.body) else {
+            return;
+        };
+        let out = if is_hls {
+            cascade_packager::live::hls_with_flashes(text, &flashes)
+        } else {
+            cascade_packager::live::mpd_with_flashes(text, &flashes)
+        };
+        resp.body = Bytes::from(out);
+        // Another viewer's flashes may differ: no shared cache keeps it.
+        privatize(&mut resp.headers);
+    }
+
+    fn log_route(&self, ctx: &EdgeCtx, delivered: &Delivered) {
         let route = match &ctx.route {
             _ if delivered.status == StatusCode::FORBIDDEN
                 || delivered.status == StatusCode::UNAVAILABLE_FOR_LEGAL_REASONS =>

@@ -201,7 +201,19 @@ pub async fn start(cfg: &EdgeConfig) -> anyhow::Result<Edge> {
             Duration::from_secs(cfg.revocation_poll_secs),
         )))
     };
+    // The bus: real-time connections, and the flashes live playlists show.
+    let bus = cascade_bus::connect(
+        &cfg.nats_url,
+        cascade_bus::JetStreamConfig {
+            client_name: format!("cascade-edge-{}", cfg.node_name),
+            ..Default::default()
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("nats_url: {e}"))?;
+    let hub = crate::events::Hub::new(bus);
     let pipeline = EdgePipeline {
+        flashes: hub.flashes.clone(),
         auth: Auth {
             verifier,
             revoked,
@@ -252,15 +264,6 @@ pub async fn start(cfg: &EdgeConfig) -> anyhow::Result<Edge> {
     let (events, events_addr, events_task, flusher_task) = if cfg.events_listen.is_empty() {
         (None, None, None, None)
     } else {
-        let bus = cascade_bus::connect(
-            &cfg.nats_url,
-            cascade_bus::JetStreamConfig {
-                client_name: format!("cascade-edge-{}", cfg.node_name),
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("nats_url: {e}"))?;
         let reactions = Arc::new(crate::events::Reactions::new(
             &cfg.node_name,
             cfg.reactions_per_sec,
@@ -270,7 +273,7 @@ pub async fn start(cfg: &EdgeConfig) -> anyhow::Result<Edge> {
             counters.reaction_batches_dropped.clone(),
         ));
         let events = Arc::new(crate::events::Events::new(
-            crate::events::Hub::new(bus),
+            hub.clone(),
             reactions.clone(),
             pipeline.clone(),
             crate::events::Limits {

@@ -768,6 +768,140 @@ pub fn iso_time(ms: u64) -> String {
     )
 }
 
+/// A news flash shown inside the stream, as players see it: an
+/// `EXT-X-DATERANGE` in HLS media playlists, an `Event` of an
+/// `EventStream` in the MPD, both at the flash's time of publication.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamFlash {
+    /// A number unique to the flash (the bus sequence); the DASH event id.
+    pub seq: u64,
+    /// The flash's id.
+    pub id: String,
+    /// Published at (Unix ms).
+    pub at_ms: u64,
+    /// Expires at (Unix ms).
+    pub expires_ms: u64,
+    pub text: String,
+    /// `normal`, `high` or `critical`.
+    pub priority: String,
+    /// A title it links to.
+    pub title_id: Option<String>,
+}
+
+/// The scheme of flash events in MPDs (what a dash.js app listens for).
+pub const FLASH_SCHEME: &str = "urn:cascade:flash:2026";
+/// The `CLASS` of flash date ranges in HLS playlists.
+pub const FLASH_CLASS: &str = "com.cascade.flash";
+
+/// A media playlist with an `EXT-X-DATERANGE` per flash, before its first
+/// media segment (every update repeats them: delta updates do not skip
+/// date ranges).
+pub fn hls_with_flashes(playlist: &str, flashes: &[StreamFlash]) -> String {
+    if flashes.is_empty() {
+        return playlist.to_string();
+    }
+    // A quoted-string may not hold a double quote or a line break.
+    let quote = |s: &str| -> String {
+        s.chars()
+            .map(|c| match c {
+                '"' => '\u{201d}',
+                '\r' | '\n' => ' ',
+                c => c,
+            })
+            .collect()
+    };
+    let mut tags = String::new();
+    for f in flashes {
+        let _ = write!(
+            tags,
+            "#EXT-X-DATERANGE:ID=\"flash-{}\",CLASS=\"{FLASH_CLASS}\",START-DATE=\"{}\",END-DATE=\"{}\",X-TEXT=\"{}\",X-PRIORITY=\"{}\"",
+            quote(&f.id),
+            iso_time(f.at_ms),
+            iso_time(f.expires_ms.max(f.at_ms)),
+            quote(&f.text),
+            quote(&f.priority),
+        );
+        if let Some(t) = &f.title_id {
+            let _ = write!(tags, ",X-TITLE-ID=\"{}\"", quote(t));
+        }
+        tags.push('\n');
+    }
+    let first_segment = ["#EXT-X-SKIP", "#EXT-X-PROGRAM-DATE-TIME", "#EXT-X-PART:", "#EXTINF"]
+        .iter()
+        .filter_map(|tag| playlist.find(&format!("\n{tag}")))
+        .min();
+    match first_segment {
+        Some(at) => format!("{}\n{tags}{}", &playlist[..at], &playlist[at + 1..]),
+        None => format!("{playlist}{tags}"),
+    }
+}
+
+/// An MPD with an `EventStream` of the flashes in its first Period, at
+/// their presentation times (milliseconds from `availabilityStartTime`,
+/// the Period starting there).
+pub fn mpd_with_flashes(mpd: &str, flashes: &[StreamFlash]) -> String {
+    const PERIOD: &str = "<Period id=\"0\" start=\"PT0S\">\n";
+    let (Some(at), Some(ast)) = (mpd.find(PERIOD), availability_start_ms(mpd)) else {
+        return mpd.to_string();
+    };
+    if flashes.is_empty() {
+        return mpd.to_string();
+    }
+    let mut events = format!(
+        "    <EventStream schemeIdUri=\"{FLASH_SCHEME}\" value=\"flash\" timescale=\"1000\">\n"
+    );
+    for f in flashes {
+        let data = serde_json::json!({
+            "id": f.id, "text": f.text, "priority": f.priority, "title_id": f.title_id,
+        });
+        let _ = writeln!(
+            events,
+            "      <Event id=\"{}\" presentationTime=\"{}\" duration=\"{}\">{}</Event>",
+            f.seq,
+            f.at_ms.saturating_sub(ast),
+            f.expires_ms.saturating_sub(f.at_ms),
+            xml_escape(&data.to_string())
+        );
+    }
+    events.push_str("    </EventStream>\n");
+    let split = at + PERIOD.len();
+    format!("{}{events}{}", &mpd[..split], &mpd[split..])
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// `availabilityStartTime` of an MPD this module wrote, in Unix ms.
+fn availability_start_ms(mpd: &str) -> Option<u64> {
+    let v = mpd.split("availabilityStartTime=\"").nth(1)?.split('"').next()?;
+    parse_iso_ms(v)
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` (as [`iso_time`] writes) to Unix ms.
+fn parse_iso_ms(v: &str) -> Option<u64> {
+    let b = v.as_bytes();
+    if b.len() != 24 || b[4] != b'-' || b[10] != b'T' || b[23] != b'Z' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| v.get(r)?.parse::<i64>().ok();
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, s, ms) = (num(11..13)?, num(14..16)?, num(17..19)?, num(20..23)?);
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if mo <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let total = ((days * 24 + h) * 60 + mi) * 60 + s;
+    u64::try_from(total * 1000 + ms).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1032,5 +1166,43 @@ mod tests {
         assert_eq!(iso_time(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(iso_time(951_782_400_123), "2000-02-29T00:00:00.123Z");
         assert_eq!(iso_time(1_796_601_600_000), "2026-12-07T00:00:00.000Z");
+    }
+
+    fn flash() -> StreamFlash {
+        StreamFlash {
+            seq: 42,
+            id: "f1".into(),
+            at_ms: 1_700_000_005_250,
+            expires_ms: 1_700_000_065_250,
+            text: "Rain \"stops\" play".into(),
+            priority: "high".into(),
+            title_id: Some("t9".into()),
+        }
+    }
+
+    #[test]
+    fn iso_times_read_back() {
+        for ms in [0, 1_700_000_005_250, 951_782_400_999, 4_102_444_800_000] {
+            assert_eq!(parse_iso_ms(&iso_time(ms)), Some(ms));
+        }
+        assert_eq!(parse_iso_ms("2023-11-14T22:13:20Z"), None);
+    }
+
+    #[test]
+    fn flashes_become_date_ranges_before_the_first_segment() {
+        let pl = "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:7\n#EXT-X-PROGRAM-DATE-TIME:2023-11-14T22:13:20.000Z\n#EXTINF:2.000,\n7.m4s\n";
+        let out = hls_with_flashes(pl, &[flash()]);
+        let expected = "#EXT-X-MEDIA-SEQUENCE:7\n#EXT-X-DATERANGE:ID=\"flash-f1\",CLASS=\"com.cascade.flash\",START-DATE=\"2023-11-14T22:13:25.250Z\",END-DATE=\"2023-11-14T22:14:25.250Z\",X-TEXT=\"Rain \u{201d}stops\u{201d} play\",X-PRIORITY=\"high\",X-TITLE-ID=\"t9\"\n#EXT-X-PROGRAM-DATE-TIME";
+        assert!(out.contains(expected), "{out}");
+        assert_eq!(hls_with_flashes(pl, &[]), pl);
+    }
+
+    #[test]
+    fn flashes_become_events_at_their_presentation_time() {
+        let mpd = "<MPD availabilityStartTime=\"2023-11-14T22:13:20.000Z\">\n  <Period id=\"0\" start=\"PT0S\">\n  </Period>\n</MPD>\n";
+        let out = mpd_with_flashes(mpd, &[flash()]);
+        assert!(out.contains("<EventStream schemeIdUri=\"urn:cascade:flash:2026\" value=\"flash\" timescale=\"1000\">"), "{out}");
+        assert!(out.contains("<Event id=\"42\" presentationTime=\"5250\" duration=\"60000\">{&quot;id&quot;:&quot;f1&quot;"), "{out}");
+        assert!(out.find("<EventStream").unwrap() > out.find("<Period").unwrap());
     }
 }

@@ -352,6 +352,45 @@ impl FlashBoard {
             .collect()
     }
 
+    /// The flashes a live playlist shows a viewer in `country` watching
+    /// `channel`.
+    pub(crate) fn in_stream(
+        &self,
+        country: Option<&str>,
+        channel: &str,
+        now_ms: i64,
+    ) -> Vec<cascade_packager::live::StreamFlash> {
+        #[derive(serde::Deserialize)]
+        struct F {
+            id: String,
+            text: String,
+            priority: String,
+            #[serde(default)]
+            title_id: Option<String>,
+            at: i64,
+            expires_at: i64,
+        }
+        #[derive(serde::Deserialize)]
+        struct E {
+            flash: F,
+        }
+        self.for_viewer(country, &Scope::Live(channel.to_string()), 0, now_ms)
+            .iter()
+            .filter_map(|m| {
+                let e: E = serde_json::from_slice(&m.json).ok()?;
+                Some(cascade_packager::live::StreamFlash {
+                    seq: m.seq,
+                    id: e.flash.id,
+                    at_ms: u64::try_from(e.flash.at).ok()?,
+                    expires_ms: u64::try_from(e.flash.expires_at).ok()?,
+                    text: e.flash.text,
+                    priority: e.flash.priority,
+                    title_id: e.flash.title_id,
+                })
+            })
+            .collect()
+    }
+
     fn add(&self, msg: Msg, now_ms: i64) {
         let Some((_, expires)) = &msg.flash else {
             return;
