@@ -35,7 +35,11 @@ pub(crate) struct FlashArgs {
     #[arg(long, conflicts_with_all = ["text", "list"])]
     end: Option<String>,
     /// Origin base URL.
-    #[arg(long, default_value = "http://127.0.0.1:8082", env = "CASCADE_ORIGIN_URL")]
+    #[arg(
+        long,
+        default_value = "http://127.0.0.1:8082",
+        env = "CASCADE_ORIGIN_URL"
+    )]
     origin: String,
     /// A file holding the origin's admin credential; else
     /// CASCADE_ORIGIN_ADMIN_TOKEN, else `cascade dev`'s data/control-admin-token.

@@ -316,6 +316,11 @@ fn print_results(p: &Value) {
     let options = p["options"].as_array().cloned().unwrap_or_default();
     for (i, o) in options.iter().enumerate() {
         let n = p["counts"][i].as_i64().unwrap_or(0);
-        println!("  {:<30} {:>8} {:>5.1}%", plain(o), n, 100.0 * n as f64 / total as f64);
+        println!(
+            "  {:<30} {:>8} {:>5.1}%",
+            plain(o),
+            n,
+            100.0 * n as f64 / total as f64
+        );
     }
 }

@@ -19,8 +19,8 @@ use clap::{Parser, Subcommand};
 
 use ctl::{ctl, CtlArgs};
 use dev::{dev, DevArgs};
-use ingest::{ingest, IngestArgs};
 use flash::{flash, FlashArgs};
+use ingest::{ingest, IngestArgs};
 use live::{live, LiveArgs};
 use token::{token_sign, token_verify, TokenCommand};
 
@@ -73,7 +73,10 @@ fn main() {
     let text_logs = matches!(cli.command, Command::Dev(_));
     let logs = (!matches!(
         cli.command,
-        Command::Ingest(_) | Command::Token(_) | Command::Ctl(_) | Command::Live(_)
+        Command::Ingest(_)
+            | Command::Token(_)
+            | Command::Ctl(_)
+            | Command::Live(_)
             | Command::Flash(_)
     ))
     .then(|| cascade_serve::init_logging(text_logs));

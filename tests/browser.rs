@@ -220,3 +220,101 @@ async fn live_channels_play_in_chromium_with_hls_js_dash_js_and_shaka() {
     }
     stack.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn watching_together_in_chromium_flashes_comments_reactions_and_a_dropped_connection() {
+    // The events listener's port is chosen first: the origin names it in
+    // playback answers before the edge is up.
+    let events_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let bus = format!("memory://browser-{events_port}");
+    let stack = common::Stack::start_full(
+        |o| {
+            o.rtmp_listen = "127.0.0.1:0".into();
+            o.live_ladder = vec![cascade_origin::config::Rung {
+                height: 180,
+                kbps: 300,
+            }];
+            o.live_preset = "ultrafast".into();
+            o.nats_url = bus.clone();
+            o.public_events_url = format!("http://127.0.0.1:{events_port}");
+        },
+        |e| {
+            e.nats_url = bus.clone();
+            e.events_listen = format!("127.0.0.1:{events_port}");
+        },
+    )
+    .await;
+    let name = "final";
+    let made = common::create_channel(&stack.origin_url, serde_json::json!({ "name": name })).await;
+    let key = made["stream_key"].as_str().unwrap();
+    let encoder = common::ffmpeg_publish(
+        &format!("rtmp://{}/live/{key}", stack.origin.rtmp_addr.unwrap()),
+        "flv",
+        "640x360",
+        300,
+        "libx264",
+    );
+    let mail = ("CASCADE_MAIL_OUTBOX", stack.outbox.display().to_string());
+    let stdout = node(
+        "together.mjs",
+        &[&stack.edge_url, name],
+        &[
+            mail,
+            ("ORIGIN", stack.origin_url.clone()),
+            ("ADMIN_TOKEN", common::ORIGIN_ADMIN.to_string()),
+        ],
+    );
+    for want in [
+        "flash banner: shown",
+        "flash in HLS:",
+        "comment: shown",
+        "reactions: swarm",
+        "reconnect: resumed",
+        "flash in DASH:",
+    ] {
+        assert!(stdout.contains(want), "{want} missing:\n{stdout}");
+    }
+    println!("{stdout}");
+
+    // The same flash, read from a live media playlist by PyPI's m3u8.
+    let r = common::client()
+        .post(format!("{}/api/v1/admin/flashes", stack.origin_url))
+        .bearer_auth(common::ORIGIN_ADMIN)
+        .json(&serde_json::json!({ "text": "Play resumes at 4 pm", "channel": name }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let f: serde_json::Value = r.json().await.unwrap();
+    let token = common::sign_acl(&format!("/live/{name}/*"));
+    let url = format!("{}/live/{name}/v0.m3u8?__token__={token}", stack.edge_url);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let out = tokio::task::block_in_place(|| {
+            Command::new(
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/py/bin/python"),
+            )
+            .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/flash_check.py"))
+            .args([&url, f["id"].as_str().unwrap(), "Play resumes at 4 pm"])
+            .output()
+            .expect("make py installs the m3u8 parser")
+        });
+        if out.status.success() {
+            println!("{}", String::from_utf8_lossy(&out.stdout));
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "flash_check.py: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    common::stop_child(encoder);
+    stack.shutdown().await;
+}

@@ -382,9 +382,9 @@ impl EdgePipeline {
         if !is_hls && !is_mpd {
             return;
         }
-        let flashes =
-            self.flashes
-                .in_stream(country, channel, cascade_serve::unix_now_ms() as i64);
+        let flashes = self
+            .flashes
+            .in_stream(country, channel, cascade_serve::unix_now_ms() as i64);
         if flashes.is_empty() {
             return;
         }

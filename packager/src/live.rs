@@ -826,10 +826,15 @@ pub fn hls_with_flashes(playlist: &str, flashes: &[StreamFlash]) -> String {
         }
         tags.push('\n');
     }
-    let first_segment = ["#EXT-X-SKIP", "#EXT-X-PROGRAM-DATE-TIME", "#EXT-X-PART:", "#EXTINF"]
-        .iter()
-        .filter_map(|tag| playlist.find(&format!("\n{tag}")))
-        .min();
+    let first_segment = [
+        "#EXT-X-SKIP",
+        "#EXT-X-PROGRAM-DATE-TIME",
+        "#EXT-X-PART:",
+        "#EXTINF",
+    ]
+    .iter()
+    .filter_map(|tag| playlist.find(&format!("\n{tag}")))
+    .min();
     match first_segment {
         Some(at) => format!("{}\n{tags}{}", &playlist[..at], &playlist[at + 1..]),
         None => format!("{playlist}{tags}"),
@@ -877,7 +882,11 @@ fn xml_escape(s: &str) -> String {
 
 /// `availabilityStartTime` of an MPD this module wrote, in Unix ms.
 fn availability_start_ms(mpd: &str) -> Option<u64> {
-    let v = mpd.split("availabilityStartTime=\"").nth(1)?.split('"').next()?;
+    let v = mpd
+        .split("availabilityStartTime=\"")
+        .nth(1)?
+        .split('"')
+        .next()?;
     parse_iso_ms(v)
 }
 

@@ -29,7 +29,8 @@ pub(crate) async fn index() -> Response {
 /// The page's Content-Security-Policy, made once: scripts from us and the
 /// one inline script by its SHA-256; media and segments from any edge the
 /// playback API names (players fetch them, and MSE plays them as `blob:`);
-/// hls.js runs its demuxer in a `blob:` worker.
+/// hls.js runs its demuxer in a `blob:` worker; real-time events come from
+/// the edges' events listener (WebSocket or SSE).
 fn page_policy() -> &'static str {
     static POLICY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     POLICY.get_or_init(|| {
@@ -46,7 +47,7 @@ fn page_policy() -> &'static str {
         format!(
             "default-src 'self'; script-src 'self' {}; style-src 'self' 'unsafe-inline'; \
              img-src 'self' data: blob:; media-src 'self' blob: https: http:; \
-             connect-src 'self' https: http:; worker-src 'self' blob:; object-src 'none'; \
+             connect-src 'self' https: http: wss: ws:; worker-src 'self' blob:; object-src 'none'; \
              base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
             hashes.join(" ")
         )
