@@ -11,7 +11,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # for the player libraries and the browser driver.
 DEB_PACKAGES := ffmpeg libavcodec-dev libavformat-dev libavutil-dev libavfilter-dev \
 	libavdevice-dev libswscale-dev libswresample-dev clang libclang-dev pkg-config cmake \
-	chromium ca-certificates curl python3-venv
+	chromium ca-certificates curl python3-venv nats-server
 # Node and npm only when no node is on the PATH (NodeSource's nodejs bundles
 # npm and conflicts with Debian's npm package).
 NODE_PACKAGES := nodejs npm
@@ -35,9 +35,10 @@ deps: rust
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-# The PostgreSQL the origin's tests use: 127.0.0.1:5432, trust auth, database
+# The services the tests use. PostgreSQL: 127.0.0.1:5432, trust auth, database
 # `test`. When nothing answers there (a fresh Debian 12 machine), Debian's
 # server is installed, started and set up so; a running one is left alone.
+# NATS with JetStream: 127.0.0.1:4222, started the same way when missing.
 services:
 	@if ! (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; then \
 	  echo "PostgreSQL is not running on 127.0.0.1:5432: installing and starting Debian's"; \
@@ -52,6 +53,13 @@ services:
 	  for _ in $$(seq 1 50); do (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null && break; sleep 0.2; done; \
 	  psql -h 127.0.0.1 -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'test'" | grep -q 1 || \
 	    psql -h 127.0.0.1 -U postgres -c "CREATE DATABASE test"; \
+	fi
+	@if ! (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null; then \
+	  echo "NATS is not running on 127.0.0.1:4222: starting nats-server with JetStream"; \
+	  mkdir -p target/nats; \
+	  setsid nats-server -js -a 127.0.0.1 -p 4222 -sd $(CURDIR)/target/nats >target/nats/server.log 2>&1 < /dev/null & \
+	  for _ in $$(seq 1 50); do (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null && break; sleep 0.2; done; \
+	  (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null || { echo "nats-server did not start: see target/nats/server.log"; exit 1; }; \
 	fi
 
 # Debian 12's own cargo is too old; rustup provides the toolchain in rust-toolchain.toml.
