@@ -504,7 +504,9 @@ mod tests {
             .expect("cache");
         let nowhere = Upstream::new("http://127.0.0.1:9", Duration::from_secs(1), 1 << 20);
         let key = Key::from_hex("k1", KEY).expect("key");
+        let bus = std::sync::Arc::new(cascade_bus::MemoryBus::new(100, Duration::from_secs(60)));
         EdgePipeline {
+            flashes: crate::events::Hub::new(bus).flashes.clone(),
             auth: Auth {
                 verifier: Arc::new(arc_swap::ArcSwap::from_pointee(Verifier {
                     cdn_keys: vec![key],

@@ -834,7 +834,7 @@ pub(crate) async fn run(state: Arc<State>, mut stop: tokio::sync::watch::Receive
             }
             Err(e) => tracing::warn!(error = %e, "polls due not read"),
         }
-        if ticks % 600 == 0 {
+        if ticks.is_multiple_of(600) {
             let before = clock::now_ms() as i64 - BATCH_MEMORY_MS;
             if let Err(e) = repo::prune_reaction_batches(&state.db, before).await {
                 tracing::warn!(error = %e, "old reaction batches not pruned");
