@@ -105,12 +105,12 @@ test: deps services web py lint fuzz-build
 	@awk '/^test result:/ {p += $$4; f += $$6} END {print "tests: " p " passed, " f " failed"}' target/test.log
 
 bench: deps web bench-hit-path bench-h3 bench-flash-crowd bench-viewer bench-packaging \
-	bench-live-ladder bench-live-fanin bench-live-latency
+	bench-live-ladder bench-live-fanin bench-live-latency bench-together
 	cargo bench -p cascade-benches
 
 # The peers and the load generator of the load benchmarks: nginx (nginx-light
 # where Debian has it) and wrk for benches/hit-path.sh, Caddy (HTTP/3) and
-# openssl for benches/h3-hits.sh.
+# openssl for benches/h3-hits.sh, Mosquitto (MQTT) for the fan-out peer.
 bench-deps:
 	@pkgs=""; \
 	command -v wrk >/dev/null 2>&1 || pkgs="$$pkgs wrk"; \
@@ -118,6 +118,7 @@ bench-deps:
 	command -v openssl >/dev/null 2>&1 || pkgs="$$pkgs openssl"; \
 	if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then pkgs="$$pkgs nginx"; fi; \
 	[ -e /usr/lib/nginx/modules/ngx_rtmp_module.so ] || pkgs="$$pkgs libnginx-mod-rtmp"; \
+	command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || pkgs="$$pkgs mosquitto"; \
 	if [ -n "$$pkgs" ]; then \
 	  $(SUDO) apt-get update -qq && \
 	  { case "$$pkgs" in *nginx*) apt-cache show nginx-light >/dev/null 2>&1 && pkgs="$${pkgs/nginx/nginx-light}";; esac; true; } && \
@@ -154,6 +155,14 @@ bench-live-fanin: deps
 	cargo build --release --bin cascade
 	cargo build --release -p cascade-benches --bin live_fanin
 	./target/release/live_fanin --viewers $${VIEWERS:-10000}
+
+# Watching together: idle connections per edge, fan-out latency against
+# Mosquitto, reactions per second (benches/README.md); CONNECTIONS and
+# SUBSCRIBERS set the sizes (each process here may hold 20,000 files).
+bench-together: deps bench-deps
+	cargo build --release --bin cascade
+	cargo build --release -p cascade-benches --bin together
+	PATH="$$PATH:/usr/sbin" ./target/release/together --connections $${CONNECTIONS:-19000} --subscribers $${SUBSCRIBERS:-19000}
 
 bench-live-ladder: deps
 	cargo build --release -p cascade-benches --bin live_ladder

@@ -55,6 +55,9 @@ struct Args {
     reactors: usize,
     #[arg(long, default_value_t = 10)]
     reaction_secs: u64,
+    /// Run only these parts: `connections`, `fanout`, `reactions` (comma-separated; default all).
+    #[arg(long, default_value = "connections,fanout,reactions")]
+    only: String,
     /// Connections one worker process holds.
     #[arg(long, default_value_t = 9_000)]
     per_worker: usize,
@@ -390,10 +393,17 @@ async fn receive_owned(kind: String, s: TcpStream, expect: usize, tx: tokio::syn
 /// fast as they can for `secs`; prints how many it sent.
 async fn react(target: &str, path: &str, count: usize, secs: u64) -> anyhow::Result<()> {
     let sent = Arc::new(AtomicU64::new(0));
+    let mut conns = Vec::new();
+    for i in 0..count {
+        conns.push(open("ws", target, path, i, 2).await?);
+    }
+    // Every worker sends at once: each waits for `go` on stdin.
+    println!("ready {count} 0");
+    let mut line = String::new();
+    BufReader::new(tokio::io::stdin()).read_line(&mut line).await?;
     let deadline = Instant::now() + Duration::from_secs(secs);
     let mut tasks = Vec::new();
-    for i in 0..count {
-        let s = open("ws", target, path, i, 2).await?;
+    for s in conns {
         let sent = sent.clone();
         tasks.push(tokio::spawn(async move {
             let (mut rd, mut wr) = s.into_split();
@@ -415,7 +425,6 @@ async fn react(target: &str, path: &str, count: usize, secs: u64) -> anyhow::Res
             }
         }));
     }
-    println!("ready {count} 0");
     for t in tasks {
         let _ = t.await;
     }
@@ -549,7 +558,8 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     let mqtt_port = free_port()?;
     std::fs::write(
         format!("{data}/mosquitto.conf"),
-        format!("listener {mqtt_port} 127.0.0.1\nallow_anonymous true\nmax_connections -1\npersistence false\n"),
+        // Nagle off, as Cascade's edges have it: latency is what is measured.
+        format!("listener {mqtt_port} 127.0.0.1\nallow_anonymous true\nmax_connections -1\npersistence false\nset_tcp_nodelay true\n"),
     )?;
     let mut mosquitto = tokio::process::Command::new("mosquitto")
         .args(["-c", &format!("{data}/mosquitto.conf")])
@@ -620,8 +630,10 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     let path = format!("/events/live/bench?__token__={}", token("bench"));
     let edge_pid = |i: usize| edges[i].0.id().unwrap_or(0);
 
+    let part = |name: &str| args.only.split(',').any(|p| p == name);
     // 1. Idle connections on one edge: memory per connection.
     let target = format!("127.0.0.1:{}", edges[0].2);
+    if part("connections") {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = rss_kib(edge_pid(0));
     let mut held = Vec::new();
@@ -654,6 +666,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     for h in held {
         h.stop().await;
     }
+    }
 
     // 2. Fan-out: the same subscribers through the edges and through Mosquitto.
     let bus = cascade_bus::JetStreamBus::connect(&cascade_bus::JetStreamConfig {
@@ -662,7 +675,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         ..Default::default()
     })
     .await?;
-    for peer in ["cascade", "mosquitto"] {
+    for peer in ["cascade", "mosquitto"].into_iter().filter(|_| part("fanout")) {
         let mut workers = Vec::new();
         let mut subs = 0;
         let mut left = args.subscribers;
@@ -722,6 +735,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     }
 
     // 3. Reactions: accepted and aggregated per second, exact.
+    if part("reactions") {
     let edge_metrics = format!("http://127.0.0.1:{}/metrics", edges[0].1);
     let accepted_before = metric(&edge_metrics, "cascade_edge_reactions_accepted_total").await;
     // One session for all: the edge's per-viewer limit is set out of reach
@@ -735,6 +749,15 @@ async fn run(args: &Args) -> anyhow::Result<()> {
             spawn_worker(&me, &["react".into(), format!("127.0.0.1:{}", edges[0].2), p, per.to_string(), args.reaction_secs.to_string()]).await?.0,
         );
     }
+    for r in reactors.iter_mut() {
+        if let Some(stdin) = r.child.stdin.as_mut() {
+            stdin.write_all(b"go\n").await?;
+        }
+    }
+    // Reactions still in socket buffers when a reactor closes are dropped
+    // with the connection, so what the edge accepted, it accepted while
+    // they sent: the rate is that over the sending time. (The edge's
+    // /metrics is not sampled meanwhile: a saturated edge answers it late.)
     let t0 = Instant::now();
     let mut sent = 0u64;
     for mut r in reactors {
@@ -767,11 +790,13 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     println!(
-        "reactions: {sent} sent by {} viewers in {secs:.1} s; {accepted} accepted at the edge ({:.0}/s); origin totals {stored}: {}",
+        "reactions: {} viewers sending for {secs:.1} s ({sent} written, some left unread in socket buffers when they closed); \
+         {accepted} accepted at the edge: {:.0}/s; origin totals {stored}: {}",
         args.reactors,
         accepted as f64 / secs,
         if stored == accepted { "exact" } else { "NOT EXACT" }
     );
+    }
 
     for (mut child, _, _) in edges {
         let _ = child.kill().await;
