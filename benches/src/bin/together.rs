@@ -136,12 +136,24 @@ async fn connect_from(target: &str, i: usize, source: u8) -> anyhow::Result<TcpS
     Ok(s.connect(addr).await?)
 }
 
-async fn open(kind: &str, target: &str, path: &str, i: usize, source: u8) -> anyhow::Result<TcpStream> {
+async fn open(
+    kind: &str,
+    target: &str,
+    path: &str,
+    i: usize,
+    source: u8,
+) -> anyhow::Result<TcpStream> {
     let mut s = connect_from(target, i, source).await?;
     s.set_nodelay(true)?;
     match kind {
         "sse" => {
-            s.write_all(format!("GET {path} HTTP/1.1\r\nhost: {target}\r\naccept: text/event-stream\r\n\r\n").as_bytes()).await?;
+            s.write_all(
+                format!(
+                    "GET {path} HTTP/1.1\r\nhost: {target}\r\naccept: text/event-stream\r\n\r\n"
+                )
+                .as_bytes(),
+            )
+            .await?;
             read_head(&mut s, "200").await?;
         }
         "ws" => {
@@ -163,7 +175,10 @@ async fn read_head(s: &mut TcpStream, want: &str) -> anyhow::Result<()> {
     let mut b = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
         if s.read(&mut b).await? == 0 || head.len() > 4096 {
-            bail!("closed during the answer: {}", String::from_utf8_lossy(&head));
+            bail!(
+                "closed during the answer: {}",
+                String::from_utf8_lossy(&head)
+            );
         }
         head.push(b[0]);
     }
@@ -245,7 +260,12 @@ fn stamp(text: &[u8]) -> Option<u64> {
 }
 
 /// Reads messages off one connection; sends each stamp's latency (µs).
-async fn receive(kind: &str, s: TcpStream, expect: usize, lat: tokio::sync::mpsc::UnboundedSender<u64>) {
+async fn receive(
+    kind: &str,
+    s: TcpStream,
+    expect: usize,
+    lat: tokio::sync::mpsc::UnboundedSender<u64>,
+) {
     let mut r = BufReader::with_capacity(4096, s);
     let mut got = 0;
     let mut line = Vec::new();
@@ -270,11 +290,15 @@ async fn receive(kind: &str, s: TcpStream, expect: usize, lat: tokio::sync::mpsc
                 let mut len = u64::from(h[1] & 0x7f);
                 if len == 126 {
                     let mut b = [0u8; 2];
-                    if r.read_exact(&mut b).await.is_err() { return; }
+                    if r.read_exact(&mut b).await.is_err() {
+                        return;
+                    }
                     len = u64::from(u16::from_be_bytes(b));
                 } else if len == 127 {
                     let mut b = [0u8; 8];
-                    if r.read_exact(&mut b).await.is_err() { return; }
+                    if r.read_exact(&mut b).await.is_err() {
+                        return;
+                    }
                     len = u64::from_be_bytes(b);
                 }
                 if len > 1 << 20 {
@@ -298,10 +322,14 @@ async fn receive(kind: &str, s: TcpStream, expect: usize, lat: tokio::sync::mpsc
                 let mut mult = 1usize;
                 loop {
                     let mut b = [0u8; 1];
-                    if r.read_exact(&mut b).await.is_err() { return; }
+                    if r.read_exact(&mut b).await.is_err() {
+                        return;
+                    }
                     len += usize::from(b[0] & 0x7f) * mult;
                     mult *= 128;
-                    if b[0] & 0x80 == 0 || mult > 128 * 128 * 128 { break; }
+                    if b[0] & 0x80 == 0 || mult > 128 * 128 * 128 {
+                        break;
+                    }
                 }
                 let mut p = vec![0u8; len];
                 if r.read_exact(&mut p).await.is_err() {
@@ -323,7 +351,14 @@ async fn receive(kind: &str, s: TcpStream, expect: usize, lat: tokio::sync::mpsc
 /// A worker process: opens `count` connections, prints `ready N`, then
 /// latencies as they come (`lat µs`), and `done` when each connection has
 /// had `expect` messages (or stdin ends).
-async fn worker(kind: &str, target: &str, path: &str, count: usize, source: u8, expect: usize) -> anyhow::Result<()> {
+async fn worker(
+    kind: &str,
+    target: &str,
+    path: &str,
+    count: usize,
+    source: u8,
+    expect: usize,
+) -> anyhow::Result<()> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut opened = 0;
     let mut failed = 0;
@@ -355,7 +390,12 @@ async fn worker(kind: &str, target: &str, path: &str, count: usize, source: u8, 
     }
     let mut tasks = Vec::with_capacity(opened);
     for s in streams {
-        tasks.push(tokio::spawn(receive_owned(kind.to_string(), s, expect, tx.clone())));
+        tasks.push(tokio::spawn(receive_owned(
+            kind.to_string(),
+            s,
+            expect,
+            tx.clone(),
+        )));
     }
     drop(tx);
     println!("ready {opened} {failed}");
@@ -385,7 +425,12 @@ async fn worker(kind: &str, target: &str, path: &str, count: usize, source: u8, 
     Ok(())
 }
 
-async fn receive_owned(kind: String, s: TcpStream, expect: usize, tx: tokio::sync::mpsc::UnboundedSender<u64>) {
+async fn receive_owned(
+    kind: String,
+    s: TcpStream,
+    expect: usize,
+    tx: tokio::sync::mpsc::UnboundedSender<u64>,
+) {
     receive(&kind, s, expect, tx).await;
 }
 
@@ -400,7 +445,9 @@ async fn react(target: &str, path: &str, count: usize, secs: u64) -> anyhow::Res
     // Every worker sends at once: each waits for `go` on stdin.
     println!("ready {count} 0");
     let mut line = String::new();
-    BufReader::new(tokio::io::stdin()).read_line(&mut line).await?;
+    BufReader::new(tokio::io::stdin())
+        .read_line(&mut line)
+        .await?;
     let deadline = Instant::now() + Duration::from_secs(secs);
     let mut tasks = Vec::new();
     for s in conns {
@@ -496,7 +543,9 @@ impl Worker {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 async fn wait_port(port: u16) -> anyhow::Result<()> {
@@ -531,7 +580,9 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
 }
 
 async fn metric(url: &str, series: &str) -> u64 {
-    let Ok(r) = reqwest::get(url).await else { return 0 };
+    let Ok(r) = reqwest::get(url).await else {
+        return 0;
+    };
     let Ok(text) = r.text().await else { return 0 };
     text.lines()
         .filter(|l| l.starts_with(series))
@@ -547,7 +598,15 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     // NATS with JetStream and Mosquitto, our own.
     let nats_port = free_port()?;
     let mut nats = tokio::process::Command::new("nats-server")
-        .args(["-js", "-a", "127.0.0.1", "-p", &nats_port.to_string(), "-sd", &format!("{data}/nats")])
+        .args([
+            "-js",
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &nats_port.to_string(),
+            "-sd",
+            &format!("{data}/nats"),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -611,7 +670,12 @@ async fn run(args: &Args) -> anyhow::Result<()> {
             .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn()
-            .with_context(|| format!("{} (cargo build --release --bin cascade)", args.cascade.display()))?;
+            .with_context(|| {
+                format!(
+                    "{} (cargo build --release --bin cascade)",
+                    args.cascade.display()
+                )
+            })?;
         wait_port(events).await?;
         edges.push((child, port, events));
     }
@@ -634,38 +698,53 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     // 1. Idle connections on one edge: memory per connection.
     let target = format!("127.0.0.1:{}", edges[0].2);
     if part("connections") {
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let before = rss_kib(edge_pid(0));
-    let mut held = Vec::new();
-    let mut opened = 0;
-    let mut left = args.connections;
-    let mut w = 0usize;
-    while left > 0 {
-        let n = left.min(args.per_worker);
-        let kind = if w % 2 == 0 { "sse" } else { "ws" };
-        let (worker, got) = spawn_worker(
-            &me,
-            &["worker".into(), kind.into(), target.clone(), path.clone(), n.to_string(), "--source".into(), (2 + 2 * w as u8).to_string()],
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let before = rss_kib(edge_pid(0));
+        let mut held = Vec::new();
+        let mut opened = 0;
+        let mut left = args.connections;
+        let mut w = 0usize;
+        while left > 0 {
+            let n = left.min(args.per_worker);
+            let kind = if w.is_multiple_of(2) { "sse" } else { "ws" };
+            let (worker, got) = spawn_worker(
+                &me,
+                &[
+                    "worker".into(),
+                    kind.into(),
+                    target.clone(),
+                    path.clone(),
+                    n.to_string(),
+                    "--source".into(),
+                    (2 + 2 * w as u8).to_string(),
+                ],
+            )
+            .await?;
+            opened += got;
+            held.push(worker);
+            left -= n;
+            w += 1;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let after = rss_kib(edge_pid(0));
+        let gauge = metric(
+            &format!("http://127.0.0.1:{}/metrics", edges[0].1),
+            "cascade_edge_events_connections",
         )
-        .await?;
-        opened += got;
-        held.push(worker);
-        left -= n;
-        w += 1;
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = rss_kib(edge_pid(0));
-    let gauge = metric(&format!("http://127.0.0.1:{}/metrics", edges[0].1), "cascade_edge_events_connections").await;
-    println!("connections: {opened} opened of {} asked; the edge reports {gauge} held", args.connections);
-    println!(
-        "edge memory: {:.1} MiB before, {:.1} MiB with them: {:.1} KiB per connection",
-        before as f64 / 1024.0,
-        after as f64 / 1024.0,
-        (after.saturating_sub(before)) as f64 / opened.max(1) as f64
-    );
-    for h in held {
-        h.stop().await;
-    }
+        .await;
+        println!(
+            "connections: {opened} opened of {} asked; the edge reports {gauge} held",
+            args.connections
+        );
+        println!(
+            "edge memory: {:.1} MiB before, {:.1} MiB with them: {:.1} KiB per connection",
+            before as f64 / 1024.0,
+            after as f64 / 1024.0,
+            (after.saturating_sub(before)) as f64 / opened.max(1) as f64
+        );
+        for h in held {
+            h.stop().await;
+        }
     }
 
     // 2. Fan-out: the same subscribers through the edges and through Mosquitto.
@@ -675,7 +754,10 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         ..Default::default()
     })
     .await?;
-    for peer in ["cascade", "mosquitto"].into_iter().filter(|_| part("fanout")) {
+    for peer in ["cascade", "mosquitto"]
+        .into_iter()
+        .filter(|_| part("fanout"))
+    {
         let mut workers = Vec::new();
         let mut subs = 0;
         let mut left = args.subscribers;
@@ -683,11 +765,29 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         while left > 0 {
             let n = left.min(args.per_worker);
             let worker_args: Vec<String> = if peer == "cascade" {
-                vec!["worker".into(), "ws".into(), format!("127.0.0.1:{}", edges[w % 2].2), path.clone(), n.to_string(),
-                    "--source".into(), (2 + 2 * w as u8).to_string(), "--expect".into(), args.messages.to_string()]
+                vec![
+                    "worker".into(),
+                    "ws".into(),
+                    format!("127.0.0.1:{}", edges[w % 2].2),
+                    path.clone(),
+                    n.to_string(),
+                    "--source".into(),
+                    (2 + 2 * w as u8).to_string(),
+                    "--expect".into(),
+                    args.messages.to_string(),
+                ]
             } else {
-                vec!["worker".into(), "mqtt".into(), format!("127.0.0.1:{mqtt_port}"), "bench/live".into(), n.to_string(),
-                    "--source".into(), (2 + 2 * w as u8).to_string(), "--expect".into(), args.messages.to_string()]
+                vec![
+                    "worker".into(),
+                    "mqtt".into(),
+                    format!("127.0.0.1:{mqtt_port}"),
+                    "bench/live".into(),
+                    n.to_string(),
+                    "--source".into(),
+                    (2 + 2 * w as u8).to_string(),
+                    "--expect".into(),
+                    args.messages.to_string(),
+                ]
             };
             let (worker, got) = spawn_worker(&me, &worker_args).await?;
             subs += got;
@@ -707,9 +807,13 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         for i in 0..args.messages {
             let payload = format!("{{\"type\":\"comment\",\"comment\":{{\"id\":\"m{i}\",\"text\":\"Bench message {i}\",\"t\":{}}}}}", now_nanos());
             match &mut mqtt_pub {
-                Some(s) => s.write_all(&mqtt_publish_packet("bench/live", payload.as_bytes())).await?,
+                Some(s) => {
+                    s.write_all(&mqtt_publish_packet("bench/live", payload.as_bytes()))
+                        .await?
+                }
                 None => {
-                    cascade_bus::Bus::publish(&bus, "cascade.rt.live.bench", payload.into(), None).await?;
+                    cascade_bus::Bus::publish(&bus, "cascade.rt.live.bench", payload.into(), None)
+                        .await?;
                 }
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -736,60 +840,79 @@ async fn run(args: &Args) -> anyhow::Result<()> {
 
     // 3. Reactions: accepted and aggregated per second, exact.
     if part("reactions") {
-    let edge_metrics = format!("http://127.0.0.1:{}/metrics", edges[0].1);
-    let accepted_before = metric(&edge_metrics, "cascade_edge_reactions_accepted_total").await;
-    // One session for all: the edge's per-viewer limit is set out of reach
-    // here, so what is measured is the ingest itself.
-    let react_path = format!("/events/live/bench?__token__={}", token("reactor"));
-    let mut reactors = Vec::new();
-    let per = args.reactors.div_ceil(2);
-    for _ in 0..2 {
-        let p = react_path.clone();
-        reactors.push(
-            spawn_worker(&me, &["react".into(), format!("127.0.0.1:{}", edges[0].2), p, per.to_string(), args.reaction_secs.to_string()]).await?.0,
-        );
-    }
-    for r in reactors.iter_mut() {
-        if let Some(stdin) = r.child.stdin.as_mut() {
-            stdin.write_all(b"go\n").await?;
+        let edge_metrics = format!("http://127.0.0.1:{}/metrics", edges[0].1);
+        let accepted_before = metric(&edge_metrics, "cascade_edge_reactions_accepted_total").await;
+        // One session for all: the edge's per-viewer limit is set out of reach
+        // here, so what is measured is the ingest itself.
+        let react_path = format!("/events/live/bench?__token__={}", token("reactor"));
+        let mut reactors = Vec::new();
+        let per = args.reactors.div_ceil(2);
+        for _ in 0..2 {
+            let p = react_path.clone();
+            reactors.push(
+                spawn_worker(
+                    &me,
+                    &[
+                        "react".into(),
+                        format!("127.0.0.1:{}", edges[0].2),
+                        p,
+                        per.to_string(),
+                        args.reaction_secs.to_string(),
+                    ],
+                )
+                .await?
+                .0,
+            );
         }
-    }
-    // Reactions still in socket buffers when a reactor closes are dropped
-    // with the connection, so what the edge accepted, it accepted while
-    // they sent: the rate is that over the sending time. (The edge's
-    // /metrics is not sampled meanwhile: a saturated edge answers it late.)
-    let t0 = Instant::now();
-    let mut sent = 0u64;
-    for mut r in reactors {
-        while let Ok(Some(l)) = r.out.next_line().await {
-            if let Some(n) = l.strip_prefix("sent ") {
-                sent += n.parse::<u64>().unwrap_or(0);
-                break;
+        for r in reactors.iter_mut() {
+            if let Some(stdin) = r.child.stdin.as_mut() {
+                stdin.write_all(b"go\n").await?;
             }
         }
-        r.stop().await;
-    }
-    let secs = t0.elapsed().as_secs_f64();
-    // Counted at the edge, then flushed to the origin within a second or two.
-    let mut accepted = 0;
-    for _ in 0..50 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let a = metric(&edge_metrics, "cascade_edge_reactions_accepted_total").await - accepted_before;
-        if a == accepted && a > 0 {
-            break;
+        // Reactions still in socket buffers when a reactor closes are dropped
+        // with the connection, so what the edge accepted, it accepted while
+        // they sent: the rate is that over the sending time. (The edge's
+        // /metrics is not sampled meanwhile: a saturated edge answers it late.)
+        let t0 = Instant::now();
+        let mut sent = 0u64;
+        for mut r in reactors {
+            while let Ok(Some(l)) = r.out.next_line().await {
+                if let Some(n) = l.strip_prefix("sent ") {
+                    sent += n.parse::<u64>().unwrap_or(0);
+                    break;
+                }
+            }
+            r.stop().await;
         }
-        accepted = a;
-    }
-    let mut stored = 0;
-    for _ in 0..50 {
-        let totals: serde_json::Value = client.get(format!("{origin_url}/api/v1/live/bench/reactions")).send().await?.json().await?;
-        stored = totals["totals"].as_object().map_or(0, |m| m.values().filter_map(|v| v.as_u64()).sum());
-        if stored >= accepted {
-            break;
+        let secs = t0.elapsed().as_secs_f64();
+        // Counted at the edge, then flushed to the origin within a second or two.
+        let mut accepted = 0;
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let a = metric(&edge_metrics, "cascade_edge_reactions_accepted_total").await
+                - accepted_before;
+            if a == accepted && a > 0 {
+                break;
+            }
+            accepted = a;
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    println!(
+        let mut stored = 0;
+        for _ in 0..50 {
+            let totals: serde_json::Value = client
+                .get(format!("{origin_url}/api/v1/live/bench/reactions"))
+                .send()
+                .await?
+                .json()
+                .await?;
+            stored = totals["totals"]
+                .as_object()
+                .map_or(0, |m| m.values().filter_map(|v| v.as_u64()).sum());
+            if stored >= accepted {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        println!(
         "reactions: {} viewers sending for {secs:.1} s ({sent} written, some left unread in socket buffers when they closed); \
          {accepted} accepted at the edge: {:.0}/s; origin totals {stored}: {}",
         args.reactors,

@@ -172,10 +172,19 @@ impl Topic {
         ready
     }
 
-    /// The newest sequence a new viewer is taken to have seen.
+    /// The newest sequence a viewer is taken to have seen.
     pub(crate) fn head(&self) -> u64 {
         let ring = lock(&self.ring);
         ring.last.max(ring.covered_from.saturating_sub(1))
+    }
+
+    /// A new viewer's subscription and the sequence it starts after, taken
+    /// together under the ring's lock (stored events are sent under it):
+    /// every later event is in the subscription and past the sequence.
+    pub(crate) fn subscribe_at_head(&self) -> (broadcast::Receiver<Arc<Msg>>, u64) {
+        let ring = lock(&self.ring);
+        let head = ring.last.max(ring.covered_from.saturating_sub(1));
+        (self.tx.subscribe(), head)
     }
 
     /// Stored events after `after` from what this edge keeps, or `None`

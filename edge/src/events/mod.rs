@@ -661,23 +661,26 @@ async fn start(
     if !topic.ready(READY_WAIT).await {
         return Err(());
     }
-    let topic_rx = topic.tx.subscribe();
     let flash_rx = events.hub.flashes.tx.subscribe();
     let now = cascade_serve::unix_now_ms() as i64;
     let country = viewer.country.as_deref();
     let Some((s0, f0)) = cursor else {
         // A new viewer: the flashes up now; history comes from the API.
+        let (topic_rx, scope_seq) = topic.subscribe_at_head();
         let flash_seq = events.hub.flashes.last();
         let backlog = events.hub.flashes.for_viewer(country, scope, 0, now);
         return Ok(Start {
             backlog,
-            scope_seq: topic.head(),
+            scope_seq,
             flash_seq,
             topic_rx,
             flash_rx,
             reset: false,
         });
     };
+    // A returning viewer: subscribed first, then what it missed; what is in
+    // both is skipped by sequence.
+    let topic_rx = topic.tx.subscribe();
     let mut backlog = Vec::new();
     let mut reset = false;
     let mut scope_seq = s0;
