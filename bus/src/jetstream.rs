@@ -72,6 +72,14 @@ impl JetStreamBus {
     /// Connects, and creates the stream if it is not there. The connection
     /// reconnects by itself for as long as the process runs.
     pub async fn connect(cfg: &JetStreamConfig) -> Result<JetStreamBus, BusError> {
+        // A cluster is several URLs, comma-separated; the client reconnects
+        // to whichever answers.
+        let servers = cfg
+            .url
+            .split(',')
+            .map(|u| u.trim().parse::<async_nats::ServerAddr>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| BusError::Unavailable(format!("{}: {e}", cfg.url)))?;
         let client = async_nats::ConnectOptions::new()
             .name(&cfg.client_name)
             .connection_timeout(Duration::from_secs(5))
@@ -82,7 +90,7 @@ impl JetStreamBus {
                     other => tracing::debug!(event = %other, "bus event"),
                 }
             })
-            .connect(cfg.url.as_str())
+            .connect(servers)
             .await
             .map_err(|e| BusError::Unavailable(format!("cannot connect to {}: {e}", cfg.url)))?;
         let js = js::new(client.clone());

@@ -78,3 +78,22 @@ async fn stored_events_follow_replay_and_dedupe_on_jetstream() {
         .unwrap();
     assert_eq!(n.payload, bytes::Bytes::from("n"));
 }
+
+#[tokio::test]
+async fn a_cluster_is_several_urls_and_any_that_answers_will_do() {
+    // The first URL has nothing behind it; the client goes on to the next.
+    let cfg = JetStreamConfig {
+        url: format!("nats://127.0.0.1:1,{}", url()),
+        client_name: "cascade-bus-test".into(),
+        ..JetStreamConfig::default()
+    };
+    let bus = JetStreamBus::connect(&cfg)
+        .await
+        .expect("the second answers");
+    assert!(bus.last_seq().await.is_ok());
+    let bad = JetStreamConfig {
+        url: "nats://127.0.0.1:4222,::not a url::".into(),
+        ..JetStreamConfig::default()
+    };
+    assert!(JetStreamBus::connect(&bad).await.is_err());
+}

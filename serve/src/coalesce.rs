@@ -18,7 +18,9 @@ pub type Hold<V> = fn(&V) -> Option<BoxFuture<'static, ()>>;
 
 /// Fetches in flight, by key.
 pub struct Flights<V: Clone + Send + Sync + 'static> {
-    inflight: Arc<Mutex<HashMap<String, Flight<V>>>>,
+    /// Each flight with a number of its own, so that a flight's removal
+    /// never removes a newer one under the same key.
+    inflight: Arc<Mutex<HashMap<String, (u64, Flight<V>)>>>,
     timeout: Duration,
     hold: Option<Hold<V>>,
 }
@@ -64,8 +66,14 @@ impl<V: Clone + Send + Sync + 'static> Flights<V> {
                 return (None, Role::Leader);
             };
             match map.get(key) {
-                Some(f) => (f.clone(), Role::Joined),
-                None => {
+                // A flight whose answer is whole (or failed) is over even if
+                // its removal has not run yet: joining it would hand its
+                // answer, uncacheable as it may be, to a later request.
+                Some((_, f)) if !spent(f, self.hold) => (f.clone(), Role::Joined),
+                _ => {
+                    static GENERATION: std::sync::atomic::AtomicU64 =
+                        std::sync::atomic::AtomicU64::new(0);
+                    let generation = GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let timeout = self.timeout;
                     let hold = self.hold;
                     let task = tokio::spawn(tokio::time::timeout(timeout, fetch));
@@ -76,12 +84,12 @@ impl<V: Clone + Send + Sync + 'static> Flights<V> {
                             Ok(Ok(v)) => Some(v),
                             _ => None,
                         };
-                        // Done: later requests find the cache, or start anew;
-                        // while a body still streams in, they join it.
                         let held = out.as_ref().zip(hold).and_then(|(v, h)| h(v));
                         let remove = move || {
                             if let Ok(mut map) = inflight.lock() {
-                                map.remove(&owned_key);
+                                if map.get(&owned_key).is_some_and(|(g, _)| *g == generation) {
+                                    map.remove(&owned_key);
+                                }
                             }
                         };
                         match held {
@@ -97,7 +105,7 @@ impl<V: Clone + Send + Sync + 'static> Flights<V> {
                     }
                     .boxed()
                     .shared();
-                    map.insert(key.to_string(), flight.clone());
+                    map.insert(key.to_string(), (generation, flight.clone()));
                     (flight, Role::Leader)
                 }
             }
@@ -113,6 +121,19 @@ impl<V: Clone + Send + Sync + 'static> Flights<V> {
     /// Whether none is in flight.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// Whether a flight is over: its fetch has ended, and so has what holds it
+/// (its body, for a streamed answer).
+fn spent<V: Clone + Send + Sync + 'static>(f: &Flight<V>, hold: Option<Hold<V>>) -> bool {
+    match f.peek() {
+        None => false,
+        Some(None) => true,
+        Some(Some(v)) => match hold.and_then(|h| h(v)) {
+            None => true,
+            Some(until) => until.now_or_never().is_some(),
+        },
     }
 }
 
@@ -163,5 +184,25 @@ mod tests {
         assert_eq!(v, None);
         let (v, role) = flights.run("k", async { 3 }).await;
         assert_eq!((v, role), (Some(3), Role::Leader));
+    }
+
+    #[tokio::test]
+    async fn a_request_after_an_answer_was_whole_starts_anew() {
+        // The answer is whole at once (its hold is already over), but its
+        // removal is a task that has not run yet: the next request must not
+        // get the same answer.
+        fn held(_: &u32) -> Option<BoxFuture<'static, ()>> {
+            Some(async {}.boxed())
+        }
+        let flights = Flights::<u32>::with_hold(Duration::from_secs(5), held);
+        let (v, role) = flights.run("k", async { 1 }).await;
+        assert_eq!((v, role), (Some(1), Role::Leader));
+        let (v, role) = flights.run("k", async { 2 }).await;
+        assert_eq!((v, role), (Some(2), Role::Leader));
+        // The first flight's late removal leaves the second alone until its
+        // own runs.
+        tokio::task::yield_now().await;
+        tokio::task::yield_now().await;
+        assert!(flights.is_empty());
     }
 }
