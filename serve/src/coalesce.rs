@@ -11,6 +11,9 @@ use std::time::Duration;
 use futures::future::{BoxFuture, FutureExt, Shared};
 
 type Flight<V> = Shared<BoxFuture<'static, Option<V>>>;
+/// Flights by key, each with a number of its own, so that a flight's
+/// removal never removes a newer one under the same key.
+type InFlight<V> = Arc<Mutex<HashMap<String, (u64, Flight<V>)>>>;
 
 /// What keeps a finished fetch joinable: for a response whose body is still
 /// streaming in, the end of that body.
@@ -18,9 +21,7 @@ pub type Hold<V> = fn(&V) -> Option<BoxFuture<'static, ()>>;
 
 /// Fetches in flight, by key.
 pub struct Flights<V: Clone + Send + Sync + 'static> {
-    /// Each flight with a number of its own, so that a flight's removal
-    /// never removes a newer one under the same key.
-    inflight: Arc<Mutex<HashMap<String, (u64, Flight<V>)>>>,
+    inflight: InFlight<V>,
     timeout: Duration,
     hold: Option<Hold<V>>,
 }
