@@ -107,21 +107,7 @@ pub(crate) async fn flash(args: FlashArgs) -> anyhow::Result<()> {
         }
         (None, None) => bail!("give the flash's text (or --list, or --end ID)"),
     };
-    let mut r = client.request(method, url).bearer_auth(admin);
-    if let Some(b) = body {
-        r = r.json(&b);
-    }
-    let r = r.send().await.context("reaching the origin")?;
-    let status = r.status();
-    let v: Value = r.json().await.unwrap_or(Value::Null);
-    if !status.is_success() {
-        bail!(
-            "the origin answered {}: {} ({})",
-            status.as_u16(),
-            v["message"].as_str().unwrap_or("no reason given"),
-            v["error"].as_str().unwrap_or("?")
-        );
-    }
+    let v = crate::live::admin_call(&client, admin, method, url, body).await?;
     if args.end.is_some() {
         eprintln!("flash ended");
     } else {

@@ -104,24 +104,7 @@ pub(crate) async fn live(args: LiveArgs) -> anyhow::Result<()> {
         .build()
         .context("making an HTTP client")?;
     let call = |method: reqwest::Method, url: String, body: Option<Value>| {
-        let mut r = client.request(method, url).bearer_auth(admin);
-        if let Some(b) = body {
-            r = r.json(&b);
-        }
-        async move {
-            let r = r.send().await.context("reaching the origin")?;
-            let status = r.status();
-            let v: Value = r.json().await.unwrap_or(Value::Null);
-            if !status.is_success() {
-                bail!(
-                    "the origin answered {}: {} ({})",
-                    status.as_u16(),
-                    v["message"].as_str().unwrap_or("no reason given"),
-                    v["error"].as_str().unwrap_or("?")
-                );
-            }
-            Ok(v)
-        }
+        admin_call(&client, admin, method, url, body)
     };
     let countries = |s: &Option<String>| -> Vec<String> {
         s.iter()
@@ -323,4 +306,31 @@ fn print_results(p: &Value) {
             100.0 * n as f64 / total as f64
         );
     }
+}
+
+/// One call of the origin's admin API; its JSON answer, or the origin's
+/// refusal in words.
+pub(crate) async fn admin_call(
+    client: &reqwest::Client,
+    admin: &str,
+    method: reqwest::Method,
+    url: String,
+    body: Option<Value>,
+) -> anyhow::Result<Value> {
+    let mut r = client.request(method, url).bearer_auth(admin);
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    let r = r.send().await.context("reaching the origin")?;
+    let status = r.status();
+    let v: Value = r.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        bail!(
+            "the origin answered {}: {} ({})",
+            status.as_u16(),
+            v["message"].as_str().unwrap_or("no reason given"),
+            v["error"].as_str().unwrap_or("?")
+        );
+    }
+    Ok(v)
 }

@@ -725,6 +725,49 @@ async fn start(
     })
 }
 
+/// Joins the scope and finds where the viewer starts; when the bus cannot
+/// be followed, answers 503 and gives up.
+async fn begin(
+    events: &Events,
+    tcp: &mut TcpStream,
+    scope: &Scope,
+    viewer: &Viewer,
+    cursor: Option<(u64, u64)>,
+) -> Option<(hub::Membership, Start)> {
+    let membership = events.hub.join(scope);
+    match start(events, &membership.topic, scope, viewer, cursor).await {
+        Ok(st) => Some((membership, st)),
+        Err(()) => {
+            let _ = write_answer(
+                tcp,
+                StatusCode::SERVICE_UNAVAILABLE,
+                &[("retry-after", "2")],
+                error_json(
+                    "bus_unavailable",
+                    "real-time events are unavailable; retry shortly",
+                ),
+            )
+            .await;
+            None
+        }
+    }
+}
+
+impl Start {
+    /// The next message for the viewer from its scope or the flashes.
+    async fn next_message(&mut self) -> Wake {
+        let (m, is_flash) = tokio::select! {
+            m = self.topic_rx.recv() => (m, false),
+            m = self.flash_rx.recv() => (m, true),
+        };
+        match m {
+            Ok(m) => Wake::Send(m, is_flash),
+            Err(broadcast::error::RecvError::Lagged(_)) => Wake::Lagged,
+            Err(broadcast::error::RecvError::Closed) => Wake::Closed,
+        }
+    }
+}
+
 fn msg_of(e: &cascade_bus::Event) -> Option<Msg> {
     let v: serde_json::Value = serde_json::from_slice(&e.payload).ok()?;
     Some(Msg {
@@ -745,6 +788,24 @@ struct Cursor {
 impl Cursor {
     fn id(&self) -> String {
         format!("{}-{}", self.scope, self.flash)
+    }
+
+    /// Moves the cursor past a message of the backlog (already past it).
+    fn note(&mut self, m: &Msg) {
+        if m.seq > 0 {
+            let last = if m.flash.is_some() {
+                &mut self.flash
+            } else {
+                &mut self.scope
+            };
+            *last = (*last).max(m.seq);
+        }
+    }
+
+    /// Whether a message is for this viewer (a flash for its country and
+    /// scope) and new to it (moving the cursor if stored).
+    fn wants(&mut self, m: &Msg, is_flash: bool, country: Option<&str>, scope: &Scope) -> bool {
+        (!is_flash || flash_reaches(m, country, scope)) && self.admit(m, is_flash)
     }
 
     /// Whether `m` is new to this viewer (moving the cursor if stored).
@@ -783,18 +844,8 @@ async fn sse_session(
     cursor: Option<(u64, u64)>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let membership = events.hub.join(&scope);
-    let Ok(mut st) = start(&events, &membership.topic, &scope, &viewer, cursor).await else {
-        let _ = write_answer(
-            &mut tcp,
-            StatusCode::SERVICE_UNAVAILABLE,
-            &[("retry-after", "2")],
-            error_json(
-                "bus_unavailable",
-                "real-time events are unavailable; retry shortly",
-            ),
-        )
-        .await;
+    let Some((_membership, mut st)) = begin(&events, &mut tcp, &scope, &viewer, cursor).await
+    else {
         return;
     };
     let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-store\r\naccess-control-allow-origin: *\r\nx-accel-buffering: no\r\nconnection: close\r\n\r\nretry: 2000\n\n";
@@ -823,15 +874,7 @@ async fn sse_session(
         }
     }
     for m in std::mem::take(&mut st.backlog) {
-        let is_flash = m.flash.is_some();
-        // Backlog is already past the cursor; it only moves it.
-        if m.seq > 0 {
-            if is_flash {
-                cur.flash = cur.flash.max(m.seq);
-            } else {
-                cur.scope = cur.scope.max(m.seq);
-            }
-        }
+        cur.note(&m);
         if !send_timed(&mut wr, &sse_frame(&m, Some(&cur)), timeout).await {
             events.metrics.dropped.with_label_values(&["slow"]).inc();
             return;
@@ -843,16 +886,7 @@ async fn sse_session(
     let mut probe = [0u8; 64];
     loop {
         let wake = tokio::select! {
-            m = st.topic_rx.recv() => match m {
-                Ok(m) => Wake::Send(m, false),
-                Err(broadcast::error::RecvError::Lagged(_)) => Wake::Lagged,
-                Err(broadcast::error::RecvError::Closed) => Wake::Closed,
-            },
-            m = st.flash_rx.recv() => match m {
-                Ok(m) => Wake::Send(m, true),
-                Err(broadcast::error::RecvError::Lagged(_)) => Wake::Lagged,
-                Err(broadcast::error::RecvError::Closed) => Wake::Closed,
-            },
+            w = st.next_message() => w,
             _ = keepalive.tick() => Wake::Keepalive,
             r = rd.read(&mut probe) => match r {
                 // An SSE client sends nothing after its request; anything
@@ -864,10 +898,7 @@ async fn sse_session(
         };
         let frame = match wake {
             Wake::Send(m, is_flash) => {
-                if is_flash && !flash_reaches(&m, viewer.country.as_deref(), &scope) {
-                    continue;
-                }
-                if !cur.admit(&m, is_flash) {
+                if !cur.wants(&m, is_flash, viewer.country.as_deref(), &scope) {
                     continue;
                 }
                 sse_frame(&m, Some(&cur))
@@ -977,18 +1008,8 @@ async fn websocket_session(
         .await;
         return;
     };
-    let membership = events.hub.join(&scope);
-    let Ok(mut st) = start(&events, &membership.topic, &scope, &viewer, cursor).await else {
-        let _ = write_answer(
-            &mut tcp,
-            StatusCode::SERVICE_UNAVAILABLE,
-            &[("retry-after", "2")],
-            error_json(
-                "bus_unavailable",
-                "real-time events are unavailable; retry shortly",
-            ),
-        )
-        .await;
+    let Some((_membership, mut st)) = begin(&events, &mut tcp, &scope, &viewer, cursor).await
+    else {
         return;
     };
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(&key);
@@ -1032,13 +1053,7 @@ async fn websocket_session(
         return;
     }
     for m in std::mem::take(&mut st.backlog) {
-        if m.seq > 0 {
-            if m.flash.is_some() {
-                cur.flash = cur.flash.max(m.seq);
-            } else {
-                cur.scope = cur.scope.max(m.seq);
-            }
-        }
+        cur.note(&m);
         if !ws_send(&mut ws, timeout, ws_text(&m, &cur)).await {
             events.metrics.dropped.with_label_values(&["slow"]).inc();
             return;
@@ -1051,16 +1066,7 @@ async fn websocket_session(
     let mut last_error = Instant::now() - Duration::from_secs(10);
     loop {
         let wake = tokio::select! {
-            m = st.topic_rx.recv() => match m {
-                Ok(m) => Wake::Send(m, false),
-                Err(broadcast::error::RecvError::Lagged(_)) => Wake::Lagged,
-                Err(broadcast::error::RecvError::Closed) => Wake::Closed,
-            },
-            m = st.flash_rx.recv() => match m {
-                Ok(m) => Wake::Send(m, true),
-                Err(broadcast::error::RecvError::Lagged(_)) => Wake::Lagged,
-                Err(broadcast::error::RecvError::Closed) => Wake::Closed,
-            },
+            w = st.next_message() => w,
             _ = keepalive.tick() => Wake::Keepalive,
             m = ws.next() => match m {
                 Some(Ok(Message::Text(t))) => Wake::Inbound(t.as_bytes().to_vec()),
@@ -1078,10 +1084,7 @@ async fn websocket_session(
         };
         let ok = match wake {
             Wake::Send(m, is_flash) => {
-                if is_flash && !flash_reaches(&m, viewer.country.as_deref(), &scope) {
-                    continue;
-                }
-                if !cur.admit(&m, is_flash) {
+                if !cur.wants(&m, is_flash, viewer.country.as_deref(), &scope) {
                     continue;
                 }
                 let ok = ws_send(&mut ws, timeout, ws_text(&m, &cur)).await;

@@ -9,19 +9,19 @@
 //! per scope. Poll results are published the same way, at most once per
 //! interval per poll that got votes.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
-use cascade_bus::{reaction_index, Bus, FlashTarget, Scope, REACTIONS};
-use prometheus::IntCounterVec;
+use cascade_bus::{reaction_index, FlashTarget, Scope, REACTIONS};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::ToSchema;
 
 use crate::repo::interactive::{self as repo, CommentRow, FlashRow, PollRow, ReactionBatch};
+use crate::service::realtime::Outgoing;
 use crate::service::state::State;
 use crate::storage::{clock, ids, Error, Kind, Result};
 
@@ -39,44 +39,6 @@ const MAX_BATCHES: usize = 1000;
 const MAX_BATCH_COUNT: i64 = 100_000_000;
 /// How long batch ids are remembered against replays.
 const BATCH_MEMORY_MS: i64 = 3600 * 1000;
-/// How long a stored event may wait for the bus before it is given up
-/// (it is still stored, and in the paginated history).
-const OUTBOX_PATIENCE: Duration = Duration::from_secs(600);
-/// Stored events waiting for the bus at most.
-const OUTBOX_CAPACITY: usize = 100_000;
-
-/// The origin's side of the real-time features.
-pub(crate) struct Interactive {
-    pub(crate) bus: Arc<dyn Bus>,
-    outbox: tokio::sync::mpsc::Sender<Outgoing>,
-    /// Reactions received since the last swarm, per scope key.
-    swarm: Mutex<HashMap<String, [u64; REACTIONS.len()]>>,
-    /// Polls with votes since their last results notice.
-    dirty_polls: Mutex<HashSet<String>>,
-    /// Events published, by kind.
-    pub(crate) published: IntCounterVec,
-    /// Requests refused, by reason.
-    pub(crate) refused: IntCounterVec,
-}
-
-impl Interactive {
-    pub(crate) fn new(
-        bus: Arc<dyn Bus>,
-        published: IntCounterVec,
-        refused: IntCounterVec,
-    ) -> Interactive {
-        let (outbox, rx) = tokio::sync::mpsc::channel(OUTBOX_CAPACITY);
-        tokio::spawn(run_outbox(bus.clone(), published.clone(), rx));
-        Interactive {
-            outbox,
-            bus,
-            swarm: Mutex::new(HashMap::new()),
-            dirty_polls: Mutex::new(HashSet::new()),
-            published,
-            refused,
-        }
-    }
-}
 
 // ---- what the API takes and answers ----------------------------------------
 
@@ -875,13 +837,7 @@ async fn publish(
     id: &str,
     kind: &'static str,
 ) {
-    let item = Outgoing {
-        subject: subject.to_string(),
-        payload: Bytes::from(payload.to_string()),
-        id: id.to_string(),
-        kind,
-        queued: std::time::Instant::now(),
-    };
+    let item = Outgoing::new(subject, Bytes::from(payload.to_string()), id, kind);
     if state.interactive.outbox.try_send(item).is_err() {
         state
             .interactive
@@ -889,47 +845,6 @@ async fn publish(
             .with_label_values(&["outbox_full"])
             .inc();
         tracing::error!(%subject, "bus outbox full; the event is stored but not pushed");
-    }
-}
-
-/// A stored event waiting for the bus.
-pub(crate) struct Outgoing {
-    subject: String,
-    payload: Bytes,
-    id: String,
-    kind: &'static str,
-    queued: std::time::Instant,
-}
-
-/// Publishes queued events in order, retrying each until the bus takes
-/// it or it has waited [`OUTBOX_PATIENCE`].
-pub(crate) async fn run_outbox(
-    bus: Arc<dyn Bus>,
-    published: IntCounterVec,
-    mut rx: tokio::sync::mpsc::Receiver<Outgoing>,
-) {
-    while let Some(item) = rx.recv().await {
-        let mut wait = Duration::from_millis(100);
-        loop {
-            match bus
-                .publish(&item.subject, item.payload.clone(), Some(&item.id))
-                .await
-            {
-                Ok(_) => {
-                    published.with_label_values(&[item.kind]).inc();
-                    break;
-                }
-                Err(e) if item.queued.elapsed() < OUTBOX_PATIENCE => {
-                    tracing::warn!(subject = %item.subject, error = %e, "publish failed; retrying");
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(2));
-                }
-                Err(e) => {
-                    tracing::error!(subject = %item.subject, error = %e, "publish given up; viewers learn of it from the history");
-                    break;
-                }
-            }
-        }
     }
 }
 

@@ -19,6 +19,7 @@ pub(crate) mod live_media;
 pub(crate) mod live_vod;
 pub(crate) mod mail;
 pub(crate) mod playback;
+pub(crate) mod realtime;
 pub(crate) mod signup;
 pub(crate) mod state;
 pub(crate) mod titles;

@@ -56,7 +56,7 @@ pub struct State {
     pub(crate) mezz_repeat_bytes: IntCounter,
     pub(crate) mezz_requests: IntCounter,
     /// Comments, reactions, polls and flashes, and the bus they go out on.
-    pub(crate) interactive: crate::service::interactive::Interactive,
+    pub(crate) interactive: crate::service::realtime::Interactive,
     /// Live channels' ingest health and counters.
     pub(crate) live: crate::service::live_health::LiveHealth,
     /// Live channels' parts, init segments and manifests.
@@ -172,7 +172,7 @@ impl State {
         )
         .await
         .map_err(|e| anyhow::anyhow!("nats_url: {e}"))?;
-        let interactive = crate::service::interactive::Interactive::new(
+        let interactive = crate::service::realtime::Interactive::new(
             bus,
             counter(
                 "origin_realtime_published_total",
