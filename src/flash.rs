@@ -115,7 +115,7 @@ pub(crate) async fn flash(args: FlashArgs) -> anyhow::Result<()> {
         eprintln!(
             "flash published to {} until {}",
             v["target"].as_str().unwrap_or("?"),
-            v["expires_at"].as_i64().unwrap_or(0)
+            cascade_packager::live::iso_time(v["expires_at"].as_u64().unwrap_or(0))
         );
     }
     Ok(())

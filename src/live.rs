@@ -236,7 +236,7 @@ pub(crate) async fn live(args: LiveArgs) -> anyhow::Result<()> {
             println!("{}", plain(&p["id"]));
             eprintln!(
                 "poll open on {name} until {} (cascade live poll-close {} to close it now)",
-                plain(&p["closes_at"]),
+                cascade_packager::live::iso_time(p["closes_at"].as_u64().unwrap_or(0)),
                 plain(&p["id"])
             );
         }

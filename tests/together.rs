@@ -121,6 +121,15 @@ async fn post(url: &str, bearer: Option<&str>, body: Value) -> (u16, Value) {
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
+/// A GET's JSON answer, with the bearer if given.
+async fn get_json(url: &str, bearer: Option<&str>) -> Value {
+    let mut r = client().get(url);
+    if let Some(b) = bearer {
+        r = r.bearer_auth(b);
+    }
+    r.send().await.unwrap().json().await.unwrap()
+}
+
 async fn comment(origin: &str, channel: &str, viewer: &str, text: &str) -> Value {
     let (status, body) = post(
         &format!("{origin}/api/v1/live/{channel}/comments"),
@@ -214,17 +223,11 @@ async fn comments_reach_sse_and_websocket_viewers_on_two_edges_in_order_once_and
     assert_eq!(r1[0].event["id"], second);
     assert_eq!(r2[0].event["id"], second);
     // And it is gone from the history on either origin.
-    let page: Value = client()
-        .get(format!(
-            "{}/api/v1/live/{channel}/comments",
-            fleet.origin(1)
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page = get_json(
+        &format!("{}/api/v1/live/{channel}/comments", fleet.origin(1)),
+        None,
+    )
+    .await;
     let listed: Vec<&str> = page["comments"]
         .as_array()
         .unwrap()
@@ -386,17 +389,11 @@ async fn reactions_of_a_thousand_viewers_are_pushed_as_aggregates_that_sum_exact
         }
     }
     // The totals are durable at the origin, and the same.
-    let totals: Value = client()
-        .get(format!(
-            "{}/api/v1/live/{channel}/reactions",
-            fleet.origin(0)
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let totals = get_json(
+        &format!("{}/api/v1/live/{channel}/reactions", fleet.origin(0)),
+        None,
+    )
+    .await;
     let stored: u64 = totals["totals"]
         .as_object()
         .unwrap()
@@ -598,15 +595,11 @@ async fn bad_input_is_refused_clearly_and_harms_no_one_else() {
             .0,
         200
     );
-    let list: Value = client()
-        .get(format!("{origin}/api/v1/admin/comments/reports"))
-        .bearer_auth(ORIGIN_ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list = get_json(
+        &format!("{origin}/api/v1/admin/comments/reports"),
+        Some(ORIGIN_ADMIN),
+    )
+    .await;
     assert_eq!(list[0]["reports"], 1);
     assert_eq!(list[0]["comment"]["text"], "report me");
 

@@ -52,6 +52,7 @@ pub fn is_routine(path: &str) -> bool {
             | "/api/v1/fleet/heartbeat"
             | "/api/v1/fleet/partners"
             | "/api/v1/fleet/revocations"
+            | "/api/v1/fleet/reactions"
     )
 }
 
