@@ -634,6 +634,21 @@ async fn bad_input_is_refused_clearly_and_harms_no_one_else() {
         "a fifth connection from one address"
     );
     drop(held);
+    // Their slots are free once the edge has let them go.
+    let deadline = std::time::Instant::now() + WAIT;
+    while edge_metric(
+        &fleet,
+        "cascade_edge_events_connections{transport=\"websocket\"}",
+    )
+    .await
+        > 1
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the closed connections were never let go"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // Reactions: unknown emoji and bad counts, over POST and WebSocket.
     let react = fleet.events(0, &format!("{path}/react?__token__={token}"));
@@ -692,8 +707,16 @@ async fn bad_input_is_refused_clearly_and_harms_no_one_else() {
     slow.write_all(format!("GET {path}?__token__={token} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
         .await
         .unwrap();
-    // Let the edge take the slow viewer in before the flood.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The flood starts once the edge holds the slow viewer (its only SSE
+    // connection).
+    let deadline = std::time::Instant::now() + WAIT;
+    while edge_metric(&fleet, "cascade_edge_events_connections{transport=\"sse\"}").await < 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slow viewer was never let in"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // More than the socket buffers hold, at a pace a reading viewer keeps.
     let filler = "y".repeat(16_000);
     let reader = tokio::spawn(async move {

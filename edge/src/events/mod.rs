@@ -248,6 +248,9 @@ async fn connection(
         Ok(s) => s,
         Err(why) => {
             events.metrics.refused.with_label_values(&[why]).inc();
+            // The request is read (for a second at most) before the answer,
+            // so that a client still sending it gets the 503, not a reset.
+            let _ = tokio::time::timeout(Duration::from_secs(1), read_head(&mut tcp)).await;
             let _ = tokio::time::timeout(
                 Duration::from_secs(2),
                 write_answer(
