@@ -18,7 +18,7 @@ NODE_PACKAGES := nodejs npm
 
 .PHONY: help deps services rust web py build release dev test lint fmt bench clean fuzz-build \
 	bench-deps bench-packaging bench-hit-path bench-h3 bench-flash-crowd bench-viewer \
-	bench-live-latency bench-live-fanin bench-live-ladder
+	bench-live-latency bench-live-fanin bench-live-ladder bench-together
 
 help:
 	@echo "make dev   install what is missing, build, and run the whole stack (cascade dev)"

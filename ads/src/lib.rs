@@ -1,0 +1,75 @@
+//! Ad decisions as data, for server-side ad insertion: VAST (2.0, 3.0 and
+//! 4.x) and VMAP documents parsed into checked types, the VAST error codes
+//! an ad server is told, and the macros of an ad tag URL.
+//!
+//! Pure: bytes in, values out; no sockets and no clock. Ad server answers
+//! are untrusted input: sizes, counts and depth are limited before anything
+//! is kept, and nothing here panics on any input (`fuzz/fuzz_targets/vast.rs`).
+
+#![warn(unreachable_pub)]
+
+mod macros;
+mod tree;
+mod vast;
+mod vmap;
+
+pub use macros::{expand, Macros};
+pub use vast::{
+    parse_vast, pick_media_file, Ad, AdBody, InLine, Linear, MediaFile, Tracking, TrackingEvent,
+    Vast, Wrapper,
+};
+pub use vmap::{parse_vmap, AdBreak, BreakSource, Offset, Vmap};
+
+/// Largest VAST or VMAP document read.
+pub const MAX_DOCUMENT: usize = 1 << 20;
+
+/// Why a document could not be used, with the VAST error code an ad
+/// server is told (VAST 4.2, section 2.3.6.3).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdError {
+    /// Not well-formed XML, or larger or deeper than allowed (100).
+    #[error("the document is not XML we can read: {0}")]
+    Xml(String),
+    /// Well-formed, but not a VAST or VMAP document as the schema says (101).
+    #[error("the document is not valid VAST/VMAP: {0}")]
+    Schema(String),
+    /// A VAST version we do not take (102).
+    #[error("VAST version {0} is not supported")]
+    Version(String),
+    /// No ad in the document (303 after a wrapper, else 900 in our use).
+    #[error("the document holds no ad")]
+    NoAd,
+}
+
+impl AdError {
+    /// The VAST error code for `[ERRORCODE]`.
+    pub fn code(&self) -> u16 {
+        match self {
+            AdError::Xml(_) => 100,
+            AdError::Schema(_) => 101,
+            AdError::Version(_) => 102,
+            AdError::NoAd => 303,
+        }
+    }
+}
+
+/// VAST error codes this crate's callers report besides [`AdError`]'s.
+pub mod codes {
+    /// Wrapper error, general.
+    pub const WRAPPER: u16 = 300;
+    /// Timeout of the VAST URI of a wrapper (or of the ad server).
+    pub const TIMEOUT: u16 = 301;
+    /// Wrapper limit reached.
+    pub const WRAPPER_LIMIT: u16 = 302;
+    /// No ads after following wrappers.
+    pub const NO_ADS_AFTER_WRAPPER: u16 = 303;
+    /// General linear error: the media could not be played.
+    pub const LINEAR: u16 = 400;
+    /// The media file could not be found.
+    pub const FILE_NOT_FOUND: u16 = 401;
+    /// No supported media file.
+    pub const NO_SUPPORTED_MEDIA: u16 = 403;
+    /// Undefined error.
+    pub const UNDEFINED: u16 = 900;
+}
