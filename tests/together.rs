@@ -179,21 +179,17 @@ async fn comments_reach_sse_and_websocket_viewers_on_two_edges_in_order_once_and
     for text in ["first", "second", "third"] {
         ids.push(comment(&fleet.origin(0), &channel, &viewer, text).await["id"].clone());
     }
-    let on_sse = collect_sse(&mut sse, "comment", 3, WAIT).await;
-    let on_ws = collect_ws(&mut ws, "comment", 3, WAIT).await;
+    let on_sse = collect(&mut sse, "comment", 3, WAIT).await;
+    let on_ws = collect(&mut ws, "comment", 3, WAIT).await;
     assert_eq!(texts(&on_sse), ["first", "second", "third"]);
     assert_eq!(texts(&on_ws), ["first", "second", "third"]);
     // Exactly once: nothing more comes.
-    assert!(
-        collect_sse(&mut sse, "comment", 1, Duration::from_millis(700))
-            .await
-            .is_empty()
-    );
-    assert!(
-        collect_ws(&mut ws, "comment", 1, Duration::from_millis(300))
-            .await
-            .is_empty()
-    );
+    assert!(collect(&mut sse, "comment", 1, Duration::from_millis(700))
+        .await
+        .is_empty());
+    assert!(collect(&mut ws, "comment", 1, Duration::from_millis(300))
+        .await
+        .is_empty());
     // Stored events carry ids that only grow.
     let seqs: Vec<u64> = on_sse
         .iter()
@@ -218,8 +214,8 @@ async fn comments_reach_sse_and_websocket_viewers_on_two_edges_in_order_once_and
         .await
         .unwrap();
     assert_eq!(r.status(), 204);
-    let r1 = collect_sse(&mut sse, "retract", 1, WAIT).await;
-    let r2 = collect_ws(&mut ws, "retract", 1, WAIT).await;
+    let r1 = collect(&mut sse, "retract", 1, WAIT).await;
+    let r2 = collect(&mut ws, "retract", 1, WAIT).await;
     assert_eq!(r1[0].event["id"], second);
     assert_eq!(r2[0].event["id"], second);
     // And it is gone from the history on either origin.
@@ -252,10 +248,10 @@ async fn comments_reach_sse_and_websocket_viewers_on_two_edges_in_order_once_and
         Some(&last_id),
     )
     .await;
-    let again = collect_sse(&mut back, "comment", 2, WAIT).await;
+    let again = collect(&mut back, "comment", 2, WAIT).await;
     assert_eq!(texts(&again), ["fourth", "fifth"]);
     assert!(
-        collect_sse(&mut back, "comment", 1, Duration::from_millis(700))
+        collect(&mut back, "comment", 1, Duration::from_millis(700))
             .await
             .is_empty(),
         "no duplicates"
@@ -268,7 +264,7 @@ async fn comments_reach_sse_and_websocket_viewers_on_two_edges_in_order_once_and
         Some(on_sse[0].id.as_deref().unwrap()),
     )
     .await;
-    let replayed = collect_sse(&mut from_start, "comment", 4, WAIT).await;
+    let replayed = collect(&mut from_start, "comment", 4, WAIT).await;
     assert_eq!(texts(&replayed), ["second", "third", "fourth", "fifth"]);
     fleet.shutdown().await;
 }
@@ -432,7 +428,7 @@ async fn a_poll_takes_one_vote_each_pushes_results_and_closes_on_time() {
     .await;
     assert_eq!(status, 201, "{poll}");
     let id = poll["id"].as_str().unwrap().to_string();
-    let opened = collect_ws(&mut ws, "poll", 1, WAIT).await;
+    let opened = collect(&mut ws, "poll", 1, WAIT).await;
     assert_eq!(opened[0].event["poll"]["state"], "open");
     assert_eq!(opened[0].event["poll"]["options"], json!(["Home", "Away"]));
 
@@ -482,7 +478,7 @@ async fn a_poll_takes_one_vote_each_pushes_results_and_closes_on_time() {
     .await;
     assert_eq!(status, 200, "{closed}");
     assert_eq!(closed["counts"], json!([1, 2]));
-    let pushed = collect_ws(&mut ws, "poll", 1, WAIT).await;
+    let pushed = collect(&mut ws, "poll", 1, WAIT).await;
     assert_eq!(pushed[0].event["poll"]["state"], "closed");
     let d = common::viewer(&origin, &fleet.outbox).await;
     let (status, body) = vote(d.clone(), 0).await;
@@ -652,37 +648,23 @@ async fn bad_input_is_refused_clearly_and_harms_no_one_else() {
 
     // Reactions: unknown emoji and bad counts, over POST and WebSocket.
     let react = fleet.events(0, &format!("{path}/react?__token__={token}"));
-    let r = client()
-        .post(&react)
-        .json(&json!({ "react": "poop" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
-    let r = client()
-        .post(&react)
-        .json(&json!({ "react": "clap", "count": 0 }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
-    let r = client()
-        .post(&react)
-        .body(vec![b'x'; 5000])
-        .header("content-type", "application/json")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 413);
-    let r = client()
-        .post(&react)
-        .json(&json!({ "react": "clap" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204);
+    let post_react = |body: Vec<u8>| {
+        let r = client()
+            .post(&react)
+            .header("content-type", "application/json")
+            .body(body)
+            .send();
+        async move { r.await.unwrap().status().as_u16() }
+    };
+    assert_eq!(post_react(br#"{"react":"poop"}"#.to_vec()).await, 400);
+    assert_eq!(
+        post_react(br#"{"react":"clap","count":0}"#.to_vec()).await,
+        400
+    );
+    assert_eq!(post_react(vec![b'x'; 5000]).await, 413);
+    assert_eq!(post_react(br#"{"react":"clap"}"#.to_vec()).await, 204);
     good.send("{\"react\":\"poop\"}").await;
-    let err = collect_ws(&mut good, "error", 1, WAIT).await;
+    let err = collect(&mut good, "error", 1, WAIT).await;
     assert_eq!(err[0].event["error"], "bad_reaction");
 
     // A message larger than the limit ends that connection only.
@@ -720,7 +702,7 @@ async fn bad_input_is_refused_clearly_and_harms_no_one_else() {
     // More than the socket buffers hold, at a pace a reading viewer keeps.
     let filler = "y".repeat(16_000);
     let reader = tokio::spawn(async move {
-        let got = collect_ws(&mut good, "comment", 600, Duration::from_secs(60)).await;
+        let got = collect(&mut good, "comment", 600, Duration::from_secs(60)).await;
         (good, got.len())
     });
     for i in 0..600 {
@@ -806,7 +788,7 @@ async fn when_nats_restarts_edges_and_origins_reconnect_and_nothing_is_lost() {
     .await;
     comment(&origin, &channel, &viewer, "before").await;
     assert_eq!(
-        texts(&collect_sse(&mut sse, "comment", 1, WAIT).await),
+        texts(&collect(&mut sse, "comment", 1, WAIT).await),
         ["before"]
     );
 
@@ -815,10 +797,10 @@ async fn when_nats_restarts_edges_and_origins_reconnect_and_nothing_is_lost() {
     comment(&origin, &channel, &viewer, "during").await;
     let nats = nats_server(port, store.path());
     comment(&origin, &channel, &viewer, "after").await;
-    let got = collect_sse(&mut sse, "comment", 2, Duration::from_secs(40)).await;
+    let got = collect(&mut sse, "comment", 2, Duration::from_secs(40)).await;
     assert_eq!(texts(&got), ["during", "after"], "in order, none lost");
     assert!(
-        collect_sse(&mut sse, "comment", 1, Duration::from_millis(700))
+        collect(&mut sse, "comment", 1, Duration::from_millis(700))
             .await
             .is_empty(),
         "none twice"

@@ -218,34 +218,32 @@ impl WsViewer {
     }
 }
 
-/// Events of a kind from a viewer until `want` of them came (or `wait`
-/// passed); other kinds are skipped.
-pub async fn collect_sse(
-    v: &mut SseViewer,
-    kind: &str,
-    want: usize,
-    wait: Duration,
-) -> Vec<Pushed> {
-    let deadline = tokio::time::Instant::now() + wait;
-    let mut got = Vec::new();
-    while got.len() < want {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match v.next(left).await {
-            Some(p) if p.kind() == kind => got.push(p),
-            Some(_) => {}
-            None => break,
-        }
-    }
-    got
+/// A viewer the tests read events from, whatever its transport.
+pub trait Pushes {
+    /// The next event within `wait`; `None` on timeout or close.
+    fn next_event(&mut self, wait: Duration) -> impl std::future::Future<Output = Option<Pushed>>;
 }
 
-/// The same for a WebSocket viewer.
-pub async fn collect_ws(v: &mut WsViewer, kind: &str, want: usize, wait: Duration) -> Vec<Pushed> {
+impl Pushes for SseViewer {
+    async fn next_event(&mut self, wait: Duration) -> Option<Pushed> {
+        self.next(wait).await
+    }
+}
+
+impl Pushes for WsViewer {
+    async fn next_event(&mut self, wait: Duration) -> Option<Pushed> {
+        self.next(wait).await
+    }
+}
+
+/// Events of a kind from a viewer until `want` of them came (or `wait`
+/// passed); other kinds are skipped.
+pub async fn collect<V: Pushes>(v: &mut V, kind: &str, want: usize, wait: Duration) -> Vec<Pushed> {
     let deadline = tokio::time::Instant::now() + wait;
     let mut got = Vec::new();
     while got.len() < want {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match v.next(left).await {
+        match v.next_event(left).await {
             Some(p) if p.kind() == kind => got.push(p),
             Some(_) => {}
             None => break,

@@ -100,6 +100,19 @@ pub(crate) fn is_admin(state: &State, headers: &HeaderMap) -> bool {
     carries(headers, &state.cfg.admin_token)
 }
 
+/// The fleet credential (edges' calls), or 401.
+pub(crate) fn require_fleet(state: &State, headers: &HeaderMap) -> Result<(), Error> {
+    if carries(headers, &state.cfg.fleet_token) {
+        Ok(())
+    } else {
+        Err(Error::new(
+            crate::storage::Kind::Unauthorized,
+            "unauthorized",
+            "the fleet credential is required",
+        ))
+    }
+}
+
 /// The admin credential, or 401.
 pub(crate) fn require_admin(state: &State, headers: &HeaderMap) -> Result<(), Error> {
     if is_admin(state, headers) {

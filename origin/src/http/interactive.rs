@@ -14,14 +14,14 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use crate::http::error::{ErrorBody, JsonBody};
-use crate::http::extract::{bearer, carries, is_admin, require_admin, Viewer};
+use crate::http::extract::{bearer, is_admin, require_admin, require_fleet, Viewer};
 use crate::http::no_store;
 use crate::service::interactive::{
     self as svc, Comment, CommentPage, EdgeReactions, Flash, Flashes, NewComment, NewFlash,
     NewMute, NewPoll, NewReport, NewVote, Poll, Polls, ReportedComment, Totals,
 };
 use crate::service::state::State;
-use crate::storage::{Error, Kind};
+use crate::storage::Error;
 
 /// A page of comments.
 #[derive(Deserialize, IntoParams)]
@@ -219,13 +219,7 @@ pub(crate) async fn edge_reactions(
     headers: HeaderMap,
     JsonBody(body): JsonBody<EdgeReactions>,
 ) -> Result<Response, Error> {
-    if !carries(&headers, &state.cfg.fleet_token) {
-        return Err(Error::new(
-            Kind::Unauthorized,
-            "unauthorized",
-            "the fleet credential is required",
-        ));
-    }
+    require_fleet(&state, &headers)?;
     let added = svc::add_reactions(&state, body).await?;
     Ok(no_store(Json(serde_json::json!({ "added": added }))))
 }

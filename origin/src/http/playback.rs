@@ -12,12 +12,12 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use crate::http::error::{ErrorBody, JsonBody};
-use crate::http::extract::{carries, stream_token, ClientIp, Viewer};
+use crate::http::extract::{require_fleet, stream_token, ClientIp, Viewer};
 use crate::http::no_store;
 use crate::service::history::{self, History};
 use crate::service::playback::{self, Beat, PlaybackAnswer, PlaybackRequest};
 use crate::service::state::State;
-use crate::storage::{Error, Kind};
+use crate::storage::Error;
 
 /// `GET /api/v1/history` parameters.
 #[derive(Deserialize, IntoParams)]
@@ -118,13 +118,7 @@ pub(crate) async fn revocations(
     headers: HeaderMap,
     Query(q): Query<RevocationsQuery>,
 ) -> Result<Response, Error> {
-    if !carries(&headers, &state.cfg.fleet_token) {
-        return Err(Error::new(
-            Kind::Unauthorized,
-            "unauthorized",
-            "the fleet credential is required",
-        ));
-    }
+    require_fleet(&state, &headers)?;
     let list = playback::revocations(&state, q.after).await?;
     Ok(no_store(Json(list)))
 }
