@@ -1,6 +1,7 @@
 //! Ad decisions as data, for server-side ad insertion: VAST (2.0, 3.0 and
 //! 4.x) and VMAP documents parsed into checked types, the VAST error codes
-//! an ad server is told, and the macros of an ad tag URL.
+//! an ad server is told, the macros of an ad tag URL, and SCTE-35 cue
+//! messages ([`scte35`]).
 //!
 //! Pure: bytes in, values out; no sockets and no clock. Ad server answers
 //! are untrusted input: sizes, counts and depth are limited before anything
@@ -9,6 +10,7 @@
 #![warn(unreachable_pub)]
 
 mod macros;
+pub mod scte35;
 mod tree;
 mod vast;
 mod vmap;

@@ -18,10 +18,13 @@ use crate::Error;
 
 /// The MPD for a title as `view` shows it.
 pub(crate) fn mpd(m: &AssetManifest, view: &View) -> Result<String, Error> {
-    let audios = view.audios(m);
-    let audio_peak = audios.iter().map(|a| a.bandwidth).max().unwrap_or(0);
-    let videos = view.videos(m, audio_peak);
-    if videos.is_empty() {
+    let audio_peak = view
+        .audios(m)
+        .iter()
+        .map(|a| a.bandwidth)
+        .max()
+        .unwrap_or(0);
+    if view.videos(m, audio_peak).is_empty() {
         return Err(Error::EmptyView("video rendition"));
     }
     let range = view.segments(m);
@@ -42,11 +45,81 @@ pub(crate) fn mpd(m: &AssetManifest, view: &View) -> Result<String, Error> {
         })
         .unwrap_or(m.duration);
     let mut out = String::with_capacity(4096);
+    header(&mut out, duration, "");
+    period(
+        &mut out,
+        m,
+        view,
+        range,
+        &PeriodOpts {
+            id: "0",
+            start: 0.0,
+            prefix: "",
+            trick: true,
+            // Side-loaded subtitle files keep the title's own times, so a
+            // clip, whose period starts later, leaves them out.
+            subtitles: !view.is_clip(),
+            events: "",
+        },
+    )?;
+    out.push_str("</MPD>\n");
+    Ok(out)
+}
+
+/// The `<MPD>` start tag of a static MPD lasting `duration` seconds, with
+/// `namespaces` (` xmlns:x="…"`, or nothing) added.
+pub(crate) fn header(out: &mut String, duration: f64, namespaces: &str) {
     let _ = write!(
         out,
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<MPD xmlns=\"urn:mpeg:dash:schema:mpd:2011\" profiles=\"urn:mpeg:dash:profile:isoff-live:2011\" type=\"static\" mediaPresentationDuration=\"{}\" minBufferTime=\"PT2S\">\n  <Period id=\"0\" start=\"PT0S\">\n",
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<MPD xmlns=\"urn:mpeg:dash:schema:mpd:2011\"{namespaces} profiles=\"urn:mpeg:dash:profile:isoff-live:2011\" type=\"static\" mediaPresentationDuration=\"{}\" minBufferTime=\"PT2S\">\n",
         iso_duration(duration)
     );
+}
+
+/// How one `Period` is written.
+pub(crate) struct PeriodOpts<'a> {
+    /// `Period@id`.
+    pub(crate) id: &'a str,
+    /// `Period@start`, seconds.
+    pub(crate) start: f64,
+    /// Put before every segment URL (`ad/0.1/{creative}/` for an ad).
+    pub(crate) prefix: &'a str,
+    /// Whether video groups get a trick-mode AdaptationSet.
+    pub(crate) trick: bool,
+    /// Whether side-loaded subtitle files are listed.
+    pub(crate) subtitles: bool,
+    /// Written first inside the period (an `EventStream`), or nothing.
+    pub(crate) events: &'a str,
+}
+
+/// One `Period` of `m` as `view` shows it, over the segments in `range`.
+pub(crate) fn period(
+    out: &mut String,
+    m: &AssetManifest,
+    view: &View,
+    range: Range<u64>,
+    opts: &PeriodOpts<'_>,
+) -> Result<(), Error> {
+    let audios = view.audios(m);
+    let audio_peak = audios.iter().map(|a| a.bandwidth).max().unwrap_or(0);
+    let videos = view.videos(m, audio_peak);
+    if videos.is_empty() {
+        return Err(Error::EmptyView("video rendition"));
+    }
+    let prefix = opts.prefix;
+    let rep_init = format!("{prefix}$RepresentationID$/init.mp4");
+    let rep_media = format!("{prefix}$RepresentationID$/$Number$.m4s");
+    let _ = writeln!(
+        out,
+        "  <Period id=\"{}\" start=\"{}\">",
+        opts.id,
+        if opts.start > 0.0 {
+            iso_duration(opts.start)
+        } else {
+            "PT0S".to_string()
+        }
+    );
+    out.push_str(opts.events);
     let mut next_id = 0u32;
     let mut families: Vec<&str> = Vec::new();
     for v in &videos {
@@ -74,18 +147,16 @@ pub(crate) fn mpd(m: &AssetManifest, view: &View) -> Result<String, Error> {
                 "      <Representation id=\"{}\" bandwidth=\"{}\" codecs=\"{}\" width=\"{}\" height=\"{}\" frameRate=\"{}\" sar=\"1:1\">",
                 v.id, v.bandwidth, v.codec, v.width, v.height, frame_rate(v.frame_rate)
             );
-            template(
-                &mut out,
-                v,
-                range.clone(),
-                "$RepresentationID$/init.mp4",
-                "$RepresentationID$/$Number$.m4s",
-            );
+            template(out, v, range.clone(), &rep_init, &rep_media);
             out.push_str("      </Representation>\n");
         }
         out.push_str("    </AdaptationSet>\n");
         // Trick mode: the smallest rendition's keyframes, one per segment.
-        if let Some(t) = group.iter().rev().find(|v| has_key_lengths(v)) {
+        if let Some(t) = group
+            .iter()
+            .rev()
+            .find(|v| opts.trick && has_key_lengths(v))
+        {
             let id = next_id;
             next_id += 1;
             let secs = t.duration() / t.fragments.len().max(1) as f64;
@@ -99,9 +170,9 @@ pub(crate) fn mpd(m: &AssetManifest, view: &View) -> Result<String, Error> {
                 bw = iframe_bandwidth(t).max(1),
                 codec = t.codec,
             );
-            let init = format!("{}/init.mp4", t.id);
-            let media = format!("{}/$Number$.key.m4s", t.id);
-            template(&mut out, t, range.clone(), &init, &media);
+            let init = format!("{prefix}{}/init.mp4", t.id);
+            let media = format!("{prefix}{}/$Number$.key.m4s", t.id);
+            template(out, t, range.clone(), &init, &media);
             out.push_str("      </Representation>\n    </AdaptationSet>\n");
         }
     }
@@ -124,32 +195,24 @@ pub(crate) fn mpd(m: &AssetManifest, view: &View) -> Result<String, Error> {
             "        <AudioChannelConfiguration schemeIdUri=\"urn:mpeg:dash:23003:3:audio_channel_configuration:2011\" value=\"{}\"/>",
             a.channels.max(1)
         );
-        template(
-            &mut out,
-            a,
-            range.clone(),
-            "$RepresentationID$/init.mp4",
-            "$RepresentationID$/$Number$.m4s",
-        );
+        template(out, a, range.clone(), &rep_init, &rep_media);
         out.push_str("      </Representation>\n    </AdaptationSet>\n");
     }
-    // Side-loaded subtitle files keep the title's own times, so a clip,
-    // whose period starts later, leaves them out.
-    if !view.is_clip() {
+    if opts.subtitles {
         for s in view.subtitles(m) {
             let id = next_id;
             next_id += 1;
             let _ = writeln!(
                 out,
-                "    <AdaptationSet id=\"{id}\" contentType=\"text\" mimeType=\"text/vtt\" lang=\"{lang}\">\n      <Role schemeIdUri=\"urn:mpeg:dash:role:2011\" value=\"subtitle\"/>\n      <Representation id=\"{sid}\" bandwidth=\"{bw}\">\n        <BaseURL>{sid}.vtt</BaseURL>\n      </Representation>\n    </AdaptationSet>",
+                "    <AdaptationSet id=\"{id}\" contentType=\"text\" mimeType=\"text/vtt\" lang=\"{lang}\">\n      <Role schemeIdUri=\"urn:mpeg:dash:role:2011\" value=\"subtitle\"/>\n      <Representation id=\"{sid}\" bandwidth=\"{bw}\">\n        <BaseURL>{prefix}{sid}.vtt</BaseURL>\n      </Representation>\n    </AdaptationSet>",
                 lang = s.language,
                 sid = s.id,
                 bw = s.bandwidth,
             );
         }
     }
-    out.push_str("  </Period>\n</MPD>\n");
-    Ok(out)
+    out.push_str("  </Period>\n");
+    Ok(())
 }
 
 /// A SegmentTemplate whose timeline lists every fragment in `range`
@@ -202,7 +265,7 @@ fn template(out: &mut String, t: &Track, range: Range<u64>, init: &str, media: &
 }
 
 /// `PT1H2M3.456S` style durations.
-fn iso_duration(secs: f64) -> String {
+pub(crate) fn iso_duration(secs: f64) -> String {
     let ms = (secs * 1000.0).round() as u64;
     let (h, rest) = (ms / 3_600_000, ms % 3_600_000);
     let (m, rest) = (rest / 60_000, rest % 60_000);

@@ -38,6 +38,7 @@ pub mod live;
 mod manifest;
 mod mp4;
 mod query;
+mod stitch;
 pub mod ts;
 mod tsseg;
 mod view;
@@ -50,6 +51,7 @@ pub use manifest::{
 };
 pub use mp4::BoxHeader;
 pub use query::{live_with_query, with_query};
+pub use stitch::{is_stitched, stitch, StitchAd, StitchBreak};
 pub use view::{default_profiles, Format, Profile, View, ViewError, CODEC_FAMILIES};
 
 /// Why a packaging step failed.
