@@ -56,6 +56,10 @@ pub(crate) struct IngestArgs {
     /// Only viewers on the premium plan may watch.
     #[arg(long)]
     pub(crate) premium: bool,
+    /// Ad breaks, in seconds into the title: 0 is a pre-roll, the length
+    /// or more a post-roll (`0,600,1200`). Free-plan viewers see ads there.
+    #[arg(long)]
+    pub(crate) ad_breaks: Option<String>,
 }
 
 /// The origin's admin credential for uploads.
@@ -196,6 +200,7 @@ pub(crate) async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
             ("premium", if args.premium { "true" } else { "false" }),
             ("sidecars", sidecar_list.as_str()),
             ("codecs", args.codecs.as_deref().unwrap_or("")),
+            ("ad_breaks", args.ad_breaks.as_deref().unwrap_or("")),
         ])
         .query(&args.year.map(|y| vec![("year", y)]).unwrap_or_default())
         .bearer_auth(admin.trim())

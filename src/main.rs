@@ -1,6 +1,7 @@
 //! `cascade`: one binary, a subcommand per role, `dev` for the whole stack
 //! in one process, and operator commands.
 
+mod ads;
 mod ctl;
 mod dev;
 mod flash;
@@ -59,6 +60,9 @@ enum Command {
     Live(LiveArgs),
     /// Publish a news flash to everyone, a region or a channel.
     Flash(FlashArgs),
+    /// The built-in ad service's inventory (add, list, remove) and the
+    /// ad report.
+    Ads(ads::AdsArgs),
 }
 
 #[derive(clap::Args)]
@@ -78,6 +82,7 @@ fn main() {
             | Command::Ctl(_)
             | Command::Live(_)
             | Command::Flash(_)
+            | Command::Ads(_)
     ))
     .then(|| cascade_serve::init_logging(text_logs));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -137,6 +142,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ctl(a) => ctl(a).await,
         Command::Live(a) => live(a).await,
         Command::Flash(a) => flash(a).await,
+        Command::Ads(a) => ads::ads(a).await,
     }
 }
 

@@ -32,6 +32,8 @@ pub(crate) struct Authorized {
     pub(crate) child_query: Option<String>,
     /// The playback session the token is bound to, if any.
     pub(crate) session: Option<String>,
+    /// Whether the session's plan has ads (the token's signed `data`).
+    pub(crate) ads: bool,
 }
 
 /// Ended playback sessions (token `id`s) and when their tokens expire at
@@ -129,6 +131,10 @@ impl Auth {
                     source,
                     child_query: from_query.map(|t| format!("{name}={t}")),
                     session: grant.session.clone(),
+                    ads: grant
+                        .data
+                        .as_deref()
+                        .is_some_and(|d| d.split(',').any(|f| f == "ads")),
                 })
             }
             Err(why) => {

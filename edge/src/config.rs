@@ -148,6 +148,12 @@ pub struct EdgeConfig {
     pub reactions_burst: u32,
     /// Milliseconds between the reaction counts sent to the origin.
     pub reaction_flush_ms: u64,
+    /// Milliseconds a session's ad plan may take from the origin (which
+    /// asks the ad server); past it the session plays without ads.
+    pub ads_plan_timeout_ms: u64,
+    /// Milliseconds between the ad segment fetches reported to the origin
+    /// (which sends the beacons).
+    pub ads_report_ms: u64,
 }
 
 impl Default for EdgeConfig {
@@ -215,6 +221,8 @@ impl Default for EdgeConfig {
             reactions_per_sec: 10,
             reactions_burst: 30,
             reaction_flush_ms: 1000,
+            ads_plan_timeout_ms: 2500,
+            ads_report_ms: 1000,
         }
     }
 }
@@ -245,6 +253,12 @@ impl Validate for EdgeConfig {
         }
         if !(100..=60_000).contains(&self.reaction_flush_ms) {
             errors.push("reaction_flush_ms: 100 to 60000".into());
+        }
+        if !(100..=30_000).contains(&self.ads_plan_timeout_ms) {
+            errors.push("ads_plan_timeout_ms: 100 to 30000".into());
+        }
+        if !(100..=60_000).contains(&self.ads_report_ms) {
+            errors.push("ads_report_ms: 100 to 60000".into());
         }
         check_url("origin", &self.origin, errors);
         for (i, s) in self.shields.iter().enumerate() {

@@ -22,6 +22,7 @@
 
 #![warn(unreachable_pub)]
 
+mod ads;
 mod api;
 mod auth;
 mod cmcd;

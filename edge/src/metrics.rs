@@ -23,6 +23,7 @@ pub(crate) struct EdgeMetrics {
     pub(crate) reactions_accepted: prometheus::IntCounter,
     pub(crate) reactions_refused: IntCounterVec,
     pub(crate) reaction_batches_dropped: prometheus::IntCounter,
+    pub(crate) ad_events: IntCounterVec,
 }
 
 impl EdgeMetrics {
@@ -85,6 +86,11 @@ impl EdgeMetrics {
                 "edge_reactions_refused_total",
                 "Reactions refused, by reason",
                 "reason",
+            )?,
+            ad_events: counter(
+                "edge_ad_events_total",
+                "Ad insertion at this edge: personalised playlists, session plans fetched or failed, ad segment reports sent or dropped",
+                "event",
             )?,
             reaction_batches_dropped: plain(
                 "edge_reaction_batches_dropped_total",

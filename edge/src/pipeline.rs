@@ -24,6 +24,7 @@ use cascade_serve::{
 use cascade_token::normalize_path;
 use http::{Method, StatusCode};
 
+use crate::ads::AdPath;
 use crate::auth::{refusal, Auth, Authorized, TokenSource};
 use crate::cmcd::Prefetcher;
 use crate::fleet::FleetCall;
@@ -33,6 +34,8 @@ use crate::media::{media_output, not_found, tokenize, Media};
 
 /// The edge's phases and what they need.
 pub(crate) struct EdgePipeline {
+    /// Ad insertion: sessions' plans, stitching, ad segment reports.
+    pub(crate) ads: std::sync::Arc<crate::ads::Ads>,
     /// News flashes, for live playlists.
     pub(crate) flashes: std::sync::Arc<crate::events::FlashBoard>,
     pub(crate) auth: Auth,
@@ -65,6 +68,9 @@ pub(crate) enum Route {
         asset: String,
         output: Option<Output>,
     },
+    /// `/vod/{asset}/ad/{break}.{n}/{creative}/…`: an ad's media inside a
+    /// title's stitched playlists, under the title's token.
+    Ad { asset: String, ad: AdPath },
     /// `/live/{channel}/…`: protected live media. `output` is `None` for a
     /// path that names nothing (404 once authorised).
     Live {
@@ -94,6 +100,11 @@ pub(crate) struct EdgeCtx {
     pub(crate) cache_key: Option<String>,
     /// A live playlist's blocking request (`_HLS_msn`, `_HLS_part`, `_HLS_skip`).
     pub(crate) blocking: Blocking,
+    /// The playback session whose playlist this is, when its ads make it
+    /// its own (never cached, never shared).
+    pub(crate) personal: Option<String>,
+    /// An ad segment fetch to report once it is served.
+    pub(crate) ad_fetch: Option<crate::ads::Fetched>,
 }
 
 impl EdgeCtx {
@@ -117,6 +128,8 @@ impl Pipeline for EdgePipeline {
             view: View::default(),
             cache_key: None,
             blocking: Blocking::default(),
+            personal: None,
+            ad_fetch: None,
         }
     }
 
@@ -137,6 +150,12 @@ impl Pipeline for EdgePipeline {
             if req.method == Method::OPTIONS {
                 ctx.path = path;
                 return Step::Answer(cors_preflight());
+            }
+            let after_asset = rest.split_once('/').map_or("", |(_, r)| r);
+            if let Some(ad) = AdPath::parse(after_asset) {
+                ctx.path = path;
+                ctx.route = Route::Ad { asset, ad };
+                return Step::Continue;
             }
             Route::Media {
                 output: media_output(&path),
@@ -193,7 +212,7 @@ impl Pipeline for EdgePipeline {
     async fn admit(&self, req: &Request, ctx: &mut EdgeCtx) -> Step {
         // The subject whose country rules apply: a title, or a channel.
         let (key, meta) = match &ctx.route {
-            Route::Media { asset, .. } if is_safe_id(asset) => {
+            Route::Media { asset, .. } | Route::Ad { asset, .. } if is_safe_id(asset) => {
                 (asset.clone(), format!("/mezz/{asset}/meta.json"))
             }
             Route::Live {
@@ -225,6 +244,9 @@ impl Pipeline for EdgePipeline {
     async fn cache_key(&self, req: &Request, ctx: &mut EdgeCtx) -> Step {
         if let Route::Live { output, .. } = &ctx.route {
             return self.live_key(req, ctx, output.clone());
+        }
+        if let Route::Ad { ad, .. } = &ctx.route {
+            return self.ad_key(req, ctx, ad.clone()).await;
         }
         let Route::Media { output, asset } = &ctx.route else {
             return Step::Continue;
@@ -262,10 +284,24 @@ impl Pipeline for EdgePipeline {
             }
         }
         ctx.cache_key = Some(Media::key(&ctx.path, output, &ctx.view));
+        // A session with ads gets playlists of its own.
+        if let Some(Authorized {
+            ads: true,
+            session: Some(s),
+            ..
+        }) = &ctx.token
+        {
+            if cascade_packager::is_stitched(output) {
+                ctx.personal = Some(s.clone());
+            }
+        }
         Step::Continue
     }
 
     async fn lookup(&self, req: &Request, ctx: &mut EdgeCtx) -> Option<Response> {
+        if ctx.personal.is_some() {
+            return None;
+        }
         let key = ctx.cache_key.as_deref()?;
         if let Some(p) = &self.prefetch {
             p.consider(req, &ctx.path);
@@ -277,6 +313,45 @@ impl Pipeline for EdgePipeline {
         match &ctx.route {
             Route::Fleet(FleetCall::Purge) => self.purge(req).await,
             Route::Fleet(FleetCall::Warm) => self.warm(req).await,
+            Route::Media {
+                output: Some(output),
+                asset,
+            } if ctx.personal.is_some() => {
+                let session = ctx.personal.as_deref().unwrap_or_default();
+                let plan = self.ads.plan(session, ctx.country.as_deref()).await;
+                if let Some(r) = self
+                    .ads
+                    .stitched(
+                        &self.media,
+                        &plan,
+                        asset,
+                        output,
+                        &ctx.view,
+                        &req.request_id,
+                    )
+                    .await
+                {
+                    return r;
+                }
+                // No ads for this session after all: the shared output.
+                self.media
+                    .get(&ctx.path, output, &ctx.view, &req.request_id)
+                    .await
+            }
+            Route::Ad { ad, .. } => match (&ctx.cache_key, &ad.output) {
+                (Some(key), Some(output)) => {
+                    self.media
+                        .fill(
+                            key,
+                            &ad.media_path,
+                            output,
+                            &View::default(),
+                            &req.request_id,
+                        )
+                        .await
+                }
+                _ => not_found(),
+            },
             Route::Media {
                 output: Some(output),
                 ..
@@ -334,8 +409,10 @@ impl Pipeline for EdgePipeline {
             add_cors(&mut resp.headers);
             return resp;
         }
-        let Route::Media { output, .. } = &ctx.route else {
-            return resp;
+        let output = match &ctx.route {
+            Route::Media { output, .. } => output,
+            Route::Ad { ad, .. } => &ad.output,
+            _ => return resp,
         };
         let mut resp = match output {
             Some(output) if resp.status == StatusCode::OK => {
@@ -360,6 +437,9 @@ impl Pipeline for EdgePipeline {
     }
 
     fn log(&self, _req: &Request, ctx: &EdgeCtx, delivered: &Delivered) {
+        if let (Some(f), true) = (&ctx.ad_fetch, delivered.status.is_success()) {
+            self.ads.note(f.clone());
+        }
         self.log_route(ctx, delivered);
     }
 }
@@ -411,7 +491,7 @@ impl EdgePipeline {
             Route::Media {
                 output: Some(o), ..
             } if o.is_manifest() => "manifest",
-            Route::Media { .. } => "segment",
+            Route::Media { .. } | Route::Ad { .. } => "segment",
             Route::Live {
                 output: Some(o), ..
             } if o.is_manifest() => "live_manifest",
@@ -428,6 +508,36 @@ impl EdgePipeline {
 }
 
 impl EdgePipeline {
+    /// The cache key phase for an ad's media: the creative's own key, so
+    /// one copy serves every title and viewer; and, for a session, the
+    /// fetch to report once it is served.
+    async fn ad_key(&self, req: &Request, ctx: &mut EdgeCtx, ad: AdPath) -> Step {
+        if req.method != Method::GET && req.method != Method::HEAD {
+            return Step::Answer(Response::error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method",
+                "GET or HEAD only",
+            ));
+        }
+        let Some(output) = &ad.output else {
+            return Step::Answer(not_found());
+        };
+        ctx.cache_key = Some(Media::key(&ad.media_path, output, &View::default()));
+        if let Some(session) = ctx.token.as_ref().and_then(|t| t.session.clone()) {
+            ctx.ad_fetch = self
+                .ads
+                .fetch_of(
+                    &self.media,
+                    &session,
+                    ctx.country.as_deref(),
+                    &ad,
+                    &req.request_id,
+                )
+                .await;
+        }
+        Step::Continue
+    }
+
     /// The cache key phase for `/live/`: the blocking query read and checked.
     fn live_key(&self, req: &Request, ctx: &mut EdgeCtx, output: Option<LiveOutput>) -> Step {
         if req.method != Method::GET && req.method != Method::HEAD {
@@ -506,6 +616,12 @@ mod tests {
         let key = Key::from_hex("k1", KEY).expect("key");
         let bus = std::sync::Arc::new(cascade_bus::MemoryBus::new(100, Duration::from_secs(60)));
         EdgePipeline {
+            ads: Arc::new(crate::ads::Ads::new(
+                "http://127.0.0.1:9",
+                "",
+                Duration::from_secs(1),
+                counter("ads", "event"),
+            )),
             flashes: crate::events::Hub::new(bus).flashes.clone(),
             auth: Auth {
                 verifier: Arc::new(arc_swap::ArcSwap::from_pointee(Verifier {

@@ -48,6 +48,8 @@ pub struct Edge {
     events: Option<Arc<crate::events::Events>>,
     events_task: Option<tokio::task::JoinHandle<()>>,
     flusher_task: Option<tokio::task::JoinHandle<()>>,
+    /// Sends sessions' ad segment fetches to the origin.
+    ads_task: tokio::task::JoinHandle<()>,
     /// Stops the events listener, its connections and the reaction flusher.
     events_stop: tokio::sync::watch::Sender<bool>,
 }
@@ -96,6 +98,7 @@ impl Edge {
         if let Some(t) = self.flusher_task {
             let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
         }
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.ads_task).await;
         tokio::join!(self.server.shutdown(), tls, h3);
         self.cache.close().await;
     }
@@ -212,7 +215,14 @@ pub async fn start(cfg: &EdgeConfig) -> anyhow::Result<Edge> {
     .await
     .map_err(|e| anyhow::anyhow!("nats_url: {e}"))?;
     let hub = crate::events::Hub::new(bus);
+    let ads = Arc::new(crate::ads::Ads::new(
+        &cfg.origin,
+        &cfg.fleet_token,
+        Duration::from_millis(cfg.ads_plan_timeout_ms),
+        counters.ad_events.clone(),
+    ));
     let pipeline = EdgePipeline {
+        ads: ads.clone(),
         flashes: hub.flashes.clone(),
         auth: Auth {
             verifier,
@@ -300,6 +310,10 @@ pub async fn start(cfg: &EdgeConfig) -> anyhow::Result<Edge> {
         ));
         (Some(events), Some(addr), Some(task), Some(flusher))
     };
+    let ads_task = tokio::spawn(ads.run_flusher(
+        Duration::from_millis(cfg.ads_report_ms),
+        events_stop.subscribe(),
+    ));
     let listener = tokio::net::TcpListener::bind(&cfg.listen).await?;
     let metrics_access = metrics_access(cfg)?;
     let mut plain_cfg = ListenerConfig::new(CACHE_NAME);
@@ -351,6 +365,7 @@ pub async fn start(cfg: &EdgeConfig) -> anyhow::Result<Edge> {
         events,
         events_task,
         flusher_task,
+        ads_task,
         events_stop,
     })
 }

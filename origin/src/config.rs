@@ -181,6 +181,21 @@ pub struct OriginConfig {
     /// Milliseconds between reaction swarms and poll results pushed to
     /// viewers.
     pub reaction_interval_ms: u64,
+    /// The ad server's VAST tag URL, with macros (`[VIEWER]`, `[TITLE]`,
+    /// `[GENRE]`, `[DEVICE]`, `[COUNTRY]`, `[PLAN]`, `[BREAKPOSITION]`,
+    /// `[BREAKDURATION]`, `[CACHEBUSTING]`, `[TIMESTAMP]`); empty: the
+    /// built-in ad decision service.
+    pub ads_vast_url: String,
+    /// Milliseconds a session's ad decision may take in all (every break,
+    /// every wrapper); past it, breaks play without the late ads.
+    pub ads_timeout_ms: u64,
+    /// Wrappers followed below an ad server's answer (VAST error 302 past it).
+    pub ads_wrapper_depth: u32,
+    /// Ads in one break, at most.
+    pub ads_max_per_break: usize,
+    /// `server`: the origin sends beacons as edges see ad segments fetched;
+    /// `client`: players send them, from the session's tracking API.
+    pub ads_tracking: String,
 }
 
 impl Default for OriginConfig {
@@ -267,6 +282,11 @@ impl Default for OriginConfig {
             comments_per_minute: 10,
             comment_blocklist: Vec::new(),
             reaction_interval_ms: 1000,
+            ads_vast_url: String::new(),
+            ads_timeout_ms: 1500,
+            ads_wrapper_depth: 5,
+            ads_max_per_break: 5,
+            ads_tracking: "server".into(),
         }
     }
 }
@@ -303,6 +323,26 @@ impl Validate for OriginConfig {
         }
         if !(100..=60_000).contains(&self.reaction_interval_ms) {
             errors.push("reaction_interval_ms: 100 to 60000".into());
+        }
+        // Macros in brackets are not URL characters, so no URI parser here.
+        if !self.ads_vast_url.is_empty()
+            && (!(self.ads_vast_url.starts_with("http://")
+                || self.ads_vast_url.starts_with("https://"))
+                || self.ads_vast_url.chars().any(char::is_whitespace))
+        {
+            errors.push("ads_vast_url: an http(s) URL, or empty for the built-in service".into());
+        }
+        if !(50..=10_000).contains(&self.ads_timeout_ms) {
+            errors.push("ads_timeout_ms: 50 to 10000".into());
+        }
+        if !(1..=10).contains(&self.ads_wrapper_depth) {
+            errors.push("ads_wrapper_depth: 1 to 10".into());
+        }
+        if !(1..=20).contains(&self.ads_max_per_break) {
+            errors.push("ads_max_per_break: 1 to 20".into());
+        }
+        if !matches!(self.ads_tracking.as_str(), "server" | "client") {
+            errors.push("ads_tracking: server or client".into());
         }
         check_scheme_url(
             "rtmp_public_url",

@@ -106,6 +106,7 @@ pub async fn start(cfg: &OriginConfig) -> anyhow::Result<Origin> {
     let state = Arc::new(State::open(cfg).await?);
     let stop = Arc::new(AtomicBool::new(false));
     let worker = tokio::spawn(service::ingest::worker::run(state.clone(), stop.clone()));
+    tokio::spawn(service::ads::beacons::run(state.clone(), stop.clone()));
     if let Some(rx) = state.recordings.lock().ok().and_then(|mut r| r.take()) {
         tokio::spawn(service::live_vod::run(state.clone(), rx));
     }

@@ -29,6 +29,7 @@ fn tiny_title() -> (tempfile::TempDir, AssetManifest) {
         segment_secs: 2,
         extra_audio: Vec::new(),
         extra_codecs: Vec::new(),
+        fill_ladder: false,
     };
     let outcome =
         transcode::transcode(&spec, &mut |_| {}, &AtomicBool::new(false)).expect("transcode");

@@ -471,6 +471,8 @@ pub struct Grant {
     pub expires_in: u64,
     /// The playback session it belongs to (its `id`), if any.
     pub session: Option<String>,
+    /// The token's `data` payload, unescaped, if any.
+    pub data: Option<String>,
 }
 
 impl Verifier {
@@ -553,6 +555,7 @@ impl Verifier {
             partner: partner_name,
             expires_in: t.expires.saturating_sub(now),
             session: t.id.and_then(unescape),
+            data: t.data.and_then(unescape),
         })
     }
 }

@@ -183,6 +183,7 @@ fn mezzanine(dir: &Path, secs: u32) -> anyhow::Result<(PathBuf, PathBuf)> {
         segment_secs: 2,
         extra_audio: Vec::new(),
         extra_codecs: Vec::new(),
+        fill_ladder: false,
     };
     let outcome = transcode::transcode(&spec, &mut |_| {}, &AtomicBool::new(false))?;
     for w in &outcome.files {

@@ -3,6 +3,7 @@
 //! one error type to statuses and JSON bodies. Nothing below names it.
 
 pub(crate) mod accounts;
+pub(crate) mod ads;
 pub(crate) mod assets;
 pub(crate) mod billing;
 pub(crate) mod catalog;
@@ -132,6 +133,17 @@ pub fn app(state: Arc<State>) -> Router {
         .route("/api/v1/admin/flashes", post(interactive::create_flash))
         .route("/api/v1/admin/flashes/{id}", delete(interactive::end_flash))
         .route("/api/v1/flashes", get(interactive::flashes))
+        .route("/api/v1/ads/vast", get(ads::vast))
+        .route("/api/v1/admin/ads", post(ads::add).get(ads::list))
+        .route("/api/v1/admin/ads/creatives", get(ads::list_creatives))
+        .route("/api/v1/admin/ads/report", get(ads::report))
+        .route("/api/v1/admin/ads/{id}", delete(ads::remove))
+        .route("/api/v1/admin/assets/{id}/ads", put(ads::set_breaks))
+        .route(
+            "/api/v1/fleet/ads/sessions/{stream}",
+            get(ads::session_plan),
+        )
+        .route("/api/v1/fleet/ads/progress", post(ads::progress))
         .route("/api/v1/plans", get(billing::plans))
         .route("/api/v1/billing/webhook", post(billing::webhook))
         .route("/api/v1/playback/{id}", post(playback::playback))

@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use utoipa::OpenApi;
 
 use crate::http::error::ErrorBody;
-use crate::http::{accounts, billing, catalog, channels, interactive, playback};
+use crate::http::{accounts, ads, billing, catalog, channels, interactive, playback};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -30,6 +30,7 @@ use crate::http::{accounts, billing, catalog, channels, interactive, playback};
         interactive::remove_moderator, interactive::live_totals, interactive::vod_totals,
         interactive::live_polls, interactive::vote, interactive::create_poll, interactive::close_poll,
         interactive::create_flash, interactive::end_flash, interactive::flashes,
+        ads::vast, ads::add, ads::list, ads::remove, ads::list_creatives, ads::report, ads::set_breaks,
     ),
     components(schemas(ErrorBody)),
     modifiers(&Security),
@@ -38,6 +39,7 @@ use crate::http::{accounts, billing, catalog, channels, interactive, playback};
         (name = "profiles", description = "Viewer profiles of an account"),
         (name = "catalog", description = "Browse, search and read titles"),
         (name = "playback", description = "Start streams, heartbeats, watch history"),
+        (name = "ads", description = "The built-in ad decision service, titles' ad breaks, creatives and the ad report"),
         (name = "billing", description = "Plans and the payment webhook"),
         (name = "admin", description = "Catalog editing (the admin credential)"),
         (name = "live", description = "Live channels and their stream keys (the admin credential)"),

@@ -60,6 +60,35 @@ pub(crate) async fn create_asset_and_job(
     Ok(tx.commit().await?)
 }
 
+/// Creates the asset and job of an ad creative: no catalog title, every
+/// rung of the ladder.
+pub(crate) async fn create_ad_asset_and_job(
+    db: &Db,
+    asset: &str,
+    job: &str,
+    name: &str,
+    source: &str,
+) -> Result<()> {
+    let mut tx = db.pool.begin().await?;
+    let t = clock::now() as i64;
+    sqlx::query("INSERT INTO assets (id, title, status, kind, created_at, updated_at) VALUES ($1, $2, 'processing', 'ad', $3, $4)")
+        .bind(asset)
+        .bind(name)
+        .bind(t)
+        .bind(t)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("INSERT INTO jobs (id, asset_id, source_kind, source, state, fill_ladder, created_at, updated_at) VALUES ($1, $2, 'file', $3, 'queued', 1, $4, $5)")
+        .bind(job)
+        .bind(asset)
+        .bind(source)
+        .bind(t)
+        .bind(t)
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx.commit().await?)
+}
+
 /// Creates an asset whose media is made already (a recorded live event),
 /// with its movie title and country rules; no job.
 pub(crate) async fn create_recording(
@@ -143,9 +172,11 @@ pub(crate) async fn set_geo(db: &Db, id: &str, rule: &cascade_geo::CountryRule) 
 
 /// All assets, newest first.
 pub(crate) async fn list_assets(db: &Db) -> Result<Vec<Asset>> {
-    let rows = sqlx::query("SELECT * FROM assets ORDER BY created_at DESC, id LIMIT 1000")
-        .fetch_all(&db.pool)
-        .await?;
+    let rows = sqlx::query(
+        "SELECT * FROM assets WHERE kind = 'title' ORDER BY created_at DESC, id LIMIT 1000",
+    )
+    .fetch_all(&db.pool)
+    .await?;
     Ok(rows.iter().map(asset_from_row).collect())
 }
 

@@ -34,6 +34,9 @@ pub(crate) struct Job {
     pub(crate) media_secs: Option<f64>,
     /// Wall seconds the transcode took, when done.
     pub(crate) wall_secs: Option<f64>,
+    /// An ad creative: every rung of the ladder is made.
+    #[serde(skip)]
+    pub(crate) fill_ladder: bool,
 }
 
 /// One job.
@@ -157,5 +160,6 @@ fn job_from_row(r: &AnyRow) -> Job {
         attempts: r.get("attempts"),
         media_secs: r.get("media_secs"),
         wall_secs: r.get("wall_secs"),
+        fill_ladder: r.try_get::<i64, _>("fill_ladder").unwrap_or(0) != 0,
     }
 }

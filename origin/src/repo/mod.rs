@@ -3,6 +3,7 @@
 //! transaction) and names only the storage layer.
 
 pub(crate) mod accounts;
+pub(crate) mod ads;
 pub(crate) mod assets;
 pub(crate) mod billing;
 pub(crate) mod catalog;

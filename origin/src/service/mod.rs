@@ -3,6 +3,8 @@
 //! [`state::State`] they share. It never names the HTTP layer.
 
 pub(crate) mod accounts;
+pub(crate) mod ad_runtime;
+pub(crate) mod ads;
 pub(crate) mod assets;
 pub(crate) mod auth;
 pub(crate) mod billing;

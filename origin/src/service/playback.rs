@@ -338,6 +338,8 @@ async fn start_subject(
             expires,
             acl: vec![format!("{}/*", subject.path)],
             id: Some(stream.clone()),
+            // Signed, so a viewer cannot take the ads out of the session.
+            data: plan.ads.then(|| "ads".to_string()),
             ..Default::default()
         },
     );

@@ -57,6 +57,8 @@ pub struct State {
     pub(crate) mezz_requests: IntCounter,
     /// Comments, reactions, polls and flashes, and the bus they go out on.
     pub(crate) interactive: crate::service::realtime::Interactive,
+    /// Advertising's client, plans in RAM and metrics.
+    pub(crate) ads: crate::service::ad_runtime::AdRuntime,
     /// Live channels' ingest health and counters.
     pub(crate) live: crate::service::live_health::LiveHealth,
     /// Live channels' parts, init segments and manifests.
@@ -189,7 +191,9 @@ impl State {
         let (live_media, recordings) =
             crate::service::live_media::LiveMedia::new(metrics.registry(), cfg, store.clone())?;
         let live_media = Arc::new(live_media);
+        let ads = crate::service::ad_runtime::AdRuntime::new(metrics.registry())?;
         Ok(State {
+            ads,
             interactive,
             live,
             live_media,

@@ -59,6 +59,8 @@ pub(crate) struct UploadForm {
     sidecars: Option<String>,
     /// Video codecs beside H.264: `hevc,av1`.
     codecs: Option<String>,
+    /// Ad breaks in seconds: `0,600,1200`.
+    ad_breaks: Option<String>,
 }
 
 /// An upload whose form was accepted, before its media has arrived.
@@ -71,6 +73,8 @@ pub(crate) struct Upload {
     sidecars: Option<String>,
     codecs: Option<String>,
     extras: Extras,
+    /// Ad breaks as stored (`0,600,1200`), or empty.
+    ad_breaks: String,
 }
 
 /// 503 `busy`, to retry in 30 seconds.
@@ -125,6 +129,12 @@ pub(crate) async fn plan(state: &State, q: UploadForm) -> Result<Upload> {
     check_metadata(Some(&synopsis), q.year, &[&genres, &languages])?;
     let extras =
         sidecars::extras_for_upload(state, q.sidecars.as_deref(), q.codecs.as_deref()).await?;
+    let ad_breaks = crate::service::ads::parse_breaks(q.ad_breaks.as_deref().unwrap_or(""))
+        .map_err(|e| Error::bad_request("bad_breaks", format!("ad_breaks: {e}")))?
+        .iter()
+        .map(|ms| format!("{}", *ms as f64 / 1000.0))
+        .collect::<Vec<_>>()
+        .join(",");
     let asset = ids::short_id();
     let job = ids::short_id();
     let title = if title.is_empty() {
@@ -149,6 +159,7 @@ pub(crate) async fn plan(state: &State, q: UploadForm) -> Result<Upload> {
         sidecars: q.sidecars,
         codecs: q.codecs,
         extras,
+        ad_breaks,
     })
 }
 
@@ -180,6 +191,7 @@ pub(crate) async fn accept(state: &State, upload: Upload, path: &Path) -> Result
         sidecars: named,
         codecs,
         extras,
+        ad_breaks,
     } = upload;
     let source = path.to_string_lossy().to_string();
     // The sidecars become this upload's alone, now that its media is here.
@@ -217,6 +229,9 @@ pub(crate) async fn accept(state: &State, upload: Upload, path: &Path) -> Result
     }
     if !geo.is_empty() {
         assets::set_geo(&state.db, &asset, &geo).await?;
+    }
+    if !ad_breaks.is_empty() {
+        crate::repo::ads::set_asset_ads(&state.db, &asset, &ad_breaks, "").await?;
     }
     let probe_path = path.to_path_buf();
     let probe =

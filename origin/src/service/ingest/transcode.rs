@@ -85,6 +85,9 @@ pub struct Spec {
     /// Codecs to encode every rung with besides H.264, which is always made;
     /// `H264` and repeats here are ignored.
     pub extra_codecs: Vec<VideoCodec>,
+    /// Make every rung of the ladder, even above the source's height: an
+    /// ad creative must stand in for any rendition of any title.
+    pub fill_ladder: bool,
 }
 
 /// One file written.
@@ -385,7 +388,11 @@ pub fn transcode(
     let segment_frames = ((fps * seg - 1e-6).ceil() as u32).max(1);
     let long_gop = (fps * seg * 4.0).ceil() as u32;
 
-    let rungs = ladder_for(&spec.ladder, vdec.height());
+    let rungs = if spec.fill_ladder {
+        ladder_for(&spec.ladder, u32::MAX)
+    } else {
+        ladder_for(&spec.ladder, vdec.height())
+    };
     let mut scalers = Vec::with_capacity(rungs.len());
     let mut sizes = Vec::with_capacity(rungs.len());
     for rung in &rungs {
@@ -1519,6 +1526,7 @@ mod tests {
             segment_secs: 2,
             extra_audio: Vec::new(),
             extra_codecs: Vec::new(),
+            fill_ladder: false,
         }
     }
 

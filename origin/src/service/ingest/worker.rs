@@ -102,6 +102,7 @@ async fn transcode_and_publish(
     };
     let extras = sidecars::read_extras(&state.cfg.data_dir, &job.id).await?;
     let spec = Spec {
+        fill_ladder: job.fill_ladder,
         source,
         out_dir: work.to_path_buf(),
         ladder: state.cfg.ladder.clone(),

@@ -1,0 +1,267 @@
+//! Advertising: each playback session's ad plan (which creatives play in
+//! which break), decided once from the title's breaks or VMAP and an ad
+//! server (VAST, wrappers followed) or the built-in one; creatives
+//! conditioned into mezzanine; beacons fired as edges report viewers
+//! fetching ad segments; the report.
+//!
+//! The viewer never waits on an ad server past `ads_timeout_ms`: a slow,
+//! failing or garbled answer leaves the break empty (the title plays on)
+//! and is reported to the VAST `Error` URLs in reach with its code.
+
+pub(crate) mod beacons;
+pub(crate) mod builtin;
+pub(crate) mod creatives;
+mod decide;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::repo::ads as repo;
+use crate::repo::billing;
+use crate::service::state::State;
+use crate::storage::{clock, Error, Result};
+
+/// A playback session's ads: the same for every edge and every playlist
+/// of the session.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub(crate) struct Plan {
+    pub(crate) stream: String,
+    pub(crate) asset: String,
+    /// `server`: edges report segment fetches and the origin sends the
+    /// beacons; `client`: the player sends them from the tracking API.
+    pub(crate) tracking: String,
+    pub(crate) breaks: Vec<PlannedBreak>,
+}
+
+/// One break of a plan.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub(crate) struct PlannedBreak {
+    /// Its number in the plan (in ad URLs).
+    pub(crate) id: u32,
+    /// Milliseconds into the title.
+    pub(crate) at_ms: u64,
+    pub(crate) ads: Vec<PlannedAd>,
+}
+
+/// One ad of a break.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub(crate) struct PlannedAd {
+    /// The conditioned creative's asset id.
+    pub(crate) creative: String,
+    /// The ad server's id of the ad.
+    pub(crate) ad_id: String,
+    pub(crate) duration_ms: u64,
+    /// Beacon URLs by event: `impression`, `start`, `firstQuartile`,
+    /// `midpoint`, `thirdQuartile`, `complete`, `error`.
+    #[serde(default)]
+    pub(crate) events: BTreeMap<String, Vec<String>>,
+}
+
+/// Who is watching what, for targeting and ad tag macros.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Targeting {
+    /// A hash of the account, never its id.
+    pub(crate) viewer: String,
+    pub(crate) title: String,
+    pub(crate) genres: Vec<String>,
+    pub(crate) device: String,
+    pub(crate) country: String,
+    pub(crate) plan: String,
+}
+
+/// A session's plan: the stored one, or decided now (once, however many
+/// edges ask at once). A session whose plan has no ads, or that is not a
+/// viewer's with an ad plan, gets an empty plan.
+pub(crate) async fn session_plan(
+    state: &Arc<State>,
+    stream: &str,
+    country: &str,
+) -> Result<Arc<String>> {
+    if !cascade_packager::is_safe_id(stream) {
+        return Err(Error::not_found("stream"));
+    }
+    let st = state.clone();
+    let (s, c) = (stream.to_string(), country.to_string());
+    state
+        .ads
+        .plans
+        .try_get_with(stream.to_string(), async move {
+            if let Some(plan) = repo::session_plan(&st.db, &s).await? {
+                return Ok(Arc::new(plan));
+            }
+            let plan = decide_plan(&st, &s, &c).await?;
+            let text = serde_json::to_string(&plan).unwrap_or_default();
+            let stored =
+                repo::store_plan(&st.db, &s, &plan.asset, &text, clock::now_ms() as i64).await?;
+            Ok::<_, Error>(Arc::new(stored))
+        })
+        .await
+        .map_err(|e: Arc<Error>| {
+            let copy = Error::new(e.kind(), e.code(), e.message());
+            match e.details() {
+                Some(d) => copy.with(d.clone()),
+                None => copy,
+            }
+        })
+}
+
+/// The parsed plan of a session, as stored.
+pub(crate) async fn plan_of(state: &Arc<State>, stream: &str) -> Result<Option<Plan>> {
+    let text = match state.ads.plans.get(stream).await {
+        Some(t) => t,
+        None => match repo::session_plan(&state.db, stream).await? {
+            Some(t) => {
+                let t = Arc::new(t);
+                state.ads.plans.insert(stream.to_string(), t.clone()).await;
+                t
+            }
+            None => return Ok(None),
+        },
+    };
+    Ok(serde_json::from_str(&text).ok())
+}
+
+/// Decides a session's plan.
+async fn decide_plan(state: &Arc<State>, stream: &str, country: &str) -> Result<Plan> {
+    let Some(s) = repo::stream_of(&state.db, stream).await? else {
+        return Err(Error::not_found("stream"));
+    };
+    let empty = Plan {
+        stream: stream.to_string(),
+        asset: s.asset.clone(),
+        tracking: state.cfg.ads_tracking.clone(),
+        breaks: Vec::new(),
+    };
+    let plan = billing::plan_of(&state.db, &s.user, clock::now()).await?;
+    if !plan.ads {
+        return Ok(empty);
+    }
+    let Some(asset_ads) = repo::asset_ads(&state.db, &s.asset).await? else {
+        return Ok(empty);
+    };
+    if asset_ads.breaks.is_empty() && asset_ads.vmap_url.is_empty() {
+        return Ok(empty);
+    }
+    let duration_ms = crate::repo::assets::get_asset(&state.db, &s.asset)
+        .await?
+        .and_then(|a| a.duration)
+        .map_or(0, |d| (d * 1000.0) as u64);
+    let targeting = Targeting {
+        viewer: viewer_hash(&s.user),
+        title: s.asset.clone(),
+        genres: asset_ads
+            .genres
+            .split(',')
+            .filter(|g| !g.is_empty())
+            .map(str::to_string)
+            .collect(),
+        device: s.device.clone(),
+        country: country.to_ascii_uppercase(),
+        plan: plan.id.clone(),
+    };
+    let breaks = decide::breaks(state, stream, &asset_ads, duration_ms, &targeting).await;
+    Ok(Plan { breaks, ..empty })
+}
+
+/// A stable, one-way id of an account for ad servers (frequency caps
+/// without the account's id).
+pub(crate) fn viewer_hash(user: &str) -> String {
+    let d = ring::digest::digest(
+        &ring::digest::SHA256,
+        format!("cascade-ad-viewer:{user}").as_bytes(),
+    );
+    d.as_ref()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Reads `0,600,1200` (seconds into the title) into milliseconds, sorted
+/// and without repeats.
+pub(crate) fn parse_breaks(s: &str) -> std::result::Result<Vec<u64>, String> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let secs: f64 = part
+            .parse()
+            .map_err(|_| format!("`{part}` is not a number of seconds"))?;
+        if !secs.is_finite() || !(0.0..=1_000_000.0).contains(&secs) {
+            return Err(format!("`{part}`: seconds from 0 to 1000000"));
+        }
+        out.push((secs * 1000.0).round() as u64);
+    }
+    if out.len() > 50 {
+        return Err("at most 50 breaks".into());
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
+}
+
+/// Sets a title's breaks (`[0, 600, 1200]` seconds) or its VMAP.
+pub(crate) async fn set_title_breaks(
+    state: &State,
+    asset: &str,
+    breaks: &[f64],
+    vmap_url: &str,
+) -> Result<serde_json::Value> {
+    let text = breaks
+        .iter()
+        .map(|b| b.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let parsed = parse_breaks(&text).map_err(|e| Error::bad_request("bad_breaks", e))?;
+    if !vmap_url.is_empty() && !is_http_url(vmap_url) {
+        return Err(Error::bad_request(
+            "bad_vmap_url",
+            "vmap_url must be an http:// or https:// URL",
+        ));
+    }
+    let stored = parsed
+        .iter()
+        .map(|ms| format!("{}", *ms as f64 / 1000.0))
+        .collect::<Vec<_>>()
+        .join(",");
+    if !repo::set_asset_ads(&state.db, asset, &stored, vmap_url).await? {
+        return Err(Error::not_found("asset"));
+    }
+    Ok(serde_json::json!({
+        "asset": asset,
+        "breaks": parsed.iter().map(|ms| *ms as f64 / 1000.0).collect::<Vec<_>>(),
+        "vmap_url": vmap_url,
+    }))
+}
+
+/// Whether `s` is an absolute http(s) URL of sane length.
+pub(crate) fn is_http_url(s: &str) -> bool {
+    s.len() <= 2048
+        && (s.starts_with("http://") || s.starts_with("https://"))
+        && !s.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn breaks_parse_sorted_and_checked() {
+        assert_eq!(
+            parse_breaks("600, 0,1200,600"),
+            Ok(vec![0, 600_000, 1_200_000])
+        );
+        assert_eq!(parse_breaks(""), Ok(vec![]));
+        assert!(parse_breaks("ten").is_err());
+        assert!(parse_breaks("-1").is_err());
+        assert!(parse_breaks("NaN").is_err());
+    }
+
+    #[test]
+    fn viewer_hashes_are_stable_and_opaque() {
+        assert_eq!(viewer_hash("u1"), viewer_hash("u1"));
+        assert_ne!(viewer_hash("u1"), viewer_hash("u2"));
+        assert!(!viewer_hash("u1").contains("u1"));
+        assert_eq!(viewer_hash("u1").len(), 32);
+    }
+}
