@@ -1,0 +1,516 @@
+//! Server-side ad insertion, end to end: a real origin, shield and edge;
+//! an ad server of the test's own (VAST inline and wrappers, a VMAP, a
+//! down, a slow and a garbled answer) that also serves the creative's MP4
+//! and counts beacons; FFmpeg and PyPI's `m3u8` and `mpegdash` reading the
+//! stitched streams (`tests/ads_check.py`).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path as AxPath, State as AxState};
+use axum::routing::get;
+use common::*;
+use serde_json::{json, Value};
+
+/// The beacons the ad server heard, in order.
+#[derive(Clone, Default)]
+struct Heard(Arc<Mutex<Vec<String>>>);
+
+impl Heard {
+    fn all(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+struct AdServer {
+    url: String,
+    heard: Heard,
+}
+
+fn inline(base: &str, id: &str) -> String {
+    format!(
+        r#"<VAST version="4.2"><Ad id="{id}"><InLine><AdSystem>Test</AdSystem><AdTitle>{id}</AdTitle>
+<Impression><![CDATA[{base}/t/{id}/impression?cb=[CACHEBUSTING]]]></Impression>
+<Error><![CDATA[{base}/e/{id}?code=[ERRORCODE]]]></Error>
+<Creatives><Creative><Linear><Duration>00:00:04.000</Duration>
+<TrackingEvents>
+<Tracking event="start"><![CDATA[{base}/t/{id}/start]]></Tracking>
+<Tracking event="firstQuartile"><![CDATA[{base}/t/{id}/firstQuartile]]></Tracking>
+<Tracking event="midpoint"><![CDATA[{base}/t/{id}/midpoint]]></Tracking>
+<Tracking event="thirdQuartile"><![CDATA[{base}/t/{id}/thirdQuartile]]></Tracking>
+<Tracking event="complete"><![CDATA[{base}/t/{id}/complete]]></Tracking>
+</TrackingEvents>
+<MediaFiles>
+<MediaFile delivery="progressive" type="video/webm" width="320" height="180" bitrate="300"><![CDATA[{base}/media/ad.webm]]></MediaFile>
+<MediaFile delivery="progressive" type="video/mp4" width="320" height="180" bitrate="300"><![CDATA[{base}/media/ad.mp4]]></MediaFile>
+</MediaFiles></Linear></Creative></Creatives></InLine></Ad></VAST>"#
+    )
+}
+
+fn wrapper(base: &str, id: &str, next: &str) -> String {
+    format!(
+        r#"<VAST version="3.0"><Ad id="{id}"><Wrapper><AdSystem>Test</AdSystem>
+<VASTAdTagURI><![CDATA[{next}]]></VASTAdTagURI>
+<Impression><![CDATA[{base}/t/{id}/impression]]></Impression>
+<Error><![CDATA[{base}/e/{id}?code=[ERRORCODE]]]></Error>
+<Creatives><Creative><Linear><TrackingEvents>
+<Tracking event="complete"><![CDATA[{base}/t/{id}/complete]]></Tracking>
+</TrackingEvents></Linear></Creative></Creatives>
+</Wrapper></Ad></VAST>"#
+    )
+}
+
+/// Starts the test's ad server on an ephemeral port, with `clip` as its
+/// creative.
+async fn ad_server(clip: PathBuf) -> AdServer {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    let base = format!("http://{addr}");
+    let heard = Heard::default();
+    let b = base.clone();
+    let app = axum::Router::new()
+        .route(
+            "/vast/{kind}",
+            get(move |AxPath(kind): AxPath<String>| {
+                let base = b.clone();
+                async move {
+                    match kind.as_str() {
+                        "inline" => inline(&base, "ad1"),
+                        "wrapper" => wrapper(&base, "w1", &format!("{base}/vast/inline")),
+                        "down-wrapper" => wrapper(&base, "down", "http://127.0.0.1:9/vast"),
+                        "slow-wrapper" => wrapper(&base, "slow", &format!("{base}/vast/slow")),
+                        "garbage-wrapper" => {
+                            wrapper(&base, "garbage", &format!("{base}/vast/garbage"))
+                        }
+                        "slow" => {
+                            tokio::time::sleep(Duration::from_secs(10)).await;
+                            inline(&base, "late")
+                        }
+                        "garbage" => "<VAST version=\"4.2\"><Ad><InLine".to_string(),
+                        _ => String::new(),
+                    }
+                }
+            }),
+        )
+        .route(
+            "/vmap",
+            get({
+                let base = base.clone();
+                move || async move {
+                    format!(
+                        r#"<vmap:VMAP xmlns:vmap="http://www.iab.net/videosuite/vmap" version="1.0">
+<vmap:AdBreak timeOffset="start" breakType="linear" breakId="pre"><vmap:AdSource id="p" allowMultipleAds="true"><vmap:AdTagURI templateType="vast3"><![CDATA[{base}/vast/down-wrapper]]></vmap:AdTagURI></vmap:AdSource></vmap:AdBreak>
+<vmap:AdBreak timeOffset="00:00:06.000" breakType="linear" breakId="mid"><vmap:AdSource id="m" allowMultipleAds="true"><vmap:AdTagURI templateType="vast3"><![CDATA[{base}/vast/slow-wrapper]]></vmap:AdTagURI></vmap:AdSource></vmap:AdBreak>
+<vmap:AdBreak timeOffset="end" breakType="linear" breakId="post"><vmap:AdSource id="e" allowMultipleAds="true"><vmap:AdTagURI templateType="vast3"><![CDATA[{base}/vast/garbage-wrapper]]></vmap:AdTagURI></vmap:AdSource></vmap:AdBreak>
+</vmap:VMAP>"#
+                    )
+                }
+            }),
+        )
+        .route(
+            "/media/ad.mp4",
+            get(move || {
+                let clip = clip.clone();
+                async move { tokio::fs::read(clip).await.unwrap() }
+            }),
+        )
+        .route(
+            "/t/{ad}/{event}",
+            get(
+                |AxState(h): AxState<Heard>, AxPath((ad, event)): AxPath<(String, String)>| async move {
+                    h.0.lock().unwrap().push(format!("{ad}/{event}"));
+                    ""
+                },
+            ),
+        )
+        .route(
+            "/e/{ad}",
+            get(
+                |AxState(h): AxState<Heard>,
+                 AxPath(ad): AxPath<String>,
+                 q: axum::extract::RawQuery| async move {
+                    h.0.lock()
+                        .unwrap()
+                        .push(format!("error/{ad}?{}", q.0.unwrap_or_default()));
+                    ""
+                },
+            ),
+        )
+        .with_state(heard.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    AdServer { url: base, heard }
+}
+
+fn python() -> PathBuf {
+    let py = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/py/bin/python");
+    assert!(py.exists(), "{} is missing: run `make py`", py.display());
+    py
+}
+
+async fn json_get(url: &str) -> Value {
+    client()
+        .get(url)
+        .bearer_auth(ORIGIN_ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Uploads `clip` with ad breaks and waits for it.
+async fn ingest_with_breaks(stack: &Stack, clip: &Path, breaks: &str) -> String {
+    let r: Value = client()
+        .post(format!("{}/api/v1/uploads", stack.origin_url))
+        .bearer_auth(ORIGIN_ADMIN)
+        .query(&[
+            ("title", "Match highlights"),
+            ("ad_breaks", breaks),
+            ("genres", "sports"),
+        ])
+        .body(tokio::fs::read(clip).await.unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let job = r["job"].as_str().unwrap_or_else(|| panic!("{r}"));
+    let done = wait_job(&stack.origin_url, job, Duration::from_secs(120)).await;
+    assert_eq!(done["state"], "done", "{done}");
+    r["asset"].as_str().unwrap().to_string()
+}
+
+/// A viewer's playback token for `asset` (the viewer's access token given).
+async fn start(stack: &Stack, access: &str, asset: &str) -> String {
+    let r: Value = client()
+        .post(format!("{}/api/v1/playback/{asset}", stack.origin_url))
+        .bearer_auth(access)
+        .json(&json!({ "device_type": "web", "device_id": "ads-test-device" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    r["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a token: {r}"))
+        .to_string()
+}
+
+/// Waits until every creative the origin knows is conditioned.
+async fn wait_creatives_ready(origin: &str) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let c = json_get(&format!("{origin}/api/v1/admin/ads/creatives")).await;
+        let list = c.as_array().cloned().unwrap_or_default();
+        if !list.is_empty() && list.iter().all(|c| c["status"] == "ready") {
+            return;
+        }
+        assert!(
+            list.iter().all(|c| c["status"] != "failed"),
+            "a creative failed: {c}"
+        );
+        assert!(Instant::now() < deadline, "creatives not ready: {c}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Polls `f` until it answers `Some`, for up to `within`.
+async fn eventually<T, F, Fut>(within: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not happen in {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Fetches every segment of a media playlist, as a player would.
+async fn play_through(playlist_url: &str) {
+    let text = text(playlist_url).await;
+    let base = playlist_url
+        .split('?')
+        .next()
+        .unwrap()
+        .rsplit_once('/')
+        .unwrap()
+        .0;
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let r = client().get(format!("{base}/{line}")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{line}");
+        r.bytes().await.unwrap();
+    }
+}
+
+const WEBHOOK_SECRET: &str = "whsec_ads_test_secret";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn free_viewers_get_stitched_breaks_beacons_once_and_premium_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let ad_clip = make_clip(dir.path(), 4);
+    let content = make_clip(dir.path(), 12);
+    let ads = ad_server(ad_clip).await;
+    let vast_url = format!("{}/vast/wrapper?viewer=[VIEWER]&genre=[GENRE]", ads.url);
+    let stack = Stack::start_full(
+        |o| {
+            o.ads_vast_url = vast_url;
+            o.ads_timeout_ms = 1500;
+            o.billing_webhook_secret = WEBHOOK_SECRET.into();
+        },
+        |_| {},
+    )
+    .await;
+    let asset = ingest_with_breaks(&stack, &content, "0,6,100").await;
+
+    // The first session finds the creative not conditioned yet: it plays
+    // without ads, and the creative is fetched and conditioned.
+    let first = viewer(&stack.origin_url, &stack.outbox).await;
+    let token = start(&stack, &first, &asset).await;
+    let plain = text(format!(
+        "{}/vod/{asset}/v0.m3u8?__token__={token}",
+        stack.edge_url
+    ))
+    .await;
+    assert!(!plain.contains("ad/"), "{plain}");
+    wait_creatives_ready(&stack.origin_url).await;
+
+    // A new free session: pre-, mid- and post-rolls in every format.
+    let free = viewer(&stack.origin_url, &stack.outbox).await;
+    let token = start(&stack, &free, &asset).await;
+    let q = format!("__token__={token}");
+    let v0 = text(format!("{}/vod/{asset}/v0.m3u8?{q}", stack.edge_url)).await;
+    assert_eq!(v0.matches("#EXT-X-CUE-OUT").count(), 3, "{v0}");
+    assert!(
+        v0.contains("#EXT-X-DISCONTINUITY") && v0.contains("SCTE35-OUT=0xFC"),
+        "{v0}"
+    );
+    let mid = v0.find("ad/1.0/").expect("a mid-roll");
+    assert!(
+        v0[..mid].contains("v0/3.m4s") && !v0[..mid].contains("v0/4.m4s"),
+        "{v0}"
+    );
+    // Changing the query does not take the ads out; a cookie token keeps them.
+    let tampered = text(format!(
+        "{}/vod/{asset}/v0.m3u8?ads=0&plan=premium&{q}",
+        stack.edge_url
+    ))
+    .await;
+    assert_eq!(tampered, v0);
+    let by_cookie = client()
+        .get(format!("{}/vod/{asset}/v0.m3u8", stack.edge_url))
+        .header("cookie", format!("__token__={token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        by_cookie.headers()["cache-control"].to_str().unwrap(),
+        "private, no-store"
+    );
+    assert_eq!(
+        by_cookie
+            .text()
+            .await
+            .unwrap()
+            .matches("#EXT-X-CUE-OUT")
+            .count(),
+        3
+    );
+
+    // FFmpeg and outside parsers read every stitched format whole.
+    let base = format!("{}/vod/{asset}/", stack.edge_url);
+    let out = Command::new(python())
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ads_check.py"))
+        .args([&base, &q])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stdout}");
+    let report: Value = serde_json::from_str(stdout.trim()).unwrap();
+    // Three ads of two 2-second segments each, around the title's runs.
+    assert_eq!(report["fmp4"]["runs"], 5, "{report}");
+    assert_eq!(report["fmp4"]["ad_segments"], 6, "{report}");
+    assert_eq!(report["fmp4_audio"]["runs"], 5, "{report}");
+    assert_eq!(report["ts"]["runs"], 5, "{report}");
+    assert_eq!(report["dash"]["ad_periods"], 3, "{report}");
+    assert_eq!(report["dash"]["event_streams"], 3, "{report}");
+    let decoded = report["fmp4"]["decoded_secs"].as_f64().unwrap();
+    assert!((decoded - 24.0).abs() < 1.0, "title and ads: {report}");
+
+    // The player fetched every ad segment (the check above did): each
+    // beacon arrives once, in order, with the wrapper's besides.
+    let expect_per_ad = [
+        "w1/impression",
+        "ad1/impression",
+        "ad1/start",
+        "ad1/firstQuartile",
+        "ad1/midpoint",
+        "ad1/thirdQuartile",
+        "w1/complete",
+        "ad1/complete",
+    ];
+    let heard = eventually(Duration::from_secs(20), "every beacon", || {
+        let h = ads.heard.all();
+        async move { (h.len() >= expect_per_ad.len() * 3).then_some(h) }
+    })
+    .await;
+    for e in expect_per_ad {
+        assert_eq!(
+            heard.iter().filter(|h| *h == e).count(),
+            3,
+            "{e}: {heard:?}"
+        );
+    }
+    // In order within each ad: impressions, start, quartiles, complete.
+    let pos = |e: &str| heard.iter().position(|h| h == e).unwrap();
+    assert!(pos("ad1/impression") < pos("ad1/start"));
+    assert!(pos("ad1/start") < pos("ad1/firstQuartile"));
+    assert!(pos("ad1/midpoint") < pos("ad1/thirdQuartile"));
+    assert!(pos("ad1/thirdQuartile") < pos("ad1/complete"));
+    // Played again, the ads send nothing again.
+    let sent_before = ads.heard.all().len();
+    let reports = |m: &str| metric_value(m, "cascade_edge_ad_events_total{event=\"report_sent\"}");
+    let before = reports(&text(format!("{}/metrics", stack.edge_url)).await);
+    play_through(&format!("{}/vod/{asset}/v0.m3u8?{q}", stack.edge_url)).await;
+    eventually(Duration::from_secs(10), "the replay's report", || async {
+        (reports(&text(format!("{}/metrics", stack.edge_url)).await) > before).then_some(())
+    })
+    .await;
+    let origin_metrics = text(format!("{}/metrics", stack.origin_url)).await;
+    assert_eq!(ads.heard.all().len(), sent_before, "{origin_metrics}");
+    assert!(metric_value(&origin_metrics, "cascade_origin_ad_avails_filled_total") >= 3);
+
+    // The report counts the session's impressions and completions.
+    let rows = json_get(&format!("{}/api/v1/admin/ads/report", stack.origin_url)).await;
+    let row = &rows.as_array().unwrap()[0];
+    assert_eq!(
+        (row["impressions"].as_i64(), row["completes"].as_i64()),
+        (Some(3), Some(3)),
+        "{rows}"
+    );
+    assert_eq!(row["asset"], asset.as_str());
+
+    // A premium viewer never sees an ad.
+    let premium = viewer(&stack.origin_url, &stack.outbox).await;
+    let me: Value = client()
+        .get(format!("{}/api/v1/me", stack.origin_url))
+        .bearer_auth(&premium)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let user = me["user"]["id"]
+        .as_str()
+        .or(me["id"].as_str())
+        .unwrap()
+        .to_string();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let event = json!({
+        "id": "evt_ads_1", "type": "customer.subscription.created", "created": now,
+        "data": { "object": {
+            "id": format!("sub_{user}"), "object": "subscription", "status": "active",
+            "metadata": { "user_id": user, "plan": "premium" },
+            "items": { "data": [ { "current_period_end": now + 30 * 86400,
+                                    "price": { "lookup_key": "premium" } } ] }
+        } }
+    });
+    let body = serde_json::to_vec(&event).unwrap();
+    let r = client()
+        .post(format!("{}/api/v1/billing/webhook", stack.origin_url))
+        .header(
+            "stripe-signature",
+            cascade_origin::sign_webhook(&body, WEBHOOK_SECRET.as_bytes(), now),
+        )
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let token = start(&stack, &premium, &asset).await;
+    for path in ["v0.m3u8", "ts/v0.a0.m3u8", "manifest.mpd"] {
+        let body = text(format!(
+            "{}/vod/{asset}/{path}?__token__={token}",
+            stack.edge_url
+        ))
+        .await;
+        assert!(
+            !body.contains("ad/") && !body.contains("CUE-OUT"),
+            "{path}: {body}"
+        );
+    }
+
+    // The ad server down, slow past the budget, or garbled (a VMAP's pre-,
+    // mid- and post-roll): the title plays, and each wrapper's Error URL
+    // hears its code.
+    let r = client()
+        .put(format!(
+            "{}/api/v1/admin/assets/{asset}/ads",
+            stack.origin_url
+        ))
+        .bearer_auth(ORIGIN_ADMIN)
+        .json(&json!({ "vmap_url": format!("{}/vmap", ads.url) }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let token = start(&stack, &free, &asset).await;
+    let started = Instant::now();
+    let v0 = text(format!(
+        "{}/vod/{asset}/v0.m3u8?__token__={token}",
+        stack.edge_url
+    ))
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the budget held"
+    );
+    assert!(v0.contains("v0/6.m4s") && !v0.contains("ad/"), "{v0}");
+    let errors = eventually(Duration::from_secs(20), "three error beacons", || {
+        let h = ads.heard.all();
+        async move {
+            let e: Vec<String> = h.into_iter().filter(|h| h.starts_with("error/")).collect();
+            (e.len() >= 3).then_some(e)
+        }
+    })
+    .await;
+    assert!(
+        errors.contains(&"error/down?code=301".to_string()),
+        "{errors:?}"
+    );
+    assert!(
+        errors.contains(&"error/slow?code=301".to_string()),
+        "{errors:?}"
+    );
+    assert!(
+        errors.contains(&"error/garbage?code=100".to_string()),
+        "{errors:?}"
+    );
+    assert_eq!(errors.len(), 3, "once each: {errors:?}");
+    stack.shutdown().await;
+}
