@@ -4,6 +4,8 @@
 //! and counts beacons; FFmpeg and PyPI's `m3u8` and `mpegdash` reading the
 //! stitched streams (`tests/ads_check.py`).
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::net::SocketAddr;
