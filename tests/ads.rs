@@ -516,3 +516,192 @@ async fn free_viewers_get_stitched_breaks_beacons_once_and_premium_none() {
     assert_eq!(errors.len(), 3, "once each: {errors:?}");
     stack.shutdown().await;
 }
+
+/// Runs the `cascade` binary against the test origin; (success, stdout, stderr).
+fn cascade(origin: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_cascade"))
+        .args(args)
+        .env("CASCADE_ORIGIN_URL", origin)
+        .env("CASCADE_ORIGIN_ADMIN_TOKEN", ORIGIN_ADMIN)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_built_in_ad_service_targets_caps_and_reports_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let ad_clip = make_clip(dir.path(), 4);
+    let content = make_clip(dir.path(), 12);
+    let media = ad_server(ad_clip).await;
+    // No ad server configured: the built-in one decides.
+    let stack = Stack::start().await;
+    let origin = stack.origin_url.clone();
+    let media_url = format!("{}/media/ad.mp4", media.url);
+
+    // The CLI adds ads; bad input is refused with its reason.
+    let (ok, id, err) = cascade(
+        &origin,
+        &[
+            "ads",
+            "add",
+            "spot",
+            "--media",
+            &media_url,
+            "--duration",
+            "4",
+            "--plans",
+            "free",
+            "--cap",
+            "1",
+        ],
+    );
+    assert!(ok && !id.trim().is_empty(), "{err}");
+    let (ok, _, err) = cascade(
+        &origin,
+        &[
+            "ads",
+            "add",
+            "tv-only",
+            "--media",
+            &media_url,
+            "--duration",
+            "4",
+            "--devices",
+            "tv",
+        ],
+    );
+    assert!(ok, "{err}");
+    let (ok, _, err) = cascade(
+        &origin,
+        &[
+            "ads",
+            "add",
+            "spot",
+            "--media",
+            &media_url,
+            "--duration",
+            "4",
+        ],
+    );
+    assert!(!ok && err.contains("name_taken"), "{err}");
+    let (ok, _, err) = cascade(
+        &origin,
+        &[
+            "ads",
+            "add",
+            "bad",
+            "--media",
+            &media_url,
+            "--duration",
+            "0",
+        ],
+    );
+    assert!(!ok && err.contains("bad_duration"), "{err}");
+    let (ok, _, err) = cascade(
+        &origin,
+        &[
+            "ads",
+            "add",
+            "bad",
+            "--media",
+            "ftp://x/a.mp4",
+            "--duration",
+            "4",
+        ],
+    );
+    assert!(!ok && err.contains("bad_media_url"), "{err}");
+
+    // The creative is conditioned once (both ads share it), before any break.
+    wait_creatives_ready(&origin).await;
+    let (ok, list, err) = cascade(&origin, &["ads", "list"]);
+    assert!(ok, "{err}");
+    assert!(
+        list.contains("spot") && list.contains("tv-only") && list.contains("ready"),
+        "{list}"
+    );
+    assert!(
+        list.contains("plans=free") && list.contains("devices=tv"),
+        "{list}"
+    );
+
+    // `cascade ingest --ad-breaks`: pre-, mid- and post-roll.
+    let clip = content.to_str().unwrap();
+    let (ok, out, err) = cascade(
+        &origin,
+        &[
+            "ingest",
+            clip,
+            "--title",
+            "Built-in ads",
+            "--ad-breaks",
+            "0,6,100",
+        ],
+    );
+    assert!(ok, "{out}{err}");
+    let asset = out
+        .split("(asset ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .unwrap_or_else(|| panic!("the asset id in: {out}"))
+        .to_string();
+
+    // A free viewer on the web: only `spot` matches (not `tv-only`), and
+    // its cap of one a day lets it play in the first break alone.
+    let viewer = viewer(&stack.origin_url, &stack.outbox).await;
+    let token = start(&stack, &viewer, &asset).await;
+    let q = format!("__token__={token}");
+    let v0 = text(format!("{}/vod/{asset}/v0.m3u8?{q}", stack.edge_url)).await;
+    assert_eq!(v0.matches("#EXT-X-CUE-OUT").count(), 1, "{v0}");
+    assert!(
+        v0.find("ad/0.0/").unwrap() < v0.find("v0/1.m4s").unwrap(),
+        "a pre-roll: {v0}"
+    );
+    play_through(&format!("{}/vod/{asset}/v0.m3u8?{q}", stack.edge_url)).await;
+    // The same viewer again: capped.
+    let token = start(&stack, &viewer, &asset).await;
+    let again = text(format!(
+        "{}/vod/{asset}/v0.m3u8?__token__={token}",
+        stack.edge_url
+    ))
+    .await;
+    assert!(!again.contains("CUE-OUT"), "{again}");
+
+    // The report: one impression, completed.
+    let report = eventually(Duration::from_secs(20), "the report", || {
+        let origin = origin.clone();
+        async move {
+            let (ok, out, _) = cascade(&origin, &["ads", "report"]);
+            (ok && out.contains("100.0%")).then_some(out)
+        }
+    })
+    .await;
+    let row = report.lines().nth(1).unwrap();
+    assert!(row.contains(&asset), "{report}");
+    assert_eq!(
+        row.split_whitespace().nth(3),
+        Some("1"),
+        "one impression: {report}"
+    );
+    let (ok, _, err) = cascade(&origin, &["ads", "report", "--from", "yesterday"]);
+    assert!(!ok && err.contains("bad_day"), "{err}");
+
+    // Removed, it is gone; removing it again says so.
+    let (ok, _, err) = cascade(&origin, &["ads", "remove", "spot"]);
+    assert!(ok, "{err}");
+    let (_, list, _) = cascade(&origin, &["ads", "list"]);
+    assert!(!list.contains("spot") && list.contains("tv-only"), "{list}");
+    let (ok, _, err) = cascade(&origin, &["ads", "remove", "spot"]);
+    assert!(!ok && err.contains("not_found"), "{err}");
+    // The VAST endpoint answers the built-in decisions to anyone asking.
+    let vast = text(format!("{origin}/api/v1/ads/vast?device=tv&plan=free")).await;
+    assert!(
+        vast.contains("<VAST version=\"4.2\">") && vast.contains("tv-only"),
+        "{vast}"
+    );
+    stack.shutdown().await;
+}

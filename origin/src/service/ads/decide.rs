@@ -104,12 +104,23 @@ pub(super) async fn breaks(
         }
     }
     sources.sort_by_key(|(at, _)| *at);
-    let filled = futures::future::join_all(
-        sources
-            .into_iter()
-            .map(|(at, src)| async move { (at, fill(state, at, src, t, deadline).await) }),
-    )
-    .await;
+    // Ad servers are asked for every break at once; the built-in service
+    // break by break, so its frequency caps count each break before the next.
+    let builtin = matches!(sources.first(), Some((_, Source::Builtin)));
+    let filled = if builtin {
+        let mut out = Vec::with_capacity(sources.len());
+        for (at, src) in sources {
+            out.push((at, fill(state, at, src, t, deadline).await));
+        }
+        out
+    } else {
+        futures::future::join_all(
+            sources
+                .into_iter()
+                .map(|(at, src)| async move { (at, fill(state, at, src, t, deadline).await) }),
+        )
+        .await
+    };
     let mut out = Vec::new();
     let mut errors: Vec<NewBeaconOwned> = Vec::new();
     for (id, (at, f)) in filled.into_iter().enumerate() {
