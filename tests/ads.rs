@@ -278,6 +278,9 @@ async fn free_viewers_get_stitched_breaks_beacons_once_and_premium_none() {
             o.ads_vast_url = vast_url;
             o.ads_timeout_ms = 1500;
             o.billing_webhook_secret = WEBHOOK_SECRET.into();
+            // The players take minutes and send no heartbeats: the
+            // session must not go quiet and be ended meanwhile.
+            o.stream_slot_secs = 3600;
         },
         |_| {},
     )
@@ -358,6 +361,24 @@ async fn free_viewers_get_stitched_breaks_beacons_once_and_premium_none() {
     assert_eq!(report["dash"]["event_streams"], 3, "{report}");
     let decoded = report["fmp4"]["decoded_secs"].as_f64().unwrap();
     assert!((decoded - 24.0).abs() < 1.0, "title and ads: {report}");
+
+    // Real players in Chromium play the session through every break.
+    let root = env!("CARGO_MANIFEST_DIR");
+    assert!(
+        Path::new(&format!("{root}/web/node_modules/playwright-core")).exists(),
+        "web/node_modules is missing: run `make web` (make test does)"
+    );
+    let out = Command::new("node")
+        .arg(format!("{root}/web/tests/ads.mjs"))
+        .args([&stack.edge_url, &asset, &q])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the players failed");
+    for name in ["hls.js fMP4", "hls.js TS", "dash.js", "Shaka HLS", "Shaka DASH"] {
+        assert!(stdout.contains(&format!("{name}: played to the end")), "{name}");
+    }
 
     // The player fetched every ad segment (the check above did): each
     // beacon arrives once, in order, with the wrapper's besides.

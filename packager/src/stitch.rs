@@ -10,8 +10,8 @@
 //!
 //! - HLS (fMP4 and TS): `EXT-X-DISCONTINUITY` around each ad, an
 //!   `EXT-X-MAP` per run, `EXT-X-PROGRAM-DATE-TIME` on a fixed clock
-//!   (1970-01-01 plus stitched time, the same in every playlist of the
-//!   session), `EXT-X-DATERANGE` with `SCTE35-OUT`/`SCTE35-IN`, and
+//!   (2000-01-01 plus stitched time, the same in every playlist of the
+//!   session; not the Unix epoch itself, which hls.js reads as no date), `EXT-X-DATERANGE` with `SCTE35-OUT`/`SCTE35-IN`, and
 //!   `EXT-X-CUE-OUT`/`EXT-X-CUE-IN`. Subtitle playlists get the same
 //!   discontinuities, with the ads' time as `EXT-X-GAP` segments.
 //! - DASH: a Period per content run and per ad; the first ad period of a
@@ -31,6 +31,10 @@ use crate::dash::{self, PeriodOpts};
 use crate::manifest::{AssetManifest, Track, TrackKind};
 use crate::view::{Format, View};
 use crate::{Error, Output};
+
+/// The stitched timeline's clock starts here: 2000-01-01T00:00:00Z, in
+/// Unix milliseconds.
+const CLOCK_ORIGIN_MS: u64 = 946_684_800_000;
 
 /// One ad of a break, as the stitcher sees it.
 #[derive(Debug, Clone)]
@@ -309,7 +313,7 @@ fn hls(m: &AssetManifest, pieces: &[Piece<'_>], lane: &Lane<'_>) -> String {
         let _ = writeln!(
             out,
             "#EXT-X-PROGRAM-DATE-TIME:{}",
-            crate::live::iso_time(clock_ms)
+            crate::live::iso_time(CLOCK_ORIGIN_MS + clock_ms)
         );
         match p {
             Piece::Content(r) => {
@@ -387,10 +391,14 @@ fn content_run(m: &AssetManifest, r: Range<u64>, lane: &Lane<'_>) -> (Option<Str
 /// One ad's segments for one lane.
 fn ad_run(brk: u32, n: usize, ad: &StitchAd<'_>, lane: &Lane<'_>) -> (Option<String>, Vec<Seg>) {
     let prefix = format!("{}ad/{brk}.{n}/{}/", lane.up(), ad.creative);
+    // An ad's audio may run a few milliseconds past its video in a last,
+    // tiny fragment: left out, so every lane of the ad ends together.
+    let count = ad.manifest.timeline().map_or(0, |t| t.fragments.len());
     let all = |t: &Track, uri: &dyn Fn(u64) -> String, gap: bool| -> Vec<Seg> {
         let ts = f64::from(t.timescale.max(1));
         t.fragments
             .iter()
+            .take(count)
             .zip(1u64..)
             .map(|(f, n)| Seg {
                 secs: f.duration as f64 / ts,
@@ -461,7 +469,7 @@ fn cue_out(out: &mut String, id: u32, start_ms: u64, secs: f64) {
     let _ = write!(
         out,
         "#EXT-X-DATERANGE:ID=\"ad-{id}\",CLASS=\"urn:cascade:ad\",START-DATE=\"{}\",PLANNED-DURATION={secs:.3},SCTE35-OUT={}\n#EXT-X-CUE-OUT:DURATION={secs:.3}\n",
-        crate::live::iso_time(start_ms),
+        crate::live::iso_time(CLOCK_ORIGIN_MS + start_ms),
         scte.to_hex()
     );
 }
@@ -471,7 +479,7 @@ fn cue_in(out: &mut String, id: u32, start_ms: u64, secs: f64) {
     let _ = write!(
         out,
         "#EXT-X-DATERANGE:ID=\"ad-{id}\",CLASS=\"urn:cascade:ad\",START-DATE=\"{}\",DURATION={secs:.3},SCTE35-IN={}\n#EXT-X-CUE-IN\n",
-        crate::live::iso_time(start_ms),
+        crate::live::iso_time(CLOCK_ORIGIN_MS + start_ms),
         scte.to_hex()
     );
 }
@@ -689,7 +697,7 @@ mod tests {
         // there is the pre-roll's 6 s plus 10 s of the title.
         let mid = p.find("ad/1.0/").unwrap();
         assert!(p[..mid].contains("v1/5.m4s") && !p[..mid].contains("v1/6.m4s"));
-        assert!(p.contains("START-DATE=\"1970-01-01T00:00:16.000Z\""), "{p}");
+        assert!(p.contains("START-DATE=\"2000-01-01T00:00:16.000Z\""), "{p}");
         assert!(p.ends_with("#EXT-X-CUE-IN\n#EXT-X-ENDLIST\n"), "{p}");
         // Every content segment once.
         for n in 1..=10 {
