@@ -376,8 +376,17 @@ async fn free_viewers_get_stitched_breaks_beacons_once_and_premium_none() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     println!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "the players failed");
-    for name in ["hls.js fMP4", "hls.js TS", "dash.js", "Shaka HLS", "Shaka DASH"] {
-        assert!(stdout.contains(&format!("{name}: played to the end")), "{name}");
+    for name in [
+        "hls.js fMP4",
+        "hls.js TS",
+        "dash.js",
+        "Shaka HLS",
+        "Shaka DASH",
+    ] {
+        assert!(
+            stdout.contains(&format!("{name}: played to the end")),
+            "{name}"
+        );
     }
 
     // The player fetched every ad segment (the check above did): each
@@ -559,8 +568,13 @@ async fn the_built_in_ad_service_targets_caps_and_reports_through_the_cli() {
     let ad_clip = make_clip(dir.path(), 4);
     let content = make_clip(dir.path(), 12);
     let media = ad_server(ad_clip).await;
-    // No ad server configured: the built-in one decides.
-    let stack = Stack::start().await;
+    // No ad server configured: the built-in one decides. TV apps track
+    // their ads themselves.
+    let stack = Stack::start_full(
+        |o| o.ads_client_tracking_devices = vec!["tv".into()],
+        |_| {},
+    )
+    .await;
     let origin = stack.origin_url.clone();
     let media_url = format!("{}/media/ad.mp4", media.url);
 
@@ -710,6 +724,51 @@ async fn the_built_in_ad_service_targets_caps_and_reports_through_the_cli() {
     );
     let (ok, _, err) = cascade(&origin, &["ads", "report", "--from", "yesterday"]);
     assert!(!ok && err.contains("bad_day"), "{err}");
+
+    // A TV app's session tracks its ads itself: the tracking API gives its
+    // breaks (matching the playlists' date range ids) with each ad's
+    // offset, length and beacons. On TV both ads match.
+    let tv = common::viewer(&stack.origin_url, &stack.outbox).await;
+    let answer: Value = client()
+        .post(format!("{}/api/v1/playback/{asset}", stack.origin_url))
+        .bearer_auth(&tv)
+        .json(&json!({ "device_type": "tv", "device_id": "living-room" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let stream = answer["stream"]["id"].as_str().unwrap();
+    let heartbeat = answer["stream"]["heartbeat_token"].as_str().unwrap();
+    let tracking_url = format!("{origin}/api/v1/streams/{stream}/ads");
+    let r = client().get(&tracking_url).send().await.unwrap();
+    assert_eq!(r.status(), 401, "the tracking API needs the stream's token");
+    let t: Value = client()
+        .get(&tracking_url)
+        .bearer_auth(heartbeat)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(t["tracking"], "client", "{t}");
+    let avails = t["avails"].as_array().unwrap();
+    assert_eq!(avails.len(), 3, "tv-only fills every break: {t}");
+    assert_eq!(avails[0]["id"], "ad-0");
+    let first = avails[0]["ads"].as_array().unwrap();
+    assert_eq!(first.len(), 2, "spot (capped, once) and tv-only: {t}");
+    assert_eq!(first[1]["offset_ms"], 4000, "{t}");
+    assert!(first[0]["events"].is_object(), "{t}");
+    let v0 = text(format!(
+        "{}/vod/{asset}/v0.m3u8?__token__={}",
+        stack.edge_url,
+        answer["token"].as_str().unwrap()
+    ))
+    .await;
+    assert_eq!(v0.matches("#EXT-X-CUE-OUT").count(), 3, "{v0}");
+    assert!(v0.contains("ID=\"ad-0\""), "{v0}");
 
     // Removed, it is gone; removing it again says so.
     let (ok, _, err) = cascade(&origin, &["ads", "remove", "spot"]);

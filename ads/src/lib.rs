@@ -22,6 +22,28 @@ pub use vast::{
 };
 pub use vmap::{parse_vmap, AdBreak, BreakSource, Offset, Vmap};
 
+/// Reads a title's ad breaks, `0,600,1200` (seconds into the title; 0 is
+/// a pre-roll, the length or more a post-roll), into milliseconds, sorted
+/// and without repeats; at most 50.
+pub fn parse_breaks(s: &str) -> Result<Vec<u64>, String> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let secs: f64 = part
+            .parse()
+            .map_err(|_| format!("`{part}` is not a number of seconds"))?;
+        if !secs.is_finite() || !(0.0..=1_000_000.0).contains(&secs) {
+            return Err(format!("`{part}`: seconds from 0 to 1000000"));
+        }
+        out.push((secs * 1000.0).round() as u64);
+        if out.len() > 50 {
+            return Err("at most 50 breaks".into());
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
+}
+
 /// Largest VAST or VMAP document read.
 pub const MAX_DOCUMENT: usize = 1 << 20;
 
@@ -74,4 +96,23 @@ pub mod codes {
     pub const NO_SUPPORTED_MEDIA: u16 = 403;
     /// Undefined error.
     pub const UNDEFINED: u16 = 900;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn breaks_parse_sorted_and_checked() {
+        assert_eq!(
+            parse_breaks("600, 0,1200,600"),
+            Ok(vec![0, 600_000, 1_200_000])
+        );
+        assert_eq!(parse_breaks("1.5"), Ok(vec![1500]));
+        assert_eq!(parse_breaks(""), Ok(vec![]));
+        assert!(parse_breaks("ten").is_err());
+        assert!(parse_breaks("-1").is_err());
+        assert!(parse_breaks("NaN").is_err());
+        assert!(parse_breaks(&vec!["1"; 51].join(",")).is_err());
+    }
 }

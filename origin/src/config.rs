@@ -193,9 +193,11 @@ pub struct OriginConfig {
     pub ads_wrapper_depth: u32,
     /// Ads in one break, at most.
     pub ads_max_per_break: usize,
-    /// `server`: the origin sends beacons as edges see ad segments fetched;
-    /// `client`: players send them, from the session's tracking API.
-    pub ads_tracking: String,
+    /// Device types (`tv`, `phone`, …) whose sessions track ads client-side:
+    /// their players send the beacons, read from the session's tracking API
+    /// (`GET /api/v1/streams/{id}/ads`). Others are tracked server-side: the
+    /// origin sends beacons as edges see ad segments fetched.
+    pub ads_client_tracking_devices: Vec<String>,
 }
 
 impl Default for OriginConfig {
@@ -286,7 +288,7 @@ impl Default for OriginConfig {
             ads_timeout_ms: 1500,
             ads_wrapper_depth: 5,
             ads_max_per_break: 5,
-            ads_tracking: "server".into(),
+            ads_client_tracking_devices: Vec::new(),
         }
     }
 }
@@ -341,8 +343,12 @@ impl Validate for OriginConfig {
         if !(1..=20).contains(&self.ads_max_per_break) {
             errors.push("ads_max_per_break: 1 to 20".into());
         }
-        if !matches!(self.ads_tracking.as_str(), "server" | "client") {
-            errors.push("ads_tracking: server or client".into());
+        if self
+            .ads_client_tracking_devices
+            .iter()
+            .any(|d| d.is_empty() || d.len() > 40)
+        {
+            errors.push("ads_client_tracking_devices: device type names".into());
         }
         check_scheme_url(
             "rtmp_public_url",

@@ -9,6 +9,8 @@ ALTER TABLE assets ADD COLUMN vmap_url TEXT NOT NULL DEFAULT '';
 ALTER TABLE assets ADD COLUMN kind TEXT NOT NULL DEFAULT 'title';
 -- A creative is made at every rung of the ladder, whatever its own size,
 -- so it can stand in for any rendition of any title.
+-- The device type a session started on (`tv`, `phone`, …), for targeting.
+ALTER TABLE streams ADD COLUMN device_type TEXT NOT NULL DEFAULT '';
 ALTER TABLE jobs ADD COLUMN fill_ladder INTEGER NOT NULL DEFAULT 0;
 
 CREATE TABLE ad_inventory (

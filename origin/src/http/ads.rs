@@ -12,7 +12,7 @@ use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::http::error::{ErrorBody, JsonBody};
-use crate::http::extract::{require_admin, require_fleet};
+use crate::http::extract::{require_admin, require_fleet, stream_token};
 use crate::http::no_store;
 use crate::service::ads::beacons::{self, Progress};
 use crate::service::ads::builtin::{self, NewAd, VastQuery};
@@ -42,7 +42,7 @@ pub(crate) async fn vast(
 /// conditioned at once.
 #[utoipa::path(post, path = "/api/v1/admin/ads", tag = "ads", request_body = NewAd,
     security(("admin" = [])),
-    responses((status = 201, body = crate::repo::ads::InventoryAd),
+    responses((status = 201, body = crate::service::ads::InventoryAd),
               (status = 400, description = "bad_name, bad_media_url, bad_duration, bad_targeting, bad_cap, bad_weight", body = ErrorBody),
               (status = 401, body = ErrorBody), (status = 409, description = "name_taken", body = ErrorBody)))]
 pub(crate) async fn add(
@@ -57,7 +57,7 @@ pub(crate) async fn add(
 
 /// The built-in inventory (admin).
 #[utoipa::path(get, path = "/api/v1/admin/ads", tag = "ads", security(("admin" = [])),
-    responses((status = 200, body = [crate::repo::ads::InventoryAd]), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = [crate::service::ads::InventoryAd]), (status = 401, body = ErrorBody)))]
 pub(crate) async fn list(
     AxState(state): AxState<Arc<State>>,
     headers: HeaderMap,
@@ -82,7 +82,7 @@ pub(crate) async fn remove(
 
 /// Creatives and their conditioning (admin).
 #[utoipa::path(get, path = "/api/v1/admin/ads/creatives", tag = "ads", security(("admin" = [])),
-    responses((status = 200, body = [crate::repo::ads::Creative]), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = [crate::service::ads::Creative]), (status = 401, body = ErrorBody)))]
 pub(crate) async fn list_creatives(
     AxState(state): AxState<Arc<State>>,
     headers: HeaderMap,
@@ -103,7 +103,7 @@ pub(crate) struct ReportQuery {
 /// Impressions and completion rate per day, creative and title (admin).
 #[utoipa::path(get, path = "/api/v1/admin/ads/report", tag = "ads", params(ReportQuery),
     security(("admin" = [])),
-    responses((status = 200, body = [crate::repo::ads::ReportRow]),
+    responses((status = 200, body = [crate::service::ads::ReportRow]),
               (status = 400, description = "bad_day, bad_range", body = ErrorBody), (status = 401, body = ErrorBody)))]
 pub(crate) async fn report(
     AxState(state): AxState<Arc<State>>,
@@ -142,6 +142,22 @@ pub(crate) async fn set_breaks(
     require_admin(&state, &headers)?;
     let v = svc::set_title_breaks(&state, &id, &b.breaks, &b.vmap_url).await?;
     Ok(no_store(Json(v)))
+}
+
+/// A session's ad breaks and, when its player tracks ads itself, the
+/// beacons to send (the stream's heartbeat token).
+#[utoipa::path(get, path = "/api/v1/streams/{id}/ads", tag = "ads",
+    security(("stream" = [])), params(("id" = String, Path, description = "stream id")),
+    responses((status = 200, body = crate::service::ads::ClientTracking),
+              (status = 401, description = "bad_stream_token or token_expired", body = ErrorBody),
+              (status = 404, body = ErrorBody)))]
+pub(crate) async fn client_tracking(
+    AxState(state): AxState<Arc<State>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, Error> {
+    let t = svc::client_tracking(&state, &id, stream_token(&headers)).await?;
+    Ok(no_store(Json(t)))
 }
 
 /// Where the viewer is, as the edge saw it.

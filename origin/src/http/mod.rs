@@ -144,6 +144,7 @@ pub fn app(state: Arc<State>) -> Router {
             get(ads::session_plan),
         )
         .route("/api/v1/fleet/ads/progress", post(ads::progress))
+        .route("/api/v1/streams/{id}/ads", get(ads::client_tracking))
         .route("/api/v1/plans", get(billing::plans))
         .route("/api/v1/billing/webhook", post(billing::webhook))
         .route("/api/v1/playback/{id}", post(playback::playback))

@@ -30,7 +30,7 @@ use crate::http::{accounts, ads, billing, catalog, channels, interactive, playba
         interactive::remove_moderator, interactive::live_totals, interactive::vod_totals,
         interactive::live_polls, interactive::vote, interactive::create_poll, interactive::close_poll,
         interactive::create_flash, interactive::end_flash, interactive::flashes,
-        ads::vast, ads::add, ads::list, ads::remove, ads::list_creatives, ads::report, ads::set_breaks,
+        ads::vast, ads::add, ads::list, ads::remove, ads::list_creatives, ads::report, ads::set_breaks, ads::client_tracking,
     ),
     components(schemas(ErrorBody)),
     modifiers(&Security),

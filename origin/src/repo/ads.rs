@@ -292,12 +292,12 @@ pub(crate) async fn creative_failed(db: &Db, id: &str, why: &str, now: i64) -> R
 pub(crate) struct StreamOf {
     pub(crate) user: String,
     pub(crate) asset: String,
-    pub(crate) device: String,
+    pub(crate) device_type: String,
 }
 
 /// A playback session's owner, title and device, while it holds a slot.
 pub(crate) async fn stream_of(db: &Db, stream: &str) -> Result<Option<StreamOf>> {
-    let row = sqlx::query("SELECT user_id, asset_id, device FROM streams WHERE id = $1")
+    let row = sqlx::query("SELECT user_id, asset_id, device_type FROM streams WHERE id = $1")
         .bind(stream)
         .fetch_optional(&db.pool)
         .await?;
@@ -305,7 +305,7 @@ pub(crate) async fn stream_of(db: &Db, stream: &str) -> Result<Option<StreamOf>>
         Ok(StreamOf {
             user: r.try_get("user_id")?,
             asset: r.try_get("asset_id")?,
-            device: r.try_get("device")?,
+            device_type: r.try_get("device_type")?,
         })
     })
     .transpose()

@@ -14,6 +14,8 @@ pub(crate) struct Slot<'a> {
     pub(crate) profile: &'a str,
     pub(crate) asset: &'a str,
     pub(crate) device: &'a str,
+    /// The device type given at start (`tv`, `phone`, …), or empty.
+    pub(crate) device_type: &'a str,
 }
 
 /// What taking a slot came to.
@@ -87,14 +89,15 @@ pub(crate) async fn take_slot(
         return Ok(Taken::Full { active });
     }
     sqlx::query(
-        "INSERT INTO streams (id, user_id, profile_id, asset_id, device, started_at, last_seen)
-         VALUES ($1, $2, $3, $4, $5, $6, $6)",
+        "INSERT INTO streams (id, user_id, profile_id, asset_id, device, device_type, started_at, last_seen)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
     )
     .bind(s.stream)
     .bind(s.user)
     .bind(s.profile)
     .bind(s.asset)
     .bind(s.device)
+    .bind(s.device_type)
     .bind(now)
     .execute(&mut *tx)
     .await?;

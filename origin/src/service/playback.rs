@@ -307,6 +307,7 @@ async fn start_subject(
             profile: &profile,
             asset: &asset_id,
             device: &device,
+            device_type: req.device_type.as_deref().unwrap_or(""),
         },
         plan.max_streams,
         now as i64,
@@ -527,7 +528,7 @@ fn valid_device(d: &str) -> bool {
 }
 
 /// The claims of a stream's own token.
-fn stream_claims(state: &State, token: Option<&str>, id: &str) -> Result<Claims> {
+pub(crate) fn stream_claims(state: &State, token: Option<&str>, id: &str) -> Result<Claims> {
     let token = token.ok_or_else(Error::unauthorized)?;
     match state.accounts.verify(token, TokenKind::Stream) {
         Ok(c) if c.sid.as_deref() == Some(id) => Ok(c),

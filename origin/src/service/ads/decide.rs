@@ -93,7 +93,7 @@ pub(super) async fn breaks(
             }
         }
     } else {
-        let at = super::parse_breaks(&asset.breaks).unwrap_or_default();
+        let at = cascade_ads::parse_breaks(&asset.breaks).unwrap_or_default();
         for at in at {
             let src = if state.cfg.ads_vast_url.is_empty() {
                 Source::Builtin

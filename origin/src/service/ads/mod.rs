@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::repo::ads as repo;
+pub(crate) use crate::repo::ads::{Creative, InventoryAd, ReportRow};
 use crate::repo::billing;
 use crate::service::state::State;
 use crate::storage::{clock, Error, Result};
@@ -124,6 +125,92 @@ pub(crate) async fn plan_of(state: &Arc<State>, stream: &str) -> Result<Option<P
     Ok(serde_json::from_str(&text).ok())
 }
 
+/// A session's breaks for its player: where each is and, for a session
+/// tracked client-side, the beacons its player sends.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ClientTracking {
+    /// `client`: send the `events` beacons; `server`: the origin sends them.
+    tracking: String,
+    avails: Vec<Avail>,
+}
+
+/// One break as the player sees it.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Avail {
+    /// The `EXT-X-DATERANGE` ID (HLS) and the `EventStream` event's id
+    /// (DASH) of the break are `ad-{break}` and `{break}`.
+    id: String,
+    #[serde(rename = "break")]
+    brk: u32,
+    /// Milliseconds into the title where it plays.
+    at_ms: u64,
+    duration_ms: u64,
+    ads: Vec<AvailAd>,
+}
+
+/// One ad of a break, for the player's tracking.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct AvailAd {
+    /// Milliseconds from the break's start.
+    offset_ms: u64,
+    duration_ms: u64,
+    ad_id: String,
+    creative: String,
+    /// Beacon URLs by event (empty when the origin sends them).
+    events: BTreeMap<String, Vec<String>>,
+}
+
+/// A session's breaks and, tracked client-side, its beacons; `token` is
+/// the stream's heartbeat token.
+pub(crate) async fn client_tracking(
+    state: &Arc<State>,
+    stream: &str,
+    token: Option<&str>,
+) -> Result<ClientTracking> {
+    crate::service::playback::stream_claims(state, token, stream)?;
+    let text = session_plan(state, stream, "").await?;
+    let plan: Plan = serde_json::from_str(&text)
+        .map_err(|e| Error::internal("plan", "the ad plan is unreadable", e))?;
+    let client = plan.tracking == "client";
+    let avails = plan
+        .breaks
+        .iter()
+        .map(|b| {
+            let mut offset = 0;
+            let ads = b
+                .ads
+                .iter()
+                .map(|a| {
+                    let ad = AvailAd {
+                        offset_ms: offset,
+                        duration_ms: a.duration_ms,
+                        ad_id: a.ad_id.clone(),
+                        creative: a.creative.clone(),
+                        events: if client {
+                            a.events.clone()
+                        } else {
+                            BTreeMap::new()
+                        },
+                    };
+                    offset += a.duration_ms;
+                    ad
+                })
+                .collect();
+            Avail {
+                id: format!("ad-{}", b.id),
+                brk: b.id,
+                at_ms: b.at_ms,
+                duration_ms: offset,
+                ads,
+            }
+        })
+        .collect();
+    Ok(ClientTracking {
+        tracking: plan.tracking,
+        avails,
+    })
+}
+
 /// Decides a session's plan.
 async fn decide_plan(state: &Arc<State>, stream: &str, country: &str) -> Result<Plan> {
     let Some(s) = repo::stream_of(&state.db, stream).await? else {
@@ -132,7 +219,18 @@ async fn decide_plan(state: &Arc<State>, stream: &str, country: &str) -> Result<
     let empty = Plan {
         stream: stream.to_string(),
         asset: s.asset.clone(),
-        tracking: state.cfg.ads_tracking.clone(),
+        // Apps that send their own beacons (a device type of
+        // `ads_client_tracking_devices`) track client-side.
+        tracking: if state
+            .cfg
+            .ads_client_tracking_devices
+            .iter()
+            .any(|d| *d == s.device_type)
+        {
+            "client".into()
+        } else {
+            "server".into()
+        },
         breaks: Vec::new(),
     };
     let plan = billing::plan_of(&state.db, &s.user, clock::now()).await?;
@@ -158,7 +256,7 @@ async fn decide_plan(state: &Arc<State>, stream: &str, country: &str) -> Result<
             .filter(|g| !g.is_empty())
             .map(str::to_string)
             .collect(),
-        device: s.device.clone(),
+        device: s.device_type.clone(),
         country: country.to_ascii_uppercase(),
         plan: plan.id.clone(),
     };
@@ -179,27 +277,6 @@ pub(crate) fn viewer_hash(user: &str) -> String {
         .collect()
 }
 
-/// Reads `0,600,1200` (seconds into the title) into milliseconds, sorted
-/// and without repeats.
-pub(crate) fn parse_breaks(s: &str) -> std::result::Result<Vec<u64>, String> {
-    let mut out = Vec::new();
-    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let secs: f64 = part
-            .parse()
-            .map_err(|_| format!("`{part}` is not a number of seconds"))?;
-        if !secs.is_finite() || !(0.0..=1_000_000.0).contains(&secs) {
-            return Err(format!("`{part}`: seconds from 0 to 1000000"));
-        }
-        out.push((secs * 1000.0).round() as u64);
-    }
-    if out.len() > 50 {
-        return Err("at most 50 breaks".into());
-    }
-    out.sort_unstable();
-    out.dedup();
-    Ok(out)
-}
-
 /// Sets a title's breaks (`[0, 600, 1200]` seconds) or its VMAP.
 pub(crate) async fn set_title_breaks(
     state: &State,
@@ -212,7 +289,8 @@ pub(crate) async fn set_title_breaks(
         .map(|b| b.to_string())
         .collect::<Vec<_>>()
         .join(",");
-    let parsed = parse_breaks(&text).map_err(|e| Error::bad_request("bad_breaks", e))?;
+    let parsed =
+        cascade_ads::parse_breaks(&text).map_err(|e| Error::bad_request("bad_breaks", e))?;
     if !vmap_url.is_empty() && !is_http_url(vmap_url) {
         return Err(Error::bad_request(
             "bad_vmap_url",

@@ -129,7 +129,7 @@ pub(crate) async fn plan(state: &State, q: UploadForm) -> Result<Upload> {
     check_metadata(Some(&synopsis), q.year, &[&genres, &languages])?;
     let extras =
         sidecars::extras_for_upload(state, q.sidecars.as_deref(), q.codecs.as_deref()).await?;
-    let ad_breaks = crate::service::ads::parse_breaks(q.ad_breaks.as_deref().unwrap_or(""))
+    let ad_breaks = cascade_ads::parse_breaks(q.ad_breaks.as_deref().unwrap_or(""))
         .map_err(|e| Error::bad_request("bad_breaks", format!("ad_breaks: {e}")))?
         .iter()
         .map(|ms| format!("{}", *ms as f64 / 1000.0))
