@@ -224,8 +224,7 @@ async fn decide_plan(state: &Arc<State>, stream: &str, country: &str) -> Result<
         tracking: if state
             .cfg
             .ads_client_tracking_devices
-            .iter()
-            .any(|d| *d == s.device_type)
+            .contains(&s.device_type)
         {
             "client".into()
         } else {
@@ -322,18 +321,6 @@ pub(crate) fn is_http_url(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn breaks_parse_sorted_and_checked() {
-        assert_eq!(
-            parse_breaks("600, 0,1200,600"),
-            Ok(vec![0, 600_000, 1_200_000])
-        );
-        assert_eq!(parse_breaks(""), Ok(vec![]));
-        assert!(parse_breaks("ten").is_err());
-        assert!(parse_breaks("-1").is_err());
-        assert!(parse_breaks("NaN").is_err());
-    }
 
     #[test]
     fn viewer_hashes_are_stable_and_opaque() {
