@@ -85,6 +85,19 @@ enum LiveCommand {
         #[arg(long = "for", default_value = "2m")]
         duration: String,
     },
+    /// Call an ad break now: it starts with the channel's next segment and
+    /// players see it (HLS date ranges and cue tags, a DASH SCTE-35 event);
+    /// `--end` returns to the programme with the next segment.
+    Break {
+        /// The channel's name.
+        name: String,
+        /// The break's length in seconds (1 to 3600).
+        #[arg(long, required_unless_present = "end", conflicts_with = "end")]
+        secs: Option<f64>,
+        /// End the break running now instead.
+        #[arg(long)]
+        end: bool,
+    },
     /// Close a poll now; prints its results.
     PollClose {
         /// The poll's id.
@@ -249,6 +262,29 @@ pub(crate) async fn live(args: LiveArgs) -> anyhow::Result<()> {
             )
             .await?;
             print_results(&p);
+        }
+        LiveCommand::Break { name, secs, end } => {
+            let body = if end {
+                json!({})
+            } else {
+                json!({ "duration_secs": secs })
+            };
+            let b = call(
+                reqwest::Method::POST,
+                format!("{base}/{name}/breaks"),
+                Some(body),
+            )
+            .await?;
+            if end {
+                eprintln!("{name}: the break ends with the next segment");
+            } else {
+                println!(
+                    "break {} on {name}: {:.1} s from segment {}",
+                    b["id"].as_u64().unwrap_or(0),
+                    b["duration_ms"].as_f64().unwrap_or(0.0) / 1000.0,
+                    b["start_msn"].as_u64().unwrap_or(0)
+                );
+            }
         }
         LiveCommand::Stop { name } => {
             let c = call(

@@ -56,7 +56,7 @@ enum Command {
     /// Operate the fleet through control.
     Ctl(CtlArgs),
     /// Live channels on an origin: create, list, status, rotate-key, stop,
-    /// poll, poll-close.
+    /// poll, poll-close, break.
     Live(LiveArgs),
     /// Publish a news flash to everyone, a region or a channel.
     Flash(FlashArgs),

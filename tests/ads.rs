@@ -785,3 +785,196 @@ async fn the_built_in_ad_service_targets_caps_and_reports_through_the_cli() {
     );
     stack.shutdown().await;
 }
+
+/// The live manifest the origin serves for `channel`.
+async fn live_manifest(
+    origin: &str,
+    channel: &str,
+) -> Option<cascade_packager::live::LiveManifest> {
+    let r = client()
+        .get(format!("{origin}/live-mezz/{channel}/manifest.json"))
+        .send()
+        .await
+        .ok()?;
+    if r.status() != 200 {
+        return None;
+    }
+    cascade_packager::live::LiveManifest::from_json(&r.bytes().await.ok()?).ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_breaks_come_from_scte35_in_the_ingest_and_from_the_cli() {
+    let stack = Stack::start_full(
+        |o| {
+            o.srt_listen = "127.0.0.1:0".into();
+            o.live_ladder = vec![cascade_origin::config::Rung {
+                height: 120,
+                kbps: 150,
+            }];
+            o.live_preset = "ultrafast".into();
+        },
+        |_| {},
+    )
+    .await;
+    let origin = stack.origin_url.clone();
+    let made = create_channel(&origin, json!({ "name": "final" })).await;
+    let key = made["stream_key"].as_str().unwrap();
+
+    // An encoder's stream with a splice_insert 8 s in: a 6-second break,
+    // splice event 77. FFmpeg copies it into SRT (as a private-data PES).
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src.ts");
+    let status = Command::new("ffmpeg")
+        .args([
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=s=320x180:r=25:d=40",
+        ])
+        .args(["-f", "lavfi", "-i", "sine=sample_rate=48000:d=40"])
+        .args([
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-g",
+            "25",
+            "-pix_fmt",
+            "yuv420p",
+        ])
+        .args(["-c:a", "aac", "-f", "mpegts"])
+        .arg(&src)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let section =
+        cascade_ads::scte35::SpliceInfo::insert(77, true, None, Some(6 * 90_000)).encode();
+    let hex: String = section.iter().map(|b| format!("{b:02X}")).collect();
+    let injected = dir.path().join("injected.ts");
+    let out = Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scte35_inject.py"))
+        .arg(&src)
+        .arg(&injected)
+        .args(["8", &hex])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let srt = stack.origin.srt_addr.unwrap();
+    let encoder = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-re", "-i"])
+        .arg(&injected)
+        .args(["-map", "0", "-c", "copy", "-f", "mpegts"])
+        .arg(format!("srt://{srt}?streamid=publish:{key}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    // The cue becomes break 77 from the next segment after it.
+    let m = eventually(Duration::from_secs(40), "the SCTE-35 break", || {
+        let origin = origin.clone();
+        async move {
+            let m = live_manifest(&origin, "final").await?;
+            m.breaks.iter().any(|b| b.id == 77).then_some(m)
+        }
+    })
+    .await;
+    let b = m.breaks.iter().find(|b| b.id == 77).unwrap().clone();
+    assert_eq!((b.duration_ms, b.source.as_str()), (6000, "scte35"));
+    let seg = m
+        .segment(b.start_msn)
+        .expect("its first segment is in the window");
+    let into_stream = (seg.pdt_ms - m.epoch_ms) as f64 / 1000.0;
+    assert!(
+        (7.0..=12.5).contains(&into_stream),
+        "the break starts {into_stream} s in, the cue said 8"
+    );
+
+    // Every viewer's LL-HLS, TS playlist and MPD signal it.
+    let q = format!("__token__={}", sign_acl("/live/final/*"));
+    let base = format!("{}/live/final/", stack.edge_url);
+    let v0 = eventually(
+        Duration::from_secs(30),
+        "the break's end in the playlist",
+        || {
+            let url = format!("{base}v0.m3u8?{q}");
+            async move {
+                let t = text(url).await;
+                t.contains("SCTE35-IN=").then_some(t)
+            }
+        },
+    )
+    .await;
+    assert!(v0.contains("#EXT-X-DATERANGE:ID=\"break-77\""), "{v0}");
+    assert!(
+        v0.contains("SCTE35-OUT=0xFC") && v0.contains("#EXT-X-CUE-OUT:DURATION=6.000"),
+        "{v0}"
+    );
+    assert!(v0.contains("#EXT-X-CUE-IN"), "{v0}");
+    let ts = text(format!("{base}ts/v0.a0.m3u8?{q}")).await;
+    assert!(
+        ts.contains("break-77") && ts.contains("#EXT-X-CUE-OUT"),
+        "{ts}"
+    );
+    let mpd = text(format!("{base}manifest.mpd?{q}")).await;
+    assert!(
+        mpd.contains("urn:scte:scte35:2013:xml") && mpd.contains("spliceEventId=\"77\""),
+        "{mpd}"
+    );
+
+    // An operator calls a break from the CLI; bad calls say why.
+    let (ok, out, err) = cascade(&origin, &["live", "break", "final", "--secs", "4"]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("break ") && out.contains("4.0 s"), "{out}");
+    let id: u32 = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let m = eventually(Duration::from_secs(10), "the operator's break", || {
+        let origin = origin.clone();
+        async move {
+            let m = live_manifest(&origin, "final").await?;
+            m.breaks
+                .iter()
+                .any(|b| b.id == id && b.source == "operator")
+                .then_some(m)
+        }
+    })
+    .await;
+    let b = m.breaks.iter().find(|b| b.id == id).unwrap();
+    let pl = eventually(
+        Duration::from_secs(20),
+        "the operator's break in the playlist",
+        || {
+            let url = format!("{base}v0.m3u8?{q}");
+            let want = format!("ID=\"break-{id}\"");
+            async move {
+                let t = text(url).await;
+                t.contains(&want).then_some(t)
+            }
+        },
+    )
+    .await;
+    assert!(pl.contains("#EXT-X-CUE-OUT:DURATION=4.000"), "{pl}");
+    assert!(b.start_msn > m.breaks[0].start_msn);
+    let (ok, _, err) = cascade(&origin, &["live", "break", "final", "--end"]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = cascade(&origin, &["live", "break", "final", "--secs", "0"]);
+    assert!(!ok && err.contains("bad_duration"), "{err}");
+    let (ok, _, err) = cascade(&origin, &["live", "break", "nosuch", "--secs", "5"]);
+    assert!(!ok && err.contains("not_found"), "{err}");
+    let metrics = text(format!("{origin}/metrics")).await;
+    assert!(
+        metric_value(
+            &metrics,
+            "cascade_origin_live_cues_total{outcome=\"break\"}"
+        ) >= 1,
+        "{metrics}"
+    );
+    stop_child(encoder);
+    stack.shutdown().await;
+}

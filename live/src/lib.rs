@@ -81,6 +81,9 @@ pub enum Media {
     Data(bytes::Bytes),
     /// A frame read out of a transport stream.
     Frame(frame::Frame),
+    /// An SCTE-35 splice information section from the stream (untrusted
+    /// bytes: the origin parses them).
+    Cue(bytes::Bytes),
 }
 
 /// Which encoder of a channel a publisher is: channels take a primary and

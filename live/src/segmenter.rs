@@ -20,7 +20,7 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 use cascade_packager::cmaf::{fragment, init_segment, InitTrack, OutSample};
-use cascade_packager::live::{LiveManifest, LivePart, LiveSegment, LiveTrack};
+use cascade_packager::live::{LiveBreak, LiveManifest, LivePart, LiveSegment, LiveTrack};
 use cascade_packager::TrackKind;
 
 use crate::frame::{audio_format, picture};
@@ -189,6 +189,7 @@ impl Segmenter {
                 segments: Vec::new(),
                 discontinuity_sequence: 0,
                 ended: false,
+                breaks: Vec::new(),
             },
             tracks: tracks
                 .iter()
@@ -227,6 +228,81 @@ impl Segmenter {
     /// The manifest as it stands.
     pub fn manifest(&self) -> &LiveManifest {
         &self.manifest
+    }
+
+    /// An ad break of `duration_ms` starts with the next segment (the one
+    /// after the segment in progress). A cue repeating a break already
+    /// running (the same `id`) changes nothing; `id` `None` takes the next
+    /// free number. Answers the break, or `None` for a repeat.
+    pub fn add_break(
+        &mut self,
+        id: Option<u32>,
+        duration_ms: u64,
+        source: &str,
+    ) -> Option<LiveBreak> {
+        if let Some(id) = id {
+            if self.manifest.breaks.iter().any(|b| b.id == id) {
+                return None;
+            }
+        }
+        let id = id.unwrap_or_else(|| {
+            self.manifest
+                .breaks
+                .iter()
+                .map(|b| b.id.saturating_add(1))
+                .max()
+                .unwrap_or(1)
+        });
+        let b = LiveBreak {
+            id,
+            start_msn: self.next_msn(),
+            duration_ms: duration_ms.clamp(1000, 3_600_000),
+            source: source.into(),
+        };
+        self.manifest.breaks.push(b.clone());
+        Some(b)
+    }
+
+    /// The break running now ends with the next segment (an SCTE-35 return
+    /// to the network before the planned end); one not begun yet is called
+    /// off. Answers whether there was one.
+    pub fn end_break(&mut self) -> bool {
+        let next = self.next_msn();
+        let open_start = self
+            .open
+            .and_then(|o| self.manifest.segment(o.msn))
+            .map(|s| s.start);
+        let starts: Vec<(u64, u64)> = self
+            .manifest
+            .segments
+            .iter()
+            .map(|s| (s.msn, s.start))
+            .collect();
+        let Some(i) = self
+            .manifest
+            .breaks
+            .iter()
+            .rposition(|b| b.start_msn <= next)
+        else {
+            return false;
+        };
+        let b = &mut self.manifest.breaks[i];
+        if b.start_msn == next {
+            self.manifest.breaks.remove(i);
+            return true;
+        }
+        let start = starts
+            .iter()
+            .find(|(m, _)| *m == b.start_msn)
+            .map(|(_, t)| *t);
+        match (start, open_start) {
+            // Just past the open segment's start: the next one ends it.
+            (Some(bs), Some(os)) if os >= bs && (os - bs) / 90 < b.duration_ms => {
+                b.duration_ms = (os - bs) / 90 + 1;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// The next segment number this segmenter would use.
@@ -576,6 +652,9 @@ impl Segmenter {
             }
             made.push(Made::Evicted { msn: old.msn });
         }
+        // A break whose first segment left the window leaves the manifest.
+        let first = self.manifest.segments.first().map_or(0, |s| s.msn);
+        self.manifest.breaks.retain(|b| b.start_msn >= first);
         self.open = Some(Open {
             msn,
             part: 0,

@@ -304,6 +304,7 @@ fn feed(reader: &mut ts::Reader, p: &Publishing, data: &Bytes) -> Result<(), flv
                 data: Bytes::new(),
             },
             ts::Event::Frame(f) => Media::Frame(f),
+            ts::Event::Cue(section) => Media::Cue(Bytes::from(section)),
         };
         p.ingest.media(&p.channel, media);
     })

@@ -1,8 +1,11 @@
 //! Just enough of an MPEG transport stream reader for ingest (what SRT
 //! carries): the program map says which codecs the encoder sends, and
 //! each PES start on the video PID is a frame, a keyframe where the
-//! adaptation field marks random access. Pure; checks lengths, never
-//! panics; keeps a few PIDs and nothing else.
+//! adaptation field marks random access. SCTE-35 cue messages come out
+//! whole: from a PID of stream type 0x86 (sections, as the standard
+//! carries them) or a private-data PES (0x06) that holds a splice
+//! information section (what FFmpeg's muxer writes when it copies one).
+//! Pure; checks lengths, never panics; keeps a few PIDs and nothing else.
 
 use crate::es;
 use crate::flv::Unsupported;
@@ -10,6 +13,8 @@ use crate::frame::Frame;
 
 /// The largest PES kept while it is assembled; a bigger one is dropped.
 const MAX_PES: usize = 8 << 20;
+/// The largest cue message kept (a section's length is 12 bits).
+const MAX_CUE: usize = 4096 + 3;
 
 /// TS packet size.
 pub const PACKET: usize = 188;
@@ -28,6 +33,18 @@ pub enum Event {
     AudioFrame,
     /// A frame (or a configuration) from a PES that completed.
     Frame(Frame),
+    /// An SCTE-35 splice information section (from `table_id` 0xFC on),
+    /// not checked beyond its length.
+    Cue(Vec<u8>),
+}
+
+/// How an SCTE-35 PID carries its messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CueCarriage {
+    /// Sections (stream type 0x86).
+    Sections,
+    /// Private-data PES (stream type 0x06).
+    Pes,
 }
 
 /// The reader's state across calls.
@@ -40,6 +57,8 @@ pub struct Reader {
     carry: Vec<u8>,
     video_pes: Vec<u8>,
     audio_pes: Vec<u8>,
+    cue_pid: Option<(u16, CueCarriage)>,
+    cue: Vec<u8>,
     h264: es::H264,
     aac: es::Aac,
 }
@@ -115,8 +134,58 @@ impl Reader {
                 let done = std::mem::take(&mut self.audio_pes);
                 self.audio(&done, on);
             }
+        } else if let Some((cue_pid, carriage)) = self.cue_pid.filter(|(p, _)| *p == pid) {
+            let _ = cue_pid;
+            self.cue_packet(payload, start, carriage, on);
         }
         Ok(())
+    }
+
+    /// A packet of the SCTE-35 PID: a message comes out once it is whole.
+    fn cue_packet(
+        &mut self,
+        payload: &[u8],
+        start: bool,
+        carriage: CueCarriage,
+        on: &mut impl FnMut(Event),
+    ) {
+        if start {
+            self.cue.clear();
+            let body = match carriage {
+                CueCarriage::Sections => {
+                    let pointer = usize::from(payload.first().copied().unwrap_or(0));
+                    payload.get(1 + pointer..)
+                }
+                CueCarriage::Pes => {
+                    // A PES header, then the section.
+                    let header = payload.get(8).map(|h| 9 + usize::from(*h));
+                    header
+                        .and_then(|h| payload.get(h..))
+                        .filter(|_| payload.get(..3) == Some(&[0, 0, 1]))
+                }
+            };
+            match body {
+                Some(b) if b.first() == Some(&0xFC) => self.cue.extend_from_slice(b),
+                _ => return,
+            }
+        } else if self.cue.is_empty() || self.cue.len() + payload.len() > MAX_CUE {
+            self.cue.clear();
+            return;
+        } else {
+            self.cue.extend_from_slice(payload);
+        }
+        let Some(len) = self
+            .cue
+            .get(1..3)
+            .map(|b| 3 + (usize::from(b[0] & 0x0f) << 8 | usize::from(b[1])))
+        else {
+            return;
+        };
+        if self.cue.len() >= len {
+            let mut msg = std::mem::take(&mut self.cue);
+            msg.truncate(len);
+            on(Event::Cue(msg));
+        }
     }
 
     fn video(&mut self, pes: &[u8], on: &mut impl FnMut(Event)) {
@@ -169,7 +238,7 @@ impl Reader {
         };
         let end = section.len().saturating_sub(4);
         let mut at = 12 + info_len;
-        let (mut video, mut audio) = (None, None);
+        let (mut video, mut audio, mut cue) = (None, None, None);
         while at + 5 <= end {
             let stream_type = section[at];
             let pid = u16::from(section[at + 1] & 0x1f) << 8 | u16::from(section[at + 2]);
@@ -177,6 +246,8 @@ impl Reader {
             match stream_type {
                 0x1b => video = Some(pid),
                 0x0f => audio = Some(pid),
+                0x86 => cue = Some((pid, CueCarriage::Sections)),
+                0x06 if cue.is_none() => cue = Some((pid, CueCarriage::Pes)),
                 0x24 => return Err(Unsupported::VideoCodec("HEVC")),
                 0x01 | 0x02 => return Err(Unsupported::VideoCodec("MPEG-2 video")),
                 0x10 => return Err(Unsupported::VideoCodec("MPEG-4 part 2")),
@@ -195,6 +266,7 @@ impl Reader {
         let first = self.video_pid.is_none();
         self.video_pid = video;
         self.audio_pid = audio;
+        self.cue_pid = cue;
         if first {
             on(Event::Codecs);
         }
@@ -368,5 +440,54 @@ mod tests {
             let _ = r.push(&p, &mut |_| {});
             r.pmt_pid = Some(0x10);
         }
+    }
+
+    #[test]
+    fn scte35_cues_come_out_of_sections_and_of_private_pes() {
+        // The splice_insert example of SCTE 35 (a 60 s break).
+        let cue: Vec<u8> = (0..100)
+            .step_by(2)
+            .map(|i| {
+                u8::from_str_radix(
+                    &"FC302F000000000000FFFFF014054800008F7FEFFE7369C02EFE0052CCF500000000000A0008435545490000013562DBA30A"[i..i + 2],
+                    16,
+                )
+                .unwrap()
+            })
+            .collect();
+        let mut ts = pat();
+        ts.extend(pmt(&[(0x1b, 0x100), (0x0f, 0x101), (0x86, 0x1ff)]));
+        let mut payload = vec![0];
+        payload.extend(&cue);
+        ts.extend(packet(0x1ff, true, false, &payload));
+        let (events, _) = read(&ts);
+        assert!(events.contains(&Event::Cue(cue.clone())), "{events:?}");
+
+        // FFmpeg's copy: a private-data PES holding the section, split
+        // over two packets (stuffed by their adaptation fields, as muxers do).
+        let exact = |start: bool, payload: &[u8]| {
+            let mut p = vec![0x47, 0x01 | if start { 0x40 } else { 0 }, 0x02, 0x30];
+            let af = PACKET - 4 - 1 - payload.len();
+            p.push(af as u8);
+            if af > 0 {
+                p.push(0);
+                p.resize(5 + af, 0xff);
+            }
+            p.extend_from_slice(payload);
+            p
+        };
+        let mut ts = pat();
+        ts.extend(pmt(&[(0x1b, 0x100), (0x0f, 0x101), (0x06, 0x102)]));
+        let mut pes = vec![0, 0, 1, 0xfc, 0, 0, 0x80, 0x80, 5, 0x21, 0, 1, 0, 1];
+        pes.extend(&cue[..20]);
+        ts.extend(exact(true, &pes));
+        let (events, _) = read(&ts);
+        assert!(
+            !events.iter().any(|e| matches!(e, Event::Cue(_))),
+            "not whole yet"
+        );
+        ts.extend(exact(false, &cue[20..]));
+        let (events, _) = read(&ts);
+        assert!(events.contains(&Event::Cue(cue)), "{events:?}");
     }
 }

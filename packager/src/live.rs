@@ -51,7 +51,88 @@ pub struct LiveManifest {
     pub discontinuity_sequence: u64,
     /// The event is over: no more segments will come.
     pub ended: bool,
+    /// Ad breaks whose start is in the window, oldest first.
+    #[serde(default)]
+    pub breaks: Vec<LiveBreak>,
 }
+
+/// An ad break in a live stream, from an SCTE-35 cue in the ingest or an
+/// operator's call. It starts with segment `start_msn` and ends with the
+/// first segment that starts `duration_ms` or more after it; players and
+/// ad stitchers see it as HLS date ranges and cue tags and a DASH event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveBreak {
+    /// Unique in the event (an SCTE-35 cue's splice event id).
+    pub id: u32,
+    /// Its first segment.
+    pub start_msn: u64,
+    /// Its planned length.
+    pub duration_ms: u64,
+    /// `scte35` or `operator`.
+    pub source: String,
+}
+
+/// Where a break is in the window.
+#[derive(Debug, Clone, Copy)]
+struct BreakSpan<'a> {
+    b: &'a LiveBreak,
+    /// Its first segment's media time (90 kHz) and wall clock.
+    start: u64,
+    pdt_ms: u64,
+    /// The segment it ends before, once that segment exists.
+    end_msn: Option<u64>,
+}
+
+impl BreakSpan<'_> {
+    /// The cue tag segment `msn` (at media time `at`) gets: `CUE-OUT`
+    /// before the first, `CUE-OUT-CONT` within, `CUE-IN` after.
+    fn cue_tag(&self, msn: u64, at: u64) -> Option<String> {
+        let secs = self.b.duration_ms as f64 / 1000.0;
+        if msn == self.b.start_msn {
+            Some(format!("#EXT-X-CUE-OUT:DURATION={secs:.3}\n"))
+        } else if Some(msn) == self.end_msn {
+            Some("#EXT-X-CUE-IN\n".into())
+        } else if msn > self.b.start_msn && self.end_msn.is_none_or(|e| msn < e) {
+            Some(format!(
+                "#EXT-X-CUE-OUT-CONT:ElapsedTime={:.3},Duration={secs:.3}\n",
+                at.saturating_sub(self.start) as f64 / 90_000.0
+            ))
+        } else {
+            None
+        }
+    }
+
+    /// Its `EXT-X-DATERANGE` tags: the start (`SCTE35-OUT`) and, once it
+    /// ended, the end (`SCTE35-IN`).
+    fn date_ranges(&self, m: &LiveManifest) -> String {
+        let ticks = self.b.duration_ms * 90;
+        let out =
+            cascade_ads::scte35::SpliceInfo::insert(self.b.id, true, Some(self.start), Some(ticks));
+        let mut tags = format!(
+            "#EXT-X-DATERANGE:ID=\"break-{id}\",CLASS=\"{BREAK_CLASS}\",START-DATE=\"{}\",PLANNED-DURATION={:.3},SCTE35-OUT={}\n",
+            iso_time(self.pdt_ms),
+            self.b.duration_ms as f64 / 1000.0,
+            out.to_hex(),
+            id = self.b.id,
+        );
+        if let Some(end) = self.end_msn.and_then(|e| m.segment(e)) {
+            let back =
+                cascade_ads::scte35::SpliceInfo::insert(self.b.id, false, Some(end.start), None);
+            let _ = writeln!(
+                tags,
+                "#EXT-X-DATERANGE:ID=\"break-{id}\",CLASS=\"{BREAK_CLASS}\",START-DATE=\"{}\",DURATION={:.3},SCTE35-IN={}",
+                iso_time(self.pdt_ms),
+                end.start.saturating_sub(self.start) as f64 / 90_000.0,
+                back.to_hex(),
+                id = self.b.id,
+            );
+        }
+        tags
+    }
+}
+
+/// The `CLASS` of ad break date ranges in live playlists.
+pub const BREAK_CLASS: &str = "urn:cascade:break";
 
 /// One rendition or audio track of a live stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -373,6 +454,41 @@ impl LiveManifest {
     fn part_target(&self) -> f64 {
         f64::from(self.part_target_ms) / 1000.0
     }
+
+    /// The breaks whose first segment is in the window.
+    fn break_spans(&self) -> Vec<BreakSpan<'_>> {
+        self.breaks
+            .iter()
+            .filter_map(|b| {
+                let s = self.segment(b.start_msn)?;
+                let end = s.start + b.duration_ms * 90;
+                let end_msn = self
+                    .segments
+                    .iter()
+                    .find(|x| x.msn > b.start_msn && x.start >= end)
+                    .map(|x| x.msn);
+                Some(BreakSpan {
+                    b,
+                    start: s.start,
+                    pdt_ms: s.pdt_ms,
+                    end_msn,
+                })
+            })
+            .collect()
+    }
+
+    /// The cue tags of segment `msn` (at media time `at`) for every break.
+    fn cue_tags(spans: &[BreakSpan<'_>], msn: u64, at: u64) -> String {
+        spans.iter().filter_map(|b| b.cue_tag(msn, at)).collect()
+    }
+
+    /// The breaks running now or recently: what an ad stitcher reads.
+    pub fn break_at(&self, msn: u64) -> Option<&LiveBreak> {
+        self.break_spans()
+            .into_iter()
+            .find(|s| msn >= s.b.start_msn && s.end_msn.is_none_or(|e| msn < e))
+            .map(|s| s.b)
+    }
 }
 
 /// The LL-HLS multivariant playlist: one variant per video rendition, with
@@ -464,10 +580,15 @@ pub fn ts_playlist(m: &LiveManifest, video: &str, audio: &str) -> Result<String,
         m.target_duration(),
         m.discontinuity_sequence
     );
+    let spans = m.break_spans();
+    for b in &spans {
+        out.push_str(&b.date_ranges(m));
+    }
     for (i, s) in segs.iter().enumerate() {
         if s.discontinuity && i > 0 {
             out.push_str("#EXT-X-DISCONTINUITY\n");
         }
+        out.push_str(&LiveManifest::cue_tags(&spans, s.msn, s.start));
         let _ = writeln!(
             out,
             "#EXT-X-PROGRAM-DATE-TIME:{}\n#EXTINF:{:.3},\n{video}.{audio}/{}.ts",
@@ -543,6 +664,11 @@ pub fn media_playlist(m: &LiveManifest, track: &str, b: Blocking) -> Result<Stri
             let _ = writeln!(out, "#EXT-X-SKIP:SKIPPED-SEGMENTS={skipped}");
         }
     }
+    // Date ranges are never skipped by a delta update: all of them here.
+    let spans = m.break_spans();
+    for b in &spans {
+        out.push_str(&b.date_ranges(m));
+    }
     let mut map: Option<u32> = None;
     for s in m.segments[skipped..]
         .iter()
@@ -555,6 +681,7 @@ pub fn media_playlist(m: &LiveManifest, track: &str, b: Blocking) -> Result<Stri
             let _ = writeln!(out, "#EXT-X-MAP:URI=\"{track}/init-{}.mp4\"", s.init);
             map = Some(s.init);
         }
+        out.push_str(&LiveManifest::cue_tags(&spans, s.msn, s.start));
         let _ = writeln!(out, "#EXT-X-PROGRAM-DATE-TIME:{}", iso_time(s.pdt_ms));
         let seg_end = s.start + segment_duration(s);
         if end - seg_end.min(end) <= PART_WINDOW_TARGETS * target * 90_000 || !s.complete {
@@ -658,6 +785,23 @@ pub fn mpd(m: &LiveManifest, now_ms: u64, dvr_secs: u64, time_url: &str) -> Resu
         (4.0 * seg_target * 1000.0) as u64,
     );
     out.push_str("  <Period id=\"0\" start=\"PT0S\">\n");
+    let spans = m.break_spans();
+    if !spans.is_empty() {
+        out.push_str(
+            "    <EventStream schemeIdUri=\"urn:scte:scte35:2013:xml\" timescale=\"90000\">\n",
+        );
+        for b in &spans {
+            let d = b.b.duration_ms * 90;
+            let _ = write!(
+                out,
+                "      <Event presentationTime=\"{t}\" duration=\"{d}\" id=\"{id}\">\n        <scte35:SpliceInfoSection xmlns:scte35=\"http://www.scte.org/schemas/35/2016\" protocolVersion=\"0\" ptsAdjustment=\"0\" tier=\"4095\">\n          <scte35:SpliceInsert spliceEventId=\"{id}\" spliceEventCancelIndicator=\"false\" outOfNetworkIndicator=\"true\" uniqueProgramId=\"1\" availNum=\"0\" availsExpected=\"0\" spliceImmediateFlag=\"false\">\n            <scte35:Program><scte35:SpliceTime ptsTime=\"{pts}\"/></scte35:Program>\n            <scte35:BreakDuration autoReturn=\"true\" duration=\"{d}\"/>\n          </scte35:SpliceInsert>\n        </scte35:SpliceInfoSection>\n      </Event>\n",
+                t = b.start,
+                pts = b.start & 0x1_FFFF_FFFF,
+                id = b.b.id,
+            );
+        }
+        out.push_str("    </EventStream>\n");
+    }
     // Every segment but an in-progress last one is in the timeline; the
     // growing one is announced by its start time alone being reachable.
     let mut timeline = String::new();
@@ -974,6 +1118,7 @@ mod tests {
             segments: segs,
             discontinuity_sequence: 0,
             ended: false,
+            breaks: Vec::new(),
         }
     }
 
@@ -1213,5 +1358,49 @@ mod tests {
         assert!(out.contains("<EventStream schemeIdUri=\"urn:cascade:flash:2026\" value=\"flash\" timescale=\"1000\">"), "{out}");
         assert!(out.contains("<Event id=\"42\" presentationTime=\"5250\" duration=\"60000\">{&quot;id&quot;:&quot;f1&quot;"), "{out}");
         assert!(out.find("<EventStream").unwrap() > out.find("<Period").unwrap());
+    }
+
+    #[test]
+    fn breaks_are_cued_in_playlists_and_the_mpd() {
+        // Segments 100..=109 of 2 s each; a 6 s break from segment 102.
+        let mut m = manifest(10, 4, true);
+        m.breaks.push(LiveBreak {
+            id: 7,
+            start_msn: 102,
+            duration_ms: 6000,
+            source: "operator".into(),
+        });
+        let pl = media_playlist(&m, "v0", Blocking::default()).unwrap();
+        assert!(pl.contains("#EXT-X-DATERANGE:ID=\"break-7\",CLASS=\"urn:cascade:break\",START-DATE=\"2023-11-14T22:13:24.000Z\",PLANNED-DURATION=6.000,SCTE35-OUT=0xFC"), "{pl}");
+        assert!(pl.contains("DURATION=6.000,SCTE35-IN=0xFC"), "{pl}");
+        let out = pl.find("#EXT-X-CUE-OUT:DURATION=6.000").unwrap();
+        let seg102 = pl.find("v0/102.m4s").unwrap();
+        let seg101 = pl.find("v0/101.m4s").unwrap();
+        assert!(seg101 < out && out < seg102, "{pl}");
+        assert_eq!(pl.matches("#EXT-X-CUE-OUT-CONT:").count(), 2, "{pl}");
+        let back = pl.find("#EXT-X-CUE-IN").unwrap();
+        assert!(pl.find("v0/104.m4s").unwrap() < back && back < pl.find("v0/105.m4s").unwrap());
+        let ts = ts_playlist(&m, "v0", "a0").unwrap();
+        assert!(
+            ts.contains("#EXT-X-CUE-OUT:DURATION=6.000") && ts.contains("#EXT-X-CUE-IN"),
+            "{ts}"
+        );
+        let mpd = mpd(&m, 1_700_000_030_000, 600, "/live/time").unwrap();
+        assert!(
+            mpd.contains("<Event presentationTime=\"360000\" duration=\"540000\" id=\"7\">"),
+            "{mpd}"
+        );
+        assert_eq!(m.break_at(103).map(|b| b.id), Some(7));
+        assert!(m.break_at(105).is_none());
+        // A break still running has no end yet.
+        m.breaks[0].duration_ms = 60_000;
+        let pl = media_playlist(&m, "v0", Blocking::default()).unwrap();
+        assert!(
+            !pl.contains("SCTE35-IN") && !pl.contains("#EXT-X-CUE-IN"),
+            "{pl}"
+        );
+        // The manifest's JSON keeps them; an old manifest without any reads.
+        let back = LiveManifest::from_json(&m.to_json()).unwrap();
+        assert_eq!(back.breaks, m.breaks);
     }
 }

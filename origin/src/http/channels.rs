@@ -116,3 +116,36 @@ pub(crate) async fn live_playback(
     let answer = playback::start_live(&state, &name, ip, &viewer.user, req).await?;
     Ok(no_store(Json(answer)))
 }
+
+/// A break's length, or none to end the one running.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+pub(crate) struct NewBreak {
+    /// Seconds (1 to 3600); absent: the break running ends with the next
+    /// segment.
+    duration_secs: Option<f64>,
+}
+
+/// Call an ad break on a live channel now (it starts with the next
+/// segment), or end the one running (`cascade live break NAME --secs 30`,
+/// `--end`).
+#[utoipa::path(post, path = "/api/v1/admin/channels/{name}/breaks", tag = "live",
+    params(("name" = String, Path, description = "channel name")), request_body = NewBreak,
+    security(("admin" = [])),
+    responses((status = 201, body = crate::service::live_breaks::Break),
+              (status = 204, description = "the running break ends (or there was none)"),
+              (status = 400, description = "bad_duration", body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, description = "not_live", body = ErrorBody)))]
+pub(crate) async fn ad_break(
+    AxState(state): AxState<Arc<State>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    JsonBody(b): JsonBody<NewBreak>,
+) -> Result<Response, Error> {
+    use axum::response::IntoResponse;
+    require_admin(&state, &headers)?;
+    match crate::service::live_breaks::operator_break(&state, &name, b.duration_secs).await? {
+        Some(made) => Ok(no_store((StatusCode::CREATED, Json(made)))),
+        None => Ok(StatusCode::NO_CONTENT.into_response()),
+    }
+}

@@ -98,6 +98,10 @@ pub fn app(state: Arc<State>) -> Router {
         )
         .route("/api/v1/admin/channels/{name}/stop", post(channels::stop))
         .route(
+            "/api/v1/admin/channels/{name}/breaks",
+            post(channels::ad_break),
+        )
+        .route(
             "/api/v1/live/{name}/comments",
             get(interactive::live_comments).post(interactive::post_live_comment),
         )

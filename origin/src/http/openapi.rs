@@ -23,7 +23,7 @@ use crate::http::{accounts, ads, billing, catalog, channels, interactive, playba
         billing::plans, billing::webhook,
         playback::playback, playback::heartbeat, playback::stop, playback::history,
         channels::create, channels::list, channels::get, channels::rotate_key, channels::stop,
-        channels::live_list, channels::live_playback,
+        channels::live_list, channels::live_playback, channels::ad_break,
         interactive::live_comments, interactive::vod_comments, interactive::post_live_comment,
         interactive::post_vod_comment, interactive::delete_comment, interactive::report,
         interactive::reports, interactive::mute, interactive::unmute, interactive::add_moderator,

@@ -37,6 +37,8 @@ pub(crate) struct AdRuntime {
     pub(crate) creatives: IntCounterVec,
     /// Beacons, by outcome (`sent`, `retried`, `failed`).
     pub(crate) beacons: IntCounterVec,
+    /// Live channels' SCTE-35 cues and operators' breaks, by what they did.
+    pub(crate) live_cues: IntCounterVec,
 }
 
 impl AdRuntime {
@@ -84,6 +86,14 @@ impl AdRuntime {
             ),
             &["outcome"],
         )?;
+        let live_cues = IntCounterVec::new(
+            Opts::new(
+                "origin_live_cues_total",
+                "Live ad break cues: SCTE-35 from encoders (break, return, ignored, bad) and operators' calls (operator_break, operator_return)",
+            ),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(live_cues.clone()))?;
         registry.register(Box::new(avails.clone()))?;
         registry.register(Box::new(avails_filled.clone()))?;
         registry.register(Box::new(ads_placed.clone()))?;
@@ -105,6 +115,7 @@ impl AdRuntime {
             server_seconds,
             creatives,
             beacons,
+            live_cues,
         })
     }
 }

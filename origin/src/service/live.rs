@@ -102,6 +102,20 @@ impl Ingest for LiveIngest {
     }
 
     fn media(&self, channel: &str, media: Media) {
+        if let Media::Cue(section) = &media {
+            let (name, role) = parse_publication(channel);
+            let active = self
+                .state
+                .live
+                .active
+                .lock()
+                .map(|a| a.get(name) == Some(&role))
+                .unwrap_or(false);
+            if active {
+                crate::service::live_breaks::cue(&self.state, name, section);
+            }
+            return;
+        }
         let frame = match &media {
             Media::Video {
                 timestamp_ms, data, ..
@@ -133,7 +147,7 @@ impl Ingest for LiveIngest {
         };
         let (kind, bytes) = match &media {
             Media::Data(data) => ("stream", data.len()),
-            Media::Frame(_) => ("stream", 0),
+            Media::Frame(_) | Media::Cue(_) => ("stream", 0),
             Media::Video { data, .. } => ("video", data.len()),
             Media::Audio { data, .. } => ("audio", data.len()),
         };
@@ -146,7 +160,7 @@ impl Ingest for LiveIngest {
                 .inc_by(bytes as u64);
         }
         match media {
-            Media::Data(_) | Media::Frame(_) => {}
+            Media::Data(_) | Media::Frame(_) | Media::Cue(_) => {}
             Media::Video { kind, .. } => match kind {
                 flv::Video::AvcConfig => h.has_video_config = true,
                 flv::Video::Avc { keyframe } => {

@@ -99,6 +99,14 @@ enum Input {
     Ended,
     /// What the ladder made.
     Ladder(LadderOut),
+    /// An ad break starts with the next segment (`Some(ms)`), or the one
+    /// running ends (`None`); with the cue's id, if it had one.
+    Break {
+        id: Option<u32>,
+        duration_ms: Option<u64>,
+        source: &'static str,
+        done: Option<tokio::sync::oneshot::Sender<Option<cascade_packager::live::LiveBreak>>>,
+    },
 }
 
 /// What a request for a part finds.
@@ -293,6 +301,31 @@ impl LiveMedia {
         }
     }
 
+    /// An ad break on `channel`: one of `duration_ms` from the next
+    /// segment, or (`None`) the end of the one running. Answers the break
+    /// made (`None` for a repeated cue or an end), or an error when the
+    /// channel is not live.
+    pub(crate) async fn ad_break(
+        &self,
+        channel: &str,
+        id: Option<u32>,
+        duration_ms: Option<u64>,
+        source: &'static str,
+    ) -> Result<Option<cascade_packager::live::LiveBreak>, ()> {
+        let tx = self.feeds.lock().ok().and_then(|f| f.get(channel).cloned());
+        let Some(tx) = tx else { return Err(()) };
+        let (done, rx) = tokio::sync::oneshot::channel();
+        tx.send(Input::Break {
+            id,
+            duration_ms,
+            source,
+            done: Some(done),
+        })
+        .await
+        .map_err(|_| ())?;
+        rx.await.map_err(|_| ())
+    }
+
     /// `channel`'s publisher went away.
     pub(crate) fn ended(&self, channel: &str) {
         self.tell(channel, vec![Input::Ended]);
@@ -433,6 +466,36 @@ impl LiveMedia {
                 }
                 Some(Input::Ladder(LadderOut::Speed(s))) => {
                     speed.set(s);
+                    Vec::new()
+                }
+                Some(Input::Break {
+                    id,
+                    duration_ms,
+                    source,
+                    done,
+                }) => {
+                    let made = match duration_ms {
+                        Some(ms) => segmenter.add_break(id, ms, source),
+                        None => {
+                            segmenter.end_break();
+                            None
+                        }
+                    };
+                    if let Some(b) = &made {
+                        tracing::info!(
+                            channel,
+                            id = b.id,
+                            start_msn = b.start_msn,
+                            duration_ms = b.duration_ms,
+                            source,
+                            "ad break"
+                        );
+                    }
+                    if let Some(done) = done {
+                        let _ = done.send(made);
+                    }
+                    // The manifest changed: publish it as it stands.
+                    media.apply(&segmenter, Vec::new(), &parts);
                     Vec::new()
                 }
                 Some(Input::Started) => {

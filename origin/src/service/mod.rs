@@ -16,6 +16,7 @@ pub(crate) mod history;
 pub(crate) mod ingest;
 pub(crate) mod interactive;
 pub(crate) mod live;
+pub(crate) mod live_breaks;
 pub(crate) mod live_health;
 pub(crate) mod live_media;
 pub(crate) mod live_vod;
