@@ -264,6 +264,7 @@ pub(crate) async fn live(args: LiveArgs) -> anyhow::Result<()> {
             print_results(&p);
         }
         LiveCommand::Break { name, secs, end } => {
+            let end = *end;
             let body = if end {
                 json!({})
             } else {

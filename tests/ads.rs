@@ -882,7 +882,9 @@ async fn live_breaks_come_from_scte35_in_the_ingest_and_from_the_cli() {
         let origin = origin.clone();
         async move {
             let m = live_manifest(&origin, "final").await?;
-            m.breaks.iter().any(|b| b.id == 77).then_some(m)
+            let b = m.breaks.iter().find(|b| b.id == 77)?;
+            m.segment(b.start_msn)?;
+            Some(m)
         }
     })
     .await;
@@ -892,6 +894,7 @@ async fn live_breaks_come_from_scte35_in_the_ingest_and_from_the_cli() {
         .segment(b.start_msn)
         .expect("its first segment is in the window");
     let into_stream = (seg.pdt_ms - m.epoch_ms) as f64 / 1000.0;
+    println!("the SCTE-35 break starts {into_stream:.2} s into the stream (the cue: 8 s)");
     assert!(
         (7.0..=12.5).contains(&into_stream),
         "the break starts {into_stream} s in, the cue said 8"
