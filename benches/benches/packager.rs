@@ -3,12 +3,14 @@
 //!     cargo bench -p cascade-benches --bench packager
 //!
 //! A two-hour title (3,600 fragments per track, four video rungs and audio):
-//! the multivariant playlist, a media playlist, the MPD, and one segment.
+//! the multivariant playlist, a media playlist, the MPD, and one segment;
+//! and a media playlist and an MPD with four ad breaks stitched in.
 
 #![allow(clippy::unwrap_used)]
 
 use cascade_packager::{
-    package, AssetManifest, ByteRange, Fragment, Output, Track, TrackKind, View,
+    package, stitch, AssetManifest, ByteRange, Fragment, Output, StitchAd, StitchBreak, Track,
+    TrackKind, View,
 };
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 
@@ -110,6 +112,36 @@ fn bench(c: &mut Criterion) {
     c.bench_function("fMP4 segment, 500 kB", |b| {
         let out = Output::Segment("v0".into(), 1800);
         b.iter(|| package(black_box(&m), &out, &View::default(), &[black_box(&seg)]).unwrap())
+    });
+    // A 30-second ad in each of four breaks (its ladder like the title's).
+    let ad = AssetManifest::new(
+        "ad",
+        vec![
+            track("v0", TrackKind::Video, 1080, 15),
+            track("v1", TrackKind::Video, 720, 15),
+            track("v2", TrackKind::Video, 480, 15),
+            track("v3", TrackKind::Video, 240, 15),
+            track("a0", TrackKind::Audio, 0, 15),
+        ],
+    );
+    let breaks: Vec<StitchBreak<'_>> = [0u64, 1_800_000, 3_600_000, 7_200_000]
+        .iter()
+        .zip(0u32..)
+        .map(|(at, id)| StitchBreak {
+            id,
+            at_ms: *at,
+            ads: vec![StitchAd {
+                creative: "adcreative01",
+                manifest: &ad,
+            }],
+        })
+        .collect();
+    c.bench_function("media playlist, 3600 segments, 4 ad breaks stitched", |b| {
+        let out = Output::MediaPlaylist("v0".into());
+        b.iter(|| stitch(black_box(&m), &out, &View::default(), &breaks, "").unwrap())
+    });
+    c.bench_function("DASH MPD, 5 tracks, 4 ad breaks stitched", |b| {
+        b.iter(|| stitch(black_box(&m), &Output::Mpd, &View::default(), &breaks, "").unwrap())
     });
     c.bench_function("path to output", |b| {
         b.iter(|| Output::parse(black_box("v1/1234.m4s")))

@@ -103,6 +103,16 @@ impl AdPath {
     }
 }
 
+/// What a personalised request asks for.
+pub(crate) struct Wanted<'a> {
+    pub(crate) asset: &'a str,
+    pub(crate) output: &'a Output,
+    pub(crate) view: &'a View,
+    /// The viewer's token query, for child URLs (or empty).
+    pub(crate) query: &'a str,
+    pub(crate) request_id: &'a str,
+}
+
 /// The edge's part of ad insertion.
 pub(crate) struct Ads {
     client: Option<reqwest::Client>,
@@ -189,11 +199,15 @@ impl Ads {
         &self,
         media: &Media,
         plan: &SessionAds,
-        asset: &str,
-        output: &Output,
-        view: &View,
-        request_id: &str,
+        want: Wanted<'_>,
     ) -> Option<Response> {
+        let Wanted {
+            asset,
+            output,
+            view,
+            query,
+            request_id,
+        } = want;
         if plan.breaks.is_empty() {
             return None;
         }
@@ -237,7 +251,7 @@ impl Ads {
                     .collect(),
             })
             .collect();
-        let body = match stitch(&m, output, view, &breaks) {
+        let body = match stitch(&m, output, view, &breaks, query) {
             Ok(b) => b,
             Err(cascade_packager::Error::NotFound) => return Some(crate::media::not_found()),
             Err(e @ cascade_packager::Error::EmptyView(_)) => {

@@ -105,6 +105,9 @@ pub(crate) struct EdgeCtx {
     pub(crate) personal: Option<String>,
     /// An ad segment fetch to report once it is served.
     pub(crate) ad_fetch: Option<crate::ads::Fetched>,
+    /// The answer is a stitched playlist or MPD, its child URLs tokenised
+    /// as it was made.
+    pub(crate) stitched: bool,
 }
 
 impl EdgeCtx {
@@ -130,6 +133,7 @@ impl Pipeline for EdgePipeline {
             blocking: Blocking::default(),
             personal: None,
             ad_fetch: None,
+            stitched: false,
         }
     }
 
@@ -319,18 +323,23 @@ impl Pipeline for EdgePipeline {
             } if ctx.personal.is_some() => {
                 let session = ctx.personal.as_deref().unwrap_or_default();
                 let plan = self.ads.plan(session, ctx.country.as_deref()).await;
+                let query = ctx.child_query().unwrap_or("");
                 if let Some(r) = self
                     .ads
                     .stitched(
                         &self.media,
                         &plan,
-                        asset,
-                        output,
-                        &ctx.view,
-                        &req.request_id,
+                        crate::ads::Wanted {
+                            asset,
+                            output,
+                            view: &ctx.view,
+                            query,
+                            request_id: &req.request_id,
+                        },
                     )
                     .await
                 {
+                    ctx.stitched = r.status == StatusCode::OK;
                     return r;
                 }
                 // No ads for this session after all: the shared output.
@@ -420,7 +429,13 @@ impl Pipeline for EdgePipeline {
                     .headers
                     .get(http::header::RANGE)
                     .and_then(|v| v.to_str().ok());
-                apply_range(tokenize(resp, output, ctx.child_query()), range)
+                // A stitched answer has its tokens already.
+                let resp = if ctx.stitched {
+                    resp
+                } else {
+                    tokenize(resp, output, ctx.child_query())
+                };
+                apply_range(resp, range)
             }
             _ => resp,
         };

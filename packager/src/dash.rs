@@ -60,6 +60,7 @@ pub(crate) fn mpd(m: &AssetManifest, view: &View) -> Result<String, Error> {
             // clip, whose period starts later, leaves them out.
             subtitles: !view.is_clip(),
             events: "",
+            query: "",
         },
     )?;
     out.push_str("</MPD>\n");
@@ -90,6 +91,8 @@ pub(crate) struct PeriodOpts<'a> {
     pub(crate) subtitles: bool,
     /// Written first inside the period (an `EventStream`), or nothing.
     pub(crate) events: &'a str,
+    /// Put after every segment URL (`?__token__=…`, XML-escaped), or nothing.
+    pub(crate) query: &'a str,
 }
 
 /// One `Period` of `m` as `view` shows it, over the segments in `range`.
@@ -107,8 +110,9 @@ pub(crate) fn period(
         return Err(Error::EmptyView("video rendition"));
     }
     let prefix = opts.prefix;
-    let rep_init = format!("{prefix}$RepresentationID$/init.mp4");
-    let rep_media = format!("{prefix}$RepresentationID$/$Number$.m4s");
+    let q = opts.query;
+    let rep_init = format!("{prefix}$RepresentationID$/init.mp4{q}");
+    let rep_media = format!("{prefix}$RepresentationID$/$Number$.m4s{q}");
     let _ = writeln!(
         out,
         "  <Period id=\"{}\" start=\"{}\">",
@@ -170,8 +174,8 @@ pub(crate) fn period(
                 bw = iframe_bandwidth(t).max(1),
                 codec = t.codec,
             );
-            let init = format!("{prefix}{}/init.mp4", t.id);
-            let media = format!("{prefix}{}/$Number$.key.m4s", t.id);
+            let init = format!("{prefix}{}/init.mp4{q}", t.id);
+            let media = format!("{prefix}{}/$Number$.key.m4s{q}", t.id);
             template(out, t, range.clone(), &init, &media);
             out.push_str("      </Representation>\n    </AdaptationSet>\n");
         }
@@ -204,7 +208,7 @@ pub(crate) fn period(
             next_id += 1;
             let _ = writeln!(
                 out,
-                "    <AdaptationSet id=\"{id}\" contentType=\"text\" mimeType=\"text/vtt\" lang=\"{lang}\">\n      <Role schemeIdUri=\"urn:mpeg:dash:role:2011\" value=\"subtitle\"/>\n      <Representation id=\"{sid}\" bandwidth=\"{bw}\">\n        <BaseURL>{prefix}{sid}.vtt</BaseURL>\n      </Representation>\n    </AdaptationSet>",
+                "    <AdaptationSet id=\"{id}\" contentType=\"text\" mimeType=\"text/vtt\" lang=\"{lang}\">\n      <Role schemeIdUri=\"urn:mpeg:dash:role:2011\" value=\"subtitle\"/>\n      <Representation id=\"{sid}\" bandwidth=\"{bw}\">\n        <BaseURL>{prefix}{sid}.vtt{q}</BaseURL>\n      </Representation>\n    </AdaptationSet>",
                 lang = s.language,
                 sid = s.id,
                 bw = s.bandwidth,

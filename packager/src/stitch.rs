@@ -65,13 +65,16 @@ pub fn is_stitched(output: &Output) -> bool {
     )
 }
 
-/// `output` of title `m` as `view` shows it, with `breaks` stitched in.
-/// Outputs ads do not change are [`Error::Unsupported`].
+/// `output` of title `m` as `view` shows it, with `breaks` stitched in;
+/// `query` (the viewer's `__token__=…`, or empty) goes after every child
+/// URL, as [`crate::with_query`] would put it, in the same pass. Outputs
+/// ads do not change are [`Error::Unsupported`].
 pub fn stitch(
     m: &AssetManifest,
     output: &Output,
     view: &View,
     breaks: &[StitchBreak<'_>],
+    query: &str,
 ) -> Result<Vec<u8>, Error> {
     let range = view.segments(m);
     if range.is_empty() {
@@ -82,7 +85,7 @@ pub fn stitch(
     let text = match output {
         Output::MediaPlaylist(t) => {
             let t = track(t)?;
-            hls(m, &pieces, &Lane::of(t, Format::Fmp4))
+            hls(m, &pieces, &Lane::of(t, Format::Fmp4), query)
         }
         Output::TsPlaylist(ids) => {
             let mut video = None;
@@ -108,9 +111,9 @@ pub fn stitch(
                 },
                 (None, None, None) => return Err(Error::NotFound),
             };
-            hls(m, &pieces, &lane)
+            hls(m, &pieces, &lane, query)
         }
-        Output::Mpd => mpd(m, view, &pieces)?,
+        Output::Mpd => mpd(m, view, &pieces, query)?,
         _ => return Err(Error::Unsupported("ads change playlists and MPDs only")),
     };
     Ok(text.into_bytes())
@@ -266,29 +269,107 @@ impl<'m> Lane<'m> {
     }
 }
 
-/// One segment line to write.
-struct Seg {
-    secs: f64,
-    uri: String,
+/// One run of segments to write: its `EXT-X-MAP`, if any, and its
+/// segments as fragments of a timing track, each URI `{dir}{n}{ext}` (or
+/// always segment `fixed`, for gaps).
+struct Run<'a> {
+    map: Option<String>,
+    timing: Option<&'a Track>,
+    /// Fragment indices (segment `n` is index `n - 1`).
+    frags: Range<usize>,
+    dir: String,
+    ext: &'static str,
+    fixed: Option<u64>,
     gap: bool,
 }
 
+impl Run<'_> {
+    fn empty() -> Run<'static> {
+        Run {
+            map: None,
+            timing: None,
+            frags: 0..0,
+            dir: String::new(),
+            ext: "",
+            fixed: None,
+            gap: false,
+        }
+    }
+
+    /// The longest segment, rounded to whole seconds.
+    fn longest(&self) -> u64 {
+        let Some(t) = self.timing else { return 0 };
+        let ts = u64::from(t.timescale.max(1));
+        t.fragments
+            .get(self.frags.clone())
+            .unwrap_or(&[])
+            .iter()
+            .map(|f| (f.duration + ts / 2) / ts)
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn len(&self) -> usize {
+        self.frags.len()
+    }
+
+    /// Writes the segment lines. Hand-written number formatting: this
+    /// runs for every segment of every personalised playlist request.
+    fn write(&self, out: &mut String, query: &str) {
+        let Some(t) = self.timing else { return };
+        let ts = u64::from(t.timescale.max(1));
+        let mut num = itoa::Buffer::new();
+        for (i, f) in t
+            .fragments
+            .get(self.frags.clone())
+            .unwrap_or(&[])
+            .iter()
+            .enumerate()
+        {
+            if self.gap {
+                out.push_str("#EXT-X-GAP\n");
+            }
+            out.push_str("#EXTINF:");
+            push_secs(out, f.duration, ts);
+            out.push_str(",\n");
+            out.push_str(&self.dir);
+            let n = self.fixed.unwrap_or((self.frags.start + i + 1) as u64);
+            out.push_str(num.format(n));
+            out.push_str(self.ext);
+            if !query.is_empty() {
+                out.push('?');
+                out.push_str(query);
+            }
+            out.push('\n');
+        }
+    }
+}
+
+/// `ticks / timescale` seconds with five decimals, as `{:.5}` would write
+/// it (rounded half up).
+fn push_secs(out: &mut String, ticks: u64, timescale: u64) {
+    let scaled = (u128::from(ticks) * 100_000 + u128::from(timescale) / 2) / u128::from(timescale);
+    let (whole, frac) = ((scaled / 100_000) as u64, (scaled % 100_000) as u64);
+    let mut num = itoa::Buffer::new();
+    out.push_str(num.format(whole));
+    out.push('.');
+    let digits = num.format(frac);
+    for _ in digits.len()..5 {
+        out.push('0');
+    }
+    out.push_str(digits);
+}
+
 /// A stitched HLS media playlist.
-fn hls(m: &AssetManifest, pieces: &[Piece<'_>], lane: &Lane<'_>) -> String {
-    // Each run: its `EXT-X-MAP`, if any, and its segments.
-    let mut runs: Vec<(Option<String>, Vec<Seg>)> = Vec::with_capacity(pieces.len());
-    for p in pieces {
-        runs.push(match p {
+fn hls(m: &AssetManifest, pieces: &[Piece<'_>], lane: &Lane<'_>, query: &str) -> String {
+    let runs: Vec<Run<'_>> = pieces
+        .iter()
+        .map(|p| match p {
             Piece::Content(r) => content_run(m, r.clone(), lane),
             Piece::Ad { brk, n, ad, .. } => ad_run(brk.id, *n, ad, lane),
-        });
-    }
-    let target = runs
-        .iter()
-        .flat_map(|(_, s)| s.iter().map(|s| s.secs.round() as u64))
-        .max()
-        .unwrap_or(1)
-        .max(1);
+        })
+        .collect();
+    let target = runs.iter().map(Run::longest).max().unwrap_or(1).max(1);
     let first_seq = match pieces.first() {
         Some(Piece::Content(r)) => r.start,
         _ => 1,
@@ -297,7 +378,8 @@ fn hls(m: &AssetManifest, pieces: &[Piece<'_>], lane: &Lane<'_>) -> String {
         Lane::Fmp4(_) => 6,
         _ => 3,
     };
-    let mut out = String::with_capacity(512 + runs.iter().map(|r| r.1.len()).sum::<usize>() * 48);
+    let lines: usize = runs.iter().map(Run::len).sum();
+    let mut out = String::with_capacity(512 + lines * (48 + query.len()));
     let _ = write!(
         out,
         "#EXTM3U\n#EXT-X-VERSION:{version}\n#EXT-X-TARGETDURATION:{target}\n#EXT-X-MEDIA-SEQUENCE:{first_seq}\n#EXT-X-PLAYLIST-TYPE:VOD\n#EXT-X-INDEPENDENT-SEGMENTS\n"
@@ -306,7 +388,7 @@ fn hls(m: &AssetManifest, pieces: &[Piece<'_>], lane: &Lane<'_>) -> String {
     // every playlist of the session puts each run at the same time.
     let mut clock_ms = 0u64;
     let mut open_break: Option<(u32, u64, f64)> = None;
-    for (i, (p, (map, segs))) in pieces.iter().zip(&runs).enumerate() {
+    for (i, (p, run)) in pieces.iter().zip(&runs).enumerate() {
         if i > 0 {
             out.push_str("#EXT-X-DISCONTINUITY\n");
         }
@@ -339,15 +421,15 @@ fn hls(m: &AssetManifest, pieces: &[Piece<'_>], lane: &Lane<'_>) -> String {
                 clock_ms += (timing_secs(ad.manifest) * 1000.0).round() as u64;
             }
         }
-        if let Some(map) = map {
-            let _ = writeln!(out, "#EXT-X-MAP:URI=\"{map}\"");
-        }
-        for s in segs {
-            if s.gap {
-                out.push_str("#EXT-X-GAP\n");
+        if let Some(map) = &run.map {
+            let _ = write!(out, "#EXT-X-MAP:URI=\"{map}");
+            if !query.is_empty() {
+                out.push('?');
+                out.push_str(query);
             }
-            let _ = write!(out, "#EXTINF:{:.5},\n{}\n", s.secs, s.uri);
+            out.push_str("\"\n");
         }
+        run.write(&mut out, query);
     }
     if let Some((id, start, secs)) = open_break {
         cue_in(&mut out, id, start, secs);
@@ -356,58 +438,66 @@ fn hls(m: &AssetManifest, pieces: &[Piece<'_>], lane: &Lane<'_>) -> String {
     out
 }
 
+/// Fragment indices of segments `r` (from 1) that `t` has.
+fn indices(t: &Track, r: &Range<u64>) -> Range<usize> {
+    let n = t.fragments.len();
+    let start = usize::try_from(r.start.saturating_sub(1))
+        .unwrap_or(n)
+        .min(n);
+    let end = usize::try_from(r.end.saturating_sub(1)).unwrap_or(n).min(n);
+    start..end.max(start)
+}
+
 /// The title's segments in `r` for one lane.
-fn content_run(m: &AssetManifest, r: Range<u64>, lane: &Lane<'_>) -> (Option<String>, Vec<Seg>) {
-    let listed = |t: &Track, uri: &dyn Fn(u64) -> String| -> Vec<Seg> {
-        let ts = f64::from(t.timescale.max(1));
-        r.clone()
-            .filter_map(|n| t.segment(n).map(|f| (n, f)))
-            .map(|(n, f)| Seg {
-                secs: f.duration as f64 / ts,
-                uri: uri(n),
-                gap: false,
-            })
-            .collect()
-    };
+fn content_run<'a>(m: &'a AssetManifest, r: Range<u64>, lane: &Lane<'a>) -> Run<'a> {
     match lane {
-        Lane::Fmp4(t) => (
-            Some(format!("{}/init.mp4", t.id)),
-            listed(t, &|n| format!("{}/{n}.m4s", t.id)),
-        ),
+        Lane::Fmp4(t) => Run {
+            map: Some(format!("{}/init.mp4", t.id)),
+            timing: Some(t),
+            frags: indices(t, &r),
+            dir: format!("{}/", t.id),
+            ext: ".m4s",
+            fixed: None,
+            gap: false,
+        },
         Lane::Subtitle(s, _) => match m.timeline() {
-            Some(timing) => (None, listed(timing, &|n| format!("{}/{n}.vtt", s.id))),
-            None => (None, Vec::new()),
+            Some(timing) => Run {
+                map: None,
+                timing: Some(timing),
+                frags: indices(timing, &r),
+                dir: format!("{}/", s.id),
+                ext: ".vtt",
+                fixed: None,
+                gap: false,
+            },
+            None => Run::empty(),
         },
         Lane::Ts { video, audio } => {
             let ids = ts_ids(*video, *audio);
             match video.or(*audio) {
-                Some(timing) => (None, listed(timing, &|n| format!("{ids}/{n}.ts"))),
-                None => (None, Vec::new()),
+                Some(timing) => Run {
+                    map: None,
+                    timing: Some(timing),
+                    frags: indices(timing, &r),
+                    dir: format!("{ids}/"),
+                    ext: ".ts",
+                    fixed: None,
+                    gap: false,
+                },
+                None => Run::empty(),
             }
         }
     }
 }
 
 /// One ad's segments for one lane.
-fn ad_run(brk: u32, n: usize, ad: &StitchAd<'_>, lane: &Lane<'_>) -> (Option<String>, Vec<Seg>) {
+fn ad_run<'a>(brk: u32, n: usize, ad: &StitchAd<'a>, lane: &Lane<'_>) -> Run<'a> {
     let prefix = format!("{}ad/{brk}.{n}/{}/", lane.up(), ad.creative);
     // An ad's audio may run a few milliseconds past its video in a last,
     // tiny fragment: left out, so every lane of the ad ends together.
-    let count = ad.manifest.timeline().map_or(0, |t| t.fragments.len());
-    let all = |t: &Track, uri: &dyn Fn(u64) -> String, gap: bool| -> Vec<Seg> {
-        let ts = f64::from(t.timescale.max(1));
-        t.fragments
-            .iter()
-            .take(count)
-            .zip(1u64..)
-            .map(|(f, n)| Seg {
-                secs: f.duration as f64 / ts,
-                uri: uri(n),
-                gap,
-            })
-            .collect()
-    };
-    let am = ad.manifest;
+    let am: &'a AssetManifest = ad.manifest;
+    let count = am.timeline().map_or(0, |t| t.fragments.len());
+    let all = |t: &'a Track| 0..t.fragments.len().min(count);
     match lane {
         Lane::Fmp4(t) => {
             let stand_in = match t.kind {
@@ -415,31 +505,47 @@ fn ad_run(brk: u32, n: usize, ad: &StitchAd<'_>, lane: &Lane<'_>) -> (Option<Str
                 _ => ad_audio(am),
             };
             match stand_in {
-                Some(a) => (
-                    Some(format!("{prefix}{}/init.mp4", a.id)),
-                    all(a, &|n| format!("{prefix}{}/{n}.m4s", a.id), false),
-                ),
-                None => (None, Vec::new()),
+                Some(a) => Run {
+                    map: Some(format!("{prefix}{}/init.mp4", a.id)),
+                    timing: Some(a),
+                    frags: all(a),
+                    dir: format!("{prefix}{}/", a.id),
+                    ext: ".m4s",
+                    fixed: None,
+                    gap: false,
+                },
+                None => Run::empty(),
             }
         }
-        Lane::Subtitle(s, _) => {
+        Lane::Subtitle(s, _) => match am.timeline() {
             // No words during an ad: gaps a player never fetches, timed
             // like the ad's video, pointing at a real segment of the title.
-            match am.timeline() {
-                Some(timing) => (None, all(timing, &|_| format!("{}/1.vtt", s.id), true)),
-                None => (None, Vec::new()),
-            }
-        }
+            Some(timing) => Run {
+                map: None,
+                timing: Some(timing),
+                frags: all(timing),
+                dir: format!("{}/", s.id),
+                ext: ".vtt",
+                fixed: Some(1),
+                gap: true,
+            },
+            None => Run::empty(),
+        },
         Lane::Ts { video, audio } => {
             let v = video.and_then(|v| ad_video(am, v));
             let a = audio.and_then(|_| ad_audio(am));
             let ids = ts_ids(v, a);
             match v.or(a) {
-                Some(timing) => (
-                    None,
-                    all(timing, &|n| format!("{prefix}ts/{ids}/{n}.ts"), false),
-                ),
-                None => (None, Vec::new()),
+                Some(timing) => Run {
+                    map: None,
+                    timing: Some(timing),
+                    frags: all(timing),
+                    dir: format!("{prefix}ts/{ids}/"),
+                    ext: ".ts",
+                    fixed: None,
+                    gap: false,
+                },
+                None => Run::empty(),
             }
         }
     }
@@ -485,7 +591,19 @@ fn cue_in(out: &mut String, id: u32, start_ms: u64, secs: f64) {
 }
 
 /// A stitched MPD: a Period per run.
-fn mpd(m: &AssetManifest, view: &View, pieces: &[Piece<'_>]) -> Result<String, Error> {
+fn mpd(m: &AssetManifest, view: &View, pieces: &[Piece<'_>], query: &str) -> Result<String, Error> {
+    let query = if query.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "?{}",
+            query
+                .replace('&', "&amp;")
+                .replace('"', "&quot;")
+                .replace('<', "&lt;")
+                .replace('>', "&gt;")
+        )
+    };
     let total_ms: u64 = pieces
         .iter()
         .map(|p| match p {
@@ -526,6 +644,7 @@ fn mpd(m: &AssetManifest, view: &View, pieces: &[Piece<'_>]) -> Result<String, E
                         // only in a period that starts with the title.
                         subtitles: r.start == 1 && !view.is_clip(),
                         events: "",
+                        query: &query,
                     },
                 )?;
                 clock_ms += content_ms(m, r.clone());
@@ -558,6 +677,7 @@ fn mpd(m: &AssetManifest, view: &View, pieces: &[Piece<'_>]) -> Result<String, E
                         trick: false,
                         subtitles: false,
                         events: &events,
+                        query: &query,
                     },
                 )?;
                 clock_ms += (timing_secs(am) * 1000.0).round() as u64;
@@ -652,7 +772,7 @@ mod tests {
     }
 
     fn text(m: &AssetManifest, out: Output, breaks: &[StitchBreak<'_>]) -> String {
-        String::from_utf8(stitch(m, &out, &View::default(), breaks).unwrap()).unwrap()
+        String::from_utf8(stitch(m, &out, &View::default(), breaks, "").unwrap()).unwrap()
     }
 
     #[test]
@@ -814,6 +934,25 @@ mod tests {
         let m = title();
         let p = text(&m, Output::MediaPlaylist("v0".into()), &[]);
         assert!(!p.contains("DISCONTINUITY") && p.contains("v0/10.m4s"));
-        assert!(stitch(&m, &Output::Multivariant, &View::default(), &[]).is_err());
+        assert!(stitch(&m, &Output::Multivariant, &View::default(), &[], "").is_err());
+        // The viewer's token goes after every child URL, as the rewrite
+        // of shared playlists puts it.
+        let a = ad();
+        let breaks = [StitchBreak {
+            id: 0,
+            at_ms: 0,
+            ads: vec![StitchAd {
+                creative: "ad1",
+                manifest: &a,
+            }],
+        }];
+        for out in [Output::MediaPlaylist("v0".into()), Output::Mpd] {
+            let bare = stitch(&m, &out, &View::default(), &breaks, "").unwrap();
+            let with = stitch(&m, &out, &View::default(), &breaks, "t=1&u=2").unwrap();
+            assert_eq!(
+                String::from_utf8(with).unwrap(),
+                String::from_utf8(crate::with_query(&out, &bare, "t=1&u=2")).unwrap()
+            );
+        }
     }
 }

@@ -36,10 +36,10 @@ const FLEET: &str = "bench-fleet-credential";
 #[derive(Parser)]
 struct Args {
     /// The title's length in seconds (2-second segments).
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, default_value_t = 1800)]
     secs: u32,
-    /// The creative's length in seconds.
-    #[arg(long, default_value_t = 60)]
+    /// The creative's length in seconds (one in each of four breaks).
+    #[arg(long, default_value_t = 30)]
     ad_secs: u32,
     /// Free-plan playback sessions the personalised requests rotate over.
     #[arg(long, default_value_t = 20)]
@@ -242,6 +242,8 @@ async fn main() -> anyhow::Result<()> {
         token_keys: vec![key()],
         admin_token: ADMIN.into(),
         fleet_token: FLEET.into(),
+        // Every viewer signs up from this one address.
+        login_attempts_per_minute: 1000,
         ..OriginConfig::default()
     };
     let outbox = origin_cfg.mail_outbox();
@@ -363,6 +365,11 @@ async fn main() -> anyhow::Result<()> {
         &cascade_token::Claims {
             expires: cascade_serve::unix_now() + 3600,
             acl: vec![format!("/vod/{asset}/*")],
+            // A session's token as long as the free viewers' (a premium
+            // session: no `data=ads`), so both answers carry as many bytes
+            // of token per URI.
+            id: Some("0123456789abcdef0123456789abcdef".into()),
+            data: Some("---".into()),
             ..Default::default()
         },
     );
@@ -388,11 +395,12 @@ async fn main() -> anyhow::Result<()> {
     stitched_lat.sort_by(f64::total_cmp);
     let (p, s) = (median(plain_rps.clone()), median(stitched_rps.clone()));
     println!(
-        "media playlist of a {} s title ({} segments; shared {} B, stitched {} B with 4 breaks), {} in flight, {} rounds of {} s each:",
+        "media playlist of a {} s title ({} segments; shared {} B, stitched {} B with 4 breaks of {} s), {} in flight, {} rounds of {} s each:",
         args.secs,
         args.secs / 2,
         sizes.0,
         sizes.1,
+        args.ad_secs,
         args.concurrency,
         args.rounds,
         args.duration
