@@ -18,7 +18,7 @@ NODE_PACKAGES := nodejs npm
 
 .PHONY: help deps services rust web py build release dev test lint fmt bench clean fuzz-build \
 	bench-deps bench-packaging bench-hit-path bench-h3 bench-flash-crowd bench-viewer \
-	bench-live-latency bench-live-fanin bench-live-ladder bench-together
+	bench-live-latency bench-live-fanin bench-live-ladder bench-together bench-ads
 
 help:
 	@echo "make dev   install what is missing, build, and run the whole stack (cascade dev)"
@@ -105,7 +105,7 @@ test: deps services web py lint fuzz-build
 	@awk '/^test result:/ {p += $$4; f += $$6} END {print "tests: " p " passed, " f " failed"}' target/test.log
 
 bench: deps web bench-hit-path bench-h3 bench-flash-crowd bench-viewer bench-packaging \
-	bench-live-ladder bench-live-fanin bench-live-latency bench-together
+	bench-live-ladder bench-live-fanin bench-live-latency bench-together bench-ads
 	cargo bench -p cascade-benches
 
 # The peers and the load generator of the load benchmarks: nginx (nginx-light
@@ -163,6 +163,13 @@ bench-together: deps bench-deps
 	cargo build --release --bin cascade
 	cargo build --release -p cascade-benches --bin together
 	PATH="$$PATH:/usr/sbin" ./target/release/together --connections $${CONNECTIONS:-19000} --subscribers $${SUBSCRIBERS:-19000}
+
+# Server-side ad insertion: personalised (stitched) media playlists against
+# the shared one at one edge, and conditioning time per minute of ad
+# (benches/README.md); ADS_ARGS passes flags (--secs, --concurrency, …).
+bench-ads: deps
+	cargo build --release -p cascade-benches --bin ads
+	./target/release/ads $(ADS_ARGS)
 
 bench-live-ladder: deps
 	cargo build --release -p cascade-benches --bin live_ladder
