@@ -146,7 +146,7 @@ pub(crate) async fn ads(args: AdsArgs) -> anyhow::Result<()> {
                 eprintln!("the inventory is empty");
             } else {
                 println!(
-                    "{:<10} {:<24} {:>6} {:<13} {:<5} TARGETING",
+                    "{:<12} {:<24} {:>6} {:<13} {:<5} TARGETING",
                     "ID", "NAME", "SECS", "CREATIVE", "CAP"
                 );
             }
@@ -174,7 +174,7 @@ pub(crate) async fn ads(args: AdsArgs) -> anyhow::Result<()> {
                     }
                 }
                 println!(
-                    "{:<10} {:<24} {:>6.1} {:<13} {:<5} {}",
+                    "{:<12} {:<24} {:>6.1} {:<13} {:<5} {}",
                     a["id"].as_str().unwrap_or("?"),
                     a["name"].as_str().unwrap_or("?"),
                     a["duration_ms"].as_f64().unwrap_or(0.0) / 1000.0,
