@@ -400,11 +400,16 @@ pub(crate) async fn record_beacons(db: &Db, beacons: &[NewBeacon<'_>], now: i64)
 }
 
 /// Beacons due: pending ones whose time has come and claims that lapsed,
-/// oldest first.
+/// oldest first; never one whose ad has an earlier beacon still to send
+/// (waiting for a retry), so each ad's beacons go in order.
 pub(crate) async fn due_beacons(db: &Db, now: i64, limit: i64) -> Result<Vec<Beacon>> {
     let rows = sqlx::query(
-        "SELECT id, stream_id, brk, ad, event, urls, attempts FROM ad_beacons
-         WHERE state IN ('pending', 'sending') AND next_ms <= $1 ORDER BY id LIMIT $2",
+        "SELECT b.id, b.stream_id, b.brk, b.ad, b.event, b.urls, b.attempts FROM ad_beacons b
+         WHERE b.state IN ('pending', 'sending') AND b.next_ms <= $1
+           AND NOT EXISTS (SELECT 1 FROM ad_beacons e
+                           WHERE e.stream_id = b.stream_id AND e.brk = b.brk AND e.ad = b.ad
+                             AND e.id < b.id AND e.state IN ('pending', 'sending'))
+         ORDER BY b.id LIMIT $2",
     )
     .bind(now)
     .bind(limit)
@@ -526,4 +531,58 @@ pub(crate) async fn report(db: &Db, from: i64, to: i64) -> Result<Vec<ReportRow>
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A beacon waiting for a retry holds back the later beacons of its ad
+    /// (not those of other ads), so each ad's beacons arrive in order.
+    #[tokio::test]
+    async fn a_retried_beacon_holds_back_the_rest_of_its_ad() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}/t.db", dir.path().display());
+        let db = crate::storage::db::open(&url, 1).await.unwrap();
+        let urls = vec!["http://t.example/x".to_string()];
+        let beacon = |ad: i64, event: &'static str| NewBeacon {
+            stream: "s1",
+            brk: 0,
+            ad,
+            event,
+            creative: "c1",
+            asset: "a1",
+            urls: &urls,
+        };
+        let rows = [
+            beacon(0, "impression"),
+            beacon(0, "start"),
+            beacon(1, "impression"),
+        ];
+        assert_eq!(record_beacons(&db, &rows, 1000).await.unwrap(), 3);
+        // Recorded again: nothing new.
+        assert_eq!(record_beacons(&db, &rows, 1000).await.unwrap(), 0);
+        let due = due_beacons(&db, 1000, 10).await.unwrap();
+        let names: Vec<(i64, &str)> = due.iter().map(|b| (b.ad, b.event.as_str())).collect();
+        assert_eq!(names, vec![(0, "impression"), (1, "impression")]);
+        // The first fails and waits until 5000: ad 0's start still waits.
+        assert!(claim_beacon(&db, due[0].id, 1000, 30_000).await.unwrap());
+        beacon_outcome(&db, due[0].id, "pending", 1, 5000, 1000, Some(&urls))
+            .await
+            .unwrap();
+        let due = due_beacons(&db, 2000, 10).await.unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!((due[0].ad, due[0].event.as_str()), (1, "impression"));
+        // Sent at its retry: then the start is due.
+        let first = due_beacons(&db, 5000, 10).await.unwrap();
+        assert_eq!(first[0].event, "impression");
+        beacon_outcome(&db, first[0].id, "sent", 2, 5000, 5000, None)
+            .await
+            .unwrap();
+        let due = due_beacons(&db, 5000, 10).await.unwrap();
+        assert!(
+            due.iter().any(|b| b.ad == 0 && b.event == "start"),
+            "{due:?}"
+        );
+    }
 }
