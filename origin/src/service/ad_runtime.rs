@@ -11,6 +11,8 @@ use tokio::sync::Notify;
 
 /// Plans kept in RAM (each is a few hundred bytes).
 const PLAN_ENTRIES: u64 = 100_000;
+/// Beacon keys remembered as recorded (about 80 bytes each).
+const RECORDED_ENTRIES: u64 = 1_000_000;
 
 /// Advertising's running parts.
 pub(crate) struct AdRuntime {
@@ -22,6 +24,9 @@ pub(crate) struct AdRuntime {
     pub(crate) plans: moka::future::Cache<String, Arc<String>>,
     /// Woken when beacons are recorded.
     pub(crate) beacons_due: Notify,
+    /// Beacons recorded (`{stream}/{break}/{ad}/{event}`): a report that
+    /// reaches only these needs no database write.
+    pub(crate) recorded: moka::sync::Cache<String, ()>,
     /// Breaks asked to be filled.
     pub(crate) avails: IntCounter,
     /// Breaks that got at least one ad.
@@ -108,6 +113,10 @@ impl AdRuntime {
                 .time_to_idle(Duration::from_secs(6 * 3600))
                 .build(),
             beacons_due: Notify::new(),
+            recorded: moka::sync::Cache::builder()
+                .max_capacity(RECORDED_ENTRIES)
+                .time_to_idle(Duration::from_secs(3600))
+                .build(),
             avails,
             avails_filled,
             ads_placed,

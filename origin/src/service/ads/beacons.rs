@@ -83,9 +83,33 @@ pub(crate) async fn progress(state: &Arc<State>, p: Progress) -> Result<serde_js
         ));
     }
     let now = clock::now_ms() as i64;
-    let mut new = 0;
+    // What the batch reaches, owned, without the events recorded before
+    // (kept in RAM: most fetches of an ad reach nothing new), then written
+    // in one transaction.
+    struct Owed {
+        key: String,
+        stream: String,
+        brk: u32,
+        ad: u32,
+        event: &'static str,
+        creative: String,
+        asset: String,
+        urls: Vec<String>,
+    }
+    let mut owed: Vec<Owed> = Vec::new();
     for r in &p.reports {
         if !cascade_packager::is_safe_id(&r.stream) {
+            continue;
+        }
+        let events = events_reached(r.segment, r.segments);
+        let keys: Vec<(String, &'static str)> = events
+            .into_iter()
+            .map(|e| (format!("{}/{}/{}/{e}", r.stream, r.brk, r.ad), e))
+            .filter(|(k, _)| {
+                !state.ads.recorded.contains_key(k) && !owed.iter().any(|o| &o.key == k)
+            })
+            .collect();
+        if keys.is_empty() {
             continue;
         }
         let Some(plan) = plan_of(state, &r.stream).await? else {
@@ -102,20 +126,38 @@ pub(crate) async fn progress(state: &Arc<State>, p: Progress) -> Result<serde_js
         else {
             continue;
         };
-        let none = Vec::new();
-        let rows: Vec<NewBeacon<'_>> = events_reached(r.segment, r.segments)
-            .into_iter()
-            .map(|event| NewBeacon {
-                stream: &r.stream,
-                brk: i64::from(r.brk),
-                ad: i64::from(r.ad),
+        for (key, event) in keys {
+            owed.push(Owed {
+                key,
+                stream: r.stream.clone(),
+                brk: r.brk,
+                ad: r.ad,
                 event,
-                creative: &ad.creative,
-                asset: &plan.asset,
-                urls: ad.events.get(event).unwrap_or(&none),
-            })
-            .collect();
-        new += repo::record_beacons(&state.db, &rows, now).await?;
+                creative: ad.creative.clone(),
+                asset: plan.asset.clone(),
+                urls: ad.events.get(event).cloned().unwrap_or_default(),
+            });
+        }
+    }
+    let rows: Vec<NewBeacon<'_>> = owed
+        .iter()
+        .map(|o| NewBeacon {
+            stream: &o.stream,
+            brk: i64::from(o.brk),
+            ad: i64::from(o.ad),
+            event: o.event,
+            creative: &o.creative,
+            asset: &o.asset,
+            urls: &o.urls,
+        })
+        .collect();
+    let new = if rows.is_empty() {
+        0
+    } else {
+        repo::record_beacons(&state.db, &rows, now).await?
+    };
+    for o in owed {
+        state.ads.recorded.insert(o.key, ());
     }
     if new > 0 {
         state
