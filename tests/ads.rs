@@ -148,12 +148,6 @@ async fn ad_server(clip: PathBuf) -> AdServer {
     AdServer { url: base, heard }
 }
 
-fn python() -> PathBuf {
-    let py = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/py/bin/python");
-    assert!(py.exists(), "{} is missing: run `make py`", py.display());
-    py
-}
-
 async fn json_get(url: &str) -> Value {
     client()
         .get(url)

@@ -18,17 +18,6 @@ use cascade_packager::Profile;
 use common::*;
 use serde_json::Value;
 
-/// The Python with the parsers (`make test` makes it: `make py`).
-fn python() -> PathBuf {
-    let py = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/py/bin/python");
-    assert!(
-        py.exists(),
-        "{} is missing: run `make py` (make test does) to install the m3u8 and mpegdash parsers",
-        py.display()
-    );
-    py
-}
-
 /// 8 s of 320x180 video with an English and a Hindi audio stream, made by
 /// the FFmpeg CLI (an independent encoder).
 fn two_language_clip(dir: &Path) -> PathBuf {

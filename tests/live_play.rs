@@ -5,15 +5,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::Stack;
-
-fn python() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/py/bin/python")
-}
 
 /// FFmpeg publishing a 320x180 25 fps test pattern with a tone, a keyframe
 /// every second, in real time, for `secs`.
@@ -154,7 +150,7 @@ async fn ll_hls_plays_through_edge_and_shield_and_blocked_viewers_share_one_requ
 
     // The independent checks (PyPI m3u8 and mpegdash).
     let out = tokio::task::block_in_place(|| {
-        Command::new(python())
+        Command::new(common::python())
             .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/live_check.py"))
             .args([&base, &q])
             .output()

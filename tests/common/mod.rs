@@ -571,3 +571,15 @@ pub fn stop_child(mut child: std::process::Child) {
         let _ = child.wait();
     });
 }
+
+/// The Python with the parsers the tests read outputs with (PyPI's `m3u8`
+/// and `mpegdash`; `make test` makes it: `make py`).
+pub fn python() -> PathBuf {
+    let py = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/py/bin/python");
+    assert!(
+        py.exists(),
+        "{} is missing: run `make py` (make test does) to install the m3u8 and mpegdash parsers",
+        py.display()
+    );
+    py
+}
