@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use cascade_packager::live::{self, Blocking, LiveAd, LiveFill, LiveManifest, LiveOutput, Slots};
 use cascade_packager::{stitch, AssetManifest, Output, StitchAd, StitchBreak, TrackKind, View};
 use cascade_serve::Response;
 use http::StatusCode;
@@ -50,6 +51,35 @@ struct PlanBreak {
 struct PlanAd {
     creative: String,
 }
+
+/// A session's ads for one live break, as the origin decided them.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct LiveAds {
+    /// The break's number in the session's plan.
+    id: u32,
+    #[serde(default)]
+    tracking: String,
+    #[serde(default)]
+    ads: Vec<PlanAd>,
+    /// What fills the break after the ads; none: the content.
+    #[serde(default)]
+    slate: Option<String>,
+}
+
+/// A live media playlist a session with ads asks for.
+pub(crate) struct LiveWanted<'a> {
+    pub(crate) channel: &'a str,
+    pub(crate) output: &'a LiveOutput,
+    pub(crate) blocking: Blocking,
+    pub(crate) session: &'a str,
+    pub(crate) country: Option<&'a str>,
+    pub(crate) request_id: &'a str,
+}
+
+/// A break seen first this long after it ended is not filled for the
+/// session: it joined after it (a player at the live edge never plays
+/// it), and ads nobody will see are not asked for.
+const LATE_BREAK_MS: u64 = 30_000;
 
 /// One ad segment a session's player fetched.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -120,6 +150,16 @@ pub(crate) struct Ads {
     fleet_token: String,
     plans: moka::future::Cache<String, Arc<SessionAds>>,
     queue: Mutex<Vec<Fetched>>,
+    /// Sessions' live breaks (`{session}/{event}/{break}`), and the same
+    /// by the break's number in the plan (`{session}/{id}`), for reports.
+    live: moka::future::Cache<String, Arc<LiveAds>>,
+    live_ids: moka::sync::Cache<String, Arc<LiveAds>>,
+    /// Live manifests read for personalised playlists, by upstream path
+    /// and blocking query: one fetch however many sessions ask at once.
+    /// Blocking answers may be kept a while (any later request for the
+    /// same part may get one as new); the live edge only briefly.
+    manifests_blocking: moka::future::Cache<String, Arc<LiveManifest>>,
+    manifests_edge: moka::future::Cache<String, Arc<LiveManifest>>,
     /// Personalised playlists made, plan fetches, dropped reports.
     events: IntCounterVec,
 }
@@ -146,6 +186,22 @@ impl Ads {
                 .time_to_idle(Duration::from_secs(6 * 3600))
                 .build(),
             queue: Mutex::new(Vec::new()),
+            live: moka::future::Cache::builder()
+                .max_capacity(PLAN_ENTRIES)
+                .time_to_idle(Duration::from_secs(6 * 3600))
+                .build(),
+            live_ids: moka::sync::Cache::builder()
+                .max_capacity(PLAN_ENTRIES)
+                .time_to_idle(Duration::from_secs(6 * 3600))
+                .build(),
+            manifests_blocking: moka::future::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(Duration::from_secs(10))
+                .build(),
+            manifests_edge: moka::future::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(Duration::from_millis(250))
+                .build(),
             events,
         }
     }
@@ -284,6 +340,234 @@ impl Ads {
         Some(r)
     }
 
+    /// The session's ads for live break `b` of `m`: kept, or asked of the
+    /// origin once. A failure is no ads for the break, kept too.
+    async fn live_break(
+        &self,
+        session: &str,
+        m: &LiveManifest,
+        b: &live::LiveBreak,
+        country: Option<&str>,
+    ) -> Arc<LiveAds> {
+        let key = format!("{session}/{}/{}", m.event, b.id);
+        let started_ms = m.segment(b.start_msn).map_or(u64::MAX / 2, |s| s.pdt_ms);
+        let ads = self
+            .live
+            .get_with(key, async {
+                let late = cascade_serve::unix_now_ms()
+                    > started_ms + b.duration_ms + LATE_BREAK_MS;
+                if late {
+                    return Arc::new(LiveAds::default());
+                }
+                match self.fetch_live(session, &m.event, b, country).await {
+                    Ok(a) => {
+                        self.events.with_label_values(&["live_break_fetched"]).inc();
+                        Arc::new(a)
+                    }
+                    Err(e) => {
+                        self.events.with_label_values(&["plan_failed"]).inc();
+                        tracing::warn!(error = %e, "no ads for a live break; the session plays the break");
+                        Arc::new(LiveAds::default())
+                    }
+                }
+            })
+            .await;
+        if !ads.ads.is_empty() {
+            self.live_ids
+                .insert(format!("{session}/{}", ads.id), ads.clone());
+        }
+        ads
+    }
+
+    async fn fetch_live(
+        &self,
+        session: &str,
+        event: &str,
+        b: &live::LiveBreak,
+        country: Option<&str>,
+    ) -> anyhow::Result<LiveAds> {
+        let client = self
+            .client
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("no client"))?;
+        if !cascade_packager::is_safe_id(event) {
+            anyhow::bail!("the event's name is not an id");
+        }
+        let url = format!(
+            "{}/api/v1/fleet/ads/sessions/{session}/live/{event}/{}",
+            self.origin, b.id
+        );
+        let r = client
+            .get(&url)
+            .query(&[
+                ("country", country.unwrap_or("")),
+                ("duration_ms", &b.duration_ms.to_string()),
+            ])
+            .bearer_auth(&self.fleet_token)
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", e.without_url()))?
+            .error_for_status()
+            .map_err(|e| anyhow::anyhow!("{}", e.without_url()))?;
+        r.json()
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", e.without_url()))
+    }
+
+    /// A channel's live manifest as a blocking request wants it, shared by
+    /// every session asking at once.
+    async fn live_manifest(
+        &self,
+        media: &Media,
+        channel: &str,
+        b: Blocking,
+        request_id: &str,
+    ) -> Result<Arc<LiveManifest>, Response> {
+        let query = Blocking { skip: false, ..b }.canonical();
+        let mut path = format!("/live-mezz/{channel}/manifest.json");
+        if !query.is_empty() {
+            path = format!("{path}?{query}");
+        }
+        let cache = if query.is_empty() {
+            &self.manifests_edge
+        } else {
+            &self.manifests_blocking
+        };
+        cache
+            .try_get_with(path.clone(), async {
+                let r = media.fetch_media(&path, None, request_id).await?;
+                if r.status != StatusCode::OK {
+                    return Err(crate::live::passthrough_error(
+                        r.status,
+                        r.headers.get(http::header::RETRY_AFTER),
+                    ));
+                }
+                LiveManifest::from_json(&r.body).map(Arc::new).map_err(|e| {
+                    tracing::error!(request_id, channel, error = %e, "bad live manifest");
+                    Response::error(
+                        StatusCode::BAD_GATEWAY,
+                        "bad_manifest",
+                        "the live manifest is unreadable",
+                    )
+                })
+            })
+            .await
+            .map_err(|r: Arc<Response>| r.as_ref().clone())
+    }
+
+    /// A session's live media playlist with its ads in the breaks' slots;
+    /// `None` when no break of the session is in the window (the shared
+    /// playlist serves it). Child URLs get the token later, as in shared
+    /// live playlists.
+    pub(crate) async fn live_stitched(
+        &self,
+        media: &Media,
+        want: LiveWanted<'_>,
+    ) -> Option<Response> {
+        let LiveWanted {
+            channel,
+            output,
+            blocking,
+            session,
+            country,
+            request_id,
+        } = want;
+        let m = match self
+            .live_manifest(media, channel, blocking, request_id)
+            .await
+        {
+            Ok(m) => m,
+            Err(r) => return Some(r),
+        };
+        if m.breaks.is_empty() {
+            return None;
+        }
+        // A break is decided once its first segment exists.
+        let decided = futures::future::join_all(
+            m.breaks
+                .iter()
+                .filter(|b| m.segment(b.start_msn).is_some())
+                .map(|b| async { (b.id, self.live_break(session, &m, b, country).await) }),
+        )
+        .await;
+        // Every creative (and slate) once.
+        let mut wanted: Vec<&str> = Vec::new();
+        for (_, d) in &decided {
+            wanted.extend(d.ads.iter().map(|a| a.creative.as_str()));
+            wanted.extend(d.slate.as_deref());
+        }
+        if wanted.is_empty() {
+            return None;
+        }
+        wanted.sort_unstable();
+        wanted.dedup();
+        let fetched = futures::future::join_all(
+            wanted
+                .iter()
+                .map(|c| async move { (*c, media.manifest(c, request_id).await.ok()) }),
+        )
+        .await;
+        let manifests: HashMap<&str, Arc<AssetManifest>> = fetched
+            .into_iter()
+            .filter_map(|(c, m)| m.map(|m| (c, m)))
+            .collect();
+        let fills: Vec<LiveFill<'_>> = decided
+            .iter()
+            .map(|(brk, d)| LiveFill {
+                break_id: *brk,
+                plan_id: d.id,
+                ads: d
+                    .ads
+                    .iter()
+                    .filter_map(|a| {
+                        manifests.get(a.creative.as_str()).map(|m| LiveAd {
+                            creative: &a.creative,
+                            manifest: m,
+                        })
+                    })
+                    .collect(),
+                slate: d.slate.as_deref().and_then(|c| {
+                    manifests.get(c).map(|m| LiveAd {
+                        creative: c,
+                        manifest: m,
+                    })
+                }),
+            })
+            .collect();
+        let slots = Slots::new(&m, &fills);
+        if slots.is_empty() {
+            return None;
+        }
+        let made = match output {
+            LiveOutput::Media(track) => live::stitched_media_playlist(&m, track, blocking, &slots),
+            LiveOutput::TsPlaylist(v, a) => live::stitched_ts_playlist(&m, v, a, &slots),
+            _ => return None,
+        };
+        let body = match made {
+            Ok(text) => Bytes::from(text),
+            Err(cascade_packager::Error::NotFound) => return Some(crate::media::not_found()),
+            Err(e) => {
+                return Some(Response::error(
+                    StatusCode::NOT_FOUND,
+                    "not_live",
+                    &e.to_string(),
+                ))
+            }
+        };
+        self.events.with_label_values(&["personalised_live"]).inc();
+        let mut r = Response::new(StatusCode::OK, output.content_type(Some(&m)), body);
+        r.headers.insert(
+            http::header::CACHE_CONTROL,
+            http::HeaderValue::from_static("private, no-store"),
+        );
+        cascade_serve::set_cache_status(
+            &mut r.headers,
+            None,
+            &format!("{}; fwd=bypass; detail=personalised", crate::CACHE_NAME),
+        );
+        Some(r)
+    }
+
     /// What a request for an ad segment reports, if it counts: a video
     /// (or TS) segment of an ad the session's plan has at that place.
     pub(crate) async fn fetch_of(
@@ -292,6 +576,7 @@ impl Ads {
         session: &str,
         country: Option<&str>,
         ad: &AdPath,
+        live: bool,
         request_id: &str,
     ) -> Option<Fetched> {
         let (track, n) = match ad.output.as_ref()? {
@@ -299,16 +584,25 @@ impl Ads {
             Output::TsSegment(ids, n) => (ids.split('.').next().unwrap_or(""), *n),
             _ => return None,
         };
-        let plan = self.plan(session, country).await;
-        if plan.tracking != "server" {
-            return None;
-        }
-        let planned = plan
-            .breaks
-            .iter()
-            .find(|b| b.id == ad.brk)
-            .and_then(|b| b.ads.get(ad.ad as usize))?;
-        if planned.creative != ad.creative {
+        let creative = if live {
+            let d = self.live_ids.get(&format!("{session}/{}", ad.brk))?;
+            if d.tracking != "server" {
+                return None;
+            }
+            d.ads.get(ad.ad as usize)?.creative.clone()
+        } else {
+            let plan = self.plan(session, country).await;
+            if plan.tracking != "server" {
+                return None;
+            }
+            plan.breaks
+                .iter()
+                .find(|b| b.id == ad.brk)
+                .and_then(|b| b.ads.get(ad.ad as usize))?
+                .creative
+                .clone()
+        };
+        if creative != ad.creative {
             return None;
         }
         let m = media.manifest(&ad.creative, request_id).await.ok()?;

@@ -28,6 +28,17 @@ pub(crate) fn live_output(path: &str) -> Option<(String, Option<LiveOutput>)> {
     Some((channel.to_string(), LiveOutput::parse(rest)))
 }
 
+/// A `/live/{channel}/ad/…` path: an ad's media in a session's live
+/// playlists.
+pub(crate) fn live_ad(path: &str) -> Option<(String, crate::ads::AdPath)> {
+    let rest = path.strip_prefix("/live/")?;
+    let (channel, rest) = rest.split_once('/')?;
+    if !cascade_packager::is_safe_id(channel) {
+        return None;
+    }
+    Some((channel.to_string(), crate::ads::AdPath::parse(rest)?))
+}
+
 /// The cache key of a live output: the path, and for playlists the
 /// canonical blocking query (never the token).
 pub(crate) fn live_key(path: &str, output: &LiveOutput, b: &Blocking) -> String {
@@ -279,7 +290,10 @@ impl Media {
 
 /// An upstream's refusal as the viewer should see it: 404 stays 404, a part
 /// that did not come in time is 503 with `Retry-After`, the rest 502.
-fn passthrough_error(status: StatusCode, retry_after: Option<&http::HeaderValue>) -> Response {
+pub(crate) fn passthrough_error(
+    status: StatusCode,
+    retry_after: Option<&http::HeaderValue>,
+) -> Response {
     match status {
         StatusCode::NOT_FOUND => not_found(),
         StatusCode::BAD_REQUEST => Response::error(

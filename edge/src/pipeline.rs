@@ -68,9 +68,14 @@ pub(crate) enum Route {
         asset: String,
         output: Option<Output>,
     },
-    /// `/vod/{asset}/ad/{break}.{n}/{creative}/…`: an ad's media inside a
-    /// title's stitched playlists, under the title's token.
-    Ad { asset: String, ad: AdPath },
+    /// `/vod/{asset}/ad/{break}.{n}/{creative}/…` (or `/live/{channel}/ad/…`,
+    /// `live`): an ad's media inside a title's or a channel's stitched
+    /// playlists, under its token.
+    Ad {
+        asset: String,
+        ad: AdPath,
+        live: bool,
+    },
     /// `/live/{channel}/…`: protected live media. `output` is `None` for a
     /// path that names nothing (404 once authorised).
     Live {
@@ -158,7 +163,11 @@ impl Pipeline for EdgePipeline {
             let after_asset = rest.split_once('/').map_or("", |(_, r)| r);
             if let Some(ad) = AdPath::parse(after_asset) {
                 ctx.path = path;
-                ctx.route = Route::Ad { asset, ad };
+                ctx.route = Route::Ad {
+                    asset,
+                    ad,
+                    live: false,
+                };
                 return Step::Continue;
             }
             Route::Media {
@@ -171,6 +180,15 @@ impl Pipeline for EdgePipeline {
             if req.method == Method::OPTIONS {
                 ctx.path = path;
                 return Step::Answer(cors_preflight());
+            }
+            if let Some((channel, ad)) = crate::live::live_ad(&path) {
+                ctx.path = path;
+                ctx.route = Route::Ad {
+                    asset: channel,
+                    ad,
+                    live: true,
+                };
+                return Step::Continue;
             }
             match crate::live::live_output(&path) {
                 Some((channel, output)) => {
@@ -216,12 +234,18 @@ impl Pipeline for EdgePipeline {
     async fn admit(&self, req: &Request, ctx: &mut EdgeCtx) -> Step {
         // The subject whose country rules apply: a title, or a channel.
         let (key, meta) = match &ctx.route {
-            Route::Media { asset, .. } | Route::Ad { asset, .. } if is_safe_id(asset) => {
-                (asset.clone(), format!("/mezz/{asset}/meta.json"))
-            }
+            Route::Media { asset, .. }
+            | Route::Ad {
+                asset, live: false, ..
+            } if is_safe_id(asset) => (asset.clone(), format!("/mezz/{asset}/meta.json")),
             Route::Live {
                 channel,
                 output: Some(_),
+            }
+            | Route::Ad {
+                asset: channel,
+                live: true,
+                ..
             } => (
                 format!("live:{channel}"),
                 format!("/live-mezz/{channel}/meta.json"),
@@ -249,8 +273,8 @@ impl Pipeline for EdgePipeline {
         if let Route::Live { output, .. } = &ctx.route {
             return self.live_key(req, ctx, output.clone());
         }
-        if let Route::Ad { ad, .. } = &ctx.route {
-            return self.ad_key(req, ctx, ad.clone()).await;
+        if let Route::Ad { ad, live, .. } = &ctx.route {
+            return self.ad_key(req, ctx, ad.clone(), *live).await;
         }
         let Route::Media { output, asset } = &ctx.route else {
             return Step::Continue;
@@ -372,6 +396,32 @@ impl Pipeline for EdgePipeline {
                 }
                 None => not_found(),
             },
+            Route::Live {
+                channel,
+                output: Some(output),
+            } if ctx.personal.is_some() => {
+                let session = ctx.personal.as_deref().unwrap_or_default();
+                let want = crate::ads::LiveWanted {
+                    channel,
+                    output,
+                    blocking: ctx.blocking,
+                    session,
+                    country: ctx.country.as_deref(),
+                    request_id: &req.request_id,
+                };
+                if let Some(r) = self.ads.live_stitched(&self.media, want).await {
+                    return r;
+                }
+                // No break of the session in the window: the shared playlist.
+                match &ctx.cache_key {
+                    Some(key) => {
+                        self.media
+                            .live_fill(key, channel, output, ctx.blocking, &req.request_id)
+                            .await
+                    }
+                    None => not_found(),
+                }
+            }
             Route::Live {
                 channel,
                 output: Some(output),
@@ -526,7 +576,7 @@ impl EdgePipeline {
     /// The cache key phase for an ad's media: the creative's own key, so
     /// one copy serves every title and viewer; and, for a session, the
     /// fetch to report once it is served.
-    async fn ad_key(&self, req: &Request, ctx: &mut EdgeCtx, ad: AdPath) -> Step {
+    async fn ad_key(&self, req: &Request, ctx: &mut EdgeCtx, ad: AdPath, live: bool) -> Step {
         if req.method != Method::GET && req.method != Method::HEAD {
             return Step::Answer(Response::error(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -546,6 +596,7 @@ impl EdgePipeline {
                     &session,
                     ctx.country.as_deref(),
                     &ad,
+                    live,
                     &req.request_id,
                 )
                 .await;
@@ -578,6 +629,18 @@ impl EdgePipeline {
             }
         }
         ctx.cache_key = Some(crate::live::live_key(&ctx.path, &output, &ctx.blocking));
+        // A session with ads gets media playlists of its own while a break
+        // is in the window.
+        if let Some(Authorized {
+            ads: true,
+            session: Some(s),
+            ..
+        }) = &ctx.token
+        {
+            if matches!(output, LiveOutput::Media(_) | LiveOutput::TsPlaylist(..)) {
+                ctx.personal = Some(s.clone());
+            }
+        }
         Step::Continue
     }
 }

@@ -198,6 +198,13 @@ pub struct OriginConfig {
     /// (`GET /api/v1/streams/{id}/ads`). Others are tracked server-side: the
     /// origin sends beacons as edges see ad segments fetched.
     pub ads_client_tracking_devices: Vec<String>,
+    /// What fills a live break after its ads, when they are shorter than
+    /// the break: `content` (the channel's own break comes back early) or
+    /// `slate` (the `ads_slate_url` video, round and round).
+    pub ads_live_fill: String,
+    /// The slate's media URL (conditioned like a creative); used when
+    /// `ads_live_fill` is `slate`.
+    pub ads_slate_url: String,
 }
 
 impl Default for OriginConfig {
@@ -289,6 +296,8 @@ impl Default for OriginConfig {
             ads_wrapper_depth: 5,
             ads_max_per_break: 5,
             ads_client_tracking_devices: Vec::new(),
+            ads_live_fill: "content".into(),
+            ads_slate_url: String::new(),
         }
     }
 }
@@ -349,6 +358,17 @@ impl Validate for OriginConfig {
             .any(|d| d.is_empty() || d.len() > 40)
         {
             errors.push("ads_client_tracking_devices: device type names".into());
+        }
+        match self.ads_live_fill.as_str() {
+            "content" => {}
+            "slate"
+                if (self.ads_slate_url.starts_with("http://")
+                    || self.ads_slate_url.starts_with("https://"))
+                    && !self.ads_slate_url.chars().any(char::is_whitespace) => {}
+            "slate" => {
+                errors.push("ads_slate_url: an http(s) URL, for ads_live_fill = \"slate\"".into())
+            }
+            _ => errors.push("ads_live_fill: \"content\" or \"slate\"".into()),
         }
         check_scheme_url(
             "rtmp_public_url",

@@ -107,6 +107,13 @@ pub async fn start(cfg: &OriginConfig) -> anyhow::Result<Origin> {
     let stop = Arc::new(AtomicBool::new(false));
     let worker = tokio::spawn(service::ingest::worker::run(state.clone(), stop.clone()));
     tokio::spawn(service::ads::beacons::run(state.clone(), stop.clone()));
+    // The slate is conditioned before the first live break wants it.
+    if state.cfg.ads_live_fill == "slate" {
+        let st = state.clone();
+        tokio::spawn(async move {
+            let _ = service::ads::creatives::ready(&st, &st.cfg.ads_slate_url).await;
+        });
+    }
     if let Some(rx) = state.recordings.lock().ok().and_then(|mut r| r.take()) {
         tokio::spawn(service::live_vod::run(state.clone(), rx));
     }

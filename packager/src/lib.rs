@@ -35,6 +35,7 @@ pub mod fmp4;
 mod hls;
 mod index;
 pub mod live;
+mod live_ads;
 mod manifest;
 mod mp4;
 mod query;
@@ -46,7 +47,7 @@ pub mod vtt;
 
 pub use index::{index_bytes, Indexer, InitInfo, TrackIndex};
 pub use manifest::{
-    is_safe_id, is_safe_lang, AssetManifest, ByteRange, Fragment, Track, TrackKind,
+    codec_family, is_safe_id, is_safe_lang, AssetManifest, ByteRange, Fragment, Track, TrackKind,
     MANIFEST_VERSION, MAX_MANIFEST_BYTES,
 };
 pub use mp4::BoxHeader;

@@ -24,6 +24,8 @@ use std::fmt::Write;
 
 use serde::{Deserialize, Serialize};
 
+use crate::live_ads::{self, Slot};
+pub use crate::live_ads::{LiveAd, LiveFill, Slots};
 use crate::manifest::TrackKind;
 use crate::Error;
 
@@ -563,6 +565,25 @@ pub fn ts_multivariant(m: &LiveManifest) -> Result<String, Error> {
 /// The media playlist of MPEG-TS segments of `video` with `audio` muxed in:
 /// complete segments only, as players without low-latency support read it.
 pub fn ts_playlist(m: &LiveManifest, video: &str, audio: &str) -> Result<String, Error> {
+    ts_playlist_with(m, video, audio, None)
+}
+
+/// [`ts_playlist`] with a session's ads in its breaks' slots.
+pub fn stitched_ts_playlist(
+    m: &LiveManifest,
+    video: &str,
+    audio: &str,
+    slots: &Slots<'_, '_>,
+) -> Result<String, Error> {
+    ts_playlist_with(m, video, audio, Some(slots))
+}
+
+fn ts_playlist_with(
+    m: &LiveManifest,
+    video: &str,
+    audio: &str,
+    slots: Option<&Slots<'_, '_>>,
+) -> Result<String, Error> {
     let v = m.track(video).ok_or(Error::NotFound)?;
     let a = m.track(audio).ok_or(Error::NotFound)?;
     if v.kind != TrackKind::Video || a.kind != TrackKind::Audio {
@@ -575,27 +596,50 @@ pub fn ts_playlist(m: &LiveManifest, video: &str, audio: &str) -> Result<String,
         .filter(|s| s.complete && s.msn >= from)
         .collect();
     let first = segs.first().map_or(0, |s| s.msn);
+    let target = m
+        .target_duration()
+        .max(slots.map_or(0, Slots::longest_secs));
+    let sequence = m.discontinuity_sequence + slots.map_or(0, |x| x.turns_through(first));
     let mut out = format!(
-        "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:{}\n#EXT-X-MEDIA-SEQUENCE:{first}\n#EXT-X-DISCONTINUITY-SEQUENCE:{}\n",
-        m.target_duration(),
-        m.discontinuity_sequence
+        "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:{target}\n#EXT-X-MEDIA-SEQUENCE:{first}\n#EXT-X-DISCONTINUITY-SEQUENCE:{sequence}\n",
     );
     let spans = m.break_spans();
     for b in &spans {
         out.push_str(&b.date_ranges(m));
     }
     for (i, s) in segs.iter().enumerate() {
-        if s.discontinuity && i > 0 {
+        let slot = slots.map_or(Slot::Content, |x| x.at(s.msn));
+        let turns = slots.is_some_and(|x| x.turns(s.msn));
+        if (s.discontinuity || turns) && i > 0 {
             out.push_str("#EXT-X-DISCONTINUITY\n");
         }
         out.push_str(&LiveManifest::cue_tags(&spans, s.msn, s.start));
-        let _ = writeln!(
-            out,
-            "#EXT-X-PROGRAM-DATE-TIME:{}\n#EXTINF:{:.3},\n{video}.{audio}/{}.ts",
-            iso_time(s.pdt_ms),
-            segment_duration(s) as f64 / 90_000.0,
-            s.msn
-        );
+        let _ = writeln!(out, "#EXT-X-PROGRAM-DATE-TIME:{}", iso_time(s.pdt_ms));
+        let ad = slot.media().and_then(|(fill, ad, n, frag)| {
+            let av = live_ads::ad_video(ad.manifest, v)?;
+            let aa = live_ads::ad_audio(ad.manifest)?;
+            Some((fill.plan_id, ad.creative, n, frag, av, aa))
+        });
+        match ad {
+            Some((plan, creative, n, frag, av, aa)) => {
+                let _ = writeln!(
+                    out,
+                    "#EXTINF:{:.3},\n../ad/{plan}.{n}/{creative}/ts/{}.{}/{}.ts",
+                    live_ads::frag_secs(av, frag),
+                    av.id,
+                    aa.id,
+                    frag + 1
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "#EXTINF:{:.3},\n{video}.{audio}/{}.ts",
+                    segment_duration(s) as f64 / 90_000.0,
+                    s.msn
+                );
+            }
+        }
     }
     if m.ended {
         out.push_str("#EXT-X-ENDLIST\n");
@@ -622,8 +666,44 @@ const PART_WINDOW_TARGETS: u64 = 3;
 
 /// The LL-HLS media playlist of `track`.
 pub fn media_playlist(m: &LiveManifest, track: &str, b: Blocking) -> Result<String, Error> {
+    media_playlist_with(m, track, b, None)
+}
+
+/// [`media_playlist`] with a session's ads in its breaks' slots.
+pub fn stitched_media_playlist(
+    m: &LiveManifest,
+    track: &str,
+    b: Blocking,
+    slots: &Slots<'_, '_>,
+) -> Result<String, Error> {
+    media_playlist_with(m, track, b, Some(slots))
+}
+
+/// The `EXT-X-MAP` a run of a media playlist uses.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum MapOf {
+    /// The channel's init segment of configuration `g`.
+    Content(u32),
+    /// An ad's (the break's plan number, the ad's index).
+    Ad(u32, usize),
+}
+
+fn media_playlist_with(
+    m: &LiveManifest,
+    track: &str,
+    b: Blocking,
+    slots: Option<&Slots<'_, '_>>,
+) -> Result<String, Error> {
     let t = m.track(track).ok_or(Error::NotFound)?;
-    let target = m.target_duration();
+    let target = m
+        .target_duration()
+        .max(slots.map_or(0, Slots::longest_secs));
+    // A break's slot at the live edge: whole segments only (see live_ads).
+    let edge_in_ad = slots.is_some_and(|x| {
+        m.segments
+            .last()
+            .is_some_and(|l| x.at(l.msn).media().is_some())
+    });
     let part_target = m.part_target();
     let skip_until = 6 * target;
     let mut out = String::with_capacity(4096);
@@ -644,7 +724,7 @@ pub fn media_playlist(m: &LiveManifest, track: &str, b: Blocking) -> Result<Stri
     let _ = writeln!(
         out,
         "#EXT-X-DISCONTINUITY-SEQUENCE:{}",
-        m.discontinuity_sequence
+        m.discontinuity_sequence + slots.map_or(0, |x| x.turns_through(first))
     );
 
     // Time from each segment's start to the live edge, to know which are
@@ -669,22 +749,55 @@ pub fn media_playlist(m: &LiveManifest, track: &str, b: Blocking) -> Result<Stri
     for b in &spans {
         out.push_str(&b.date_ranges(m));
     }
-    let mut map: Option<u32> = None;
+    let mut map: Option<MapOf> = None;
     for s in m.segments[skipped..]
         .iter()
         .filter(|s| s.msn >= t.first_msn)
     {
-        if s.discontinuity && map.is_some() {
+        let turns = slots.is_some_and(|x| x.turns(s.msn));
+        let ad = slots.and_then(|x| {
+            let (fill, ad, n, frag) = x.at(s.msn).media()?;
+            Some((
+                fill.plan_id,
+                ad.creative,
+                n,
+                frag,
+                live_ads::stand_in(ad.manifest, t)?,
+            ))
+        });
+        if (s.discontinuity || turns) && map.is_some() {
             out.push_str("#EXT-X-DISCONTINUITY\n");
         }
-        if map != Some(s.init) {
+        if let Some((plan, creative, n, frag, a)) = ad {
+            if map != Some(MapOf::Ad(plan, n)) {
+                let _ = writeln!(
+                    out,
+                    "#EXT-X-MAP:URI=\"ad/{plan}.{n}/{creative}/{}/init.mp4\"",
+                    a.id
+                );
+                map = Some(MapOf::Ad(plan, n));
+            }
+            out.push_str(&LiveManifest::cue_tags(&spans, s.msn, s.start));
+            let _ = writeln!(
+                out,
+                "#EXT-X-PROGRAM-DATE-TIME:{}\n#EXTINF:{:.3},\nad/{plan}.{n}/{creative}/{}/{}.m4s",
+                iso_time(s.pdt_ms),
+                live_ads::frag_secs(a, frag),
+                a.id,
+                frag + 1
+            );
+            continue;
+        }
+        if map != Some(MapOf::Content(s.init)) {
             let _ = writeln!(out, "#EXT-X-MAP:URI=\"{track}/init-{}.mp4\"", s.init);
-            map = Some(s.init);
+            map = Some(MapOf::Content(s.init));
         }
         out.push_str(&LiveManifest::cue_tags(&spans, s.msn, s.start));
         let _ = writeln!(out, "#EXT-X-PROGRAM-DATE-TIME:{}", iso_time(s.pdt_ms));
         let seg_end = s.start + segment_duration(s);
-        if end - seg_end.min(end) <= PART_WINDOW_TARGETS * target * 90_000 || !s.complete {
+        if !edge_in_ad
+            && (end - seg_end.min(end) <= PART_WINDOW_TARGETS * target * 90_000 || !s.complete)
+        {
             for (i, p) in s.parts.iter().enumerate() {
                 let _ = write!(
                     out,
@@ -710,6 +823,8 @@ pub fn media_playlist(m: &LiveManifest, track: &str, b: Blocking) -> Result<Stri
     }
     if m.ended {
         out.push_str("#EXT-X-ENDLIST\n");
+    } else if edge_in_ad {
+        // No parts: no hint, and no part numbers to report.
     } else if let Some(last) = m.segments.last() {
         let (msn, part) = if last.complete {
             (last.msn + 1, 0)

@@ -199,14 +199,7 @@ impl Track {
 
     /// The codec family of a video track: `avc`, `hevc`, `av1`, or `other`.
     pub fn codec_family(&self) -> &'static str {
-        match self.codec.get(..4) {
-            Some("avc1" | "avc3") => "avc",
-            Some("hvc1" | "hev1") => "hevc",
-            Some("av01") => "av1",
-            Some("mp4a") => "aac",
-            Some("wvtt") => "webvtt",
-            _ => "other",
-        }
+        codec_family(&self.codec)
     }
 
     /// Duration in seconds.
@@ -374,6 +367,19 @@ pub fn is_safe_lang(s: &str) -> bool {
     (2..=35).contains(&s.len())
         && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         && s.as_bytes()[0].is_ascii_alphabetic()
+}
+
+/// The family of an RFC 6381 codec string: `avc`, `hevc`, `av1`, `aac`,
+/// `webvtt`, or `other`.
+pub fn codec_family(codec: &str) -> &'static str {
+    match codec.get(..4) {
+        Some("avc1" | "avc3") => "avc",
+        Some("hvc1" | "hev1") => "hevc",
+        Some("av01") => "av1",
+        Some("mp4a") => "aac",
+        Some("wvtt") => "webvtt",
+        _ => "other",
+    }
 }
 
 /// Ids that may stand in a URL path and a file name: `[A-Za-z0-9_-]`, 1 to 64 long.

@@ -193,6 +193,34 @@ pub(crate) async fn session_plan(
         .into_response())
 }
 
+/// What an edge says of a live break.
+#[derive(Deserialize)]
+pub(crate) struct LiveBreakQuery {
+    #[serde(default)]
+    country: String,
+    duration_ms: u64,
+}
+
+/// `GET /api/v1/fleet/ads/sessions/{stream}/live/{event}/{break}` (fleet
+/// credential): the session's ads for a live break, decided on the first
+/// call.
+pub(crate) async fn live_break(
+    AxState(state): AxState<Arc<State>>,
+    headers: HeaderMap,
+    Path((stream, event, brk)): Path<(String, String, u32)>,
+    Query(q): Query<LiveBreakQuery>,
+) -> Result<Response, Error> {
+    require_fleet(&state, &headers)?;
+    let country: String = q
+        .country
+        .chars()
+        .filter(char::is_ascii_alphabetic)
+        .take(2)
+        .collect();
+    let ads = svc::live_break(&state, &stream, &event, brk, q.duration_ms, &country).await?;
+    Ok(no_store(Json(ads.as_ref().clone())))
+}
+
 /// `POST /api/v1/fleet/ads/progress` (fleet credential): ad segments
 /// sessions' players fetched at an edge; the beacons they reach are sent.
 pub(crate) async fn progress(

@@ -147,6 +147,10 @@ pub fn app(state: Arc<State>) -> Router {
             "/api/v1/fleet/ads/sessions/{stream}",
             get(ads::session_plan),
         )
+        .route(
+            "/api/v1/fleet/ads/sessions/{stream}/live/{event}/{brk}",
+            get(ads::live_break),
+        )
         .route("/api/v1/fleet/ads/progress", post(ads::progress))
         .route("/api/v1/streams/{id}/ads", get(ads::client_tracking))
         .route("/api/v1/plans", get(billing::plans))

@@ -343,6 +343,18 @@ pub(crate) async fn store_plan(
         .unwrap_or_else(|| plan.to_string()))
 }
 
+/// Replaces a session's plan if it is still `old`; `false` when another
+/// writer changed it first.
+pub(crate) async fn replace_plan(db: &Db, stream: &str, old: &str, new: &str) -> Result<bool> {
+    let r = sqlx::query("UPDATE ad_sessions SET plan = $1 WHERE stream_id = $2 AND plan = $3")
+        .bind(new)
+        .bind(stream)
+        .bind(old)
+        .execute(&db.pool)
+        .await?;
+    Ok(r.rows_affected() == 1)
+}
+
 // ---- beacons ---------------------------------------------------------------
 
 /// A beacon owed.

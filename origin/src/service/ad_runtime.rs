@@ -22,6 +22,9 @@ pub(crate) struct AdRuntime {
     pub(crate) http: reqwest::Client,
     /// Sessions' plans (JSON as stored), by stream.
     pub(crate) plans: moka::future::Cache<String, Arc<String>>,
+    /// Sessions' live breaks as decided (`{stream}/{event}/{break}`), so
+    /// the edges of a session asking at once share one decision.
+    pub(crate) live: moka::future::Cache<String, Arc<crate::service::ads::LiveBreakAds>>,
     /// Woken when beacons are recorded.
     pub(crate) beacons_due: Notify,
     /// Beacons recorded (`{stream}/{break}/{ad}/{event}`): a report that
@@ -111,6 +114,10 @@ impl AdRuntime {
             plans: moka::future::Cache::builder()
                 .max_capacity(PLAN_ENTRIES)
                 .time_to_idle(Duration::from_secs(6 * 3600))
+                .build(),
+            live: moka::future::Cache::builder()
+                .max_capacity(PLAN_ENTRIES)
+                .time_to_live(Duration::from_secs(3600))
                 .build(),
             beacons_due: Notify::new(),
             recorded: moka::sync::Cache::builder()

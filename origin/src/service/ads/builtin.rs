@@ -64,6 +64,9 @@ pub(crate) struct VastQuery {
     /// The break's position in seconds.
     #[serde(default)]
     pos: f64,
+    /// The break's length in seconds (a live break's); 0: up to 30.
+    #[serde(default)]
+    dur: f64,
 }
 
 fn clean_list(what: &'static str, list: Vec<String>, upper: bool) -> Result<Vec<String>> {
@@ -194,12 +197,25 @@ pub(crate) async fn vast_for_query(state: &State, q: VastQuery) -> Result<String
     } else {
         0
     };
-    vast(state, &t, pos).await
+    let dur = if q.dur.is_finite() && q.dur > 0.0 {
+        (q.dur * 1000.0).min(3_600_000.0) as u64
+    } else {
+        0
+    };
+    vast(state, &t, pos, dur).await
 }
 
 /// VAST 4.2 for one break: a pod of the matching ads under their caps,
-/// weighted at random, up to 30 seconds; an empty VAST when none match.
-pub(crate) async fn vast(state: &State, t: &Targeting, _at_ms: u64) -> Result<String> {
+/// weighted at random, up to the break's length (`max_ms`, a live break's)
+/// or 30 seconds; an empty VAST when none match.
+pub(crate) async fn vast(state: &State, t: &Targeting, _at_ms: u64, max_ms: u64) -> Result<String> {
+    // A live break must hold the whole pod; an on-demand one takes one ad
+    // however long.
+    let (limit, strict) = if max_ms > 0 {
+        (max_ms, true)
+    } else {
+        (BREAK_SECS * 1000, false)
+    };
     let day = (clock::now_ms() / 86_400_000) as i64;
     let inventory = repo::list_inventory(&state.db).await?;
     let served = if t.viewer.is_empty() {
@@ -221,10 +237,7 @@ pub(crate) async fn vast(state: &State, t: &Targeting, _at_ms: u64) -> Result<St
         .collect();
     let mut pod = Vec::new();
     let mut secs = 0;
-    while !candidates.is_empty()
-        && secs < BREAK_SECS * 1000
-        && pod.len() < state.cfg.ads_max_per_break
-    {
+    while !candidates.is_empty() && secs < limit && pod.len() < state.cfg.ads_max_per_break {
         let total: i64 = candidates.iter().map(|a| a.weight).sum();
         let mut pick = i64::from(super::decide::rand_u32()) % total.max(1);
         let i = candidates
@@ -235,7 +248,7 @@ pub(crate) async fn vast(state: &State, t: &Targeting, _at_ms: u64) -> Result<St
             })
             .unwrap_or(0);
         let ad = candidates.remove(i);
-        if secs + ad.duration_ms as u64 > BREAK_SECS * 1000 && !pod.is_empty() {
+        if secs + ad.duration_ms as u64 > limit && (strict || !pod.is_empty()) {
             continue;
         }
         secs += ad.duration_ms as u64;

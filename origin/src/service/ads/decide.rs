@@ -110,14 +110,14 @@ pub(super) async fn breaks(
     let filled = if builtin {
         let mut out = Vec::with_capacity(sources.len());
         for (at, src) in sources {
-            out.push((at, fill(state, at, src, t, deadline).await));
+            out.push((at, fill(state, at, 0, src, t, deadline).await));
         }
         out
     } else {
         futures::future::join_all(
             sources
                 .into_iter()
-                .map(|(at, src)| async move { (at, fill(state, at, src, t, deadline).await) }),
+                .map(|(at, src)| async move { (at, fill(state, at, 0, src, t, deadline).await) }),
         )
         .await
     };
@@ -141,6 +141,7 @@ pub(super) async fn breaks(
                 id,
                 at_ms: at,
                 ads: f.ads,
+                live: None,
             });
         }
     }
@@ -165,6 +166,58 @@ pub(super) async fn breaks(
     out
 }
 
+/// The ads of a live break of `duration_ms` for a session, as its break
+/// `id` in the plan: asked of the ad server (or the built-in one) with the
+/// break's length, within the time budget; trimmed to what the break holds.
+pub(super) async fn live(
+    state: &Arc<State>,
+    stream: &str,
+    id: u32,
+    duration_ms: u64,
+    t: &Targeting,
+) -> Vec<PlannedAd> {
+    let deadline = Instant::now() + Duration::from_millis(state.cfg.ads_timeout_ms);
+    let src = if state.cfg.ads_vast_url.is_empty() {
+        Source::Builtin
+    } else {
+        Source::Tag(expand(&state.cfg.ads_vast_url, &macros(t, 0, duration_ms)))
+    };
+    let f = fill(state, 0, duration_ms, src, t, deadline).await;
+    state.ads.avails.inc();
+    // The pod plays in order until the break is full; an ad that would
+    // run past the break's end is not started (half a second of slack for
+    // rounding).
+    let mut ads = Vec::new();
+    let mut used = 0u64;
+    for ad in f.ads {
+        if used + ad.duration_ms > duration_ms + 500 {
+            break;
+        }
+        used += ad.duration_ms;
+        ads.push(ad);
+    }
+    if !ads.is_empty() {
+        state.ads.avails_filled.inc();
+        state.ads.ads_placed.inc_by(ads.len() as u64);
+    }
+    if !f.errors.is_empty() {
+        let row = NewBeacon {
+            stream,
+            brk: i64::from(id),
+            ad: -1,
+            event: "error",
+            creative: "",
+            asset: &t.title,
+            urls: &f.errors,
+        };
+        match repo::record_beacons(&state.db, &[row], clock::now_ms() as i64).await {
+            Ok(_) => state.ads.beacons_due.notify_one(),
+            Err(e) => tracing::error!(error = %e, "recording error beacons"),
+        }
+    }
+    ads
+}
+
 struct NewBeaconOwned {
     brk: i64,
     urls: Vec<String>,
@@ -174,6 +227,7 @@ struct NewBeaconOwned {
 async fn fill(
     state: &Arc<State>,
     at_ms: u64,
+    max_ms: u64,
     src: Source,
     t: &Targeting,
     deadline: Instant,
@@ -181,7 +235,7 @@ async fn fill(
     let vast = match src {
         Source::Inline(v) => v,
         Source::Builtin => {
-            let doc = match builtin::vast(state, t, at_ms).await {
+            let doc = match builtin::vast(state, t, at_ms, max_ms).await {
                 Ok(doc) => doc,
                 Err(e) => {
                     tracing::error!(error = %e, "the built-in ad service failed");

@@ -42,9 +42,13 @@ pub(crate) struct Plan {
 pub(crate) struct PlannedBreak {
     /// Its number in the plan (in ad URLs).
     pub(crate) id: u32,
-    /// Milliseconds into the title.
+    /// Milliseconds into the title; for a live break, the wall clock
+    /// (Unix milliseconds) when it was decided.
     pub(crate) at_ms: u64,
     pub(crate) ads: Vec<PlannedAd>,
+    /// A live break's `{event}/{break id}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) live: Option<String>,
 }
 
 /// One ad of a break.
@@ -209,6 +213,160 @@ pub(crate) async fn client_tracking(
         tracking: plan.tracking,
         avails,
     })
+}
+
+/// A session's ads for one live break, as an edge stitches them.
+#[derive(Debug, Clone, Default, Serialize, ToSchema)]
+pub(crate) struct LiveBreakAds {
+    /// The break's number in the session's plan (in ad URLs and reports).
+    pub(crate) id: u32,
+    /// `server` or `client`, as for the session's other breaks.
+    pub(crate) tracking: String,
+    pub(crate) ads: Vec<LiveAdOut>,
+    /// The slate's asset, when `ads_live_fill` is `slate` and it is ready:
+    /// it fills the break after the ads.
+    pub(crate) slate: Option<String>,
+}
+
+/// One ad of a live break.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub(crate) struct LiveAdOut {
+    pub(crate) creative: String,
+    pub(crate) ad_id: String,
+    pub(crate) duration_ms: u64,
+}
+
+/// The most times a live decision retries appending to a plan that
+/// another origin changed meanwhile.
+const APPEND_TRIES: usize = 8;
+
+/// A session's ads for live break `brk` of `event` (of `duration_ms`):
+/// the stored ones, or decided now, once however many edges ask, and
+/// added to the session's plan so beacons and reports work as on demand.
+/// A session without ads (a paying plan) gets none.
+pub(crate) async fn live_break(
+    state: &Arc<State>,
+    stream: &str,
+    event: &str,
+    brk: u32,
+    duration_ms: u64,
+    country: &str,
+) -> Result<Arc<LiveBreakAds>> {
+    if !cascade_packager::is_safe_id(stream) || !cascade_packager::is_safe_id(event) {
+        return Err(Error::not_found("stream"));
+    }
+    if !(1000..=3_600_000).contains(&duration_ms) {
+        return Err(Error::bad_request(
+            "bad_duration",
+            "duration_ms: 1000 to 3600000",
+        ));
+    }
+    let key = format!("{event}/{brk}");
+    let st = state.clone();
+    let (s, c, k) = (stream.to_string(), country.to_string(), key.clone());
+    state
+        .ads
+        .live
+        .try_get_with(format!("{stream}/{key}"), async move {
+            decide_live(&st, &s, &k, duration_ms, &c)
+                .await
+                .map(Arc::new)
+        })
+        .await
+        .map_err(|e: Arc<Error>| Error::new(e.kind(), e.code(), e.message()))
+}
+
+async fn decide_live(
+    state: &Arc<State>,
+    stream: &str,
+    key: &str,
+    duration_ms: u64,
+    country: &str,
+) -> Result<LiveBreakAds> {
+    let mut text = session_plan(state, stream, country).await?;
+    let mut plan: Plan = serde_json::from_str(&text)
+        .map_err(|e| Error::internal("plan", "the ad plan is unreadable", e))?;
+    let slate = if state.cfg.ads_live_fill == "slate" {
+        creatives::ready(state, &state.cfg.ads_slate_url).await
+    } else {
+        None
+    };
+    let answer = |b: &PlannedBreak, tracking: &str| LiveBreakAds {
+        id: b.id,
+        tracking: tracking.to_string(),
+        ads: b
+            .ads
+            .iter()
+            .map(|a| LiveAdOut {
+                creative: a.creative.clone(),
+                ad_id: a.ad_id.clone(),
+                duration_ms: a.duration_ms,
+            })
+            .collect(),
+        slate: slate.clone(),
+    };
+    if let Some(b) = plan.breaks.iter().find(|b| b.live.as_deref() == Some(key)) {
+        return Ok(answer(b, &plan.tracking));
+    }
+    let Some(s) = repo::stream_of(&state.db, stream).await? else {
+        return Err(Error::not_found("stream"));
+    };
+    let billing = billing::plan_of(&state.db, &s.user, clock::now()).await?;
+    if !billing.ads {
+        return Ok(LiveBreakAds {
+            tracking: plan.tracking,
+            ..LiveBreakAds::default()
+        });
+    }
+    let targeting = Targeting {
+        viewer: viewer_hash(&s.user),
+        title: s.asset.clone(),
+        genres: Vec::new(),
+        device: s.device_type.clone(),
+        country: country.to_ascii_uppercase(),
+        plan: billing.id.clone(),
+    };
+    let id = plan.breaks.len() as u32;
+    let ads = decide::live(state, stream, id, duration_ms, &targeting).await;
+    // Appended where the plan still is as read; another origin that
+    // appended first wins, and its decision for this break stands.
+    for _ in 0..APPEND_TRIES {
+        let b = PlannedBreak {
+            id: plan.breaks.len() as u32,
+            at_ms: clock::now_ms(),
+            ads: ads.clone(),
+            live: Some(key.to_string()),
+        };
+        let mut next = plan.clone();
+        next.breaks.push(b.clone());
+        let next_text = serde_json::to_string(&next).unwrap_or_default();
+        if repo::replace_plan(&state.db, stream, &text, &next_text).await? {
+            state
+                .ads
+                .plans
+                .insert(stream.to_string(), Arc::new(next_text))
+                .await;
+            return Ok(answer(&b, &next.tracking));
+        }
+        let Some(now) = repo::session_plan(&state.db, stream).await? else {
+            return Err(Error::not_found("stream"));
+        };
+        text = Arc::new(now);
+        state
+            .ads
+            .plans
+            .insert(stream.to_string(), text.clone())
+            .await;
+        plan = serde_json::from_str(&text)
+            .map_err(|e| Error::internal("plan", "the ad plan is unreadable", e))?;
+        if let Some(b) = plan.breaks.iter().find(|b| b.live.as_deref() == Some(key)) {
+            return Ok(answer(b, &plan.tracking));
+        }
+    }
+    Err(Error::conflict(
+        "busy",
+        "the session's ad plan kept changing; try again",
+    ))
 }
 
 /// Decides a session's plan.
