@@ -975,3 +975,224 @@ async fn live_breaks_come_from_scte35_in_the_ingest_and_from_the_cli() {
     stop_child(encoder);
     stack.shutdown().await;
 }
+
+/// The URI lines of a playlist.
+fn uri_lines(playlist: &str) -> Vec<&str> {
+    playlist
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn free_live_viewers_get_ads_and_a_slate_in_a_break_and_others_the_channel() {
+    let dir = tempfile::tempdir().unwrap();
+    let ad_clip = make_clip(dir.path(), 4);
+    let ads = ad_server(ad_clip).await;
+    let (vast, slate) = (
+        format!("{}/vast/inline", ads.url),
+        format!("{}/media/ad.mp4?slate", ads.url),
+    );
+    let stack = Stack::start_full(
+        |o| {
+            o.rtmp_listen = "127.0.0.1:0".into();
+            o.live_ladder = vec![cascade_origin::config::Rung {
+                height: 120,
+                kbps: 150,
+            }];
+            o.live_preset = "ultrafast".into();
+            o.ads_vast_url = vast;
+            o.ads_live_fill = "slate".into();
+            o.ads_slate_url = slate;
+            o.stream_slot_secs = 3600;
+        },
+        |_| {},
+    )
+    .await;
+    let origin = stack.origin_url.clone();
+    let made = create_channel(&origin, json!({ "name": "final" })).await;
+    let key = made["stream_key"].as_str().unwrap();
+    let rtmp = stack.origin.rtmp_addr.unwrap();
+    let encoder = ffmpeg_publish(
+        &format!("rtmp://{rtmp}/live/{key}"),
+        "flv",
+        "320x180",
+        240,
+        "libx264",
+    );
+
+    // A free viewer's session: its token carries the session and `ads`.
+    let free = viewer(&origin, &stack.outbox).await;
+    let answer: Value = client()
+        .post(format!("{origin}/api/v1/live/final/playback"))
+        .bearer_auth(&free)
+        .json(&json!({ "device_id": "live-ads-test", "device_type": "web" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let hls = answer["hls"].as_str().unwrap_or_else(|| panic!("{answer}"));
+    let token = hls.split("__token__=").nth(1).unwrap().to_string();
+    let q = format!("__token__={token}");
+    let base = format!("{}/live/final/", stack.edge_url);
+    let shared_q = format!("__token__={}", sign_acl("/live/final/*"));
+    let playlist = |q: String, name: &'static str| {
+        let url = format!("{base}{name}?{q}");
+        async move {
+            let r = client().get(url).send().await.ok()?;
+            (r.status() == 200).then_some(())?;
+            r.text().await.ok()
+        }
+    };
+    eventually(Duration::from_secs(40), "the channel on air", || {
+        let p = playlist(q.clone(), "v0.m3u8");
+        async move { p.await.filter(|t| t.contains(".m4s")) }
+    })
+    .await;
+
+    // A first break makes the creative known: the session's first
+    // decision starts its conditioning (the break plays without it unless
+    // it is ready in time; the slate, the same clip here, may make it so).
+    let (ok, out, err) = cascade(&origin, &["live", "break", "final", "--secs", "4"]);
+    assert!(ok, "{err}");
+    let first: u32 = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    eventually(Duration::from_secs(20), "the first break", || {
+        let p = playlist(q.clone(), "v0.m3u8");
+        let want = format!("ID=\"break-{first}\"");
+        async move { p.await.filter(|t| t.contains(&want) && t.contains("SCTE35-IN")) }
+    })
+    .await;
+    wait_creatives_ready(&origin).await;
+
+    // The second break, 10 s: the 4-second ad, then the slate.
+    let (ok, out, err) = cascade(&origin, &["live", "break", "final", "--secs", "10"]);
+    assert!(ok, "{err}");
+    let second: u32 = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let after = eventually(Duration::from_secs(40), "the second break, over", || {
+        let p = playlist(q.clone(), "v0.m3u8");
+        let want = format!("ID=\"break-{second}\"");
+        async move {
+            let t = p.await?;
+            let uris = uri_lines(&t);
+            let last_ad = uris.iter().rposition(|u| u.starts_with("ad/"))?;
+            // The content is back after the break and has a segment.
+            (t.contains(&want) && t.contains("SCTE35-IN") && last_ad + 1 < uris.len())
+                .then_some(t)
+        }
+    })
+    .await;
+    let uris = uri_lines(&after);
+    let ad_uris: Vec<&str> = uris.iter().copied().filter(|u| u.starts_with("ad/")).collect();
+    // `ad/{break}.{n}/{creative}/{track}/{segment}.m4s`: ad 0 is the
+    // VAST ad; n = 1 (past the one ad) is the slate.
+    let is_ad = |u: &&str| u.split('/').nth(1).is_some_and(|s| s.ends_with(".0"));
+    let is_slate = |u: &&str| u.split('/').nth(1).is_some_and(|s| s.ends_with(".1"));
+    assert!(ad_uris.iter().filter(|u| is_ad(u)).count() >= 2, "{after}");
+    assert!(ad_uris.iter().any(is_slate), "{after}");
+    let first_slate = ad_uris.iter().position(is_slate).unwrap();
+    assert!(ad_uris[..first_slate].iter().all(is_ad), "ads, then slate: {after}");
+    // Each slot keeps its content segment's place: no number is skipped
+    // or repeated, the break is cued, and runs change at discontinuities.
+    assert!(after.contains("#EXT-X-CUE-OUT:DURATION=10.000"), "{after}");
+    assert!(after.matches("#EXT-X-DISCONTINUITY\n").count() >= 3, "{after}");
+    assert!(after.contains("#EXT-X-MAP:URI=\"ad/"), "{after}");
+    assert!(after.contains("__token__="), "child URLs carry the token");
+    // Viewers without ads (a plain signed URL here) see the channel.
+    let shared = playlist(shared_q.clone(), "v0.m3u8").await.unwrap();
+    assert!(
+        !shared.contains("\nad/") && !shared.contains("URI=\"ad/"),
+        "{shared}"
+    );
+    assert_eq!(
+        uri_lines(&shared).last().map(|u| u.split('?').next().unwrap().to_string()),
+        uris.last().map(|u| u.split('?').next().unwrap().to_string()),
+        "the same live edge"
+    );
+
+    // Every ad and slate segment and init is served, and the session's
+    // window decodes with FFmpeg from end to end, ads and all.
+    for u in after
+        .lines()
+        .filter_map(|l| l.strip_prefix("#EXT-X-MAP:URI=\""))
+        .map(|l| l.trim_end_matches('"'))
+        .chain(ad_uris.iter().copied())
+    {
+        let r = client().get(format!("{base}{u}")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{u}");
+    }
+    let local = dir.path().join("window.m3u8");
+    let absolute: String = after
+        .lines()
+        .filter(|l| !l.starts_with("#EXT-X-PART") && !l.starts_with("#EXT-X-PRELOAD"))
+        .map(|l| {
+            if l.starts_with("#EXT-X-MAP:URI=\"") {
+                l.replacen("URI=\"", &format!("URI=\"{base}"), 1)
+            } else if !l.starts_with('#') && !l.is_empty() {
+                format!("{base}{l}")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replace("#EXT-X-SERVER-CONTROL", "#X-SERVER-CONTROL")
+        + "\n#EXT-X-ENDLIST\n";
+    std::fs::write(&local, absolute).unwrap();
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-protocol_whitelist", "file,http,tcp", "-i"])
+        .arg(&local)
+        .args(["-f", "null", "-"])
+        .output()
+        .unwrap();
+    let errors = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{errors}");
+    assert!(
+        !errors.contains("Invalid") && !errors.contains("error while decoding"),
+        "{errors}"
+    );
+
+    // Legacy devices: the TS playlist has the same ads, muxed TS.
+    let ts = eventually(Duration::from_secs(10), "the TS playlist", || {
+        let p = playlist(q.clone(), "ts/v0.a0.m3u8");
+        async move { p.await.filter(|t| t.contains("../ad/")) }
+    })
+    .await;
+    let ts_ad = uri_lines(&ts)
+        .into_iter()
+        .find(|u| u.starts_with("../ad/"))
+        .unwrap();
+    let r = client()
+        .get(format!("{base}ts/{ts_ad}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{ts_ad}");
+    assert_eq!(r.headers()["content-type"], "video/mp2t");
+
+    // The player fetched the whole ad: its beacons reach the ad server,
+    // once each; the slate is nobody's ad.
+    eventually(Duration::from_secs(20), "the live ad's beacons", || {
+        let heard = ads.heard.all();
+        async move {
+            ["impression", "start", "midpoint", "complete"]
+                .iter()
+                .all(|e| heard.iter().any(|h| h == &format!("ad1/{e}")))
+                .then_some(())
+        }
+    })
+    .await;
+    let heard = ads.heard.all();
+    assert_eq!(heard.iter().filter(|h| *h == "ad1/complete").count(), 1, "{heard:?}");
+    let metrics = text(format!("{}/metrics", stack.edge_url)).await;
+    assert!(
+        metric_value(
+            &metrics,
+            "cascade_edge_ad_events_total{event=\"personalised_live\"}"
+        ) >= 1,
+        "{metrics}"
+    );
+    stop_child(encoder);
+    stack.shutdown().await;
+}
