@@ -1061,7 +1061,10 @@ async fn free_live_viewers_get_ads_and_a_slate_in_a_break_and_others_the_channel
     eventually(Duration::from_secs(20), "the first break", || {
         let p = playlist(q.clone(), "v0.m3u8");
         let want = format!("ID=\"break-{first}\"");
-        async move { p.await.filter(|t| t.contains(&want) && t.contains("SCTE35-IN")) }
+        async move {
+            p.await
+                .filter(|t| t.contains(&want) && t.contains("SCTE35-IN"))
+        }
     })
     .await;
     wait_creatives_ready(&origin).await;
@@ -1078,13 +1081,16 @@ async fn free_live_viewers_get_ads_and_a_slate_in_a_break_and_others_the_channel
             let uris = uri_lines(&t);
             let last_ad = uris.iter().rposition(|u| u.starts_with("ad/"))?;
             // The content is back after the break and has a segment.
-            (t.contains(&want) && t.contains("SCTE35-IN") && last_ad + 1 < uris.len())
-                .then_some(t)
+            (t.contains(&want) && t.contains("SCTE35-IN") && last_ad + 1 < uris.len()).then_some(t)
         }
     })
     .await;
     let uris = uri_lines(&after);
-    let ad_uris: Vec<&str> = uris.iter().copied().filter(|u| u.starts_with("ad/")).collect();
+    let ad_uris: Vec<&str> = uris
+        .iter()
+        .copied()
+        .filter(|u| u.starts_with("ad/"))
+        .collect();
     // `ad/{break}.{n}/{creative}/{track}/{segment}.m4s`: ad 0 is the
     // VAST ad; n = 1 (past the one ad) is the slate.
     let is_ad = |u: &&str| u.split('/').nth(1).is_some_and(|s| s.ends_with(".0"));
@@ -1092,11 +1098,17 @@ async fn free_live_viewers_get_ads_and_a_slate_in_a_break_and_others_the_channel
     assert!(ad_uris.iter().filter(|u| is_ad(u)).count() >= 2, "{after}");
     assert!(ad_uris.iter().any(is_slate), "{after}");
     let first_slate = ad_uris.iter().position(is_slate).unwrap();
-    assert!(ad_uris[..first_slate].iter().all(is_ad), "ads, then slate: {after}");
+    assert!(
+        ad_uris[..first_slate].iter().all(is_ad),
+        "ads, then slate: {after}"
+    );
     // Each slot keeps its content segment's place: no number is skipped
     // or repeated, the break is cued, and runs change at discontinuities.
     assert!(after.contains("#EXT-X-CUE-OUT:DURATION=10.000"), "{after}");
-    assert!(after.matches("#EXT-X-DISCONTINUITY\n").count() >= 3, "{after}");
+    assert!(
+        after.matches("#EXT-X-DISCONTINUITY\n").count() >= 3,
+        "{after}"
+    );
     assert!(after.contains("#EXT-X-MAP:URI=\"ad/"), "{after}");
     assert!(after.contains("__token__="), "child URLs carry the token");
     // Viewers without ads (a plain signed URL here) see the channel.
@@ -1106,8 +1118,11 @@ async fn free_live_viewers_get_ads_and_a_slate_in_a_break_and_others_the_channel
         "{shared}"
     );
     assert_eq!(
-        uri_lines(&shared).last().map(|u| u.split('?').next().unwrap().to_string()),
-        uris.last().map(|u| u.split('?').next().unwrap().to_string()),
+        uri_lines(&shared)
+            .last()
+            .map(|u| u.split('?').next().unwrap().to_string()),
+        uris.last()
+            .map(|u| u.split('?').next().unwrap().to_string()),
         "the same live edge"
     );
 
@@ -1184,7 +1199,11 @@ async fn free_live_viewers_get_ads_and_a_slate_in_a_break_and_others_the_channel
     })
     .await;
     let heard = ads.heard.all();
-    assert_eq!(heard.iter().filter(|h| *h == "ad1/complete").count(), 1, "{heard:?}");
+    assert_eq!(
+        heard.iter().filter(|h| *h == "ad1/complete").count(),
+        1,
+        "{heard:?}"
+    );
     let metrics = text(format!("{}/metrics", stack.edge_url)).await;
     assert!(
         metric_value(
@@ -1193,6 +1212,54 @@ async fn free_live_viewers_get_ads_and_a_slate_in_a_break_and_others_the_channel
         ) >= 1,
         "{metrics}"
     );
+
+    // hls.js in Chromium, LL-HLS and TS at once, plays into a break
+    // called once both play, through its ads, and back to the channel.
+    let root = env!("CARGO_MANIFEST_DIR");
+    assert!(
+        Path::new(&format!("{root}/web/node_modules/playwright-core")).exists(),
+        "web/node_modules is missing: run `make web` (make test does)"
+    );
+    let mut node = Command::new("node")
+        .arg(format!("{root}/web/tests/live_ads.mjs"))
+        .args([&stack.edge_url, "final", &q, "40"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = node.stdout.take().unwrap();
+    let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut lines = Vec::new();
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line == "started" {
+                let _ = started_tx.send(());
+            }
+            lines.push(line);
+        }
+        lines.join("\n")
+    });
+    eventually(Duration::from_secs(60), "both players playing", || {
+        let got = started_rx.try_recv().is_ok();
+        async move { got.then_some(()) }
+    })
+    .await;
+    let (ok, _, err) = cascade(&origin, &["live", "break", "final", "--secs", "10"]);
+    assert!(ok, "{err}");
+    let status = tokio::task::spawn_blocking(move || node.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let printed = reader.join().unwrap();
+    println!("{printed}{}", String::from_utf8_lossy(&status.stderr));
+    assert!(status.status.success(), "the players failed");
+    for name in ["hls.js LL-HLS", "hls.js TS"] {
+        assert!(printed.contains(&format!("{name}: played")), "{name}");
+    }
     stop_child(encoder);
     stack.shutdown().await;
 }
