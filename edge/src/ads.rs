@@ -350,7 +350,8 @@ impl Ads {
         country: Option<&str>,
     ) -> Arc<LiveAds> {
         let key = format!("{session}/{}/{}", m.event, b.id);
-        let started_ms = m.segment(b.start_msn).map_or(u64::MAX / 2, |s| s.pdt_ms);
+        // Begun before the window: long over for a player at the live edge.
+        let started_ms = m.segment(b.start_msn).map_or(0, |s| s.pdt_ms);
         let ads = self
             .live
             .get_with(key, async {
@@ -482,11 +483,15 @@ impl Ads {
         if m.breaks.is_empty() {
             return None;
         }
-        // A break is decided once its first segment exists.
+        // A break is decided once it has begun, while it is in the window.
+        let (first, last) = match (m.segments.first(), m.segments.last()) {
+            (Some(f), Some(l)) => (f.msn, l.msn),
+            _ => return None,
+        };
         let decided = futures::future::join_all(
             m.breaks
                 .iter()
-                .filter(|b| m.segment(b.start_msn).is_some())
+                .filter(|b| b.start_msn <= last && b.end_msn.is_none_or(|e| e > first))
                 .map(|b| async { (b.id, self.live_break(session, &m, b, country).await) }),
         )
         .await;

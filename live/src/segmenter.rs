@@ -258,6 +258,8 @@ impl Segmenter {
             start_msn: self.next_msn(),
             duration_ms: duration_ms.clamp(1000, 3_600_000),
             source: source.into(),
+            end_msn: None,
+            end_start: None,
         };
         self.manifest.breaks.push(b.clone());
         Some(b)
@@ -282,7 +284,7 @@ impl Segmenter {
             .manifest
             .breaks
             .iter()
-            .rposition(|b| b.start_msn <= next)
+            .rposition(|b| b.start_msn <= next && b.end_msn.is_none())
         else {
             return false;
         };
@@ -652,9 +654,37 @@ impl Segmenter {
             }
             made.push(Made::Evicted { msn: old.msn });
         }
-        // A break whose first segment left the window leaves the manifest.
+        // A break ends with the first segment that starts its duration or
+        // more after its own first one; recorded, so where it ended is
+        // known after its segments left the window.
+        let segments = &self.manifest.segments;
+        for b in self
+            .manifest
+            .breaks
+            .iter_mut()
+            .filter(|b| b.end_msn.is_none() && b.start_msn < msn)
+        {
+            let begun = segments
+                .iter()
+                .find(|s| s.msn == b.start_msn)
+                .map(|s| s.start);
+            if begun.is_some_and(|t0| time >= t0 + b.duration_ms * 90) {
+                b.end_msn = Some(msn);
+                b.end_start = Some(time);
+            }
+        }
+        // Breaks are kept while any of their segments is in the window, and
+        // the last one that ended before it (it names the content that
+        // follows it in a session's MPD).
         let first = self.manifest.segments.first().map_or(0, |s| s.msn);
-        self.manifest.breaks.retain(|b| b.start_msn >= first);
+        if let Some(i) = self
+            .manifest
+            .breaks
+            .iter()
+            .rposition(|b| b.end_msn.is_some_and(|e| e <= first))
+        {
+            self.manifest.breaks.drain(..i);
+        }
         self.open = Some(Open {
             msn,
             part: 0,
@@ -923,6 +953,35 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn a_break_records_its_end_and_stays_while_its_segments_do() {
+        let mut s = segmenter();
+        let mut made = s.push(0, TrackFrame::Config(Bytes::from_static(&AVCC)), 0);
+        made.extend(s.push(1, TrackFrame::Config(Bytes::from_static(&[0x11, 0x90])), 0));
+        // Segments 500 (0 s) and 501 (2 s, growing).
+        feed(&mut s, 0, 4, &mut made);
+        // 4 s from the next segment, 502 at 4 s: it ends with 504 at 8 s.
+        let b = s.add_break(Some(7), 4000, "operator").unwrap();
+        assert_eq!((b.start_msn, b.end_msn), (502, None));
+        feed(&mut s, 360_000, 8, &mut made);
+        let m = s.manifest();
+        assert_eq!(m.breaks[0].end_msn, Some(504), "{:?}", m.breaks);
+        assert_eq!(m.breaks[0].end_start, m.segment(504).map(|x| x.start));
+        // Its first segment left the window (3 segments): it stays, ended.
+        assert!(m.segment(502).is_none());
+        assert_eq!(m.breaks.len(), 1);
+        // A later break, 506 to 507: once both are wholly before the
+        // window, only the last one stays (it names what follows).
+        let b = s.add_break(Some(8), 2000, "operator").unwrap();
+        assert_eq!(b.start_msn, 506);
+        feed(&mut s, 1_080_000, 12, &mut made);
+        let m = s.manifest();
+        let ids: Vec<(u32, Option<u64>)> = m.breaks.iter().map(|x| (x.id, x.end_msn)).collect();
+        assert_eq!(ids, vec![(8, Some(507))], "{:?}", m.breaks);
+        // Ending a break that is over does nothing.
+        assert!(!s.end_break());
     }
 
     #[test]

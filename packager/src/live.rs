@@ -72,6 +72,13 @@ pub struct LiveBreak {
     pub duration_ms: u64,
     /// `scte35` or `operator`.
     pub source: String,
+    /// The first segment after it, and that segment's media time (90 kHz),
+    /// once it exists: kept so the break's place is known after its first
+    /// segment left the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_msn: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_start: Option<u64>,
 }
 
 /// Where a break is in the window.
@@ -1480,6 +1487,8 @@ mod tests {
         // Segments 100..=109 of 2 s each; a 6 s break from segment 102.
         let mut m = manifest(10, 4, true);
         m.breaks.push(LiveBreak {
+            end_msn: None,
+            end_start: None,
             id: 7,
             start_msn: 102,
             duration_ms: 6000,

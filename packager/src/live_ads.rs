@@ -124,15 +124,21 @@ impl<'s, 'a> Slots<'s, 'a> {
             let Some(b) = m.breaks.iter().find(|b| b.id == fill.break_id) else {
                 continue;
             };
-            let Some(first) = m.segment(b.start_msn) else {
+            // Where it ends: recorded once known; else found from its first
+            // segment's time. A break whose first segment left the window
+            // before its end was recorded is not placed.
+            let end = b.end_msn.or_else(|| {
+                let until = m.segment(b.start_msn)?.start + b.duration_ms * 90;
+                m.segments
+                    .iter()
+                    .find(|x| x.msn > b.start_msn && x.start >= until)
+                    .map(|x| x.msn)
+            });
+            let begun = m.segment(b.start_msn).is_some()
+                || (end.is_some() && m.segments.first().is_some_and(|f| f.msn > b.start_msn));
+            if !begun || end.is_some_and(|e| m.segments.first().is_none_or(|f| e <= f.msn)) {
                 continue;
-            };
-            let until = first.start + b.duration_ms * 90;
-            let end = m
-                .segments
-                .iter()
-                .find(|x| x.msn > b.start_msn && x.start >= until)
-                .map(|x| x.msn);
+            }
             let mut ads = Vec::new();
             for (i, ad) in fill.ads.iter().enumerate() {
                 let n = frags(m, ad.manifest);
@@ -401,12 +407,18 @@ mod tests {
             discontinuity_sequence: 3,
             ended: false,
             breaks: vec![LiveBreak {
+                end_msn: None,
+                end_start: None,
                 id: 9,
                 start_msn: 102,
                 duration_ms: 10_000,
                 source: "scte35".into(),
             }],
         }
+    }
+
+    fn uri_lines_of(p: &str) -> Vec<&str> {
+        uris(p)
     }
 
     fn uris(p: &str) -> Vec<&str> {
@@ -561,10 +573,20 @@ mod tests {
         later.segments.drain(..2);
         assert_eq!(cc_of(&m, 105), 5);
         assert_eq!(cc_of(&later, 105), 5);
-        // Once the break's first segment leaves the window, so does the
-        // break (the segmenter drops it) and its ads with it.
+        // Once the break's first segment leaves the window, its recorded
+        // end keeps its slots in place (and the count the same).
         let mut gone = channel(10);
+        gone.breaks[0].end_msn = Some(104);
+        gone.breaks[0].end_start = Some(4 * 180_000);
         gone.segments.drain(..3);
+        assert!(!Slots::new(&gone, &fills).is_empty());
+        assert_eq!(cc_of(&gone, 105), 5);
+        let p =
+            stitched_media_playlist(&gone, "v0", Blocking::default(), &Slots::new(&gone, &fills))
+                .unwrap();
+        assert_eq!(uri_lines_of(&p)[0], "ad/1.0/adA/v1/2.m4s", "{p}");
+        // Without a recorded end it cannot be placed: the content shows.
+        gone.breaks[0].end_msn = None;
         assert!(Slots::new(&gone, &fills).is_empty());
     }
 
