@@ -1168,6 +1168,18 @@ async fn free_live_viewers_get_ads_and_a_slate_in_a_break_and_others_the_channel
         "{errors}"
     );
 
+    // DASH: the session's MPD has a period per ad and slate turn, the
+    // first of the break with its SCTE-35 event; the shared one has one.
+    let mpd = playlist(q.clone(), "manifest.mpd").await.unwrap();
+    assert!(mpd.contains("<Period id=\"ad-"), "{mpd}");
+    assert!(mpd.contains("<Period id=\"slate-"), "{mpd}");
+    assert!(mpd.contains("media=\"ad/"), "{mpd}");
+    let ev = mpd.find(&format!("spliceEventId=\"{second}\"")).unwrap();
+    let first_ad = mpd.find("<Period id=\"ad-").unwrap();
+    assert!(ev > first_ad, "{mpd}");
+    let shared_mpd = playlist(shared_q.clone(), "manifest.mpd").await.unwrap();
+    assert_eq!(shared_mpd.matches("<Period ").count(), 1, "{shared_mpd}");
+
     // Legacy devices: the TS playlist has the same ads, muxed TS.
     let ts = eventually(Duration::from_secs(10), "the TS playlist", || {
         let p = playlist(q.clone(), "ts/v0.a0.m3u8");
@@ -1213,52 +1225,60 @@ async fn free_live_viewers_get_ads_and_a_slate_in_a_break_and_others_the_channel
         "{metrics}"
     );
 
-    // hls.js in Chromium, LL-HLS and TS at once, plays into a break
-    // called once both play, through its ads, and back to the channel.
+    // hls.js (LL-HLS and TS), dash.js and Shaka in Chromium, all at once,
+    // play into a break called once they play, through its ads, and back
+    // to the channel.
     let root = env!("CARGO_MANIFEST_DIR");
     assert!(
         Path::new(&format!("{root}/web/node_modules/playwright-core")).exists(),
         "web/node_modules is missing: run `make web` (make test does)"
     );
-    let mut node = Command::new("node")
-        .arg(format!("{root}/web/tests/live_ads.mjs"))
-        .args([&stack.edge_url, "final", &q, "40"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = node.stdout.take().unwrap();
-    let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
-    let reader = std::thread::spawn(move || {
-        use std::io::BufRead;
-        let mut lines = Vec::new();
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if line == "started" {
-                let _ = started_tx.send(());
+    // Two at a time (this machine has two cores and encodes the channel
+    // meanwhile), a break each.
+    for (players, names) in [
+        ("hls", &["hls.js LL-HLS", "hls.js TS"][..]),
+        ("dash,shaka", &["dash.js", "Shaka DASH"][..]),
+    ] {
+        let mut node = Command::new("node")
+            .arg(format!("{root}/web/tests/live_ads.mjs"))
+            .args([&stack.edge_url, "final", &q, "40", players])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = node.stdout.take().unwrap();
+        let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+        let reader = std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut lines = Vec::new();
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if line == "started" {
+                    let _ = started_tx.send(());
+                }
+                lines.push(line);
             }
-            lines.push(line);
+            lines.join("\n")
+        });
+        eventually(Duration::from_secs(60), "the players playing", || {
+            let got = started_rx.try_recv().is_ok();
+            async move { got.then_some(()) }
+        })
+        .await;
+        let (ok, _, err) = cascade(&origin, &["live", "break", "final", "--secs", "10"]);
+        assert!(ok, "{err}");
+        let status = tokio::task::spawn_blocking(move || node.wait_with_output())
+            .await
+            .unwrap()
+            .unwrap();
+        let printed = reader.join().unwrap();
+        println!("{printed}\n{}", String::from_utf8_lossy(&status.stderr));
+        assert!(status.status.success(), "the players failed: {players}");
+        for name in names {
+            assert!(printed.contains(&format!("{name}: played")), "{name}");
         }
-        lines.join("\n")
-    });
-    eventually(Duration::from_secs(60), "both players playing", || {
-        let got = started_rx.try_recv().is_ok();
-        async move { got.then_some(()) }
-    })
-    .await;
-    let (ok, _, err) = cascade(&origin, &["live", "break", "final", "--secs", "10"]);
-    assert!(ok, "{err}");
-    let status = tokio::task::spawn_blocking(move || node.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
-    let printed = reader.join().unwrap();
-    println!("{printed}{}", String::from_utf8_lossy(&status.stderr));
-    assert!(status.status.success(), "the players failed");
-    for name in ["hls.js LL-HLS", "hls.js TS"] {
-        assert!(printed.contains(&format!("{name}: played")), "{name}");
     }
     stop_child(encoder);
     stack.shutdown().await;

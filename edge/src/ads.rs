@@ -546,6 +546,22 @@ impl Ads {
         let made = match output {
             LiveOutput::Media(track) => live::stitched_media_playlist(&m, track, blocking, &slots),
             LiveOutput::TsPlaylist(v, a) => live::stitched_ts_playlist(&m, v, a, &slots),
+            LiveOutput::Mpd => {
+                let window = m
+                    .segments
+                    .first()
+                    .zip(m.segments.last())
+                    .map_or(0, |(f, l)| {
+                        (l.start + live::segment_duration(l) - f.start) / 90_000
+                    });
+                live::stitched_mpd(
+                    &m,
+                    cascade_serve::unix_now_ms(),
+                    window,
+                    "/live/time",
+                    &slots,
+                )
+            }
             _ => return None,
         };
         let body = match made {

@@ -629,15 +629,18 @@ impl EdgePipeline {
             }
         }
         ctx.cache_key = Some(crate::live::live_key(&ctx.path, &output, &ctx.blocking));
-        // A session with ads gets media playlists of its own while a break
-        // is in the window.
+        // A session with ads gets media playlists and an MPD of its own
+        // while a break is in the window.
         if let Some(Authorized {
             ads: true,
             session: Some(s),
             ..
         }) = &ctx.token
         {
-            if matches!(output, LiveOutput::Media(_) | LiveOutput::TsPlaylist(..)) {
+            if matches!(
+                output,
+                LiveOutput::Media(_) | LiveOutput::TsPlaylist(..) | LiveOutput::Mpd
+            ) {
                 ctx.personal = Some(s.clone());
             }
         }

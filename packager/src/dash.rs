@@ -61,6 +61,7 @@ pub(crate) fn mpd(m: &AssetManifest, view: &View) -> Result<String, Error> {
             subtitles: !view.is_clip(),
             events: "",
             query: "",
+            ato: None,
         },
     )?;
     out.push_str("</MPD>\n");
@@ -93,6 +94,9 @@ pub(crate) struct PeriodOpts<'a> {
     pub(crate) events: &'a str,
     /// Put after every segment URL (`?__token__=…`, XML-escaped), or nothing.
     pub(crate) query: &'a str,
+    /// `availabilityTimeOffset`, seconds, for a dynamic MPD's period whose
+    /// segments exist before their time (a live break's ads).
+    pub(crate) ato: Option<f64>,
 }
 
 /// One `Period` of `m` as `view` shows it, over the segments in `range`.
@@ -151,7 +155,7 @@ pub(crate) fn period(
                 "      <Representation id=\"{}\" bandwidth=\"{}\" codecs=\"{}\" width=\"{}\" height=\"{}\" frameRate=\"{}\" sar=\"1:1\">",
                 v.id, v.bandwidth, v.codec, v.width, v.height, frame_rate(v.frame_rate)
             );
-            template(out, v, range.clone(), &rep_init, &rep_media);
+            template(out, v, range.clone(), &rep_init, &rep_media, opts.ato);
             out.push_str("      </Representation>\n");
         }
         out.push_str("    </AdaptationSet>\n");
@@ -176,7 +180,7 @@ pub(crate) fn period(
             );
             let init = format!("{prefix}{}/init.mp4{q}", t.id);
             let media = format!("{prefix}{}/$Number$.key.m4s{q}", t.id);
-            template(out, t, range.clone(), &init, &media);
+            template(out, t, range.clone(), &init, &media, opts.ato);
             out.push_str("      </Representation>\n    </AdaptationSet>\n");
         }
     }
@@ -199,7 +203,7 @@ pub(crate) fn period(
             "        <AudioChannelConfiguration schemeIdUri=\"urn:mpeg:dash:23003:3:audio_channel_configuration:2011\" value=\"{}\"/>",
             a.channels.max(1)
         );
-        template(out, a, range.clone(), &rep_init, &rep_media);
+        template(out, a, range.clone(), &rep_init, &rep_media, opts.ato);
         out.push_str("      </Representation>\n    </AdaptationSet>\n");
     }
     if opts.subtitles {
@@ -223,7 +227,14 @@ pub(crate) fn period(
 /// (segment numbers from 1) exactly, runs of equal durations folded into
 /// `@r`. The presentation time offset is the first listed fragment's start,
 /// so a clip's period begins at its first segment.
-fn template(out: &mut String, t: &Track, range: Range<u64>, init: &str, media: &str) {
+fn template(
+    out: &mut String,
+    t: &Track,
+    range: Range<u64>,
+    init: &str,
+    media: &str,
+    ato: Option<f64>,
+) {
     let frags: Vec<_> = t
         .fragments
         .iter()
@@ -233,9 +244,12 @@ fn template(out: &mut String, t: &Track, range: Range<u64>, init: &str, media: &
         .collect();
     let pto = frags.first().map_or(0, |f| f.start);
     let start_number = range.start.max(1);
+    let early = ato.map_or(String::new(), |a| {
+        format!(" availabilityTimeOffset=\"{a:.3}\" availabilityTimeComplete=\"true\"")
+    });
     let _ = writeln!(
         out,
-        "        <SegmentTemplate timescale=\"{}\" presentationTimeOffset=\"{}\" initialization=\"{init}\" media=\"{media}\" startNumber=\"{start_number}\">\n          <SegmentTimeline>",
+        "        <SegmentTemplate timescale=\"{}\" presentationTimeOffset=\"{}\" initialization=\"{init}\" media=\"{media}\" startNumber=\"{start_number}\"{early}>\n          <SegmentTimeline>",
         t.timescale, pto
     );
     let mut i = 0;

@@ -884,8 +884,37 @@ fn last_listed(last: &LiveSegment) -> (u64, usize) {
 /// timeline, `availabilityTimeOffset` so a segment is asked for while it is
 /// still growing (served chunked), and the edge's clock for `UTCTiming`.
 pub fn mpd(m: &LiveManifest, now_ms: u64, dvr_secs: u64, time_url: &str) -> Result<String, Error> {
-    let first = m.segments.first().ok_or(Error::EmptyView("segment"))?;
-    let target = m.target_duration();
+    mpd_with(m, now_ms, dvr_secs, time_url, None)
+}
+
+/// [`mpd`] with a session's ads: a Period per run of the channel, per ad
+/// and per turn of the slate, each in its content slots' time. A content
+/// period is named after the break it follows (`c{msn}`, its first
+/// segment), so its id and start never change as the window moves; the
+/// first of the event is `0`, as in the shared MPD.
+pub fn stitched_mpd(
+    m: &LiveManifest,
+    now_ms: u64,
+    dvr_secs: u64,
+    time_url: &str,
+    slots: &Slots<'_, '_>,
+) -> Result<String, Error> {
+    mpd_with(m, now_ms, dvr_secs, time_url, Some(slots))
+}
+
+fn mpd_with(
+    m: &LiveManifest,
+    now_ms: u64,
+    dvr_secs: u64,
+    time_url: &str,
+    slots: Option<&Slots<'_, '_>>,
+) -> Result<String, Error> {
+    if m.segments.is_empty() {
+        return Err(Error::EmptyView("segment"));
+    }
+    let target = m
+        .target_duration()
+        .max(slots.map_or(0, Slots::longest_secs));
     let seg_target = f64::from(m.segment_target_ms) / 1000.0;
     let part_target = m.part_target();
     let kind = if m.ended { "static" } else { "dynamic" };
@@ -895,9 +924,14 @@ pub fn mpd(m: &LiveManifest, now_ms: u64, dvr_secs: u64, time_url: &str) -> Resu
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
          <MPD xmlns=\"urn:mpeg:dash:schema:mpd:2011\" profiles=\"urn:mpeg:dash:profile:isoff-live:2011,urn:mpeg:dash:profile:cmaf:2019\" \
          type=\"{kind}\" availabilityStartTime=\"{}\" publishTime=\"{}\" minimumUpdatePeriod=\"PT{target}S\" \
-         timeShiftBufferDepth=\"PT{dvr_secs}S\" maxSegmentDuration=\"PT{target}S\" minBufferTime=\"PT{part_target:.3}S\">\n",
+         timeShiftBufferDepth=\"PT{dvr_secs}S\" maxSegmentDuration=\"PT{target}S\" minBufferTime=\"PT{part_target:.3}S\" \
+         suggestedPresentationDelay=\"PT{:.3}S\">\n",
         iso_time(m.epoch_ms),
-        iso_time(now_ms)
+        iso_time(now_ms),
+        // Players without low-latency DASH (which follow the
+        // ServiceDescription) stay two segments back: room for the next
+        // MPD to list what follows, a break's next period among it.
+        2.0 * seg_target
     );
     let _ = writeln!(
         out,
@@ -906,21 +940,171 @@ pub fn mpd(m: &LiveManifest, now_ms: u64, dvr_secs: u64, time_url: &str) -> Resu
         (2.0 * part_target * 1000.0) as u64,
         (4.0 * seg_target * 1000.0) as u64,
     );
-    out.push_str("  <Period id=\"0\" start=\"PT0S\">\n");
     let spans = m.break_spans();
-    if !spans.is_empty() {
-        out.push_str(
-            "    <EventStream schemeIdUri=\"urn:scte:scte35:2013:xml\" timescale=\"90000\">\n",
+    let Some(slots) = slots else {
+        content_period(&mut out, m, "0", 0, &m.segments, &spans);
+        let _ = write!(
+            out,
+            "  <UTCTiming schemeIdUri=\"urn:mpeg:dash:utc:http-iso:2014\" value=\"{time_url}\"/>\n</MPD>\n"
         );
-        for b in &spans {
-            let d = b.b.duration_ms * 90;
-            let _ = write!(
-                out,
-                "      <Event presentationTime=\"{t}\" duration=\"{d}\" id=\"{id}\">\n        <scte35:SpliceInfoSection xmlns:scte35=\"http://www.scte.org/schemas/35/2016\" protocolVersion=\"0\" ptsAdjustment=\"0\" tier=\"4095\">\n          <scte35:SpliceInsert spliceEventId=\"{id}\" spliceEventCancelIndicator=\"false\" outOfNetworkIndicator=\"true\" uniqueProgramId=\"1\" availNum=\"0\" availsExpected=\"0\" spliceImmediateFlag=\"false\">\n            <scte35:Program><scte35:SpliceTime ptsTime=\"{pts}\"/></scte35:Program>\n            <scte35:BreakDuration autoReturn=\"true\" duration=\"{d}\"/>\n          </scte35:SpliceInsert>\n        </scte35:SpliceInfoSection>\n      </Event>\n",
-                t = b.start,
-                pts = b.start & 0x1_FFFF_FFFF,
-                id = b.b.id,
-            );
+        return Ok(out);
+    };
+    // Runs of segments that play the same thing.
+    let mut i = 0;
+    while i < m.segments.len() {
+        let slot = slots.at(m.segments[i].msn);
+        let mut j = i + 1;
+        while j < m.segments.len() && !slots.turns(m.segments[j].msn) {
+            j += 1;
+        }
+        let run = &m.segments[i..j];
+        match slot.media() {
+            None => {
+                // The first run of the window takes its name and start from
+                // the last break that ended before it.
+                let (id, start) = if i == 0 {
+                    m.breaks
+                        .iter()
+                        .filter_map(|b| Some((b.end_msn?, b.end_start?)))
+                        .filter(|(e, _)| *e <= run[0].msn)
+                        .max()
+                        .map_or(("0".to_string(), 0), |(e, t)| (format!("c{e}"), t))
+                } else {
+                    (format!("c{}", run[0].msn), run[0].start)
+                };
+                let cued: Vec<BreakSpan<'_>> = spans
+                    .iter()
+                    .filter(|b| run.iter().any(|x| x.msn == b.b.start_msn))
+                    .copied()
+                    .collect();
+                content_period(&mut out, m, &id, start, run, &cued);
+            }
+            Some((fill, ad, n, frag)) => {
+                let last = match slots.at(run[run.len() - 1].msn).media() {
+                    Some((_, _, _, f)) => f,
+                    None => frag,
+                };
+                let id = match slot {
+                    Slot::Slate { turn, .. } => format!("slate-{}-{turn}", fill.plan_id),
+                    _ => format!("ad-{}-{n}", fill.plan_id),
+                };
+                // The break's SCTE-35 event opens its first period.
+                let events = spans
+                    .iter()
+                    .find(|b| b.b.start_msn == run[0].msn)
+                    .map(|b| {
+                        let mut e = String::from(
+                            "    <EventStream schemeIdUri=\"urn:scte:scte35:2013:xml\" timescale=\"90000\">\n",
+                        );
+                        scte35_event(&mut e, b, 0);
+                        e.push_str("    </EventStream>\n");
+                        e
+                    })
+                    .unwrap_or_default();
+                let am = ad.manifest;
+                let top = m
+                    .tracks
+                    .iter()
+                    .filter(|t| t.kind == TrackKind::Video)
+                    .map(|t| t.height)
+                    .max()
+                    .unwrap_or(0);
+                let lowest = am.videos().map(|t| t.height).min().unwrap_or(0);
+                let mut families: Vec<String> = m
+                    .tracks
+                    .iter()
+                    .filter(|t| t.kind == TrackKind::Video)
+                    .map(|t| crate::manifest::codec_family(&t.codec).to_string())
+                    .collect();
+                families.sort();
+                families.dedup();
+                // The ad's renditions up to the channel's height (or its
+                // lowest), in the channel's codecs.
+                let view = crate::View {
+                    max_height: Some(top.max(lowest)),
+                    codecs: Some(families),
+                    ..crate::View::default()
+                };
+                let prefix = format!("ad/{}.{n}/{}/", fill.plan_id, ad.creative);
+                crate::dash::period(
+                    &mut out,
+                    am,
+                    &view,
+                    frag as u64 + 1..last as u64 + 2,
+                    &crate::dash::PeriodOpts {
+                        id: &id,
+                        start: run[0].start as f64 / 90_000.0,
+                        prefix: &prefix,
+                        trick: false,
+                        subtitles: false,
+                        events: &events,
+                        query: "",
+                        // Whole before their slot begins: each as soon as
+                        // its slot is listed.
+                        ato: Some(slots.longest_secs() as f64),
+                    },
+                )?;
+            }
+        }
+        i = j;
+    }
+    let _ = write!(
+        out,
+        "  <UTCTiming schemeIdUri=\"urn:mpeg:dash:utc:http-iso:2014\" value=\"{time_url}\"/>\n</MPD>\n"
+    );
+    Ok(out)
+}
+
+/// A break's SCTE-35 `splice_insert` as a DASH event, at `offset` (90 kHz)
+/// in its EventStream.
+fn scte35_event(out: &mut String, b: &BreakSpan<'_>, offset: u64) {
+    let d = b.b.duration_ms * 90;
+    let _ = write!(
+        out,
+        "      <Event presentationTime=\"{t}\" duration=\"{d}\" id=\"{id}\">\n        <scte35:SpliceInfoSection xmlns:scte35=\"http://www.scte.org/schemas/35/2016\" protocolVersion=\"0\" ptsAdjustment=\"0\" tier=\"4095\">\n          <scte35:SpliceInsert spliceEventId=\"{id}\" spliceEventCancelIndicator=\"false\" outOfNetworkIndicator=\"true\" uniqueProgramId=\"1\" availNum=\"0\" availsExpected=\"0\" spliceImmediateFlag=\"false\">\n            <scte35:Program><scte35:SpliceTime ptsTime=\"{pts}\"/></scte35:Program>\n            <scte35:BreakDuration autoReturn=\"true\" duration=\"{d}\"/>\n          </scte35:SpliceInsert>\n        </scte35:SpliceInfoSection>\n      </Event>\n",
+        t = offset,
+        pts = b.start & 0x1_FFFF_FFFF,
+        id = b.b.id,
+    );
+}
+
+/// One Period of the channel's own segments `segs`, starting at media time
+/// `start` (90 kHz; its `presentationTimeOffset`), with the SCTE-35 events
+/// of the breaks `cued`.
+fn content_period(
+    out: &mut String,
+    m: &LiveManifest,
+    id: &str,
+    start: u64,
+    segs: &[LiveSegment],
+    cued: &[BreakSpan<'_>],
+) {
+    let Some(first) = segs.first() else {
+        return;
+    };
+    let seg_target = f64::from(m.segment_target_ms) / 1000.0;
+    let part_target = m.part_target();
+    if start == 0 {
+        let _ = writeln!(out, "  <Period id=\"{id}\" start=\"PT0S\">");
+    } else {
+        let _ = writeln!(
+            out,
+            "  <Period id=\"{id}\" start=\"PT{:.3}S\">",
+            start as f64 / 90_000.0
+        );
+    }
+    if !cued.is_empty() {
+        let _ = writeln!(
+            out,
+            "    <EventStream schemeIdUri=\"urn:scte:scte35:2013:xml\" timescale=\"90000\"{}>",
+            if start > 0 {
+                format!(" presentationTimeOffset=\"{start}\"")
+            } else {
+                String::new()
+            }
+        );
+        for b in cued {
+            scte35_event(out, b, b.start);
         }
         out.push_str("    </EventStream>\n");
     }
@@ -928,7 +1112,7 @@ pub fn mpd(m: &LiveManifest, now_ms: u64, dvr_secs: u64, time_url: &str) -> Resu
     // growing one is announced by its start time alone being reachable.
     let mut timeline = String::new();
     let mut run: Option<(u64, u64, u32)> = None; // (t, d, repeats)
-    for s in &m.segments {
+    for s in segs {
         let d = if s.complete {
             segment_duration(s)
         } else {
@@ -948,6 +1132,11 @@ pub fn mpd(m: &LiveManifest, now_ms: u64, dvr_secs: u64, time_url: &str) -> Resu
     if let Some((t, d, r)) = run {
         push_s(&mut timeline, t, d, r);
     }
+    let pto = if start > 0 {
+        format!(" presentationTimeOffset=\"{start}\"")
+    } else {
+        String::new()
+    };
     let ato = (seg_target - part_target).max(0.0);
     for kind in [TrackKind::Video, TrackKind::Audio] {
         let tracks: Vec<&LiveTrack> = m.tracks.iter().filter(|t| t.kind == kind).collect();
@@ -965,7 +1154,7 @@ pub fn mpd(m: &LiveManifest, now_ms: u64, dvr_secs: u64, time_url: &str) -> Resu
         );
         let _ = writeln!(
             out,
-            "      <SegmentTemplate timescale=\"90000\" initialization=\"$RepresentationID$/init-{}.mp4\" media=\"$RepresentationID$/$Number$.m4s\" startNumber=\"{}\" availabilityTimeOffset=\"{ato:.3}\" availabilityTimeComplete=\"false\">\n        <SegmentTimeline>\n{timeline}        </SegmentTimeline>\n      </SegmentTemplate>",
+            "      <SegmentTemplate timescale=\"90000\"{pto} initialization=\"$RepresentationID$/init-{}.mp4\" media=\"$RepresentationID$/$Number$.m4s\" startNumber=\"{}\" availabilityTimeOffset=\"{ato:.3}\" availabilityTimeComplete=\"false\">\n        <SegmentTimeline>\n{timeline}        </SegmentTimeline>\n      </SegmentTemplate>",
             first.init, first.msn
         );
         for t in tracks {
@@ -990,11 +1179,7 @@ pub fn mpd(m: &LiveManifest, now_ms: u64, dvr_secs: u64, time_url: &str) -> Resu
         }
         out.push_str("    </AdaptationSet>\n");
     }
-    let _ = write!(
-        out,
-        "  </Period>\n  <UTCTiming schemeIdUri=\"urn:mpeg:dash:utc:http-iso:2014\" value=\"{time_url}\"/>\n</MPD>\n"
-    );
-    Ok(out)
+    out.push_str("  </Period>\n");
 }
 
 fn push_s(out: &mut String, t: u64, d: u64, r: u32) {

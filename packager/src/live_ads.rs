@@ -483,6 +483,36 @@ mod tests {
         let ts = stitched_ts_playlist(&m, "v0", "a0", &slots).unwrap();
         assert!(ts.contains("../ad/4.0/adA/ts/v1.a0/2.ts\n"), "{ts}");
         assert_eq!(ts.matches("#EXT-X-DISCONTINUITY\n").count(), 3, "{ts}");
+        // DASH: a period per run, each at its slots' time; the content
+        // after the ads is named by its first segment and offset to it.
+        let d = crate::live::stitched_mpd(&m, 1_700_000_030_000, 60, "/live/time", &slots).unwrap();
+        let periods: Vec<&str> = d
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("<Period id=\""))
+            .collect();
+        assert_eq!(
+            periods,
+            [
+                "0\" start=\"PT0S\">",
+                "ad-4-0\" start=\"PT4.000S\">",
+                "ad-4-1\" start=\"PT8.000S\">",
+                "c105\" start=\"PT10.000S\">",
+            ],
+            "{d}"
+        );
+        assert!(
+            d.contains("media=\"ad/4.0/adA/$RepresentationID$/$Number$.m4s\""),
+            "{d}"
+        );
+        assert!(d.contains("presentationTimeOffset=\"900000\""), "{d}");
+        assert!(d.contains("startNumber=\"105\""), "{d}");
+        let ev = d.find("spliceEventId=\"9\"").unwrap();
+        assert!(ev > d.find("ad-4-0").unwrap() && ev < d.find("ad-4-1").unwrap());
+        // Ads up to the channel's height: its 720p, not its 1080p.
+        assert!(
+            d.contains("height=\"720\"") && !d.contains("height=\"1080\""),
+            "{d}"
+        );
         // No fills: exactly the shared playlist.
         let none = Slots::new(&m, &[]);
         assert!(none.is_empty());

@@ -645,6 +645,7 @@ fn mpd(m: &AssetManifest, view: &View, pieces: &[Piece<'_>], query: &str) -> Res
                         subtitles: r.start == 1 && !view.is_clip(),
                         events: "",
                         query: &query,
+                        ato: None,
                     },
                 )?;
                 clock_ms += content_ms(m, r.clone());
@@ -678,6 +679,7 @@ fn mpd(m: &AssetManifest, view: &View, pieces: &[Piece<'_>], query: &str) -> Res
                         subtitles: false,
                         events: &events,
                         query: &query,
+                        ato: None,
                     },
                 )?;
                 clock_ms += (timing_secs(am) * 1000.0).round() as u64;
