@@ -4,7 +4,10 @@
 //!
 //! A two-hour title (3,600 fragments per track, four video rungs and audio):
 //! the multivariant playlist, a media playlist, the MPD, and one segment;
-//! and a media playlist and an MPD with four ad breaks stitched in.
+//! and a media playlist and an MPD with four ad breaks stitched in. Live:
+//! a 30-minute window (900 segments of four parts, two renditions and
+//! audio) with seven 30-second breaks, the shared LL-HLS playlist and MPD
+//! against a free session's with its ads in the breaks.
 
 #![allow(clippy::unwrap_used)]
 
@@ -143,8 +146,108 @@ fn bench(c: &mut Criterion) {
     c.bench_function("DASH MPD, 5 tracks, 4 ad breaks stitched", |b| {
         b.iter(|| stitch(black_box(&m), &Output::Mpd, &View::default(), &breaks, "").unwrap())
     });
+    live(c, &ad);
     c.bench_function("path to output", |b| {
         b.iter(|| Output::parse(black_box("v1/1234.m4s")))
+    });
+}
+
+fn live(c: &mut Criterion, ad: &AssetManifest) {
+    use cascade_packager::live::{
+        media_playlist, mpd, stitched_media_playlist, stitched_mpd, Blocking, LiveAd, LiveBreak,
+        LiveFill, LiveManifest, LivePart, LiveSegment, LiveTrack, Slots,
+    };
+    let part = LivePart {
+        duration: 45_000,
+        independent: true,
+        published_ms: 0,
+    };
+    let n = 900u64;
+    let segments: Vec<LiveSegment> = (0..n)
+        .map(|i| LiveSegment {
+            msn: 10_000 + i,
+            start: i * 180_000,
+            pdt_ms: 1_800_000_000_000 + i * 2000,
+            init: 0,
+            discontinuity: false,
+            parts: vec![part; 4],
+            complete: i + 1 < n,
+        })
+        .collect();
+    let track = |id: &str, kind: TrackKind, height: u32| LiveTrack {
+        id: id.into(),
+        kind,
+        codec: if kind == TrackKind::Video {
+            "avc1.64001f".into()
+        } else {
+            "mp4a.40.2".into()
+        },
+        bandwidth: 3_000_000,
+        width: height * 16 / 9,
+        height,
+        frame_rate: 25.0,
+        sample_rate: 48_000,
+        channels: 2,
+        first_msn: 0,
+    };
+    // A break every four minutes, 30 s (15 segments) each.
+    let breaks: Vec<LiveBreak> = (0..7u32)
+        .map(|k| LiveBreak {
+            id: k + 1,
+            start_msn: 10_050 + u64::from(k) * 120,
+            duration_ms: 30_000,
+            source: "scte35".into(),
+            end_msn: Some(10_065 + u64::from(k) * 120),
+            end_start: Some((65 + u64::from(k) * 120) * 180_000),
+        })
+        .collect();
+    let m = LiveManifest {
+        channel: "final".into(),
+        event: "e1".into(),
+        part_target_ms: 500,
+        segment_target_ms: 2000,
+        epoch_ms: 1_800_000_000_000,
+        tracks: vec![
+            track("v0", TrackKind::Video, 720),
+            track("v1", TrackKind::Video, 360),
+            track("a0", TrackKind::Audio, 0),
+        ],
+        segments,
+        discontinuity_sequence: 0,
+        ended: false,
+        breaks,
+    };
+    let fills: Vec<LiveFill<'_>> = m
+        .breaks
+        .iter()
+        .zip(0u32..)
+        .map(|(b, i)| LiveFill {
+            break_id: b.id,
+            plan_id: i,
+            ads: vec![LiveAd {
+                creative: "adcreative01",
+                manifest: ad,
+            }],
+            slate: None,
+        })
+        .collect();
+    c.bench_function("live LL-HLS playlist, 900 segments, shared", |b| {
+        b.iter(|| media_playlist(black_box(&m), "v0", Blocking::default()).unwrap())
+    });
+    c.bench_function("live LL-HLS playlist, 900 segments, 7 breaks with ads", |b| {
+        b.iter(|| {
+            let slots = Slots::new(black_box(&m), &fills);
+            stitched_media_playlist(&m, "v0", Blocking::default(), &slots).unwrap()
+        })
+    });
+    c.bench_function("live MPD, 900 segments, shared", |b| {
+        b.iter(|| mpd(black_box(&m), 1_800_001_800_000, 1800, "/live/time").unwrap())
+    });
+    c.bench_function("live MPD, 900 segments, 7 breaks with ads", |b| {
+        b.iter(|| {
+            let slots = Slots::new(black_box(&m), &fills);
+            stitched_mpd(&m, 1_800_001_800_000, 1800, "/live/time", &slots).unwrap()
+        })
     });
 }
 
