@@ -234,12 +234,15 @@ fn live(c: &mut Criterion, ad: &AssetManifest) {
     c.bench_function("live LL-HLS playlist, 900 segments, shared", |b| {
         b.iter(|| media_playlist(black_box(&m), "v0", Blocking::default()).unwrap())
     });
-    c.bench_function("live LL-HLS playlist, 900 segments, 7 breaks with ads", |b| {
-        b.iter(|| {
-            let slots = Slots::new(black_box(&m), &fills);
-            stitched_media_playlist(&m, "v0", Blocking::default(), &slots).unwrap()
-        })
-    });
+    c.bench_function(
+        "live LL-HLS playlist, 900 segments, 7 breaks with ads",
+        |b| {
+            b.iter(|| {
+                let slots = Slots::new(black_box(&m), &fills);
+                stitched_media_playlist(&m, "v0", Blocking::default(), &slots).unwrap()
+            })
+        },
+    );
     c.bench_function("live MPD, 900 segments, shared", |b| {
         b.iter(|| mpd(black_box(&m), 1_800_001_800_000, 1800, "/live/time").unwrap())
     });

@@ -205,6 +205,9 @@ pub struct OriginConfig {
     /// The slate's media URL (conditioned like a creative); used when
     /// `ads_live_fill` is `slate`.
     pub ads_slate_url: String,
+    /// The integrated loudness creatives are brought to when conditioned,
+    /// in LUFS (EBU R128's -23; ATSC A/85 uses -24).
+    pub ads_loudness_lufs: f64,
 }
 
 impl Default for OriginConfig {
@@ -298,6 +301,7 @@ impl Default for OriginConfig {
             ads_client_tracking_devices: Vec::new(),
             ads_live_fill: "content".into(),
             ads_slate_url: String::new(),
+            ads_loudness_lufs: -23.0,
         }
     }
 }
@@ -358,6 +362,9 @@ impl Validate for OriginConfig {
             .any(|d| d.is_empty() || d.len() > 40)
         {
             errors.push("ads_client_tracking_devices: device type names".into());
+        }
+        if !(-40.0..=-5.0).contains(&self.ads_loudness_lufs) {
+            errors.push("ads_loudness_lufs: -40 to -5".into());
         }
         match self.ads_live_fill.as_str() {
             "content" => {}

@@ -30,6 +30,7 @@ fn tiny_title() -> (tempfile::TempDir, AssetManifest) {
         extra_audio: Vec::new(),
         extra_codecs: Vec::new(),
         fill_ladder: false,
+        loudness_lufs: None,
     };
     let outcome =
         transcode::transcode(&spec, &mut |_| {}, &AtomicBool::new(false)).expect("transcode");

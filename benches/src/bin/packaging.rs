@@ -184,6 +184,7 @@ fn mezzanine(dir: &Path, secs: u32) -> anyhow::Result<(PathBuf, PathBuf)> {
         extra_audio: Vec::new(),
         extra_codecs: Vec::new(),
         fill_ladder: false,
+        loudness_lufs: None,
     };
     let outcome = transcode::transcode(&spec, &mut |_| {}, &AtomicBool::new(false))?;
     for w in &outcome.files {

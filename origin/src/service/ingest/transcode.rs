@@ -88,6 +88,11 @@ pub struct Spec {
     /// Make every rung of the ladder, even above the source's height: an
     /// ad creative must stand in for any rendition of any title.
     pub fill_ladder: bool,
+    /// Bring the source's audio to this integrated loudness (LUFS, EBU
+    /// R128), as for an ad creative, so an ad is as loud as the titles
+    /// around it: measured in a first pass over the main audio stream, one
+    /// gain for the whole file, held so no sample passes -1 dBFS.
+    pub loudness_lufs: Option<f64>,
 }
 
 /// One file written.
@@ -369,6 +374,13 @@ pub fn transcode(
             decoder,
             out,
         });
+    }
+
+    if let Some(target) = spec.loudness_lufs {
+        let gain = loudness_gain(&spec.source, target)?;
+        for a in &mut audios {
+            a.out.gain = gain;
+        }
     }
 
     let rate_known = v_rate.numerator() > 0 && v_rate.denominator() > 0;
@@ -775,6 +787,8 @@ struct AudioOut {
     file: String,
     /// BCP 47 tag.
     language: String,
+    /// Applied to every sample (loudness normalisation); 1 for none.
+    gain: f32,
 }
 
 /// An audio stream of the source and the track it becomes.
@@ -1050,6 +1064,7 @@ fn open_audio_out(
         track,
         file,
         language,
+        gain: 1.0,
     })
 }
 
@@ -1284,6 +1299,104 @@ fn push_audio(out: &mut AudioOut, input: &frame::Audio) -> Result<(), TranscodeE
     encode_full_frames(out, false)
 }
 
+/// The gain that brings `source`'s main audio stream to `target` LUFS
+/// (integrated, EBU R128, measured with the `ebur128` crate over the whole
+/// stream as 48 kHz stereo), lowered so no sample passes -1 dBFS and kept
+/// within ±30 dB; 1 for a source that is silent or has no audio.
+fn loudness_gain(source: &Source, target: f64) -> Result<f32, TranscodeError> {
+    let mut ictx = open_input(source)?;
+    let Some(stream) = ictx.streams().best(media::Type::Audio) else {
+        return Ok(1.0);
+    };
+    let index = stream.index();
+    let mut decoder = open_audio_decoder(&stream).map_err(TranscodeError::Input)?;
+    let mut meter = ebur128::EbuR128::new(
+        2,
+        AUDIO_RATE as u32,
+        ebur128::Mode::I | ebur128::Mode::SAMPLE_PEAK,
+    )
+    .map_err(|e| TranscodeError::Input(format!("loudness meter: {e}")))?;
+    let mut resampler: Option<software::resampling::Context> = None;
+    let mut decoded = frame::Audio::empty();
+    let mut measure = |decoder: &mut decoder::Audio,
+                       resampler: &mut Option<software::resampling::Context>,
+                       meter: &mut ebur128::EbuR128|
+     -> Result<(), TranscodeError> {
+        while decoder.receive_frame(&mut decoded).is_ok() {
+            if decoded.samples() == 0 || decoded.rate() == 0 {
+                continue;
+            }
+            let layout = if decoded.channel_layout().is_empty() {
+                ChannelLayout::default(i32::from(decoded.channels().max(1)))
+            } else {
+                decoded.channel_layout()
+            };
+            let r = match resampler {
+                Some(r)
+                    if r.input().format == decoded.format()
+                        && r.input().channel_layout == layout
+                        && r.input().rate == decoded.rate() =>
+                {
+                    r
+                }
+                _ => resampler.insert(
+                    software::resampling::Context::get(
+                        decoded.format(),
+                        layout,
+                        decoded.rate(),
+                        AUDIO_FORMAT,
+                        ChannelLayout::STEREO,
+                        AUDIO_RATE as u32,
+                    )
+                    .map_err(|e| enc_err("resampler", e))?,
+                ),
+            };
+            let room = resampled_capacity(r, decoded.samples()).max(decoded.samples());
+            let mut out = frame::Audio::new(AUDIO_FORMAT, room, ChannelLayout::STEREO);
+            r.run(&decoded, &mut out)
+                .map_err(|e| enc_err("resample", e))?;
+            let n = out.samples();
+            if n == 0 || out.planes() < 2 {
+                continue;
+            }
+            let (left, right): (&[f32], &[f32]) = (out.plane(0), out.plane(1));
+            meter
+                .add_frames_planar_f32(&[&left[..n.min(left.len())], &right[..n.min(right.len())]])
+                .map_err(|e| TranscodeError::Input(format!("loudness meter: {e}")))?;
+        }
+        Ok(())
+    };
+    for (s, packet) in ictx.packets() {
+        if s.index() != index {
+            continue;
+        }
+        if decoder.send_packet(&packet).is_err() {
+            continue;
+        }
+        measure(&mut decoder, &mut resampler, &mut meter)?;
+    }
+    let _ = decoder.send_eof();
+    measure(&mut decoder, &mut resampler, &mut meter)?;
+    let loudness = meter.loudness_global().unwrap_or(f64::NEG_INFINITY);
+    if !loudness.is_finite() {
+        return Ok(1.0);
+    }
+    let peak = (0..2)
+        .filter_map(|ch| meter.sample_peak(ch).ok())
+        .fold(0.0f64, f64::max);
+    let mut gain_db = (target - loudness).clamp(-30.0, 30.0);
+    if peak > 0.0 {
+        gain_db = gain_db.min(-1.0 - 20.0 * peak.log10());
+    }
+    tracing::info!(
+        loudness,
+        target,
+        gain_db,
+        "normalising a creative's loudness"
+    );
+    Ok(10f64.powf(gain_db / 20.0) as f32)
+}
+
 /// An upper bound on the samples the next conversion of `in_samples` gives.
 fn resampled_capacity(resampler: &mut software::resampling::Context, in_samples: usize) -> usize {
     let in_samples = i32::try_from(in_samples).unwrap_or(i32::MAX);
@@ -1315,7 +1428,13 @@ fn append_planes(out: &mut AudioOut, f: &frame::Audio) {
     }
     for ch in 0..2 {
         let plane: &[f32] = f.plane(ch);
-        out.fifo[ch].extend_from_slice(&plane[..n.min(plane.len())]);
+        let plane = &plane[..n.min(plane.len())];
+        if out.gain == 1.0 {
+            out.fifo[ch].extend_from_slice(plane);
+        } else {
+            let gain = out.gain;
+            out.fifo[ch].extend(plane.iter().map(|x| x * gain));
+        }
     }
     out.samples_in += n as i64;
 }
@@ -1517,6 +1636,82 @@ mod tests {
         assert_eq!(svt_av1_preset("medium"), "10");
     }
 
+    /// The integrated loudness FFmpeg's own `ebur128` filter measures in
+    /// an audio file, LUFS: an independent meter.
+    fn ffmpeg_loudness(path: &Path) -> f64 {
+        let out = std::process::Command::new("ffmpeg")
+            .args(["-hide_banner", "-nostats", "-i"])
+            .arg(path)
+            .args(["-af", "ebur128", "-f", "null", "-"])
+            .output()
+            .expect("ffmpeg runs");
+        let text = String::from_utf8_lossy(&out.stderr);
+        let summary = &text[text.rfind("Summary:").expect("a summary")..];
+        summary
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("I:"))
+            .and_then(|v| v.trim().trim_end_matches("LUFS").trim().parse().ok())
+            .expect("an integrated loudness")
+    }
+
+    // Real FFmpeg: a quiet tone (about -40 LUFS) made into a creative at
+    // -23 LUFS, read back by FFmpeg's meter; a loud one is held under
+    // -1 dBFS instead of being boosted into clipping.
+    #[test]
+    fn creatives_are_brought_to_the_loudness_target() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let graph = "testsrc2=s=160x90:r=25:d=4[out0];sine=f=440:d=4,volume=0.1[out1]";
+        let plain = dir.path().join("plain");
+        std::fs::create_dir_all(&plain).expect("dir");
+        let spec = tiny_spec(
+            &plain,
+            graph,
+            vec![Rung {
+                height: 90,
+                kbps: 100,
+            }],
+        );
+        transcode(&spec, &mut |_| {}, &AtomicBool::new(false)).expect("transcode");
+        let before = ffmpeg_loudness(&plain.join("a0.mp4"));
+        assert!(before < -35.0, "the source is quiet: {before}");
+        let loud = dir.path().join("normalised");
+        std::fs::create_dir_all(&loud).expect("dir");
+        let spec = Spec {
+            loudness_lufs: Some(-23.0),
+            ..tiny_spec(
+                &loud,
+                graph,
+                vec![Rung {
+                    height: 90,
+                    kbps: 100,
+                }],
+            )
+        };
+        transcode(&spec, &mut |_| {}, &AtomicBool::new(false)).expect("transcode");
+        let after = ffmpeg_loudness(&loud.join("a0.mp4"));
+        assert!((after + 23.0).abs() < 1.0, "{before} LUFS became {after}");
+        // A sine near full scale is already near its peak: not raised past it.
+        // (lavfi's sine is 1/8 of full scale, so 7x peaks at 0.875, and
+        // 0.619 once spread over two channels.) Asked for 0 LUFS, it may
+        // only rise to -1 dBFS (0.891).
+        let near_full = loudness_gain(
+            &Source::Lavfi("testsrc2=s=160x90:d=2[out0];sine=f=440:d=2,volume=7[out1]".into()),
+            0.0,
+        );
+        assert!(
+            matches!(near_full, Ok(g) if f64::from(g) * 0.875 * std::f64::consts::FRAC_1_SQRT_2 <= 0.892),
+            "{near_full:?}"
+        );
+        // Silence gets no gain.
+        let silent = loudness_gain(
+            &Source::Lavfi(
+                "testsrc2=s=160x90:d=2[out0];anullsrc=r=48000:cl=stereo:d=2[out1]".into(),
+            ),
+            -23.0,
+        );
+        assert!(matches!(silent, Ok(g) if g == 1.0), "{silent:?}");
+    }
+
     fn tiny_spec(out_dir: &Path, graph: &str, ladder: Vec<Rung>) -> Spec {
         Spec {
             source: Source::Lavfi(graph.into()),
@@ -1527,6 +1722,7 @@ mod tests {
             extra_audio: Vec::new(),
             extra_codecs: Vec::new(),
             fill_ladder: false,
+            loudness_lufs: None,
         }
     }
 

@@ -103,6 +103,8 @@ async fn transcode_and_publish(
     let extras = sidecars::read_extras(&state.cfg.data_dir, &job.id).await?;
     let spec = Spec {
         fill_ladder: job.fill_ladder,
+        // A creative plays between titles: as loud as they are meant to be.
+        loudness_lufs: job.fill_ladder.then_some(state.cfg.ads_loudness_lufs),
         source,
         out_dir: work.to_path_buf(),
         ladder: state.cfg.ladder.clone(),
