@@ -208,6 +208,10 @@ pub struct OriginConfig {
     /// The integrated loudness creatives are brought to when conditioned,
     /// in LUFS (EBU R128's -23; ATSC A/85 uses -24).
     pub ads_loudness_lufs: f64,
+    /// Codecs creatives are made in besides H.264 (`hevc`, `av1`): titles
+    /// whose manifests list those codecs get ads only from creatives that
+    /// have them too (every rendition of a session must have its ad).
+    pub ads_creative_codecs: Vec<String>,
 }
 
 impl Default for OriginConfig {
@@ -302,6 +306,7 @@ impl Default for OriginConfig {
             ads_live_fill: "content".into(),
             ads_slate_url: String::new(),
             ads_loudness_lufs: -23.0,
+            ads_creative_codecs: Vec::new(),
         }
     }
 }
@@ -362,6 +367,14 @@ impl Validate for OriginConfig {
             .any(|d| d.is_empty() || d.len() > 40)
         {
             errors.push("ads_client_tracking_devices: device type names".into());
+        }
+        if self.ads_creative_codecs.iter().any(|c| {
+            !matches!(
+                c.trim().to_ascii_lowercase().as_str(),
+                "h264" | "avc" | "hevc" | "h265" | "av1"
+            )
+        }) {
+            errors.push("ads_creative_codecs: h264, hevc or av1".into());
         }
         if !(-40.0..=-5.0).contains(&self.ads_loudness_lufs) {
             errors.push("ads_loudness_lufs: -40 to -5".into());
@@ -566,5 +579,47 @@ fn check_scheme_url(key: &str, value: &str, schemes: &[&str], errors: &mut Vec<S
             "{key}: {value:?} is not a {} URL without a query",
             schemes.join(" or ")
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(edit: impl FnOnce(&mut OriginConfig)) -> Vec<String> {
+        let mut c = OriginConfig::default();
+        edit(&mut c);
+        let mut errors = Vec::new();
+        c.validate(&mut errors);
+        errors
+    }
+
+    #[test]
+    fn ad_settings_are_checked() {
+        assert!(errors(|_| {}).iter().all(|e| !e.starts_with("ads_")));
+        let slate_without_url = errors(|c| c.ads_live_fill = "slate".into());
+        assert!(slate_without_url
+            .iter()
+            .any(|e| e.starts_with("ads_slate_url")));
+        assert!(errors(|c| {
+            c.ads_live_fill = "slate".into();
+            c.ads_slate_url = "https://cdn.example/slate.mp4".into();
+        })
+        .iter()
+        .all(|e| !e.starts_with("ads_")));
+        assert!(errors(|c| c.ads_live_fill = "black".into())
+            .iter()
+            .any(|e| e.starts_with("ads_live_fill")));
+        assert!(errors(|c| c.ads_loudness_lufs = 0.0)
+            .iter()
+            .any(|e| e.starts_with("ads_loudness_lufs")));
+        assert!(
+            errors(|c| c.ads_creative_codecs = vec!["hevc".into(), "av1".into()])
+                .iter()
+                .all(|e| !e.starts_with("ads_"))
+        );
+        assert!(errors(|c| c.ads_creative_codecs = vec!["vp9".into()])
+            .iter()
+            .any(|e| e.starts_with("ads_creative_codecs")));
     }
 }

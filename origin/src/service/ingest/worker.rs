@@ -110,7 +110,17 @@ async fn transcode_and_publish(
         ladder: state.cfg.ladder.clone(),
         preset: state.cfg.preset.clone(),
         segment_secs: state.cfg.segment_secs,
-        extra_codecs: extras.codecs.clone(),
+        // A creative is made in every codec the titles it goes into use.
+        extra_codecs: if job.fill_ladder {
+            state
+                .cfg
+                .ads_creative_codecs
+                .iter()
+                .filter_map(|c| transcode::VideoCodec::parse(c))
+                .collect()
+        } else {
+            extras.codecs.clone()
+        },
         extra_audio: extras
             .audio
             .iter()
