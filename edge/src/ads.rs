@@ -473,8 +473,23 @@ impl Ads {
             country,
             request_id,
         } = want;
+        // A break's slot is listed once its segment is complete, and in a
+        // break the playlist has no parts, so players block on `_HLS_msn`
+        // alone: the manifest that answers it is the one where the next
+        // segment has begun.
+        let upstream = match blocking {
+            Blocking {
+                msn: Some(n),
+                part: None,
+                ..
+            } => Blocking {
+                msn: Some(n.saturating_add(1)),
+                ..blocking
+            },
+            b => b,
+        };
         let m = match self
-            .live_manifest(media, channel, blocking, request_id)
+            .live_manifest(media, channel, upstream, request_id)
             .await
         {
             Ok(m) => m,

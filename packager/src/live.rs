@@ -772,6 +772,12 @@ fn media_playlist_with(
                 live_ads::stand_in(ad.manifest, t)?,
             ))
         });
+        // An ad's slot is listed once the segment it stands for is
+        // complete: the session's timeline never runs ahead of the
+        // channel's, so when the channel comes back its parts are there.
+        if ad.is_some() && !s.complete {
+            continue;
+        }
         if (s.discontinuity || turns) && map.is_some() {
             out.push_str("#EXT-X-DISCONTINUITY\n");
         }
@@ -949,12 +955,17 @@ fn mpd_with(
         );
         return Ok(out);
     };
-    // Runs of segments that play the same thing.
+    // Runs of segments that play the same thing; an ad's slot is listed
+    // once the segment it stands for is complete (as in HLS).
+    let listed = match m.segments.last() {
+        Some(l) if !l.complete && slots.at(l.msn).media().is_some() => m.segments.len() - 1,
+        _ => m.segments.len(),
+    };
     let mut i = 0;
-    while i < m.segments.len() {
+    while i < listed {
         let slot = slots.at(m.segments[i].msn);
         let mut j = i + 1;
-        while j < m.segments.len() && !slots.turns(m.segments[j].msn) {
+        while j < listed && !slots.turns(m.segments[j].msn) {
             j += 1;
         }
         let run = &m.segments[i..j];
@@ -1039,9 +1050,8 @@ fn mpd_with(
                         subtitles: false,
                         events: &events,
                         query: "",
-                        // Whole before their slot begins: each as soon as
-                        // its slot is listed.
-                        ato: Some(slots.longest_secs() as f64),
+                        // Listed when their time is over: available then.
+                        ato: None,
                     },
                 )?;
             }

@@ -13,10 +13,15 @@
 //! Creatives are conditioned with the ladder's segment duration, as live
 //! segments are, so an ad's time matches the slots it fills.
 //!
-//! A slot is listed once its content segment has begun (the ad's segment
-//! exists whole already); while a break's slot is the live edge the
-//! playlist lists no parts, so a low-latency player blocks on whole
-//! segments until the content comes back.
+//! A slot is listed once its content segment is complete, so a session's
+//! timeline never runs ahead of the channel's and the channel's parts are
+//! there when it comes back (listed as soon as the segment began, the ads
+//! would put a low-latency player a segment ahead of the live edge, and it
+//! would stall for that long when the break ends). While a break's slot is
+//! the live edge the playlist lists no parts, so a low-latency player
+//! blocks on whole segments (`_HLS_msn` alone, which the edge asks
+//! upstream as the next segment's start: this one complete) until the
+//! content comes back.
 //!
 //! Each change of run (content to ad, ad to ad, a slate loop, back to
 //! content) is an `EXT-X-DISCONTINUITY` with its own `EXT-X-MAP`; the
@@ -537,7 +542,8 @@ mod tests {
                 manifest: &s,
             }),
         }];
-        // The live edge is segment 105, in the break, still growing.
+        // The live edge is segment 105, in the break, still growing: its
+        // slot waits until it is complete.
         let m = channel(6);
         let slots = Slots::new(&m, &fills);
         let p = stitched_media_playlist(&m, "v0", Blocking::default(), &slots).unwrap();
@@ -547,12 +553,15 @@ mod tests {
                 "ad/0.0/adA/v1/1.m4s",
                 "ad/0.0/adA/v1/2.m4s",
                 "ad/0.1/slate/v1/1.m4s",
-                "ad/0.1/slate/v1/2.m4s",
             ],
             "{p}"
         );
         assert!(!p.contains("#EXT-X-PART:"), "{p}");
         assert!(!p.contains("#EXT-X-PRELOAD-HINT"), "{p}");
+        assert!(
+            p.trim_end().ends_with(".m4s"),
+            "nothing after the last slot: {p}"
+        );
         // The slate loops, each loop a run of its own.
         let m = channel(9);
         let slots = Slots::new(&m, &fills);
