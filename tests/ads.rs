@@ -1295,3 +1295,155 @@ async fn free_live_viewers_get_ads_and_a_slate_in_a_break_and_others_the_channel
     stop_child(encoder);
     stack.shutdown().await;
 }
+
+/// Relays an RTMP publisher to `to`, its messages re-chunked, and adds an
+/// `onCuePoint` data message once the publisher's video passes `cue_at_ms`:
+/// what an encoder that writes cue points (Elemental, Wowza) sends, which
+/// FFmpeg cannot.
+async fn cue_point_proxy(
+    to: SocketAddr,
+    cue_at_ms: u32,
+    cue: Vec<rml_rtmp::rml_amf0::Amf0Value>,
+) -> SocketAddr {
+    use rml_rtmp::chunk_io::{ChunkDeserializer, ChunkSerializer};
+    use rml_rtmp::messages::RtmpMessage;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (client, _) = listener.accept().await.unwrap();
+        let server = tokio::net::TcpStream::connect(to).await.unwrap();
+        let (mut cr, mut cw) = client.into_split();
+        let (mut sr, mut sw) = server.into_split();
+        tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut sr, &mut cw).await;
+        });
+        // The handshake passes as it is: C0 and C1, then C2.
+        for len in [1 + 1536, 1536] {
+            let mut hs = vec![0u8; len];
+            if cr.read_exact(&mut hs).await.is_err() || sw.write_all(&hs).await.is_err() {
+                return;
+            }
+        }
+        let mut de = ChunkDeserializer::new();
+        let mut ser = ChunkSerializer::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut sent = false;
+        loop {
+            let n = match cr.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            let mut input = &buf[..n];
+            while let Ok(Some(m)) = de.get_next_message(input) {
+                input = &[];
+                let mut out = Vec::new();
+                if m.type_id == 1 && m.data.len() >= 4 {
+                    let size = u32::from_be_bytes([m.data[0], m.data[1], m.data[2], m.data[3]]);
+                    de.set_max_chunk_size(size as usize).unwrap();
+                    out = ser.set_max_chunk_size(size, m.timestamp).unwrap().bytes;
+                } else {
+                    out.extend(ser.serialize(&m, false, false).unwrap().bytes);
+                }
+                if !sent && m.type_id == 9 && m.timestamp.value >= cue_at_ms {
+                    sent = true;
+                    let p = RtmpMessage::Amf0Data {
+                        values: cue.clone(),
+                    }
+                    .into_message_payload(m.timestamp, m.message_stream_id)
+                    .unwrap();
+                    out.extend(ser.serialize(&p, false, false).unwrap().bytes);
+                }
+                if sw.write_all(&out).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtmp_cue_points_open_live_breaks() {
+    use rml_rtmp::rml_amf0::Amf0Value;
+    let stack = Stack::start_full(
+        |o| {
+            o.rtmp_listen = "127.0.0.1:0".into();
+            o.live_ladder = vec![cascade_origin::config::Rung {
+                height: 120,
+                kbps: 150,
+            }];
+            o.live_preset = "ultrafast".into();
+        },
+        |_| {},
+    )
+    .await;
+    let origin = stack.origin_url.clone();
+    let made = create_channel(&origin, json!({ "name": "final" })).await;
+    let key = made["stream_key"].as_str().unwrap();
+    // Adobe's cue point for a 6-second break, splice event 91, 8 s in.
+    let params: std::collections::HashMap<String, Amf0Value> = [
+        ("duration".to_string(), Amf0Value::Utf8String("6".into())),
+        ("id".to_string(), Amf0Value::Number(91.0)),
+    ]
+    .into_iter()
+    .collect();
+    let cue: std::collections::HashMap<String, Amf0Value> = [
+        (
+            "name".to_string(),
+            Amf0Value::Utf8String("spliceOut".into()),
+        ),
+        ("type".to_string(), Amf0Value::Utf8String("event".into())),
+        ("time".to_string(), Amf0Value::Number(8.0)),
+        ("parameters".to_string(), Amf0Value::Object(params)),
+    ]
+    .into_iter()
+    .collect();
+    let proxy = cue_point_proxy(
+        stack.origin.rtmp_addr.unwrap(),
+        8000,
+        vec![
+            Amf0Value::Utf8String("onCuePoint".into()),
+            Amf0Value::Object(cue),
+        ],
+    )
+    .await;
+    let encoder = ffmpeg_publish(
+        &format!("rtmp://{proxy}/live/{key}"),
+        "flv",
+        "320x180",
+        40,
+        "libx264",
+    );
+    let m = eventually(Duration::from_secs(40), "the cue point's break", || {
+        let origin = origin.clone();
+        async move {
+            let m = live_manifest(&origin, "final").await?;
+            let b = m.breaks.iter().find(|b| b.id == 91)?;
+            m.segment(b.start_msn)?;
+            Some(m)
+        }
+    })
+    .await;
+    let b = m.breaks.iter().find(|b| b.id == 91).unwrap();
+    assert_eq!(b.duration_ms, 6000);
+    let seg = m.segment(b.start_msn).unwrap();
+    let into_stream = (seg.pdt_ms - m.epoch_ms) as f64 / 1000.0;
+    println!("the RTMP cue point's break starts {into_stream:.2} s into the stream (the cue: 8 s)");
+    assert!(
+        (7.0..=12.5).contains(&into_stream),
+        "the break starts {into_stream} s in, the cue said 8"
+    );
+    // Every viewer's playlist cues it.
+    let q = format!("__token__={}", sign_acl("/live/final/*"));
+    eventually(Duration::from_secs(20), "the break in the playlist", || {
+        let url = format!("{}/live/final/v0.m3u8?{q}", stack.edge_url);
+        async move {
+            let t = text(url).await;
+            t.contains("ID=\"break-91\"").then_some(())
+        }
+    })
+    .await;
+    stop_child(encoder);
+    stack.shutdown().await;
+}

@@ -14,6 +14,7 @@ pub mod frame;
 #[cfg(feature = "ladder")]
 pub mod ladder;
 pub mod rtmp;
+pub mod rtmp_cues;
 pub mod segmenter;
 pub mod srt;
 pub mod ts;

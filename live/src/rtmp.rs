@@ -7,7 +7,8 @@
 //! [`HANDSHAKE_TIME`], so that garbage and idle connections cost little; a
 //! publisher that sends nothing for [`IDLE_TIME`] is dropped. Every
 //! connection runs in its own task: whatever one sends, the others and the
-//! listener carry on.
+//! listener carry on. Cue points (`onCuePoint`) are read from the same
+//! bytes by [`crate::rtmp_cues`] and handed on as SCTE-35 cues.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
 use crate::flv;
+use crate::rtmp_cues::CueWatcher;
 use crate::{Ingest, Media, Refusal, Role};
 
 /// Time from connecting to an accepted publish.
@@ -104,6 +106,7 @@ async fn connection(mut tcp: TcpStream, peer: SocketAddr, ingest: Arc<dyn Ingest
         peer,
         channel: None,
         received: 0,
+        cues: CueWatcher::new(),
     };
     let end = conn.run(&mut tcp).await;
     // Ends the publish (also if a panic unwinds through here).
@@ -125,6 +128,8 @@ struct Conn {
     channel: Option<String>,
     /// Bytes read so far.
     received: usize,
+    /// Cue points (`onCuePoint`), which the session drops, read alongside.
+    cues: CueWatcher,
 }
 
 impl Drop for Conn {
@@ -183,6 +188,12 @@ impl Conn {
                 };
                 if let Err(end) = self.handle(tcp, &mut session, results).await {
                     return end;
+                }
+                for section in self.cues.feed(&input) {
+                    if let Some(channel) = &self.channel {
+                        self.ingest
+                            .media(channel, Media::Cue(bytes::Bytes::from(section)));
+                    }
                 }
             }
             let before_publish = self.channel.is_none();
