@@ -218,7 +218,14 @@ pub(crate) async fn live_break(
         .take(2)
         .collect();
     let ads = svc::live_break(&state, &stream, &event, brk, q.duration_ms, &country).await?;
-    Ok(no_store(Json(ads.as_ref().clone())))
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        ads.as_str().to_string(),
+    )
+        .into_response())
 }
 
 /// `POST /api/v1/fleet/ads/progress` (fleet credential): ad segments

@@ -22,9 +22,10 @@ pub(crate) struct AdRuntime {
     pub(crate) http: reqwest::Client,
     /// Sessions' plans (JSON as stored), by stream.
     pub(crate) plans: moka::future::Cache<String, Arc<String>>,
-    /// Sessions' live breaks as decided (`{stream}/{event}/{break}`), so
-    /// the edges of a session asking at once share one decision.
-    pub(crate) live: moka::future::Cache<String, Arc<crate::service::ads::LiveBreakAds>>,
+    /// Sessions' live breaks as decided (`{stream}/{event}/{break}`; the
+    /// answer's JSON), so the edges of a session asking at once share one
+    /// decision.
+    pub(crate) live: moka::future::Cache<String, Arc<String>>,
     /// Woken when beacons are recorded.
     pub(crate) beacons_due: Notify,
     /// Beacons recorded (`{stream}/{break}/{ad}/{event}`): a report that

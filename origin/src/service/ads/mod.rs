@@ -240,8 +240,8 @@ pub(crate) struct LiveAdOut {
 /// another origin changed meanwhile.
 const APPEND_TRIES: usize = 8;
 
-/// A session's ads for live break `brk` of `event` (of `duration_ms`):
-/// the stored ones, or decided now, once however many edges ask, and
+/// A session's ads for live break `brk` of `event` (of `duration_ms`), as
+/// JSON ([`LiveBreakAds`]): the stored ones, or decided now, once however many edges ask, and
 /// added to the session's plan so beacons and reports work as on demand.
 /// A session without ads (a paying plan) gets none.
 pub(crate) async fn live_break(
@@ -251,7 +251,7 @@ pub(crate) async fn live_break(
     brk: u32,
     duration_ms: u64,
     country: &str,
-) -> Result<Arc<LiveBreakAds>> {
+) -> Result<Arc<String>> {
     if !cascade_packager::is_safe_id(stream) || !cascade_packager::is_safe_id(event) {
         return Err(Error::not_found("stream"));
     }
@@ -270,7 +270,7 @@ pub(crate) async fn live_break(
         .try_get_with(format!("{stream}/{key}"), async move {
             decide_live(&st, &s, &k, duration_ms, &c)
                 .await
-                .map(Arc::new)
+                .map(|a| Arc::new(serde_json::to_string(&a).unwrap_or_default()))
         })
         .await
         .map_err(|e: Arc<Error>| Error::new(e.kind(), e.code(), e.message()))
