@@ -24,6 +24,10 @@ use serde_json::{json, Value};
 /// for the machine's sake, not the stream's.
 static PLAYERS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// Held by each test that runs a live encoder: one channel encoding (and
+/// its ladder transcoding) at a time, for the same reason.
+static ENCODING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The beacons the ad server heard, in order.
 #[derive(Clone, Default)]
 struct Heard(Arc<Mutex<Vec<String>>>);
@@ -805,6 +809,7 @@ async fn live_manifest(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_breaks_come_from_scte35_in_the_ingest_and_from_the_cli() {
+    let _encoding = ENCODING.lock().await;
     let stack = Stack::start_full(
         |o| {
             o.srt_listen = "127.0.0.1:0".into();
@@ -993,6 +998,7 @@ fn uri_lines(playlist: &str) -> Vec<&str> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn free_live_viewers_get_ads_and_a_slate_in_a_break_and_others_the_channel() {
+    let _encoding = ENCODING.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let ad_clip = make_clip(dir.path(), 4);
     let ads = ad_server(ad_clip).await;
@@ -1365,6 +1371,7 @@ async fn cue_point_proxy(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rtmp_cue_points_open_live_breaks() {
+    let _encoding = ENCODING.lock().await;
     use rml_rtmp::rml_amf0::Amf0Value;
     let stack = Stack::start_full(
         |o| {

@@ -273,22 +273,12 @@ impl Ads {
         };
         // Each creative's manifest once; one that cannot be had is left
         // out (the same for every playlist while it stays so).
-        let mut creatives: HashMap<&str, Option<Arc<AssetManifest>>> = HashMap::new();
-        for b in &plan.breaks {
-            for a in &b.ads {
-                creatives.entry(a.creative.as_str()).or_insert(None);
-            }
-        }
-        let fetched = futures::future::join_all(
-            creatives
-                .keys()
-                .map(|c| async move { (*c, media.manifest(c, request_id).await.ok()) }),
-        )
-        .await;
-        let manifests: HashMap<&str, Arc<AssetManifest>> = fetched
-            .into_iter()
-            .filter_map(|(c, m)| m.map(|m| (c, m)))
+        let wanted = plan
+            .breaks
+            .iter()
+            .flat_map(|b| b.ads.iter().map(|a| a.creative.as_str()))
             .collect();
+        let manifests = creative_manifests(media, wanted, request_id).await;
         let breaks: Vec<StitchBreak<'_>> = plan
             .breaks
             .iter()
@@ -323,21 +313,7 @@ impl Ads {
             }
         };
         self.events.with_label_values(&["personalised"]).inc();
-        let mut r = Response::new(
-            StatusCode::OK,
-            output.content_type(Some(&m)),
-            Bytes::from(body),
-        );
-        r.headers.insert(
-            http::header::CACHE_CONTROL,
-            http::HeaderValue::from_static("private, no-store"),
-        );
-        cascade_serve::set_cache_status(
-            &mut r.headers,
-            None,
-            &format!("{}; fwd=bypass; detail=personalised", crate::CACHE_NAME),
-        );
-        Some(r)
+        Some(personal(output.content_type(Some(&m)), Bytes::from(body)))
     }
 
     /// The session's ads for live break `b` of `m`: kept, or asked of the
@@ -519,18 +495,7 @@ impl Ads {
         if wanted.is_empty() {
             return None;
         }
-        wanted.sort_unstable();
-        wanted.dedup();
-        let fetched = futures::future::join_all(
-            wanted
-                .iter()
-                .map(|c| async move { (*c, media.manifest(c, request_id).await.ok()) }),
-        )
-        .await;
-        let manifests: HashMap<&str, Arc<AssetManifest>> = fetched
-            .into_iter()
-            .filter_map(|(c, m)| m.map(|m| (c, m)))
-            .collect();
+        let manifests = creative_manifests(media, wanted, request_id).await;
         let fills: Vec<LiveFill<'_>> = decided
             .iter()
             .map(|(brk, d)| LiveFill {
@@ -591,17 +556,7 @@ impl Ads {
             }
         };
         self.events.with_label_values(&["personalised_live"]).inc();
-        let mut r = Response::new(StatusCode::OK, output.content_type(Some(&m)), body);
-        r.headers.insert(
-            http::header::CACHE_CONTROL,
-            http::HeaderValue::from_static("private, no-store"),
-        );
-        cascade_serve::set_cache_status(
-            &mut r.headers,
-            None,
-            &format!("{}; fwd=bypass; detail=personalised", crate::CACHE_NAME),
-        );
-        Some(r)
+        Some(personal(output.content_type(Some(&m)), body))
     }
 
     /// What a request for an ad segment reports, if it counts: a video
@@ -719,6 +674,42 @@ impl Ads {
             }
         }
     }
+}
+
+/// The manifests of the creatives `wanted` (each fetched once); one that
+/// cannot be had is left out (the same for every playlist while it stays
+/// so).
+async fn creative_manifests<'a>(
+    media: &Media,
+    mut wanted: Vec<&'a str>,
+    request_id: &str,
+) -> HashMap<&'a str, Arc<AssetManifest>> {
+    wanted.sort_unstable();
+    wanted.dedup();
+    futures::future::join_all(
+        wanted
+            .iter()
+            .map(|c| async move { (*c, media.manifest(c, request_id).await.ok()) }),
+    )
+    .await
+    .into_iter()
+    .filter_map(|(c, m)| m.map(|m| (c, m)))
+    .collect()
+}
+
+/// A session's own playlist or MPD: never stored by any cache.
+fn personal(content_type: &'static str, body: Bytes) -> Response {
+    let mut r = Response::new(StatusCode::OK, content_type, body);
+    r.headers.insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("private, no-store"),
+    );
+    cascade_serve::set_cache_status(
+        &mut r.headers,
+        None,
+        &format!("{}; fwd=bypass; detail=personalised", crate::CACHE_NAME),
+    );
+    r
 }
 
 #[cfg(test)]

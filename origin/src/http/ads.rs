@@ -176,21 +176,8 @@ pub(crate) async fn session_plan(
     Query(q): Query<PlanQuery>,
 ) -> Result<Response, Error> {
     require_fleet(&state, &headers)?;
-    let country: String = q
-        .country
-        .chars()
-        .filter(char::is_ascii_alphabetic)
-        .take(2)
-        .collect();
-    let plan = svc::session_plan(&state, &stream, &country).await?;
-    Ok((
-        [
-            (header::CONTENT_TYPE, "application/json"),
-            (header::CACHE_CONTROL, "no-store"),
-        ],
-        plan.as_str().to_string(),
-    )
-        .into_response())
+    let plan = svc::session_plan(&state, &stream, &country_code(&q.country)).await?;
+    Ok(json_text(&plan))
 }
 
 /// What an edge says of a live break.
@@ -211,21 +198,30 @@ pub(crate) async fn live_break(
     Query(q): Query<LiveBreakQuery>,
 ) -> Result<Response, Error> {
     require_fleet(&state, &headers)?;
-    let country: String = q
-        .country
+    let country = country_code(&q.country);
+    let ads = svc::live_break(&state, &stream, &event, brk, q.duration_ms, &country).await?;
+    Ok(json_text(&ads))
+}
+
+/// The two letters of a country an edge passed on (nothing else of it).
+fn country_code(given: &str) -> String {
+    given
         .chars()
         .filter(char::is_ascii_alphabetic)
         .take(2)
-        .collect();
-    let ads = svc::live_break(&state, &stream, &event, brk, q.duration_ms, &country).await?;
-    Ok((
+        .collect()
+}
+
+/// JSON already made (a stored plan or decision), never cached.
+fn json_text(text: &str) -> Response {
+    (
         [
             (header::CONTENT_TYPE, "application/json"),
             (header::CACHE_CONTROL, "no-store"),
         ],
-        ads.as_str().to_string(),
+        text.to_string(),
     )
-        .into_response())
+        .into_response()
 }
 
 /// `POST /api/v1/fleet/ads/progress` (fleet credential): ad segments
