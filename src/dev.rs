@@ -96,6 +96,7 @@ pub(crate) async fn dev(args: DevArgs) -> anyhow::Result<()> {
         // One process: origin and edge share the in-process bus.
         nats_url: String::new(),
         public_events_url: url(args.events_port),
+        kek_file: dev_kek(&data)?,
         ..OriginConfig::default()
     };
     let origin = cascade_origin::start(&origin_cfg)
@@ -284,6 +285,21 @@ pub(crate) fn dev_token_key(data: &str) -> anyhow::Result<TokenKeyConfig> {
         salt: String::new(),
         escape_early: false,
     })
+}
+
+/// The development key-encryption key (64 hex digits, AES-256): made once
+/// per data directory, kept in a file only its owner can read, and never
+/// printed. Answers the file's path.
+pub(crate) fn dev_kek(data: &str) -> anyhow::Result<String> {
+    let path = format!("{data}/kek");
+    if std::fs::metadata(&path).is_err() {
+        let mut secret = [0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
+            .map_err(|_| anyhow::anyhow!("no randomness for the dev key-encryption key"))?;
+        let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+        write_private(&path, &hex)?;
+    }
+    Ok(path)
 }
 
 /// A random credential kept in a file only its owner can read.

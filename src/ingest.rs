@@ -60,6 +60,10 @@ pub(crate) struct IngestArgs {
     /// or more a post-roll (`0,600,1200`). Free-plan viewers see ads there.
     #[arg(long)]
     pub(crate) ad_breaks: Option<String>,
+    /// Serve the title encrypted only (CENC cbcs/cenc, AES-128 for TS),
+    /// played with a license from the origin's license server.
+    #[arg(long)]
+    pub(crate) protect: bool,
 }
 
 /// The origin's admin credential for uploads.
@@ -201,6 +205,7 @@ pub(crate) async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
             ("sidecars", sidecar_list.as_str()),
             ("codecs", args.codecs.as_deref().unwrap_or("")),
             ("ad_breaks", args.ad_breaks.as_deref().unwrap_or("")),
+            ("protect", if args.protect { "true" } else { "false" }),
         ])
         .query(&args.year.map(|y| vec![("year", y)]).unwrap_or_default())
         .bearer_auth(admin.trim())

@@ -212,6 +212,27 @@ pub struct OriginConfig {
     /// whose manifests list those codecs get ads only from creatives that
     /// have them too (every rendition of a session must have its ad).
     pub ads_creative_codecs: Vec<String>,
+    /// A file holding the key-encryption key: 64 hex digits (AES-256) that
+    /// wrap every content key before it is stored. The environment variable
+    /// `CASCADE_KEK` (64 hex digits) overrides it. Neither the key nor the
+    /// file's contents ever reach the database or a log. Without one,
+    /// protected titles cannot be played.
+    pub kek_file: String,
+    /// Separate content keys per group of rungs (`sd` up to 576 lines,
+    /// `hd` up to 1080, `uhd` above, and `audio`); false: one key a title.
+    pub drm_key_groups: bool,
+    /// Segments at the start of a protected title left clear, so playback
+    /// starts while the license is fetched (0: none).
+    pub drm_clear_lead_segments: u64,
+    /// Widevine license proxy URL written into manifests (empty: Widevine
+    /// is not signalled).
+    pub drm_widevine_license_url: String,
+    /// PlayReady license URL (empty: PlayReady is not signalled).
+    pub drm_playready_license_url: String,
+    /// FairPlay key server URL (empty: no `skd://` keys in playlists).
+    pub drm_fairplay_license_url: String,
+    /// License and key requests one playback session may make a minute.
+    pub license_requests_per_minute: u32,
 }
 
 impl Default for OriginConfig {
@@ -307,6 +328,13 @@ impl Default for OriginConfig {
             ads_slate_url: String::new(),
             ads_loudness_lufs: -23.0,
             ads_creative_codecs: Vec::new(),
+            kek_file: String::new(),
+            drm_key_groups: true,
+            drm_clear_lead_segments: 0,
+            drm_widevine_license_url: String::new(),
+            drm_playready_license_url: String::new(),
+            drm_fairplay_license_url: String::new(),
+            license_requests_per_minute: 30,
         }
     }
 }
@@ -378,6 +406,24 @@ impl Validate for OriginConfig {
         }
         if !(-40.0..=-5.0).contains(&self.ads_loudness_lufs) {
             errors.push("ads_loudness_lufs: -40 to -5".into());
+        }
+        for (key, url) in [
+            ("drm_widevine_license_url", &self.drm_widevine_license_url),
+            ("drm_playready_license_url", &self.drm_playready_license_url),
+            ("drm_fairplay_license_url", &self.drm_fairplay_license_url),
+        ] {
+            if !url.is_empty()
+                && !((url.starts_with("http://") || url.starts_with("https://"))
+                    && !url.chars().any(|c| c.is_whitespace() || c == '"' || c == '<'))
+            {
+                errors.push(format!("{key}: an http(s) URL, or empty"));
+            }
+        }
+        if self.drm_clear_lead_segments > 100 {
+            errors.push("drm_clear_lead_segments: at most 100".into());
+        }
+        if !(1..=10_000).contains(&self.license_requests_per_minute) {
+            errors.push("license_requests_per_minute: 1 to 10000".into());
         }
         match self.ads_live_fill.as_str() {
             "content" => {}

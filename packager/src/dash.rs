@@ -11,6 +11,8 @@
 use std::fmt::Write;
 use std::ops::Range;
 
+use crate::cenc::Scheme;
+use crate::drm::Drm;
 use crate::hls::{has_key_lengths, iframe_bandwidth};
 use crate::manifest::{AssetManifest, Track};
 use crate::view::View;
@@ -18,6 +20,17 @@ use crate::Error;
 
 /// The MPD for a title as `view` shows it.
 pub(crate) fn mpd(m: &AssetManifest, view: &View) -> Result<String, Error> {
+    mpd_protected(m, view, None)
+}
+
+/// The MPD, protected when `drm` is given: segment URLs under `prefix`
+/// (`cbcs/`, `cenc/`, or nothing when the MPD itself is there) and
+/// `ContentProtection` in every Representation.
+pub(crate) fn mpd_protected(
+    m: &AssetManifest,
+    view: &View,
+    drm: Option<(&Drm, Scheme, &str)>,
+) -> Result<String, Error> {
     let audio_peak = view
         .audios(m)
         .iter()
@@ -45,7 +58,12 @@ pub(crate) fn mpd(m: &AssetManifest, view: &View) -> Result<String, Error> {
         })
         .unwrap_or(m.duration);
     let mut out = String::with_capacity(4096);
-    header(&mut out, duration, "");
+    let namespaces = if drm.is_some() {
+        " xmlns:cenc=\"urn:mpeg:cenc:2013\" xmlns:dashif=\"https://dashif.org/CPS\" xmlns:mspr=\"urn:microsoft:playready\""
+    } else {
+        ""
+    };
+    header(&mut out, duration, namespaces);
     period(
         &mut out,
         m,
@@ -54,7 +72,8 @@ pub(crate) fn mpd(m: &AssetManifest, view: &View) -> Result<String, Error> {
         &PeriodOpts {
             id: "0",
             start: 0.0,
-            prefix: "",
+            prefix: drm.map_or("", |d| d.2),
+            drm: drm.map(|d| (d.0, d.1)),
             trick: true,
             // Side-loaded subtitle files keep the title's own times, so a
             // clip, whose period starts later, leaves them out.
@@ -88,6 +107,9 @@ pub(crate) struct PeriodOpts<'a> {
     pub(crate) prefix: &'a str,
     /// Whether video groups get a trick-mode AdaptationSet.
     pub(crate) trick: bool,
+    /// Keys and scheme of a protected title: `ContentProtection` in each
+    /// Representation.
+    pub(crate) drm: Option<(&'a Drm, Scheme)>,
     /// Whether side-loaded subtitle files are listed.
     pub(crate) subtitles: bool,
     /// Written first inside the period (an `EventStream`), or nothing.
@@ -155,6 +177,7 @@ pub(crate) fn period(
                 "      <Representation id=\"{}\" bandwidth=\"{}\" codecs=\"{}\" width=\"{}\" height=\"{}\" frameRate=\"{}\" sar=\"1:1\">",
                 v.id, v.bandwidth, v.codec, v.width, v.height, frame_rate(v.frame_rate)
             );
+            protection(out, opts, &v.id);
             template(out, v, range.clone(), &rep_init, &rep_media, opts.ato);
             out.push_str("      </Representation>\n");
         }
@@ -178,6 +201,7 @@ pub(crate) fn period(
                 bw = iframe_bandwidth(t).max(1),
                 codec = t.codec,
             );
+            protection(out, opts, &t.id);
             let init = format!("{prefix}{}/init.mp4{q}", t.id);
             let media = format!("{prefix}{}/$Number$.key.m4s{q}", t.id);
             template(out, t, range.clone(), &init, &media, opts.ato);
@@ -203,6 +227,7 @@ pub(crate) fn period(
             "        <AudioChannelConfiguration schemeIdUri=\"urn:mpeg:dash:23003:3:audio_channel_configuration:2011\" value=\"{}\"/>",
             a.channels.max(1)
         );
+        protection(out, opts, &a.id);
         template(out, a, range.clone(), &rep_init, &rep_media, opts.ato);
         out.push_str("      </Representation>\n    </AdaptationSet>\n");
     }
@@ -221,6 +246,15 @@ pub(crate) fn period(
     }
     out.push_str("  </Period>\n");
     Ok(())
+}
+
+/// The `ContentProtection` elements of track `id`'s Representation.
+fn protection(out: &mut String, opts: &PeriodOpts<'_>, id: &str) {
+    if let Some((drm, scheme)) = opts.drm {
+        if let Some(k) = drm.keys.get(id) {
+            out.push_str(&drm.dash_elements(&k.kid, scheme, "        "));
+        }
+    }
 }
 
 /// A SegmentTemplate whose timeline lists every fragment in `range`

@@ -11,6 +11,7 @@
 use std::fmt::Write;
 use std::ops::Range;
 
+use crate::drm::Drm;
 use crate::manifest::{AssetManifest, Track, TrackKind};
 use crate::view::{Format, View};
 use crate::Error;
@@ -26,6 +27,18 @@ const SUBTITLE_VERSION: u32 = 3;
 /// is the default), subtitles in another, and an I-frame playlist per
 /// variant (fMP4 only).
 pub(crate) fn multivariant(m: &AssetManifest, view: &View) -> Result<String, Error> {
+    multivariant_protected(m, view, None)
+}
+
+/// The multivariant playlist of a protected title: fMP4 children under
+/// `{scheme}/` with an `EXT-X-SESSION-KEY` per key, or TS children (whose
+/// playlists carry AES-128 keys). I-frame playlists are left out: their
+/// byte ranges point into clear segments.
+pub(crate) fn multivariant_protected(
+    m: &AssetManifest,
+    view: &View,
+    drm: Option<&Drm>,
+) -> Result<String, Error> {
     let audios = view.audios(m);
     let subs = view.subtitles(m);
     let audio_peak = audios.iter().map(|a| a.bandwidth).max().unwrap_or(0);
@@ -44,8 +57,12 @@ pub(crate) fn multivariant(m: &AssetManifest, view: &View) -> Result<String, Err
     let ts = view.format == Format::Ts;
     let q = view.child_query();
     // Children live under `ts/` for TS.
-    let dir = if ts { "ts/" } else { "" };
-    let iframes = !ts && videos.iter().any(|v| has_key_lengths(v));
+    let dir = match (ts, drm) {
+        (true, _) => "ts/",
+        (false, Some(_)) => "cbcs/",
+        (false, None) => "",
+    };
+    let iframes = !ts && drm.is_none() && videos.iter().any(|v| has_key_lengths(v));
     let mut version = if ts { TS_VERSION } else { FMP4_VERSION };
     if !subs.is_empty() {
         version = version.max(SUBTITLE_VERSION);
@@ -55,6 +72,19 @@ pub(crate) fn multivariant(m: &AssetManifest, view: &View) -> Result<String, Err
     }
 
     let mut out = format!("#EXTM3U\n#EXT-X-VERSION:{version}\n#EXT-X-INDEPENDENT-SEGMENTS\n");
+    if let (Some(drm), false) = (drm, ts) {
+        let mut kids: Vec<&[u8; 16]> = Vec::new();
+        for t in videos.iter().chain(audios.iter()) {
+            if let Some(k) = drm.keys.get(&t.id) {
+                if !kids.contains(&&k.kid) {
+                    kids.push(&k.kid);
+                }
+            }
+        }
+        for kid in kids {
+            out.push_str(&drm.hls_keys(kid, true));
+        }
+    }
     for (i, a) in audios.iter().enumerate() {
         let default = if i == 0 { "YES" } else { "NO" };
         let _ = write!(
@@ -177,7 +207,7 @@ fn target_duration(t: &Track, range: Range<u64>) -> u64 {
 
 /// The fMP4 media playlist of one video or audio track: each fragment in
 /// `range` is one segment.
-pub(crate) fn media_playlist(track: &Track, range: Range<u64>) -> String {
+pub(crate) fn media_playlist(track: &Track, range: Range<u64>, keys: &str) -> String {
     let ts = f64::from(track.timescale.max(1));
     let mut out = String::with_capacity(128 + track.fragments.len() * 32);
     media_header(
@@ -186,6 +216,7 @@ pub(crate) fn media_playlist(track: &Track, range: Range<u64>) -> String {
         target_duration(track, range.clone()),
         range.start,
     );
+    out.push_str(keys);
     let _ = writeln!(out, "#EXT-X-MAP:URI=\"{}/init.mp4\"", track.id);
     for (n, f) in clipped(track, range) {
         let _ = write!(
@@ -233,7 +264,7 @@ pub(crate) fn iframe_playlist(track: &Track, range: Range<u64>) -> String {
 /// timed by `timing` (the video track, or the audio track of an
 /// audio-only rendition). It lives at `ts/{ids}.m3u8`, so its segment URIs
 /// are relative to `ts/`.
-pub(crate) fn ts_playlist(ids: &str, timing: &Track, range: Range<u64>) -> String {
+pub(crate) fn ts_playlist(ids: &str, timing: &Track, range: Range<u64>, key: Option<(&str, u64)>) -> String {
     let ts = f64::from(timing.timescale.max(1));
     let mut out = String::with_capacity(128 + timing.fragments.len() * 32);
     media_header(
@@ -243,6 +274,12 @@ pub(crate) fn ts_playlist(ids: &str, timing: &Track, range: Range<u64>) -> Strin
         range.start,
     );
     for (n, f) in clipped(timing, range) {
+        // AES-128 from the first segment after the clear lead on.
+        if let Some((line, clear)) = key {
+            if n == clear + 1 || (n > clear && out.ends_with("INDEPENDENT-SEGMENTS\n")) {
+                out.push_str(line);
+            }
+        }
         let _ = write!(
             out,
             "#EXTINF:{:.5},\n{ids}/{n}.ts\n",

@@ -29,8 +29,10 @@
 
 #![warn(unreachable_pub)]
 
+pub mod cenc;
 pub mod cmaf;
 mod dash;
+pub mod drm;
 pub mod fmp4;
 mod hls;
 mod index;
@@ -38,6 +40,7 @@ pub mod live;
 mod live_ads;
 mod manifest;
 mod mp4;
+mod protect;
 mod query;
 mod stitch;
 pub mod ts;
@@ -50,7 +53,10 @@ pub use manifest::{
     codec_family, is_safe_id, is_safe_lang, AssetManifest, ByteRange, Fragment, Track, TrackKind,
     MANIFEST_VERSION, MAX_MANIFEST_BYTES,
 };
+pub use cenc::{ContentKey, Scheme};
+pub use drm::{Drm, Systems};
 pub use mp4::BoxHeader;
+pub use protect::{package_protected, protected_sources, ProtectedOutput};
 pub use query::{live_with_query, with_query};
 pub use stitch::{is_stitched, stitch, StitchAd, StitchBreak};
 pub use view::{default_profiles, Format, Profile, View, ViewError, CODEC_FAMILIES};
@@ -80,6 +86,9 @@ pub enum Error {
     /// The view's filters or clip leave nothing to play.
     #[error("the filters leave no {0} to list")]
     EmptyView(&'static str),
+    /// The title is protected and the request asks for its clear media.
+    #[error("the title is protected: its media is served encrypted only")]
+    Protected,
 }
 
 /// What a request path under `/vod/{asset}/` asks for.
@@ -356,7 +365,7 @@ pub fn package(
             let range = view.segments(m);
             Ok(match t.kind {
                 TrackKind::Subtitle => hls::subtitle_playlist(m, t, range),
-                _ => hls::media_playlist(t, range),
+                _ => hls::media_playlist(t, range, ""),
             }
             .into_bytes())
         }
@@ -376,7 +385,7 @@ pub fn package(
                 }
                 (video, audio) => {
                     Ok(
-                        hls::ts_playlist(ids, video.or(audio).ok_or(Error::NotFound)?, range)
+                        hls::ts_playlist(ids, video.or(audio).ok_or(Error::NotFound)?, range, None)
                             .into_bytes(),
                     )
                 }
@@ -925,7 +934,7 @@ mod tests {
             listed.push(format!("/vod/t1/{uri}"));
         }
         for t in &m.tracks {
-            let playlist = hls::media_playlist(t, 1..t.fragments.len() as u64 + 1);
+            let playlist = hls::media_playlist(t, 1..t.fragments.len() as u64 + 1, "");
             let map = format!("#EXT-X-MAP:URI=\"{}/init.mp4\"", t.id);
             assert!(playlist.contains(&map), "{playlist}");
             listed.push(format!("/vod/t1/{}/init.mp4", t.id));

@@ -1043,6 +1043,7 @@ fn mpd_with(
                     &view,
                     frag as u64 + 1..last as u64 + 2,
                     &crate::dash::PeriodOpts {
+                        drm: None,
                         id: &id,
                         start: run[0].start as f64 / 90_000.0,
                         prefix: &prefix,

@@ -636,6 +636,7 @@ fn mpd(m: &AssetManifest, view: &View, pieces: &[Piece<'_>], query: &str) -> Res
                     view,
                     r.clone(),
                     &PeriodOpts {
+                        drm: None,
                         id: &id,
                         start,
                         prefix: "",
@@ -672,6 +673,7 @@ fn mpd(m: &AssetManifest, view: &View, pieces: &[Piece<'_>], query: &str) -> Res
                     &ad_view,
                     range,
                     &PeriodOpts {
+                        drm: None,
                         id: &id,
                         start,
                         prefix: &prefix,

@@ -11,6 +11,7 @@ pub(crate) mod channels;
 pub(crate) mod error;
 pub(crate) mod extract;
 pub(crate) mod interactive;
+pub(crate) mod keys;
 pub(crate) mod live;
 pub(crate) mod mezzanine;
 pub(crate) mod openapi;
@@ -160,6 +161,16 @@ pub fn app(state: Arc<State>) -> Router {
         .route("/api/v1/streams/{id}/stop", post(playback::stop))
         .route("/api/v1/history", get(playback::history))
         .route("/api/v1/fleet/revocations", get(playback::revocations))
+        .route("/api/v1/fleet/protection/{asset}", get(keys::protection))
+        .route("/api/v1/fleet/license", post(keys::license))
+        .route(
+            "/api/v1/admin/assets/{id}/protection",
+            put(keys::set_protection),
+        )
+        .route(
+            "/api/v1/admin/assets/{id}/keys",
+            get(keys::export_keys).put(keys::import_keys),
+        )
         .route("/api/v1/openapi.json", get(openapi::serve))
         .route("/mezz/{asset}/{file}", get(mezzanine::mezzanine))
         .route("/live-mezz/{channel}/manifest.json", get(live::manifest))

@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use utoipa::OpenApi;
 
 use crate::http::error::ErrorBody;
-use crate::http::{accounts, ads, billing, catalog, channels, interactive, playback};
+use crate::http::{accounts, ads, billing, catalog, channels, interactive, keys, playback};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -31,6 +31,7 @@ use crate::http::{accounts, ads, billing, catalog, channels, interactive, playba
         interactive::live_polls, interactive::vote, interactive::create_poll, interactive::close_poll,
         interactive::create_flash, interactive::end_flash, interactive::flashes,
         ads::vast, ads::add, ads::list, ads::remove, ads::list_creatives, ads::report, ads::set_breaks, ads::client_tracking,
+        keys::set_protection, keys::export_keys, keys::import_keys,
     ),
     components(schemas(ErrorBody)),
     modifiers(&Security),

@@ -11,6 +11,7 @@ pub(crate) mod channels;
 pub(crate) mod history;
 pub(crate) mod interactive;
 pub(crate) mod jobs;
+pub(crate) mod keys;
 pub(crate) mod settings;
 pub(crate) mod signups;
 pub(crate) mod streams;

@@ -168,3 +168,30 @@ pub(crate) async fn revocations(db: &Db, after: i64, limit: i64) -> Result<Vec<R
         })
         .collect()
 }
+
+/// The account and asset of a stream that holds a slot; `None` once it
+/// has ended (stopped, replaced, or gone quiet).
+pub(crate) async fn holder(db: &Db, stream: &str) -> Result<Option<(String, String)>> {
+    let row = sqlx::query("SELECT user_id, asset_id FROM streams WHERE id = $1")
+        .bind(stream)
+        .fetch_optional(&db.pool)
+        .await?;
+    Ok(match row {
+        Some(r) => Some((r.try_get("user_id")?, r.try_get("asset_id")?)),
+        None => None,
+    })
+}
+
+/// Where a stream stands among its account's streams, oldest first (0 for
+/// the oldest): a stream at or past the plan's limit is one too many.
+pub(crate) async fn rank(db: &Db, user: &str, stream: &str) -> Result<usize> {
+    let rows = sqlx::query("SELECT id FROM streams WHERE user_id = $1 ORDER BY started_at, id")
+        .bind(user)
+        .fetch_all(&db.pool)
+        .await?;
+    let mut ids = Vec::with_capacity(rows.len());
+    for r in &rows {
+        ids.push(r.try_get::<String, _>("id")?);
+    }
+    Ok(ids.iter().position(|i| i == stream).unwrap_or(ids.len()))
+}

@@ -15,6 +15,8 @@ pub(crate) mod heartbeats;
 pub(crate) mod history;
 pub(crate) mod ingest;
 pub(crate) mod interactive;
+pub(crate) mod kek;
+pub(crate) mod keys;
 pub(crate) mod live;
 pub(crate) mod live_breaks;
 pub(crate) mod live_health;

@@ -82,6 +82,30 @@ pub(crate) struct PlaybackAnswer {
     /// The real-time connection to the edge for comments, reactions,
     /// polls and flashes (signed with the same token).
     events: EventsUrls,
+    /// For a protected title: where licenses come from. Absent for a
+    /// title served in the clear.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    drm: Option<DrmInfo>,
+}
+
+/// Licenses of a protected title. `hls` and `dash` play `cbcs`; TS
+/// variants (`format=ts`) use HLS AES-128, whose key URLs are in the
+/// playlists and signed like them.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct DrmInfo {
+    /// The EME ClearKey license server (`org.w3.clearkey`): POST the W3C
+    /// JSON license request (`{"kids": [...]}`), get a JWK set. Signed like
+    /// the media URLs; granted while this stream may play.
+    clearkey: String,
+    /// The DASH MPD in `cenc` (AES-CTR), for clients without `cbcs`.
+    dash_cenc: String,
+    /// Commercial license services, as configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    widevine: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    playready: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fairplay: Option<String>,
 }
 
 /// Where a viewer's real-time connection goes, by transport.
@@ -134,6 +158,9 @@ pub(crate) async fn start(
     let Some(title) = titles::playable(&state.db, &asset_id).await? else {
         return Err(Error::not_found("title"));
     };
+    let protected = crate::repo::keys::is_protected(&state.db, &asset_id)
+        .await?
+        .unwrap_or(false);
     let subject = Subject {
         path: format!("/vod/{asset_id}"),
         id: asset_id,
@@ -145,6 +172,7 @@ pub(crate) async fn start(
         geo: asset.geo.clone(),
         duration: asset.duration,
         live: false,
+        protected,
     };
     start_subject(state, subject, device_profile, ip, user, req).await
 }
@@ -163,6 +191,8 @@ pub(crate) struct Subject {
     geo: cascade_geo::CountryRule,
     duration: Option<f64>,
     live: bool,
+    /// Served encrypted: the answer says where licenses come from.
+    protected: bool,
 }
 
 /// Starts watching live channel `name`: the same checks as a title (its
@@ -195,6 +225,7 @@ pub(crate) async fn start_live(
         geo: crate::service::channels::country_rule(state, &channel.name).await?,
         duration: None,
         live: true,
+        protected: false,
     };
     start_subject(state, subject, device_profile, ip, user, req).await
 }
@@ -374,7 +405,16 @@ async fn start_subject(
         None => sse.clone(),
     };
     let token_q = format!("{}={token}", state.cfg.token_name);
+    let opt = |s: &String| (!s.is_empty()).then(|| s.clone());
+    let drm = subject.protected.then(|| DrmInfo {
+        clearkey: format!("{edge}{}/license/clearkey?{token_q}", subject.path),
+        dash_cenc: format!("{edge}{}/cenc/manifest.mpd?{q}", subject.path),
+        widevine: opt(&state.cfg.drm_widevine_license_url),
+        playready: opt(&state.cfg.drm_playready_license_url),
+        fairplay: opt(&state.cfg.drm_fairplay_license_url),
+    });
     Ok(PlaybackAnswer {
+        drm,
         events: EventsUrls {
             sse: format!("{sse}?{token_q}"),
             websocket: format!("{websocket}?{token_q}"),

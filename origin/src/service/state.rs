@@ -68,6 +68,8 @@ pub struct State {
         Option<tokio::sync::mpsc::UnboundedReceiver<Arc<crate::service::live_media::ChannelMedia>>>,
     >,
     served: Mutex<HashMap<String, Vec<(u64, u64)>>>,
+    /// The key-encryption key and the license counters.
+    pub(crate) keys: crate::service::kek::KeyService,
 }
 
 impl State {
@@ -192,7 +194,9 @@ impl State {
             crate::service::live_media::LiveMedia::new(metrics.registry(), cfg, store.clone())?;
         let live_media = Arc::new(live_media);
         let ads = crate::service::ad_runtime::AdRuntime::new(metrics.registry())?;
+        let keys = crate::service::kek::KeyService::new(cfg, metrics.registry())?;
         Ok(State {
+            keys,
             ads,
             interactive,
             live,

@@ -61,6 +61,8 @@ pub(crate) struct UploadForm {
     codecs: Option<String>,
     /// Ad breaks in seconds: `0,600,1200`.
     ad_breaks: Option<String>,
+    /// Serve the title encrypted only (`true`), played with a license.
+    protect: Option<bool>,
 }
 
 /// An upload whose form was accepted, before its media has arrived.
@@ -75,6 +77,8 @@ pub(crate) struct Upload {
     extras: Extras,
     /// Ad breaks as stored (`0,600,1200`), or empty.
     ad_breaks: String,
+    /// Served encrypted only.
+    protect: bool,
 }
 
 /// 503 `busy`, to retry in 30 seconds.
@@ -135,6 +139,11 @@ pub(crate) async fn plan(state: &State, q: UploadForm) -> Result<Upload> {
         .map(|ms| format!("{}", *ms as f64 / 1000.0))
         .collect::<Vec<_>>()
         .join(",");
+    let protect = q.protect.unwrap_or(false);
+    if protect {
+        // Refused before the media is read: without a KEK no key can be kept.
+        state.keys.kek()?;
+    }
     let asset = ids::short_id();
     let job = ids::short_id();
     let title = if title.is_empty() {
@@ -160,6 +169,7 @@ pub(crate) async fn plan(state: &State, q: UploadForm) -> Result<Upload> {
         codecs: q.codecs,
         extras,
         ad_breaks,
+        protect,
     })
 }
 
@@ -192,6 +202,7 @@ pub(crate) async fn accept(state: &State, upload: Upload, path: &Path) -> Result
         codecs,
         extras,
         ad_breaks,
+        protect,
     } = upload;
     let source = path.to_string_lossy().to_string();
     // The sidecars become this upload's alone, now that its media is here.
@@ -229,6 +240,9 @@ pub(crate) async fn accept(state: &State, upload: Upload, path: &Path) -> Result
     }
     if !geo.is_empty() {
         assets::set_geo(&state.db, &asset, &geo).await?;
+    }
+    if protect {
+        crate::repo::keys::set_protected(&state.db, &asset, true).await?;
     }
     if !ad_breaks.is_empty() {
         crate::repo::ads::set_asset_ads(&state.db, &asset, &ad_breaks, "").await?;

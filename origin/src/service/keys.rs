@@ -1,0 +1,496 @@
+//! The key service and the license server.
+//!
+//! Content keys are made per title and per group of rungs (`sd`, `hd`,
+//! `uhd`, `audio`, or one `all` key), each with its own IV, and stored
+//! wrapped (AES-256-GCM) under the key-encryption key (KEK), which is read
+//! from `CASCADE_KEK` or `kek_file` and never from the database. Edges get
+//! a protected title's keys over the fleet credential to encrypt just in
+//! time; viewers get them only through a license, granted to a playback
+//! session that the playback API would still let play (it holds a stream
+//! slot within its plan's limit, its plan covers the title, the title is
+//! in its window, and the viewer's country may watch), at most
+//! `license_requests_per_minute` times a minute. CPIX documents carry the
+//! keys to and from a commercial DRM service.
+//!
+//! Nothing here logs a key, the KEK, or a wrapped key.
+
+use std::net::IpAddr;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use ring::rand::{SecureRandom, SystemRandom};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use utoipa::ToSchema;
+
+use crate::repo::keys::{self as repo, StoredKey};
+use crate::repo::{assets, billing, streams};
+use crate::service::kek::from_hex;
+use crate::service::state::State;
+use crate::service::titles;
+use crate::storage::{clock, objects, Error, Kind, Result};
+
+/// Most KIDs one license request may name.
+const MAX_KIDS: usize = 32;
+/// Largest CPIX document accepted.
+pub(crate) const MAX_CPIX_BYTES: usize = 1024 * 1024;
+
+/// One key as an edge needs it to encrypt (hex), per track.
+#[derive(Serialize, Deserialize, Debug, Clone, ToSchema)]
+pub(crate) struct TrackKey {
+    pub(crate) track: String,
+    pub(crate) kid: String,
+    pub(crate) key: String,
+    pub(crate) iv: String,
+}
+
+/// `POST /api/v1/fleet/license`: an edge asking for keys on behalf of a
+/// viewer's playback session.
+#[derive(Deserialize, ToSchema)]
+pub(crate) struct LicenseRequest {
+    /// The playback session (the `id` of the viewer's media token).
+    pub(crate) stream: String,
+    /// The asset the token covers.
+    pub(crate) asset: String,
+    /// Key ids, 32 hex digits each.
+    pub(crate) kids: Vec<String>,
+    /// The viewer's address, as the edge saw it.
+    #[schema(value_type = String)]
+    pub(crate) ip: IpAddr,
+}
+
+/// The group of rungs a track's key belongs to.
+pub(crate) fn group_of(t: &cascade_packager::Track, per_group: bool) -> &'static str {
+    use cascade_packager::TrackKind;
+    if !per_group {
+        return "all";
+    }
+    match t.kind {
+        TrackKind::Audio | TrackKind::Subtitle => "audio",
+        TrackKind::Video if t.height <= 576 => "sd",
+        TrackKind::Video if t.height <= 1080 => "hd",
+        TrackKind::Video => "uhd",
+    }
+}
+
+/// Marks an asset protected or clear (admin, and `cascade ingest --protect`).
+pub(crate) async fn set_protected(state: &State, asset: &str, protected: bool) -> Result<()> {
+    if protected {
+        state.keys.kek()?;
+    }
+    if !repo::set_protected(&state.db, asset, protected).await? {
+        return Err(Error::not_found("asset"));
+    }
+    Ok(())
+}
+
+/// The key of each group of an asset, made (and stored wrapped) the first
+/// time; two origins racing keep the first one stored.
+async fn ensure_keys(
+    state: &State,
+    asset: &str,
+    groups: &[&str],
+) -> Result<Vec<(String, cascade_packager::ContentKey)>> {
+    let mut have = repo::keys_of(&state.db, asset).await?;
+    let now = clock::now() as i64;
+    for g in groups {
+        if have.iter().any(|k| k.group == *g && k.period == 0) {
+            continue;
+        }
+        let mut raw = [0u8; 48];
+        SystemRandom::new()
+            .fill(&mut raw)
+            .map_err(|_| Error::internal("random", "no randomness", "the system RNG failed"))?;
+        let kid = cascade_packager::cenc::hex(&raw[..16]);
+        let mut material = [0u8; 32];
+        material.copy_from_slice(&raw[16..]);
+        let stored = StoredKey {
+            wrapped: state.keys.wrap(&kid, asset, &material)?,
+            kid,
+            asset: asset.to_string(),
+            group: g.to_string(),
+            period: 0,
+        };
+        have.push(repo::insert_or_get(&state.db, &stored, now).await?);
+    }
+    have.retain(|k| k.period == 0);
+    have.iter()
+        .map(|k| Ok((k.group.clone(), content_key(state, k)?)))
+        .collect()
+}
+
+fn content_key(state: &State, k: &StoredKey) -> Result<cascade_packager::ContentKey> {
+    let m = state.keys.unwrap(k)?;
+    let mut kid = [0u8; 16];
+    let raw = from_hex(&k.kid).filter(|b| b.len() == 16).ok_or_else(|| {
+        Error::internal("kid", "a stored key id is malformed", format_args!("kid of {}", k.asset))
+    })?;
+    kid.copy_from_slice(&raw);
+    let mut key = [0u8; 16];
+    let mut iv = [0u8; 16];
+    key.copy_from_slice(&m[..16]);
+    iv.copy_from_slice(&m[16..]);
+    Ok(cascade_packager::ContentKey { kid, key, iv })
+}
+
+async fn asset_manifest(state: &State, asset: &str) -> Result<cascade_packager::AssetManifest> {
+    let bytes = state
+        .store
+        .get(&objects::object_path(asset, "manifest.json"))
+        .await
+        .map_err(|_| Error::not_found("asset"))?
+        .bytes()
+        .await
+        .map_err(|e| Error::internal("storage", "cannot read the asset manifest", e))?;
+    cascade_packager::AssetManifest::from_json(&bytes)
+        .map_err(|e| Error::internal("manifest", "the asset manifest is unreadable", e))
+}
+
+/// `GET /api/v1/fleet/protection/{asset}`: whether the asset is protected,
+/// and if so each track's key, the clear lead and the systems to signal.
+pub(crate) async fn protection_for_edge(state: &State, asset: &str) -> Result<Value> {
+    let Some(protected) = repo::is_protected(&state.db, asset).await? else {
+        return Err(Error::not_found("asset"));
+    };
+    if !protected {
+        return Ok(json!({ "protected": false }));
+    }
+    let m = asset_manifest(state, asset).await?;
+    let per_group = state.cfg.drm_key_groups;
+    let mut groups: Vec<&str> = m.tracks.iter().map(|t| group_of(t, per_group)).collect();
+    groups.dedup();
+    groups.sort_unstable();
+    groups.dedup();
+    let keys = ensure_keys(state, asset, &groups).await?;
+    let mut tracks = Vec::new();
+    for t in &m.tracks {
+        let g = group_of(t, per_group);
+        if let Some((_, k)) = keys.iter().find(|(kg, _)| kg == g) {
+            tracks.push(TrackKey {
+                track: t.id.clone(),
+                kid: cascade_packager::cenc::hex(&k.kid),
+                key: cascade_packager::cenc::hex(&k.key),
+                iv: cascade_packager::cenc::hex(&k.iv),
+            });
+        }
+    }
+    let cfg = &state.cfg;
+    let opt = |s: &String| (!s.is_empty()).then(|| s.clone());
+    Ok(json!({
+        "protected": true,
+        "clear_segments": cfg.drm_clear_lead_segments,
+        "keys": tracks,
+        "systems": {
+            "widevine": opt(&cfg.drm_widevine_license_url),
+            "playready": opt(&cfg.drm_playready_license_url),
+            "fairplay": opt(&cfg.drm_fairplay_license_url),
+        },
+    }))
+}
+
+/// Answers a license request: the keys it names, if the session may play.
+pub(crate) async fn license(state: &State, req: LicenseRequest) -> Result<Value> {
+    let result = grant(state, &req).await;
+    let label = match &result {
+        Ok(_) => "granted",
+        Err(e) => e.code(),
+    };
+    state.keys.licenses.with_label_values(&[label]).inc();
+    result
+}
+
+async fn grant(state: &State, req: &LicenseRequest) -> Result<Value> {
+    if req.kids.is_empty() || req.kids.len() > MAX_KIDS {
+        return Err(Error::bad_request(
+            "bad_kids",
+            format!("a license request names 1 to {MAX_KIDS} key ids"),
+        ));
+    }
+    let mut wanted = Vec::with_capacity(req.kids.len());
+    for k in &req.kids {
+        match from_hex(k) {
+            Some(b) if b.len() == 16 => wanted.push(k.to_ascii_lowercase()),
+            _ => {
+                return Err(Error::bad_request(
+                    "bad_kids",
+                    "a key id is 16 bytes (32 hex digits, or unpadded base64url)",
+                ))
+            }
+        }
+    }
+    if !state.keys.admit(&req.stream) {
+        return Err(Error::new(
+            Kind::RateLimited {
+                retry_after: Some(60),
+            },
+            "rate_limited",
+            "too many license requests for this session; wait a minute",
+        ));
+    }
+    // The session still holds its slot, for this title.
+    let Some((user, asset)) = streams::holder(&state.db, &req.stream).await? else {
+        return Err(Error::new(
+            Kind::Gone,
+            "stream_ended",
+            "this playback session has ended (stopped, replaced or quiet); start playback again",
+        ));
+    };
+    if asset != req.asset {
+        return Err(Error::forbidden(
+            "wrong_title",
+            "this playback session is for another title",
+        ));
+    }
+    let now = clock::now();
+    let Some(title) = titles::playable(&state.db, &asset).await? else {
+        return Err(Error::not_found("title"));
+    };
+    if title.available_from.is_some_and(|f| f > now as i64)
+        || title.available_until.is_some_and(|u| u <= now as i64)
+    {
+        return Err(Error::forbidden(
+            "not_available",
+            "this title is not available now",
+        ));
+    }
+    let plan = billing::plan_of(&state.db, &user, now).await?;
+    if title.premium && !plan.premium {
+        return Err(
+            Error::forbidden("premium_required", "this title needs the premium plan")
+                .with(json!({ "plan": plan.id, "needs": "premium" })),
+        );
+    }
+    let rule = assets::get_asset(&state.db, &asset)
+        .await?
+        .map(|a| a.geo)
+        .unwrap_or_default();
+    let country = state.geo.lookup(req.ip).country;
+    if let cascade_geo::Verdict::Block { country, rule } = cascade_geo::decide(
+        country.as_deref(),
+        &format!("/vod/{asset}/"),
+        &state.cfg.geo_rules,
+        Some(&rule),
+        state.cfg.geo_unknown,
+    ) {
+        return Err(Error::new(
+            Kind::Blocked,
+            "geo_blocked",
+            "this title is not available in your country",
+        )
+        .with(json!({ "country": country, "rule": rule })));
+    }
+    let rank = streams::rank(&state.db, &user, &req.stream).await?;
+    if rank as i64 >= plan.max_streams {
+        return Err(Error::new(
+            Kind::RateLimited { retry_after: None },
+            "too_many_streams",
+            format!(
+                "your plan allows {} stream(s) at once; stop one to play this",
+                plan.max_streams
+            ),
+        ));
+    }
+    let stored = repo::keys_of(&state.db, &asset).await?;
+    let mut keys = Vec::with_capacity(wanted.len());
+    for kid in &wanted {
+        let Some(k) = stored.iter().find(|k| &k.kid == kid) else {
+            return Err(Error::new(
+                Kind::NotFound,
+                "unknown_kid",
+                format!("no key {kid} for this title"),
+            ));
+        };
+        let ck = content_key(state, k)?;
+        keys.push(json!({ "kid": kid, "key": cascade_packager::cenc::hex(&ck.key) }));
+    }
+    Ok(json!({ "keys": keys }))
+}
+
+/// The asset's keys as a CPIX 2.3 document (keys in the clear inside, as
+/// a commercial DRM service's ingest expects over an authenticated channel).
+pub(crate) async fn export_cpix(state: &State, asset: &str) -> Result<String> {
+    if repo::is_protected(&state.db, asset).await?.is_none() {
+        return Err(Error::not_found("asset"));
+    }
+    let stored = repo::keys_of(&state.db, asset).await?;
+    let mut keys = String::new();
+    let mut rules = String::new();
+    for k in &stored {
+        let ck = content_key(state, k)?;
+        let kid = cascade_packager::drm::kid_uuid(&ck.kid);
+        keys.push_str(&format!(
+            "    <cpix:ContentKey kid=\"{kid}\" explicitIV=\"{}\" commonEncryptionScheme=\"cbcs\"><cpix:Data><pskc:Secret><pskc:PlainValue>{}</pskc:PlainValue></pskc:Secret></cpix:Data></cpix:ContentKey>\n",
+            STANDARD.encode(ck.iv),
+            STANDARD.encode(ck.key)
+        ));
+        rules.push_str(&format!(
+            "    <cpix:ContentKeyUsageRule kid=\"{kid}\" intendedTrackType=\"{}\"/>\n",
+            k.group.to_ascii_uppercase()
+        ));
+    }
+    Ok(format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<cpix:CPIX xmlns:cpix=\"urn:dashif:org:cpix\" xmlns:pskc=\"urn:ietf:params:xml:ns:keyprov:pskc\" contentId=\"{asset}\" version=\"2.3\">\n  <cpix:ContentKeyList>\n{keys}  </cpix:ContentKeyList>\n  <cpix:ContentKeyUsageRuleList>\n{rules}  </cpix:ContentKeyUsageRuleList>\n</cpix:CPIX>\n"
+    ))
+}
+
+/// Takes an asset's keys from a CPIX document (a DRM service's keys
+/// replace the asset's own, group by group); answers how many.
+pub(crate) async fn import_cpix(state: &State, asset: &str, doc: &str) -> Result<usize> {
+    state.keys.kek()?;
+    if repo::is_protected(&state.db, asset).await?.is_none() {
+        return Err(Error::not_found("asset"));
+    }
+    let parsed = parse_cpix(doc).map_err(|why| Error::bad_request("bad_cpix", why))?;
+    let now = clock::now() as i64;
+    for k in &parsed {
+        let mut material = [0u8; 32];
+        material[..16].copy_from_slice(&k.key);
+        material[16..].copy_from_slice(&k.iv);
+        let kid = cascade_packager::cenc::hex(&k.kid);
+        let stored = StoredKey {
+            wrapped: state.keys.wrap(&kid, asset, &material)?,
+            kid,
+            asset: asset.to_string(),
+            group: k.group.clone(),
+            period: 0,
+        };
+        repo::replace(&state.db, &stored, now).await?;
+    }
+    Ok(parsed.len())
+}
+
+/// One content key read from CPIX.
+#[derive(Debug, PartialEq)]
+pub(crate) struct CpixKey {
+    kid: [u8; 16],
+    key: [u8; 16],
+    iv: [u8; 16],
+    group: String,
+}
+
+/// Reads the content keys of a CPIX document: each `ContentKey`'s `kid`
+/// (a UUID), `explicitIV` (base64, 16 bytes; zeros when absent) and
+/// plain secret (base64, 16 bytes), and the track type its usage rule
+/// names (`SD`, `HD`, `UHD`, `AUDIO`; `all` without one).
+pub(crate) fn parse_cpix(doc: &str) -> std::result::Result<Vec<CpixKey>, String> {
+    use quick_xml::events::Event;
+    if doc.len() > MAX_CPIX_BYTES {
+        return Err(format!("a CPIX document is at most {MAX_CPIX_BYTES} bytes"));
+    }
+    let mut reader = quick_xml::Reader::from_str(doc);
+    let mut keys: Vec<CpixKey> = Vec::new();
+    let mut rules: Vec<(String, String)> = Vec::new();
+    let mut current: Option<(String, [u8; 16])> = None;
+    let mut in_plain = false;
+    let attr = |e: &quick_xml::events::BytesStart<'_>, name: &[u8]| -> Option<String> {
+        e.attributes()
+            .flatten()
+            .find(|a| a.key.local_name().as_ref() == name)
+            .and_then(|a| a.unescape_value().ok().map(|v| v.to_string()))
+    };
+    loop {
+        match reader.read_event() {
+            Ok(Event::Start(e)) | Ok(Event::Empty(e)) => match e.local_name().as_ref() {
+                b"ContentKey" => {
+                    let kid = attr(&e, b"kid").ok_or("a ContentKey without a kid")?;
+                    let iv = match attr(&e, b"explicitIV") {
+                        Some(v) => b64_16(&v).ok_or("explicitIV: 16 bytes in base64")?,
+                        None => [0; 16],
+                    };
+                    if keys.len() >= 1000 {
+                        return Err("at most 1000 keys".into());
+                    }
+                    current = Some((kid, iv));
+                }
+                b"PlainValue" => in_plain = true,
+                b"ContentKeyUsageRule" => {
+                    if let (Some(k), Some(t)) = (attr(&e, b"kid"), attr(&e, b"intendedTrackType")) {
+                        rules.push((k.to_ascii_lowercase(), t.to_ascii_lowercase()));
+                    }
+                }
+                _ => {}
+            },
+            Ok(Event::Text(t)) if in_plain => {
+                let text = t.decode().map_err(|_| "a key value is not text")?;
+                let (kid, iv) = current.clone().ok_or("a key value outside a ContentKey")?;
+                let key = b64_16(text.trim()).ok_or("a content key is 16 bytes (128 bits) in base64")?;
+                let id = uuid_bytes(&kid).ok_or("kid: a UUID")?;
+                keys.push(CpixKey {
+                    kid: id,
+                    key,
+                    iv,
+                    group: String::new(),
+                });
+            }
+            Ok(Event::End(e)) => match e.local_name().as_ref() {
+                b"PlainValue" => in_plain = false,
+                b"ContentKey" => current = None,
+                _ => {}
+            },
+            Ok(Event::Eof) => break,
+            Err(e) => return Err(format!("not XML: {e}")),
+            _ => {}
+        }
+    }
+    if keys.is_empty() {
+        return Err("no content keys with plain values".into());
+    }
+    for k in &mut keys {
+        let uuid = cascade_packager::drm::kid_uuid(&k.kid);
+        k.group = match rules.iter().find(|(kid, _)| *kid == uuid).map(|r| r.1.as_str()) {
+            Some(t @ ("sd" | "hd" | "uhd" | "audio")) => t.to_string(),
+            Some(_) | None => "all".to_string(),
+        };
+    }
+    Ok(keys)
+}
+
+fn b64_16(s: &str) -> Option<[u8; 16]> {
+    let v = STANDARD.decode(s.trim()).ok()?;
+    (v.len() == 16).then(|| {
+        let mut a = [0u8; 16];
+        a.copy_from_slice(&v);
+        a
+    })
+}
+
+fn uuid_bytes(s: &str) -> Option<[u8; 16]> {
+    let hex: String = s.chars().filter(|c| *c != '-').collect();
+    let v = from_hex(&hex).filter(|v| v.len() == 16)?;
+    let mut a = [0u8; 16];
+    a.copy_from_slice(&v);
+    Some(a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpix_round_trip_and_bad_lengths() {
+        let doc = r#"<cpix:CPIX xmlns:cpix="urn:dashif:org:cpix" xmlns:pskc="urn:ietf:params:xml:ns:keyprov:pskc">
+<cpix:ContentKeyList><cpix:ContentKey kid="00112233-4455-6677-8899-aabbccddeeff" explicitIV="AAECAwQFBgcICQoLDA0ODw=="><cpix:Data><pskc:Secret><pskc:PlainValue>EBESExQVFhcYGRobHB0eHw==</pskc:PlainValue></pskc:Secret></cpix:Data></cpix:ContentKey></cpix:ContentKeyList>
+<cpix:ContentKeyUsageRuleList><cpix:ContentKeyUsageRule kid="00112233-4455-6677-8899-aabbccddeeff" intendedTrackType="HD"/></cpix:ContentKeyUsageRuleList></cpix:CPIX>"#;
+        let keys = parse_cpix(doc).unwrap();
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys[0].group, "hd");
+        assert_eq!(keys[0].key[0], 0x10);
+        assert_eq!(keys[0].iv[15], 15);
+        // A 15-byte key.
+        let short = doc.replace("EBESExQVFhcYGRobHB0eHw==", "EBESExQVFhcYGRobHB0e");
+        let e = parse_cpix(&short).unwrap_err();
+        assert!(e.contains("16 bytes"), "{e}");
+        assert!(parse_cpix("<not xml").is_err());
+        assert!(parse_cpix("<a/>").is_err());
+        let no_kid = doc.replace("kid=\"00112233-4455-6677-8899-aabbccddeeff\" explicitIV", "explicitIV");
+        assert!(parse_cpix(&no_kid).is_err());
+    }
+
+    #[test]
+    fn hex_is_strict() {
+        assert_eq!(from_hex("0aff"), Some(vec![0x0a, 0xff]));
+        assert_eq!(from_hex("0g"), None);
+        assert_eq!(from_hex("abc"), None);
+        assert_eq!(from_hex("é0"), None);
+    }
+}

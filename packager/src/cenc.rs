@@ -1,0 +1,609 @@
+//! Common Encryption (ISO/IEC 23001-7) of CMAF tracks, just in time.
+//!
+//! A clear init segment and clear fragments in; the same media with its
+//! samples encrypted out, and the boxes that tell a player how:
+//!
+//! - `cbcs` (AES-CBC with a constant IV): video NAL units in a 1:9 pattern
+//!   (one 16-byte block encrypted, nine left clear), audio whole-sample.
+//!   One set of segments serves fMP4 HLS (`SAMPLE-AES`) and DASH alike.
+//! - `cenc` (AES-CTR, an 8-byte IV per sample): every protected byte.
+//!
+//! Everything is deterministic: IVs come from the key's own IV, the track
+//! and the segment number, so every edge makes the same bytes from the
+//! same key and request. This is hand-written because the encryption of
+//! samples *is* the product (no crate writes CENC boxes); AES itself comes
+//! from the `aes` and `ctr` crates, which use the CPU's AES instructions.
+
+use aes::cipher::{BlockEncrypt, KeyInit, KeyIvInit, StreamCipher};
+use aes::Aes128;
+
+use crate::fmp4::{parse_fragment, parse_init};
+use crate::index::{first_sample_entry, handler_kind, only_trak};
+use crate::mp4::{children, find, full_box, BoxHeader, Reader};
+use crate::{Error, TrackKind};
+
+/// AES-CTR with a 64-bit big-endian block counter after an 8-byte IV.
+type Ctr = ctr::Ctr64BE<Aes128>;
+
+/// A Common Encryption scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scheme {
+    /// AES-CBC, pattern 1:9 for video, whole-sample for audio, constant IV.
+    Cbcs,
+    /// AES-CTR, every protected byte, an 8-byte IV per sample.
+    Cenc,
+}
+
+impl Scheme {
+    /// `cbcs` or `cenc`: the `schm` scheme type and the URL path segment.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Cbcs => "cbcs",
+            Scheme::Cenc => "cenc",
+        }
+    }
+
+    /// The scheme a path segment names.
+    pub fn parse(s: &str) -> Option<Scheme> {
+        match s {
+            "cbcs" => Some(Scheme::Cbcs),
+            "cenc" => Some(Scheme::Cenc),
+            _ => None,
+        }
+    }
+
+    fn fourcc(self) -> [u8; 4] {
+        match self {
+            Scheme::Cbcs => *b"cbcs",
+            Scheme::Cenc => *b"cenc",
+        }
+    }
+}
+
+/// A content key: its id (KID), the 128-bit AES key, and the IV the key
+/// service made with it (the constant IV under `cbcs`, the base of every
+/// sample's IV under `cenc`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ContentKey {
+    /// The key id, as in `tenc`, `pssh` and license requests.
+    pub kid: [u8; 16],
+    /// The AES-128 key. Never printed: `Debug` shows the KID alone.
+    pub key: [u8; 16],
+    /// The key's IV.
+    pub iv: [u8; 16],
+}
+
+impl std::fmt::Debug for ContentKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContentKey")
+            .field("kid", &hex(&self.kid))
+            .finish_non_exhaustive()
+    }
+}
+
+/// How one track is protected.
+#[derive(Debug, Clone)]
+pub struct TrackProtection {
+    /// `cbcs` or `cenc`.
+    pub scheme: Scheme,
+    /// The track's key.
+    pub key: ContentKey,
+    /// The track's position in the asset manifest: it keeps the `cenc` IVs
+    /// of tracks that share a key apart.
+    pub track: u8,
+    /// Segments up to this number (from 1) stay clear so playback starts
+    /// before a license arrives (the "clear lead"); 0 for none.
+    pub clear_segments: u64,
+}
+
+/// The video pattern of `cbcs`: one block encrypted, nine skipped.
+const CBCS_CRYPT_BLOCKS: u8 = 1;
+const CBCS_SKIP_BLOCKS: u8 = 9;
+/// Bytes of each `cenc` sample IV.
+const CENC_IV_SIZE: u8 = 8;
+/// Bytes of a video NAL unit kept clear after its length prefix before
+/// the protected part begins: the NAL header and, in practice, the slice
+/// header, which some decoders and hardware paths parse before decrypting.
+const VIDEO_CLEAR_LEAD: usize = 32;
+/// Most subsamples in one sample (the `senc` count is 16 bits).
+const MAX_SUBSAMPLES: usize = u16::MAX as usize;
+
+/// The protected init segment: the first sample entry becomes `encv` or
+/// `enca` with a `sinf` (original format, scheme, `tenc` with the KID), and
+/// `pssh` boxes (whole boxes, see [`crate::drm::pssh`]) go at the end of `moov`.
+pub fn protect_init(init: &[u8], p: &TrackProtection, pssh: &[Vec<u8>]) -> Result<Vec<u8>, Error> {
+    let layout = sample_layout(init)?;
+    let mut out = Vec::with_capacity(init.len() + 256);
+    let mut seen_moov = false;
+    for child in children(init) {
+        let child = child?;
+        if &child.kind == b"moov" {
+            seen_moov = true;
+            let mut body = rebuild(child.body, b"trak", |trak| {
+                rebuild(trak, b"mdia", |mdia| {
+                    rebuild(mdia, b"minf", |minf| {
+                        rebuild(minf, b"stbl", |stbl| {
+                            rebuild(stbl, b"stsd", |stsd| protect_stsd(stsd, p, layout))
+                        })
+                    })
+                })
+            })?;
+            for b in pssh {
+                body.extend_from_slice(b);
+            }
+            put_box(&mut out, b"moov", &body);
+        } else {
+            put_box(&mut out, &child.kind, child.body);
+        }
+    }
+    if !seen_moov {
+        return Err(Error::MissingBox("moov"));
+    }
+    Ok(out)
+}
+
+/// A protected fragment: the samples encrypted in place, and `saiz`,
+/// `saio` and `senc` added to the `traf` (run data offsets moved by what
+/// the `moof` grew). `init` is the track's clear init segment; `segment`
+/// the fragment's number (from 1), which keeps `cenc` IVs unique.
+pub fn protect_fragment(
+    init: &[u8],
+    fragment: &[u8],
+    p: &TrackProtection,
+    segment: u64,
+) -> Result<Vec<u8>, Error> {
+    let cfg = parse_init(init)?;
+    let layout = sample_layout(init)?;
+    let samples = parse_fragment(&cfg, fragment)?;
+    let mut data = fragment.to_vec();
+    let clear = segment <= p.clear_segments;
+    let mut infos: Vec<Vec<u8>> = Vec::with_capacity(samples.len());
+    let use_subsamples = matches!(layout, SampleLayout::Nal { .. });
+    let cipher = Aes128::new(&p.key.key.into());
+    for (i, s) in samples.iter().enumerate() {
+        let bytes = data
+            .get_mut(s.offset..s.offset + s.size)
+            .ok_or(Error::Malformed("sample data outside the fragment"))?;
+        let ranges = match layout {
+            SampleLayout::Nal { length_size, hevc } => nal_subsamples(bytes, length_size, hevc)?,
+            SampleLayout::Whole => vec![(0, bytes.len())],
+        };
+        let iv = sample_iv(p, segment, i);
+        if !clear {
+            encrypt_sample(&cipher, p, layout, &iv, bytes, &ranges);
+        }
+        let mut info = Vec::new();
+        if p.scheme == Scheme::Cenc {
+            info.extend_from_slice(&iv[..CENC_IV_SIZE as usize]);
+        }
+        if use_subsamples {
+            let entries = if clear {
+                // A clear-lead sample is described as all clear.
+                clear_entries(bytes.len())
+            } else {
+                subsample_entries(&ranges, bytes.len())?
+            };
+            info.extend_from_slice(&(entries.len() as u16).to_be_bytes());
+            for (c, e) in entries {
+                info.extend_from_slice(&c.to_be_bytes());
+                info.extend_from_slice(&e.to_be_bytes());
+            }
+        }
+        infos.push(info);
+    }
+    let moof_len = moof_length(fragment)?;
+    let moof = rebuild_moof(&fragment[..moof_len], &infos, use_subsamples)?;
+    let mut out = Vec::with_capacity(moof.len() + data.len() - moof_len);
+    out.extend_from_slice(&moof);
+    out.extend_from_slice(&data[moof_len..]);
+    Ok(out)
+}
+
+/// Whether `init` holds a track this module can protect (H.264, HEVC or
+/// whole-sample audio such as AAC).
+pub fn can_protect(init: &[u8]) -> bool {
+    sample_layout(init).is_ok()
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// How a track's samples are split into clear and protected bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SampleLayout {
+    /// NAL units after a length prefix (H.264, HEVC): subsamples per NAL.
+    Nal { length_size: usize, hevc: bool },
+    /// Every byte of the sample (audio).
+    Whole,
+}
+
+fn sample_layout(init: &[u8]) -> Result<SampleLayout, Error> {
+    let moov = find(init, b"moov")?.ok_or(Error::MissingBox("moov"))?;
+    let trak = only_trak(moov)?;
+    let mdia = crate::mp4::find_path(trak, &[b"mdia"])?;
+    let kind = handler_kind(mdia)?;
+    let entry = first_sample_entry(mdia)?;
+    match (kind, &entry.kind) {
+        (TrackKind::Video, b"avc1" | b"avc3") => {
+            let boxes = entry.body.get(78..).ok_or(Error::Truncated)?;
+            let avcc = find(boxes, b"avcC")?.ok_or(Error::MissingBox("avcC"))?;
+            let b = *avcc.get(4).ok_or(Error::Truncated)?;
+            Ok(SampleLayout::Nal {
+                length_size: usize::from(b & 3) + 1,
+                hevc: false,
+            })
+        }
+        (TrackKind::Video, b"hvc1" | b"hev1") => {
+            let boxes = entry.body.get(78..).ok_or(Error::Truncated)?;
+            let hvcc = find(boxes, b"hvcC")?.ok_or(Error::MissingBox("hvcC"))?;
+            let b = *hvcc.get(21).ok_or(Error::Truncated)?;
+            Ok(SampleLayout::Nal {
+                length_size: usize::from(b & 3) + 1,
+                hevc: true,
+            })
+        }
+        (TrackKind::Audio, b"mp4a" | b"ac-3" | b"ec-3" | b"Opus") => Ok(SampleLayout::Whole),
+        (TrackKind::Video, _) => Err(Error::Unsupported("encryption of this video codec")),
+        _ => Err(Error::Unsupported("encryption of this track")),
+    }
+}
+
+/// The protected byte ranges of one video sample, relative to it: for each
+/// video-coding NAL unit, what follows its length prefix and a clear lead,
+/// cut to whole 16-byte blocks (so a range is a multiple of 16 and the
+/// clear part takes the rest). Other NAL units stay clear.
+fn nal_subsamples(
+    sample: &[u8],
+    length_size: usize,
+    hevc: bool,
+) -> Result<Vec<(usize, usize)>, Error> {
+    let mut out = Vec::new();
+    let mut pos = 0usize;
+    while pos < sample.len() {
+        let prefix = sample
+            .get(pos..pos + length_size)
+            .ok_or(Error::Malformed("NAL length prefix past the sample"))?;
+        let len = prefix
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+        let start = pos + length_size;
+        let end = start
+            .checked_add(len)
+            .filter(|e| *e <= sample.len())
+            .ok_or(Error::Malformed("NAL unit past the sample"))?;
+        if len > 0 {
+            let header = sample[start];
+            let vcl = if hevc {
+                (header >> 1) & 0x3f < 32
+            } else {
+                matches!(header & 0x1f, 1..=5)
+            };
+            let body = len.saturating_sub(VIDEO_CLEAR_LEAD);
+            let protected = body - body % 16;
+            if vcl && protected > 0 {
+                if out.len() >= MAX_SUBSAMPLES {
+                    return Err(Error::Unsupported("too many NAL units in one sample"));
+                }
+                out.push((end - protected, protected));
+            }
+        }
+        pos = end;
+    }
+    Ok(out)
+}
+
+/// `senc` subsample entries (clear bytes, protected bytes) covering a
+/// sample of `len` bytes whose protected ranges are `ranges`. A clear run
+/// longer than 16 bits is split into entries with nothing protected.
+fn subsample_entries(ranges: &[(usize, usize)], len: usize) -> Result<Vec<(u16, u32)>, Error> {
+    let mut out = Vec::with_capacity(ranges.len() + 1);
+    let mut pos = 0usize;
+    for &(start, n) in ranges {
+        let mut clear = start - pos;
+        while clear > usize::from(u16::MAX) {
+            out.push((u16::MAX, 0));
+            clear -= usize::from(u16::MAX);
+        }
+        let n = u32::try_from(n).map_err(|_| Error::Unsupported("a NAL unit over 4 GiB"))?;
+        out.push((clear as u16, n));
+        pos = start + n as usize;
+    }
+    out.extend(clear_entries(len - pos));
+    if out.len() > MAX_SUBSAMPLES {
+        return Err(Error::Unsupported("too many subsamples in one sample"));
+    }
+    Ok(out)
+}
+
+fn clear_entries(mut clear: usize) -> Vec<(u16, u32)> {
+    let mut out = Vec::new();
+    while clear > 0 {
+        let n = clear.min(usize::from(u16::MAX));
+        out.push((n as u16, 0));
+        clear -= n;
+    }
+    out
+}
+
+/// The IV of sample `index` of segment `segment`: the key's constant IV
+/// under `cbcs`; under `cenc`, the key's IV with the track, segment and
+/// sample folded into its first 8 bytes (unique for every sample a key
+/// encrypts, as CTR needs), the counter half zero.
+fn sample_iv(p: &TrackProtection, segment: u64, index: usize) -> [u8; 16] {
+    match p.scheme {
+        Scheme::Cbcs => p.key.iv,
+        Scheme::Cenc => {
+            let mut base = [0u8; 8];
+            base.copy_from_slice(&p.key.iv[..8]);
+            let unique = (u64::from(p.track) << 56)
+                | ((segment & 0xff_ffff_ffff) << 16)
+                | (index as u64 & 0xffff);
+            let mut iv = [0u8; 16];
+            iv[..8].copy_from_slice(&(u64::from_be_bytes(base) ^ unique).to_be_bytes());
+            iv
+        }
+    }
+}
+
+fn encrypt_sample(
+    cipher: &Aes128,
+    p: &TrackProtection,
+    layout: SampleLayout,
+    iv: &[u8; 16],
+    sample: &mut [u8],
+    ranges: &[(usize, usize)],
+) {
+    match p.scheme {
+        Scheme::Cenc => {
+            // One counter runs through every protected range of the sample.
+            let mut ctr = Ctr::new(&p.key.key.into(), iv.into());
+            for &(start, n) in ranges {
+                ctr.apply_keystream(&mut sample[start..start + n]);
+            }
+        }
+        Scheme::Cbcs => {
+            let (crypt, skip) = match layout {
+                SampleLayout::Nal { .. } => (CBCS_CRYPT_BLOCKS, CBCS_SKIP_BLOCKS),
+                SampleLayout::Whole => (1, 0),
+            };
+            // The chain starts again from the constant IV in every subsample.
+            for &(start, n) in ranges {
+                cbc_pattern(cipher, iv, &mut sample[start..start + n], crypt, skip);
+            }
+        }
+    }
+}
+
+/// AES-CBC over the blocks of `bytes` that the pattern picks (`crypt`
+/// encrypted, then `skip` left alone, repeating); the chain links the
+/// encrypted blocks only; a partial block at the end stays clear.
+fn cbc_pattern(cipher: &Aes128, iv: &[u8; 16], bytes: &mut [u8], crypt: u8, skip: u8) {
+    let period = usize::from(crypt) + usize::from(skip);
+    let mut chain = *iv;
+    for (i, block) in bytes.chunks_exact_mut(16).enumerate() {
+        if i % period >= usize::from(crypt) {
+            continue;
+        }
+        for (b, c) in block.iter_mut().zip(chain.iter()) {
+            *b ^= c;
+        }
+        let ga = aes::Block::from_mut_slice(block);
+        cipher.encrypt_block(ga);
+        chain.copy_from_slice(block);
+    }
+}
+
+/// The `stsd` body with its first entry protected.
+fn protect_stsd(stsd: &[u8], p: &TrackProtection, layout: SampleLayout) -> Result<Vec<u8>, Error> {
+    let head = stsd.get(..8).ok_or(Error::Truncated)?;
+    let mut out = head.to_vec();
+    for (i, entry) in children(&stsd[8..]).enumerate() {
+        let entry = entry?;
+        if i > 0 {
+            put_box(&mut out, &entry.kind, entry.body);
+            continue;
+        }
+        let (fields, new_kind) = match layout {
+            SampleLayout::Nal { .. } => (78, *b"encv"),
+            SampleLayout::Whole => (28, *b"enca"),
+        };
+        let fixed = entry.body.get(..fields).ok_or(Error::Truncated)?;
+        let mut body = fixed.to_vec();
+        // A `sinf` already there would mean the mezzanine is encrypted.
+        for child in children(&entry.body[fields..]) {
+            let child = child?;
+            if &child.kind == b"sinf" {
+                return Err(Error::Unsupported("the mezzanine is already encrypted"));
+            }
+            put_box(&mut body, &child.kind, child.body);
+        }
+        body.extend_from_slice(&sinf(entry.kind, p, layout));
+        put_box(&mut out, &new_kind, &body);
+    }
+    Ok(out)
+}
+
+/// `sinf`: the original format, the scheme, and the track's `tenc`.
+fn sinf(original: [u8; 4], p: &TrackProtection, layout: SampleLayout) -> Vec<u8> {
+    let mut frma = Vec::new();
+    put_box(&mut frma, b"frma", &original);
+    let mut schm_body = vec![0, 0, 0, 0];
+    schm_body.extend_from_slice(&p.scheme.fourcc());
+    schm_body.extend_from_slice(&0x0001_0000u32.to_be_bytes());
+    let mut tenc = Vec::new();
+    match p.scheme {
+        Scheme::Cbcs => {
+            // Version 1 carries the pattern; audio's 0:0 means whole blocks.
+            tenc.extend_from_slice(&[1, 0, 0, 0, 0]);
+            tenc.push(match layout {
+                SampleLayout::Nal { .. } => (CBCS_CRYPT_BLOCKS << 4) | CBCS_SKIP_BLOCKS,
+                SampleLayout::Whole => 0,
+            });
+            tenc.extend_from_slice(&[1, 0]);
+            tenc.extend_from_slice(&p.key.kid);
+            tenc.push(16);
+            tenc.extend_from_slice(&p.key.iv);
+        }
+        Scheme::Cenc => {
+            tenc.extend_from_slice(&[0, 0, 0, 0, 0, 0, 1, CENC_IV_SIZE]);
+            tenc.extend_from_slice(&p.key.kid);
+        }
+    }
+    let mut schi = Vec::new();
+    put_box(&mut schi, b"tenc", &tenc);
+    let mut body = frma;
+    put_box(&mut body, b"schm", &schm_body);
+    put_box(&mut body, b"schi", &schi);
+    let mut out = Vec::new();
+    put_box(&mut out, b"sinf", &body);
+    out
+}
+
+/// Copies the boxes of `payload`, rewriting the first child of `kind`
+/// with `f` (its header rewritten to the new length).
+fn rebuild(
+    payload: &[u8],
+    kind: &[u8; 4],
+    f: impl FnOnce(&[u8]) -> Result<Vec<u8>, Error>,
+) -> Result<Vec<u8>, Error> {
+    let mut out = Vec::with_capacity(payload.len() + 128);
+    let mut f = Some(f);
+    for child in children(payload) {
+        let child = child?;
+        if &child.kind == kind {
+            if let Some(f) = f.take() {
+                let body = f(child.body)?;
+                put_box(&mut out, kind, &body);
+                continue;
+            }
+        }
+        put_box(&mut out, &child.kind, child.body);
+    }
+    if f.is_some() {
+        return Err(Error::MissingBox(crate::mp4::fourcc_str(kind)));
+    }
+    Ok(out)
+}
+
+/// The whole length of the `moof` at the start of `fragment`.
+fn moof_length(fragment: &[u8]) -> Result<usize, Error> {
+    let h = BoxHeader::parse(fragment)?;
+    if &h.kind != b"moof" {
+        return Err(Error::Malformed("fragment does not start with moof"));
+    }
+    let len = h
+        .size
+        .and_then(|s| usize::try_from(s).ok())
+        .ok_or(Error::Malformed("moof without a size"))?;
+    if len > fragment.len() {
+        return Err(Error::Truncated);
+    }
+    Ok(len)
+}
+
+/// The `moof` with `saiz`, `saio` and `senc` (one entry per sample:
+/// `infos`) at the end of its `traf`, and every run's data offset moved by
+/// the growth.
+fn rebuild_moof(moof: &[u8], infos: &[Vec<u8>], subsamples: bool) -> Result<Vec<u8>, Error> {
+    let h = BoxHeader::parse(moof)?;
+    let payload = &moof[h.header_len as usize..];
+    let sample_count = u32::try_from(infos.len()).map_err(|_| Error::Truncated)?;
+    // senc: version 0, flags 2 when subsamples are listed.
+    let mut senc = Vec::new();
+    senc.extend_from_slice(&(if subsamples { 2u32 } else { 0 }).to_be_bytes());
+    senc.extend_from_slice(&sample_count.to_be_bytes());
+    for i in infos {
+        senc.extend_from_slice(i);
+    }
+    let mut saiz = vec![0, 0, 0, 0];
+    let same = infos.windows(2).all(|w| w[0].len() == w[1].len());
+    let default_size = match infos.first() {
+        Some(i) if same => u8::try_from(i.len()).unwrap_or(0),
+        _ => 0,
+    };
+    saiz.push(default_size);
+    saiz.extend_from_slice(&sample_count.to_be_bytes());
+    if default_size == 0 {
+        for i in infos {
+            saiz.push(u8::try_from(i.len()).map_err(|_| Error::Unsupported("sample info over 255 bytes"))?);
+        }
+    }
+    // Sizes are known before the offset is: saio is 20 bytes.
+    let added = 8 + saiz.len() + 20 + 8 + senc.len();
+    let mut out = Vec::with_capacity(payload.len() + added + 8);
+    out.extend_from_slice(&[0; 8]);
+    let mut trun_offsets = Vec::new();
+    let mut saio_at = None;
+    let mut senc_data_at = 0usize;
+    let mut trafs = 0;
+    for child in children(payload) {
+        let child = child?;
+        if &child.kind != b"traf" {
+            put_box(&mut out, &child.kind, child.body);
+            continue;
+        }
+        trafs += 1;
+        if trafs > 1 {
+            return Err(Error::Unsupported("more than one traf in a moof"));
+        }
+        let traf_at = out.len();
+        out.extend_from_slice(&[0; 8]);
+        for c in children(child.body) {
+            let c = c?;
+            match &c.kind {
+                b"senc" | b"saiz" | b"saio" => {
+                    return Err(Error::Unsupported("the mezzanine is already encrypted"))
+                }
+                b"trun" => {
+                    let mut r = Reader::new(c.body);
+                    let (_, flags) = full_box(&mut r)?;
+                    if flags & 1 == 0 {
+                        return Err(Error::Unsupported("a run without a data offset"));
+                    }
+                    trun_offsets.push(out.len() + 8 + 8);
+                }
+                _ => {}
+            }
+            put_box(&mut out, &c.kind, c.body);
+        }
+        put_box(&mut out, b"saiz", &saiz);
+        saio_at = Some(out.len() + 16);
+        let mut saio = vec![0, 0, 0, 0];
+        saio.extend_from_slice(&1u32.to_be_bytes());
+        saio.extend_from_slice(&0u32.to_be_bytes());
+        put_box(&mut out, b"saio", &saio);
+        senc_data_at = out.len() + 16;
+        put_box(&mut out, b"senc", &senc);
+        let traf_len = u32::try_from(out.len() - traf_at).map_err(|_| Error::Truncated)?;
+        out[traf_at..traf_at + 4].copy_from_slice(&traf_len.to_be_bytes());
+        out[traf_at + 4..traf_at + 8].copy_from_slice(b"traf");
+    }
+    let saio_at = saio_at.ok_or(Error::MissingBox("traf"))?;
+    let total = u32::try_from(out.len()).map_err(|_| Error::Truncated)?;
+    out[..4].copy_from_slice(&total.to_be_bytes());
+    out[4..8].copy_from_slice(b"moof");
+    // Offsets are from the start of the moof (default-base-is-moof, or the
+    // first traf's implicit base).
+    out[saio_at..saio_at + 4].copy_from_slice(&(senc_data_at as u32).to_be_bytes());
+    let growth = i64::from(total) - moof.len() as i64;
+    for at in trun_offsets {
+        let old = i32::from_be_bytes([out[at], out[at + 1], out[at + 2], out[at + 3]]);
+        let new = i32::try_from(i64::from(old) + growth)
+            .map_err(|_| Error::Malformed("run data offset out of range"))?;
+        out[at..at + 4].copy_from_slice(&new.to_be_bytes());
+    }
+    Ok(out)
+}
+
+fn put_box(out: &mut Vec<u8>, kind: &[u8; 4], body: &[u8]) {
+    out.extend_from_slice(&((body.len() + 8) as u32).to_be_bytes());
+    out.extend_from_slice(kind);
+    out.extend_from_slice(body);
+}
