@@ -76,8 +76,9 @@ web/node_modules/.installed: web/package.json web/package-lock.json
 	touch $@
 
 # Independent checkers for the packaging tests (PyPI's m3u8 and mpegdash
-# parsers), in a virtualenv under target/.
-PY_PACKAGES := m3u8==6.0.0 mpegdash==0.4.1
+# parsers; pycryptodome, an independent AES for the encryption tests), in a
+# virtualenv under target/.
+PY_PACKAGES := m3u8==6.0.0 mpegdash==0.4.1 pycryptodome==3.23.0
 py: target/py/.installed
 
 target/py/.installed: Makefile

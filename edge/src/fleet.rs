@@ -43,6 +43,7 @@ impl EdgePipeline {
             // Cheap to fetch again, and a purge may mean a title changed.
             self.media.manifests.invalidate_all();
             self.geofence.forget_titles();
+            self.protection.forget();
         }
         resp
     }

@@ -30,16 +30,25 @@ enum Unknown {
     Unavailable,
 }
 
+/// What the edge needs to know of a title on every request: its country
+/// rules, and whether it is served encrypted only.
+#[derive(Debug, Default, serde::Deserialize)]
+pub(crate) struct TitleMeta {
+    pub(crate) geo: cascade_geo::CountryRule,
+    #[serde(default)]
+    pub(crate) protected: bool,
+}
+
 /// Country lookups and rules.
 pub(crate) struct Geofence {
     pub(crate) geo: Arc<cascade_geo::Geo>,
     pub(crate) rules: Vec<cascade_geo::PathRule>,
     pub(crate) unknown: cascade_geo::UnknownPolicy,
     pub(crate) trusted: Vec<ipnet::IpNet>,
-    /// Titles' country rules, fetched with their metadata.
-    title_meta: moka::future::Cache<String, Arc<cascade_geo::CountryRule>>,
-    /// The last rules seen per title, for when they cannot be fetched.
-    last_known: moka::future::Cache<String, Arc<cascade_geo::CountryRule>>,
+    /// Titles' country rules and protection, fetched with their metadata.
+    title_meta: moka::future::Cache<String, Arc<TitleMeta>>,
+    /// The last seen per title, for when they cannot be fetched.
+    last_known: moka::future::Cache<String, Arc<TitleMeta>>,
     pub(crate) lookups: IntCounterVec,
     pub(crate) blocked: IntCounterVec,
 }
@@ -106,7 +115,8 @@ impl Geofence {
 
     /// 451 when a viewer from `country` may not watch `path` of `asset`
     /// (a title's asset id, or `live:{channel}`), whose metadata with its
-    /// country rules is at `meta` upstream.
+    /// country rules is at `meta` upstream; else whether the title is
+    /// protected.
     pub(crate) async fn check(
         &self,
         country: Option<&str>,
@@ -114,7 +124,7 @@ impl Geofence {
         (asset, meta): (&str, &str),
         media: &Media,
         request_id: &str,
-    ) -> Option<Response> {
+    ) -> Result<bool, Response> {
         // Fail closed: a title whose rules cannot be had (and were never
         // seen) is not served, since its media may be in a cache.
         let title = match self.title_rule(asset, meta, media, request_id).await {
@@ -124,25 +134,29 @@ impl Geofence {
                 Some(rule) => Some(rule),
                 None => {
                     tracing::warn!(request_id, asset, "title rules unavailable; refusing");
-                    return Some(
-                        Response::error(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "geo_unavailable",
-                            "this title's country rules cannot be checked now; try again shortly",
-                        )
-                        .header("retry-after", "5"),
-                    );
+                    return Err(Response::error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "geo_unavailable",
+                        "this title's country rules cannot be checked now; try again shortly",
+                    )
+                    .header("retry-after", "5"));
                 }
             },
         };
-        let verdict =
-            cascade_geo::decide(country, path, &self.rules, title.as_deref(), self.unknown);
+        let protected = title.as_ref().is_some_and(|t| t.protected);
+        let verdict = cascade_geo::decide(
+            country,
+            path,
+            &self.rules,
+            title.as_ref().map(|t| &t.geo),
+            self.unknown,
+        );
         match verdict {
-            cascade_geo::Verdict::Allow => None,
+            cascade_geo::Verdict::Allow => Ok(protected),
             cascade_geo::Verdict::Block { country, rule } => {
                 self.blocked.with_label_values(&[&country, &rule]).inc();
                 let body = serde_json::json!({ "error": "geo_blocked", "message": "this title is not available in your country", "country": country, "rule": rule });
-                Some(Response::new(
+                Err(Response::new(
                     StatusCode::UNAVAILABLE_FOR_LEGAL_REASONS,
                     "application/json",
                     format!("{body}\n"),
@@ -165,7 +179,7 @@ impl Geofence {
         meta: &str,
         media: &Media,
         request_id: &str,
-    ) -> Result<Arc<cascade_geo::CountryRule>, Unknown> {
+    ) -> Result<Arc<TitleMeta>, Unknown> {
         // Concurrent misses for one title share one fetch (moka coalesces);
         // only rules are kept, never a failure. A fetched rule is also kept
         // as the last known, here and not on every hit (an insert costs).
@@ -180,12 +194,9 @@ impl Geofence {
             if r.status != StatusCode::OK {
                 return Err(Unknown::Unavailable);
             }
-            #[derive(serde::Deserialize)]
-            struct Meta {
-                geo: cascade_geo::CountryRule,
-            }
-            let meta: Meta = serde_json::from_slice(&r.body).map_err(|_| Unknown::Unavailable)?;
-            let rule = Arc::new(meta.geo);
+            let meta: TitleMeta =
+                serde_json::from_slice(&r.body).map_err(|_| Unknown::Unavailable)?;
+            let rule = Arc::new(meta);
             self.last_known
                 .insert(asset.to_string(), rule.clone())
                 .await;

@@ -35,6 +35,7 @@ mod live;
 mod media;
 mod metrics;
 mod pipeline;
+mod protection;
 mod server;
 mod shields;
 

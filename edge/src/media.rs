@@ -7,7 +7,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use cascade_cache::CachedObject;
-use cascade_packager::{is_safe_id, package, with_query, AssetManifest, Output, View};
+use cascade_packager::{
+    is_safe_id, package, package_protected, protected_sources, with_query, AssetManifest, Drm,
+    Output, ProtectedOutput, View,
+};
 use cascade_serve::{
     cached_response, set_cache_status, unix_now_ms, CacheOutcome, CacheTier, Response,
     UpstreamError, UpstreamResponse,
@@ -92,7 +95,39 @@ impl Media {
         );
         self.tier
             .serve(key, move || async move {
-                media.miss(&a, &o, &view, &k, &rid).await
+                media.miss(&a, &o, &view, &k, &rid, None).await
+            })
+            .await
+    }
+
+    /// The same for an output of a protected title: encrypted (or its
+    /// manifests signalled) with `drm`'s keys.
+    pub(crate) async fn fill_protected(
+        &self,
+        key: &str,
+        path: &str,
+        output: &ProtectedOutput,
+        drm: Arc<Drm>,
+        view: &View,
+        request_id: &str,
+    ) -> Response {
+        let Some((asset, _)) = path["/vod/".len()..].split_once('/') else {
+            return not_found();
+        };
+        let media = self.clone();
+        let view = output.output.relevant_view(view);
+        let (a, o, k, rid) = (
+            asset.to_string(),
+            output.clone(),
+            key.to_string(),
+            request_id.to_string(),
+        );
+        self.tier
+            .serve(key, move || async move {
+                let inner = o.output.clone();
+                media
+                    .miss(&a, &inner, &view, &k, &rid, Some((&o, &drm)))
+                    .await
             })
             .await
     }
@@ -105,6 +140,7 @@ impl Media {
         view: &View,
         key: &str,
         request_id: &str,
+        protected: Option<(&ProtectedOutput, &Drm)>,
     ) -> Response {
         let req_id = request_id;
         let started_ms = unix_now_ms();
@@ -114,7 +150,11 @@ impl Media {
             Err(r) => return r,
         };
         let mut upstream_status = None;
-        let sources = match output.sources(&manifest) {
+        let sources = match protected {
+            Some((p, _)) => protected_sources(&manifest, p),
+            None => output.sources(&manifest),
+        };
+        let sources = match sources {
             Ok(s) => s,
             Err(_) => return not_found(),
         };
@@ -139,8 +179,13 @@ impl Media {
             }
         }
         let slices: Vec<&[u8]> = parts.iter().map(|b| b.as_ref()).collect();
-        let body = match package(&manifest, output, view, &slices) {
+        let packaged = match protected {
+            Some((p, drm)) => package_protected(&manifest, p, view, &slices, drm),
+            None => package(&manifest, output, view, &slices),
+        };
+        let body = match packaged {
             Ok(b) => Bytes::from(b),
+            Err(cascade_packager::Error::Protected) => return protected_refusal(),
             Err(e @ cascade_packager::Error::EmptyView(_)) => {
                 return Response::error(StatusCode::NOT_FOUND, "no_rendition", &e.to_string());
             }
@@ -292,6 +337,24 @@ pub(crate) fn tokenize(mut r: Response, output: &Output, token_query: Option<&st
         );
     }
     r
+}
+
+/// The packager output a `/vod/{asset}/…` path names, with the scheme
+/// directory (`cbcs/`, `cenc/`) of a protected title's outputs.
+pub(crate) fn protected_output(path: &str) -> Option<ProtectedOutput> {
+    let (asset, rest) = path.strip_prefix("/vod/")?.split_once('/')?;
+    is_safe_id(asset)
+        .then(|| ProtectedOutput::parse(rest))
+        .flatten()
+}
+
+/// 403 for the clear media of a protected title.
+pub(crate) fn protected_refusal() -> Response {
+    Response::error(
+        StatusCode::FORBIDDEN,
+        "protected",
+        "this title is served encrypted only: play it from its manifests with a license",
+    )
 }
 
 /// The packager output a `/vod/{asset}/…` path names.

@@ -24,6 +24,8 @@ pub(crate) struct EdgeMetrics {
     pub(crate) reactions_refused: IntCounterVec,
     pub(crate) reaction_batches_dropped: prometheus::IntCounter,
     pub(crate) ad_events: IntCounterVec,
+    /// License and key requests, by result; protected titles' key fetches.
+    pub(crate) licenses: IntCounterVec,
 }
 
 impl EdgeMetrics {
@@ -91,6 +93,11 @@ impl EdgeMetrics {
                 "edge_ad_events_total",
                 "Ad insertion at this edge: personalised playlists, session plans fetched or failed, ad segment reports sent or dropped",
                 "event",
+            )?,
+            licenses: counter(
+                "edge_licenses_total",
+                "License and key requests (granted, or why refused) and protected titles' key fetches",
+                "result",
             )?,
             reaction_batches_dropped: plain(
                 "edge_reaction_batches_dropped_total",

@@ -13,11 +13,14 @@
 //! | response filter | token in child URLs, range, CORS        |          |            |               |
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
 use cascade_packager::live::{Blocking, LiveOutput};
-use cascade_packager::{is_safe_id, live_with_query, Output, Profile, View};
+use cascade_packager::{
+    is_safe_id, live_with_query, Drm, Output, Profile, ProtectedOutput, Scheme, View,
+};
 use cascade_serve::{
     add_cors, apply_range, cors_preflight, Delivered, Pipeline, Request, Response, Step, Upstream,
 };
@@ -30,7 +33,8 @@ use crate::cmcd::Prefetcher;
 use crate::fleet::FleetCall;
 use crate::generic::Generic;
 use crate::geofence::Geofence;
-use crate::media::{media_output, not_found, tokenize, Media};
+use crate::media::{not_found, protected_output, tokenize, Media};
+use crate::protection::{LicenseKind, Protection};
 
 /// The edge's phases and what they need.
 pub(crate) struct EdgePipeline {
@@ -40,6 +44,8 @@ pub(crate) struct EdgePipeline {
     pub(crate) flashes: std::sync::Arc<crate::events::FlashBoard>,
     pub(crate) auth: Auth,
     pub(crate) geofence: Geofence,
+    /// Protected titles' keys and the license proxy.
+    pub(crate) protection: Arc<Protection>,
     pub(crate) media: Media,
     pub(crate) origin: Upstream,
     pub(crate) generic: Generic,
@@ -67,7 +73,11 @@ pub(crate) enum Route {
     Media {
         asset: String,
         output: Option<Output>,
+        /// `cbcs/…` or `cenc/…`: a protected title's encrypted outputs.
+        scheme: Option<Scheme>,
     },
+    /// `/vod/{asset}/license/…`: a viewer's license or key request.
+    License { asset: String, kind: LicenseKind },
     /// `/vod/{asset}/ad/{break}.{n}/{creative}/…` (or `/live/{channel}/ad/…`,
     /// `live`): an ad's media inside a title's or a channel's stitched
     /// playlists, under its token.
@@ -113,6 +123,23 @@ pub(crate) struct EdgeCtx {
     /// The answer is a stitched playlist or MPD, its child URLs tokenised
     /// as it was made.
     pub(crate) stitched: bool,
+    /// The title is served encrypted only (from its metadata).
+    pub(crate) protected: bool,
+    /// A protected title's keys, once the cache key needed them.
+    pub(crate) drm: Option<Arc<Drm>>,
+}
+
+/// Outputs that carry a title's media in the clear (or point into it):
+/// refused for a protected title.
+fn is_clear_media(output: &Output) -> bool {
+    matches!(
+        output,
+        Output::MediaPlaylist(_)
+            | Output::IframePlaylist(_)
+            | Output::Init(_)
+            | Output::Segment(..)
+            | Output::KeySegment(..)
+    )
 }
 
 impl EdgeCtx {
@@ -139,6 +166,8 @@ impl Pipeline for EdgePipeline {
             personal: None,
             ad_fetch: None,
             stitched: false,
+            protected: false,
+            drm: None,
         }
     }
 
@@ -170,8 +199,15 @@ impl Pipeline for EdgePipeline {
                 };
                 return Step::Continue;
             }
+            if let Some(kind) = LicenseKind::parse(after_asset) {
+                ctx.path = path;
+                ctx.route = Route::License { asset, kind };
+                return Step::Continue;
+            }
+            let p = protected_output(&path);
             Route::Media {
-                output: media_output(&path),
+                scheme: p.as_ref().and_then(|p| p.scheme),
+                output: p.map(|p| p.output),
                 asset,
             }
         } else if path == "/live/time" {
@@ -235,6 +271,7 @@ impl Pipeline for EdgePipeline {
         // The subject whose country rules apply: a title, or a channel.
         let (key, meta) = match &ctx.route {
             Route::Media { asset, .. }
+            | Route::License { asset, .. }
             | Route::Ad {
                 asset, live: false, ..
             } if is_safe_id(asset) => (asset.clone(), format!("/mezz/{asset}/meta.json")),
@@ -264,8 +301,11 @@ impl Pipeline for EdgePipeline {
             )
             .await;
         match blocked {
-            Some(r) => Step::Answer(r),
-            None => Step::Continue,
+            Err(r) => Step::Answer(r),
+            Ok(protected) => {
+                ctx.protected = protected;
+                Step::Continue
+            }
         }
     }
 
@@ -276,9 +316,36 @@ impl Pipeline for EdgePipeline {
         if let Route::Ad { ad, live, .. } = &ctx.route {
             return self.ad_key(req, ctx, ad.clone(), *live).await;
         }
-        let Route::Media { output, asset } = &ctx.route else {
+        if let Route::License { kind, .. } = &ctx.route {
+            let ok = match kind {
+                LicenseKind::ClearKey => req.method == Method::POST,
+                LicenseKind::Aes128(_) => req.method == Method::GET,
+            };
+            if !ok {
+                return Step::Answer(Response::error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method",
+                    "POST for a ClearKey license, GET for an AES-128 key",
+                ));
+            }
+            if !ctx.protected {
+                return Step::Answer(Response::error(
+                    StatusCode::NOT_FOUND,
+                    "not_protected",
+                    "this title is not protected: it needs no license",
+                ));
+            }
+            return Step::Continue;
+        }
+        let Route::Media {
+            output,
+            asset,
+            scheme,
+        } = &ctx.route
+        else {
             return Step::Continue;
         };
+        let scheme = *scheme;
         if req.method != Method::GET && req.method != Method::HEAD {
             return Step::Answer(Response::error(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -311,8 +378,30 @@ impl Pipeline for EdgePipeline {
                 Err(r) => return Step::Answer(r),
             }
         }
-        ctx.cache_key = Some(Media::key(&ctx.path, output, &ctx.view));
-        // A session with ads gets playlists of its own.
+        let mut key = Media::key(&ctx.path, output, &ctx.view);
+        match (ctx.protected, scheme) {
+            (false, Some(_)) => return Step::Answer(not_found()),
+            (true, None) if is_clear_media(output) => {
+                return Step::Answer(crate::media::protected_refusal())
+            }
+            (true, _) => {
+                let drm = match self.protection.drm(asset, &req.request_id).await {
+                    Ok(d) => d,
+                    Err(r) => return Step::Answer(r),
+                };
+                // Never the clear output's key; new keys, new entries.
+                key.push_str("#p");
+                key.push_str(&crate::protection::fingerprint(&drm));
+                ctx.drm = Some(drm);
+            }
+            (false, None) => {}
+        }
+        ctx.cache_key = Some(key);
+        // A session with ads gets playlists of its own (not yet for a
+        // protected title: its stitched playlists would name clear media).
+        if ctx.protected {
+            return Step::Continue;
+        }
         if let Some(Authorized {
             ads: true,
             session: Some(s),
@@ -344,6 +433,7 @@ impl Pipeline for EdgePipeline {
             Route::Media {
                 output: Some(output),
                 asset,
+                ..
             } if ctx.personal.is_some() => {
                 let session = ctx.personal.as_deref().unwrap_or_default();
                 let plan = self.ads.plan(session, ctx.country.as_deref()).await;
@@ -385,6 +475,35 @@ impl Pipeline for EdgePipeline {
                 }
                 _ => not_found(),
             },
+            Route::Media {
+                output: Some(output),
+                scheme,
+                ..
+            } if ctx.drm.is_some() => match (&ctx.cache_key, &ctx.drm) {
+                (Some(key), Some(drm)) => {
+                    let p = ProtectedOutput {
+                        scheme: *scheme,
+                        output: output.clone(),
+                    };
+                    self.media
+                        .fill_protected(key, &ctx.path, &p, drm.clone(), &ctx.view, &req.request_id)
+                        .await
+                }
+                _ => not_found(),
+            },
+            Route::License { asset, kind } => {
+                let session = ctx.token.as_ref().and_then(|t| t.session.as_deref());
+                self.protection
+                    .license(
+                        asset,
+                        kind,
+                        &req.body,
+                        session,
+                        self.geofence.client_ip(req),
+                        &req.request_id,
+                    )
+                    .await
+            }
             Route::Media {
                 output: Some(output),
                 ..
@@ -465,6 +584,10 @@ impl Pipeline for EdgePipeline {
             ) {
                 privatize(&mut resp.headers);
             }
+            add_cors(&mut resp.headers);
+            return resp;
+        }
+        if let Route::License { .. } = &ctx.route {
             add_cors(&mut resp.headers);
             return resp;
         }
@@ -561,6 +684,7 @@ impl EdgePipeline {
                 output: Some(o), ..
             } if o.is_manifest() => "live_manifest",
             Route::Live { .. } => "live_media",
+            Route::License { .. } => "license",
             Route::Api => "api",
             Route::Page => "page",
             Route::Fleet(_) => "fleet",
@@ -678,7 +802,6 @@ mod tests {
     use cascade_token::{sign, Claims, Key, Verifier};
     use http::{HeaderMap, HeaderValue, Uri};
     use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
-    use std::sync::Arc;
     use std::time::Duration;
 
     const KEY: &str = "00112233445566778899aabbccddeeff";
@@ -697,6 +820,12 @@ mod tests {
         let key = Key::from_hex("k1", KEY).expect("key");
         let bus = std::sync::Arc::new(cascade_bus::MemoryBus::new(100, Duration::from_secs(60)));
         EdgePipeline {
+            protection: Arc::new(Protection::new(
+                "http://127.0.0.1:9",
+                "",
+                Duration::from_secs(1),
+                counter("lic", "result"),
+            )),
             ads: Arc::new(crate::ads::Ads::new(
                 "http://127.0.0.1:9",
                 "",
@@ -800,6 +929,22 @@ mod tests {
                 Route::Media {
                     asset: "abc".into(),
                     output: Some(Output::Multivariant),
+                    scheme: None,
+                },
+            ),
+            (
+                "/vod/abc/cenc/v0/3.m4s",
+                Route::Media {
+                    asset: "abc".into(),
+                    output: Some(Output::Segment("v0".into(), 3)),
+                    scheme: Some(Scheme::Cenc),
+                },
+            ),
+            (
+                "/vod/abc/license/clearkey",
+                Route::License {
+                    asset: "abc".into(),
+                    kind: LicenseKind::ClearKey,
                 },
             ),
             (
@@ -807,6 +952,7 @@ mod tests {
                 Route::Media {
                     asset: "abc".into(),
                     output: None,
+                    scheme: None,
                 },
             ),
             ("/api/v1/titles", Route::Api),

@@ -222,6 +222,12 @@ pub async fn start(cfg: &EdgeConfig) -> anyhow::Result<Edge> {
         counters.ad_events.clone(),
     ));
     let pipeline = EdgePipeline {
+        protection: Arc::new(crate::protection::Protection::new(
+            &cfg.origin,
+            &cfg.fleet_token,
+            timeout,
+            counters.licenses.clone(),
+        )),
         ads: ads.clone(),
         flashes: hub.flashes.clone(),
         auth: Auth {

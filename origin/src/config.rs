@@ -414,7 +414,9 @@ impl Validate for OriginConfig {
         ] {
             if !url.is_empty()
                 && !((url.starts_with("http://") || url.starts_with("https://"))
-                    && !url.chars().any(|c| c.is_whitespace() || c == '"' || c == '<'))
+                    && !url
+                        .chars()
+                        .any(|c| c.is_whitespace() || c == '"' || c == '<'))
             {
                 errors.push(format!("{key}: an http(s) URL, or empty"));
             }

@@ -532,7 +532,10 @@ fn rebuild_moof(moof: &[u8], infos: &[Vec<u8>], subsamples: bool) -> Result<Vec<
     saiz.extend_from_slice(&sample_count.to_be_bytes());
     if default_size == 0 {
         for i in infos {
-            saiz.push(u8::try_from(i.len()).map_err(|_| Error::Unsupported("sample info over 255 bytes"))?);
+            saiz.push(
+                u8::try_from(i.len())
+                    .map_err(|_| Error::Unsupported("sample info over 255 bytes"))?,
+            );
         }
     }
     // Sizes are known before the offset is: saio is 20 bytes.

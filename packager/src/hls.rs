@@ -264,7 +264,12 @@ pub(crate) fn iframe_playlist(track: &Track, range: Range<u64>) -> String {
 /// timed by `timing` (the video track, or the audio track of an
 /// audio-only rendition). It lives at `ts/{ids}.m3u8`, so its segment URIs
 /// are relative to `ts/`.
-pub(crate) fn ts_playlist(ids: &str, timing: &Track, range: Range<u64>, key: Option<(&str, u64)>) -> String {
+pub(crate) fn ts_playlist(
+    ids: &str,
+    timing: &Track,
+    range: Range<u64>,
+    key: Option<(&str, u64)>,
+) -> String {
     let ts = f64::from(timing.timescale.max(1));
     let mut out = String::with_capacity(128 + timing.fragments.len() * 32);
     media_header(

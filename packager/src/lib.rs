@@ -48,13 +48,13 @@ mod tsseg;
 mod view;
 pub mod vtt;
 
+pub use cenc::{ContentKey, Scheme};
+pub use drm::{Drm, Systems};
 pub use index::{index_bytes, Indexer, InitInfo, TrackIndex};
 pub use manifest::{
     codec_family, is_safe_id, is_safe_lang, AssetManifest, ByteRange, Fragment, Track, TrackKind,
     MANIFEST_VERSION, MAX_MANIFEST_BYTES,
 };
-pub use cenc::{ContentKey, Scheme};
-pub use drm::{Drm, Systems};
 pub use mp4::BoxHeader;
 pub use protect::{package_protected, protected_sources, ProtectedOutput};
 pub use query::{live_with_query, with_query};

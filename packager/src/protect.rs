@@ -151,9 +151,7 @@ fn top_level(
     drm: &Drm,
 ) -> Result<Vec<u8>, Error> {
     match output {
-        Output::Multivariant => {
-            Ok(hls::multivariant_protected(m, view, Some(drm))?.into_bytes())
-        }
+        Output::Multivariant => Ok(hls::multivariant_protected(m, view, Some(drm))?.into_bytes()),
         Output::Mpd => {
             Ok(dash::mpd_protected(m, view, Some((drm, Scheme::Cbcs, "cbcs/")))?.into_bytes())
         }
@@ -166,8 +164,10 @@ fn top_level(
                         "#EXT-X-KEY:METHOD=AES-128,URI=\"../license/aes128/{}\"\n",
                         hex(&kid)
                     );
-                    Ok(hls::ts_playlist(ids, timing, range, Some((&line, drm.clear_segments)))
-                        .into_bytes())
+                    Ok(
+                        hls::ts_playlist(ids, timing, range, Some((&line, drm.clear_segments)))
+                            .into_bytes(),
+                    )
                 }
             }
         }

@@ -79,7 +79,14 @@ fn m3u8(text: &[u8], query: &[u8]) -> Vec<u8> {
                     break;
                 };
                 out.extend_from_slice(&rest[..start]);
-                join_into(&mut out, &rest[start..start + len], query);
+                let value = &rest[start..start + len];
+                // `data:` key descriptions and `skd://` FairPlay key URIs
+                // are not edge URLs: no token.
+                if value.contains(&b':') {
+                    out.extend_from_slice(value);
+                } else {
+                    join_into(&mut out, value, query);
+                }
                 rest = &rest[start + len..];
             }
             out.extend_from_slice(rest);

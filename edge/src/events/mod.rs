@@ -406,7 +406,7 @@ async fn admit(
         Scope::Live(ch) => (format!("live:{ch}"), format!("/live-mezz/{ch}/meta.json")),
         Scope::Vod(asset) => (asset.clone(), format!("/mezz/{asset}/meta.json")),
     };
-    if let Some(r) = pipeline
+    pipeline
         .geofence
         .check(
             country.as_deref(),
@@ -415,10 +415,7 @@ async fn admit(
             &pipeline.media,
             &req.request_id,
         )
-        .await
-    {
-        return Err(r);
-    }
+        .await?;
     let key = grant.session.clone().unwrap_or_else(|| {
         req.client
             .map_or_else(|| "unknown".into(), |a| a.ip().to_string())

@@ -33,7 +33,9 @@ pub(crate) async fn protection(
     if !cascade_packager::is_safe_id(&asset) {
         return Err(Error::not_found("asset"));
     }
-    Ok(no_store(Json(svc::protection_for_edge(&state, &asset).await?)))
+    Ok(no_store(Json(
+        svc::protection_for_edge(&state, &asset).await?,
+    )))
 }
 
 /// `POST /api/v1/fleet/license` (fleet credential): the keys a viewer's
@@ -69,7 +71,9 @@ pub(crate) async fn set_protection(
 ) -> Result<Response, Error> {
     require_admin(&state, &headers)?;
     svc::set_protected(&state, &id, s.protected).await?;
-    Ok(no_store(Json(json!({ "asset": id, "protected": s.protected }))))
+    Ok(no_store(Json(
+        json!({ "asset": id, "protected": s.protected }),
+    )))
 }
 
 /// A title's content keys as a CPIX 2.3 document (admin), for a

@@ -67,13 +67,15 @@ pub(crate) async fn insert_or_get(db: &Db, key: &StoredKey, now: i64) -> Result<
 /// Replaces (or adds) the key of an asset's group and period: a CPIX import.
 pub(crate) async fn replace(db: &Db, key: &StoredKey, now: i64) -> Result<()> {
     let mut tx = db.pool.begin().await?;
-    sqlx::query("DELETE FROM content_keys WHERE (asset_id = $1 AND grp = $2 AND period = $3) OR kid = $4")
-        .bind(&key.asset)
-        .bind(&key.group)
-        .bind(key.period)
-        .bind(&key.kid)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(
+        "DELETE FROM content_keys WHERE (asset_id = $1 AND grp = $2 AND period = $3) OR kid = $4",
+    )
+    .bind(&key.asset)
+    .bind(&key.group)
+    .bind(key.period)
+    .bind(&key.kid)
+    .execute(&mut *tx)
+    .await?;
     sqlx::query(
         "INSERT INTO content_keys (kid, asset_id, grp, period, wrapped, created_at) \
          VALUES ($1, $2, $3, $4, $5, $6)",

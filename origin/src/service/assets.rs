@@ -93,7 +93,10 @@ pub(crate) async fn meta(state: &State, asset: &str) -> Result<Value> {
     let a = assets::get_asset(&state.db, asset)
         .await?
         .ok_or_else(|| Error::not_found("asset"))?;
-    Ok(json!({ "asset": asset, "geo": a.geo }))
+    let protected = crate::repo::keys::is_protected(&state.db, asset)
+        .await?
+        .unwrap_or(false);
+    Ok(json!({ "asset": asset, "geo": a.geo, "protected": protected }))
 }
 
 /// The size of a stored file of an asset.

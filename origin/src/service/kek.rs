@@ -50,7 +50,9 @@ impl KeyService {
             None => None,
         };
         if kek.is_none() {
-            tracing::info!("no key-encryption key (kek_file or CASCADE_KEK): protected titles cannot play");
+            tracing::info!(
+                "no key-encryption key (kek_file or CASCADE_KEK): protected titles cannot play"
+            );
         }
         let licenses = IntCounterVec::new(
             Opts::new(
@@ -140,7 +142,7 @@ impl KeyService {
 
 /// Bytes from hex digits; `None` for anything else.
 pub(crate) fn from_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 || s.len() > 4096 {
+    if !s.len().is_multiple_of(2) || s.len() > 4096 {
         return None;
     }
     (0..s.len())
@@ -169,4 +171,3 @@ fn load_kek(cfg: &OriginConfig) -> anyhow::Result<Option<[u8; 32]>> {
         _ => anyhow::bail!("{from}: the key-encryption key must be 64 hex digits"),
     }
 }
-

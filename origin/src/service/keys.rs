@@ -123,7 +123,11 @@ fn content_key(state: &State, k: &StoredKey) -> Result<cascade_packager::Content
     let m = state.keys.unwrap(k)?;
     let mut kid = [0u8; 16];
     let raw = from_hex(&k.kid).filter(|b| b.len() == 16).ok_or_else(|| {
-        Error::internal("kid", "a stored key id is malformed", format_args!("kid of {}", k.asset))
+        Error::internal(
+            "kid",
+            "a stored key id is malformed",
+            format_args!("kid of {}", k.asset),
+        )
     })?;
     kid.copy_from_slice(&raw);
     let mut key = [0u8; 16];
@@ -156,7 +160,12 @@ pub(crate) async fn protection_for_edge(state: &State, asset: &str) -> Result<Va
         return Ok(json!({ "protected": false }));
     }
     let m = asset_manifest(state, asset).await?;
-    let per_group = state.cfg.drm_key_groups;
+    // A key imported for every track (CPIX without usage rules) wins.
+    let per_group = state.cfg.drm_key_groups
+        && !repo::keys_of(&state.db, asset)
+            .await?
+            .iter()
+            .any(|k| k.group == "all" && k.period == 0);
     let mut groups: Vec<&str> = m.tracks.iter().map(|t| group_of(t, per_group)).collect();
     groups.dedup();
     groups.sort_unstable();
@@ -413,7 +422,8 @@ pub(crate) fn parse_cpix(doc: &str) -> std::result::Result<Vec<CpixKey>, String>
             Ok(Event::Text(t)) if in_plain => {
                 let text = t.decode().map_err(|_| "a key value is not text")?;
                 let (kid, iv) = current.clone().ok_or("a key value outside a ContentKey")?;
-                let key = b64_16(text.trim()).ok_or("a content key is 16 bytes (128 bits) in base64")?;
+                let key =
+                    b64_16(text.trim()).ok_or("a content key is 16 bytes (128 bits) in base64")?;
                 let id = uuid_bytes(&kid).ok_or("kid: a UUID")?;
                 keys.push(CpixKey {
                     kid: id,
@@ -437,7 +447,11 @@ pub(crate) fn parse_cpix(doc: &str) -> std::result::Result<Vec<CpixKey>, String>
     }
     for k in &mut keys {
         let uuid = cascade_packager::drm::kid_uuid(&k.kid);
-        k.group = match rules.iter().find(|(kid, _)| *kid == uuid).map(|r| r.1.as_str()) {
+        k.group = match rules
+            .iter()
+            .find(|(kid, _)| *kid == uuid)
+            .map(|r| r.1.as_str())
+        {
             Some(t @ ("sd" | "hd" | "uhd" | "audio")) => t.to_string(),
             Some(_) | None => "all".to_string(),
         };
@@ -482,7 +496,10 @@ mod tests {
         assert!(e.contains("16 bytes"), "{e}");
         assert!(parse_cpix("<not xml").is_err());
         assert!(parse_cpix("<a/>").is_err());
-        let no_kid = doc.replace("kid=\"00112233-4455-6677-8899-aabbccddeeff\" explicitIV", "explicitIV");
+        let no_kid = doc.replace(
+            "kid=\"00112233-4455-6677-8899-aabbccddeeff\" explicitIV",
+            "explicitIV",
+        );
         assert!(parse_cpix(&no_kid).is_err());
     }
 
