@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::engine::general_purpose::{URL_SAFE, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use bytes::Bytes;
 use cascade_packager::{ContentKey, Drm, Systems};
@@ -25,10 +25,6 @@ use prometheus::IntCounterVec;
 const DRM_ENTRIES: u64 = 10_000;
 /// How long a title's keys are kept before they are asked for again.
 const DRM_TTL: Duration = Duration::from_secs(300);
-/// Largest license request body.
-const MAX_LICENSE_BODY: usize = 4096;
-/// Most key ids in one request.
-const MAX_KIDS: usize = 32;
 
 /// What a license request asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -180,7 +176,7 @@ impl Protection {
         };
         let kids: Vec<[u8; 16]> = match kind {
             LicenseKind::Aes128(kid) => vec![*kid],
-            LicenseKind::ClearKey => match clearkey_kids(body) {
+            LicenseKind::ClearKey => match cascade_packager::drm::clearkey_kids(body) {
                 Ok(k) => k,
                 Err(why) => {
                     return Response::error(StatusCode::BAD_REQUEST, "bad_license_request", why)
@@ -305,33 +301,6 @@ impl Protection {
     }
 }
 
-/// The key ids of a W3C ClearKey license request: `{"kids": [...]}`, each
-/// 16 bytes in base64url (padding allowed).
-pub(crate) fn clearkey_kids(body: &[u8]) -> Result<Vec<[u8; 16]>, &'static str> {
-    if body.len() > MAX_LICENSE_BODY {
-        return Err("the license request is over 4 KiB");
-    }
-    #[derive(serde::Deserialize)]
-    struct Req {
-        kids: Vec<String>,
-    }
-    let req: Req = serde_json::from_slice(body)
-        .map_err(|_| "the license request is not W3C ClearKey JSON ({\"kids\": [...]})")?;
-    if req.kids.is_empty() || req.kids.len() > MAX_KIDS {
-        return Err("a license request names 1 to 32 key ids");
-    }
-    req.kids
-        .iter()
-        .map(|k| {
-            let raw = URL_SAFE_NO_PAD
-                .decode(k.trim_end_matches('='))
-                .or_else(|_| URL_SAFE.decode(k))
-                .map_err(|_| "a key id is not base64url")?;
-            <[u8; 16]>::try_from(raw.as_slice()).map_err(|_| "a key id is not 16 bytes")
-        })
-        .collect()
-}
-
 /// The keys and systems of the origin's protection answer.
 fn parse_drm(body: &[u8]) -> Option<Arc<Drm>> {
     #[derive(serde::Deserialize)]
@@ -429,18 +398,5 @@ mod tests {
         assert_eq!(LicenseKind::parse("license/aes128/0011"), None);
         assert_eq!(LicenseKind::parse("license/widevine"), None);
         assert_eq!(LicenseKind::parse("v0/1.m4s"), None);
-    }
-
-    #[test]
-    fn clearkey_requests() {
-        let ok = br#"{"kids":["ABEiM0RVZneImaq7zN3u_w"],"type":"temporary"}"#;
-        assert_eq!(clearkey_kids(ok).unwrap()[0][15], 0xff);
-        let padded = br#"{"kids":["ABEiM0RVZneImaq7zN3u_w=="]}"#;
-        assert_eq!(clearkey_kids(padded).unwrap().len(), 1);
-        assert!(clearkey_kids(b"not json").is_err());
-        assert!(clearkey_kids(br#"{"kids":[]}"#).is_err());
-        assert!(clearkey_kids(br#"{"kids":["AAEC"]}"#).is_err());
-        assert!(clearkey_kids(br#"{"kids":["!!!"]}"#).is_err());
-        assert!(clearkey_kids(&vec![b' '; 5000]).is_err());
     }
 }

@@ -610,3 +610,229 @@ fn put_box(out: &mut Vec<u8>, kind: &[u8; 4], body: &[u8]) {
     out.extend_from_slice(kind);
     out.extend_from_slice(body);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cmaf::{fragment, init_segment, InitTrack, OutSample};
+    use crate::fmp4::parse_fragment;
+    use crate::mp4::find_path;
+
+    const AVCC: [u8; 17] = [
+        1, 0x64, 0, 0x1f, 0xff, 0xe1, 0, 4, 0x67, 0x64, 0, 0x1f, 1, 0, 2, 0x68, 0xee,
+    ];
+
+    fn key() -> ContentKey {
+        ContentKey {
+            kid: [7; 16],
+            key: [0x2b; 16],
+            iv: [0x10; 16],
+        }
+    }
+
+    fn protection(scheme: Scheme, clear_segments: u64) -> TrackProtection {
+        TrackProtection {
+            scheme,
+            key: key(),
+            track: 0,
+            clear_segments,
+        }
+    }
+
+    fn nal(kind: u8, len: usize) -> Vec<u8> {
+        let mut out = (len as u32).to_be_bytes().to_vec();
+        out.push(kind);
+        out.extend((1..len).map(|i| (i * 31 % 251) as u8));
+        out
+    }
+
+    /// An SPS (clear), a 200-byte IDR slice (protected) and a 20-byte
+    /// slice (too short: clear).
+    fn video() -> (Vec<u8>, Vec<u8>) {
+        let init = init_segment(&InitTrack::Avc {
+            avcc: AVCC.to_vec(),
+            width: 320,
+            height: 180,
+        });
+        let mut sample = nal(0x67, 9);
+        sample.extend(nal(0x65, 200));
+        sample.extend(nal(0x41, 20));
+        let s = OutSample {
+            duration: 3000,
+            cts_offset: 0,
+            keyframe: true,
+            data: &sample,
+        };
+        let frag = fragment(1, 0, &[s, s, s]).unwrap();
+        (init, frag)
+    }
+
+    #[test]
+    fn init_gets_a_protection_scheme_and_the_kid() {
+        let (init, _) = video();
+        for scheme in [Scheme::Cbcs, Scheme::Cenc] {
+            let out = protect_init(
+                &init,
+                &protection(scheme, 0),
+                &[vec![0, 0, 0, 8, b'f', b'r', b'e', b'e']],
+            )
+            .unwrap();
+            let moov = find(&out, b"moov").unwrap().unwrap();
+            let stsd = find_path(moov, &[b"trak", b"mdia", b"minf", b"stbl", b"stsd"]).unwrap();
+            let entry = children(&stsd[8..]).next().unwrap().unwrap();
+            assert_eq!(&entry.kind, b"encv");
+            let sinf = find(&entry.body[78..], b"sinf").unwrap().unwrap();
+            assert_eq!(find(sinf, b"frma").unwrap().unwrap(), b"avc1");
+            let schm = find(sinf, b"schm").unwrap().unwrap();
+            assert_eq!(&schm[4..8], scheme.as_str().as_bytes());
+            let tenc = find_path(sinf, &[b"schi", b"tenc"]).unwrap();
+            assert_eq!(&tenc[8..24], &[7; 16]);
+            match scheme {
+                Scheme::Cbcs => assert_eq!((tenc[0], tenc[5], tenc[7], tenc[24]), (1, 0x19, 0, 16)),
+                Scheme::Cenc => assert_eq!((tenc[0], tenc[7]), (0, 8)),
+            }
+            assert!(
+                find(moov, b"free").unwrap().is_some(),
+                "pssh boxes go into moov"
+            );
+            // Still a track the packager reads.
+            assert_eq!(parse_init(&out).unwrap().timescale, 90_000);
+        }
+    }
+
+    #[test]
+    fn samples_are_encrypted_where_senc_says_and_nowhere_else() {
+        let (init, frag) = video();
+        let clear = parse_fragment(&parse_init(&init).unwrap(), &frag).unwrap();
+        for scheme in [Scheme::Cbcs, Scheme::Cenc] {
+            let p = protection(scheme, 0);
+            let out = protect_fragment(&init, &frag, &p, 2).unwrap();
+            assert_eq!(
+                out,
+                protect_fragment(&init, &frag, &p, 2).unwrap(),
+                "deterministic"
+            );
+            let enc = parse_fragment(&parse_init(&init).unwrap(), &out).unwrap();
+            assert_eq!(enc.len(), 3);
+            for (c, e) in clear.iter().zip(&enc) {
+                assert_eq!(c.size, e.size);
+                let (cb, eb) = (
+                    &frag[c.offset..c.offset + c.size],
+                    &out[e.offset..e.offset + e.size],
+                );
+                // SPS (13 bytes), the IDR's prefix, header and clear lead
+                // (4 + 32 + 8: its 199-byte body leaves 160 protected).
+                let clear_len = 13 + 4 + 200 - 160;
+                assert_eq!(cb[..clear_len], eb[..clear_len]);
+                assert_ne!(cb[clear_len..clear_len + 16], eb[clear_len..clear_len + 16]);
+                let prot_end = clear_len + 160;
+                assert_eq!(
+                    cb[prot_end..],
+                    eb[prot_end..],
+                    "the short slice stays clear"
+                );
+                if scheme == Scheme::Cbcs {
+                    // Pattern 1:9: the second block of the range is clear.
+                    assert_eq!(
+                        cb[clear_len + 16..clear_len + 32],
+                        eb[clear_len + 16..clear_len + 32]
+                    );
+                }
+            }
+            let traf = find_path(find(&out, b"moof").unwrap().unwrap(), &[b"traf"]).unwrap();
+            let senc = find(traf, b"senc").unwrap().unwrap();
+            assert_eq!(u32::from_be_bytes([senc[4], senc[5], senc[6], senc[7]]), 3);
+            let iv = if scheme == Scheme::Cenc { 8 } else { 0 };
+            // One subsample: (57 clear, 160 protected), then the rest clear.
+            let first = &senc[8 + iv..];
+            assert_eq!(u16::from_be_bytes([first[0], first[1]]), 2);
+            assert_eq!(u16::from_be_bytes([first[2], first[3]]), 57);
+            assert_eq!(
+                u32::from_be_bytes([first[4], first[5], first[6], first[7]]),
+                160
+            );
+            assert_eq!(u16::from_be_bytes([first[8], first[9]]), 24);
+            let saio = find(traf, b"saio").unwrap().unwrap();
+            let at = u32::from_be_bytes([saio[8], saio[9], saio[10], saio[11]]) as usize;
+            assert_eq!(
+                out[at..at + 10],
+                senc[8..18],
+                "saio points at senc's first entry"
+            );
+        }
+    }
+
+    #[test]
+    fn cenc_ivs_differ_per_sample_segment_and_track() {
+        let p = protection(Scheme::Cenc, 0);
+        let mut q = p.clone();
+        q.track = 1;
+        let ivs = [
+            sample_iv(&p, 1, 0),
+            sample_iv(&p, 1, 1),
+            sample_iv(&p, 2, 0),
+            sample_iv(&q, 1, 0),
+        ];
+        for i in 0..ivs.len() {
+            assert_eq!(ivs[i][8..], [0; 8], "the counter half starts at zero");
+            for j in i + 1..ivs.len() {
+                assert_ne!(ivs[i], ivs[j]);
+            }
+        }
+    }
+
+    #[test]
+    fn clear_lead_segments_are_marked_but_not_encrypted() {
+        let (init, frag) = video();
+        let out = protect_fragment(&init, &frag, &protection(Scheme::Cbcs, 1), 1).unwrap();
+        let cfg = parse_init(&init).unwrap();
+        let (c, e) = (
+            parse_fragment(&cfg, &frag).unwrap(),
+            parse_fragment(&cfg, &out).unwrap(),
+        );
+        for (c, e) in c.iter().zip(&e) {
+            assert_eq!(
+                frag[c.offset..c.offset + c.size],
+                out[e.offset..e.offset + e.size]
+            );
+        }
+        let traf = find_path(find(&out, b"moof").unwrap().unwrap(), &[b"traf"]).unwrap();
+        assert!(find(traf, b"senc").unwrap().is_some());
+    }
+
+    #[test]
+    fn long_clear_runs_split_and_bad_nal_lengths_are_refused() {
+        let entries = subsample_entries(&[(70_000, 32)], 70_100).unwrap();
+        assert_eq!(entries, vec![(65_535, 0), (4_465, 32), (68, 0)]);
+        // A NAL unit whose length runs past the sample.
+        assert!(nal_subsamples(&[0, 0, 0, 99, 0x65, 1, 2], 4, false).is_err());
+        assert!(nal_subsamples(&[0, 0], 4, false).is_err());
+        // Garbage in either place fails cleanly.
+        let (init, frag) = video();
+        let p = protection(Scheme::Cenc, 0);
+        assert!(protect_fragment(&init, &frag[..frag.len() / 2], &p, 1).is_err());
+        assert!(protect_init(&init[..20], &p, &[]).is_err());
+        assert!(protect_fragment(&frag, &init, &p, 1).is_err());
+    }
+
+    #[test]
+    fn aes128_segments_decrypt_back() {
+        use aes::cipher::BlockDecrypt;
+        let clear: Vec<u8> = (0..188 * 3).map(|i| i as u8).collect();
+        let enc = crate::protect::aes128_segment(&[9; 16], 5, &clear);
+        assert_eq!(enc.len(), clear.len() + 16 - clear.len() % 16);
+        let cipher = Aes128::new(&[9u8; 16].into());
+        let mut prev = [0u8; 16];
+        prev[15] = 5;
+        let mut out = Vec::new();
+        for block in enc.chunks(16) {
+            let mut b = aes::Block::clone_from_slice(block);
+            cipher.decrypt_block(&mut b);
+            out.extend(b.iter().zip(prev.iter()).map(|(x, y)| x ^ y));
+            prev.copy_from_slice(block);
+        }
+        let pad = *out.last().unwrap() as usize;
+        out.truncate(out.len() - pad);
+        assert_eq!(out, clear);
+    }
+}

@@ -32,8 +32,6 @@ use crate::storage::{clock, objects, Error, Kind, Result};
 
 /// Most KIDs one license request may name.
 const MAX_KIDS: usize = 32;
-/// Largest CPIX document accepted.
-pub(crate) const MAX_CPIX_BYTES: usize = 1024 * 1024;
 
 /// One key as an edge needs it to encrypt (hex), per track.
 #[derive(Serialize, Deserialize, Debug, Clone, ToSchema)]
@@ -349,7 +347,8 @@ pub(crate) async fn import_cpix(state: &State, asset: &str, doc: &str) -> Result
     if repo::is_protected(&state.db, asset).await?.is_none() {
         return Err(Error::not_found("asset"));
     }
-    let parsed = parse_cpix(doc).map_err(|why| Error::bad_request("bad_cpix", why))?;
+    let parsed = cascade_packager::drm::parse_cpix(doc)
+        .map_err(|why| Error::bad_request("bad_cpix", why))?;
     let now = clock::now() as i64;
     for k in &parsed {
         let mut material = [0u8; 32];
@@ -368,140 +367,9 @@ pub(crate) async fn import_cpix(state: &State, asset: &str, doc: &str) -> Result
     Ok(parsed.len())
 }
 
-/// One content key read from CPIX.
-#[derive(Debug, PartialEq)]
-pub(crate) struct CpixKey {
-    kid: [u8; 16],
-    key: [u8; 16],
-    iv: [u8; 16],
-    group: String,
-}
-
-/// Reads the content keys of a CPIX document: each `ContentKey`'s `kid`
-/// (a UUID), `explicitIV` (base64, 16 bytes; zeros when absent) and
-/// plain secret (base64, 16 bytes), and the track type its usage rule
-/// names (`SD`, `HD`, `UHD`, `AUDIO`; `all` without one).
-pub(crate) fn parse_cpix(doc: &str) -> std::result::Result<Vec<CpixKey>, String> {
-    use quick_xml::events::Event;
-    if doc.len() > MAX_CPIX_BYTES {
-        return Err(format!("a CPIX document is at most {MAX_CPIX_BYTES} bytes"));
-    }
-    let mut reader = quick_xml::Reader::from_str(doc);
-    let mut keys: Vec<CpixKey> = Vec::new();
-    let mut rules: Vec<(String, String)> = Vec::new();
-    let mut current: Option<(String, [u8; 16])> = None;
-    let mut in_plain = false;
-    let attr = |e: &quick_xml::events::BytesStart<'_>, name: &[u8]| -> Option<String> {
-        e.attributes()
-            .flatten()
-            .find(|a| a.key.local_name().as_ref() == name)
-            .and_then(|a| a.unescape_value().ok().map(|v| v.to_string()))
-    };
-    loop {
-        match reader.read_event() {
-            Ok(Event::Start(e)) | Ok(Event::Empty(e)) => match e.local_name().as_ref() {
-                b"ContentKey" => {
-                    let kid = attr(&e, b"kid").ok_or("a ContentKey without a kid")?;
-                    let iv = match attr(&e, b"explicitIV") {
-                        Some(v) => b64_16(&v).ok_or("explicitIV: 16 bytes in base64")?,
-                        None => [0; 16],
-                    };
-                    if keys.len() >= 1000 {
-                        return Err("at most 1000 keys".into());
-                    }
-                    current = Some((kid, iv));
-                }
-                b"PlainValue" => in_plain = true,
-                b"ContentKeyUsageRule" => {
-                    if let (Some(k), Some(t)) = (attr(&e, b"kid"), attr(&e, b"intendedTrackType")) {
-                        rules.push((k.to_ascii_lowercase(), t.to_ascii_lowercase()));
-                    }
-                }
-                _ => {}
-            },
-            Ok(Event::Text(t)) if in_plain => {
-                let text = t.decode().map_err(|_| "a key value is not text")?;
-                let (kid, iv) = current.clone().ok_or("a key value outside a ContentKey")?;
-                let key =
-                    b64_16(text.trim()).ok_or("a content key is 16 bytes (128 bits) in base64")?;
-                let id = uuid_bytes(&kid).ok_or("kid: a UUID")?;
-                keys.push(CpixKey {
-                    kid: id,
-                    key,
-                    iv,
-                    group: String::new(),
-                });
-            }
-            Ok(Event::End(e)) => match e.local_name().as_ref() {
-                b"PlainValue" => in_plain = false,
-                b"ContentKey" => current = None,
-                _ => {}
-            },
-            Ok(Event::Eof) => break,
-            Err(e) => return Err(format!("not XML: {e}")),
-            _ => {}
-        }
-    }
-    if keys.is_empty() {
-        return Err("no content keys with plain values".into());
-    }
-    for k in &mut keys {
-        let uuid = cascade_packager::drm::kid_uuid(&k.kid);
-        k.group = match rules
-            .iter()
-            .find(|(kid, _)| *kid == uuid)
-            .map(|r| r.1.as_str())
-        {
-            Some(t @ ("sd" | "hd" | "uhd" | "audio")) => t.to_string(),
-            Some(_) | None => "all".to_string(),
-        };
-    }
-    Ok(keys)
-}
-
-fn b64_16(s: &str) -> Option<[u8; 16]> {
-    let v = STANDARD.decode(s.trim()).ok()?;
-    (v.len() == 16).then(|| {
-        let mut a = [0u8; 16];
-        a.copy_from_slice(&v);
-        a
-    })
-}
-
-fn uuid_bytes(s: &str) -> Option<[u8; 16]> {
-    let hex: String = s.chars().filter(|c| *c != '-').collect();
-    let v = from_hex(&hex).filter(|v| v.len() == 16)?;
-    let mut a = [0u8; 16];
-    a.copy_from_slice(&v);
-    Some(a)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cpix_round_trip_and_bad_lengths() {
-        let doc = r#"<cpix:CPIX xmlns:cpix="urn:dashif:org:cpix" xmlns:pskc="urn:ietf:params:xml:ns:keyprov:pskc">
-<cpix:ContentKeyList><cpix:ContentKey kid="00112233-4455-6677-8899-aabbccddeeff" explicitIV="AAECAwQFBgcICQoLDA0ODw=="><cpix:Data><pskc:Secret><pskc:PlainValue>EBESExQVFhcYGRobHB0eHw==</pskc:PlainValue></pskc:Secret></cpix:Data></cpix:ContentKey></cpix:ContentKeyList>
-<cpix:ContentKeyUsageRuleList><cpix:ContentKeyUsageRule kid="00112233-4455-6677-8899-aabbccddeeff" intendedTrackType="HD"/></cpix:ContentKeyUsageRuleList></cpix:CPIX>"#;
-        let keys = parse_cpix(doc).unwrap();
-        assert_eq!(keys.len(), 1);
-        assert_eq!(keys[0].group, "hd");
-        assert_eq!(keys[0].key[0], 0x10);
-        assert_eq!(keys[0].iv[15], 15);
-        // A 15-byte key.
-        let short = doc.replace("EBESExQVFhcYGRobHB0eHw==", "EBESExQVFhcYGRobHB0e");
-        let e = parse_cpix(&short).unwrap_err();
-        assert!(e.contains("16 bytes"), "{e}");
-        assert!(parse_cpix("<not xml").is_err());
-        assert!(parse_cpix("<a/>").is_err());
-        let no_kid = doc.replace(
-            "kid=\"00112233-4455-6677-8899-aabbccddeeff\" explicitIV",
-            "explicitIV",
-        );
-        assert!(parse_cpix(&no_kid).is_err());
-    }
 
     #[test]
     fn hex_is_strict() {
