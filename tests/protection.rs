@@ -51,7 +51,7 @@ fn capture_logs() -> Captured {
 /// A stack whose origin has a KEK, the labelled geo database and a
 /// webhook secret, and a 6-second title ingested with `protect`,
 /// licensed in India, Nepal and Britain (127.0.0.1 in the test database).
-async fn protected_stack(per_minute: u32) -> (Stack, String, String) {
+async fn protected_stack(per_minute: u32, key_groups: bool) -> (Stack, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let db = test_db(dir.path()).to_str().unwrap().to_string();
     let kek = dir.path().join("kek");
@@ -64,6 +64,7 @@ async fn protected_stack(per_minute: u32) -> (Stack, String, String) {
             o.kek_file = kek;
             o.billing_webhook_secret = WEBHOOK_SECRET.into();
             o.license_requests_per_minute = per_minute;
+            o.drm_key_groups = key_groups;
             o.drm_widevine_license_url = "https://license.example.test/widevine".into();
             o.drm_fairplay_license_url = "https://license.example.test/fairplay".into();
         },
@@ -257,7 +258,7 @@ async fn clear_parts(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn protected_titles_are_encrypted_at_the_edge_and_decrypt_independently() {
     let logs = capture_logs();
-    let (stack, asset, geo_db) = protected_stack(1000).await;
+    let (stack, asset, geo_db) = protected_stack(1000, true).await;
     let edge = &stack.edge_url;
     let access = viewer(&stack.origin_url, &stack.outbox).await;
     let play = start(&stack, &access, &asset, "tv-1").await;
@@ -568,7 +569,7 @@ async fn license(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn licenses_are_refused_with_the_reason() {
-    let (stack, asset, _) = protected_stack(8).await;
+    let (stack, asset, _) = protected_stack(8, false).await;
     let access = viewer(&stack.origin_url, &stack.outbox).await;
     let me: Value = client()
         .get(format!("{}/api/v1/me", stack.origin_url))
@@ -770,7 +771,8 @@ async fn licenses_are_refused_with_the_reason() {
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"], "bad_cpix", "{v}");
     assert!(v["message"].as_str().unwrap().contains("16 bytes"), "{v}");
-    assert_eq!(cpix_keys(&stack, &asset).await.len(), 2);
+    let before = cpix_keys(&stack, &asset).await;
+    assert_eq!(before.len(), 1, "one key a title by default");
     let r = put(cpix("AAECAwQFBgcICQoLDA0ODw==")).await.unwrap();
     assert_eq!(r.status(), 200);
     let keys = cpix_keys(&stack, &asset).await;
@@ -781,5 +783,62 @@ async fn licenses_are_refused_with_the_reason() {
         )),
         "{keys:?}"
     );
+    stack.shutdown().await;
+}
+
+/// Runs web/tests/protected.mjs on `asset` (the players `only` names, or
+/// all) and answers what it printed.
+async fn players(stack: &Stack, asset: &str, only: &str) -> String {
+    let root = env!("CARGO_MANIFEST_DIR");
+    assert!(
+        Path::new(&format!("{root}/web/node_modules/playwright-core")).exists(),
+        "web/node_modules is missing: run `make web` (make test does)"
+    );
+    let access = viewer(&stack.origin_url, &stack.outbox).await;
+    let play = start(stack, &access, asset, "browser-1").await;
+    let query = format!("__token__={}", play["token"].as_str().unwrap());
+    let (edge, asset, only) = (stack.edge_url.clone(), asset.to_string(), only.to_string());
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg(format!("{root}/web/tests/protected.mjs"))
+            .args([&edge, &asset, &query, "3"])
+            .env("PROTECTED_ONLY", only)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    println!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the players failed");
+    stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chromium_plays_protected_titles_through_eme_clearkey() {
+    // One key a title (the default): every player.
+    let (stack, asset, _) = protected_stack(1000, false).await;
+    let out = players(&stack, &asset, "").await;
+    for name in [
+        "hls.js cbcs",
+        "hls.js AES-128 TS",
+        "dash.js cbcs",
+        "dash.js cenc",
+        "Shaka cbcs",
+        "Shaka cenc",
+    ] {
+        assert!(out.contains(&format!("{name}: played")), "{name}");
+    }
+    stack.shutdown().await;
+    // A key per group of rungs and one for audio: the players that match
+    // keys by KID.
+    let (stack, asset, _) = protected_stack(1000, true).await;
+    let out = players(&stack, &asset, "dash.js,Shaka").await;
+    for name in ["dash.js cbcs", "dash.js cenc", "Shaka cbcs", "Shaka cenc"] {
+        assert!(
+            out.contains(&format!("{name}: played")),
+            "{name} with two keys"
+        );
+    }
     stack.shutdown().await;
 }

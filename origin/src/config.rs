@@ -219,7 +219,10 @@ pub struct OriginConfig {
     /// protected titles cannot be played.
     pub kek_file: String,
     /// Separate content keys per group of rungs (`sd` up to 576 lines,
-    /// `hd` up to 1080, `uhd` above, and `audio`); false: one key a title.
+    /// `hd` up to 1080, `uhd` above, and `audio`); false (the default):
+    /// one key a title. Players that match keys by KID (dash.js, Shaka,
+    /// and every commercial DRM client) handle groups; hls.js with EME
+    /// ClearKey asks for one key only.
     pub drm_key_groups: bool,
     /// Segments at the start of a protected title left clear, so playback
     /// starts while the license is fetched (0: none).
@@ -329,7 +332,7 @@ impl Default for OriginConfig {
             ads_loudness_lufs: -23.0,
             ads_creative_codecs: Vec::new(),
             kek_file: String::new(),
-            drm_key_groups: true,
+            drm_key_groups: false,
             drm_clear_lead_segments: 0,
             drm_widevine_license_url: String::new(),
             drm_playready_license_url: String::new(),

@@ -157,12 +157,38 @@ pub(crate) fn period(
             families.push(v.codec_family());
         }
     }
+    // One AdaptationSet per codec family; a protected title's is split
+    // further by content key (DASH-IF: one default_KID per AdaptationSet),
+    // the parts of a family linked for switching.
+    let mut sets: Vec<Vec<&Track>> = Vec::new();
     for family in families {
         let group: Vec<&Track> = videos
             .iter()
             .copied()
             .filter(|v| v.codec_family() == family)
             .collect();
+        let first = sets.len();
+        for v in group {
+            let kid = kid_of(opts, &v.id);
+            match sets[first..]
+                .iter_mut()
+                .find(|s| kid_of(opts, &s[0].id) == kid)
+            {
+                Some(set) => set.push(v),
+                None => sets.push(vec![v]),
+            }
+        }
+    }
+    let family_ids: Vec<(u32, &str)> = sets
+        .iter()
+        .scan(next_id, |id, set| {
+            let this = *id;
+            // A set, and its trick-mode set if it has one.
+            *id += if has_trick(opts, set) { 2 } else { 1 };
+            Some((this, set[0].codec_family()))
+        })
+        .collect();
+    for (n, group) in sets.iter().enumerate() {
         let main_id = next_id;
         next_id += 1;
         let max_w = group.iter().map(|v| v.width).max().unwrap_or(0);
@@ -171,13 +197,27 @@ pub(crate) fn period(
             out,
             "    <AdaptationSet id=\"{main_id}\" contentType=\"video\" mimeType=\"video/mp4\" segmentAlignment=\"true\" startWithSAP=\"1\" maxWidth=\"{max_w}\" maxHeight=\"{max_h}\">"
         );
-        for v in &group {
+        protection(out, opts, &group[0].id);
+        let family = group[0].codec_family();
+        let siblings: Vec<String> = family_ids
+            .iter()
+            .enumerate()
+            .filter(|(i, (_, f))| *i != n && *f == family)
+            .map(|(_, (id, _))| id.to_string())
+            .collect();
+        if !siblings.is_empty() {
+            let _ = writeln!(
+                out,
+                "      <SupplementalProperty schemeIdUri=\"urn:mpeg:dash:adaptation-set-switching:2016\" value=\"{}\"/>",
+                siblings.join(",")
+            );
+        }
+        for v in group {
             let _ = writeln!(
                 out,
                 "      <Representation id=\"{}\" bandwidth=\"{}\" codecs=\"{}\" width=\"{}\" height=\"{}\" frameRate=\"{}\" sar=\"1:1\">",
                 v.id, v.bandwidth, v.codec, v.width, v.height, frame_rate(v.frame_rate)
             );
-            protection(out, opts, &v.id);
             template(out, v, range.clone(), &rep_init, &rep_media, opts.ato);
             out.push_str("      </Representation>\n");
         }
@@ -194,14 +234,20 @@ pub(crate) fn period(
             let rate = (secs * t.frame_rate).round().max(1.0) as u64;
             let _ = writeln!(
                 out,
-                "    <AdaptationSet id=\"{id}\" contentType=\"video\" mimeType=\"video/mp4\" segmentAlignment=\"true\" startWithSAP=\"1\" maxWidth=\"{w}\" maxHeight=\"{h}\">\n      <EssentialProperty schemeIdUri=\"http://dashif.org/guidelines/trickmode\" value=\"{main_id}\"/>\n      <Representation id=\"{tid}-trick\" bandwidth=\"{bw}\" codecs=\"{codec}\" width=\"{w}\" height=\"{h}\" sar=\"1:1\" maxPlayoutRate=\"{rate}\" codingDependency=\"false\">",
+                "    <AdaptationSet id=\"{id}\" contentType=\"video\" mimeType=\"video/mp4\" segmentAlignment=\"true\" startWithSAP=\"1\" maxWidth=\"{w}\" maxHeight=\"{h}\">",
+                w = t.width,
+                h = t.height,
+            );
+            protection(out, opts, &t.id);
+            let _ = writeln!(
+                out,
+                "      <EssentialProperty schemeIdUri=\"http://dashif.org/guidelines/trickmode\" value=\"{main_id}\"/>\n      <Representation id=\"{tid}-trick\" bandwidth=\"{bw}\" codecs=\"{codec}\" width=\"{w}\" height=\"{h}\" sar=\"1:1\" maxPlayoutRate=\"{rate}\" codingDependency=\"false\">",
                 w = t.width,
                 h = t.height,
                 tid = t.id,
                 bw = iframe_bandwidth(t).max(1),
                 codec = t.codec,
             );
-            protection(out, opts, &t.id);
             let init = format!("{prefix}{}/init.mp4{q}", t.id);
             let media = format!("{prefix}{}/$Number$.key.m4s{q}", t.id);
             template(out, t, range.clone(), &init, &media, opts.ato);
@@ -214,8 +260,13 @@ pub(crate) fn period(
         let role = if i == 0 { "main" } else { "alternate" };
         let _ = writeln!(
             out,
-            "    <AdaptationSet id=\"{id}\" contentType=\"audio\" mimeType=\"audio/mp4\" lang=\"{}\" segmentAlignment=\"true\" startWithSAP=\"1\">\n      <Role schemeIdUri=\"urn:mpeg:dash:role:2011\" value=\"{role}\"/>",
+            "    <AdaptationSet id=\"{id}\" contentType=\"audio\" mimeType=\"audio/mp4\" lang=\"{}\" segmentAlignment=\"true\" startWithSAP=\"1\">",
             a.language
+        );
+        protection(out, opts, &a.id);
+        let _ = writeln!(
+            out,
+            "      <Role schemeIdUri=\"urn:mpeg:dash:role:2011\" value=\"{role}\"/>"
         );
         let _ = writeln!(
             out,
@@ -227,7 +278,6 @@ pub(crate) fn period(
             "        <AudioChannelConfiguration schemeIdUri=\"urn:mpeg:dash:23003:3:audio_channel_configuration:2011\" value=\"{}\"/>",
             a.channels.max(1)
         );
-        protection(out, opts, &a.id);
         template(out, a, range.clone(), &rep_init, &rep_media, opts.ato);
         out.push_str("      </Representation>\n    </AdaptationSet>\n");
     }
@@ -248,13 +298,23 @@ pub(crate) fn period(
     Ok(())
 }
 
-/// The `ContentProtection` elements of track `id`'s Representation.
+/// The `ContentProtection` elements of the AdaptationSet of track `id`.
 fn protection(out: &mut String, opts: &PeriodOpts<'_>, id: &str) {
     if let Some((drm, scheme)) = opts.drm {
         if let Some(k) = drm.keys.get(id) {
-            out.push_str(&drm.dash_elements(&k.kid, scheme, "        "));
+            out.push_str(&drm.dash_elements(&k.kid, scheme, "      "));
         }
     }
+}
+
+/// Whether a set of renditions gets a trick-mode AdaptationSet.
+fn has_trick(opts: &PeriodOpts<'_>, set: &[&Track]) -> bool {
+    opts.trick && set.iter().any(|v| has_key_lengths(v))
+}
+
+/// The KID of track `id` in a protected period (`None` in the clear).
+fn kid_of(opts: &PeriodOpts<'_>, id: &str) -> Option<[u8; 16]> {
+    opts.drm.and_then(|(d, _)| d.keys.get(id)).map(|k| k.kid)
 }
 
 /// A SegmentTemplate whose timeline lists every fragment in `range`

@@ -100,15 +100,12 @@ impl Drm {
             scheme.as_str(),
             kid_uuid(kid)
         );
+        // ClearKey by the DASH-IF scheme, without a pssh: players build
+        // `keyids` init data from the default KID (DASH-IF IOP 7.6.2.4);
+        // the W3C common pssh stays in the init segment.
         let _ = writeln!(
             out,
             "{indent}<ContentProtection schemeIdUri=\"{CLEARKEY_DASH}\" value=\"ClearKey1.0\"/>"
-        );
-        let _ = writeln!(
-            out,
-            "{indent}<ContentProtection schemeIdUri=\"urn:uuid:{}\" value=\"ClearKey1.0\"><cenc:pssh>{}</cenc:pssh></ContentProtection>",
-            kid_uuid(&CLEARKEY),
-            STANDARD.encode(pssh(&CLEARKEY, &[*kid], &[]))
         );
         if let Some(url) = &self.systems.widevine {
             let _ = writeln!(
@@ -144,10 +141,11 @@ impl Drm {
         };
         let k = hex(kid);
         let mut out = String::new();
+        // ClearKey's URI carries the KID itself (as hls.js reads it).
         let _ = writeln!(
             out,
             "{tag}:METHOD=SAMPLE-AES,URI=\"data:text/plain;base64,{}\",KEYID=0x{k},KEYFORMAT=\"org.w3.clearkey\",KEYFORMATVERSIONS=\"1\"",
-            STANDARD.encode(pssh(&CLEARKEY, &[*kid], &[]))
+            STANDARD.encode(kid)
         );
         if self.systems.fairplay.is_some() {
             let _ = writeln!(
