@@ -26,7 +26,8 @@ use cascade_origin::OriginConfig;
 use cascade_serve::config::TokenKeyConfig;
 use cascade_shield::ShieldConfig;
 use clap::Parser;
-use serde_json::{json, Value};
+use serde_json::json;
+use cascade_benches::{json, viewer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const KEY_HEX: &str = "5ecbe75ecbe75ecbe75ecbe75ecbe75e";
@@ -112,55 +113,6 @@ async fn serve_file(path: PathBuf) -> anyhow::Result<String> {
         }
     });
     Ok(format!("http://{addr}/creative.mp4"))
-}
-
-async fn json(r: reqwest::RequestBuilder) -> anyhow::Result<Value> {
-    let r = r.send().await?;
-    let status = r.status();
-    let v: Value = r.json().await.unwrap_or(Value::Null);
-    if !status.is_success() {
-        bail!("{status}: {v}");
-    }
-    Ok(v)
-}
-
-/// Signs up a viewer through the mailed link; answers an access token.
-async fn viewer(
-    http: &reqwest::Client,
-    origin: &str,
-    outbox: &Path,
-    n: usize,
-) -> anyhow::Result<String> {
-    let email = format!("bench-{n}-{}@example.test", std::process::id());
-    json(
-        http.post(format!("{origin}/api/v1/auth/signup"))
-            .json(&json!({ "email": email, "password": "correct horse 42" })),
-    )
-    .await?;
-    let mut code = None;
-    for entry in std::fs::read_dir(outbox)? {
-        let text = std::fs::read_to_string(entry?.path())?;
-        if text.contains(&format!("To: {email}")) {
-            if let Some(at) = text.find("#verify=") {
-                code = Some(
-                    text[at + 8..]
-                        .chars()
-                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
-                        .collect::<String>(),
-                );
-            }
-        }
-    }
-    let code = code.context("no sign-up mail")?;
-    let v = json(
-        http.post(format!("{origin}/api/v1/auth/verify"))
-            .json(&json!({ "code": code })),
-    )
-    .await?;
-    Ok(v["access_token"]
-        .as_str()
-        .context("access token")?
-        .to_string())
 }
 
 struct Round {
