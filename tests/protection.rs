@@ -411,6 +411,28 @@ async fn protected_titles_are_encrypted_at_the_edge_and_decrypt_independently() 
         }
     }
 
+    // Pre-warm before an event: a protected title is warmed as its viewers
+    // ask for it (cbcs), and their first request is a hit.
+    let r: Value = client()
+        .post(format!("{edge}/fleet/warm"))
+        .bearer_auth(FLEET)
+        .json(&json!({ "urls": [format!("/vod/{asset}/v1/3.m4s"), format!("/vod/{asset}/v1.iframes.m3u8")] }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["results"][0]["status"], 200, "{r}");
+    assert_eq!(r["results"][1]["status"], 404, "{r}");
+    let hit = client()
+        .get(format!("{edge}/vod/{asset}/cbcs/v1/3.m4s?{q}"))
+        .send()
+        .await
+        .unwrap();
+    let status = hit.headers()["cache-status"].to_str().unwrap().to_string();
+    assert!(status.contains("hit"), "{status}");
+
     // The same request gives the same bytes on another edge.
     let mut cfg2 = cascade_edge::EdgeConfig {
         listen: "127.0.0.1:0".into(),

@@ -55,4 +55,3 @@ pub async fn viewer(
         .context("access token")?
         .to_string())
 }
-

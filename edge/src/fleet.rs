@@ -1,13 +1,13 @@
 //! Control's calls to the edge, under `/fleet/` with the fleet credential
 //! (not a viewer token): purge and pre-warm.
 
-use cascade_packager::View;
+use cascade_packager::{Output, ProtectedOutput, Scheme, View};
 use cascade_serve::fleet::{fleet_authorized, fleet_unauthorized, handle_purge};
 use cascade_serve::{Request, Response};
 use cascade_token::normalize_path;
 use http::{Method, StatusCode};
 
-use crate::media::media_output;
+use crate::media::{media_output, Media};
 use crate::pipeline::EdgePipeline;
 
 /// Most paths in one pre-warm request.
@@ -112,7 +112,10 @@ impl EdgePipeline {
                 let Ok(_permit) = self.prewarm.acquire().await else {
                     return serde_json::json!({"url": u, "status": 503, "bytes": 0, "cache": "none"});
                 };
-                let r = self.media.get(&path, &output, &view, &req.request_id).await;
+                let r = match self.warm_protected(&path, &output, &view, &req.request_id).await {
+                    Some(r) => r,
+                    None => self.media.get(&path, &output, &view, &req.request_id).await,
+                };
                 let cache = r
                     .headers
                     .get("cache-status")
@@ -125,5 +128,50 @@ impl EdgePipeline {
             .await;
         let body = serde_json::json!({ "node": self.node, "results": results });
         Response::new(StatusCode::OK, "application/json", format!("{body}\n"))
+    }
+
+    /// Pre-warms a protected title's output as its viewers ask for it:
+    /// media and media playlists in `cbcs` (what its HLS and DASH list), the
+    /// rest at the top level, under the protected outputs' cache keys.
+    /// `None` for a title in the clear (or whose metadata says nothing).
+    async fn warm_protected(
+        &self,
+        path: &str,
+        output: &Output,
+        view: &View,
+        request_id: &str,
+    ) -> Option<Response> {
+        let (asset, rest) = path.strip_prefix("/vod/")?.split_once('/')?;
+        if !self
+            .geofence
+            .title_protected(asset, &self.media, request_id)
+            .await
+        {
+            return None;
+        }
+        let drm = match self.protection.drm(asset, request_id).await {
+            Ok(d) => d,
+            Err(r) => return Some(r),
+        };
+        let (scheme, path) = match output {
+            Output::Init(_)
+            | Output::Segment(..)
+            | Output::KeySegment(..)
+            | Output::MediaPlaylist(_) => (Some(Scheme::Cbcs), format!("/vod/{asset}/cbcs/{rest}")),
+            Output::IframePlaylist(_) => return Some(crate::media::not_found()),
+            _ => (None, path.to_string()),
+        };
+        let mut key = Media::key(&path, output, view);
+        key.push_str("#p");
+        key.push_str(&crate::protection::fingerprint(&drm));
+        let p = ProtectedOutput {
+            scheme,
+            output: output.clone(),
+        };
+        Some(
+            self.media
+                .fill_protected(&key, &path, &p, drm, view, request_id)
+                .await,
+        )
     }
 }

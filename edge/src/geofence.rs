@@ -165,6 +165,25 @@ impl Geofence {
         }
     }
 
+    /// Whether a title is protected, from its metadata (fresh, else last
+    /// known); false when neither can be had.
+    pub(crate) async fn title_protected(
+        &self,
+        asset: &str,
+        media: &Media,
+        request_id: &str,
+    ) -> bool {
+        let meta = format!("/mezz/{asset}/meta.json");
+        match self.title_rule(asset, &meta, media, request_id).await {
+            Ok(t) => t.protected,
+            Err(_) => self
+                .last_known
+                .get(asset)
+                .await
+                .is_some_and(|t| t.protected),
+        }
+    }
+
     /// Forgets the titles' fresh rules (after a purge: a title may have
     /// changed); the last known stay for when they cannot be fetched.
     pub(crate) fn forget_titles(&self) {

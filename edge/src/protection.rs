@@ -305,6 +305,7 @@ impl Protection {
 fn parse_drm(body: &[u8]) -> Option<Arc<Drm>> {
     #[derive(serde::Deserialize)]
     struct Answer {
+        protected: bool,
         #[serde(default)]
         clear_segments: u64,
         #[serde(default)]
@@ -326,6 +327,9 @@ fn parse_drm(body: &[u8]) -> Option<Arc<Drm>> {
         fairplay: Option<String>,
     }
     let a: Answer = serde_json::from_slice(body).ok()?;
+    if !a.protected || a.keys.is_empty() {
+        return None;
+    }
     let mut keys = std::collections::BTreeMap::new();
     for k in a.keys {
         keys.insert(

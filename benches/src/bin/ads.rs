@@ -21,13 +21,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use cascade_benches::{json, viewer};
 use cascade_edge::EdgeConfig;
 use cascade_origin::OriginConfig;
 use cascade_serve::config::TokenKeyConfig;
 use cascade_shield::ShieldConfig;
 use clap::Parser;
 use serde_json::json;
-use cascade_benches::{json, viewer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const KEY_HEX: &str = "5ecbe75ecbe75ecbe75ecbe75ecbe75e";

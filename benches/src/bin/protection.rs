@@ -51,7 +51,8 @@ fn main() -> anyhow::Result<()> {
     let track = Track::from_index("v0", "v0.mp4", &index);
     let m = AssetManifest::new("bench", vec![track]);
     let t = &m.tracks[0];
-    let slice = |r: cascade_packager::ByteRange| &bytes[r.offset as usize..(r.offset + r.length) as usize];
+    let slice =
+        |r: cascade_packager::ByteRange| &bytes[r.offset as usize..(r.offset + r.length) as usize];
     let init = slice(t.init);
     let frags: Vec<&[u8]> = t.fragments.iter().map(|f| slice(f.range)).collect();
     let total: usize = frags.iter().map(|f| f.len()).sum();
@@ -88,7 +89,11 @@ fn main() -> anyhow::Result<()> {
                 let made = match mode {
                     0 => package(&m, &Output::Segment("v0".into(), n), &view, &[frag]),
                     _ => {
-                        let scheme = if mode == 1 { Scheme::Cbcs } else { Scheme::Cenc };
+                        let scheme = if mode == 1 {
+                            Scheme::Cbcs
+                        } else {
+                            Scheme::Cenc
+                        };
                         let p = ProtectedOutput {
                             scheme: Some(scheme),
                             output: Output::Segment("v0".into(), n),
@@ -109,7 +114,10 @@ fn main() -> anyhow::Result<()> {
     let (clear, cbcs, cenc) = (median(clear), median(cbcs), median(cenc));
     let rate = |d: Duration| total as f64 / d.as_secs_f64() / 1e9;
     println!();
-    println!("| packaging (median of {} rounds) | GB/s | segments/s | × clear |", args.rounds);
+    println!(
+        "| packaging (median of {} rounds) | GB/s | segments/s | × clear |",
+        args.rounds
+    );
     println!("|---|---|---|---|");
     for (name, d) in [("clear", clear), ("cbcs", cbcs), ("cenc", cenc)] {
         println!(
@@ -140,9 +148,24 @@ fn make_mezzanine(out: &Path, secs: u32) -> anyhow::Result<()> {
         .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
         .arg(format!("testsrc2=s=1920x1080:r=30:d={secs}"))
         .args([
-            "-c:v", "libx264", "-preset", "veryfast", "-b:v", "6M", "-g", "60",
-            "-keyint_min", "60", "-sc_threshold", "0", "-pix_fmt", "yuv420p", "-movflags",
-            "+frag_keyframe+empty_moov+default_base_moof", "-f", "mp4",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-b:v",
+            "6M",
+            "-g",
+            "60",
+            "-keyint_min",
+            "60",
+            "-sc_threshold",
+            "0",
+            "-pix_fmt",
+            "yuv420p",
+            "-movflags",
+            "+frag_keyframe+empty_moov+default_base_moof",
+            "-f",
+            "mp4",
         ])
         .arg(out)
         .status()
@@ -156,7 +179,15 @@ fn make_mezzanine(out: &Path, secs: u32) -> anyhow::Result<()> {
 /// GB/s of `openssl speed -evp aes-128-ctr` on 16 KiB blocks, one process.
 fn openssl_ctr() -> anyhow::Result<f64> {
     let out = Command::new("openssl")
-        .args(["speed", "-evp", "aes-128-ctr", "-seconds", "3", "-bytes", "16384"])
+        .args([
+            "speed",
+            "-evp",
+            "aes-128-ctr",
+            "-seconds",
+            "3",
+            "-bytes",
+            "16384",
+        ])
         .output()
         .context("running openssl speed (Debian's openssl)")?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -238,8 +269,23 @@ impl LicenseStack {
         let http = reqwest::Client::builder().no_proxy().build()?;
         let clip = dir.path().join("clip.mp4");
         let status = Command::new("ffmpeg")
-            .args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=s=320x180:r=25:d=4"])
-            .args(["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"])
+            .args([
+                "-v",
+                "error",
+                "-y",
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc2=s=320x180:r=25:d=4",
+            ])
+            .args([
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+                "-pix_fmt",
+                "yuv420p",
+            ])
             .arg(&clip)
             .status()?;
         if !status.success() {
@@ -256,7 +302,11 @@ impl LicenseStack {
         let job = up["job"].as_str().context("job")?.to_string();
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
-            let j = json(http.get(format!("{origin_url}/api/v1/jobs/{job}")).bearer_auth(ADMIN)).await?;
+            let j = json(
+                http.get(format!("{origin_url}/api/v1/jobs/{job}"))
+                    .bearer_auth(ADMIN),
+            )
+            .await?;
             match j["state"].as_str() {
                 Some("done") => break,
                 Some("failed") => bail!("transcode failed: {j}"),
@@ -274,7 +324,9 @@ impl LicenseStack {
         let token = play["token"].as_str().context("token")?;
         let edge_url = format!("http://{}", edge.addr);
         let mpd = http
-            .get(format!("{edge_url}/vod/{asset}/manifest.mpd?__token__={token}"))
+            .get(format!(
+                "{edge_url}/vod/{asset}/manifest.mpd?__token__={token}"
+            ))
             .send()
             .await?
             .text()
