@@ -215,6 +215,17 @@ impl Protection {
                 .header("retry-after", "5")
             }
         };
+        if status == StatusCode::UNAUTHORIZED || status.is_server_error() {
+            // The edge's own credential or the origin failed: not the
+            // viewer's business which.
+            tracing::warn!(request_id, status = status.as_u16(), "the license server failed");
+            return Response::error(
+                StatusCode::BAD_GATEWAY,
+                "license_unavailable",
+                "the license server cannot answer now; try again shortly",
+            )
+            .header("retry-after", "5");
+        }
         if status != StatusCode::OK {
             // The origin's refusal says why (its code and message); its
             // status is kept so players can tell a refusal from an outage.

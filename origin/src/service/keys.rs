@@ -33,8 +33,9 @@ use crate::storage::{clock, objects, Error, Kind, Result};
 /// Most KIDs one license request may name.
 const MAX_KIDS: usize = 32;
 
-/// One key as an edge needs it to encrypt (hex), per track.
-#[derive(Serialize, Deserialize, Debug, Clone, ToSchema)]
+/// One key as an edge needs it to encrypt (hex), per track. No `Debug`:
+/// it holds a key.
+#[derive(Serialize)]
 pub(crate) struct TrackKey {
     pub(crate) track: String,
     pub(crate) kid: String,
