@@ -449,46 +449,15 @@ async fn free_viewers_get_stitched_breaks_beacons_once_and_premium_none() {
 
     // A premium viewer never sees an ad.
     let premium = viewer(&stack.origin_url, &stack.outbox).await;
-    let me: Value = client()
-        .get(format!("{}/api/v1/me", stack.origin_url))
-        .bearer_auth(&premium)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let user = me["user"]["id"]
-        .as_str()
-        .or(me["id"].as_str())
-        .unwrap()
-        .to_string();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let event = json!({
-        "id": "evt_ads_1", "type": "customer.subscription.created", "created": now,
-        "data": { "object": {
-            "id": format!("sub_{user}"), "object": "subscription", "status": "active",
-            "metadata": { "user_id": user, "plan": "premium" },
-            "items": { "data": [ { "current_period_end": now + 30 * 86400,
-                                    "price": { "lookup_key": "premium" } } ] }
-        } }
-    });
-    let body = serde_json::to_vec(&event).unwrap();
-    let r = client()
-        .post(format!("{}/api/v1/billing/webhook", stack.origin_url))
-        .header(
-            "stripe-signature",
-            cascade_origin::sign_webhook(&body, WEBHOOK_SECRET.as_bytes(), now),
-        )
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let user = common::user_id(&stack, &premium).await;
+    common::subscription_event(
+        &stack,
+        WEBHOOK_SECRET,
+        &user,
+        "customer.subscription.created",
+        "evt_ads_1",
+    )
+    .await;
     let token = start(&stack, &premium, &asset).await;
     for path in ["v0.m3u8", "ts/v0.a0.m3u8", "manifest.mpd"] {
         let body = text(format!(

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use common::{client, make_clip, test_db, viewer, wait_job, Stack, FLEET, ORIGIN_ADMIN};
+use common::{client, make_clip, test_db, viewer, Stack, FLEET, ORIGIN_ADMIN};
 use serde_json::{json, Value};
 
 const WEBHOOK_SECRET: &str = "whsec-protection-tests";
@@ -73,30 +73,17 @@ async fn protected_stack(per_minute: u32, key_groups: bool) -> (Stack, String, S
     .await;
     std::mem::forget(dir);
     let clip = make_clip(stack.dir.path(), 6);
-    let body = tokio::fs::read(&clip).await.unwrap();
-    let r: Value = client()
-        .post(format!("{}/api/v1/uploads", stack.origin_url))
-        .bearer_auth(ORIGIN_ADMIN)
-        .query(&[
+    let asset = common::ingest_with(
+        &stack,
+        &clip,
+        &[
             ("title", "Protected"),
             ("allow_countries", "IN,NP,GB"),
             ("protect", "true"),
-        ])
-        .body(body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let job = wait_job(
-        &stack.origin_url,
-        r["job"].as_str().expect("a job"),
-        Duration::from_secs(120),
+        ],
     )
     .await;
-    assert_eq!(job["state"], "done", "{job}");
-    (stack, r["asset"].as_str().unwrap().to_string(), db3)
+    (stack, asset, db3)
 }
 
 async fn start(stack: &Stack, access: &str, asset: &str, device: &str) -> Value {
@@ -531,37 +518,6 @@ async fn protected_titles_are_encrypted_at_the_edge_and_decrypt_independently() 
     stack.shutdown().await;
 }
 
-/// Sends a webhook that makes `user` premium (`active`) or free again
-/// (`deleted`).
-async fn subscription(stack: &Stack, user: &str, kind: &str, id: &str) {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let event = json!({
-        "id": id, "type": kind, "created": now,
-        "data": { "object": {
-            "id": format!("sub_{user}"), "object": "subscription", "status": "active",
-            "metadata": { "user_id": user, "plan": "premium" },
-            "items": { "data": [ { "current_period_end": now + 30 * 86400,
-                                    "price": { "lookup_key": "premium" } } ] }
-        } }
-    });
-    let body = serde_json::to_vec(&event).unwrap();
-    let r = client()
-        .post(format!("{}/api/v1/billing/webhook", stack.origin_url))
-        .header(
-            "stripe-signature",
-            cascade_origin::sign_webhook(&body, WEBHOOK_SECRET.as_bytes(), now),
-        )
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{kind}");
-}
-
 /// A ClearKey license request for `kids` (hex) with `token`, from `from`.
 async fn license(
     stack: &Stack,
@@ -593,21 +549,15 @@ async fn license(
 async fn licenses_are_refused_with_the_reason() {
     let (stack, asset, _) = protected_stack(8, false).await;
     let access = viewer(&stack.origin_url, &stack.outbox).await;
-    let me: Value = client()
-        .get(format!("{}/api/v1/me", stack.origin_url))
-        .bearer_auth(&access)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let user = me["user"]["id"]
-        .as_str()
-        .or(me["id"].as_str())
-        .unwrap()
-        .to_string();
-    subscription(&stack, &user, "customer.subscription.created", "evt_p1").await;
+    let user = common::user_id(&stack, &access).await;
+    common::subscription_event(
+        &stack,
+        WEBHOOK_SECRET,
+        &user,
+        "customer.subscription.created",
+        "evt_p1",
+    )
+    .await;
     let a = start(&stack, &access, &asset, "tv-a").await;
     let b = start(&stack, &access, &asset, "tv-b").await;
     let (ta, tb) = (a["token"].as_str().unwrap(), b["token"].as_str().unwrap());
@@ -679,7 +629,14 @@ async fn licenses_are_refused_with_the_reason() {
 
     // Back on the free plan: the second stream is over the limit, and a
     // premium title needs premium.
-    subscription(&stack, &user, "customer.subscription.deleted", "evt_p2").await;
+    common::subscription_event(
+        &stack,
+        WEBHOOK_SECRET,
+        &user,
+        "customer.subscription.deleted",
+        "evt_p2",
+    )
+    .await;
     // Streams rank by when they started (then by id, within a second): one
     // keeps its licenses, the other is one too many.
     let ra = license(&stack, &asset, Some(ta), &kids, local).await;
@@ -715,7 +672,14 @@ async fn licenses_are_refused_with_the_reason() {
     // A replayed token: the device started again, so its old session
     // ended; refused by the edge (once it has polled the revocations) or
     // by the license server, whichever sees it first.
-    subscription(&stack, &user, "customer.subscription.updated", "evt_p3").await;
+    common::subscription_event(
+        &stack,
+        WEBHOOK_SECRET,
+        &user,
+        "customer.subscription.updated",
+        "evt_p3",
+    )
+    .await;
     let a2 = start(&stack, &access, &asset, "tv-a").await;
     assert_ne!(a2["token"], a["token"]);
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -218,7 +218,11 @@ impl Protection {
         if status == StatusCode::UNAUTHORIZED || status.is_server_error() {
             // The edge's own credential or the origin failed: not the
             // viewer's business which.
-            tracing::warn!(request_id, status = status.as_u16(), "the license server failed");
+            tracing::warn!(
+                request_id,
+                status = status.as_u16(),
+                "the license server failed"
+            );
             return Response::error(
                 StatusCode::BAD_GATEWAY,
                 "license_unavailable",

@@ -493,26 +493,13 @@ pub async fn licensed_stack(
     )
     .await;
     let clip = make_clip(stack.dir.path(), 2);
-    let body = tokio::fs::read(&clip).await.unwrap();
-    let r: Value = client()
-        .post(format!("{}/api/v1/uploads", stack.origin_url))
-        .bearer_auth(ORIGIN_ADMIN)
-        .query(&[("title", "Final"), ("allow_countries", "IN,NP")])
-        .body(body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let job = wait_job(
-        &stack.origin_url,
-        r["job"].as_str().unwrap(),
-        Duration::from_secs(120),
+    let asset = ingest_with(
+        &stack,
+        &clip,
+        &[("title", "Final"), ("allow_countries", "IN,NP")],
     )
     .await;
-    assert_eq!(job["state"], "done", "{job}");
-    (stack, r["asset"].as_str().unwrap().to_string())
+    (stack, asset)
 }
 
 /// FFmpeg publishing a `size` test pattern at 25 fps with a 440 Hz tone, in
@@ -582,4 +569,78 @@ pub fn python() -> PathBuf {
         py.display()
     );
     py
+}
+
+/// The user id of a viewer's access token (`GET /api/v1/me`).
+pub async fn user_id(stack: &Stack, access: &str) -> String {
+    let me: Value = client()
+        .get(format!("{}/api/v1/me", stack.origin_url))
+        .bearer_auth(access)
+        .send()
+        .await
+        .expect("me")
+        .json()
+        .await
+        .expect("me JSON");
+    me["user"]["id"]
+        .as_str()
+        .or(me["id"].as_str())
+        .unwrap_or_else(|| panic!("a user id: {me}"))
+        .to_string()
+}
+
+/// Sends a signed payment webhook of `kind` (`customer.subscription.created`,
+/// `…updated`, `…deleted`) for `user`'s premium subscription, as event `id`,
+/// with the origin's webhook `secret`; expects it taken.
+pub async fn subscription_event(stack: &Stack, secret: &str, user: &str, kind: &str, id: &str) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let event = serde_json::json!({
+        "id": id, "type": kind, "created": now,
+        "data": { "object": {
+            "id": format!("sub_{user}"), "object": "subscription", "status": "active",
+            "metadata": { "user_id": user, "plan": "premium" },
+            "items": { "data": [ { "current_period_end": now + 30 * 86400,
+                                    "price": { "lookup_key": "premium" } } ] }
+        } }
+    });
+    let body = serde_json::to_vec(&event).expect("JSON");
+    let r = client()
+        .post(format!("{}/api/v1/billing/webhook", stack.origin_url))
+        .header(
+            "stripe-signature",
+            cascade_origin::sign_webhook(&body, secret.as_bytes(), now),
+        )
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("webhook");
+    assert_eq!(r.status(), 200, "{kind}");
+}
+
+/// Uploads `clip` with the admin credential and `query` (title, countries,
+/// flags), waits for its transcode, and answers the asset id.
+pub async fn ingest_with(stack: &Stack, clip: &Path, query: &[(&str, &str)]) -> String {
+    let body = tokio::fs::read(clip).await.expect("the clip");
+    let r: Value = client()
+        .post(format!("{}/api/v1/uploads", stack.origin_url))
+        .bearer_auth(ORIGIN_ADMIN)
+        .query(query)
+        .body(body)
+        .send()
+        .await
+        .expect("upload")
+        .json()
+        .await
+        .expect("upload JSON");
+    let job = wait_job(
+        &stack.origin_url,
+        r["job"].as_str().unwrap_or_else(|| panic!("a job: {r}")),
+        Duration::from_secs(120),
+    )
+    .await;
+    assert_eq!(job["state"], "done", "{job}");
+    r["asset"].as_str().expect("an asset").to_string()
 }
