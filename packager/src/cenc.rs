@@ -155,33 +155,31 @@ pub fn protect_fragment(
     let cfg = parse_init(init)?;
     let layout = sample_layout(init)?;
     let samples = parse_fragment(&cfg, fragment)?;
-    let mut data = fragment.to_vec();
     let clear = segment <= p.clear_segments;
-    let mut infos: Vec<Vec<u8>> = Vec::with_capacity(samples.len());
     let use_subsamples = matches!(layout, SampleLayout::Nal { .. });
-    let cipher = Aes128::new(&p.key.key.into());
+    // First what each sample's protected ranges are (from the clear bytes),
+    // so the new moof is known before any byte is copied; then one copy of
+    // the media into the output, encrypted in place there.
+    let mut ranges: Vec<Vec<(usize, usize)>> = Vec::with_capacity(samples.len());
+    let mut infos: Vec<Vec<u8>> = Vec::with_capacity(samples.len());
     for (i, s) in samples.iter().enumerate() {
-        let bytes = data
-            .get_mut(s.offset..s.offset + s.size)
+        let bytes = fragment
+            .get(s.offset..s.offset + s.size)
             .ok_or(Error::Malformed("sample data outside the fragment"))?;
-        let ranges = match layout {
+        let r = match layout {
             SampleLayout::Nal { length_size, hevc } => nal_subsamples(bytes, length_size, hevc)?,
             SampleLayout::Whole => vec![(0, bytes.len())],
         };
-        let iv = sample_iv(p, segment, i);
-        if !clear {
-            encrypt_sample(&cipher, p, layout, &iv, bytes, &ranges);
-        }
         let mut info = Vec::new();
         if p.scheme == Scheme::Cenc {
-            info.extend_from_slice(&iv[..CENC_IV_SIZE as usize]);
+            info.extend_from_slice(&sample_iv(p, segment, i)[..CENC_IV_SIZE as usize]);
         }
         if use_subsamples {
             let entries = if clear {
                 // A clear-lead sample is described as all clear.
                 clear_entries(bytes.len())
             } else {
-                subsample_entries(&ranges, bytes.len())?
+                subsample_entries(&r, bytes.len())?
             };
             info.extend_from_slice(&(entries.len() as u16).to_be_bytes());
             for (c, e) in entries {
@@ -190,12 +188,53 @@ pub fn protect_fragment(
             }
         }
         infos.push(info);
+        ranges.push(r);
     }
     let moof_len = moof_length(fragment)?;
     let moof = rebuild_moof(&fragment[..moof_len], &infos, use_subsamples)?;
-    let mut out = Vec::with_capacity(moof.len() + data.len() - moof_len);
+    let mut out = Vec::with_capacity(moof.len() + fragment.len() - moof_len);
     out.extend_from_slice(&moof);
-    out.extend_from_slice(&data[moof_len..]);
+    out.extend_from_slice(&fragment[moof_len..]);
+    if clear {
+        return Ok(out);
+    }
+    // Sample positions move by what the moof grew.
+    let shift = moof.len() as isize - moof_len as isize;
+    let mut starts = Vec::with_capacity(samples.len());
+    for s in &samples {
+        let start = s.offset.checked_add_signed(shift).ok_or(Error::Truncated)?;
+        if start.checked_add(s.size).is_none_or(|e| e > out.len()) {
+            return Err(Error::Malformed("sample data outside the fragment"));
+        }
+        starts.push(start);
+    }
+    match p.scheme {
+        Scheme::Cenc => {
+            for (i, (start, r)) in starts.iter().zip(&ranges).enumerate() {
+                // One counter runs through every protected range of a sample.
+                let iv = sample_iv(p, segment, i);
+                let mut ctr = Ctr::new(&p.key.key.into(), (&iv).into());
+                for &(at, n) in r {
+                    ctr.apply_keystream(&mut out[start + at..start + at + n]);
+                }
+            }
+        }
+        Scheme::Cbcs => {
+            let (crypt, skip) = match layout {
+                SampleLayout::Nal { .. } => (CBCS_CRYPT_BLOCKS, CBCS_SKIP_BLOCKS),
+                SampleLayout::Whole => (1, 0),
+            };
+            // Every subsample is a chain of its own from the constant IV:
+            // independent, so their blocks go through AES side by side.
+            let jobs: Vec<(usize, usize)> = starts
+                .iter()
+                .zip(&ranges)
+                .flat_map(|(start, r)| r.iter().map(move |&(at, n)| (start + at, n)))
+                .collect();
+            let cipher = Aes128::new(&p.key.key.into());
+            cbc_pattern_batch(&cipher, &p.key.iv, &mut out, &jobs, crypt, skip);
+        }
+    }
     Ok(out)
 }
 
@@ -352,51 +391,68 @@ fn sample_iv(p: &TrackProtection, segment: u64, index: usize) -> [u8; 16] {
     }
 }
 
-fn encrypt_sample(
+/// AES-CBC in the `crypt`:`skip` pattern over each `(start, len)` range of
+/// `buf`, each range a chain of its own from `iv` (`cbcs` restarts the
+/// chain in every subsample); within a range the chain links the encrypted
+/// blocks only, and a partial block at the end stays clear. CBC is serial
+/// within a chain, so up to eight chains advance together: one
+/// `encrypt_blocks` call takes a block of each, which the CPU's AES units
+/// pipeline.
+fn cbc_pattern_batch(
     cipher: &Aes128,
-    p: &TrackProtection,
-    layout: SampleLayout,
     iv: &[u8; 16],
-    sample: &mut [u8],
-    ranges: &[(usize, usize)],
+    buf: &mut [u8],
+    jobs: &[(usize, usize)],
+    crypt: u8,
+    skip: u8,
 ) {
-    match p.scheme {
-        Scheme::Cenc => {
-            // One counter runs through every protected range of the sample.
-            let mut ctr = Ctr::new(&p.key.key.into(), iv.into());
-            for &(start, n) in ranges {
-                ctr.apply_keystream(&mut sample[start..start + n]);
-            }
-        }
-        Scheme::Cbcs => {
-            let (crypt, skip) = match layout {
-                SampleLayout::Nal { .. } => (CBCS_CRYPT_BLOCKS, CBCS_SKIP_BLOCKS),
-                SampleLayout::Whole => (1, 0),
-            };
-            // The chain starts again from the constant IV in every subsample.
-            for &(start, n) in ranges {
-                cbc_pattern(cipher, iv, &mut sample[start..start + n], crypt, skip);
-            }
-        }
+    const LANES: usize = 8;
+    struct Lane {
+        /// Where the range starts.
+        base: usize,
+        /// Index of the lane's next block within its range.
+        index: usize,
+        /// Whole blocks in the range.
+        blocks: usize,
+        chain: [u8; 16],
     }
-}
-
-/// AES-CBC over the blocks of `bytes` that the pattern picks (`crypt`
-/// encrypted, then `skip` left alone, repeating); the chain links the
-/// encrypted blocks only; a partial block at the end stays clear.
-fn cbc_pattern(cipher: &Aes128, iv: &[u8; 16], bytes: &mut [u8], crypt: u8, skip: u8) {
-    let period = usize::from(crypt) + usize::from(skip);
-    let mut chain = *iv;
-    for (i, block) in bytes.chunks_exact_mut(16).enumerate() {
-        if i % period >= usize::from(crypt) {
-            continue;
+    let (crypt, period) = (usize::from(crypt), usize::from(crypt) + usize::from(skip));
+    let mut queue = jobs.iter().filter(|(_, n)| *n >= 16);
+    let start = |&(at, n): &(usize, usize)| Lane {
+        base: at,
+        index: 0,
+        blocks: n / 16,
+        chain: *iv,
+    };
+    let mut lanes: Vec<Lane> = queue.by_ref().take(LANES).map(start).collect();
+    let mut blocks = [aes::Block::default(); LANES];
+    while !lanes.is_empty() {
+        for (lane, block) in lanes.iter().zip(blocks.iter_mut()) {
+            let at = lane.base + 16 * lane.index;
+            for ((b, p), c) in block.iter_mut().zip(&buf[at..at + 16]).zip(&lane.chain) {
+                *b = p ^ c;
+            }
         }
-        for (b, c) in block.iter_mut().zip(chain.iter()) {
-            *b ^= c;
+        cipher.encrypt_blocks(&mut blocks[..lanes.len()]);
+        for (lane, block) in lanes.iter_mut().zip(blocks.iter()) {
+            let at = lane.base + 16 * lane.index;
+            buf[at..at + 16].copy_from_slice(block);
+            lane.chain.copy_from_slice(block);
+            // The next block the pattern encrypts: the next one within the
+            // crypt run, else the start of the next period.
+            lane.index = if lane.index % period + 1 < crypt {
+                lane.index + 1
+            } else {
+                (lane.index / period + 1) * period
+            };
         }
-        let ga = aes::Block::from_mut_slice(block);
-        cipher.encrypt_block(ga);
-        chain.copy_from_slice(block);
+        lanes.retain(|l| l.index < l.blocks);
+        while lanes.len() < LANES {
+            match queue.next() {
+                Some(j) => lanes.push(start(j)),
+                None => break,
+            }
+        }
     }
 }
 
