@@ -159,39 +159,51 @@ pub fn protect_fragment(
     let use_subsamples = matches!(layout, SampleLayout::Nal { .. });
     // First what each sample's protected ranges are (from the clear bytes),
     // so the new moof is known before any byte is copied; then one copy of
-    // the media into the output, encrypted in place there.
-    let mut ranges: Vec<Vec<(usize, usize)>> = Vec::with_capacity(samples.len());
-    let mut infos: Vec<Vec<u8>> = Vec::with_capacity(samples.len());
+    // the media into the output, encrypted in place there. Ranges and
+    // sample information go into flat buffers: a segment has hundreds of
+    // samples, and an allocation each would cost more than their AES.
+    let mut ranges: Vec<(usize, usize)> = Vec::with_capacity(samples.len() * 2);
+    let mut spans: Vec<(usize, usize)> = Vec::with_capacity(samples.len());
+    let mut info: Vec<u8> = Vec::with_capacity(samples.len() * 16);
+    let mut sizes: Vec<u8> = Vec::with_capacity(samples.len());
+    let mut entries: Vec<(u16, u32)> = Vec::new();
     for (i, s) in samples.iter().enumerate() {
         let bytes = fragment
             .get(s.offset..s.offset + s.size)
             .ok_or(Error::Malformed("sample data outside the fragment"))?;
-        let r = match layout {
-            SampleLayout::Nal { length_size, hevc } => nal_subsamples(bytes, length_size, hevc)?,
-            SampleLayout::Whole => vec![(0, bytes.len())],
-        };
-        let mut info = Vec::new();
+        let first = ranges.len();
+        match layout {
+            SampleLayout::Nal { length_size, hevc } => {
+                nal_subsamples_into(bytes, length_size, hevc, &mut ranges)?
+            }
+            SampleLayout::Whole => ranges.push((0, bytes.len())),
+        }
+        spans.push((first, ranges.len()));
+        let before = info.len();
         if p.scheme == Scheme::Cenc {
             info.extend_from_slice(&sample_iv(p, segment, i)[..CENC_IV_SIZE as usize]);
         }
         if use_subsamples {
-            let entries = if clear {
+            entries.clear();
+            if clear {
                 // A clear-lead sample is described as all clear.
-                clear_entries(bytes.len())
+                entries.extend(clear_entries(bytes.len()));
             } else {
-                subsample_entries(&r, bytes.len())?
-            };
+                entries_into(&ranges[first..], bytes.len(), &mut entries)?;
+            }
             info.extend_from_slice(&(entries.len() as u16).to_be_bytes());
-            for (c, e) in entries {
+            for (c, e) in &entries {
                 info.extend_from_slice(&c.to_be_bytes());
                 info.extend_from_slice(&e.to_be_bytes());
             }
         }
-        infos.push(info);
-        ranges.push(r);
+        sizes.push(
+            u8::try_from(info.len() - before)
+                .map_err(|_| Error::Unsupported("sample information over 255 bytes"))?,
+        );
     }
     let moof_len = moof_length(fragment)?;
-    let moof = rebuild_moof(&fragment[..moof_len], &infos, use_subsamples)?;
+    let moof = rebuild_moof(&fragment[..moof_len], &info, &sizes, use_subsamples)?;
     let mut out = Vec::with_capacity(moof.len() + fragment.len() - moof_len);
     out.extend_from_slice(&moof);
     out.extend_from_slice(&fragment[moof_len..]);
@@ -210,11 +222,11 @@ pub fn protect_fragment(
     }
     match p.scheme {
         Scheme::Cenc => {
-            for (i, (start, r)) in starts.iter().zip(&ranges).enumerate() {
+            for (i, (start, span)) in starts.iter().zip(&spans).enumerate() {
                 // One counter runs through every protected range of a sample.
                 let iv = sample_iv(p, segment, i);
                 let mut ctr = Ctr::new(&p.key.key.into(), (&iv).into());
-                for &(at, n) in r {
+                for &(at, n) in &ranges[span.0..span.1] {
                     ctr.apply_keystream(&mut out[start + at..start + at + n]);
                 }
             }
@@ -228,8 +240,12 @@ pub fn protect_fragment(
             // independent, so their blocks go through AES side by side.
             let jobs: Vec<(usize, usize)> = starts
                 .iter()
-                .zip(&ranges)
-                .flat_map(|(start, r)| r.iter().map(move |&(at, n)| (start + at, n)))
+                .zip(&spans)
+                .flat_map(|(start, span)| {
+                    ranges[span.0..span.1]
+                        .iter()
+                        .map(move |&(at, n)| (start + at, n))
+                })
                 .collect();
             let cipher = Aes128::new(&p.key.key.into());
             cbc_pattern_batch(&cipher, &p.key.iv, &mut out, &jobs, crypt, skip);
@@ -298,12 +314,25 @@ fn sample_layout(init: &[u8]) -> Result<SampleLayout, Error> {
 /// video-coding NAL unit, what follows its length prefix and a clear lead,
 /// cut to whole 16-byte blocks (so a range is a multiple of 16 and the
 /// clear part takes the rest). Other NAL units stay clear.
+#[cfg(test)]
 fn nal_subsamples(
     sample: &[u8],
     length_size: usize,
     hevc: bool,
 ) -> Result<Vec<(usize, usize)>, Error> {
     let mut out = Vec::new();
+    nal_subsamples_into(sample, length_size, hevc, &mut out)?;
+    Ok(out)
+}
+
+/// [`nal_subsamples`] appended to `out`.
+fn nal_subsamples_into(
+    sample: &[u8],
+    length_size: usize,
+    hevc: bool,
+    out: &mut Vec<(usize, usize)>,
+) -> Result<(), Error> {
+    let first = out.len();
     let mut pos = 0usize;
     while pos < sample.len() {
         let prefix = sample
@@ -327,7 +356,7 @@ fn nal_subsamples(
             let body = len.saturating_sub(VIDEO_CLEAR_LEAD);
             let protected = body - body % 16;
             if vcl && protected > 0 {
-                if out.len() >= MAX_SUBSAMPLES {
+                if out.len() - first >= MAX_SUBSAMPLES {
                     return Err(Error::Unsupported("too many NAL units in one sample"));
                 }
                 out.push((end - protected, protected));
@@ -335,14 +364,25 @@ fn nal_subsamples(
         }
         pos = end;
     }
-    Ok(out)
+    Ok(())
 }
 
 /// `senc` subsample entries (clear bytes, protected bytes) covering a
 /// sample of `len` bytes whose protected ranges are `ranges`. A clear run
 /// longer than 16 bits is split into entries with nothing protected.
+#[cfg(test)]
 fn subsample_entries(ranges: &[(usize, usize)], len: usize) -> Result<Vec<(u16, u32)>, Error> {
     let mut out = Vec::with_capacity(ranges.len() + 1);
+    entries_into(ranges, len, &mut out)?;
+    Ok(out)
+}
+
+/// [`subsample_entries`] appended to `out`.
+fn entries_into(
+    ranges: &[(usize, usize)],
+    len: usize,
+    out: &mut Vec<(u16, u32)>,
+) -> Result<(), Error> {
     let mut pos = 0usize;
     for &(start, n) in ranges {
         let mut clear = start - pos;
@@ -358,17 +398,18 @@ fn subsample_entries(ranges: &[(usize, usize)], len: usize) -> Result<Vec<(u16, 
     if out.len() > MAX_SUBSAMPLES {
         return Err(Error::Unsupported("too many subsamples in one sample"));
     }
-    Ok(out)
+    Ok(())
 }
 
-fn clear_entries(mut clear: usize) -> Vec<(u16, u32)> {
-    let mut out = Vec::new();
-    while clear > 0 {
-        let n = clear.min(usize::from(u16::MAX));
-        out.push((n as u16, 0));
-        clear -= n;
-    }
-    out
+/// Entries for `clear` bytes with nothing protected (16 bits each).
+fn clear_entries(mut clear: usize) -> impl Iterator<Item = (u16, u32)> {
+    std::iter::from_fn(move || {
+        (clear > 0).then(|| {
+            let n = clear.min(usize::from(u16::MAX));
+            clear -= n;
+            (n as u16, 0)
+        })
+    })
 }
 
 /// The IV of sample `index` of segment `segment`: the key's constant IV
@@ -564,35 +605,33 @@ fn moof_length(fragment: &[u8]) -> Result<usize, Error> {
     Ok(len)
 }
 
-/// The `moof` with `saiz`, `saio` and `senc` (one entry per sample:
-/// `infos`) at the end of its `traf`, and every run's data offset moved by
+/// The `moof` with `saiz`, `saio` and `senc` (one entry per sample: the
+/// concatenated `info`, each sample's size in `sizes`) at the end of its `traf`, and every run's data offset moved by
 /// the growth.
-fn rebuild_moof(moof: &[u8], infos: &[Vec<u8>], subsamples: bool) -> Result<Vec<u8>, Error> {
+fn rebuild_moof(
+    moof: &[u8],
+    info: &[u8],
+    sizes: &[u8],
+    subsamples: bool,
+) -> Result<Vec<u8>, Error> {
     let h = BoxHeader::parse(moof)?;
     let payload = &moof[h.header_len as usize..];
-    let sample_count = u32::try_from(infos.len()).map_err(|_| Error::Truncated)?;
+    let sample_count = u32::try_from(sizes.len()).map_err(|_| Error::Truncated)?;
     // senc: version 0, flags 2 when subsamples are listed.
-    let mut senc = Vec::new();
+    let mut senc = Vec::with_capacity(info.len() + 8);
     senc.extend_from_slice(&(if subsamples { 2u32 } else { 0 }).to_be_bytes());
     senc.extend_from_slice(&sample_count.to_be_bytes());
-    for i in infos {
-        senc.extend_from_slice(i);
-    }
+    senc.extend_from_slice(info);
     let mut saiz = vec![0, 0, 0, 0];
-    let same = infos.windows(2).all(|w| w[0].len() == w[1].len());
-    let default_size = match infos.first() {
-        Some(i) if same => u8::try_from(i.len()).unwrap_or(0),
+    let same = sizes.windows(2).all(|w| w[0] == w[1]);
+    let default_size = match sizes.first() {
+        Some(n) if same => *n,
         _ => 0,
     };
     saiz.push(default_size);
     saiz.extend_from_slice(&sample_count.to_be_bytes());
     if default_size == 0 {
-        for i in infos {
-            saiz.push(
-                u8::try_from(i.len())
-                    .map_err(|_| Error::Unsupported("sample info over 255 bytes"))?,
-            );
-        }
+        saiz.extend_from_slice(sizes);
     }
     // Sizes are known before the offset is: saio is 20 bytes.
     let added = 8 + saiz.len() + 20 + 8 + senc.len();
