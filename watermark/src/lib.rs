@@ -18,10 +18,14 @@
 //! near zero on an unmarked one. Frames of one segment are averaged; the
 //! sign is the segment's bit.
 //!
-//! The payload: a 16-bit identifier and an 8-bit CRC, 24 segments (48 s
-//! at 2-second segments), repeated through the title. A copy with no mark
-//! gives correlations near zero and is reported as unmarked; one whose
-//! bits fail the CRC as unreadable.
+//! The payload: a sync pair (1, 0), a 16-bit identifier and an 8-bit CRC,
+//! 26 segments (52 s at 2-second segments), repeated through the title.
+//! A picture correlates with the pattern a little by itself (a bias that
+//! differs from title to title), so bits are not read by sign: the
+//! segments' correlations fall into two groups, and the threshold lies
+//! between them; the sync pair makes sure both groups exist. A copy whose
+//! groups are not apart carries no mark; one whose bits fail the sync or
+//! the CRC is unreadable.
 //!
 //! A pure library: planes in, numbers out; the transcoder embeds, the
 //! `cascade watermark detect` command decodes a file and detects.
@@ -34,16 +38,18 @@ pub const GRID_X: usize = 32;
 pub const GRID_Y: usize = 18;
 /// Bits of the session identifier.
 pub const ID_BITS: usize = 16;
-/// Bits of the payload: the identifier, then its CRC-8.
-pub const PAYLOAD_BITS: usize = ID_BITS + 8;
+/// Bits of the payload: the sync pair, the identifier, its CRC-8.
+pub const PAYLOAD_BITS: usize = 2 + ID_BITS + 8;
 /// The seed of the pattern every title uses.
 pub const SEED: u64 = 0x6361_7363_6164_6521;
 /// Luma levels the mark adds or takes away by default.
 pub const DEFAULT_STRENGTH: u8 = 3;
-/// Below this mean absolute correlation (in luma levels) a copy is taken
-/// to carry no mark: unmarked copies measure about 0.1 to 0.25, marked
-/// ones re-encoded at a quarter of the bit rate and scaled down 0.6 and up.
-pub const MARK_THRESHOLD: f32 = 0.4;
+/// Below this distance between the two groups of segment correlations (in
+/// luma levels) a copy is taken to carry no mark: an unmarked copy's
+/// segments differ by a few tenths, a marked one's by about twice the
+/// strength the codec left (four and more at a rung's bit rate, two and
+/// more re-encoded at a quarter of it and scaled down).
+pub const MARK_THRESHOLD: f32 = 0.8;
 
 /// Which copy of a segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -187,11 +193,11 @@ fn high_pass(m: &[[f32; GRID_X]; GRID_Y]) -> [[f32; GRID_X]; GRID_Y] {
     out
 }
 
-/// The payload bits of an identifier: its 16 bits, most significant
-/// first, then the CRC-8 of its two bytes.
+/// The payload bits of an identifier: the sync pair (1, 0), its 16 bits,
+/// most significant first, then the CRC-8 of its two bytes.
 pub fn payload(id: u16) -> [bool; PAYLOAD_BITS] {
     let crc = crc8(&id.to_be_bytes());
-    let word = (u32::from(id) << 8) | u32::from(crc);
+    let word = (0b10 << 24) | (u32::from(id) << 8) | u32::from(crc);
     let mut out = [false; PAYLOAD_BITS];
     for (i, b) in out.iter_mut().enumerate() {
         *b = (word >> (PAYLOAD_BITS - 1 - i)) & 1 == 1;
@@ -213,42 +219,79 @@ pub fn variant_for(id: u16, segment: u64) -> Variant {
 /// What a copy says.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Detection {
-    /// The identifier, and the weakest segment's correlation (confidence).
+    /// The identifier, and how far the weakest bit stood from the
+    /// threshold (luma levels; confidence).
     Marked { id: u16, weakest: f32 },
-    /// Correlations near zero: no mark.
-    Unmarked { mean: f32 },
+    /// The segments' correlations are not apart: no mark.
+    Unmarked { spread: f32 },
     /// Marked, but the bits fail their check (too short, or damaged).
-    Unreadable { mean: f32, segments: usize },
+    Unreadable { spread: f32, segments: usize },
 }
 
 /// Reads the payload from the mean correlation of each segment, from
 /// segment 1 (repeats of the payload are added up).
 pub fn detect(segments: &[f32]) -> Detection {
     let n = segments.len();
-    let mean = if n == 0 {
-        0.0
-    } else {
-        segments.iter().map(|c| c.abs()).sum::<f32>() / n as f32
+    let Some((low, high)) = two_groups(segments) else {
+        return Detection::Unmarked { spread: 0.0 };
     };
-    if mean < MARK_THRESHOLD {
-        return Detection::Unmarked { mean };
+    let spread = high - low;
+    if spread < MARK_THRESHOLD {
+        return Detection::Unmarked { spread };
     }
     if n < PAYLOAD_BITS {
-        return Detection::Unreadable { mean, segments: n };
+        return Detection::Unreadable {
+            spread,
+            segments: n,
+        };
     }
+    let threshold = (low + high) / 2.0;
     let mut votes = [0f32; PAYLOAD_BITS];
     for (i, c) in segments.iter().enumerate() {
-        votes[i % PAYLOAD_BITS] += c;
+        votes[i % PAYLOAD_BITS] += c - threshold;
     }
     let word = votes
         .iter()
         .fold(0u32, |w, v| (w << 1) | u32::from(*v > 0.0));
-    let id = (word >> 8) as u16;
-    if crc8(&id.to_be_bytes()) != (word & 0xff) as u8 {
-        return Detection::Unreadable { mean, segments: n };
+    let id = ((word >> 8) & 0xffff) as u16;
+    if word >> 24 != 0b10 || crc8(&id.to_be_bytes()) != (word & 0xff) as u8 {
+        return Detection::Unreadable {
+            spread,
+            segments: n,
+        };
     }
-    let weakest = votes.iter().map(|v| v.abs()).fold(f32::INFINITY, f32::min);
+    let repeats = (n / PAYLOAD_BITS).max(1) as f32;
+    let weakest = votes
+        .iter()
+        .map(|v| v.abs() / repeats)
+        .fold(f32::INFINITY, f32::min);
     Detection::Marked { id, weakest }
+}
+
+/// The means of the two groups `values` fall into (1-D two-means, from the
+/// extremes); `None` for no values.
+fn two_groups(values: &[f32]) -> Option<(f32, f32)> {
+    let (mut low, mut high) = values.iter().fold(None, |acc: Option<(f32, f32)>, v| {
+        Some(acc.map_or((*v, *v), |(l, h)| (l.min(*v), h.max(*v))))
+    })?;
+    for _ in 0..16 {
+        let mid = (low + high) / 2.0;
+        let (mut ls, mut ln, mut hs, mut hn) = (0.0, 0usize, 0.0, 0usize);
+        for v in values {
+            if *v > mid {
+                hs += v;
+                hn += 1;
+            } else {
+                ls += v;
+                ln += 1;
+            }
+        }
+        if ln == 0 || hn == 0 {
+            return Some((mid, mid));
+        }
+        (low, high) = (ls / ln as f32, hs / hn as f32);
+    }
+    Some((low, high))
 }
 
 /// CRC-8 (polynomial 0x07): a wrong bit in the identifier fails it.
@@ -328,16 +371,15 @@ mod tests {
     fn payloads_round_trip_and_fail_their_check_when_damaged() {
         for id in [0u16, 1, 0x1234, 0xbeef, u16::MAX] {
             let bits = payload(id);
-            // Two repeats, one with a weak wrong bit that the other outvotes.
-            let mut segs: Vec<f32> = bits.iter().map(|b| if *b { 1.2 } else { -1.2 }).collect();
-            segs.extend(bits.iter().map(|b| if *b { 0.9 } else { -0.9 }));
-            segs[3] = -segs[3] * 0.5;
-            assert_eq!(
-                detect(&segs),
-                Detection::Marked {
-                    id,
-                    weakest: detect_weakest(&segs)
-                }
+            // Two repeats on a picture that biases every segment by +1.3,
+            // one with a weak wrong bit that the other outvotes.
+            let mut segs: Vec<f32> = bits.iter().map(|b| if *b { 3.4 } else { -0.8 }).collect();
+            segs.extend(bits.iter().map(|b| if *b { 3.0 } else { -0.4 }));
+            segs[3] = 1.3 - (segs[3] - 1.3) * 0.5;
+            assert!(
+                matches!(detect(&segs), Detection::Marked { id: got, weakest } if got == id && weakest > 0.1),
+                "{id}: {:?}",
+                detect(&segs)
             );
             for n in 1..=PAYLOAD_BITS as u64 * 2 {
                 let want = if bits[((n - 1) % PAYLOAD_BITS as u64) as usize] {
@@ -349,26 +391,19 @@ mod tests {
             }
         }
         let bits = payload(0x1234);
+        assert_eq!((bits[0], bits[1]), (true, false), "the sync pair");
         let mut segs: Vec<f32> = bits.iter().map(|b| if *b { 1.0 } else { -1.0 }).collect();
         segs[5] = -segs[5];
         assert!(matches!(detect(&segs), Detection::Unreadable { .. }));
+        // An unmarked copy: a bias, and segments a few tenths apart.
+        let plain: Vec<f32> = (0..30).map(|i| 1.2 + (i % 3) as f32 * 0.1).collect();
+        assert!(matches!(detect(&plain), Detection::Unmarked { .. }));
+        assert!(matches!(detect(&[1.0; 10]), Detection::Unmarked { .. }));
         assert!(matches!(
-            detect(&[0.1, -0.05, 0.2]),
-            Detection::Unmarked { .. }
-        ));
-        assert!(matches!(
-            detect(&[1.0; 10]),
+            detect(&[1.0, -1.0, 1.0, 1.0, -1.0, 1.0, 1.0, -1.0, 1.0, 1.0]),
             Detection::Unreadable { segments: 10, .. }
         ));
         assert!(matches!(detect(&[]), Detection::Unmarked { .. }));
-    }
-
-    fn detect_weakest(segs: &[f32]) -> f32 {
-        let mut votes = [0f32; PAYLOAD_BITS];
-        for (i, c) in segs.iter().enumerate() {
-            votes[i % PAYLOAD_BITS] += c;
-        }
-        votes.iter().map(|v| v.abs()).fold(f32::INFINITY, f32::min)
     }
 
     #[test]
