@@ -171,25 +171,16 @@ async fn json_get(url: &str) -> Value {
 
 /// Uploads `clip` with ad breaks and waits for it.
 async fn ingest_with_breaks(stack: &Stack, clip: &Path, breaks: &str) -> String {
-    let r: Value = client()
-        .post(format!("{}/api/v1/uploads", stack.origin_url))
-        .bearer_auth(ORIGIN_ADMIN)
-        .query(&[
+    common::ingest_with(
+        stack,
+        clip,
+        &[
             ("title", "Match highlights"),
             ("ad_breaks", breaks),
             ("genres", "sports"),
-        ])
-        .body(tokio::fs::read(clip).await.unwrap())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let job = r["job"].as_str().unwrap_or_else(|| panic!("{r}"));
-    let done = wait_job(&stack.origin_url, job, Duration::from_secs(120)).await;
-    assert_eq!(done["state"], "done", "{done}");
-    r["asset"].as_str().unwrap().to_string()
+        ],
+    )
+    .await
 }
 
 /// A viewer's playback token for `asset` (the viewer's access token given).
