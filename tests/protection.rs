@@ -515,7 +515,37 @@ async fn protected_titles_are_encrypted_at_the_edge_and_decrypt_independently() 
         assert!(!String::from_utf8_lossy(&refusal).contains(key.as_str()));
     }
     assert!(!logged.contains(KEK_HEX) && !metrics.contains(KEK_HEX));
-    stack.shutdown().await;
+
+    // Through an origin outage, viewers keep playing what the edge has:
+    // a purge (of something else) makes the edge forget the title's fresh
+    // keys, the origin goes away, and the cached encrypted segment is still
+    // served, under the last keys the edge saw.
+    let seg = format!("{edge}/vod/{asset}/cbcs/v0/2.m4s?{q}");
+    let before = get_ok(&seg).await;
+    let r = client()
+        .post(format!("{edge}/fleet/purge"))
+        .bearer_auth(FLEET)
+        .json(&json!({ "tags": ["nothing-of-this-title"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let Stack {
+        origin,
+        shield,
+        edge: edge_node,
+        dir: _dir,
+        ..
+    } = stack;
+    origin.shutdown().await;
+    assert_eq!(get_ok(&seg).await, before, "served through the outage");
+    let metrics = String::from_utf8(get_ok(&format!("{edge}/metrics")).await).unwrap();
+    assert!(
+        metrics.contains("edge_licenses_total{result=\"keys_last_known\"}"),
+        "{metrics}"
+    );
+    edge_node.shutdown().await;
+    shield.shutdown().await;
 }
 
 /// A ClearKey license request for `kids` (hex) with `token`, from `from`.

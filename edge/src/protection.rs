@@ -25,6 +25,10 @@ use prometheus::IntCounterVec;
 const DRM_ENTRIES: u64 = 10_000;
 /// How long a title's keys are kept before they are asked for again.
 const DRM_TTL: Duration = Duration::from_secs(300);
+/// How long the last keys seen for a title stand in while the origin
+/// cannot be reached: as long as a playlist may be served stale, so
+/// viewers keep playing a protected title through an origin outage.
+const LAST_KNOWN_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// What a license request asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +58,9 @@ pub(crate) struct Protection {
     origin: String,
     fleet_token: String,
     drms: moka::future::Cache<String, Arc<Drm>>,
+    /// The last keys fetched per title, for when the origin is unreachable
+    /// (RAM only, like the fresh ones).
+    last_known: moka::future::Cache<String, Arc<Drm>>,
     results: IntCounterVec,
 }
 
@@ -77,6 +84,10 @@ impl Protection {
             drms: moka::future::Cache::builder()
                 .max_capacity(DRM_ENTRIES)
                 .time_to_live(DRM_TTL)
+                .build(),
+            last_known: moka::future::Cache::builder()
+                .max_capacity(DRM_ENTRIES)
+                .time_to_live(LAST_KNOWN_TTL)
                 .build(),
             results,
         }
@@ -103,28 +114,32 @@ impl Protection {
                 );
                 return Err(r.0);
             }
-            parse_drm(&r.1).ok_or(StatusCode::BAD_GATEWAY)
+            let drm = parse_drm(&r.1).ok_or(StatusCode::BAD_GATEWAY)?;
+            self.last_known.insert(asset.to_string(), drm.clone()).await;
+            Ok(drm)
         };
         match self.drms.try_get_with(asset.to_string(), fetch).await {
             Ok(d) => Ok(d),
-            Err(status) => {
+            Err(status) if *status != StatusCode::NOT_FOUND => {
+                if let Some(d) = self.last_known.get(asset).await {
+                    self.results.with_label_values(&["keys_last_known"]).inc();
+                    return Ok(d);
+                }
                 self.results.with_label_values(&["keys_unavailable"]).inc();
-                let status = if *status == StatusCode::NOT_FOUND {
-                    return Err(crate::media::not_found());
-                } else {
-                    StatusCode::BAD_GATEWAY
-                };
                 Err(Response::error(
-                    status,
+                    StatusCode::BAD_GATEWAY,
                     "keys_unavailable",
                     "the title's keys cannot be had now; try again shortly",
                 )
                 .header("retry-after", "5"))
             }
+            // No such protected title at the origin.
+            Err(_) => Err(crate::media::not_found()),
         }
     }
 
-    /// Forgets every title's keys (after a purge: keys may have changed).
+    /// Forgets every title's fresh keys (after a purge: keys may have
+    /// changed); the last known stay for when the origin is unreachable.
     pub(crate) fn forget(&self) {
         self.drms.invalidate_all();
     }
