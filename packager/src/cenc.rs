@@ -254,12 +254,6 @@ pub fn protect_fragment(
     Ok(out)
 }
 
-/// Whether `init` holds a track this module can protect (H.264, HEVC or
-/// whole-sample audio such as AAC).
-pub fn can_protect(init: &[u8]) -> bool {
-    sample_layout(init).is_ok()
-}
-
 /// Lower-case hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;

@@ -84,13 +84,14 @@ pub(crate) async fn set_protected(state: &State, asset: &str, protected: bool) -
 }
 
 /// The key of each group of an asset, made (and stored wrapped) the first
-/// time; two origins racing keep the first one stored.
+/// time; two origins racing keep the first one stored. `have`: the keys
+/// the asset has already.
 async fn ensure_keys(
     state: &State,
     asset: &str,
+    mut have: Vec<StoredKey>,
     groups: &[&str],
 ) -> Result<Vec<(String, cascade_packager::ContentKey)>> {
-    let mut have = repo::keys_of(&state.db, asset).await?;
     let now = clock::now() as i64;
     for g in groups {
         if have.iter().any(|k| k.group == *g && k.period == 0) {
@@ -159,17 +160,14 @@ pub(crate) async fn protection_for_edge(state: &State, asset: &str) -> Result<Va
         return Ok(json!({ "protected": false }));
     }
     let m = asset_manifest(state, asset).await?;
+    let stored = repo::keys_of(&state.db, asset).await?;
     // A key imported for every track (CPIX without usage rules) wins.
-    let per_group = state.cfg.drm_key_groups
-        && !repo::keys_of(&state.db, asset)
-            .await?
-            .iter()
-            .any(|k| k.group == "all" && k.period == 0);
+    let per_group =
+        state.cfg.drm_key_groups && !stored.iter().any(|k| k.group == "all" && k.period == 0);
     let mut groups: Vec<&str> = m.tracks.iter().map(|t| group_of(t, per_group)).collect();
-    groups.dedup();
     groups.sort_unstable();
     groups.dedup();
-    let keys = ensure_keys(state, asset, &groups).await?;
+    let keys = ensure_keys(state, asset, stored, &groups).await?;
     let mut tracks = Vec::new();
     for t in &m.tracks {
         let g = group_of(t, per_group);
