@@ -64,6 +64,11 @@ pub(crate) struct IngestArgs {
     /// played with a license from the origin's license server.
     #[arg(long)]
     pub(crate) protect: bool,
+    /// Make the title in two forensically watermarked copies (A/B): each
+    /// playback session's stream then carries a mark of its own, which
+    /// `cascade watermark detect` reads back from a captured copy.
+    #[arg(long)]
+    pub(crate) watermark: bool,
 }
 
 /// The origin's admin credential for uploads.
@@ -206,6 +211,7 @@ pub(crate) async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
             ("codecs", args.codecs.as_deref().unwrap_or("")),
             ("ad_breaks", args.ad_breaks.as_deref().unwrap_or("")),
             ("protect", if args.protect { "true" } else { "false" }),
+            ("watermark", if args.watermark { "true" } else { "false" }),
         ])
         .query(&args.year.map(|y| vec![("year", y)]).unwrap_or_default())
         .bearer_auth(admin.trim())

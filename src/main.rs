@@ -8,6 +8,7 @@ mod flash;
 mod ingest;
 mod live;
 mod token;
+mod watermark;
 
 use std::path::PathBuf;
 
@@ -63,6 +64,8 @@ enum Command {
     /// The built-in ad service's inventory (add, list, remove) and the
     /// ad report.
     Ads(ads::AdsArgs),
+    /// Forensic watermarks: read the mark from a captured copy (detect).
+    Watermark(watermark::WatermarkArgs),
 }
 
 #[derive(clap::Args)]
@@ -83,6 +86,7 @@ fn main() {
             | Command::Live(_)
             | Command::Flash(_)
             | Command::Ads(_)
+            | Command::Watermark(_)
     ))
     .then(|| cascade_serve::init_logging(text_logs));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -143,6 +147,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Live(a) => live(a).await,
         Command::Flash(a) => flash(a).await,
         Command::Ads(a) => ads::ads(a).await,
+        Command::Watermark(a) => watermark::watermark(a).await,
     }
 }
 

@@ -40,6 +40,7 @@ fn track(id: &str, kind: TrackKind, height: u32, frags: usize) -> Track {
         })
         .collect();
     Track {
+        marked: None,
         id: id.into(),
         kind,
         file: format!("{id}.mp4"),

@@ -112,6 +112,7 @@ async fn fake_origin() -> String {
 fn title_manifest() -> cascade_packager::AssetManifest {
     use cascade_packager::{ByteRange, Fragment, Track, TrackKind};
     let track = |id: &str, kind| Track {
+        marked: None,
         id: id.into(),
         kind,
         file: format!("{id}.mp4"),

@@ -34,6 +34,18 @@ pub(crate) struct Authorized {
     pub(crate) session: Option<String>,
     /// Whether the session's plan has ads (the token's signed `data`).
     pub(crate) ads: bool,
+    /// The session's forensic watermark mark (`wm=` in the token's signed
+    /// `data`, four hex digits): which copy of each segment of a
+    /// watermarked title it is served.
+    pub(crate) watermark: Option<u16>,
+}
+
+/// The `wm=` flag of a token's `data` (`ads,wm=2b7e`).
+fn watermark_of(data: &str) -> Option<u16> {
+    data.split(',')
+        .find_map(|f| f.strip_prefix("wm="))
+        .filter(|h| h.len() == 4)
+        .and_then(|h| u16::from_str_radix(h, 16).ok())
 }
 
 /// Ended playback sessions (token `id`s) and when their tokens expire at
@@ -135,6 +147,7 @@ impl Auth {
                         .data
                         .as_deref()
                         .is_some_and(|d| d.split(',').any(|f| f == "ads")),
+                    watermark: grant.data.as_deref().and_then(watermark_of),
                 })
             }
             Err(why) => {

@@ -5,6 +5,7 @@ use cascade_packager::{Output, ProtectedOutput, Scheme, View};
 use cascade_serve::fleet::{fleet_authorized, fleet_unauthorized, handle_purge};
 use cascade_serve::{Request, Response};
 use cascade_token::normalize_path;
+use cascade_watermark::Variant;
 use http::{Method, StatusCode};
 
 use crate::media::{media_output, Media};
@@ -112,10 +113,15 @@ impl EdgePipeline {
                 let Ok(_permit) = self.prewarm.acquire().await else {
                     return serde_json::json!({"url": u, "status": 503, "bytes": 0, "cache": "none"});
                 };
-                let r = match self.warm_protected(&path, &output, &view, &req.request_id).await {
-                    Some(r) => r,
-                    None => self.media.get(&path, &output, &view, &req.request_id).await,
-                };
+                let r = self.warm_one(&path, &output, &view, Variant::A, &req.request_id).await;
+                // A watermarked title's segment: both copies, as its
+                // sessions will ask for either.
+                if r.status == StatusCode::OK && self.is_marked(&path, &output, &req.request_id).await {
+                    let b = self.warm_one(&path, &output, &view, Variant::B, &req.request_id).await;
+                    if b.status != StatusCode::OK {
+                        return serde_json::json!({"url": u, "status": b.status.as_u16(), "bytes": 0, "cache": "none"});
+                    }
+                }
                 let cache = r
                     .headers
                     .get("cache-status")
@@ -130,6 +136,44 @@ impl EdgePipeline {
         Response::new(StatusCode::OK, "application/json", format!("{body}\n"))
     }
 
+    /// Pre-warms one output (one watermark copy of a segment).
+    async fn warm_one(
+        &self,
+        path: &str,
+        output: &Output,
+        view: &View,
+        variant: Variant,
+        request_id: &str,
+    ) -> Response {
+        if let Some(r) = self
+            .warm_protected(path, output, view, variant, request_id)
+            .await
+        {
+            return r;
+        }
+        if variant == Variant::A {
+            return self.media.get(path, output, view, request_id).await;
+        }
+        let key = format!("{}#wb", Media::key(path, output, view));
+        self.media
+            .fill(&key, path, output, view, variant, request_id)
+            .await
+    }
+
+    /// Whether `output` is a segment of a watermarked track.
+    async fn is_marked(&self, path: &str, output: &Output, request_id: &str) -> bool {
+        let Some((track, _)) = crate::pipeline::marked_segment(output) else {
+            return false;
+        };
+        let Some((asset, _)) = path.strip_prefix("/vod/").and_then(|p| p.split_once('/')) else {
+            return false;
+        };
+        match self.media.manifest(asset, request_id).await {
+            Ok(m) => m.track(track).is_some_and(|t| t.marked.is_some()),
+            Err(_) => false,
+        }
+    }
+
     /// Pre-warms a protected title's output as its viewers ask for it:
     /// media and media playlists in `cbcs` (what its HLS and DASH list), the
     /// rest at the top level, under the protected outputs' cache keys.
@@ -139,6 +183,7 @@ impl EdgePipeline {
         path: &str,
         output: &Output,
         view: &View,
+        variant: Variant,
         request_id: &str,
     ) -> Option<Response> {
         let (asset, rest) = path.strip_prefix("/vod/")?.split_once('/')?;
@@ -164,13 +209,16 @@ impl EdgePipeline {
         let mut key = Media::key(&path, output, view);
         key.push_str("#p");
         key.push_str(&crate::protection::fingerprint(&drm));
+        if variant == Variant::B {
+            key.push_str("#wb");
+        }
         let p = ProtectedOutput {
             scheme,
             output: output.clone(),
         };
         Some(
             self.media
-                .fill_protected(&key, &path, &p, drm, view, request_id)
+                .fill_protected(&key, &path, &p, drm, view, variant, request_id)
                 .await,
         )
     }

@@ -15,6 +15,7 @@ use cascade_serve::{
     cached_response, set_cache_status, unix_now_ms, CacheOutcome, CacheTier, Response,
     UpstreamError, UpstreamResponse,
 };
+use cascade_watermark::Variant;
 use http::StatusCode;
 
 use crate::{shields, CACHE_NAME};
@@ -69,7 +70,8 @@ impl Media {
         if let Some(hit) = self.tier.fresh_hit(&key).await {
             return hit;
         }
-        self.fill(&key, path, output, view, request_id).await
+        self.fill(&key, path, output, view, Variant::A, request_id)
+            .await
     }
 
     /// The answer on a miss for `key`: stale where allowed, else one
@@ -80,6 +82,7 @@ impl Media {
         path: &str,
         output: &Output,
         view: &View,
+        variant: Variant,
         request_id: &str,
     ) -> Response {
         let Some((asset, _)) = path["/vod/".len()..].split_once('/') else {
@@ -95,7 +98,7 @@ impl Media {
         );
         self.tier
             .serve(key, move || async move {
-                media.miss(&a, &o, &view, &k, &rid, None).await
+                media.miss(&a, &o, &view, &k, &rid, variant, None).await
             })
             .await
     }
@@ -109,6 +112,7 @@ impl Media {
         output: &ProtectedOutput,
         drm: Arc<Drm>,
         view: &View,
+        variant: Variant,
         request_id: &str,
     ) -> Response {
         let Some((asset, _)) = path["/vod/".len()..].split_once('/') else {
@@ -126,13 +130,16 @@ impl Media {
             .serve(key, move || async move {
                 let inner = o.output.clone();
                 media
-                    .miss(&a, &inner, &view, &k, &rid, Some((&o, &drm)))
+                    .miss(&a, &inner, &view, &k, &rid, variant, Some((&o, &drm)))
                     .await
             })
             .await
     }
 
-    /// Makes an output on a cache miss: manifest, mezzanine ranges, package, store.
+    /// Makes an output on a cache miss: manifest, mezzanine ranges, package,
+    /// store. `variant` B takes a watermarked title's segments from its B
+    /// copy.
+    #[allow(clippy::too_many_arguments)]
     async fn miss(
         &self,
         asset: &str,
@@ -140,12 +147,17 @@ impl Media {
         view: &View,
         key: &str,
         request_id: &str,
+        variant: Variant,
         protected: Option<(&ProtectedOutput, &Drm)>,
     ) -> Response {
         let req_id = request_id;
         let started_ms = unix_now_ms();
         let now = started_ms / 1000;
-        let manifest = match self.manifest(asset, req_id).await {
+        let manifest = match variant {
+            Variant::A => self.manifest(asset, req_id).await,
+            Variant::B => self.manifest_b(asset, req_id).await,
+        };
+        let manifest = match manifest {
             Ok(m) => m,
             Err(r) => return r,
         };
@@ -273,6 +285,26 @@ impl Media {
         Ok(m)
     }
 
+    /// The manifest that serves a watermarked title's variant B (its marked
+    /// tracks' B copies), made once from the title's and kept beside it.
+    /// 404 for a title that is not watermarked.
+    pub(crate) async fn manifest_b(
+        &self,
+        asset: &str,
+        request_id: &str,
+    ) -> Result<Arc<AssetManifest>, Response> {
+        let key = format!("{asset}#b");
+        if let Some(m) = self.manifests.get(&key).await {
+            return Ok(m);
+        }
+        let Some(b) = self.manifest(asset, request_id).await?.variant_b() else {
+            return Err(not_found());
+        };
+        let b = Arc::new(b);
+        self.manifests.insert(key, b.clone()).await;
+        Ok(b)
+    }
+
     /// Fetches from the object's shield, then the others, then the origin.
     pub(crate) async fn fetch_media(
         &self,
@@ -346,6 +378,16 @@ pub(crate) fn protected_output(path: &str) -> Option<ProtectedOutput> {
     is_safe_id(asset)
         .then(|| ProtectedOutput::parse(rest))
         .flatten()
+}
+
+/// 403 for a watermarked title's segment asked for with a token that
+/// carries no session mark (only the playback API's tokens do).
+pub(crate) fn unmarked_refusal() -> Response {
+    Response::error(
+        StatusCode::FORBIDDEN,
+        "watermark",
+        "this title is watermarked: play it through the playback API",
+    )
 }
 
 /// 403 for the clear media of a protected title.

@@ -35,6 +35,7 @@ use crate::generic::Generic;
 use crate::geofence::Geofence;
 use crate::media::{not_found, protected_output, tokenize, Media};
 use crate::protection::{LicenseKind, Protection};
+use cascade_watermark::Variant;
 
 /// The edge's phases and what they need.
 pub(crate) struct EdgePipeline {
@@ -127,6 +128,8 @@ pub(crate) struct EdgeCtx {
     pub(crate) protected: bool,
     /// A protected title's keys, once the cache key needed them.
     pub(crate) drm: Option<Arc<Drm>>,
+    /// Which copy of a watermarked title's segment the session is served.
+    pub(crate) variant: Variant,
 }
 
 /// Outputs that carry a title's media in the clear (or point into it):
@@ -140,6 +143,17 @@ fn is_clear_media(output: &Output) -> bool {
             | Output::Segment(..)
             | Output::KeySegment(..)
     )
+}
+
+/// The video track and segment number of an output that is one segment
+/// of a track's media (fMP4 or TS): what a watermark's copy is chosen for.
+/// I-frame segments are left out (trick play, from copy A).
+pub(crate) fn marked_segment(output: &Output) -> Option<(&str, u64)> {
+    match output {
+        Output::Segment(t, n) => Some((t.as_str(), *n)),
+        Output::TsSegment(ids, n) => Some((ids.split('.').next().unwrap_or(""), *n)),
+        _ => None,
+    }
 }
 
 impl EdgeCtx {
@@ -168,6 +182,7 @@ impl Pipeline for EdgePipeline {
             stitched: false,
             protected: false,
             drm: None,
+            variant: Variant::A,
         }
     }
 
@@ -396,6 +411,24 @@ impl Pipeline for EdgePipeline {
             }
             (false, None) => {}
         }
+        // A watermarked title: segment n comes from copy A or B by bit n of
+        // the session's mark (from its signed token); each copy is cached
+        // once for everyone.
+        if let Some((track, n)) = marked_segment(output) {
+            let m = match self.media.manifest(asset, &req.request_id).await {
+                Ok(m) => m,
+                Err(r) => return Step::Answer(r),
+            };
+            if m.track(track).is_some_and(|t| t.marked.is_some()) {
+                let Some(mark) = ctx.token.as_ref().and_then(|t| t.watermark) else {
+                    return Step::Answer(crate::media::unmarked_refusal());
+                };
+                ctx.variant = cascade_watermark::variant_for(mark, n);
+                if ctx.variant == Variant::B {
+                    key.push_str("#wb");
+                }
+            }
+        }
         ctx.cache_key = Some(key);
         // A session with ads gets playlists of its own (not yet for a
         // protected title: its stitched playlists would name clear media).
@@ -469,6 +502,7 @@ impl Pipeline for EdgePipeline {
                             &ad.media_path,
                             output,
                             &View::default(),
+                            Variant::A,
                             &req.request_id,
                         )
                         .await
@@ -486,7 +520,15 @@ impl Pipeline for EdgePipeline {
                         output: output.clone(),
                     };
                     self.media
-                        .fill_protected(key, &ctx.path, &p, drm.clone(), &ctx.view, &req.request_id)
+                        .fill_protected(
+                            key,
+                            &ctx.path,
+                            &p,
+                            drm.clone(),
+                            &ctx.view,
+                            ctx.variant,
+                            &req.request_id,
+                        )
                         .await
                 }
                 _ => not_found(),
@@ -510,7 +552,14 @@ impl Pipeline for EdgePipeline {
             } => match &ctx.cache_key {
                 Some(key) => {
                     self.media
-                        .fill(key, &ctx.path, output, &ctx.view, &req.request_id)
+                        .fill(
+                            key,
+                            &ctx.path,
+                            output,
+                            &ctx.view,
+                            ctx.variant,
+                            &req.request_id,
+                        )
                         .await
                 }
                 None => not_found(),

@@ -94,6 +94,10 @@ pub struct TrackProtection {
     /// Segments up to this number (from 1) stay clear so playback starts
     /// before a license arrives (the "clear lead"); 0 for none.
     pub clear_segments: u64,
+    /// The fragment is a watermarked title's variant B: its `cenc` IVs
+    /// differ from variant A's, which holds other bytes under the same key
+    /// (a counter used twice would give away the two copies' difference).
+    pub variant_b: bool,
 }
 
 /// The video pattern of `cbcs`: one block encrypted, nine skipped.
@@ -407,8 +411,8 @@ fn clear_entries(mut clear: usize) -> impl Iterator<Item = (u16, u32)> {
 }
 
 /// The IV of sample `index` of segment `segment`: the key's constant IV
-/// under `cbcs`; under `cenc`, the key's IV with the track, segment and
-/// sample folded into its first 8 bytes (unique for every sample a key
+/// under `cbcs`; under `cenc`, the key's IV with the track, the watermark
+/// variant, the segment and sample folded into its first 8 bytes (unique for every sample a key
 /// encrypts, as CTR needs), the counter half zero.
 fn sample_iv(p: &TrackProtection, segment: u64, index: usize) -> [u8; 16] {
     match p.scheme {
@@ -417,7 +421,8 @@ fn sample_iv(p: &TrackProtection, segment: u64, index: usize) -> [u8; 16] {
             let mut base = [0u8; 8];
             base.copy_from_slice(&p.key.iv[..8]);
             let unique = (u64::from(p.track) << 56)
-                | ((segment & 0xff_ffff_ffff) << 16)
+                | (u64::from(p.variant_b) << 55)
+                | ((segment & 0x7f_ffff_ffff) << 16)
                 | (index as u64 & 0xffff);
             let mut iv = [0u8; 16];
             iv[..8].copy_from_slice(&(u64::from_be_bytes(base) ^ unique).to_be_bytes());
@@ -725,6 +730,7 @@ mod tests {
             key: key(),
             track: 0,
             clear_segments,
+            variant_b: false,
         }
     }
 
@@ -856,11 +862,15 @@ mod tests {
         let p = protection(Scheme::Cenc, 0);
         let mut q = p.clone();
         q.track = 1;
+        // A watermarked title's variant B holds other bytes under the same key.
+        let mut b = p.clone();
+        b.variant_b = true;
         let ivs = [
             sample_iv(&p, 1, 0),
             sample_iv(&p, 1, 1),
             sample_iv(&p, 2, 0),
             sample_iv(&q, 1, 0),
+            sample_iv(&b, 1, 0),
         ];
         for i in 0..ivs.len() {
             assert_eq!(ivs[i][8..], [0; 8], "the counter half starts at zero");

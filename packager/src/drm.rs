@@ -71,6 +71,7 @@ impl Drm {
             key,
             track: u8::try_from(index).unwrap_or(u8::MAX),
             clear_segments: self.clear_segments,
+            variant_b: m.tracks[index].marked.as_ref().is_some_and(|c| !c.b),
         })
     }
 

@@ -52,8 +52,8 @@ pub use cenc::{ContentKey, Scheme};
 pub use drm::{Drm, Systems};
 pub use index::{index_bytes, Indexer, InitInfo, TrackIndex};
 pub use manifest::{
-    codec_family, is_safe_id, is_safe_lang, AssetManifest, ByteRange, Fragment, Track, TrackKind,
-    MANIFEST_VERSION, MAX_MANIFEST_BYTES,
+    codec_family, is_safe_id, is_safe_lang, AssetManifest, ByteRange, Fragment, MarkedCopy, Track,
+    TrackKind, MANIFEST_VERSION, MAX_MANIFEST_BYTES,
 };
 pub use mp4::BoxHeader;
 pub use protect::{package_protected, protected_sources, ProtectedOutput};
@@ -856,6 +856,7 @@ mod tests {
         let ticks = (secs * f64::from(timescale)) as u64;
         let first = (start_secs * f64::from(timescale)) as u64;
         Track {
+            marked: None,
             id: id.into(),
             kind,
             file: format!("{id}.mp4"),

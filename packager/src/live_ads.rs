@@ -306,6 +306,7 @@ mod tests {
             12800
         };
         Track {
+            marked: None,
             id: id.into(),
             kind,
             file: format!("{id}.mp4"),

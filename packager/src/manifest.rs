@@ -88,6 +88,26 @@ pub struct Track {
     pub init: ByteRange,
     /// Fragments in order; segment number `n` (from 1) is `fragments[n - 1]`.
     pub fragments: Vec<Fragment>,
+    /// A forensically watermarked video track's other copy: the same
+    /// pictures with the opposite mark, cut into fragments of the same
+    /// times (see [`AssetManifest::variant_b`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub marked: Option<MarkedCopy>,
+}
+
+/// The other copy of a watermarked video track. Its fragments decode with
+/// the track's init segment (the encoder's settings are the same), so a
+/// session's stream may take each segment from either copy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MarkedCopy {
+    /// Whether this copy is variant B (in a title's manifest it is; in the
+    /// manifest that serves B, [`AssetManifest::variant_b`], the other copy
+    /// is A).
+    pub b: bool,
+    /// Its mezzanine file, such as `v0-b.mp4`.
+    pub file: String,
+    /// Its fragments, at the same times as the track's.
+    pub fragments: Vec<Fragment>,
 }
 
 /// A byte range in a mezzanine file.
@@ -171,6 +191,7 @@ impl Track {
             timescale: index.init.timescale,
             init: index.init_range,
             fragments: index.fragments.clone(),
+            marked: None,
         }
     }
 
@@ -194,6 +215,7 @@ impl Track {
             timescale: 1000,
             init: ByteRange { offset: 0, length },
             fragments: Vec::new(),
+            marked: None,
         }
     }
 
@@ -251,6 +273,44 @@ impl AssetManifest {
             serde_json::from_slice(bytes).map_err(|e| Error::Manifest(e.to_string()))?;
         m.validate()?;
         Ok(m)
+    }
+
+    /// Whether the title is forensically watermarked: some video track
+    /// has two copies.
+    pub fn is_watermarked(&self) -> bool {
+        self.tracks.iter().any(|t| t.marked.is_some())
+    }
+
+    /// The manifest that serves variant B of a watermarked title: each
+    /// marked track's file and fragments are its B copy's (and its other
+    /// copy is A). Segments packaged from it are B; its playlists are never
+    /// served. `None` for a title with no marked track.
+    pub fn variant_b(&self) -> Option<AssetManifest> {
+        if !self.is_watermarked() {
+            return None;
+        }
+        let mut m = self.clone();
+        for t in &mut m.tracks {
+            if let Some(copy) = t.marked.take() {
+                if !copy.b {
+                    t.marked = Some(copy);
+                    continue;
+                }
+                t.marked = Some(MarkedCopy {
+                    b: false,
+                    file: std::mem::replace(&mut t.file, copy.file),
+                    fragments: std::mem::replace(&mut t.fragments, copy.fragments),
+                });
+            }
+        }
+        Some(m)
+    }
+
+    /// Whether this manifest serves variant B (made by [`Self::variant_b`]).
+    pub fn serves_b(&self) -> bool {
+        self.tracks
+            .iter()
+            .any(|t| t.marked.as_ref().is_some_and(|c| !c.b))
     }
 
     /// Serialises the manifest.
@@ -317,6 +377,28 @@ impl AssetManifest {
                     "track {}: range or time out of bounds",
                     t.id
                 )));
+            }
+            if let Some(copy) = &t.marked {
+                let same_times = copy.fragments.len() == t.fragments.len()
+                    && copy
+                        .fragments
+                        .iter()
+                        .zip(&t.fragments)
+                        .all(|(c, f)| c.start == f.start && c.duration == f.duration);
+                if t.kind != TrackKind::Video
+                    || !copy.file.strip_suffix(".mp4").is_some_and(is_safe_id)
+                    || copy.file == t.file
+                    || !same_times
+                    || !copy
+                        .fragments
+                        .iter()
+                        .all(|f| f.range.length > 0 && in_bounds(&f.range))
+                {
+                    return Err(Error::Manifest(format!(
+                        "track {}: bad watermark copy",
+                        t.id
+                    )));
+                }
             }
             if t.bandwidth > MAX_BANDWIDTH || t.average_bandwidth > MAX_BANDWIDTH {
                 return Err(Error::Manifest(format!(
@@ -396,6 +478,7 @@ mod tests {
 
     fn one_track(start: u64, offset: u64, bandwidth: u64) -> AssetManifest {
         let t = Track {
+            marked: None,
             id: "v0".into(),
             kind: TrackKind::Video,
             file: "v0.mp4".into(),
@@ -432,5 +515,42 @@ mod tests {
         assert!(one_track(0, 10, u64::MAX).validate().is_err());
         let json = one_track(0, u64::MAX - 1, 1000).to_json();
         assert!(AssetManifest::from_json(&json).is_err());
+    }
+
+    #[test]
+    fn variant_b_swaps_marked_tracks_and_is_checked() {
+        let mut m = one_track(0, 10, 1000);
+        assert!(m.variant_b().is_none(), "no marked track, no variant B");
+        let mut b_frags = m.tracks[0].fragments.clone();
+        b_frags[0].range = ByteRange {
+            offset: 40,
+            length: 12,
+        };
+        m.tracks[0].marked = Some(MarkedCopy {
+            b: true,
+            file: "v0-b.mp4".into(),
+            fragments: b_frags,
+        });
+        assert!(m.validate().is_ok());
+        assert!(m.is_watermarked() && !m.serves_b());
+        let b = m.variant_b().unwrap();
+        assert!(b.serves_b());
+        assert_eq!(b.tracks[0].file, "v0-b.mp4");
+        assert_eq!(b.tracks[0].fragments[0].range.offset, 40);
+        assert_eq!(b.tracks[0].marked.as_ref().unwrap().file, "v0.mp4");
+        assert!(b.validate().is_ok());
+        // The round trip through JSON keeps the copy.
+        let back = AssetManifest::from_json(&m.to_json()).unwrap();
+        assert_eq!(back, m);
+        // A copy whose times differ, or that names the track's own file, is refused.
+        let mut bad = m.clone();
+        bad.tracks[0].marked.as_mut().unwrap().fragments[0].duration = 1999;
+        assert!(bad.validate().is_err());
+        let mut bad = m.clone();
+        bad.tracks[0].marked.as_mut().unwrap().file = "v0.mp4".into();
+        assert!(bad.validate().is_err());
+        let mut bad = m;
+        bad.tracks[0].marked.as_mut().unwrap().fragments.clear();
+        assert!(bad.validate().is_err());
     }
 }

@@ -713,6 +713,7 @@ mod tests {
         };
         let ticks = (secs * f64::from(timescale)) as u64;
         Track {
+            marked: None,
             id: id.into(),
             kind,
             file: format!("{id}.mp4"),

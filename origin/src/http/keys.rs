@@ -124,3 +124,19 @@ pub(crate) async fn import_keys(
     )
         .into_response())
 }
+
+/// The sessions that held a forensic watermark's mark (admin), newest
+/// first: what `cascade watermark detect` prints after the mark it read.
+#[utoipa::path(get, path = "/api/v1/admin/watermarks/{mark}", tag = "admin",
+    params(("mark" = String, Path, description = "the mark: 0 to 65535, or 0x0000 to 0xffff")),
+    security(("admin" = [])),
+    responses((status = 200, description = "{mark, mark_hex, holders: [{stream, user, email, profile, asset, issued_at}]}"),
+              (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+pub(crate) async fn watermark_holders(
+    AxState(state): AxState<Arc<State>>,
+    headers: HeaderMap,
+    Path(mark): Path<String>,
+) -> Result<Response, Error> {
+    require_admin(&state, &headers)?;
+    Ok(no_store(Json(svc::watermark_holders(&state, &mark).await?)))
+}

@@ -171,6 +171,10 @@ pub fn app(state: Arc<State>) -> Router {
             "/api/v1/admin/assets/{id}/keys",
             get(keys::export_keys).put(keys::import_keys),
         )
+        .route(
+            "/api/v1/admin/watermarks/{mark}",
+            get(keys::watermark_holders),
+        )
         .route("/api/v1/openapi.json", get(openapi::serve))
         .route("/mezz/{asset}/{file}", get(mezzanine::mezzanine))
         .route("/live-mezz/{channel}/manifest.json", get(live::manifest))

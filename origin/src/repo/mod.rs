@@ -15,3 +15,4 @@ pub(crate) mod keys;
 pub(crate) mod settings;
 pub(crate) mod signups;
 pub(crate) mod streams;
+pub(crate) mod watermarks;

@@ -378,3 +378,22 @@ mod tests {
         assert_eq!(from_hex("é0"), None);
     }
 }
+
+/// `GET /api/v1/admin/watermarks/{mark}`: the playback sessions that were
+/// given a forensic watermark's mark (a 16-bit number, so reused after
+/// 65,536 sessions), newest first, with their accounts; the capture's
+/// title and time tell which one leaked it.
+pub(crate) async fn watermark_holders(state: &State, mark: &str) -> Result<Value> {
+    let parsed = match mark.strip_prefix("0x") {
+        Some(hex) => u16::from_str_radix(hex, 16).ok(),
+        None => mark.parse::<u16>().ok(),
+    };
+    let Some(mark) = parsed else {
+        return Err(Error::bad_request(
+            "bad_mark",
+            "a mark is a number from 0 to 65535 (or 0x0000 to 0xffff)",
+        ));
+    };
+    let holders = crate::repo::watermarks::holders(&state.db, mark, 20).await?;
+    Ok(json!({ "mark": mark, "mark_hex": format!("{mark:04x}"), "holders": holders }))
+}

@@ -161,6 +161,7 @@ pub(crate) async fn start(
     let protected = crate::repo::keys::is_protected(&state.db, &asset_id)
         .await?
         .unwrap_or(false);
+    let watermarked = crate::repo::watermarks::is_watermarked(&state.db, &asset_id).await?;
     let subject = Subject {
         path: format!("/vod/{asset_id}"),
         id: asset_id,
@@ -173,6 +174,7 @@ pub(crate) async fn start(
         duration: asset.duration,
         live: false,
         protected,
+        watermarked,
     };
     start_subject(state, subject, device_profile, ip, user, req).await
 }
@@ -193,6 +195,8 @@ pub(crate) struct Subject {
     live: bool,
     /// Served encrypted: the answer says where licenses come from.
     protected: bool,
+    /// Made in two watermarked copies: the session gets a mark of its own.
+    watermarked: bool,
 }
 
 /// Starts watching live channel `name`: the same checks as a title (its
@@ -226,6 +230,7 @@ pub(crate) async fn start_live(
         duration: None,
         live: true,
         protected: false,
+        watermarked: false,
     };
     start_subject(state, subject, device_profile, ip, user, req).await
 }
@@ -360,6 +365,26 @@ async fn start_subject(
     };
     revoke_streams(state, &replaced).await?;
     state.heartbeats.end(replaced);
+    // A watermarked title's stream spells the session's mark, segment by
+    // segment: the edges read it from the signed token.
+    let mark = if subject.watermarked {
+        let m = crate::repo::watermarks::NewMark {
+            stream: &stream,
+            user,
+            profile: &profile,
+            asset: &asset_id,
+        };
+        Some(crate::repo::watermarks::allocate(&state.db, m, now as i64).await?)
+    } else {
+        None
+    };
+    let mut flags = Vec::new();
+    if plan.ads {
+        flags.push("ads".to_string());
+    }
+    if let Some(m) = mark {
+        flags.push(format!("wm={m:04x}"));
+    }
     let expires = now + state.cfg.playback_ttl_secs;
     // The token names its stream: when the stream ends (stopped, replaced,
     // quiet), the edges refuse it.
@@ -370,8 +395,9 @@ async fn start_subject(
             expires,
             acl: vec![format!("{}/*", subject.path)],
             id: Some(stream.clone()),
-            // Signed, so a viewer cannot take the ads out of the session.
-            data: plan.ads.then(|| "ads".to_string()),
+            // Signed, so a viewer can neither take the ads out of the
+            // session nor choose another's watermark.
+            data: (!flags.is_empty()).then(|| flags.join(",")),
             ..Default::default()
         },
     );

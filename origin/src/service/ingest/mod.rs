@@ -63,6 +63,9 @@ pub(crate) struct UploadForm {
     ad_breaks: Option<String>,
     /// Serve the title encrypted only (`true`), played with a license.
     protect: Option<bool>,
+    /// Make the title in two forensically watermarked copies (`true`), so
+    /// each playback session's stream carries its own mark.
+    watermark: Option<bool>,
 }
 
 /// An upload whose form was accepted, before its media has arrived.
@@ -79,6 +82,8 @@ pub(crate) struct Upload {
     ad_breaks: String,
     /// Served encrypted only.
     protect: bool,
+    /// Made in two watermarked copies.
+    watermark: bool,
 }
 
 /// 503 `busy`, to retry in 30 seconds.
@@ -170,6 +175,7 @@ pub(crate) async fn plan(state: &State, q: UploadForm) -> Result<Upload> {
         extras,
         ad_breaks,
         protect,
+        watermark: q.watermark.unwrap_or(false),
     })
 }
 
@@ -203,6 +209,7 @@ pub(crate) async fn accept(state: &State, upload: Upload, path: &Path) -> Result
         extras,
         ad_breaks,
         protect,
+        watermark,
     } = upload;
     let source = path.to_string_lossy().to_string();
     // The sidecars become this upload's alone, now that its media is here.
@@ -243,6 +250,9 @@ pub(crate) async fn accept(state: &State, upload: Upload, path: &Path) -> Result
     }
     if protect {
         crate::repo::keys::set_protected(&state.db, &asset, true).await?;
+    }
+    if watermark {
+        crate::repo::watermarks::set_watermarked(&state.db, &asset, true).await?;
     }
     if !ad_breaks.is_empty() {
         crate::repo::ads::set_asset_ads(&state.db, &asset, &ad_breaks, "").await?;

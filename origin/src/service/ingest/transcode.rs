@@ -23,6 +23,7 @@ use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use cascade_watermark::{Pattern, Variant, SEED as WATERMARK_SEED};
 use ff::{codec, decoder, encoder, format, frame, media, picture, software, ChannelLayout};
 use ffmpeg_next as ff;
 
@@ -93,6 +94,12 @@ pub struct Spec {
     /// around it: measured in a first pass over the main audio stream, one
     /// gain for the whole file, held so no sample passes -1 dBFS.
     pub loudness_lufs: Option<f64>,
+    /// Forensic watermark at this strength (luma levels): every video
+    /// output is made twice, variant A with the mark taken away and B with
+    /// it added (`cascade_watermark`), from the same scaled pictures, with
+    /// the same encoder settings and segment starts, so an edge can serve
+    /// each segment from either. `None`: one unmarked copy.
+    pub watermark: Option<u8>,
 }
 
 /// One file written.
@@ -112,6 +119,9 @@ pub struct Written {
     pub language: Option<String>,
     /// For a video track, its codec.
     pub codec: Option<VideoCodec>,
+    /// For a watermarked video track, which copy this file is (B's file is
+    /// named `{track}-b.mp4` and has the same `track`).
+    pub mark: Option<Variant>,
 }
 
 /// What a transcode made.
@@ -449,7 +459,22 @@ pub fn transcode(
                 preset: spec.preset.clone(),
             };
             let track = format!("{}{made}", codec.track_prefix());
-            outs.push(open_video_out(&spec.out_dir, setup, track, i, fps)?);
+            match spec.watermark {
+                None => outs.push(open_video_out(&spec.out_dir, setup, track, i, fps, None)?),
+                Some(_) => {
+                    for v in [Variant::A, Variant::B] {
+                        let out = open_video_out(
+                            &spec.out_dir,
+                            setup.clone(),
+                            track.clone(),
+                            i,
+                            fps,
+                            Some(v),
+                        )?;
+                        outs.push(out);
+                    }
+                }
+            }
             made += 1;
         }
     }
@@ -457,6 +482,7 @@ pub fn transcode(
     let mut video = VideoPipeline {
         scalers,
         outs,
+        pattern: spec.watermark.map(|s| (Pattern::new(WATERMARK_SEED), s)),
         clock: VideoClock::default(),
         decoded: frame::Video::empty(),
         tb: v_tb,
@@ -511,6 +537,7 @@ pub fn transcode(
             file: out.file,
             language: None,
             codec: Some(out.setup.codec),
+            mark: out.mark,
         });
     }
     let next_audio = audios.len();
@@ -740,6 +767,8 @@ struct VideoOut {
     wrote_any: bool,
     track: String,
     file: String,
+    /// The watermark variant this output carries, if any.
+    mark: Option<Variant>,
 }
 
 /// The decoded pictures' way to the encoders: one scaler per rung, shared by
@@ -747,6 +776,8 @@ struct VideoOut {
 struct VideoPipeline {
     scalers: Vec<software::scaling::Context>,
     outs: Vec<VideoOut>,
+    /// The watermark and its strength, when the outputs carry one.
+    pattern: Option<(Pattern, u8)>,
     clock: VideoClock,
     decoded: frame::Video,
     tb: ff::Rational,
@@ -864,7 +895,13 @@ impl VideoPipeline {
                     picture::Type::None
                 });
                 for out in self.outs.iter_mut().filter(|o| o.rung == rung) {
-                    send_video(out, &scaled, pts, key)?;
+                    match (out.mark, &self.pattern) {
+                        (Some(v), Some((pattern, strength))) => {
+                            let marked = marked_copy(&scaled, pattern, v, *strength)?;
+                            send_video(out, &marked, pts, key)?;
+                        }
+                        _ => send_video(out, &scaled, pts, key)?,
+                    }
                 }
             }
         }
@@ -883,8 +920,46 @@ impl AudioOut {
             file: self.file.clone(),
             language: Some(self.language.clone()),
             codec: None,
+            mark: None,
         }
     }
+}
+
+/// A deep copy of a scaled picture with the watermark's variant `v` in its
+/// luma. A copy, not the picture itself: the encoder may keep a reference
+/// to what it was sent, and the other variant and codecs take the same
+/// picture.
+fn marked_copy(
+    scaled: &frame::Video,
+    pattern: &Pattern,
+    v: Variant,
+    strength: u8,
+) -> Result<frame::Video, TranscodeError> {
+    let (w, h) = (scaled.width(), scaled.height());
+    let mut out = frame::Video::new(format::Pixel::YUV420P, w, h);
+    for plane in 0..3 {
+        let rows = if plane == 0 { h } else { h.div_ceil(2) } as usize;
+        let width = if plane == 0 { w } else { w.div_ceil(2) } as usize;
+        let (src_stride, dst_stride) = (scaled.stride(plane), out.stride(plane));
+        let src = scaled.data(plane);
+        let dst = out.data_mut(plane);
+        for y in 0..rows {
+            let (Some(from), Some(to)) = (
+                src.get(y * src_stride..y * src_stride + width),
+                dst.get_mut(y * dst_stride..y * dst_stride + width),
+            ) else {
+                return Err(TranscodeError::Encode(
+                    "watermark: picture planes too small".into(),
+                ));
+            };
+            to.copy_from_slice(from);
+        }
+    }
+    let stride = out.stride(0);
+    pattern.embed(out.data_mut(0), w as usize, h as usize, stride, v, strength);
+    out.set_pts(scaled.pts());
+    out.set_kind(scaled.kind());
+    Ok(out)
 }
 
 /// Opens the encoder a setup describes. libx264 and libx265 code a picture
@@ -969,8 +1044,12 @@ fn open_video_out(
     track: String,
     rung: usize,
     fps: f64,
+    mark: Option<Variant>,
 ) -> Result<VideoOut, TranscodeError> {
-    let file = format!("{track}.mp4");
+    let file = match mark {
+        Some(Variant::B) => format!("{track}-b.mp4"),
+        _ => format!("{track}.mp4"),
+    };
     let mut octx = output_file(&out_dir.join(&file))?;
     let (encoder, codec) = open_video_encoder(&setup)?;
     let tb = setup.tb;
@@ -1007,6 +1086,7 @@ fn open_video_out(
         wrote_any: false,
         track,
         file,
+        mark,
     })
 }
 

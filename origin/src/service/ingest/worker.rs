@@ -7,7 +7,8 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cascade_packager::{AssetManifest, Track};
+use cascade_packager::{AssetManifest, MarkedCopy, Track};
+use cascade_watermark::Variant;
 
 use crate::repo::jobs::{self, Job};
 use crate::service::ingest::transcode::{self, ExtraAudio, Source, Spec};
@@ -101,7 +102,12 @@ async fn transcode_and_publish(
         _ => Source::File(job.source.clone().into()),
     };
     let extras = sidecars::read_extras(&state.cfg.data_dir, &job.id).await?;
+    let watermarked = !job.fill_ladder
+        && crate::repo::watermarks::is_watermarked(&state.db, &job.asset)
+            .await
+            .map_err(|e| format!("reading the title: {e}"))?;
     let spec = Spec {
+        watermark: watermarked.then_some(state.cfg.watermark_strength),
         fill_ladder: job.fill_ladder,
         // A creative plays between titles: as loud as they are meant to be.
         loudness_lufs: job.fill_ladder.then_some(state.cfg.ads_loudness_lufs),
@@ -151,10 +157,10 @@ async fn transcode_and_publish(
     let wall = started.elapsed().as_secs_f64();
 
     // Index each file, then store it; the manifest goes last.
-    let mut tracks = Vec::new();
+    let mut tracks: Vec<Track> = Vec::new();
     for w in &outcome.files {
         let path = work.join(&w.file);
-        let (index, media_time) = tokio::task::spawn_blocking(move || {
+        let (index, media_time, init) = tokio::task::spawn_blocking(move || {
             let index = index::index_file(&path).map_err(|e| e.to_string())?;
             let init = index::read_range(&path, index.init_range).map_err(|e| e.to_string())?;
             let cfg = cascade_packager::fmp4::parse_init(&init).map_err(|e| e.to_string())?;
@@ -163,11 +169,40 @@ async fn transcode_and_publish(
             index::normalize_composition(&path, &index, &cfg).map_err(|e| e.to_string())?;
             // The edit list says which decode tick is presentation zero; TS
             // timestamps and subtitle timestamp maps count from it.
-            Ok::<_, String>((index, u64::try_from(cfg.media_time).unwrap_or(0)))
+            Ok::<_, String>((index, u64::try_from(cfg.media_time).unwrap_or(0), init))
         })
         .await
         .map_err(|e| format!("indexer crashed: {e}"))?
         .map_err(|e| format!("indexing {}: {e}", w.file))?;
+        if w.mark == Some(Variant::B) {
+            // The B copy joins its A track, whose init segment it must
+            // decode with and whose fragment times it must keep.
+            let a = tracks
+                .iter_mut()
+                .find(|t| t.id == w.track)
+                .ok_or_else(|| format!("watermark copy {} without its track", w.file))?;
+            let a_init = index::read_range(&work.join(&a.file), a.init)
+                .map_err(|e| format!("reading {}: {e}", a.file))?;
+            if a_init != init {
+                return Err(format!(
+                    "watermark copies of {} differ in their init segments",
+                    w.track
+                ));
+            }
+            a.marked = Some(MarkedCopy {
+                b: true,
+                file: w.file.clone(),
+                fragments: index.fragments.clone(),
+            });
+            store::upload_file(
+                &state.store,
+                &work.join(&w.file),
+                &store::object_path(&job.asset, &w.file),
+            )
+            .await
+            .map_err(|e| format!("storing {}: {e}", w.file))?;
+            continue;
+        }
         let mut track = Track::from_index(&w.track, &w.file, &index);
         track.media_time = media_time;
         if let Some(lang) = &w.language {
