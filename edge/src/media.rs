@@ -105,6 +105,9 @@ impl Media {
 
     /// The same for an output of a protected title: encrypted (or its
     /// manifests signalled) with `drm`'s keys.
+    // The request's parts, each needed on the miss; a struct of them would
+    // only be unpacked again.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn fill_protected(
         &self,
         key: &str,
@@ -139,6 +142,7 @@ impl Media {
     /// Makes an output on a cache miss: manifest, mezzanine ranges, package,
     /// store. `variant` B takes a watermarked title's segments from its B
     /// copy.
+    // As `fill_protected`.
     #[allow(clippy::too_many_arguments)]
     async fn miss(
         &self,

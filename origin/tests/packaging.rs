@@ -31,6 +31,7 @@ fn tiny_title() -> (tempfile::TempDir, AssetManifest) {
         extra_codecs: Vec::new(),
         fill_ladder: false,
         loudness_lufs: None,
+        watermark: None,
     };
     let outcome =
         transcode::transcode(&spec, &mut |_| {}, &AtomicBool::new(false)).expect("transcode");

@@ -185,6 +185,7 @@ fn mezzanine(dir: &Path, secs: u32) -> anyhow::Result<(PathBuf, PathBuf)> {
         extra_codecs: Vec::new(),
         fill_ladder: false,
         loudness_lufs: None,
+        watermark: None,
     };
     let outcome = transcode::transcode(&spec, &mut |_| {}, &AtomicBool::new(false))?;
     for w in &outcome.files {

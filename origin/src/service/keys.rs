@@ -366,19 +366,6 @@ pub(crate) async fn import_cpix(state: &State, asset: &str, doc: &str) -> Result
     Ok(parsed.len())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hex_is_strict() {
-        assert_eq!(from_hex("0aff"), Some(vec![0x0a, 0xff]));
-        assert_eq!(from_hex("0g"), None);
-        assert_eq!(from_hex("abc"), None);
-        assert_eq!(from_hex("é0"), None);
-    }
-}
-
 /// `GET /api/v1/admin/watermarks/{mark}`: the playback sessions that were
 /// given a forensic watermark's mark (a 16-bit number, so reused after
 /// 65,536 sessions), newest first, with their accounts; the capture's
@@ -396,4 +383,17 @@ pub(crate) async fn watermark_holders(state: &State, mark: &str) -> Result<Value
     };
     let holders = crate::repo::watermarks::holders(&state.db, mark, 20).await?;
     Ok(json!({ "mark": mark, "mark_hex": format!("{mark:04x}"), "holders": holders }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_is_strict() {
+        assert_eq!(from_hex("0aff"), Some(vec![0x0a, 0xff]));
+        assert_eq!(from_hex("0g"), None);
+        assert_eq!(from_hex("abc"), None);
+        assert_eq!(from_hex("é0"), None);
+    }
 }

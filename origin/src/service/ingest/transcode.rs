@@ -1792,6 +1792,45 @@ mod tests {
         assert!(matches!(silent, Ok(g) if g == 1.0), "{silent:?}");
     }
 
+    #[test]
+    fn watermark_copies_share_segment_starts_and_the_init_segment() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spec = Spec {
+            watermark: Some(3),
+            ..tiny_spec(
+                dir.path(),
+                "testsrc2=s=320x180:r=25:d=6[out0]",
+                vec![Rung {
+                    height: 180,
+                    kbps: 300,
+                }],
+            )
+        };
+        let out = transcode(&spec, &mut |_| {}, &AtomicBool::new(false)).expect("transcode");
+        let video: Vec<_> = out.files.iter().filter(|w| w.codec.is_some()).collect();
+        assert_eq!(video.len(), 2, "{video:?}");
+        assert_eq!(
+            (video[0].file.as_str(), video[0].mark),
+            ("v0.mp4", Some(Variant::A))
+        );
+        assert_eq!(
+            (video[1].file.as_str(), video[1].mark),
+            ("v0-b.mp4", Some(Variant::B))
+        );
+        assert_eq!(video[0].track, video[1].track);
+        let (a, b) = (dir.path().join("v0.mp4"), dir.path().join("v0-b.mp4"));
+        assert_eq!(key_times_ms(&a), key_times_ms(&b));
+        assert_eq!(key_times_ms(&a), vec![0, 2000, 4000]);
+        // One init segment decodes both: the encoder wrote the same one.
+        let init = |p: &Path| {
+            let index = crate::service::ingest::index::index_file(p).expect("index");
+            crate::service::ingest::index::read_range(p, index.init_range).expect("init")
+        };
+        assert_eq!(init(&a), init(&b));
+        // The copies differ, by the mark.
+        assert_ne!(std::fs::read(&a).expect("a"), std::fs::read(&b).expect("b"));
+    }
+
     fn tiny_spec(out_dir: &Path, graph: &str, ladder: Vec<Rung>) -> Spec {
         Spec {
             source: Source::Lavfi(graph.into()),
@@ -1803,6 +1842,7 @@ mod tests {
             extra_codecs: Vec::new(),
             fill_ladder: false,
             loudness_lufs: None,
+            watermark: None,
         }
     }
 
