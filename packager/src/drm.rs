@@ -42,7 +42,7 @@ pub struct Systems {
 
 /// A protected title as the packager needs it: which key each track uses,
 /// the clear lead, and the systems to signal.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Drm {
     /// Track id to its content key (tracks of one rung group share one).
     pub keys: BTreeMap<String, ContentKey>,

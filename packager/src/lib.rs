@@ -38,6 +38,7 @@ mod hls;
 mod index;
 pub mod live;
 mod live_ads;
+pub mod live_protect;
 mod manifest;
 mod mp4;
 mod protect;

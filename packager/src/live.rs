@@ -230,6 +230,9 @@ pub enum LiveOutput {
     Mpd,
     /// `{track}/init-{g}.mp4`
     Init(String, u32),
+    /// `{track}/init-{g}-k{period}.mp4`: a protected channel's init
+    /// segment of configuration `g` under key period `period`'s key.
+    KeyedInit(String, u32, u64),
     /// `{track}/{msn}.m4s`
     Segment(String, u64),
     /// `{track}/{msn}.{part}.m4s`
@@ -282,6 +285,13 @@ impl LiveOutput {
             .strip_prefix("init-")
             .and_then(|f| f.strip_suffix(".mp4"))
         {
+            if let Some((g, period)) = g.split_once("-k") {
+                return Some(LiveOutput::KeyedInit(
+                    track.into(),
+                    number(g)?.try_into().ok()?,
+                    number(period)?,
+                ));
+            }
             return Some(LiveOutput::Init(track.into(), number(g)?.try_into().ok()?));
         }
         let stem = file.strip_suffix(".m4s")?;
@@ -316,12 +326,13 @@ impl LiveOutput {
             | LiveOutput::TsPlaylist(..) => "application/vnd.apple.mpegurl",
             LiveOutput::TsSegment(..) => "video/mp2t",
             LiveOutput::Mpd => "application/dash+xml",
-            LiveOutput::Init(t, _) | LiveOutput::Segment(t, _) | LiveOutput::Part(t, _, _) => {
-                match m.and_then(|m| m.track(t)).map(|t| t.kind) {
-                    Some(TrackKind::Audio) => "audio/mp4",
-                    _ => "video/mp4",
-                }
-            }
+            LiveOutput::Init(t, _)
+            | LiveOutput::KeyedInit(t, _, _)
+            | LiveOutput::Segment(t, _)
+            | LiveOutput::Part(t, _, _) => match m.and_then(|m| m.track(t)).map(|t| t.kind) {
+                Some(TrackKind::Audio) => "audio/mp4",
+                _ => "video/mp4",
+            },
         }
     }
 }
@@ -673,7 +684,18 @@ const PART_WINDOW_TARGETS: u64 = 3;
 
 /// The LL-HLS media playlist of `track`.
 pub fn media_playlist(m: &LiveManifest, track: &str, b: Blocking) -> Result<String, Error> {
-    media_playlist_with(m, track, b, None)
+    media_playlist_with(m, track, b, None, None)
+}
+
+/// [`media_playlist`] of a protected channel: an `EXT-X-KEY` where each key
+/// period starts, and init segments under each period's key.
+pub fn protected_media_playlist(
+    m: &LiveManifest,
+    track: &str,
+    b: Blocking,
+    keys: &crate::live_protect::LiveKeys,
+) -> Result<String, Error> {
+    media_playlist_with(m, track, b, None, Some(keys))
 }
 
 /// [`media_playlist`] with a session's ads in its breaks' slots.
@@ -683,7 +705,7 @@ pub fn stitched_media_playlist(
     b: Blocking,
     slots: &Slots<'_, '_>,
 ) -> Result<String, Error> {
-    media_playlist_with(m, track, b, Some(slots))
+    media_playlist_with(m, track, b, Some(slots), None)
 }
 
 /// The `EXT-X-MAP` a run of a media playlist uses.
@@ -691,6 +713,8 @@ pub fn stitched_media_playlist(
 enum MapOf {
     /// The channel's init segment of configuration `g`.
     Content(u32),
+    /// A protected channel's, under a key period's key.
+    Keyed(u32, u64),
     /// An ad's (the break's plan number, the ad's index).
     Ad(u32, usize),
 }
@@ -700,6 +724,7 @@ fn media_playlist_with(
     track: &str,
     b: Blocking,
     slots: Option<&Slots<'_, '_>>,
+    keys: Option<&crate::live_protect::LiveKeys>,
 ) -> Result<String, Error> {
     let t = m.track(track).ok_or(Error::NotFound)?;
     let target = m
@@ -801,7 +826,20 @@ fn media_playlist_with(
             );
             continue;
         }
-        if map != Some(MapOf::Content(s.init)) {
+        if let Some(keys) = keys {
+            let period = keys.period_of(s.pdt_ms);
+            if !matches!(map, Some(MapOf::Keyed(_, p)) if p == period) {
+                out.push_str(&keys.hls_key_tags(period, false)?);
+            }
+            if map != Some(MapOf::Keyed(s.init, period)) {
+                let _ = writeln!(
+                    out,
+                    "#EXT-X-MAP:URI=\"{track}/init-{}-k{period}.mp4\"",
+                    s.init
+                );
+                map = Some(MapOf::Keyed(s.init, period));
+            }
+        } else if map != Some(MapOf::Content(s.init)) {
             let _ = writeln!(out, "#EXT-X-MAP:URI=\"{track}/init-{}.mp4\"", s.init);
             map = Some(MapOf::Content(s.init));
         }
@@ -1374,10 +1412,14 @@ fn parse_iso_ms(v: &str) -> Option<u64> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn manifest(segments: u64, parts_in_last: usize, complete_last: bool) -> LiveManifest {
+    pub(crate) fn manifest(
+        segments: u64,
+        parts_in_last: usize,
+        complete_last: bool,
+    ) -> LiveManifest {
         let part = LivePart {
             duration: 45_000,
             independent: false,
