@@ -51,6 +51,10 @@ enum LiveCommand {
         /// encrypt with it; it is put in the printed SRT URL.
         #[arg(long)]
         srt_passphrase: Option<String>,
+        /// Serve the channel encrypted only (cbcs, its key rotating every
+        /// drm_live_key_period_secs), played with a license.
+        #[arg(long)]
+        protect: bool,
     },
     /// The channels, one per line.
     List,
@@ -136,10 +140,12 @@ pub(crate) async fn live(args: LiveArgs) -> anyhow::Result<()> {
             deny_countries,
             dvr_minutes,
             srt_passphrase,
+            protect,
         } => {
             let mut body = json!({
                 "name": name,
                 "premium": premium,
+                "protect": protect,
                 "allow_countries": countries(allow_countries),
                 "deny_countries": countries(deny_countries),
             });

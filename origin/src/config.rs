@@ -240,6 +240,9 @@ pub struct OriginConfig {
     /// `watermark` (luma levels, 1 to 8; 3 by default: unseen on moving
     /// pictures, found after a re-encode at a quarter of the bit rate).
     pub watermark_strength: u8,
+    /// A protected live channel's key period in seconds: each period has
+    /// its own key, the next announced ahead (10 to 86400; 3600 by default).
+    pub drm_live_key_period_secs: u64,
 }
 
 impl Default for OriginConfig {
@@ -337,6 +340,7 @@ impl Default for OriginConfig {
             ads_creative_codecs: Vec::new(),
             kek_file: String::new(),
             watermark_strength: cascade_watermark::DEFAULT_STRENGTH,
+            drm_live_key_period_secs: 3600,
             drm_key_groups: false,
             drm_clear_lead_segments: 0,
             drm_widevine_license_url: String::new(),
@@ -411,6 +415,9 @@ impl Validate for OriginConfig {
             )
         }) {
             errors.push("ads_creative_codecs: h264, hevc or av1".into());
+        }
+        if !(10..=86_400).contains(&self.drm_live_key_period_secs) {
+            errors.push("drm_live_key_period_secs: 10 to 86400".into());
         }
         if !(1..=8).contains(&self.watermark_strength) {
             errors.push("watermark_strength: 1 to 8".into());

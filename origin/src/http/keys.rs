@@ -38,6 +38,31 @@ pub(crate) async fn protection(
     )))
 }
 
+/// Which key periods of a live channel an edge wants.
+#[derive(Deserialize)]
+pub(crate) struct PeriodsQuery {
+    #[serde(default)]
+    periods: String,
+}
+
+/// `GET /api/v1/fleet/protection/live/{channel}?periods=P,P` (fleet
+/// credential): whether the channel is protected and, if so, the keys of
+/// those key periods (made on first use).
+pub(crate) async fn live_protection(
+    AxState(state): AxState<Arc<State>>,
+    headers: HeaderMap,
+    Path(channel): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<PeriodsQuery>,
+) -> Result<Response, Error> {
+    require_fleet(&state, &headers)?;
+    if !cascade_packager::is_safe_id(&channel) {
+        return Err(Error::not_found("channel"));
+    }
+    Ok(no_store(Json(
+        svc::live_protection_for_edge(&state, &channel, &q.periods).await?,
+    )))
+}
+
 /// `POST /api/v1/fleet/license` (fleet credential): the keys a viewer's
 /// playback session asks for, if it may play.
 pub(crate) async fn license(

@@ -102,6 +102,7 @@ pub(crate) async fn meta(
         return Err(Error::not_found("channel").into());
     }
     let geo = crate::service::channels::country_rule(&state, &channel).await?;
+    let protected = crate::service::channels::is_protected(&state, &channel).await?;
     Ok((
         [
             (header::CONTENT_TYPE, "application/json".to_string()),
@@ -110,7 +111,7 @@ pub(crate) async fn meta(
                 crate::http::mezzanine::metadata_cache_control(&state.cfg),
             ),
         ],
-        axum::Json(serde_json::json!({ "geo": geo })),
+        axum::Json(serde_json::json!({ "geo": geo, "protected": protected })),
     )
         .into_response())
 }

@@ -162,6 +162,10 @@ pub fn app(state: Arc<State>) -> Router {
         .route("/api/v1/history", get(playback::history))
         .route("/api/v1/fleet/revocations", get(playback::revocations))
         .route("/api/v1/fleet/protection/{asset}", get(keys::protection))
+        .route(
+            "/api/v1/fleet/protection/live/{channel}",
+            get(keys::live_protection),
+        )
         .route("/api/v1/fleet/license", post(keys::license))
         .route(
             "/api/v1/admin/assets/{id}/protection",

@@ -26,11 +26,13 @@ pub(crate) struct ChannelRow {
     pub(crate) updated_at: i64,
     /// The SRT passphrase; empty for none.
     pub(crate) srt_passphrase: String,
+    /// Served encrypted only, with keys that rotate.
+    pub(crate) protected: bool,
 }
 
 const COLUMNS: &str = "id, name, title, synopsis, premium, starts_at, ends_at, allow_countries, \
      deny_countries, dvr_minutes, key_digest, key_version, state, created_at, updated_at, \
-     srt_passphrase";
+     srt_passphrase, protected";
 
 fn from_row(r: &AnyRow) -> Result<ChannelRow> {
     Ok(ChannelRow {
@@ -50,6 +52,7 @@ fn from_row(r: &AnyRow) -> Result<ChannelRow> {
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
         srt_passphrase: r.try_get("srt_passphrase")?,
+        protected: r.try_get::<i64, _>("protected")? != 0,
     })
 }
 
@@ -58,8 +61,8 @@ pub(crate) async fn insert(db: &Db, c: &ChannelRow) -> Result<bool> {
     let r = sqlx::query(
         "INSERT INTO channels (id, name, title, synopsis, premium, starts_at, ends_at,
              allow_countries, deny_countries, dvr_minutes, key_digest, key_version, state,
-             created_at, updated_at, srt_passphrase)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+             created_at, updated_at, srt_passphrase, protected)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
          ON CONFLICT (name) DO NOTHING",
     )
     .bind(&c.id)
@@ -78,6 +81,7 @@ pub(crate) async fn insert(db: &Db, c: &ChannelRow) -> Result<bool> {
     .bind(c.created_at)
     .bind(c.updated_at)
     .bind(&c.srt_passphrase)
+    .bind(i64::from(c.protected))
     .execute(&db.pool)
     .await?;
     Ok(r.rows_affected() > 0)

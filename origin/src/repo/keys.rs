@@ -103,6 +103,20 @@ pub(crate) async fn keys_of(db: &Db, asset: &str) -> Result<Vec<StoredKey>> {
     rows.iter().map(from_row).collect()
 }
 
+/// An asset's (or channel's) keys of the given periods.
+pub(crate) async fn keys_of_periods(db: &Db, asset: &str, from: i64, to: i64) -> Result<Vec<StoredKey>> {
+    let rows = sqlx::query(
+        "SELECT kid, asset_id, grp, period, wrapped FROM content_keys \
+         WHERE asset_id = $1 AND period >= $2 AND period <= $3 ORDER BY period",
+    )
+    .bind(asset)
+    .bind(from)
+    .bind(to)
+    .fetch_all(&db.pool)
+    .await?;
+    rows.iter().map(from_row).collect()
+}
+
 fn from_row(r: &sqlx::any::AnyRow) -> Result<StoredKey> {
     Ok(StoredKey {
         kid: r.try_get("kid")?,

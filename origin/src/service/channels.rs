@@ -56,6 +56,10 @@ pub(crate) struct NewChannel {
     /// SRT must encrypt with it (`passphrase=` in the SRT URL). Absent: none.
     #[serde(default)]
     pub(crate) srt_passphrase: Option<String>,
+    /// Serve the channel encrypted only (`cbcs`, keys rotating every
+    /// `drm_live_key_period_secs`), played with a license.
+    #[serde(default)]
+    pub(crate) protect: bool,
 }
 
 /// Where encoders publish (the key is in these URLs).
@@ -91,6 +95,8 @@ pub(crate) struct Channel {
     key_version: i64,
     /// SRT publishers must encrypt (the passphrase is shown only with a key).
     srt_encrypted: bool,
+    /// Served encrypted only, with rotating keys.
+    protected: bool,
     /// The encoder publishing now, if any, and its health.
     ingest: Option<crate::service::live_health::IngestStatus>,
     playback: PlaybackUrls,
@@ -142,6 +148,10 @@ pub(crate) async fn create(state: &State, new: NewChannel) -> Result<ChannelWith
     }
     let allow = parse_countries(&new.allow_countries)?;
     let deny = parse_countries(&new.deny_countries)?;
+    if new.protect {
+        // Refused before the channel exists: without a KEK no key can be kept.
+        state.keys.kek()?;
+    }
     let passphrase = new.srt_passphrase.unwrap_or_default();
     if !passphrase.is_empty()
         && (!(10..=79).contains(&passphrase.len())
@@ -171,6 +181,7 @@ pub(crate) async fn create(state: &State, new: NewChannel) -> Result<ChannelWith
         created_at: now,
         updated_at: now,
         srt_passphrase: passphrase,
+        protected: new.protect,
     };
     if !channels::insert(&state.db, &row).await? {
         return Err(Error::conflict(
@@ -240,6 +251,16 @@ pub(crate) async fn country_rule(state: &State, name: &str) -> Result<cascade_ge
         allow: split(&row.allow_countries),
         deny: split(&row.deny_countries),
     })
+}
+
+/// A channel as stored, by name.
+pub(crate) async fn get_row(state: &State, name: &str) -> Result<ChannelRow> {
+    find(state, name).await
+}
+
+/// Whether a channel is served encrypted only.
+pub(crate) async fn is_protected(state: &State, name: &str) -> Result<bool> {
+    Ok(find(state, name).await?.protected)
 }
 
 /// One channel, by name.
@@ -353,6 +374,7 @@ fn view(state: &State, r: &ChannelRow) -> Channel {
         state: r.state.clone(),
         key_version: r.key_version,
         srt_encrypted: !r.srt_passphrase.is_empty(),
+        protected: r.protected,
         ingest: state.live.status(&r.name).map(|mut s| {
             s.parts_published = state.live_media.parts.with_label_values(&[&r.name]).get();
             s.dropped_frames = state.live_media.dropped.with_label_values(&[&r.name]).get();

@@ -89,12 +89,28 @@ pub(crate) async fn set_protected(state: &State, asset: &str, protected: bool) -
 async fn ensure_keys(
     state: &State,
     asset: &str,
-    mut have: Vec<StoredKey>,
+    have: Vec<StoredKey>,
     groups: &[&str],
 ) -> Result<Vec<(String, cascade_packager::ContentKey)>> {
+    let wanted: Vec<(&str, i64)> = groups.iter().map(|g| (*g, 0)).collect();
+    let mut have = ensure_period_keys(state, asset, have, &wanted).await?;
+    have.retain(|k| k.period == 0);
+    have.iter()
+        .map(|k| Ok((k.group.clone(), content_key(state, k)?)))
+        .collect()
+}
+
+/// The keys of each (group, period) wanted, made and stored for those
+/// that `have` lacks (another origin racing keeps one).
+async fn ensure_period_keys(
+    state: &State,
+    asset: &str,
+    mut have: Vec<StoredKey>,
+    wanted: &[(&str, i64)],
+) -> Result<Vec<StoredKey>> {
     let now = clock::now() as i64;
-    for g in groups {
-        if have.iter().any(|k| k.group == *g && k.period == 0) {
+    for &(g, period) in wanted {
+        if have.iter().any(|k| k.group == g && k.period == period) {
             continue;
         }
         let mut raw = [0u8; 48];
@@ -109,14 +125,84 @@ async fn ensure_keys(
             kid,
             asset: asset.to_string(),
             group: g.to_string(),
-            period: 0,
+            period,
         };
         have.push(repo::insert_or_get(&state.db, &stored, now).await?);
     }
-    have.retain(|k| k.period == 0);
-    have.iter()
-        .map(|k| Ok((k.group.clone(), content_key(state, k)?)))
-        .collect()
+    Ok(have)
+}
+
+/// Where a live channel's keys are kept: apart from titles' asset ids.
+pub(crate) fn live_subject(channel: &str) -> String {
+    format!("live:{channel}")
+}
+
+/// Most key periods an edge may ask for at once.
+const MAX_LIVE_PERIODS: usize = 8;
+
+/// `GET /api/v1/fleet/protection/live/{channel}?periods=P,P`: a protected
+/// channel's keys of those key periods (made on first use), for edges to
+/// encrypt with. Only periods from two days back to two ahead are made:
+/// nobody asks a key of a time that has no media.
+pub(crate) async fn live_protection_for_edge(
+    state: &State,
+    channel: &str,
+    periods: &str,
+) -> Result<Value> {
+    if !crate::service::channels::is_protected(state, channel).await? {
+        return Ok(json!({ "protected": false }));
+    }
+    let secs = state.cfg.drm_live_key_period_secs;
+    let now = clock::now() / secs;
+    let back = (2 * 86_400 / secs).max(2);
+    let mut wanted = Vec::new();
+    for p in periods.split(',').filter(|p| !p.is_empty()) {
+        let p: u64 = p.trim().parse().map_err(|_| {
+            Error::bad_request("bad_periods", "periods: key period numbers, comma-separated")
+        })?;
+        if p + back < now || p > now + 2 {
+            return Err(Error::bad_request(
+                "bad_periods",
+                "a key period from two days back to two ahead",
+            ));
+        }
+        wanted.push(p as i64);
+    }
+    wanted.sort_unstable();
+    wanted.dedup();
+    if wanted.is_empty() || wanted.len() > MAX_LIVE_PERIODS {
+        return Err(Error::bad_request(
+            "bad_periods",
+            format!("1 to {MAX_LIVE_PERIODS} key periods"),
+        ));
+    }
+    let subject = live_subject(channel);
+    let (from, to) = (wanted[0], wanted[wanted.len() - 1]);
+    let have = repo::keys_of_periods(&state.db, &subject, from, to).await?;
+    let pairs: Vec<(&str, i64)> = wanted.iter().map(|p| ("all", *p)).collect();
+    let stored = ensure_period_keys(state, &subject, have, &pairs).await?;
+    let mut keys = Vec::new();
+    for k in stored.iter().filter(|k| wanted.contains(&k.period)) {
+        let ck = content_key(state, k)?;
+        keys.push(json!({
+            "period": k.period,
+            "kid": cascade_packager::cenc::hex(&ck.kid),
+            "key": cascade_packager::cenc::hex(&ck.key),
+            "iv": cascade_packager::cenc::hex(&ck.iv),
+        }));
+    }
+    let cfg = &state.cfg;
+    let opt = |s: &String| (!s.is_empty()).then(|| s.clone());
+    Ok(json!({
+        "protected": true,
+        "period_secs": secs,
+        "keys": keys,
+        "systems": {
+            "widevine": opt(&cfg.drm_widevine_license_url),
+            "playready": opt(&cfg.drm_playready_license_url),
+            "fairplay": opt(&cfg.drm_fairplay_license_url),
+        },
+    }))
 }
 
 fn content_key(state: &State, k: &StoredKey) -> Result<cascade_packager::ContentKey> {
@@ -241,11 +327,15 @@ async fn grant(state: &State, req: &LicenseRequest) -> Result<Value> {
             "this playback session has ended (stopped, replaced or quiet); start playback again",
         ));
     };
-    if asset != req.asset {
+    let live = req.asset.strip_prefix("live:");
+    if asset != live.unwrap_or(&req.asset) {
         return Err(Error::forbidden(
             "wrong_title",
             "this playback session is for another title",
         ));
+    }
+    if let Some(channel) = live {
+        return grant_live(state, req, &user, channel, &wanted).await;
     }
     let now = clock::now();
     let Some(title) = titles::playable(&state.db, &asset).await? else {
@@ -308,6 +398,86 @@ async fn grant(state: &State, req: &LicenseRequest) -> Result<Value> {
         };
         let ck = content_key(state, k)?;
         keys.push(json!({ "kid": kid, "key": cascade_packager::cenc::hex(&ck.key) }));
+    }
+    Ok(json!({ "keys": keys }))
+}
+
+/// A live channel's license: the same checks as its playback start
+/// (premium, countries, the stream limit), then the keys asked for and the
+/// next period's, announced ahead so a player holds it before the rotation.
+async fn grant_live(
+    state: &State,
+    req: &LicenseRequest,
+    user: &str,
+    channel: &str,
+    wanted: &[String],
+) -> Result<Value> {
+    let now = clock::now();
+    let row = crate::service::channels::get_row(state, channel).await?;
+    if row.state == "stopped" {
+        return Err(Error::not_found("channel"));
+    }
+    let plan = billing::plan_of(&state.db, user, now).await?;
+    if row.premium && !plan.premium {
+        return Err(
+            Error::forbidden("premium_required", "this channel needs the premium plan")
+                .with(json!({ "plan": plan.id, "needs": "premium" })),
+        );
+    }
+    let rule = crate::service::channels::country_rule(state, channel).await?;
+    let country = state.geo.lookup(req.ip).country;
+    if let cascade_geo::Verdict::Block { country, rule } = cascade_geo::decide(
+        country.as_deref(),
+        &format!("/live/{channel}/"),
+        &state.cfg.geo_rules,
+        Some(&rule),
+        state.cfg.geo_unknown,
+    ) {
+        return Err(Error::new(
+            Kind::Blocked,
+            "geo_blocked",
+            "this channel is not available in your country",
+        )
+        .with(json!({ "country": country, "rule": rule })));
+    }
+    let rank = streams::rank(&state.db, user, &req.stream).await?;
+    if rank as i64 >= plan.max_streams {
+        return Err(Error::new(
+            Kind::RateLimited { retry_after: None },
+            "too_many_streams",
+            format!(
+                "your plan allows {} stream(s) at once; stop one to play this",
+                plan.max_streams
+            ),
+        ));
+    }
+    // Keys of the last two days and the next period: what a viewer may
+    // still be shown.
+    let secs = state.cfg.drm_live_key_period_secs;
+    let current = (now / secs) as i64;
+    let back = (2 * 86_400 / secs).max(2) as i64;
+    let stored =
+        repo::keys_of_periods(&state.db, &live_subject(channel), current - back, current + 2)
+            .await?;
+    let mut keys = Vec::with_capacity(wanted.len() + 1);
+    let mut latest = None;
+    for kid in wanted {
+        let Some(k) = stored.iter().find(|k| &k.kid == kid) else {
+            return Err(Error::new(
+                Kind::NotFound,
+                "unknown_kid",
+                format!("no current key {kid} for this channel"),
+            ));
+        };
+        latest = latest.max(Some(k.period));
+        let ck = content_key(state, k)?;
+        keys.push(json!({ "kid": kid, "key": cascade_packager::cenc::hex(&ck.key) }));
+    }
+    if let Some(next) = latest.and_then(|p| stored.iter().find(|k| k.period == p + 1)) {
+        if !wanted.contains(&next.kid) {
+            let ck = content_key(state, next)?;
+            keys.push(json!({ "kid": next.kid, "key": cascade_packager::cenc::hex(&ck.key) }));
+        }
     }
     Ok(json!({ "keys": keys }))
 }

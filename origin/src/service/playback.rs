@@ -97,8 +97,10 @@ pub(crate) struct DrmInfo {
     /// JSON license request (`{"kids": [...]}`), get a JWK set. Signed like
     /// the media URLs; granted while this stream may play.
     clearkey: String,
-    /// The DASH MPD in `cenc` (AES-CTR), for clients without `cbcs`.
-    dash_cenc: String,
+    /// The DASH MPD in `cenc` (AES-CTR), for clients without `cbcs`
+    /// (titles; a live channel is `cbcs` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dash_cenc: Option<String>,
     /// Commercial license services, as configured.
     #[serde(skip_serializing_if = "Option::is_none")]
     widevine: Option<String>,
@@ -229,7 +231,7 @@ pub(crate) async fn start_live(
         geo: crate::service::channels::country_rule(state, &channel.name).await?,
         duration: None,
         live: true,
-        protected: false,
+        protected: channel.protected,
         watermarked: false,
     };
     start_subject(state, subject, device_profile, ip, user, req).await
@@ -434,7 +436,7 @@ async fn start_subject(
     let opt = |s: &String| (!s.is_empty()).then(|| s.clone());
     let drm = subject.protected.then(|| DrmInfo {
         clearkey: format!("{edge}{}/license/clearkey?{token_q}", subject.path),
-        dash_cenc: format!("{edge}{}/cenc/manifest.mpd?{q}", subject.path),
+        dash_cenc: (!subject.live).then(|| format!("{edge}{}/cenc/manifest.mpd?{q}", subject.path)),
         widevine: opt(&state.cfg.drm_widevine_license_url),
         playready: opt(&state.cfg.drm_playready_license_url),
         fairplay: opt(&state.cfg.drm_fairplay_license_url),
