@@ -15,7 +15,12 @@ use cascade_packager::live::{self, Blocking, LiveManifest, LiveOutput};
 use cascade_serve::{set_cache_status, unix_now_ms, CacheOutcome, Response};
 use http::StatusCode;
 
+use std::sync::Arc;
+
+use cascade_packager::live_protect::LiveKeys;
+
 use crate::media::{not_found, Media};
+use crate::protection::Protection;
 use crate::CACHE_NAME;
 
 /// What a `/live/{channel}/…` path names, if anything.
@@ -77,9 +82,171 @@ impl Media {
         );
         self.tier
             .serve(key, move || async move {
-                media.live_miss(&c, &o, b, &k, &rid).await
+                media.live_miss(&c, &o, b, &k, &rid, None).await
             })
             .await
+    }
+
+    /// A protected channel's output on a miss for `key` (playlists with
+    /// their keys, init segments, parts and segments encrypted just in
+    /// time under their key period's key), made once however many viewers
+    /// ask. Only HLS in fMP4: the clear init segments, the MPD and the TS
+    /// variants are refused.
+    pub(crate) async fn live_protected_fill(
+        &self,
+        key: &str,
+        channel: &str,
+        output: &LiveOutput,
+        b: Blocking,
+        protection: Arc<Protection>,
+        request_id: &str,
+    ) -> Response {
+        match output {
+            LiveOutput::Init(..) => return crate::media::protected_refusal(),
+            LiveOutput::Mpd
+            | LiveOutput::TsMultivariant
+            | LiveOutput::TsPlaylist(..)
+            | LiveOutput::TsSegment(..) => {
+                return Response::error(
+                    StatusCode::NOT_FOUND,
+                    "protected_hls_only",
+                    "a protected channel plays over HLS in fMP4 (master.m3u8) only",
+                )
+            }
+            _ => {}
+        }
+        let media = self.clone();
+        let (c, o, k, rid) = (
+            channel.to_string(),
+            output.clone(),
+            key.to_string(),
+            request_id.to_string(),
+        );
+        self.tier
+            .serve(key, move || async move {
+                match &o {
+                    LiveOutput::Multivariant | LiveOutput::Media(_) => {
+                        media
+                            .live_miss(&c, &o, b, &k, &rid, Some(&protection))
+                            .await
+                    }
+                    _ => {
+                        media
+                            .live_protected_media(&c, &o, &k, &protection, &rid)
+                            .await
+                    }
+                }
+            })
+            .await
+    }
+
+    /// A protected channel's init segment, part or segment: the clear bytes
+    /// through the shields, the segment's key period from the manifest
+    /// (asked to wait until the segment is listed), encrypted, kept.
+    async fn live_protected_media(
+        &self,
+        channel: &str,
+        output: &LiveOutput,
+        key: &str,
+        protection: &Protection,
+        request_id: &str,
+    ) -> Response {
+        let started_ms = unix_now_ms();
+        let base = format!("/live-mezz/{channel}");
+        let get = |path: String| async move {
+            match self.fetch_media(&path, None, request_id).await {
+                Ok(r) if r.status == StatusCode::OK => Ok(r.body),
+                Ok(r) => Err(passthrough_error(
+                    r.status,
+                    r.headers.get(http::header::RETRY_AFTER),
+                )),
+                Err(r) => Err(r),
+            }
+        };
+        let made = match output {
+            LiveOutput::KeyedInit(t, g, period) => {
+                let clear = match get(format!("{base}/{t}/init-{g}.mp4")).await {
+                    Ok(b) => b,
+                    Err(r) => return r,
+                };
+                let keys = match protection.live_keys(channel, &[*period], request_id).await {
+                    Ok(k) => k,
+                    Err(r) => return r,
+                };
+                keys.init(&clear, *period)
+            }
+            LiveOutput::Segment(t, msn) | LiveOutput::Part(t, msn, _) => {
+                let (file, part) = match output {
+                    LiveOutput::Part(_, _, p) => (format!("{t}/{msn}.{p}.m4s"), Some(*p)),
+                    _ => (format!("{t}/{msn}.m4s"), None),
+                };
+                let bytes = match get(format!("{base}/{file}")).await {
+                    Ok(b) => b,
+                    Err(r) => return r,
+                };
+                // The bytes exist, so the manifest that lists them comes at once.
+                let wait = Blocking {
+                    msn: Some(*msn),
+                    part,
+                    skip: false,
+                }
+                .canonical();
+                let m = match get(format!("{base}/manifest.json?{wait}")).await {
+                    Ok(b) => match LiveManifest::from_json(&b) {
+                        Ok(m) => m,
+                        Err(_) => return not_found(),
+                    },
+                    Err(r) => return r,
+                };
+                let Some(seg) = m.segment(*msn) else {
+                    return not_found();
+                };
+                let setup = match protection.live_setup(channel, request_id).await {
+                    Ok(s) => s,
+                    Err(r) => return r,
+                };
+                let period = seg.pdt_ms / 1000 / setup.period_secs.max(1);
+                let keys = match protection.live_keys(channel, &[period], request_id).await {
+                    Ok(k) => k,
+                    Err(r) => return r,
+                };
+                let init = match get(format!("{base}/{t}/init-{}.mp4", seg.init)).await {
+                    Ok(b) => b,
+                    Err(r) => return r,
+                };
+                keys.media(&init, &bytes, period, *msn)
+            }
+            _ => return not_found(),
+        };
+        let body = match made {
+            Ok(b) => Bytes::from(b),
+            Err(e) => {
+                tracing::error!(request_id, channel, error = %e, "encrypting live media");
+                return Response::error(
+                    StatusCode::BAD_GATEWAY,
+                    "packaging",
+                    "the live media could not be encrypted",
+                );
+            }
+        };
+        let obj = CachedObject {
+            status: 200,
+            headers: vec![
+                ("content-type".into(), output.content_type(None).into()),
+                (
+                    "cache-control".into(),
+                    "public, max-age=31536000, immutable".into(),
+                ),
+                ("surrogate-key".into(), format!("live-{channel}")),
+            ],
+            body,
+            stored_at_ms: started_ms,
+            fresh_until: (started_ms / 1000).saturating_add(365 * 24 * 3600),
+            stale_while_revalidate: 0,
+            stale_if_error: 0,
+        };
+        let stored = self.tier.store(key, &obj).await;
+        cascade_serve::cached_response(&obj, CacheOutcome::Miss { stored }, CACHE_NAME)
     }
 
     async fn live_miss(
@@ -89,6 +256,7 @@ impl Media {
         b: Blocking,
         key: &str,
         request_id: &str,
+        protection: Option<&Protection>,
     ) -> Response {
         let started_ms = unix_now_ms();
         let now = started_ms / 1000;
@@ -122,21 +290,42 @@ impl Media {
                 );
             }
         };
-        let made = match output {
-            LiveOutput::Multivariant => live::multivariant(&m),
-            LiveOutput::Media(track) => live::media_playlist(&m, track, b),
-            LiveOutput::TsMultivariant => live::ts_multivariant(&m),
-            LiveOutput::TsPlaylist(v, a) => live::ts_playlist(&m, v, a),
-            _ => {
-                let window = m
-                    .segments
-                    .first()
-                    .zip(m.segments.last())
-                    .map_or(0, |(f, l)| {
-                        (l.start + live::segment_duration(l) - f.start) / 90_000
-                    });
-                live::mpd(&m, started_ms, window, "/live/time")
+        // A protected channel: its keys for the periods in the window and
+        // the next one.
+        let keys = match protection {
+            Some(p) => {
+                let setup = match p.live_setup(channel, request_id).await {
+                    Ok(s) => s,
+                    Err(r) => return r,
+                };
+                let periods = LiveKeys::periods_needed(setup.period_secs, &m);
+                match p.live_keys(channel, &periods, request_id).await {
+                    Ok(k) => Some(k),
+                    Err(r) => return r,
+                }
             }
+            None => None,
+        };
+        let made = match (output, &keys) {
+            (LiveOutput::Multivariant, Some(k)) => k.multivariant(&m),
+            (LiveOutput::Media(track), Some(k)) => live::protected_media_playlist(&m, track, b, k),
+            (_, Some(_)) => Err(cascade_packager::Error::NotFound),
+            (output, None) => match output {
+                LiveOutput::Multivariant => live::multivariant(&m),
+                LiveOutput::Media(track) => live::media_playlist(&m, track, b),
+                LiveOutput::TsMultivariant => live::ts_multivariant(&m),
+                LiveOutput::TsPlaylist(v, a) => live::ts_playlist(&m, v, a),
+                _ => {
+                    let window = m
+                        .segments
+                        .first()
+                        .zip(m.segments.last())
+                        .map_or(0, |(f, l)| {
+                            (l.start + live::segment_duration(l) - f.start) / 90_000
+                        });
+                    live::mpd(&m, started_ms, window, "/live/time")
+                }
+            },
         };
         let body = match made {
             Ok(text) => Bytes::from(text),

@@ -241,6 +241,20 @@ impl Pipeline for EdgePipeline {
                 };
                 return Step::Continue;
             }
+            // A protected channel's license: `/live/{channel}/license/clearkey`.
+            if let Some((channel, kind)) = path
+                .strip_prefix("/live/")
+                .and_then(|r| r.split_once('/'))
+                .filter(|(c, _)| is_safe_id(c))
+                .and_then(|(c, rest)| Some((c, LicenseKind::parse(rest)?)))
+            {
+                ctx.route = Route::License {
+                    asset: format!("live:{channel}"),
+                    kind,
+                };
+                ctx.path = path;
+                return Step::Continue;
+            }
             match crate::live::live_output(&path) {
                 Some((channel, output)) => {
                     // `master.m3u8?format=ts`: the MPEG-TS variants.
@@ -290,6 +304,10 @@ impl Pipeline for EdgePipeline {
             | Route::Ad {
                 asset, live: false, ..
             } if is_safe_id(asset) => (asset.clone(), format!("/mezz/{asset}/meta.json")),
+            Route::License { asset, .. } if asset.starts_with("live:") => (
+                asset.clone(),
+                format!("/live-mezz/{}/meta.json", &asset["live:".len()..]),
+            ),
             Route::Live {
                 channel,
                 output: Some(_),
@@ -593,6 +611,24 @@ impl Pipeline for EdgePipeline {
             Route::Live {
                 channel,
                 output: Some(output),
+            } if ctx.protected => match &ctx.cache_key {
+                Some(key) => {
+                    self.media
+                        .live_protected_fill(
+                            key,
+                            channel,
+                            output,
+                            ctx.blocking,
+                            self.protection.clone(),
+                            &req.request_id,
+                        )
+                        .await
+                }
+                None => not_found(),
+            },
+            Route::Live {
+                channel,
+                output: Some(output),
             } => match &ctx.cache_key {
                 Some(key) => {
                     self.media
@@ -801,7 +837,15 @@ impl EdgePipeline {
                 }
             }
         }
-        ctx.cache_key = Some(crate::live::live_key(&ctx.path, &output, &ctx.blocking));
+        let mut key = crate::live::live_key(&ctx.path, &output, &ctx.blocking);
+        if ctx.protected {
+            // Never a clear output's entry; no personal playlists (their
+            // ads would be clear media).
+            key.push_str("#p");
+            ctx.cache_key = Some(key);
+            return Step::Continue;
+        }
+        ctx.cache_key = Some(key);
         // A session with ads gets media playlists and an MPD of its own
         // while a break is in the window.
         if let Some(Authorized {

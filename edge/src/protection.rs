@@ -16,6 +16,7 @@ use std::time::Duration;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use bytes::Bytes;
+use cascade_packager::live_protect::LiveKeys;
 use cascade_packager::{ContentKey, Drm, Systems};
 use cascade_serve::Response;
 use http::StatusCode;
@@ -61,6 +62,11 @@ pub(crate) struct Protection {
     /// The last keys fetched per title, for when the origin is unreachable
     /// (RAM only, like the fresh ones).
     last_known: moka::future::Cache<String, Arc<Drm>>,
+    /// Live channels' keys by (channel, key period): a period's key never
+    /// changes, so it is kept a day (RAM only).
+    live_keys: moka::future::Cache<(String, u64), ContentKey>,
+    /// Live channels' key period and systems.
+    live_setup: moka::future::Cache<String, Arc<LiveSetup>>,
     results: IntCounterVec,
 }
 
@@ -86,6 +92,14 @@ impl Protection {
                 .time_to_live(DRM_TTL)
                 .build(),
             last_known: moka::future::Cache::builder()
+                .max_capacity(DRM_ENTRIES)
+                .time_to_live(LAST_KNOWN_TTL)
+                .build(),
+            live_keys: moka::future::Cache::builder()
+                .max_capacity(DRM_ENTRIES)
+                .time_to_live(LAST_KNOWN_TTL)
+                .build(),
+            live_setup: moka::future::Cache::builder()
                 .max_capacity(DRM_ENTRIES)
                 .time_to_live(LAST_KNOWN_TTL)
                 .build(),
@@ -136,6 +150,100 @@ impl Protection {
             // No such protected title at the origin.
             Err(_) => Err(crate::media::not_found()),
         }
+    }
+
+    /// A protected channel's key period in seconds and its systems (kept
+    /// a day: they change only with the origin's configuration).
+    pub(crate) async fn live_setup(
+        &self,
+        channel: &str,
+        request_id: &str,
+    ) -> Result<Arc<LiveSetup>, Response> {
+        if let Some(s) = self.live_setup.get(channel).await {
+            return Ok(s);
+        }
+        let answer = self.live_call(channel, &[], request_id).await?;
+        let setup = Arc::new(answer.setup);
+        self.live_setup
+            .insert(channel.to_string(), setup.clone())
+            .await;
+        Ok(setup)
+    }
+
+    /// A protected channel's keys of `periods` (made by the origin on first
+    /// use): from RAM, the missing ones asked of the origin in one call.
+    pub(crate) async fn live_keys(
+        &self,
+        channel: &str,
+        periods: &[u64],
+        request_id: &str,
+    ) -> Result<LiveKeys, Response> {
+        let setup = self.live_setup(channel, request_id).await?;
+        let mut keys = std::collections::BTreeMap::new();
+        let mut missing = Vec::new();
+        for p in periods {
+            match self.live_keys.get(&(channel.to_string(), *p)).await {
+                Some(k) => {
+                    keys.insert(*p, k);
+                }
+                None => missing.push(*p),
+            }
+        }
+        if !missing.is_empty() {
+            let answer = self.live_call(channel, &missing, request_id).await?;
+            for (p, k) in answer.keys {
+                self.live_keys
+                    .insert((channel.to_string(), p), k.clone())
+                    .await;
+                keys.insert(p, k);
+            }
+            if missing.iter().any(|p| !keys.contains_key(p)) {
+                return Err(keys_unavailable());
+            }
+        }
+        Ok(LiveKeys {
+            period_secs: setup.period_secs,
+            keys,
+            drm: Drm {
+                keys: Default::default(),
+                clear_segments: 0,
+                systems: setup.systems.clone(),
+            },
+        })
+    }
+
+    async fn live_call(
+        &self,
+        channel: &str,
+        periods: &[u64],
+        request_id: &str,
+    ) -> Result<LiveAnswer, Response> {
+        let list: Vec<String> = periods.iter().map(u64::to_string).collect();
+        let path = format!(
+            "/api/v1/fleet/protection/live/{channel}?periods={}",
+            list.join(",")
+        );
+        let r = match self
+            .fleet_call(reqwest::Method::GET, &path, None, request_id)
+            .await
+        {
+            Ok(r) if r.0 == StatusCode::OK => r,
+            Ok(r) if r.0 == StatusCode::NOT_FOUND => return Err(crate::media::not_found()),
+            other => {
+                tracing::warn!(
+                    request_id,
+                    channel,
+                    status = other.as_ref().map_or(502, |r| r.0.as_u16()),
+                    "live keys refused"
+                );
+                self.results.with_label_values(&["keys_unavailable"]).inc();
+                return Err(keys_unavailable());
+            }
+        };
+        parse_live(&r.1).ok_or_else(|| {
+            self.results.with_label_values(&["keys_unavailable"]).inc();
+            keys_unavailable()
+        })
     }
 
     /// Forgets every title's fresh keys (after a purge: keys may have
@@ -380,6 +488,80 @@ fn parse_drm(body: &[u8]) -> Option<Arc<Drm>> {
             fairplay: a.systems.fairplay,
         },
     }))
+}
+
+/// A live channel's key period and the systems it is signalled for.
+#[derive(Debug)]
+pub(crate) struct LiveSetup {
+    pub(crate) period_secs: u64,
+    pub(crate) systems: Systems,
+}
+
+struct LiveAnswer {
+    setup: LiveSetup,
+    keys: Vec<(u64, ContentKey)>,
+}
+
+fn keys_unavailable() -> Response {
+    Response::error(
+        StatusCode::BAD_GATEWAY,
+        "keys_unavailable",
+        "the channel's keys cannot be had now; try again shortly",
+    )
+    .header("retry-after", "2")
+}
+
+/// The origin's answer for a live channel's keys.
+fn parse_live(body: &[u8]) -> Option<LiveAnswer> {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        protected: bool,
+        #[serde(default)]
+        period_secs: u64,
+        #[serde(default)]
+        keys: Vec<PeriodKey>,
+        #[serde(default)]
+        systems: Sys,
+    }
+    #[derive(serde::Deserialize)]
+    struct PeriodKey {
+        period: u64,
+        kid: String,
+        key: String,
+        iv: String,
+    }
+    #[derive(serde::Deserialize, Default)]
+    struct Sys {
+        widevine: Option<String>,
+        playready: Option<String>,
+        fairplay: Option<String>,
+    }
+    let a: Answer = serde_json::from_slice(body).ok()?;
+    if !a.protected || a.period_secs == 0 {
+        return None;
+    }
+    let mut keys = Vec::with_capacity(a.keys.len());
+    for k in a.keys {
+        keys.push((
+            k.period,
+            ContentKey {
+                kid: hex_16(&k.kid)?,
+                key: hex_16(&k.key)?,
+                iv: hex_16(&k.iv)?,
+            },
+        ));
+    }
+    Some(LiveAnswer {
+        setup: LiveSetup {
+            period_secs: a.period_secs,
+            systems: Systems {
+                widevine: a.systems.widevine,
+                playready: a.systems.playready,
+                fairplay: a.systems.fairplay,
+            },
+        },
+        keys,
+    })
 }
 
 /// A short mark of a title's keys for cache keys: new keys (a CPIX

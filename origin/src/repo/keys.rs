@@ -104,7 +104,12 @@ pub(crate) async fn keys_of(db: &Db, asset: &str) -> Result<Vec<StoredKey>> {
 }
 
 /// An asset's (or channel's) keys of the given periods.
-pub(crate) async fn keys_of_periods(db: &Db, asset: &str, from: i64, to: i64) -> Result<Vec<StoredKey>> {
+pub(crate) async fn keys_of_periods(
+    db: &Db,
+    asset: &str,
+    from: i64,
+    to: i64,
+) -> Result<Vec<StoredKey>> {
     let rows = sqlx::query(
         "SELECT kid, asset_id, grp, period, wrapped FROM content_keys \
          WHERE asset_id = $1 AND period >= $2 AND period <= $3 ORDER BY period",

@@ -158,7 +158,10 @@ pub(crate) async fn live_protection_for_edge(
     let mut wanted = Vec::new();
     for p in periods.split(',').filter(|p| !p.is_empty()) {
         let p: u64 = p.trim().parse().map_err(|_| {
-            Error::bad_request("bad_periods", "periods: key period numbers, comma-separated")
+            Error::bad_request(
+                "bad_periods",
+                "periods: key period numbers, comma-separated",
+            )
         })?;
         if p + back < now || p > now + 2 {
             return Err(Error::bad_request(
@@ -170,7 +173,20 @@ pub(crate) async fn live_protection_for_edge(
     }
     wanted.sort_unstable();
     wanted.dedup();
-    if wanted.is_empty() || wanted.len() > MAX_LIVE_PERIODS {
+    let cfg = &state.cfg;
+    let opt = |s: &String| (!s.is_empty()).then(|| s.clone());
+    let systems = json!({
+        "widevine": opt(&cfg.drm_widevine_license_url),
+        "playready": opt(&cfg.drm_playready_license_url),
+        "fairplay": opt(&cfg.drm_fairplay_license_url),
+    });
+    // No periods: the key period and systems alone.
+    if wanted.is_empty() {
+        return Ok(
+            json!({ "protected": true, "period_secs": secs, "keys": [], "systems": systems }),
+        );
+    }
+    if wanted.len() > MAX_LIVE_PERIODS {
         return Err(Error::bad_request(
             "bad_periods",
             format!("1 to {MAX_LIVE_PERIODS} key periods"),
@@ -191,17 +207,11 @@ pub(crate) async fn live_protection_for_edge(
             "iv": cascade_packager::cenc::hex(&ck.iv),
         }));
     }
-    let cfg = &state.cfg;
-    let opt = |s: &String| (!s.is_empty()).then(|| s.clone());
     Ok(json!({
         "protected": true,
         "period_secs": secs,
         "keys": keys,
-        "systems": {
-            "widevine": opt(&cfg.drm_widevine_license_url),
-            "playready": opt(&cfg.drm_playready_license_url),
-            "fairplay": opt(&cfg.drm_fairplay_license_url),
-        },
+        "systems": systems,
     }))
 }
 
@@ -456,9 +466,13 @@ async fn grant_live(
     let secs = state.cfg.drm_live_key_period_secs;
     let current = (now / secs) as i64;
     let back = (2 * 86_400 / secs).max(2) as i64;
-    let stored =
-        repo::keys_of_periods(&state.db, &live_subject(channel), current - back, current + 2)
-            .await?;
+    let stored = repo::keys_of_periods(
+        &state.db,
+        &live_subject(channel),
+        current - back,
+        current + 2,
+    )
+    .await?;
     let mut keys = Vec::with_capacity(wanted.len() + 1);
     let mut latest = None;
     for kid in wanted {
