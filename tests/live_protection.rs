@@ -126,7 +126,7 @@ async fn a_protected_channel_rotates_keys_and_announces_the_next() {
         &format!("rtmp://{rtmp}/live/{key}"),
         "flv",
         "320x180",
-        60,
+        120,
         "libx264",
     );
 
@@ -306,6 +306,30 @@ async fn a_protected_channel_rotates_keys_and_announces_the_next() {
         (404, Some("unknown_kid")),
         "{why}"
     );
+
+    // hls.js in Chromium plays through a rotation (14 s of 10-second key
+    // periods) with licenses from the edge. (Shaka's HLS parser has no
+    // ClearKey key format.)
+    let root = env!("CARGO_MANIFEST_DIR");
+    let edge = stack.edge_url.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg(format!("{root}/web/tests/protected.mjs"))
+            .args([&edge, "final", &q, "14"])
+            .env("PROTECTED_LIVE", "1")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{said}");
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("hls.js live cbcs: played"), "{said}");
 
     common::stop_child(ffmpeg);
     stack.shutdown().await;
