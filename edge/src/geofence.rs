@@ -37,6 +37,17 @@ pub(crate) struct TitleMeta {
     pub(crate) geo: cascade_geo::CountryRule,
     #[serde(default)]
     pub(crate) protected: bool,
+    /// Made in two watermarked copies: segments are served by the
+    /// session's mark.
+    #[serde(default)]
+    pub(crate) watermarked: bool,
+}
+
+/// What a request's handling needs of its title's metadata.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct TitleFlags {
+    pub(crate) protected: bool,
+    pub(crate) watermarked: bool,
 }
 
 /// Country lookups and rules.
@@ -116,7 +127,7 @@ impl Geofence {
     /// 451 when a viewer from `country` may not watch `path` of `asset`
     /// (a title's asset id, or `live:{channel}`), whose metadata with its
     /// country rules is at `meta` upstream; else whether the title is
-    /// protected.
+    /// protected and watermarked.
     pub(crate) async fn check(
         &self,
         country: Option<&str>,
@@ -124,7 +135,7 @@ impl Geofence {
         (asset, meta): (&str, &str),
         media: &Media,
         request_id: &str,
-    ) -> Result<bool, Response> {
+    ) -> Result<TitleFlags, Response> {
         // Fail closed: a title whose rules cannot be had (and were never
         // seen) is not served, since its media may be in a cache.
         let title = match self.title_rule(asset, meta, media, request_id).await {
@@ -143,7 +154,10 @@ impl Geofence {
                 }
             },
         };
-        let protected = title.as_ref().is_some_and(|t| t.protected);
+        let flags = TitleFlags {
+            protected: title.as_ref().is_some_and(|t| t.protected),
+            watermarked: title.as_ref().is_some_and(|t| t.watermarked),
+        };
         let verdict = cascade_geo::decide(
             country,
             path,
@@ -152,7 +166,7 @@ impl Geofence {
             self.unknown,
         );
         match verdict {
-            cascade_geo::Verdict::Allow => Ok(protected),
+            cascade_geo::Verdict::Allow => Ok(flags),
             cascade_geo::Verdict::Block { country, rule } => {
                 self.blocked.with_label_values(&[&country, &rule]).inc();
                 let body = serde_json::json!({ "error": "geo_blocked", "message": "this title is not available in your country", "country": country, "rule": rule });

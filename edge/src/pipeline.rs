@@ -128,6 +128,8 @@ pub(crate) struct EdgeCtx {
     pub(crate) protected: bool,
     /// A protected title's keys, once the cache key needed them.
     pub(crate) drm: Option<Arc<Drm>>,
+    /// The title is made in two watermarked copies (from its metadata).
+    pub(crate) watermarked: bool,
     /// Which copy of a watermarked title's segment the session is served.
     pub(crate) variant: Variant,
 }
@@ -182,6 +184,7 @@ impl Pipeline for EdgePipeline {
             stitched: false,
             protected: false,
             drm: None,
+            watermarked: false,
             variant: Variant::A,
         }
     }
@@ -335,8 +338,9 @@ impl Pipeline for EdgePipeline {
             .await;
         match blocked {
             Err(r) => Step::Answer(r),
-            Ok(protected) => {
-                ctx.protected = protected;
+            Ok(flags) => {
+                ctx.protected = flags.protected;
+                ctx.watermarked = flags.watermarked;
                 Step::Continue
             }
         }
@@ -432,7 +436,7 @@ impl Pipeline for EdgePipeline {
         // A watermarked title: segment n comes from copy A or B by bit n of
         // the session's mark (from its signed token); each copy is cached
         // once for everyone.
-        if let Some((track, n)) = marked_segment(output) {
+        if let Some((track, n)) = marked_segment(output).filter(|_| ctx.watermarked) {
             let m = match self.media.manifest(asset, &req.request_id).await {
                 Ok(m) => m,
                 Err(r) => return Step::Answer(r),

@@ -88,7 +88,8 @@ pub(crate) async fn published(state: &State, asset: &str) -> Result<()> {
     }
 }
 
-/// Title metadata edges need per request: `{asset, geo}`.
+/// Title metadata edges need per request: `{asset, geo, protected,
+/// watermarked}`.
 pub(crate) async fn meta(state: &State, asset: &str) -> Result<Value> {
     let a = assets::get_asset(&state.db, asset)
         .await?
@@ -96,7 +97,8 @@ pub(crate) async fn meta(state: &State, asset: &str) -> Result<Value> {
     let protected = crate::repo::keys::is_protected(&state.db, asset)
         .await?
         .unwrap_or(false);
-    Ok(json!({ "asset": asset, "geo": a.geo, "protected": protected }))
+    let watermarked = crate::repo::watermarks::is_watermarked(&state.db, asset).await?;
+    Ok(json!({ "asset": asset, "geo": a.geo, "protected": protected, "watermarked": watermarked }))
 }
 
 /// The size of a stored file of an asset.
