@@ -1,6 +1,7 @@
 //! Encryption of untrusted fragments: any init segment and fragment bytes
 //! give an encrypted fragment or an error, never a panic, under both
-//! schemes, and an encrypted fragment keeps its sample count.
+//! schemes, and an encrypted fragment keeps its sample count; a live
+//! channel's run of fragments (parts, segments) too.
 #![no_main]
 
 use cascade_packager::cenc::{protect_fragment, protect_init, Scheme, TrackProtection};
@@ -24,6 +25,7 @@ fuzz_target!(|data: &[u8]| {
             },
             track: 0,
             clear_segments: u64::from(data[0] & 1),
+            variant_b: data[1] & 1 == 1,
         };
         let _ = protect_init(init, &p, &[]);
         if let Ok(out) = protect_fragment(init, fragment, &p, 1) {
@@ -33,4 +35,22 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(before, after);
         }
     }
+
+    // A live part or segment: any run of boxes.
+    let live = cascade_packager::live_protect::LiveKeys {
+        period_secs: 10,
+        keys: [(
+            7u64,
+            ContentKey {
+                kid: [1; 16],
+                key: [2; 16],
+                iv: [3; 16],
+            },
+        )]
+        .into_iter()
+        .collect(),
+        drm: Default::default(),
+    };
+    let _ = live.init(init, 7);
+    let _ = live.media(init, fragment, 7, 1);
 });
