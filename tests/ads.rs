@@ -24,8 +24,8 @@ use serde_json::{json, Value};
 /// for the machine's sake, not the stream's.
 static PLAYERS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Held by each test that runs a live encoder: one channel encoding (and
-/// its ladder transcoding) at a time, for the same reason.
+/// Held by each test that runs a live encoder or transcodes titles and
+/// creatives: one at a time, for the same reason.
 static ENCODING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The beacons the ad server heard, in order.
@@ -262,6 +262,9 @@ const WEBHOOK_SECRET: &str = "whsec_ads_test_secret";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn free_viewers_get_stitched_breaks_beacons_once_and_premium_none() {
+    // Its transcodes would starve a live test's players (a stall of two
+    // seconds was seen under make test): one heavy test at a time.
+    let _encoding = ENCODING.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let ad_clip = make_clip(dir.path(), 4);
     let content = make_clip(dir.path(), 12);
@@ -529,6 +532,9 @@ fn cascade(origin: &str, args: &[&str]) -> (bool, String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_built_in_ad_service_targets_caps_and_reports_through_the_cli() {
+    // Its transcodes would starve a live test's players (a stall of two
+    // seconds was seen under make test): one heavy test at a time.
+    let _encoding = ENCODING.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let ad_clip = make_clip(dir.path(), 4);
     let content = make_clip(dir.path(), 12);
