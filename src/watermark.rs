@@ -30,9 +30,11 @@ struct DetectArgs {
     /// The title's segment length in seconds (the origin's `segment_secs`).
     #[arg(long, default_value_t = 2.0)]
     segment_secs: f64,
-    /// The title's segment number the copy starts with (1: from the start).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
-    first_segment: u64,
+    /// The title's segment number the copy starts with; without it, the
+    /// copy is tried at every place in the 26-segment payload, and read
+    /// where exactly one place gives a valid mark.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    first_segment: Option<u64>,
     /// Origin base URL, for the lookup of who held the mark.
     #[arg(
         long,
@@ -69,8 +71,13 @@ async fn detect_command(a: DetectArgs) -> anyhow::Result<()> {
         .context("the decoder crashed")??;
     // Segment n of the title carries payload bit (n - 1) mod 26: a copy
     // that starts later is lined up by padding the bits before it.
-    let skip = usize::try_from((a.first_segment - 1) % PAYLOAD_BITS as u64).unwrap_or(0);
-    let detection = detect_from(&scan.segments, skip);
+    let (detection, offset) = match a.first_segment {
+        Some(n) => {
+            let skip = usize::try_from((n - 1) % PAYLOAD_BITS as u64).unwrap_or(0);
+            (detect_from(&scan.segments, skip), Some(skip))
+        }
+        None => align(&scan.segments),
+    };
     let mut out = json!({
         "file": a.file.display().to_string(),
         "width": scan.width,
@@ -79,6 +86,11 @@ async fn detect_command(a: DetectArgs) -> anyhow::Result<()> {
         "segments": scan.segments.len(),
         "segments_needed": PAYLOAD_BITS,
     });
+    if let Some(skip) = offset {
+        // Where in the payload the copy starts: its first segment is the
+        // title's segment skip + 1 (or 26 later, or 52…).
+        out["payload_offset"] = json!(skip);
+    }
     match &detection {
         Detection::Marked { id, weakest } => {
             out["verdict"] = json!("marked");
@@ -122,19 +134,26 @@ async fn detect_command(a: DetectArgs) -> anyhow::Result<()> {
     match detection {
         Detection::Marked { id, weakest } => {
             println!("mark {id} (0x{id:04x}); the weakest bit stands {weakest:.2} luma levels from the threshold");
+            if let Some(skip) = offset.filter(|s| *s > 0) {
+                println!(
+                    "the copy starts at the title's segment {} (or 26, 52… later)",
+                    skip + 1
+                );
+            }
             match out.get("holders").and_then(Value::as_array) {
                 Some(h) if h.is_empty() => println!("no playback session was given this mark"),
                 Some(h) => {
                     println!("given to (newest first):");
                     for x in h {
+                        let at = x["issued_at"].as_u64().unwrap_or(0);
                         println!(
-                            "  session {}  account {} {}  profile {}  title {}  at {}",
+                            "  session {}  account {} {}  profile {}  title {}  started {}",
                             x["stream"].as_str().unwrap_or("?"),
                             x["user"].as_str().unwrap_or("?"),
                             x["email"].as_str().unwrap_or(""),
                             x["profile"].as_str().unwrap_or("?"),
                             x["asset"].as_str().unwrap_or("?"),
-                            x["issued_at"]
+                            cascade_packager::live::iso_time(at.saturating_mul(1000))
                         );
                     }
                 }
@@ -158,9 +177,32 @@ async fn detect_command(a: DetectArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Detection of a copy whose start in the payload is not known: at the
+/// start first, else at the one other place where a valid mark is read (a
+/// wrong place passes the sync pair and the CRC about once in a thousand;
+/// two places that both pass are reported as unreadable).
+fn align(segments: &[f32]) -> (Detection, Option<usize>) {
+    let first = detect(segments);
+    if matches!(first, Detection::Marked { .. } | Detection::Unmarked { .. }) {
+        return (first, Some(0));
+    }
+    let found: Vec<(Detection, usize)> = (1..PAYLOAD_BITS)
+        .map(|skip| (detect_from(segments, skip), skip))
+        .filter(|(d, _)| matches!(d, Detection::Marked { .. }))
+        .collect();
+    match found.len() {
+        1 => found
+            .into_iter()
+            .next()
+            .map_or((first, None), |(d, skip)| (d, Some(skip))),
+        _ => (first, None),
+    }
+}
+
 /// Detection of a copy whose first segment carries payload bit `skip`.
 fn detect_from(segments: &[f32], skip: usize) -> Detection {
-    if skip == 0 {
+    if skip == 0 || segments.len() < PAYLOAD_BITS {
+        // Every bit is read from the copy's own segments, never a pad.
         return detect(segments);
     }
     // The bits before the copy read as the threshold (neither 0 nor 1):
@@ -305,4 +347,46 @@ async fn lookup(origin: &str, token_file: Option<&Path>, mark: u16) -> anyhow::R
         );
     }
     Ok(body.get("holders").cloned().unwrap_or(Value::Null))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Segment correlations of a copy of mark `id` starting at payload bit
+    /// `skip`, `n` segments long, with a picture's own bias.
+    fn copy(id: u16, skip: usize, n: usize) -> Vec<f32> {
+        let bits = cascade_watermark::payload(id);
+        (0..n)
+            .map(|i| {
+                if bits[(skip + i) % PAYLOAD_BITS] {
+                    3.4
+                } else {
+                    -2.6
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_copy_is_lined_up_wherever_it_starts() {
+        for (id, skip) in [(0x2b7e_u16, 0usize), (0x0001, 1), (0xfff0, 13), (7, 25)] {
+            let (d, at) = align(&copy(id, skip, PAYLOAD_BITS + 3));
+            assert!(
+                matches!(d, Detection::Marked { id: got, .. } if got == id),
+                "{id:#x} at {skip}: {d:?}"
+            );
+            assert_eq!(at, Some(skip));
+        }
+        // A copy whose start is given reads the same.
+        let d = detect_from(&copy(0x1234, 5, 40), 5);
+        assert!(matches!(d, Detection::Marked { id: 0x1234, .. }), "{d:?}");
+        // Flat correlations: no mark, wherever.
+        let (d, _) = align(&[0.1; 30]);
+        assert!(matches!(d, Detection::Unmarked { .. }), "{d:?}");
+        // Too short to read: unreadable, not a guess.
+        let (d, at) = align(&copy(0x2b7e, 3, 12));
+        assert!(matches!(d, Detection::Unreadable { .. }), "{d:?}");
+        assert_eq!(at, None);
+    }
 }

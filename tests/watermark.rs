@@ -234,6 +234,21 @@ async fn each_session_is_traced_from_a_re_encoded_copy() {
         assert_eq!(holder["asset"], asset.as_str(), "{found}");
     }
 
+    // A copy that starts later (segments 2 to 27: one payload's worth) is
+    // lined up by itself.
+    let late = dir.join("captured-late.mp4");
+    let mut bytes = init_a.clone();
+    for seg in &segs_a[1..] {
+        bytes.extend_from_slice(seg);
+    }
+    std::fs::write(&late, bytes).unwrap();
+    let pirated = dir.join("pirated-late.mp4");
+    pirate(&late, &pirated);
+    let found = detect(&stack, &pirated);
+    assert_eq!(found["verdict"], "marked", "{found}");
+    assert_eq!(found["mark"], a.mark, "{found}");
+    assert_eq!(found["payload_offset"], 1, "{found}");
+
     // The unmarked source through the same re-encode: no mark.
     let plain = dir.join("pirated-plain.mp4");
     pirate(&clip, &plain);
