@@ -229,10 +229,24 @@ impl Media {
                 );
             }
         };
+        self.store_immutable(key, channel, output.content_type(None), body, started_ms)
+            .await
+    }
+
+    /// Stores a live object that never changes (a TS or encrypted segment,
+    /// an init segment) and answers it.
+    async fn store_immutable(
+        &self,
+        key: &str,
+        channel: &str,
+        content_type: &str,
+        body: Bytes,
+        started_ms: u64,
+    ) -> Response {
         let obj = CachedObject {
             status: 200,
             headers: vec![
-                ("content-type".into(), output.content_type(None).into()),
+                ("content-type".into(), content_type.into()),
                 (
                     "cache-control".into(),
                     "public, max-age=31536000, immutable".into(),
@@ -430,24 +444,8 @@ impl Media {
                 );
             }
         };
-        let obj = CachedObject {
-            status: 200,
-            headers: vec![
-                ("content-type".into(), "video/mp2t".into()),
-                (
-                    "cache-control".into(),
-                    "public, max-age=31536000, immutable".into(),
-                ),
-                ("surrogate-key".into(), format!("live-{channel}")),
-            ],
-            body,
-            stored_at_ms: started_ms,
-            fresh_until: (started_ms / 1000).saturating_add(365 * 24 * 3600),
-            stale_while_revalidate: 0,
-            stale_if_error: 0,
-        };
-        let stored = self.tier.store(key, &obj).await;
-        cascade_serve::cached_response(&obj, CacheOutcome::Miss { stored }, CACHE_NAME)
+        self.store_immutable(key, channel, "video/mp2t", body, started_ms)
+            .await
     }
 
     /// Init segments, parts and segments, passed through as their bytes

@@ -439,6 +439,24 @@ impl Protection {
     }
 }
 
+/// The commercial systems in the origin's answers and their license URLs.
+#[derive(serde::Deserialize, Default)]
+struct Sys {
+    widevine: Option<String>,
+    playready: Option<String>,
+    fairplay: Option<String>,
+}
+
+impl From<Sys> for Systems {
+    fn from(s: Sys) -> Systems {
+        Systems {
+            widevine: s.widevine,
+            playready: s.playready,
+            fairplay: s.fairplay,
+        }
+    }
+}
+
 /// The keys and systems of the origin's protection answer.
 fn parse_drm(body: &[u8]) -> Option<Arc<Drm>> {
     #[derive(serde::Deserialize)]
@@ -458,12 +476,6 @@ fn parse_drm(body: &[u8]) -> Option<Arc<Drm>> {
         key: String,
         iv: String,
     }
-    #[derive(serde::Deserialize, Default)]
-    struct Sys {
-        widevine: Option<String>,
-        playready: Option<String>,
-        fairplay: Option<String>,
-    }
     let a: Answer = serde_json::from_slice(body).ok()?;
     if !a.protected || a.keys.is_empty() {
         return None;
@@ -482,11 +494,7 @@ fn parse_drm(body: &[u8]) -> Option<Arc<Drm>> {
     Some(Arc::new(Drm {
         keys,
         clear_segments: a.clear_segments,
-        systems: Systems {
-            widevine: a.systems.widevine,
-            playready: a.systems.playready,
-            fairplay: a.systems.fairplay,
-        },
+        systems: a.systems.into(),
     }))
 }
 
@@ -530,12 +538,6 @@ fn parse_live(body: &[u8]) -> Option<LiveAnswer> {
         key: String,
         iv: String,
     }
-    #[derive(serde::Deserialize, Default)]
-    struct Sys {
-        widevine: Option<String>,
-        playready: Option<String>,
-        fairplay: Option<String>,
-    }
     let a: Answer = serde_json::from_slice(body).ok()?;
     if !a.protected || a.period_secs == 0 {
         return None;
@@ -554,11 +556,7 @@ fn parse_live(body: &[u8]) -> Option<LiveAnswer> {
     Some(LiveAnswer {
         setup: LiveSetup {
             period_secs: a.period_secs,
-            systems: Systems {
-                widevine: a.systems.widevine,
-                playready: a.systems.playready,
-                fairplay: a.systems.fairplay,
-            },
+            systems: a.systems.into(),
         },
         keys,
     })

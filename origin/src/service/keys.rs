@@ -370,32 +370,8 @@ async fn grant(state: &State, req: &LicenseRequest) -> Result<Value> {
         .await?
         .map(|a| a.geo)
         .unwrap_or_default();
-    let country = state.geo.lookup(req.ip).country;
-    if let cascade_geo::Verdict::Block { country, rule } = cascade_geo::decide(
-        country.as_deref(),
-        &format!("/vod/{asset}/"),
-        &state.cfg.geo_rules,
-        Some(&rule),
-        state.cfg.geo_unknown,
-    ) {
-        return Err(Error::new(
-            Kind::Blocked,
-            "geo_blocked",
-            "this title is not available in your country",
-        )
-        .with(json!({ "country": country, "rule": rule })));
-    }
-    let rank = streams::rank(&state.db, &user, &req.stream).await?;
-    if rank as i64 >= plan.max_streams {
-        return Err(Error::new(
-            Kind::RateLimited { retry_after: None },
-            "too_many_streams",
-            format!(
-                "your plan allows {} stream(s) at once; stop one to play this",
-                plan.max_streams
-            ),
-        ));
-    }
+    geo_allows(state, req.ip, &format!("/vod/{asset}/"), &rule, "title")?;
+    within_stream_limit(state, &user, &req.stream, plan.max_streams).await?;
     let stored = repo::keys_of(&state.db, &asset).await?;
     let mut keys = Vec::with_capacity(wanted.len());
     for kid in &wanted {
@@ -410,6 +386,52 @@ async fn grant(state: &State, req: &LicenseRequest) -> Result<Value> {
         keys.push(json!({ "kid": kid, "key": cascade_packager::cenc::hex(&ck.key) }));
     }
     Ok(json!({ "keys": keys }))
+}
+
+/// 451 `geo_blocked` unless a viewer at `ip` may watch `path` under `rule`
+/// (`what`: `title` or `channel`, for the message).
+fn geo_allows(
+    state: &State,
+    ip: IpAddr,
+    path: &str,
+    rule: &cascade_geo::CountryRule,
+    what: &str,
+) -> Result<()> {
+    let country = state.geo.lookup(ip).country;
+    if let cascade_geo::Verdict::Block { country, rule } = cascade_geo::decide(
+        country.as_deref(),
+        path,
+        &state.cfg.geo_rules,
+        Some(rule),
+        state.cfg.geo_unknown,
+    ) {
+        return Err(Error::new(
+            Kind::Blocked,
+            "geo_blocked",
+            format!("this {what} is not available in your country"),
+        )
+        .with(json!({ "country": country, "rule": rule })));
+    }
+    Ok(())
+}
+
+/// 429 `too_many_streams` unless the session is among the user's first
+/// `max_streams` (by start time).
+async fn within_stream_limit(
+    state: &State,
+    user: &str,
+    stream: &str,
+    max_streams: i64,
+) -> Result<()> {
+    let rank = streams::rank(&state.db, user, stream).await?;
+    if rank as i64 >= max_streams {
+        return Err(Error::new(
+            Kind::RateLimited { retry_after: None },
+            "too_many_streams",
+            format!("your plan allows {max_streams} stream(s) at once; stop one to play this"),
+        ));
+    }
+    Ok(())
 }
 
 /// A live channel's license: the same checks as its playback start
@@ -435,32 +457,14 @@ async fn grant_live(
         );
     }
     let rule = crate::service::channels::country_rule(state, channel).await?;
-    let country = state.geo.lookup(req.ip).country;
-    if let cascade_geo::Verdict::Block { country, rule } = cascade_geo::decide(
-        country.as_deref(),
+    geo_allows(
+        state,
+        req.ip,
         &format!("/live/{channel}/"),
-        &state.cfg.geo_rules,
-        Some(&rule),
-        state.cfg.geo_unknown,
-    ) {
-        return Err(Error::new(
-            Kind::Blocked,
-            "geo_blocked",
-            "this channel is not available in your country",
-        )
-        .with(json!({ "country": country, "rule": rule })));
-    }
-    let rank = streams::rank(&state.db, user, &req.stream).await?;
-    if rank as i64 >= plan.max_streams {
-        return Err(Error::new(
-            Kind::RateLimited { retry_after: None },
-            "too_many_streams",
-            format!(
-                "your plan allows {} stream(s) at once; stop one to play this",
-                plan.max_streams
-            ),
-        ));
-    }
+        &rule,
+        "channel",
+    )?;
+    within_stream_limit(state, user, &req.stream, plan.max_streams).await?;
     // Keys of the last two days and the next period: what a viewer may
     // still be shown.
     let secs = state.cfg.drm_live_key_period_secs;
