@@ -131,16 +131,8 @@ async fn a_protected_channel_rotates_keys_and_announces_the_next() {
     );
 
     let access = viewer(&stack.origin_url, &stack.outbox).await;
-    let start: Value = client()
-        .post(format!("{}/api/v1/live/final/playback", stack.origin_url))
-        .bearer_auth(&access)
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let url = format!("{}/api/v1/live/final/playback", stack.origin_url);
+    let start = common::post_json_ok(&url, &access, &json!({})).await;
     let token = start["token"].as_str().unwrap_or_else(|| panic!("{start}"));
     assert!(start["drm"]["clearkey"]
         .as_str()

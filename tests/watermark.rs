@@ -44,16 +44,8 @@ struct Session {
 
 async fn start(stack: &Stack, asset: &str, email: &str) -> Session {
     let access = viewer_as(&stack.origin_url, &stack.outbox, email).await;
-    let r: Value = client()
-        .post(format!("{}/api/v1/playback/{asset}", stack.origin_url))
-        .bearer_auth(&access)
-        .json(&json!({ "device_id": "tv" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let url = format!("{}/api/v1/playback/{asset}", stack.origin_url);
+    let r = common::post_json_ok(&url, &access, &json!({ "device_id": "tv" })).await;
     let token = r["token"].as_str().unwrap_or_else(|| panic!("{r}"));
     Session {
         id: r["stream"]["id"].as_str().unwrap().to_string(),

@@ -205,7 +205,8 @@ impl Media {
                     Ok(s) => s,
                     Err(r) => return r,
                 };
-                let period = seg.pdt_ms / 1000 / setup.period_secs.max(1);
+                let period =
+                    cascade_packager::live_protect::key_period(setup.period_secs, seg.pdt_ms);
                 let keys = match protection.live_keys(channel, &[period], request_id).await {
                     Ok(k) => k,
                     Err(r) => return r,

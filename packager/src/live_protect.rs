@@ -20,6 +20,12 @@ use crate::live::LiveManifest;
 use crate::mp4::BoxHeader;
 use crate::Error;
 
+/// The key period of a wall-clock time (Unix ms) under periods of
+/// `period_secs`: what every edge and the origin agree a segment is under.
+pub fn key_period(period_secs: u64, unix_ms: u64) -> u64 {
+    unix_ms / 1000 / period_secs.max(1)
+}
+
 /// A protected channel's keys, by key period.
 #[derive(Debug, Clone)]
 pub struct LiveKeys {
@@ -34,16 +40,19 @@ pub struct LiveKeys {
 impl LiveKeys {
     /// The key period of a wall-clock time (Unix ms).
     pub fn period_of(&self, unix_ms: u64) -> u64 {
-        unix_ms / 1000 / self.period_secs.max(1)
+        key_period(self.period_secs, unix_ms)
     }
 
     /// The key periods the manifest's window needs: each listed segment's,
     /// and the one after the live edge's (announced ahead).
     pub fn periods_needed(period_secs: u64, m: &LiveManifest) -> Vec<u64> {
-        let of = |ms: u64| ms / 1000 / period_secs.max(1);
-        let mut out: Vec<u64> = m.segments.iter().map(|s| of(s.pdt_ms)).collect();
+        let mut out: Vec<u64> = m
+            .segments
+            .iter()
+            .map(|s| key_period(period_secs, s.pdt_ms))
+            .collect();
         if let Some(last) = m.segments.last() {
-            out.push(of(last.pdt_ms) + 1);
+            out.push(key_period(period_secs, last.pdt_ms) + 1);
         }
         out.sort_unstable();
         out.dedup();

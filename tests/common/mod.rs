@@ -296,6 +296,22 @@ pub fn make_clip(dir: &Path, secs: u32) -> PathBuf {
     out
 }
 
+/// POSTs `body` as JSON to `url` with a viewer's bearer token and answers
+/// the JSON answer, failing the test unless it is 200 (a playback start).
+pub async fn post_json_ok(url: &str, bearer: &str, body: &Value) -> Value {
+    let r = client()
+        .post(url)
+        .bearer_auth(bearer)
+        .json(body)
+        .send()
+        .await
+        .expect("the request is answered");
+    let status = r.status();
+    let v: Value = r.json().await.expect("a JSON answer");
+    assert_eq!(status, 200, "{url}: {v}");
+    v
+}
+
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()

@@ -153,7 +153,7 @@ pub(crate) async fn live_protection_for_edge(
         return Ok(json!({ "protected": false }));
     }
     let secs = state.cfg.drm_live_key_period_secs;
-    let now = clock::now() / secs;
+    let now = cascade_packager::live_protect::key_period(secs, clock::now().saturating_mul(1000));
     let back = (2 * 86_400 / secs).max(2);
     let mut wanted = Vec::new();
     for p in periods.split(',').filter(|p| !p.is_empty()) {
@@ -189,7 +189,7 @@ pub(crate) async fn live_protection_for_edge(
     if wanted.len() > MAX_LIVE_PERIODS {
         return Err(Error::bad_request(
             "bad_periods",
-            format!("1 to {MAX_LIVE_PERIODS} key periods"),
+            format!("at most {MAX_LIVE_PERIODS} key periods"),
         ));
     }
     let subject = live_subject(channel);
@@ -468,7 +468,7 @@ async fn grant_live(
     // Keys of the last two days and the next period: what a viewer may
     // still be shown.
     let secs = state.cfg.drm_live_key_period_secs;
-    let current = (now / secs) as i64;
+    let current = cascade_packager::live_protect::key_period(secs, now.saturating_mul(1000)) as i64;
     let back = (2 * 86_400 / secs).max(2) as i64;
     let stored = repo::keys_of_periods(
         &state.db,
