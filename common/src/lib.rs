@@ -16,8 +16,10 @@ mod server;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use files::{private_dir, private_file, private_sqlite};
-pub use heartbeat::{fleet_client, spawn_heartbeat, Heartbeat};
-pub use metrics::{init_logging, LogGuard, Metrics};
+pub use heartbeat::{
+    fleet_client, spawn_heartbeat, Heartbeat, HeartbeatReply, NodeLoad, QualityCap,
+};
+pub use metrics::{init_logging, ConnectionGuard, LogGuard, Metrics};
 pub use operators::{
     check_networks, default_operator_networks, metrics_answer, MetricsAccess,
     DEFAULT_OPERATOR_NETWORKS,

@@ -3,8 +3,9 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The metrics of one role. Each role has its own registry, so that roles
 /// sharing a process (`cascade dev`) still report apart.
@@ -13,6 +14,20 @@ pub struct Metrics {
     requests: IntCounterVec,
     bytes: IntCounterVec,
     duration: HistogramVec,
+    connections: IntGauge,
+    /// Body bytes sent so far, all outcomes: what a load governor samples
+    /// (cheaper than gathering the registry).
+    egress: AtomicU64,
+}
+
+/// Counts one open client connection while held.
+#[derive(Debug)]
+pub struct ConnectionGuard(IntGauge);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl Metrics {
@@ -39,10 +54,19 @@ impl Metrics {
             &["cache"],
         )
         .expect("static metric definition");
+        let connections = IntGauge::with_opts(
+            Opts::new(
+                "connections_open",
+                "Client connections open now (TCP and QUIC)",
+            )
+            .const_label("role", role),
+        )
+        .expect("static metric definition");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(bytes.clone()),
             Box::new(duration.clone()),
+            Box::new(connections.clone()),
         ] {
             let _ = registry.register(c);
         }
@@ -51,7 +75,25 @@ impl Metrics {
             requests,
             bytes,
             duration,
+            connections,
+            egress: AtomicU64::new(0),
         }
+    }
+
+    /// Counts a client connection as open until the guard drops.
+    pub fn connection(&self) -> ConnectionGuard {
+        self.connections.inc();
+        ConnectionGuard(self.connections.clone())
+    }
+
+    /// Client connections open now.
+    pub fn connections_open(&self) -> u64 {
+        self.connections.get().max(0) as u64
+    }
+
+    /// Response body bytes sent so far.
+    pub fn egress_bytes(&self) -> u64 {
+        self.egress.load(Ordering::Relaxed)
     }
 
     /// The registry, for role-specific metrics.
@@ -84,6 +126,7 @@ impl Metrics {
             .with_label_values(&[status, cache, protocol])
             .inc();
         self.bytes.with_label_values(&[cache]).inc_by(bytes as u64);
+        self.egress.fetch_add(bytes as u64, Ordering::Relaxed);
         self.duration
             .with_label_values(&[cache])
             .observe(elapsed.as_secs_f64());

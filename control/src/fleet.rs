@@ -78,6 +78,7 @@ mod tests {
             cache_entries: 0,
             requests_hit: 0,
             requests_total: 0,
+            load: None,
         }
     }
 

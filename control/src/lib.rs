@@ -10,6 +10,7 @@
 
 #![warn(unreachable_pub)]
 
+mod degrade;
 mod fleet;
 mod partners;
 mod prewarm;
@@ -35,6 +36,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 use sqlx::SqlitePool;
 use utoipa::OpenApi;
 
+pub use degrade::AutoDegrade;
 pub use partners::{FleetPartner, PartnerInfo, SigningKey};
 
 /// Control's config file.
@@ -66,6 +68,13 @@ pub struct ControlConfig {
     /// partners' signing keys at rest; empty: `{data_dir}/control-kek`,
     /// made on first start.
     pub key_encryption_key_file: String,
+    /// Regions a quality cap may name besides those edges report.
+    pub regions: Vec<String>,
+    /// The lowest cap `cascade ctl degrade` takes, in lines: the ladder's
+    /// shortest rung (a lower cap would remove every rung).
+    pub min_cap_height: u32,
+    /// Regions capped automatically when their edges' egress passes a threshold.
+    pub auto_degrade: Vec<AutoDegrade>,
 }
 
 /// One node of the fleet.
@@ -94,6 +103,9 @@ impl Default for ControlConfig {
             origin_url: "http://127.0.0.1:8082".into(),
             metrics_networks: cascade_common::default_operator_networks(),
             key_encryption_key_file: String::new(),
+            regions: Vec::new(),
+            min_cap_height: 144,
+            auto_degrade: Vec::new(),
         }
     }
 }
@@ -114,6 +126,22 @@ impl Validate for ControlConfig {
             }
             if self.nodes[..i].iter().any(|o| o.name == n.name) {
                 errors.push(format!("nodes[{i}].name: {:?} is used twice", n.name));
+            }
+        }
+        if !(1..=16_384).contains(&self.min_cap_height) {
+            errors.push("min_cap_height: 1 to 16384 lines".into());
+        }
+        for (i, a) in self.auto_degrade.iter().enumerate() {
+            if !(a.egress_mbps > 0.0 && a.egress_mbps.is_finite()) {
+                errors.push(format!("auto_degrade[{i}].egress_mbps: more than 0"));
+            }
+            if a.max_height < self.min_cap_height || a.max_height > 16_384 {
+                errors.push(format!(
+                    "auto_degrade[{i}].max_height: min_cap_height to 16384 lines"
+                ));
+            }
+            if a.region.is_empty() {
+                errors.push(format!("auto_degrade[{i}].region: required"));
             }
         }
         for (key, value) in [
@@ -144,6 +172,8 @@ struct Ctx {
     purge_metrics: purge::PurgeMetrics,
     warm_metrics: prewarm::WarmMetrics,
     jobs: prewarm::Jobs,
+    /// Quality caps and drained edges.
+    fleet_state: std::sync::Mutex<degrade::FleetState>,
 }
 
 #[derive(OpenApi)]
@@ -189,6 +219,14 @@ fn app(ctx: Arc<Ctx>) -> Router {
         .route("/api/v1/partners/{name}/revoke", post(revoke_partner))
         .route("/api/v1/fleet/partners", get(fleet_partners))
         .route("/api/v1/fleet/heartbeat", post(heartbeat))
+        .route(
+            "/api/v1/degrade",
+            get(degrade::list).post(degrade::set).delete(degrade::clear),
+        )
+        .route(
+            "/api/v1/nodes/{name}/drain",
+            post(degrade::drain).delete(degrade::drain),
+        )
         .route("/api/v1/purge", post(purge::purge))
         .route("/api/v1/prewarm", post(prewarm::start_job))
         .route("/api/v1/prewarm/{id}", get(prewarm::status))
@@ -351,6 +389,7 @@ async fn heartbeat(
             "too many nodes",
         );
     }
+    let name = beat.name.clone();
     reg.insert(
         beat.name.clone(),
         Registered {
@@ -358,7 +397,10 @@ async fn heartbeat(
             last_seen: std::time::Instant::now(),
         },
     );
-    StatusCode::NO_CONTENT.into_response()
+    drop(reg);
+    degrade::after_heartbeat(&ctx);
+    // The node's answer: the caps in force and whether it is drained.
+    Json(degrade::snapshot(&ctx).reply_for(&name, cascade_common::unix_now())).into_response()
 }
 
 /// `GET /api/v1/nodes`: configured nodes with a live health check, and
@@ -895,6 +937,7 @@ pub async fn start(cfg: &ControlConfig) -> anyhow::Result<Control> {
         .connect_with(opts)
         .await?;
     partners::migrate(&db, &sealer).await?;
+    let fleet_state = degrade::load(&db).await?;
     let metrics = Metrics::new("control");
     let ctx = Arc::new(Ctx {
         cfg: cfg.clone(),
@@ -907,6 +950,7 @@ pub async fn start(cfg: &ControlConfig) -> anyhow::Result<Control> {
         limits: partners::Limits::default(),
         registry: Default::default(),
         jobs: prewarm::Jobs::default(),
+        fleet_state: std::sync::Mutex::new(fleet_state),
     });
     let listener = tokio::net::TcpListener::bind(&cfg.listen).await?;
     let addr = listener.local_addr()?;

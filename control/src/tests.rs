@@ -192,7 +192,12 @@ impl Harness {
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), 204);
+        assert_eq!(r.status(), 200);
+        let reply: Value = r.json().await.unwrap();
+        assert_eq!(
+            reply["draining"], false,
+            "a heartbeat is answered with the fleet state"
+        );
     }
 
     async fn post(&self, path: &str, body: Value) -> (u16, Value) {

@@ -29,6 +29,11 @@ pub(crate) struct Prefetcher {
     counter: IntCounterVec,
 }
 
+/// Whether a request's CMCD names a next object (so a prefetch is asked for).
+pub(crate) fn has_next_object(req: &Request) -> bool {
+    payload(req).as_deref().and_then(next_object).is_some()
+}
+
 /// The `nor` of a CMCD payload (`key=value` pairs joined by commas),
 /// decoded. The value is a quoted, URL-encoded string; CMCD v2 players
 /// (hls.js 1.6+) send it as an inner list, `nor=("…")`, possibly with

@@ -154,6 +154,34 @@ pub struct EdgeConfig {
     /// Milliseconds between the ad segment fetches reported to the origin
     /// (which sends the beacons).
     pub ads_report_ms: u64,
+    /// Egress this edge can carry, in Mbit/s; 0: not limited (no shedding
+    /// on egress). Shedding starts as egress nears it.
+    pub capacity_egress_mbps: f64,
+    /// Client connections (TCP and QUIC) this edge can hold; 0: not limited.
+    pub capacity_connections: u64,
+    /// CPU this edge may use, in percent of all its cores; 0: not limited.
+    pub capacity_cpu_percent: u64,
+    /// Utilisation (share of the fullest capacity) at which each shedding
+    /// step starts, rising: no CMCD prefetch or pre-warm; reaction batches
+    /// sent less often; new sessions capped; new sessions refused.
+    pub shed_at: Vec<f64>,
+    /// A step is released once utilisation is this far below where it starts.
+    pub shed_hysteresis: f64,
+    /// Milliseconds a step is held before shedding steps down.
+    pub shed_hold_ms: u64,
+    /// The tallest rung (lines) new sessions are offered while capping.
+    pub shed_max_height: u32,
+    /// `Retry-After` seconds of a new session refused under load.
+    pub shed_retry_after_secs: u64,
+    /// Milliseconds between reaction batches sent to viewers while fan-out
+    /// is slowed (batches in between are merged).
+    pub shed_fanout_ms: u64,
+    /// Seconds after which a session not heard from counts as new.
+    pub session_idle_secs: u64,
+    /// Send `CMSD-Static` and `CMSD-Dynamic` (CTA-5006) on media answers.
+    pub cmsd: bool,
+    /// The least CMSD `mb` (maximum suggested bit rate) sent, in kbit/s.
+    pub cmsd_mb_floor_kbps: u64,
 }
 
 impl Default for EdgeConfig {
@@ -223,6 +251,46 @@ impl Default for EdgeConfig {
             reaction_flush_ms: 1000,
             ads_plan_timeout_ms: 2500,
             ads_report_ms: 1000,
+            capacity_egress_mbps: 0.0,
+            capacity_connections: 0,
+            capacity_cpu_percent: 0,
+            shed_at: vec![0.7, 0.8, 0.9, 1.0],
+            shed_hysteresis: 0.1,
+            shed_hold_ms: 5000,
+            shed_max_height: 480,
+            shed_retry_after_secs: 5,
+            shed_fanout_ms: 5000,
+            session_idle_secs: 60,
+            cmsd: true,
+            cmsd_mb_floor_kbps: 300,
+        }
+    }
+}
+
+impl EdgeConfig {
+    /// The governor's settings from this file.
+    pub(crate) fn governor(&self) -> crate::governor::GovernorConfig {
+        let mut enter = [0.7, 0.8, 0.9, 1.0];
+        for (e, at) in enter.iter_mut().zip(&self.shed_at) {
+            *e = *at;
+        }
+        crate::governor::GovernorConfig {
+            capacity: crate::overload::Capacity {
+                egress_bps: (self.capacity_egress_mbps * 1e6) as u64,
+                connections: self.capacity_connections,
+                cpu: self.capacity_cpu_percent as f64 / 100.0,
+            },
+            policy: crate::overload::Policy {
+                enter,
+                hysteresis: self.shed_hysteresis,
+                hold: std::time::Duration::from_millis(self.shed_hold_ms),
+            },
+            shed_max_height: self.shed_max_height,
+            retry_after_secs: self.shed_retry_after_secs,
+            session_idle: std::time::Duration::from_secs(self.session_idle_secs),
+            region: self.region.clone(),
+            node: self.node_name.clone(),
+            mb_floor_kbps: self.cmsd_mb_floor_kbps,
         }
     }
 }
@@ -259,6 +327,40 @@ impl Validate for EdgeConfig {
         }
         if !(100..=60_000).contains(&self.ads_report_ms) {
             errors.push("ads_report_ms: 100 to 60000".into());
+        }
+        if !(self.capacity_egress_mbps >= 0.0 && self.capacity_egress_mbps <= 1e6) {
+            errors.push("capacity_egress_mbps: 0 (not limited) to 1000000".into());
+        }
+        if self.capacity_cpu_percent > 100 {
+            errors.push("capacity_cpu_percent: 0 (not limited) to 100".into());
+        }
+        let rising = self.shed_at.windows(2).all(|w| w[0] < w[1]);
+        if self.shed_at.len() != 4
+            || !rising
+            || self.shed_at.iter().any(|a| !(0.05..=10.0).contains(a))
+        {
+            errors.push(
+                "shed_at: four rising shares of capacity, 0.05 to 10, such as [0.7, 0.8, 0.9, 1.0]"
+                    .into(),
+            );
+        }
+        if !(0.0..=0.5).contains(&self.shed_hysteresis) {
+            errors.push("shed_hysteresis: 0 to 0.5".into());
+        }
+        if self.shed_hold_ms > 600_000 {
+            errors.push("shed_hold_ms: at most 600000".into());
+        }
+        if !(1..=16_384).contains(&self.shed_max_height) {
+            errors.push("shed_max_height: 1 to 16384 lines".into());
+        }
+        if !(1..=3600).contains(&self.shed_retry_after_secs) {
+            errors.push("shed_retry_after_secs: 1 to 3600".into());
+        }
+        if !(100..=60_000).contains(&self.shed_fanout_ms) {
+            errors.push("shed_fanout_ms: 100 to 60000".into());
+        }
+        if !(5..=3600).contains(&self.session_idle_secs) {
+            errors.push("session_idle_secs: 5 to 3600".into());
         }
         check_url("origin", &self.origin, errors);
         for (i, s) in self.shields.iter().enumerate() {

@@ -1,5 +1,6 @@
 //! Control's calls to the edge, under `/fleet/` with the fleet credential
-//! (not a viewer token): purge and pre-warm.
+//! (not a viewer token): purge, pre-warm, and the fleet state (quality
+//! caps and drain) control pushes when an operator changes it.
 
 use cascade_packager::{Output, ProtectedOutput, Scheme, View};
 use cascade_serve::fleet::{fleet_authorized, fleet_unauthorized, handle_purge};
@@ -21,6 +22,8 @@ pub(crate) enum FleetCall {
     Purge,
     /// `POST /fleet/warm`.
     Warm,
+    /// `POST /fleet/state`: quality caps and drain, as a heartbeat's answer.
+    State,
 }
 
 impl FleetCall {
@@ -29,6 +32,7 @@ impl FleetCall {
         match path {
             "/fleet/purge" => Some(FleetCall::Purge),
             "/fleet/warm" => Some(FleetCall::Warm),
+            "/fleet/state" => Some(FleetCall::State),
             _ => None,
         }
     }
@@ -47,6 +51,24 @@ impl EdgePipeline {
             self.protection.forget();
         }
         resp
+    }
+
+    /// `POST /fleet/state` (fleet credential): control's quality caps and
+    /// drain, applied at once (heartbeats carry the same, every few seconds).
+    pub(crate) fn fleet_state(&self, req: &Request) -> Response {
+        if !fleet_authorized(req, &self.fleet_token) {
+            return fleet_unauthorized();
+        }
+        if req.method != Method::POST {
+            return Response::error(StatusCode::METHOD_NOT_ALLOWED, "method", "POST only");
+        }
+        match serde_json::from_slice::<cascade_common::HeartbeatReply>(&req.body) {
+            Ok(state) => {
+                self.governor.apply_fleet_state(state);
+                Response::new(StatusCode::NO_CONTENT, "text/plain", "")
+            }
+            Err(e) => Response::error(StatusCode::BAD_REQUEST, "bad_state", &e.to_string()),
+        }
     }
 
     /// `POST /fleet/warm` (fleet credential): fetches media paths into the
@@ -74,6 +96,15 @@ impl EdgePipeline {
                 "bad_warm",
                 &format!("at most {MAX_WARM_PATHS} paths at once"),
             );
+        }
+        // Pre-warm is the first thing shed as load nears capacity.
+        if !self.governor.allows_optional("prewarm") {
+            return Response::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shedding",
+                "this edge is shedding load: pre-warm is paused",
+            )
+            .header("retry-after", "10");
         }
         use futures::StreamExt;
         let results: Vec<serde_json::Value> = futures::stream::iter(warm.urls)

@@ -18,7 +18,8 @@
 //! One file per concern: [`config`], [`auth`] (tokens), [`geofence`],
 //! [`media`] (produce on a miss), [`fleet`] (control's calls), [`api`]
 //! (pass-through to the origin), [`generic`] (the RFC 9111 cache for
-//! everything else), [`server`] (start and stop), [`metrics`].
+//! everything else), [`server`] (start and stop), [`metrics`], [`overload`]
+//! (the shedding policy) and [`governor`] (load, shedding, caps and drain).
 
 #![warn(unreachable_pub)]
 
@@ -26,14 +27,17 @@ mod ads;
 mod api;
 mod auth;
 mod cmcd;
+mod cmsd;
 mod config;
 mod events;
 mod fleet;
 mod generic;
 mod geofence;
+mod governor;
 mod live;
 mod media;
 mod metrics;
+mod overload;
 mod pipeline;
 mod protection;
 mod server;

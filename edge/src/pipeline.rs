@@ -60,6 +60,10 @@ pub(crate) struct EdgePipeline {
     pub(crate) hsts: Option<http::HeaderValue>,
     /// Built-in device profiles with the configured ones over them.
     pub(crate) profiles: BTreeMap<String, Profile>,
+    /// Load, shedding, quality caps and drain.
+    pub(crate) governor: Arc<crate::governor::Governor>,
+    /// Send CMSD headers on media answers.
+    pub(crate) cmsd: bool,
 }
 
 /// What a request is, as the route phase decided.
@@ -132,6 +136,8 @@ pub(crate) struct EdgeCtx {
     pub(crate) watermarked: bool,
     /// Which copy of a watermarked title's segment the session is served.
     pub(crate) variant: Variant,
+    /// What load admission decided for the request's session.
+    pub(crate) admission: Option<crate::governor::Admission>,
 }
 
 /// Outputs that carry a title's media in the clear (or point into it):
@@ -186,6 +192,7 @@ impl Pipeline for EdgePipeline {
             drm: None,
             watermarked: false,
             variant: Variant::A,
+            admission: None,
         }
     }
 
@@ -341,7 +348,15 @@ impl Pipeline for EdgePipeline {
             Ok(flags) => {
                 ctx.protected = flags.protected;
                 ctx.watermarked = flags.watermarked;
-                Step::Continue
+                // Load: a session already playing is always served; a new
+                // one may be capped or refused (see `governor`).
+                match self.governor.admit(&session_key(req, ctx)) {
+                    Ok(a) => {
+                        ctx.admission = Some(a);
+                        Step::Continue
+                    }
+                    Err(r) => Step::Answer(*r),
+                }
             }
         }
     }
@@ -476,7 +491,10 @@ impl Pipeline for EdgePipeline {
         }
         let key = ctx.cache_key.as_deref()?;
         if let Some(p) = &self.prefetch {
-            p.consider(req, &ctx.path);
+            // Prefetch is the first thing shed as load nears capacity.
+            if crate::cmcd::has_next_object(req) && self.governor.allows_optional("prefetch") {
+                p.consider(req, &ctx.path);
+            }
         }
         self.media.tier.fresh_hit(key).await
     }
@@ -485,6 +503,7 @@ impl Pipeline for EdgePipeline {
         match &ctx.route {
             Route::Fleet(FleetCall::Purge) => self.purge(req).await,
             Route::Fleet(FleetCall::Warm) => self.warm(req).await,
+            Route::Fleet(FleetCall::State) => self.fleet_state(req),
             Route::Media {
                 output: Some(output),
                 asset,
@@ -657,6 +676,17 @@ impl Pipeline for EdgePipeline {
         if let Route::Live { output, channel } = &ctx.route {
             if resp.status == StatusCode::OK {
                 self.show_flashes(&mut resp, output.as_ref(), channel, ctx.country.as_deref());
+                let hls = matches!(
+                    output,
+                    Some(LiveOutput::Multivariant | LiveOutput::TsMultivariant)
+                );
+                let mpd = matches!(output, Some(LiveOutput::Mpd));
+                if hls || mpd {
+                    self.cap_manifest(&mut resp, ctx, Some(channel), hls);
+                }
+                if self.cmsd {
+                    crate::cmsd::add_live(&mut resp, output.as_ref(), &self.governor);
+                }
             }
             let mut resp = match (output, ctx.child_query()) {
                 (Some(o), Some(q)) if o.is_manifest() && resp.status == StatusCode::OK => {
@@ -685,6 +715,14 @@ impl Pipeline for EdgePipeline {
             Route::Ad { ad, .. } => &ad.output,
             _ => return resp,
         };
+        if let (Some(o @ (Output::Multivariant | Output::Mpd)), StatusCode::OK) =
+            (output, resp.status)
+        {
+            self.cap_manifest(&mut resp, ctx, None, *o == Output::Multivariant);
+        }
+        if let (true, Some(o), true) = (self.cmsd, output, resp.status.is_success()) {
+            crate::cmsd::add_vod(&mut resp, o, &self.governor);
+        }
         let mut resp = match output {
             Some(output) if resp.status == StatusCode::OK => {
                 let range = req
@@ -721,7 +759,44 @@ impl Pipeline for EdgePipeline {
     }
 }
 
+/// Who a request's session is, for load admission: the playback session
+/// its token is bound to; else the token itself (in the query); else the
+/// viewer's address.
+fn session_key(req: &Request, ctx: &EdgeCtx) -> String {
+    let token = ctx.token.as_ref();
+    if let Some(s) = token.and_then(|t| t.session.as_deref()) {
+        return format!("s:{s}");
+    }
+    if let Some(q) = token.and_then(|t| t.child_query.as_deref()) {
+        return format!("t:{q}");
+    }
+    req.client
+        .map(|a| format!("a:{}", a.ip()))
+        .unwrap_or_default()
+}
+
 impl EdgePipeline {
+    /// Leaves the rungs over the session's cap and the operators' caps out
+    /// of a multivariant playlist or MPD. A capped answer is the viewer's
+    /// own: no shared cache downstream keeps it.
+    fn cap_manifest(&self, resp: &mut Response, ctx: &EdgeCtx, channel: Option<&str>, hls: bool) {
+        let Some(h) = self.governor.max_height(ctx.admission, channel) else {
+            return;
+        };
+        let Ok(text) = std::str::from_utf8(&resp.body) else {
+            return;
+        };
+        let capped = if hls {
+            cascade_packager::cap_hls(text, h)
+        } else {
+            cascade_packager::cap_mpd(text, h)
+        };
+        if let Some(c) = capped {
+            resp.body = Bytes::from(c);
+            privatize(&mut resp.headers);
+        }
+    }
+
     /// News flashes for this viewer, inside a live playlist or MPD: after
     /// the cache, since a region's flash is not every viewer's.
     fn show_flashes(
@@ -916,7 +991,18 @@ mod tests {
         let nowhere = Upstream::new("http://127.0.0.1:9", Duration::from_secs(1), 1 << 20);
         let key = Key::from_hex("k1", KEY).expect("key");
         let bus = std::sync::Arc::new(cascade_bus::MemoryBus::new(100, Duration::from_secs(60)));
+        let governor = crate::governor::Governor::new(
+            crate::EdgeConfig::default().governor(),
+            &cascade_serve::Metrics::new("edge"),
+        )
+        .expect("governor");
+        let fanout = crate::events::Fanout {
+            governor: governor.clone(),
+            slow_every: Duration::from_secs(1),
+        };
         EdgePipeline {
+            governor,
+            cmsd: true,
             protection: Arc::new(Protection::new(
                 "http://127.0.0.1:9",
                 "",
@@ -929,7 +1015,7 @@ mod tests {
                 Duration::from_secs(1),
                 counter("ads", "event"),
             )),
-            flashes: crate::events::Hub::new(bus).flashes.clone(),
+            flashes: crate::events::Hub::new(bus, fanout).flashes.clone(),
             auth: Auth {
                 verifier: Arc::new(arc_swap::ArcSwap::from_pointee(Verifier {
                     cdn_keys: vec![key],

@@ -41,6 +41,7 @@ pub struct Edge {
     partner_task: Option<tokio::task::JoinHandle<()>>,
     geo_task: Option<tokio::task::JoinHandle<()>>,
     heartbeat_task: Option<tokio::task::JoinHandle<()>>,
+    governor_task: tokio::task::JoinHandle<()>,
     health_task: Option<tokio::task::JoinHandle<()>>,
     revocation_task: Option<tokio::task::JoinHandle<()>>,
     /// Where viewers' real-time connections come, when configured.
@@ -67,6 +68,7 @@ impl Edge {
 
     /// Stops the edge and flushes its disk cache.
     pub async fn shutdown(self) {
+        self.governor_task.abort();
         for t in [
             &self.partner_task,
             &self.geo_task,
@@ -214,7 +216,15 @@ pub async fn start(cfg: &EdgeConfig) -> anyhow::Result<Edge> {
     )
     .await
     .map_err(|e| anyhow::anyhow!("nats_url: {e}"))?;
-    let hub = crate::events::Hub::new(bus);
+    let governor = crate::governor::Governor::new(cfg.governor(), &metrics)?;
+    let governor_task = governor.clone().spawn_sampler(metrics.clone());
+    let hub = crate::events::Hub::new(
+        bus,
+        crate::events::Fanout {
+            governor: governor.clone(),
+            slow_every: Duration::from_millis(cfg.shed_fanout_ms),
+        },
+    );
     let ads = Arc::new(crate::ads::Ads::new(
         &cfg.origin,
         &cfg.fleet_token,
@@ -266,6 +276,8 @@ pub async fn start(cfg: &EdgeConfig) -> anyhow::Result<Edge> {
             p.extend(cfg.profiles.clone());
             p
         },
+        governor: governor.clone(),
+        cmsd: cfg.cmsd,
         generic: Generic::new(
             cache.clone(),
             origin.clone(),
@@ -351,9 +363,11 @@ pub async fn start(cfg: &EdgeConfig) -> anyhow::Result<Edge> {
             },
             metrics.clone(),
             cache.clone(),
+            Some(governor.clone() as Arc<dyn cascade_serve::FleetState>),
         )
     });
     Ok(Edge {
+        governor_task,
         addr: server.addr,
         tls_addr: tls_server.as_ref().map(|s| s.addr),
         metrics,

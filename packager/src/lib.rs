@@ -29,6 +29,7 @@
 
 #![warn(unreachable_pub)]
 
+mod cap;
 pub mod cenc;
 pub mod cmaf;
 mod dash;
@@ -49,6 +50,7 @@ mod tsseg;
 mod view;
 pub mod vtt;
 
+pub use cap::{cap_hls, cap_mpd};
 pub use cenc::{ContentKey, Scheme};
 pub use drm::{Drm, Systems};
 pub use index::{index_bytes, Indexer, InitInfo, TrackIndex};

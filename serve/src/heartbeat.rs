@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use cascade_common::{spawn_heartbeat, Heartbeat};
+use std::sync::Arc;
+
+use cascade_common::{spawn_heartbeat, Heartbeat, HeartbeatReply, NodeLoad};
 
 /// Who a caching node (edge or shield) is, for its heartbeats.
 #[derive(Debug, Clone)]
@@ -18,8 +20,18 @@ pub struct NodeIdentity {
     pub url: String,
 }
 
-/// Heartbeats for a caching node: its identity, its RAM cache fill and its
-/// hit ratio from its listener metrics.
+/// What a node tells control about its load, and how it applies control's
+/// answer. Shields have none.
+pub trait FleetState: Send + Sync + 'static {
+    /// Capacity and load now.
+    fn load(&self) -> Option<NodeLoad>;
+    /// Applies control's answer to a heartbeat.
+    fn apply(&self, reply: HeartbeatReply);
+}
+
+/// Heartbeats for a caching node: its identity, its RAM cache fill, its
+/// hit ratio from its listener metrics and, for an edge, its load; control's
+/// answers go to `state`.
 pub fn spawn_node_heartbeat(
     control_url: String,
     fleet_token: String,
@@ -27,9 +39,17 @@ pub fn spawn_node_heartbeat(
     node: NodeIdentity,
     metrics: std::sync::Arc<crate::Metrics>,
     cache: cascade_cache::TieredCache,
+    state: Option<Arc<dyn FleetState>>,
 ) -> tokio::task::JoinHandle<()> {
-    spawn_heartbeat(control_url, fleet_token, every, move || {
+    let applier = state.clone();
+    let on_reply = move |reply: HeartbeatReply| {
+        if let Some(s) = &applier {
+            s.apply(reply);
+        }
+    };
+    let beat = move || {
         let (node, metrics, cache) = (node.clone(), metrics.clone(), cache.clone());
+        let load = state.as_ref().and_then(|s| s.load());
         async move {
             let (bytes, entries) = cache.memory_usage().await;
             Heartbeat {
@@ -41,7 +61,9 @@ pub fn spawn_node_heartbeat(
                 cache_entries: entries,
                 requests_hit: metrics.requests_with_cache("hit"),
                 requests_total: metrics.requests_total(),
+                load,
             }
         }
-    })
+    };
+    spawn_heartbeat(control_url, fleet_token, every, beat, on_reply)
 }

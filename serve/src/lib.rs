@@ -39,7 +39,7 @@ pub use cascade_common::{
     access_log, bearer_matches, config, init_logging, is_routine, spawn_heartbeat, unix_now,
     unix_now_ms, valid_request_id, Heartbeat, Metrics, MetricsAccess, REQUEST_ID,
 };
-pub use heartbeat::{spawn_node_heartbeat, NodeIdentity};
+pub use heartbeat::{spawn_node_heartbeat, FleetState, NodeIdentity};
 pub use listener::{cache_outcome, serve, ListenerConfig, ServerHandle};
 pub use pipeline::{run, Delivered, Exchange, Handler, PhaseLog, Pipeline, Step};
 pub use proxy::{cache_key, cached_response, mark_collapsed, to_object, CachingFetcher};
@@ -197,7 +197,7 @@ pub fn add_cors(headers: &mut HeaderMap) {
     );
     headers.insert(
         HeaderName::from_static("access-control-expose-headers"),
-        HeaderValue::from_static("cache-status, content-length, content-range, x-request-id"),
+        HeaderValue::from_static("cache-status, cmsd-dynamic, cmsd-static, content-length, content-range, retry-after, x-request-id"),
     );
 }
 

@@ -151,7 +151,7 @@ impl Drop for InFlightGuard {
 /// [`Response`] its own way and reports it with [`Front::record`].
 pub(crate) struct Front {
     handler: Arc<dyn Handler>,
-    metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
     role: &'static str,
     alt_svc: Option<HeaderValue>,
     metrics_access: MetricsAccess,
@@ -447,6 +447,7 @@ impl Conn {
                 }
             }
         };
+        let _open = app.front.metrics.connection();
         app.opened.add(peer);
         let serve = app.process_new(stream, &shutdown);
         // Once a request has begun, its own deadlines apply; until

@@ -208,6 +208,7 @@ async fn accept_loop(
         let cfg = cfg.clone();
         let stop = stop.clone();
         connections.spawn(async move {
+            let _open = front.metrics.connection();
             connection(incoming, front, stats.clone(), cfg, stop).await;
             drop(permit);
         });

@@ -457,6 +457,7 @@ pub async fn start(cfg: &ShieldConfig) -> anyhow::Result<Shield> {
             },
             metrics.clone(),
             cache.clone(),
+            None,
         )
     });
     Ok(Shield {

@@ -72,6 +72,27 @@ pub(crate) struct Hub {
     bus: Arc<dyn Bus>,
     topics: Mutex<HashMap<Scope, Arc<Topic>>>,
     pub(crate) flashes: Arc<FlashBoard>,
+    fanout: Fanout,
+}
+
+/// How reaction batches reach viewers under load: while the governor slows
+/// fan-out, a scope's batches are merged and sent once per `slow_every`
+/// (the counts are all there, in fewer messages); comments, polls and
+/// flashes are never held back.
+#[derive(Clone)]
+pub(crate) struct Fanout {
+    pub(crate) governor: Arc<crate::governor::Governor>,
+    pub(crate) slow_every: Duration,
+}
+
+/// Reaction batches held back while fan-out is slowed.
+#[derive(Default)]
+struct SwarmMerge {
+    counts: BTreeMap<String, u64>,
+    total: u64,
+    /// When the first batch held back arrived.
+    since: Option<std::time::Instant>,
+    last_sent: Option<std::time::Instant>,
 }
 
 /// One scope's subscription and its viewers.
@@ -84,6 +105,8 @@ pub(crate) struct Topic {
     viewers: AtomicUsize,
     /// Becomes true once the subscription is made.
     ready: watch::Receiver<bool>,
+    fanout: Fanout,
+    swarm: Mutex<SwarmMerge>,
 }
 
 struct Ring {
@@ -108,12 +131,13 @@ impl Drop for Membership {
 
 impl Hub {
     /// A hub on `bus`; starts the flash board.
-    pub(crate) fn new(bus: Arc<dyn Bus>) -> Arc<Hub> {
+    pub(crate) fn new(bus: Arc<dyn Bus>, fanout: Fanout) -> Arc<Hub> {
         let flashes = FlashBoard::start(bus.clone());
         Arc::new(Hub {
             bus,
             topics: Mutex::new(HashMap::new()),
             flashes,
+            fanout,
         })
     }
 
@@ -151,6 +175,8 @@ impl Hub {
             }),
             viewers: AtomicUsize::new(0),
             ready,
+            fanout: self.fanout.clone(),
+            swarm: Mutex::new(SwarmMerge::default()),
         });
         tokio::spawn(run_topic(
             Arc::downgrade(self),
@@ -204,6 +230,13 @@ impl Topic {
     }
 
     fn push(&self, msg: Msg) {
+        if msg.seq == 0 && msg.kind == "swarm" {
+            if let Some(m) = self.swarm(msg) {
+                self.sent.fetch_add(1, Ordering::Relaxed);
+                let _ = self.tx.send(Arc::new(m));
+            }
+            return;
+        }
         let msg = Arc::new(msg);
         if msg.seq > 0 {
             let mut ring = lock(&self.ring);
@@ -226,6 +259,58 @@ impl Topic {
         }
         self.sent.fetch_add(1, Ordering::Relaxed);
         let _ = self.tx.send(msg);
+    }
+}
+
+impl Topic {
+    /// A reaction batch to send now: this one, or those held back merged
+    /// with it once `slow_every` has passed; `None` while holding back.
+    fn swarm(&self, msg: Msg) -> Option<Msg> {
+        let now = std::time::Instant::now();
+        let slowed = self.fanout.governor.slows_fanout();
+        let mut st = lock(&self.swarm);
+        if !slowed && st.since.is_none() {
+            st.last_sent = Some(now);
+            return Some(msg);
+        }
+        #[derive(serde::Deserialize)]
+        struct Batch {
+            #[serde(default)]
+            counts: BTreeMap<String, u64>,
+            #[serde(default)]
+            total: u64,
+        }
+        // The origin's batch; one that does not read is passed on as it is.
+        let Ok(b) = serde_json::from_slice::<Batch>(&msg.json) else {
+            return Some(msg);
+        };
+        for (k, n) in b.counts {
+            *st.counts.entry(k).or_insert(0) += n;
+        }
+        st.total += b.total;
+        let since = *st.since.get_or_insert(now);
+        let due = st
+            .last_sent
+            .is_none_or(|t| now.duration_since(t) >= self.fanout.slow_every);
+        if slowed && !due {
+            self.fanout.governor.count_fanout_shed();
+            return None;
+        }
+        let merged = serde_json::json!({
+            "type": "swarm",
+            "scope": self.scope.key(),
+            "interval_ms": now.duration_since(st.last_sent.unwrap_or(since)).as_millis() as u64,
+            "counts": std::mem::take(&mut st.counts),
+            "total": std::mem::take(&mut st.total),
+        });
+        st.since = None;
+        st.last_sent = Some(now);
+        Some(Msg {
+            seq: 0,
+            kind: "swarm".into(),
+            json: Bytes::from(merged.to_string()),
+            flash: None,
+        })
     }
 }
 

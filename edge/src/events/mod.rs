@@ -43,7 +43,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-pub(crate) use hub::{FlashBoard, Hub};
+pub(crate) use hub::{Fanout, FlashBoard, Hub};
 pub(crate) use reactions::{run_flusher, Reactions};
 
 use crate::pipeline::EdgePipeline;
