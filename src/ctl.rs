@@ -37,6 +37,41 @@ pub(crate) enum CtlCommand {
     Purge(PurgeArgs),
     /// Have edges fetch titles ahead of viewers, following the job live.
     Prewarm(PrewarmArgs),
+    /// Cap the quality new manifests offer (panic mode), for a region, a
+    /// channel or everyone; --clear lifts it. Without a cap or --clear,
+    /// lists the caps in force.
+    Degrade(DegradeArgs),
+    /// Drain an edge for maintenance: new sessions start elsewhere and
+    /// players move away by steering; --clear ends it.
+    Drain(DrainArgs),
+}
+
+#[derive(clap::Args)]
+pub(crate) struct DegradeArgs {
+    /// Only edges in this region, such as IN.
+    #[arg(long)]
+    pub(crate) region: Option<String>,
+    /// Only this live channel.
+    #[arg(long)]
+    pub(crate) channel: Option<String>,
+    /// Rungs taller than this many lines leave the manifests.
+    #[arg(long, conflicts_with = "clear")]
+    pub(crate) max_height: Option<u32>,
+    /// For this long (such as 10m or 2h); default: until cleared.
+    #[arg(long = "for", conflicts_with = "clear")]
+    pub(crate) for_: Option<String>,
+    /// Lift the cap of this region and channel (none: the cap on everyone).
+    #[arg(long)]
+    pub(crate) clear: bool,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct DrainArgs {
+    /// The edge's name, as `cascade ctl nodes` lists it.
+    pub(crate) edge: String,
+    /// End the drain.
+    #[arg(long)]
+    pub(crate) clear: bool,
 }
 
 #[derive(clap::Args)]
@@ -217,6 +252,8 @@ pub(crate) async fn ctl(a: CtlArgs) -> anyhow::Result<()> {
         CtlCommand::Purge(p) => return ctl_purge(&client, base, token, p).await,
         CtlCommand::Prewarm(p) => return ctl_prewarm(&client, base, token, p).await,
         CtlCommand::Nodes => return ctl_nodes(&client, base, token).await,
+        CtlCommand::Degrade(d) => return ctl_degrade(&client, base, token, d).await,
+        CtlCommand::Drain(d) => return ctl_drain(&client, base, token, d).await,
     };
     let (req, show_key) = match cmd {
         PartnerCommand::Add {
@@ -308,6 +345,131 @@ pub(crate) async fn ctl(a: CtlArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `cascade ctl degrade`: sets, lifts or lists quality caps.
+pub(crate) async fn ctl_degrade(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    d: DegradeArgs,
+) -> anyhow::Result<()> {
+    let scope = match (&d.region, &d.channel) {
+        (None, None) => "everyone".to_string(),
+        (Some(r), None) => format!("region {r}"),
+        (None, Some(c)) => format!("channel {c}"),
+        (Some(r), Some(c)) => format!("channel {c} in region {r}"),
+    };
+    let req = if d.clear {
+        let mut q = Vec::new();
+        if let Some(r) = &d.region {
+            q.push(("region", r.as_str()));
+        }
+        if let Some(c) = &d.channel {
+            q.push(("channel", c.as_str()));
+        }
+        client.delete(format!("{base}/api/v1/degrade")).query(&q)
+    } else if let Some(h) = d.max_height {
+        let for_secs = d
+            .for_
+            .as_deref()
+            .map(parse_duration)
+            .transpose()
+            .context("--for")?;
+        let body = serde_json::json!({
+            "region": d.region, "channel": d.channel, "max_height": h, "for_secs": for_secs,
+        });
+        client.post(format!("{base}/api/v1/degrade")).json(&body)
+    } else if d.region.is_none() && d.channel.is_none() && d.for_.is_none() {
+        let resp = client
+            .get(format!("{base}/api/v1/degrade"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .with_context(|| format!("contacting control at {base}"))?;
+        let (_, body) = control_answer(resp, &[200]).await?;
+        let caps = body["caps"].as_array().cloned().unwrap_or_default();
+        if caps.is_empty() {
+            println!("no quality caps in force");
+        }
+        for c in caps {
+            println!(
+                "region {:<10} channel {:<16} max-height {:>5} {:<8} {}",
+                c["region"].as_str().unwrap_or("*"),
+                c["channel"].as_str().unwrap_or("*"),
+                c["max_height"],
+                c["source"].as_str().unwrap_or(""),
+                c["until"]
+                    .as_u64()
+                    .map(|u| format!("until {u} (Unix)"))
+                    .unwrap_or_else(|| "until cleared".into()),
+            );
+        }
+        println!("drained edges: {}", names(&body["drained"]));
+        return Ok(());
+    } else {
+        bail!("give --max-height to set a cap, or --clear to lift one");
+    };
+    let resp = req
+        .bearer_auth(token)
+        .send()
+        .await
+        .with_context(|| format!("contacting control at {base}"))?;
+    let (_, body) = control_answer(resp, &[200]).await?;
+    if d.clear {
+        println!("cap lifted for {scope}");
+    } else {
+        println!(
+            "capped {scope} at {} lines{}",
+            d.max_height.unwrap_or_default(),
+            d.for_.map(|f| format!(" for {f}")).unwrap_or_default()
+        );
+    }
+    print_pushed(&body["edges"]);
+    Ok(())
+}
+
+/// `cascade ctl drain EDGE [--clear]`.
+pub(crate) async fn ctl_drain(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    d: DrainArgs,
+) -> anyhow::Result<()> {
+    let url = format!("{base}/api/v1/nodes/{}/drain", d.edge);
+    let req = if d.clear {
+        client.delete(url)
+    } else {
+        client.post(url)
+    };
+    let resp = req
+        .bearer_auth(token)
+        .send()
+        .await
+        .with_context(|| format!("contacting control at {base}"))?;
+    let (_, body) = control_answer(resp, &[200]).await?;
+    if d.clear {
+        println!("{} takes new sessions again", d.edge);
+    } else {
+        println!(
+            "draining {}: new sessions start elsewhere; players move away at their next steering reload",
+            d.edge
+        );
+    }
+    print_pushed(&body["edges"]);
+    Ok(())
+}
+
+/// Which edges took a change at once, and which will at their next heartbeat.
+fn print_pushed(edges: &serde_json::Value) {
+    println!("applied at: {}", names(&edges["applied"]));
+    for f in edges["failed"].as_array().into_iter().flatten() {
+        println!(
+            "not reached: {} ({}); it applies the change at its next heartbeat",
+            f["node"].as_str().unwrap_or("?"),
+            f["reason"].as_str().unwrap_or("?")
+        );
+    }
 }
 
 /// Control's JSON answer, or an error with its message when the status is not one of `ok`.

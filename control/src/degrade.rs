@@ -225,7 +225,7 @@ pub(crate) async fn set(
     };
     let changed = change(&ctx, |s| {
         if s.caps.len() >= MAX_CAPS {
-            return Err(error(
+            return Err((
                 StatusCode::CONFLICT,
                 "too_many_caps",
                 "too many caps in force; lift some first",
@@ -276,7 +276,7 @@ pub(crate) async fn clear(
         if s.clear(&scope.region, &scope.channel) {
             Ok(())
         } else {
-            Err(error(
+            Err((
                 StatusCode::NOT_FOUND,
                 "no_cap",
                 "no cap is set for that region and channel",
@@ -388,11 +388,14 @@ async fn check_scope(
     Ok(())
 }
 
+/// Why a change was refused: status, code and message.
+type Refusal = (StatusCode, &'static str, &'static str);
+
 /// Changes the state under its lock, stores it and pushes it to the edges;
 /// answers the edges reached and not.
 async fn change(
     ctx: &Arc<Ctx>,
-    f: impl FnOnce(&mut FleetState) -> Result<(), Response>,
+    f: impl FnOnce(&mut FleetState) -> Result<(), Refusal>,
 ) -> Result<serde_json::Value, Response> {
     let state = {
         let Ok(mut s) = ctx.fleet_state.lock() else {
@@ -403,7 +406,7 @@ async fn change(
             ));
         };
         s.prune(cascade_common::unix_now());
-        f(&mut s)?;
+        f(&mut s).map_err(|(status, code, message)| error(status, code, message))?;
         s.clone()
     };
     if let Err(e) = store(&ctx.db, &state).await {
