@@ -64,6 +64,19 @@ pub struct HeartbeatReply {
     /// Whether an operator drained this node.
     #[serde(default)]
     pub draining: bool,
+    /// The edges an edge offers its players as steering pathways, itself
+    /// first, then the best others for its region.
+    #[serde(default)]
+    pub pathways: Vec<Pathway>,
+}
+
+/// An edge players may be steered to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pathway {
+    /// Its node name: the HLS pathway id and the DASH service location.
+    pub name: String,
+    /// Its base URL for viewers.
+    pub url: String,
 }
 
 /// A cap on the rungs new manifests offer: for one region's edges, one

@@ -12,12 +12,13 @@ mod heartbeat;
 mod metrics;
 mod operators;
 mod server;
+pub mod steering;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use files::{private_dir, private_file, private_sqlite};
 pub use heartbeat::{
-    fleet_client, spawn_heartbeat, Heartbeat, HeartbeatReply, NodeLoad, QualityCap,
+    fleet_client, spawn_heartbeat, Heartbeat, HeartbeatReply, NodeLoad, Pathway, QualityCap,
 };
 pub use metrics::{init_logging, ConnectionGuard, LogGuard, Metrics};
 pub use operators::{

@@ -62,6 +62,7 @@ impl FleetState {
                 .cloned()
                 .collect(),
             draining: self.drained.contains(node),
+            pathways: Vec::new(),
         }
     }
 
@@ -429,7 +430,9 @@ pub(crate) async fn push(ctx: &Arc<Ctx>, state: &FleetState) -> serde_json::Valu
         .collect();
     let results: Vec<(String, Result<(), String>)> = futures::stream::iter(edges)
         .map(|t| {
-            let body = state.reply_for(&t.name, now);
+            let mut body = state.reply_for(&t.name, now);
+            body.pathways =
+                crate::steering::pathways_for(ctx, &t.name, t.region.as_deref().unwrap_or(""));
             let client = ctx.client.clone();
             let token = ctx.cfg.fleet_token.clone();
             async move {

@@ -15,6 +15,7 @@ mod fleet;
 mod partners;
 mod prewarm;
 mod purge;
+mod steering;
 #[cfg(test)]
 mod tests;
 
@@ -75,6 +76,16 @@ pub struct ControlConfig {
     pub min_cap_height: u32,
     /// Regions capped automatically when their edges' egress passes a threshold.
     pub auto_degrade: Vec<AutoDegrade>,
+    /// Seconds players wait between steering requests (`TTL`): how soon a
+    /// drained or overloaded edge loses its viewers.
+    pub steering_ttl_secs: u64,
+    /// Edges each playlist offers as pathways (the answering edge and the
+    /// best others for its region); below 2, no steering.
+    pub steering_pathways: usize,
+    /// Which countries each region serves, for the playback API's first
+    /// edge (`IN = ["IN", "LK"]`); a country not listed goes to a region of
+    /// its own name if there is one.
+    pub region_countries: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// One node of the fleet.
@@ -106,6 +117,9 @@ impl Default for ControlConfig {
             regions: Vec::new(),
             min_cap_height: 144,
             auto_degrade: Vec::new(),
+            steering_ttl_secs: 10,
+            steering_pathways: 3,
+            region_countries: Default::default(),
         }
     }
 }
@@ -127,6 +141,12 @@ impl Validate for ControlConfig {
             if self.nodes[..i].iter().any(|o| o.name == n.name) {
                 errors.push(format!("nodes[{i}].name: {:?} is used twice", n.name));
             }
+        }
+        if !(1..=3600).contains(&self.steering_ttl_secs) {
+            errors.push("steering_ttl_secs: 1 to 3600".into());
+        }
+        if self.steering_pathways > 16 {
+            errors.push("steering_pathways: 0 (no steering) to 16".into());
         }
         if !(1..=16_384).contains(&self.min_cap_height) {
             errors.push("min_cap_height: 1 to 16384 lines".into());
@@ -174,6 +194,7 @@ struct Ctx {
     jobs: prewarm::Jobs,
     /// Quality caps and drained edges.
     fleet_state: std::sync::Mutex<degrade::FleetState>,
+    steering_metrics: steering::SteeringMetrics,
 }
 
 #[derive(OpenApi)]
@@ -223,6 +244,8 @@ fn app(ctx: Arc<Ctx>) -> Router {
             "/api/v1/degrade",
             get(degrade::list).post(degrade::set).delete(degrade::clear),
         )
+        .route("/api/v1/fleet/edge", get(steering::first_edge))
+        .route("/steer/{format}", get(steering::steer))
         .route(
             "/api/v1/nodes/{name}/drain",
             post(degrade::drain).delete(degrade::drain),
@@ -389,7 +412,8 @@ async fn heartbeat(
             "too many nodes",
         );
     }
-    let name = beat.name.clone();
+    let (name, region) = (beat.name.clone(), beat.region.clone());
+    let is_edge = beat.role == "edge";
     reg.insert(
         beat.name.clone(),
         Registered {
@@ -399,8 +423,13 @@ async fn heartbeat(
     );
     drop(reg);
     degrade::after_heartbeat(&ctx);
-    // The node's answer: the caps in force and whether it is drained.
-    Json(degrade::snapshot(&ctx).reply_for(&name, cascade_common::unix_now())).into_response()
+    // The node's answer: the caps in force, whether it is drained, and
+    // (an edge) the pathways to offer its players.
+    let mut reply = degrade::snapshot(&ctx).reply_for(&name, cascade_common::unix_now());
+    if is_edge {
+        reply.pathways = steering::pathways_for(&ctx, &name, &region);
+    }
+    Json(reply).into_response()
 }
 
 /// `GET /api/v1/nodes`: configured nodes with a live health check, and
@@ -946,6 +975,7 @@ pub async fn start(cfg: &ControlConfig) -> anyhow::Result<Control> {
         client,
         purge_metrics: purge::PurgeMetrics::new(metrics.registry()),
         warm_metrics: prewarm::WarmMetrics::new(metrics.registry()),
+        steering_metrics: steering::SteeringMetrics::new(metrics.registry()),
         metrics,
         limits: partners::Limits::default(),
         registry: Default::default(),

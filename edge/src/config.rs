@@ -182,6 +182,12 @@ pub struct EdgeConfig {
     pub cmsd: bool,
     /// The least CMSD `mb` (maximum suggested bit rate) sent, in kbit/s.
     pub cmsd_mb_floor_kbps: u64,
+    /// Control's steering server as players reach it (such as
+    /// `https://control.example.com`); empty: manifests carry no content
+    /// steering. The pathways come from control (with `control_url`).
+    pub steering_url: String,
+    /// Seconds a steering ticket written into a manifest stays valid.
+    pub steering_ticket_secs: u64,
 }
 
 impl Default for EdgeConfig {
@@ -263,6 +269,8 @@ impl Default for EdgeConfig {
             session_idle_secs: 60,
             cmsd: true,
             cmsd_mb_floor_kbps: 300,
+            steering_url: String::new(),
+            steering_ticket_secs: 6 * 3600,
         }
     }
 }
@@ -361,6 +369,15 @@ impl Validate for EdgeConfig {
         }
         if !(5..=3600).contains(&self.session_idle_secs) {
             errors.push("session_idle_secs: 5 to 3600".into());
+        }
+        if !self.steering_url.is_empty() {
+            check_url("steering_url", &self.steering_url, errors);
+            if self.control_url.is_empty() {
+                errors.push("steering_url: needs control_url (the pathways come from control)".into());
+            }
+        }
+        if !(60..=86_400).contains(&self.steering_ticket_secs) {
+            errors.push("steering_ticket_secs: 60 to 86400".into());
         }
         check_url("origin", &self.origin, errors);
         for (i, s) in self.shields.iter().enumerate() {

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use cascade_common::{HeartbeatReply, Metrics, NodeLoad, QualityCap};
+use cascade_common::{HeartbeatReply, Metrics, NodeLoad, Pathway, QualityCap};
 use cascade_serve::Response;
 use http::StatusCode;
 use prometheus::{Gauge, GaugeVec, IntCounterVec, IntGauge, Opts};
@@ -60,6 +60,8 @@ pub(crate) struct Governor {
     draining: AtomicBool,
     sessions: moka::sync::Cache<String, Option<u32>>,
     caps: RwLock<Vec<QualityCap>>,
+    /// The edges this edge's players may be steered to, itself first.
+    pathways: RwLock<Arc<Vec<Pathway>>>,
     sampler: Mutex<Sampler>,
     last: Mutex<(Load, f64)>,
     started: Instant,
@@ -162,6 +164,7 @@ impl Governor {
             level: AtomicU8::new(0),
             draining: AtomicBool::new(false),
             caps: RwLock::new(Vec::new()),
+            pathways: RwLock::new(Arc::new(Vec::new())),
             sampler: Mutex::new(Sampler::default()),
             last: Mutex::new((Load::default(), 0.0)),
             started: Instant::now(),
@@ -357,8 +360,34 @@ impl Governor {
         self.draining.load(Ordering::Relaxed)
     }
 
-    /// Applies control's state: the quality caps in force and the drain.
+    /// The steering pathways from control: this edge first, then others.
+    pub(crate) fn pathways(&self) -> Arc<Vec<Pathway>> {
+        self.pathways
+            .read()
+            .map(|p| p.clone())
+            .unwrap_or_default()
+    }
+
+    /// This edge's region.
+    pub(crate) fn region(&self) -> &str {
+        &self.cfg.region
+    }
+
+    /// Applies control's state: the quality caps in force, the drain and
+    /// the steering pathways.
     pub(crate) fn apply_fleet_state(&self, reply: HeartbeatReply) {
+        // Only a list that starts with this edge is its own.
+        let pathways = if reply.pathways.first().is_some_and(|p| p.name == self.cfg.node) {
+            reply.pathways
+        } else {
+            Vec::new()
+        };
+        if let Ok(mut p) = self.pathways.write() {
+            if **p != pathways {
+                tracing::info!(pathways = pathways.len(), "steering pathways from control");
+                *p = Arc::new(pathways);
+            }
+        }
         let was = self.draining.swap(reply.draining, Ordering::Relaxed);
         if was != reply.draining {
             tracing::warn!(
@@ -539,6 +568,7 @@ mod tests {
             source: "operator".into(),
         };
         g.apply_fleet_state(HeartbeatReply {
+            pathways: Vec::new(),
             caps: vec![
                 cap(Some("in"), None, 480, None),
                 cap(Some("us"), None, 240, None),
@@ -565,6 +595,7 @@ mod tests {
         g.apply_fleet_state(HeartbeatReply {
             caps: Vec::new(),
             draining: true,
+            pathways: Vec::new(),
         });
         assert!(g.admit("old").is_ok());
         let r = g.admit("new").unwrap_err();

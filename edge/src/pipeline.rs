@@ -64,6 +64,8 @@ pub(crate) struct EdgePipeline {
     pub(crate) governor: Arc<crate::governor::Governor>,
     /// Send CMSD headers on media answers.
     pub(crate) cmsd: bool,
+    /// Control's steering server for players, and tickets' lifetime.
+    pub(crate) steering: Option<(String, u64)>,
 }
 
 /// What a request is, as the route phase decided.
@@ -697,6 +699,15 @@ impl Pipeline for EdgePipeline {
                 }
                 _ => resp,
             };
+            if resp.status == StatusCode::OK {
+                match output {
+                    Some(LiveOutput::Multivariant | LiveOutput::TsMultivariant) => {
+                        self.steer(&mut resp, ctx, true)
+                    }
+                    Some(LiveOutput::Mpd) => self.steer(&mut resp, ctx, false),
+                    _ => {}
+                }
+            }
             if matches!(
                 ctx.token.as_ref().map(|t| t.source),
                 Some(TokenSource::Cookie | TokenSource::Header)
@@ -730,11 +741,16 @@ impl Pipeline for EdgePipeline {
                     .get(http::header::RANGE)
                     .and_then(|v| v.to_str().ok());
                 // A stitched answer has its tokens already.
-                let resp = if ctx.stitched {
+                let mut resp = if ctx.stitched {
                     resp
                 } else {
                     tokenize(resp, output, ctx.child_query())
                 };
+                match output {
+                    Output::Multivariant => self.steer(&mut resp, ctx, true),
+                    Output::Mpd => self.steer(&mut resp, ctx, false),
+                    _ => {}
+                }
                 apply_range(resp, range)
             }
             _ => resp,
@@ -776,6 +792,59 @@ fn session_key(req: &Request, ctx: &EdgeCtx) -> String {
 }
 
 impl EdgePipeline {
+    /// Content steering: the multivariant playlist or MPD names every
+    /// pathway control gave this edge, and control's steering server with
+    /// a ticket for this session. Only for tokens in the query (another
+    /// host gets no cookie) and at least two pathways.
+    fn steer(&self, resp: &mut Response, ctx: &EdgeCtx, hls: bool) {
+        let (Some((server, ticket_secs)), Some(q)) = (&self.steering, ctx.child_query()) else {
+            return;
+        };
+        let pathways = self.governor.pathways();
+        if pathways.len() < 2 {
+            return;
+        }
+        let session = match ctx.token.as_ref().and_then(|t| t.session.as_deref()) {
+            Some(s) if cascade_common::steering::is_ticket_word(s) => s.to_string(),
+            _ => cascade_common::steering::digest(q),
+        };
+        let ticket = cascade_common::steering::Ticket {
+            region: self.governor.region().to_string(),
+            session,
+            expires: cascade_serve::unix_now() + ticket_secs,
+        }
+        .sign(&self.fleet_token);
+        let server_uri = format!(
+            "{}/steer/{}?t={ticket}",
+            server.trim_end_matches('/'),
+            if hls { "hls" } else { "dash" }
+        );
+        let dir = match ctx.path.rfind('/') {
+            Some(i) => &ctx.path[..=i],
+            None => return,
+        };
+        let list: Vec<cascade_packager::SteeringPathway<'_>> = pathways
+            .iter()
+            .enumerate()
+            .map(|(i, p)| cascade_packager::SteeringPathway {
+                id: &p.name,
+                origin: if i == 0 { "" } else { &p.url },
+            })
+            .collect();
+        let Ok(text) = std::str::from_utf8(&resp.body) else {
+            return;
+        };
+        let steered = if hls {
+            cascade_packager::steer_hls(text, dir, &list, &server_uri)
+        } else {
+            cascade_packager::steer_mpd(text, dir, &list, &server_uri)
+        };
+        if let Some(s) = steered {
+            resp.body = Bytes::from(s);
+            privatize(&mut resp.headers);
+        }
+    }
+
     /// Leaves the rungs over the session's cap and the operators' caps out
     /// of a multivariant playlist or MPD. A capped answer is the viewer's
     /// own: no shared cache downstream keeps it.
@@ -1003,6 +1072,7 @@ mod tests {
         EdgePipeline {
             governor,
             cmsd: true,
+            steering: None,
             protection: Arc::new(Protection::new(
                 "http://127.0.0.1:9",
                 "",

@@ -278,6 +278,8 @@ pub async fn start(cfg: &EdgeConfig) -> anyhow::Result<Edge> {
         },
         governor: governor.clone(),
         cmsd: cfg.cmsd,
+        steering: (!cfg.steering_url.is_empty())
+            .then(|| (cfg.steering_url.clone(), cfg.steering_ticket_secs)),
         generic: Generic::new(
             cache.clone(),
             origin.clone(),

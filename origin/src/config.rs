@@ -155,6 +155,9 @@ pub struct OriginConfig {
     /// The fleet credential edges present to read the list of ended
     /// playback sessions (`/api/v1/fleet/revocations`); empty: refused.
     pub fleet_token: String,
+    /// Control's URL: the playback API asks it which edge a new session
+    /// starts on (with `fleet_token`); empty: always `public_edge_url`.
+    pub control_url: String,
     /// Seconds caches may keep an asset manifest (`/mezz/{id}/manifest.json`)
     /// and title metadata fresh.
     pub metadata_max_age_secs: u64,
@@ -319,6 +322,7 @@ impl Default for OriginConfig {
             admin_token: String::new(),
             metrics_networks: cascade_common::default_operator_networks(),
             fleet_token: String::new(),
+            control_url: String::new(),
             metadata_max_age_secs: 60,
             metadata_stale_while_revalidate_secs: 30,
             metadata_stale_if_error_secs: 24 * 3600,
@@ -368,6 +372,12 @@ impl Validate for OriginConfig {
     fn validate(&self, errors: &mut Vec<String>) {
         check_addr("listen", &self.listen, errors);
         check_url("public_edge_url", &self.public_edge_url, errors);
+        if !self.control_url.is_empty() {
+            check_url("control_url", &self.control_url, errors);
+            if self.fleet_token.is_empty() {
+                errors.push("control_url: needs fleet_token (control asks for it)".into());
+            }
+        }
         check_url("public_events_url", &self.public_events_url, errors);
         if !cascade_bus::is_bus_url(&self.nats_url) {
             errors.push("nats_url: nats://host:port (comma-separated for a cluster), memory://name, or empty".into());

@@ -44,6 +44,7 @@ mod manifest;
 mod mp4;
 mod protect;
 mod query;
+mod steer;
 mod stitch;
 pub mod ts;
 mod tsseg;
@@ -61,6 +62,7 @@ pub use manifest::{
 pub use mp4::BoxHeader;
 pub use protect::{package_protected, protected_sources, ProtectedOutput};
 pub use query::{live_with_query, with_query};
+pub use steer::{steer_hls, steer_mpd, SteeringPathway};
 pub use stitch::{is_stitched, stitch, StitchAd, StitchBreak};
 pub use view::{default_profiles, Format, Profile, View, ViewError, CODEC_FAMILIES};
 

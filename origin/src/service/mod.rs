@@ -11,6 +11,7 @@ pub(crate) mod billing;
 pub(crate) mod browse;
 pub(crate) mod catalog;
 pub(crate) mod channels;
+pub(crate) mod edges;
 pub(crate) mod heartbeats;
 pub(crate) mod history;
 pub(crate) mod ingest;

@@ -418,7 +418,8 @@ async fn start_subject(
         history::resume_position(state, &profile, &asset_id, subject.duration).await?
     };
     refused("started");
-    let edge = state.cfg.public_edge_url.trim_end_matches('/');
+    let first = state.edges.first(country.as_deref()).await;
+    let edge = first.as_str();
     // The profile shapes what the edge lists; it is a hint, not an
     // entitlement, so it sits beside the token rather than under it.
     let q = match &device_profile {

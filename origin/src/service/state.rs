@@ -70,6 +70,8 @@ pub struct State {
     served: Mutex<HashMap<String, Vec<(u64, u64)>>>,
     /// The key-encryption key and the license counters.
     pub(crate) keys: crate::service::kek::KeyService,
+    /// The first edge of a playback session (from control, when configured).
+    pub(crate) edges: crate::service::edges::EdgeChooser,
 }
 
 impl State {
@@ -196,6 +198,11 @@ impl State {
         let ads = crate::service::ad_runtime::AdRuntime::new(metrics.registry())?;
         let keys = crate::service::kek::KeyService::new(cfg, metrics.registry())?;
         Ok(State {
+            edges: crate::service::edges::EdgeChooser::new(
+                &cfg.control_url,
+                &cfg.fleet_token,
+                &cfg.public_edge_url,
+            ),
             keys,
             ads,
             interactive,
