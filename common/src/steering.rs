@@ -96,7 +96,10 @@ impl Ticket {
         }
         let (body, given) = text.rsplit_once('~')?;
         let want = mac(fleet_token, body);
-        if !bool::from(subtle::ConstantTimeEq::ct_eq(want.as_bytes(), given.as_bytes())) {
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(
+            want.as_bytes(),
+            given.as_bytes(),
+        )) {
             return None;
         }
         let mut parts = body.splitn(3, '~');
@@ -115,8 +118,7 @@ impl Ticket {
 pub fn is_ticket_word(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 

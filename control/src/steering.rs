@@ -108,16 +108,18 @@ pub(crate) fn pathways_for(ctx: &Ctx, node: &str, region: &str) -> Vec<Pathway> 
 
 /// `GET /steer/hls` and `/steer/dash` with `t` (the edge's ticket) and the
 /// player's current pathway (`_HLS_pathway`, `_DASH_pathway`): the order
-/// of edges to use now, and when to ask again. Open to players (the
+/// of edges to use now (`PATHWAY-PRIORITY`), and when to ask again. Open to players (the
 /// ticket is the credential), with CORS.
 pub(crate) async fn steer(
     State(ctx): State<Arc<Ctx>>,
     axum::extract::Path(format): axum::extract::Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let (current_key, list_key) = match format.as_str() {
-        "hls" => ("_HLS_pathway", "PATHWAY-PRIORITY"),
-        "dash" => ("_DASH_pathway", "SERVICE-LOCATION-PRIORITY"),
+    // Both formats answer `PATHWAY-PRIORITY` (HLS Content Steering, and
+    // DASH-IF content steering as dash.js reads it).
+    let current_key = match format.as_str() {
+        "hls" => "_HLS_pathway",
+        "dash" => "_DASH_pathway",
         _ => return error(StatusCode::NOT_FOUND, "not_found", "hls or dash"),
     };
     let now = cascade_common::unix_now();
@@ -138,7 +140,12 @@ pub(crate) async fn steer(
         return r;
     };
     let edges = edge_statuses(&ctx);
-    let current = q.get(current_key).map(String::as_str);
+    // dash.js sends the service locations it used since its last request,
+    // quoted and comma-separated, the one in use first.
+    let current = q
+        .get(current_key)
+        .and_then(|p| p.trim_matches('"').split(',').next())
+        .filter(|p| !p.is_empty());
     let order: Vec<&str> = rank(&edges, Some(&ticket.region), current)
         .into_iter()
         .take(MAX_PRIORITY)
@@ -155,7 +162,7 @@ pub(crate) async fn steer(
             "VERSION": 1,
             "TTL": ctx.cfg.steering_ttl_secs,
             "RELOAD-URI": reload,
-            list_key: order,
+            "PATHWAY-PRIORITY": order,
         })),
     )
         .into_response();
@@ -180,7 +187,9 @@ pub(crate) async fn first_edge(
     let region = q.get("country").and_then(|c| region_of(&ctx, c));
     let edges = edge_statuses(&ctx);
     match rank(&edges, region.as_deref(), None).first() {
-        Some(e) => Json(json!({ "name": e.name, "url": e.url, "region": e.region })).into_response(),
+        Some(e) => {
+            Json(json!({ "name": e.name, "url": e.url, "region": e.region })).into_response()
+        }
         None => error(
             StatusCode::NOT_FOUND,
             "no_edge",

@@ -373,7 +373,9 @@ impl Validate for EdgeConfig {
         if !self.steering_url.is_empty() {
             check_url("steering_url", &self.steering_url, errors);
             if self.control_url.is_empty() {
-                errors.push("steering_url: needs control_url (the pathways come from control)".into());
+                errors.push(
+                    "steering_url: needs control_url (the pathways come from control)".into(),
+                );
             }
         }
         if !(60..=86_400).contains(&self.steering_ticket_secs) {

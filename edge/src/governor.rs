@@ -362,10 +362,7 @@ impl Governor {
 
     /// The steering pathways from control: this edge first, then others.
     pub(crate) fn pathways(&self) -> Arc<Vec<Pathway>> {
-        self.pathways
-            .read()
-            .map(|p| p.clone())
-            .unwrap_or_default()
+        self.pathways.read().map(|p| p.clone()).unwrap_or_default()
     }
 
     /// This edge's region.
@@ -377,7 +374,11 @@ impl Governor {
     /// the steering pathways.
     pub(crate) fn apply_fleet_state(&self, reply: HeartbeatReply) {
         // Only a list that starts with this edge is its own.
-        let pathways = if reply.pathways.first().is_some_and(|p| p.name == self.cfg.node) {
+        let pathways = if reply
+            .pathways
+            .first()
+            .is_some_and(|p| p.name == self.cfg.node)
+        {
             reply.pathways
         } else {
             Vec::new()

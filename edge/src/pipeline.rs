@@ -828,7 +828,10 @@ impl EdgePipeline {
             .enumerate()
             .map(|(i, p)| cascade_packager::SteeringPathway {
                 id: &p.name,
-                origin: if i == 0 { "" } else { &p.url },
+                // HLS keeps this edge's URLs relative; an MPD's BaseURLs
+                // are all absolute (dash.js takes no BaseURL after a
+                // relative one).
+                origin: if i == 0 && hls { "" } else { &p.url },
             })
             .collect();
         let Ok(text) = std::str::from_utf8(&resp.body) else {

@@ -40,7 +40,9 @@ pub fn steer_hls(
         if line.starts_with("#EXT-X-MEDIA:") {
             media.push(line);
         } else if line.starts_with("#EXT-X-STREAM-INF:") {
-            let uri = lines.by_ref().find(|l| !l.trim().is_empty() && !l.starts_with('#'))?;
+            let uri = lines
+                .by_ref()
+                .find(|l| !l.trim().is_empty() && !l.starts_with('#'))?;
             variants.push((line, uri.trim()));
         } else if line.starts_with("#EXT-X-I-FRAME-STREAM-INF:") {
             iframes.push(line);
@@ -88,7 +90,9 @@ pub fn steer_hls(
 }
 
 /// The MPD `text` (at `dir`) with one MPD-level `BaseURL` per pathway and
-/// the steering server in `ContentSteering`. `None` for fewer than two
+/// the steering server in `ContentSteering`, asked before playback starts.
+/// Give every pathway its origin: dash.js reads no `BaseURL` after a
+/// relative one. `None` for fewer than two
 /// pathways or an MPD with no `Period`.
 pub fn steer_mpd(
     text: &str,
@@ -96,12 +100,19 @@ pub fn steer_mpd(
     pathways: &[SteeringPathway<'_>],
     server_uri: &str,
 ) -> Option<String> {
-    if pathways.len() < 2 || text.contains("<ContentSteering") || pathways.iter().any(|p| !is_token(p.id)) {
+    if pathways.len() < 2
+        || text.contains("<ContentSteering")
+        || pathways.iter().any(|p| !is_token(p.id))
+    {
         return None;
     }
     let at = text.find("<Period")?;
     let indent = text[..at].rsplit('\n').next().unwrap_or("");
-    let indent = if indent.trim().is_empty() { indent } else { "  " };
+    let indent = if indent.trim().is_empty() {
+        indent
+    } else {
+        "  "
+    };
     let mut block = String::new();
     for p in pathways {
         block.push_str(&format!(
@@ -112,7 +123,7 @@ pub fn steer_mpd(
         ));
     }
     block.push_str(&format!(
-        "<ContentSteering defaultServiceLocation=\"{}\" queryBeforeStart=\"false\">{}</ContentSteering>\n{indent}",
+        "<ContentSteering defaultServiceLocation=\"{}\" queryBeforeStart=\"true\">{}</ContentSteering>\n{indent}",
         pathways[0].id,
         xml_escape(server_uri)
     ));
@@ -217,10 +228,14 @@ mod tests {
     fn each_pathway_gets_its_variants_and_groups() {
         let s = steer_hls(MV, "/vod/x/", &two(), "http://control/steer/hls?t=1").unwrap();
         assert!(s.starts_with("#EXTM3U\n#EXT-X-VERSION:6\n#EXT-X-INDEPENDENT-SEGMENTS\n#EXT-X-CONTENT-STEERING:SERVER-URI=\"http://control/steer/hls?t=1\",PATHWAY-ID=\"edge-a\"\n"));
-        assert!(s.contains("GROUP-ID=\"aud-edge-a\",NAME=\"Audio 1\",DEFAULT=YES,URI=\"a0.m3u8?t=1\""));
+        assert!(
+            s.contains("GROUP-ID=\"aud-edge-a\",NAME=\"Audio 1\",DEFAULT=YES,URI=\"a0.m3u8?t=1\"")
+        );
         assert!(s.contains("GROUP-ID=\"aud-edge-b\",NAME=\"Audio 1\",DEFAULT=YES,URI=\"http://b:8080/vod/x/a0.m3u8?t=1\""));
         assert!(s.contains("CODECS=\"avc1.42c00d,mp4a.40.2\",RESOLUTION=320x180,AUDIO=\"aud-edge-a\",PATHWAY-ID=\"edge-a\"\nv0.m3u8?t=1\n"));
-        assert!(s.contains("AUDIO=\"aud-edge-b\",PATHWAY-ID=\"edge-b\"\nhttp://b:8080/vod/x/v1.m3u8?t=1\n"));
+        assert!(s.contains(
+            "AUDIO=\"aud-edge-b\",PATHWAY-ID=\"edge-b\"\nhttp://b:8080/vod/x/v1.m3u8?t=1\n"
+        ));
         assert!(s.contains("URI=\"http://b:8080/vod/x/v0.iframes.m3u8?t=1\",PATHWAY-ID=\"edge-b\""));
         assert_eq!(s.matches("#EXT-X-STREAM-INF:").count(), 4);
         assert_eq!(s.matches("#EXT-X-MEDIA:").count(), 2);
@@ -232,7 +247,13 @@ mod tests {
         assert_eq!(steer_hls("#EXTM3U\n", "/", &two(), "u"), None);
         assert_eq!(steer_hls("#EXT-X-STREAM-INF:A=1\n", "/", &two(), "u"), None);
         assert_eq!(steer_hls(MV, "/", &two(), "u\"x"), None);
-        let bad = [two()[0].clone(), SteeringPathway { id: "a\"b", origin: "" }];
+        let bad = [
+            two()[0].clone(),
+            SteeringPathway {
+                id: "a\"b",
+                origin: "",
+            },
+        ];
         assert_eq!(steer_hls(MV, "/", &bad, "u"), None);
         assert_eq!(steer_mpd("<MPD></MPD>", "/", &two(), "u"), None);
     }
@@ -241,7 +262,7 @@ mod tests {
     fn an_mpd_gets_base_urls_and_the_steering_server() {
         let mpd = "<?xml version=\"1.0\"?>\n<MPD type=\"static\">\n  <Period id=\"0\">\n  </Period>\n</MPD>\n";
         let s = steer_mpd(mpd, "/vod/x/", &two(), "http://c/steer/dash?t=1&u=2").unwrap();
-        assert!(s.contains("<MPD type=\"static\">\n  <BaseURL serviceLocation=\"edge-a\">/vod/x/</BaseURL>\n  <BaseURL serviceLocation=\"edge-b\">http://b:8080/vod/x/</BaseURL>\n  <ContentSteering defaultServiceLocation=\"edge-a\" queryBeforeStart=\"false\">http://c/steer/dash?t=1&amp;u=2</ContentSteering>\n  <Period id=\"0\">"), "{s}");
+        assert!(s.contains("<MPD type=\"static\">\n  <BaseURL serviceLocation=\"edge-a\">/vod/x/</BaseURL>\n  <BaseURL serviceLocation=\"edge-b\">http://b:8080/vod/x/</BaseURL>\n  <ContentSteering defaultServiceLocation=\"edge-a\" queryBeforeStart=\"true\">http://c/steer/dash?t=1&amp;u=2</ContentSteering>\n  <Period id=\"0\">"), "{s}");
         assert_eq!(steer_mpd(&s, "/vod/x/", &two(), "u"), None, "once only");
     }
 }
