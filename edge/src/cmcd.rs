@@ -152,36 +152,39 @@ impl Prefetcher {
         };
         let this = self.clone();
         let request_id = req.request_id.clone();
-        tokio::spawn(async move {
-            // Low priority: let the viewer's own request go first.
-            tokio::task::yield_now().await;
-            let now = cascade_serve::unix_now();
-            let cached =
-                matches!(this.media.tier.cache().get(&path).await, Some((o, _)) if o.is_fresh(now));
-            if cached {
-                this.count("cached");
-            } else {
-                this.count("started");
-                let r = this
-                    .media
-                    .get(
-                        &path,
-                        &output,
-                        &cascade_packager::View::default(),
-                        &request_id,
-                    )
-                    .await;
-                tracing::debug!(
-                    path,
-                    status = r.status.as_u16(),
-                    request_id,
-                    "CMCD prefetch"
-                );
-                this.count("done");
-            }
-            drop(permit);
-            drop(slot);
-        });
+        // Pre-warm priority upstream: viewers' fetches go first.
+        tokio::spawn(cascade_serve::priority::with(
+            cascade_serve::priority::Priority::Prewarm,
+            async move {
+                // Low priority: let the viewer's own request go first.
+                tokio::task::yield_now().await;
+                let now = cascade_serve::unix_now();
+                let cached = matches!(this.media.tier.cache().get(&path).await, Some((o, _)) if o.is_fresh(now));
+                if cached {
+                    this.count("cached");
+                } else {
+                    this.count("started");
+                    let r = this
+                        .media
+                        .get(
+                            &path,
+                            &output,
+                            &cascade_packager::View::default(),
+                            &request_id,
+                        )
+                        .await;
+                    tracing::debug!(
+                        path,
+                        status = r.status.as_u16(),
+                        request_id,
+                        "CMCD prefetch"
+                    );
+                    this.count("done");
+                }
+                drop(permit);
+                drop(slot);
+            },
+        ));
     }
 
     fn count(&self, result: &str) {

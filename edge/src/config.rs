@@ -188,6 +188,9 @@ pub struct EdgeConfig {
     pub steering_url: String,
     /// Seconds a steering ticket written into a manifest stays valid.
     pub steering_ticket_secs: u64,
+    /// Fetches in flight to each shield (and to the origin) at once; more
+    /// wait, live first, then on-demand, then pre-warm and prefetch.
+    pub upstream_concurrency: usize,
 }
 
 impl Default for EdgeConfig {
@@ -271,6 +274,7 @@ impl Default for EdgeConfig {
             cmsd_mb_floor_kbps: 300,
             steering_url: String::new(),
             steering_ticket_secs: 6 * 3600,
+            upstream_concurrency: 256,
         }
     }
 }
@@ -377,6 +381,9 @@ impl Validate for EdgeConfig {
                     "steering_url: needs control_url (the pathways come from control)".into(),
                 );
             }
+        }
+        if !(1..=100_000).contains(&self.upstream_concurrency) {
+            errors.push("upstream_concurrency: 1 to 100000".into());
         }
         if !(60..=86_400).contains(&self.steering_ticket_secs) {
             errors.push("steering_ticket_secs: 60 to 86400".into());

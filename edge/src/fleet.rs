@@ -107,7 +107,7 @@ impl EdgePipeline {
             .header("retry-after", "10");
         }
         use futures::StreamExt;
-        let results: Vec<serde_json::Value> = futures::stream::iter(warm.urls)
+        let results = futures::stream::iter(warm.urls)
             .map(|u| async move {
                 let path = normalize_path(cascade_serve::fleet::url_path(&u));
                 // A live channel: its playlists and init segments (what every
@@ -161,8 +161,11 @@ impl EdgePipeline {
                 serde_json::json!({"url": u, "status": r.status.as_u16(), "bytes": r.body.len(), "cache": cache})
             })
             .buffered(self.prewarm_concurrency)
-            .collect()
-            .await;
+            .collect();
+        // Upstream, pre-warm waits behind viewers' live and on-demand fetches.
+        let results: Vec<serde_json::Value> =
+            cascade_serve::priority::with(cascade_serve::priority::Priority::Prewarm, results)
+                .await;
         let body = serde_json::json!({ "node": self.node, "results": results });
         Response::new(StatusCode::OK, "application/json", format!("{body}\n"))
     }

@@ -116,14 +116,26 @@ pub async fn start(cfg: &EdgeConfig) -> anyhow::Result<Edge> {
     })
     .await?;
     let timeout = Duration::from_secs(cfg.upstream_timeout_secs);
-    let origin = Upstream::new(&cfg.origin, timeout, MAX_UPSTREAM_BYTES);
+    let metrics = Arc::new(Metrics::new("edge"));
+    // One concurrency limit per upstream, shared by every client of it.
+    let limiter_metrics = cascade_serve::priority::LimiterMetrics::register(metrics.registry());
+    let limited = |base: &str| {
+        Upstream::new(base, timeout, MAX_UPSTREAM_BYTES).with_limiter(
+            cascade_serve::priority::Limiter::new(
+                base,
+                cfg.upstream_concurrency,
+                limiter_metrics.clone(),
+            ),
+        )
+    };
+    let origin = limited(&cfg.origin);
+    let shield_upstreams: Vec<Upstream> = cfg.shields.iter().map(|s| limited(s)).collect();
     let env_keys = std::env::var(TOKEN_KEYS_ENV).ok();
     let cdn_keys = build_token_keys("token_keys", &cfg.token_keys, env_keys.as_deref())
         .map_err(|e| anyhow::anyhow!(e.join("; ")))?;
     if cdn_keys.is_empty() {
         anyhow::bail!("token_keys: no CDN token keys: set token_keys or {TOKEN_KEYS_ENV}; every media request would be refused");
     }
-    let metrics = Arc::new(Metrics::new("edge"));
     let counters = EdgeMetrics::register(&metrics)?;
     let verifier = Arc::new(arc_swap::ArcSwap::from_pointee(Verifier {
         cdn_keys,
@@ -152,10 +164,7 @@ pub async fn start(cfg: &EdgeConfig) -> anyhow::Result<Edge> {
         ))
     });
     let pool = Arc::new(shields::ShieldPool::new(
-        cfg.shields
-            .iter()
-            .map(|s| Upstream::new(s, timeout, MAX_UPSTREAM_BYTES))
-            .collect(),
+        shield_upstreams.clone(),
         cfg.origin_fallback.then(|| origin.clone()),
         Duration::from_secs(cfg.shield_eject_secs),
         counters.shield_events.clone(),
@@ -164,10 +173,8 @@ pub async fn start(cfg: &EdgeConfig) -> anyhow::Result<Edge> {
         pool.clone()
             .spawn_health_checks(Duration::from_secs(cfg.shield_health_secs))
     });
-    let live_upstreams: Vec<Upstream> = cfg
-        .shields
-        .iter()
-        .map(|s| Upstream::new(s, timeout, MAX_UPSTREAM_BYTES))
+    let live_upstreams: Vec<Upstream> = shield_upstreams
+        .into_iter()
         .chain(cfg.origin_fallback.then(|| origin.clone()))
         .collect();
     let media = Media {

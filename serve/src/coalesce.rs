@@ -77,7 +77,9 @@ impl<V: Clone + Send + Sync + 'static> Flights<V> {
                     let generation = GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let timeout = self.timeout;
                     let hold = self.hold;
-                    let task = tokio::spawn(tokio::time::timeout(timeout, fetch));
+                    // The leader's priority goes with the fetch into its own task.
+                    let task =
+                        tokio::spawn(crate::priority::carry(tokio::time::timeout(timeout, fetch)));
                     let inflight = self.inflight.clone();
                     let owned_key = key.to_string();
                     let flight = async move {

@@ -18,6 +18,7 @@ pub mod fleet;
 mod heartbeat;
 mod listener;
 mod pipeline;
+pub mod priority;
 mod proxy;
 mod quic;
 mod ranges;

@@ -14,6 +14,8 @@ pub struct Upstream {
     client: reqwest::Client,
     base: String,
     max_body_bytes: usize,
+    /// At most so many fetches in flight, by priority, when set.
+    limiter: Option<std::sync::Arc<crate::priority::Limiter>>,
 }
 
 /// A fetched response, body read whole.
@@ -51,12 +53,18 @@ pub enum UpstreamError {
     /// The body was over the limit.
     #[error("upstream body over {0} bytes")]
     TooLarge(usize),
+    /// Too many fetches wait for this upstream already: another may have room.
+    #[error("upstream {0} saturated")]
+    Saturated(String),
 }
 
 impl UpstreamError {
     /// Whether another upstream may succeed where this one failed.
     pub fn retryable(&self) -> bool {
-        matches!(self, UpstreamError::Connect(..) | UpstreamError::Timeout(_))
+        matches!(
+            self,
+            UpstreamError::Connect(..) | UpstreamError::Timeout(_) | UpstreamError::Saturated(_)
+        )
     }
 }
 
@@ -76,7 +84,34 @@ impl Upstream {
             client,
             base: base.trim_end_matches('/').to_string(),
             max_body_bytes,
+            limiter: None,
         }
+    }
+
+    /// The same upstream with at most `limiter`'s fetches in flight,
+    /// waiting ones served live first, then on demand, then pre-warm.
+    pub fn with_limiter(mut self, limiter: std::sync::Arc<crate::priority::Limiter>) -> Upstream {
+        self.limiter = Some(limiter);
+        self
+    }
+
+    /// A place under the concurrency limit for a fetch of `path` at the
+    /// priority of the work running (or the path's), and that priority.
+    async fn admit(
+        &self,
+        path: &str,
+    ) -> Result<(Option<crate::priority::Permit>, crate::priority::Priority), UpstreamError> {
+        use crate::priority::Priority;
+        let p = Priority::current().unwrap_or_else(|| Priority::of_path(path));
+        let permit = match &self.limiter {
+            Some(l) => Some(
+                l.acquire(p)
+                    .await
+                    .ok_or_else(|| UpstreamError::Saturated(self.base.clone()))?,
+            ),
+            None => None,
+        };
+        Ok((permit, p))
     }
 
     /// The base URL.
@@ -93,11 +128,15 @@ impl Upstream {
         body: Option<Bytes>,
         request_id: &str,
     ) -> Result<UpstreamResponse, UpstreamError> {
+        let (_permit, priority) = self.admit(path_and_query).await?;
         let url = format!("{}{}", self.base, path_and_query);
         let mut req = self
             .client
             .request(method, &url)
             .header(REQUEST_ID, request_id);
+        if priority == crate::priority::Priority::Prewarm {
+            req = req.header(crate::priority::HEADER, priority.name());
+        }
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
@@ -140,8 +179,12 @@ impl Upstream {
         F: FnOnce(Bytes) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = ()> + Send,
     {
+        let (permit, priority) = self.admit(path).await?;
         let url = format!("{}{}", self.base, path);
         let mut req = self.client.get(&url).header(REQUEST_ID, request_id);
+        if priority == crate::priority::Priority::Prewarm {
+            req = req.header(crate::priority::HEADER, priority.name());
+        }
         if let Some(r) = range {
             req = req.header("range", r);
         }
@@ -169,6 +212,8 @@ impl Upstream {
         let this = self.clone();
         let whole = body.clone();
         tokio::spawn(async move {
+            // The place under the limit is held until the body is in.
+            let _permit = permit;
             let mut stream = resp.bytes_stream();
             while let Some(chunk) = stream.next().await {
                 match chunk {

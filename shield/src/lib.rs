@@ -9,6 +9,8 @@
 #![warn(unreachable_pub)]
 
 use std::path::PathBuf;
+
+use cascade_serve::priority::Priority;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,6 +60,9 @@ pub struct ShieldConfig {
     /// Networks (CIDRs) that may read `/metrics` without a credential;
     /// anyone else needs the fleet credential. Loopback by default.
     pub metrics_networks: Vec<String>,
+    /// Fetches in flight to each origin at once; more wait, live first,
+    /// then on-demand, then pre-warm (as the edge marks it).
+    pub origin_concurrency: usize,
 }
 
 impl Default for ShieldConfig {
@@ -78,6 +83,7 @@ impl Default for ShieldConfig {
             heartbeat_secs: 5,
             slice_kib: 1024,
             metrics_networks: cascade_common::default_operator_networks(),
+            origin_concurrency: 256,
         }
     }
 }
@@ -105,6 +111,9 @@ impl Validate for ShieldConfig {
         }
         if self.upstream_timeout_secs == 0 {
             errors.push("upstream_timeout_secs: must be at least 1".into());
+        }
+        if !(1..=100_000).contains(&self.origin_concurrency) {
+            errors.push("origin_concurrency: 1 to 100000".into());
         }
         if !self.control_url.is_empty() {
             check_url("control_url", &self.control_url, errors);
@@ -186,6 +195,21 @@ impl Pipeline for ShieldHandler {
             .headers
             .get(http::header::RANGE)
             .and_then(|v| v.to_str().ok());
+        // An edge's pre-warm fetch waits behind viewers' at the origin too.
+        if let Some(p) = Priority::from_header(
+            req.headers
+                .get(cascade_serve::priority::HEADER)
+                .and_then(|v| v.to_str().ok()),
+        ) {
+            return cascade_serve::priority::with(p, self.fetch(req, path, range)).await;
+        }
+        self.fetch(req, path, range).await
+    }
+}
+
+impl ShieldHandler {
+    /// A media object from the cache or the origins.
+    async fn fetch(&self, req: &Request, path: &str, range: Option<&str>) -> Response {
         if path.starts_with("/live-mezz/") {
             // Live: the query (a blocking request's part) is part of the key,
             // so waiters for one part share one request to the origin.
@@ -409,16 +433,23 @@ pub async fn start(cfg: &ShieldConfig) -> anyhow::Result<Shield> {
     .await?;
     let timeout = Duration::from_secs(cfg.upstream_timeout_secs);
     let max = (cfg.max_object_mib << 20) as usize;
+    let metrics = Arc::new(Metrics::new("shield"));
+    let limiter_metrics = cascade_serve::priority::LimiterMetrics::register(metrics.registry());
     let fetcher = CachingFetcher::new(
         cache.clone(),
         cfg.origins
             .iter()
-            .map(|o| Upstream::new(o, timeout, max))
+            .map(|o| {
+                Upstream::new(o, timeout, max).with_limiter(cascade_serve::priority::Limiter::new(
+                    o,
+                    cfg.origin_concurrency,
+                    limiter_metrics.clone(),
+                ))
+            })
             .collect(),
         "cascade-shield",
         timeout * 2,
     );
-    let metrics = Arc::new(Metrics::new("shield"));
     let listener = tokio::net::TcpListener::bind(&cfg.listen).await?;
     let server = serve(
         listener,
