@@ -18,7 +18,8 @@ NODE_PACKAGES := nodejs npm
 
 .PHONY: help deps services rust web py build release dev test lint fmt bench clean fuzz-build \
 	bench-deps bench-packaging bench-hit-path bench-h3 bench-flash-crowd bench-viewer \
-	bench-live-latency bench-live-fanin bench-live-ladder bench-together bench-ads bench-protection
+	bench-live-latency bench-live-fanin bench-live-ladder bench-together bench-ads bench-protection \
+	bench-overload
 
 help:
 	@echo "make dev   install what is missing, build, and run the whole stack (cascade dev)"
@@ -106,7 +107,8 @@ test: deps services web py lint fuzz-build
 	@awk '/^test result:/ {p += $$4; f += $$6} END {print "tests: " p " passed, " f " failed"}' target/test.log
 
 bench: deps web bench-hit-path bench-h3 bench-flash-crowd bench-viewer bench-packaging \
-	bench-live-ladder bench-live-fanin bench-live-latency bench-together bench-ads bench-protection
+	bench-live-ladder bench-live-fanin bench-live-latency bench-together bench-ads bench-protection \
+	bench-overload
 	cargo bench -p cascade-benches
 
 # The peers and the load generator of the load benchmarks: nginx (nginx-light
@@ -175,6 +177,13 @@ bench-together: deps bench-deps
 bench-ads: deps
 	cargo build --release -p cascade-benches --bin ads
 	./target/release/ads $(ADS_ARGS)
+
+# One edge at twice its capacity, shedding on and off (benches/README.md):
+# the edge runs in a network namespace with a shaped link (needs root).
+bench-overload: deps
+	cargo build --release --bin cascade
+	cargo build --release -p cascade-benches --bin overload
+	PATH="$$PATH:/usr/sbin" ./target/release/overload $(OVERLOAD_ARGS)
 
 bench-live-ladder: deps
 	cargo build --release -p cascade-benches --bin live_ladder

@@ -81,6 +81,8 @@ pub(crate) async fn dev(args: DevArgs) -> anyhow::Result<()> {
         geoip_db: geoip_db.clone(),
         admin_token: admin_token.clone(),
         fleet_token: fleet_token.clone(),
+        // The playback API asks control which edge a session starts on.
+        control_url: url(args.control_port),
         rtmp_listen: if args.rtmp_port == 0 {
             String::new()
         } else {
@@ -162,6 +164,10 @@ pub(crate) async fn dev(args: DevArgs) -> anyhow::Result<()> {
         cache_disk_mib: 1024,
         token_keys: vec![dev_key.clone()],
         control_url: url(args.control_port),
+        public_url: url(args.edge_port),
+        // One edge: no second pathway yet, but a second edge registered
+        // with this control is offered to players at once.
+        steering_url: url(args.control_port),
         fleet_token: fleet_token.clone(),
         geoip_db: geoip_db.clone(),
         // The certificate is a local one: a browser must not be told to
