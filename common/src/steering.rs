@@ -159,6 +159,21 @@ mod tests {
         assert_eq!(Ticket::check(&forged, "fleet-secret-0123456789", 99), None);
         assert_eq!(Ticket::check("", "fleet-secret-0123456789", 0), None);
         assert_eq!(Ticket::check("1~2", "", 0), None);
+        for odd in ["~~~", "x~IN~s~00", "~", "é~é~é~é", &"~".repeat(600)] {
+            assert_eq!(
+                Ticket::check(odd, "fleet-secret-0123456789", 0),
+                None,
+                "{odd}"
+            );
+        }
+        // A well-signed ticket with words a URL would need quoted in is refused.
+        let odd = Ticket {
+            region: "IN".into(),
+            session: "a b".into(),
+            expires: 100,
+        }
+        .sign("fleet-secret-0123456789");
+        assert_eq!(Ticket::check(&odd, "fleet-secret-0123456789", 0), None);
     }
 
     fn edge(name: &str, region: &str, utilisation: f64) -> EdgeStatus {

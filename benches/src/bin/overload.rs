@@ -116,14 +116,33 @@ impl Netns {
                 "ip", "link", "add", &host_if, "type", "veth", "peer", "name", &inner_if,
             ],
             vec!["ip", "link", "set", &inner_if, "netns", &ns.name],
-            vec!["ip", "addr", "add", &format!("{}/30", ns.host_ip), "dev", &host_if],
+            vec![
+                "ip",
+                "addr",
+                "add",
+                &format!("{}/30", ns.host_ip),
+                "dev",
+                &host_if,
+            ],
             vec!["ip", "link", "set", &host_if, "up"],
             vec![
-                "ip", "netns", "exec", &ns.name, "ip", "addr", "add",
-                &format!("{}/30", ns.inner_ip), "dev", &inner_if,
+                "ip",
+                "netns",
+                "exec",
+                &ns.name,
+                "ip",
+                "addr",
+                "add",
+                &format!("{}/30", ns.inner_ip),
+                "dev",
+                &inner_if,
             ],
-            vec!["ip", "netns", "exec", &ns.name, "ip", "link", "set", &inner_if, "up"],
-            vec!["ip", "netns", "exec", &ns.name, "ip", "link", "set", "lo", "up"],
+            vec![
+                "ip", "netns", "exec", &ns.name, "ip", "link", "set", &inner_if, "up",
+            ],
+            vec![
+                "ip", "netns", "exec", &ns.name, "ip", "link", "set", "lo", "up",
+            ],
             // The edge's egress (towards viewers) is what is shaped.
             vec![
                 "ip", "netns", "exec", &ns.name, "tc", "qdisc", "add", "dev", &inner_if, "root",
@@ -280,8 +299,8 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
         );
     }
     let on = &results[1].1;
-    let met = on["playing_stalled"] == 0
-        && on["arriving_started_share"].as_f64().unwrap_or(0.0) >= 0.99;
+    let met =
+        on["playing_stalled"] == 0 && on["arriving_started_share"].as_f64().unwrap_or(0.0) >= 0.99;
     println!(
         "goal (shedding on: no stall among playing sessions, ≥99% of new ones started within 5 s): {}",
         if met { "met" } else { "missed" }
@@ -366,7 +385,12 @@ async fn scenario(args: &Args, a: &str, b: &str, asset: &str, token: &str) -> Sc
     let play = Duration::from_secs(args.play_secs);
     let mut playing = Vec::new();
     for i in 0..args.playing {
-        let (a, b, asset, token) = (a.to_string(), b.to_string(), asset.to_string(), token.to_string());
+        let (a, b, asset, token) = (
+            a.to_string(),
+            b.to_string(),
+            asset.to_string(),
+            token.to_string(),
+        );
         let delay = Duration::from_millis(2000 * i as u64 / args.playing.max(1) as u64);
         playing.push(tokio::spawn(async move {
             tokio::time::sleep(delay).await;
@@ -376,7 +400,12 @@ async fn scenario(args: &Args, a: &str, b: &str, asset: &str, token: &str) -> Sc
     tokio::time::sleep(Duration::from_secs(8)).await;
     let mut arriving = Vec::new();
     for i in 0..args.arriving {
-        let (a, b, asset, token) = (a.to_string(), b.to_string(), asset.to_string(), token.to_string());
+        let (a, b, asset, token) = (
+            a.to_string(),
+            b.to_string(),
+            asset.to_string(),
+            token.to_string(),
+        );
         let delay = Duration::from_millis(10_000 * i as u64 / args.arriving.max(1) as u64);
         arriving.push(tokio::spawn(async move {
             tokio::time::sleep(delay).await;
@@ -455,7 +484,12 @@ async fn session(a: &str, b: &str, asset: &str, token: &str, play: Duration) -> 
     let mut init = None;
     for l in playlist.lines() {
         if let Some(d) = l.strip_prefix("#EXTINF:") {
-            dur = d.trim_end_matches(',').split(',').next().and_then(|d| d.parse().ok()).unwrap_or(2.0);
+            dur = d
+                .trim_end_matches(',')
+                .split(',')
+                .next()
+                .and_then(|d| d.parse().ok())
+                .unwrap_or(2.0);
         } else if let Some(m) = l.strip_prefix("#EXT-X-MAP:URI=\"") {
             init = m.split('"').next().map(str::to_string);
         } else if !l.starts_with('#') && !l.is_empty() {
@@ -515,11 +549,24 @@ async fn session(a: &str, b: &str, asset: &str, token: &str, play: Duration) -> 
 }
 
 async fn fetch_text(client: &reqwest::Client, url: &str) -> anyhow::Result<String> {
-    Ok(client.get(url).send().await?.error_for_status()?.text().await?)
+    Ok(client
+        .get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
 }
 
 async fn fetch_bytes(client: &reqwest::Client, url: &str) -> anyhow::Result<usize> {
-    Ok(client.get(url).send().await?.error_for_status()?.bytes().await?.len())
+    Ok(client
+        .get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .bytes()
+        .await?
+        .len())
 }
 
 fn summarise(s: &Scenario) -> Value {
@@ -582,7 +629,14 @@ fn make_clip(dir: &Path, secs: u32) -> anyhow::Result<PathBuf> {
         .args(["-f", "lavfi", "-i"])
         .arg(format!("sine=f=440:sample_rate=44100:d={secs}"))
         .args([
-            "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:a",
+            "aac",
             "-shortest",
         ])
         .arg(&out)
@@ -626,12 +680,23 @@ async fn ingest(client: &reqwest::Client, origin: &str, clip: &Path) -> anyhow::
 
 /// Every segment of every rendition through the unshaped edge, so the
 /// shield holds the title before either scenario.
-async fn warm(client: &reqwest::Client, edge: &str, asset: &str, token: &str) -> anyhow::Result<()> {
+async fn warm(
+    client: &reqwest::Client,
+    edge: &str,
+    asset: &str,
+    token: &str,
+) -> anyhow::Result<()> {
     let base = format!("{edge}/vod/{asset}/");
     let master = fetch_text(client, &format!("{base}master.m3u8?__token__={token}")).await?;
-    for uri in master.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+    for uri in master
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
         let playlist = fetch_text(client, &format!("{base}{uri}")).await?;
-        for seg in playlist.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        for seg in playlist
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
             fetch_bytes(client, &format!("{base}{seg}")).await?;
         }
     }
