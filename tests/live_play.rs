@@ -58,7 +58,7 @@ async fn live_stack() -> (Stack, String) {
             }];
             o.live_preset = "ultrafast".into();
         },
-        |_| {},
+        |e| e.fleet_token = common::FLEET.into(),
     )
     .await;
     let made: serde_json::Value =
@@ -264,6 +264,62 @@ async fn ll_hls_plays_through_edge_and_shield_and_blocked_viewers_share_one_requ
     let master = common::text(format!("{base}master.m3u8?{q}")).await;
     assert!(master.contains("RESOLUTION=320x180"), "{master}");
     assert!(master.contains("RESOLUTION=214x120"), "{master}");
+
+    // A panic cap on this channel (as control pushes it): the source rung
+    // leaves the multivariant playlists and the MPD; a cap on another
+    // channel changes nothing; lifted, the rung is back.
+    let state = |body: serde_json::Value| {
+        let edge = stack.edge_url.clone();
+        async move {
+            let r = common::client()
+                .post(format!("{edge}/fleet/state"))
+                .bearer_auth(common::FLEET)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 204);
+        }
+    };
+    let cap = |channel: &str| serde_json::json!({"caps": [{"channel": channel, "max_height": 150, "source": "operator"}]});
+    state(cap("another")).await;
+    let master = common::text(format!("{base}master.m3u8?{q}")).await;
+    assert!(master.contains("RESOLUTION=320x180"), "{master}");
+    state(cap("final")).await;
+    let master = common::text(format!("{base}master.m3u8?{q}")).await;
+    assert!(!master.contains("RESOLUTION=320x180"), "{master}");
+    assert!(master.contains("RESOLUTION=214x120"), "{master}");
+    let ts_master = common::text(format!("{base}master.m3u8?format=ts&{q}")).await;
+    assert!(
+        !ts_master.contains("320x180") && ts_master.contains("214x120"),
+        "{ts_master}"
+    );
+    let mpd = common::text(format!("{base}manifest.mpd?{q}")).await;
+    assert!(
+        !mpd.contains("height=\"180\"") && mpd.contains("height=\"120\""),
+        "{mpd}"
+    );
+    // The source's media playlist itself still plays for whoever has it.
+    let source = common::client()
+        .get(format!("{base}v0.m3u8?{q}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(source.status(), 200);
+    state(serde_json::json!({"caps": []})).await;
+    let master = common::text(format!("{base}master.m3u8?{q}")).await;
+    assert!(master.contains("RESOLUTION=320x180"), "{master}");
+    let r = common::client()
+        .post(format!("{}/fleet/state", stack.edge_url))
+        .json(&serde_json::json!({"caps": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        401,
+        "control's state needs the fleet credential"
+    );
     let rung = common::text(format!("{base}v1.m3u8?{q}")).await;
     assert!(rung.contains("#EXT-X-PART:"), "{rung}");
     // Its parts start on the same frames as the source's.

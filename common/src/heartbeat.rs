@@ -68,6 +68,10 @@ pub struct HeartbeatReply {
     /// first, then the best others for its region.
     #[serde(default)]
     pub pathways: Vec<Pathway>,
+    /// The version of the caps and drain: it grows with every change, so a
+    /// node keeps a pushed change over a heartbeat answer made before it.
+    #[serde(default)]
+    pub version: u64,
 }
 
 /// An edge players may be steered to.

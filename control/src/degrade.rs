@@ -49,6 +49,9 @@ pub struct AutoDegrade {
 pub(crate) struct FleetState {
     pub(crate) caps: Vec<QualityCap>,
     pub(crate) drained: BTreeSet<String>,
+    /// Grows with every change (see `HeartbeatReply::version`).
+    #[serde(default)]
+    pub(crate) version: u64,
 }
 
 impl FleetState {
@@ -63,6 +66,7 @@ impl FleetState {
                 .collect(),
             draining: self.drained.contains(node),
             pathways: Vec::new(),
+            version: self.version,
         }
     }
 
@@ -408,6 +412,7 @@ async fn change(
         };
         s.prune(cascade_common::unix_now());
         f(&mut s).map_err(|(status, code, message)| error(status, code, message))?;
+        s.version += 1;
         s.clone()
     };
     if let Err(e) = store(&ctx.db, &state).await {
@@ -475,7 +480,10 @@ pub(crate) fn after_heartbeat(ctx: &Arc<Ctx>) {
     }
     let egress = region_egress(ctx);
     let changed = match ctx.fleet_state.lock() {
-        Ok(mut s) => s.auto(&ctx.cfg.auto_degrade, &egress).then(|| s.clone()),
+        Ok(mut s) => s.auto(&ctx.cfg.auto_degrade, &egress).then(|| {
+            s.version += 1;
+            s.clone()
+        }),
         Err(_) => None,
     };
     if let Some(state) = changed {

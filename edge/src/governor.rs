@@ -58,6 +58,8 @@ pub(crate) struct Governor {
     shedder: Mutex<Shedder>,
     level: AtomicU8,
     draining: AtomicBool,
+    /// The version of control's caps and drain applied (see `HeartbeatReply`).
+    state_version: std::sync::atomic::AtomicU64,
     sessions: moka::sync::Cache<String, Option<u32>>,
     caps: RwLock<Vec<QualityCap>>,
     /// The edges this edge's players may be steered to, itself first.
@@ -163,6 +165,7 @@ impl Governor {
             cfg,
             level: AtomicU8::new(0),
             draining: AtomicBool::new(false),
+            state_version: std::sync::atomic::AtomicU64::new(0),
             caps: RwLock::new(Vec::new()),
             pathways: RwLock::new(Arc::new(Vec::new())),
             sampler: Mutex::new(Sampler::default()),
@@ -389,6 +392,13 @@ impl Governor {
                 *p = Arc::new(pathways);
             }
         }
+        // An answer made before a change already pushed is not applied.
+        // (Control restarted with an older database starts again from 0.)
+        let known = self.state_version.load(Ordering::Relaxed);
+        if reply.version < known && reply.version != 0 {
+            return;
+        }
+        self.state_version.store(reply.version, Ordering::Relaxed);
         let was = self.draining.swap(reply.draining, Ordering::Relaxed);
         if was != reply.draining {
             tracing::warn!(
@@ -570,6 +580,7 @@ mod tests {
         };
         g.apply_fleet_state(HeartbeatReply {
             pathways: Vec::new(),
+            version: 1,
             caps: vec![
                 cap(Some("in"), None, 480, None),
                 cap(Some("us"), None, 240, None),
@@ -585,8 +596,17 @@ mod tests {
             new: false,
         });
         assert_eq!(g.max_height(capped, None), Some(240));
-        g.apply_fleet_state(HeartbeatReply::default());
+        g.apply_fleet_state(HeartbeatReply {
+            version: 2,
+            ..HeartbeatReply::default()
+        });
         assert_eq!(g.max_height(None, Some("final")), None);
+        g.apply_fleet_state(HeartbeatReply {
+            version: 1,
+            caps: vec![cap(None, None, 144, None)],
+            ..HeartbeatReply::default()
+        });
+        assert_eq!(g.max_height(None, None), None, "a stale answer is ignored");
     }
 
     #[test]
@@ -597,6 +617,7 @@ mod tests {
             caps: Vec::new(),
             draining: true,
             pathways: Vec::new(),
+            version: 1,
         });
         assert!(g.admit("old").is_ok());
         let r = g.admit("new").unwrap_err();
