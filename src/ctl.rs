@@ -188,8 +188,8 @@ pub(crate) async fn ctl_nodes(
     }
     let body: serde_json::Value = r.json().await.context("reading control's answer")?;
     println!(
-        "{:<14} {:<7} {:<10} {:<6} {:>12} {:>9}  url",
-        "name", "role", "region", "health", "cache", "hit ratio"
+        "{:<14} {:<7} {:<10} {:<6} {:>12} {:>9} {:>6} {:>5}  url",
+        "name", "role", "region", "health", "cache", "hit ratio", "load", "shed"
     );
     for n in body["nodes"]
         .as_array()
@@ -204,14 +204,29 @@ pub(crate) async fn ctl_nodes(
         let ratio = n["hit_ratio"]
             .as_f64()
             .map_or("-".to_string(), |r| format!("{:.1}%", r * 100.0));
+        // An edge's utilisation of its fullest capacity, and its shedding
+        // level (0 to 4; `drain` while drained).
+        let load = n["load"]["utilisation"]
+            .as_f64()
+            .map_or("-".to_string(), |u| format!("{:.0}%", u * 100.0));
+        let shed = match (
+            n["load"]["draining"].as_bool(),
+            n["load"]["shed_level"].as_u64(),
+        ) {
+            (Some(true), _) => "drain".to_string(),
+            (_, Some(l)) => l.to_string(),
+            _ => "-".to_string(),
+        };
         println!(
-            "{:<14} {:<7} {:<10} {:<6} {:>12} {:>9}  {}",
+            "{:<14} {:<7} {:<10} {:<6} {:>12} {:>9} {:>6} {:>5}  {}",
             n["name"].as_str().unwrap_or("?"),
             n["role"].as_str().unwrap_or("?"),
             n["region"].as_str().unwrap_or("-"),
             n["health"].as_str().unwrap_or("?"),
             cache,
             ratio,
+            load,
+            shed,
             n["url"].as_str().unwrap_or("")
         );
     }

@@ -38,6 +38,8 @@ async fn nodes_register_heartbeat_and_go_down() {
             e.node_name = "edge-mum-1".into();
             e.region = "in-west".into();
             e.heartbeat_secs = 1;
+            e.capacity_connections = 1000;
+            e.capacity_egress_mbps = 100.0;
         },
     )
     .await;
@@ -62,6 +64,11 @@ async fn nodes_register_heartbeat_and_go_down() {
             assert_eq!(e["region"], "in-west");
             assert!(e["hit_ratio"].as_f64().unwrap() > 0.0, "{e}");
             assert!(e["cache_entries"].as_u64().unwrap() >= 1, "{e}");
+            // Its capacity and load come with its heartbeats.
+            assert_eq!(e["load"]["capacity_connections"], 1000, "{e}");
+            assert_eq!(e["load"]["capacity_egress_bps"], 100_000_000, "{e}");
+            assert_eq!(e["load"]["shed_level"], 0, "{e}");
+            assert!(e["load"]["utilisation"].as_f64().unwrap() < 0.5, "{e}");
             break;
         }
         assert!(

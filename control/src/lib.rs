@@ -462,6 +462,7 @@ async fn nodes(State(ctx): State<Arc<Ctx>>, headers: HeaderMap) -> Response {
                         "cache_memory_bytes": b.cache_memory_bytes,
                         "cache_entries": b.cache_entries,
                         "hit_ratio": ratio,
+                        "load": b.load,
                         "registered": true,
                     })
                 })
