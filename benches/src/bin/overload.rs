@@ -258,23 +258,29 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
     eprintln!("making and transcoding a {} s title…", args.play_secs + 4);
     let clip = make_clip(dir.path(), args.play_secs as u32 + 4)?;
     let asset = ingest(&client, &origin_url, &clip).await?;
-    let token = sign_for(&asset)?;
     // Every segment into the shield once, so both scenarios start warm upstream.
-    warm(&client, &b_url, &asset, &token).await?;
+    warm(&client, &b_url, &asset, &sign_for(&asset, "warm")?).await?;
 
     let mut results = Vec::new();
     for shedding in [false, true] {
         let a_url = format!("http://{}:8080", ns.inner_ip);
         let mut edge = start_edge_a(args, &ns, &shield_url, &origin_url, &data, shedding)?;
         let ready = wait_ready(&client, &a_url).await;
+        // The loaded edge's own view, twice a second: utilisation and level.
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let watch = tokio::spawn(watch_edge(client.clone(), a_url.clone(), seen.clone()));
         let outcome = match ready {
-            Ok(()) => Ok(scenario(args, &a_url, &b_url, &asset, &token).await),
+            Ok(()) => Ok(scenario(args, &a_url, &b_url, &asset, shedding).await),
             Err(e) => Err(e),
         };
+        watch.abort();
+        let seen = seen.lock().map(|v| v.clone()).unwrap_or_default();
         let _ = edge.kill();
         let _ = edge.wait();
         let s = outcome?;
-        results.push((shedding, summarise(&s)));
+        let mut summary = summarise(&s);
+        summary["edge_a"] = edge_view(&seen);
+        results.push((shedding, summary));
     }
     b.shutdown().await;
     shield.shutdown().await;
@@ -381,7 +387,10 @@ async fn wait_ready(client: &reqwest::Client, url: &str) -> anyhow::Result<()> {
 }
 
 /// The playing sessions, then the crowd 8 s later, arriving over 10 s.
-async fn scenario(args: &Args, a: &str, b: &str, asset: &str, token: &str) -> Scenario {
+async fn scenario(args: &Args, a: &str, b: &str, asset: &str, shedding: bool) -> Scenario {
+    let token = |i: usize, group: &str| {
+        sign_for(asset, &format!("{group}-{i}-{shedding}")).unwrap_or_default()
+    };
     let play = Duration::from_secs(args.play_secs);
     let mut playing = Vec::new();
     for i in 0..args.playing {
@@ -389,7 +398,7 @@ async fn scenario(args: &Args, a: &str, b: &str, asset: &str, token: &str) -> Sc
             a.to_string(),
             b.to_string(),
             asset.to_string(),
-            token.to_string(),
+            token(i, "playing"),
         );
         let delay = Duration::from_millis(2000 * i as u64 / args.playing.max(1) as u64);
         playing.push(tokio::spawn(async move {
@@ -404,7 +413,7 @@ async fn scenario(args: &Args, a: &str, b: &str, asset: &str, token: &str) -> Sc
             a.to_string(),
             b.to_string(),
             asset.to_string(),
-            token.to_string(),
+            token(i, "arriving"),
         );
         let delay = Duration::from_millis(10_000 * i as u64 / args.arriving.max(1) as u64);
         arriving.push(tokio::spawn(async move {
@@ -569,6 +578,44 @@ async fn fetch_bytes(client: &reqwest::Client, url: &str) -> anyhow::Result<usiz
         .len())
 }
 
+/// One look at the loaded edge's metrics: utilisation, shedding level,
+/// egress (Mbit/s).
+async fn watch_edge(
+    client: reqwest::Client,
+    url: String,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(f64, u8, f64)>>>,
+) {
+    loop {
+        if let Ok(text) = fetch_text(&client, &format!("{url}/metrics")).await {
+            let value = |name: &str| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+                    .unwrap_or(0.0)
+            };
+            let sample = (
+                value("cascade_edge_utilisation "),
+                value("cascade_edge_shed_level ") as u8,
+                value("cascade_edge_load{resource=\"egress_bps\"} ") / 1e6,
+            );
+            if let Ok(mut v) = seen.lock() {
+                v.push(sample);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The loaded edge's peak utilisation and egress, and the highest level.
+fn edge_view(seen: &[(f64, u8, f64)]) -> Value {
+    json!({
+        "samples": seen.len(),
+        "peak_utilisation": seen.iter().map(|s| s.0).fold(0.0, f64::max),
+        "peak_egress_mbps": seen.iter().map(|s| s.2).fold(0.0, f64::max),
+        "highest_shed_level": seen.iter().map(|s| s.1).max().unwrap_or(0),
+    })
+}
+
 fn summarise(s: &Scenario) -> Value {
     let stalled = s.playing.iter().filter(|o| o.stalls > 0).count();
     let started = s
@@ -607,7 +654,9 @@ fn key() -> TokenKeyConfig {
     }
 }
 
-fn sign_for(asset: &str) -> anyhow::Result<String> {
+/// A token for `/vod/{asset}/*` of playback session `session` (the edge
+/// tells sessions apart by it).
+fn sign_for(asset: &str, session: &str) -> anyhow::Result<String> {
     let key = cascade_token::Key::from_hex("bench", KEY_HEX)
         .map_err(|e| anyhow::anyhow!("bench key: {e}"))?;
     Ok(cascade_token::sign(
@@ -615,6 +664,7 @@ fn sign_for(asset: &str) -> anyhow::Result<String> {
         &cascade_token::Claims {
             expires: cascade_serve::unix_now() + 86_400,
             acl: vec![format!("/vod/{asset}/*")],
+            id: Some(session.to_string()),
             ..Default::default()
         },
     ))
