@@ -581,3 +581,73 @@ async fn a_panic_cap_reaches_every_edge_within_a_second_each_way() {
     other.shutdown().await;
     stack.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_region_over_its_egress_threshold_is_capped_until_it_falls() {
+    let dir = tempfile::tempdir().unwrap();
+    let control = cascade_control::start(&ControlConfig {
+        listen: "127.0.0.1:0".into(),
+        data_dir: dir.path().join("control").to_str().unwrap().into(),
+        fleet_token: FLEET.into(),
+        // 40 kbit/s of egress in the region starts the cap; under 32 lifts it.
+        auto_degrade: vec![cascade_control::AutoDegrade {
+            region: "IN".into(),
+            egress_mbps: 0.04,
+            max_height: 144,
+        }],
+        ..ControlConfig::default()
+    })
+    .await
+    .unwrap();
+    let cu = format!("http://{}", control.addr);
+    let stack = common::Stack::start_with(move |e| {
+        e.control_url = cu;
+        e.fleet_token = FLEET.into();
+        e.region = "IN".into();
+        e.heartbeat_secs = 1;
+    })
+    .await;
+    let clip = common::make_clip(stack.dir.path(), 4);
+    let asset = common::ingest_with(&stack, &clip, &[]).await;
+    let t = common::sign_for(&asset);
+    let master = || {
+        let url = format!("{}/vod/{asset}/master.m3u8?__token__={t}", stack.edge_url);
+        async move { heights(&common::text(url).await) }
+    };
+    assert_eq!(master().await, [180, 120]);
+    // Viewers fetch segments: the region's egress passes the threshold,
+    // and within a few heartbeats the region's manifests lose the top rung.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        for n in 1..=2 {
+            let r = common::client()
+                .get(format!(
+                    "{}/vod/{asset}/v0/{n}.m4s?__token__={t}",
+                    stack.edge_url
+                ))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r.bytes().await.unwrap();
+        }
+        if master().await == [120] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the region was never capped");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The viewers stop: egress falls, the automatic cap goes. (Polled once
+    // a second: the playlist itself is a few kbit/s, well under the 32
+    // that lift the cap.)
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while master().await != [180, 120] {
+        assert!(
+            Instant::now() < deadline,
+            "the automatic cap was never lifted"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    control.shutdown().await;
+    stack.shutdown().await;
+}
