@@ -19,20 +19,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use common::FLEET;
 
-/// A token for `/vod/{asset}/*` bound to playback session `session`.
-fn session_token(asset: &str, session: &str) -> String {
-    let key = cascade_token::Key::from_hex("test", common::TEST_KEY_HEX).unwrap();
-    cascade_token::sign(
-        &key,
-        &cascade_token::Claims {
-            expires: cascade_serve::unix_now() + 3600,
-            acl: vec![format!("/vod/{asset}/*")],
-            id: Some(session.to_string()),
-            ..Default::default()
-        },
-    )
-}
-
 /// Rung heights a multivariant playlist offers.
 fn heights(playlist: &str) -> Vec<u32> {
     playlist
@@ -58,7 +44,7 @@ async fn held_connection(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
 
 /// A new session's first request: its multivariant playlist.
 async fn start_session(edge: &str, asset: &str, session: &str) -> reqwest::Response {
-    let t = session_token(asset, session);
+    let t = common::sign_session(asset, session);
     common::client()
         .get(format!("{edge}/vod/{asset}/master.m3u8?__token__={t}"))
         .send()
@@ -105,7 +91,7 @@ async fn overload_caps_then_refuses_new_sessions_and_never_playing_ones() {
             stop.clone(),
         );
         tasks.push(tokio::spawn(async move {
-            let t = session_token(&asset, &s);
+            let t = common::sign_session(&asset, &s);
             let client = common::client();
             for n in (1..=4).cycle() {
                 let url = format!("{edge}/vod/{asset}/v0/{n}.m4s?__token__={t}");
@@ -198,7 +184,7 @@ async fn overload_caps_then_refuses_new_sessions_and_never_playing_ones() {
     let seg = common::client()
         .get(format!(
             "{edge}/vod/{asset}/v0/1.m4s?__token__={}",
-            session_token(&asset, "playing-1")
+            common::sign_session(&asset, "playing-1")
         ))
         .send()
         .await
@@ -326,32 +312,35 @@ fn cmsd_decode(headers: &[serde_json::Value]) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// Runs `cascade ctl` against control; answers stdout, or panics with stderr.
-fn ctl(control: &str, token_file: &Path, args: &[&str]) -> String {
+/// Runs `cascade ctl` against control: whether it succeeded, and what it
+/// printed (stdout when it did, stderr when not).
+fn run_ctl(control: &str, token_file: &Path, args: &[&str]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_cascade"))
         .args(["ctl", "--control", control, "--admin-token-file"])
         .arg(token_file)
         .args(args)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "cascade ctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    let text = if out.status.success() {
+        out.stdout
+    } else {
+        out.stderr
+    };
+    (out.status.success(), String::from_utf8(text).unwrap())
 }
 
-/// `cascade ctl` that should fail; answers stderr.
+/// `cascade ctl` that succeeds; answers stdout.
+fn ctl(control: &str, token_file: &Path, args: &[&str]) -> String {
+    let (ok, text) = run_ctl(control, token_file, args);
+    assert!(ok, "cascade ctl {args:?}: {text}");
+    text
+}
+
+/// `cascade ctl` that fails; answers stderr.
 fn ctl_fails(control: &str, token_file: &Path, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_cascade"))
-        .args(["ctl", "--control", control, "--admin-token-file"])
-        .arg(token_file)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(!out.status.success(), "cascade ctl {args:?} succeeded");
-    String::from_utf8(out.stderr).unwrap()
+    let (ok, text) = run_ctl(control, token_file, args);
+    assert!(!ok, "cascade ctl {args:?} succeeded: {text}");
+    text
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -21,20 +21,6 @@ use common::FLEET;
 
 const ADMIN: &str = "control-admin-for-tests";
 
-/// A token for `/vod/{asset}/*` bound to playback session `session`.
-fn session_token(asset: &str, session: &str) -> String {
-    let key = cascade_token::Key::from_hex("test", common::TEST_KEY_HEX).unwrap();
-    cascade_token::sign(
-        &key,
-        &cascade_token::Claims {
-            expires: cascade_serve::unix_now() + 3600,
-            acl: vec![format!("/vod/{asset}/*")],
-            id: Some(session.to_string()),
-            ..Default::default()
-        },
-    )
-}
-
 /// The value of `NAME="…"` in a playlist.
 fn quoted<'a>(text: &'a str, name: &str) -> Option<&'a str> {
     let at = text.find(&format!("{name}=\""))? + name.len() + 2;
@@ -188,8 +174,8 @@ async fn players_move_to_another_edge_when_theirs_is_drained() {
             &edge_a,
             &edge_b,
             &asset,
-            &format!("__token__={}", session_token(&asset, "steer-hls")),
-            &format!("__token__={}", session_token(&asset, "steer-dash")),
+            &format!("__token__={}", common::sign_session(&asset, "steer-hls")),
+            &format!("__token__={}", common::sign_session(&asset, "steer-dash")),
         ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -166,6 +166,21 @@ pub fn sign_for(asset: &str) -> String {
     )
 }
 
+/// A token for `/vod/{asset}/*` bound to playback session `session` (an
+/// edge tells sessions apart by it), signed with the test key.
+pub fn sign_session(asset: &str, session: &str) -> String {
+    let key = cascade_token::Key::from_hex("test", TEST_KEY_HEX).expect("test key");
+    cascade_token::sign(
+        &key,
+        &cascade_token::Claims {
+            expires: cascade_serve::unix_now() + 3600,
+            acl: vec![format!("/vod/{asset}/*")],
+            id: Some(session.to_string()),
+            ..Default::default()
+        },
+    )
+}
+
 /// Signs up a new viewer at the origin and follows the link the origin
 /// mailed to its outbox; answers an access token.
 pub async fn viewer(origin_url: &str, outbox: &Path) -> String {

@@ -388,39 +388,25 @@ async fn wait_ready(client: &reqwest::Client, url: &str) -> anyhow::Result<()> {
 
 /// The playing sessions, then the crowd 8 s later, arriving over 10 s.
 async fn scenario(args: &Args, a: &str, b: &str, asset: &str, shedding: bool) -> Scenario {
-    let token = |i: usize, group: &str| {
-        sign_for(asset, &format!("{group}-{i}-{shedding}")).unwrap_or_default()
-    };
     let play = Duration::from_secs(args.play_secs);
-    let mut playing = Vec::new();
-    for i in 0..args.playing {
-        let (a, b, asset, token) = (
-            a.to_string(),
-            b.to_string(),
-            asset.to_string(),
-            token(i, "playing"),
-        );
-        let delay = Duration::from_millis(2000 * i as u64 / args.playing.max(1) as u64);
-        playing.push(tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            session(&a, &b, &asset, &token, play).await
-        }));
-    }
+    let group =
+        |name: &str, count: usize, over: Duration| -> Vec<tokio::task::JoinHandle<Outcome>> {
+            (0..count)
+                .map(|i| {
+                    let token =
+                        sign_for(asset, &format!("{name}-{i}-{shedding}")).unwrap_or_default();
+                    let (a, b, asset) = (a.to_string(), b.to_string(), asset.to_string());
+                    let delay = over.mul_f64(i as f64 / count.max(1) as f64);
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        session(&a, &b, &asset, &token, play).await
+                    })
+                })
+                .collect()
+        };
+    let playing = group("playing", args.playing, Duration::from_secs(2));
     tokio::time::sleep(Duration::from_secs(8)).await;
-    let mut arriving = Vec::new();
-    for i in 0..args.arriving {
-        let (a, b, asset, token) = (
-            a.to_string(),
-            b.to_string(),
-            asset.to_string(),
-            token(i, "arriving"),
-        );
-        let delay = Duration::from_millis(10_000 * i as u64 / args.arriving.max(1) as u64);
-        arriving.push(tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            session(&a, &b, &asset, &token, play).await
-        }));
-    }
+    let arriving = group("arriving", args.arriving, Duration::from_secs(10));
     let mut s = Scenario {
         playing: Vec::new(),
         arriving: Vec::new(),
