@@ -549,3 +549,89 @@ async fn run_board(board: Weak<FlashBoard>, bus: Arc<dyn Bus>) {
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn swarm(counts: &[(&str, u64)]) -> Msg {
+        let counts: BTreeMap<&str, u64> = counts.iter().copied().collect();
+        let total: u64 = counts.values().sum();
+        Msg {
+            seq: 0,
+            kind: "swarm".into(),
+            json: Bytes::from(
+                serde_json::json!({"type": "swarm", "scope": "live/final", "interval_ms": 1000, "counts": counts, "total": total})
+                    .to_string(),
+            ),
+            flash: None,
+        }
+    }
+
+    fn sent(rx: &mut broadcast::Receiver<Arc<Msg>>) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        while let Ok(m) = rx.try_recv() {
+            out.push(serde_json::from_slice(&m.json).unwrap_or_default());
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn reaction_batches_are_merged_while_fanout_is_slowed_and_comments_are_not() {
+        let metrics = cascade_common::Metrics::new("edge");
+        let mut cfg = crate::EdgeConfig {
+            capacity_connections: 10,
+            ..crate::EdgeConfig::default()
+        }
+        .governor();
+        cfg.policy.hold = Duration::ZERO;
+        let governor =
+            crate::governor::Governor::new(cfg, &metrics).unwrap_or_else(|e| panic!("{e}"));
+        let bus = Arc::new(cascade_bus::MemoryBus::new(100, Duration::from_secs(60)));
+        let hub = Hub::new(
+            bus,
+            Fanout {
+                governor: governor.clone(),
+                slow_every: Duration::from_millis(300),
+            },
+        );
+        let scope = Scope::parse("live/final").unwrap_or_else(|| panic!("scope"));
+        let member = hub.join(&scope);
+        let topic = member.topic.clone();
+        let mut rx = topic.tx.subscribe();
+
+        // Normal: every batch goes out as it comes.
+        topic.push(swarm(&[("clap", 2)]));
+        assert_eq!(sent(&mut rx).len(), 1);
+
+        // Fan-out slowed (85% of capacity): batches are held and merged.
+        governor.sample(
+            crate::overload::Load {
+                connections: 9,
+                ..Default::default()
+            },
+            Duration::from_secs(1),
+        );
+        assert!(governor.slows_fanout());
+        topic.push(swarm(&[("clap", 1)]));
+        topic.push(swarm(&[("clap", 3), ("wow", 1)]));
+        // A comment is never held back.
+        topic.push(Msg {
+            seq: 7,
+            kind: "comment".into(),
+            json: Bytes::from_static(b"{\"type\":\"comment\"}"),
+            flash: None,
+        });
+        let now = sent(&mut rx);
+        assert_eq!(now.len(), 1, "{now:?}");
+        assert_eq!(now[0]["type"], "comment");
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        topic.push(swarm(&[("wow", 2)]));
+        let merged = sent(&mut rx);
+        assert_eq!(merged.len(), 1, "{merged:?}");
+        assert_eq!(merged[0]["counts"]["clap"], 4);
+        assert_eq!(merged[0]["counts"]["wow"], 3);
+        assert_eq!(merged[0]["total"], 7);
+        assert!(merged[0]["interval_ms"].as_u64().unwrap_or(0) >= 300);
+    }
+}
