@@ -433,46 +433,37 @@ async fn a_panic_cap_reaches_every_edge_within_a_second_each_way() {
     }
 
     // Bad input first: nothing changes.
-    let err = ctl_fails(
-        &control_url,
-        &token_file,
-        &["degrade", "--region", "MARS", "--max-height", "120"],
-    );
-    assert!(err.contains("no edge is in that region"), "{err}");
-    let err = ctl_fails(
-        &control_url,
-        &token_file,
-        &["degrade", "--channel", "nope", "--max-height", "120"],
-    );
-    assert!(err.contains("no such live channel"), "{err}");
-    let err = ctl_fails(
-        &control_url,
-        &token_file,
-        &["degrade", "--region", "IN", "--max-height", "100"],
-    );
-    assert!(err.contains("remove every rung"), "{err}");
-    let err = ctl_fails(
-        &control_url,
-        &token_file,
-        &[
-            "degrade",
-            "--region",
-            "IN",
-            "--max-height",
-            "120",
+    for (args, want) in [
+        (
+            &["degrade", "--region", "MARS", "--max-height", "120"][..],
+            "no edge is in that region",
+        ),
+        (
+            &["degrade", "--channel", "nope", "--max-height", "120"],
+            "no such live channel",
+        ),
+        (
+            &["degrade", "--region", "IN", "--max-height", "100"],
+            "remove every rung",
+        ),
+        (
+            &[
+                "degrade",
+                "--region",
+                "IN",
+                "--max-height",
+                "120",
+                "--for",
+                "10x",
+            ],
             "--for",
-            "10x",
-        ],
-    );
-    assert!(err.contains("--for"), "{err}");
-    let err = ctl_fails(
-        &control_url,
-        &token_file,
-        &["degrade", "--clear", "--region", "IN"],
-    );
-    assert!(err.contains("no cap is set"), "{err}");
-    let err = ctl_fails(&control_url, &token_file, &["drain", "edge-nowhere"]);
-    assert!(err.contains("no edge of that name"), "{err}");
+        ),
+        (&["degrade", "--clear", "--region", "IN"], "no cap is set"),
+        (&["drain", "edge-nowhere"], "no edge of that name"),
+    ] {
+        let err = ctl_fails(&control_url, &token_file, args);
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
 
     // Region IN capped at 144 lines: both Indian edges within a second, the
     // British one not at all.

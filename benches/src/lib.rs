@@ -6,6 +6,32 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
+/// An H.264/AAC clip made with the FFmpeg CLI from a lavfi video source
+/// (such as `testsrc2=s=640x360:r=25`) and a 440 Hz tone.
+pub fn ffmpeg_clip(out: &Path, source: &str, secs: u32) -> anyhow::Result<()> {
+    let status = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
+        .arg(format!("{source}:d={secs}"))
+        .args(["-f", "lavfi", "-i"])
+        .arg(format!("sine=f=440:sample_rate=48000:d={secs}"))
+        .args([
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-pix_fmt",
+            "yuv420p",
+        ])
+        .args(["-c:a", "aac", "-shortest"])
+        .arg(out)
+        .status()
+        .context("running ffmpeg (make deps installs it)")?;
+    if !status.success() {
+        bail!("ffmpeg failed making {}", out.display());
+    }
+    Ok(())
+}
+
 /// Sends a request and answers its JSON, or fails with the status.
 pub async fn json(r: reqwest::RequestBuilder) -> anyhow::Result<Value> {
     let r = r.send().await?;

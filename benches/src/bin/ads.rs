@@ -15,13 +15,12 @@
 //! service; the title (240p) has a pre-roll, two mid-rolls and a post-roll.
 //! Viewers are real accounts with real playback sessions (free plan).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use cascade_benches::{json, viewer};
+use cascade_benches::{ffmpeg_clip, json, viewer};
 use cascade_edge::EdgeConfig;
 use cascade_origin::OriginConfig;
 use cascade_serve::config::TokenKeyConfig;
@@ -64,32 +63,6 @@ fn key() -> TokenKeyConfig {
         salt: String::new(),
         escape_early: false,
     }
-}
-
-fn ffmpeg_clip(out: &Path, source: &str, secs: u32) -> anyhow::Result<()> {
-    let status = Command::new("ffmpeg")
-        .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
-        .arg(format!("{source}:d={secs}"))
-        .args(["-f", "lavfi", "-i"])
-        .arg(format!("sine=f=440:sample_rate=48000:d={secs}"))
-        .args([
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-pix_fmt",
-            "yuv420p",
-            "-c:a",
-            "aac",
-            "-shortest",
-        ])
-        .arg(out)
-        .status()
-        .context("running ffmpeg")?;
-    if !status.success() {
-        bail!("ffmpeg failed making {}", out.display());
-    }
-    Ok(())
 }
 
 /// Serves one file at any path over HTTP/1.0, for the creative's media.

@@ -659,28 +659,7 @@ fn sign_for(asset: &str, session: &str) -> anyhow::Result<String> {
 /// A 640×360 clip busy enough to use its bit rate.
 fn make_clip(dir: &Path, secs: u32) -> anyhow::Result<PathBuf> {
     let out = dir.join("title.mp4");
-    let status = Command::new("ffmpeg")
-        .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
-        .arg(format!("testsrc2=s=640x360:r=25:d={secs}"))
-        .args(["-f", "lavfi", "-i"])
-        .arg(format!("sine=f=440:sample_rate=44100:d={secs}"))
-        .args([
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-pix_fmt",
-            "yuv420p",
-            "-c:a",
-            "aac",
-            "-shortest",
-        ])
-        .arg(&out)
-        .status()
-        .context("running ffmpeg")?;
-    if !status.success() {
-        bail!("ffmpeg could not make the clip");
-    }
+    cascade_benches::ffmpeg_clip(&out, "testsrc2=s=640x360:r=25", secs)?;
     Ok(out)
 }
 
