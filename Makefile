@@ -16,7 +16,7 @@ DEB_PACKAGES := ffmpeg libavcodec-dev libavformat-dev libavutil-dev libavfilter-
 # npm and conflicts with Debian's npm package).
 NODE_PACKAGES := nodejs npm
 
-.PHONY: help deps services rust web py build release dev test lint fmt bench clean fuzz-build \
+.PHONY: help deps services rust web py build release dev test lint fmt bench clean fuzz-build fuzz \
 	bench-deps bench-packaging bench-hit-path bench-h3 bench-flash-crowd bench-viewer \
 	bench-live-latency bench-live-fanin bench-live-ladder bench-together bench-ads bench-protection \
 	bench-overload
@@ -205,3 +205,16 @@ clean:
 # The fuzz targets must keep building; running them needs cargo-fuzz (nightly).
 fuzz-build:
 	cargo build --manifest-path fuzz/Cargo.toml --bins
+
+# Every fuzz target under coverage for FUZZ_SECS (default 60) each, from the
+# committed seed corpora in fuzz/corpus/ (not in CI). RUSTC_BOOTSTRAP lets
+# the stable toolchain take cargo-fuzz's sanitizer flags. A crash stops the
+# run and leaves its input in fuzz/artifacts/TARGET/.
+FUZZ_SECS ?= 60
+fuzz: deps
+	command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+	cd fuzz && for t in $$(cargo fuzz list); do \
+		mkdir -p corpus/$$t; \
+		echo "fuzz $$t for $(FUZZ_SECS) s"; \
+		RUSTC_BOOTSTRAP=1 cargo fuzz run $$t corpus/$$t -- -max_total_time=$(FUZZ_SECS) || exit 1; \
+	done
